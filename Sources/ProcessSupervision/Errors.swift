@@ -1,0 +1,164 @@
+import CRunnerShims
+import Glibc
+
+/// A child could not be started.
+public struct SpawnError: Error, Sendable, CustomStringConvertible, Equatable {
+    /// What kind of failure.
+    public enum Code: Sendable, Equatable {
+        /// ENOENT/ENOTDIR/ELOOP/ENAMETOOLONG for the executable, or a bare name not found in PATH.
+        case executableNotFound
+        /// EACCES/EPERM: found, but we may not execute it.
+        case permissionDenied
+        /// ENOEXEC and kin: found and permitted, but not something the kernel can run.
+        case notExecutable
+        /// chdir to the working directory failed.
+        case invalidWorkingDirectory
+        /// E2BIG from execve.
+        case argumentListTooLong
+        /// ENOMEM/EAGAIN/EMFILE/ENFILE: out of processes, memory or fds.
+        case resourceExhausted
+        /// Anything else (including a NUL byte in an argument, EINVAL, and a supervisor that was shut down).
+        case systemError
+    }
+
+    /// What kind of failure.
+    public var code: Code
+    /// The errno of the failed call (0 when there was none).
+    public var errno: Int32
+    /// What failed and where, e.g. "cannot execute 'nosuchcmd': No such file or directory".
+    public var message: String
+
+    /// An error; normally made by the supervisor.
+    public init(code: Code, errno: Int32, message: String) {
+        self.code = code
+        self.errno = errno
+        self.message = message
+    }
+
+    /// Shell convention: 127 not found, 126 found but not executable / permission denied, 1 for the rest (bad cwd etc.)
+    public var conventionalExitCode: Int32 {
+        switch code {
+        case .executableNotFound: 127
+        case .permissionDenied, .notExecutable: 126
+        case .invalidWorkingDirectory, .argumentListTooLong, .resourceExhausted, .systemError: 1
+        }
+    }
+
+    public var description: String { message }
+}
+
+extension SpawnError {
+    /// The error for a failed step of `nr_spawn` (parent or child side).
+    init(step: Int32, errno err: Int32, spec: ProcessSpec) {
+        let reason = System.describe(errno: err)
+        let name = spec.executable
+        switch UInt32(step) {
+        case NR_STEP_EXEC.rawValue:
+            switch err {
+            case E2BIG:
+                self.init(code: .argumentListTooLong, errno: err, message: "argument list too long (E2BIG) for '\(name)'")
+            default:
+                self.init(code: Self.execCode(err), errno: err, message: "cannot execute '\(name)': \(reason)")
+            }
+        case NR_STEP_CHDIR.rawValue:
+            let directory = spec.workingDirectory ?? ""
+            self.init(
+                code: .invalidWorkingDirectory,
+                errno: err,
+                message: "cannot change to working directory '\(directory)': \(reason)"
+            )
+        default:
+            self.init(
+                code: Self.resourceCode(err),
+                errno: err,
+                message: "cannot start '\(name)': \(Self.stepName(step)) failed: \(reason)"
+            )
+        }
+    }
+
+    static func notFound(_ spec: ProcessSpec) -> SpawnError {
+        SpawnError(
+            code: .executableNotFound,
+            errno: ENOENT,
+            message: "cannot execute '\(spec.executable)': \(System.describe(errno: ENOENT))"
+        )
+    }
+
+    static func invalidArgument(_ spec: ProcessSpec, _ what: String) -> SpawnError {
+        SpawnError(code: .systemError, errno: EINVAL, message: "cannot start '\(spec.executable)': \(what)")
+    }
+
+    static func setupFailed(_ spec: ProcessSpec, _ what: String, errno err: Int32) -> SpawnError {
+        SpawnError(
+            code: resourceCode(err),
+            errno: err,
+            message: "cannot start '\(spec.executable)': \(what) failed: \(System.describe(errno: err))"
+        )
+    }
+
+    static func shutDown(_ spec: ProcessSpec) -> SpawnError {
+        SpawnError(
+            code: .systemError,
+            errno: ESHUTDOWN,
+            message: "cannot start '\(spec.executable)': the process supervisor has been shut down"
+        )
+    }
+
+    private static func execCode(_ err: Int32) -> Code {
+        switch err {
+        case ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG: .executableNotFound
+        case EACCES, EPERM: .permissionDenied
+        case ENOEXEC, EISDIR, ETXTBSY, ELIBBAD, EINVAL: .notExecutable
+        default: resourceCode(err)
+        }
+    }
+
+    private static func resourceCode(_ err: Int32) -> Code {
+        switch err {
+        case ENOMEM, EAGAIN, EMFILE, ENFILE: .resourceExhausted
+        default: .systemError
+        }
+    }
+
+    private static func stepName(_ step: Int32) -> String {
+        switch UInt32(step) {
+        case NR_STEP_REPORT_PIPE.rawValue: "pipe2"
+        case NR_STEP_STACK.rawValue: "mmap of the child stack"
+        case NR_STEP_CLONE.rawValue: "clone"
+        case NR_STEP_SETSID.rawValue: "setsid"
+        case NR_STEP_PDEATHSIG.rawValue: "prctl(PR_SET_PDEATHSIG)"
+        case NR_STEP_STDIO.rawValue: "redirecting stdio"
+        case NR_STEP_CLOSE_FDS.rawValue: "closing fds"
+        default: "step \(step)"
+        }
+    }
+}
+
+/// The supervisor could not be set up.
+public struct SupervisorError: Error, Sendable, CustomStringConvertible, Equatable {
+    /// What kind of failure.
+    public enum Code: Sendable, Equatable {
+        /// A system call needed to set up the supervisor failed.
+        case setupFailed
+    }
+
+    /// What kind of failure.
+    public var code: Code
+    /// The errno of the failed call.
+    public var errno: Int32
+    /// What failed and where, e.g. "cannot create the monitor's epoll instance: Too many open files".
+    public var message: String
+
+    /// An error; normally made by the supervisor.
+    public init(code: Code, errno: Int32, message: String) {
+        self.code = code
+        self.errno = errno
+        self.message = message
+    }
+
+    public var description: String { message }
+
+    static func setup(_ what: String, errno err: Int32) -> SupervisorError {
+        SupervisorError(code: .setupFailed, errno: err, message: "cannot \(what): \(System.describe(errno: err))")
+    }
+}

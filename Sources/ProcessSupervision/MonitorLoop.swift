@@ -1,0 +1,420 @@
+import CRunnerShims
+import Glibc
+
+/// One supervised process, as the monitor thread sees it. Confined to the monitor thread.
+final class ChildRecord {
+    let id: UInt64
+    let pid: pid_t
+    let handle: ProcessHandleState
+    let output: @Sendable (OutputStream, [UInt8]) -> Void
+    let startedAt: Int64
+    var pidfd: Int32
+    var stdoutFD: Int32
+    var stderrFD: Int32
+    var exitedAt: Int64?
+    var exit: nr_exit_info?
+    var machine = TeardownStateMachine()
+
+    init(
+        id: UInt64,
+        pid: pid_t,
+        pidfd: Int32,
+        stdoutFD: Int32,
+        stderrFD: Int32,
+        handle: ProcessHandleState,
+        output: @escaping @Sendable (OutputStream, [UInt8]) -> Void,
+        startedAt: Int64
+    ) {
+        self.id = id
+        self.pid = pid
+        self.pidfd = pidfd
+        self.stdoutFD = stdoutFD
+        self.stderrFD = stderrFD
+        self.handle = handle
+        self.output = output
+        self.startedAt = startedAt
+    }
+
+    var pipesOpen: Bool { stdoutFD >= 0 || stderrFD >= 0 }
+}
+
+/// The monitor thread: one epoll over the pidfds and the non-blocking pipe read ends, plus the eventfd that wakes it.
+/// It starts processes, reads their output, drives each `TeardownStateMachine` and reaps, so nothing ever blocks a
+/// caller's thread. Confined to its thread: created and run there.
+final class MonitorLoop {
+    /// Read size: 64 KiB per read, a few reads per readiness so one busy pipe cannot starve the others.
+    static let chunkSize = 64 * 1024
+    static let readsPerEvent = 4
+    /// Pipe capacity asked for with F_SETPIPE_SZ: fewer wake-ups for chatty jobs.
+    static let pipeSize: Int32 = 256 * 1024
+    /// How often reparented orphans are looked for.
+    static let sweepInterval: Int64 = 200_000_000
+
+    enum TokenKind: UInt64 {
+        case wake = 0, pidfd = 1, stdout = 2, stderr = 3
+    }
+
+    private let shared: MonitorShared
+    private let sweepsOrphans: Bool
+    private var records: [UInt64: ChildRecord] = [:]
+    private var nextID: UInt64 = 1
+    private var nextSweep: Int64 = 0
+    private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MonitorLoop.chunkSize, alignment: 16)
+
+    init(shared: MonitorShared, sweepsOrphans: Bool) {
+        self.shared = shared
+        self.sweepsOrphans = sweepsOrphans
+    }
+
+    deinit {
+        readBuffer.deallocate()
+    }
+
+    func run() {
+        System.nameCurrentThread("nr-supervisor")
+        var tokens = [UInt64](repeating: 0, count: 64)
+        while true {
+            let timeout = timeoutMilliseconds(now: System.monotonicNanoseconds())
+            let ready = tokens.withUnsafeMutableBufferPointer {
+                System.epollWait(shared.epollFD, tokens: $0, timeoutMilliseconds: timeout)
+            }
+            for index in 0..<ready {
+                dispatch(token: tokens[index])
+            }
+            let (commands, closed) = shared.takeCommands()
+            for command in commands {
+                handle(command)
+            }
+            if closed {
+                shutDownEverything()
+                break
+            }
+            let now = System.monotonicNanoseconds()
+            fireTimers(now: now)
+            if sweepsOrphans, now >= nextSweep {
+                ChildRegistry.sweepOrphans()
+                nextSweep = now + Self.sweepInterval
+            }
+        }
+        System.close(shared.epollFD)
+        System.close(shared.wakeFD)
+        System.close(shared.devNullFD)
+    }
+
+    // MARK: Events
+
+    private func timeoutMilliseconds(now: Int64) -> Int32 {
+        var deadline = sweepsOrphans ? nextSweep : now + 1_000_000_000
+        for record in records.values {
+            if let due = record.machine.nextDeadline, due < deadline {
+                deadline = due
+            }
+        }
+        let delta = deadline - now
+        if delta <= 0 { return 0 }
+        return Int32(min((delta + 999_999) / 1_000_000, 1000))  // rounded up: never wake just before a deadline
+    }
+
+    private func dispatch(token: UInt64) {
+        guard let kind = TokenKind(rawValue: token & 3) else { return }
+        if kind == .wake {
+            System.eventFDDrain(shared.wakeFD)
+            return
+        }
+        // Ids are never reused, so a token of a process that is gone (or an fd closed earlier in this batch) is
+        // simply ignored.
+        guard let record = records[token >> 2] else { return }
+        switch kind {
+        case .wake:
+            break
+        case .pidfd:
+            guard record.exitedAt == nil, record.pidfd >= 0 else { return }
+            // The main process is a zombie now. Stop watching the (level-triggered) pidfd; keep it until the reap.
+            System.epollRemove(shared.epollFD, record.pidfd)
+            let now = System.monotonicNanoseconds()
+            record.exitedAt = now
+            perform(record.machine.mainExited(now: now), on: record)
+        case .stdout:
+            readOutput(of: record, stream: .stdout)
+        case .stderr:
+            readOutput(of: record, stream: .stderr)
+        }
+    }
+
+    private func readOutput(of record: ChildRecord, stream: OutputStream) {
+        let fd = stream == .stdout ? record.stdoutFD : record.stderrFD
+        guard fd >= 0 else { return }
+        for _ in 0..<Self.readsPerEvent {
+            let n = System.read(fd, into: readBuffer)
+            if n > 0 {
+                record.output(stream, Array(UnsafeRawBufferPointer(rebasing: readBuffer[0..<n])))
+                if n < readBuffer.count { return }  // the pipe is empty for now
+            } else if n == -Int(EAGAIN) {
+                return
+            } else {
+                closeStream(stream, of: record, notify: true)  // end of file (or a read error: treat the same)
+                return
+            }
+        }
+    }
+
+    private func closeStream(_ stream: OutputStream, of record: ChildRecord, notify: Bool) {
+        let fd = stream == .stdout ? record.stdoutFD : record.stderrFD
+        guard fd >= 0 else { return }
+        System.epollRemove(shared.epollFD, fd)
+        System.close(fd)
+        if stream == .stdout {
+            record.stdoutFD = -1
+        } else {
+            record.stderrFD = -1
+        }
+        if notify, !record.pipesOpen {
+            perform(record.machine.pipesClosed(now: System.monotonicNanoseconds()), on: record)
+        }
+    }
+
+    private func fireTimers(now: Int64) {
+        for record in Array(records.values) {
+            if let due = record.machine.nextDeadline, due <= now {
+                perform(record.machine.timerFired(now: now), on: record)
+            }
+        }
+    }
+
+    // MARK: Commands
+
+    private func handle(_ command: MonitorCommand) {
+        switch command {
+        case .spawn(let request, let continuation):
+            do {
+                continuation.resume(returning: try start(request))
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        case .wait(let id, let policy):
+            // A record that is gone has completed its handle already, which resumed the parked continuation.
+            guard let record = records[id] else { return }
+            let now = System.monotonicNanoseconds()
+            perform(record.machine.waitStarted(policy: policy, startedAt: record.startedAt, now: now), on: record)
+        case .cancel(let id):
+            guard let record = records[id] else { return }
+            perform(record.machine.cancel(now: System.monotonicNanoseconds()), on: record)
+        case .abandon(let id):
+            guard let record = records[id], !record.machine.isWaitedFor else { return }
+            let now = System.monotonicNanoseconds()
+            perform(record.machine.cancel(now: now), on: record)
+            let immediate = TerminationPolicy(killGrace: .zero, leftoverGrace: .zero, drainLimit: .zero)
+            perform(record.machine.waitStarted(policy: immediate, startedAt: record.startedAt, now: now), on: record)
+        }
+    }
+
+    private func start(_ request: SpawnRequest) throws(SpawnError) -> SpawnedHandle {
+        let spec = request.spec
+        let prepared = try SpawnPreparation(spec)
+        guard let path = CStringArray([prepared.path]),
+            let argv = CStringArray(prepared.arguments),
+            let envp = CStringArray(prepared.environment),
+            let cwd = CStringArray(spec.workingDirectory.map { [$0] } ?? [])
+        else {
+            throw SpawnError.setupFailed(spec, "copying the arguments", errno: ENOMEM)
+        }
+
+        let stdoutPipe: (read: Int32, write: Int32)
+        let stderrPipe: (read: Int32, write: Int32)
+        switch System.outputPipe(size: Self.pipeSize) {
+        case .success(let fds): stdoutPipe = fds
+        case .failure(let err): throw SpawnError.setupFailed(spec, "pipe2 for stdout", errno: err.value)
+        }
+        switch System.outputPipe(size: Self.pipeSize) {
+        case .success(let fds): stderrPipe = fds
+        case .failure(let err):
+            System.close(stdoutPipe.read)
+            System.close(stdoutPipe.write)
+            throw SpawnError.setupFailed(spec, "pipe2 for stderr", errno: err.value)
+        }
+
+        let startedAt = System.monotonicNanoseconds()
+        let result: nr_spawn_result = argv.pointers.withUnsafeBufferPointer { argvPointers in
+            envp.pointers.withUnsafeBufferPointer { envpPointers in
+                var config = nr_spawn_config(
+                    path: path.pointers[0],
+                    argv: argvPointers.baseAddress,
+                    envp: envpPointers.baseAddress,
+                    cwd: cwd.pointers[0],
+                    stdin_fd: shared.devNullFD,
+                    stdout_fd: stdoutPipe.write,
+                    stderr_fd: stderrPipe.write,
+                    die_with_parent: spec.dieWithParent ? 1 : 0
+                )
+                // Registered in the same critical section as the clone: no orphan sweep can reap it unwatched.
+                return ChildRegistry.watched.withLock { watched in
+                    let result = System.spawn(&config)
+                    if result.pid > 0 {
+                        watched.insert(result.pid)
+                    }
+                    return result
+                }
+            }
+        }
+        System.close(stdoutPipe.write)
+        System.close(stderrPipe.write)
+        guard result.pid > 0 else {
+            System.close(stdoutPipe.read)
+            System.close(stderrPipe.read)
+            throw SpawnError(step: result.failed_step, errno: result.failed_errno, spec: spec)
+        }
+
+        let id = nextID
+        nextID += 1
+        let handle = ProcessHandleState(pid: result.pid)
+        let record = ChildRecord(
+            id: id,
+            pid: result.pid,
+            pidfd: result.pidfd,
+            stdoutFD: stdoutPipe.read,
+            stderrFD: stderrPipe.read,
+            handle: handle,
+            output: request.output,
+            startedAt: startedAt
+        )
+        let epollErrno = [
+            System.epollAdd(shared.epollFD, result.pidfd, token: id << 2 | TokenKind.pidfd.rawValue),
+            System.epollAdd(shared.epollFD, stdoutPipe.read, token: id << 2 | TokenKind.stdout.rawValue),
+            System.epollAdd(shared.epollFD, stderrPipe.read, token: id << 2 | TokenKind.stderr.rawValue),
+        ].first { $0 != 0 }
+        if let epollErrno {
+            // Cannot watch it: do not let it run unsupervised.
+            handle.signalGroupIfUnreaped(SIGKILL)
+            reapMain(record, blocking: true)
+            System.reapGroupZombies(record.pid)
+            closeStream(.stdout, of: record, notify: false)
+            closeStream(.stderr, of: record, notify: false)
+            throw SpawnError.setupFailed(spec, "epoll_ctl", errno: epollErrno)
+        }
+        records[id] = record
+        return SpawnedHandle(id: id, pid: result.pid, state: handle)
+    }
+
+    // MARK: Actions
+
+    private func perform(_ actions: [TeardownStateMachine.Action], on record: ChildRecord) {
+        for action in actions {
+            switch action {
+            case .signalGroup(let signal):
+                record.handle.signalGroupIfUnreaped(signal)
+            case .probeGroup:
+                // Unreadable /proc: assume someone is left, so the leftover grace and SIGKILL still apply.
+                let others = System.liveGroupMembers(record.pid, excluding: record.pid) ?? 1
+                perform(
+                    record.machine.groupProbed(othersAlive: others > 0, now: System.monotonicNanoseconds()),
+                    on: record
+                )
+            case .reapMain:
+                reapMain(record, blocking: true)
+            case .reapGroup:
+                System.reapGroupZombies(record.pid)
+                let empty = System.groupIsEmpty(record.pid)
+                perform(record.machine.groupChecked(empty: empty, now: System.monotonicNanoseconds()), on: record)
+            case .killRemainingGroup:
+                _ = System.signalGroup(record.pid, SIGKILL)
+            case .closePipes:
+                closeStream(.stdout, of: record, notify: false)
+                closeStream(.stderr, of: record, notify: false)
+            case .finish:
+                finish(record, forcedStop: false)
+            }
+        }
+    }
+
+    /// Reaps the main process (a zombie by now) with its rusage, in one critical section with `reaped = true` and
+    /// the removal from the watched set, and closes the pidfd.
+    private func reapMain(_ record: ChildRecord, blocking: Bool) {
+        guard record.pidfd >= 0 else { return }
+        let (reaped, exit): (Bool, nr_exit_info?) = ChildRegistry.watched.withLock { watched in
+            record.handle.value.withLock { value in
+                let result = System.reap(pidfd: record.pidfd, block: blocking)
+                if case .success(let info) = result, info.reaped == 0 {
+                    return (false, nil)  // not a zombie yet (only when not blocking)
+                }
+                // On failure (ECHILD) something else reaped it and the status is lost; it is gone either way.
+                value.reaped = true
+                watched.remove(record.pid)
+                return (true, try? result.get())
+            }
+        }
+        guard reaped else { return }
+        record.exit = exit
+        System.epollRemove(shared.epollFD, record.pidfd)
+        System.close(record.pidfd)
+        record.pidfd = -1
+        if sweepsOrphans {
+            nextSweep = 0  // a job just ended: look for its orphans soon
+        }
+    }
+
+    private func finish(_ record: ChildRecord, forcedStop: Bool) {
+        closeStream(.stdout, of: record, notify: false)
+        closeStream(.stderr, of: record, notify: false)
+        records[record.id] = nil
+        let machine = record.machine
+        let exit = record.exit
+        let termination: Termination
+        switch exit.map({ Int($0.code) }) {
+        case CLD_EXITED: termination = .exited(exit!.status)
+        case CLD_KILLED, CLD_DUMPED: termination = .signaled(exit!.status)
+        default: termination = .exited(-1)  // the status was lost (reaped by someone else)
+        }
+        let exitedAt = record.exitedAt ?? System.monotonicNanoseconds()
+        let outcome = ProcessOutcome(
+            pid: record.pid,
+            termination: termination,
+            stopReason: forcedStop ? (machine.stopReason ?? .cancelled) : machine.stopReason,
+            forcedKill: forcedStop || machine.forcedKill,
+            leftoverProcessesStopped: machine.leftoverProcessesStopped,
+            outputTruncatedByDrainLimit: machine.outputTruncatedByDrainLimit,
+            wallTime: .nanoseconds(exitedAt - record.startedAt),
+            userCPUTime: .microseconds(exit?.user_usec ?? 0),
+            systemCPUTime: .microseconds(exit?.system_usec ?? 0),
+            maxResidentBytes: Int(exit?.max_rss_kib ?? 0) * 1024
+        )
+        record.handle.complete(with: outcome)
+    }
+
+    // MARK: Shutdown
+
+    /// SIGKILL to every group still running, reap everything (bounded), complete every handle.
+    private func shutDownEverything() {
+        // Commands that raced with the shutdown: spawns fail, waits are answered below when their record completes.
+        for command in shared.takeCommands().commands {
+            if case .spawn(let request, let continuation) = command {
+                continuation.resume(throwing: SpawnError.shutDown(request.spec))
+            }
+        }
+        let all = Array(records.values)
+        for record in all {
+            record.handle.signalGroupIfUnreaped(SIGKILL)
+        }
+        let giveUpAt = System.monotonicNanoseconds() + TeardownStateMachine.vanishLimit
+        for record in all {
+            let stillRunning = record.exitedAt == nil
+            // This is the monitor thread, not the cooperative pool: short sleeps are fine here.
+            while record.pidfd >= 0 {
+                reapMain(record, blocking: false)
+                if record.pidfd < 0 || System.monotonicNanoseconds() >= giveUpAt { break }
+                System.sleepOnMonitorThread(microseconds: 1000)
+            }
+            if record.exitedAt == nil {
+                record.exitedAt = System.monotonicNanoseconds()
+            }
+            while true {
+                System.reapGroupZombies(record.pid)
+                if System.groupIsEmpty(record.pid) || System.monotonicNanoseconds() >= giveUpAt { break }
+                System.sleepOnMonitorThread(microseconds: 1000)
+            }
+            finish(record, forcedStop: stillRunning)
+        }
+        if sweepsOrphans {
+            ChildRegistry.sweepOrphans()
+        }
+    }
+}

@@ -1,0 +1,152 @@
+import Glibc
+import Synchronization
+
+/// What callers ask of the monitor thread.
+enum MonitorCommand: Sendable {
+    /// Start a process; the continuation gets the handle or the SpawnError.
+    case spawn(SpawnRequest, CheckedContinuation<SpawnedHandle, any Error>)
+    /// `wait(policy)` was called (the continuation is parked in the handle's state).
+    case wait(id: UInt64, policy: TerminationPolicy)
+    /// The waiting task was cancelled.
+    case cancel(id: UInt64)
+    /// The `RunningProcess` went away without `wait`: stop the process at once and reap it.
+    case abandon(id: UInt64)
+}
+
+struct SpawnRequest: Sendable {
+    var spec: ProcessSpec
+    var output: @Sendable (OutputStream, [UInt8]) -> Void
+}
+
+struct SpawnedHandle: Sendable {
+    var id: UInt64
+    var pid: pid_t
+    var state: ProcessHandleState
+}
+
+/// What a `RunningProcess` and the monitor thread share about one process.
+final class ProcessHandleState: Sendable {
+    struct Value {
+        /// Set (under the lock) in the same critical section as the reaping waitid: until then, the pid is still ours
+        /// (alive or a zombie) and `kill(-pgid)` cannot reach a recycled group.
+        var reaped = false
+        var outcome: ProcessOutcome?
+        var waiters: [CheckedContinuation<ProcessOutcome, Never>] = []
+    }
+
+    let pid: pid_t
+    let value = Mutex(Value())
+
+    init(pid: pid_t) {
+        self.pid = pid
+    }
+
+    /// `kill(-pgid, signal)` unless the main process has been reaped.
+    func signalGroupIfUnreaped(_ signal: Int32) {
+        value.withLock { value in
+            if !value.reaped {
+                _ = System.signalGroup(pid, signal)
+            }
+        }
+    }
+
+    /// Records the outcome and resumes everyone waiting for it.
+    func complete(with outcome: ProcessOutcome) {
+        let waiters = value.withLock { value in
+            value.outcome = outcome
+            defer { value.waiters = [] }
+            return value.waiters
+        }
+        for waiter in waiters {
+            waiter.resume(returning: outcome)
+        }
+    }
+}
+
+/// The monitor thread's inbox and fds, shared with the callers' threads.
+final class MonitorShared: Sendable {
+    let epollFD: Int32
+    let wakeFD: Int32
+    let devNullFD: Int32
+
+    private struct Inbox {
+        var commands: [MonitorCommand] = []
+        var closed = false
+    }
+
+    private let inbox = Mutex(Inbox())
+
+    init(epollFD: Int32, wakeFD: Int32, devNullFD: Int32) {
+        self.epollFD = epollFD
+        self.wakeFD = wakeFD
+        self.devNullFD = devNullFD
+    }
+
+    /// Queues a command and wakes the monitor; false once the supervisor is shutting down.
+    @discardableResult
+    func enqueue(_ command: MonitorCommand) -> Bool {
+        inbox.withLock { inbox in
+            guard !inbox.closed else { return false }
+            inbox.commands.append(command)
+            // Written under the lock: the monitor closes the eventfd only after it saw `closed`, so this can never
+            // write to a closed (or meanwhile reused) fd number.
+            System.eventFDSignal(wakeFD)
+            return true
+        }
+    }
+
+    /// Marks the inbox closed and wakes the monitor; true for the call that closed it.
+    func close() -> Bool {
+        inbox.withLock { inbox in
+            guard !inbox.closed else { return false }
+            inbox.closed = true
+            System.eventFDSignal(wakeFD)
+            return true
+        }
+    }
+
+    /// The queued commands, and whether the supervisor is shutting down.
+    func takeCommands() -> (commands: [MonitorCommand], closed: Bool) {
+        inbox.withLock { inbox in
+            defer { inbox.commands = [] }
+            return (inbox.commands, inbox.closed)
+        }
+    }
+}
+
+/// The pids of the main processes that supervisors in this process watch (not yet reaped). Its lock also makes
+/// "peek a zombie, decide, reap it" atomic against spawning, so an orphan sweep (of any supervisor) can never reap a
+/// main process between its clone and its registration here.
+enum ChildRegistry {
+    static let watched = Mutex<Set<pid_t>>([])
+
+    /// Reaps zombie children that nobody watches: orphans reparented to us as a child subreaper.
+    ///
+    /// Peeks with `waitid(P_ALL, WNOHANG | WNOWAIT)`. Reaped are only zombies that are not a watched main process and
+    /// not in the runner's own process group: children other code of this process started (Foundation.Process,
+    /// posix_spawn without a new group) stay for their owners to wait for. Orphans of jobs are always in another
+    /// group, since every job has its own session.
+    static func sweepOrphans() {
+        let ownGroup = System.processGroup()
+        watched.withLock { watched in
+            for _ in 0..<1024 {
+                guard let pid = System.peekZombieChild() else { return }
+                if isOrphan(pid, watched: watched, ownGroup: ownGroup) {
+                    System.reapIfZombie(pid)
+                    continue
+                }
+                // The first zombie in line must stay (a main process not waited for yet, or another owner's
+                // child), and the peek would keep returning it: look past it at every child instead.
+                for child in System.children() where isOrphan(child, watched: watched, ownGroup: ownGroup) {
+                    System.reapIfZombie(child)
+                }
+                return
+            }
+        }
+    }
+
+    private static func isOrphan(_ pid: pid_t, watched: Set<pid_t>, ownGroup: pid_t) -> Bool {
+        guard !watched.contains(pid), let stat = System.processStat(pid) else { return false }
+        return stat.group != ownGroup
+    }
+}

@@ -1,0 +1,158 @@
+import Glibc
+import Synchronization
+
+/// Owns the monitor thread. Makes the calling process a child subreaper (PR_SET_CHILD_SUBREAPER) when `subreaper` is
+/// true, and reaps reparented orphans (waitid P_ALL WNOHANG|WNOWAIT to peek; reap only pids that are not a live child
+/// it is watching).
+///
+/// One thread does all the waiting: an epoll over each child's pidfd and its non-blocking stdout and stderr pipes,
+/// plus an eventfd to wake it. Spawning runs there too (clone with CLONE_VFORK suspends only that thread), so no
+/// caller ever blocks the cooperative thread pool.
+///
+/// The orphan sweep leaves alone zombies in the runner's own process group: children that other code of the process
+/// started without a new process group are theirs to wait for. Every job runs in its own session, so its orphans never
+/// are in that group.
+public final class ProcessSupervisor: Sendable {
+    private let shared: MonitorShared
+    private let thread: Mutex<pthread_t?>
+
+    /// Creates the epoll instance, the eventfd and the monitor thread; with `subreaper`,
+    /// `prctl(PR_SET_CHILD_SUBREAPER, 1)` and a periodic orphan sweep.
+    public init(subreaper: Bool = true) throws {
+        if subreaper {
+            let err = System.becomeChildSubreaper()
+            if err != 0 { throw SupervisorError.setup("become a child subreaper (prctl)", errno: err) }
+        }
+        let epollFD = System.epollCreate()
+        if epollFD < 0 { throw SupervisorError.setup("create the monitor's epoll instance", errno: -epollFD) }
+        let wakeFD = System.eventFDCreate()
+        if wakeFD < 0 {
+            System.close(epollFD)
+            throw SupervisorError.setup("create the monitor's eventfd", errno: -wakeFD)
+        }
+        let devNullFD = System.openReadOnly("/dev/null")
+        if devNullFD < 0 {
+            System.close(epollFD)
+            System.close(wakeFD)
+            throw SupervisorError.setup("open /dev/null for the children's stdin", errno: -devNullFD)
+        }
+        func closeAll() {
+            System.close(epollFD)
+            System.close(wakeFD)
+            System.close(devNullFD)
+        }
+        let watchErr = System.epollAdd(epollFD, wakeFD, token: MonitorLoop.TokenKind.wake.rawValue)
+        if watchErr != 0 {
+            closeAll()
+            throw SupervisorError.setup("watch the monitor's eventfd (epoll_ctl)", errno: watchErr)
+        }
+        let shared = MonitorShared(epollFD: epollFD, wakeFD: wakeFD, devNullFD: devNullFD)
+        let thread: pthread_t
+        switch System.startThread({ MonitorLoop(shared: shared, sweepsOrphans: subreaper).run() }) {
+        case .success(let started):
+            thread = started
+        case .failure(let err):
+            closeAll()
+            throw SupervisorError.setup("start the monitor thread (pthread_create)", errno: err.value)
+        }
+        self.shared = shared
+        self.thread = Mutex(thread)
+    }
+
+    deinit {
+        shutdown()
+    }
+
+    /// Starts the process; throws SpawnError if it cannot start (exec failure reported by the child). Output chunks
+    /// are delivered in order per stream to `output` from the monitor thread (keep it cheap; chunks up to 64 KiB).
+    ///
+    /// The process runs in its own session and process group (its pid), with stdin from /dev/null, stdout and stderr
+    /// to pipes read by the monitor thread, default signal dispositions, an empty signal mask and no other fd.
+    public func spawn(
+        _ spec: ProcessSpec,
+        output: @escaping @Sendable (OutputStream, [UInt8]) -> Void
+    ) async throws -> RunningProcess {
+        let shared = self.shared
+        let handle = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<SpawnedHandle, any Error>) in
+            if !shared.enqueue(.spawn(SpawnRequest(spec: spec, output: output), continuation)) {
+                continuation.resume(throwing: SpawnError.shutDown(spec))
+            }
+        }
+        return RunningProcess(handle: handle, shared: shared)
+    }
+
+    /// Stops the monitor thread after killing (SIGKILL to the group) anything still running. Idempotent.
+    ///
+    /// Every pending `wait` returns (stopReason `.cancelled` for what was still running); later spawns throw. Blocks
+    /// until the monitor thread has reaped what it killed and exited (briefly: SIGKILL does not wait for anyone).
+    public func shutdown() {
+        _ = shared.close()
+        guard let thread = self.thread.withLock({ thread in defer { thread = nil }; return thread }) else { return }
+        if System.isCurrentThread(thread) {
+            System.detach(thread)  // called from an output callback: the loop ends when this callback returns
+        } else {
+            System.join(thread)
+        }
+    }
+}
+
+/// A started process. Its pid is also its process group id and session id.
+public final class RunningProcess: Sendable {
+    /// The main process's pid; also the process group id and session id.
+    public var pid: Int32 { handle.pid }
+
+    private let id: UInt64
+    private let handle: ProcessHandleState
+    private let shared: MonitorShared
+    private let waitCalled = Atomic<Bool>(false)
+
+    init(handle: SpawnedHandle, shared: MonitorShared) {
+        self.id = handle.id
+        self.handle = handle.state
+        self.shared = shared
+    }
+
+    deinit {
+        if !waitCalled.load(ordering: .relaxed) {
+            shared.enqueue(.abandon(id: id))  // nobody will wait: stop it now rather than leak it
+        }
+    }
+
+    /// Waits for the end: the main process's exit (not its pipes closing). Applies the policy: on timeout SIGTERM to
+    /// the whole process group, killGrace, SIGKILL; after the main process exits, what is left of the group gets
+    /// SIGTERM, leftoverGrace, SIGKILL, and is reaped; pipes are drained for at most drainLimit afterwards; then
+    /// returns. If the calling task is cancelled the same teardown runs to the end (stopReason .cancelled) and the
+    /// outcome is still returned. Call once (a later call returns the same outcome; its policy is ignored).
+    ///
+    /// When it returns, no process of the group is left, not even a zombie, and all output has been delivered.
+    public func wait(_ policy: TerminationPolicy) async -> ProcessOutcome {
+        waitCalled.store(true, ordering: .relaxed)
+        let id = self.id
+        let handle = self.handle
+        let shared = self.shared
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<ProcessOutcome, Never>) in
+                let finished: ProcessOutcome? = handle.value.withLock { value in
+                    if let outcome = value.outcome { return outcome }
+                    value.waiters.append(continuation)
+                    return nil
+                }
+                if let finished {
+                    continuation.resume(returning: finished)
+                    return
+                }
+                // If the supervisor is shutting down, this is refused, and the shutdown completes the handle.
+                shared.enqueue(.wait(id: id, policy: policy))
+            }
+        } onCancel: {
+            // The monitor runs the teardown to its end; the continuation above is resumed when it is done.
+            shared.enqueue(.cancel(id: id))
+        }
+    }
+
+    /// Sends a signal to the whole process group (while the main process is alive or a zombie, so the pgid cannot be
+    /// recycled): `kill(-pid, signal)`. Does nothing once the main process has been reaped.
+    public func signalGroup(_ signal: Int32) {
+        handle.signalGroupIfUnreaped(signal)
+    }
+}

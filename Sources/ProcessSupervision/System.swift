@@ -1,0 +1,237 @@
+import CRunnerShims
+import Glibc
+
+/// The raw system calls of ProcessSupervision, in one place (like swift-nio's `System.swift`).
+///
+/// Each wrapper names the C call it wraps. Failures come back as an errno value, never thrown: callers decide what a
+/// failure means where they are.
+enum System {
+    /// The calling thread's `errno`.
+    static var errno: Int32 { Glibc.errno }
+
+    /// `strerror(errnum)` as a Swift string.
+    static func describe(errno errnum: Int32) -> String {
+        guard let text = strerror(errnum) else { return "errno \(errnum)" }
+        return String(cString: text)
+    }
+
+    /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds.
+    static func monotonicNanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
+    /// `getpid()`.
+    static func processID() -> pid_t { getpid() }
+
+    /// `getpgrp()`: the calling process's own process group.
+    static func processGroup() -> pid_t { getpgrp() }
+
+    /// `kill(-pgid, signal)`: 0 on success, else errno (ESRCH when the group is empty).
+    static func signalGroup(_ pgid: pid_t, _ signal: Int32) -> Int32 {
+        precondition(pgid > 1, "refusing to signal process group \(pgid)")
+        return kill(-pgid, signal) == 0 ? 0 : Glibc.errno
+    }
+
+    /// `kill(-pgid, 0) == ESRCH` once the group's zombies are reaped: no process of the group exists any more.
+    static func groupIsEmpty(_ pgid: pid_t) -> Bool {
+        signalGroup(pgid, 0) == ESRCH
+    }
+
+    /// `open(path, O_RDONLY | O_CLOEXEC)`: the fd, or -errno.
+    static func openReadOnly(_ path: String) -> Int32 {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        return fd >= 0 ? fd : -Glibc.errno
+    }
+
+    /// `close(fd)`, ignoring errors (on Linux the fd is released even when close reports EINTR).
+    static func close(_ fd: Int32) {
+        _ = Glibc.close(fd)
+    }
+
+    /// `read(fd, buffer, count)` retried on EINTR: bytes read, 0 at end of file, or -errno (-EAGAIN: nothing yet).
+    static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        while true {
+            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if n >= 0 { return n }
+            let err = Glibc.errno
+            if err != EINTR { return -Int(err) }
+        }
+    }
+
+    /// `stat(path)` then `access(path, X_OK)`: nil if nothing is there, else whether it is a regular file we may run.
+    static func executableStatus(_ path: String) -> (isRegularFile: Bool, isExecutable: Bool)? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        let isRegular = (info.st_mode & S_IFMT) == S_IFREG
+        return (isRegular, isRegular && access(path, X_OK) == 0)
+    }
+
+    /// `nr_spawn`: clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) + the child set-up + execve (CRunnerShims).
+    static func spawn(_ config: inout nr_spawn_config) -> nr_spawn_result {
+        var result = nr_spawn_result()
+        _ = nr_spawn(&config, &result)
+        return result
+    }
+
+    /// `nr_output_pipe`: pipe2(O_CLOEXEC), read end O_NONBLOCK, F_SETPIPE_SZ best effort. (read, write) or -errno.
+    static func outputPipe(size: Int32) -> Result<(read: Int32, write: Int32), Errno> {
+        var fds: [Int32] = [-1, -1]
+        guard nr_output_pipe(&fds, size) == 0 else { return .failure(Errno(Glibc.errno)) }
+        return .success((fds[0], fds[1]))
+    }
+
+    /// `waitid(P_PIDFD, pidfd, WEXITED [| WNOHANG], &rusage)` (raw syscall, CRunnerShims `nr_reap_pidfd`).
+    static func reap(pidfd: Int32, block: Bool) -> Result<nr_exit_info, Errno> {
+        var info = nr_exit_info()
+        while true {
+            if nr_reap_pidfd(pidfd, block ? 0 : 1, &info) == 0 { return .success(info) }
+            let err = Glibc.errno
+            if err != EINTR { return .failure(Errno(err)) }
+        }
+    }
+
+    /// `waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT)`: the pid of a zombie child, without reaping it.
+    static func peekZombieChild() -> pid_t? {
+        var pid: pid_t = 0
+        return nr_peek_zombie_child(&pid) == 1 ? pid : nil
+    }
+
+    /// `waitid(P_PID, pid, WEXITED | WNOHANG)`: true when the zombie was reaped.
+    @discardableResult
+    static func reapIfZombie(_ pid: pid_t) -> Bool {
+        nr_reap_pid_nohang(pid) == 1
+    }
+
+    /// `waitid(P_PGID, pgid, WEXITED | WNOHANG)` until nothing is ready.
+    static func reapGroupZombies(_ pgid: pid_t) {
+        _ = nr_reap_group_nohang(pgid)
+    }
+
+    /// `nr_group_live_members`: a /proc scan for live members of `pgid` other than `exclude` (reaping our zombies of
+    /// that group on the way). nil when /proc cannot be read.
+    static func liveGroupMembers(_ pgid: pid_t, excluding exclude: pid_t) -> Int? {
+        let n = nr_group_live_members(pgid, exclude)
+        return n >= 0 ? Int(n) : nil
+    }
+
+    /// `nr_proc_stat`: /proc/<pid>/stat's state letter, parent and process group.
+    static func processStat(_ pid: pid_t) -> (state: UInt8, parent: pid_t, group: pid_t)? {
+        var state: CChar = 0
+        var parent: pid_t = 0
+        var group: pid_t = 0
+        guard nr_proc_stat(pid, &state, &parent, &group) == 0 else { return nil }
+        return (UInt8(bitPattern: state), parent, group)
+    }
+
+    /// `nr_list_children`: the direct children of this process (/proc/self/task/*/children).
+    static func children() -> [pid_t] {
+        var pids = [pid_t](repeating: 0, count: 4096)
+        let n = pids.withUnsafeMutableBufferPointer { nr_list_children($0.baseAddress, Int32($0.count)) }
+        return n > 0 ? Array(pids[0..<Int(n)]) : []
+    }
+
+    /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`: 0 or errno.
+    static func becomeChildSubreaper() -> Int32 {
+        nr_set_child_subreaper() == 0 ? 0 : Glibc.errno
+    }
+
+    /// `epoll_create1(EPOLL_CLOEXEC)`: the fd or -errno.
+    static func epollCreate() -> Int32 {
+        let fd = nr_epoll_create()
+        return fd >= 0 ? fd : -Glibc.errno
+    }
+
+    /// `epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN)` with `token` as the event data: 0 or errno.
+    static func epollAdd(_ epfd: Int32, _ fd: Int32, token: UInt64) -> Int32 {
+        nr_epoll_add(epfd, fd, token) == 0 ? 0 : Glibc.errno
+    }
+
+    /// `epoll_ctl(EPOLL_CTL_DEL, fd)`.
+    static func epollRemove(_ epfd: Int32, _ fd: Int32) {
+        _ = nr_epoll_del(epfd, fd)
+    }
+
+    /// `epoll_wait`: how many tokens were written (0 on timeout or EINTR).
+    static func epollWait(_ epfd: Int32, tokens: UnsafeMutableBufferPointer<UInt64>, timeoutMilliseconds: Int32) -> Int {
+        let n = nr_epoll_wait(epfd, tokens.baseAddress, Int32(tokens.count), timeoutMilliseconds)
+        return n > 0 ? Int(n) : 0
+    }
+
+    /// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`: the fd or -errno.
+    static func eventFDCreate() -> Int32 {
+        let fd = nr_eventfd_create()
+        return fd >= 0 ? fd : -Glibc.errno
+    }
+
+    /// `write(eventfd, 1)`.
+    static func eventFDSignal(_ fd: Int32) {
+        _ = nr_eventfd_signal(fd)
+    }
+
+    /// `read(eventfd)`.
+    static func eventFDDrain(_ fd: Int32) {
+        nr_eventfd_drain(fd)
+    }
+
+    /// `usleep`: only for the monitor thread's final teardown at shutdown, never on the cooperative pool.
+    static func sleepOnMonitorThread(microseconds: UInt32) {
+        _ = usleep(microseconds)
+    }
+
+    /// `pthread_create` of a joinable thread running `body`.
+    static func startThread(_ body: @escaping @Sendable () -> Void) -> Result<pthread_t, Errno> {
+        final class Box {
+            let body: @Sendable () -> Void
+            init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        }
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        if rc != 0 {
+            Unmanaged<Box>.fromOpaque(box).release()
+            return .failure(Errno(rc))
+        }
+        return .success(thread)
+    }
+
+    /// `prctl(PR_SET_NAME, name)` (CRunnerShims `nr_set_thread_name`): names the calling thread.
+    static func nameCurrentThread(_ name: String) {
+        _ = nr_set_thread_name(name)
+    }
+
+    /// `pthread_equal(pthread_self(), thread)`.
+    static func isCurrentThread(_ thread: pthread_t) -> Bool {
+        pthread_equal(pthread_self(), thread) != 0
+    }
+
+    /// `pthread_join(thread, NULL)`.
+    static func join(_ thread: pthread_t) {
+        _ = pthread_join(thread, nil)
+    }
+
+    /// `pthread_detach(thread)`.
+    static func detach(_ thread: pthread_t) {
+        _ = pthread_detach(thread)
+    }
+}
+
+/// An errno value from a failed system call.
+struct Errno: Error, Equatable {
+    var value: Int32
+    init(_ value: Int32) { self.value = value }
+}
+
+extension Duration {
+    /// Whole nanoseconds, clamped to ±100 years so that adding it to a monotonic timestamp cannot overflow.
+    var clampedNanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        let century: Int64 = 100 * 365 * 86_400
+        return min(max(seconds, -century), century) * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

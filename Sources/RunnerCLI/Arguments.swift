@@ -1,0 +1,188 @@
+import Foundation
+
+/// One option a subcommand accepts.
+public struct OptionSpec: Sendable {
+    public enum Kind: Sendable, Equatable {
+        /// `--flag`, no value.
+        case flag
+        /// `--name VALUE` or `--name=VALUE`, the last one wins.
+        case value(String)
+        /// `--name VALUE`, may be given several times.
+        case repeated(String)
+    }
+
+    public var name: String
+    public var short: Character?
+    public var kind: Kind
+    public var help: String
+    /// The environment variable used when the option is not given (`RUNNER_...`).
+    public var environment: String?
+    public var defaultDescription: String?
+
+    public init(
+        _ name: String, short: Character? = nil, _ kind: Kind, help: String, environment: String? = nil,
+        default defaultDescription: String? = nil
+    ) {
+        self.name = name
+        self.short = short
+        self.kind = kind
+        self.help = help
+        self.environment = environment
+        self.defaultDescription = defaultDescription
+    }
+}
+
+/// A subcommand's interface, enough to parse its arguments and print its help.
+public struct CommandSpec: Sendable {
+    public var name: String
+    public var abstract: String
+    public var usage: String
+    public var arguments: [(String, String)]
+    public var options: [OptionSpec]
+    /// Whether positional arguments are accepted (otherwise any is a usage error).
+    public var maximumPositionals: Int
+    /// Whether arguments after `--` are collected as a command line.
+    public var acceptsCommand: Bool
+    public var discussion: String?
+
+    public init(
+        name: String, abstract: String, usage: String, arguments: [(String, String)] = [], options: [OptionSpec],
+        maximumPositionals: Int = 0, acceptsCommand: Bool = false, discussion: String? = nil
+    ) {
+        self.name = name
+        self.abstract = abstract
+        self.usage = usage
+        self.arguments = arguments
+        self.options = options + [OptionSpec("--help", short: "h", .flag, help: "Show help for this command.")]
+        self.maximumPositionals = maximumPositionals
+        self.acceptsCommand = acceptsCommand
+        self.discussion = discussion
+    }
+
+    /// The help text: OVERVIEW, USAGE, ARGUMENTS, OPTIONS.
+    public var help: String {
+        var text = "OVERVIEW: \(abstract)\n\nUSAGE: \(usage)\n"
+        if !arguments.isEmpty {
+            text += "\nARGUMENTS:\n"
+            for (name, help) in arguments { text += "  " + name.padding(toLength: 26, withPad: " ", startingAt: 0) + help + "\n" }
+        }
+        text += "\nOPTIONS:\n"
+        for option in options {
+            var left = option.short.map { "-\($0), " } ?? ""
+            left += option.name
+            switch option.kind {
+            case .flag: break
+            case .value(let v), .repeated(let v): left += " <\(v)>"
+            }
+            var help = option.help
+            if case .repeated = option.kind { help += " (repeatable)" }
+            if let d = option.defaultDescription { help += " (default: \(d))" }
+            if let env = option.environment { help += " [env: \(env)]" }
+            if left.count >= 26 {
+                text += "  \(left)\n" + String(repeating: " ", count: 28) + help + "\n"
+            } else {
+                text += "  " + left.padding(toLength: 26, withPad: " ", startingAt: 0) + help + "\n"
+            }
+        }
+        if let discussion { text += "\n\(discussion)\n" }
+        return text
+    }
+}
+
+/// A usage mistake: printed as one `Error:` line, the usage, and a pointer to --help; exit code 2.
+public struct UsageError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var command: String
+    public init(_ message: String, command: String) {
+        self.message = message
+        self.command = command
+    }
+    public var description: String { message }
+}
+
+/// Parsed arguments of one subcommand, with environment fallbacks applied.
+public struct ParsedArguments: Sendable {
+    public var command: CommandSpec
+    public private(set) var values: [String: [String]] = [:]
+    /// Where each value came from: "flag" or the environment variable's name.
+    public private(set) var sources: [String: String] = [:]
+    public private(set) var positionals: [String] = []
+    public private(set) var commandLine: [String] = []
+
+    public func flag(_ name: String) -> Bool { values[name] != nil }
+    public func value(_ name: String) -> String? { values[name]?.last }
+    public func all(_ name: String) -> [String] { values[name] ?? [] }
+
+    /// Parses `arguments` against `command`; falls back to `environment` for options that name a variable.
+    public init(_ arguments: [String], command: CommandSpec, environment: [String: String]) throws(UsageError) {
+        self.command = command
+        var index = 0
+        func fail(_ message: String) -> UsageError { UsageError(message, command: command.name) }
+        while index < arguments.count {
+            let argument = arguments[index]
+            index += 1
+            if argument == "--" {
+                guard command.acceptsCommand else { throw fail("unexpected argument '--'") }
+                commandLine = Array(arguments[index...])
+                break
+            }
+            if argument.hasPrefix("--") || (argument.hasPrefix("-") && argument.count == 2 && argument != "-") {
+                var name = argument
+                var inline: String?
+                if argument.hasPrefix("--"), let eq = argument.firstIndex(of: "=") {
+                    name = String(argument[..<eq])
+                    inline = String(argument[argument.index(after: eq)...])
+                }
+                let option: OptionSpec?
+                if name.hasPrefix("--") {
+                    option = command.options.first { $0.name == name }
+                } else {
+                    option = command.options.first { $0.short.map { "-\($0)" } == name }
+                }
+                guard let option else { throw fail("unknown option '\(name)'") }
+                switch option.kind {
+                case .flag:
+                    guard inline == nil else { throw fail("option '\(option.name)' takes no value") }
+                    values[option.name] = ["true"]
+                case .value(let valueName), .repeated(let valueName):
+                    let value: String
+                    if let inline {
+                        value = inline
+                    } else {
+                        guard index < arguments.count, !(arguments[index].hasPrefix("--") && arguments[index].count > 2)
+                        else { throw fail("missing value for option '\(option.name) <\(valueName)>'") }
+                        value = arguments[index]
+                        index += 1
+                    }
+                    if case .repeated = option.kind {
+                        values[option.name, default: []].append(value)
+                    } else {
+                        values[option.name] = [value]
+                    }
+                }
+                sources[option.name] = "flag"
+                continue
+            }
+            if command.acceptsCommand, command.maximumPositionals == positionals.count {
+                // The command starts at the first positional beyond the subcommand's own (no `--` needed).
+                commandLine = Array(arguments[(index - 1)...])
+                break
+            }
+            guard positionals.count < command.maximumPositionals else {
+                throw fail("unexpected argument '\(argument)'")
+            }
+            positionals.append(argument)
+        }
+        for option in command.options where values[option.name] == nil {
+            guard let variable = option.environment, let value = environment[variable], !value.isEmpty else { continue }
+            switch option.kind {
+            case .flag:
+                guard ["1", "true", "yes", "on"].contains(value.lowercased()) else { continue }
+                values[option.name] = ["true"]
+            case .value: values[option.name] = [value]
+            case .repeated: values[option.name] = value.split(separator: ",").map { String($0.trimmingCharacters(in: .whitespaces)) }
+            }
+            sources[option.name] = variable
+        }
+    }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import RedisClient
+import RunnerCore
+import RunnerProtocol
+
+/// Options every subcommand takes.
+enum CommonOptions {
+    static let redis = OptionSpec(
+        "--redis", .value("HOST:PORT|URL"), help: "Redis to use: host:port or redis://[user:password@]host:port[/db].",
+        environment: "RUNNER_REDIS", default: "127.0.0.1:6379")
+    static let namespace = OptionSpec(
+        "--namespace", .value("NAME"), help: "Namespace of the pool's keys.", environment: "RUNNER_NAMESPACE",
+        default: Keyspace.defaultNamespace)
+    static let all = [redis, namespace]
+}
+
+/// A failure of a command that is not a usage mistake: printed as `Error: ...`, exit code 1.
+struct CommandFailure: Error, CustomStringConvertible {
+    var message: String
+    init(_ message: String) { self.message = message }
+    var description: String { message }
+}
+
+extension ParsedArguments {
+    func endpoint() throws -> RedisEndpoint {
+        let text = value("--redis") ?? "127.0.0.1:6379"
+        do {
+            return try RedisEndpoint(parsing: text)
+        } catch {
+            throw UsageError("invalid value for '--redis': \(error.message)", command: command.name)
+        }
+    }
+
+    func keyspace() throws -> Keyspace {
+        let name = value("--namespace") ?? Keyspace.defaultNamespace
+        guard Keyspace.isValidName(name) else {
+            throw UsageError(
+                "invalid value for '--namespace': '\(name)' (use letters, digits, '-', '_' or '.'; no braces, colons or spaces)",
+                command: command.name)
+        }
+        return Keyspace(namespace: name)
+    }
+
+    func duration(_ name: String) throws -> Duration? {
+        guard let text = value(name) else { return nil }
+        guard let duration = DurationParser.parse(text) else {
+            throw UsageError(
+                "invalid duration for '\(name)': '\(text)' (write 30s, 500ms, 2m, 1h or a number of seconds)",
+                command: command.name)
+        }
+        return duration
+    }
+
+    func positiveInt(_ name: String) throws -> Int? {
+        guard let text = value(name) else { return nil }
+        guard let n = Int(text), n > 0 else {
+            throw UsageError("invalid value for '\(name)': '\(text)' (expected a positive whole number)", command: command.name)
+        }
+        return n
+    }
+
+    func keyValues(_ name: String) throws -> [String: String] {
+        var result: [String: String] = [:]
+        for item in all(name) {
+            guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+                throw UsageError("invalid value for '\(name)': '\(item)' (expected KEY=VALUE)", command: command.name)
+            }
+            result[String(item[..<eq])] = String(item[item.index(after: eq)...])
+        }
+        return result
+    }
+}
+
+/// A connected client for one-shot commands; a clear error when Redis cannot be reached.
+func connectedPool(_ arguments: ParsedArguments) async throws -> PoolClient {
+    let endpoint = try arguments.endpoint()
+    let keyspace = try arguments.keyspace()
+    var options = RedisClientOptions()
+    options.name = "cli"
+    let client = RedisClient(endpoint: endpoint, options: options)
+    do {
+        try await client.connect()
+    } catch let error as RedisClientError {
+        client.close()
+        throw CommandFailure(error.message)
+    }
+    return PoolClient(client: client, keyspace: keyspace)
+}
+
+/// A readable rendering of a millisecond timestamp (UTC, ISO 8601).
+func formatTimestamp(_ ms: Int) -> String {
+    var seconds = time_t(ms / 1000)
+    var parts = tm()
+    gmtime_r(&seconds, &parts)
+    return String(
+        format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
+        parts.tm_hour, parts.tm_min, parts.tm_sec, ms % 1000)
+}

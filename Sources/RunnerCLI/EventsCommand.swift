@@ -1,0 +1,56 @@
+import Foundation
+import RunnerCore
+import RunnerProtocol
+
+/// `runner events`: recent events, optionally following new ones.
+enum EventsCommand {
+    static let spec = CommandSpec(
+        name: "events",
+        abstract: "Print the pool's events (the last ones, and with --follow new ones as they come).",
+        usage: "runner events [--follow] [--json] [--count N] [--job ID]",
+        options: CommonOptions.all + [
+            OptionSpec("--follow", short: "f", .flag, help: "Keep printing new events until interrupted."),
+            OptionSpec("--json", .flag, help: "One JSON object per line."),
+            OptionSpec("--count", .value("N"), help: "How many recent events to print first.", default: "50"),
+            OptionSpec("--job", .value("ID"), help: "Only events of this job."),
+        ])
+
+    static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        let count = try arguments.positiveInt("--count") ?? 50
+        let job = arguments.value("--job")
+        let pool = try await connectedPool(arguments)
+        defer { pool.client.close() }
+        let json = arguments.flag("--json")
+        var cursor = "0-0"
+        let recent = try await pool.recentEvents(count: count)
+        for event in recent where job == nil || event.job == job { console.print(render(event, json: json)) }
+        if let last = recent.last { cursor = last.streamId }
+        guard arguments.flag("--follow") else { return 0 }
+        if recent.isEmpty { cursor = "$" }
+        while !Task.isCancelled {
+            let events = try await pool.events(after: cursor, block: .seconds(5))
+            for event in events where job == nil || event.job == job { console.print(render(event, json: json)) }
+            if let last = events.last { cursor = last.streamId }
+        }
+        return 0
+    }
+
+    static func render(_ event: PoolEvent, json: Bool) -> String {
+        if json {
+            var object: [String: JSONValue] = ["id": .string(event.streamId)]
+            for (key, value) in event.fields {
+                switch key {
+                case EventField.data: object[key] = (try? JSONValue(parsing: value)) ?? .string(value)
+                case EventField.timestamp, ProtocolVersion.field: object[key] = Int(value).map(JSONValue.int) ?? .string(value)
+                default: object[key] = .string(value)
+                }
+            }
+            return JSONValue.object(object).serialized
+        }
+        var line = "\(formatTimestamp(event.timestampMs)) \(event.type.padding(toLength: 17, withPad: " ", startingAt: 0))"
+        if !event.runner.isEmpty { line += " runner=\(event.runner)" }
+        if !event.job.isEmpty { line += " job=\(event.job)" }
+        if !event.data.isEmpty, event.data != "{}" { line += " \(event.data)" }
+        return line
+    }
+}

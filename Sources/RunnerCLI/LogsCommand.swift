@@ -1,0 +1,34 @@
+import RunnerCore
+import RunnerProtocol
+
+/// `runner logs ID`: the job's output, stdout to stdout and stderr to stderr, bytes as written.
+enum LogsCommand {
+    static let spec = CommandSpec(
+        name: "logs",
+        abstract: "Print a job's output (stdout and stderr as the job wrote them).",
+        usage: "runner logs ID",
+        arguments: [("ID", "The job id.")],
+        options: CommonOptions.all,
+        maximumPositionals: 1)
+
+    static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        guard let id = arguments.positionals.first else { throw UsageError("missing job id", command: spec.name) }
+        let pool = try await connectedPool(arguments)
+        defer { pool.client.close() }
+        guard try await pool.result(id: id) != nil else {
+            throw CommandFailure("no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
+        }
+        try await printLogs(pool: pool, id: id, console: console)
+        return 0
+    }
+
+    static func printLogs(pool: PoolClient, id: String, console: Console) async throws {
+        try await pool.logs(id: id) { chunk in
+            switch chunk.stream {
+            case LogField.stdout: console.out(chunk.bytes)
+            case LogField.stderr: console.err(chunk.bytes)
+            default: console.error("[nativerunner] \(String(decoding: chunk.bytes, as: UTF8.self))")
+            }
+        }
+    }
+}

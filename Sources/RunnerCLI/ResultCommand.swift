@@ -1,0 +1,50 @@
+import RunnerCore
+import RunnerProtocol
+
+/// `runner result ID`.
+enum ResultCommand {
+    static let spec = CommandSpec(
+        name: "result",
+        abstract: "Show a job's result record.",
+        usage: "runner result ID [--json]",
+        arguments: [("ID", "The job id.")],
+        options: CommonOptions.all + [OptionSpec("--json", .flag, help: "Print the result hash as one JSON object.")],
+        maximumPositionals: 1)
+
+    static let order = [
+        ResultField.state, ResultField.exitCode, ResultField.signal, ResultField.reason, ResultField.attempt,
+        ResultField.runner, ResultField.queue, ResultField.submittedAt, ResultField.startedAt, ResultField.finishedAt,
+        ResultField.durationMs, ResultField.forcedKill, ResultField.pid, ResultField.cpuUserMs, ResultField.cpuSystemMs,
+        ResultField.maxRssBytes, ResultField.streamId, ResultField.spec,
+    ]
+
+    static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        guard let id = arguments.positionals.first else { throw UsageError("missing job id", command: spec.name) }
+        let pool = try await connectedPool(arguments)
+        defer { pool.client.close() }
+        guard let fields = try await pool.result(id: id) else {
+            throw CommandFailure("no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
+        }
+        let view = ResultView(fields: fields)
+        if arguments.flag("--json") {
+            console.print(view.json(id: id).serialized)
+            return 0
+        }
+        console.print("id: \(id)")
+        let timestamps: Set<String> = [ResultField.submittedAt, ResultField.startedAt, ResultField.finishedAt]
+        for name in order + fields.keys.filter({ !order.contains($0) && $0 != ResultField.outputTail }).sorted() {
+            guard let value = view.text(name) else { continue }
+            if timestamps.contains(name), let ms = Int(value) {
+                console.print("\(name): \(formatTimestamp(ms))")
+            } else {
+                console.print("\(name): \(value)")
+            }
+        }
+        if let tail = fields[ResultField.outputTail], !tail.isEmpty {
+            console.print("output_tail:")
+            console.out(tail)
+            if tail.last != 0x0A { console.print("") }
+        }
+        return 0
+    }
+}

@@ -1,0 +1,111 @@
+import Foundation
+import RedisClient
+import RunnerCore
+import RunnerProtocol
+
+/// The `runner` command line: subcommands as plain functions, testable without a process.
+public enum RunnerCommandLine {
+    static let subcommands: [(CommandSpec, @Sendable (ParsedArguments, Console) async throws -> Int32)] = [
+        (WorkerCommand.spec, WorkerCommand.run),
+        (SubmitCommand.spec, SubmitCommand.run),
+        (ResultCommand.spec, ResultCommand.run),
+        (LogsCommand.spec, LogsCommand.run),
+        (StatusCommand.spec, StatusCommand.run),
+        (EventsCommand.spec, EventsCommand.run),
+    ]
+
+    static var overview: String {
+        var text = """
+            OVERVIEW: NativeRunner \(RunnerVersion.current): runs jobs from Redis streams as isolated processes.
+
+            USAGE: runner [worker] --redis HOST:PORT [options]
+                   runner <subcommand> [options]
+
+            SUBCOMMANDS:
+
+            """
+        for (spec, _) in subcommands {
+            text += "  " + spec.name.padding(toLength: 12, withPad: " ", startingAt: 0) + spec.abstract + "\n"
+        }
+        text += "  " + "help".padding(toLength: 12, withPad: " ", startingAt: 0) + "Show help for a subcommand.\n"
+        text += """
+
+            OPTIONS:
+              --version                 Show the version.
+              -h, --help                Show this help.
+
+            With no subcommand, runner runs as a worker. See 'runner help <subcommand>' for details.
+            The protocol is documented in docs/protocol.md.
+
+            """
+        return text
+    }
+
+    /// Runs the command line and returns the exit code: 0 success, 1 failure, 2 usage error.
+    public static func run(
+        arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,
+        console: Console = .standard
+    ) async -> Int32 {
+        var arguments = arguments
+        let first = arguments.first
+        switch first {
+        case "--version":
+            console.print("runner \(RunnerVersion.current) (protocol v\(ProtocolVersion.current))")
+            return 0
+        case "-h", "--help":
+            console.print(overview)
+            return 0
+        case "help":
+            guard arguments.count > 1 else {
+                console.print(overview)
+                return 0
+            }
+            guard let (spec, _) = subcommands.first(where: { $0.0.name == arguments[1] }) else {
+                console.error("Error: unknown subcommand '\(arguments[1])'")
+                console.error("See 'runner --help'.")
+                return 2
+            }
+            console.print(spec.help)
+            return 0
+        default: break
+        }
+        var chosen = subcommands[0]
+        if let first, let match = subcommands.first(where: { $0.0.name == first }) {
+            chosen = match
+            arguments.removeFirst()
+        } else if let first, !first.hasPrefix("-") {
+            console.error("Error: unknown subcommand '\(first)'")
+            console.error("See 'runner --help'.")
+            return 2
+        }
+        let (spec, body) = chosen
+        do {
+            let parsed = try ParsedArguments(arguments, command: spec, environment: environment)
+            if parsed.flag("--help") {
+                console.print(spec.help)
+                return 0
+            }
+            return try await body(parsed, console)
+        } catch let error as UsageError {
+            console.error("Error: \(error.message)")
+            console.error("Usage: \(spec.usage)")
+            console.error("See 'runner \(spec.name) --help'.")
+            return 2
+        } catch let error as CommandFailure {
+            console.error("Error: \(error.message)")
+            return 1
+        } catch let error as RedisClientError {
+            console.error("Error: \(error.message)")
+            return 1
+        } catch let error as RedisServerError {
+            console.error("Error: Redis refused the command: \(error.message)")
+            return 1
+        } catch let error as WorkerError {
+            console.error("Error: \(error.message)")
+            return 1
+        } catch {
+            console.error("Error: \(error)")
+            return 1
+        }
+    }
+}

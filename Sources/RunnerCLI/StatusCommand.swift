@@ -1,0 +1,65 @@
+import Foundation
+import RunnerCore
+import RunnerProtocol
+
+/// `runner status`: runners with lease time left and capacity; queues with length, pending and lag.
+enum StatusCommand {
+    static let spec = CommandSpec(
+        name: "status",
+        abstract: "Show the pool: runners, their leases and capacity; queues with length, pending and lag.",
+        usage: "runner status [--json]",
+        options: CommonOptions.all + [OptionSpec("--json", .flag, help: "Print one JSON object.")])
+
+    static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        let pool = try await connectedPool(arguments)
+        defer { pool.client.close() }
+        let status = try await pool.status(extraQueues: [Keyspace.defaultQueue])
+        if arguments.flag("--json") {
+            let runners: [JSONValue] = status.runners.map { runner in
+                var object = runner.record.objectValue ?? [:]
+                object["id"] = .string(runner.id)
+                object["lease_remaining_ms"] = runner.leaseRemainingMs.map(JSONValue.int) ?? .null
+                return .object(object)
+            }
+            let queues: [JSONValue] = status.queues.map { queue in
+                [
+                    "name": .string(queue.name), "length": .int(queue.length), "pending": .int(queue.pending),
+                    "lag": queue.lag.map(JSONValue.int) ?? .null, "consumers": .int(queue.consumers),
+                ]
+            }
+            console.print(JSONValue.object(["runners": .array(runners), "queues": .array(queues)]).serialized)
+            return 0
+        }
+        console.print("RUNNERS")
+        if status.runners.isEmpty { console.print("  (none registered)") }
+        var rows = [["ID", "NODE", "STATE", "LEASE", "CAPACITY", "RUNNING"]]
+        for runner in status.runners {
+            let record = runner.record
+            let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
+            let free = record["capacity_free"]?.intValue ?? 0
+            let running = record["running"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            rows.append([
+                runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
+                record[RunnerRecordField.state]?.stringValue ?? "?",
+                runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
+                "\(capacity - free)/\(capacity)", running.isEmpty ? "-" : running.joined(separator: ","),
+            ])
+        }
+        if !status.runners.isEmpty { table(rows, console) }
+        console.print("\nQUEUES")
+        rows = [["NAME", "LENGTH", "PENDING", "LAG", "CONSUMERS"]]
+        for queue in status.queues {
+            rows.append([queue.name, String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "?", String(queue.consumers)])
+        }
+        table(rows, console)
+        return 0
+    }
+
+    static func table(_ rows: [[String]], _ console: Console) {
+        let widths = (0..<(rows.first?.count ?? 0)).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            let cells = row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
+            console.print("  " + cells.joined(separator: "  "))
+        }
+    }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import RedisClient
+import RunnerCore
+import RunnerProtocol
+
+/// `runner submit`: adds a job; with `--wait`, prints its output and exits with its exit code.
+enum SubmitCommand {
+    static let spec = CommandSpec(
+        name: "submit",
+        abstract: "Submit a job and print its id (or, with --wait, its output).",
+        usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--cwd DIR] [--max-attempts N] [--id ID] "
+            + "[--shell 'SCRIPT'] [--wait] [--json] -- CMD [ARG...]",
+        arguments: [("CMD [ARG...]", "The command and its arguments (after --), unless --shell is given.")],
+        options: CommonOptions.all + [
+            OptionSpec("--queue", .value("QUEUE"), help: "Queue to submit to.", default: Keyspace.defaultQueue),
+            OptionSpec("--timeout", .value("DURATION"), help: "Stop the job after this long (30s, 500ms, 2m)."),
+            OptionSpec("--env", .repeated("K=V"), help: "Environment variable for the job."),
+            OptionSpec("--label", .repeated("K=V"), help: "Label recorded with the job."),
+            OptionSpec("--cwd", .value("DIR"), help: "Working directory of the job."),
+            OptionSpec("--max-attempts", .value("N"), help: "Attempts the job may take.", default: "1"),
+            OptionSpec("--id", .value("ID"), help: "Job id.", default: "a random UUID"),
+            OptionSpec("--shell", .value("SCRIPT"), help: "Run SCRIPT with /bin/sh -c instead of a command."),
+            OptionSpec("--wait", .flag, help: "Wait for the result, print the output, exit with the job's exit code."),
+            OptionSpec("--wait-timeout", .value("DURATION"), help: "With --wait: give up waiting after this long."),
+            OptionSpec("--json", .flag, help: "Print JSON: the id and entry, or with --wait the result."),
+        ],
+        acceptsCommand: true,
+        discussion: "With --wait the exit code is the job's: its exit code, 124 when it timed out, 128+N when killed "
+            + "by signal N, 1 when it was rejected or could not be recorded.")
+
+    static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        let command: JobSpec.Command
+        switch (arguments.value("--shell"), arguments.commandLine.isEmpty) {
+        case (let script?, true): command = .shell(script)
+        case (nil, false): command = .argv(arguments.commandLine)
+        case (_?, false): throw UsageError("give either --shell or a command after --, not both", command: spec.name)
+        case (nil, true): throw UsageError("missing command: give CMD [ARG...] after -- or --shell 'SCRIPT'", command: spec.name)
+        }
+        let queue = arguments.value("--queue") ?? Keyspace.defaultQueue
+        guard Keyspace.isValidName(queue) else {
+            throw UsageError("invalid value for '--queue': '\(queue)'", command: spec.name)
+        }
+        if let id = arguments.value("--id") {
+            do { try JobEntry.validateId(id) } catch {
+                throw UsageError("invalid value for '--id': \(error.message)", command: spec.name)
+            }
+        }
+        let timeout = try arguments.duration("--timeout")
+        if let timeout, timeout.milliseconds < 1 {
+            throw UsageError("invalid value for '--timeout': it must be at least 1ms", command: spec.name)
+        }
+        let jobSpec = JobSpec(
+            command: command, environment: try arguments.keyValues("--env"), workingDirectory: arguments.value("--cwd"),
+            timeoutMs: timeout?.milliseconds, maxAttempts: try arguments.positiveInt("--max-attempts") ?? 1,
+            labels: try arguments.keyValues("--label"))
+        let waitTimeout = try arguments.duration("--wait-timeout")
+
+        let pool = try await connectedPool(arguments)
+        defer { pool.client.close() }
+        let submitted: (id: String, streamId: String)
+        do {
+            submitted = try await pool.submit(id: arguments.value("--id"), spec: jobSpec, queue: queue)
+        } catch let error as RedisServerError where error.kind == "DUPLICATE" {
+            throw CommandFailure("a job with id '\(arguments.value("--id") ?? "")' already exists")
+        }
+        guard arguments.flag("--wait") else {
+            if arguments.flag("--json") {
+                let json: JSONValue = ["id": .string(submitted.id), "stream_id": .string(submitted.streamId), "queue": .string(queue)]
+                console.print(json.serialized)
+            } else {
+                console.print(submitted.id)
+            }
+            return 0
+        }
+        guard let result = try await pool.waitForResult(id: submitted.id, timeout: waitTimeout) else {
+            throw CommandFailure("job '\(submitted.id)' disappeared while waiting (its result hash is gone)")
+        }
+        let record = ResultView(fields: result)
+        guard record.state?.isTerminal == true else {
+            throw CommandFailure("gave up waiting for job '\(submitted.id)' (still \(record.stateText))")
+        }
+        if arguments.flag("--json") {
+            console.print(record.json(id: submitted.id).serialized)
+        } else {
+            try await LogsCommand.printLogs(pool: pool, id: submitted.id, console: console)
+            if record.state != .succeeded {
+                console.error("job \(submitted.id) \(record.stateText): \(record.reason)")
+            }
+        }
+        return record.exitStatus
+    }
+}
+
+/// A result hash read back, with the typed view `--json` prints.
+struct ResultView {
+    var fields: [String: [UInt8]]
+
+    func text(_ name: String) -> String? {
+        fields[name].flatMap { String(validating: $0, as: UTF8.self) }.flatMap { $0.isEmpty ? nil : $0 }
+    }
+    var state: JobState? { text(ResultField.state).flatMap(JobState.init(rawValue:)) }
+    var stateText: String { text(ResultField.state) ?? "unknown" }
+    var reason: String { text(ResultField.reason) ?? "" }
+
+    /// The exit code `submit --wait` returns for this result.
+    var exitStatus: Int32 {
+        switch state {
+        case .succeeded?: return 0
+        case .timedOut?: return 124
+        case .failed?:
+            if let code = text(ResultField.exitCode).flatMap({ Int32($0) }) { return code == 0 ? 1 : code }
+            if let signal = text(ResultField.signal).flatMap({ Int32($0) }) { return 128 + signal }
+            return 1
+        default: return 1
+        }
+    }
+
+    static let integerFields: Set<String> = [
+        ResultField.exitCode, ResultField.signal, ResultField.attempt, ResultField.submittedAt, ResultField.startedAt,
+        ResultField.finishedAt, ResultField.durationMs, ResultField.pid, ResultField.cpuUserMs, ResultField.cpuSystemMs,
+        ResultField.maxRssBytes, ProtocolVersion.field,
+    ]
+
+    /// Every field: integers as numbers (null when empty), `forced_kill` as a boolean, the rest as strings;
+    /// a value that is not valid UTF-8 (output) appears as `<field>_base64` instead.
+    func json(id: String) -> JSONValue {
+        var object: [String: JSONValue] = ["id": .string(id)]
+        for (name, bytes) in fields {
+            if ResultView.integerFields.contains(name) {
+                object[name] = String(decoding: bytes, as: UTF8.self).isEmpty
+                    ? .null : Int(String(decoding: bytes, as: UTF8.self)).map(JSONValue.int) ?? .string(String(decoding: bytes, as: UTF8.self))
+            } else if name == ResultField.forcedKill {
+                object[name] = .bool(bytes == Array("1".utf8))
+            } else if let text = String(validating: bytes, as: UTF8.self) {
+                object[name] = name == ResultField.spec ? ((try? JSONValue(parsing: text)) ?? .string(text)) : .string(text)
+            } else {
+                object[name + "_base64"] = .string(Data(bytes).base64EncodedString())
+            }
+        }
+        return .object(object)
+    }
+}

@@ -1,0 +1,191 @@
+import Foundation
+import ProcessSupervision
+import RedisClient
+import RunnerProtocol
+
+/// How one delivery ended, as far as the worker's counters care.
+enum DeliveryOutcome: Sendable, Equatable {
+    case finished(JobState)
+    case handedBack
+    case rejected
+    case lost
+    /// The completion was refused: the job belongs to another runner or attempt now.
+    case stale
+}
+
+/// Runs one delivered job from validation to its recorded result. Knows Redis only through `JobStore`.
+struct JobExecutor: Sendable {
+    let configuration: WorkerConfiguration
+    let store: JobStore
+    let logClient: RedisClient
+    let supervisor: ProcessSupervisor
+    let logger: Logger
+
+    /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
+    /// idempotent, so resending after a lost reply changes nothing twice.
+    private let durable = RedisRetry.idempotent(deadline: nil)
+
+    func run(_ delivery: Delivery) async -> DeliveryOutcome {
+        let runner = configuration.name
+        guard let fields = delivery.fields else {
+            logger.warning("entry payload is gone; acking it", ["stream_id": delivery.streamId, "queue": delivery.queue])
+            await detached { try await store.lost(streamId: delivery.streamId, queue: delivery.queue, runner: runner, retry: durable) }
+            return .lost
+        }
+        let entry: JobEntry
+        do {
+            entry = try JobEntry(streamId: delivery.streamId, queue: delivery.queue, fields: fields)
+        } catch {
+            logger.warning("rejected entry: \(error.message)", ["stream_id": delivery.streamId, "queue": delivery.queue])
+            await detached {
+                try await store.reject(
+                    streamId: delivery.streamId, queue: delivery.queue, fields: fields, reason: error.message,
+                    runner: runner, retry: durable)
+            }
+            return .rejected
+        }
+        if Task.isCancelled {
+            await detached { try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable) }
+            return .handedBack
+        }
+        return await execute(entry)
+    }
+
+    private func execute(_ entry: JobEntry) async -> DeliveryOutcome {
+        let runner = configuration.name
+        let received: JSONValue = [
+            "queue": .string(entry.queue), "stream_id": .string(entry.streamId), "attempt": .int(entry.attempt),
+        ]
+        let recorder = OutputRecorder(
+            client: logClient, key: store.keyspace.log(job: entry.jobId), limit: configuration.logLimitBytes,
+            tailLimit: configuration.outputTailBytes)
+        let clock = ContinuousClock()
+        let began = clock.now
+
+        let process: RunningProcess
+        do {
+            process = try await supervisor.spawn(processSpec(for: entry)) { stream, bytes in
+                recorder.append(stream, bytes)
+            }
+        } catch let error as SpawnError {
+            logger.info("job could not start: \(error.message)", ["job": entry.jobId])
+            let record = JobResultRecord(
+                state: .failed, exitCode: error.conventionalExitCode, reason: error.message,
+                durationMs: (clock.now - began).milliseconds, outputTail: [])
+            return await finish(entry, record, receivedData: received)
+        } catch {
+            let record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
+            return await finish(entry, record, receivedData: received)
+        }
+
+        let flusher = Task { await recorder.run() }
+        // The start write runs while the job does; it is awaited before the result so they land in order.
+        let pid = process.pid
+        let started = Task {
+            let fresh = (try? await store.start(entry: entry, runner: runner, pid: pid, receivedData: received, retry: durable)) ?? true
+            if !fresh { process.signalGroup(SIGKILL) }
+            return fresh
+        }
+        let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
+        let outcome = await process.wait(TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace))
+        let summary = await recorder.finish(flusher: flusher)
+        guard await started.value else {
+            logger.warning("this attempt had already ended; the duplicate delivery was stopped", ["job": entry.jobId])
+            _ = await finish(entry, JobExecutor.record(for: outcome, timeout: timeout), receivedData: nil)
+            return .stale
+        }
+
+        if outcome.stopReason == .cancelled {
+            logger.info("job stopped for shutdown; handing it back", ["job": entry.jobId])
+            await detached {
+                try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
+            }
+            return .handedBack
+        }
+        var record = JobExecutor.record(for: outcome, timeout: timeout)
+        record.outputTail = summary.tail
+        return await finish(entry, record, receivedData: nil)
+    }
+
+    private func finish(_ entry: JobEntry, _ record: JobResultRecord, receivedData: JSONValue?) async -> DeliveryOutcome {
+        let runner = configuration.name
+        let written = await detached {
+            try await store.complete(entry: entry, runner: runner, result: record, receivedData: receivedData, retry: durable)
+        }
+        logger.debug("job \(record.state.rawValue)", ["job": entry.jobId, "reason": record.reason ?? ""])
+        return written == .refused ? .stale : .finished(record.state)
+    }
+
+    /// Result fields for how the process ended.
+    static func record(for outcome: ProcessOutcome, timeout: Duration?) -> JobResultRecord {
+        var record = JobResultRecord(
+            state: .failed, durationMs: outcome.wallTime.milliseconds, forcedKill: outcome.forcedKill, pid: outcome.pid,
+            cpuUserMs: outcome.userCPUTime.milliseconds, cpuSystemMs: outcome.systemCPUTime.milliseconds,
+            maxRssBytes: outcome.maxResidentBytes)
+        switch outcome.termination {
+        case .exited(let code): record.exitCode = code
+        case .signaled(let signal): record.signal = signal
+        }
+        if outcome.stopReason == .timeout {
+            record.state = .timedOut
+            let limit = timeout.map { "\($0.milliseconds) ms" } ?? "its timeout"
+            record.reason = outcome.forcedKill
+                ? "timed out after \(limit); killed with SIGKILL after the grace period"
+                : "timed out after \(limit); stopped with SIGTERM"
+            return record
+        }
+        switch outcome.termination {
+        case .exited(0): record.state = .succeeded
+        case .exited(let code): record.reason = "exited with code \(code)"
+        case .signaled(let signal): record.reason = "killed by signal \(signal) (\(signalName(signal)))"
+        }
+        return record
+    }
+
+    /// The job's process: its own argv or `/bin/sh -c`, a clean environment (never the runner's, so the Redis
+    /// URL and password cannot leak), its cwd.
+    func processSpec(for entry: JobEntry) -> ProcessSpec {
+        var environment: [String: String] = [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": ProcessInfo.processInfo.environment["HOME"] ?? "/",
+            "LANG": "C.UTF-8",
+        ]
+        for (key, value) in entry.spec.environment { environment[key] = value }
+        environment["NR_JOB_ID"] = entry.jobId
+        environment["NR_ATTEMPT"] = String(entry.attempt)
+        environment["NR_RUNNER"] = configuration.name
+        let argv: [String]
+        switch entry.spec.command {
+        case .argv(let arguments): argv = arguments
+        case .shell(let script): argv = ["/bin/sh", "-c", script]
+        }
+        return ProcessSpec(
+            executable: argv[0], arguments: argv, environment: environment,
+            workingDirectory: entry.spec.workingDirectory, dieWithParent: true)
+    }
+
+    /// Runs a durable write outside the caller's cancellation: a job stopped for shutdown still gets recorded.
+    @discardableResult
+    private func detached<T: Sendable>(_ write: @escaping @Sendable () async throws -> T) async -> T? {
+        let logger = self.logger
+        return await Task {
+            do {
+                return try await write()
+            } catch {
+                logger.error("could not record a job write: \(error)")
+                return nil
+            }
+        }.value
+    }
+}
+
+/// The conventional name of a signal number.
+func signalName(_ signal: Int32) -> String {
+    let names: [Int32: String] = [
+        SIGHUP: "SIGHUP", SIGINT: "SIGINT", SIGQUIT: "SIGQUIT", SIGILL: "SIGILL", SIGABRT: "SIGABRT",
+        SIGBUS: "SIGBUS", SIGFPE: "SIGFPE", SIGKILL: "SIGKILL", SIGSEGV: "SIGSEGV", SIGPIPE: "SIGPIPE",
+        SIGALRM: "SIGALRM", SIGTERM: "SIGTERM", SIGUSR1: "SIGUSR1", SIGUSR2: "SIGUSR2", SIGXCPU: "SIGXCPU",
+        SIGXFSZ: "SIGXFSZ",
+    ]
+    return names[signal] ?? "signal \(signal)"
+}

@@ -1,0 +1,82 @@
+import RedisClient
+import RunnerProtocol
+
+/// One entry delivered to this runner by XREADGROUP; `fields` is nil when its payload was deleted.
+struct Delivery: Sendable {
+    var streamId: String
+    var queue: String
+    var fields: [(String, [UInt8])]?
+}
+
+/// Reads job entries for one consumer through the `runners` group, on a connection of its own so that its
+/// blocking reads never delay anything else.
+struct JobIntake: Sendable {
+    let client: RedisClient
+    let keyspace: Keyspace
+    let consumer: String
+    let queues: [String]
+    let block: Duration
+
+    /// XGROUP CREATE <stream> runners 0 MKSTREAM for every queue; an existing group is fine. From ID 0 so that
+    /// jobs added before the group existed (or while it was gone) are not skipped.
+    func ensureGroups() async throws {
+        for queue in queues {
+            do {
+                _ = try await client.send(
+                    RedisCommand(["XGROUP", "CREATE", keyspace.jobs(queue: queue), Keyspace.consumerGroup, "0", "MKSTREAM"]),
+                    retry: .whileUnreachable(deadline: nil))
+            } catch let error as RedisServerError where error.kind == "BUSYGROUP" {
+                continue
+            }
+        }
+    }
+
+    /// XREADGROUP ... COUNT n BLOCK ms STREAMS <queues> > : new entries, waiting up to `block`.
+    func readNew(count: Int) async throws -> [Delivery] {
+        let ids = Array(repeating: ">", count: queues.count)
+        var arguments = [
+            "XREADGROUP", "GROUP", Keyspace.consumerGroup, consumer, "COUNT", String(count), "BLOCK",
+            String(block.milliseconds), "STREAMS",
+        ]
+        arguments += queues.map { keyspace.jobs(queue: $0) } + ids
+        let reply = try await client.send(
+            RedisCommand(arguments), readTimeout: block + .seconds(5), retry: .whileUnreachable(deadline: nil))
+        return parse(reply)
+    }
+
+    /// XREADGROUP ... COUNT n STREAMS <queues> <after ids>: this consumer's own pending entries after the cursors.
+    func readPending(count: Int, after cursors: [String: String]) async throws -> [Delivery] {
+        var arguments = ["XREADGROUP", "GROUP", Keyspace.consumerGroup, consumer, "COUNT", String(count), "STREAMS"]
+        arguments += queues.map { keyspace.jobs(queue: $0) } + queues.map { cursors[$0] ?? "0" }
+        let reply = try await client.send(RedisCommand(arguments), retry: .whileUnreachable(deadline: nil))
+        return parse(reply)
+    }
+
+    /// XREADGROUP reply: [[stream, [[id, [field, value, ...] | nil], ...]], ...] or nil on timeout.
+    private func parse(_ reply: RedisReply) -> [Delivery] {
+        guard let streams = reply.array else { return [] }
+        var deliveries: [Delivery] = []
+        for stream in streams {
+            guard let pair = stream.array, pair.count == 2, let key = pair[0].string, let entries = pair[1].array,
+                let queue = queues.first(where: { keyspace.jobs(queue: $0) == key })
+            else { continue }
+            for entry in entries {
+                guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
+                deliveries.append(Delivery(streamId: id, queue: queue, fields: JobIntake.fieldPairs(parts[1])))
+            }
+        }
+        return deliveries
+    }
+
+    /// A flat [field, value, ...] array as pairs; nil for a deleted payload.
+    static func fieldPairs(_ reply: RedisReply) -> [(String, [UInt8])]? {
+        guard let flat = reply.array else { return nil }
+        var pairs: [(String, [UInt8])] = []
+        var index = 0
+        while index + 1 < flat.count {
+            pairs.append((flat[index].string ?? "", flat[index + 1].bytes ?? []))
+            index += 2
+        }
+        return pairs
+    }
+}

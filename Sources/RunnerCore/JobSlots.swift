@@ -1,0 +1,63 @@
+/// The executor slots: which jobs run, how many slots are free, and latches for "a slot is free" and "all idle".
+actor JobSlots {
+    struct Slot {
+        var jobId: String
+        var task: Task<Void, Never>?
+    }
+
+    let capacity: Int
+    private var slots: [String: Slot] = [:]  // by stream entry id
+    private var freeWaiters: [Latch] = []
+    private var emptyWaiters: [Latch] = []
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    var free: Int { capacity - slots.count }
+    var isEmpty: Bool { slots.isEmpty }
+    var runningJobIds: [String] { slots.values.map(\.jobId).sorted() }
+    var runningStreamIds: Set<String> { Set(slots.keys) }
+
+    /// Takes a slot for an entry before its task exists, so that a fast job's `release` can't precede it.
+    func reserve(streamId: String, jobId: String) {
+        slots[streamId] = Slot(jobId: jobId)
+    }
+
+    /// Attaches the task running a reserved slot (ignored if the slot was already released).
+    func attach(streamId: String, task: Task<Void, Never>) {
+        guard slots[streamId] != nil else { return }
+        slots[streamId]?.task = task
+    }
+
+    func release(streamId: String) {
+        guard slots.removeValue(forKey: streamId) != nil else { return }
+        let waiters = freeWaiters
+        freeWaiters.removeAll()
+        waiters.forEach { $0.fire() }
+        if slots.isEmpty {
+            let empties = emptyWaiters
+            emptyWaiters.removeAll()
+            empties.forEach { $0.fire() }
+        }
+    }
+
+    /// A latch that fires when at least one slot is free (already fired if one is).
+    func freeSlotLatch() -> Latch {
+        if free > 0 { return Latch(fired: true) }
+        let latch = Latch()
+        freeWaiters.append(latch)
+        return latch
+    }
+
+    /// A latch that fires when no job runs (already fired if none does).
+    func emptyLatch() -> Latch {
+        if slots.isEmpty { return Latch(fired: true) }
+        let latch = Latch()
+        emptyWaiters.append(latch)
+        return latch
+    }
+
+    /// Cancels every running job's task; their teardown runs to the end.
+    func cancelAll() {
+        for slot in slots.values { slot.task?.cancel() }
+    }
+}

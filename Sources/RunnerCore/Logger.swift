@@ -1,0 +1,109 @@
+import Foundation
+import Synchronization
+
+/// Log lines on stderr: plain text for people, or JSON lines for machines.
+public struct Logger: Sendable {
+    public enum Level: Int, Sendable, Comparable, CaseIterable {
+        case debug, info, warning, error
+        public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
+        public var name: String {
+            switch self {
+            case .debug: "debug"
+            case .info: "info"
+            case .warning: "warning"
+            case .error: "error"
+            }
+        }
+        public init?(name: String) {
+            guard let level = Level.allCases.first(where: { $0.name == name.lowercased() }) else { return nil }
+            self = level
+        }
+    }
+
+    public enum Format: String, Sendable, CaseIterable {
+        case text
+        case json
+    }
+
+    public var level: Level
+    public var format: Format
+    public var label: String
+    private let sink: @Sendable (String) -> Void
+
+    /// A logger writing to standard error.
+    public init(label: String, level: Level = .info, format: Format = .text) {
+        self.init(label: label, level: level, format: format, sink: Logger.standardError)
+    }
+
+    public init(label: String, level: Level, format: Format, sink: @escaping @Sendable (String) -> Void) {
+        self.label = label
+        self.level = level
+        self.format = format
+        self.sink = sink
+    }
+
+    private static let standardErrorLock = Mutex(())
+    private static let standardError: @Sendable (String) -> Void = { line in
+        standardErrorLock.withLock { _ in
+            var bytes = Array(line.utf8)
+            bytes.append(0x0A)
+            _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        }
+    }
+
+    public func debug(_ message: @autoclosure () -> String, _ metadata: KeyValuePairs<String, String> = [:]) {
+        log(.debug, message(), metadata)
+    }
+    public func info(_ message: @autoclosure () -> String, _ metadata: KeyValuePairs<String, String> = [:]) {
+        log(.info, message(), metadata)
+    }
+    public func warning(_ message: @autoclosure () -> String, _ metadata: KeyValuePairs<String, String> = [:]) {
+        log(.warning, message(), metadata)
+    }
+    public func error(_ message: @autoclosure () -> String, _ metadata: KeyValuePairs<String, String> = [:]) {
+        log(.error, message(), metadata)
+    }
+
+    public func log(_ level: Level, _ message: @autoclosure () -> String, _ metadata: KeyValuePairs<String, String>) {
+        guard level >= self.level else { return }
+        let time = Logger.timestamp()
+        switch format {
+        case .text:
+            var line = "\(time) \(level.name.padding(toLength: 7, withPad: " ", startingAt: 0)) [\(label)] \(message())"
+            for (key, value) in metadata {
+                line += " \(key)=\(value.contains(" ") ? "\"\(value)\"" : value)"
+            }
+            sink(line)
+        case .json:
+            var object: [String: String] = ["ts": time, "level": level.name, "logger": label, "msg": message()]
+            for (key, value) in metadata { object[key] = value }
+            let keys = ["ts", "level", "logger", "msg"] + object.keys.filter { !["ts", "level", "logger", "msg"].contains($0) }.sorted()
+            sink("{" + keys.map { "\(Logger.quote($0)):\(Logger.quote(object[$0]!))" }.joined(separator: ",") + "}")
+        }
+    }
+
+    private static func quote(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case let c where c.value < 0x20: out += String(format: "\\u%04x", c.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    private static func timestamp() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var seconds = now.tv_sec
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        return String(
+            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
+            parts.tm_hour, parts.tm_min, parts.tm_sec, now.tv_nsec / 1_000_000)
+    }
+}

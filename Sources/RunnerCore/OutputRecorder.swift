@@ -1,0 +1,164 @@
+import ProcessSupervision
+import RedisClient
+import RunnerProtocol
+import Synchronization
+
+/// Collects a job's stdout and stderr into its log stream `{nr}:log:<id>` and keeps the output tail.
+///
+/// Chunks arrive on the process monitor thread and are only buffered there; a flusher task writes them in
+/// pipelined XADDs. What goes past the log limit is counted, not stored, and a `meta` entry marks the cut.
+/// Entry ids are chosen by the recorder (`<base ms>-<seq>`), so a write resent after a lost reply is refused
+/// by Redis as a duplicate instead of being stored twice.
+final class OutputRecorder: Sendable {
+    struct Summary: Sendable {
+        var tail: [UInt8]
+        var storedBytes: Int
+        var droppedBytes: Int
+    }
+
+    private enum Chunk {
+        case output(OutputStream, [UInt8])
+        /// The runner's own marker (truncation), stored with `fd` = `meta`.
+        case meta(String)
+    }
+
+    private struct State {
+        var pending: [Chunk] = []
+        var pendingBytes = 0
+        var storedBytes = 0
+        var droppedBytes = 0
+        var truncationMarked = false
+        var tail: [UInt8] = []
+    }
+
+    private let client: RedisClient
+    private let key: String
+    private let limit: Int
+    private let tailLimit: Int
+    private let state = Mutex(State())
+    private let signals: AsyncStream<Void>
+    private let signal: AsyncStream<Void>.Continuation
+    private let sequence = Mutex<(base: Int?, next: Int)>((nil, 1))
+
+    private static let entryLimit = 512 << 10
+    private static let flushThreshold = 256 << 10
+
+    init(client: RedisClient, key: String, limit: Int, tailLimit: Int) {
+        self.client = client
+        self.key = key
+        self.limit = limit
+        self.tailLimit = tailLimit
+        (signals, signal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Called from the monitor thread for each chunk: buffer, count, keep the tail, wake the flusher.
+    func append(_ stream: OutputStream, _ bytes: [UInt8]) {
+        state.withLock { state in
+            state.tail.append(contentsOf: bytes)
+            if state.tail.count > 2 * tailLimit { state.tail.removeFirst(state.tail.count - tailLimit) }
+            let room = limit - state.storedBytes
+            if room >= bytes.count {
+                state.pending.append(.output(stream, bytes))
+                state.storedBytes += bytes.count
+                state.pendingBytes += bytes.count
+            } else {
+                if room > 0 {
+                    state.pending.append(.output(stream, Array(bytes[..<room])))
+                    state.storedBytes += room
+                    state.pendingBytes += room
+                }
+                state.droppedBytes += bytes.count - max(room, 0)
+                if !state.truncationMarked {
+                    state.truncationMarked = true
+                    state.pending.append(.meta("output truncated: the log limit of \(limit) bytes was reached"))
+                }
+            }
+        }
+        signal.yield()
+    }
+
+    /// Writes buffered output until `finish()`; runs as its own task.
+    func run() async {
+        for await _ in signals {
+            await flush()
+            if state.withLock({ $0.pendingBytes }) < OutputRecorder.flushThreshold {
+                // Let small writes gather into one round trip; bounded, and only while output flows.
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        await flush()
+    }
+
+    /// Stops the flusher after a last write and returns the tail and counts. Await `run()` completion first by
+    /// calling this after the process ended.
+    func finish(flusher: Task<Void, Never>) async -> Summary {
+        signal.finish()
+        await flusher.value
+        let dropped = state.withLock { $0.droppedBytes }
+        if dropped > 0 {
+            let note = "\(dropped) bytes of output were dropped after the log limit of \(limit) bytes"
+            state.withLock { $0.pending.append(.meta(note)) }
+            await flush()
+        }
+        return state.withLock { state in
+            Summary(tail: Array(state.tail.suffix(tailLimit)), storedBytes: state.storedBytes, droppedBytes: state.droppedBytes)
+        }
+    }
+
+    private func takePending() -> [(String, [UInt8])] {
+        let chunks = state.withLock { state -> [Chunk] in
+            defer {
+                state.pending.removeAll(keepingCapacity: true)
+                state.pendingBytes = 0
+            }
+            return state.pending
+        }
+        var entries: [(String, [UInt8])] = []
+        for chunk in chunks {
+            guard case .output(let stream, let bytes) = chunk else {
+                if case .meta(let note) = chunk { entries.append((LogField.meta, Array(note.utf8))) }
+                continue
+            }
+            let name = stream == .stdout ? LogField.stdout : LogField.stderr
+            if let last = entries.last, last.0 == name, last.1.count + bytes.count <= OutputRecorder.entryLimit {
+                entries[entries.count - 1].1.append(contentsOf: bytes)
+            } else {
+                entries.append((name, bytes))
+            }
+        }
+        return entries
+    }
+
+    private func flush() async {
+        let entries = takePending()
+        guard !entries.isEmpty else { return }
+        guard let base = await entryBase() else { return }
+        let commands = sequence.withLock { seq -> [RedisCommand] in
+            entries.map { entry in
+                defer { seq.next += 1 }
+                var command = RedisCommand(["XADD", key, "\(base)-\(seq.next)", LogField.stream, entry.0, LogField.data])
+                command.append(bytes: entry.1)
+                command.append(ProtocolVersion.field)
+                command.append(String(ProtocolVersion.current))
+                return command
+            }
+        }
+        // Idempotent thanks to explicit ids: a resent XADD is refused as "equal or smaller", which is success.
+        _ = try? await client.pipeline(commands, retry: .idempotent(deadline: nil))
+    }
+
+    /// The millisecond part of this recorder's entry ids: later than anything already in the stream.
+    private func entryBase() async -> Int? {
+        if let base = sequence.withLock({ $0.base }) { return base }
+        var base = Presence.nowMs()
+        if let reply = try? await client.send(
+            RedisCommand(["XREVRANGE", key, "+", "-", "COUNT", "1"]), retry: .idempotent(deadline: nil)),
+            let last = reply.array?.first?.array?.first?.string,
+            let ms = Int(last.split(separator: "-").first ?? "")
+        {
+            base = max(base, ms + 1)
+        }
+        sequence.withLock { $0.base = base }
+        return base
+    }
+}

@@ -1,0 +1,215 @@
+import Foundation
+import RedisClient
+import RunnerProtocol
+
+/// One event read from `{nr}:events`.
+public struct PoolEvent: Sendable, Hashable {
+    public var streamId: String
+    public var type: String
+    public var timestampMs: Int
+    public var runner: String
+    public var job: String
+    public var data: String
+    public var fields: [String: String]
+}
+
+/// One entry of a job's log stream.
+public struct LogChunk: Sendable, Hashable {
+    public var stream: String
+    public var bytes: [UInt8]
+}
+
+/// A runner as seen in the registry, with its lease's remaining time.
+public struct RunnerStatus: Sendable {
+    public var id: String
+    public var record: JSONValue
+    /// Milliseconds the lease has left; nil when the lease is gone.
+    public var leaseRemainingMs: Int?
+}
+
+/// A queue's stream as seen through the consumer group.
+public struct QueueStatus: Sendable {
+    public var name: String
+    public var length: Int
+    public var pending: Int
+    public var lag: Int?
+    public var consumers: Int
+}
+
+public struct PoolStatus: Sendable {
+    public var runners: [RunnerStatus]
+    public var queues: [QueueStatus]
+}
+
+/// What the CLI and other clients do with a pool: submit, read results, logs, status and events.
+public struct PoolClient: Sendable {
+    public let client: RedisClient
+    public let keyspace: Keyspace
+    private let store: JobStore
+
+    public init(client: RedisClient, keyspace: Keyspace) {
+        self.client = client
+        self.keyspace = keyspace
+        self.store = JobStore(client: client, keyspace: keyspace)
+    }
+
+    /// Submits a job (result hash `queued` and stream entry in one script). Returns the job id and entry id.
+    public func submit(id: String?, spec: JobSpec, queue: String) async throws -> (id: String, streamId: String) {
+        let jobId = id ?? UUID().uuidString.lowercased()
+        let streamId = try await store.submit(id: jobId, spec: spec, queue: queue)
+        return (jobId, streamId)
+    }
+
+    /// HGETALL of the result hash; nil when there is no such job.
+    public func result(id: String) async throws -> [String: [UInt8]]? {
+        let reply = try await client.send(RedisCommand(["HGETALL", keyspace.job(id: id)]))
+        guard let flat = reply.array, !flat.isEmpty else { return nil }
+        var fields: [String: [UInt8]] = [:]
+        var index = 0
+        while index + 1 < flat.count {
+            fields[flat[index].string ?? ""] = flat[index + 1].bytes ?? []
+            index += 2
+        }
+        return fields
+    }
+
+    /// Waits until the job's state is terminal, following the events stream (no polling loop): returns the result.
+    public func waitForResult(id: String, timeout: Duration? = nil) async throws -> [String: [UInt8]]? {
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        // Take the stream position before reading the hash: a result written after the read shows up as an event
+        // after this position, because the script writes the hash before its event.
+        var cursor = try await lastEventId()
+        while true {
+            let current = try await result(id: id)
+            guard let current else { return nil }
+            if let state = current[ResultField.state].flatMap({ String(decoding: $0, as: UTF8.self) }),
+                let parsed = JobState(rawValue: state), parsed.isTerminal
+            {
+                return current
+            }
+            if let deadline, ContinuousClock.now >= deadline { return current }
+            let block = 5000
+            let reply = try await client.send(
+                RedisCommand(["XREAD", "COUNT", "500", "BLOCK", String(block), "STREAMS", keyspace.events, cursor]),
+                readTimeout: .milliseconds(block) + .seconds(5))
+            if let last = PoolClient.events(in: reply).last { cursor = last.streamId }
+        }
+    }
+
+    private func lastEventId() async throws -> String {
+        let reply = try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", "1"]))
+        return reply.array?.first?.array?.first?.string ?? "0-0"
+    }
+
+    /// Reads the whole log stream in pages.
+    public func logs(id: String, _ handle: (LogChunk) -> Void) async throws {
+        var start = "-"
+        while true {
+            let reply = try await client.send(
+                RedisCommand(["XRANGE", keyspace.log(job: id), start, "+", "COUNT", "200"]))
+            guard let entries = reply.array, !entries.isEmpty else { return }
+            for entry in entries {
+                guard let parts = entry.array, parts.count == 2, let entryId = parts[0].string else { continue }
+                start = "(" + entryId
+                let fields = JobIntake.fieldPairs(parts[1]) ?? []
+                let stream = fields.first(where: { $0.0 == LogField.stream }).map { String(decoding: $0.1, as: UTF8.self) } ?? ""
+                let bytes = fields.first(where: { $0.0 == LogField.data })?.1 ?? []
+                handle(LogChunk(stream: stream, bytes: bytes))
+            }
+            if entries.count < 200 { return }
+        }
+    }
+
+    /// Runners in the registry with their lease time left, and every known queue with length, pending and lag.
+    public func status(extraQueues: [String] = []) async throws -> PoolStatus {
+        let registry = try await client.send(RedisCommand(["HGETALL", keyspace.runners]))
+        var runners: [RunnerStatus] = []
+        var queueNames = Set(extraQueues)
+        if let flat = registry.array {
+            var index = 0
+            while index + 1 < flat.count {
+                let id = flat[index].string ?? ""
+                let record = (try? JSONValue(parsing: flat[index + 1].bytes ?? [])) ?? .null
+                let ttl = try await client.send(RedisCommand(["PTTL", keyspace.lease(runner: id)])).int ?? -2
+                runners.append(RunnerStatus(id: id, record: record, leaseRemainingMs: ttl >= 0 ? ttl : nil))
+                for queue in record[RunnerRecordField.queues]?.arrayValue ?? [] {
+                    if let name = queue.stringValue { queueNames.insert(name) }
+                }
+                index += 2
+            }
+        }
+        // Queues that exist as streams, found by pattern (SCAN with a bounded number of rounds).
+        var scanCursor = "0"
+        let pattern = keyspace.jobs(queue: "*").replacingOccurrences(of: "{", with: "\\{").replacingOccurrences(of: "}", with: "\\}")
+        let prefix = keyspace.jobs(queue: "")
+        for _ in 0..<1000 {
+            let reply = try await client.send(RedisCommand(["SCAN", scanCursor, "MATCH", pattern, "COUNT", "500", "TYPE", "stream"]))
+            guard let parts = reply.array, parts.count == 2 else { break }
+            scanCursor = parts[0].string ?? "0"
+            for key in parts[1].array ?? [] {
+                if let name = key.string, name.hasPrefix(prefix) { queueNames.insert(String(name.dropFirst(prefix.count))) }
+            }
+            if scanCursor == "0" { break }
+        }
+        var queues: [QueueStatus] = []
+        for name in queueNames.sorted() {
+            let key = keyspace.jobs(queue: name)
+            let length = try await client.send(RedisCommand(["XLEN", key])).int ?? 0
+            var status = QueueStatus(name: name, length: length, pending: 0, lag: nil, consumers: 0)
+            if let groups = try? await client.send(RedisCommand(["XINFO", "GROUPS", key])).array {
+                for group in groups {
+                    let info = PoolClient.map(group)
+                    guard info["name"]?.string == Keyspace.consumerGroup else { continue }
+                    status.pending = info["pending"]?.int ?? 0
+                    status.lag = info["lag"]?.int
+                    status.consumers = info["consumers"]?.int ?? 0
+                }
+            }
+            queues.append(status)
+        }
+        return PoolStatus(runners: runners.sorted { $0.id < $1.id }, queues: queues)
+    }
+
+    /// The last `count` events, oldest first.
+    public func recentEvents(count: Int) async throws -> [PoolEvent] {
+        let reply = try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", String(count)]))
+        return PoolClient.entries(reply).reversed()
+    }
+
+    /// Blocks (up to `block`) for events after `cursor`.
+    public func events(after cursor: String, block: Duration) async throws -> [PoolEvent] {
+        let reply = try await client.send(
+            RedisCommand(["XREAD", "COUNT", "1000", "BLOCK", String(block.milliseconds), "STREAMS", keyspace.events, cursor]),
+            readTimeout: block + .seconds(5))
+        return PoolClient.events(in: reply)
+    }
+
+    static func events(in xreadReply: RedisReply) -> [PoolEvent] {
+        guard let streams = xreadReply.array, let first = streams.first?.array, first.count == 2 else { return [] }
+        return entries(first[1])
+    }
+
+    static func entries(_ reply: RedisReply) -> [PoolEvent] {
+        (reply.array ?? []).compactMap { entry in
+            guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { return nil }
+            var fields: [String: String] = [:]
+            for (key, value) in JobIntake.fieldPairs(parts[1]) ?? [] { fields[key] = String(decoding: value, as: UTF8.self) }
+            return PoolEvent(
+                streamId: id, type: fields[EventField.type] ?? "", timestampMs: Int(fields[EventField.timestamp] ?? "") ?? 0,
+                runner: fields[EventField.runner] ?? "", job: fields[EventField.job] ?? "",
+                data: fields[EventField.data] ?? "", fields: fields)
+        }
+    }
+
+    /// A flat [name, value, ...] reply (XINFO) as a dictionary.
+    static func map(_ reply: RedisReply) -> [String: RedisReply] {
+        var result: [String: RedisReply] = [:]
+        let flat = reply.array ?? []
+        var index = 0
+        while index + 1 < flat.count {
+            result[flat[index].string ?? ""] = flat[index + 1]
+            index += 2
+        }
+        return result
+    }
+}

@@ -1,0 +1,55 @@
+import Foundation
+import RedisClient
+import RunnerProtocol
+
+/// Publishes the runner's heartbeats on `{nr}:heartbeats` and its record in the `{nr}:runners` registry.
+struct Presence: Sendable {
+    let client: RedisClient
+    let keyspace: Keyspace
+    let configuration: WorkerConfiguration
+    let startedAtMs: Int
+
+    func record(state: RunnerState, free: Int, running: [String]) -> JSONValue {
+        [
+            RunnerRecordField.node: .string(configuration.node),
+            RunnerRecordField.pid: .int(Int(getpid())),
+            RunnerRecordField.version: .string(configuration.version),
+            RunnerRecordField.queues: .array(configuration.queues.map(JSONValue.string)),
+            RunnerRecordField.capacity: .int(configuration.concurrency),
+            RunnerRecordField.state: .string(state.rawValue),
+            RunnerRecordField.startedAt: .int(startedAtMs),
+            "capacity_free": .int(free),
+            "running": .array(running.map(JSONValue.string)),
+            "heartbeat_at": .int(Presence.nowMs()),
+            ProtocolVersion.field: .int(ProtocolVersion.current),
+        ]
+    }
+
+    /// XADD to the heartbeats stream and HSET the registry record, in one round trip.
+    func publish(state: RunnerState, free: Int, running: [String], retry: RedisRetry = .never) async throws {
+        let runningJSON = JSONValue.array(running.map(JSONValue.string)).serialized
+        let heartbeat = RedisCommand([
+            "XADD", keyspace.heartbeats, "MAXLEN", "~", String(configuration.heartbeatsMaxLength), "*",
+            HeartbeatField.runner, configuration.name, HeartbeatField.state, state.rawValue,
+            HeartbeatField.capacityTotal, String(configuration.concurrency), HeartbeatField.capacityFree, String(free),
+            HeartbeatField.running, runningJSON, HeartbeatField.timestamp, String(Presence.nowMs()),
+            ProtocolVersion.field, String(ProtocolVersion.current),
+        ])
+        let registry = RedisCommand([
+            "HSET", keyspace.runners, configuration.name, record(state: state, free: free, running: running).serialized,
+        ])
+        let replies = try await client.pipeline([heartbeat, registry], retry: retry)
+        for case .error(let message) in replies { throw RedisServerError(message) }
+    }
+
+    /// Removes the registry record (clean exit).
+    func unregister() async throws {
+        _ = try await client.send(RedisCommand(["HDEL", keyspace.runners, configuration.name]))
+    }
+
+    static func nowMs() -> Int {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int(now.tv_sec) * 1000 + Int(now.tv_nsec) / 1_000_000
+    }
+}

@@ -1,0 +1,228 @@
+import RunnerProtocol
+
+/// A Lua script run with EVALSHA (loaded on first use, reloaded after a Redis restart flushed the cache).
+public struct LuaScript: Sendable, Hashable {
+    public let name: String
+    public let source: String
+}
+
+/// The runner's server-side scripts. Each write about a job is one script, so that a result, its ack and its
+/// event land together or not at all, and a retried call after a lost reply changes nothing twice.
+enum RunnerScripts {
+    /// Shared helpers: Redis's clock for timestamps (never the runner's), events, terminal states.
+    static let prelude: String = {
+        let terminal = JobState.allCases.filter(\.isTerminal).map { "s == '\($0.rawValue)'" }.joined(separator: " or ")
+        return """
+            local NR_V = '\(ProtocolVersion.current)'
+            local function nr_now()
+              local t = redis.call('TIME')
+              return string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+            end
+            local function nr_emit(key, maxlen, etype, ts, runner, job, data)
+              redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', '\(EventField.type)', etype,
+                '\(EventField.timestamp)', ts, '\(EventField.runner)', runner, '\(EventField.job)', job,
+                '\(EventField.data)', data, '\(ProtocolVersion.field)', NR_V)
+            end
+            local function nr_terminal(s)
+              return \(terminal)
+            end
+            local function nr_sid_ms(sid)
+              return string.match(sid, '^(%d+)')
+            end
+
+            """
+    }()
+
+    private static func script(_ name: String, _ body: String) -> LuaScript {
+        LuaScript(name: name, source: prelude + body)
+    }
+
+    /// KEYS: jobs stream, job hash, events. ARGV: id, spec, queue, events maxlen.
+    /// Writes the `queued` result hash and the stream entry together; refuses an id that exists.
+    static let submit = script(
+        "submit",
+        """
+        if redis.call('EXISTS', KEYS[2]) == 1 then
+          return redis.error_reply('DUPLICATE job ' .. ARGV[1] .. ' already exists')
+        end
+        local ts = nr_now()
+        local sid = redis.call('XADD', KEYS[1], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[2],
+          '\(JobEntryField.attempt)', '1', NR_V_FIELD, NR_V)
+        redis.call('HSET', KEYS[2], '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.queue)', ARGV[3],
+          '\(ResultField.submittedAt)', ts, '\(ResultField.attempt)', '1', '\(ResultField.spec)', ARGV[2],
+          '\(ResultField.streamId)', sid, NR_V_FIELD, NR_V)
+        nr_emit(KEYS[3], ARGV[4], '\(EventType.jobSubmitted.rawValue)', ts, '', ARGV[1],
+          cjson.encode({queue = ARGV[3], stream_id = sid}))
+        return sid
+        """.replacingOccurrences(of: "NR_V_FIELD", with: "'\(ProtocolVersion.field)'"))
+
+    /// KEYS: job hash, events. ARGV: id, runner, attempt, stream id, queue, pid, events maxlen, spec,
+    /// received data, started data. Returns Redis's start time, or 0 when this attempt already ended.
+    static let start = script(
+        "start",
+        """
+        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
+        if cur[1] and nr_terminal(cur[1]) and cur[3] == ARGV[3] then return 0 end
+        local ts = nr_now()
+        local submitted = redis.call('HGET', KEYS[1], '\(ResultField.submittedAt)') or nr_sid_ms(ARGV[4])
+        redis.call('HDEL', KEYS[1], \(clearedOnStart))
+        redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.running.rawValue)', '\(ResultField.runner)', ARGV[2],
+          '\(ResultField.attempt)', ARGV[3], '\(ResultField.streamId)', ARGV[4], '\(ResultField.queue)', ARGV[5],
+          '\(ResultField.pid)', ARGV[6], '\(ResultField.startedAt)', ts, '\(ResultField.submittedAt)', submitted,
+          '\(ResultField.spec)', ARGV[8], '\(ProtocolVersion.field)', NR_V)
+        nr_emit(KEYS[2], ARGV[7], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], ARGV[9])
+        nr_emit(KEYS[2], ARGV[7], '\(EventType.jobStarted.rawValue)', ts, ARGV[2], ARGV[1], ARGV[10])
+        return ts
+        """)
+
+    private static let clearedOnStart = [
+        ResultField.exitCode, ResultField.signal, ResultField.finishedAt, ResultField.durationMs,
+        ResultField.outputTail, ResultField.reason, ResultField.forcedKill, ResultField.cpuUserMs,
+        ResultField.cpuSystemMs, ResultField.maxRssBytes,
+    ].map { "'\($0)'" }.joined(separator: ", ")
+
+    /// KEYS: job hash, jobs stream, events, log stream. ARGV: id, runner, attempt, stream id, group, state,
+    /// event type, event data, retention ms, events maxlen, received data ('' for none), then field/value pairs.
+    /// Returns 1 written, 0 already written before (acked again), -1 the job belongs to another runner/attempt.
+    static let complete = script(
+        "complete",
+        """
+        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
+        if cur[2] and cur[2] ~= '' and (cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3]) then return -1 end
+        if cur[1] and nr_terminal(cur[1]) then
+          redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
+          redis.call('XDEL', KEYS[2], ARGV[4])
+          return 0
+        end
+        local ts = nr_now()
+        if ARGV[11] ~= '' then
+          nr_emit(KEYS[3], ARGV[10], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], ARGV[11])
+        end
+        local fields = {'\(ResultField.state)', ARGV[6], '\(ResultField.runner)', ARGV[2], '\(ResultField.attempt)', ARGV[3],
+          '\(ResultField.finishedAt)', ts, '\(ResultField.streamId)', ARGV[4], '\(ProtocolVersion.field)', NR_V}
+        for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+        if redis.call('HEXISTS', KEYS[1], '\(ResultField.startedAt)') == 0 then
+          fields[#fields + 1] = '\(ResultField.startedAt)'; fields[#fields + 1] = ts
+        end
+        if redis.call('HEXISTS', KEYS[1], '\(ResultField.submittedAt)') == 0 then
+          fields[#fields + 1] = '\(ResultField.submittedAt)'; fields[#fields + 1] = nr_sid_ms(ARGV[4])
+        end
+        redis.call('HSET', KEYS[1], unpack(fields))
+        redis.call('PEXPIRE', KEYS[1], ARGV[9])
+        redis.call('PEXPIRE', KEYS[4], ARGV[9])
+        redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
+        redis.call('XDEL', KEYS[2], ARGV[4])
+        nr_emit(KEYS[3], ARGV[10], ARGV[7], ts, ARGV[2], ARGV[1], ARGV[8])
+        return 1
+        """)
+
+    /// KEYS: job hash, jobs stream, dead stream, events. ARGV: id ('' if none), runner, stream id, group, reason,
+    /// queue, events maxlen, retention ms, dead maxlen, then the entry's original field/value pairs.
+    /// Returns the dead-letter entry id.
+    static let reject = script(
+        "reject",
+        """
+        local ts = nr_now()
+        local dead = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*'}
+        for i = 10, #ARGV do dead[#dead + 1] = ARGV[i] end
+        for _, v in ipairs({'\(DeadLetterField.reason)', ARGV[5], '\(DeadLetterField.source)', KEYS[2],
+            '\(DeadLetterField.sourceId)', ARGV[3], '\(ProtocolVersion.field)', NR_V}) do
+          dead[#dead + 1] = v
+        end
+        local did = redis.call(unpack(dead))
+        if ARGV[1] ~= '' then
+          local st = redis.call('HGET', KEYS[1], '\(ResultField.state)')
+          if (not st) or st == '\(JobState.queued.rawValue)' then
+            redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.rejected.rawValue)', '\(ResultField.reason)', ARGV[5],
+              '\(ResultField.runner)', ARGV[2], '\(ResultField.queue)', ARGV[6], '\(ResultField.finishedAt)', ts,
+              '\(ResultField.streamId)', ARGV[3], '\(ProtocolVersion.field)', NR_V)
+            if redis.call('HEXISTS', KEYS[1], '\(ResultField.submittedAt)') == 0 then
+              redis.call('HSET', KEYS[1], '\(ResultField.submittedAt)', nr_sid_ms(ARGV[3]))
+            end
+            redis.call('PEXPIRE', KEYS[1], ARGV[8])
+          end
+        end
+        redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
+        redis.call('XDEL', KEYS[2], ARGV[3])
+        nr_emit(KEYS[4], ARGV[7], '\(EventType.jobRejected.rawValue)', ts, ARGV[2], ARGV[1],
+          cjson.encode({reason = ARGV[5], queue = ARGV[6], stream_id = ARGV[3], dead_id = did}))
+        return did
+        """)
+
+    /// KEYS: jobs stream, events. ARGV: stream id, group, runner, events maxlen, queue.
+    /// An entry whose payload is gone: acked and reported, never run.
+    static let lost = script(
+        "lost",
+        """
+        local ts = nr_now()
+        redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+        redis.call('XDEL', KEYS[1], ARGV[1])
+        nr_emit(KEYS[2], ARGV[4], '\(EventType.jobLost.rawValue)', ts, ARGV[3], '',
+          cjson.encode({reason = 'the entry payload was deleted or trimmed before it was processed',
+            queue = ARGV[5], stream_id = ARGV[1]}))
+        return 1
+        """)
+
+    /// KEYS: job hash, jobs stream, events. ARGV: id, runner, attempt, old stream id, group, spec, reason,
+    /// events maxlen, queue. Requeues an unfinished job with the same attempt. Returns the new stream id,
+    /// 0 when the job had already ended, -1 when it belongs to another runner/attempt.
+    static let handBack = script(
+        "hand_back",
+        """
+        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
+        if cur[2] and cur[2] ~= '' and (cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3]) then
+          redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
+          return -1
+        end
+        if cur[1] and nr_terminal(cur[1]) then
+          redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
+          redis.call('XDEL', KEYS[2], ARGV[4])
+          return 0
+        end
+        local ts = nr_now()
+        local sid = redis.call('XADD', KEYS[2], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[6],
+          '\(JobEntryField.attempt)', ARGV[3], '\(ProtocolVersion.field)', NR_V)
+        redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
+        redis.call('XDEL', KEYS[2], ARGV[4])
+        local submitted = redis.call('HGET', KEYS[1], '\(ResultField.submittedAt)') or nr_sid_ms(ARGV[4])
+        redis.call('HDEL', KEYS[1], '\(ResultField.runner)', '\(ResultField.startedAt)', '\(ResultField.pid)')
+        redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid,
+          '\(ResultField.attempt)', ARGV[3], '\(ResultField.queue)', ARGV[9], '\(ResultField.spec)', ARGV[6],
+          '\(ResultField.submittedAt)', submitted, '\(ProtocolVersion.field)', NR_V)
+        nr_emit(KEYS[3], ARGV[8], '\(EventType.jobHandedBack.rawValue)', ts, ARGV[2], ARGV[1],
+          cjson.encode({reason = ARGV[7], queue = ARGV[9], stream_id = sid, previous_stream_id = ARGV[4],
+            attempt = tonumber(ARGV[3])}))
+        return sid
+        """)
+
+    /// KEYS: events. ARGV: type, runner, job, data, events maxlen.
+    static let emit = script(
+        "emit",
+        """
+        local ts = nr_now()
+        nr_emit(KEYS[1], ARGV[5], ARGV[1], ts, ARGV[2], ARGV[3], ARGV[4])
+        return ts
+        """)
+
+    /// KEYS: lease. ARGV: token, ttl ms. Extends the lease only for the holder of the token.
+    static let renewLease = script(
+        "renew_lease",
+        """
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+          redis.call('PEXPIRE', KEYS[1], ARGV[2])
+          return 1
+        end
+        return 0
+        """)
+
+    /// KEYS: lease. ARGV: token. Deletes the lease only for the holder of the token.
+    static let releaseLease = script(
+        "release_lease",
+        """
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+          redis.call('DEL', KEYS[1])
+          return 1
+        end
+        return 0
+        """)
+}

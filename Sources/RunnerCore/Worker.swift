@@ -1,0 +1,296 @@
+import Foundation
+import ProcessSupervision
+import RedisClient
+import RunnerProtocol
+import Synchronization
+
+/// What a worker did, reported in `runner.shutdown`.
+public struct WorkerSummary: Sendable, Equatable {
+    public var finished = 0
+    public var handedBack = 0
+    public var rejected = 0
+    public var lost = 0
+}
+
+/// The worker: registers with a lease, heartbeats, reads jobs through the consumer group up to its free slots,
+/// runs each as a process, records results; shuts down gracefully on request.
+///
+/// Three Redis connections, each with one job: `intake` blocks in XREADGROUP, `presence` renews the lease and
+/// heartbeats (so an idle runner never loses its lease behind a blocking read), `jobs` carries job writes.
+public final class Worker: Sendable {
+    public let configuration: WorkerConfiguration
+    private let logger: Logger
+    private let intakeClient: RedisClient
+    private let presenceClient: RedisClient
+    private let jobsClient: RedisClient
+    private let slots: JobSlots
+    private let shutdownRequested = Latch()
+    private let immediateRequested = Latch()
+    private let summary = Mutex(WorkerSummary())
+    private let state = Mutex(RunnerState.starting)
+
+    public init(configuration: WorkerConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        func client(_ name: String) -> RedisClient {
+            var options = RedisClientOptions()
+            options.name = name
+            let log = logger
+            return RedisClient(endpoint: configuration.redis, options: options) { line in log.warning(line) }
+        }
+        intakeClient = client("intake")
+        presenceClient = client("presence")
+        jobsClient = client("jobs")
+        slots = JobSlots(capacity: configuration.concurrency)
+    }
+
+    /// Asks for a graceful shutdown; a second call asks for an immediate one (jobs stopped now and handed back).
+    public func requestShutdown() {
+        if shutdownRequested.isFired {
+            if !immediateRequested.isFired {
+                logger.info("second shutdown request: stopping running jobs now")
+            }
+            immediateRequested.fire()
+        } else {
+            shutdownRequested.fire()
+        }
+    }
+
+    /// Runs until shut down. Throws when the worker cannot start (Redis unreachable, name in use).
+    public func run() async throws -> WorkerSummary {
+        let config = configuration
+        let keyspace = config.keyspace
+        do {
+            try await jobsClient.connect()
+            try await presenceClient.connect()
+            try await intakeClient.connect()
+        } catch let error as RedisClientError {
+            throw WorkerError(.redisUnavailable, error.message)
+        }
+        let supervisor: ProcessSupervisor
+        do {
+            supervisor = try ProcessSupervisor(subreaper: true)
+        } catch {
+            throw WorkerError(.processSupervision, "cannot start the process supervisor: \(error)")
+        }
+        defer {
+            supervisor.shutdown()
+            intakeClient.close()
+            presenceClient.close()
+            jobsClient.close()
+        }
+
+        let store = JobStore(
+            scripts: ScriptRunner(client: jobsClient), keyspace: keyspace, eventsMaxLength: config.eventsMaxLength,
+            deadMaxLength: config.deadMaxLength, retention: config.resultRetention)
+        let intake = JobIntake(
+            client: intakeClient, keyspace: keyspace, consumer: config.name, queues: config.queues,
+            block: config.intakeBlock)
+        let lease = LeaseKeeper(client: presenceClient, keyspace: keyspace, runner: config.name, ttl: config.leaseTTL)
+        let presence = Presence(client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: Presence.nowMs())
+        let executor = JobExecutor(
+            configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger)
+
+        try await intake.ensureGroups()
+        try await lease.acquire()
+        state.withLock { $0 = .running }
+        try await presence.publish(state: .running, free: config.concurrency, running: [])
+        try await store.emit(
+            .runnerRegistered, runner: config.name,
+            data: [
+                "node": .string(config.node), "pid": .int(Int(getpid())), "version": .string(config.version),
+                "queues": .array(config.queues.map(JSONValue.string)), "concurrency": .int(config.concurrency),
+            ], retry: .never)
+        logger.info(
+            "runner registered",
+            ["runner": config.name, "redis": config.redis.description, "queues": config.queues.joined(separator: ","),
+             "concurrency": String(config.concurrency)])
+
+        let presenceTask = Task { await self.keepPresence(lease: lease, presence: presence) }
+        let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor) }
+
+        await shutdownRequested.wait()
+        state.withLock { $0 = .draining }
+        logger.info("shutting down: intake stopped, waiting for running jobs", ["running": String(await slots.runningJobIds.count)])
+        intakeTask.cancel()
+        intakeClient.interrupt()
+        await intakeTask.value
+        try? await presence.publish(state: .draining, free: await slots.free, running: await slots.runningJobIds)
+
+        // Running jobs get the shutdown timeout (or none, after a second request); then they are stopped and
+        // handed back to the queue.
+        let idle = await slots.emptyLatch()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await idle.wait() }
+            group.addTask { try? await Task.sleep(for: config.shutdownTimeout) }
+            group.addTask { await self.immediateRequested.wait() }
+            await group.next()
+            group.cancelAll()
+        }
+        if !idle.isFired {
+            logger.info("stopping jobs still running at the shutdown deadline", ["running": String(await slots.runningJobIds.count)])
+            await slots.cancelAll()
+            await idle.wait()
+        }
+        await handBackUndelivered(intake: intake, store: store)
+        presenceTask.cancel()
+        await presenceTask.value
+
+        let final = summary.withLock { $0 }
+        state.withLock { $0 = .stopped }
+        try? await store.emit(
+            .runnerShutdown, runner: config.name,
+            data: [
+                "reason": "requested", "finished": .int(final.finished), "handed_back": .int(final.handedBack),
+                "rejected": .int(final.rejected), "lost": .int(final.lost),
+            ], retry: .whileUnreachable(deadline: .now + .seconds(5)))
+        for queue in config.queues {
+            _ = try? await jobsClient.send(
+                RedisCommand(["XGROUP", "DELCONSUMER", keyspace.jobs(queue: queue), Keyspace.consumerGroup, config.name]))
+        }
+        try? await presence.unregister()
+        try? await lease.release()
+        logger.info(
+            "runner stopped",
+            ["finished": String(final.finished), "handed_back": String(final.handedBack)])
+        return final
+    }
+
+    /// Renews the lease and publishes heartbeats every interval until cancelled.
+    private func keepPresence(lease: LeaseKeeper, presence: Presence) async {
+        var leaseWarned = false
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.heartbeatInterval)
+            if Task.isCancelled { break }
+            do {
+                let held = try await lease.renew()
+                if !held, !leaseWarned {
+                    logger.error("lost the lease and another runner holds the name '\(configuration.name)'")
+                    leaseWarned = true
+                } else if held {
+                    leaseWarned = false
+                }
+                let current = state.withLock { $0 }
+                try await presence.publish(state: current, free: await slots.free, running: await slots.runningJobIds)
+            } catch {
+                // The client has already said once that Redis is unreachable; retry at the next interval.
+                logger.debug("heartbeat failed: \(error)")
+            }
+        }
+    }
+
+    /// Reads entries up to the free slots and starts a task per job, until cancelled.
+    private func intakeLoop(intake: JobIntake, executor: JobExecutor) async {
+        var readPendingFirst = true  // our own pending entries (ID 0) first: at start and after any failure
+        var cursors: [String: String] = [:]
+        var backlog: [Delivery] = []
+        var lastGroupWarning: ContinuousClock.Instant?
+        while !Task.isCancelled {
+            let freeLatch = await slots.freeSlotLatch()
+            await freeLatch.wait()
+            if Task.isCancelled { break }
+            let free = await slots.free
+            guard free > 0 else { continue }
+            do {
+                if backlog.isEmpty {
+                    if readPendingFirst {
+                        let running = await slots.runningStreamIds
+                        let page = try await intake.readPending(count: free, after: cursors)
+                        if page.isEmpty {
+                            readPendingFirst = false
+                            cursors = [:]
+                            continue
+                        }
+                        for delivery in page { cursors[delivery.queue] = delivery.streamId }
+                        backlog = page.filter { !running.contains($0.streamId) }
+                    } else {
+                        backlog = try await intake.readNew(count: free)
+                    }
+                }
+                let now = backlog.prefix(free)
+                backlog.removeFirst(now.count)
+                for delivery in now { await launch(delivery, executor: executor) }
+            } catch is CancellationError {
+                break
+            } catch let error as RedisServerError where error.kind == "NOGROUP" || error.kind == "UNBLOCKED" {
+                if Task.isCancelled { break }
+                let now = ContinuousClock.now
+                if lastGroupWarning.map({ now - $0 > .seconds(10) }) ?? true {
+                    logger.warning("the jobs stream or its consumer group is gone (\(error.message)); recreating it")
+                    lastGroupWarning = now
+                }
+                try? await intake.ensureGroups()
+                readPendingFirst = true
+                cursors = [:]
+                try? await Task.sleep(for: .milliseconds(100))
+            } catch {
+                if Task.isCancelled { break }
+                readPendingFirst = true
+                cursors = [:]
+                backlog = []
+                if !(error is RedisClientError) { logger.warning("intake read failed: \(error)") }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    private func launch(_ delivery: Delivery, executor: JobExecutor) async {
+        let jobId = delivery.fields.flatMap { JobEntry.jobId(in: $0) } ?? delivery.streamId
+        await slots.reserve(streamId: delivery.streamId, jobId: jobId)
+        let task = Task {
+            let outcome = await executor.run(delivery)
+            self.count(outcome)
+            await self.slots.release(streamId: delivery.streamId)
+        }
+        await slots.attach(streamId: delivery.streamId, task: task)
+    }
+
+    private func count(_ outcome: DeliveryOutcome) {
+        summary.withLock { summary in
+            switch outcome {
+            case .finished, .stale: summary.finished += 1
+            case .handedBack: summary.handedBack += 1
+            case .rejected: summary.rejected += 1
+            case .lost: summary.lost += 1
+            }
+        }
+    }
+
+    /// Entries delivered to this consumer but never started (a read that raced the shutdown) go back to the queue.
+    private func handBackUndelivered(intake: JobIntake, store: JobStore) async {
+        let reader = JobIntake(
+            client: jobsClient, keyspace: intake.keyspace, consumer: intake.consumer, queues: intake.queues,
+            block: intake.block)
+        var cursors: [String: String] = [:]
+        for _ in 0..<1000 {
+            guard let page = try? await reader.readPending(count: 100, after: cursors), !page.isEmpty else { return }
+            for delivery in page {
+                cursors[delivery.queue] = delivery.streamId
+                let outcome = await JobExecutor.handBackUnstarted(delivery, store: store, runner: configuration.name)
+                count(outcome)
+            }
+        }
+    }
+}
+
+extension JobExecutor {
+    /// Gives back an entry that was delivered but never run: valid ones to the queue, malformed ones to the
+    /// dead letters, payload-less ones reported lost.
+    static func handBackUnstarted(_ delivery: Delivery, store: JobStore, runner: String) async -> DeliveryOutcome {
+        let retry = RedisRetry.idempotent(deadline: .now + .seconds(10))
+        guard let fields = delivery.fields else {
+            try? await store.lost(streamId: delivery.streamId, queue: delivery.queue, runner: runner, retry: retry)
+            return .lost
+        }
+        do {
+            let entry = try JobEntry(streamId: delivery.streamId, queue: delivery.queue, fields: fields)
+            try? await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: retry)
+            return .handedBack
+        } catch {
+            try? await store.reject(
+                streamId: delivery.streamId, queue: delivery.queue, fields: fields, reason: error.message, runner: runner,
+                retry: retry)
+            return .rejected
+        }
+    }
+}

@@ -1,0 +1,80 @@
+import Foundation
+import RedisClient
+import RunnerProtocol
+
+/// Everything a worker needs to know, already validated by whoever built it (the CLI).
+public struct WorkerConfiguration: Sendable {
+    public var redis: RedisEndpoint
+    public var keyspace: Keyspace
+    /// The runner id, also its consumer name in the group.
+    public var name: String
+    public var node: String
+    /// Queues in priority order.
+    public var queues: [String]
+    public var concurrency: Int
+    public var leaseTTL: Duration
+    public var heartbeatInterval: Duration
+    public var shutdownTimeout: Duration
+    /// SIGTERM → SIGKILL grace for a job that timed out or is being stopped.
+    public var killGrace: Duration
+    /// Timeout for jobs whose spec has none (nil: no timeout).
+    public var defaultJobTimeout: Duration?
+    /// How long a terminal result hash and log stay in Redis.
+    public var resultRetention: Duration
+    /// Approximate MAXLEN of the events stream.
+    public var eventsMaxLength: Int
+    /// Approximate MAXLEN of the heartbeats stream.
+    public var heartbeatsMaxLength: Int
+    /// Approximate MAXLEN of the dead-letter stream.
+    public var deadMaxLength: Int
+    /// Bytes of output kept in a job's log stream before the truncation marker.
+    public var logLimitBytes: Int
+    /// Bytes of output kept in the result's `output_tail`.
+    public var outputTailBytes: Int
+    /// How long one XREADGROUP BLOCK waits before it is issued again (an idle runner's only read traffic).
+    public var intakeBlock: Duration
+    public var version: String
+
+    public init(
+        redis: RedisEndpoint, keyspace: Keyspace = Keyspace(), name: String, node: String,
+        queues: [String] = [Keyspace.defaultQueue], concurrency: Int, leaseTTL: Duration = .seconds(15),
+        heartbeatInterval: Duration? = nil, shutdownTimeout: Duration = .seconds(30), killGrace: Duration = .seconds(5),
+        defaultJobTimeout: Duration? = nil, resultRetention: Duration = .seconds(7 * 24 * 3600),
+        eventsMaxLength: Int = 100_000, heartbeatsMaxLength: Int = 10_000, deadMaxLength: Int = 100_000,
+        logLimitBytes: Int = 16 << 20, outputTailBytes: Int = 4096, intakeBlock: Duration = .seconds(5),
+        version: String = RunnerVersion.current
+    ) {
+        self.redis = redis
+        self.keyspace = keyspace
+        self.name = name
+        self.node = node
+        self.queues = queues
+        self.concurrency = concurrency
+        self.leaseTTL = leaseTTL
+        self.heartbeatInterval = heartbeatInterval ?? leaseTTL / 3
+        self.shutdownTimeout = shutdownTimeout
+        self.killGrace = killGrace
+        self.defaultJobTimeout = defaultJobTimeout
+        self.resultRetention = resultRetention
+        self.eventsMaxLength = eventsMaxLength
+        self.heartbeatsMaxLength = heartbeatsMaxLength
+        self.deadMaxLength = deadMaxLength
+        self.logLimitBytes = logLimitBytes
+        self.outputTailBytes = outputTailBytes
+        self.intakeBlock = intakeBlock
+        self.version = version
+    }
+}
+
+/// The runner's release version.
+public enum RunnerVersion {
+    public static let current = "0.1.0"
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded down.
+    public var milliseconds: Int {
+        let (seconds, attoseconds) = components
+        return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
+    }
+}

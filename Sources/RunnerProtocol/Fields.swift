@@ -1,0 +1,99 @@
+/// Field names of a job entry on `{nr}:jobs:<queue>`.
+public enum JobEntryField {
+    /// The job id (required).
+    public static let id = "id"
+    /// The job spec as JSON (required).
+    public static let spec = "spec"
+    /// The attempt this entry starts (optional, 1 when absent).
+    public static let attempt = "attempt"
+    public static let all = [id, spec, attempt, ProtocolVersion.field]
+}
+
+/// Field names of an entry on `{nr}:events`.
+public enum EventField {
+    public static let type = "type"
+    /// Milliseconds since the Unix epoch, taken from Redis's clock (`TIME`) where the runner writes it in a script.
+    public static let timestamp = "ts"
+    public static let runner = "runner"
+    public static let job = "job"
+    /// A JSON object specific to the event type.
+    public static let data = "data"
+    public static let all = [type, timestamp, runner, job, data, ProtocolVersion.field]
+}
+
+/// Field names of an entry on `{nr}:heartbeats`.
+public enum HeartbeatField {
+    public static let runner = "runner"
+    public static let state = "state"
+    public static let capacityTotal = "capacity_total"
+    public static let capacityFree = "capacity_free"
+    /// JSON array of the ids of the running jobs.
+    public static let running = "running"
+    public static let timestamp = "ts"
+    public static let all = [runner, state, capacityTotal, capacityFree, running, timestamp, ProtocolVersion.field]
+}
+
+/// Field names of a job's result hash `{nr}:job:<id>`.
+public enum ResultField {
+    public static let state = "state"
+    public static let exitCode = "exit_code"
+    public static let signal = "signal"
+    public static let attempt = "attempt"
+    public static let runner = "runner"
+    public static let queue = "queue"
+    public static let submittedAt = "submitted_at"
+    public static let startedAt = "started_at"
+    public static let finishedAt = "finished_at"
+    public static let durationMs = "duration_ms"
+    public static let outputTail = "output_tail"
+    public static let reason = "reason"
+    /// `1` when a timed-out job had to be killed with SIGKILL after the grace period.
+    public static let forcedKill = "forced_kill"
+    public static let pid = "pid"
+    public static let cpuUserMs = "cpu_user_ms"
+    public static let cpuSystemMs = "cpu_system_ms"
+    public static let maxRssBytes = "max_rss_bytes"
+    /// The job spec JSON as submitted.
+    public static let spec = "spec"
+    /// The stream entry id the current attempt was read from.
+    public static let streamId = "stream_id"
+    public static let all = [
+        state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
+        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, maxRssBytes, spec, streamId, ProtocolVersion.field,
+    ]
+}
+
+/// Field names of an entry on `{nr}:log:<id>`.
+public enum LogField {
+    /// `stdout`, `stderr`, or `meta` for the runner's own markers.
+    public static let stream = "fd"
+    /// The raw bytes, exactly as the job wrote them (Redis strings are binary safe).
+    public static let data = "data"
+    public static let all = [stream, data, ProtocolVersion.field]
+
+    /// Values of the `fd` field.
+    public static let stdout = "stdout"
+    public static let stderr = "stderr"
+    public static let meta = "meta"
+}
+
+/// Extra field names of an entry on `{nr}:dead` (which also carries the original job entry's fields).
+public enum DeadLetterField {
+    public static let reason = "reason"
+    /// Which stream and entry id the dead letter came from.
+    public static let source = "source"
+    public static let sourceId = "source_id"
+    public static let all = [reason, source, sourceId]
+}
+
+/// Fields of a runner's record in `{nr}:runners` (a JSON object per runner).
+public enum RunnerRecordField {
+    public static let node = "node"
+    public static let pid = "pid"
+    public static let version = "version"
+    public static let queues = "queues"
+    public static let capacity = "capacity"
+    public static let state = "state"
+    public static let startedAt = "started_at"
+    public static let all = [node, pid, version, queues, capacity, state, startedAt, ProtocolVersion.field]
+}

@@ -1,0 +1,57 @@
+/// A job entry read from a jobs stream, validated.
+public struct JobEntry: Sendable, Hashable {
+    public var streamId: String
+    public var queue: String
+    public var jobId: String
+    public var specJSON: [UInt8]
+    public var spec: JobSpec
+    public var attempt: Int
+
+    /// The longest accepted job id.
+    public static let maximumIdLength = 200
+
+    /// Validates a job id: non-empty, at most 200 bytes, no white space or control characters.
+    public static func validateId(_ id: String) throws(JobSpecError) {
+        guard !id.isEmpty else { throw JobSpecError("job id is empty") }
+        guard id.utf8.count <= maximumIdLength else {
+            throw JobSpecError("job id is longer than \(maximumIdLength) bytes")
+        }
+        guard !id.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0 == "\u{7f}" })
+        else { throw JobSpecError("job id \"\(id)\" contains white space or control characters") }
+    }
+
+    /// Validates the raw fields of a stream entry. Throws with a reason naming the problem.
+    public init(streamId: String, queue: String, fields: [(String, [UInt8])]) throws(JobSpecError) {
+        self.streamId = streamId
+        self.queue = queue
+        func value(_ name: String) -> [UInt8]? { fields.first(where: { $0.0 == name })?.1 }
+
+        guard let idBytes = value(JobEntryField.id) else { throw JobSpecError("entry has no \"id\" field") }
+        guard let id = String(validating: idBytes, as: UTF8.self) else {
+            throw JobSpecError("entry field \"id\" is not valid UTF-8")
+        }
+        try JobEntry.validateId(id)
+        jobId = id
+
+        guard let specBytes = value(JobEntryField.spec) else { throw JobSpecError("entry has no \"spec\" field") }
+        specJSON = specBytes
+        spec = try JobSpec(json: specBytes)
+
+        if let attemptBytes = value(JobEntryField.attempt) {
+            guard let text = String(validating: attemptBytes, as: UTF8.self), let n = Int(text), n >= 1 else {
+                throw JobSpecError("entry field \"attempt\" must be a positive integer")
+            }
+            attempt = n
+        } else {
+            attempt = 1
+        }
+    }
+
+    /// The job id of raw fields if there is a usable one, for reporting a rejected entry.
+    public static func jobId(in fields: [(String, [UInt8])]) -> String? {
+        guard let bytes = fields.first(where: { $0.0 == JobEntryField.id })?.1,
+            let id = String(validating: bytes, as: UTF8.self), (try? validateId(id)) != nil
+        else { return nil }
+        return id
+    }
+}

@@ -1,0 +1,173 @@
+/// What to run, as carried in the `spec` field of a job entry (JSON).
+///
+/// Unknown fields are ignored so that newer control planes can add fields; a known field of the wrong type is a
+/// rejection, never a guess.
+public struct JobSpec: Sendable, Hashable {
+    /// How the command is given.
+    public enum Command: Sendable, Hashable {
+        /// Executed directly; `argv[0]` is looked up in `PATH` when it has no slash.
+        case argv([String])
+        /// Run as `/bin/sh -c <script>`.
+        case shell(String)
+    }
+
+    public var command: Command
+    public var environment: [String: String]
+    public var workingDirectory: String?
+    /// Milliseconds; nil means the runner's default.
+    public var timeoutMs: Int?
+    /// How many attempts the job may take (at least 1).
+    public var maxAttempts: Int
+    public var labels: [String: String]
+
+    public init(
+        command: Command, environment: [String: String] = [:], workingDirectory: String? = nil,
+        timeoutMs: Int? = nil, maxAttempts: Int = 1, labels: [String: String] = [:]
+    ) {
+        self.command = command
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+        self.timeoutMs = timeoutMs
+        self.maxAttempts = maxAttempts
+        self.labels = labels
+    }
+
+    /// JSON field names of the spec.
+    public enum Key {
+        public static let argv = "argv"
+        public static let shell = "shell"
+        public static let env = "env"
+        public static let cwd = "cwd"
+        public static let timeoutMs = "timeout_ms"
+        public static let maxAttempts = "max_attempts"
+        public static let labels = "labels"
+        public static let all = [argv, shell, env, cwd, timeoutMs, maxAttempts, labels]
+    }
+
+    /// The largest accepted spec, in bytes of JSON.
+    public static let maximumEncodedSize = 1 << 20
+
+    /// Parses and validates a spec. The error names the field and what is wrong with it.
+    public init(json bytes: [UInt8]) throws(JobSpecError) {
+        guard bytes.count <= JobSpec.maximumEncodedSize else {
+            throw JobSpecError("spec is \(bytes.count) bytes, more than the limit of \(JobSpec.maximumEncodedSize)")
+        }
+        let document: JSONValue
+        do {
+            document = try JSONValue(parsing: bytes)
+        } catch {
+            throw JobSpecError("spec is not valid JSON: \(error.message)")
+        }
+        guard case .object(let fields) = document else {
+            throw JobSpecError("spec must be a JSON object, got \(document.typeName)")
+        }
+        try self.init(fields: fields)
+    }
+
+    private init(fields: [String: JSONValue]) throws(JobSpecError) {
+        switch (fields[Key.argv], fields[Key.shell]) {
+        case (nil, nil), (.null?, nil), (nil, .null?), (.null?, .null?):
+            throw JobSpecError("spec has no command: give \"argv\" (array of strings) or \"shell\" (string)")
+        case (let argv?, let shell?) where argv != .null && shell != .null:
+            throw JobSpecError("spec has both \"argv\" and \"shell\": give one")
+        case (let argv?, _) where argv != .null:
+            guard case .array(let items) = argv else {
+                throw JobSpecError("spec.argv must be an array of strings, got \(argv.typeName)")
+            }
+            guard !items.isEmpty else { throw JobSpecError("spec.argv is empty") }
+            var strings: [String] = []
+            for (index, item) in items.enumerated() {
+                guard case .string(let s) = item else {
+                    throw JobSpecError("spec.argv[\(index)] must be a string, got \(item.typeName)")
+                }
+                guard !s.utf8.contains(0) else { throw JobSpecError("spec.argv[\(index)] contains a NUL byte") }
+                strings.append(s)
+            }
+            guard !strings[0].isEmpty else { throw JobSpecError("spec.argv[0] is empty") }
+            command = .argv(strings)
+        case (_, let shell?):
+            guard case .string(let script) = shell else {
+                throw JobSpecError("spec.shell must be a string, got \(shell.typeName)")
+            }
+            guard !script.isEmpty else { throw JobSpecError("spec.shell is empty") }
+            guard !script.utf8.contains(0) else { throw JobSpecError("spec.shell contains a NUL byte") }
+            command = .shell(script)
+        default:
+            throw JobSpecError("spec has no command: give \"argv\" (array of strings) or \"shell\" (string)")
+        }
+
+        environment = try JobSpec.stringMap(fields[Key.env], name: Key.env, validateKeys: true)
+        labels = try JobSpec.stringMap(fields[Key.labels], name: Key.labels, validateKeys: false)
+
+        switch fields[Key.cwd] {
+        case nil, .null?: workingDirectory = nil
+        case .string(let dir)?:
+            guard !dir.isEmpty else { throw JobSpecError("spec.cwd is empty") }
+            guard !dir.utf8.contains(0) else { throw JobSpecError("spec.cwd contains a NUL byte") }
+            workingDirectory = dir
+        case let other?: throw JobSpecError("spec.cwd must be a string, got \(other.typeName)")
+        }
+
+        timeoutMs = try JobSpec.positiveInt(fields[Key.timeoutMs], name: Key.timeoutMs)
+        maxAttempts = try JobSpec.positiveInt(fields[Key.maxAttempts], name: Key.maxAttempts) ?? 1
+    }
+
+    private static func positiveInt(_ value: JSONValue?, name: String) throws(JobSpecError) -> Int? {
+        switch value {
+        case nil, .null?: return nil
+        case .int(let i)? where i > 0: return i
+        case .int(let i)?: throw JobSpecError("spec.\(name) must be a positive integer, got \(i)")
+        case .double(let d)?: throw JobSpecError("spec.\(name) must be a positive integer, got \(d)")
+        case let other?: throw JobSpecError("spec.\(name) must be a positive integer, got \(other.typeName)")
+        }
+    }
+
+    private static func stringMap(
+        _ value: JSONValue?, name: String, validateKeys: Bool
+    ) throws(JobSpecError) -> [String: String] {
+        switch value {
+        case nil, .null?: return [:]
+        case .object(let members)?:
+            var result: [String: String] = [:]
+            for key in members.keys.sorted() {
+                guard case .string(let s) = members[key]! else {
+                    throw JobSpecError("spec.\(name).\(key) must be a string, got \(members[key]!.typeName)")
+                }
+                if validateKeys {
+                    guard !key.isEmpty, !key.contains("="), !key.utf8.contains(0) else {
+                        throw JobSpecError("spec.\(name) has an invalid variable name \"\(key)\"")
+                    }
+                    guard !s.utf8.contains(0) else {
+                        throw JobSpecError("spec.\(name).\(key) contains a NUL byte")
+                    }
+                }
+                result[key] = s
+            }
+            return result
+        case let other?:
+            throw JobSpecError("spec.\(name) must be an object of strings, got \(other.typeName)")
+        }
+    }
+
+    /// The spec as JSON, in the documented form.
+    public var json: JSONValue {
+        var fields: [String: JSONValue] = [:]
+        switch command {
+        case .argv(let argv): fields[Key.argv] = .array(argv.map(JSONValue.string))
+        case .shell(let script): fields[Key.shell] = .string(script)
+        }
+        if !environment.isEmpty { fields[Key.env] = .object(environment.mapValues(JSONValue.string)) }
+        if let workingDirectory { fields[Key.cwd] = .string(workingDirectory) }
+        if let timeoutMs { fields[Key.timeoutMs] = .int(timeoutMs) }
+        if maxAttempts != 1 { fields[Key.maxAttempts] = .int(maxAttempts) }
+        if !labels.isEmpty { fields[Key.labels] = .object(labels.mapValues(JSONValue.string)) }
+        return .object(fields)
+    }
+}
+
+/// Why a job entry or spec was refused. The message names the field and the problem.
+public struct JobSpecError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

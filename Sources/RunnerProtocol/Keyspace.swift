@@ -1,0 +1,48 @@
+/// Every Redis key of one runner pool. All keys share the hash tag `{namespace}`, so a pool lives in a single
+/// Redis Cluster slot and multi-key scripts work there.
+public struct Keyspace: Sendable, Hashable {
+    /// The namespace, `nr` unless configured (`--namespace`).
+    public let namespace: String
+
+    /// The default namespace.
+    public static let defaultNamespace = "nr"
+    /// The default queue name.
+    public static let defaultQueue = "default"
+    /// The consumer group every runner reads job streams through.
+    public static let consumerGroup = "runners"
+
+    public init(namespace: String = Keyspace.defaultNamespace) {
+        self.namespace = namespace
+    }
+
+    private var prefix: String { "{\(namespace)}" }
+
+    /// Stream of jobs for one queue: `{nr}:jobs:<queue>`.
+    public func jobs(queue: String) -> String { "\(prefix):jobs:\(queue)" }
+    /// Stream of events: `{nr}:events`.
+    public var events: String { "\(prefix):events" }
+    /// Stream of runner heartbeats: `{nr}:heartbeats`.
+    public var heartbeats: String { "\(prefix):heartbeats" }
+    /// A runner's lease key holding its token: `{nr}:runner:<id>`.
+    public func lease(runner: String) -> String { "\(prefix):runner:\(runner)" }
+    /// Hash of registered runners, field = runner id, value = JSON record: `{nr}:runners`.
+    public var runners: String { "\(prefix):runners" }
+    /// A job's result hash: `{nr}:job:<id>`.
+    public func job(id: String) -> String { "\(prefix):job:\(id)" }
+    /// A job's output stream: `{nr}:log:<id>`.
+    public func log(job id: String) -> String { "\(prefix):log:\(id)" }
+    /// Dead-letter stream: `{nr}:dead`.
+    public var dead: String { "\(prefix):dead" }
+
+    /// The key patterns as documented in docs/protocol.md, for the agreement test.
+    public static let documentedPatterns: [String] = [
+        "{nr}:jobs:<queue>", "{nr}:events", "{nr}:heartbeats", "{nr}:runner:<id>", "{nr}:runners",
+        "{nr}:job:<id>", "{nr}:log:<id>", "{nr}:dead",
+    ]
+
+    /// Whether a namespace or queue name is usable inside a key (no braces, colons or white space).
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 128
+            && name.allSatisfy { !($0 == "{" || $0 == "}" || $0 == ":" || $0.isWhitespace || $0.isNewline) }
+    }
+}

@@ -1,0 +1,124 @@
+import Foundation
+import ProcessSupervision
+import Synchronization
+import XCTest
+
+/// One supervisor for the whole test target (a subreaper, like the runner's).
+enum Shared {
+    static let supervisor: ProcessSupervisor = {
+        do {
+            return try ProcessSupervisor(subreaper: true)
+        } catch {
+            fatalError("cannot create the supervisor: \(error)")
+        }
+    }()
+}
+
+/// Collects a child's output; safe to call from the monitor thread.
+final class OutputCollector: Sendable {
+    private let streams = Mutex<(stdout: [UInt8], stderr: [UInt8])>(([], []))
+
+    var handler: @Sendable (OutputStream, [UInt8]) -> Void {
+        { stream, chunk in
+            self.streams.withLock { streams in
+                switch stream {
+                case .stdout: streams.stdout.append(contentsOf: chunk)
+                case .stderr: streams.stderr.append(contentsOf: chunk)
+                }
+            }
+        }
+    }
+
+    var stdout: [UInt8] { streams.withLock { $0.stdout } }
+    var stderr: [UInt8] { streams.withLock { $0.stderr } }
+    var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
+    var stderrText: String { String(decoding: stderr, as: UTF8.self) }
+    var stdoutLines: [String] { stdoutText.split(separator: "\n").map(String.init) }
+}
+
+let testPath = "/usr/bin:/bin"
+
+/// `sh -c script` with a minimal environment.
+func shell(_ script: String, workingDirectory: String? = nil) -> ProcessSpec {
+    ProcessSpec(
+        executable: "/bin/sh",
+        arguments: ["sh", "-c", script],
+        environment: ["PATH": testPath],
+        workingDirectory: workingDirectory
+    )
+}
+
+/// Runs to the end with `policy`; returns the outcome and the collected output.
+func run(
+    _ spec: ProcessSpec,
+    _ policy: TerminationPolicy = TerminationPolicy(),
+    supervisor: ProcessSupervisor = Shared.supervisor
+) async throws -> (ProcessOutcome, OutputCollector) {
+    let collector = OutputCollector()
+    let process = try await supervisor.spawn(spec, output: collector.handler)
+    let outcome = await process.wait(policy)
+    return (outcome, collector)
+}
+
+/// The SpawnError that spawning `spec` throws (fails the test if it starts).
+func spawnError(_ spec: ProcessSpec, file: StaticString = #filePath, line: UInt = #line) async -> SpawnError? {
+    do {
+        let process = try await Shared.supervisor.spawn(spec, output: { _, _ in })
+        XCTFail("expected a SpawnError, but pid \(process.pid) started", file: file, line: line)
+        _ = await process.wait(TerminationPolicy(killGrace: .zero))
+        return nil
+    } catch let error as SpawnError {
+        return error
+    } catch {
+        XCTFail("unexpected error \(error)", file: file, line: line)
+        return nil
+    }
+}
+
+/// True while /proc/<pid> exists (alive or a zombie).
+func processExists(_ pid: Int32) -> Bool {
+    access("/proc/\(pid)/stat", F_OK) == 0
+}
+
+/// The state letter of /proc/<pid>/stat ("Z" for a zombie), nil if there is no such process.
+func processState(_ pid: Int32) -> String? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+    else { return nil }
+    return stat[stat.index(after: close)...].split(separator: " ").first.map(String.init)
+}
+
+/// Polls `condition` every 5 ms until it holds or `timeout` passes; never a fixed sleep.
+func eventually(
+    within timeout: Duration = .seconds(5),
+    _ condition: () -> Bool
+) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return condition()
+}
+
+func openFDCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+}
+
+func threadCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
+}
+
+/// A fresh temporary directory (removed by the caller).
+func makeTemporaryDirectory() throws -> String {
+    var template = Array("/tmp/process-supervision-tests.XXXXXX".utf8CString)
+    guard let path = mkdtemp(&template) else { throw POSIXError(.EIO) }
+    return String(cString: path)
+}
+
+extension Duration {
+    var seconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,356 @@
+@testable import RedisClient
+import Foundation
+import TestSupport
+import XCTest
+
+/// RedisClient (owner thread, queue, reconnects, interrupt, cancellation, close) against a real redis-server.
+final class ClientTests: XCTestCase {
+    private var server: RedisServerProcess!
+
+    override func setUpWithError() throws {
+        server = try RedisServerProcess()
+    }
+
+    override func tearDownWithError() throws {
+        try server?.stop()
+        server = nil
+    }
+
+    private func waitUntilBlocked(_ count: Int = 1) async throws {
+        let server = try XCTUnwrap(server)
+        let blocked = await eventually(timeout: .seconds(5)) { (try? server.blockedClients()) == count }
+        XCTAssertTrue(blocked, "expected \(count) blocked client(s)")
+    }
+
+    func testSendPipelineAndServerErrors() async throws {
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions())
+        defer { client.close() }
+        try await client.connect()
+        await assertEqualAsync(try await client.send(RedisCommand("SET", "a", "x")), .status("OK"))
+        await assertEqualAsync(try await client.send(RedisCommand("GET", "a")), bulk("x"))
+        await assertEqualAsync(
+            try await client.pipeline([
+                RedisCommand("INCR", "a"), RedisCommand("APPEND", "a", "y"), RedisCommand("GET", "a"),
+            ]),
+            [.error("ERR value is not an integer or out of range"), .integer(2), bulk("xy")]
+        )
+        await assertEqualAsync(try await client.pipeline([]), [])
+
+        let error = await thrownError {
+            try await client.send(RedisCommand("XREADGROUP", "GROUP", "nogroup", "c", "STREAMS", "nostream", ">"))
+        }
+        let serverError = try XCTUnwrap(error as? RedisServerError)
+        XCTAssertEqual(serverError.kind, "NOGROUP")
+        XCTAssertEqual(
+            serverError.message,
+            "NOGROUP No such key 'nostream' or consumer group 'nogroup' in XREADGROUP with GROUP option"
+        )
+        XCTAssertEqual(client.connectionAttempts, 1)
+    }
+
+    func testConcurrentCallersShareOneConnection() async throws {
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions())
+        defer { client.close() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<50 {
+                group.addTask { _ = try await client.send(RedisCommand("INCR", "n")) }
+            }
+            try await group.waitForAll()
+        }
+        await assertEqualAsync(try await client.send(RedisCommand("GET", "n")), bulk("50"))
+        XCTAssertEqual(client.connectionAttempts, 1)
+    }
+
+    func testBlockWithLongerReadTimeoutIsNotCutShort() async throws {
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions(readTimeout: .milliseconds(500)))
+        defer { client.close() }
+        _ = try await client.send(RedisCommand("XGROUP", "CREATE", "s", "g", "$", "MKSTREAM"))
+        let start = ContinuousClock.now
+        let reply = try await client.send(
+            RedisCommand("XREADGROUP", "GROUP", "g", "c", "BLOCK", "1500", "STREAMS", "s", ">"),
+            readTimeout: .milliseconds(2500)
+        )
+        XCTAssertEqual(reply, .null)
+        XCTAssertGreaterThanOrEqual(ContinuousClock.now - start, .milliseconds(1400))
+        XCTAssertEqual(client.connectionAttempts, 1)
+    }
+
+    func testTimeoutDropsTheConnectionAndTheNextCommandReconnects() async throws {
+        let log = LogLines()
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions(), log: log.sink)
+        defer { client.close() }
+        let error = await thrownError {
+            try await client.send(RedisCommand("BLPOP", "empty", "0"), readTimeout: .milliseconds(200))
+        }
+        XCTAssertEqual(
+            error as? RedisClientError,
+            RedisClientError(code: .timeout, message: "Redis at \(server.endpoint) did not answer BLPOP within 0.2 s")
+        )
+        await assertEqualAsync(try await client.send(RedisCommand("PING")), .status("PONG"))
+        XCTAssertEqual(client.connectionAttempts, 2)
+        XCTAssertEqual(log.all, [])
+    }
+
+    func testConnectionRefused() async throws {
+        let port = try freeLoopbackPort()
+        let log = LogLines()
+        let endpoint = RedisEndpoint(host: "127.0.0.1", port: port)
+        let client = RedisClient(endpoint: endpoint, options: testOptions(), log: log.sink)
+        defer { client.close() }
+        let expected = RedisClientError(
+            code: .connectionFailed, message: "cannot reach Redis at 127.0.0.1:\(port): Connection refused"
+        )
+        let connectError = await thrownError { try await client.connect() }
+        XCTAssertEqual(connectError as? RedisClientError, expected)
+        let sendError = await thrownError { try await client.send(RedisCommand("PING")) }
+        XCTAssertEqual(sendError as? RedisClientError, expected)
+        XCTAssertEqual(log.all, [])
+
+        // whileUnreachable gives up at the deadline, after several attempts, with the same error.
+        let start = ContinuousClock.now
+        let retried = await thrownError {
+            try await client.send(RedisCommand("PING"), retry: .whileUnreachable(deadline: .now + .milliseconds(300)))
+        }
+        XCTAssertEqual(retried as? RedisClientError, expected)
+        XCTAssertGreaterThanOrEqual(ContinuousClock.now - start, .milliseconds(290))
+        XCTAssertGreaterThan(client.connectionAttempts, 4)
+        XCTAssertEqual(log.all, ["test: cannot reach Redis at 127.0.0.1:\(port): Connection refused; retrying"])
+    }
+
+    func testAuthenticationFailureIsNotRetried() async throws {
+        let secured = try RedisServerProcess(password: "right")
+        defer { try? secured.stop() }
+        var wrong = secured.endpoint
+        wrong.password = "wrong"
+        let client = RedisClient(endpoint: wrong, options: testOptions())
+        defer { client.close() }
+        let error = await thrownError {
+            try await client.send(RedisCommand("PING"), retry: .whileUnreachable(deadline: nil))
+        }
+        XCTAssertEqual(
+            error as? RedisClientError,
+            RedisClientError(
+                code: .authenticationFailed,
+                message: "authentication to Redis at redis://:***@127.0.0.1:\(secured.port) failed: "
+                    + "WRONGPASS invalid username-password pair or user is disabled."
+            )
+        )
+        XCTAssertEqual(client.connectionAttempts, 1)
+
+        let right = RedisClient(endpoint: secured.endpoint, options: testOptions())
+        defer { right.close() }
+        await assertEqualAsync(try await right.send(RedisCommand("ACL", "WHOAMI")), bulk("default"))
+    }
+
+    func testSelectedDatabaseViaClient() async throws {
+        var endpoint = server.endpoint
+        endpoint.database = 2
+        let client = RedisClient(endpoint: endpoint, options: testOptions())
+        defer { client.close() }
+        await assertEqualAsync(try await client.send(RedisCommand("SET", "k", "in2")), .status("OK"))
+        XCTAssertEqual(try server.connection(database: 2).send(RedisCommand("GET", "k")), bulk("in2"))
+        XCTAssertEqual(try server.connection().send(RedisCommand("EXISTS", "k")), .integer(0))
+    }
+
+    func testServerRestartLogsLostAndReconnectedOnce() async throws {
+        let log = LogLines()
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions(), log: log.sink)
+        defer { client.close() }
+        await assertEqualAsync(try await client.send(RedisCommand("PING")), .status("PONG"))
+        try server.stop()
+
+        let pending = Task {
+            try await client.send(
+                RedisCommand("SET", "after", "restart"), retry: .whileUnreachable(deadline: .now + .seconds(20))
+            )
+        }
+        let retried = await eventually(timeout: .seconds(10)) { client.connectionAttempts >= 6 }
+        XCTAssertTrue(retried)
+        try server.restart()
+        let reply = try await pending.value
+        XCTAssertEqual(reply, .status("OK"))
+        await assertEqualAsync(try await client.send(RedisCommand("GET", "after")), bulk("restart"))
+
+        let endpoint = server.endpoint
+        XCTAssertEqual(log.all, [
+            "test: lost connection to Redis at \(endpoint): the server closed the connection; reconnecting",
+            "test: reconnected to Redis at \(endpoint)",
+        ])
+    }
+
+    func testPossiblySentCommandIsNotResentWhileUnreachable() async throws {
+        let log = LogLines()
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions(), log: log.sink)
+        defer { client.close() }
+        let pending = Task {
+            try await client.send(
+                RedisCommand("BLPOP", "jobs", "0"), retry: .whileUnreachable(deadline: .now + .seconds(20))
+            )
+        }
+        try await waitUntilBlocked()
+        try server.kill()
+        let error = await thrownError { try await pending.value }
+        XCTAssertEqual(
+            error as? RedisClientError,
+            RedisClientError(
+                code: .connectionLost,
+                message: "lost connection to Redis at \(server.endpoint): Server closed the connection"
+            )
+        )
+        XCTAssertEqual(client.connectionAttempts, 1)
+        XCTAssertEqual(log.all, [
+            "test: lost connection to Redis at \(server.endpoint): Server closed the connection; reconnecting",
+        ])
+    }
+
+    func testIdempotentCommandIsResentAfterTheConnectionWasLost() async throws {
+        let log = LogLines()
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions(), log: log.sink)
+        defer { client.close() }
+        let pending = Task {
+            try await client.send(RedisCommand("BLPOP", "jobs", "0"), retry: .idempotent(deadline: .now + .seconds(20)))
+        }
+        try await waitUntilBlocked()
+        try server.restart()
+        // Resent to the new server, where it blocks again until something arrives.
+        try await waitUntilBlocked()
+        XCTAssertEqual(try server.connection().send(RedisCommand("LPUSH", "jobs", "j1")), .integer(1))
+        let reply = try await pending.value
+        XCTAssertEqual(reply, .array([bulk("jobs"), bulk("j1")]))
+        XCTAssertEqual(log.count(containing: "lost connection"), 1)
+        XCTAssertEqual(log.count(containing: "reconnected"), 1)
+    }
+
+    func testInterruptBreaksABlockingReadPromptly() async throws {
+        let log = LogLines()
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions(), log: log.sink)
+        defer { client.close() }
+        client.interrupt()  // idle: no effect
+        let pending = Task {
+            try await client.send(
+                RedisCommand("XREAD", "BLOCK", "0", "STREAMS", "s", "$"), retry: .idempotent(deadline: nil)
+            )
+        }
+        try await waitUntilBlocked()
+        let start = ContinuousClock.now
+        client.interrupt()
+        let error = await thrownError { try await pending.value }
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(1))
+        XCTAssertEqual(
+            error as? RedisClientError,
+            RedisClientError(code: .connectionLost, message: "XREAD to Redis at \(server.endpoint) was interrupted")
+        )
+        await assertEqualAsync(try await client.send(RedisCommand("PING")), .status("PONG"))
+        XCTAssertEqual(client.connectionAttempts, 2)
+        XCTAssertEqual(log.all, [])
+    }
+
+    func testCancellingABlockedTaskReturnsPromptly() async throws {
+        let log = LogLines()
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions(), log: log.sink)
+        defer { client.close() }
+        let blocked = Task {
+            try await client.send(RedisCommand("BLPOP", "jobs", "0"))
+        }
+        try await waitUntilBlocked()
+        // Queued behind the BLPOP: cancelling it drops it without touching the blocked read.
+        let queued = Task {
+            try await client.send(RedisCommand("SET", "never", "written"))
+        }
+        let queuedUp = await eventually(timeout: .seconds(5)) { client.queuedRequests == 1 }
+        XCTAssertTrue(queuedUp)
+        queued.cancel()
+        await assertTrueAsync(await thrownError { try await queued.value } is CancellationError)
+        XCTAssertEqual(try server.blockedClients(), 1)
+
+        let start = ContinuousClock.now
+        blocked.cancel()
+        let error = await thrownError { try await blocked.value }
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(1))
+        XCTAssertTrue(error is CancellationError, "\(String(describing: error))")
+        XCTAssertEqual(try server.connection().send(RedisCommand("EXISTS", "never")), .integer(0))
+
+        await assertEqualAsync(try await client.send(RedisCommand("PING")), .status("PONG"))
+        XCTAssertEqual(log.all, [])
+
+        // A task cancelled before it sends does not send.
+        let early = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await client.send(RedisCommand("SET", "early", "1"))
+        }
+        await assertTrueAsync(await thrownError { try await early.value } is CancellationError)
+        XCTAssertEqual(try server.connection().send(RedisCommand("EXISTS", "early")), .integer(0))
+    }
+
+    func testCancellationEndsABackoff() async throws {
+        server = nil
+        let port = try freeLoopbackPort()
+        let client = RedisClient(endpoint: RedisEndpoint(host: "127.0.0.1", port: port), options: testOptions())
+        defer { client.close() }
+        let pending = Task {
+            try await client.send(RedisCommand("PING"), retry: .whileUnreachable(deadline: nil))
+        }
+        let retrying = await eventually(timeout: .seconds(5)) { client.connectionAttempts >= 3 }
+        XCTAssertTrue(retrying)
+        let start = ContinuousClock.now
+        pending.cancel()
+        await assertTrueAsync(await thrownError { try await pending.value } is CancellationError)
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(1))
+    }
+
+    func testCloseFailsPendingWorkAndEndsTheThread() async throws {
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions(name: "closing"))
+        let blocked = Task {
+            try await client.send(RedisCommand("BLPOP", "jobs", "0"))
+        }
+        try await waitUntilBlocked()
+        let queued = Task {
+            try await client.pipeline([RedisCommand("SET", "a", "1"), RedisCommand("SET", "b", "2")])
+        }
+        // The pipeline is queued behind the BLPOP once the owner thread's queue holds it.
+        let queuedUp = await eventually(timeout: .seconds(5)) { client.queuedRequests == 1 }
+        XCTAssertTrue(queuedUp)
+
+        client.close()
+        let closed = RedisClientError(
+            code: .closed, message: "Redis client \"closing\" for \(server.endpoint) is closed"
+        )
+        await assertEqualAsync(await thrownError { try await queued.value } as? RedisClientError, closed)
+        await assertEqualAsync(
+            await thrownError { try await blocked.value } as? RedisClientError,
+            RedisClientError(
+                code: .connectionLost,
+                message: "Redis client \"closing\" for \(server.endpoint) was closed while waiting for the reply "
+                    + "to BLPOP"
+            )
+        )
+        await assertEqualAsync(
+            await thrownError { try await client.send(RedisCommand("PING")) } as? RedisClientError, closed
+        )
+        await assertEqualAsync(await thrownError { try await client.connect() } as? RedisClientError, closed)
+        client.close()
+        let exited = await eventually(timeout: .seconds(5)) { client.ownerThreadHasExited }
+        XCTAssertTrue(exited)
+        XCTAssertEqual(try server.connection().send(RedisCommand("EXISTS", "a")), .integer(0))
+    }
+
+    func testDeinitEndsTheThread() async throws {
+        func ownerThreads() -> Int {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return tasks.filter {
+                (try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8)) == "redis-deinit\n"
+            }.count
+        }
+        do {
+            let clients = (0..<3).map { _ in
+                RedisClient(endpoint: server.endpoint, options: testOptions(name: "deinit"))
+            }
+            for client in clients {
+                await assertEqualAsync(try await client.send(RedisCommand("PING")), .status("PONG"))
+            }
+            XCTAssertEqual(ownerThreads(), 3)
+        }
+        let ended = await eventually(timeout: .seconds(5)) { ownerThreads() == 0 }
+        XCTAssertTrue(ended)
+    }
+}

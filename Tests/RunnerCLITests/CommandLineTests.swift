@@ -1,0 +1,153 @@
+import RunnerCLI
+import RunnerProtocol
+import XCTest
+
+final class CommandLineTests: XCTestCase {
+    private func run(_ arguments: [String], environment: [String: String] = [:]) async -> (Int32, String, String) {
+        let output = CapturedOutput()
+        let code = await RunnerCommandLine.run(arguments: arguments, environment: environment, console: output.console)
+        return (code, output.standardOutput, output.standardError)
+    }
+
+    func testVersion() async {
+        let (code, out, _) = await run(["--version"])
+        XCTAssertEqual(code, 0)
+        XCTAssertEqual(out, "runner 0.1.0 (protocol v1)\n")
+    }
+
+    func testHelpListsSubcommands() async {
+        let (code, out, _) = await run(["--help"])
+        XCTAssertEqual(code, 0)
+        for name in ["worker", "submit", "result", "logs", "status", "events", "help"] {
+            XCTAssertTrue(out.contains("\n  \(name) "), "overview lists \(name)")
+        }
+    }
+
+    func testSubcommandHelpHasSections() async {
+        for name in ["worker", "submit", "result", "logs", "status", "events"] {
+            let (code, out, _) = await run([name, "--help"])
+            XCTAssertEqual(code, 0)
+            XCTAssertTrue(out.hasPrefix("OVERVIEW: "), name)
+            XCTAssertTrue(out.contains("\nUSAGE: runner"), name)
+            XCTAssertTrue(out.contains("\nOPTIONS:\n"), name)
+            XCTAssertTrue(out.contains("--redis <HOST:PORT|URL>"), name)
+            XCTAssertTrue(out.contains("--namespace <NAME>"), name)
+            let (helpCode, helpOut, _) = await run(["help", name])
+            XCTAssertEqual(helpCode, 0)
+            XCTAssertEqual(helpOut, out)
+        }
+    }
+
+    func testUnknownOptionIsAUsageError() async {
+        let (code, out, err) = await run(["submit", "--bogus", "--", "true"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(out, "")
+        let lines = err.split(separator: "\n")
+        XCTAssertEqual(lines.first, "Error: unknown option '--bogus'")
+        XCTAssertTrue(lines[1].hasPrefix("Usage: runner submit "))
+        XCTAssertEqual(lines.last, "See 'runner submit --help'.")
+    }
+
+    func testMissingValueAndBadValues() async {
+        var (code, _, err) = await run(["worker", "--concurrency"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: missing value for option '--concurrency <N>'")
+        (code, _, err) = await run(["worker", "--concurrency", "zero"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid value for '--concurrency': 'zero' (expected a positive whole number)")
+        (code, _, err) = await run(["worker", "--lease-ttl", "soon"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            "Error: invalid duration for '--lease-ttl': 'soon' (write 30s, 500ms, 2m, 1h or a number of seconds)")
+        (code, _, err) = await run(["status", "--redis", "redis://h:notaport"])
+        XCTAssertEqual(code, 2)
+        XCTAssertTrue(err.hasPrefix("Error: invalid value for '--redis': "), err)
+        (code, _, err) = await run(["status", "--namespace", "a:b"])
+        XCTAssertEqual(code, 2)
+        XCTAssertTrue(err.hasPrefix("Error: invalid value for '--namespace': 'a:b'"), err)
+        (code, _, err) = await run(["frobnicate"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err, "Error: unknown subcommand 'frobnicate'\nSee 'runner --help'.\n")
+        (code, _, err) = await run(["submit", "--shell", "true", "--", "echo"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: give either --shell or a command after --, not both")
+        (code, _, err) = await run(["submit"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: missing command: give CMD [ARG...] after -- or --shell 'SCRIPT'")
+        (code, _, err) = await run(["submit", "--env", "NOEQUALS", "--", "true"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid value for '--env': 'NOEQUALS' (expected KEY=VALUE)")
+        (code, _, err) = await run(["result"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: missing job id")
+        (code, _, err) = await run(["result", "a", "b"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: unexpected argument 'b'")
+    }
+
+    func testUnreachableRedisIsOneClearLine() async throws {
+        let (code, out, err) = await run(["status", "--redis", "127.0.0.1:1"])
+        XCTAssertEqual(code, 1)
+        XCTAssertEqual(out, "")
+        XCTAssertEqual(err.split(separator: "\n").count, 1)
+        XCTAssertTrue(err.hasPrefix("Error: cannot reach Redis at 127.0.0.1:1: "), err)
+    }
+
+    func testEnvironmentFallbackAndFlagPrecedence() throws {
+        let spec = CommandSpec(
+            name: "t", abstract: "", usage: "",
+            options: [OptionSpec("--redis", .value("X"), help: "", environment: "RUNNER_REDIS"),
+                      OptionSpec("--queue", .repeated("Q"), help: "", environment: "RUNNER_QUEUES")])
+        var parsed = try ParsedArguments([], command: spec, environment: ["RUNNER_REDIS": "h:1", "RUNNER_QUEUES": "a, b"])
+        XCTAssertEqual(parsed.value("--redis"), "h:1")
+        XCTAssertEqual(parsed.sources["--redis"], "RUNNER_REDIS")
+        XCTAssertEqual(parsed.all("--queue"), ["a", "b"])
+        parsed = try ParsedArguments(["--redis=h:2", "--queue", "x", "--queue", "y"], command: spec, environment: ["RUNNER_REDIS": "h:1"])
+        XCTAssertEqual(parsed.value("--redis"), "h:2")
+        XCTAssertEqual(parsed.sources["--redis"], "flag")
+        XCTAssertEqual(parsed.all("--queue"), ["x", "y"])
+    }
+
+    func testCommandAfterDoubleDashKeepsItsOwnFlags() throws {
+        let parsed = try ParsedArguments(["--wait", "--", "ls", "--all", "-l"], command: SubmitCommandSpec.spec, environment: [:])
+        XCTAssertTrue(parsed.flag("--wait"))
+        XCTAssertEqual(parsed.commandLine, ["ls", "--all", "-l"])
+    }
+}
+
+/// Access to the submit command's spec through the public help path.
+enum SubmitCommandSpec {
+    static var spec: CommandSpec {
+        CommandSpec(
+            name: "submit", abstract: "", usage: "",
+            options: [OptionSpec("--wait", .flag, help: "")], acceptsCommand: true)
+    }
+}
+
+final class UnitParsingTests: XCTestCase {
+    func testDurations() {
+        XCTAssertEqual(DurationParser.parse("30s"), .seconds(30))
+        XCTAssertEqual(DurationParser.parse("500ms"), .milliseconds(500))
+        XCTAssertEqual(DurationParser.parse("2m"), .seconds(120))
+        XCTAssertEqual(DurationParser.parse("1h"), .seconds(3600))
+        XCTAssertEqual(DurationParser.parse("1.5s"), .milliseconds(1500))
+        XCTAssertEqual(DurationParser.parse("15"), .seconds(15))
+        XCTAssertEqual(DurationParser.parse("0"), .zero)
+        XCTAssertNil(DurationParser.parse(""))
+        XCTAssertNil(DurationParser.parse("-1s"))
+        XCTAssertNil(DurationParser.parse("5 minutes"))
+        XCTAssertNil(DurationParser.parse("s"))
+        XCTAssertNil(DurationParser.parse("1e3"))
+    }
+
+    func testByteSizes() {
+        XCTAssertEqual(ByteSizeParser.parse("1048576"), 1 << 20)
+        XCTAssertEqual(ByteSizeParser.parse("64K"), 64 << 10)
+        XCTAssertEqual(ByteSizeParser.parse("64M"), 64 << 20)
+        XCTAssertEqual(ByteSizeParser.parse("1G"), 1 << 30)
+        XCTAssertEqual(ByteSizeParser.parse("16MiB"), 16 << 20)
+        XCTAssertNil(ByteSizeParser.parse("lots"))
+        XCTAssertNil(ByteSizeParser.parse("-1"))
+    }
+}

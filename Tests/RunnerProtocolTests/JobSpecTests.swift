@@ -1,0 +1,137 @@
+import RunnerProtocol
+import XCTest
+
+final class JobSpecTests: XCTestCase {
+    private func spec(_ json: String) throws -> JobSpec { try JobSpec(json: Array(json.utf8)) }
+
+    private func rejection(_ json: String) -> String? {
+        do {
+            _ = try spec(json)
+            return nil
+        } catch {
+            return error.message
+        }
+    }
+
+    func testFullSpecParses() throws {
+        let parsed = try spec(
+            #"{"argv":["echo","hi"],"env":{"A":"1"},"cwd":"/tmp","timeout_ms":1500,"max_attempts":3,"labels":{"k":"v"},"future":{"x":1}}"#)
+        XCTAssertEqual(parsed.command, .argv(["echo", "hi"]))
+        XCTAssertEqual(parsed.environment, ["A": "1"])
+        XCTAssertEqual(parsed.workingDirectory, "/tmp")
+        XCTAssertEqual(parsed.timeoutMs, 1500)
+        XCTAssertEqual(parsed.maxAttempts, 3)
+        XCTAssertEqual(parsed.labels, ["k": "v"])
+    }
+
+    func testShellSpecAndDefaults() throws {
+        let parsed = try spec(#"{"shell":"echo $HOME"}"#)
+        XCTAssertEqual(parsed.command, .shell("echo $HOME"))
+        XCTAssertEqual(parsed.environment, [:])
+        XCTAssertNil(parsed.workingDirectory)
+        XCTAssertNil(parsed.timeoutMs)
+        XCTAssertEqual(parsed.maxAttempts, 1)
+    }
+
+    func testRejectionsNameTheProblem() {
+        XCTAssertEqual(rejection("not json")?.hasPrefix("spec is not valid JSON"), true)
+        XCTAssertEqual(rejection("[1]"), "spec must be a JSON object, got an array")
+        XCTAssertEqual(rejection("{}"), #"spec has no command: give "argv" (array of strings) or "shell" (string)"#)
+        XCTAssertEqual(rejection(#"{"argv":["a"],"shell":"b"}"#), #"spec has both "argv" and "shell": give one"#)
+        XCTAssertEqual(rejection(#"{"argv":"echo hi"}"#), "spec.argv must be an array of strings, got a string")
+        XCTAssertEqual(rejection(#"{"argv":["echo",1]}"#), "spec.argv[1] must be a string, got a number")
+        XCTAssertEqual(rejection(#"{"argv":[]}"#), "spec.argv is empty")
+        XCTAssertEqual(rejection(#"{"shell":5}"#), "spec.shell must be a string, got a number")
+        XCTAssertEqual(rejection(#"{"shell":"x","env":{"A":1}}"#), "spec.env.A must be a string, got a number")
+        XCTAssertEqual(rejection(#"{"shell":"x","env":["A"]}"#), "spec.env must be an object of strings, got an array")
+        XCTAssertEqual(rejection(#"{"shell":"x","env":{"A=B":"1"}}"#), #"spec.env has an invalid variable name "A=B""#)
+        XCTAssertEqual(rejection(#"{"shell":"x","timeout_ms":-5}"#), "spec.timeout_ms must be a positive integer, got -5")
+        XCTAssertEqual(rejection(#"{"shell":"x","timeout_ms":1.5}"#), "spec.timeout_ms must be a positive integer, got 1.5")
+        XCTAssertEqual(rejection(#"{"shell":"x","timeout_ms":"10"}"#), "spec.timeout_ms must be a positive integer, got a string")
+        XCTAssertEqual(rejection(#"{"shell":"x","max_attempts":0}"#), "spec.max_attempts must be a positive integer, got 0")
+        XCTAssertEqual(rejection(#"{"shell":"x","cwd":7}"#), "spec.cwd must be a string, got a number")
+    }
+
+    func testSpecRoundTripsThroughJSON() throws {
+        let original = JobSpec(
+            command: .argv(["/bin/echo", "quote \" and \\ and \n"]), environment: ["K": "ü"], workingDirectory: "/w",
+            timeoutMs: 10, maxAttempts: 2, labels: ["a": "b"])
+        XCTAssertEqual(try JobSpec(json: Array(original.json.serialized.utf8)), original)
+    }
+}
+
+final class JobEntryTests: XCTestCase {
+    private func fields(_ pairs: [(String, String)]) -> [(String, [UInt8])] { pairs.map { ($0.0, Array($0.1.utf8)) } }
+
+    func testValidEntry() throws {
+        let entry = try JobEntry(
+            streamId: "1-1", queue: "default", fields: fields([("id", "job-1"), ("spec", #"{"shell":"true"}"#), ("attempt", "2")]))
+        XCTAssertEqual(entry.jobId, "job-1")
+        XCTAssertEqual(entry.attempt, 2)
+        XCTAssertEqual(entry.spec.command, .shell("true"))
+    }
+
+    func testMissingFields() {
+        XCTAssertThrowsError(try JobEntry(streamId: "1-1", queue: "q", fields: fields([("spec", "{}")]))) {
+            XCTAssertEqual(($0 as? JobSpecError)?.message, #"entry has no "id" field"#)
+        }
+        XCTAssertThrowsError(try JobEntry(streamId: "1-1", queue: "q", fields: fields([("id", "a")]))) {
+            XCTAssertEqual(($0 as? JobSpecError)?.message, #"entry has no "spec" field"#)
+        }
+        XCTAssertThrowsError(
+            try JobEntry(streamId: "1-1", queue: "q", fields: fields([("id", "a b"), ("spec", #"{"shell":"x"}"#)]))
+        ) {
+            XCTAssertEqual(($0 as? JobSpecError)?.message, #"job id "a b" contains white space or control characters"#)
+        }
+        XCTAssertThrowsError(
+            try JobEntry(streamId: "1-1", queue: "q", fields: fields([("id", "a"), ("spec", #"{"shell":"x"}"#), ("attempt", "0")]))
+        ) {
+            XCTAssertEqual(($0 as? JobSpecError)?.message, #"entry field "attempt" must be a positive integer"#)
+        }
+        XCTAssertNil(JobEntry.jobId(in: fields([("spec", "{}")])))
+        XCTAssertEqual(JobEntry.jobId(in: fields([("id", "ok-1")])), "ok-1")
+    }
+}
+
+final class JSONValueTests: XCTestCase {
+    func testParsesAndSerialises() throws {
+        let value = try JSONValue(parsing: #"{"b":[1,2.5,true,null,"x\u00e9\n"],"a":{"n":-3}}"#)
+        XCTAssertEqual(value.serialized, #"{"a":{"n":-3},"b":[1,2.5,true,null,"xé\n"]}"#)
+        XCTAssertEqual(value["a"]?["n"]?.intValue, -3)
+    }
+
+    func testSurrogatePairsAndErrors() throws {
+        XCTAssertEqual(try JSONValue(parsing: #""\ud83d\ude00""#).stringValue, "😀")
+        XCTAssertThrowsError(try JSONValue(parsing: #"{"a":1,}"#))
+        XCTAssertThrowsError(try JSONValue(parsing: #"{"a":1} x"#))
+        XCTAssertThrowsError(try JSONValue(parsing: #""\ud83d""#))
+        XCTAssertThrowsError(try JSONValue(parsing: String(repeating: "[", count: 100) + String(repeating: "]", count: 100)))
+    }
+
+    func testControlCharactersAreEscaped() {
+        XCTAssertEqual(JSONValue.string("a\u{1}b\"").serialized, #""a\u0001b\"""#)
+    }
+}
+
+final class KeyspaceTests: XCTestCase {
+    func testKeysShareTheHashTag() {
+        let keys = Keyspace(namespace: "pool1")
+        let all = [
+            keys.jobs(queue: "default"), keys.events, keys.heartbeats, keys.lease(runner: "r1"), keys.runners,
+            keys.job(id: "j"), keys.log(job: "j"), keys.dead,
+        ]
+        XCTAssertEqual(all, [
+            "{pool1}:jobs:default", "{pool1}:events", "{pool1}:heartbeats", "{pool1}:runner:r1", "{pool1}:runners",
+            "{pool1}:job:j", "{pool1}:log:j", "{pool1}:dead",
+        ])
+        XCTAssertTrue(all.allSatisfy { $0.hasPrefix("{pool1}:") })
+    }
+
+    func testNameValidation() {
+        XCTAssertTrue(Keyspace.isValidName("nr-prod_1.x"))
+        XCTAssertFalse(Keyspace.isValidName("a:b"))
+        XCTAssertFalse(Keyspace.isValidName("{a}"))
+        XCTAssertFalse(Keyspace.isValidName("a b"))
+        XCTAssertFalse(Keyspace.isValidName(""))
+    }
+}
