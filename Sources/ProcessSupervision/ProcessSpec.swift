@@ -127,3 +127,6 @@ public struct TerminationPolicy: Sendable {
         self.drainLimit = drainLimit
     }
 }
+
+/// `OutputStream` without the clash with `Foundation.OutputStream` in files that import both modules.
+public typealias ProcessOutputStream = OutputStream

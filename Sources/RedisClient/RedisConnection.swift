@@ -15,8 +15,9 @@ public final class RedisConnection {
     public let endpoint: RedisEndpoint
     private let context: UnsafeMutablePointer<redisContext>
     private let defaultReadTimeout: Duration?
-    /// The timeout currently set on the socket (nil: none), so redisSetTimeout runs only on a change.
-    private var socketTimeout: Duration?
+    /// The timeout currently set on the socket (`.some(nil)`: none; nil: not set by us yet), so redisSetTimeout runs
+    /// only on a change.
+    private var socketTimeout: Duration??
     /// Set after a connection-level error; a broken connection refuses further commands.
     public private(set) var isBroken = false
     private var brokenReason = ""
@@ -153,7 +154,7 @@ public final class RedisConnection {
 
     /// redisSetTimeout (SO_RCVTIMEO and SO_SNDTIMEO); nil means none.
     private func applyTimeout(_ timeout: Duration?) throws(RedisClientError) {
-        guard timeout != socketTimeout else {
+        if let current = socketTimeout, current == timeout {
             return
         }
         let value = timeout?.asTimeval ?? timeval(tv_sec: 0, tv_usec: 0)
@@ -164,7 +165,7 @@ public final class RedisConnection {
                 code: .connectionLost, message: "cannot set a timeout for Redis at \(endpoint): \(reason)"
             )
         }
-        socketTimeout = timeout
+        socketTimeout = .some(timeout)
     }
 
     /// redisAppendCommandArgv: formats the command into the output buffer (no I/O).

@@ -18,7 +18,7 @@ enum Shared {
 final class OutputCollector: Sendable {
     private let streams = Mutex<(stdout: [UInt8], stderr: [UInt8])>(([], []))
 
-    var handler: @Sendable (OutputStream, [UInt8]) -> Void {
+    var handler: @Sendable (ProcessOutputStream, [UInt8]) -> Void {
         { stream, chunk in
             self.streams.withLock { streams in
                 switch stream {
@@ -49,7 +49,7 @@ func shell(_ script: String, workingDirectory: String? = nil) -> ProcessSpec {
 }
 
 /// Runs to the end with `policy`; returns the outcome and the collected output.
-func run(
+func runToEnd(
     _ spec: ProcessSpec,
     _ policy: TerminationPolicy = TerminationPolicy(),
     supervisor: ProcessSupervisor = Shared.supervisor

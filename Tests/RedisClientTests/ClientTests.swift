@@ -113,7 +113,7 @@ final class ClientTests: XCTestCase {
         }
         XCTAssertEqual(retried as? RedisClientError, expected)
         XCTAssertGreaterThanOrEqual(ContinuousClock.now - start, .milliseconds(290))
-        XCTAssertGreaterThan(client.connectionAttempts, 4)
+        XCTAssertGreaterThanOrEqual(client.connectionAttempts, 4)
         XCTAssertEqual(log.all, ["test: cannot reach Redis at 127.0.0.1:\(port): Connection refused; retrying"])
     }
 
@@ -296,6 +296,21 @@ final class ClientTests: XCTestCase {
         pending.cancel()
         await assertTrueAsync(await thrownError { try await pending.value } is CancellationError)
         XCTAssertLessThan(ContinuousClock.now - start, .seconds(1))
+
+        // close() ends a backoff too, with .closed (the command was never sent).
+        let attempts = client.connectionAttempts
+        let another = Task {
+            try await client.send(RedisCommand("PING"), retry: .whileUnreachable(deadline: nil))
+        }
+        let retryingAgain = await eventually(timeout: .seconds(5)) { client.connectionAttempts >= attempts + 2 }
+        XCTAssertTrue(retryingAgain)
+        let closing = ContinuousClock.now
+        client.close()
+        await assertEqualAsync(
+            await thrownError { try await another.value } as? RedisClientError,
+            RedisClientError(code: .closed, message: "Redis client \"test\" for 127.0.0.1:\(port) is closed")
+        )
+        XCTAssertLessThan(ContinuousClock.now - closing, .seconds(1))
     }
 
     func testCloseFailsPendingWorkAndEndsTheThread() async throws {

@@ -8,8 +8,10 @@ final class JobSpecTests: XCTestCase {
         do {
             _ = try spec(json)
             return nil
-        } catch {
+        } catch let error as JobSpecError {
             return error.message
+        } catch {
+            return "unexpected error \(error)"
         }
     }
 

@@ -1,0 +1,279 @@
+import Foundation
+import RedisClient
+import TestSupport
+import XCTest
+
+/// The built `runner` binary, next to the test bundle.
+enum Binaries {
+    static let runner: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var directory = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        if directory.lastPathComponent == "MacOS" || directory.pathExtension == "xctest" {
+            directory = directory.deletingLastPathComponent()
+        }
+        return directory.appendingPathComponent("runner").path
+    }()
+}
+
+/// The Redis most tests share: scripts/test's throwaway server (NR_TEST_REDIS), or one started for this process.
+/// Each test uses its own namespace, so tests never see each other's keys.
+enum SharedRedis {
+    nonisolated(unsafe) private static var server: RedisServerProcess?
+    static let endpoint: RedisEndpoint = {
+        if let text = ProcessInfo.processInfo.environment["NR_TEST_REDIS"], let endpoint = try? RedisEndpoint(parsing: text) {
+            return endpoint
+        }
+        let started = try! RedisServerProcess()
+        server = started
+        atexit { try? SharedRedis.server?.kill() }
+        return started.endpoint
+    }()
+}
+
+/// A result of running the CLI binary.
+struct CLIResult {
+    var code: Int32
+    var out: Data
+    var err: String
+    var stdout: String { String(decoding: out, as: UTF8.self) }
+}
+
+/// Runs `runner ARGS...` to completion (bounded), capturing its output.
+func runCLI(_ arguments: [String], environment: [String: String]? = nil, timeout: TimeInterval = 60) -> CLIResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: Binaries.runner)
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    let done = DispatchSemaphore(value: 0)
+    process.terminationHandler = { _ in done.signal() }
+    do { try process.run() } catch { return CLIResult(code: -1, out: Data(), err: "cannot run \(Binaries.runner): \(error)") }
+    // Read both pipes concurrently so a large output cannot block the child.
+    nonisolated(unsafe) var outData = Data()
+    nonisolated(unsafe) var errData = Data()
+    let readers = DispatchGroup()
+    DispatchQueue.global().async(group: readers) { outData = out.fileHandleForReading.readDataToEndOfFile() }
+    DispatchQueue.global().async(group: readers) { errData = err.fileHandleForReading.readDataToEndOfFile() }
+    if done.wait(timeout: .now() + timeout) == .timedOut {
+        kill(process.processIdentifier, SIGKILL)
+        done.wait()
+        readers.wait()
+        return CLIResult(code: -9, out: outData, err: "timed out after \(timeout) s\n" + String(decoding: errData, as: UTF8.self))
+    }
+    readers.wait()
+    return CLIResult(code: process.terminationStatus, out: outData, err: String(decoding: errData, as: UTF8.self))
+}
+
+/// A `runner worker` process under test, with its log in a file.
+final class RunnerUnderTest {
+    let process = Process()
+    let name: String
+    let logURL: URL
+    private let exited = DispatchSemaphore(value: 0)
+
+    init(endpoint: RedisEndpoint, namespace: String, name: String, arguments: [String] = [],
+         environment: [String: String] = [:]) throws {
+        self.name = name
+        logURL = FileManager.default.temporaryDirectory.appendingPathComponent("runner-\(name)-\(UUID().uuidString).log")
+        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        process.executableURL = URL(fileURLWithPath: Binaries.runner)
+        process.arguments = ["worker", "--redis", endpoint.url, "--namespace", namespace, "--name", name] + arguments
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("RUNNER_") }
+        env.merge(environment) { _, new in new }
+        process.environment = env
+        let log = try FileHandle(forWritingTo: logURL)
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        let exited = self.exited
+        process.terminationHandler = { _ in exited.signal() }
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var log: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
+    var isRunning: Bool { process.isRunning }
+
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Waits for the runner to exit; returns its exit status, or nil if it is still running at the deadline.
+    func waitForExit(timeout: TimeInterval) -> Int32? {
+        guard exited.wait(timeout: .now() + timeout) == .success else { return nil }
+        exited.signal()
+        return process.terminationStatus
+    }
+
+    /// SIGTERM and wait; SIGKILL if it does not stop in time.
+    @discardableResult
+    func stop(timeout: TimeInterval = 20) -> Int32? {
+        guard process.isRunning else { return process.terminationStatus }
+        signal(SIGTERM)
+        if let status = waitForExit(timeout: timeout) { return status }
+        signal(SIGKILL)
+        _ = waitForExit(timeout: 5)
+        return nil
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            _ = exited.wait(timeout: .now() + 5)
+        }
+        try? FileManager.default.removeItem(at: logURL)
+    }
+}
+
+extension RedisEndpoint {
+    /// The endpoint as a `redis://` URL or host:port for the CLI.
+    var url: String {
+        var text = "redis://"
+        if let password {
+            text += (username ?? "") + ":" + password + "@"
+        }
+        return text + "\(host):\(port)/\(database)"
+    }
+}
+
+/// An event as read back from Redis in a test.
+struct RecordedEvent {
+    var id: String
+    var type: String
+    var job: String
+    var runner: String
+    var data: [String: Any]
+    var fields: [String: String]
+}
+
+/// Base class: a namespace of its own, a blocking connection for inspecting Redis, runners stopped at the end.
+class IntegrationTestCase: XCTestCase {
+    var namespace = ""
+    var endpoint: RedisEndpoint { SharedRedis.endpoint }
+    var redis: RedisConnection!
+    var runners: [RunnerUnderTest] = []
+
+    override func setUpWithError() throws {
+        namespace = "t" + String(UInt32.random(in: 0 ... .max), radix: 36)
+        redis = try RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), readTimeout: .seconds(10))
+    }
+
+    override func tearDownWithError() throws {
+        for runner in runners where runner.isRunning {
+            if runner.stop(timeout: 15) == nil { XCTFail("runner \(runner.name) did not stop on SIGTERM:\n\(runner.log)") }
+        }
+        runners.removeAll()
+        redis = nil
+    }
+
+    func key(_ suffix: String) -> String { "{\(namespace)}:\(suffix)" }
+
+    func cli(_ arguments: [String], timeout: TimeInterval = 60) -> CLIResult {
+        // Common options go right after the subcommand: anything after `--` belongs to the job.
+        runCLI([arguments[0], "--redis", endpoint.url, "--namespace", namespace] + arguments.dropFirst(), timeout: timeout)
+    }
+
+    /// Starts a runner and waits until it is registered.
+    @discardableResult
+    func startRunner(name: String = "r1", _ arguments: [String] = [], redisEndpoint: RedisEndpoint? = nil,
+                     environment: [String: String] = [:]) throws -> RunnerUnderTest {
+        let runner = try RunnerUnderTest(
+            endpoint: redisEndpoint ?? endpoint, namespace: namespace, name: name, arguments: arguments,
+            environment: environment)
+        runners.append(runner)
+        let registered = waitUntil(timeout: .seconds(20)) {
+            (try? redis.send(RedisCommand(["HEXISTS", key("runners"), name])).int) == 1 || !runner.isRunning
+        }
+        XCTAssertTrue(registered && runner.isRunning, "runner \(name) did not register:\n\(runner.log)")
+        return runner
+    }
+
+    func send(_ arguments: [String]) throws -> RedisReply {
+        try redis.send(RedisCommand(arguments))
+    }
+
+    func hash(_ key: String) throws -> [String: String] {
+        let flat = try send(["HGETALL", key]).array ?? []
+        var result: [String: String] = [:]
+        var index = 0
+        while index + 1 < flat.count {
+            result[flat[index].string ?? ""] = String(decoding: flat[index + 1].bytes ?? [], as: UTF8.self)
+            index += 2
+        }
+        return result
+    }
+
+    func job(_ id: String) throws -> [String: String] { try hash(key("job:\(id)")) }
+
+    func events() throws -> [RecordedEvent] {
+        (try send(["XRANGE", key("events"), "-", "+"]).array ?? []).compactMap { entry in
+            guard let parts = entry.array, parts.count == 2 else { return nil }
+            var fields: [String: String] = [:]
+            let flat = parts[1].array ?? []
+            var index = 0
+            while index + 1 < flat.count {
+                fields[flat[index].string ?? ""] = String(decoding: flat[index + 1].bytes ?? [], as: UTF8.self)
+                index += 2
+            }
+            let data = (try? JSONSerialization.jsonObject(with: Data((fields["data"] ?? "{}").utf8))) as? [String: Any] ?? [:]
+            return RecordedEvent(
+                id: parts[0].string ?? "", type: fields["type"] ?? "", job: fields["job"] ?? "",
+                runner: fields["runner"] ?? "", data: data, fields: fields)
+        }
+    }
+
+    func events(of job: String) throws -> [String] { try events().filter { $0.job == job }.map(\.type) }
+
+    /// Polls the job's state until it is one of `states`.
+    @discardableResult
+    func waitForState(_ id: String, _ states: Set<String>, timeout: Duration = .seconds(30)) throws -> [String: String] {
+        var last: [String: String] = [:]
+        let reached = try waitUntil(timeout: timeout) {
+            last = try job(id)
+            return states.contains(last["state"] ?? "")
+        }
+        XCTAssertTrue(reached, "job \(id) did not reach \(states.sorted()); last record: \(last)")
+        return last
+    }
+
+    func submit(_ arguments: [String], id: String) throws {
+        let result = cli(["submit", "--id", id] + arguments)
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(result.stdout, "\(id)\n")
+    }
+
+    /// Pids a job printed, one per line, as `pid=<n>`.
+    func pids(in output: String) -> [Int32] {
+        output.split(separator: "\n").compactMap { line in line.hasPrefix("pid=") ? Int32(line.dropFirst(4)) : nil }
+    }
+
+    func logBytes(_ id: String) throws -> (stdout: [UInt8], stderr: [UInt8], meta: [String]) {
+        var out: [UInt8] = []
+        var err: [UInt8] = []
+        var meta: [String] = []
+        var start = "-"
+        while true {
+            let entries = try send(["XRANGE", key("log:\(id)"), start, "+", "COUNT", "500"]).array ?? []
+            for entry in entries {
+                guard let parts = entry.array, parts.count == 2 else { continue }
+                start = "(" + (parts[0].string ?? "")
+                let flat = parts[1].array ?? []
+                var fields: [String: [UInt8]] = [:]
+                var index = 0
+                while index + 1 < flat.count {
+                    fields[flat[index].string ?? ""] = flat[index + 1].bytes ?? []
+                    index += 2
+                }
+                switch String(decoding: fields["fd"] ?? [], as: UTF8.self) {
+                case "stdout": out += fields["data"] ?? []
+                case "stderr": err += fields["data"] ?? []
+                default: meta.append(String(decoding: fields["data"] ?? [], as: UTF8.self))
+                }
+            }
+            if entries.count < 500 { break }
+        }
+        return (out, err, meta)
+    }
+}

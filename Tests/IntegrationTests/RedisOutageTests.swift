@@ -1,0 +1,38 @@
+import Foundation
+import RedisClient
+import TestSupport
+import XCTest
+
+/// Redis restarted under a running job: the job keeps running and its result is written once Redis is back.
+final class RedisOutageTests: IntegrationTestCase {
+    private var server: RedisServerProcess!
+    override var endpoint: RedisEndpoint { server.endpoint }
+
+    override func setUpWithError() throws {
+        server = try RedisServerProcess(appendOnly: true)
+        try super.setUpWithError()
+    }
+
+    override func tearDownWithError() throws {
+        try super.tearDownWithError()
+        try server.stop()
+    }
+
+    func testResultArrivesAfterRedisRestart() throws {
+        let runner = try startRunner(["--lease-ttl", "6s"])
+        try submit(["--shell", "sleep 2; echo survived"], id: "rr-1")
+        try waitForState("rr-1", ["running"])
+        redis = nil
+        try server.restart()
+        redis = try RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), readTimeout: .seconds(10))
+        let record = try waitForState("rr-1", ["succeeded"], timeout: .seconds(30))
+        XCTAssertEqual(record["output_tail"], "survived\n")
+        XCTAssertEqual(try events(of: "rr-1").filter { $0 == "job.succeeded" }.count, 1)
+        // The runner carries on: a new job after the restart runs too.
+        try submit(["--", "echo", "again"], id: "rr-2")
+        XCTAssertEqual(try waitForState("rr-2", ["succeeded"])["output_tail"], "again\n")
+        XCTAssertTrue(runner.isRunning)
+        let lostLines = runner.log.split(separator: "\n").filter { $0.contains("lost connection") }
+        XCTAssertLessThanOrEqual(lostLines.count, 3, "one line per connection, not one per retry:\n\(runner.log)")
+    }
+}

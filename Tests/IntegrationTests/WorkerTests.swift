@@ -1,0 +1,336 @@
+import Foundation
+import RedisClient
+import TestSupport
+import XCTest
+
+/// Worker mode end to end: real redis-server, real `runner` processes, real jobs.
+final class WorkerTests: IntegrationTestCase {
+    func testSubmitWaitSucceedsAndPrintsOutput() throws {
+        try startRunner()
+        let result = cli(["submit", "--wait", "--id", "ok-1", "--", "sh", "-c", "echo hello; echo warn >&2"])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(result.stdout, "hello\n")
+        XCTAssertEqual(result.err, "warn\n")
+        let record = try job("ok-1")
+        XCTAssertEqual(record["state"], "succeeded")
+        XCTAssertEqual(record["exit_code"], "0")
+        XCTAssertEqual(record["runner"], "r1")
+        XCTAssertEqual(record["attempt"], "1")
+        XCTAssertEqual(record["output_tail"], "hello\nwarn\n")
+        XCTAssertEqual(record["v"], "1")
+        for field in ["submitted_at", "started_at", "finished_at", "duration_ms"] {
+            XCTAssertNotNil(Int(record[field] ?? ""), "\(field) = \(record[field] ?? "nil")")
+        }
+        XCTAssertLessThanOrEqual(Int(record["submitted_at"]!)!, Int(record["started_at"]!)!)
+        XCTAssertLessThanOrEqual(Int(record["started_at"]!)!, Int(record["finished_at"]!)!)
+        XCTAssertEqual(try events(of: "ok-1"), ["job.submitted", "job.received", "job.started", "job.succeeded"])
+        // Done jobs leave the stream: acked and deleted with the result.
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+    }
+
+    func testNonZeroExitFailsWithItsCode() throws {
+        try startRunner()
+        let result = cli(["submit", "--wait", "--id", "bad-1", "--", "sh", "-c", "exit 3"])
+        XCTAssertEqual(result.code, 3)
+        XCTAssertEqual(result.err, "job bad-1 failed: exited with code 3\n")
+        let record = try job("bad-1")
+        XCTAssertEqual(record["state"], "failed")
+        XCTAssertEqual(record["exit_code"], "3")
+        XCTAssertEqual(record["signal"], "")
+        XCTAssertEqual(record["reason"], "exited with code 3")
+        XCTAssertEqual(try events(of: "bad-1").last, "job.failed")
+    }
+
+    func testMissingCommandAndBadCwdFailWithTheOSReason() throws {
+        try startRunner()
+        var result = cli(["submit", "--wait", "--id", "nf-1", "--", "no-such-command-xyz"])
+        XCTAssertEqual(result.code, 127)
+        var record = try job("nf-1")
+        XCTAssertEqual(record["state"], "failed")
+        XCTAssertEqual(record["exit_code"], "127")
+        XCTAssertEqual(record["reason"], "cannot execute 'no-such-command-xyz': No such file or directory")
+        XCTAssertEqual(try events(of: "nf-1"), ["job.submitted", "job.received", "job.failed"])
+
+        result = cli(["submit", "--wait", "--id", "cwd-1", "--cwd", "/no/such/dir", "--", "true"])
+        XCTAssertEqual(result.code, 1)
+        record = try job("cwd-1")
+        XCTAssertEqual(record["state"], "failed")
+        XCTAssertEqual(record["reason"], "cannot change to working directory '/no/such/dir': No such file or directory")
+
+        let notExecutable = FileManager.default.temporaryDirectory.appendingPathComponent("nx-\(namespace).sh")
+        try "echo hi\n".write(to: notExecutable, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: notExecutable) }
+        result = cli(["submit", "--wait", "--id", "nx-1", "--", notExecutable.path])
+        XCTAssertEqual(result.code, 126)
+        XCTAssertEqual(try job("nx-1")["exit_code"], "126")
+    }
+
+    func testEnvCwdAndNoInheritedEnvironmentOrDescriptors() throws {
+        try startRunner(environment: ["RUNNER_SECRET_TEST": "must-not-leak"])
+        let dir = FileManager.default.temporaryDirectory.path
+        let result = cli([
+            "submit", "--wait", "--id", "env-1", "--env", "GREETING=hi there", "--cwd", dir, "--",
+            "sh", "-c", "echo \"$GREETING\"; pwd; env | sort | cut -d= -f1 | tr '\\n' ' '; echo; ls /proc/self/fd | tr '\\n' ' '",
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        XCTAssertEqual(lines[0], "hi there")
+        XCTAssertEqual(lines[1], URL(fileURLWithPath: dir).resolvingSymlinksInPath().path)
+        let names = Set(lines[2].split(separator: " ").map(String.init))
+        XCTAssertTrue(names.isSuperset(of: ["GREETING", "PATH", "HOME", "NR_JOB_ID", "NR_ATTEMPT"]), lines[2])
+        XCTAssertFalse(names.contains("RUNNER_SECRET_TEST"), lines[2])
+        XCTAssertFalse(names.contains { $0.hasPrefix("RUNNER_") }, lines[2])
+        // 0, 1, 2, and the directory `ls` itself opens.
+        XCTAssertEqual(lines[3].split(separator: " ").count, 4, "open descriptors: \(lines[3])")
+    }
+
+    func testTwentyMegabytesOnBothStreams() throws {
+        try startRunner(["--log-limit", "48M"])
+        let result = cli(
+            ["submit", "--wait", "--id", "big-1", "--shell",
+             "head -c 20971520 /dev/zero | tr '\\0' a & head -c 20971520 /dev/zero | tr '\\0' b >&2; wait"],
+            timeout: 120)
+        XCTAssertEqual(result.code, 0, String(result.err.prefix(300)))
+        XCTAssertEqual(result.out.count, 20 << 20)
+        XCTAssertEqual(result.err.utf8.count, 20 << 20)
+        let log = try logBytes("big-1")
+        XCTAssertEqual(log.stdout.count, 20 << 20)
+        XCTAssertEqual(log.stderr.count, 20 << 20)
+        XCTAssertTrue(log.stdout.allSatisfy { $0 == UInt8(ascii: "a") })
+        XCTAssertTrue(log.stderr.allSatisfy { $0 == UInt8(ascii: "b") })
+        XCTAssertEqual(log.meta, [])
+        XCTAssertEqual(try job("big-1")["output_tail"]?.utf8.count, 4096)
+    }
+
+    func testLogIsCappedWithAVisibleMarker() throws {
+        try startRunner(["--log-limit", "64K"])
+        let result = cli(["submit", "--wait", "--id", "cap-1", "--shell", "head -c 300000 /dev/zero | tr '\\0' x"])
+        XCTAssertEqual(result.code, 0, result.err)
+        let log = try logBytes("cap-1")
+        XCTAssertEqual(log.stdout.count, 64 << 10)
+        XCTAssertEqual(log.meta, [
+            "output truncated: the log limit of 65536 bytes was reached",
+            "234464 bytes of output were dropped after the log limit of 65536 bytes",
+        ])
+        XCTAssertEqual(result.out.count, 64 << 10)
+        XCTAssertTrue(result.err.contains("[nativerunner] output truncated"), result.err)
+    }
+
+    func testNonUTF8OutputIsKeptExactly() throws {
+        try startRunner()
+        let result = cli(["submit", "--wait", "--id", "bin-1", "--", "printf", "\\377\\376ok\\000"])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(Array(result.out), [0xFF, 0xFE, 0x6F, 0x6B, 0x00])
+        XCTAssertEqual(try logBytes("bin-1").stdout, [0xFF, 0xFE, 0x6F, 0x6B, 0x00])
+        let json = cli(["result", "bin-1", "--json"])
+        XCTAssertEqual(json.code, 0, json.err)
+        let object = try JSONSerialization.jsonObject(with: json.out) as? [String: Any]
+        XCTAssertEqual(object?["output_tail_base64"] as? String, Data([0xFF, 0xFE, 0x6F, 0x6B, 0x00]).base64EncodedString())
+        XCTAssertNil(object?["output_tail"])
+        XCTAssertEqual(object?["exit_code"] as? Int, 0)
+        XCTAssertEqual(object?["state"] as? String, "succeeded")
+    }
+
+    func testTimeoutKillsTheWholeGroupIncludingBackgroundChildren() throws {
+        try startRunner(["--kill-grace", "1s"])
+        let script = "sleep 60 & echo pid=$!; (trap '' TERM; sleep 60) & echo pid=$!; echo pid=$$; wait"
+        let result = cli(["submit", "--wait", "--id", "to-1", "--timeout", "1s", "--shell", script])
+        XCTAssertEqual(result.code, 124, result.err)
+        let pids = pids(in: result.stdout)
+        XCTAssertEqual(pids.count, 3, result.stdout)
+        let record = try job("to-1")
+        XCTAssertEqual(record["state"], "timed_out")
+        XCTAssertEqual(record["forced_kill"], "1", "a child ignored SIGTERM, so SIGKILL was needed")
+        XCTAssertEqual(record["reason"], "timed out after 1000 ms; killed with SIGKILL after the grace period")
+        for pid in pids { XCTAssertFalse(processIsAlive(pid), "process \(pid) of the job is still alive") }
+        XCTAssertEqual(try events(of: "to-1").last, "job.timeout")
+        let event = try events().last { $0.job == "to-1" }
+        XCTAssertEqual(event?.data["forced_kill"] as? Bool, true)
+    }
+
+    func testJobEndsWhenMainProcessExitsEvenIfAChildHoldsStdout() throws {
+        try startRunner()
+        let started = ContinuousClock.now
+        let result = cli(["submit", "--wait", "--id", "bg-1", "--shell", "sleep 60 & echo pid=$!; echo done"])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(10))
+        XCTAssertTrue(result.stdout.hasSuffix("done\n"), result.stdout)
+        for pid in pids(in: result.stdout) { XCTAssertFalse(processIsAlive(pid), "background child \(pid) outlived its job") }
+    }
+
+    func testMalformedEntriesGoToDeadLettersAndTheNextJobRuns() throws {
+        try startRunner()
+        let malformed: [([String], String)] = [
+            (["id", "m-1", "spec", "not json"], "spec is not valid JSON"),
+            (["id", "m-2", "spec", #"{"argv":"echo"}"#], "spec.argv must be an array of strings, got a string"),
+            (["spec", #"{"argv":["true"]}"#], #"entry has no "id" field"#),
+            (["id", "m-4"], #"entry has no "spec" field"#),
+            (["id", "m-5", "spec", #"{"env":{}}"#], "spec has no command"),
+        ]
+        for (fields, _) in malformed { _ = try send(["XADD", key("jobs:default"), "*"] + fields) }
+        try submit(["--", "echo", "still alive"], id: "after-1")
+        try waitForState("after-1", ["succeeded"])
+
+        let dead = try send(["XRANGE", key("dead"), "-", "+"]).array ?? []
+        XCTAssertEqual(dead.count, malformed.count)
+        for (index, entry) in dead.enumerated() {
+            let flat = entry.array?[1].array ?? []
+            var fields: [String: String] = [:]
+            var i = 0
+            while i + 1 < flat.count {
+                fields[flat[i].string ?? ""] = flat[i + 1].string ?? ""
+                i += 2
+            }
+            XCTAssertTrue(fields["reason"]?.hasPrefix(malformed[index].1) == true, "\(fields)")
+            XCTAssertEqual(fields["source"], key("jobs:default"))
+            XCTAssertNotNil(fields["source_id"])
+        }
+        XCTAssertEqual(try job("m-2")["state"], "rejected")
+        XCTAssertEqual(try job("m-2")["reason"], "spec.argv must be an array of strings, got a string")
+        XCTAssertEqual(try events().filter { $0.type == "job.rejected" }.count, malformed.count)
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
+    }
+
+    func testConcurrencyRunsJobsSideBySide() throws {
+        try startRunner(["--concurrency", "3"])
+        for n in 1...3 { try submit(["--", "sleep", "1"], id: "c-\(n)") }
+        let records = try (1...3).map { try waitForState("c-\($0)", ["succeeded"]) }
+        let starts = records.compactMap { Int($0["started_at"] ?? "") }
+        let ends = records.compactMap { Int($0["finished_at"] ?? "") }
+        XCTAssertEqual(starts.count, 3)
+        // All three ran at once: each started before any finished.
+        XCTAssertLessThan(starts.max()!, ends.min()!)
+    }
+
+    func testConcurrencyOneRunsJobsOneAfterAnother() throws {
+        try startRunner(["--concurrency", "1"])
+        for n in 1...2 { try submit(["--", "sleep", "0.5"], id: "s-\(n)") }
+        let records = try (1...2).map { try waitForState("s-\($0)", ["succeeded"]) }
+        XCTAssertLessThanOrEqual(Int(records[0]["finished_at"]!)!, Int(records[1]["started_at"]!)!)
+    }
+
+    func testGracefulShutdownLetsTheRunningJobFinish() throws {
+        let runner = try startRunner(["--shutdown-timeout", "20s"])
+        try submit(["--shell", "sleep 1; echo finished"], id: "gs-1")
+        try waitForState("gs-1", ["running"])
+        runner.signal(SIGTERM)
+        XCTAssertEqual(runner.waitForExit(timeout: 20), 0, runner.log)
+        XCTAssertEqual(try job("gs-1")["state"], "succeeded")
+        XCTAssertEqual(try job("gs-1")["output_tail"], "finished\n")
+        XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0, "lease deleted on clean exit")
+        XCTAssertEqual(try send(["HEXISTS", key("runners"), "r1"]).int, 0)
+        let shutdown = try events().last { $0.type == "runner.shutdown" }
+        XCTAssertEqual(shutdown?.runner, "r1")
+        XCTAssertEqual(shutdown?.data["finished"] as? Int, 1)
+        XCTAssertEqual(shutdown?.data["handed_back"] as? Int, 0)
+    }
+
+    func testShutdownDeadlineHandsTheJobBackAndKillsIt() throws {
+        let runner = try startRunner(["--shutdown-timeout", "500ms", "--kill-grace", "500ms"])
+        try submit(["--shell", "echo pid=$$; sleep 60"], id: "hb-1")
+        let record = try waitForState("hb-1", ["running"])
+        let pid = Int32(record["pid"] ?? "") ?? 0
+        XCTAssertTrue(processIsAlive(pid))
+        runner.signal(SIGTERM)
+        XCTAssertEqual(runner.waitForExit(timeout: 20), 0, runner.log)
+        XCTAssertFalse(processIsAlive(pid), "the job's process outlived the runner")
+        let after = try job("hb-1")
+        XCTAssertEqual(after["state"], "queued")
+        XCTAssertEqual(after["attempt"], "1", "a hand-back does not count as an attempt")
+        XCTAssertEqual(try events(of: "hb-1").last, "job.handed_back")
+        // The job is back on the queue, and a new runner completes it.
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 1)
+        try startRunner(name: "r2", ["--shutdown-timeout", "500ms", "--kill-grace", "500ms"])
+        XCTAssertEqual(try waitForState("hb-1", ["running"])["runner"], "r2")
+    }
+
+    func testSecondSignalStopsJobsAtOnce() throws {
+        let runner = try startRunner(["--shutdown-timeout", "60s", "--kill-grace", "500ms"])
+        try submit(["--", "sleep", "60"], id: "ss-1")
+        try waitForState("ss-1", ["running"])
+        runner.signal(SIGTERM)
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains("shutting down") })
+        runner.signal(SIGINT)
+        XCTAssertEqual(runner.waitForExit(timeout: 15), 0, runner.log)
+        XCTAssertEqual(try job("ss-1")["state"], "queued")
+    }
+
+    func testUnreachableRedisAndNameInUseAreClearErrors() throws {
+        let unreachable = runCLI(["--redis", "127.0.0.1:1", "--name", "x"])
+        XCTAssertEqual(unreachable.code, 1)
+        XCTAssertTrue(unreachable.err.hasPrefix("Error: cannot reach Redis at 127.0.0.1:1: "), unreachable.err)
+        XCTAssertEqual(unreachable.err.split(separator: "\n").count, 1, unreachable.err)
+
+        try startRunner(name: "dup")
+        let second = runCLI(["--redis", endpoint.url, "--namespace", namespace, "--name", "dup"], timeout: 20)
+        XCTAssertEqual(second.code, 1)
+        XCTAssertTrue(
+            second.err.contains("Error: runner name 'dup' is in use: its lease {\(namespace)}:runner:dup is held by another runner"),
+            second.err)
+    }
+
+    func testOwnPendingEntriesRunFirstAtStart() throws {
+        // An entry delivered to consumer "fixed" whose reply was lost: it sits in that consumer's pending list.
+        _ = try send(["XGROUP", "CREATE", key("jobs:default"), "runners", "0", "MKSTREAM"])
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "pend-1", "spec", #"{"argv":["echo","recovered"]}"#])
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "gone-1", "spec", #"{"argv":["true"]}"#])
+        let read = try send(["XREADGROUP", "GROUP", "runners", "fixed", "COUNT", "10", "STREAMS", key("jobs:default"), ">"])
+        let ids = read.array?.first?.array?[1].array?.compactMap { $0.array?.first?.string } ?? []
+        XCTAssertEqual(ids.count, 2)
+        // The second one's payload is deleted while pending.
+        _ = try send(["XDEL", key("jobs:default"), ids[1]])
+
+        try startRunner(name: "fixed")
+        XCTAssertEqual(try waitForState("pend-1", ["succeeded"])["output_tail"], "recovered\n")
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.events().contains { $0.type == "job.lost" }) == true })
+        let lost = try events().first { $0.type == "job.lost" }
+        XCTAssertEqual(lost?.data["stream_id"] as? String, ids[1])
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+    }
+
+    func testGroupRecreatedWhenStreamIsDeletedUnderTheRunner() throws {
+        let runner = try startRunner()
+        try submit(["--", "true"], id: "pre-1")
+        try waitForState("pre-1", ["succeeded"])
+        _ = try send(["DEL", key("jobs:default")])
+        // A job submitted after the stream was deleted is still run (the group is recreated from ID 0).
+        try submit(["--", "echo", "after delete"], id: "post-1")
+        XCTAssertEqual(try waitForState("post-1", ["succeeded"])["output_tail"], "after delete\n")
+        _ = try send(["XGROUP", "DESTROY", key("jobs:default"), "runners"])
+        try submit(["--", "echo", "after destroy"], id: "post-2")
+        XCTAssertEqual(try waitForState("post-2", ["succeeded"])["output_tail"], "after destroy\n")
+        XCTAssertTrue(runner.isRunning)
+    }
+
+    func testStatusShowsRunnersAndQueues() throws {
+        try startRunner(["--concurrency", "2"])
+        let status = cli(["status", "--json"])
+        XCTAssertEqual(status.code, 0, status.err)
+        let object = try JSONSerialization.jsonObject(with: status.out) as? [String: Any]
+        let runners = object?["runners"] as? [[String: Any]] ?? []
+        XCTAssertEqual(runners.count, 1)
+        XCTAssertEqual(runners.first?["id"] as? String, "r1")
+        XCTAssertEqual(runners.first?["capacity"] as? Int, 2)
+        XCTAssertEqual(runners.first?["state"] as? String, "running")
+        XCTAssertGreaterThan(runners.first?["lease_remaining_ms"] as? Int ?? 0, 0)
+        let queues = object?["queues"] as? [[String: Any]] ?? []
+        XCTAssertEqual(queues.first?["name"] as? String, "default")
+        XCTAssertEqual(queues.first?["consumers"] as? Int, 1)
+        let text = cli(["status"])
+        XCTAssertTrue(text.stdout.contains("RUNNERS"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("  r1 "), text.stdout)
+    }
+
+    func testResultOfUnknownJobIsAClearError() throws {
+        let result = cli(["result", "nope"])
+        XCTAssertEqual(result.code, 1)
+        XCTAssertEqual(result.err, "Error: no job 'nope' in namespace '\(namespace)' (never submitted, or its result expired)\n")
+        let duplicate = cli(["submit", "--id", "same", "--", "true"])
+        XCTAssertEqual(duplicate.code, 0)
+        let again = cli(["submit", "--id", "same", "--", "true"])
+        XCTAssertEqual(again.code, 1)
+        XCTAssertEqual(again.err, "Error: a job with id 'same' already exists\n")
+    }
+}

@@ -1,0 +1,205 @@
+import Foundation
+import ProcessSupervision
+import XCTest
+
+final class TeardownTests: XCTestCase {
+    func testTimeoutStopsTheWholeGroup() async throws {
+        let start = ContinuousClock.now
+        let (outcome, output) = try await runToEnd(
+            shell("sleep 60 & echo $!; sleep 60 & echo $!; wait"),
+            TerminationPolicy(timeout: .milliseconds(300), killGrace: .seconds(5))
+        )
+        let elapsed = ContinuousClock.now - start
+        XCTAssertEqual(outcome.stopReason, .timeout)
+        XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
+        XCTAssertFalse(outcome.forcedKill)
+        XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(300))
+        XCTAssertLessThan(elapsed, .seconds(3))
+        let members = output.stdoutLines.compactMap { Int32($0) }
+        XCTAssertEqual(members.count, 2)
+        for pid in members + [outcome.pid] {
+            XCTAssertNil(processState(pid), "group member \(pid) still exists after wait()")
+        }
+    }
+
+    func testIgnoredSIGTERMNeedsSIGKILL() async throws {
+        let start = ContinuousClock.now
+        let (outcome, output) = try await runToEnd(
+            shell("trap '' TERM; sleep 60 & echo $!; wait"),
+            TerminationPolicy(timeout: .milliseconds(200), killGrace: .milliseconds(300))
+        )
+        let elapsed = ContinuousClock.now - start
+        XCTAssertEqual(outcome.stopReason, .timeout)
+        XCTAssertEqual(outcome.termination, .signaled(SIGKILL))
+        XCTAssertTrue(outcome.forcedKill)
+        XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(500))
+        XCTAssertLessThan(elapsed, .seconds(3))
+        let members = output.stdoutLines.compactMap { Int32($0) }
+        XCTAssertEqual(members.count, 1)
+        for pid in members + [outcome.pid] {
+            XCTAssertNil(processState(pid), "group member \(pid) still exists after wait()")
+        }
+    }
+
+    func testBackgroundChildHoldingStdoutNeitherHangsNorOutlivesWait() async throws {
+        let policy = TerminationPolicy(leftoverGrace: .seconds(1), drainLimit: .seconds(1))
+        let start = ContinuousClock.now
+        let (outcome, output) = try await runToEnd(shell("sleep 100 & echo $!; echo hi"), policy)
+        let elapsed = ContinuousClock.now - start
+        XCTAssertEqual(outcome.termination, .exited(0))
+        XCTAssertNil(outcome.stopReason)
+        XCTAssertTrue(outcome.leftoverProcessesStopped)
+        XCTAssertFalse(outcome.forcedKill)  // sleep dies of SIGTERM
+        XCTAssertFalse(outcome.outputTruncatedByDrainLimit)
+        XCTAssertLessThan(elapsed, .milliseconds(3500))  // leftoverGrace + drainLimit + slack
+        let lines = output.stdoutLines
+        XCTAssertEqual(lines.count, 2)
+        XCTAssertEqual(lines.last, "hi")
+        let background = try XCTUnwrap(lines.first.flatMap { Int32($0) })
+        XCTAssertNil(processState(background), "background child \(background) still exists after wait()")
+    }
+
+    func testLeftoverIgnoringSIGTERMIsKilledAfterTheLeftoverGrace() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let policy = TerminationPolicy(leftoverGrace: .milliseconds(200), drainLimit: .seconds(1))
+        let start = ContinuousClock.now
+        // The fifo makes the job end only once the background child ignores SIGTERM.
+        let script = "mkfifo \(directory)/ready; (trap '' TERM; echo > \(directory)/ready; exec sleep 100) & "
+            + "read x < \(directory)/ready; echo $!"
+        let (outcome, output) = try await runToEnd(shell(script), policy)
+        let elapsed = ContinuousClock.now - start
+        XCTAssertEqual(outcome.termination, .exited(0))
+        XCTAssertTrue(outcome.leftoverProcessesStopped)
+        XCTAssertTrue(outcome.forcedKill)
+        XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(200))
+        XCTAssertLessThan(elapsed, .seconds(3))
+        let background = try XCTUnwrap(output.stdoutLines.first.flatMap { Int32($0) })
+        XCTAssertNil(processState(background))
+    }
+
+    func testEscapedProcessHoldingThePipeIsCutOffByTheDrainLimit() async throws {
+        // setsid: a new session, so the group teardown does not reach it; it holds stdout open. The fifo makes the
+        // job end only once it has escaped.
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let policy = TerminationPolicy(leftoverGrace: .seconds(1), drainLimit: .milliseconds(300))
+        let start = ContinuousClock.now
+        let script = "mkfifo \(directory)/ready; setsid sh -c 'echo $$ > \(directory)/ready; exec sleep 30' & "
+            + "read pid < \(directory)/ready; echo $pid"
+        let (outcome, output) = try await runToEnd(shell(script), policy)
+        let elapsed = ContinuousClock.now - start
+        let escaped = try XCTUnwrap(output.stdoutLines.first.flatMap { Int32($0) })
+        defer { kill(escaped, SIGKILL) }
+        XCTAssertEqual(outcome.termination, .exited(0))
+        XCTAssertTrue(outcome.outputTruncatedByDrainLimit)
+        XCTAssertFalse(outcome.leftoverProcessesStopped)
+        XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(300))
+        XCTAssertLessThan(elapsed, .seconds(3))
+    }
+
+    func testCancellingTheWaitingTaskStopsTheProcess() async throws {
+        let collector = OutputCollector()
+        let process = try await Shared.supervisor.spawn(shell("echo ready; exec sleep 60"), output: collector.handler)
+        let ready = await eventually { collector.stdoutText == "ready\n" }
+        XCTAssertTrue(ready)
+        let waiter = Task { await process.wait(TerminationPolicy(killGrace: .seconds(5))) }
+        waiter.cancel()
+        let outcome = await waiter.value
+        XCTAssertEqual(outcome.stopReason, .cancelled)
+        XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
+        XCTAssertFalse(outcome.forcedKill)
+        XCTAssertNil(processState(process.pid))
+    }
+
+    func testWaitInAnAlreadyCancelledTaskStillTearsDownAndReturns() async throws {
+        let process = try await Shared.supervisor.spawn(ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"]), output: { _, _ in })
+        let waiter = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return await process.wait(TerminationPolicy())
+        }
+        let outcome = await waiter.value
+        XCTAssertEqual(outcome.stopReason, .cancelled)
+        XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
+        XCTAssertNil(processState(process.pid))
+    }
+
+    func testSignalGroup() async throws {
+        let process = try await Shared.supervisor.spawn(shell("sleep 60 & exec sleep 60"), output: { _, _ in })
+        process.signalGroup(SIGKILL)
+        let outcome = await process.wait(TerminationPolicy())
+        XCTAssertEqual(outcome.termination, .signaled(SIGKILL))
+        XCTAssertNil(outcome.stopReason)
+        process.signalGroup(SIGKILL)  // after the reap: a no-op, never a recycled group
+    }
+
+    func testWaitAfterTheProcessAlreadyExited() async throws {
+        let process = try await Shared.supervisor.spawn(shell("exit 5"), output: { _, _ in })
+        // Not waited for yet: it stays a zombie, so its pid (and pgid) cannot be recycled meanwhile.
+        let zombie = await eventually { processState(process.pid) == "Z" }
+        XCTAssertTrue(zombie)
+        let outcome = await process.wait(TerminationPolicy())
+        XCTAssertEqual(outcome.termination, .exited(5))
+        XCTAssertNil(processState(process.pid))
+        let again = await process.wait(TerminationPolicy())
+        XCTAssertEqual(again.termination, .exited(5))
+    }
+
+    func testTimeoutAlreadyPassedWhenWaitStarts() async throws {
+        let process = try await Shared.supervisor.spawn(ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"]), output: { _, _ in })
+        let outcome = await process.wait(TerminationPolicy(timeout: .zero))
+        XCTAssertEqual(outcome.stopReason, .timeout)
+        XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
+    }
+
+    func testOrphanedGrandchildIsReapedAfterTheJobEnded() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // The grandchild escapes the job's group (setsid) so the teardown leaves it alone, outlives the job, and is
+        // reparented to us (the subreaper) when its parent exits: a zombie unless the orphan sweep reaps it. The fifo
+        // makes the job end only once it has escaped.
+        let fifo = "\(directory)/ready"
+        let script = "mkfifo \(fifo); setsid sh -c 'echo $$ > \(fifo); exec sleep 0.5' </dev/null >/dev/null 2>&1 & "
+            + "read pid < \(fifo); echo $pid"
+        let (outcome, output) = try await runToEnd(shell(script))
+        XCTAssertEqual(outcome.termination, .exited(0))
+        XCTAssertFalse(outcome.leftoverProcessesStopped)
+        let grandchild = try XCTUnwrap(output.stdoutLines.first.flatMap { Int32($0) })
+        XCTAssertNotNil(processState(grandchild), "the grandchild should outlive the job")
+        let gone = await eventually(within: .seconds(5)) { processState(grandchild) == nil }
+        XCTAssertTrue(gone, "grandchild \(grandchild) left as \(processState(grandchild) ?? "?")")
+    }
+
+    func testAbandonedProcessIsStoppedAndReaped() async throws {
+        var process: RunningProcess? = try await Shared.supervisor.spawn(
+            ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"]), output: { _, _ in })
+        let pid = try XCTUnwrap(process?.pid)
+        XCTAssertEqual(processState(pid).map { $0 == "Z" }, false)
+        process = nil
+        let gone = await eventually { processState(pid) == nil }
+        XCTAssertTrue(gone)
+    }
+
+    func testShutdownKillsWhatRunsAndAnswersWaiters() async throws {
+        let supervisor = try ProcessSupervisor(subreaper: true)
+        let process = try await supervisor.spawn(shell("sleep 60 & echo $!; wait"), output: { _, _ in })
+        let waiter = Task { await process.wait(TerminationPolicy()) }
+        supervisor.shutdown()
+        supervisor.shutdown()  // idempotent
+        let outcome = await waiter.value
+        XCTAssertEqual(outcome.termination, .signaled(SIGKILL))
+        XCTAssertEqual(outcome.stopReason, .cancelled)
+        XCTAssertTrue(outcome.forcedKill)
+        XCTAssertNil(processState(process.pid))
+
+        do {
+            _ = try await supervisor.spawn(ProcessSpec(executable: "/bin/true", arguments: ["true"]), output: { _, _ in })
+            XCTFail("spawn after shutdown must throw")
+        } catch let error as SpawnError {
+            XCTAssertEqual(error.code, .systemError)
+            XCTAssertEqual(error.errno, ESHUTDOWN)
+        }
+        let late = await process.wait(TerminationPolicy())
+        XCTAssertEqual(late.termination, .signaled(SIGKILL))
+    }
+}
