@@ -44,6 +44,7 @@ public struct SpawnError: Error, Sendable, CustomStringConvertible, Equatable {
         }
     }
 
+    /// The message.
     public var description: String { message }
 }
 
@@ -56,7 +57,8 @@ extension SpawnError {
         case NR_STEP_EXEC.rawValue:
             switch err {
             case E2BIG:
-                self.init(code: .argumentListTooLong, errno: err, message: "argument list too long (E2BIG) for '\(name)'")
+                let message = "argument list too long (E2BIG) for '\(name)'"
+                self.init(code: .argumentListTooLong, errno: err, message: message)
             default:
                 self.init(code: Self.execCode(err), errno: err, message: "cannot execute '\(name)': \(reason)")
             }
@@ -156,6 +158,7 @@ public struct SupervisorError: Error, Sendable, CustomStringConvertible, Equatab
         self.message = message
     }
 
+    /// The message.
     public var description: String { message }
 
     static func setup(_ what: String, errno err: Int32) -> SupervisorError {

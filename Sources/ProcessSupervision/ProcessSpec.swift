@@ -42,7 +42,10 @@ public enum Termination: Sendable, Equatable {
 
 /// The child's output streams.
 public enum OutputStream: Sendable, Equatable {
-    case stdout, stderr
+    /// fd 1 of the child.
+    case stdout
+    /// fd 2 of the child.
+    case stderr
 }
 
 /// Why the supervisor stopped a process (nil when it ended on its own).

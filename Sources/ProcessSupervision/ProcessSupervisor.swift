@@ -73,7 +73,8 @@ public final class ProcessSupervisor: Sendable {
         output: @escaping @Sendable (OutputStream, [UInt8]) -> Void
     ) async throws -> RunningProcess {
         let shared = self.shared
-        let handle = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<SpawnedHandle, any Error>) in
+        let handle = try await withCheckedThrowingContinuation {
+            (continuation: CheckedContinuation<SpawnedHandle, any Error>) in
             if !shared.enqueue(.spawn(SpawnRequest(spec: spec, output: output), continuation)) {
                 continuation.resume(throwing: SpawnError.shutDown(spec))
             }

@@ -154,7 +154,11 @@ enum System {
     }
 
     /// `epoll_wait`: how many tokens were written (0 on timeout or EINTR).
-    static func epollWait(_ epfd: Int32, tokens: UnsafeMutableBufferPointer<UInt64>, timeoutMilliseconds: Int32) -> Int {
+    static func epollWait(
+        _ epfd: Int32,
+        tokens: UnsafeMutableBufferPointer<UInt64>,
+        timeoutMilliseconds: Int32
+    ) -> Int {
         let n = nr_epoll_wait(epfd, tokens.baseAddress, Int32(tokens.count), timeoutMilliseconds)
         return n > 0 ? Int(n) : 0
     }

@@ -45,10 +45,12 @@ struct JobIntake: Sendable {
     }
 
     /// XREADGROUP ... COUNT n STREAMS <queues> <after ids>: this consumer's own pending entries after the cursors.
-    func readPending(count: Int, after cursors: [String: String]) async throws -> [Delivery] {
+    func readPending(
+        count: Int, after cursors: [String: String], retry: RedisRetry = .whileUnreachable(deadline: nil)
+    ) async throws -> [Delivery] {
         var arguments = ["XREADGROUP", "GROUP", Keyspace.consumerGroup, consumer, "COUNT", String(count), "STREAMS"]
         arguments += queues.map { keyspace.jobs(queue: $0) } + queues.map { cursors[$0] ?? "0" }
-        let reply = try await client.send(RedisCommand(arguments), retry: .whileUnreachable(deadline: nil))
+        let reply = try await client.send(RedisCommand(arguments), retry: retry)
         return parse(reply)
     }
 

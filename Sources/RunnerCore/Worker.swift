@@ -130,7 +130,15 @@ public final class Worker: Sendable {
         if !idle.isFired {
             logger.info("stopping jobs still running at the shutdown deadline", ["running": String(await slots.runningJobIds.count)])
             await slots.cancelAll()
+            // Writes about stopped jobs wait for Redis; if it stays away, give up after a bound so the runner still
+            // exits. Their entries stay pending in the group, so nothing is lost: they are read again.
+            let giveUp = Task { [jobsClient, logger, killGrace = config.killGrace] in
+                try await Task.sleep(for: killGrace + .seconds(10))
+                logger.error("Redis is unreachable; exiting without recording the stopped jobs (their entries stay pending)")
+                jobsClient.close()
+            }
             await idle.wait()
+            giveUp.cancel()
         }
         await handBackUndelivered(intake: intake, store: store)
         presenceTask.cancel()
@@ -263,7 +271,11 @@ public final class Worker: Sendable {
             block: intake.block)
         var cursors: [String: String] = [:]
         for _ in 0..<1000 {
-            guard let page = try? await reader.readPending(count: 100, after: cursors), !page.isEmpty else { return }
+            guard
+                let page = try? await reader.readPending(
+                    count: 100, after: cursors, retry: .whileUnreachable(deadline: .now + .seconds(10))),
+                !page.isEmpty
+            else { return }
             for delivery in page {
                 cursors[delivery.queue] = delivery.streamId
                 let outcome = await JobExecutor.handBackUnstarted(delivery, store: store, runner: configuration.name)

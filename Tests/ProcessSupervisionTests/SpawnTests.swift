@@ -87,7 +87,8 @@ final class SpawnTests: XCTestCase {
     }
 
     func testInvalidWorkingDirectory() async throws {
-        let error = await spawnError(ProcessSpec(executable: "/bin/true", arguments: ["true"], workingDirectory: "/nope"))
+        let spec = ProcessSpec(executable: "/bin/true", arguments: ["true"], workingDirectory: "/nope")
+        let error = await spawnError(spec)
         XCTAssertEqual(error?.code, .invalidWorkingDirectory)
         XCTAssertEqual(error?.errno, ENOENT)
         XCTAssertEqual(error?.conventionalExitCode, 1)
@@ -131,7 +132,8 @@ final class SpawnTests: XCTestCase {
         let (_, output) = try await runToEnd(spec)
         XCTAssertEqual(output.stdoutText, "custom-argv0\u{0}/proc/self/cmdline\u{0}")
 
-        let script = ProcessSpec(executable: "/bin/sh", arguments: ["sh", "-c", "printf '%s|' \"$@\"", "zero", "a b", "", "ü"])
+        let arguments = ["sh", "-c", "printf '%s|' \"$@\"", "zero", "a b", "", "ü"]
+        let script = ProcessSpec(executable: "/bin/sh", arguments: arguments)
         let (_, printed) = try await runToEnd(script)
         XCTAssertEqual(printed.stdoutText, "a b||ü|")
     }
@@ -163,7 +165,8 @@ final class SpawnTests: XCTestCase {
         XCTAssertEqual(outcome.termination, .exited(0))
         XCTAssertEqual(output.stdout, [])
 
-        let (_, link) = try await runToEnd(ProcessSpec(executable: "/bin/readlink", arguments: ["readlink", "/proc/self/fd/0"]))
+        let readlink = ProcessSpec(executable: "/bin/readlink", arguments: ["readlink", "/proc/self/fd/0"])
+        let (_, link) = try await runToEnd(readlink)
         XCTAssertEqual(link.stdoutText, "/dev/null\n")
     }
 
@@ -188,7 +191,8 @@ final class SpawnTests: XCTestCase {
         defer { extra.forEach { close($0) } }
         XCTAssertTrue(extra.allSatisfy { $0 >= 0 })
 
-        let (outcome, output) = try await runToEnd(ProcessSpec(executable: "/bin/ls", arguments: ["ls", "/proc/self/fd"]))
+        let ls = ProcessSpec(executable: "/bin/ls", arguments: ["ls", "/proc/self/fd"])
+        let (outcome, output) = try await runToEnd(ls)
         XCTAssertEqual(outcome.termination, .exited(0))
         // 0, 1, 2 and the directory fd that ls itself opens.
         XCTAssertEqual(output.stdoutLines.sorted(), ["0", "1", "2", "3"])

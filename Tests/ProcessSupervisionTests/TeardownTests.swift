@@ -3,6 +3,8 @@ import ProcessSupervision
 import XCTest
 
 final class TeardownTests: XCTestCase {
+    private let sleep60 = ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"])
+
     func testTimeoutStopsTheWholeGroup() async throws {
         let start = ContinuousClock.now
         let (outcome, output) = try await runToEnd(
@@ -113,7 +115,7 @@ final class TeardownTests: XCTestCase {
     }
 
     func testWaitInAnAlreadyCancelledTaskStillTearsDownAndReturns() async throws {
-        let process = try await Shared.supervisor.spawn(ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"]), output: { _, _ in })
+        let process = try await Shared.supervisor.spawn(sleep60, output: { _, _ in })
         let waiter = Task {
             withUnsafeCurrentTask { $0?.cancel() }
             return await process.wait(TerminationPolicy())
@@ -146,7 +148,7 @@ final class TeardownTests: XCTestCase {
     }
 
     func testTimeoutAlreadyPassedWhenWaitStarts() async throws {
-        let process = try await Shared.supervisor.spawn(ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"]), output: { _, _ in })
+        let process = try await Shared.supervisor.spawn(sleep60, output: { _, _ in })
         let outcome = await process.wait(TerminationPolicy(timeout: .zero))
         XCTAssertEqual(outcome.stopReason, .timeout)
         XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
@@ -171,8 +173,7 @@ final class TeardownTests: XCTestCase {
     }
 
     func testAbandonedProcessIsStoppedAndReaped() async throws {
-        var process: RunningProcess? = try await Shared.supervisor.spawn(
-            ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"]), output: { _, _ in })
+        var process: RunningProcess? = try await Shared.supervisor.spawn(sleep60, output: { _, _ in })
         let pid = try XCTUnwrap(process?.pid)
         XCTAssertEqual(processState(pid).map { $0 == "Z" }, false)
         process = nil
@@ -193,7 +194,7 @@ final class TeardownTests: XCTestCase {
         XCTAssertNil(processState(process.pid))
 
         do {
-            _ = try await supervisor.spawn(ProcessSpec(executable: "/bin/true", arguments: ["true"]), output: { _, _ in })
+            _ = try await supervisor.spawn(ProcessSpec(executable: "/bin/true", arguments: ["true"])) { _, _ in }
             XCTFail("spawn after shutdown must throw")
         } catch let error as SpawnError {
             XCTAssertEqual(error.code, .systemError)

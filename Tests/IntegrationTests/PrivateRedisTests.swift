@@ -1,0 +1,122 @@
+import Foundation
+import RedisClient
+import TestSupport
+import XCTest
+
+/// Tests that need a redis-server of their own: a password, FLUSHALL.
+final class PasswordRedisTests: IntegrationTestCase {
+    private var server: RedisServerProcess!
+    override var endpoint: RedisEndpoint { server.endpoint }
+
+    override func setUpWithError() throws {
+        server = try RedisServerProcess(password: "s3cret-pw")
+        try super.setUpWithError()
+    }
+
+    override func tearDownWithError() throws {
+        try super.tearDownWithError()
+        try server.stop()
+    }
+
+    func testRedisPasswordNeverReachesTheJob() throws {
+        XCTAssertEqual(endpoint.password, "s3cret-pw")
+        // Given both ways: as the flag and as RUNNER_REDIS in the runner's environment.
+        try startRunner(environment: ["RUNNER_REDIS": endpoint.url])
+        let result = cli(["submit", "--wait", "--id", "pw-1", "--", "sh", "-c", "env; cat /proc/self/environ | tr '\\0' '\\n'"])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertFalse(result.stdout.contains("s3cret-pw"), result.stdout)
+        XCTAssertFalse(result.stdout.contains("RUNNER_REDIS"), result.stdout)
+        XCTAssertFalse(try logBytes("pw-1").stdout.isEmpty)
+        XCTAssertFalse(runners[0].log.contains("s3cret-pw"), "the runner's log shows the password:\n\(runners[0].log)")
+    }
+
+    func testWrongPasswordIsOneClearError() throws {
+        var wrong = endpoint
+        wrong.password = "nope"
+        let result = runCLI(["status", "--redis", wrong.url])
+        XCTAssertEqual(result.code, 1)
+        XCTAssertTrue(result.err.hasPrefix("Error: authentication to Redis at "), result.err)
+        XCTAssertFalse(result.err.contains("nope"), result.err)
+        XCTAssertEqual(result.err.split(separator: "\n").count, 1)
+    }
+}
+
+final class FlushTests: IntegrationTestCase {
+    private var server: RedisServerProcess!
+    override var endpoint: RedisEndpoint { server.endpoint }
+
+    override func setUpWithError() throws {
+        server = try RedisServerProcess()
+        try super.setUpWithError()
+    }
+
+    override func tearDownWithError() throws {
+        try super.tearDownWithError()
+        try server.stop()
+    }
+
+    func testRunnerRecoversFromFlushAll() throws {
+        let runner = try startRunner(["--lease-ttl", "3s"])
+        _ = try send(["FLUSHALL"])
+        try submit(["--", "echo", "after flush"], id: "fl-1")
+        XCTAssertEqual(try waitForState("fl-1", ["succeeded"])["output_tail"], "after flush\n")
+        // The lease and registry come back with the next heartbeat (every third of the TTL).
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) {
+            (try? self.send(["EXISTS", self.key("runner:r1")]).int) == 1
+                && (try? self.send(["HEXISTS", self.key("runners"), "r1"]).int) == 1
+        }, runner.log)
+        XCTAssertTrue(runner.isRunning)
+    }
+
+    func testResultRetentionExpiresResultAndLog() throws {
+        try startRunner(["--result-retention", "3s"])
+        let result = cli(["submit", "--wait", "--id", "ret-1", "--", "echo", "short-lived"])
+        XCTAssertEqual(result.code, 0, result.err)
+        let ttl = try send(["PTTL", key("job:ret-1")]).int ?? -1
+        XCTAssertGreaterThan(ttl, 0)
+        XCTAssertLessThanOrEqual(ttl, 3000)
+        let logTTL = try send(["PTTL", key("log:ret-1")]).int ?? -1
+        XCTAssertGreaterThan(logTTL, 0)
+        XCTAssertLessThanOrEqual(logTTL, 3000)
+    }
+}
+
+final class CLIFollowTests: IntegrationTestCase {
+    func testLogsAndEventsFollow() throws {
+        try startRunner()
+        // Follow events in the background, then submit: the job's terminal event shows up in the follower.
+        let follower = Process()
+        follower.executableURL = URL(fileURLWithPath: Binaries.runner)
+        follower.arguments = ["events", "--redis", endpoint.url, "--namespace", namespace, "--follow", "--json", "--job", "fo-1"]
+        let pipe = Pipe()
+        follower.standardOutput = pipe
+        follower.standardError = FileHandle.nullDevice
+        try follower.run()
+        defer {
+            if follower.isRunning { kill(follower.processIdentifier, SIGKILL) }
+            follower.waitUntilExit()
+        }
+        let result = cli(["submit", "--wait", "--id", "fo-1", "--", "sh", "-c", "echo out; echo err >&2"])
+        XCTAssertEqual(result.code, 0, result.err)
+        var lines: [String] = []
+        let handle = pipe.fileHandleForReading
+        var buffer = Data()
+        XCTAssertTrue(waitUntil(timeout: .seconds(15)) {
+            buffer += handle.availableData
+            lines = String(decoding: buffer, as: UTF8.self).split(separator: "\n").map(String.init)
+            return lines.contains { $0.contains("\"job.succeeded\"") }
+        }, "follower printed: \(lines)")
+        let types = lines.compactMap { line -> String? in
+            ((try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any])?["type"] as? String
+        }
+        XCTAssertEqual(types, ["job.submitted", "job.received", "job.started", "job.succeeded"])
+
+        let logs = cli(["logs", "fo-1"])
+        XCTAssertEqual(logs.code, 0)
+        XCTAssertEqual(logs.stdout, "out\n")
+        XCTAssertEqual(logs.err, "err\n")
+        let text = cli(["result", "fo-1"])
+        XCTAssertEqual(text.code, 0)
+        XCTAssertTrue(text.stdout.hasPrefix("id: fo-1\nstate: succeeded\nexit_code: 0\n"), text.stdout)
+    }
+}
