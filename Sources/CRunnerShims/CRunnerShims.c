@@ -48,26 +48,34 @@ typedef struct {
     pid_t parent_pid;
 } nr_child_args;
 
-// Child only: tells the parent which step failed, then exits. write() and _exit() are async-signal-safe.
+// The child calls nothing but syscall(): its PLT entry is resolved by the parent before the clone (the
+// rt_sigprocmask below), as is errno's __errno_location. A first call through an unresolved PLT entry would run
+// the dynamic linker's lazy binding in the child, on memory it shares with the parent.
+
+// Child only: tells the parent which step failed, then exits.
 __attribute__((noreturn)) static void nr_child_fail(int report_fd, int step, int err) {
     int32_t message[2] = {step, err};
-    while (write(report_fd, message, sizeof message) < 0 && errno == EINTR) {
+    while (syscall(SYS_write, report_fd, message, sizeof message) < 0 && errno == EINTR) {
     }
-    _exit(127);
+    syscall(SYS_exit_group, 127);
+    __builtin_unreachable();
 }
 
 // Runs in the child, sharing the parent's memory (CLONE_VM) while the parent thread is suspended (CLONE_VFORK).
-// Only raw system calls: no allocation, no locks, no stdio. It writes nothing but its own stack (and errno, which is
-// the suspended parent thread's TLS slot and harmless).
+// Raw system calls only (async-signal-safe): no allocation, no locks, no stdio. It writes nothing but its own stack
+// (and errno, which is the suspended parent thread's TLS slot and harmless).
 static int nr_child_main(void *raw) {
     const nr_child_args *args = raw;
     const nr_spawn_config *config = args->config;
     int report_fd = args->report_fd;
 
     // All signals are still blocked (the parent blocked them before clone), so no inherited handler can run here.
-    // Reset every disposition, including ignored ones and glibc's internal signals, through the raw syscall.
+    // Reset every disposition, including ignored ones and glibc's internal signals.
     struct nr_kernel_sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);  // handler 0 == SIG_DFL
+    dfl.handler = NULL;  // SIG_DFL
+    dfl.flags = 0;
+    dfl.restorer = NULL;
+    dfl.mask = 0;
     for (int sig = 1; sig <= 64; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP) {
             continue;
@@ -76,24 +84,24 @@ static int nr_child_main(void *raw) {
     }
 
     // Own session and process group: pid == pgid == sid, so the whole job can be signalled as a group.
-    if (setsid() < 0) {
+    if (syscall(SYS_setsid) < 0) {
         nr_child_fail(report_fd, NR_STEP_SETSID, errno);
     }
 
     if (config->die_with_parent) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
+        if (syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
             nr_child_fail(report_fd, NR_STEP_PDEATHSIG, errno);
         }
         // The parent may have died before the prctl took effect: then nobody would send the signal.
-        if (getppid() != args->parent_pid) {
-            _exit(127);
+        if ((pid_t)syscall(SYS_getppid) != args->parent_pid) {
+            syscall(SYS_exit_group, 127);
         }
     }
 
     // Keep the report fd out of 0..2 (still close-on-exec), then lift the stdio sources above 2 as well so the
-    // dup2s below cannot clobber one another whatever numbers the parent's fds have.
+    // dups below cannot clobber one another whatever numbers the parent's fds have.
     if (report_fd < 3) {
-        int moved = fcntl(report_fd, F_DUPFD_CLOEXEC, 3);
+        int moved = (int)syscall(SYS_fcntl, report_fd, F_DUPFD_CLOEXEC, 3);
         if (moved < 0) {
             nr_child_fail(report_fd, NR_STEP_STDIO, errno);
         }
@@ -102,7 +110,7 @@ static int nr_child_main(void *raw) {
     int sources[3] = {config->stdin_fd, config->stdout_fd, config->stderr_fd};
     for (int i = 0; i < 3; i++) {
         if (sources[i] < 3) {
-            int moved = fcntl(sources[i], F_DUPFD_CLOEXEC, 3);
+            int moved = (int)syscall(SYS_fcntl, sources[i], F_DUPFD_CLOEXEC, 3);
             if (moved < 0) {
                 nr_child_fail(report_fd, NR_STEP_STDIO, errno);
             }
@@ -110,13 +118,13 @@ static int nr_child_main(void *raw) {
         }
     }
     for (int i = 0; i < 3; i++) {
-        // Source >= 3 and target < 3 always differ, so dup2 clears close-on-exec on the target.
-        if (dup2(sources[i], i) < 0) {
+        // Source >= 3 and target < 3 always differ, so dup3 without flags is dup2: close-on-exec cleared.
+        if (syscall(SYS_dup3, sources[i], i, 0) < 0) {
             nr_child_fail(report_fd, NR_STEP_STDIO, errno);
         }
     }
     if (report_fd != 3) {
-        if (dup3(report_fd, 3, O_CLOEXEC) < 0) {
+        if (syscall(SYS_dup3, report_fd, 3, O_CLOEXEC) < 0) {
             nr_child_fail(report_fd, NR_STEP_STDIO, errno);
         }
         report_fd = 3;
@@ -130,18 +138,18 @@ static int nr_child_main(void *raw) {
             highest = (long)limits[0];
         }
         for (long fd = 4; fd < highest; fd++) {
-            close((int)fd);
+            syscall(SYS_close, fd);
         }
     }
 
-    if (config->cwd != NULL && chdir(config->cwd) < 0) {
+    if (config->cwd != NULL && syscall(SYS_chdir, config->cwd) < 0) {
         nr_child_fail(report_fd, NR_STEP_CHDIR, errno);
     }
 
     uint64_t empty = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, NR_KERNEL_SIGSET_SIZE);
 
-    execve(config->path, config->argv, config->envp);
+    syscall(SYS_execve, config->path, config->argv, config->envp);
     nr_child_fail(report_fd, NR_STEP_EXEC, errno);
 }
 
@@ -177,8 +185,10 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
 
     // Block every signal (glibc's internal ones too, hence the raw syscall) so no handler of the parent can run in
     // the child, which shares our memory, before it has reset the dispositions. The child inherits this mask.
+    // This also resolves the PLT entries of syscall() and __errno_location before the child needs them.
     uint64_t all = ~(uint64_t)0;
     uint64_t saved = 0;
+    errno = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &saved, NR_KERNEL_SIGSET_SIZE);
 
     int pidfd = -1;
@@ -371,7 +381,7 @@ int nr_list_children(pid_t *out, int max) {
         if (entry->d_name[0] < '1' || entry->d_name[0] > '9') {
             continue;
         }
-        char path[96];
+        char path[320];
         snprintf(path, sizeof path, "/proc/self/task/%s/children", entry->d_name);
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {

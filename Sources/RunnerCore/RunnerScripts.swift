@@ -29,6 +29,19 @@ enum RunnerScripts {
             local function nr_sid_ms(sid)
               return string.match(sid, '^(%d+)')
             end
+            -- The fence of a write about a job. KEYS[1] job hash, KEYS[2] jobs stream; ARGV[2] runner, ARGV[3]
+            -- attempt, ARGV[4] stream id, ARGV[5] group. -1: another runner or attempt owns the job, write nothing;
+            -- 0: this attempt already ended (a resent call), ack and delete the entry again; nil: go on.
+            local function nr_fence()
+              local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
+              if cur[2] and cur[2] ~= '' and (cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3]) then return -1 end
+              if cur[1] and nr_terminal(cur[1]) then
+                redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
+                redis.call('XDEL', KEYS[2], ARGV[4])
+                return 0
+              end
+              return nil
+            end
 
             """
     }()
@@ -87,13 +100,8 @@ enum RunnerScripts {
     static let complete = script(
         "complete",
         """
-        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
-        if cur[2] and cur[2] ~= '' and (cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3]) then return -1 end
-        if cur[1] and nr_terminal(cur[1]) then
-          redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
-          redis.call('XDEL', KEYS[2], ARGV[4])
-          return 0
-        end
+        local fenced = nr_fence()
+        if fenced then return fenced end
         local ts = nr_now()
         if ARGV[11] ~= '' then
           nr_emit(KEYS[3], ARGV[10], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], ARGV[11])
@@ -169,16 +177,8 @@ enum RunnerScripts {
     static let handBack = script(
         "hand_back",
         """
-        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
-        if cur[2] and cur[2] ~= '' and (cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3]) then
-          redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
-          return -1
-        end
-        if cur[1] and nr_terminal(cur[1]) then
-          redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
-          redis.call('XDEL', KEYS[2], ARGV[4])
-          return 0
-        end
+        local fenced = nr_fence()
+        if fenced then return fenced end
         local ts = nr_now()
         local sid = redis.call('XADD', KEYS[2], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[6],
           '\(JobEntryField.attempt)', ARGV[3], '\(ProtocolVersion.field)', NR_V)

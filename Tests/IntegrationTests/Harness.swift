@@ -277,3 +277,22 @@ class IntegrationTestCase: XCTestCase {
         return (out, err, meta)
     }
 }
+
+/// A test case with a redis-server of its own (for restarts, passwords, FLUSHALL), stopped after each test.
+class PrivateRedisTestCase: IntegrationTestCase {
+    private(set) var server: RedisServerProcess!
+    override var endpoint: RedisEndpoint { server.endpoint }
+
+    /// Override to configure the server.
+    func makeServer() throws -> RedisServerProcess { try RedisServerProcess() }
+
+    override func setUpWithError() throws {
+        server = try makeServer()
+        try super.setUpWithError()
+    }
+
+    override func tearDownWithError() throws {
+        try super.tearDownWithError()
+        try server.stop()
+    }
+}

@@ -4,19 +4,8 @@ import TestSupport
 import XCTest
 
 /// Tests that need a redis-server of their own: a password, FLUSHALL.
-final class PasswordRedisTests: IntegrationTestCase {
-    private var server: RedisServerProcess!
-    override var endpoint: RedisEndpoint { server.endpoint }
-
-    override func setUpWithError() throws {
-        server = try RedisServerProcess(password: "s3cret-pw")
-        try super.setUpWithError()
-    }
-
-    override func tearDownWithError() throws {
-        try super.tearDownWithError()
-        try server.stop()
-    }
+final class PasswordRedisTests: PrivateRedisTestCase {
+    override func makeServer() throws -> RedisServerProcess { try RedisServerProcess(password: "s3cret-pw") }
 
     func testRedisPasswordNeverReachesTheJob() throws {
         XCTAssertEqual(endpoint.password, "s3cret-pw")
@@ -41,19 +30,7 @@ final class PasswordRedisTests: IntegrationTestCase {
     }
 }
 
-final class FlushTests: IntegrationTestCase {
-    private var server: RedisServerProcess!
-    override var endpoint: RedisEndpoint { server.endpoint }
-
-    override func setUpWithError() throws {
-        server = try RedisServerProcess()
-        try super.setUpWithError()
-    }
-
-    override func tearDownWithError() throws {
-        try super.tearDownWithError()
-        try server.stop()
-    }
+final class FlushTests: PrivateRedisTestCase {
 
     func testRunnerRecoversFromFlushAll() throws {
         let runner = try startRunner(["--lease-ttl", "3s"])

@@ -4,19 +4,8 @@ import TestSupport
 import XCTest
 
 /// Redis restarted under a running job: the job keeps running and its result is written once Redis is back.
-final class RedisOutageTests: IntegrationTestCase {
-    private var server: RedisServerProcess!
-    override var endpoint: RedisEndpoint { server.endpoint }
-
-    override func setUpWithError() throws {
-        server = try RedisServerProcess(appendOnly: true)
-        try super.setUpWithError()
-    }
-
-    override func tearDownWithError() throws {
-        try super.tearDownWithError()
-        try server.stop()
-    }
+final class RedisOutageTests: PrivateRedisTestCase {
+    override func makeServer() throws -> RedisServerProcess { try RedisServerProcess(appendOnly: true) }
 
     func testResultArrivesAfterRedisRestart() throws {
         let runner = try startRunner(["--lease-ttl", "6s"])
