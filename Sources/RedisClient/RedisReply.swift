@@ -64,4 +64,18 @@ public enum RedisReply: Sendable, Hashable {
         }
         return false
     }
+
+    /// A flat `[name, value, name, value, ...]` array (HGETALL, stream entry fields, XINFO) as name/value pairs,
+    /// names decoded as UTF-8 and values as raw bytes; nil when this is not an array.
+    public var fieldPairs: [(name: String, value: [UInt8])]? {
+        guard let flat = array else { return nil }
+        var pairs: [(name: String, value: [UInt8])] = []
+        pairs.reserveCapacity(flat.count / 2)
+        var index = 0
+        while index + 1 < flat.count {
+            pairs.append((flat[index].string ?? "", flat[index + 1].bytes ?? []))
+            index += 2
+        }
+        return pairs
+    }
 }

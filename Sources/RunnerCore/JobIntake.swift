@@ -72,13 +72,6 @@ struct JobIntake: Sendable {
 
     /// A flat [field, value, ...] array as pairs; nil for a deleted payload.
     static func fieldPairs(_ reply: RedisReply) -> [(String, [UInt8])]? {
-        guard let flat = reply.array else { return nil }
-        var pairs: [(String, [UInt8])] = []
-        var index = 0
-        while index + 1 < flat.count {
-            pairs.append((flat[index].string ?? "", flat[index + 1].bytes ?? []))
-            index += 2
-        }
-        return pairs
+        reply.fieldPairs?.map { ($0.name, $0.value) }
     }
 }

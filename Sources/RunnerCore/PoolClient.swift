@@ -63,14 +63,8 @@ public struct PoolClient: Sendable {
     /// HGETALL of the result hash; nil when there is no such job.
     public func result(id: String) async throws -> [String: [UInt8]]? {
         let reply = try await client.send(RedisCommand(["HGETALL", keyspace.job(id: id)]))
-        guard let flat = reply.array, !flat.isEmpty else { return nil }
-        var fields: [String: [UInt8]] = [:]
-        var index = 0
-        while index + 1 < flat.count {
-            fields[flat[index].string ?? ""] = flat[index + 1].bytes ?? []
-            index += 2
-        }
-        return fields
+        guard let pairs = reply.fieldPairs, !pairs.isEmpty else { return nil }
+        return Dictionary(pairs.map { ($0.name, $0.value) }, uniquingKeysWith: { _, last in last })
     }
 
     /// Waits until the job's state is terminal, following the events stream (no polling loop): returns the result.
@@ -125,17 +119,12 @@ public struct PoolClient: Sendable {
         let registry = try await client.send(RedisCommand(["HGETALL", keyspace.runners]))
         var runners: [RunnerStatus] = []
         var queueNames = Set(extraQueues)
-        if let flat = registry.array {
-            var index = 0
-            while index + 1 < flat.count {
-                let id = flat[index].string ?? ""
-                let record = (try? JSONValue(parsing: flat[index + 1].bytes ?? [])) ?? .null
-                let ttl = try await client.send(RedisCommand(["PTTL", keyspace.lease(runner: id)])).int ?? -2
-                runners.append(RunnerStatus(id: id, record: record, leaseRemainingMs: ttl >= 0 ? ttl : nil))
-                for queue in record[RunnerRecordField.queues]?.arrayValue ?? [] {
-                    if let name = queue.stringValue { queueNames.insert(name) }
-                }
-                index += 2
+        for (id, value) in registry.fieldPairs ?? [] {
+            let record = (try? JSONValue(parsing: value)) ?? .null
+            let ttl = try await client.send(RedisCommand(["PTTL", keyspace.lease(runner: id)])).int ?? -2
+            runners.append(RunnerStatus(id: id, record: record, leaseRemainingMs: ttl >= 0 ? ttl : nil))
+            for queue in record[RunnerRecordField.queues]?.arrayValue ?? [] {
+                if let name = queue.stringValue { queueNames.insert(name) }
             }
         }
         // Queues that exist as streams, found by pattern (SCAN with a bounded number of rounds).
@@ -203,13 +192,9 @@ public struct PoolClient: Sendable {
 
     /// A flat [name, value, ...] reply (XINFO) as a dictionary.
     static func map(_ reply: RedisReply) -> [String: RedisReply] {
-        var result: [String: RedisReply] = [:]
         let flat = reply.array ?? []
-        var index = 0
-        while index + 1 < flat.count {
-            result[flat[index].string ?? ""] = flat[index + 1]
-            index += 2
-        }
-        return result
+        return Dictionary(
+            stride(from: 0, to: flat.count - 1, by: 2).map { (flat[$0].string ?? "", flat[$0 + 1]) },
+            uniquingKeysWith: { _, last in last })
     }
 }

@@ -195,14 +195,12 @@ class IntegrationTestCase: XCTestCase {
     }
 
     func hash(_ key: String) throws -> [String: String] {
-        let flat = try send(["HGETALL", key]).array ?? []
-        var result: [String: String] = [:]
-        var index = 0
-        while index + 1 < flat.count {
-            result[flat[index].string ?? ""] = String(decoding: flat[index + 1].bytes ?? [], as: UTF8.self)
-            index += 2
-        }
-        return result
+        strings(try send(["HGETALL", key]))
+    }
+
+    /// A flat [name, value, ...] reply as a dictionary of strings.
+    func strings(_ reply: RedisReply) -> [String: String] {
+        Dictionary((reply.fieldPairs ?? []).map { ($0.name, String(decoding: $0.value, as: UTF8.self)) }) { _, last in last }
     }
 
     func job(_ id: String) throws -> [String: String] { try hash(key("job:\(id)")) }
@@ -210,13 +208,7 @@ class IntegrationTestCase: XCTestCase {
     func events() throws -> [RecordedEvent] {
         (try send(["XRANGE", key("events"), "-", "+"]).array ?? []).compactMap { entry in
             guard let parts = entry.array, parts.count == 2 else { return nil }
-            var fields: [String: String] = [:]
-            let flat = parts[1].array ?? []
-            var index = 0
-            while index + 1 < flat.count {
-                fields[flat[index].string ?? ""] = String(decoding: flat[index + 1].bytes ?? [], as: UTF8.self)
-                index += 2
-            }
+            let fields = strings(parts[1])
             let data = (try? JSONSerialization.jsonObject(with: Data((fields["data"] ?? "{}").utf8))) as? [String: Any] ?? [:]
             return RecordedEvent(
                 id: parts[0].string ?? "", type: fields["type"] ?? "", job: fields["job"] ?? "",
@@ -259,13 +251,7 @@ class IntegrationTestCase: XCTestCase {
             for entry in entries {
                 guard let parts = entry.array, parts.count == 2 else { continue }
                 start = "(" + (parts[0].string ?? "")
-                let flat = parts[1].array ?? []
-                var fields: [String: [UInt8]] = [:]
-                var index = 0
-                while index + 1 < flat.count {
-                    fields[flat[index].string ?? ""] = flat[index + 1].bytes ?? []
-                    index += 2
-                }
+                let fields = Dictionary((parts[1].fieldPairs ?? []).map { ($0.name, $0.value) }) { _, last in last }
                 switch String(decoding: fields["fd"] ?? [], as: UTF8.self) {
                 case "stdout": out += fields["data"] ?? []
                 case "stderr": err += fields["data"] ?? []

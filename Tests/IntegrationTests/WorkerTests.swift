@@ -175,13 +175,7 @@ final class WorkerTests: IntegrationTestCase {
         let dead = try send(["XRANGE", key("dead"), "-", "+"]).array ?? []
         XCTAssertEqual(dead.count, malformed.count)
         for (index, entry) in dead.enumerated() {
-            let flat = entry.array?[1].array ?? []
-            var fields: [String: String] = [:]
-            var i = 0
-            while i + 1 < flat.count {
-                fields[flat[i].string ?? ""] = flat[i + 1].string ?? ""
-                i += 2
-            }
+            let fields = strings(entry.array?[1] ?? .null)
             XCTAssertTrue(fields["reason"]?.hasPrefix(malformed[index].1) == true, "\(fields)")
             XCTAssertEqual(fields["source"], key("jobs:default"))
             XCTAssertNotNil(fields["source_id"])
