@@ -49,6 +49,10 @@ final class MonitorLoop {
     static let pipeSize: Int32 = 256 * 1024
     /// How often reparented orphans are looked for.
     static let sweepInterval: Int64 = 200_000_000
+    /// With nothing to watch for a while the loop wakes rarely: an idle runner should cost no CPU. Orphans of
+    /// finished jobs mostly die soon after them, so sweeps stay fast for `recentActivityWindow` after a job.
+    static let idleSweepInterval: Int64 = 10_000_000_000
+    static let recentActivityWindow: Int64 = 30_000_000_000
 
     enum TokenKind: UInt64 {
         case wake = 0, pidfd = 1, stdout = 2, stderr = 3
@@ -59,6 +63,8 @@ final class MonitorLoop {
     private var records: [UInt64: ChildRecord] = [:]
     private var nextID: UInt64 = 1
     private var nextSweep: Int64 = 0
+    /// When a process was last spawned or reaped.
+    private var lastActivity: Int64 = 0
     private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MonitorLoop.chunkSize, alignment: 16)
 
     init(shared: MonitorShared, sweepsOrphans: Bool) {
@@ -93,7 +99,8 @@ final class MonitorLoop {
             fireTimers(now: now)
             if sweepsOrphans, now >= nextSweep {
                 ChildRegistry.sweepOrphans()
-                nextSweep = now + Self.sweepInterval
+                let quiet = records.isEmpty && now - lastActivity > Self.recentActivityWindow
+                nextSweep = now + (quiet ? Self.idleSweepInterval : Self.sweepInterval)
             }
         }
         System.close(shared.epollFD)
@@ -104,7 +111,7 @@ final class MonitorLoop {
     // MARK: Events
 
     private func timeoutMilliseconds(now: Int64) -> Int32 {
-        var deadline = sweepsOrphans ? nextSweep : now + 1_000_000_000
+        var deadline = sweepsOrphans ? nextSweep : now + Self.idleSweepInterval
         for record in records.values {
             if let due = record.machine.nextDeadline, due < deadline {
                 deadline = due
@@ -112,7 +119,7 @@ final class MonitorLoop {
         }
         let delta = deadline - now
         if delta <= 0 { return 0 }
-        return Int32(min((delta + 999_999) / 1_000_000, 1000))  // rounded up: never wake just before a deadline
+        return Int32(min((delta + 999_999) / 1_000_000, 60_000))  // rounded up: never wake just before a deadline
     }
 
     private func dispatch(token: UInt64) {
@@ -292,6 +299,8 @@ final class MonitorLoop {
             throw SpawnError.setupFailed(spec, "epoll_ctl", errno: epollErrno)
         }
         records[id] = record
+        lastActivity = System.monotonicNanoseconds()
+        nextSweep = min(nextSweep, lastActivity + Self.sweepInterval)
         return SpawnedHandle(id: id, pid: result.pid, state: handle)
     }
 
@@ -349,6 +358,7 @@ final class MonitorLoop {
         record.pidfd = -1
         if sweepsOrphans {
             nextSweep = 0  // a job just ended: look for its orphans soon
+            lastActivity = System.monotonicNanoseconds()
         }
     }
 
