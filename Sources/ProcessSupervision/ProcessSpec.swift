@@ -77,7 +77,8 @@ public struct ProcessOutcome: Sendable {
     public var userCPUTime: Duration
     /// From wait's rusage of the main process (includes its waited-for children).
     public var systemCPUTime: Duration
-    /// `ru_maxrss * 1024`.
+    /// `ru_maxrss * 1024`. Not the job's own peak: the child shares the supervisor's memory until exec
+    /// (CLONE_VM|CLONE_VFORK) and the kernel folds that into maxrss at exec, so this is at least the runner's RSS.
     public var maxResidentBytes: Int
 
     /// An outcome; normally made by the supervisor.

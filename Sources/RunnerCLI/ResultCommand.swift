@@ -15,7 +15,7 @@ enum ResultCommand {
         ResultField.state, ResultField.exitCode, ResultField.signal, ResultField.reason, ResultField.attempt,
         ResultField.runner, ResultField.queue, ResultField.submittedAt, ResultField.startedAt, ResultField.finishedAt,
         ResultField.durationMs, ResultField.forcedKill, ResultField.pid, ResultField.cpuUserMs, ResultField.cpuSystemMs,
-        ResultField.maxRssBytes, ResultField.streamId, ResultField.spec,
+        ResultField.streamId, ResultField.spec,
     ]
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {

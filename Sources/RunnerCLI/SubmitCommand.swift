@@ -118,7 +118,7 @@ struct ResultView {
     static let integerFields: Set<String> = [
         ResultField.exitCode, ResultField.signal, ResultField.attempt, ResultField.submittedAt, ResultField.startedAt,
         ResultField.finishedAt, ResultField.durationMs, ResultField.pid, ResultField.cpuUserMs, ResultField.cpuSystemMs,
-        ResultField.maxRssBytes, ProtocolVersion.field,
+        ProtocolVersion.field,
     ]
 
     /// Every field: integers as numbers (null when empty), `forced_kill` as a boolean, the rest as strings;

@@ -120,8 +120,7 @@ struct JobExecutor: Sendable {
     static func record(for outcome: ProcessOutcome, timeout: Duration?) -> JobResultRecord {
         var record = JobResultRecord(
             state: .failed, durationMs: outcome.wallTime.milliseconds, forcedKill: outcome.forcedKill, pid: outcome.pid,
-            cpuUserMs: outcome.userCPUTime.milliseconds, cpuSystemMs: outcome.systemCPUTime.milliseconds,
-            maxRssBytes: outcome.maxResidentBytes)
+            cpuUserMs: outcome.userCPUTime.milliseconds, cpuSystemMs: outcome.systemCPUTime.milliseconds)
         switch outcome.termination {
         case .exited(let code): record.exitCode = code
         case .signaled(let signal): record.signal = signal

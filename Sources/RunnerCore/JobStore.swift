@@ -13,12 +13,11 @@ public struct JobResultRecord: Sendable, Hashable {
     public var pid: Int32?
     public var cpuUserMs: Int?
     public var cpuSystemMs: Int?
-    public var maxRssBytes: Int?
 
     public init(
         state: JobState, exitCode: Int32? = nil, signal: Int32? = nil, reason: String? = nil, durationMs: Int = 0,
         outputTail: [UInt8] = [], forcedKill: Bool = false, pid: Int32? = nil, cpuUserMs: Int? = nil,
-        cpuSystemMs: Int? = nil, maxRssBytes: Int? = nil
+        cpuSystemMs: Int? = nil
     ) {
         self.state = state
         self.exitCode = exitCode
@@ -30,7 +29,6 @@ public struct JobResultRecord: Sendable, Hashable {
         self.pid = pid
         self.cpuUserMs = cpuUserMs
         self.cpuSystemMs = cpuSystemMs
-        self.maxRssBytes = maxRssBytes
     }
 
     /// The `data` of the terminal event.
@@ -42,7 +40,6 @@ public struct JobResultRecord: Sendable, Hashable {
         if state == .timedOut { data["forced_kill"] = .bool(forcedKill) }
         if let cpuUserMs { data["cpu_user_ms"] = .int(cpuUserMs) }
         if let cpuSystemMs { data["cpu_system_ms"] = .int(cpuSystemMs) }
-        if let maxRssBytes { data["max_rss_bytes"] = .int(maxRssBytes) }
         return .object(data)
     }
 
@@ -59,7 +56,6 @@ public struct JobResultRecord: Sendable, Hashable {
         if let pid { fields.append((ResultField.pid, Array(String(pid).utf8))) }
         if let cpuUserMs { fields.append((ResultField.cpuUserMs, Array(String(cpuUserMs).utf8))) }
         if let cpuSystemMs { fields.append((ResultField.cpuSystemMs, Array(String(cpuSystemMs).utf8))) }
-        if let maxRssBytes { fields.append((ResultField.maxRssBytes, Array(String(maxRssBytes).utf8))) }
         return fields
     }
 }

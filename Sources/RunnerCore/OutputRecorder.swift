@@ -39,6 +39,8 @@ final class OutputRecorder: Sendable {
     private let signals: AsyncStream<Void>
     private let signal: AsyncStream<Void>.Continuation
     private let sequence = Mutex<(base: Int?, next: Int)>((nil, 1))
+    /// Fired when the process has ended, so the flusher stops gathering and writes at once.
+    private let finishing = Latch()
 
     private static let entryLimit = 512 << 10
     private static let flushThreshold = 256 << 10
@@ -82,8 +84,9 @@ final class OutputRecorder: Sendable {
         for await _ in signals {
             await flush()
             if state.withLock({ $0.pendingBytes }) < OutputRecorder.flushThreshold {
-                // Let small writes gather into one round trip; bounded, and only while output flows.
-                try? await Task.sleep(for: .milliseconds(20))
+                // Let small writes gather into one round trip; bounded, only while output flows, and cut short
+                // when the job has ended so its result is not held back.
+                _ = await wait(for: finishing, timeout: .milliseconds(20))
             }
         }
         await flush()
@@ -92,6 +95,7 @@ final class OutputRecorder: Sendable {
     /// Stops the flusher after a last write and returns the tail and counts. Await `run()` completion first by
     /// calling this after the process ended.
     func finish(flusher: Task<Void, Never>) async -> Summary {
+        finishing.fire()
         signal.finish()
         await flusher.value
         let dropped = state.withLock { $0.droppedBytes }

@@ -91,7 +91,7 @@ enum RunnerScripts {
     private static let clearedOnStart = [
         ResultField.exitCode, ResultField.signal, ResultField.finishedAt, ResultField.durationMs,
         ResultField.outputTail, ResultField.reason, ResultField.forcedKill, ResultField.cpuUserMs,
-        ResultField.cpuSystemMs, ResultField.maxRssBytes,
+        ResultField.cpuSystemMs,
     ].map { "'\($0)'" }.joined(separator: ", ")
 
     /// KEYS: job hash, jobs stream, events, log stream. ARGV: id, runner, attempt, stream id, group, state,

@@ -52,14 +52,13 @@ public enum ResultField {
     public static let pid = "pid"
     public static let cpuUserMs = "cpu_user_ms"
     public static let cpuSystemMs = "cpu_system_ms"
-    public static let maxRssBytes = "max_rss_bytes"
     /// The job spec JSON as submitted.
     public static let spec = "spec"
     /// The stream entry id the current attempt was read from.
     public static let streamId = "stream_id"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
-        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, maxRssBytes, spec, streamId, ProtocolVersion.field,
+        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, ProtocolVersion.field,
     ]
 }
 
