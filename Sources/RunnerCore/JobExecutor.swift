@@ -73,6 +73,10 @@ struct JobExecutor: Sendable {
                 state: .failed, exitCode: error.conventionalExitCode, reason: error.message,
                 durationMs: (clock.now - began).milliseconds, outputTail: [])
             return await finish(entry, record, receivedData: received)
+        } catch where Task.isCancelled {
+            // Stopped for shutdown before the process existed: the job goes back, it did not fail.
+            await detached { try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable) }
+            return .handedBack
         } catch {
             let record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
             return await finish(entry, record, receivedData: received)

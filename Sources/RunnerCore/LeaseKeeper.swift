@@ -37,10 +37,9 @@ actor LeaseKeeper {
             RedisCommand(["SET", key, token, "NX", "PX", String(ttl.milliseconds)]))
         if reply.isNull {
             let left = try? await client.send(RedisCommand(["PTTL", key])).int
+            let expiry = left.flatMap { $0 > 0 ? " (if that runner died, its lease expires in \($0) ms)" : nil } ?? ""
             throw WorkerError(
-                .nameInUse,
-                "runner name '\(runner)' is in use: its lease \(key) is held by another runner"
-                    + (left.map { " for another \($0) ms" } ?? ""))
+                .nameInUse, "runner name '\(runner)' is in use: its lease \(key) is held by another runner\(expiry)")
         }
         isHeld = true
     }
