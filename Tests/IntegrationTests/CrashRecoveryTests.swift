@@ -1,0 +1,43 @@
+import Foundation
+import RedisClient
+import TestSupport
+import XCTest
+
+/// A runner killed with kill -9, and started again under the same name.
+final class CrashRecoveryTests: IntegrationTestCase {
+    func testKilledRunnerTakesItsJobWithItAndItsSuccessorRerunsIt() throws {
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("crash-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: marker) }
+        let runner = try startRunner(name: "fixed", ["--lease-ttl", "2s"])
+        let script = "if [ -f '\(marker.path)' ]; then echo second run; else touch '\(marker.path)'; sleep 60; fi"
+        try submit(["--shell", script], id: "crash-1")
+        let record = try waitForState("crash-1", ["running"])
+        let pid = Int32(record["pid"] ?? "") ?? 0
+        XCTAssertTrue(processIsAlive(pid))
+
+        runner.signal(SIGKILL)
+        XCTAssertNotNil(runner.waitForExit(timeout: 10))
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) }, "the job outlived its runner")
+        // The entry is still pending for consumer "fixed"; nothing acked it.
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 1)
+
+        // The same name can be taken again once the dead runner's lease has expired.
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:fixed")]).int) == 0 })
+        try startRunner(name: "fixed")
+        let after = try waitForState("crash-1", ["succeeded"])
+        XCTAssertEqual(after["output_tail"], "second run\n")
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+    }
+
+    func testArgumentListTooLongFailsCleanly() throws {
+        try startRunner()
+        let huge = String(repeating: "x", count: 200_000)  // above the kernel's 128 KiB per-argument limit
+        let spec = #"{"argv":["/bin/echo",""# + huge + #""]}"#
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "e2big-1", "spec", spec])
+        let record = try waitForState("e2big-1", ["failed"])
+        XCTAssertEqual(record["exit_code"], "1")
+        XCTAssertTrue(record["reason"]?.hasPrefix("argument list too long") == true, record["reason"] ?? "")
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+        XCTAssertEqual(try events(of: "e2big-1").filter { $0 == "job.failed" }.count, 1, "failed once, not retried")
+    }
+}
