@@ -188,6 +188,14 @@ public struct JobStore: Sendable {
             retry: retry)
     }
 
+    /// Removes a consumer from a queue's group if it has nothing pending. Returns false when it kept it.
+    func removeConsumer(_ consumer: String, queue: String) async throws -> Bool {
+        let reply = try await scripts.run(
+            RunnerScripts.removeConsumer, keys: [keyspace.jobs(queue: queue)],
+            arguments: JobStore.bytes([Keyspace.consumerGroup, consumer]))
+        return reply.int != -1
+    }
+
     /// Emits an event not tied to a job write (`runner.registered`, `runner.shutdown`), stamped by Redis's clock.
     func emit(_ type: EventType, runner: String, job: String = "", data: JSONValue, retry: RedisRetry) async throws {
         _ = try await scripts.run(

@@ -204,6 +204,17 @@ enum RunnerScripts {
         return ts
         """)
 
+    /// KEYS: jobs stream. ARGV: group, consumer. Removes the consumer only when it has nothing pending: deleting a
+    /// consumer drops its pending entries, and with them the only record that those jobs were delivered.
+    static let removeConsumer = script(
+        "remove_consumer",
+        """
+        if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+        local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+        if #pending > 0 then return -1 end
+        return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+        """)
+
     /// KEYS: lease. ARGV: token, ttl ms. Extends the lease only for the holder of the token.
     static let renewLease = script(
         "renew_lease",

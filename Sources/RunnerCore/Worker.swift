@@ -116,30 +116,7 @@ public final class Worker: Sendable {
         intakeClient.interrupt()
         await intakeTask.value
         try? await presence.publish(state: .draining, free: await slots.free, running: await slots.runningJobIds)
-
-        // Running jobs get the shutdown timeout (or none, after a second request); then they are stopped and
-        // handed back to the queue.
-        let idle = await slots.emptyLatch()
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await idle.wait() }
-            group.addTask { try? await Task.sleep(for: config.shutdownTimeout) }
-            group.addTask { await self.immediateRequested.wait() }
-            await group.next()
-            group.cancelAll()
-        }
-        if !idle.isFired {
-            logger.info("stopping jobs still running at the shutdown deadline", ["running": String(await slots.runningJobIds.count)])
-            await slots.cancelAll()
-            // Writes about stopped jobs wait for Redis; if it stays away, give up after a bound so the runner still
-            // exits. Their entries stay pending in the group, so nothing is lost: they are read again.
-            let giveUp = Task { [jobsClient, logger, killGrace = config.killGrace] in
-                try await Task.sleep(for: killGrace + .seconds(10))
-                logger.error("Redis is unreachable; exiting without recording the stopped jobs (their entries stay pending)")
-                jobsClient.close()
-            }
-            await idle.wait()
-            giveUp.cancel()
-        }
+        await finishRunningJobs()
         await handBackUndelivered(intake: intake, store: store)
         presenceTask.cancel()
         await presenceTask.value
@@ -153,15 +130,39 @@ public final class Worker: Sendable {
                 "rejected": .int(final.rejected), "lost": .int(final.lost),
             ], retry: .whileUnreachable(deadline: .now + .seconds(5)))
         for queue in config.queues {
-            _ = try? await jobsClient.send(
-                RedisCommand(["XGROUP", "DELCONSUMER", keyspace.jobs(queue: queue), Keyspace.consumerGroup, config.name]))
+            if (try? await store.removeConsumer(config.name, queue: queue)) == false {
+                logger.warning("entries are still pending for this runner; its consumer stays in the group", ["queue": queue])
+            }
         }
         try? await presence.unregister()
         try? await lease.release()
-        logger.info(
-            "runner stopped",
-            ["finished": String(final.finished), "handed_back": String(final.handedBack)])
+        logger.info("runner stopped", ["finished": String(final.finished), "handed_back": String(final.handedBack)])
         return final
+    }
+
+    /// Lets running jobs finish within the shutdown timeout (cut short by a second request), then stops the rest;
+    /// they are handed back to their queue.
+    private func finishRunningJobs() async {
+        let idle = await slots.emptyLatch()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await idle.wait() }
+            group.addTask { [timeout = configuration.shutdownTimeout] in try? await Task.sleep(for: timeout) }
+            group.addTask { await self.immediateRequested.wait() }
+            await group.next()
+            group.cancelAll()
+        }
+        guard !idle.isFired else { return }
+        logger.info("stopping jobs still running at the shutdown deadline", ["running": String(await slots.runningJobIds.count)])
+        await slots.cancelAll()
+        // Writes about stopped jobs wait for Redis; if it stays away, give up after a bound so the runner still
+        // exits. Their entries stay pending in the group, so nothing is lost: they are read again.
+        let giveUp = Task { [jobsClient, logger, killGrace = configuration.killGrace] in
+            try await Task.sleep(for: killGrace + .seconds(10))
+            logger.error("Redis is unreachable; exiting without recording the stopped jobs (their entries stay pending)")
+            jobsClient.close()
+        }
+        await idle.wait()
+        giveUp.cancel()
     }
 
     /// Renews the lease and publishes heartbeats every interval until cancelled.

@@ -216,6 +216,8 @@ final class WorkerTests: IntegrationTestCase {
         XCTAssertEqual(try job("gs-1")["output_tail"], "finished\n")
         XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0, "lease deleted on clean exit")
         XCTAssertEqual(try send(["HEXISTS", key("runners"), "r1"]).int, 0)
+        XCTAssertEqual(try send(["XINFO", "CONSUMERS", key("jobs:default"), "runners"]).array?.count, 0,
+                       "the consumer leaves the group once nothing is pending")
         let shutdown = try events().last { $0.type == "runner.shutdown" }
         XCTAssertEqual(shutdown?.runner, "r1")
         XCTAssertEqual(shutdown?.data["finished"] as? Int, 1)
