@@ -11,6 +11,10 @@ enum DeliveryOutcome: Sendable, Equatable {
     case lost
     /// The completion was refused: the job belongs to another runner or attempt now.
     case stale
+    /// The attempt failed and the next one was queued.
+    case retried
+    /// Redis could not be reached before the runner gave up (at shutdown); the entry stays pending.
+    case unrecorded
 }
 
 /// Runs one delivered job from validation to its recorded result. Knows Redis only through `JobStore`.
@@ -56,12 +60,30 @@ struct JobExecutor: Sendable {
         let received: JSONValue = [
             "queue": .string(entry.queue), "stream_id": .string(entry.streamId), "attempt": .int(entry.attempt),
         ]
+        // Claim before starting anything: a duplicate entry of a job that already ended must never run.
+        let startedAt: String
+        switch await detached({ try await store.claim(entry: entry, runner: runner, receivedData: received, retry: durable) }) {
+        case .claimed(let at)?:
+            startedAt = at
+        case .duplicate(let state, let attempt)?:
+            let what = state == JobState.running.rawValue ? "is running on another runner" : "already ended as \(state)"
+            let reason = "job '\(entry.jobId)' \(what) at attempt \(attempt); this duplicate entry was not run"
+            logger.warning(reason, ["stream_id": entry.streamId])
+            await detached {
+                try await store.reject(
+                    streamId: entry.streamId, queue: entry.queue, fields: entry.fields, reason: reason, runner: runner,
+                    retry: durable)
+            }
+            return .rejected
+        case nil:
+            return .unrecorded
+        }
+
         let recorder = OutputRecorder(
             client: logClient, key: store.keyspace.log(job: entry.jobId), limit: configuration.logLimitBytes,
             tailLimit: configuration.outputTailBytes)
         let clock = ContinuousClock()
         let began = clock.now
-
         let process: RunningProcess
         do {
             process = try await supervisor.spawn(processSpec(for: entry)) { stream, bytes in
@@ -71,33 +93,26 @@ struct JobExecutor: Sendable {
             logger.info("job could not start: \(error.message)", ["job": entry.jobId])
             let record = JobResultRecord(
                 state: .failed, exitCode: error.conventionalExitCode, reason: error.message,
-                durationMs: (clock.now - began).milliseconds, outputTail: [])
-            return await finish(entry, record, receivedData: received)
+                durationMs: (clock.now - began).milliseconds)
+            return await finish(entry, record, startedAt: startedAt)
         } catch where Task.isCancelled {
             // Stopped for shutdown before the process existed: the job goes back, it did not fail.
             await detached { try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable) }
             return .handedBack
         } catch {
             let record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
-            return await finish(entry, record, receivedData: received)
+            return await finish(entry, record, startedAt: startedAt)
         }
 
         let flusher = Task { await recorder.run() }
-        // The start write runs while the job does; it is awaited before the result so they land in order.
-        let pid = process.pid
-        let started = Task {
-            let fresh = (try? await store.start(entry: entry, runner: runner, pid: pid, receivedData: received, retry: durable)) ?? true
-            if !fresh { process.signalGroup(SIGKILL) }
-            return fresh
+        // The pid and `job.started` are written while the job runs; awaited before the result so they land in order.
+        let startedWrite = Task { [pid = process.pid] in
+            try? await store.started(entry: entry, runner: runner, pid: pid, retry: durable)
         }
         let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
         let outcome = await process.wait(TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace))
         let summary = await recorder.finish(flusher: flusher)
-        guard await started.value else {
-            logger.warning("this attempt had already ended; the duplicate delivery was stopped", ["job": entry.jobId])
-            _ = await finish(entry, JobExecutor.record(for: outcome, timeout: timeout), receivedData: nil)
-            return .stale
-        }
+        await startedWrite.value
 
         if outcome.stopReason == .cancelled {
             logger.info("job stopped for shutdown; handing it back", ["job": entry.jobId])
@@ -108,16 +123,27 @@ struct JobExecutor: Sendable {
         }
         var record = JobExecutor.record(for: outcome, timeout: timeout)
         record.outputTail = summary.tail
-        return await finish(entry, record, receivedData: nil)
+        if record.state != .succeeded, entry.attempt < entry.spec.maxAttempts {
+            logger.info(
+                "attempt \(entry.attempt) of \(entry.spec.maxAttempts) \(record.state.rawValue); queuing the next",
+                ["job": entry.jobId])
+            await detached { [record] in try await store.retryNext(entry: entry, runner: runner, failed: record, retry: durable) }
+            return .retried
+        }
+        return await finish(entry, record, startedAt: startedAt)
     }
 
-    private func finish(_ entry: JobEntry, _ record: JobResultRecord, receivedData: JSONValue?) async -> DeliveryOutcome {
+    private func finish(_ entry: JobEntry, _ record: JobResultRecord, startedAt: String) async -> DeliveryOutcome {
         let runner = configuration.name
         let written = await detached {
-            try await store.complete(entry: entry, runner: runner, result: record, receivedData: receivedData, retry: durable)
+            try await store.complete(entry: entry, runner: runner, result: record, startedAtMs: startedAt, retry: durable)
         }
         logger.debug("job \(record.state.rawValue)", ["job": entry.jobId, "reason": record.reason ?? ""])
-        return written == .refused ? .stale : .finished(record.state)
+        switch written {
+        case .refused?: return .stale
+        case nil: return .unrecorded
+        default: return .finished(record.state)
+        }
     }
 
     /// Result fields for how the process ended.

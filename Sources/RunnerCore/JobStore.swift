@@ -103,24 +103,42 @@ public struct JobStore: Sendable {
         return reply.string ?? ""
     }
 
-    /// Marks an attempt running and emits `job.received` and `job.started`. Returns false when this attempt had
-    /// already ended (a duplicate delivery), in which case the process must not go on.
-    func start(entry: JobEntry, runner: String, pid: Int32, receivedData: JSONValue, retry: RedisRetry) async throws -> Bool {
-        let started: JSONValue = ["pid": .int(Int(pid)), "attempt": .int(entry.attempt), "queue": .string(entry.queue)]
+    /// What claiming an attempt found.
+    enum Claim: Sendable, Equatable {
+        /// The attempt is this runner's; Redis's clock says when it started.
+        case claimed(startedAtMs: String)
+        /// The job already ended at this attempt or later, or another runner runs it: a duplicate entry.
+        case duplicate(state: String, attempt: String)
+    }
+
+    /// Claims an attempt before its process starts: state `running`, `job.received`.
+    func claim(entry: JobEntry, runner: String, receivedData: JSONValue, retry: RedisRetry) async throws -> Claim {
         let reply = try await scripts.run(
-            RunnerScripts.start, keys: [keyspace.job(id: entry.jobId), keyspace.events],
+            RunnerScripts.claim, keys: [keyspace.job(id: entry.jobId), keyspace.events],
             arguments: JobStore.bytes([
-                entry.jobId, runner, String(entry.attempt), entry.streamId, entry.queue, String(pid),
-                String(eventsMaxLength),
-            ]) + [entry.specJSON] + JobStore.bytes([receivedData.serialized, started.serialized]),
+                entry.jobId, runner, String(entry.attempt), entry.streamId, entry.queue, String(eventsMaxLength),
+            ]) + [entry.specJSON] + JobStore.bytes([receivedData.serialized]),
             retry: retry)
-        return reply.int != 0
+        let parts = reply.array ?? []
+        if parts.first?.int == 1 { return .claimed(startedAtMs: parts.count > 1 ? parts[1].string ?? "" : "") }
+        return .duplicate(
+            state: parts.count > 1 ? parts[1].string ?? "" : "", attempt: parts.count > 2 ? parts[2].string ?? "" : "")
+    }
+
+    /// Records the pid of a claimed attempt and emits `job.started`.
+    func started(entry: JobEntry, runner: String, pid: Int32, retry: RedisRetry) async throws {
+        let data: JSONValue = ["pid": .int(Int(pid)), "attempt": .int(entry.attempt), "queue": .string(entry.queue)]
+        _ = try await scripts.run(
+            RunnerScripts.started, keys: [keyspace.job(id: entry.jobId), keyspace.events],
+            arguments: JobStore.bytes([
+                entry.jobId, runner, String(entry.attempt), String(pid), String(eventsMaxLength), data.serialized,
+            ]),
+            retry: retry)
     }
 
     /// Writes the result, acks and deletes the entry, then emits the terminal event (one script).
-    /// `receivedData` non-nil also emits `job.received` first, for a job that never got to start.
     func complete(
-        entry: JobEntry, runner: String, result: JobResultRecord, receivedData: JSONValue?, retry: RedisRetry
+        entry: JobEntry, runner: String, result: JobResultRecord, startedAtMs: String?, retry: RedisRetry
     ) async throws -> CompletionOutcome {
         guard let event = EventType.terminal(for: result.state) else {
             preconditionFailure("complete() needs a terminal state, got \(result.state)")
@@ -128,8 +146,8 @@ public struct JobStore: Sendable {
         var arguments = JobStore.bytes([
             entry.jobId, runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup, result.state.rawValue,
             event.rawValue, result.eventData.serialized, String(retentionMs), String(eventsMaxLength),
-            receivedData?.serialized ?? "",
-        ])
+            startedAtMs ?? "", entry.queue,
+        ]) + [entry.specJSON]
         for (field, value) in result.hashFields {
             arguments.append(Array(field.utf8))
             arguments.append(value)
@@ -179,12 +197,32 @@ public struct JobStore: Sendable {
 
     /// Puts an unfinished job back on its queue with the same attempt and emits `job.handed_back`.
     func handBack(entry: JobEntry, runner: String, reason: String, retry: RedisRetry) async throws {
+        try await requeue(
+            entry: entry, runner: runner, nextAttempt: entry.attempt, event: .jobHandedBack,
+            data: ["reason": .string(reason), "queue": .string(entry.queue)], retry: retry)
+    }
+
+    /// Queues the next attempt of a job whose attempt failed and emits `job.retry_scheduled` with that outcome.
+    func retryNext(entry: JobEntry, runner: String, failed result: JobResultRecord, retry: RedisRetry) async throws {
+        var data = result.eventData.objectValue ?? [:]
+        data["queue"] = .string(entry.queue)
+        data["failed_attempt"] = .int(entry.attempt)
+        data["max_attempts"] = .int(entry.spec.maxAttempts)
+        try await requeue(
+            entry: entry, runner: runner, nextAttempt: entry.attempt + 1, event: .jobRetryScheduled,
+            data: .object(data), retry: retry)
+    }
+
+    private func requeue(
+        entry: JobEntry, runner: String, nextAttempt: Int, event: EventType, data: JSONValue, retry: RedisRetry
+    ) async throws {
         _ = try await scripts.run(
-            RunnerScripts.handBack,
+            RunnerScripts.requeue,
             keys: [keyspace.job(id: entry.jobId), keyspace.jobs(queue: entry.queue), keyspace.events],
             arguments: JobStore.bytes([
                 entry.jobId, runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup,
-            ]) + [entry.specJSON] + JobStore.bytes([reason, String(eventsMaxLength), entry.queue]),
+            ]) + [entry.specJSON]
+                + JobStore.bytes([entry.queue, String(nextAttempt), String(eventsMaxLength), event.rawValue, data.serialized]),
             retry: retry)
     }
 

@@ -69,23 +69,41 @@ enum RunnerScripts {
         return sid
         """.replacingOccurrences(of: "NR_V_FIELD", with: "'\(ProtocolVersion.field)'"))
 
-    /// KEYS: job hash, events. ARGV: id, runner, attempt, stream id, queue, pid, events maxlen, spec,
-    /// received data, started data. Returns Redis's start time, or 0 when this attempt already ended.
-    static let start = script(
-        "start",
+    /// KEYS: job hash, events. ARGV: id, runner, attempt, stream id, queue, events maxlen, spec, received data.
+    /// Claims an attempt before its process is started: marks it running and emits `job.received`. Returns
+    /// {1, started_at} when claimed, or {0, state, attempt} when this job id already ended at this attempt or later
+    /// (or another runner runs it): a duplicate entry, which must not run.
+    static let claim = script(
+        "claim",
         """
         local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
-        if cur[1] and nr_terminal(cur[1]) and cur[3] == ARGV[3] then return 0 end
+        local recorded = tonumber(cur[3]) or 0
+        if cur[1] and recorded >= tonumber(ARGV[3]) and
+            (nr_terminal(cur[1]) or (cur[1] == '\(JobState.running.rawValue)' and cur[2] ~= ARGV[2])) then
+          return {0, cur[1], cur[3]}
+        end
         local ts = nr_now()
         local submitted = redis.call('HGET', KEYS[1], '\(ResultField.submittedAt)') or nr_sid_ms(ARGV[4])
         redis.call('HDEL', KEYS[1], \(clearedOnStart))
         redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.running.rawValue)', '\(ResultField.runner)', ARGV[2],
           '\(ResultField.attempt)', ARGV[3], '\(ResultField.streamId)', ARGV[4], '\(ResultField.queue)', ARGV[5],
-          '\(ResultField.pid)', ARGV[6], '\(ResultField.startedAt)', ts, '\(ResultField.submittedAt)', submitted,
-          '\(ResultField.spec)', ARGV[8], '\(ProtocolVersion.field)', NR_V)
-        nr_emit(KEYS[2], ARGV[7], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], ARGV[9])
-        nr_emit(KEYS[2], ARGV[7], '\(EventType.jobStarted.rawValue)', ts, ARGV[2], ARGV[1], ARGV[10])
-        return ts
+          '\(ResultField.startedAt)', ts, '\(ResultField.submittedAt)', submitted, '\(ResultField.spec)', ARGV[7],
+          '\(ProtocolVersion.field)', NR_V)
+        nr_emit(KEYS[2], ARGV[6], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], ARGV[8])
+        return {1, ts}
+        """)
+
+    /// KEYS: job hash, events. ARGV: id, runner, attempt, pid, events maxlen, started data.
+    /// Records the pid of a claimed attempt and emits `job.started`; nothing if the attempt is no longer this
+    /// runner's. Returns 1 or 0.
+    static let started = script(
+        "started",
+        """
+        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
+        if cur[1] ~= '\(JobState.running.rawValue)' or cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] then return 0 end
+        redis.call('HSET', KEYS[1], '\(ResultField.pid)', ARGV[4])
+        nr_emit(KEYS[2], ARGV[5], '\(EventType.jobStarted.rawValue)', nr_now(), ARGV[2], ARGV[1], ARGV[6])
+        return 1
         """)
 
     private static let clearedOnStart = [
@@ -95,7 +113,9 @@ enum RunnerScripts {
     ].map { "'\($0)'" }.joined(separator: ", ")
 
     /// KEYS: job hash, jobs stream, events, log stream. ARGV: id, runner, attempt, stream id, group, state,
-    /// event type, event data, retention ms, events maxlen, received data ('' for none), then field/value pairs.
+    /// event type, event data, retention ms, events maxlen, started at ('' if unknown), queue, spec, then
+    /// field/value pairs. Fields missing from the hash (it may have been lost with a
+    /// Redis that restarted without persistence) are written again from what the runner knows.
     /// Returns 1 written, 0 already written before (acked again), -1 the job belongs to another runner/attempt.
     static let complete = script(
         "complete",
@@ -103,14 +123,15 @@ enum RunnerScripts {
         local fenced = nr_fence()
         if fenced then return fenced end
         local ts = nr_now()
-        if ARGV[11] ~= '' then
-          nr_emit(KEYS[3], ARGV[10], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], ARGV[11])
-        end
         local fields = {'\(ResultField.state)', ARGV[6], '\(ResultField.runner)', ARGV[2], '\(ResultField.attempt)', ARGV[3],
           '\(ResultField.finishedAt)', ts, '\(ResultField.streamId)', ARGV[4], '\(ProtocolVersion.field)', NR_V}
-        for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
-        if redis.call('HEXISTS', KEYS[1], '\(ResultField.startedAt)') == 0 then
-          fields[#fields + 1] = '\(ResultField.startedAt)'; fields[#fields + 1] = ts
+        for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
+        local missing = {['\(ResultField.startedAt)'] = (ARGV[11] ~= '' and ARGV[11] or ts),
+          ['\(ResultField.queue)'] = ARGV[12], ['\(ResultField.spec)'] = ARGV[13]}
+        for name, value in pairs(missing) do
+          if redis.call('HEXISTS', KEYS[1], name) == 0 then
+            fields[#fields + 1] = name; fields[#fields + 1] = value
+          end
         end
         if redis.call('HEXISTS', KEYS[1], '\(ResultField.submittedAt)') == 0 then
           fields[#fields + 1] = '\(ResultField.submittedAt)'; fields[#fields + 1] = nr_sid_ms(ARGV[4])
@@ -171,27 +192,31 @@ enum RunnerScripts {
         return 1
         """)
 
-    /// KEYS: job hash, jobs stream, events. ARGV: id, runner, attempt, old stream id, group, spec, reason,
-    /// events maxlen, queue. Requeues an unfinished job with the same attempt. Returns the new stream id,
-    /// 0 when the job had already ended, -1 when it belongs to another runner/attempt.
-    static let handBack = script(
-        "hand_back",
+    /// KEYS: job hash, jobs stream, events. ARGV: id, runner, attempt, old stream id, group, spec, queue,
+    /// next attempt, events maxlen, event type, event data (JSON object; `stream_id`, `previous_stream_id` and
+    /// `attempt` are added). Puts an unfinished job back on its queue as a new entry and acks the old one: a
+    /// hand-back keeps the attempt, a retry raises it. Returns the new entry id, 0 when the attempt had already
+    /// ended, -1 when it belongs to another runner or attempt.
+    static let requeue = script(
+        "requeue",
         """
         local fenced = nr_fence()
         if fenced then return fenced end
         local ts = nr_now()
         local sid = redis.call('XADD', KEYS[2], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[6],
-          '\(JobEntryField.attempt)', ARGV[3], '\(ProtocolVersion.field)', NR_V)
+          '\(JobEntryField.attempt)', ARGV[8], '\(ProtocolVersion.field)', NR_V)
         redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
         redis.call('XDEL', KEYS[2], ARGV[4])
         local submitted = redis.call('HGET', KEYS[1], '\(ResultField.submittedAt)') or nr_sid_ms(ARGV[4])
         redis.call('HDEL', KEYS[1], '\(ResultField.runner)', '\(ResultField.startedAt)', '\(ResultField.pid)')
         redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid,
-          '\(ResultField.attempt)', ARGV[3], '\(ResultField.queue)', ARGV[9], '\(ResultField.spec)', ARGV[6],
+          '\(ResultField.attempt)', ARGV[8], '\(ResultField.queue)', ARGV[7], '\(ResultField.spec)', ARGV[6],
           '\(ResultField.submittedAt)', submitted, '\(ProtocolVersion.field)', NR_V)
-        nr_emit(KEYS[3], ARGV[8], '\(EventType.jobHandedBack.rawValue)', ts, ARGV[2], ARGV[1],
-          cjson.encode({reason = ARGV[7], queue = ARGV[9], stream_id = sid, previous_stream_id = ARGV[4],
-            attempt = tonumber(ARGV[3])}))
+        local data = cjson.decode(ARGV[11])
+        data['stream_id'] = sid
+        data['previous_stream_id'] = ARGV[4]
+        data['attempt'] = tonumber(ARGV[8])
+        nr_emit(KEYS[3], ARGV[9], ARGV[10], ts, ARGV[2], ARGV[1], cjson.encode(data))
         return sid
         """)
 

@@ -257,7 +257,7 @@ public final class Worker: Sendable {
     private func count(_ outcome: DeliveryOutcome) {
         summary.withLock { summary in
             switch outcome {
-            case .finished, .stale: summary.finished += 1
+            case .finished, .stale, .retried, .unrecorded: summary.finished += 1
             case .handedBack: summary.handedBack += 1
             case .rejected: summary.rejected += 1
             case .lost: summary.lost += 1

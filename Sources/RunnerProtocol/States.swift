@@ -37,6 +37,7 @@ public enum EventType: String, Sendable, CaseIterable, Codable {
     case jobRejected = "job.rejected"
     case jobLost = "job.lost"
     case jobHandedBack = "job.handed_back"
+    case jobRetryScheduled = "job.retry_scheduled"
 
     /// The terminal event for a terminal state.
     public static func terminal(for state: JobState) -> EventType? {

@@ -11,8 +11,7 @@ final class CrashRecoveryTests: IntegrationTestCase {
         let runner = try startRunner(name: "fixed", ["--lease-ttl", "2s"])
         let script = "if [ -f '\(marker.path)' ]; then echo second run; else touch '\(marker.path)'; sleep 60; fi"
         try submit(["--shell", script], id: "crash-1")
-        let record = try waitForState("crash-1", ["running"])
-        let pid = Int32(record["pid"] ?? "") ?? 0
+        let pid = try runningPid("crash-1")
         XCTAssertTrue(processIsAlive(pid))
 
         runner.signal(SIGKILL)

@@ -230,6 +230,18 @@ class IntegrationTestCase: XCTestCase {
         return last
     }
 
+    /// Waits until the job runs and its pid is recorded (`job.started`), and returns the pid.
+    func runningPid(_ id: String, timeout: Duration = .seconds(30)) throws -> Int32 {
+        var pid: Int32?
+        let found = try waitUntil(timeout: timeout) {
+            let record = try job(id)
+            pid = record["state"] == "running" ? Int32(record["pid"] ?? "") : nil
+            return pid != nil
+        }
+        XCTAssertTrue(found, "job \(id) did not start")
+        return pid ?? 0
+    }
+
     func submit(_ arguments: [String], id: String) throws {
         let result = cli(["submit", "--id", id] + arguments)
         XCTAssertEqual(result.code, 0, result.err)

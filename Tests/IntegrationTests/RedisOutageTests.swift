@@ -25,3 +25,24 @@ final class RedisOutageTests: PrivateRedisTestCase {
         XCTAssertLessThanOrEqual(lostLines.count, 3, "one line per connection, not one per retry:\n\(runner.log)")
     }
 }
+
+/// Redis restarted without persistence: everything about the job is gone except what the runner knows.
+final class VolatileRedisTests: PrivateRedisTestCase {
+    func testResultIsRebuiltAfterRedisLostEverything() throws {
+        try startRunner()
+        try submit(["--shell", "sleep 1.5; echo rebuilt"], id: "vol-1")
+        let before = try waitForState("vol-1", ["running"])
+        redis = nil
+        try server.restart()
+        redis = try RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), readTimeout: .seconds(10))
+        XCTAssertEqual(try job("vol-1"), [:], "the restarted server starts empty")
+        let record = try waitForState("vol-1", ["succeeded"])
+        XCTAssertEqual(record["started_at"], before["started_at"])
+        XCTAssertEqual(record["queue"], "default")
+        XCTAssertEqual(record["spec"], before["spec"])
+        XCTAssertEqual(record["output_tail"], "rebuilt\n")
+        // And the runner keeps taking jobs (its group was recreated).
+        try submit(["--", "echo", "next"], id: "vol-2")
+        XCTAssertEqual(try waitForState("vol-2", ["succeeded"])["output_tail"], "next\n")
+    }
+}

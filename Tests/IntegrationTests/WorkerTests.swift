@@ -227,8 +227,7 @@ final class WorkerTests: IntegrationTestCase {
     func testShutdownDeadlineHandsTheJobBackAndKillsIt() throws {
         let runner = try startRunner(["--shutdown-timeout", "500ms", "--kill-grace", "500ms"])
         try submit(["--shell", "echo pid=$$; sleep 60"], id: "hb-1")
-        let record = try waitForState("hb-1", ["running"])
-        let pid = Int32(record["pid"] ?? "") ?? 0
+        let pid = try runningPid("hb-1")
         XCTAssertTrue(processIsAlive(pid))
         runner.signal(SIGTERM)
         XCTAssertEqual(runner.waitForExit(timeout: 20), 0, runner.log)
@@ -329,5 +328,63 @@ final class WorkerTests: IntegrationTestCase {
         let again = cli(["submit", "--id", "same", "--", "true"])
         XCTAssertEqual(again.code, 1)
         XCTAssertEqual(again.err, "Error: a job with id 'same' already exists\n")
+    }
+}
+
+/// Attempts, retries and duplicate entries.
+final class AttemptTests: IntegrationTestCase {
+    func testFailedAttemptsAreRetriedUpToMaxAttempts() throws {
+        try startRunner()
+        let result = cli([
+            "submit", "--wait", "--id", "ma-1", "--max-attempts", "3", "--",
+            "sh", "-c", "echo attempt $NR_ATTEMPT; [ $NR_ATTEMPT = 3 ]",
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        let record = try job("ma-1")
+        XCTAssertEqual(record["state"], "succeeded")
+        XCTAssertEqual(record["attempt"], "3")
+        XCTAssertEqual(record["output_tail"], "attempt 3\n")
+        let types = try events(of: "ma-1")
+        XCTAssertEqual(types.filter { $0 == "job.retry_scheduled" }.count, 2, "\(types)")
+        XCTAssertEqual(types.filter { $0 == "job.started" }.count, 3)
+        XCTAssertEqual(types.last, "job.succeeded")
+        let retry = try events().first { $0.type == "job.retry_scheduled" && $0.job == "ma-1" }
+        XCTAssertEqual(retry?.data["attempt"] as? Int, 2)
+        XCTAssertEqual(retry?.data["failed_attempt"] as? Int, 1)
+        XCTAssertEqual(retry?.data["exit_code"] as? Int, 1)
+    }
+
+    func testAttemptsRunOutAndTheLastFailureIsTheResult() throws {
+        try startRunner()
+        let result = cli(["submit", "--wait", "--id", "ma-2", "--max-attempts", "2", "--", "sh", "-c", "exit 4"])
+        XCTAssertEqual(result.code, 4)
+        let record = try job("ma-2")
+        XCTAssertEqual(record["state"], "failed")
+        XCTAssertEqual(record["attempt"], "2")
+        XCTAssertEqual(try events(of: "ma-2").filter { $0 == "job.failed" }.count, 1)
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
+    }
+
+    func testMissingCommandIsNotRetried() throws {
+        try startRunner()
+        let result = cli(["submit", "--wait", "--id", "ma-3", "--max-attempts", "5", "--", "no-such-command-xyz"])
+        XCTAssertEqual(result.code, 127)
+        XCTAssertEqual(try job("ma-3")["attempt"], "1")
+        XCTAssertEqual(try events(of: "ma-3").filter { $0 == "job.retry_scheduled" }.count, 0)
+    }
+
+    func testDuplicateEntryOfAFinishedJobNeverRuns() throws {
+        try startRunner()
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("dup-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: marker) }
+        XCTAssertEqual(cli(["submit", "--wait", "--id", "dup-1", "--", "true"]).code, 0)
+        let spec = #"{"argv":["touch",""# + marker.path + #""]}"#
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "dup-1", "spec", spec])
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["XLEN", self.key("dead")]).int) == 1 })
+        let letter = strings(try send(["XRANGE", key("dead"), "-", "+"]).array?.first?.array?[1] ?? .null)
+        XCTAssertEqual(letter["reason"], "job 'dup-1' already ended as succeeded at attempt 1; this duplicate entry was not run")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker.path), "the duplicate ran")
+        XCTAssertEqual(try job("dup-1")["state"], "succeeded")
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
 }
