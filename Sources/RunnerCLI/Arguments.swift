@@ -149,8 +149,10 @@ public struct ParsedArguments: Sendable {
                     if let inline {
                         value = inline
                     } else {
-                        guard index < arguments.count, !(arguments[index].hasPrefix("--") && arguments[index].count > 2)
-                        else { throw fail("missing value for option '\(option.name) <\(valueName)>'") }
+                        // `--` and `--option` are never taken as a value: `--id -- echo` is a missing id.
+                        guard index < arguments.count, !arguments[index].hasPrefix("--") else {
+                            throw fail("missing value for option '\(option.name) <\(valueName)>'")
+                        }
                         value = arguments[index]
                         index += 1
                     }

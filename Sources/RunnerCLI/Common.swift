@@ -71,13 +71,18 @@ extension ParsedArguments {
     }
 }
 
-/// A connected client for one-shot commands; a clear error when Redis cannot be reached.
-func connectedPool(_ arguments: ParsedArguments) async throws -> PoolClient {
+/// A connected client for one-shot commands; a clear error when Redis cannot be reached. Long-running commands
+/// (`--wait`, `--follow`) report losing and regaining Redis on stderr.
+func connectedPool(_ arguments: ParsedArguments, reportReconnects: Bool = false, console: Console = .standard) async throws
+    -> PoolClient
+{
     let endpoint = try arguments.endpoint()
     let keyspace = try arguments.keyspace()
     var options = RedisClientOptions()
     options.name = "cli"
-    let client = RedisClient(endpoint: endpoint, options: options)
+    let client = RedisClient(endpoint: endpoint, options: options) { line in
+        if reportReconnects { console.error("runner: \(line)") }
+    }
     do {
         try await client.connect()
     } catch let error as RedisClientError {

@@ -18,7 +18,7 @@ enum EventsCommand {
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let count = try arguments.positiveInt("--count") ?? 50
         let job = arguments.value("--job")
-        let pool = try await connectedPool(arguments)
+        let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--follow"), console: console)
         defer { pool.client.close() }
         let json = arguments.flag("--json")
         var cursor = "0-0"
@@ -28,7 +28,7 @@ enum EventsCommand {
         guard arguments.flag("--follow") else { return 0 }
         if recent.isEmpty { cursor = "$" }
         while !Task.isCancelled {
-            let events = try await pool.events(after: cursor, block: .seconds(5))
+            let events = try await pool.events(after: cursor, block: .seconds(5), retry: .idempotent(deadline: nil))
             for event in events where job == nil || event.job == job { console.print(render(event, json: json)) }
             if let last = events.last { cursor = last.streamId }
         }

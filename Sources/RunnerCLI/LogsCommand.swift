@@ -6,29 +6,34 @@ enum LogsCommand {
     static let spec = CommandSpec(
         name: "logs",
         abstract: "Print a job's output (stdout and stderr as the job wrote them).",
-        usage: "runner logs ID",
+        usage: "runner logs ID [--follow]",
         arguments: [("ID", "The job id.")],
-        options: CommonOptions.all,
+        options: CommonOptions.all + [
+            OptionSpec("--follow", short: "f", .flag, help: "Keep printing output as it is written, until the job ends."),
+        ],
         maximumPositionals: 1)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         guard let id = arguments.positionals.first else { throw UsageError("missing job id", command: spec.name) }
-        let pool = try await connectedPool(arguments)
+        let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--follow"), console: console)
         defer { pool.client.close() }
         guard try await pool.result(id: id) != nil else {
             throw CommandFailure("no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
         }
-        try await printLogs(pool: pool, id: id, console: console)
+        if arguments.flag("--follow") {
+            _ = try await pool.follow(id: id) { print($0, console: console) }
+        } else {
+            try await pool.logs(id: id) { print($0, console: console) }
+        }
         return 0
     }
 
-    static func printLogs(pool: PoolClient, id: String, console: Console) async throws {
-        try await pool.logs(id: id) { chunk in
-            switch chunk.stream {
-            case LogField.stdout: console.out(chunk.bytes)
-            case LogField.stderr: console.err(chunk.bytes)
-            default: console.error("[nativerunner] \(String(decoding: chunk.bytes, as: UTF8.self))")
-            }
+    /// Writes a chunk where the job wrote it; the runner's own markers go to stderr, marked.
+    static func print(_ chunk: LogChunk, console: Console) {
+        switch chunk.stream {
+        case LogField.stdout: console.out(chunk.bytes)
+        case LogField.stderr: console.err(chunk.bytes)
+        default: console.error("[nativerunner] \(String(decoding: chunk.bytes, as: UTF8.self))")
         }
     }
 }

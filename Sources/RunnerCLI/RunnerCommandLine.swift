@@ -41,12 +41,41 @@ public enum RunnerCommandLine {
         return text
     }
 
+    /// `runner --redis X --namespace Y submit ...` means `runner submit --redis X --namespace Y ...`: the common
+    /// options may come before the subcommand.
+    public static func movingCommonOptions(_ arguments: [String]) -> [String] {
+        var leading: [String] = []
+        var index = 0
+        let names = CommonOptions.all.map(\.name)
+        while index < arguments.count {
+            let argument = arguments[index]
+            if names.contains(argument), index + 1 < arguments.count {
+                leading += [argument, arguments[index + 1]]
+                index += 2
+            } else if names.contains(where: { argument.hasPrefix($0 + "=") }) {
+                leading.append(argument)
+                index += 1
+            } else {
+                break
+            }
+        }
+        guard !leading.isEmpty, index < arguments.count,
+            subcommands.contains(where: { $0.0.name == arguments[index] })
+        else { return arguments }
+        return [arguments[index]] + leading + arguments[(index + 1)...]
+    }
+
     /// Runs the command line and returns the exit code: 0 success, 1 failure, 2 usage error.
     public static func run(
         arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,
         console: Console = .standard
     ) async -> Int32 {
-        var arguments = arguments
+        var arguments = RunnerCommandLine.movingCommonOptions(arguments)
+        if arguments.isEmpty, environment["RUNNER_REDIS"] == nil {
+            console.error("Error: no Redis given: start a worker with 'runner --redis HOST:PORT' (or set RUNNER_REDIS)")
+            console.error("See 'runner --help'.")
+            return 2
+        }
         let first = arguments.first
         switch first {
         case "--version":
@@ -57,6 +86,10 @@ public enum RunnerCommandLine {
             return 0
         case "help":
             guard arguments.count > 1 else {
+                console.print(overview)
+                return 0
+            }
+            if arguments[1] == "help" || arguments[1].hasPrefix("-") {
                 console.print(overview)
                 return 0
             }

@@ -8,12 +8,17 @@ enum StatusCommand {
         name: "status",
         abstract: "Show the pool: runners, their leases and capacity; queues with length, pending and lag.",
         usage: "runner status [--json]",
-        options: CommonOptions.all + [OptionSpec("--json", .flag, help: "Print one JSON object.")])
+        options: CommonOptions.all + [OptionSpec("--json", .flag, help: "Print one JSON object.")],
+        discussion: """
+            A runner's CAPACITY and RUNNING are as of its last heartbeat (every third of its lease TTL); LEASE is the
+            time its lease has left now. LENGTH counts entries not yet done, PENDING those delivered to a runner
+            and not yet acknowledged, LAG those not yet delivered (- when Redis cannot tell).
+            """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
-        let status = try await pool.status(extraQueues: [Keyspace.defaultQueue])
+        let status = try await pool.status()
         if arguments.flag("--json") {
             let runners: [JSONValue] = status.runners.map { runner in
                 var object = runner.record.objectValue ?? [:]
@@ -47,11 +52,12 @@ enum StatusCommand {
         }
         if !status.runners.isEmpty { table(rows, console) }
         console.print("\nQUEUES")
+        if status.queues.isEmpty { console.print("  (none)") }
         rows = [["NAME", "LENGTH", "PENDING", "LAG", "CONSUMERS"]]
         for queue in status.queues {
-            rows.append([queue.name, String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "?", String(queue.consumers)])
+            rows.append([queue.name, String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-", String(queue.consumers)])
         }
-        table(rows, console)
+        if !status.queues.isEmpty { table(rows, console) }
         return 0
     }
 

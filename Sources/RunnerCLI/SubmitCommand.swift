@@ -25,15 +25,24 @@ enum SubmitCommand {
             OptionSpec("--json", .flag, help: "Print JSON: the id and entry, or with --wait the result."),
         ],
         acceptsCommand: true,
-        discussion: "With --wait the exit code is the job's: its exit code, 124 when it timed out, 128+N when killed "
-            + "by signal N, 1 when it was rejected or could not be recorded.")
+        discussion: """
+            The command may also follow the options without --, from the first argument that is not an option on;
+            use -- when the command has options of its own that runner could take for its own.
+
+            With --wait the job's output is printed as it is written (stdout to stdout, stderr to stderr), and the
+            exit code is the job's: its exit code, 124 when it timed out, 128+N when killed by signal N, 1 when it
+            was rejected. Ctrl-C stops waiting, not the job.
+            """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let command: JobSpec.Command
         switch (arguments.value("--shell"), arguments.commandLine.isEmpty) {
         case (let script?, true): command = .shell(script)
         case (nil, false): command = .argv(arguments.commandLine)
-        case (_?, false): throw UsageError("give either --shell or a command after --, not both", command: spec.name)
+        case (_?, false):
+            throw UsageError(
+                "give either --shell 'SCRIPT' or a command after --, not both (quote the whole script: --shell 'echo hi')",
+                command: spec.name)
         case (nil, true): throw UsageError("missing command: give CMD [ARG...] after -- or --shell 'SCRIPT'", command: spec.name)
         }
         let queue = arguments.value("--queue") ?? Keyspace.defaultQueue
@@ -54,8 +63,14 @@ enum SubmitCommand {
             timeoutMs: timeout?.milliseconds, maxAttempts: try arguments.positiveInt("--max-attempts") ?? 1,
             labels: try arguments.keyValues("--label"))
         let waitTimeout = try arguments.duration("--wait-timeout")
+        if waitTimeout != nil, !arguments.flag("--wait") {
+            throw UsageError("--wait-timeout needs --wait", command: spec.name)
+        }
+        if case .shell(let script) = command, script.isEmpty {
+            throw UsageError("invalid value for '--shell': the script is empty", command: spec.name)
+        }
 
-        let pool = try await connectedPool(arguments)
+        let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--wait"), console: console)
         defer { pool.client.close() }
         let submitted: (id: String, streamId: String)
         do {
@@ -72,20 +87,28 @@ enum SubmitCommand {
             }
             return 0
         }
-        guard let result = try await pool.waitForResult(id: submitted.id, timeout: waitTimeout) else {
+        let json = arguments.flag("--json")
+        let result: [String: [UInt8]]?
+        do {
+            // Output is printed as the job writes it.
+            result = try await pool.follow(id: submitted.id, timeout: waitTimeout) { chunk in
+                if !json { LogsCommand.print(chunk, console: console) }
+            }
+        } catch let error as RedisClientError {
+            throw CommandFailure(
+                "\(error.message); stopped waiting for job '\(submitted.id)', which may still run (see 'runner result \(submitted.id)')")
+        }
+        guard let result else {
             throw CommandFailure("job '\(submitted.id)' disappeared while waiting (its result hash is gone)")
         }
         let record = ResultView(fields: result)
         guard record.state?.isTerminal == true else {
-            throw CommandFailure("gave up waiting for job '\(submitted.id)' (still \(record.stateText))")
+            throw CommandFailure("gave up waiting for job '\(submitted.id)' after --wait-timeout (it is still \(record.stateText))")
         }
-        if arguments.flag("--json") {
+        if json {
             console.print(record.json(id: submitted.id).serialized)
-        } else {
-            try await LogsCommand.printLogs(pool: pool, id: submitted.id, console: console)
-            if record.state != .succeeded {
-                console.error("job \(submitted.id) \(record.stateText): \(record.reason)")
-            }
+        } else if record.state != .succeeded {
+            console.error("job \(submitted.id) \(record.stateText): \(record.reason)")
         }
         return record.exitStatus
     }

@@ -1,23 +1,30 @@
 import Foundation
 
-/// Parses durations as written on the command line: `30s`, `500ms`, `2m`, `1h`, `1.5s`, or a bare number of seconds.
+/// Parses durations as written on the command line: `30s`, `500ms`, `2m`, `1h`, `7d`, `1.5s`, `1h30m`, or a bare
+/// number of seconds.
 public enum DurationParser {
+    private static let units: [(suffix: String, seconds: Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+
     public static func parse(_ text: String) -> Duration? {
         let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
-        var number = trimmed
-        var scale = 1.0
-        for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
-            let candidate = String(trimmed.dropLast(suffix.count))
-            if Double(candidate) != nil {
-                number = candidate
-                scale = factor
-                break
-            }
+        guard !trimmed.isEmpty else { return nil }
+        if trimmed.allSatisfy({ $0.isNumber || $0 == "." }) { return make(Double(trimmed), scale: 1) }
+        var total = 0.0
+        var rest = Substring(trimmed)
+        while !rest.isEmpty {
+            let number = rest.prefix { $0.isNumber || $0 == "." }
+            rest = rest.dropFirst(number.count)
+            let unit = rest.prefix { $0.isLetter }
+            rest = rest.dropFirst(unit.count)
+            guard !number.isEmpty, let value = Double(number), let scale = units.first(where: { $0.suffix == unit })?.seconds
+            else { return nil }
+            total += value * scale
         }
-        guard !number.isEmpty, number.allSatisfy({ $0.isNumber || $0 == "." }), let value = Double(number),
-            value.isFinite, value >= 0, value * scale < 10 * 365 * 24 * 3600
-        else { return nil }
+        return make(total, scale: 1)
+    }
+
+    private static func make(_ value: Double?, scale: Double) -> Duration? {
+        guard let value, value.isFinite, value >= 0, value * scale < 10 * 365 * 24 * 3600 else { return nil }
         return .milliseconds(Int64((value * scale * 1000).rounded()))
     }
 }

@@ -29,7 +29,7 @@ enum WorkerCommand {
             OptionSpec("--default-timeout", .value("DURATION"), help: "Timeout of jobs whose spec has none.",
                        environment: "RUNNER_DEFAULT_TIMEOUT", default: "none"),
             OptionSpec("--result-retention", .value("DURATION"), help: "How long results and logs stay in Redis.",
-                       environment: "RUNNER_RESULT_RETENTION", default: "7d as 168h"),
+                       environment: "RUNNER_RESULT_RETENTION", default: "7d"),
             OptionSpec("--events-maxlen", .value("N"), help: "Approximate cap of the events stream.",
                        environment: "RUNNER_EVENTS_MAXLEN", default: "100000"),
             OptionSpec("--log-limit", .value("SIZE"), help: "Output kept per job in its log stream (e.g. 16M).",

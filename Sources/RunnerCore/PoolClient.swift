@@ -61,57 +61,95 @@ public struct PoolClient: Sendable {
     }
 
     /// HGETALL of the result hash; nil when there is no such job.
-    public func result(id: String) async throws -> [String: [UInt8]]? {
-        let reply = try await client.send(RedisCommand(["HGETALL", keyspace.job(id: id)]))
+    public func result(id: String, retry: RedisRetry = .never) async throws -> [String: [UInt8]]? {
+        let reply = try await client.send(RedisCommand(["HGETALL", keyspace.job(id: id)]), retry: retry)
         guard let pairs = reply.fieldPairs, !pairs.isEmpty else { return nil }
         return Dictionary(pairs.map { ($0.name, $0.value) }, uniquingKeysWith: { _, last in last })
     }
 
-    /// Waits until the job's state is terminal, following the events stream (no polling loop): returns the result.
-    public func waitForResult(id: String, timeout: Duration? = nil) async throws -> [String: [UInt8]]? {
+    /// Waits until the job's state is terminal, following the events stream (no polling loop), and hands over its
+    /// output as it is written. Returns the result (not terminal if `timeout` passed first), or nil when there is no
+    /// such job. Reads are retried while Redis is unreachable, until the timeout.
+    public func follow(
+        id: String, timeout: Duration? = nil, output: (LogChunk) -> Void = { _ in }
+    ) async throws -> [String: [UInt8]]? {
         let deadline = timeout.map { ContinuousClock.now + $0 }
+        let retry = RedisRetry.idempotent(deadline: deadline)
         // Take the stream position before reading the hash: a result written after the read shows up as an event
         // after this position, because the script writes the hash before its event.
-        var cursor = try await lastEventId()
+        var eventCursor = try await lastEventId(retry: retry)
+        var logCursor = "0-0"
         while true {
-            let current = try await result(id: id)
+            let current = try await result(id: id, retry: retry)
             guard let current else { return nil }
             if let state = current[ResultField.state].flatMap({ String(decoding: $0, as: UTF8.self) }),
-                let parsed = JobState(rawValue: state), parsed.isTerminal
+                JobState(rawValue: state)?.isTerminal == true
             {
+                // The result lands after the last output, so whatever is still unread is complete now.
+                try await readLog(id: id, after: &logCursor, retry: retry, output)
                 return current
             }
-            if let deadline, ContinuousClock.now >= deadline { return current }
-            let block = 5000
+            var block = 5000
+            if let deadline {
+                let left = (deadline - ContinuousClock.now).milliseconds
+                if left <= 0 { return current }
+                block = min(block, max(1, left))
+            }
             let reply = try await client.send(
-                RedisCommand(["XREAD", "COUNT", "500", "BLOCK", String(block), "STREAMS", keyspace.events, cursor]),
-                readTimeout: .milliseconds(block) + .seconds(5))
-            if let last = PoolClient.events(in: reply).last { cursor = last.streamId }
+                RedisCommand([
+                    "XREAD", "COUNT", "500", "BLOCK", String(block), "STREAMS", keyspace.events, keyspace.log(job: id),
+                    eventCursor, logCursor,
+                ]),
+                readTimeout: .milliseconds(block) + .seconds(5), retry: retry)
+            for stream in reply.array ?? [] {
+                guard let pair = stream.array, pair.count == 2, let key = pair[0].string else { continue }
+                if key == keyspace.events {
+                    if let last = PoolClient.entries(pair[1]).last { eventCursor = last.streamId }
+                } else {
+                    for chunk in PoolClient.logChunks(pair[1]) {
+                        logCursor = chunk.entryId
+                        output(chunk.chunk)
+                    }
+                }
+            }
         }
     }
 
-    private func lastEventId() async throws -> String {
-        let reply = try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", "1"]))
+    /// Reads log entries after the cursor to the end, advancing it.
+    private func readLog(
+        id: String, after cursor: inout String, retry: RedisRetry, _ output: (LogChunk) -> Void
+    ) async throws {
+        while true {
+            let reply = try await client.send(
+                RedisCommand(["XRANGE", keyspace.log(job: id), "(" + cursor, "+", "COUNT", "500"]), retry: retry)
+            let chunks = PoolClient.logChunks(reply)
+            for chunk in chunks {
+                cursor = chunk.entryId
+                output(chunk.chunk)
+            }
+            if chunks.count < 500 { return }
+        }
+    }
+
+    static func logChunks(_ reply: RedisReply) -> [(entryId: String, chunk: LogChunk)] {
+        (reply.array ?? []).compactMap { entry in
+            guard let parts = entry.array, parts.count == 2, let entryId = parts[0].string else { return nil }
+            let fields = parts[1].fieldPairs ?? []
+            let stream = fields.first(where: { $0.name == LogField.stream }).map { String(decoding: $0.value, as: UTF8.self) }
+            let bytes = fields.first(where: { $0.name == LogField.data })?.value ?? []
+            return (entryId, LogChunk(stream: stream ?? "", bytes: bytes))
+        }
+    }
+
+    private func lastEventId(retry: RedisRetry = .never) async throws -> String {
+        let reply = try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", "1"]), retry: retry)
         return reply.array?.first?.array?.first?.string ?? "0-0"
     }
 
     /// Reads the whole log stream in pages.
     public func logs(id: String, _ handle: (LogChunk) -> Void) async throws {
-        var start = "-"
-        while true {
-            let reply = try await client.send(
-                RedisCommand(["XRANGE", keyspace.log(job: id), start, "+", "COUNT", "200"]))
-            guard let entries = reply.array, !entries.isEmpty else { return }
-            for entry in entries {
-                guard let parts = entry.array, parts.count == 2, let entryId = parts[0].string else { continue }
-                start = "(" + entryId
-                let fields = JobIntake.fieldPairs(parts[1]) ?? []
-                let stream = fields.first(where: { $0.0 == LogField.stream }).map { String(decoding: $0.1, as: UTF8.self) } ?? ""
-                let bytes = fields.first(where: { $0.0 == LogField.data })?.1 ?? []
-                handle(LogChunk(stream: stream, bytes: bytes))
-            }
-            if entries.count < 200 { return }
-        }
+        var cursor = "0-0"
+        try await readLog(id: id, after: &cursor, retry: .never, handle)
     }
 
     /// Runners in the registry with their lease time left, and every known queue with length, pending and lag.
@@ -166,10 +204,10 @@ public struct PoolClient: Sendable {
     }
 
     /// Blocks (up to `block`) for events after `cursor`.
-    public func events(after cursor: String, block: Duration) async throws -> [PoolEvent] {
+    public func events(after cursor: String, block: Duration, retry: RedisRetry = .never) async throws -> [PoolEvent] {
         let reply = try await client.send(
             RedisCommand(["XREAD", "COUNT", "1000", "BLOCK", String(block.milliseconds), "STREAMS", keyspace.events, cursor]),
-            readTimeout: block + .seconds(5))
+            readTimeout: block + .seconds(5), retry: retry)
         return PoolClient.events(in: reply)
     }
 

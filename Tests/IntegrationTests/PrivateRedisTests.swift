@@ -97,3 +97,40 @@ final class CLIFollowTests: IntegrationTestCase {
         XCTAssertTrue(text.stdout.hasPrefix("id: fo-1\nstate: succeeded\nexit_code: 0\n"), text.stdout)
     }
 }
+
+final class WaitTests: IntegrationTestCase {
+    func testSubmitWaitPrintsOutputWhileTheJobRuns() throws {
+        try startRunner()
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("wait-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: marker) }
+        // The job waits until the marker exists; the test creates it only after it saw the first line.
+        let script = "echo first; while [ ! -f '\(marker.path)' ]; do sleep 0.05; done; echo second"
+        let waiter = Process()
+        waiter.executableURL = URL(fileURLWithPath: Binaries.runner)
+        waiter.arguments = ["submit", "--redis", endpoint.url, "--namespace", namespace, "--wait", "--id", "live-1", "--shell", script]
+        let pipe = Pipe()
+        waiter.standardOutput = pipe
+        waiter.standardError = FileHandle.nullDevice
+        try waiter.run()
+        var seen = Data()
+        XCTAssertTrue(waitUntil(timeout: .seconds(15)) {
+            seen += pipe.fileHandleForReading.availableData
+            return String(decoding: seen, as: UTF8.self) == "first\n"
+        }, "printed so far: \(String(decoding: seen, as: UTF8.self))")
+        XCTAssertEqual(try job("live-1")["state"], "running", "the first line arrived while the job ran")
+        FileManager.default.createFile(atPath: marker.path, contents: nil)
+        waiter.waitUntilExit()
+        seen += pipe.fileHandleForReading.readDataToEndOfFile()
+        XCTAssertEqual(waiter.terminationStatus, 0)
+        XCTAssertEqual(String(decoding: seen, as: UTF8.self), "first\nsecond\n")
+    }
+
+    func testWaitTimeoutIsHonouredPromptly() throws {
+        // No runner: the job stays queued.
+        let started = ContinuousClock.now
+        let result = cli(["submit", "--wait", "--wait-timeout", "500ms", "--id", "wt-1", "--", "true"])
+        XCTAssertEqual(result.code, 1)
+        XCTAssertEqual(result.err, "Error: gave up waiting for job 'wt-1' after --wait-timeout (it is still queued)\n")
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(3))
+    }
+}

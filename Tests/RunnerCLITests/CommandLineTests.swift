@@ -71,7 +71,9 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err, "Error: unknown subcommand 'frobnicate'\nSee 'runner --help'.\n")
         (code, _, err) = await run(["submit", "--shell", "true", "--", "echo"])
         XCTAssertEqual(code, 2)
-        XCTAssertEqual(err.split(separator: "\n").first, "Error: give either --shell or a command after --, not both")
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            "Error: give either --shell 'SCRIPT' or a command after --, not both (quote the whole script: --shell 'echo hi')")
         (code, _, err) = await run(["submit"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err.split(separator: "\n").first, "Error: missing command: give CMD [ARG...] after -- or --shell 'SCRIPT'")
@@ -84,6 +86,40 @@ final class CommandLineTests: XCTestCase {
         (code, _, err) = await run(["result", "a", "b"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err.split(separator: "\n").first, "Error: unexpected argument 'b'")
+    }
+
+    func testAnOptionNeverTakesDoubleDashAsItsValue() async {
+        let (code, _, err) = await run(["submit", "--id", "--", "echo", "hi"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: missing value for option '--id <ID>'")
+    }
+
+    func testBareRunnerWithoutRedisIsAUsageError() async {
+        let (code, out, err) = await run([])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(out, "")
+        XCTAssertEqual(
+            err, "Error: no Redis given: start a worker with 'runner --redis HOST:PORT' (or set RUNNER_REDIS)\nSee 'runner --help'.\n")
+        let (helpCode, helpOut, _) = await run(["help", "help"])
+        XCTAssertEqual(helpCode, 0)
+        XCTAssertTrue(helpOut.hasPrefix("OVERVIEW: NativeRunner"))
+    }
+
+    func testCommonOptionsMayComeBeforeTheSubcommand() {
+        XCTAssertEqual(
+            RunnerCommandLine.movingCommonOptions(["--redis", "h:1", "--namespace=x", "submit", "--", "echo"]),
+            ["submit", "--redis", "h:1", "--namespace=x", "--", "echo"])
+        // Worker mode: no subcommand follows, nothing moves.
+        XCTAssertEqual(RunnerCommandLine.movingCommonOptions(["--redis", "h:1", "--name", "r"]), ["--redis", "h:1", "--name", "r"])
+    }
+
+    func testWaitTimeoutNeedsWaitAndShellScriptMustNotBeEmpty() async {
+        var (code, _, err) = await run(["submit", "--wait-timeout", "1s", "--", "true"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: --wait-timeout needs --wait")
+        (code, _, err) = await run(["submit", "--shell", ""])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid value for '--shell': the script is empty")
     }
 
     func testUnreachableRedisIsOneClearLine() async throws {
@@ -133,6 +169,11 @@ final class UnitParsingTests: XCTestCase {
         XCTAssertEqual(DurationParser.parse("1h"), .seconds(3600))
         XCTAssertEqual(DurationParser.parse("1.5s"), .milliseconds(1500))
         XCTAssertEqual(DurationParser.parse("15"), .seconds(15))
+        XCTAssertEqual(DurationParser.parse("7d"), .seconds(7 * 86400))
+        XCTAssertEqual(DurationParser.parse("1h30m"), .seconds(5400))
+        XCTAssertEqual(DurationParser.parse("1m30s"), .seconds(90))
+        XCTAssertNil(DurationParser.parse("1x"))
+        XCTAssertNil(DurationParser.parse("1h30"))
         XCTAssertEqual(DurationParser.parse("0"), .zero)
         XCTAssertNil(DurationParser.parse(""))
         XCTAssertNil(DurationParser.parse("-1s"))
