@@ -35,12 +35,14 @@ public struct SpawnError: Error, Sendable, CustomStringConvertible, Equatable {
         self.message = message
     }
 
-    /// Shell convention: 127 not found, 126 found but not executable / permission denied, 1 for the rest (bad cwd etc.)
+    /// Shell convention: 127 when the command is not found, 126 when it cannot be executed for any other reason
+    /// (not executable, permission, bad working directory, argument list too long, out of resources).
     public var conventionalExitCode: Int32 {
         switch code {
         case .executableNotFound: 127
-        case .permissionDenied, .notExecutable: 126
-        case .invalidWorkingDirectory, .argumentListTooLong, .resourceExhausted, .systemError: 1
+        case .permissionDenied, .notExecutable, .invalidWorkingDirectory, .argumentListTooLong, .resourceExhausted,
+            .systemError:
+            126
         }
     }
 

@@ -311,6 +311,8 @@ final class MonitorLoop {
             switch action {
             case .signalGroup(let signal):
                 record.handle.signalGroupIfUnreaped(signal)
+                // A stopped process cannot act on SIGTERM until it runs again (as systemd does, continue it).
+                if signal == SIGTERM { record.handle.signalGroupIfUnreaped(SIGCONT) }
             case .probeGroup:
                 // Unreadable /proc: assume someone is left, so the leftover grace and SIGKILL still apply.
                 let others = System.liveGroupMembers(record.pid, excluding: record.pid) ?? 1

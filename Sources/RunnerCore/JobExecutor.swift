@@ -24,6 +24,8 @@ struct JobExecutor: Sendable {
     let logClient: RedisClient
     let supervisor: ProcessSupervisor
     let logger: Logger
+    /// Fired when this runner lost its name to another: stopped jobs are then neither handed back nor recorded.
+    let abandoned: Latch
 
     /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
     /// idempotent, so resending after a lost reply changes nothing twice.
@@ -114,6 +116,9 @@ struct JobExecutor: Sendable {
         let summary = await recorder.finish(flusher: flusher)
         await startedWrite.value
 
+        if outcome.stopReason == .cancelled, abandoned.isFired {
+            return .unrecorded
+        }
         if outcome.stopReason == .cancelled {
             logger.info("job stopped for shutdown; handing it back", ["job": entry.jobId])
             await detached {

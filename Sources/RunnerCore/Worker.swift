@@ -26,6 +26,9 @@ public final class Worker: Sendable {
     private let slots: JobSlots
     private let shutdownRequested = Latch()
     private let immediateRequested = Latch()
+    /// Another runner took this runner's name (after this one was paused past its lease, say): its jobs and
+    /// pending entries are that runner's now, so this one stops them without recording anything and exits.
+    private let nameLost = Latch()
     private let summary = Mutex(WorkerSummary())
     private let state = Mutex(RunnerState.starting)
 
@@ -89,7 +92,8 @@ public final class Worker: Sendable {
         let lease = LeaseKeeper(client: presenceClient, keyspace: keyspace, runner: config.name, ttl: config.leaseTTL)
         let presence = Presence(client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: Presence.nowMs())
         let executor = JobExecutor(
-            configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger)
+            configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger,
+            abandoned: nameLost)
 
         try await intake.ensureGroups()
         try await lease.acquire()
@@ -115,11 +119,22 @@ public final class Worker: Sendable {
         intakeTask.cancel()
         intakeClient.interrupt()
         await intakeTask.value
-        try? await presence.publish(state: .draining, free: await slots.free, running: await slots.runningJobIds)
+        if !nameLost.isFired {
+            try? await presence.publish(state: .draining, free: await slots.free, running: await slots.runningJobIds)
+        }
         await finishRunningJobs()
-        await handBackUndelivered(intake: intake, store: store)
         presenceTask.cancel()
         await presenceTask.value
+        if nameLost.isFired {
+            let message = "runner name '\(config.name)' was taken by another runner while this one could not renew "
+                + "its lease; stopped its jobs without recording them (the other runner owns them now)"
+            logger.error(message)
+            try? await store.emit(
+                .runnerShutdown, runner: config.name, data: ["reason": "lease_taken", "finished": .int(summary.withLock(\.finished))],
+                retry: .never)
+            throw WorkerError(.leaseLost, message)
+        }
+        await handBackUndelivered(intake: intake, store: store)
 
         let final = summary.withLock { $0 }
         state.withLock { $0 = .stopped }
@@ -167,17 +182,16 @@ public final class Worker: Sendable {
 
     /// Renews the lease and publishes heartbeats every interval until cancelled.
     private func keepPresence(lease: LeaseKeeper, presence: Presence) async {
-        var leaseWarned = false
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
             if Task.isCancelled { break }
             do {
-                let held = try await lease.renew()
-                if !held, !leaseWarned {
-                    logger.error("lost the lease and another runner holds the name '\(configuration.name)'")
-                    leaseWarned = true
-                } else if held {
-                    leaseWarned = false
+                guard try await lease.renew() else {
+                    logger.error("lost the lease: another runner holds the name '\(configuration.name)'; stopping")
+                    nameLost.fire()
+                    shutdownRequested.fire()
+                    immediateRequested.fire()
+                    return
                 }
                 let current = state.withLock { $0 }
                 try await presence.publish(state: current, free: await slots.free, running: await slots.runningJobIds)

@@ -5,6 +5,7 @@ public struct WorkerError: Error, Sendable, CustomStringConvertible {
         case redisUnavailable
         case invalidConfiguration
         case processSupervision
+        case leaseLost
     }
     public var code: Code
     public var message: String

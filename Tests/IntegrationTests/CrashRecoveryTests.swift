@@ -28,13 +28,37 @@ final class CrashRecoveryTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
 
+    func testRunnerThatLostItsNameToAnotherStopsItsJobsAndExits() throws {
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("paused-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: marker) }
+        let first = try startRunner(name: "same", ["--lease-ttl", "2s"])
+        let script = "if [ -f '\(marker.path)' ]; then echo second run; else touch '\(marker.path)'; sleep 60; fi"
+        try submit(["--shell", script], id: "pause-1")
+        let pid = try runningPid("pause-1")
+
+        first.signal(SIGSTOP)
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:same")]).int) == 0 })
+        try startRunner(name: "same", ["--lease-ttl", "2s"])
+        // The paused runner's registry field is still there: wait for the new runner's lease itself.
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:same")]).int) == 1 })
+        first.signal(SIGCONT)
+
+        XCTAssertEqual(first.waitForExit(timeout: 15), 1, first.log)
+        XCTAssertTrue(first.log.contains("runner name 'same' was taken by another runner"), first.log)
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) }, "the paused runner's job still runs")
+        let record = try waitForState("pause-1", ["succeeded"])
+        XCTAssertEqual(record["output_tail"], "second run\n")
+        XCTAssertEqual(try events(of: "pause-1").filter { $0 == "job.succeeded" }.count, 1)
+        XCTAssertEqual(try send(["HEXISTS", key("runners"), "same"]).int, 1, "the new runner's record is left alone")
+    }
+
     func testArgumentListTooLongFailsCleanly() throws {
         try startRunner()
         let huge = String(repeating: "x", count: 200_000)  // above the kernel's 128 KiB per-argument limit
         let spec = #"{"argv":["/bin/echo",""# + huge + #""]}"#
         _ = try send(["XADD", key("jobs:default"), "*", "id", "e2big-1", "spec", spec])
         let record = try waitForState("e2big-1", ["failed"])
-        XCTAssertEqual(record["exit_code"], "1")
+        XCTAssertEqual(record["exit_code"], "126")
         XCTAssertTrue(record["reason"]?.hasPrefix("argument list too long") == true, record["reason"] ?? "")
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
         XCTAssertEqual(try events(of: "e2big-1").filter { $0 == "job.failed" }.count, 1, "failed once, not retried")

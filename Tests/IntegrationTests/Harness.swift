@@ -183,8 +183,13 @@ class IntegrationTestCase: XCTestCase {
             endpoint: redisEndpoint ?? endpoint, namespace: namespace, name: name, arguments: arguments,
             environment: environment)
         runners.append(runner)
+        // Registered means this process's own record (a dead runner of the same name may have left one behind).
         let registered = waitUntil(timeout: .seconds(20)) {
-            (try? redis.send(RedisCommand(["HEXISTS", key("runners"), name])).int) == 1 || !runner.isRunning
+            guard runner.isRunning else { return true }
+            guard let record = try? redis.send(RedisCommand(["HGET", key("runners"), name])).bytes,
+                let object = try? JSONSerialization.jsonObject(with: Data(record)) as? [String: Any]
+            else { return false }
+            return (object["pid"] as? Int).map(Int32.init) == runner.pid
         }
         XCTAssertTrue(registered && runner.isRunning, "runner \(name) did not register:\n\(runner.log)")
         return runner

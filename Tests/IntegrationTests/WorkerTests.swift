@@ -53,7 +53,7 @@ final class WorkerTests: IntegrationTestCase {
         XCTAssertEqual(try events(of: "nf-1"), ["job.submitted", "job.received", "job.failed"])
 
         result = cli(["submit", "--wait", "--id", "cwd-1", "--cwd", "/no/such/dir", "--", "true"])
-        XCTAssertEqual(result.code, 1)
+        XCTAssertEqual(result.code, 126)
         record = try job("cwd-1")
         XCTAssertEqual(record["state"], "failed")
         XCTAssertEqual(record["reason"], "cannot change to working directory '/no/such/dir': No such file or directory")

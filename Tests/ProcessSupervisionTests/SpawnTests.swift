@@ -91,7 +91,7 @@ final class SpawnTests: XCTestCase {
         let error = await spawnError(spec)
         XCTAssertEqual(error?.code, .invalidWorkingDirectory)
         XCTAssertEqual(error?.errno, ENOENT)
-        XCTAssertEqual(error?.conventionalExitCode, 1)
+        XCTAssertEqual(error?.conventionalExitCode, 126)
         XCTAssertEqual(error?.message, "cannot change to working directory '/nope': No such file or directory")
     }
 
@@ -102,7 +102,7 @@ final class SpawnTests: XCTestCase {
         let error = await spawnError(spec)
         XCTAssertEqual(error?.code, .argumentListTooLong)
         XCTAssertEqual(error?.errno, E2BIG)
-        XCTAssertEqual(error?.conventionalExitCode, 1)
+        XCTAssertEqual(error?.conventionalExitCode, 126)
         XCTAssertEqual(error?.message, "argument list too long (E2BIG) for '/bin/echo'")
     }
 
