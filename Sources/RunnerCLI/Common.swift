@@ -51,6 +51,18 @@ extension ParsedArguments {
         return duration
     }
 
+    /// The job id positional, validated like the runner validates ids.
+    func jobId() throws -> String {
+        guard let id = positionals.first else { throw UsageError("missing job id", command: command.name) }
+        do {
+            try JobEntry.validateId(id)
+        } catch {
+            let shown = id.count > 60 ? String(id.prefix(60)) + "..." : id
+            throw UsageError("invalid job id '\(shown)': \(error.message)", command: command.name)
+        }
+        return id
+    }
+
     func positiveInt(_ name: String) throws -> Int? {
         guard let text = value(name) else { return nil }
         guard let n = Int(text), n > 0 else {

@@ -14,7 +14,7 @@ enum LogsCommand {
         maximumPositionals: 1)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
-        guard let id = arguments.positionals.first else { throw UsageError("missing job id", command: spec.name) }
+        let id = try arguments.jobId()
         let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--follow"), console: console)
         defer { pool.client.close() }
         guard try await pool.result(id: id) != nil else {

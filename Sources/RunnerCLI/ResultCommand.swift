@@ -19,7 +19,7 @@ enum ResultCommand {
     ]
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
-        guard let id = arguments.positionals.first else { throw UsageError("missing job id", command: spec.name) }
+        let id = try arguments.jobId()
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         guard let fields = try await pool.result(id: id) else {

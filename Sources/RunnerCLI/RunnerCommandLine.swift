@@ -65,6 +65,21 @@ public enum RunnerCommandLine {
         return [arguments[index]] + leading + arguments[(index + 1)...]
     }
 
+    /// The process's arguments, refusing any that is not valid UTF-8 (Swift would silently replace its bytes,
+    /// and a job id, path or variable would then not be what was typed).
+    public static func processArguments() -> Result<[String], UsageError> {
+        var arguments: [String] = []
+        for index in 1..<Int(CommandLine.argc) {
+            guard let raw = CommandLine.unsafeArgv[index] else { continue }
+            let bytes = UnsafeBufferPointer(start: UnsafeRawPointer(raw).assumingMemoryBound(to: UInt8.self), count: strlen(raw))
+            guard let argument = String(validating: bytes, as: UTF8.self) else {
+                return .failure(UsageError("argument \(index) is not valid UTF-8", command: ""))
+            }
+            arguments.append(argument)
+        }
+        return .success(arguments)
+    }
+
     /// Runs the command line and returns the exit code: 0 success, 1 failure, 2 usage error.
     public static func run(
         arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,

@@ -62,12 +62,15 @@ enum SubmitCommand {
             command: command, environment: try arguments.keyValues("--env"), workingDirectory: arguments.value("--cwd"),
             timeoutMs: timeout?.milliseconds, maxAttempts: try arguments.positiveInt("--max-attempts") ?? 1,
             labels: try arguments.keyValues("--label"))
+        // The runner's own validation, so that what it would reject is refused here, before anything is queued.
+        do {
+            _ = try JobSpec(json: Array(jobSpec.json.serialized.utf8))
+        } catch {
+            throw UsageError("invalid job: \(error.message)", command: spec.name)
+        }
         let waitTimeout = try arguments.duration("--wait-timeout")
         if waitTimeout != nil, !arguments.flag("--wait") {
             throw UsageError("--wait-timeout needs --wait", command: spec.name)
-        }
-        if case .shell(let script) = command, script.isEmpty {
-            throw UsageError("invalid value for '--shell': the script is empty", command: spec.name)
         }
 
         let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--wait"), console: console)

@@ -94,8 +94,9 @@ enum WorkerCommand {
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let (configuration, logger) = try configuration(arguments)
         let worker = Worker(configuration: configuration, logger: logger)
-        let signals = SignalObserver(signals: [SIGTERM, SIGINT]) { signal in
-            logger.info("received \(signal == SIGTERM ? "SIGTERM" : "SIGINT")")
+        // SIGHUP too: a worker started from a terminal that closes shuts down cleanly instead of dying mid-job.
+        let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
+            logger.info("received \(signal == SIGTERM ? "SIGTERM" : signal == SIGINT ? "SIGINT" : "SIGHUP")")
             worker.requestShutdown()
         }
         defer { signals.cancel() }

@@ -25,6 +25,10 @@ public struct JobEntry: Sendable, Hashable {
         self.streamId = streamId
         self.queue = queue
         func value(_ name: String) -> [UInt8]? { fields.first(where: { $0.0 == name })?.1 }
+        for name in [JobEntryField.id, JobEntryField.spec, JobEntryField.attempt]
+        where fields.lazy.filter({ $0.0 == name }).count > 1 {
+            throw JobSpecError("entry has the field \"\(name)\" more than once")
+        }
 
         guard let idBytes = value(JobEntryField.id) else { throw JobSpecError("entry has no \"id\" field") }
         guard let id = String(validating: idBytes, as: UTF8.self) else {

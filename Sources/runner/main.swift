@@ -1,4 +1,10 @@
 import Foundation
 import RunnerCLI
 
-exit(await RunnerCommandLine.run(arguments: Array(CommandLine.arguments.dropFirst())))
+switch RunnerCommandLine.processArguments() {
+case .success(let arguments):
+    exit(await RunnerCommandLine.run(arguments: arguments))
+case .failure(let error):
+    FileHandle.standardError.write(Data("Error: \(error.message)\nSee 'runner --help'.\n".utf8))
+    exit(2)
+}

@@ -267,6 +267,21 @@ final class WorkerTests: IntegrationTestCase {
             second.err)
     }
 
+    func testArgumentsThatAreNotUTF8AreRefused() throws {
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/bin/sh")
+        shell.arguments = ["-c", "exec \"$0\" submit --id \"$(printf 'a\\377')\" -- true", Binaries.runner]
+        let err = Pipe()
+        shell.standardError = err
+        shell.standardOutput = FileHandle.nullDevice
+        try shell.run()
+        shell.waitUntilExit()
+        XCTAssertEqual(shell.terminationStatus, 2)
+        XCTAssertEqual(
+            String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+            "Error: argument 3 is not valid UTF-8\nSee 'runner --help'.\n")
+    }
+
     func testOwnPendingEntriesRunFirstAtStart() throws {
         // An entry delivered to consumer "fixed" whose reply was lost: it sits in that consumer's pending list.
         _ = try send(["XGROUP", "CREATE", key("jobs:default"), "runners", "0", "MKSTREAM"])

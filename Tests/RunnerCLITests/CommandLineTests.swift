@@ -119,7 +119,17 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err.split(separator: "\n").first, "Error: --wait-timeout needs --wait")
         (code, _, err) = await run(["submit", "--shell", ""])
         XCTAssertEqual(code, 2)
-        XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid value for '--shell': the script is empty")
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid job: spec.shell is empty")
+        (code, _, err) = await run(["submit", "--cwd", "", "--", "true"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid job: spec.cwd is empty")
+        (code, _, err) = await run(["submit", "--env", "A B=c", "--", "true"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, #"Error: invalid job: spec.env has an invalid variable name "A B""#)
+        (code, _, err) = await run(["result", "a b"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first, #"Error: invalid job id 'a b': job id "a b" contains white space or control characters"#)
     }
 
     func testUnreachableRedisIsOneClearLine() async throws {

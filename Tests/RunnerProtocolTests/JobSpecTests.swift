@@ -90,6 +90,11 @@ final class JobEntryTests: XCTestCase {
         ) {
             XCTAssertEqual(($0 as? JobSpecError)?.message, #"entry field "attempt" must be a positive integer"#)
         }
+        XCTAssertThrowsError(
+            try JobEntry(streamId: "1-1", queue: "q", fields: fields([("id", "a"), ("id", "b"), ("spec", #"{"shell":"x"}"#)]))
+        ) {
+            XCTAssertEqual(($0 as? JobSpecError)?.message, #"entry has the field "id" more than once"#)
+        }
         XCTAssertNil(JobEntry.jobId(in: fields([("spec", "{}")])))
         XCTAssertEqual(JobEntry.jobId(in: fields([("id", "ok-1")])), "ok-1")
     }
