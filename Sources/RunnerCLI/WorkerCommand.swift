@@ -100,7 +100,12 @@ enum WorkerCommand {
             worker.requestShutdown()
         }
         defer { signals.cancel() }
-        _ = try await worker.run()
+        let summary = try await worker.run()
+        guard summary.unrecorded == 0 else {
+            throw CommandFailure(
+                "stopped without recording \(summary.unrecorded) job(s) because Redis was unreachable; "
+                    + "their entries stay pending and run again")
+        }
         return 0
     }
 }

@@ -35,24 +35,25 @@ struct JobExecutor: Sendable {
         let runner = configuration.name
         guard let fields = delivery.fields else {
             logger.warning("entry payload is gone; acking it", ["stream_id": delivery.streamId, "queue": delivery.queue])
-            await detached { try await store.lost(streamId: delivery.streamId, queue: delivery.queue, runner: runner, retry: durable) }
-            return .lost
+            return await written(.lost) {
+                try await store.lost(streamId: delivery.streamId, queue: delivery.queue, runner: runner, retry: durable)
+            }
         }
         let entry: JobEntry
         do {
             entry = try JobEntry(streamId: delivery.streamId, queue: delivery.queue, fields: fields)
         } catch {
             logger.warning("rejected entry: \(error.message)", ["stream_id": delivery.streamId, "queue": delivery.queue])
-            await detached {
+            return await written(.rejected) {
                 try await store.reject(
                     streamId: delivery.streamId, queue: delivery.queue, fields: fields, reason: error.message,
                     runner: runner, retry: durable)
             }
-            return .rejected
         }
         if Task.isCancelled {
-            await detached { try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable) }
-            return .handedBack
+            return await written(.handedBack) {
+                try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
+            }
         }
         return await execute(entry)
     }
@@ -64,19 +65,21 @@ struct JobExecutor: Sendable {
         ]
         // Claim before starting anything: a duplicate entry of a job that already ended must never run.
         let startedAt: String
-        switch await detached({ try await store.claim(entry: entry, runner: runner, receivedData: received, retry: durable) }) {
+        let claim = await detached {
+            try await store.claim(entry: entry, runner: runner, receivedData: received, retry: durable)
+        }
+        switch claim {
         case .claimed(let at)?:
             startedAt = at
         case .duplicate(let state, let attempt)?:
             let what = state == JobState.running.rawValue ? "is running on another runner" : "already ended as \(state)"
             let reason = "job '\(entry.jobId)' \(what) at attempt \(attempt); this duplicate entry was not run"
             logger.warning(reason, ["stream_id": entry.streamId])
-            await detached {
+            return await written(.rejected) {
                 try await store.reject(
                     streamId: entry.streamId, queue: entry.queue, fields: entry.fields, reason: reason, runner: runner,
                     retry: durable)
             }
-            return .rejected
         case nil:
             return .unrecorded
         }
@@ -99,8 +102,9 @@ struct JobExecutor: Sendable {
             return await finish(entry, record, startedAt: startedAt)
         } catch where Task.isCancelled {
             // Stopped for shutdown before the process existed: the job goes back, it did not fail.
-            await detached { try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable) }
-            return .handedBack
+            return await written(.handedBack) {
+                try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
+            }
         } catch {
             let record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
             return await finish(entry, record, startedAt: startedAt)
@@ -121,10 +125,9 @@ struct JobExecutor: Sendable {
         }
         if outcome.stopReason == .cancelled {
             logger.info("job stopped for shutdown; handing it back", ["job": entry.jobId])
-            await detached {
+            return await written(.handedBack) {
                 try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
             }
-            return .handedBack
         }
         var record = JobExecutor.record(for: outcome, timeout: timeout)
         record.outputTail = summary.tail
@@ -132,19 +135,20 @@ struct JobExecutor: Sendable {
             logger.info(
                 "attempt \(entry.attempt) of \(entry.spec.maxAttempts) \(record.state.rawValue); queuing the next",
                 ["job": entry.jobId])
-            await detached { [record] in try await store.retryNext(entry: entry, runner: runner, failed: record, retry: durable) }
-            return .retried
+            return await written(.retried) { [record] in
+                try await store.retryNext(entry: entry, runner: runner, failed: record, retry: durable)
+            }
         }
         return await finish(entry, record, startedAt: startedAt)
     }
 
     private func finish(_ entry: JobEntry, _ record: JobResultRecord, startedAt: String) async -> DeliveryOutcome {
         let runner = configuration.name
-        let written = await detached {
+        let completion = await detached {
             try await store.complete(entry: entry, runner: runner, result: record, startedAtMs: startedAt, retry: durable)
         }
         logger.debug("job \(record.state.rawValue)", ["job": entry.jobId, "reason": record.reason ?? ""])
-        switch written {
+        switch completion {
         case .refused?: return .stale
         case nil: return .unrecorded
         default: return .finished(record.state)
@@ -196,6 +200,13 @@ struct JobExecutor: Sendable {
         return ProcessSpec(
             executable: argv[0], arguments: argv, environment: environment,
             workingDirectory: entry.spec.workingDirectory, dieWithParent: true)
+    }
+
+    /// Runs a durable write and answers `outcome`, or `.unrecorded` when the write was given up.
+    private func written(
+        _ outcome: DeliveryOutcome, _ write: @escaping @Sendable () async throws -> some Sendable
+    ) async -> DeliveryOutcome {
+        await detached(write) == nil ? .unrecorded : outcome
     }
 
     /// Runs a durable write outside the caller's cancellation: a job stopped for shutdown still gets recorded.

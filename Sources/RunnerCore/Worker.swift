@@ -10,6 +10,8 @@ public struct WorkerSummary: Sendable, Equatable {
     public var handedBack = 0
     public var rejected = 0
     public var lost = 0
+    /// Jobs whose outcome could not be written before the runner gave up on Redis; their entries stay pending.
+    public var unrecorded = 0
 }
 
 /// The worker: registers with a lease, heartbeats, reads jobs through the consumer group up to its free slots,
@@ -142,7 +144,7 @@ public final class Worker: Sendable {
             .runnerShutdown, runner: config.name,
             data: [
                 "reason": "requested", "finished": .int(final.finished), "handed_back": .int(final.handedBack),
-                "rejected": .int(final.rejected), "lost": .int(final.lost),
+                "rejected": .int(final.rejected), "lost": .int(final.lost), "unrecorded": .int(final.unrecorded),
             ], retry: .whileUnreachable(deadline: .now + .seconds(5)))
         for queue in config.queues {
             if (try? await store.removeConsumer(config.name, queue: queue)) == false {
@@ -271,7 +273,8 @@ public final class Worker: Sendable {
     private func count(_ outcome: DeliveryOutcome) {
         summary.withLock { summary in
             switch outcome {
-            case .finished, .stale, .retried, .unrecorded: summary.finished += 1
+            case .finished, .stale, .retried: summary.finished += 1
+            case .unrecorded: summary.unrecorded += 1
             case .handedBack: summary.handedBack += 1
             case .rejected: summary.rejected += 1
             case .lost: summary.lost += 1

@@ -57,3 +57,30 @@ final class VolatileRedisTests: PrivateRedisTestCase {
         XCTAssertEqual(try waitForState("vol-2", ["succeeded"])["output_tail"], "next\n")
     }
 }
+
+/// Shutting down while Redis is away: bounded, honest about what was not recorded, and nothing lost.
+final class ShutdownWithoutRedisTests: PrivateRedisTestCase {
+    override func makeServer() throws -> RedisServerProcess { try RedisServerProcess(appendOnly: true) }
+
+    func testShutdownWithRedisGoneExitsAndTheJobRunsAgainLater() throws {
+        let runner = try startRunner(name: "lonely", ["--shutdown-timeout", "500ms", "--kill-grace", "500ms"])
+        try submit(["--", "sleep", "60"], id: "sw-1")
+        let pid = try runningPid("sw-1")
+        redis = nil
+        try server.stop()
+        runner.signal(SIGTERM)
+        let started = ContinuousClock.now
+        XCTAssertEqual(runner.waitForExit(timeout: 30), 1, runner.log)
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(25))
+        XCTAssertTrue(
+            runner.log.contains("Error: stopped without recording 1 job(s) because Redis was unreachable"), runner.log)
+        XCTAssertFalse(processIsAlive(pid))
+
+        try server.restart()
+        redis = try RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), readTimeout: .seconds(10))
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 1, "still pending")
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { (try? self.send(["EXISTS", self.key("runner:lonely")]).int) == 0 })
+        try startRunner(name: "lonely", ["--shutdown-timeout", "500ms", "--kill-grace", "500ms"])
+        XCTAssertNotEqual(try runningPid("sw-1"), pid, "the job runs again under the restarted runner")
+    }
+}
