@@ -4,7 +4,7 @@ import PackageDescription
 let package = Package(
     name: "NativeRunner",
     products: [
-        .executable(name: "runner", targets: ["runner"]),
+        .executable(name: "runner", targets: ["runner"])
     ],
     targets: [
         // C interop: hiredis through the system library, and the fork/exec child set-up.

@@ -88,7 +88,11 @@ public final class ProcessSupervisor: Sendable {
     /// until the monitor thread has reaped what it killed and exited (briefly: SIGKILL does not wait for anyone).
     public func shutdown() {
         _ = shared.close()
-        guard let thread = self.thread.withLock({ thread in defer { thread = nil }; return thread }) else { return }
+        guard
+            let thread = self.thread.withLock({ thread in
+                defer { thread = nil }; return thread
+            })
+        else { return }
         if System.isCurrentThread(thread) {
             System.detach(thread)  // called from an output callback: the loop ends when this callback returns
         } else {

@@ -1,9 +1,9 @@
 import CHiredis
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// The state shared by `RedisClient`'s callers and its owner thread, and the thread's work.
@@ -75,14 +75,16 @@ final class ClientCore: Sendable {
     func start() {
         let retained = Unmanaged.passRetained(self)
         var thread = pthread_t()
-        let status = pthread_create(&thread, nil, { raw in
-            guard let raw else {
+        let status = pthread_create(
+            &thread, nil,
+            { raw in
+                guard let raw else {
+                    return nil
+                }
+                let core = Unmanaged<ClientCore>.fromOpaque(raw).takeRetainedValue()
+                core.runOwnerThread()
                 return nil
-            }
-            let core = Unmanaged<ClientCore>.fromOpaque(raw).takeRetainedValue()
-            core.runOwnerThread()
-            return nil
-        }, retained.toOpaque())
+            }, retained.toOpaque())
         if status == 0 {
             pthread_detach(thread)
         } else {
@@ -356,7 +358,8 @@ private struct Worker {
                 let replies = try live.pipeline(commands, readTimeout: readTimeout, describedAs: what)
                 // Right after a restart Redis answers LOADING until its data is read: the command did not run.
                 if retrying, commands.count == 1, case .error(let message) = replies[0], message.hasPrefix("LOADING"),
-                   !deadlinePassed() {
+                    !deadlinePassed()
+                {
                     failures += 1
                     core.pause(for: backoff(afterFailures: failures), deadline: deadline)
                     continue

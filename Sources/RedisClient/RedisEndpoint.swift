@@ -69,7 +69,7 @@ public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
                     throw failure("a user name needs a password (redis://user:password@host or redis://:password@host)")
                 }
                 guard let user = Self.percentDecoded(userInfo[..<colon]),
-                      let secret = Self.percentDecoded(userInfo[userInfo.index(after: colon)...])
+                    let secret = Self.percentDecoded(userInfo[userInfo.index(after: colon)...])
                 else {
                     throw failure("bad percent-encoding in the user or password")
                 }
@@ -115,7 +115,7 @@ public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
         var port = 6379
         if let portText {
             guard portText.allSatisfy({ $0.isASCII && $0.isNumber }), let number = Int(portText),
-                  (1...65535).contains(number)
+                (1...65535).contains(number)
             else {
                 throw failure("the port must be a number from 1 to 65535, not \"\(portText)\"")
             }
@@ -201,7 +201,8 @@ extension RedisEndpoint {
         let hex = Array("0123456789ABCDEF".utf8)
         var bytes: [UInt8] = []
         for byte in text.utf8 {
-            let plain = (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z"))
+            let plain =
+                (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z"))
                 || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
                 || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
                 || Array("-._~".utf8).contains(byte)

@@ -64,7 +64,9 @@ public struct CommandSpec: Sendable {
         var text = "OVERVIEW: \(abstract)\n\nUSAGE: \(usage)\n"
         if !arguments.isEmpty {
             text += "\nARGUMENTS:\n"
-            for (name, help) in arguments { text += "  " + name.padding(toLength: 26, withPad: " ", startingAt: 0) + help + "\n" }
+            for (name, help) in arguments {
+                text += "  " + name.padding(toLength: 26, withPad: " ", startingAt: 0) + help + "\n"
+            }
         }
         text += "\nOPTIONS:\n"
         for option in options {
@@ -182,7 +184,10 @@ public struct ParsedArguments: Sendable {
                 guard ["1", "true", "yes", "on"].contains(value.lowercased()) else { continue }
                 values[option.name] = ["true"]
             case .value: values[option.name] = [value]
-            case .repeated: values[option.name] = value.split(separator: ",").map { String($0.trimmingCharacters(in: .whitespaces)) }
+            case .repeated:
+                values[option.name] = value.split(separator: ",").map {
+                    String($0.trimmingCharacters(in: .whitespaces))
+                }
             }
             sources[option.name] = variable
         }

@@ -66,7 +66,8 @@ extension ParsedArguments {
     func positiveInt(_ name: String) throws -> Int? {
         guard let text = value(name) else { return nil }
         guard let n = Int(text), n > 0 else {
-            throw UsageError("invalid value for '\(name)': '\(text)' (expected a positive whole number)", command: command.name)
+            throw UsageError(
+                "invalid value for '\(name)': '\(text)' (expected a positive whole number)", command: command.name)
         }
         return n
     }
@@ -85,7 +86,8 @@ extension ParsedArguments {
 
 /// A connected client for one-shot commands; a clear error when Redis cannot be reached. Long-running commands
 /// (`--wait`, `--follow`) report losing and regaining Redis on stderr.
-func connectedPool(_ arguments: ParsedArguments, reportReconnects: Bool = false, console: Console = .standard) async throws
+func connectedPool(_ arguments: ParsedArguments, reportReconnects: Bool = false, console: Console = .standard)
+    async throws
     -> PoolClient
 {
     let endpoint = try arguments.endpoint()

@@ -8,7 +8,9 @@ public struct Console: Sendable {
     /// Whether standard output is a terminal.
     public var isTerminal: Bool
 
-    public init(out: @escaping @Sendable ([UInt8]) -> Void, err: @escaping @Sendable ([UInt8]) -> Void, isTerminal: Bool = false) {
+    public init(
+        out: @escaping @Sendable ([UInt8]) -> Void, err: @escaping @Sendable ([UInt8]) -> Void, isTerminal: Bool = false
+    ) {
         self.out = out
         self.err = err
         self.isTerminal = isTerminal

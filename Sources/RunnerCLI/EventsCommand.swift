@@ -41,13 +41,15 @@ enum EventsCommand {
             for (key, value) in event.fields {
                 switch key {
                 case EventField.data: object[key] = (try? JSONValue(parsing: value)) ?? .string(value)
-                case EventField.timestamp, ProtocolVersion.field: object[key] = Int(value).map(JSONValue.int) ?? .string(value)
+                case EventField.timestamp, ProtocolVersion.field:
+                    object[key] = Int(value).map(JSONValue.int) ?? .string(value)
                 default: object[key] = .string(value)
                 }
             }
             return JSONValue.object(object).serialized
         }
-        var line = "\(formatTimestamp(event.timestampMs)) \(event.type.padding(toLength: 17, withPad: " ", startingAt: 0))"
+        var line =
+            "\(formatTimestamp(event.timestampMs)) \(event.type.padding(toLength: 17, withPad: " ", startingAt: 0))"
         if !event.runner.isEmpty { line += " runner=\(event.runner)" }
         if !event.job.isEmpty { line += " job=\(event.job)" }
         if !event.data.isEmpty, event.data != "{}" { line += " \(event.data)" }

@@ -9,7 +9,8 @@ enum LogsCommand {
         usage: "runner logs ID [--follow]",
         arguments: [("ID", "The job id.")],
         options: CommonOptions.all + [
-            OptionSpec("--follow", short: "f", .flag, help: "Keep printing output as it is written, until the job ends."),
+            OptionSpec(
+                "--follow", short: "f", .flag, help: "Keep printing output as it is written, until the job ends.")
         ],
         maximumPositionals: 1)
 
@@ -18,7 +19,8 @@ enum LogsCommand {
         let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--follow"), console: console)
         defer { pool.client.close() }
         guard try await pool.result(id: id) != nil else {
-            throw CommandFailure("no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
+            throw CommandFailure(
+                "no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
         }
         if arguments.flag("--follow") {
             _ = try await pool.follow(id: id) { print($0, console: console) }

@@ -23,7 +23,8 @@ enum ResultCommand {
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         guard let fields = try await pool.result(id: id) else {
-            throw CommandFailure("no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
+            throw CommandFailure(
+                "no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
         }
         let view = ResultView(fields: fields)
         if arguments.flag("--json") {

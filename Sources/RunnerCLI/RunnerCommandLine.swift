@@ -71,7 +71,8 @@ public enum RunnerCommandLine {
         var arguments: [String] = []
         for index in 1..<Int(CommandLine.argc) {
             guard let raw = CommandLine.unsafeArgv[index] else { continue }
-            let bytes = UnsafeBufferPointer(start: UnsafeRawPointer(raw).assumingMemoryBound(to: UInt8.self), count: strlen(raw))
+            let bytes = UnsafeBufferPointer(
+                start: UnsafeRawPointer(raw).assumingMemoryBound(to: UInt8.self), count: strlen(raw))
             guard let argument = String(validating: bytes, as: UTF8.self) else {
                 return .failure(UsageError("argument \(index) is not valid UTF-8", command: ""))
             }

@@ -55,7 +55,10 @@ enum StatusCommand {
         if status.queues.isEmpty { console.print("  (none)") }
         rows = [["NAME", "LENGTH", "PENDING", "LAG", "CONSUMERS"]]
         for queue in status.queues {
-            rows.append([queue.name, String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-", String(queue.consumers)])
+            rows.append([
+                queue.name, String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-",
+                String(queue.consumers),
+            ])
         }
         if !status.queues.isEmpty { table(rows, console) }
         return 0
@@ -64,7 +67,9 @@ enum StatusCommand {
     static func table(_ rows: [[String]], _ console: Console) {
         let widths = (0..<(rows.first?.count ?? 0)).map { column in rows.map { $0[column].count }.max() ?? 0 }
         for row in rows {
-            let cells = row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
+            let cells = row.enumerated().map {
+                $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0)
+            }
             console.print("  " + cells.joined(separator: "  "))
         }
     }

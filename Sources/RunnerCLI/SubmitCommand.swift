@@ -43,7 +43,8 @@ enum SubmitCommand {
             throw UsageError(
                 "give either --shell 'SCRIPT' or a command after --, not both (quote the whole script: --shell 'echo hi')",
                 command: spec.name)
-        case (nil, true): throw UsageError("missing command: give CMD [ARG...] after -- or --shell 'SCRIPT'", command: spec.name)
+        case (nil, true):
+            throw UsageError("missing command: give CMD [ARG...] after -- or --shell 'SCRIPT'", command: spec.name)
         }
         let queue = arguments.value("--queue") ?? Keyspace.defaultQueue
         guard Keyspace.isValidName(queue) else {
@@ -83,7 +84,9 @@ enum SubmitCommand {
         }
         guard arguments.flag("--wait") else {
             if arguments.flag("--json") {
-                let json: JSONValue = ["id": .string(submitted.id), "stream_id": .string(submitted.streamId), "queue": .string(queue)]
+                let json: JSONValue = [
+                    "id": .string(submitted.id), "stream_id": .string(submitted.streamId), "queue": .string(queue),
+                ]
                 console.print(json.serialized)
             } else {
                 console.print(submitted.id)
@@ -99,14 +102,16 @@ enum SubmitCommand {
             }
         } catch let error as RedisClientError {
             throw CommandFailure(
-                "\(error.message); stopped waiting for job '\(submitted.id)', which may still run (see 'runner result \(submitted.id)')")
+                "\(error.message); stopped waiting for job '\(submitted.id)', which may still run (see 'runner result \(submitted.id)')"
+            )
         }
         guard let result else {
             throw CommandFailure("job '\(submitted.id)' disappeared while waiting (its result hash is gone)")
         }
         let record = ResultView(fields: result)
         guard record.state?.isTerminal == true else {
-            throw CommandFailure("gave up waiting for job '\(submitted.id)' after --wait-timeout (it is still \(record.stateText))")
+            throw CommandFailure(
+                "gave up waiting for job '\(submitted.id)' after --wait-timeout (it is still \(record.stateText))")
         }
         if json {
             console.print(record.json(id: submitted.id).serialized)
@@ -153,12 +158,16 @@ struct ResultView {
         var object: [String: JSONValue] = ["id": .string(id)]
         for (name, bytes) in fields {
             if ResultView.integerFields.contains(name) {
-                object[name] = String(decoding: bytes, as: UTF8.self).isEmpty
-                    ? .null : Int(String(decoding: bytes, as: UTF8.self)).map(JSONValue.int) ?? .string(String(decoding: bytes, as: UTF8.self))
+                object[name] =
+                    String(decoding: bytes, as: UTF8.self).isEmpty
+                    ? .null
+                    : Int(String(decoding: bytes, as: UTF8.self)).map(JSONValue.int)
+                        ?? .string(String(decoding: bytes, as: UTF8.self))
             } else if name == ResultField.forcedKill {
                 object[name] = .bool(bytes == Array("1".utf8))
             } else if let text = String(validating: bytes, as: UTF8.self) {
-                object[name] = name == ResultField.spec ? ((try? JSONValue(parsing: text)) ?? .string(text)) : .string(text)
+                object[name] =
+                    name == ResultField.spec ? ((try? JSONValue(parsing: text)) ?? .string(text)) : .string(text)
             } else {
                 object[name + "_base64"] = .string(Data(bytes).base64EncodedString())
             }

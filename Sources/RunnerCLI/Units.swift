@@ -3,7 +3,9 @@ import Foundation
 /// Parses durations as written on the command line: `30s`, `500ms`, `2m`, `1h`, `7d`, `1.5s`, `1h30m`, or a bare
 /// number of seconds.
 public enum DurationParser {
-    private static let units: [(suffix: String, seconds: Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+    private static let units: [(suffix: String, seconds: Double)] = [
+        ("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400),
+    ]
 
     public static func parse(_ text: String) -> Duration? {
         let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
@@ -16,7 +18,8 @@ public enum DurationParser {
             rest = rest.dropFirst(number.count)
             let unit = rest.prefix { $0.isLetter }
             rest = rest.dropFirst(unit.count)
-            guard !number.isEmpty, let value = Double(number), let scale = units.first(where: { $0.suffix == unit })?.seconds
+            guard !number.isEmpty, let value = Double(number),
+                let scale = units.first(where: { $0.suffix == unit })?.seconds
             else { return nil }
             total += value * scale
         }

@@ -11,33 +11,46 @@ enum WorkerCommand {
         abstract: "Run jobs from the pool's queues (the default subcommand).",
         usage: "runner [worker] --redis HOST:PORT [--name NAME] [--queue Q]... [--concurrency N] [options]",
         options: CommonOptions.all + [
-            OptionSpec("--name", .value("NAME"), help: "Runner id, also its consumer name.", environment: "RUNNER_NAME",
-                       default: "hostname-pid"),
-            OptionSpec("--node", .value("NAME"), help: "The node this runner is on.", environment: "RUNNER_NODE",
-                       default: "the hostname"),
-            OptionSpec("--queue", .repeated("QUEUE"), help: "Queue to read, in priority order.",
-                       environment: "RUNNER_QUEUES", default: Keyspace.defaultQueue),
-            OptionSpec("--concurrency", .value("N"), help: "Jobs run at once.", environment: "RUNNER_CONCURRENCY",
-                       default: "CPU count"),
-            OptionSpec("--lease-ttl", .value("DURATION"), help: "Lease time to live; renewed every third of it.",
-                       environment: "RUNNER_LEASE_TTL", default: "15s"),
-            OptionSpec("--shutdown-timeout", .value("DURATION"),
-                       help: "How long running jobs may finish after SIGTERM before they are stopped and handed back.",
-                       environment: "RUNNER_SHUTDOWN_TIMEOUT", default: "30s"),
-            OptionSpec("--kill-grace", .value("DURATION"), help: "Time between SIGTERM and SIGKILL when a job is stopped.",
-                       environment: "RUNNER_KILL_GRACE", default: "5s"),
-            OptionSpec("--default-timeout", .value("DURATION"), help: "Timeout of jobs whose spec has none.",
-                       environment: "RUNNER_DEFAULT_TIMEOUT", default: "none"),
-            OptionSpec("--result-retention", .value("DURATION"), help: "How long results and logs stay in Redis.",
-                       environment: "RUNNER_RESULT_RETENTION", default: "7d"),
-            OptionSpec("--events-maxlen", .value("N"), help: "Approximate cap of the events stream.",
-                       environment: "RUNNER_EVENTS_MAXLEN", default: "100000"),
-            OptionSpec("--log-limit", .value("SIZE"), help: "Output kept per job in its log stream (e.g. 16M).",
-                       environment: "RUNNER_LOG_LIMIT", default: "16M"),
-            OptionSpec("--log-level", .value("LEVEL"), help: "debug, info, warning or error.",
-                       environment: "RUNNER_LOG_LEVEL", default: "info"),
-            OptionSpec("--log-format", .value("FORMAT"), help: "text or json.", environment: "RUNNER_LOG_FORMAT",
-                       default: "text"),
+            OptionSpec(
+                "--name", .value("NAME"), help: "Runner id, also its consumer name.", environment: "RUNNER_NAME",
+                default: "hostname-pid"),
+            OptionSpec(
+                "--node", .value("NAME"), help: "The node this runner is on.", environment: "RUNNER_NODE",
+                default: "the hostname"),
+            OptionSpec(
+                "--queue", .repeated("QUEUE"), help: "Queue to read, in priority order.",
+                environment: "RUNNER_QUEUES", default: Keyspace.defaultQueue),
+            OptionSpec(
+                "--concurrency", .value("N"), help: "Jobs run at once.", environment: "RUNNER_CONCURRENCY",
+                default: "CPU count"),
+            OptionSpec(
+                "--lease-ttl", .value("DURATION"), help: "Lease time to live; renewed every third of it.",
+                environment: "RUNNER_LEASE_TTL", default: "15s"),
+            OptionSpec(
+                "--shutdown-timeout", .value("DURATION"),
+                help: "How long running jobs may finish after SIGTERM before they are stopped and handed back.",
+                environment: "RUNNER_SHUTDOWN_TIMEOUT", default: "30s"),
+            OptionSpec(
+                "--kill-grace", .value("DURATION"), help: "Time between SIGTERM and SIGKILL when a job is stopped.",
+                environment: "RUNNER_KILL_GRACE", default: "5s"),
+            OptionSpec(
+                "--default-timeout", .value("DURATION"), help: "Timeout of jobs whose spec has none.",
+                environment: "RUNNER_DEFAULT_TIMEOUT", default: "none"),
+            OptionSpec(
+                "--result-retention", .value("DURATION"), help: "How long results and logs stay in Redis.",
+                environment: "RUNNER_RESULT_RETENTION", default: "7d"),
+            OptionSpec(
+                "--events-maxlen", .value("N"), help: "Approximate cap of the events stream.",
+                environment: "RUNNER_EVENTS_MAXLEN", default: "100000"),
+            OptionSpec(
+                "--log-limit", .value("SIZE"), help: "Output kept per job in its log stream (e.g. 16M).",
+                environment: "RUNNER_LOG_LIMIT", default: "16M"),
+            OptionSpec(
+                "--log-level", .value("LEVEL"), help: "debug, info, warning or error.",
+                environment: "RUNNER_LOG_LEVEL", default: "info"),
+            OptionSpec(
+                "--log-format", .value("FORMAT"), help: "text or json.", environment: "RUNNER_LOG_FORMAT",
+                default: "text"),
         ])
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
@@ -48,12 +61,14 @@ enum WorkerCommand {
         }
         let queues = arguments.all("--queue").isEmpty ? [Keyspace.defaultQueue] : arguments.all("--queue")
         for queue in queues where !Keyspace.isValidName(queue) {
-            throw UsageError("invalid value for '--queue': '\(queue)' (no braces, colons or spaces)", command: spec.name)
+            throw UsageError(
+                "invalid value for '--queue': '\(queue)' (no braces, colons or spaces)", command: spec.name)
         }
         guard Set(queues).count == queues.count else {
             throw UsageError("'--queue' names a queue twice", command: spec.name)
         }
-        let concurrency = try arguments.positiveInt("--concurrency") ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
+        let concurrency =
+            try arguments.positiveInt("--concurrency") ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
         let leaseTTL = try arguments.duration("--lease-ttl") ?? .seconds(15)
         guard leaseTTL >= .seconds(1) else {
             throw UsageError("invalid value for '--lease-ttl': it must be at least 1s", command: spec.name)
@@ -61,7 +76,8 @@ enum WorkerCommand {
         var logLevel = Logger.Level.info
         if let text = arguments.value("--log-level") {
             guard let level = Logger.Level(name: text) else {
-                throw UsageError("invalid value for '--log-level': '\(text)' (debug, info, warning or error)", command: spec.name)
+                throw UsageError(
+                    "invalid value for '--log-level': '\(text)' (debug, info, warning or error)", command: spec.name)
             }
             logLevel = level
         }
@@ -75,7 +91,8 @@ enum WorkerCommand {
         var logLimit = 16 << 20
         if let text = arguments.value("--log-limit") {
             guard let size = ByteSizeParser.parse(text) else {
-                throw UsageError("invalid value for '--log-limit': '\(text)' (bytes, or 64K, 16M, 1G)", command: spec.name)
+                throw UsageError(
+                    "invalid value for '--log-limit': '\(text)' (bytes, or 64K, 16M, 1G)", command: spec.name)
             }
             logLimit = size
         }

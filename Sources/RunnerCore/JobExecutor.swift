@@ -34,7 +34,8 @@ struct JobExecutor: Sendable {
     func run(_ delivery: Delivery) async -> DeliveryOutcome {
         let runner = configuration.name
         guard let fields = delivery.fields else {
-            logger.warning("entry payload is gone; acking it", ["stream_id": delivery.streamId, "queue": delivery.queue])
+            logger.warning(
+                "entry payload is gone; acking it", ["stream_id": delivery.streamId, "queue": delivery.queue])
             return await written(.lost) {
                 try await store.lost(streamId: delivery.streamId, queue: delivery.queue, runner: runner, retry: durable)
             }
@@ -43,7 +44,8 @@ struct JobExecutor: Sendable {
         do {
             entry = try JobEntry(streamId: delivery.streamId, queue: delivery.queue, fields: fields)
         } catch {
-            logger.warning("rejected entry: \(error.message)", ["stream_id": delivery.streamId, "queue": delivery.queue])
+            logger.warning(
+                "rejected entry: \(error.message)", ["stream_id": delivery.streamId, "queue": delivery.queue])
             return await written(.rejected) {
                 try await store.reject(
                     streamId: delivery.streamId, queue: delivery.queue, fields: fields, reason: error.message,
@@ -100,7 +102,7 @@ struct JobExecutor: Sendable {
                 state: .failed, exitCode: error.conventionalExitCode, reason: error.message,
                 durationMs: (clock.now - began).milliseconds)
             return await finish(entry, record, startedAt: startedAt)
-        } catch where Task.isCancelled {
+        } catch  where Task.isCancelled {
             // Stopped for shutdown before the process existed: the job goes back, it did not fail.
             return await written(.handedBack) {
                 try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
@@ -145,7 +147,8 @@ struct JobExecutor: Sendable {
     private func finish(_ entry: JobEntry, _ record: JobResultRecord, startedAt: String) async -> DeliveryOutcome {
         let runner = configuration.name
         let completion = await detached {
-            try await store.complete(entry: entry, runner: runner, result: record, startedAtMs: startedAt, retry: durable)
+            try await store.complete(
+                entry: entry, runner: runner, result: record, startedAtMs: startedAt, retry: durable)
         }
         logger.debug("job \(record.state.rawValue)", ["job": entry.jobId, "reason": record.reason ?? ""])
         switch completion {
@@ -167,7 +170,8 @@ struct JobExecutor: Sendable {
         if outcome.stopReason == .timeout {
             record.state = .timedOut
             let limit = timeout.map { "\($0.milliseconds) ms" } ?? "its timeout"
-            record.reason = outcome.forcedKill
+            record.reason =
+                outcome.forcedKill
                 ? "timed out after \(limit); killed with SIGKILL after the grace period"
                 : "timed out after \(limit); stopped with SIGTERM"
             return record

@@ -23,7 +23,9 @@ struct JobIntake: Sendable {
         for queue in queues {
             do {
                 _ = try await client.send(
-                    RedisCommand(["XGROUP", "CREATE", keyspace.jobs(queue: queue), Keyspace.consumerGroup, "0", "MKSTREAM"]),
+                    RedisCommand([
+                        "XGROUP", "CREATE", keyspace.jobs(queue: queue), Keyspace.consumerGroup, "0", "MKSTREAM",
+                    ]),
                     retry: .whileUnreachable(deadline: nil))
             } catch let error as RedisServerError where error.kind == "BUSYGROUP" {
                 continue

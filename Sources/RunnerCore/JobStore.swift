@@ -143,11 +143,13 @@ public struct JobStore: Sendable {
         guard let event = EventType.terminal(for: result.state) else {
             preconditionFailure("complete() needs a terminal state, got \(result.state)")
         }
-        var arguments = JobStore.bytes([
-            entry.jobId, runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup, result.state.rawValue,
-            event.rawValue, result.eventData.serialized, String(retentionMs), String(eventsMaxLength),
-            startedAtMs ?? "", entry.queue,
-        ]) + [entry.specJSON]
+        var arguments =
+            JobStore.bytes([
+                entry.jobId, runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup,
+                result.state.rawValue,
+                event.rawValue, result.eventData.serialized, String(retentionMs), String(eventsMaxLength),
+                startedAtMs ?? "", entry.queue,
+            ]) + [entry.specJSON]
         for (field, value) in result.hashFields {
             arguments.append(Array(field.utf8))
             arguments.append(value)
@@ -222,7 +224,9 @@ public struct JobStore: Sendable {
             arguments: JobStore.bytes([
                 entry.jobId, runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup,
             ]) + [entry.specJSON]
-                + JobStore.bytes([entry.queue, String(nextAttempt), String(eventsMaxLength), event.rawValue, data.serialized]),
+                + JobStore.bytes([
+                    entry.queue, String(nextAttempt), String(eventsMaxLength), event.rawValue, data.serialized,
+                ]),
             retry: retry)
     }
 

@@ -77,7 +77,9 @@ public struct Logger: Sendable {
         case .json:
             var object: [String: String] = ["ts": time, "level": level.name, "logger": label, "msg": message()]
             for (key, value) in metadata { object[key] = value }
-            let keys = ["ts", "level", "logger", "msg"] + object.keys.filter { !["ts", "level", "logger", "msg"].contains($0) }.sorted()
+            let keys =
+                ["ts", "level", "logger", "msg"]
+                + object.keys.filter { !["ts", "level", "logger", "msg"].contains($0) }.sorted()
             sink("{" + keys.map { "\(Logger.quote($0)):\(Logger.quote(object[$0]!))" }.joined(separator: ",") + "}")
         }
     }

@@ -105,7 +105,9 @@ final class OutputRecorder: Sendable {
             await flush()
         }
         return state.withLock { state in
-            Summary(tail: Array(state.tail.suffix(tailLimit)), storedBytes: state.storedBytes, droppedBytes: state.droppedBytes)
+            Summary(
+                tail: Array(state.tail.suffix(tailLimit)), storedBytes: state.storedBytes,
+                droppedBytes: state.droppedBytes)
         }
     }
 
@@ -140,7 +142,9 @@ final class OutputRecorder: Sendable {
         let commands = sequence.withLock { seq -> [RedisCommand] in
             entries.map { entry in
                 defer { seq.next += 1 }
-                var command = RedisCommand(["XADD", key, "\(base)-\(seq.next)", LogField.stream, entry.0, LogField.data])
+                var command = RedisCommand([
+                    "XADD", key, "\(base)-\(seq.next)", LogField.stream, entry.0, LogField.data,
+                ])
                 command.append(bytes: entry.1)
                 command.append(ProtocolVersion.field)
                 command.append(String(ProtocolVersion.current))

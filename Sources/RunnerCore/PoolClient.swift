@@ -135,14 +135,17 @@ public struct PoolClient: Sendable {
         (reply.array ?? []).compactMap { entry in
             guard let parts = entry.array, parts.count == 2, let entryId = parts[0].string else { return nil }
             let fields = parts[1].fieldPairs ?? []
-            let stream = fields.first(where: { $0.name == LogField.stream }).map { String(decoding: $0.value, as: UTF8.self) }
+            let stream = fields.first(where: { $0.name == LogField.stream }).map {
+                String(decoding: $0.value, as: UTF8.self)
+            }
             let bytes = fields.first(where: { $0.name == LogField.data })?.value ?? []
             return (entryId, LogChunk(stream: stream ?? "", bytes: bytes))
         }
     }
 
     private func lastEventId(retry: RedisRetry = .never) async throws -> String {
-        let reply = try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", "1"]), retry: retry)
+        let reply = try await client.send(
+            RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", "1"]), retry: retry)
         return reply.array?.first?.array?.first?.string ?? "0-0"
     }
 
@@ -167,14 +170,18 @@ public struct PoolClient: Sendable {
         }
         // Queues that exist as streams, found by pattern (SCAN with a bounded number of rounds).
         var scanCursor = "0"
-        let pattern = keyspace.jobs(queue: "*").replacingOccurrences(of: "{", with: "\\{").replacingOccurrences(of: "}", with: "\\}")
+        let pattern = keyspace.jobs(queue: "*").replacingOccurrences(of: "{", with: "\\{").replacingOccurrences(
+            of: "}", with: "\\}")
         let prefix = keyspace.jobs(queue: "")
         for _ in 0..<1000 {
-            let reply = try await client.send(RedisCommand(["SCAN", scanCursor, "MATCH", pattern, "COUNT", "500", "TYPE", "stream"]))
+            let reply = try await client.send(
+                RedisCommand(["SCAN", scanCursor, "MATCH", pattern, "COUNT", "500", "TYPE", "stream"]))
             guard let parts = reply.array, parts.count == 2 else { break }
             scanCursor = parts[0].string ?? "0"
             for key in parts[1].array ?? [] {
-                if let name = key.string, name.hasPrefix(prefix) { queueNames.insert(String(name.dropFirst(prefix.count))) }
+                if let name = key.string, name.hasPrefix(prefix) {
+                    queueNames.insert(String(name.dropFirst(prefix.count)))
+                }
             }
             if scanCursor == "0" { break }
         }
@@ -199,14 +206,17 @@ public struct PoolClient: Sendable {
 
     /// The last `count` events, oldest first.
     public func recentEvents(count: Int) async throws -> [PoolEvent] {
-        let reply = try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", String(count)]))
+        let reply = try await client.send(
+            RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", String(count)]))
         return PoolClient.entries(reply).reversed()
     }
 
     /// Blocks (up to `block`) for events after `cursor`.
     public func events(after cursor: String, block: Duration, retry: RedisRetry = .never) async throws -> [PoolEvent] {
         let reply = try await client.send(
-            RedisCommand(["XREAD", "COUNT", "1000", "BLOCK", String(block.milliseconds), "STREAMS", keyspace.events, cursor]),
+            RedisCommand([
+                "XREAD", "COUNT", "1000", "BLOCK", String(block.milliseconds), "STREAMS", keyspace.events, cursor,
+            ]),
             readTimeout: block + .seconds(5), retry: retry)
         return PoolClient.events(in: reply)
     }
@@ -220,9 +230,12 @@ public struct PoolClient: Sendable {
         (reply.array ?? []).compactMap { entry in
             guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { return nil }
             var fields: [String: String] = [:]
-            for (key, value) in JobIntake.fieldPairs(parts[1]) ?? [] { fields[key] = String(decoding: value, as: UTF8.self) }
+            for (key, value) in JobIntake.fieldPairs(parts[1]) ?? [] {
+                fields[key] = String(decoding: value, as: UTF8.self)
+            }
             return PoolEvent(
-                streamId: id, type: fields[EventField.type] ?? "", timestampMs: Int(fields[EventField.timestamp] ?? "") ?? 0,
+                streamId: id, type: fields[EventField.type] ?? "",
+                timestampMs: Int(fields[EventField.timestamp] ?? "") ?? 0,
                 runner: fields[EventField.runner] ?? "", job: fields[EventField.job] ?? "",
                 data: fields[EventField.data] ?? "", fields: fields)
         }

@@ -92,7 +92,8 @@ public final class Worker: Sendable {
             client: intakeClient, keyspace: keyspace, consumer: config.name, queues: config.queues,
             block: config.intakeBlock)
         let lease = LeaseKeeper(client: presenceClient, keyspace: keyspace, runner: config.name, ttl: config.leaseTTL)
-        let presence = Presence(client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: Presence.nowMs())
+        let presence = Presence(
+            client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: Presence.nowMs())
         let executor = JobExecutor(
             configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger,
             abandoned: nameLost)
@@ -109,15 +110,20 @@ public final class Worker: Sendable {
             ], retry: .never)
         logger.info(
             "runner registered",
-            ["runner": config.name, "redis": config.redis.description, "queues": config.queues.joined(separator: ","),
-             "concurrency": String(config.concurrency)])
+            [
+                "runner": config.name, "redis": config.redis.description,
+                "queues": config.queues.joined(separator: ","),
+                "concurrency": String(config.concurrency),
+            ])
 
         let presenceTask = Task { await self.keepPresence(lease: lease, presence: presence) }
         let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor) }
 
         await shutdownRequested.wait()
         state.withLock { $0 = .draining }
-        logger.info("shutting down: intake stopped, waiting for running jobs", ["running": String(await slots.runningJobIds.count)])
+        logger.info(
+            "shutting down: intake stopped, waiting for running jobs",
+            ["running": String(await slots.runningJobIds.count)])
         intakeTask.cancel()
         intakeClient.interrupt()
         await intakeTask.value
@@ -128,11 +134,13 @@ public final class Worker: Sendable {
         presenceTask.cancel()
         await presenceTask.value
         if nameLost.isFired {
-            let message = "runner name '\(config.name)' was taken by another runner while this one could not renew "
+            let message =
+                "runner name '\(config.name)' was taken by another runner while this one could not renew "
                 + "its lease; stopped its jobs without recording them (the other runner owns them now)"
             logger.error(message)
             try? await store.emit(
-                .runnerShutdown, runner: config.name, data: ["reason": "lease_taken", "finished": .int(summary.withLock(\.finished))],
+                .runnerShutdown, runner: config.name,
+                data: ["reason": "lease_taken", "finished": .int(summary.withLock(\.finished))],
                 retry: .never)
             throw WorkerError(.leaseLost, message)
         }
@@ -148,7 +156,8 @@ public final class Worker: Sendable {
             ], retry: .whileUnreachable(deadline: .now + .seconds(5)))
         for queue in config.queues {
             if (try? await store.removeConsumer(config.name, queue: queue)) == false {
-                logger.warning("entries are still pending for this runner; its consumer stays in the group", ["queue": queue])
+                logger.warning(
+                    "entries are still pending for this runner; its consumer stays in the group", ["queue": queue])
             }
         }
         try? await presence.unregister()
@@ -169,13 +178,16 @@ public final class Worker: Sendable {
             group.cancelAll()
         }
         guard !idle.isFired else { return }
-        logger.info("stopping jobs still running at the shutdown deadline", ["running": String(await slots.runningJobIds.count)])
+        logger.info(
+            "stopping jobs still running at the shutdown deadline", ["running": String(await slots.runningJobIds.count)]
+        )
         await slots.cancelAll()
         // Writes about stopped jobs wait for Redis; if it stays away, give up after a bound so the runner still
         // exits. Their entries stay pending in the group, so nothing is lost: they are read again.
         let giveUp = Task { [jobsClient, logger, killGrace = configuration.killGrace] in
             try await Task.sleep(for: killGrace + .seconds(10))
-            logger.error("Redis is unreachable; exiting without recording the stopped jobs (their entries stay pending)")
+            logger.error(
+                "Redis is unreachable; exiting without recording the stopped jobs (their entries stay pending)")
             jobsClient.close()
         }
         await idle.wait()
@@ -318,7 +330,8 @@ extension JobExecutor {
             return .handedBack
         } catch {
             try? await store.reject(
-                streamId: delivery.streamId, queue: delivery.queue, fields: fields, reason: error.message, runner: runner,
+                streamId: delivery.streamId, queue: delivery.queue, fields: fields, reason: error.message,
+                runner: runner,
                 retry: retry)
             return .rejected
         }

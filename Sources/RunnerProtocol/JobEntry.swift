@@ -53,7 +53,10 @@ public struct JobEntry: Sendable, Hashable {
 
     /// The entry's fields as the protocol defines them.
     public var fields: [(String, [UInt8])] {
-        [(JobEntryField.id, Array(jobId.utf8)), (JobEntryField.spec, specJSON), (JobEntryField.attempt, Array(String(attempt).utf8))]
+        [
+            (JobEntryField.id, Array(jobId.utf8)), (JobEntryField.spec, specJSON),
+            (JobEntryField.attempt, Array(String(attempt).utf8)),
+        ]
     }
 
     /// The job id of raw fields if there is a usable one, for reporting a rejected entry.

@@ -134,7 +134,9 @@ public struct JobSpec: Sendable, Hashable {
                     throw JobSpecError("spec.\(name).\(key) must be a string, got \(members[key]!.typeName)")
                 }
                 if validateKeys {
-                    let invalid = key.unicodeScalars.contains { $0 == "=" || $0.value < 0x21 || $0.properties.isWhitespace }
+                    let invalid = key.unicodeScalars.contains {
+                        $0 == "=" || $0.value < 0x21 || $0.properties.isWhitespace
+                    }
                     guard !key.isEmpty, !invalid else {
                         throw JobSpecError("spec.\(name) has an invalid variable name \"\(key)\"")
                     }

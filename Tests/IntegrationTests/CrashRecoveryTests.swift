@@ -21,7 +21,8 @@ final class CrashRecoveryTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 1)
 
         // The same name can be taken again once the dead runner's lease has expired.
-        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:fixed")]).int) == 0 })
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:fixed")]).int) == 0 })
         try startRunner(name: "fixed")
         let after = try waitForState("crash-1", ["succeeded"])
         XCTAssertEqual(after["output_tail"], "second run\n")
@@ -37,10 +38,12 @@ final class CrashRecoveryTests: IntegrationTestCase {
         let pid = try runningPid("pause-1")
 
         first.signal(SIGSTOP)
-        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:same")]).int) == 0 })
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:same")]).int) == 0 })
         try startRunner(name: "same", ["--lease-ttl", "2s"])
         // The paused runner's registry field is still there: wait for the new runner's lease itself.
-        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:same")]).int) == 1 })
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:same")]).int) == 1 })
         first.signal(SIGCONT)
 
         XCTAssertEqual(first.waitForExit(timeout: 15), 1, first.log)

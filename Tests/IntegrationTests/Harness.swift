@@ -6,7 +6,8 @@ import XCTest
 /// The built `runner` binary, next to the test bundle.
 enum Binaries {
     static let runner: String = {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let exe =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var directory = URL(fileURLWithPath: exe).deletingLastPathComponent()
         if directory.lastPathComponent == "MacOS" || directory.pathExtension == "xctest" {
             directory = directory.deletingLastPathComponent()
@@ -20,7 +21,9 @@ enum Binaries {
 enum SharedRedis {
     nonisolated(unsafe) private static var server: RedisServerProcess?
     static let endpoint: RedisEndpoint = {
-        if let text = ProcessInfo.processInfo.environment["NR_TEST_REDIS"], let endpoint = try? RedisEndpoint(parsing: text) {
+        if let text = ProcessInfo.processInfo.environment["NR_TEST_REDIS"],
+            let endpoint = try? RedisEndpoint(parsing: text)
+        {
             return endpoint
         }
         let started = try! RedisServerProcess()
@@ -51,7 +54,9 @@ func runCLI(_ arguments: [String], environment: [String: String]? = nil, timeout
     process.standardInput = FileHandle.nullDevice
     let done = DispatchSemaphore(value: 0)
     process.terminationHandler = { _ in done.signal() }
-    do { try process.run() } catch { return CLIResult(code: -1, out: Data(), err: "cannot run \(Binaries.runner): \(error)") }
+    do { try process.run() } catch {
+        return CLIResult(code: -1, out: Data(), err: "cannot run \(Binaries.runner): \(error)")
+    }
     // Read both pipes concurrently so a large output cannot block the child.
     nonisolated(unsafe) var outData = Data()
     nonisolated(unsafe) var errData = Data()
@@ -62,7 +67,8 @@ func runCLI(_ arguments: [String], environment: [String: String]? = nil, timeout
         kill(process.processIdentifier, SIGKILL)
         done.wait()
         readers.wait()
-        return CLIResult(code: -9, out: outData, err: "timed out after \(timeout) s\n" + String(decoding: errData, as: UTF8.self))
+        return CLIResult(
+            code: -9, out: outData, err: "timed out after \(timeout) s\n" + String(decoding: errData, as: UTF8.self))
     }
     readers.wait()
     return CLIResult(code: process.terminationStatus, out: outData, err: String(decoding: errData, as: UTF8.self))
@@ -75,10 +81,13 @@ final class RunnerUnderTest {
     let logURL: URL
     private let exited = DispatchSemaphore(value: 0)
 
-    init(endpoint: RedisEndpoint, namespace: String, name: String, arguments: [String] = [],
-         environment: [String: String] = [:]) throws {
+    init(
+        endpoint: RedisEndpoint, namespace: String, name: String, arguments: [String] = [],
+        environment: [String: String] = [:]
+    ) throws {
         self.name = name
-        logURL = FileManager.default.temporaryDirectory.appendingPathComponent("runner-\(name)-\(UUID().uuidString).log")
+        logURL = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "runner-\(name)-\(UUID().uuidString).log")
         FileManager.default.createFile(atPath: logURL.path, contents: nil)
         process.executableURL = URL(fileURLWithPath: Binaries.runner)
         process.arguments = ["worker", "--redis", endpoint.url, "--namespace", namespace, "--name", name] + arguments
@@ -162,7 +171,9 @@ class IntegrationTestCase: XCTestCase {
 
     override func tearDownWithError() throws {
         for runner in runners where runner.isRunning {
-            if runner.stop(timeout: 15) == nil { XCTFail("runner \(runner.name) did not stop on SIGTERM:\n\(runner.log)") }
+            if runner.stop(timeout: 15) == nil {
+                XCTFail("runner \(runner.name) did not stop on SIGTERM:\n\(runner.log)")
+            }
         }
         runners.removeAll()
         redis = nil
@@ -172,13 +183,16 @@ class IntegrationTestCase: XCTestCase {
 
     func cli(_ arguments: [String], timeout: TimeInterval = 60) -> CLIResult {
         // Common options go right after the subcommand: anything after `--` belongs to the job.
-        runCLI([arguments[0], "--redis", endpoint.url, "--namespace", namespace] + arguments.dropFirst(), timeout: timeout)
+        runCLI(
+            [arguments[0], "--redis", endpoint.url, "--namespace", namespace] + arguments.dropFirst(), timeout: timeout)
     }
 
     /// Starts a runner and waits until it is registered.
     @discardableResult
-    func startRunner(name: String = "r1", _ arguments: [String] = [], redisEndpoint: RedisEndpoint? = nil,
-                     environment: [String: String] = [:]) throws -> RunnerUnderTest {
+    func startRunner(
+        name: String = "r1", _ arguments: [String] = [], redisEndpoint: RedisEndpoint? = nil,
+        environment: [String: String] = [:]
+    ) throws -> RunnerUnderTest {
         let runner = try RunnerUnderTest(
             endpoint: redisEndpoint ?? endpoint, namespace: namespace, name: name, arguments: arguments,
             environment: environment)
@@ -205,7 +219,9 @@ class IntegrationTestCase: XCTestCase {
 
     /// A flat [name, value, ...] reply as a dictionary of strings.
     func strings(_ reply: RedisReply) -> [String: String] {
-        Dictionary((reply.fieldPairs ?? []).map { ($0.name, String(decoding: $0.value, as: UTF8.self)) }) { _, last in last }
+        Dictionary((reply.fieldPairs ?? []).map { ($0.name, String(decoding: $0.value, as: UTF8.self)) }) { _, last in
+            last
+        }
     }
 
     func job(_ id: String) throws -> [String: String] { try hash(key("job:\(id)")) }
@@ -214,7 +230,8 @@ class IntegrationTestCase: XCTestCase {
         (try send(["XRANGE", key("events"), "-", "+"]).array ?? []).compactMap { entry in
             guard let parts = entry.array, parts.count == 2 else { return nil }
             let fields = strings(parts[1])
-            let data = (try? JSONSerialization.jsonObject(with: Data((fields["data"] ?? "{}").utf8))) as? [String: Any] ?? [:]
+            let data =
+                (try? JSONSerialization.jsonObject(with: Data((fields["data"] ?? "{}").utf8))) as? [String: Any] ?? [:]
             return RecordedEvent(
                 id: parts[0].string ?? "", type: fields["type"] ?? "", job: fields["job"] ?? "",
                 runner: fields["runner"] ?? "", data: data, fields: fields)
@@ -225,7 +242,8 @@ class IntegrationTestCase: XCTestCase {
 
     /// Polls the job's state until it is one of `states`.
     @discardableResult
-    func waitForState(_ id: String, _ states: Set<String>, timeout: Duration = .seconds(30)) throws -> [String: String] {
+    func waitForState(_ id: String, _ states: Set<String>, timeout: Duration = .seconds(30)) throws -> [String: String]
+    {
         var last: [String: String] = [:]
         let reached = try waitUntil(timeout: timeout) {
             last = try job(id)

@@ -11,7 +11,9 @@ final class PasswordRedisTests: PrivateRedisTestCase {
         XCTAssertEqual(endpoint.password, "s3cret-pw")
         // Given both ways: as the flag and as RUNNER_REDIS in the runner's environment.
         try startRunner(environment: ["RUNNER_REDIS": endpoint.url])
-        let result = cli(["submit", "--wait", "--id", "pw-1", "--", "sh", "-c", "env; cat /proc/self/environ | tr '\\0' '\\n'"])
+        let result = cli([
+            "submit", "--wait", "--id", "pw-1", "--", "sh", "-c", "env; cat /proc/self/environ | tr '\\0' '\\n'",
+        ])
         XCTAssertEqual(result.code, 0, result.err)
         XCTAssertFalse(result.stdout.contains("s3cret-pw"), result.stdout)
         XCTAssertFalse(result.stdout.contains("RUNNER_REDIS"), result.stdout)
@@ -38,10 +40,11 @@ final class FlushTests: PrivateRedisTestCase {
         try submit(["--", "echo", "after flush"], id: "fl-1")
         XCTAssertEqual(try waitForState("fl-1", ["succeeded"])["output_tail"], "after flush\n")
         // The lease and registry come back with the next heartbeat (every third of the TTL).
-        XCTAssertTrue(waitUntil(timeout: .seconds(10)) {
-            (try? self.send(["EXISTS", self.key("runner:r1")]).int) == 1
-                && (try? self.send(["HEXISTS", self.key("runners"), "r1"]).int) == 1
-        }, runner.log)
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                (try? self.send(["EXISTS", self.key("runner:r1")]).int) == 1
+                    && (try? self.send(["HEXISTS", self.key("runners"), "r1"]).int) == 1
+            }, runner.log)
         XCTAssertTrue(runner.isRunning)
     }
 
@@ -64,7 +67,9 @@ final class CLIFollowTests: IntegrationTestCase {
         // Follow events in the background, then submit: the job's terminal event shows up in the follower.
         let follower = Process()
         follower.executableURL = URL(fileURLWithPath: Binaries.runner)
-        follower.arguments = ["events", "--redis", endpoint.url, "--namespace", namespace, "--follow", "--json", "--job", "fo-1"]
+        follower.arguments = [
+            "events", "--redis", endpoint.url, "--namespace", namespace, "--follow", "--json", "--job", "fo-1",
+        ]
         let pipe = Pipe()
         follower.standardOutput = pipe
         follower.standardError = FileHandle.nullDevice
@@ -78,11 +83,12 @@ final class CLIFollowTests: IntegrationTestCase {
         var lines: [String] = []
         let handle = pipe.fileHandleForReading
         var buffer = Data()
-        XCTAssertTrue(waitUntil(timeout: .seconds(15)) {
-            buffer += handle.availableData
-            lines = String(decoding: buffer, as: UTF8.self).split(separator: "\n").map(String.init)
-            return lines.contains { $0.contains("\"job.succeeded\"") }
-        }, "follower printed: \(lines)")
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(15)) {
+                buffer += handle.availableData
+                lines = String(decoding: buffer, as: UTF8.self).split(separator: "\n").map(String.init)
+                return lines.contains { $0.contains("\"job.succeeded\"") }
+            }, "follower printed: \(lines)")
         let types = lines.compactMap { line -> String? in
             ((try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any])?["type"] as? String
         }
@@ -107,16 +113,19 @@ final class WaitTests: IntegrationTestCase {
         let script = "echo first; while [ ! -f '\(marker.path)' ]; do sleep 0.05; done; echo second"
         let waiter = Process()
         waiter.executableURL = URL(fileURLWithPath: Binaries.runner)
-        waiter.arguments = ["submit", "--redis", endpoint.url, "--namespace", namespace, "--wait", "--id", "live-1", "--shell", script]
+        waiter.arguments = [
+            "submit", "--redis", endpoint.url, "--namespace", namespace, "--wait", "--id", "live-1", "--shell", script,
+        ]
         let pipe = Pipe()
         waiter.standardOutput = pipe
         waiter.standardError = FileHandle.nullDevice
         try waiter.run()
         var seen = Data()
-        XCTAssertTrue(waitUntil(timeout: .seconds(15)) {
-            seen += pipe.fileHandleForReading.availableData
-            return String(decoding: seen, as: UTF8.self) == "first\n"
-        }, "printed so far: \(String(decoding: seen, as: UTF8.self))")
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(15)) {
+                seen += pipe.fileHandleForReading.availableData
+                return String(decoding: seen, as: UTF8.self) == "first\n"
+            }, "printed so far: \(String(decoding: seen, as: UTF8.self))")
         XCTAssertEqual(try job("live-1")["state"], "running", "the first line arrived while the job ran")
         FileManager.default.createFile(atPath: marker.path, contents: nil)
         waiter.waitUntilExit()

@@ -12,8 +12,10 @@ final class RedisOutageTests: PrivateRedisTestCase {
         // A client waiting for the result rides out the restart too.
         let waiter = Process()
         waiter.executableURL = URL(fileURLWithPath: Binaries.runner)
-        waiter.arguments = ["submit", "--redis", endpoint.url, "--namespace", namespace, "--wait", "--id", "rr-1",
-                            "--shell", "sleep 2; echo survived"]
+        waiter.arguments = [
+            "submit", "--redis", endpoint.url, "--namespace", namespace, "--wait", "--id", "rr-1",
+            "--shell", "sleep 2; echo survived",
+        ]
         let out = Pipe()
         waiter.standardOutput = out
         waiter.standardError = FileHandle.nullDevice
@@ -79,7 +81,8 @@ final class ShutdownWithoutRedisTests: PrivateRedisTestCase {
         try server.restart()
         redis = try RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), readTimeout: .seconds(10))
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 1, "still pending")
-        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { (try? self.send(["EXISTS", self.key("runner:lonely")]).int) == 0 })
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(20)) { (try? self.send(["EXISTS", self.key("runner:lonely")]).int) == 0 })
         try startRunner(name: "lonely", ["--shutdown-timeout", "500ms", "--kill-grace", "500ms"])
         XCTAssertNotEqual(try runningPid("sw-1"), pid, "the job runs again under the restarted runner")
     }

@@ -71,7 +71,8 @@ final class WorkerTests: IntegrationTestCase {
         let dir = FileManager.default.temporaryDirectory.path
         let result = cli([
             "submit", "--wait", "--id", "env-1", "--env", "GREETING=hi there", "--cwd", dir, "--",
-            "sh", "-c", "echo \"$GREETING\"; pwd; env | sort | cut -d= -f1 | tr '\\n' ' '; echo; ls /proc/self/fd | tr '\\n' ' '",
+            "sh", "-c",
+            "echo \"$GREETING\"; pwd; env | sort | cut -d= -f1 | tr '\\n' ' '; echo; ls /proc/self/fd | tr '\\n' ' '",
         ])
         XCTAssertEqual(result.code, 0, result.err)
         let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
@@ -88,8 +89,10 @@ final class WorkerTests: IntegrationTestCase {
     func testTwentyMegabytesOnBothStreams() throws {
         try startRunner(["--log-limit", "48M"])
         let result = cli(
-            ["submit", "--wait", "--id", "big-1", "--shell",
-             "head -c 20971520 /dev/zero | tr '\\0' a & head -c 20971520 /dev/zero | tr '\\0' b >&2; wait"],
+            [
+                "submit", "--wait", "--id", "big-1", "--shell",
+                "head -c 20971520 /dev/zero | tr '\\0' a & head -c 20971520 /dev/zero | tr '\\0' b >&2; wait",
+            ],
             timeout: 120)
         XCTAssertEqual(result.code, 0, String(result.err.prefix(300)))
         XCTAssertEqual(result.out.count, 20 << 20)
@@ -109,10 +112,12 @@ final class WorkerTests: IntegrationTestCase {
         XCTAssertEqual(result.code, 0, result.err)
         let log = try logBytes("cap-1")
         XCTAssertEqual(log.stdout.count, 64 << 10)
-        XCTAssertEqual(log.meta, [
-            "output truncated: the log limit of 65536 bytes was reached",
-            "234464 bytes of output were dropped after the log limit of 65536 bytes",
-        ])
+        XCTAssertEqual(
+            log.meta,
+            [
+                "output truncated: the log limit of 65536 bytes was reached",
+                "234464 bytes of output were dropped after the log limit of 65536 bytes",
+            ])
         XCTAssertEqual(result.out.count, 64 << 10)
         XCTAssertTrue(result.err.contains("[nativerunner] output truncated"), result.err)
     }
@@ -126,7 +131,8 @@ final class WorkerTests: IntegrationTestCase {
         let json = cli(["result", "bin-1", "--json"])
         XCTAssertEqual(json.code, 0, json.err)
         let object = try JSONSerialization.jsonObject(with: json.out) as? [String: Any]
-        XCTAssertEqual(object?["output_tail_base64"] as? String, Data([0xFF, 0xFE, 0x6F, 0x6B, 0x00]).base64EncodedString())
+        XCTAssertEqual(
+            object?["output_tail_base64"] as? String, Data([0xFF, 0xFE, 0x6F, 0x6B, 0x00]).base64EncodedString())
         XCTAssertNil(object?["output_tail"])
         XCTAssertEqual(object?["exit_code"] as? Int, 0)
         XCTAssertEqual(object?["state"] as? String, "succeeded")
@@ -156,7 +162,9 @@ final class WorkerTests: IntegrationTestCase {
         XCTAssertEqual(result.code, 0, result.err)
         XCTAssertLessThan(ContinuousClock.now - started, .seconds(10))
         XCTAssertTrue(result.stdout.hasSuffix("done\n"), result.stdout)
-        for pid in pids(in: result.stdout) { XCTAssertFalse(processIsAlive(pid), "background child \(pid) outlived its job") }
+        for pid in pids(in: result.stdout) {
+            XCTAssertFalse(processIsAlive(pid), "background child \(pid) outlived its job")
+        }
     }
 
     func testMalformedEntriesGoToDeadLettersAndTheNextJobRuns() throws {
@@ -216,8 +224,9 @@ final class WorkerTests: IntegrationTestCase {
         XCTAssertEqual(try job("gs-1")["output_tail"], "finished\n")
         XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0, "lease deleted on clean exit")
         XCTAssertEqual(try send(["HEXISTS", key("runners"), "r1"]).int, 0)
-        XCTAssertEqual(try send(["XINFO", "CONSUMERS", key("jobs:default"), "runners"]).array?.count, 0,
-                       "the consumer leaves the group once nothing is pending")
+        XCTAssertEqual(
+            try send(["XINFO", "CONSUMERS", key("jobs:default"), "runners"]).array?.count, 0,
+            "the consumer leaves the group once nothing is pending")
         let shutdown = try events().last { $0.type == "runner.shutdown" }
         XCTAssertEqual(shutdown?.runner, "r1")
         XCTAssertEqual(shutdown?.data["finished"] as? Int, 1)
@@ -263,7 +272,8 @@ final class WorkerTests: IntegrationTestCase {
         let second = runCLI(["--redis", endpoint.url, "--namespace", namespace, "--name", "dup"], timeout: 20)
         XCTAssertEqual(second.code, 1)
         XCTAssertTrue(
-            second.err.contains("Error: runner name 'dup' is in use: its lease {\(namespace)}:runner:dup is held by another runner"),
+            second.err.contains(
+                "Error: runner name 'dup' is in use: its lease {\(namespace)}:runner:dup is held by another runner"),
             second.err)
     }
 
@@ -287,7 +297,9 @@ final class WorkerTests: IntegrationTestCase {
         _ = try send(["XGROUP", "CREATE", key("jobs:default"), "runners", "0", "MKSTREAM"])
         _ = try send(["XADD", key("jobs:default"), "*", "id", "pend-1", "spec", #"{"argv":["echo","recovered"]}"#])
         _ = try send(["XADD", key("jobs:default"), "*", "id", "gone-1", "spec", #"{"argv":["true"]}"#])
-        let read = try send(["XREADGROUP", "GROUP", "runners", "fixed", "COUNT", "10", "STREAMS", key("jobs:default"), ">"])
+        let read = try send([
+            "XREADGROUP", "GROUP", "runners", "fixed", "COUNT", "10", "STREAMS", key("jobs:default"), ">",
+        ])
         let ids = read.array?.first?.array?[1].array?.compactMap { $0.array?.first?.string } ?? []
         XCTAssertEqual(ids.count, 2)
         // The second one's payload is deleted while pending.
@@ -295,7 +307,8 @@ final class WorkerTests: IntegrationTestCase {
 
         try startRunner(name: "fixed")
         XCTAssertEqual(try waitForState("pend-1", ["succeeded"])["output_tail"], "recovered\n")
-        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.events().contains { $0.type == "job.lost" }) == true })
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.events().contains { $0.type == "job.lost" }) == true })
         let lost = try events().first { $0.type == "job.lost" }
         XCTAssertEqual(lost?.data["stream_id"] as? String, ids[1])
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
@@ -337,7 +350,8 @@ final class WorkerTests: IntegrationTestCase {
     func testResultOfUnknownJobIsAClearError() throws {
         let result = cli(["result", "nope"])
         XCTAssertEqual(result.code, 1)
-        XCTAssertEqual(result.err, "Error: no job 'nope' in namespace '\(namespace)' (never submitted, or its result expired)\n")
+        XCTAssertEqual(
+            result.err, "Error: no job 'nope' in namespace '\(namespace)' (never submitted, or its result expired)\n")
         let duplicate = cli(["submit", "--id", "same", "--", "true"])
         XCTAssertEqual(duplicate.code, 0)
         let again = cli(["submit", "--id", "same", "--", "true"])
@@ -397,7 +411,8 @@ final class AttemptTests: IntegrationTestCase {
         _ = try send(["XADD", key("jobs:default"), "*", "id", "dup-1", "spec", spec])
         XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["XLEN", self.key("dead")]).int) == 1 })
         let letter = strings(try send(["XRANGE", key("dead"), "-", "+"]).array?.first?.array?[1] ?? .null)
-        XCTAssertEqual(letter["reason"], "job 'dup-1' already ended as succeeded at attempt 1; this duplicate entry was not run")
+        XCTAssertEqual(
+            letter["reason"], "job 'dup-1' already ended as succeeded at attempt 1; this duplicate entry was not run")
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker.path), "the duplicate ran")
         XCTAssertEqual(try job("dup-1")["state"], "succeeded")
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)

@@ -67,7 +67,8 @@ final class TeardownTests: XCTestCase {
         let policy = TerminationPolicy(leftoverGrace: .milliseconds(200), drainLimit: .seconds(1))
         let start = ContinuousClock.now
         // The fifo makes the job end only once the background child ignores SIGTERM.
-        let script = "mkfifo \(directory)/ready; (trap '' TERM; echo > \(directory)/ready; exec sleep 100) & "
+        let script =
+            "mkfifo \(directory)/ready; (trap '' TERM; echo > \(directory)/ready; exec sleep 100) & "
             + "read x < \(directory)/ready; echo $!"
         let (outcome, output) = try await runToEnd(shell(script), policy)
         let elapsed = ContinuousClock.now - start
@@ -87,7 +88,8 @@ final class TeardownTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let policy = TerminationPolicy(leftoverGrace: .seconds(1), drainLimit: .milliseconds(300))
         let start = ContinuousClock.now
-        let script = "mkfifo \(directory)/ready; setsid sh -c 'echo $$ > \(directory)/ready; exec sleep 30' & "
+        let script =
+            "mkfifo \(directory)/ready; setsid sh -c 'echo $$ > \(directory)/ready; exec sleep 30' & "
             + "read pid < \(directory)/ready; echo $pid"
         let (outcome, output) = try await runToEnd(shell(script), policy)
         let elapsed = ContinuousClock.now - start
@@ -161,7 +163,8 @@ final class TeardownTests: XCTestCase {
         // reparented to us (the subreaper) when its parent exits: a zombie unless the orphan sweep reaps it. The fifo
         // makes the job end only once it has escaped.
         let fifo = "\(directory)/ready"
-        let script = "mkfifo \(fifo); setsid sh -c 'echo $$ > \(fifo); exec sleep 0.5' </dev/null >/dev/null 2>&1 & "
+        let script =
+            "mkfifo \(fifo); setsid sh -c 'echo $$ > \(fifo); exec sleep 0.5' </dev/null >/dev/null 2>&1 & "
             + "read pid < \(fifo); echo $pid"
         let (outcome, output) = try await runToEnd(shell(script))
         XCTAssertEqual(outcome.termination, .exited(0))

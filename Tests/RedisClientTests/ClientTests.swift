@@ -1,7 +1,8 @@
-@testable import RedisClient
 import Foundation
 import TestSupport
 import XCTest
+
+@testable import RedisClient
 
 /// RedisClient (owner thread, queue, reconnects, interrupt, cancellation, close) against a real redis-server.
 final class ClientTests: XCTestCase {
@@ -172,10 +173,12 @@ final class ClientTests: XCTestCase {
         await assertEqualAsync(try await client.send(RedisCommand("GET", "after")), bulk("restart"))
 
         let endpoint = server.endpoint
-        XCTAssertEqual(log.all, [
-            "test: lost connection to Redis at \(endpoint): the server closed the connection; reconnecting",
-            "test: reconnected to Redis at \(endpoint)",
-        ])
+        XCTAssertEqual(
+            log.all,
+            [
+                "test: lost connection to Redis at \(endpoint): the server closed the connection; reconnecting",
+                "test: reconnected to Redis at \(endpoint)",
+            ])
     }
 
     func testPossiblySentCommandIsNotResentWhileUnreachable() async throws {
@@ -198,9 +201,11 @@ final class ClientTests: XCTestCase {
             )
         )
         XCTAssertEqual(client.connectionAttempts, 1)
-        XCTAssertEqual(log.all, [
-            "test: lost connection to Redis at \(server.endpoint): Server closed the connection; reconnecting",
-        ])
+        XCTAssertEqual(
+            log.all,
+            [
+                "test: lost connection to Redis at \(server.endpoint): Server closed the connection; reconnecting"
+            ])
     }
 
     func testIdempotentCommandIsResentAfterTheConnectionWasLost() async throws {

@@ -45,8 +45,10 @@ final class EndpointTests: XCTestCase {
     }
 
     func testBadPorts() {
-        for (text, port) in [("host:0", "0"), ("host:65536", "65536"), ("host:abc", "abc"), ("host:", ""),
-                             ("host:-1", "-1"), ("[::1]:99999", "99999"), ("redis://h:+5", "+5")] {
+        for (text, port) in [
+            ("host:0", "0"), ("host:65536", "65536"), ("host:abc", "abc"), ("host:", ""),
+            ("host:-1", "-1"), ("[::1]:99999", "99999"), ("redis://h:+5", "+5"),
+        ] {
             XCTAssertEqual(
                 parseError(text)?.message,
                 "invalid Redis endpoint \"\(text)\": the port must be a number from 1 to 65535, not \"\(port)\""

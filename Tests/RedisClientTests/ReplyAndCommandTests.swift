@@ -1,5 +1,6 @@
-@testable import RedisClient
 import XCTest
+
+@testable import RedisClient
 
 final class ReplyAndCommandTests: XCTestCase {
     func testStringAccessor() {

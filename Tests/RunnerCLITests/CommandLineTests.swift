@@ -54,7 +54,9 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err.split(separator: "\n").first, "Error: missing value for option '--concurrency <N>'")
         (code, _, err) = await run(["worker", "--concurrency", "zero"])
         XCTAssertEqual(code, 2)
-        XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid value for '--concurrency': 'zero' (expected a positive whole number)")
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            "Error: invalid value for '--concurrency': 'zero' (expected a positive whole number)")
         (code, _, err) = await run(["worker", "--lease-ttl", "soon"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(
@@ -73,13 +75,16 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(code, 2)
         XCTAssertEqual(
             err.split(separator: "\n").first,
-            "Error: give either --shell 'SCRIPT' or a command after --, not both (quote the whole script: --shell 'echo hi')")
+            "Error: give either --shell 'SCRIPT' or a command after --, not both (quote the whole script: --shell 'echo hi')"
+        )
         (code, _, err) = await run(["submit"])
         XCTAssertEqual(code, 2)
-        XCTAssertEqual(err.split(separator: "\n").first, "Error: missing command: give CMD [ARG...] after -- or --shell 'SCRIPT'")
+        XCTAssertEqual(
+            err.split(separator: "\n").first, "Error: missing command: give CMD [ARG...] after -- or --shell 'SCRIPT'")
         (code, _, err) = await run(["submit", "--env", "NOEQUALS", "--", "true"])
         XCTAssertEqual(code, 2)
-        XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid value for '--env': 'NOEQUALS' (expected KEY=VALUE)")
+        XCTAssertEqual(
+            err.split(separator: "\n").first, "Error: invalid value for '--env': 'NOEQUALS' (expected KEY=VALUE)")
         (code, _, err) = await run(["result"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err.split(separator: "\n").first, "Error: missing job id")
@@ -99,7 +104,9 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(code, 2)
         XCTAssertEqual(out, "")
         XCTAssertEqual(
-            err, "Error: no Redis given: start a worker with 'runner --redis HOST:PORT' (or set RUNNER_REDIS)\nSee 'runner --help'.\n")
+            err,
+            "Error: no Redis given: start a worker with 'runner --redis HOST:PORT' (or set RUNNER_REDIS)\nSee 'runner --help'.\n"
+        )
         let (helpCode, helpOut, _) = await run(["help", "help"])
         XCTAssertEqual(helpCode, 0)
         XCTAssertTrue(helpOut.hasPrefix("OVERVIEW: NativeRunner"))
@@ -110,7 +117,8 @@ final class CommandLineTests: XCTestCase {
             RunnerCommandLine.movingCommonOptions(["--redis", "h:1", "--namespace=x", "submit", "--", "echo"]),
             ["submit", "--redis", "h:1", "--namespace=x", "--", "echo"])
         // Worker mode: no subcommand follows, nothing moves.
-        XCTAssertEqual(RunnerCommandLine.movingCommonOptions(["--redis", "h:1", "--name", "r"]), ["--redis", "h:1", "--name", "r"])
+        XCTAssertEqual(
+            RunnerCommandLine.movingCommonOptions(["--redis", "h:1", "--name", "r"]), ["--redis", "h:1", "--name", "r"])
     }
 
     func testWaitTimeoutNeedsWaitAndShellScriptMustNotBeEmpty() async {
@@ -125,11 +133,13 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid job: spec.cwd is empty")
         (code, _, err) = await run(["submit", "--env", "A B=c", "--", "true"])
         XCTAssertEqual(code, 2)
-        XCTAssertEqual(err.split(separator: "\n").first, #"Error: invalid job: spec.env has an invalid variable name "A B""#)
+        XCTAssertEqual(
+            err.split(separator: "\n").first, #"Error: invalid job: spec.env has an invalid variable name "A B""#)
         (code, _, err) = await run(["result", "a b"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(
-            err.split(separator: "\n").first, #"Error: invalid job id 'a b': job id "a b" contains white space or control characters"#)
+            err.split(separator: "\n").first,
+            #"Error: invalid job id 'a b': job id "a b" contains white space or control characters"#)
     }
 
     func testUnreachableRedisIsOneClearLine() async throws {
@@ -143,20 +153,25 @@ final class CommandLineTests: XCTestCase {
     func testEnvironmentFallbackAndFlagPrecedence() throws {
         let spec = CommandSpec(
             name: "t", abstract: "", usage: "",
-            options: [OptionSpec("--redis", .value("X"), help: "", environment: "RUNNER_REDIS"),
-                      OptionSpec("--queue", .repeated("Q"), help: "", environment: "RUNNER_QUEUES")])
-        var parsed = try ParsedArguments([], command: spec, environment: ["RUNNER_REDIS": "h:1", "RUNNER_QUEUES": "a, b"])
+            options: [
+                OptionSpec("--redis", .value("X"), help: "", environment: "RUNNER_REDIS"),
+                OptionSpec("--queue", .repeated("Q"), help: "", environment: "RUNNER_QUEUES"),
+            ])
+        var parsed = try ParsedArguments(
+            [], command: spec, environment: ["RUNNER_REDIS": "h:1", "RUNNER_QUEUES": "a, b"])
         XCTAssertEqual(parsed.value("--redis"), "h:1")
         XCTAssertEqual(parsed.sources["--redis"], "RUNNER_REDIS")
         XCTAssertEqual(parsed.all("--queue"), ["a", "b"])
-        parsed = try ParsedArguments(["--redis=h:2", "--queue", "x", "--queue", "y"], command: spec, environment: ["RUNNER_REDIS": "h:1"])
+        parsed = try ParsedArguments(
+            ["--redis=h:2", "--queue", "x", "--queue", "y"], command: spec, environment: ["RUNNER_REDIS": "h:1"])
         XCTAssertEqual(parsed.value("--redis"), "h:2")
         XCTAssertEqual(parsed.sources["--redis"], "flag")
         XCTAssertEqual(parsed.all("--queue"), ["x", "y"])
     }
 
     func testCommandAfterDoubleDashKeepsItsOwnFlags() throws {
-        let parsed = try ParsedArguments(["--wait", "--", "ls", "--all", "-l"], command: SubmitCommandSpec.spec, environment: [:])
+        let parsed = try ParsedArguments(
+            ["--wait", "--", "ls", "--all", "-l"], command: SubmitCommandSpec.spec, environment: [:])
         XCTAssertTrue(parsed.flag("--wait"))
         XCTAssertEqual(parsed.commandLine, ["ls", "--all", "-l"])
     }

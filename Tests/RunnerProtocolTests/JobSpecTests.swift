@@ -17,7 +17,8 @@ final class JobSpecTests: XCTestCase {
 
     func testFullSpecParses() throws {
         let parsed = try spec(
-            #"{"argv":["echo","hi"],"env":{"A":"1"},"cwd":"/tmp","timeout_ms":1500,"max_attempts":3,"labels":{"k":"v"},"future":{"x":1}}"#)
+            #"{"argv":["echo","hi"],"env":{"A":"1"},"cwd":"/tmp","timeout_ms":1500,"max_attempts":3,"labels":{"k":"v"},"future":{"x":1}}"#
+        )
         XCTAssertEqual(parsed.command, .argv(["echo", "hi"]))
         XCTAssertEqual(parsed.environment, ["A": "1"])
         XCTAssertEqual(parsed.workingDirectory, "/tmp")
@@ -47,10 +48,14 @@ final class JobSpecTests: XCTestCase {
         XCTAssertEqual(rejection(#"{"shell":"x","env":{"A":1}}"#), "spec.env.A must be a string, got a number")
         XCTAssertEqual(rejection(#"{"shell":"x","env":["A"]}"#), "spec.env must be an object of strings, got an array")
         XCTAssertEqual(rejection(#"{"shell":"x","env":{"A=B":"1"}}"#), #"spec.env has an invalid variable name "A=B""#)
-        XCTAssertEqual(rejection(#"{"shell":"x","timeout_ms":-5}"#), "spec.timeout_ms must be a positive integer, got -5")
-        XCTAssertEqual(rejection(#"{"shell":"x","timeout_ms":1.5}"#), "spec.timeout_ms must be a positive integer, got 1.5")
-        XCTAssertEqual(rejection(#"{"shell":"x","timeout_ms":"10"}"#), "spec.timeout_ms must be a positive integer, got a string")
-        XCTAssertEqual(rejection(#"{"shell":"x","max_attempts":0}"#), "spec.max_attempts must be a positive integer, got 0")
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","timeout_ms":-5}"#), "spec.timeout_ms must be a positive integer, got -5")
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","timeout_ms":1.5}"#), "spec.timeout_ms must be a positive integer, got 1.5")
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","timeout_ms":"10"}"#), "spec.timeout_ms must be a positive integer, got a string")
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","max_attempts":0}"#), "spec.max_attempts must be a positive integer, got 0")
         XCTAssertEqual(rejection(#"{"shell":"x","cwd":7}"#), "spec.cwd must be a string, got a number")
     }
 
@@ -67,7 +72,8 @@ final class JobEntryTests: XCTestCase {
 
     func testValidEntry() throws {
         let entry = try JobEntry(
-            streamId: "1-1", queue: "default", fields: fields([("id", "job-1"), ("spec", #"{"shell":"true"}"#), ("attempt", "2")]))
+            streamId: "1-1", queue: "default",
+            fields: fields([("id", "job-1"), ("spec", #"{"shell":"true"}"#), ("attempt", "2")]))
         XCTAssertEqual(entry.jobId, "job-1")
         XCTAssertEqual(entry.attempt, 2)
         XCTAssertEqual(entry.spec.command, .shell("true"))
@@ -86,12 +92,15 @@ final class JobEntryTests: XCTestCase {
             XCTAssertEqual(($0 as? JobSpecError)?.message, #"job id "a b" contains white space or control characters"#)
         }
         XCTAssertThrowsError(
-            try JobEntry(streamId: "1-1", queue: "q", fields: fields([("id", "a"), ("spec", #"{"shell":"x"}"#), ("attempt", "0")]))
+            try JobEntry(
+                streamId: "1-1", queue: "q",
+                fields: fields([("id", "a"), ("spec", #"{"shell":"x"}"#), ("attempt", "0")]))
         ) {
             XCTAssertEqual(($0 as? JobSpecError)?.message, #"entry field "attempt" must be a positive integer"#)
         }
         XCTAssertThrowsError(
-            try JobEntry(streamId: "1-1", queue: "q", fields: fields([("id", "a"), ("id", "b"), ("spec", #"{"shell":"x"}"#)]))
+            try JobEntry(
+                streamId: "1-1", queue: "q", fields: fields([("id", "a"), ("id", "b"), ("spec", #"{"shell":"x"}"#)]))
         ) {
             XCTAssertEqual(($0 as? JobSpecError)?.message, #"entry has the field "id" more than once"#)
         }
@@ -112,7 +121,8 @@ final class JSONValueTests: XCTestCase {
         XCTAssertThrowsError(try JSONValue(parsing: #"{"a":1,}"#))
         XCTAssertThrowsError(try JSONValue(parsing: #"{"a":1} x"#))
         XCTAssertThrowsError(try JSONValue(parsing: #""\ud83d""#))
-        XCTAssertThrowsError(try JSONValue(parsing: String(repeating: "[", count: 100) + String(repeating: "]", count: 100)))
+        XCTAssertThrowsError(
+            try JSONValue(parsing: String(repeating: "[", count: 100) + String(repeating: "]", count: 100)))
     }
 
     func testControlCharactersAreEscaped() {
@@ -127,10 +137,12 @@ final class KeyspaceTests: XCTestCase {
             keys.jobs(queue: "default"), keys.events, keys.heartbeats, keys.lease(runner: "r1"), keys.runners,
             keys.job(id: "j"), keys.log(job: "j"), keys.dead,
         ]
-        XCTAssertEqual(all, [
-            "{pool1}:jobs:default", "{pool1}:events", "{pool1}:heartbeats", "{pool1}:runner:r1", "{pool1}:runners",
-            "{pool1}:job:j", "{pool1}:log:j", "{pool1}:dead",
-        ])
+        XCTAssertEqual(
+            all,
+            [
+                "{pool1}:jobs:default", "{pool1}:events", "{pool1}:heartbeats", "{pool1}:runner:r1", "{pool1}:runners",
+                "{pool1}:job:j", "{pool1}:log:j", "{pool1}:dead",
+            ])
         XCTAssertTrue(all.allSatisfy { $0.hasPrefix("{pool1}:") })
     }
 

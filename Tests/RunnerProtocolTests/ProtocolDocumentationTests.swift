@@ -50,10 +50,11 @@ final class ProtocolDocumentationTests: XCTestCase {
 
         // The states table: rows "| `state` | meaning | yes/no |".
         let stateRows = try document.split(separator: "\n").filter { $0.hasSuffix("| yes |") || $0.hasSuffix("| no |") }
-        let documentedStates = Set(stateRows.compactMap { row -> String? in
-            let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
-            return cells.first.map { $0.trimmingCharacters(in: CharacterSet(charactersIn: "`")) }
-        })
+        let documentedStates = Set(
+            stateRows.compactMap { row -> String? in
+                let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+                return cells.first.map { $0.trimmingCharacters(in: CharacterSet(charactersIn: "`")) }
+            })
         XCTAssertEqual(documentedStates, Set(JobState.allCases.map(\.rawValue)))
         for state in JobState.allCases {
             let row = stateRows.first { $0.hasPrefix("| `\(state.rawValue)` |") }

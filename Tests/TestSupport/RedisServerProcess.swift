@@ -94,7 +94,8 @@ public final class RedisServerProcess: @unchecked Sendable {
                 try launch()
                 return
             } catch let error as RedisServerProcessError
-                where error.description.contains("Address already in use") && ContinuousClock.now < deadline {
+                where error.description.contains("Address already in use") && ContinuousClock.now < deadline
+            {
                 Thread.sleep(forTimeInterval: 0.05)
             }
         }
