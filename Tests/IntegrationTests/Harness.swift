@@ -74,6 +74,54 @@ func runCLI(_ arguments: [String], environment: [String: String]? = nil, timeout
     return CLIResult(code: process.terminationStatus, out: outData, err: String(decoding: errData, as: UTF8.self))
 }
 
+/// A CLI command left running in the background (`submit --wait`, `--follow`), its stdout collected by a reader
+/// thread so that tests can poll it without blocking.
+final class BackgroundCLI: @unchecked Sendable {  // the buffer is only touched under `lock`
+    let process = Process()
+    private let lock = NSLock()
+    private var buffer = Data()
+    private let reader = DispatchGroup()
+    private let exited = DispatchSemaphore(value: 0)
+
+    init(_ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: Binaries.runner)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        let exited = self.exited
+        process.terminationHandler = { _ in exited.signal() }
+        try process.run()
+        let handle = pipe.fileHandleForReading
+        DispatchQueue.global().async(group: reader) { [self] in
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { return }
+                lock.withLock { buffer += chunk }
+            }
+        }
+    }
+
+    /// What it printed so far.
+    var output: String { lock.withLock { String(decoding: buffer, as: UTF8.self) } }
+
+    /// Its exit status, once it exited within the timeout (its output is then complete).
+    func waitForExit(timeout: TimeInterval) -> Int32? {
+        guard exited.wait(timeout: .now() + timeout) == .success else { return nil }
+        exited.signal()
+        reader.wait()
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            _ = exited.wait(timeout: .now() + 5)
+        }
+    }
+}
+
 /// A `runner worker` process under test, with its log in a file.
 final class RunnerUnderTest {
     let process = Process()
@@ -185,6 +233,11 @@ class IntegrationTestCase: XCTestCase {
         // Common options go right after the subcommand: anything after `--` belongs to the job.
         runCLI(
             [arguments[0], "--redis", endpoint.url, "--namespace", namespace] + arguments.dropFirst(), timeout: timeout)
+    }
+
+    /// Starts `runner SUBCOMMAND ...` in the background against this test's Redis and namespace.
+    func startCLI(_ arguments: [String]) throws -> BackgroundCLI {
+        try BackgroundCLI([arguments[0], "--redis", endpoint.url, "--namespace", namespace] + arguments.dropFirst())
     }
 
     /// Starts a runner and waits until it is registered.

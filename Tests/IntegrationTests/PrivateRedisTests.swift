@@ -65,31 +65,13 @@ final class CLIFollowTests: IntegrationTestCase {
     func testLogsAndEventsFollow() throws {
         try startRunner()
         // Follow events in the background, then submit: the job's terminal event shows up in the follower.
-        let follower = Process()
-        follower.executableURL = URL(fileURLWithPath: Binaries.runner)
-        follower.arguments = [
-            "events", "--redis", endpoint.url, "--namespace", namespace, "--follow", "--json", "--job", "fo-1",
-        ]
-        let pipe = Pipe()
-        follower.standardOutput = pipe
-        follower.standardError = FileHandle.nullDevice
-        try follower.run()
-        defer {
-            if follower.isRunning { kill(follower.processIdentifier, SIGKILL) }
-            follower.waitUntilExit()
-        }
+        let follower = try startCLI(["events", "--follow", "--json", "--job", "fo-1"])
         let result = cli(["submit", "--wait", "--id", "fo-1", "--", "sh", "-c", "echo out; echo err >&2"])
         XCTAssertEqual(result.code, 0, result.err)
-        var lines: [String] = []
-        let handle = pipe.fileHandleForReading
-        var buffer = Data()
         XCTAssertTrue(
-            waitUntil(timeout: .seconds(15)) {
-                buffer += handle.availableData
-                lines = String(decoding: buffer, as: UTF8.self).split(separator: "\n").map(String.init)
-                return lines.contains { $0.contains("\"job.succeeded\"") }
-            }, "follower printed: \(lines)")
-        let types = lines.compactMap { line -> String? in
+            waitUntil(timeout: .seconds(15)) { follower.output.contains("\"job.succeeded\"") },
+            "follower printed: \(follower.output)")
+        let types = follower.output.split(separator: "\n").compactMap { line -> String? in
             ((try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any])?["type"] as? String
         }
         XCTAssertEqual(types, ["job.submitted", "job.received", "job.started", "job.succeeded"])
@@ -111,27 +93,13 @@ final class WaitTests: IntegrationTestCase {
         defer { try? FileManager.default.removeItem(at: marker) }
         // The job waits until the marker exists; the test creates it only after it saw the first line.
         let script = "echo first; while [ ! -f '\(marker.path)' ]; do sleep 0.05; done; echo second"
-        let waiter = Process()
-        waiter.executableURL = URL(fileURLWithPath: Binaries.runner)
-        waiter.arguments = [
-            "submit", "--redis", endpoint.url, "--namespace", namespace, "--wait", "--id", "live-1", "--shell", script,
-        ]
-        let pipe = Pipe()
-        waiter.standardOutput = pipe
-        waiter.standardError = FileHandle.nullDevice
-        try waiter.run()
-        var seen = Data()
+        let waiter = try startCLI(["submit", "--wait", "--id", "live-1", "--shell", script])
         XCTAssertTrue(
-            waitUntil(timeout: .seconds(15)) {
-                seen += pipe.fileHandleForReading.availableData
-                return String(decoding: seen, as: UTF8.self) == "first\n"
-            }, "printed so far: \(String(decoding: seen, as: UTF8.self))")
+            waitUntil(timeout: .seconds(15)) { waiter.output == "first\n" }, "printed so far: \(waiter.output)")
         XCTAssertEqual(try job("live-1")["state"], "running", "the first line arrived while the job ran")
         FileManager.default.createFile(atPath: marker.path, contents: nil)
-        waiter.waitUntilExit()
-        seen += pipe.fileHandleForReading.readDataToEndOfFile()
-        XCTAssertEqual(waiter.terminationStatus, 0)
-        XCTAssertEqual(String(decoding: seen, as: UTF8.self), "first\nsecond\n")
+        XCTAssertEqual(waiter.waitForExit(timeout: 15), 0)
+        XCTAssertEqual(waiter.output, "first\nsecond\n")
     }
 
     func testWaitTimeoutIsHonouredPromptly() throws {

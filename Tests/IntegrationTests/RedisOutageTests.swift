@@ -10,25 +10,15 @@ final class RedisOutageTests: PrivateRedisTestCase {
     func testResultArrivesAfterRedisRestart() throws {
         let runner = try startRunner(["--lease-ttl", "6s"])
         // A client waiting for the result rides out the restart too.
-        let waiter = Process()
-        waiter.executableURL = URL(fileURLWithPath: Binaries.runner)
-        waiter.arguments = [
-            "submit", "--redis", endpoint.url, "--namespace", namespace, "--wait", "--id", "rr-1",
-            "--shell", "sleep 2; echo survived",
-        ]
-        let out = Pipe()
-        waiter.standardOutput = out
-        waiter.standardError = FileHandle.nullDevice
-        try waiter.run()
+        let waiter = try startCLI(["submit", "--wait", "--id", "rr-1", "--shell", "sleep 2; echo survived"])
         try waitForState("rr-1", ["running"])
         redis = nil
         try server.restart()
         redis = try RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), readTimeout: .seconds(10))
         let record = try waitForState("rr-1", ["succeeded"], timeout: .seconds(30))
         XCTAssertEqual(record["output_tail"], "survived\n")
-        waiter.waitUntilExit()
-        XCTAssertEqual(waiter.terminationStatus, 0)
-        XCTAssertEqual(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self), "survived\n")
+        XCTAssertEqual(waiter.waitForExit(timeout: 30), 0)
+        XCTAssertEqual(waiter.output, "survived\n")
         XCTAssertEqual(try events(of: "rr-1").filter { $0 == "job.succeeded" }.count, 1)
         // The runner carries on: a new job after the restart runs too.
         try submit(["--", "echo", "again"], id: "rr-2")
