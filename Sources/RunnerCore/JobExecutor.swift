@@ -57,10 +57,11 @@ struct JobExecutor: Sendable {
                 try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
             }
         }
-        return await execute(entry)
+        return await execute(entry, fields: fields)
     }
 
-    private func execute(_ entry: JobEntry) async -> DeliveryOutcome {
+    /// `fields` are the entry's fields as read, for a dead letter.
+    private func execute(_ entry: JobEntry, fields: [(String, [UInt8])]) async -> DeliveryOutcome {
         let runner = configuration.name
         let received: JSONValue = [
             "queue": .string(entry.queue), "stream_id": .string(entry.streamId), "attempt": .int(entry.attempt),
@@ -74,12 +75,13 @@ struct JobExecutor: Sendable {
         case .claimed(let at)?:
             startedAt = at
         case .duplicate(let state, let attempt)?:
-            let what = state == JobState.running.rawValue ? "is running on another runner" : "already ended as \(state)"
+            let ended = JobState(rawValue: state)?.isTerminal ?? false
+            let what = ended ? "already ended as \(state)" : "is \(state) as another entry"
             let reason = "job '\(entry.jobId)' \(what) at attempt \(attempt); this duplicate entry was not run"
             logger.warning(reason, ["stream_id": entry.streamId])
             return await written(.rejected) {
                 try await store.reject(
-                    streamId: entry.streamId, queue: entry.queue, fields: entry.fields, reason: reason, runner: runner,
+                    streamId: entry.streamId, queue: entry.queue, fields: fields, reason: reason, runner: runner,
                     retry: durable)
             }
         case nil:

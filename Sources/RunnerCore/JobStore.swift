@@ -131,7 +131,7 @@ public struct JobStore: Sendable {
         _ = try await scripts.run(
             RunnerScripts.started, keys: [keyspace.job(id: entry.jobId), keyspace.events],
             arguments: JobStore.bytes([
-                entry.jobId, runner, String(entry.attempt), String(pid), String(eventsMaxLength), data.serialized,
+                entry.jobId, runner, entry.streamId, String(pid), String(eventsMaxLength), data.serialized,
             ]),
             retry: retry)
     }

@@ -29,13 +29,17 @@ enum RunnerScripts {
             local function nr_sid_ms(sid)
               return string.match(sid, '^(%d+)')
             end
-            -- The fence of a write about a job. KEYS[1] job hash, KEYS[2] jobs stream; ARGV[2] runner, ARGV[3]
-            -- attempt, ARGV[4] stream id, ARGV[5] group. -1: another runner or attempt owns the job, write nothing;
-            -- 0: this attempt already ended (a resent call), ack and delete the entry again; nil: go on.
+            -- The fence of a write about an attempt: the job's record must point at this entry (stream_id) and
+            -- name this runner. KEYS[1] job hash, KEYS[2] jobs stream; ARGV[2] runner, ARGV[4] stream id, ARGV[5]
+            -- group. -1: the job belongs to another entry or runner now, write nothing; 0: this attempt already
+            -- ended (a resent call), ack and delete the entry again; nil: go on. A record that is gone entirely
+            -- (a Redis that lost its data) does not fence: the runner rebuilds it.
             local function nr_fence()
-              local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
-              if cur[2] and cur[2] ~= '' and (cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3]) then return -1 end
-              if cur[1] and nr_terminal(cur[1]) then
+              local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)',
+                '\(ResultField.streamId)')
+              if not cur[1] then return nil end
+              if (cur[3] and cur[3] ~= ARGV[4]) or (cur[2] and cur[2] ~= '' and cur[2] ~= ARGV[2]) then return -1 end
+              if nr_terminal(cur[1]) then
                 redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
                 redis.call('XDEL', KEYS[2], ARGV[4])
                 return 0
@@ -71,16 +75,19 @@ enum RunnerScripts {
 
     /// KEYS: job hash, events. ARGV: id, runner, attempt, stream id, queue, events maxlen, spec, received data.
     /// Claims an attempt before its process is started: marks it running and emits `job.received`. Returns
-    /// {1, started_at} when claimed, or {0, state, attempt} when this job id already ended at this attempt or later
-    /// (or another runner runs it): a duplicate entry, which must not run.
+    /// {1, started_at} when claimed (also for a resent call, which changes nothing), or {0, state, attempt} for a
+    /// duplicate that must not run: the record points at another entry (the job was submitted again by hand, or
+    /// this entry is stale), or this entry's attempt already ended.
     static let claim = script(
         "claim",
         """
-        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
-        local recorded = tonumber(cur[3]) or 0
-        if cur[1] and recorded >= tonumber(ARGV[3]) and
-            (nr_terminal(cur[1]) or (cur[1] == '\(JobState.running.rawValue)' and cur[2] ~= ARGV[2])) then
-          return {0, cur[1], cur[3]}
+        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)',
+          '\(ResultField.streamId)', '\(ResultField.startedAt)')
+        if cur[1] then
+          if (cur[4] and cur[4] ~= ARGV[4]) or nr_terminal(cur[1]) then return {0, cur[1], cur[3] or ''} end
+          if cur[1] == '\(JobState.running.rawValue)' and cur[2] == ARGV[2] and cur[5] then
+            return {1, cur[5]}
+          end
         end
         local ts = nr_now()
         local submitted = redis.call('HGET', KEYS[1], '\(ResultField.submittedAt)') or nr_sid_ms(ARGV[4])
@@ -93,14 +100,16 @@ enum RunnerScripts {
         return {1, ts}
         """)
 
-    /// KEYS: job hash, events. ARGV: id, runner, attempt, pid, events maxlen, started data.
-    /// Records the pid of a claimed attempt and emits `job.started`; nothing if the attempt is no longer this
-    /// runner's. Returns 1 or 0.
+    /// KEYS: job hash, events. ARGV: id, runner, stream id, pid, events maxlen, started data.
+    /// Records the pid of a claimed attempt and emits `job.started`, once; nothing if the attempt is no longer
+    /// this runner's. Returns 1 or 0.
     static let started = script(
         "started",
         """
-        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)')
+        local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.streamId)',
+          '\(ResultField.pid)')
         if cur[1] ~= '\(JobState.running.rawValue)' or cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] then return 0 end
+        if cur[4] == ARGV[4] then return 1 end
         redis.call('HSET', KEYS[1], '\(ResultField.pid)', ARGV[4])
         nr_emit(KEYS[2], ARGV[5], '\(EventType.jobStarted.rawValue)', nr_now(), ARGV[2], ARGV[1], ARGV[6])
         return 1
@@ -109,7 +118,7 @@ enum RunnerScripts {
     private static let clearedOnStart = [
         ResultField.exitCode, ResultField.signal, ResultField.finishedAt, ResultField.durationMs,
         ResultField.outputTail, ResultField.reason, ResultField.forcedKill, ResultField.cpuUserMs,
-        ResultField.cpuSystemMs,
+        ResultField.cpuSystemMs, ResultField.pid, ResultField.requeuedFrom,
     ].map { "'\($0)'" }.joined(separator: ", ")
 
     /// KEYS: job hash, jobs stream, events, log stream. ARGV: id, runner, attempt, stream id, group, state,
@@ -151,6 +160,8 @@ enum RunnerScripts {
     static let reject = script(
         "reject",
         """
+        -- Only the first call for an entry writes: a resent call finds it acked already.
+        if redis.call('XACK', KEYS[2], ARGV[4], ARGV[3]) == 0 then return 0 end
         local ts = nr_now()
         local dead = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*'}
         for i = 10, #ARGV do dead[#dead + 1] = ARGV[i] end
@@ -171,7 +182,6 @@ enum RunnerScripts {
             redis.call('PEXPIRE', KEYS[1], ARGV[8])
           end
         end
-        redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
         redis.call('XDEL', KEYS[2], ARGV[3])
         nr_emit(KEYS[4], ARGV[7], '\(EventType.jobRejected.rawValue)', ts, ARGV[2], ARGV[1],
           cjson.encode({reason = ARGV[5], queue = ARGV[6], stream_id = ARGV[3], dead_id = did}))
@@ -183,8 +193,8 @@ enum RunnerScripts {
     static let lost = script(
         "lost",
         """
+        if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
         local ts = nr_now()
-        redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
         redis.call('XDEL', KEYS[1], ARGV[1])
         nr_emit(KEYS[2], ARGV[4], '\(EventType.jobLost.rawValue)', ts, ARGV[3], '',
           cjson.encode({reason = 'the entry payload was deleted or trimmed before it was processed',
@@ -195,11 +205,14 @@ enum RunnerScripts {
     /// KEYS: job hash, jobs stream, events. ARGV: id, runner, attempt, old stream id, group, spec, queue,
     /// next attempt, events maxlen, event type, event data (JSON object; `stream_id`, `previous_stream_id` and
     /// `attempt` are added). Puts an unfinished job back on its queue as a new entry and acks the old one: a
-    /// hand-back keeps the attempt, a retry raises it. Returns the new entry id, 0 when the attempt had already
-    /// ended, -1 when it belongs to another runner or attempt.
+    /// hand-back keeps the attempt, a retry raises it. Returns the new entry id (also to a resent call, which
+    /// changes nothing), 0 when the attempt had already ended, -1 when it belongs to another entry or runner.
     static let requeue = script(
         "requeue",
         """
+        -- A resent call: the first one already moved the job to a new entry and remembered this one.
+        local moved = redis.call('HMGET', KEYS[1], '\(ResultField.streamId)', '\(ResultField.requeuedFrom)')
+        if moved[2] == ARGV[4] then return moved[1] end
         local fenced = nr_fence()
         if fenced then return fenced end
         local ts = nr_now()
@@ -211,7 +224,7 @@ enum RunnerScripts {
         redis.call('HDEL', KEYS[1], '\(ResultField.runner)', '\(ResultField.startedAt)', '\(ResultField.pid)')
         redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid,
           '\(ResultField.attempt)', ARGV[8], '\(ResultField.queue)', ARGV[7], '\(ResultField.spec)', ARGV[6],
-          '\(ResultField.submittedAt)', submitted, '\(ProtocolVersion.field)', NR_V)
+          '\(ResultField.submittedAt)', submitted, '\(ResultField.requeuedFrom)', ARGV[4], '\(ProtocolVersion.field)', NR_V)
         local data = cjson.decode(ARGV[11])
         data['stream_id'] = sid
         data['previous_stream_id'] = ARGV[4]

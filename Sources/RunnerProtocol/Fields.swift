@@ -56,9 +56,11 @@ public enum ResultField {
     public static let spec = "spec"
     /// The stream entry id the current attempt was read from.
     public static let streamId = "stream_id"
+    /// The entry a queued job was moved from by a hand-back or retry.
+    public static let requeuedFrom = "requeued_from"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
-        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, ProtocolVersion.field,
+        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, ProtocolVersion.field,
     ]
 }
 

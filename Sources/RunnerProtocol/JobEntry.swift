@@ -51,14 +51,6 @@ public struct JobEntry: Sendable, Hashable {
         }
     }
 
-    /// The entry's fields as the protocol defines them.
-    public var fields: [(String, [UInt8])] {
-        [
-            (JobEntryField.id, Array(jobId.utf8)), (JobEntryField.spec, specJSON),
-            (JobEntryField.attempt, Array(String(attempt).utf8)),
-        ]
-    }
-
     /// The job id of raw fields if there is a usable one, for reporting a rejected entry.
     public static func jobId(in fields: [(String, [UInt8])]) -> String? {
         guard let bytes = fields.first(where: { $0.0 == JobEntryField.id })?.1,

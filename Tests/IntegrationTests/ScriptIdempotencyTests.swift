@@ -1,0 +1,125 @@
+import Foundation
+import RedisClient
+@testable import RunnerCore
+import RunnerProtocol
+import TestSupport
+import XCTest
+
+/// Every write about a job is one script, and a script resent after a lost reply changes nothing twice.
+final class ScriptIdempotencyTests: IntegrationTestCase {
+    private var client: RedisClient!
+    private var store: JobStore!
+    private let retry = RedisRetry.never
+
+    override func setUpWithError() throws {
+        try super.setUpWithError()
+        client = RedisClient(endpoint: endpoint)
+        store = JobStore(client: client, keyspace: Keyspace(namespace: namespace))
+        _ = try send(["XGROUP", "CREATE", key("jobs:default"), "runners", "0", "MKSTREAM"])
+    }
+
+    override func tearDownWithError() throws {
+        client.close()
+        try super.tearDownWithError()
+    }
+
+    /// Delivers the next new entry to consumer `r` and parses it.
+    private func deliver() throws -> (entry: JobEntry?, fields: [(String, [UInt8])], streamId: String) {
+        let reply = try send(["XREADGROUP", "GROUP", "runners", "r", "COUNT", "1", "STREAMS", key("jobs:default"), ">"])
+        let item = reply.array?.first?.array?[1].array?.first?.array ?? []
+        let streamId = item.first?.string ?? ""
+        let fields = (item.count > 1 ? item[1].fieldPairs : nil)?.map { ($0.name, $0.value) } ?? []
+        return (try? JobEntry(streamId: streamId, queue: "default", fields: fields), fields, streamId)
+    }
+
+    private func count(_ type: String) throws -> Int { try events().filter { $0.type == type }.count }
+
+    func testClaimStartedRetryAndCompleteAreResendSafe() async throws {
+        let spec = JobSpec(command: .argv(["true"]), maxAttempts: 2)
+        _ = try await store.submit(id: "j1", spec: spec, queue: "default")
+        let first = try XCTUnwrap(try deliver().entry)
+
+        let claims = [
+            try await store.claim(entry: first, runner: "r", receivedData: [:], retry: retry),
+            try await store.claim(entry: first, runner: "r", receivedData: [:], retry: retry),
+        ]
+        XCTAssertEqual(claims[0], claims[1], "a resent claim answers the same start time")
+        guard case .claimed = claims[0] else { return XCTFail("not claimed: \(claims[0])") }
+        XCTAssertEqual(try count("job.received"), 1)
+
+        try await store.started(entry: first, runner: "r", pid: 42, retry: retry)
+        try await store.started(entry: first, runner: "r", pid: 42, retry: retry)
+        XCTAssertEqual(try count("job.started"), 1)
+        XCTAssertEqual(try job("j1")["pid"], "42")
+
+        let failed = JobResultRecord(state: .failed, exitCode: 1, reason: "exited with code 1")
+        try await store.retryNext(entry: first, runner: "r", failed: failed, retry: retry)
+        try await store.retryNext(entry: first, runner: "r", failed: failed, retry: retry)
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 1, "one new entry, not two")
+        XCTAssertEqual(try count("job.retry_scheduled"), 1)
+        let queued = try job("j1")
+        XCTAssertEqual(queued["state"], "queued")
+        XCTAssertEqual(queued["attempt"], "2")
+        XCTAssertEqual(queued["requeued_from"], first.streamId)
+
+        // The old entry is stale now: it can neither be claimed nor complete the job.
+        guard case .duplicate = try await store.claim(entry: first, runner: "r", receivedData: [:], retry: retry) else {
+            return XCTFail("the stale entry was claimed")
+        }
+        let second = try XCTUnwrap(try deliver().entry)
+        XCTAssertEqual(second.attempt, 2)
+        let staleCompletion = try await store.complete(
+            entry: first, runner: "r", result: JobResultRecord(state: .succeeded), startedAtMs: nil, retry: retry)
+        XCTAssertEqual(staleCompletion, .refused)
+
+        guard case .claimed = try await store.claim(entry: second, runner: "r", receivedData: [:], retry: retry) else {
+            return XCTFail("the new attempt was not claimed")
+        }
+        // Another runner cannot write about this attempt.
+        let foreign = try await store.complete(
+            entry: second, runner: "other", result: JobResultRecord(state: .succeeded), startedAtMs: nil, retry: retry)
+        XCTAssertEqual(foreign, .refused)
+        let done = JobResultRecord(state: .succeeded, exitCode: 0)
+        let firstWrite = try await store.complete(entry: second, runner: "r", result: done, startedAtMs: nil, retry: retry)
+        let resent = try await store.complete(entry: second, runner: "r", result: done, startedAtMs: nil, retry: retry)
+        XCTAssertEqual(firstWrite, .recorded)
+        XCTAssertEqual(resent, .alreadyRecorded)
+        XCTAssertEqual(try count("job.succeeded"), 1)
+        XCTAssertEqual(try job("j1")["state"], "succeeded")
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+    }
+
+    func testHandBackIsResendSafe() async throws {
+        _ = try await store.submit(id: "j2", spec: JobSpec(command: .shell("sleep 1")), queue: "default")
+        let entry = try XCTUnwrap(try deliver().entry)
+        _ = try await store.claim(entry: entry, runner: "r", receivedData: [:], retry: retry)
+        try await store.handBack(entry: entry, runner: "r", reason: "test", retry: retry)
+        try await store.handBack(entry: entry, runner: "r", reason: "test", retry: retry)
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 1)
+        XCTAssertEqual(try count("job.handed_back"), 1)
+        XCTAssertEqual(try job("j2")["state"], "queued")
+        XCTAssertEqual(try job("j2")["attempt"], "1")
+    }
+
+    func testRejectAndLostAreResendSafe() async throws {
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "bad", "spec", "nope"])
+        let bad = try deliver()
+        for _ in 0..<2 {
+            try await store.reject(
+                streamId: bad.streamId, queue: "default", fields: bad.fields, reason: "spec is not valid JSON", runner: "r",
+                retry: retry)
+        }
+        XCTAssertEqual(try send(["XLEN", key("dead")]).int, 1)
+        XCTAssertEqual(try count("job.rejected"), 1)
+
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "gone", "spec", #"{"argv":["true"]}"#])
+        let gone = try deliver()
+        _ = try send(["XDEL", key("jobs:default"), gone.streamId])
+        for _ in 0..<2 {
+            try await store.lost(streamId: gone.streamId, queue: "default", runner: "r", retry: retry)
+        }
+        XCTAssertEqual(try count("job.lost"), 1)
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+    }
+}
