@@ -89,7 +89,7 @@ struct JobExecutor: Sendable {
         }
 
         let recorder = OutputRecorder(
-            client: logClient, key: store.keyspace.log(job: entry.jobId), limit: configuration.logLimitBytes,
+            client: logClient, logger: logger, key: store.keyspace.log(job: entry.jobId), limit: configuration.logLimitBytes,
             tailLimit: configuration.outputTailBytes)
         let clock = ContinuousClock()
         let began = clock.now
@@ -215,18 +215,12 @@ struct JobExecutor: Sendable {
         await detached(write) == nil ? .unrecorded : outcome
     }
 
-    /// Runs a durable write outside the caller's cancellation: a job stopped for shutdown still gets recorded.
+    /// Runs a durable write outside the caller's cancellation (a job stopped for shutdown still gets recorded),
+    /// until it lands; nil only when it was given up (the Redis client was closed at shutdown) or is refused for good.
     @discardableResult
     private func detached<T: Sendable>(_ write: @escaping @Sendable () async throws -> T) async -> T? {
         let logger = self.logger
-        return await Task {
-            do {
-                return try await write()
-            } catch {
-                logger.error("could not record a job write: \(error)")
-                return nil
-            }
-        }.value
+        return await Task { await DurableWrite.perform(logger: logger, write) }.value
     }
 }
 

@@ -32,6 +32,7 @@ final class OutputRecorder: Sendable {
     }
 
     private let client: RedisClient
+    private let logger: Logger
     private let key: String
     private let limit: Int
     private let tailLimit: Int
@@ -45,8 +46,9 @@ final class OutputRecorder: Sendable {
     private static let entryLimit = 512 << 10
     private static let flushThreshold = 256 << 10
 
-    init(client: RedisClient, key: String, limit: Int, tailLimit: Int) {
+    init(client: RedisClient, logger: Logger, key: String, limit: Int, tailLimit: Int) {
         self.client = client
+        self.logger = logger
         self.key = key
         self.limit = limit
         self.tailLimit = tailLimit
@@ -152,15 +154,19 @@ final class OutputRecorder: Sendable {
             }
         }
         // Idempotent thanks to explicit ids: a resent XADD is refused as "equal or smaller", which is success.
-        _ = try? await client.pipeline(commands, retry: .idempotent(deadline: nil))
+        _ = await DurableWrite.perform(logger: logger) { [client] in
+            try await client.pipeline(commands, retry: .idempotent(deadline: nil))
+        }
     }
 
     /// The millisecond part of this recorder's entry ids: later than anything already in the stream.
     private func entryBase() async -> Int? {
         if let base = sequence.withLock({ $0.base }) { return base }
         var base = Presence.nowMs()
-        if let reply = try? await client.send(
-            RedisCommand(["XREVRANGE", key, "+", "-", "COUNT", "1"]), retry: .idempotent(deadline: nil)),
+        let last = await DurableWrite.perform(logger: logger) { [client, key] in
+            try await client.send(RedisCommand(["XREVRANGE", key, "+", "-", "COUNT", "1"]), retry: .idempotent(deadline: nil))
+        }
+        if let reply = last,
             let last = reply.array?.first?.array?.first?.string,
             let ms = Int(last.split(separator: "-").first ?? "")
         {
