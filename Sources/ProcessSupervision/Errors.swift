@@ -27,12 +27,17 @@ public struct SpawnError: Error, Sendable, CustomStringConvertible, Equatable {
     public var errno: Int32
     /// What failed and where, e.g. "cannot execute 'nosuchcmd': No such file or directory".
     public var message: String
+    /// True when the failure is the supervisor's own, not the job's: a set-up step in the parent (pipes, the child
+    /// stack, clone, epoll) failed, resources ran out, or the supervisor was shut down. The same job may start
+    /// fine later, so a caller should not record it as the job's failure.
+    public var isSupervisorSide: Bool
 
     /// An error; normally made by the supervisor.
-    public init(code: Code, errno: Int32, message: String) {
+    public init(code: Code, errno: Int32, message: String, isSupervisorSide: Bool = false) {
         self.code = code
         self.errno = errno
         self.message = message
+        self.isSupervisorSide = isSupervisorSide || code == .resourceExhausted
     }
 
     /// Shell convention: 127 when the command is not found, 126 when it cannot be executed for any other reason
@@ -96,7 +101,8 @@ extension SpawnError {
         SpawnError(
             code: resourceCode(err),
             errno: err,
-            message: "cannot start '\(spec.executable)': \(what) failed: \(System.describe(errno: err))"
+            message: "cannot start '\(spec.executable)': \(what) failed: \(System.describe(errno: err))",
+            isSupervisorSide: true
         )
     }
 
@@ -104,7 +110,8 @@ extension SpawnError {
         SpawnError(
             code: .systemError,
             errno: ESHUTDOWN,
-            message: "cannot start '\(spec.executable)': the process supervisor has been shut down"
+            message: "cannot start '\(spec.executable)': the process supervisor has been shut down",
+            isSupervisorSide: true
         )
     }
 

@@ -26,7 +26,7 @@ enum EventsCommand {
         for event in recent where job == nil || event.job == job { console.print(render(event, json: json)) }
         if let last = recent.last { cursor = last.streamId }
         guard arguments.flag("--follow") else { return 0 }
-        if recent.isEmpty { cursor = "$" }
+        // An empty stream is followed from its start ("0-0"), so nothing added meanwhile is missed.
         while !Task.isCancelled {
             let events = try await pool.events(after: cursor, block: .seconds(5), retry: .idempotent(deadline: nil))
             for event in events where job == nil || event.job == job { console.print(render(event, json: json)) }

@@ -74,6 +74,12 @@ struct JobExecutor: Sendable {
         switch claim {
         case .claimed(let at)?:
             startedAt = at
+            // Shutdown reached this slot while the claim was written: hand it back rather than start and stop it.
+            if Task.isCancelled {
+                return await written(.handedBack) {
+                    try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
+                }
+            }
         case .duplicate(let state, let attempt)?:
             let ended = JobState(rawValue: state)?.isTerminal ?? false
             let what = ended ? "already ended as \(state)" : "is \(state) as another entry"
@@ -98,17 +104,20 @@ struct JobExecutor: Sendable {
             process = try await supervisor.spawn(processSpec(for: entry)) { stream, bytes in
                 recorder.append(stream, bytes)
             }
+        } catch let error as SpawnError where error.isSupervisorSide {
+            // The runner's trouble (out of fds or processes, shutting down), not the job's: give it back, after a
+            // pause so that a runner in trouble does not cycle through the queue.
+            logger.warning("cannot start a job now: \(error.message); handing it back", ["job": entry.jobId])
+            if !Task.isCancelled { try? await Task.sleep(for: .seconds(1)) }
+            return await written(.handedBack) {
+                try await store.handBack(entry: entry, runner: runner, reason: error.message, retry: durable)
+            }
         } catch let error as SpawnError {
             logger.info("job could not start: \(error.message)", ["job": entry.jobId])
             let record = JobResultRecord(
                 state: .failed, exitCode: error.conventionalExitCode, reason: error.message,
                 durationMs: (clock.now - began).milliseconds)
             return await finish(entry, record, startedAt: startedAt)
-        } catch  where Task.isCancelled {
-            // Stopped for shutdown before the process existed: the job goes back, it did not fail.
-            return await written(.handedBack) {
-                try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
-            }
         } catch {
             let record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
             return await finish(entry, record, startedAt: startedAt)

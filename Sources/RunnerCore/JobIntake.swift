@@ -33,16 +33,28 @@ struct JobIntake: Sendable {
         }
     }
 
-    /// XREADGROUP ... COUNT n BLOCK ms STREAMS <queues> > : new entries, waiting up to `block`.
+    /// New entries (`>`), at most `count`, taken from the queues in priority order; waits up to `block` when
+    /// every queue is empty. With several queues the blocking read asks each for one entry, so it can return up to
+    /// one per queue: more than `count` when `count` is smaller than the number of queues.
     func readNew(count: Int) async throws -> [Delivery] {
-        let ids = Array(repeating: ">", count: queues.count)
-        var arguments = [
-            "XREADGROUP", "GROUP", Keyspace.consumerGroup, consumer, "COUNT", String(count), "BLOCK",
-            String(block.milliseconds), "STREAMS",
-        ]
-        arguments += queues.map { keyspace.jobs(queue: $0) } + ids
+        if queues.count > 1 {
+            var found: [Delivery] = []
+            for queue in queues where found.count < count {
+                found += try await read(queues: [queue], count: count - found.count, block: nil)
+            }
+            if !found.isEmpty { return found }
+        }
+        return try await read(queues: queues, count: queues.count > 1 ? 1 : count, block: block)
+    }
+
+    /// XREADGROUP GROUP runners <consumer> COUNT n [BLOCK ms] STREAMS <queues> > ...
+    private func read(queues: [String], count: Int, block: Duration?) async throws -> [Delivery] {
+        var arguments = ["XREADGROUP", "GROUP", Keyspace.consumerGroup, consumer, "COUNT", String(count)]
+        if let block { arguments += ["BLOCK", String(block.milliseconds)] }
+        arguments += ["STREAMS"] + queues.map { keyspace.jobs(queue: $0) } + Array(repeating: ">", count: queues.count)
         let reply = try await client.send(
-            RedisCommand(arguments), readTimeout: block + .seconds(5), retry: .whileUnreachable(deadline: nil))
+            RedisCommand(arguments), readTimeout: block.map { $0 + .seconds(5) },
+            retry: .whileUnreachable(deadline: nil))
         return parse(reply)
     }
 

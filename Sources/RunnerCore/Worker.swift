@@ -100,14 +100,21 @@ public final class Worker: Sendable {
 
         try await intake.ensureGroups()
         try await lease.acquire()
-        state.withLock { $0 = .running }
-        try await presence.publish(state: .running, free: config.concurrency, running: [])
-        try await store.emit(
-            .runnerRegistered, runner: config.name,
-            data: [
-                "node": .string(config.node), "pid": .int(Int(getpid())), "version": .string(config.version),
-                "queues": .array(config.queues.map(JSONValue.string)), "concurrency": .int(config.concurrency),
-            ], retry: .never)
+        do {
+            state.withLock { $0 = .running }
+            try await presence.publish(state: .running, free: config.concurrency, running: [])
+            try await store.emit(
+                .runnerRegistered, runner: config.name,
+                data: [
+                    "node": .string(config.node), "pid": .int(Int(getpid())), "version": .string(config.version),
+                    "queues": .array(config.queues.map(JSONValue.string)), "concurrency": .int(config.concurrency),
+                ], retry: .never)
+        } catch {
+            // Do not keep the name from a restart for a whole lease TTL.
+            try? await presence.unregister()
+            try? await lease.release()
+            throw error
+        }
         logger.info(
             "runner registered",
             [
@@ -220,7 +227,6 @@ public final class Worker: Sendable {
     private func intakeLoop(intake: JobIntake, executor: JobExecutor) async {
         var readPendingFirst = true  // our own pending entries (ID 0) first: at start and after any failure
         var cursors: [String: String] = [:]
-        var backlog: [Delivery] = []
         var lastGroupWarning: ContinuousClock.Instant?
         while !Task.isCancelled {
             let freeLatch = await slots.freeSlotLatch()
@@ -229,24 +235,35 @@ public final class Worker: Sendable {
             let free = await slots.free
             guard free > 0 else { continue }
             do {
-                if backlog.isEmpty {
-                    if readPendingFirst {
-                        let running = await slots.runningStreamIds
-                        let page = try await intake.readPending(count: free, after: cursors)
-                        if page.isEmpty {
-                            readPendingFirst = false
-                            cursors = [:]
-                            continue
+                if readPendingFirst {
+                    let page = try await intake.readPending(count: free, after: cursors)
+                    if page.isEmpty {
+                        readPendingFirst = false
+                        cursors = [:]
+                        continue
+                    }
+                    // Up to `free` of them, in order: cursors move only past what is taken (or already runs here),
+                    // so the rest come with the next page.
+                    let running = await slots.runningStreamIds
+                    var taken = 0
+                    for delivery in page {
+                        guard taken < free else { break }
+                        cursors[delivery.queue] = delivery.streamId
+                        guard !running.contains(delivery.streamId) else { continue }
+                        taken += 1
+                        await launch(delivery, executor: executor)
+                    }
+                } else {
+                    let deliveries = try await intake.readNew(count: free)
+                    for delivery in deliveries.prefix(free) { await launch(delivery, executor: executor) }
+                    // A read across several queues can bring one entry per queue; what has no slot goes back at
+                    // once rather than wait here while other runners are idle.
+                    for delivery in deliveries.dropFirst(free) {
+                        Task { [store = executor.store, name = configuration.name] in
+                            self.count(await JobExecutor.handBackUnstarted(delivery, store: store, runner: name))
                         }
-                        for delivery in page { cursors[delivery.queue] = delivery.streamId }
-                        backlog = page.filter { !running.contains($0.streamId) }
-                    } else {
-                        backlog = try await intake.readNew(count: free)
                     }
                 }
-                let now = backlog.prefix(free)
-                backlog.removeFirst(now.count)
-                for delivery in now { await launch(delivery, executor: executor) }
             } catch is CancellationError {
                 break
             } catch let error as RedisServerError where error.kind == "NOGROUP" || error.kind == "UNBLOCKED" {
@@ -264,7 +281,6 @@ public final class Worker: Sendable {
                 if Task.isCancelled { break }
                 readPendingFirst = true
                 cursors = [:]
-                backlog = []
                 if !(error is RedisClientError) { logger.warning("intake read failed: \(error)") }
                 try? await Task.sleep(for: .milliseconds(50))
             }

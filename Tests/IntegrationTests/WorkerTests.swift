@@ -196,22 +196,59 @@ final class WorkerTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
     }
 
+    /// A job that says it started and then waits for the test's release file: a barrier, not a duration.
+    private func barrierJob(_ directory: URL) -> [String] {
+        let dir = directory.path
+        return ["--shell", "touch '\(dir)'/$NR_JOB_ID.started; while [ ! -f '\(dir)/release' ]; do sleep 0.02; done"]
+    }
+
+    private func barrierDirectory() throws -> URL {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("barrier-\(namespace)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: directory) }
+        return directory
+    }
+
+    private func started(_ id: String, in directory: URL) -> Bool {
+        FileManager.default.fileExists(atPath: directory.appendingPathComponent("\(id).started").path)
+    }
+
     func testConcurrencyRunsJobsSideBySide() throws {
+        let directory = try barrierDirectory()
         try startRunner(["--concurrency", "3"])
-        for n in 1...3 { try submit(["--", "sleep", "1"], id: "c-\(n)") }
-        let records = try (1...3).map { try waitForState("c-\($0)", ["succeeded"]) }
-        let starts = records.compactMap { Int($0["started_at"] ?? "") }
-        let ends = records.compactMap { Int($0["finished_at"] ?? "") }
-        XCTAssertEqual(starts.count, 3)
-        // All three ran at once: each started before any finished.
-        XCTAssertLessThan(starts.max()!, ends.min()!)
+        for n in 1...3 { try submit(barrierJob(directory), id: "c-\(n)") }
+        // All three run at once: each has started while none can finish.
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { (1...3).allSatisfy { self.started("c-\($0)", in: directory) } })
+        FileManager.default.createFile(atPath: directory.appendingPathComponent("release").path, contents: nil)
+        for n in 1...3 { try waitForState("c-\(n)", ["succeeded"]) }
     }
 
     func testConcurrencyOneRunsJobsOneAfterAnother() throws {
+        let directory = try barrierDirectory()
         try startRunner(["--concurrency", "1"])
-        for n in 1...2 { try submit(["--", "sleep", "0.5"], id: "s-\(n)") }
+        for n in 1...2 { try submit(barrierJob(directory), id: "s-\(n)") }
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { self.started("s-1", in: directory) })
+        // With its one slot taken the runner reads nothing more: the second entry is not even delivered.
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 1)
+        XCTAssertEqual(try job("s-2")["state"], "queued")
+        XCTAssertFalse(started("s-2", in: directory))
+        FileManager.default.createFile(atPath: directory.appendingPathComponent("release").path, contents: nil)
         let records = try (1...2).map { try waitForState("s-\($0)", ["succeeded"]) }
         XCTAssertLessThanOrEqual(Int(records[0]["finished_at"]!)!, Int(records[1]["started_at"]!)!)
+    }
+
+    func testQueuesAreReadInPriorityOrderWithinFreeSlots() throws {
+        let directory = try barrierDirectory()
+        // Queued before any runner exists: two low, one high.
+        try submit(["--queue", "low"] + barrierJob(directory), id: "low-1")
+        try submit(["--queue", "low"] + barrierJob(directory), id: "low-2")
+        try submit(["--queue", "high"] + barrierJob(directory), id: "high-1")
+        try startRunner(["--concurrency", "1", "--queue", "high", "--queue", "low"])
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { self.started("high-1", in: directory) })
+        XCTAssertEqual(try send(["XPENDING", key("jobs:low"), "runners"]).array?.first?.int, 0, "no low job taken")
+        XCTAssertEqual(try job("low-1")["state"], "queued")
+        FileManager.default.createFile(atPath: directory.appendingPathComponent("release").path, contents: nil)
+        for id in ["high-1", "low-1", "low-2"] { try waitForState(id, ["succeeded"]) }
     }
 
     func testGracefulShutdownLetsTheRunningJobFinish() throws {
