@@ -69,8 +69,9 @@ static inline int nr_set_cloexec(int fd) {
     return flags < 0 ? -1 : fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
 }
 
-/// Names the calling thread (prctl(PR_SET_NAME); at most 15 bytes are kept). prctl is variadic in C.
-static inline void nr_set_thread_name(const char *name) {
+/// Names the calling thread (prctl(PR_SET_NAME); at most 15 bytes are kept). prctl is variadic in C, so the
+/// Redis client's owner threads are named through this; a name of its own keeps it apart from CRunnerShims'.
+static inline void nr_redis_name_thread(const char *name) {
     (void)prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
 }
 

@@ -9,9 +9,9 @@ import CHiredis
 /// The state shared by `RedisClient`'s callers and its owner thread, and the thread's work.
 ///
 /// Callers only touch `state` (under its lock) and resume continuations; the hiredis connection lives on the owner
-/// thread alone (in `Worker`). interrupt(), cancellation and close() reach a blocked read through shutdown(2) of the
-/// socket registered in `state`; the owner unregisters it under the same lock before redisFree closes it, so the
-/// descriptor can never be a reused number belonging to someone else.
+/// thread alone (in `OwnerThreadConnection`). interrupt(), cancellation and close() reach a blocked read through
+/// shutdown(2) of the socket registered in `state`; the owner unregisters it under the same lock before redisFree
+/// closes it, so the descriptor can never be a reused number belonging to someone else.
 final class ClientCore: Sendable {
     enum Work: Sendable {
         case connect
@@ -194,8 +194,8 @@ final class ClientCore: Sendable {
     // MARK: Owner thread's side
 
     private func runOwnerThread() {
-        nr_set_thread_name(String("redis-\(options.name)".utf8.prefix(15)) ?? "redis")
-        var worker = Worker(core: self)
+        nr_redis_name_thread(String("redis-\(options.name)".utf8.prefix(15)) ?? "redis")
+        var worker = OwnerThreadConnection(core: self)
         while let request = nextRequest() {
             let result = worker.perform(request)
             state.withLock { $0.current = nil }
@@ -293,7 +293,7 @@ final class ClientCore: Sendable {
 }
 
 /// The owner thread's own state: the connection and the up/down bookkeeping for log lines.
-private struct Worker {
+private struct OwnerThreadConnection {
     let core: ClientCore
     var connection: RedisConnection?
     /// A connection has been up at some point.

@@ -41,8 +41,8 @@ enum StatusCommand {
         for runner in status.runners {
             let record = runner.record
             let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
-            let free = record["capacity_free"]?.intValue ?? 0
-            let running = record["running"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
+            let running = record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue) ?? []
             rows.append([
                 runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
                 record[RunnerRecordField.state]?.stringValue ?? "?",

@@ -78,14 +78,9 @@ struct JobIntake: Sendable {
             else { continue }
             for entry in entries {
                 guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
-                deliveries.append(Delivery(streamId: id, queue: queue, fields: JobIntake.fieldPairs(parts[1])))
+                deliveries.append(Delivery(streamId: id, queue: queue, fields: parts[1].fieldPairs?.map { ($0.name, $0.value) }))
             }
         }
         return deliveries
-    }
-
-    /// A flat [field, value, ...] array as pairs; nil for a deleted payload.
-    static func fieldPairs(_ reply: RedisReply) -> [(String, [UInt8])]? {
-        reply.fieldPairs?.map { ($0.name, $0.value) }
     }
 }

@@ -13,7 +13,6 @@ actor JobSlots {
     init(capacity: Int) { self.capacity = capacity }
 
     var free: Int { capacity - slots.count }
-    var isEmpty: Bool { slots.isEmpty }
     var runningJobIds: [String] { slots.values.map(\.jobId).sorted() }
     var runningStreamIds: Set<String> { Set(slots.keys) }
 

@@ -10,7 +10,6 @@ actor LeaseKeeper {
     private let client: RedisClient
     private let scripts: ScriptRunner
     private(set) var token: String
-    private(set) var isHeld = false
 
     init(client: RedisClient, keyspace: Keyspace, runner: String, ttl: Duration) {
         self.client = client
@@ -41,7 +40,6 @@ actor LeaseKeeper {
             throw WorkerError(
                 .nameInUse, "runner name '\(runner)' is in use: its lease \(key) is held by another runner\(expiry)")
         }
-        isHeld = true
     }
 
     /// Extends the lease; if it was lost (expired or deleted), takes it again with a new token when free.
@@ -49,11 +47,7 @@ actor LeaseKeeper {
     func renew() async throws -> Bool {
         let reply = try await scripts.run(
             RunnerScripts.renewLease, keys: [key], arguments: [Array(token.utf8), Array(String(ttl.milliseconds).utf8)])
-        if reply.int == 1 {
-            isHeld = true
-            return true
-        }
-        isHeld = false
+        if reply.int == 1 { return true }
         token = LeaseKeeper.newToken()
         do {
             try await acquire()
@@ -66,6 +60,5 @@ actor LeaseKeeper {
     /// Deletes the lease if this runner still holds it.
     func release() async throws {
         _ = try await scripts.run(RunnerScripts.releaseLease, keys: [key], arguments: [Array(token.utf8)])
-        isHeld = false
     }
 }

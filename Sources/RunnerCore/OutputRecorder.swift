@@ -162,7 +162,7 @@ final class OutputRecorder: Sendable {
     /// The millisecond part of this recorder's entry ids: later than anything already in the stream.
     private func entryBase() async -> Int? {
         if let base = sequence.withLock({ $0.base }) { return base }
-        var base = Presence.nowMs()
+        var base = WallClock.milliseconds()
         let last = await DurableWrite.perform(logger: logger) { [client, key] in
             try await client.send(RedisCommand(["XREVRANGE", key, "+", "-", "COUNT", "1"]), retry: .idempotent(deadline: nil))
         }

@@ -230,7 +230,7 @@ public struct PoolClient: Sendable {
         (reply.array ?? []).compactMap { entry in
             guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { return nil }
             var fields: [String: String] = [:]
-            for (key, value) in JobIntake.fieldPairs(parts[1]) ?? [] {
+            for (key, value) in parts[1].fieldPairs ?? [] {
                 fields[key] = String(decoding: value, as: UTF8.self)
             }
             return PoolEvent(

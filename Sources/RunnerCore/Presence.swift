@@ -18,9 +18,9 @@ struct Presence: Sendable {
             RunnerRecordField.capacity: .int(configuration.concurrency),
             RunnerRecordField.state: .string(state.rawValue),
             RunnerRecordField.startedAt: .int(startedAtMs),
-            "capacity_free": .int(free),
-            "running": .array(running.map(JSONValue.string)),
-            "heartbeat_at": .int(Presence.nowMs()),
+            RunnerRecordField.capacityFree: .int(free),
+            RunnerRecordField.running: .array(running.map(JSONValue.string)),
+            RunnerRecordField.heartbeatAt: .int(WallClock.milliseconds()),
             ProtocolVersion.field: .int(ProtocolVersion.current),
         ]
     }
@@ -32,7 +32,7 @@ struct Presence: Sendable {
             "XADD", keyspace.heartbeats, "MAXLEN", "~", String(configuration.heartbeatsMaxLength), "*",
             HeartbeatField.runner, configuration.name, HeartbeatField.state, state.rawValue,
             HeartbeatField.capacityTotal, String(configuration.concurrency), HeartbeatField.capacityFree, String(free),
-            HeartbeatField.running, runningJSON, HeartbeatField.timestamp, String(Presence.nowMs()),
+            HeartbeatField.running, runningJSON, HeartbeatField.timestamp, String(WallClock.milliseconds()),
             ProtocolVersion.field, String(ProtocolVersion.current),
         ])
         let registry = RedisCommand([
@@ -45,11 +45,5 @@ struct Presence: Sendable {
     /// Removes the registry record (clean exit).
     func unregister() async throws {
         _ = try await client.send(RedisCommand(["HDEL", keyspace.runners, configuration.name]))
-    }
-
-    static func nowMs() -> Int {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Int(now.tv_sec) * 1000 + Int(now.tv_nsec) / 1_000_000
     }
 }

@@ -1,10 +1,6 @@
+import RedisClient
 import RunnerProtocol
 
-/// A Lua script run with EVALSHA (loaded on first use, reloaded after a Redis restart flushed the cache).
-public struct LuaScript: Sendable, Hashable {
-    public let name: String
-    public let source: String
-}
 
 /// The runner's server-side scripts. Each write about a job is one script, so that a result, its ack and its
 /// event land together or not at all, and a retried call after a lost reply changes nothing twice.

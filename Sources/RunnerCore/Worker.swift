@@ -93,7 +93,7 @@ public final class Worker: Sendable {
             block: config.intakeBlock)
         let lease = LeaseKeeper(client: presenceClient, keyspace: keyspace, runner: config.name, ttl: config.leaseTTL)
         let presence = Presence(
-            client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: Presence.nowMs())
+            client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds())
         let executor = JobExecutor(
             configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger,
             abandoned: nameLost)
@@ -146,9 +146,7 @@ public final class Worker: Sendable {
                 + "its lease; stopped its jobs without recording them (the other runner owns them now)"
             logger.error(message)
             try? await store.emit(
-                .runnerShutdown, runner: config.name,
-                data: ["reason": "lease_taken", "finished": .int(summary.withLock(\.finished))],
-                retry: .never)
+                .runnerShutdown, runner: config.name, data: shutdownData(reason: "lease_taken"), retry: .never)
             throw WorkerError(.leaseLost, message)
         }
         await handBackUndelivered(intake: intake, store: store)
@@ -157,10 +155,7 @@ public final class Worker: Sendable {
         state.withLock { $0 = .stopped }
         try? await store.emit(
             .runnerShutdown, runner: config.name,
-            data: [
-                "reason": "requested", "finished": .int(final.finished), "handed_back": .int(final.handedBack),
-                "rejected": .int(final.rejected), "lost": .int(final.lost), "unrecorded": .int(final.unrecorded),
-            ], retry: .whileUnreachable(deadline: .now + .seconds(5)))
+            data: shutdownData(reason: "requested"), retry: .whileUnreachable(deadline: .now + .seconds(5)))
         for queue in config.queues {
             if (try? await store.removeConsumer(config.name, queue: queue)) == false {
                 logger.warning(
@@ -199,6 +194,15 @@ public final class Worker: Sendable {
         }
         await idle.wait()
         giveUp.cancel()
+    }
+
+    /// The `runner.shutdown` event's data: why, and what became of the jobs.
+    private func shutdownData(reason: String) -> JSONValue {
+        let final = summary.withLock { $0 }
+        return [
+            "reason": .string(reason), "finished": .int(final.finished), "handed_back": .int(final.handedBack),
+            "rejected": .int(final.rejected), "lost": .int(final.lost), "unrecorded": .int(final.unrecorded),
+        ]
     }
 
     /// Renews the lease and publishes heartbeats every interval until cancelled.

@@ -96,5 +96,12 @@ public enum RunnerRecordField {
     public static let capacity = "capacity"
     public static let state = "state"
     public static let startedAt = "started_at"
-    public static let all = [node, pid, version, queues, capacity, state, startedAt, ProtocolVersion.field]
+    public static let capacityFree = "capacity_free"
+    /// JSON array of the ids of the running jobs.
+    public static let running = "running"
+    /// The runner's clock at its last heartbeat, milliseconds since the epoch.
+    public static let heartbeatAt = "heartbeat_at"
+    public static let all = [
+        node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt, ProtocolVersion.field,
+    ]
 }

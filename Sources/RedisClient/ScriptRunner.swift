@@ -1,16 +1,28 @@
-import RedisClient
 import Synchronization
+
+/// A Lua script, run by `ScriptRunner`.
+public struct LuaScript: Sendable, Hashable {
+    /// A name for logs and errors; also the key of its cached SHA1.
+    public let name: String
+    public let source: String
+
+    public init(name: String, source: String) {
+        self.name = name
+        self.source = source
+    }
+}
 
 /// Runs `LuaScript`s by EVALSHA, loading each with SCRIPT LOAD on first use and again after NOSCRIPT (a restarted
 /// Redis has an empty script cache).
-final class ScriptRunner: Sendable {
-    let client: RedisClient
+public final class ScriptRunner: Sendable {
+    public let client: RedisClient
     private let hashes = Mutex<[String: String]>([:])
 
-    init(client: RedisClient) { self.client = client }
+    public init(client: RedisClient) { self.client = client }
 
-    /// EVALSHA the script with keys and arguments; an error reply is thrown as `RedisServerError`.
-    func run(
+    /// EVALSHA (SCRIPT LOAD first when needed) the script with keys and arguments; an error reply is thrown as
+    /// `RedisServerError`.
+    public func run(
         _ script: LuaScript, keys: [String], arguments: [[UInt8]], retry: RedisRetry = .never
     ) async throws -> RedisReply {
         for _ in 0..<3 {
