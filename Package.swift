@@ -31,6 +31,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["RedisClient"], path: "Tests/TestSupport"),
         .testTarget(name: "RedisClientTests", dependencies: ["RedisClient", "TestSupport"]),
         .testTarget(name: "RunnerProtocolTests", dependencies: ["RunnerProtocol"]),
+        .testTarget(name: "RunnerCoreTests", dependencies: ["RunnerCore", "RunnerProtocol", "ProcessSupervision"]),
         .testTarget(name: "ProcessSupervisionTests", dependencies: ["ProcessSupervision", "TestSupport"]),
         .testTarget(name: "RunnerCLITests", dependencies: ["RunnerCLI", "RunnerProtocol"]),
         .testTarget(

@@ -1,0 +1,93 @@
+import ProcessSupervision
+@testable import RunnerCore
+import RunnerProtocol
+import XCTest
+
+final class LatchTests: XCTestCase {
+    func testWaitReturnsOnFireAndFiredLatchesDoNotBlock() async {
+        let latch = Latch()
+        XCTAssertFalse(latch.isFired)
+        let waiter = Task { await latch.wait() }
+        latch.fire()
+        await waiter.value
+        XCTAssertTrue(latch.isFired)
+        await latch.wait()  // already fired: returns at once
+        latch.fire()  // firing twice is harmless
+    }
+
+    func testCancellationEndsAWait() async {
+        let latch = Latch()
+        let waiter = Task { await latch.wait() }
+        waiter.cancel()
+        await waiter.value
+        XCTAssertFalse(latch.isFired)
+    }
+
+    func testTimeoutVersusFire() async {
+        let never = Latch()
+        let timedOut = await RunnerCore.wait(for: never, timeout: .milliseconds(10))
+        XCTAssertFalse(timedOut)
+        let fired = await RunnerCore.wait(for: Latch(fired: true), timeout: .seconds(60))
+        XCTAssertTrue(fired)
+    }
+}
+
+final class JobSlotsTests: XCTestCase {
+    func testReserveReleaseAndLatches() async {
+        let slots = JobSlots(capacity: 2)
+        let initiallyFree = await slots.free
+        XCTAssertEqual(initiallyFree, 2)
+        let idle = await slots.emptyLatch()
+        XCTAssertTrue(idle.isFired)
+        await slots.reserve(streamId: "1-0", jobId: "a")
+        await slots.reserve(streamId: "2-0", jobId: "b")
+        let free = await slots.free
+        let ids = await slots.runningJobIds
+        XCTAssertEqual(free, 0)
+        XCTAssertEqual(ids, ["a", "b"])
+        let freeLatch = await slots.freeSlotLatch()
+        let emptyLatch = await slots.emptyLatch()
+        XCTAssertFalse(freeLatch.isFired)
+        await slots.release(streamId: "1-0")
+        XCTAssertTrue(freeLatch.isFired)
+        XCTAssertFalse(emptyLatch.isFired)
+        await slots.release(streamId: "2-0")
+        XCTAssertTrue(emptyLatch.isFired)
+        // Releasing twice, or a task attached after release, changes nothing.
+        await slots.release(streamId: "2-0")
+        await slots.attach(streamId: "2-0", task: Task {})
+        let after = await slots.free
+        XCTAssertEqual(after, 2)
+    }
+}
+
+final class OutcomeMappingTests: XCTestCase {
+    private func record(_ termination: Termination, stop: StopReason? = nil, forced: Bool = false) -> JobResultRecord {
+        JobExecutor.record(
+            for: ProcessOutcome(
+                pid: 7, termination: termination, stopReason: stop, forcedKill: forced, wallTime: .milliseconds(1500)),
+            timeout: .seconds(2))
+    }
+
+    func testExitCodesSignalsAndTimeouts() {
+        XCTAssertEqual(record(.exited(0)).state, .succeeded)
+        XCTAssertEqual(record(.exited(0)).durationMs, 1500)
+        let failed = record(.exited(3))
+        XCTAssertEqual(failed.state, .failed)
+        XCTAssertEqual(failed.exitCode, 3)
+        XCTAssertEqual(failed.reason, "exited with code 3")
+        let killed = record(.signaled(9))
+        XCTAssertEqual(killed.state, .failed)
+        XCTAssertEqual(killed.signal, 9)
+        XCTAssertNil(killed.exitCode)
+        XCTAssertEqual(killed.reason, "killed by signal 9 (SIGKILL)")
+        let gentle = record(.signaled(15), stop: .timeout)
+        XCTAssertEqual(gentle.state, .timedOut)
+        XCTAssertEqual(gentle.reason, "timed out after 2000 ms; stopped with SIGTERM")
+        XCTAssertFalse(gentle.forcedKill)
+        let forced = record(.signaled(9), stop: .timeout, forced: true)
+        XCTAssertEqual(forced.reason, "timed out after 2000 ms; killed with SIGKILL after the grace period")
+        XCTAssertEqual(forced.eventData["forced_kill"], .bool(true))
+        XCTAssertEqual(forced.eventData["state"], "timed_out")
+    }
+}
