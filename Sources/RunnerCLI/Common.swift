@@ -57,8 +57,7 @@ extension ParsedArguments {
         do {
             try JobEntry.validateId(id)
         } catch {
-            let shown = id.count > 60 ? String(id.prefix(60)) + "..." : id
-            throw UsageError("invalid job id '\(shown)': \(error.message)", command: command.name)
+            throw UsageError("invalid job id: \(error.message)", command: command.name)
         }
         return id
     }

@@ -18,6 +18,11 @@ enum EventsCommand {
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let count = try arguments.positiveInt("--count") ?? 50
         let job = arguments.value("--job")
+        if let job {
+            do { try JobEntry.validateId(job) } catch {
+                throw UsageError("invalid value for '--job': \(error.message)", command: spec.name)
+            }
+        }
         let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--follow"), console: console)
         defer { pool.client.close() }
         let json = arguments.flag("--json")

@@ -98,7 +98,12 @@ public enum RunnerCommandLine {
             console.print("runner \(RunnerVersion.current) (protocol v\(ProtocolVersion.current))")
             return 0
         case "-h", "--help":
-            console.print(overview)
+            // `runner -h submit` means the help of submit.
+            if arguments.count > 1, let (spec, _) = subcommands.first(where: { $0.0.name == arguments[1] }) {
+                console.print(spec.help)
+            } else {
+                console.print(overview)
+            }
             return 0
         case "help":
             guard arguments.count > 1 else {

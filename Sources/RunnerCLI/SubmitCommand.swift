@@ -8,8 +8,8 @@ enum SubmitCommand {
     static let spec = CommandSpec(
         name: "submit",
         abstract: "Submit a job and print its id (or, with --wait, its output).",
-        usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--cwd DIR] [--max-attempts N] [--id ID] "
-            + "[--shell 'SCRIPT'] [--wait] [--json] -- CMD [ARG...]",
+        usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--label K=V]... [--cwd DIR] "
+            + "[--max-attempts N] [--id ID] [--shell 'SCRIPT'] [--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
         arguments: [("CMD [ARG...]", "The command and its arguments (after --), unless --shell is given.")],
         options: CommonOptions.all + [
             OptionSpec("--queue", .value("QUEUE"), help: "Queue to submit to.", default: Keyspace.defaultQueue),

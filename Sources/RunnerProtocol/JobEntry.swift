@@ -17,7 +17,20 @@ public struct JobEntry: Sendable, Hashable {
             throw JobSpecError("job id is longer than \(maximumIdLength) bytes")
         }
         guard !id.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0 == "\u{7f}" })
-        else { throw JobSpecError("job id \"\(id)\" contains white space or control characters") }
+        else { throw JobSpecError("job id \"\(JobEntry.printable(id))\" contains white space or control characters") }
+    }
+
+    /// The text with control characters (and other non-printing scalars) written as `\u{..}`, so that an error
+    /// message quoting untrusted input can never drive the terminal showing it. Long texts are cut at 80 scalars.
+    public static func printable(_ text: String) -> String {
+        var out = ""
+        for (index, scalar) in text.unicodeScalars.enumerated() {
+            if index == 80 { return out + "..." }
+            let visible = scalar.value >= 0x20 && scalar.value != 0x7F && !(0x80..<0xA0).contains(scalar.value)
+                && scalar.properties.generalCategory != .format
+            out += visible ? String(scalar) : "\\u{\(String(scalar.value, radix: 16))}"
+        }
+        return out
     }
 
     /// Validates the raw fields of a stream entry. Throws with a reason naming the problem.

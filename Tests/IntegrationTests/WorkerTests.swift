@@ -439,6 +439,20 @@ final class AttemptTests: IntegrationTestCase {
         XCTAssertEqual(try events(of: "ma-3").filter { $0 == "job.retry_scheduled" }.count, 0)
     }
 
+    func testDuplicateEntriesReadTogetherRunOnce() throws {
+        for _ in 0..<3 {
+            _ = try send(["XADD", key("jobs:default"), "*", "id", "twin", "spec", #"{"shell":"echo run; sleep 0.5"}"#])
+        }
+        try startRunner(["--concurrency", "4"])
+        try waitForState("twin", ["succeeded"])
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["XLEN", self.key("dead")]).int) == 2 })
+        let types = try events(of: "twin")
+        XCTAssertEqual(types.filter { $0 == "job.started" }.count, 1, "\(types)")
+        XCTAssertEqual(types.filter { $0 == "job.rejected" }.count, 2, "\(types)")
+        XCTAssertEqual(try logBytes("twin").stdout, Array("run\n".utf8))
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+    }
+
     func testDuplicateEntryOfAFinishedJobNeverRuns() throws {
         try startRunner()
         let marker = FileManager.default.temporaryDirectory.appendingPathComponent("dup-\(namespace)")

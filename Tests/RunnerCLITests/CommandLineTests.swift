@@ -139,7 +139,12 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(code, 2)
         XCTAssertEqual(
             err.split(separator: "\n").first,
-            #"Error: invalid job id 'a b': job id "a b" contains white space or control characters"#)
+            #"Error: invalid job id: job id "a b" contains white space or control characters"#)
+        (code, _, err) = await run(["result", "esc\u{1b}[31mred"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            #"Error: invalid job id: job id "esc\u{1b}[31mred" contains white space or control characters"#)
     }
 
     func testUnreachableRedisIsOneClearLine() async throws {
