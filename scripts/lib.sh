@@ -18,14 +18,17 @@ nr_need_packages() {
     command -v apt-get >/dev/null || nr_die "missing packages ${missing[*]} and no apt-get to install them"
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    local log
+    log="$(mktemp /tmp/nativerunner-apt.XXXXXX.log)"
     if [ -z "$NR_APT_UPDATED" ]; then
         nr_say "apt-get update"
-        $sudo apt-get update -qq >&2 || nr_die "apt-get update failed"
+        $sudo apt-get update -qq >"$log" 2>&1 || { tail -n 20 "$log" >&2; nr_die "apt-get update failed (log: $log)"; }
         NR_APT_UPDATED=1
     fi
     nr_say "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
-        || nr_die "apt-get install ${missing[*]} failed"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1 \
+        || { tail -n 20 "$log" >&2; nr_die "apt-get install ${missing[*]} failed (log: $log)"; }
+    rm -f "$log"
 }
 
 # The build and runtime needs: hiredis headers + pkg-config for the build, redis-server for runs and tests.
