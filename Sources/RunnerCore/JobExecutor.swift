@@ -204,9 +204,9 @@ struct JobExecutor: Sendable {
             "LANG": "C.UTF-8",
         ]
         for (key, value) in entry.spec.environment { environment[key] = value }
-        environment["NR_JOB_ID"] = entry.jobId
-        environment["NR_ATTEMPT"] = String(entry.attempt)
-        environment["NR_RUNNER"] = configuration.name
+        environment[JobEnvironment.jobId] = entry.jobId
+        environment[JobEnvironment.attempt] = String(entry.attempt)
+        environment[JobEnvironment.runner] = configuration.name
         let argv: [String]
         switch entry.spec.command {
         case .argv(let arguments): argv = arguments

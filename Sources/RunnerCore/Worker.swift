@@ -100,6 +100,14 @@ public final class Worker: Sendable {
 
         try await intake.ensureGroups()
         try await lease.acquire()
+        // With the name ours, whatever still runs under it is left over from a previous run that died (kill -9):
+        // stop it before its pending jobs run again, so that no two copies run side by side.
+        let leftovers = LeftoverProcesses.kill(withEnvironment: [JobEnvironment.runner: config.name])
+        if !leftovers.isEmpty {
+            logger.warning(
+                "stopped \(leftovers.count) process(es) left over from a previous run of runner '\(config.name)'",
+                ["pids": leftovers.map(String.init).joined(separator: ",")])
+        }
         do {
             state.withLock { $0 = .running }
             try await presence.publish(state: .running, free: config.concurrency, running: [])

@@ -105,3 +105,12 @@ public enum RunnerRecordField {
         node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt, ProtocolVersion.field,
     ]
 }
+
+/// Variables the runner sets in every job's environment.
+public enum JobEnvironment {
+    public static let jobId = "NR_JOB_ID"
+    public static let attempt = "NR_ATTEMPT"
+    /// The runner's id; also how a restarted runner recognises processes a crashed run of it left behind.
+    public static let runner = "NR_RUNNER"
+    public static let all = [jobId, attempt, runner]
+}

@@ -9,10 +9,16 @@ final class CrashRecoveryTests: IntegrationTestCase {
         let marker = FileManager.default.temporaryDirectory.appendingPathComponent("crash-\(namespace)")
         defer { try? FileManager.default.removeItem(at: marker) }
         let runner = try startRunner(name: "fixed", ["--lease-ttl", "2s"])
-        let script = "if [ -f '\(marker.path)' ]; then echo second run; else touch '\(marker.path)'; sleep 60; fi"
+        let script =
+            "if [ -f '\(marker.path)' ]; then echo second run; else touch '\(marker.path)'; sleep 60 & echo pid=$!; wait; fi"
         try submit(["--shell", script], id: "crash-1")
         let pid = try runningPid("crash-1")
         XCTAssertTrue(processIsAlive(pid))
+        var child: Int32 = 0
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) {
+            child = self.pids(in: (try? self.logBytes("crash-1")).map { String(decoding: $0.stdout, as: UTF8.self) } ?? "").first ?? 0
+            return child > 0
+        })
 
         runner.signal(SIGKILL)
         XCTAssertNotNil(runner.waitForExit(timeout: 10))
@@ -23,7 +29,10 @@ final class CrashRecoveryTests: IntegrationTestCase {
         // The same name can be taken again once the dead runner's lease has expired.
         XCTAssertTrue(
             waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:fixed")]).int) == 0 })
+        // The main process died with the runner; its background child did not, until the runner came back.
+        XCTAssertTrue(processIsAlive(child))
         try startRunner(name: "fixed")
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(child) }, "the leftover child still runs")
         let after = try waitForState("crash-1", ["succeeded"])
         XCTAssertEqual(after["output_tail"], "second run\n")
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)

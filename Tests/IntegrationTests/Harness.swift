@@ -16,6 +16,20 @@ enum Binaries {
     }()
 }
 
+extension Process {
+    /// Runs the `runner` binary with these arguments, so that it dies with the test process even if that crashes
+    /// (util-linux setpriv sets PR_SET_PDEATHSIG and execs it, keeping the pid): a test never leaves one running.
+    func runnerBinary(_ arguments: [String]) {
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") {
+            executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            self.arguments = ["--pdeathsig", "KILL", Binaries.runner] + arguments
+        } else {
+            executableURL = URL(fileURLWithPath: Binaries.runner)
+            self.arguments = arguments
+        }
+    }
+}
+
 /// The Redis most tests share: scripts/test's throwaway server (NR_TEST_REDIS), or one started for this process.
 /// Each test uses its own namespace, so tests never see each other's keys.
 enum SharedRedis {
@@ -44,8 +58,7 @@ struct CLIResult {
 /// Runs `runner ARGS...` to completion (bounded), capturing its output.
 func runCLI(_ arguments: [String], environment: [String: String]? = nil, timeout: TimeInterval = 60) -> CLIResult {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: Binaries.runner)
-    process.arguments = arguments
+    process.runnerBinary(arguments)
     if let environment { process.environment = environment }
     let out = Pipe()
     let err = Pipe()
@@ -76,16 +89,21 @@ func runCLI(_ arguments: [String], environment: [String: String]? = nil, timeout
 
 /// A CLI command left running in the background (`submit --wait`, `--follow`), its stdout collected by a reader
 /// thread so that tests can poll it without blocking.
-final class BackgroundCLI: @unchecked Sendable {  // the buffer is only touched under `lock`
+final class BackgroundCLI {
+    /// The collected bytes; only touched under `lock`. A box of its own, so the reader thread does not keep the
+    /// BackgroundCLI alive (its deinit is what stops the process).
+    private final class Buffer: @unchecked Sendable {
+        let lock = NSLock()
+        var data = Data()
+    }
+
     let process = Process()
-    private let lock = NSLock()
-    private var buffer = Data()
+    private let buffer = Buffer()
     private let reader = DispatchGroup()
     private let exited = DispatchSemaphore(value: 0)
 
     init(_ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: Binaries.runner)
-        process.arguments = arguments
+        process.runnerBinary(arguments)
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice
@@ -94,17 +112,17 @@ final class BackgroundCLI: @unchecked Sendable {  // the buffer is only touched 
         process.terminationHandler = { _ in exited.signal() }
         try process.run()
         let handle = pipe.fileHandleForReading
-        DispatchQueue.global().async(group: reader) { [self] in
+        DispatchQueue.global().async(group: reader) { [buffer] in
             while true {
                 let chunk = handle.availableData
                 if chunk.isEmpty { return }
-                lock.withLock { buffer += chunk }
+                buffer.lock.withLock { buffer.data += chunk }
             }
         }
     }
 
     /// What it printed so far.
-    var output: String { lock.withLock { String(decoding: buffer, as: UTF8.self) } }
+    var output: String { buffer.lock.withLock { String(decoding: buffer.data, as: UTF8.self) } }
 
     /// Its exit status, once it exited within the timeout (its output is then complete).
     func waitForExit(timeout: TimeInterval) -> Int32? {
@@ -137,8 +155,7 @@ final class RunnerUnderTest {
         logURL = FileManager.default.temporaryDirectory.appendingPathComponent(
             "runner-\(name)-\(UUID().uuidString).log")
         FileManager.default.createFile(atPath: logURL.path, contents: nil)
-        process.executableURL = URL(fileURLWithPath: Binaries.runner)
-        process.arguments = ["worker", "--redis", endpoint.url, "--namespace", namespace, "--name", name] + arguments
+        process.runnerBinary(["worker", "--redis", endpoint.url, "--namespace", namespace, "--name", name] + arguments)
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("RUNNER_") }
         env.merge(environment) { _, new in new }
         process.environment = env

@@ -36,7 +36,7 @@ final class ProtocolDocumentationTests: XCTestCase {
         names += JobState.allCases.map(\.rawValue)
         names += RunnerState.allCases.map(\.rawValue)
         names += JobEntryField.all + EventField.all + HeartbeatField.all + ResultField.all + LogField.all
-        names += DeadLetterField.all + RunnerRecordField.all + JobSpec.Key.all
+        names += DeadLetterField.all + RunnerRecordField.all + JobSpec.Key.all + JobEnvironment.all
         names += [LogField.stdout, LogField.stderr, LogField.meta, Keyspace.consumerGroup, Keyspace.defaultQueue]
         let missing = names.filter { !spans.contains($0) }
         XCTAssertEqual(missing, [], "named in code but not in docs/protocol.md")
