@@ -5,6 +5,17 @@ import XCTest
 final class TeardownTests: XCTestCase {
     private let sleep60 = ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"])
 
+    /// The main process and every pid the job printed (one per line, `expecting` of them) are gone.
+    private func assertGone(
+        _ outcome: ProcessOutcome, printedPids lines: [String], expecting count: Int, line: UInt = #line
+    ) {
+        let members = lines.compactMap { Int32($0) }
+        XCTAssertEqual(members.count, count, line: line)
+        for pid in members + [outcome.pid] {
+            XCTAssertNil(processState(pid), "group member \(pid) still exists after wait()", line: line)
+        }
+    }
+
     func testTimeoutStopsTheWholeGroup() async throws {
         let start = ContinuousClock.now
         let (outcome, output) = try await runToEnd(
@@ -17,11 +28,7 @@ final class TeardownTests: XCTestCase {
         XCTAssertFalse(outcome.forcedKill)
         XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(300))
         XCTAssertLessThan(elapsed, .seconds(3))
-        let members = output.stdoutLines.compactMap { Int32($0) }
-        XCTAssertEqual(members.count, 2)
-        for pid in members + [outcome.pid] {
-            XCTAssertNil(processState(pid), "group member \(pid) still exists after wait()")
-        }
+        assertGone(outcome, printedPids: output.stdoutLines, expecting: 2)
     }
 
     func testIgnoredSIGTERMNeedsSIGKILL() async throws {
@@ -36,11 +43,7 @@ final class TeardownTests: XCTestCase {
         XCTAssertTrue(outcome.forcedKill)
         XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(500))
         XCTAssertLessThan(elapsed, .seconds(3))
-        let members = output.stdoutLines.compactMap { Int32($0) }
-        XCTAssertEqual(members.count, 1)
-        for pid in members + [outcome.pid] {
-            XCTAssertNil(processState(pid), "group member \(pid) still exists after wait()")
-        }
+        assertGone(outcome, printedPids: output.stdoutLines, expecting: 1)
     }
 
     func testBackgroundChildHoldingStdoutNeitherHangsNorOutlivesWait() async throws {
