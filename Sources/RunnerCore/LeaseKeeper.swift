@@ -10,6 +10,8 @@ actor LeaseKeeper {
     private let client: RedisClient
     private let scripts: ScriptRunner
     private(set) var token: String
+    /// When Redis last confirmed the lease (this runner's monotonic clock, which keeps counting while it is paused).
+    private(set) var confirmedAt = ContinuousClock.now
 
     init(client: RedisClient, keyspace: Keyspace, runner: String, ttl: Duration) {
         self.client = client
@@ -40,6 +42,7 @@ actor LeaseKeeper {
             throw WorkerError(
                 .nameInUse, "runner name '\(runner)' is in use: its lease \(key) is held by another runner\(expiry)")
         }
+        confirmedAt = .now
     }
 
     /// Extends the lease; if it was lost (expired or deleted), takes it again with a new token when free.
@@ -47,7 +50,10 @@ actor LeaseKeeper {
     func renew() async throws -> Bool {
         let reply = try await scripts.run(
             RunnerScripts.renewLease, keys: [key], arguments: [Array(token.utf8), Array(String(ttl.milliseconds).utf8)])
-        if reply.int == 1 { return true }
+        if reply.int == 1 {
+            confirmedAt = .now
+            return true
+        }
         token = LeaseKeeper.newToken()
         do {
             try await acquire()
@@ -56,6 +62,9 @@ actor LeaseKeeper {
             return false
         }
     }
+
+    /// Whether Redis confirmed the lease less than half a TTL ago.
+    var isFresh: Bool { ContinuousClock.now - confirmedAt < ttl / 2 }
 
     /// Deletes the lease if this runner still holds it.
     func release() async throws {

@@ -32,6 +32,9 @@ public final class Worker: Sendable {
     /// pending entries are that runner's now, so this one stops them without recording anything and exits.
     private let nameLost = Latch()
     private let summary = Mutex(WorkerSummary())
+    /// Set when this consumer has pending entries that no slot runs (delivered to a read whose reply was lost, or to
+    /// a paused earlier run of this name): the intake then reads its own pending entries again.
+    private let strayPending = Mutex(false)
     private let state = Mutex(RunnerState.starting)
 
     public init(configuration: WorkerConfiguration, logger: Logger) {
@@ -132,7 +135,7 @@ public final class Worker: Sendable {
             ])
 
         let presenceTask = Task { await self.keepPresence(lease: lease, presence: presence) }
-        let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor) }
+        let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor, lease: lease) }
 
         await shutdownRequested.wait()
         state.withLock { $0 = .draining }
@@ -213,21 +216,55 @@ public final class Worker: Sendable {
         ]
     }
 
+    /// XPENDING of this consumer on each queue: is anything delivered to it that no slot runs?
+    private func hasStrayPending() async throws -> Bool {
+        let running = await slots.runningStreamIds
+        for queue in configuration.queues {
+            let reply = try await presenceClient.send(
+                RedisCommand([
+                    "XPENDING", configuration.keyspace.jobs(queue: queue), Keyspace.consumerGroup, "-", "+", "100",
+                    configuration.name,
+                ]))
+            let ids = (reply.array ?? []).compactMap { $0.array?.first?.string }
+            if ids.contains(where: { !running.contains($0) }) { return true }
+        }
+        return false
+    }
+
+    /// Renews the lease; when another runner holds the name now, starts the stop of this one and returns false.
+    private func renew(_ lease: LeaseKeeper) async throws -> Bool {
+        guard try await lease.renew() else {
+            logger.error("lost the lease: another runner holds the name '\(configuration.name)'; stopping")
+            nameLost.fire()
+            shutdownRequested.fire()
+            immediateRequested.fire()
+            return false
+        }
+        return true
+    }
+
+    /// Before starting what it read, a runner whose lease Redis has not confirmed for half a TTL (it was paused, or
+    /// Redis was away) confirms it first: if the name went to another runner meanwhile, the entries are handed back
+    /// instead of run beside that runner's copies.
+    private func mayStart(_ deliveries: [Delivery], lease: LeaseKeeper, store: JobStore) async -> Bool {
+        guard !deliveries.isEmpty, !(await lease.isFresh) else { return true }
+        if (try? await renew(lease)) != false { return true }
+        for delivery in deliveries {
+            count(await JobExecutor.handBackUnstarted(delivery, store: store, runner: configuration.name))
+        }
+        return false
+    }
+
     /// Renews the lease and publishes heartbeats every interval until cancelled.
     private func keepPresence(lease: LeaseKeeper, presence: Presence) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
             if Task.isCancelled { break }
             do {
-                guard try await lease.renew() else {
-                    logger.error("lost the lease: another runner holds the name '\(configuration.name)'; stopping")
-                    nameLost.fire()
-                    shutdownRequested.fire()
-                    immediateRequested.fire()
-                    return
-                }
+                guard try await renew(lease) else { return }
                 let current = state.withLock { $0 }
                 try await presence.publish(state: current, free: await slots.free, running: await slots.runningJobIds)
+                if try await hasStrayPending() { strayPending.withLock { $0 = true } }
             } catch {
                 // The client has already said once that Redis is unreachable; retry at the next interval.
                 logger.debug("heartbeat failed: \(error)")
@@ -236,7 +273,7 @@ public final class Worker: Sendable {
     }
 
     /// Reads entries up to the free slots and starts a task per job, until cancelled.
-    private func intakeLoop(intake: JobIntake, executor: JobExecutor) async {
+    private func intakeLoop(intake: JobIntake, executor: JobExecutor, lease: LeaseKeeper) async {
         var readPendingFirst = true  // our own pending entries (ID 0) first: at start and after any failure
         var cursors: [String: String] = [:]
         var lastGroupWarning: ContinuousClock.Instant?
@@ -246,6 +283,7 @@ public final class Worker: Sendable {
             if Task.isCancelled { break }
             let free = await slots.free
             guard free > 0 else { continue }
+            if strayPending.withLock({ flag in defer { flag = false }; return flag }) { readPendingFirst = true }
             do {
                 if readPendingFirst {
                     let page = try await intake.readPending(count: free, after: cursors)
@@ -257,16 +295,20 @@ public final class Worker: Sendable {
                     // Up to `free` of them, in order: cursors move only past what is taken (or already runs here),
                     // so the rest come with the next page.
                     let running = await slots.runningStreamIds
-                    var taken = 0
+                    var taken: [Delivery] = []
                     for delivery in page {
-                        guard taken < free else { break }
+                        guard taken.count < free else { break }
                         cursors[delivery.queue] = delivery.streamId
                         guard !running.contains(delivery.streamId) else { continue }
-                        taken += 1
-                        await launch(delivery, executor: executor)
+                        taken.append(delivery)
                     }
+                    // Pending entries stay this name's either way: a runner that lost the name leaves them.
+                    let fresh = await lease.isFresh
+                    if !fresh, (try? await renew(lease)) == false { break }
+                    for delivery in taken { await launch(delivery, executor: executor) }
                 } else {
                     let deliveries = try await intake.readNew(count: free)
+                    guard await mayStart(deliveries, lease: lease, store: executor.store) else { break }
                     for delivery in deliveries.prefix(free) { await launch(delivery, executor: executor) }
                     // A read across several queues can bring one entry per queue; what has no slot goes back at
                     // once rather than wait here while other runners are idle.

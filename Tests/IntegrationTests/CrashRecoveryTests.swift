@@ -53,6 +53,9 @@ final class CrashRecoveryTests: IntegrationTestCase {
         // The paused runner's registry field is still there: wait for the new runner's lease itself.
         XCTAssertTrue(
             waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:same")]).int) == 1 })
+        // A job added now may be handed to the paused runner's read, still blocked in Redis: when it wakes it must
+        // give the entry back, not run it beside the new runner.
+        try submit(["--", "echo", "once"], id: "pause-2")
         first.signal(SIGCONT)
 
         XCTAssertEqual(first.waitForExit(timeout: 15), 1, first.log)
@@ -61,6 +64,8 @@ final class CrashRecoveryTests: IntegrationTestCase {
         let record = try waitForState("pause-1", ["succeeded"])
         XCTAssertEqual(record["output_tail"], "second run\n")
         XCTAssertEqual(try events(of: "pause-1").filter { $0 == "job.succeeded" }.count, 1)
+        XCTAssertEqual(try waitForState("pause-2", ["succeeded"])["output_tail"], "once\n")
+        XCTAssertEqual(try events(of: "pause-2").filter { $0 == "job.started" }.count, 1)
         XCTAssertEqual(try send(["HEXISTS", key("runners"), "same"]).int, 1, "the new runner's record is left alone")
     }
 
