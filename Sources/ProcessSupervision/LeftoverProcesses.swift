@@ -14,7 +14,9 @@ public enum LeftoverProcesses {
         let me = getpid()
         var killed: [Int32] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             guard let pid = Int32(name), pid != me, pid > 1 else { continue }
             guard let environment = environment(of: pid) else { continue }
             let variables = Set(environment.split(separator: 0, omittingEmptySubsequences: true).map(Array.init))

@@ -45,7 +45,7 @@ extension ParsedArguments {
         guard let text = value(name) else { return nil }
         guard let duration = DurationParser.parse(text) else {
             throw UsageError(
-                "invalid duration for '\(name)': '\(text)' (write 30s, 500ms, 2m, 1h or a number of seconds)",
+                "invalid duration for '\(name)': '\(text)' (write 30s, 500ms, 2m, 1h30m, 7d or a number of seconds)",
                 command: command.name)
         }
         return duration

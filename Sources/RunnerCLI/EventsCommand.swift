@@ -53,8 +53,11 @@ enum EventsCommand {
             }
             return JSONValue.object(object).serialized
         }
-        var line =
-            "\(formatTimestamp(event.timestampMs)) \(event.type.padding(toLength: 17, withPad: " ", startingAt: 0))"
+        // Padded to the longest known type, never cut: a type added later shows in full.
+        let width = EventType.allCases.map(\.rawValue.count).max() ?? 0
+        let type =
+            event.type.count < width ? event.type.padding(toLength: width, withPad: " ", startingAt: 0) : event.type
+        var line = "\(formatTimestamp(event.timestampMs)) \(type)"
         if !event.runner.isEmpty { line += " runner=\(event.runner)" }
         if !event.job.isEmpty { line += " job=\(event.job)" }
         if !event.data.isEmpty, event.data != "{}" { line += " \(event.data)" }

@@ -45,7 +45,9 @@ enum StatusCommand {
             let running = record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue) ?? []
             rows.append([
                 runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
-                record[RunnerRecordField.state]?.stringValue ?? "?",
+                // A record whose lease is gone belongs to a runner that died: its last state is history.
+                (record[RunnerRecordField.state]?.stringValue ?? "?")
+                    + (runner.leaseRemainingMs == nil ? " (lost)" : ""),
                 runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
                 "\(capacity - free)/\(capacity)", running.isEmpty ? "-" : running.joined(separator: ","),
             ])

@@ -31,7 +31,9 @@ enum SubmitCommand {
 
             With --wait the job's output is printed as it is written (stdout to stdout, stderr to stderr), and the
             exit code is the job's: its exit code, 124 when it timed out, 128+N when killed by signal N, 1 when it
-            was rejected. Ctrl-C stops waiting, not the job.
+            was rejected, or 1 with an Error line when --wait-timeout passed first. Ctrl-C stops waiting, not the
+            job. With --max-attempts, a line on stderr marks where each further attempt begins. A job id can be
+            submitted once (a second submit of the same --id is refused).
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {

@@ -77,7 +77,8 @@ struct JobExecutor: Sendable {
             // Shutdown reached this slot while the claim was written: hand it back rather than start and stop it.
             if Task.isCancelled {
                 return await written(.handedBack) {
-                    try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
+                    try await store.handBack(
+                        entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
                 }
             }
         case .duplicate(let state, let attempt)?:
@@ -95,8 +96,13 @@ struct JobExecutor: Sendable {
         }
 
         let recorder = OutputRecorder(
-            client: logClient, logger: logger, key: store.keyspace.log(job: entry.jobId), limit: configuration.logLimitBytes,
+            client: logClient, logger: logger, key: store.keyspace.log(job: entry.jobId),
+            limit: configuration.logLimitBytes,
             tailLimit: configuration.outputTailBytes)
+        if entry.attempt > 1 {
+            // Attempts share the log stream: mark where this one begins.
+            recorder.note("attempt \(entry.attempt) of \(entry.spec.maxAttempts) begins")
+        }
         let clock = ContinuousClock()
         let began = clock.now
         let process: RunningProcess

@@ -78,7 +78,8 @@ struct JobIntake: Sendable {
             else { continue }
             for entry in entries {
                 guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
-                deliveries.append(Delivery(streamId: id, queue: queue, fields: parts[1].fieldPairs?.map { ($0.name, $0.value) }))
+                deliveries.append(
+                    Delivery(streamId: id, queue: queue, fields: parts[1].fieldPairs?.map { ($0.name, $0.value) }))
             }
         }
         return deliveries

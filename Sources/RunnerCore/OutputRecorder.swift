@@ -81,6 +81,12 @@ final class OutputRecorder: Sendable {
         signal.yield()
     }
 
+    /// Adds a marker of the runner's own (fd `meta`) at this point of the output.
+    func note(_ text: String) {
+        state.withLock { $0.pending.append(.meta(text)) }
+        signal.yield()
+    }
+
     /// Writes buffered output until `finish()`; runs as its own task.
     func run() async {
         for await _ in signals {
@@ -164,7 +170,8 @@ final class OutputRecorder: Sendable {
         if let base = sequence.withLock({ $0.base }) { return base }
         var base = WallClock.milliseconds()
         let last = await DurableWrite.perform(logger: logger) { [client, key] in
-            try await client.send(RedisCommand(["XREVRANGE", key, "+", "-", "COUNT", "1"]), retry: .idempotent(deadline: nil))
+            try await client.send(
+                RedisCommand(["XREVRANGE", key, "+", "-", "COUNT", "1"]), retry: .idempotent(deadline: nil))
         }
         if let reply = last,
             let last = reply.array?.first?.array?.first?.string,

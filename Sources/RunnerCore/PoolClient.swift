@@ -11,6 +11,19 @@ public struct PoolEvent: Sendable, Hashable {
     public var job: String
     public var data: String
     public var fields: [String: String]
+
+    public init(
+        streamId: String, type: String, timestampMs: Int, runner: String, job: String, data: String,
+        fields: [String: String]
+    ) {
+        self.streamId = streamId
+        self.type = type
+        self.timestampMs = timestampMs
+        self.runner = runner
+        self.job = job
+        self.data = data
+        self.fields = fields
+    }
 }
 
 /// One entry of a job's log stream.

@@ -1,7 +1,6 @@
 import RedisClient
 import RunnerProtocol
 
-
 /// The runner's server-side scripts. Each write about a job is one script, so that a result, its ack and its
 /// event land together or not at all, and a retried call after a lost reply changes nothing twice.
 enum RunnerScripts {

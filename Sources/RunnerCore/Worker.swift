@@ -283,7 +283,11 @@ public final class Worker: Sendable {
             if Task.isCancelled { break }
             let free = await slots.free
             guard free > 0 else { continue }
-            if strayPending.withLock({ flag in defer { flag = false }; return flag }) { readPendingFirst = true }
+            if strayPending.withLock({ flag in
+                defer { flag = false }; return flag
+            }) {
+                readPendingFirst = true
+            }
             do {
                 if readPendingFirst {
                     let page = try await intake.readPending(count: free, after: cursors)

@@ -102,7 +102,8 @@ public enum RunnerRecordField {
     /// The runner's clock at its last heartbeat, milliseconds since the epoch.
     public static let heartbeatAt = "heartbeat_at"
     public static let all = [
-        node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt, ProtocolVersion.field,
+        node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt,
+        ProtocolVersion.field,
     ]
 }
 

@@ -26,7 +26,8 @@ public struct JobEntry: Sendable, Hashable {
         var out = ""
         for (index, scalar) in text.unicodeScalars.enumerated() {
             if index == 80 { return out + "..." }
-            let visible = scalar.value >= 0x20 && scalar.value != 0x7F && !(0x80..<0xA0).contains(scalar.value)
+            let visible =
+                scalar.value >= 0x20 && scalar.value != 0x7F && !(0x80..<0xA0).contains(scalar.value)
                 && scalar.properties.generalCategory != .format
             out += visible ? String(scalar) : "\\u{\(String(scalar.value, radix: 16))}"
         }

@@ -15,10 +15,14 @@ final class CrashRecoveryTests: IntegrationTestCase {
         let pid = try runningPid("crash-1")
         XCTAssertTrue(processIsAlive(pid))
         var child: Int32 = 0
-        XCTAssertTrue(waitUntil(timeout: .seconds(10)) {
-            child = self.pids(in: (try? self.logBytes("crash-1")).map { String(decoding: $0.stdout, as: UTF8.self) } ?? "").first ?? 0
-            return child > 0
-        })
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                child =
+                    self.pids(
+                        in: (try? self.logBytes("crash-1")).map { String(decoding: $0.stdout, as: UTF8.self) } ?? ""
+                    ).first ?? 0
+                return child > 0
+            })
 
         runner.signal(SIGKILL)
         XCTAssertNotNil(runner.waitForExit(timeout: 10))

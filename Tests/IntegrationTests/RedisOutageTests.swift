@@ -75,7 +75,9 @@ final class ShutdownWithoutRedisTests: PrivateRedisTestCase {
             waitUntil(timeout: .seconds(20)) { (try? self.send(["EXISTS", self.key("runner:lonely")]).int) == 0 })
         try startRunner(name: "lonely", ["--shutdown-timeout", "500ms", "--kill-grace", "500ms"])
         XCTAssertTrue(
-            waitUntil(timeout: .seconds(20)) { (try? self.job("sw-1")["pid"]).flatMap { Int32($0 ?? "") } ?? pid != pid },
+            waitUntil(timeout: .seconds(20)) {
+                (try? self.job("sw-1")["pid"]).flatMap { Int32($0 ?? "") } ?? pid != pid
+            },
             "the job does not run again under the restarted runner")
     }
 }

@@ -1,9 +1,10 @@
 import Foundation
 import RedisClient
-@testable import RunnerCore
 import RunnerProtocol
 import TestSupport
 import XCTest
+
+@testable import RunnerCore
 
 /// Every write about a job is one script, and a script resent after a lost reply changes nothing twice.
 final class ScriptIdempotencyTests: IntegrationTestCase {
@@ -80,7 +81,8 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
             entry: second, runner: "other", result: JobResultRecord(state: .succeeded), startedAtMs: nil, retry: retry)
         XCTAssertEqual(foreign, .refused)
         let done = JobResultRecord(state: .succeeded, exitCode: 0)
-        let firstWrite = try await store.complete(entry: second, runner: "r", result: done, startedAtMs: nil, retry: retry)
+        let firstWrite = try await store.complete(
+            entry: second, runner: "r", result: done, startedAtMs: nil, retry: retry)
         let resent = try await store.complete(entry: second, runner: "r", result: done, startedAtMs: nil, retry: retry)
         XCTAssertEqual(firstWrite, .recorded)
         XCTAssertEqual(resent, .alreadyRecorded)
@@ -107,7 +109,8 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
         let bad = try deliver()
         for _ in 0..<2 {
             try await store.reject(
-                streamId: bad.streamId, queue: "default", fields: bad.fields, reason: "spec is not valid JSON", runner: "r",
+                streamId: bad.streamId, queue: "default", fields: bad.fields, reason: "spec is not valid JSON",
+                runner: "r",
                 retry: retry)
         }
         XCTAssertEqual(try send(["XLEN", key("dead")]).int, 1)

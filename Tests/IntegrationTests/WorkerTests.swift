@@ -218,7 +218,8 @@ final class WorkerTests: IntegrationTestCase {
         try startRunner(["--concurrency", "3"])
         for n in 1...3 { try submit(barrierJob(directory), id: "c-\(n)") }
         // All three run at once: each has started while none can finish.
-        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { (1...3).allSatisfy { self.started("c-\($0)", in: directory) } })
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(20)) { (1...3).allSatisfy { self.started("c-\($0)", in: directory) } })
         FileManager.default.createFile(atPath: directory.appendingPathComponent("release").path, contents: nil)
         for n in 1...3 { try waitForState("c-\(n)", ["succeeded"]) }
     }
@@ -406,6 +407,9 @@ final class AttemptTests: IntegrationTestCase {
             "sh", "-c", "echo attempt $NR_ATTEMPT; [ $NR_ATTEMPT = 3 ]",
         ])
         XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(result.stdout, "attempt 1\nattempt 2\nattempt 3\n")
+        XCTAssertEqual(
+            result.err, "[nativerunner] attempt 2 of 3 begins\n[nativerunner] attempt 3 of 3 begins\n")
         let record = try job("ma-1")
         XCTAssertEqual(record["state"], "succeeded")
         XCTAssertEqual(record["attempt"], "3")

@@ -1,6 +1,8 @@
-import RunnerCLI
+import RunnerCore
 import RunnerProtocol
 import XCTest
+
+@testable import RunnerCLI
 
 final class CommandLineTests: XCTestCase {
     private func run(_ arguments: [String], environment: [String: String] = [:]) async -> (Int32, String, String) {
@@ -61,7 +63,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(code, 2)
         XCTAssertEqual(
             err.split(separator: "\n").first,
-            "Error: invalid duration for '--lease-ttl': 'soon' (write 30s, 500ms, 2m, 1h or a number of seconds)")
+            "Error: invalid duration for '--lease-ttl': 'soon' (write 30s, 500ms, 2m, 1h30m, 7d or a number of seconds)"
+        )
         (code, _, err) = await run(["status", "--redis", "redis://h:notaport"])
         XCTAssertEqual(code, 2)
         XCTAssertTrue(err.hasPrefix("Error: invalid value for '--redis': "), err)
@@ -220,5 +223,22 @@ final class UnitParsingTests: XCTestCase {
         XCTAssertEqual(ByteSizeParser.parse("16MiB"), 16 << 20)
         XCTAssertNil(ByteSizeParser.parse("lots"))
         XCTAssertNil(ByteSizeParser.parse("-1"))
+    }
+}
+
+final class EventRenderingTests: XCTestCase {
+    func testTextLinesShowTheWholeTypeAlignedToTheLongest() {
+        func event(_ type: String) -> PoolEvent {
+            PoolEvent(streamId: "1-0", type: type, timestampMs: 0, runner: "r", job: "j", data: "{}", fields: [:])
+        }
+        XCTAssertEqual(
+            EventsCommand.render(event("job.retry_scheduled"), json: false),
+            "1970-01-01T00:00:00.000Z job.retry_scheduled runner=r job=j")
+        XCTAssertEqual(
+            EventsCommand.render(event("job.lost"), json: false),
+            "1970-01-01T00:00:00.000Z job.lost            runner=r job=j")
+        XCTAssertEqual(
+            EventsCommand.render(event("job.some_future_type_longer_than_all"), json: false),
+            "1970-01-01T00:00:00.000Z job.some_future_type_longer_than_all runner=r job=j")
     }
 }

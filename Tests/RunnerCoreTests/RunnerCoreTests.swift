@@ -1,7 +1,8 @@
 import ProcessSupervision
-@testable import RunnerCore
 import RunnerProtocol
 import XCTest
+
+@testable import RunnerCore
 
 final class LatchTests: XCTestCase {
     func testWaitReturnsOnFireAndFiredLatchesDoNotBlock() async {
