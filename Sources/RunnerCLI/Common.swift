@@ -41,6 +41,16 @@ extension ParsedArguments {
         return Keyspace(namespace: name)
     }
 
+    /// The option's value through `parse`; nil when not given; a usage error naming the option, the value and
+    /// `expected` when `parse` refuses it.
+    func parsed<T>(_ name: String, expected: String, _ parse: (String) -> T?) throws -> T? {
+        guard let text = value(name) else { return nil }
+        guard let result = parse(text) else {
+            throw UsageError("invalid value for '\(name)': '\(text)' (\(expected))", command: command.name)
+        }
+        return result
+    }
+
     func duration(_ name: String) throws -> Duration? {
         guard let text = value(name) else { return nil }
         guard let duration = DurationParser.parse(text) else {
@@ -63,12 +73,7 @@ extension ParsedArguments {
     }
 
     func positiveInt(_ name: String) throws -> Int? {
-        guard let text = value(name) else { return nil }
-        guard let n = Int(text), n > 0 else {
-            throw UsageError(
-                "invalid value for '\(name)': '\(text)' (expected a positive whole number)", command: command.name)
-        }
-        return n
+        try parsed(name, expected: "expected a positive whole number") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
     }
 
     func keyValues(_ name: String) throws -> [String: String] {

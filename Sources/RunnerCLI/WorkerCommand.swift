@@ -73,29 +73,13 @@ enum WorkerCommand {
         guard leaseTTL >= .seconds(1) else {
             throw UsageError("invalid value for '--lease-ttl': it must be at least 1s", command: spec.name)
         }
-        var logLevel = Logger.Level.info
-        if let text = arguments.value("--log-level") {
-            guard let level = Logger.Level(name: text) else {
-                throw UsageError(
-                    "invalid value for '--log-level': '\(text)' (debug, info, warning or error)", command: spec.name)
-            }
-            logLevel = level
-        }
-        var logFormat = Logger.Format.text
-        if let text = arguments.value("--log-format") {
-            guard let format = Logger.Format(rawValue: text) else {
-                throw UsageError("invalid value for '--log-format': '\(text)' (text or json)", command: spec.name)
-            }
-            logFormat = format
-        }
-        var logLimit = 16 << 20
-        if let text = arguments.value("--log-limit") {
-            guard let size = ByteSizeParser.parse(text) else {
-                throw UsageError(
-                    "invalid value for '--log-limit': '\(text)' (bytes, or 64K, 16M, 1G)", command: spec.name)
-            }
-            logLimit = size
-        }
+        let logLevel =
+            try arguments.parsed("--log-level", expected: "debug, info, warning or error", Logger.Level.init(name:))
+            ?? .info
+        let logFormat =
+            try arguments.parsed("--log-format", expected: "text or json", Logger.Format.init(rawValue:)) ?? .text
+        let logLimit =
+            try arguments.parsed("--log-limit", expected: "bytes, or 64K, 16M, 1G", ByteSizeParser.parse) ?? 16 << 20
         let configuration = WorkerConfiguration(
             redis: try arguments.endpoint(), keyspace: try arguments.keyspace(), name: name,
             node: arguments.value("--node") ?? host, queues: queues, concurrency: concurrency, leaseTTL: leaseTTL,
