@@ -61,6 +61,15 @@ extension ParsedArguments {
         return duration
     }
 
+    /// `--reaper-interval` (or `--interval`), at least 100 ms.
+    func reaperInterval(_ name: String = "--reaper-interval") throws -> Duration {
+        let interval = try duration(name) ?? ReaperConfiguration.defaultInterval
+        guard interval >= .milliseconds(100) else {
+            throw UsageError("invalid value for '\(name)': it must be at least 100ms", command: command.name)
+        }
+        return interval
+    }
+
     /// The job id positional, validated like the runner validates ids.
     func jobId() throws -> String {
         guard let id = positionals.first else { throw UsageError("missing job id", command: command.name) }

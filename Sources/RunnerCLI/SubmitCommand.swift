@@ -78,7 +78,7 @@ enum SubmitCommand {
 
         let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--wait"), console: console)
         defer { pool.client.close() }
-        let submitted: (id: String, streamId: String)
+        let submitted: PoolClient.Submitted
         do {
             submitted = try await pool.submit(id: arguments.value("--id"), spec: jobSpec, queue: queue)
         } catch let error as RedisServerError where error.kind == "DUPLICATE" {
@@ -87,7 +87,8 @@ enum SubmitCommand {
         guard arguments.flag("--wait") else {
             if arguments.flag("--json") {
                 let json: JSONValue = [
-                    "id": .string(submitted.id), "stream_id": .string(submitted.streamId), "queue": .string(queue),
+                    "id": .string(submitted.id), "stream_id": submitted.streamId.map(JSONValue.string) ?? .null,
+                    "queue": .string(queue),
                 ]
                 console.print(json.serialized)
             } else {
@@ -140,7 +141,7 @@ struct ResultView {
         switch state {
         case .succeeded?: return 0
         case .timedOut?: return 124
-        case .failed?:
+        case .failed?, .dead?:
             if let code = text(ResultField.exitCode).flatMap({ Int32($0) }) { return code == 0 ? 1 : code }
             if let signal = text(ResultField.signal).flatMap({ Int32($0) }) { return 128 + signal }
             return 1

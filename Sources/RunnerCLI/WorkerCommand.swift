@@ -46,6 +46,21 @@ enum WorkerCommand {
                 "--log-limit", .value("SIZE"), help: "Output kept per job in its log stream (e.g. 16M).",
                 environment: "RUNNER_LOG_LIMIT", default: "16M"),
             OptionSpec(
+                "--no-reaper", .flag,
+                help: "Do not take part in reaping lost runners and moving due retries (a control plane does it).",
+                environment: "RUNNER_NO_REAPER"),
+            OptionSpec(
+                "--reaper-interval", .value("DURATION"), help: "How often the reaper leader looks for lost runners.",
+                environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
+            OptionSpec(
+                "--reschedule-limit", .value("N"),
+                help: "Reschedules from lost runners before a job is dead (a job that kills its runners).",
+                environment: "RUNNER_RESCHEDULE_LIMIT", default: String(ReaperConfiguration.defaultRescheduleBound)),
+            OptionSpec(
+                "--allow-eviction-policy", .flag,
+                help: "Start even when Redis's maxmemory-policy may evict keys (leases then break silently).",
+                environment: "RUNNER_ALLOW_EVICTION_POLICY"),
+            OptionSpec(
                 "--log-level", .value("LEVEL"), help: "debug, info, warning or error.",
                 environment: "RUNNER_LOG_LEVEL", default: "info"),
             OptionSpec(
@@ -80,15 +95,28 @@ enum WorkerCommand {
             try arguments.parsed("--log-format", expected: "text or json", Logger.Format.init(rawValue:)) ?? .text
         let logLimit =
             try arguments.parsed("--log-limit", expected: "bytes, or 64K, 16M, 1G", ByteSizeParser.parse) ?? 16 << 20
-        let configuration = WorkerConfiguration(
-            redis: try arguments.endpoint(), keyspace: try arguments.keyspace(), name: name,
+        let redis = try arguments.endpoint()
+        let keyspace = try arguments.keyspace()
+        let resultRetention = try arguments.duration("--result-retention") ?? .seconds(7 * 24 * 3600)
+        let eventsMaxLength = try arguments.positiveInt("--events-maxlen") ?? 100_000
+        let rescheduleBound =
+            try arguments.positiveInt("--reschedule-limit") ?? ReaperConfiguration.defaultRescheduleBound
+        let reaper =
+            arguments.flag("--no-reaper")
+            ? nil
+            : ReaperConfiguration(
+                redis: redis, keyspace: keyspace, name: name,
+                interval: try arguments.reaperInterval(), rescheduleBound: rescheduleBound,
+                eventsMaxLength: eventsMaxLength, resultRetention: resultRetention)
+        var configuration = WorkerConfiguration(
+            redis: redis, keyspace: keyspace, name: name,
             node: arguments.value("--node") ?? host, queues: queues, concurrency: concurrency, leaseTTL: leaseTTL,
             shutdownTimeout: try arguments.duration("--shutdown-timeout") ?? .seconds(30),
             killGrace: try arguments.duration("--kill-grace") ?? .seconds(5),
             defaultJobTimeout: try arguments.duration("--default-timeout"),
-            resultRetention: try arguments.duration("--result-retention") ?? .seconds(7 * 24 * 3600),
-            eventsMaxLength: try arguments.positiveInt("--events-maxlen") ?? 100_000,
-            logLimitBytes: logLimit)
+            resultRetention: resultRetention, eventsMaxLength: eventsMaxLength, logLimitBytes: logLimit,
+            rescheduleBound: rescheduleBound, reaper: reaper)
+        configuration.allowEvictionPolicy = arguments.flag("--allow-eviction-policy")
         return (configuration, Logger(label: "runner", level: logLevel, format: logFormat))
     }
 

@@ -9,10 +9,17 @@ enum DeliveryOutcome: Sendable, Equatable {
     case handedBack
     case rejected
     case lost
-    /// The completion was refused: the job belongs to another runner or attempt now.
+    /// The completion was refused: the job belongs to another runner, attempt or epoch now.
     case stale
-    /// The attempt failed and the next one was queued.
-    case retried
+    /// The attempt failed and the next one waits in the delayed set until it is due, this long from now.
+    case retried(delay: Duration)
+    /// Attempts exhausted: the job is dead.
+    case dead
+    /// The attempt's lease epoch ended (its process was killed, or it never started): nothing was recorded, the
+    /// entry stays pending and is rescheduled.
+    case abandoned
+    /// An earlier epoch of this runner had started it: it was rescheduled, not run.
+    case rescheduled
     /// Redis could not be reached before the runner gave up (at shutdown); the entry stays pending.
     case unrecorded
 }
@@ -24,20 +31,24 @@ struct JobExecutor: Sendable {
     let logClient: RedisClient
     let supervisor: ProcessSupervisor
     let logger: Logger
-    /// Fired when this runner lost its name to another: stopped jobs are then neither handed back nor recorded.
-    let abandoned: Latch
+    /// Kills the jobs' process groups when the lease epoch can no longer be vouched for.
+    let killSwitch: any JobKillSwitch
+    /// The bound of reschedules from lost runners before a job is dead (for an entry an earlier epoch started).
+    let rescheduleBound: Int
 
     /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
     /// idempotent, so resending after a lost reply changes nothing twice.
     private let durable = RedisRetry.idempotent(deadline: nil)
 
-    func run(_ delivery: Delivery) async -> DeliveryOutcome {
-        let runner = configuration.name
+    /// Runs a delivery under the lease epoch that was current when it was read.
+    func run(_ delivery: Delivery, epoch: LeaseEpoch) async -> DeliveryOutcome {
+        let owner = epoch.owner
+        if epoch.ended.isFired { return .abandoned }
         guard let fields = delivery.fields else {
             logger.warning(
                 "entry payload is gone; acking it", ["stream_id": delivery.streamId, "queue": delivery.queue])
             return await written(.lost) {
-                try await store.lost(streamId: delivery.streamId, queue: delivery.queue, runner: runner, retry: durable)
+                try await store.lost(streamId: delivery.streamId, queue: delivery.queue, owner: owner, retry: durable)
             }
         }
         let entry: JobEntry
@@ -49,56 +60,67 @@ struct JobExecutor: Sendable {
             return await written(.rejected) {
                 try await store.reject(
                     streamId: delivery.streamId, queue: delivery.queue, fields: fields, reason: error.message,
-                    runner: runner, retry: durable)
+                    owner: owner, retry: durable)
             }
         }
-        if Task.isCancelled {
-            return await written(.handedBack) {
-                try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
-            }
+        if Task.isCancelled { return await handBack(entry, epoch: epoch, reason: "runner shutting down") }
+        return await execute(entry, fields: fields, epoch: epoch)
+    }
+
+    /// Hands an unfinished attempt back to its queue, unless its epoch ended (then it stays pending and is
+    /// rescheduled, since writes of an ended epoch are refused).
+    private func handBack(_ entry: JobEntry, epoch: LeaseEpoch, reason: String) async -> DeliveryOutcome {
+        if epoch.ended.isFired { return .abandoned }
+        return await written(.handedBack) { [owner = epoch.owner] in
+            try await store.handBack(entry: entry, owner: owner, reason: reason, retry: durable)
         }
-        return await execute(entry, fields: fields)
     }
 
     /// `fields` are the entry's fields as read, for a dead letter.
-    private func execute(_ entry: JobEntry, fields: [(String, [UInt8])]) async -> DeliveryOutcome {
-        let runner = configuration.name
+    private func execute(_ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch) async -> DeliveryOutcome {
+        let owner = epoch.owner
         let received: JSONValue = [
             "queue": .string(entry.queue), "stream_id": .string(entry.streamId), "attempt": .int(entry.attempt),
         ]
         // Claim before starting anything: a duplicate entry of a job that already ended must never run.
         let startedAt: String
+        let attempt: Attempt
         let claim = await detached {
-            try await store.claim(entry: entry, runner: runner, receivedData: received, retry: durable)
+            try await store.claim(entry: entry, owner: owner, receivedData: received, retry: durable)
         }
         switch claim {
-        case .claimed(let at)?:
+        case .claimed(let at, let fencingToken, let failures)?:
             startedAt = at
+            attempt = Attempt(fencingToken: fencingToken, failuresBefore: failures)
             // Shutdown reached this slot while the claim was written: hand it back rather than start and stop it.
-            if Task.isCancelled {
-                return await written(.handedBack) {
-                    try await store.handBack(
-                        entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
-                }
-            }
+            if Task.isCancelled { return await handBack(entry, epoch: epoch, reason: "runner shutting down") }
         case .duplicate(let state, let attempt)?:
             let ended = JobState(rawValue: state)?.isTerminal ?? false
-            let what = ended ? "already ended as \(state)" : "is \(state) as another entry"
+            let what =
+                ended
+                ? "already ended as \(state)"
+                : state == JobState.retryScheduled.rawValue
+                    ? "waits for its next attempt" : "is \(state) as another entry"
             let reason = "job '\(entry.jobId)' \(what) at attempt \(attempt); this duplicate entry was not run"
             logger.warning(reason, ["stream_id": entry.streamId])
-            return await written(.rejected) {
-                try await store.reject(
-                    streamId: entry.streamId, queue: entry.queue, fields: fields, reason: reason, runner: runner,
-                    retry: durable)
-            }
+            return await reject(entry, fields: fields, reason: reason, owner: owner)
+        case .idempotencyKeyTaken(let other)?:
+            let reason =
+                "idempotency key '\(entry.idempotencyKey ?? "")' belongs to job '\(other)'; this entry was not run"
+            logger.warning(reason, ["stream_id": entry.streamId, "job": entry.jobId])
+            return await reject(entry, fields: fields, reason: reason, owner: owner)
+        case .leaseLost?:
+            logger.info("the lease epoch ended before the job started; leaving it pending", ["job": entry.jobId])
+            return .abandoned
+        case .earlierEpoch?:
+            return await rescheduleFromEarlierEpoch(entry, owner: owner)
         case nil:
             return .unrecorded
         }
 
         let recorder = OutputRecorder(
-            client: logClient, logger: logger, key: store.keyspace.log(job: entry.jobId),
-            limit: configuration.logLimitBytes,
-            tailLimit: configuration.outputTailBytes)
+            client: logClient, store: store, logger: logger, entry: entry, owner: owner,
+            limit: configuration.logLimitBytes, tailLimit: configuration.outputTailBytes)
         if entry.attempt > 1 {
             // Attempts share the log stream: mark where this one begins.
             recorder.note("attempt \(entry.attempt) of \(entry.spec.maxAttempts) begins")
@@ -107,7 +129,7 @@ struct JobExecutor: Sendable {
         let began = clock.now
         let process: RunningProcess
         do {
-            process = try await supervisor.spawn(processSpec(for: entry)) { stream, bytes in
+            process = try await supervisor.spawn(processSpec(for: entry, attempt: attempt)) { stream, bytes in
                 recorder.append(stream, bytes)
             }
         } catch let error as SpawnError where error.isSupervisorSide {
@@ -115,61 +137,116 @@ struct JobExecutor: Sendable {
             // pause so that a runner in trouble does not cycle through the queue.
             logger.warning("cannot start a job now: \(error.message); handing it back", ["job": entry.jobId])
             if !Task.isCancelled { try? await Task.sleep(for: .seconds(1)) }
-            return await written(.handedBack) {
-                try await store.handBack(entry: entry, runner: runner, reason: error.message, retry: durable)
-            }
+            return await handBack(entry, epoch: epoch, reason: error.message)
         } catch let error as SpawnError {
             logger.info("job could not start: \(error.message)", ["job": entry.jobId])
             let record = JobResultRecord(
                 state: .failed, exitCode: error.conventionalExitCode, reason: error.message,
                 durationMs: (clock.now - began).milliseconds)
-            return await finish(entry, record, startedAt: startedAt)
+            return await finish(entry, record, startedAt: startedAt, owner: owner)
         } catch {
             let record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
-            return await finish(entry, record, startedAt: startedAt)
+            return await finish(entry, record, startedAt: startedAt, owner: owner)
         }
+        killSwitch.watch(process)
+        // The epoch may have ended between the claim and the spawn: nothing of it may run on.
+        if epoch.ended.isFired { process.signalGroup(SIGKILL) }
 
         let flusher = Task { await recorder.run() }
         // The pid and `job.started` are written while the job runs; awaited before the result so they land in order.
         let startedWrite = Task { [pid = process.pid] in
-            try? await store.started(entry: entry, runner: runner, pid: pid, retry: durable)
+            try? await store.started(entry: entry, owner: owner, pid: pid, retry: durable)
         }
         let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
         let outcome = await process.wait(TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace))
+        killSwitch.unwatch(process)
         let summary = await recorder.finish(flusher: flusher)
         await startedWrite.value
 
-        if outcome.stopReason == .cancelled, abandoned.isFired {
-            return .unrecorded
+        // Killed because its epoch ended (never "failed with signal 9"): the entry stays pending and is rescheduled.
+        if epoch.ended.isFired, outcome.stopReason == .cancelled || outcome.termination == .signaled(SIGKILL) {
+            logger.info("job stopped: its lease epoch ended", ["job": entry.jobId])
+            return .abandoned
         }
         if outcome.stopReason == .cancelled {
             logger.info("job stopped for shutdown; handing it back", ["job": entry.jobId])
-            return await written(.handedBack) {
-                try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
-            }
+            return await handBack(entry, epoch: epoch, reason: "runner shutting down")
         }
         var record = JobExecutor.record(for: outcome, timeout: timeout)
         record.outputTail = summary.tail
-        if record.state != .succeeded, entry.attempt < entry.spec.maxAttempts {
-            logger.info(
-                "attempt \(entry.attempt) of \(entry.spec.maxAttempts) \(record.state.rawValue); queuing the next",
-                ["job": entry.jobId])
-            return await written(.retried) { [record] in
-                try await store.retryNext(entry: entry, runner: runner, failed: record, retry: durable)
-            }
+        if record.state != .succeeded, entry.spec.maxAttempts > 1 {
+            return await failed(entry, record, attempt: attempt, owner: owner)
         }
-        return await finish(entry, record, startedAt: startedAt)
+        return await finish(entry, record, startedAt: startedAt, owner: owner)
     }
 
-    private func finish(_ entry: JobEntry, _ record: JobResultRecord, startedAt: String) async -> DeliveryOutcome {
-        let runner = configuration.name
+    /// What the claim told about the attempt.
+    struct Attempt: Sendable {
+        var fencingToken: String
+        /// Failed attempts before this one.
+        var failuresBefore: Int
+    }
+
+    /// A failed attempt of a job that may take several: the next after its backoff, or dead when none is left.
+    private func failed(
+        _ entry: JobEntry, _ record: JobResultRecord, attempt: Attempt, owner: AttemptOwner
+    ) async -> DeliveryOutcome {
+        let failures = attempt.failuresBefore + 1
+        let backoff = entry.spec.backoff ?? Backoff()
+        let delayMs = backoff.delayMs(afterFailures: failures, random: Double.random(in: 0..<1))
+        let outcome = await detached {
+            try await store.failAttempt(
+                entry: entry, owner: owner, result: record, failures: failures, delayMs: delayMs, retry: durable)
+        }
+        switch outcome {
+        case .retryScheduled?:
+            logger.info(
+                "attempt \(entry.attempt) \(record.state.rawValue) (failure \(failures) of \(entry.spec.maxAttempts)); "
+                    + "the next in \(delayMs) ms", ["job": entry.jobId])
+            return .retried(delay: .milliseconds(delayMs))
+        case .dead?:
+            logger.info("job is dead: \(failures) failed attempts", ["job": entry.jobId])
+            return .dead
+        case .alreadyDone?: return .finished(record.state)
+        case .refused?: return .stale
+        case nil: return .unrecorded
+        }
+    }
+
+    private func reject(
+        _ entry: JobEntry, fields: [(String, [UInt8])], reason: String, owner: AttemptOwner
+    ) async -> DeliveryOutcome {
+        await written(.rejected) {
+            try await store.reject(
+                streamId: entry.streamId, queue: entry.queue, fields: fields, reason: reason, owner: owner,
+                retry: durable)
+        }
+    }
+
+    /// An entry an earlier epoch of this runner claimed (before a crash or a lost lease): it may have run, so it is
+    /// rescheduled with its attempt raised, never run again under the same attempt.
+    private func rescheduleFromEarlierEpoch(_ entry: JobEntry, owner: AttemptOwner) async -> DeliveryOutcome {
+        logger.info("an earlier run of this runner started this job; rescheduling it", ["job": entry.jobId])
+        return await written(.rescheduled) {
+            try await store.reschedule(
+                streamId: entry.streamId, queue: entry.queue, consumer: owner.runner, reason: .leaseLost,
+                actor: owner.runner, bound: rescheduleBound, retry: durable)
+        }
+    }
+
+    private func finish(
+        _ entry: JobEntry, _ record: JobResultRecord, startedAt: String, owner: AttemptOwner
+    ) async -> DeliveryOutcome {
         let completion = await detached {
-            try await store.complete(
-                entry: entry, runner: runner, result: record, startedAtMs: startedAt, retry: durable)
+            try await store.complete(entry: entry, owner: owner, result: record, startedAtMs: startedAt, retry: durable)
         }
         logger.debug("job \(record.state.rawValue)", ["job": entry.jobId, "reason": record.reason ?? ""])
         switch completion {
-        case .refused?: return .stale
+        case .refused?:
+            logger.warning(
+                "result refused: the job belongs to another attempt or lease epoch now (job.stale_result)",
+                ["job": entry.jobId, "attempt": String(entry.attempt)])
+            return .stale
         case nil: return .unrecorded
         default: return .finished(record.state)
         }
@@ -203,7 +280,7 @@ struct JobExecutor: Sendable {
 
     /// The job's process: its own argv or `/bin/sh -c`, a clean environment (never the runner's, so the Redis
     /// URL and password cannot leak), its cwd.
-    func processSpec(for entry: JobEntry) -> ProcessSpec {
+    func processSpec(for entry: JobEntry, attempt: Attempt) -> ProcessSpec {
         var environment: [String: String] = [
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": ProcessInfo.processInfo.environment["HOME"] ?? "/",
@@ -213,6 +290,7 @@ struct JobExecutor: Sendable {
         environment[JobEnvironment.jobId] = entry.jobId
         environment[JobEnvironment.attempt] = String(entry.attempt)
         environment[JobEnvironment.runner] = configuration.name
+        environment[JobEnvironment.fencingToken] = attempt.fencingToken
         let argv: [String]
         switch entry.spec.command {
         case .argv(let arguments): argv = arguments

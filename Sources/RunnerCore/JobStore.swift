@@ -66,8 +66,19 @@ public enum CompletionOutcome: Sendable, Equatable {
     case recorded
     /// It had been recorded before (a retry after a lost reply); the entry was acked again.
     case alreadyRecorded
-    /// The job belongs to another runner or attempt now; nothing was written.
+    /// The job belongs to another runner, attempt or lease epoch now; nothing was written but `job.stale_result`.
     case refused
+}
+
+/// Who writes about an attempt: a runner, and the lease token (epoch) under which it claimed the attempt.
+public struct AttemptOwner: Sendable, Hashable {
+    public var runner: String
+    public var leaseToken: String
+
+    public init(runner: String, leaseToken: String) {
+        self.runner = runner
+        self.leaseToken = leaseToken
+    }
 }
 
 /// The runner's writes about jobs, each one script (see `RunnerScripts`). Knows nothing of processes.
@@ -86,79 +97,138 @@ public struct JobStore: Sendable {
         self.retentionMs = max(1, retention.milliseconds)
     }
 
-    public init(client: RedisClient, keyspace: Keyspace, eventsMaxLength: Int = 100_000) {
+    public init(
+        client: RedisClient, keyspace: Keyspace, eventsMaxLength: Int = 100_000,
+        retention: Duration = .seconds(7 * 24 * 3600)
+    ) {
         self.init(
             scripts: ScriptRunner(client: client), keyspace: keyspace, eventsMaxLength: eventsMaxLength,
-            deadMaxLength: 100_000, retention: .seconds(7 * 24 * 3600))
+            deadMaxLength: 100_000, retention: retention)
     }
 
-    private static func bytes(_ strings: [String]) -> [[UInt8]] { strings.map { Array($0.utf8) } }
+    static func bytes(_ strings: [String]) -> [[UInt8]] { strings.map { Array($0.utf8) } }
 
-    /// Adds a job to a queue with its `queued` result hash (one script). Returns the stream entry id.
-    /// Throws `RedisServerError` of kind `DUPLICATE` when the id exists.
-    public func submit(id: String, spec: JobSpec, queue: String) async throws -> String {
+    /// Field/value pairs as a flat argument list.
+    static func flattened(_ pairs: [(String, [UInt8])]) -> [[UInt8]] {
+        pairs.flatMap { [Array($0.0.utf8), $0.1] }
+    }
+
+    /// What a submission did.
+    public enum Submission: Sendable, Equatable {
+        /// The job was added as this stream entry.
+        case created(streamId: String)
+        /// The idempotency key was taken already: nothing was added; this is the job it belongs to.
+        case existing(jobId: String)
+    }
+
+    /// Adds a job to a queue with its `queued` result hash (one script). With an idempotency key that is taken,
+    /// adds nothing and answers the job it names. Throws `RedisServerError` of kind `DUPLICATE` when the id exists.
+    public func submit(id: String, spec: JobSpec, queue: String, idempotencyKey: String? = nil) async throws
+        -> Submission
+    {
+        let idempotency = idempotencyKey.map { keyspace.idempotency(key: $0) } ?? keyspace.events
         let reply = try await scripts.run(
-            RunnerScripts.submit, keys: [keyspace.jobs(queue: queue), keyspace.job(id: id), keyspace.events],
-            arguments: JobStore.bytes([id, spec.json.serialized, queue, String(eventsMaxLength)]))
-        return reply.string ?? ""
+            RunnerScripts.submit,
+            keys: [keyspace.jobs(queue: queue), keyspace.job(id: id), keyspace.events, idempotency],
+            arguments: JobStore.bytes([
+                id, spec.json.serialized, queue, String(eventsMaxLength), idempotencyKey ?? "", String(retentionMs),
+            ]))
+        let parts = reply.array ?? []
+        let value = parts.count > 1 ? parts[1].string ?? "" : ""
+        return parts.first?.int == 1 ? .created(streamId: value) : .existing(jobId: value)
     }
 
     /// What claiming an attempt found.
     enum Claim: Sendable, Equatable {
-        /// The attempt is this runner's; Redis's clock says when it started.
-        case claimed(startedAtMs: String)
-        /// The job already ended at this attempt or later, or another runner runs it: a duplicate entry.
+        /// The attempt is this runner's: Redis's clock says when it started; its fencing token; failed attempts
+        /// so far.
+        case claimed(startedAtMs: String, fencingToken: String, failures: Int)
+        /// The job already ended at this attempt or later, or another entry holds it: a duplicate entry.
         case duplicate(state: String, attempt: String)
+        /// The lease no longer holds this epoch's token: nothing was written; the entry stays pending.
+        case leaseLost
+        /// An earlier epoch of this runner claimed it: it must be rescheduled, not run.
+        case earlierEpoch
+        /// The entry's idempotency key belongs to another job.
+        case idempotencyKeyTaken(jobId: String)
     }
 
-    /// Claims an attempt before its process starts: state `running`, `job.received`.
-    func claim(entry: JobEntry, runner: String, receivedData: JSONValue, retry: RedisRetry) async throws -> Claim {
+    /// Claims an attempt before its process starts: state `running` under this epoch, a fencing token,
+    /// `job.received`.
+    func claim(entry: JobEntry, owner: AttemptOwner, receivedData: JSONValue, retry: RedisRetry) async throws -> Claim {
+        let idempotency = entry.idempotencyKey.map { keyspace.idempotency(key: $0) } ?? keyspace.events
         let reply = try await scripts.run(
-            RunnerScripts.claim, keys: [keyspace.job(id: entry.jobId), keyspace.events],
+            RunnerScripts.claim,
+            keys: [
+                keyspace.job(id: entry.jobId), keyspace.events, keyspace.lease(runner: owner.runner),
+                keyspace.fencing, idempotency,
+            ],
             arguments: JobStore.bytes([
-                entry.jobId, runner, String(entry.attempt), entry.streamId, entry.queue, String(eventsMaxLength),
-            ]) + [entry.specJSON] + JobStore.bytes([receivedData.serialized]),
+                entry.jobId, owner.runner, String(entry.attempt), entry.streamId, entry.queue, String(eventsMaxLength),
+            ]) + [entry.specJSON]
+                + JobStore.bytes([
+                    receivedData.serialized, owner.leaseToken, entry.idempotencyKey ?? "", String(retentionMs),
+                ]),
             retry: retry)
-        let parts = reply.array ?? []
-        if parts.first?.int == 1 { return .claimed(startedAtMs: parts.count > 1 ? parts[1].string ?? "" : "") }
-        return .duplicate(
-            state: parts.count > 1 ? parts[1].string ?? "" : "", attempt: parts.count > 2 ? parts[2].string ?? "" : "")
+        let parts = (reply.array ?? []).map { $0.string ?? ($0.int.map(String.init) ?? "") }
+        func part(_ index: Int) -> String { index < parts.count ? parts[index] : "" }
+        switch Int(part(0)) {
+        case 1: return .claimed(startedAtMs: part(1), fencingToken: part(2), failures: Int(part(3)) ?? 0)
+        case -1: return .leaseLost
+        case -2: return .earlierEpoch
+        case -3: return .idempotencyKeyTaken(jobId: part(1))
+        default: return .duplicate(state: part(1), attempt: part(2))
+        }
     }
 
     /// Records the pid of a claimed attempt and emits `job.started`.
-    func started(entry: JobEntry, runner: String, pid: Int32, retry: RedisRetry) async throws {
+    func started(entry: JobEntry, owner: AttemptOwner, pid: Int32, retry: RedisRetry) async throws {
         let data: JSONValue = ["pid": .int(Int(pid)), "attempt": .int(entry.attempt), "queue": .string(entry.queue)]
         _ = try await scripts.run(
-            RunnerScripts.started, keys: [keyspace.job(id: entry.jobId), keyspace.events],
+            RunnerScripts.started,
+            keys: [keyspace.job(id: entry.jobId), keyspace.events, keyspace.lease(runner: owner.runner)],
             arguments: JobStore.bytes([
-                entry.jobId, runner, entry.streamId, String(pid), String(eventsMaxLength), data.serialized,
+                entry.jobId, owner.runner, entry.streamId, String(pid), String(eventsMaxLength), data.serialized,
+                owner.leaseToken,
             ]),
             retry: retry)
     }
 
+    /// Appends a batch of output entries (explicit id, fd, data) to the job's log, fenced on the attempt.
+    /// Returns false when the attempt is no longer this epoch's (nothing was written).
+    func appendLog(
+        jobId: String, streamId: String, owner: AttemptOwner, entries: [(id: String, fd: String, data: [UInt8])],
+        retry: RedisRetry
+    ) async throws -> Bool {
+        var arguments = JobStore.bytes([owner.runner, streamId, owner.leaseToken])
+        for entry in entries {
+            arguments += [Array(entry.id.utf8), Array(entry.fd.utf8), entry.data]
+        }
+        let reply = try await scripts.run(
+            RunnerScripts.appendLog,
+            keys: [keyspace.log(job: jobId), keyspace.job(id: jobId), keyspace.lease(runner: owner.runner)],
+            arguments: arguments, retry: retry)
+        return reply.int != -1
+    }
+
     /// Writes the result, acks and deletes the entry, then emits the terminal event (one script).
     func complete(
-        entry: JobEntry, runner: String, result: JobResultRecord, startedAtMs: String?, retry: RedisRetry
+        entry: JobEntry, owner: AttemptOwner, result: JobResultRecord, startedAtMs: String?, retry: RedisRetry
     ) async throws -> CompletionOutcome {
         guard let event = EventType.terminal(for: result.state) else {
             preconditionFailure("complete() needs a terminal state, got \(result.state)")
         }
-        var arguments =
+        let arguments =
             JobStore.bytes([
-                entry.jobId, runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup,
-                result.state.rawValue,
-                event.rawValue, result.eventData.serialized, String(retentionMs), String(eventsMaxLength),
-                startedAtMs ?? "", entry.queue,
-            ]) + [entry.specJSON]
-        for (field, value) in result.hashFields {
-            arguments.append(Array(field.utf8))
-            arguments.append(value)
-        }
+                entry.jobId, owner.runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup,
+                result.state.rawValue, event.rawValue, result.eventData.serialized, String(retentionMs),
+                String(eventsMaxLength), startedAtMs ?? "", entry.queue,
+            ]) + [entry.specJSON] + JobStore.bytes([owner.leaseToken]) + JobStore.flattened(result.hashFields)
         let reply = try await scripts.run(
             RunnerScripts.complete,
             keys: [
                 keyspace.job(id: entry.jobId), keyspace.jobs(queue: entry.queue), keyspace.events,
-                keyspace.log(job: entry.jobId),
+                keyspace.log(job: entry.jobId), keyspace.lease(runner: owner.runner),
             ],
             arguments: arguments, retry: retry)
         switch reply.int {
@@ -168,65 +238,91 @@ public struct JobStore: Sendable {
         }
     }
 
+    /// What became of a failed attempt.
+    enum FailedAttempt: Sendable, Equatable {
+        /// The next attempt waits in `{nr}:delayed` until this time (ms since the epoch, Redis's clock).
+        case retryScheduled(atMs: Int)
+        /// No attempts were left: the job is `dead`, with this dead letter.
+        case dead(deadLetterId: String)
+        /// A resent call: it had been done.
+        case alreadyDone
+        /// The job belongs to another runner, attempt or epoch now (`job.stale_result`).
+        case refused
+    }
+
+    /// After a failed or timed-out attempt of a job that may take several: schedules the next after `delay`, or
+    /// when `failures` reaches `max_attempts`, makes the job `dead` (one script).
+    func failAttempt(
+        entry: JobEntry, owner: AttemptOwner, result: JobResultRecord, failures: Int, delayMs: Int, retry: RedisRetry
+    ) async throws -> FailedAttempt {
+        let arguments =
+            JobStore.bytes([entry.jobId, owner.runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup])
+            + [entry.specJSON]
+            + JobStore.bytes([
+                entry.queue, String(eventsMaxLength), owner.leaseToken, String(failures),
+                String(entry.spec.maxAttempts), String(delayMs), result.eventData.serialized, String(retentionMs),
+                String(deadMaxLength),
+            ]) + JobStore.flattened([(ResultField.state, Array(result.state.rawValue.utf8))] + result.hashFields)
+        let reply = try await scripts.run(
+            RunnerScripts.failAttempt,
+            keys: [
+                keyspace.job(id: entry.jobId), keyspace.jobs(queue: entry.queue), keyspace.events,
+                keyspace.lease(runner: owner.runner), keyspace.delayed, keyspace.dead, keyspace.log(job: entry.jobId),
+            ],
+            arguments: arguments, retry: retry)
+        let parts = reply.array ?? []
+        let value = parts.count > 1 ? (parts[1].string ?? "") : ""
+        switch parts.first?.int {
+        case 1: return .retryScheduled(atMs: Int(value) ?? 0)
+        case 2: return .dead(deadLetterId: value)
+        case 0: return .alreadyDone
+        default: return .refused
+        }
+    }
+
     /// Sends a malformed entry to the dead-letter stream with the reason, acks it, emits `job.rejected`.
     func reject(
-        streamId: String, queue: String, fields: [(String, [UInt8])], reason: String, runner: String,
+        streamId: String, queue: String, fields: [(String, [UInt8])], reason: String, owner: AttemptOwner,
         retry: RedisRetry
     ) async throws {
         let jobId = JobEntry.jobId(in: fields) ?? ""
-        var arguments = JobStore.bytes([
-            jobId, runner, streamId, Keyspace.consumerGroup, reason, queue, String(eventsMaxLength),
-            String(retentionMs), String(deadMaxLength),
-        ])
-        let reserved: Set<String> = Set(DeadLetterField.all + [ProtocolVersion.field])
-        for (field, value) in fields where !reserved.contains(field) {
-            arguments.append(Array(field.utf8))
-            arguments.append(value)
-        }
+        let arguments =
+            JobStore.bytes([
+                jobId, owner.runner, streamId, Keyspace.consumerGroup, reason, queue, String(eventsMaxLength),
+                String(retentionMs), String(deadMaxLength), owner.leaseToken,
+            ]) + JobStore.flattened(fields)
         _ = try await scripts.run(
             RunnerScripts.reject,
-            keys: [keyspace.job(id: jobId), keyspace.jobs(queue: queue), keyspace.dead, keyspace.events],
+            keys: [
+                keyspace.job(id: jobId), keyspace.jobs(queue: queue), keyspace.dead, keyspace.events,
+                keyspace.lease(runner: owner.runner),
+            ],
             arguments: arguments, retry: retry)
     }
 
     /// Acks an entry whose payload is gone and emits `job.lost`.
-    func lost(streamId: String, queue: String, runner: String, retry: RedisRetry) async throws {
+    func lost(streamId: String, queue: String, owner: AttemptOwner, retry: RedisRetry) async throws {
         _ = try await scripts.run(
-            RunnerScripts.lost, keys: [keyspace.jobs(queue: queue), keyspace.events],
-            arguments: JobStore.bytes([streamId, Keyspace.consumerGroup, runner, String(eventsMaxLength), queue]),
+            RunnerScripts.lost,
+            keys: [keyspace.jobs(queue: queue), keyspace.events, keyspace.lease(runner: owner.runner)],
+            arguments: JobStore.bytes([
+                streamId, Keyspace.consumerGroup, owner.runner, String(eventsMaxLength), queue, owner.leaseToken,
+            ]),
             retry: retry)
     }
 
     /// Puts an unfinished job back on its queue with the same attempt and emits `job.handed_back`.
-    func handBack(entry: JobEntry, runner: String, reason: String, retry: RedisRetry) async throws {
-        try await requeue(
-            entry: entry, runner: runner, nextAttempt: entry.attempt, event: .jobHandedBack,
-            data: ["reason": .string(reason), "queue": .string(entry.queue)], retry: retry)
-    }
-
-    /// Queues the next attempt of a job whose attempt failed and emits `job.retry_scheduled` with that outcome.
-    func retryNext(entry: JobEntry, runner: String, failed result: JobResultRecord, retry: RedisRetry) async throws {
-        var data = result.eventData.objectValue ?? [:]
-        data["queue"] = .string(entry.queue)
-        data["failed_attempt"] = .int(entry.attempt)
-        data["max_attempts"] = .int(entry.spec.maxAttempts)
-        try await requeue(
-            entry: entry, runner: runner, nextAttempt: entry.attempt + 1, event: .jobRetryScheduled,
-            data: .object(data), retry: retry)
-    }
-
-    private func requeue(
-        entry: JobEntry, runner: String, nextAttempt: Int, event: EventType, data: JSONValue, retry: RedisRetry
-    ) async throws {
+    func handBack(entry: JobEntry, owner: AttemptOwner, reason: String, retry: RedisRetry) async throws {
         _ = try await scripts.run(
-            RunnerScripts.requeue,
-            keys: [keyspace.job(id: entry.jobId), keyspace.jobs(queue: entry.queue), keyspace.events],
+            RunnerScripts.handBack,
+            keys: [
+                keyspace.job(id: entry.jobId), keyspace.jobs(queue: entry.queue), keyspace.events,
+                keyspace.lease(runner: owner.runner),
+            ],
             arguments: JobStore.bytes([
-                entry.jobId, runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup,
+                entry.jobId, owner.runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup,
             ]) + [entry.specJSON]
-                + JobStore.bytes([
-                    entry.queue, String(nextAttempt), String(eventsMaxLength), event.rawValue, data.serialized,
-                ]),
+                + JobStore.bytes([entry.queue, String(eventsMaxLength), reason, owner.leaseToken]),
             retry: retry)
     }
 

@@ -1,25 +1,52 @@
 import RedisClient
 import RunnerProtocol
 
+/// One registration of a runner's lease: the token its job writes are fenced on, and the epoch's number.
+final class LeaseEpoch: Sendable {
+    let owner: AttemptOwner
+    /// `INCR {nr}:fencing` when the lease was taken: later epochs of any runner have larger numbers.
+    let number: Int
+    /// Fired when the epoch ends (lease gone, not renewed in time, or the name taken): its jobs are stopped and every
+    /// write about them is refused from then on.
+    let ended = Latch()
+
+    init(owner: AttemptOwner, number: Int) {
+        self.owner = owner
+        self.number = number
+    }
+
+    var token: String { owner.leaseToken }
+}
+
 /// Holds the runner's lease key `{nr}:runner:<id>`: acquired with SET NX PX, extended only by the holder of the
-/// token (compare-and-extend script), deleted on clean exit (compare-and-delete).
+/// token (compare-and-extend script), replaced by a new token when an epoch ends, deleted on clean exit.
+///
+/// Expiry is Redis's business (PX); the runner only measures, on its own monotonic clock, how long ago Redis last
+/// confirmed the lease. Past two thirds of the TTL it can no longer vouch for it: the epoch must end.
 actor LeaseKeeper {
     let key: String
     let runner: String
     let ttl: Duration
+    /// How long after the last confirmation the runner stops its jobs: two thirds of the TTL, so that they are dead
+    /// well before Redis lets the lease lapse and a reaper reschedules them.
+    let killAfter: Duration
     private let client: RedisClient
     private let scripts: ScriptRunner
-    private(set) var token: String
-    /// When Redis last confirmed the lease (this runner's monotonic clock, which keeps counting while it is paused).
+    private let fencingKey: String
+    private(set) var epoch: LeaseEpoch
+    /// When the last confirmed renewal was sent (this runner's monotonic clock, which keeps counting while it is
+    /// paused). The send time, not the reply's: Redis extended the lease at or after it.
     private(set) var confirmedAt = ContinuousClock.now
 
     init(client: RedisClient, keyspace: Keyspace, runner: String, ttl: Duration) {
         self.client = client
         self.scripts = ScriptRunner(client: client)
         self.key = keyspace.lease(runner: runner)
+        self.fencingKey = keyspace.fencing
         self.runner = runner
         self.ttl = ttl
-        self.token = LeaseKeeper.newToken()
+        self.killAfter = ttl * 2 / 3
+        self.epoch = LeaseEpoch(owner: AttemptOwner(runner: runner, leaseToken: LeaseKeeper.newToken()), number: 0)
     }
 
     static func newToken() -> String {
@@ -32,42 +59,86 @@ actor LeaseKeeper {
         return hex(high) + hex(low)
     }
 
-    /// SET key token NX PX ttl. Throws `WorkerError.nameInUse` when another live runner holds the name.
+    /// The moment the current epoch's jobs must be dead by, unless a renewal is confirmed before it.
+    var killDeadline: ContinuousClock.Instant { confirmedAt + killAfter }
+
+    /// SET key token NX PX ttl (and a new epoch number). Throws `WorkerError.nameInUse` when another live runner
+    /// holds the name.
     func acquire() async throws {
-        let reply = try await client.send(
-            RedisCommand(["SET", key, token, "NX", "PX", String(ttl.milliseconds)]))
-        if reply.isNull {
-            let left = try? await client.send(RedisCommand(["PTTL", key])).int
-            let expiry = left.flatMap { $0 > 0 ? " (if that runner died, its lease expires in \($0) ms)" : nil } ?? ""
-            throw WorkerError(
-                .nameInUse, "runner name '\(runner)' is in use: its lease \(key) is held by another runner\(expiry)")
-        }
-        confirmedAt = .now
+        let sentAt = ContinuousClock.now
+        let reply = try await scripts.run(
+            RunnerScripts.acquireLease, keys: [key, fencingKey],
+            arguments: [Array(epoch.token.utf8), Array(String(ttl.milliseconds).utf8)])
+        guard let number = reply.int else { throw await nameInUse() }
+        epoch = LeaseEpoch(owner: epoch.owner, number: number)
+        confirmedAt = sentAt
     }
 
-    /// Extends the lease; if it was lost (expired or deleted), takes it again with a new token when free.
-    /// Returns whether the lease is held afterwards.
-    func renew() async throws -> Bool {
+    private func nameInUse() async -> WorkerError {
+        let left = try? await client.send(RedisCommand(["PTTL", key])).int
+        let expiry = left.flatMap { $0 > 0 ? " (if that runner died, its lease expires in \($0) ms)" : nil } ?? ""
+        return WorkerError(
+            .nameInUse, "runner name '\(runner)' is in use: its lease \(key) is held by another runner\(expiry)")
+    }
+
+    /// What a renewal found.
+    enum Renewal: Equatable {
+        /// Extended: the new kill deadline.
+        case renewed(killDeadline: ContinuousClock.Instant)
+        /// The lease no longer holds this epoch's token (expired, deleted, or taken): the epoch is over.
+        case lost
+        /// Redis has not confirmed the lease for two thirds of its TTL: the epoch is over whatever Redis says now
+        /// (a watchdog may have stopped its jobs already). Also the answer once the epoch has ended.
+        case overdue
+    }
+
+    /// Extends the lease (compare-and-extend), unless it is too late for this epoch.
+    func renew() async throws -> Renewal {
+        let current = epoch
+        let sentAt = ContinuousClock.now
+        guard !current.ended.isFired, sentAt < killDeadline else { return .overdue }
         let reply = try await scripts.run(
-            RunnerScripts.renewLease, keys: [key], arguments: [Array(token.utf8), Array(String(ttl.milliseconds).utf8)])
-        if reply.int == 1 {
-            confirmedAt = .now
-            return true
-        }
-        token = LeaseKeeper.newToken()
-        do {
-            try await acquire()
-            return true
-        } catch let error as WorkerError where error.code == .nameInUse {
-            return false
-        }
+            RunnerScripts.renewLease, keys: [key],
+            arguments: [Array(current.token.utf8), Array(String(ttl.milliseconds).utf8)])
+        guard current === epoch, !current.ended.isFired else { return .overdue }
+        guard reply.int == 1 else { return .lost }
+        confirmedAt = sentAt
+        return .renewed(killDeadline: killDeadline)
     }
 
     /// Whether Redis confirmed the lease less than half a TTL ago.
     var isFresh: Bool { ContinuousClock.now - confirmedAt < ttl / 2 }
 
+    /// How an epoch ended and the next began.
+    struct Rotation: Sendable {
+        var old: LeaseEpoch
+        var new: LeaseEpoch
+        /// Whether the old token still held the lease when it was replaced (the runner was slow or cut off, and its
+        /// lease had not lapsed yet), or the lease was gone.
+        var oldTokenWasHeld: Bool
+    }
+
+    /// Ends the current epoch and starts the next with a new token: replaces the old token if still held, or takes
+    /// the free lease (one script, waiting for Redis while it is unreachable). Throws `WorkerError.nameInUse` when
+    /// another runner holds the name now.
+    func rotate() async throws -> Rotation {
+        let old = epoch
+        old.ended.fire()
+        let token = LeaseKeeper.newToken()
+        let sentAt = ContinuousClock.now
+        let reply = try await scripts.run(
+            RunnerScripts.rotateLease, keys: [key, fencingKey],
+            arguments: [Array(old.token.utf8), Array(token.utf8), Array(String(ttl.milliseconds).utf8)],
+            retry: .idempotent(deadline: nil))
+        guard let parts = reply.array, parts.count == 2, let number = parts[0].int else { throw await nameInUse() }
+        let new = LeaseEpoch(owner: AttemptOwner(runner: runner, leaseToken: token), number: number)
+        epoch = new
+        confirmedAt = sentAt
+        return Rotation(old: old, new: new, oldTokenWasHeld: parts[1].int == 1)
+    }
+
     /// Deletes the lease if this runner still holds it.
     func release() async throws {
-        _ = try await scripts.run(RunnerScripts.releaseLease, keys: [key], arguments: [Array(token.utf8)])
+        _ = try await scripts.run(RunnerScripts.releaseLease, keys: [key], arguments: [Array(epoch.token.utf8)])
     }
 }

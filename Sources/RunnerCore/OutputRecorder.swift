@@ -6,9 +6,10 @@ import Synchronization
 /// Collects a job's stdout and stderr into its log stream `{nr}:log:<id>` and keeps the output tail.
 ///
 /// Chunks arrive on the process monitor thread and are only buffered there; a flusher task writes them in
-/// pipelined XADDs. What goes past the log limit is counted, not stored, and a `meta` entry marks the cut.
-/// Entry ids are chosen by the recorder (`<base ms>-<seq>`), so a write resent after a lost reply is refused
-/// by Redis as a duplicate instead of being stored twice.
+/// batches, each one fenced script (the attempt must still be this runner's epoch's). What goes past the log limit
+/// is counted, not stored, and a `meta` entry marks the cut. Entry ids are chosen by the recorder
+/// (`<base ms>-<seq>`), so a write resent after a lost reply is refused by Redis as a duplicate instead of being
+/// stored twice.
 final class OutputRecorder: Sendable {
     struct Summary: Sendable {
         var tail: [UInt8]
@@ -32,8 +33,13 @@ final class OutputRecorder: Sendable {
     }
 
     private let client: RedisClient
+    private let store: JobStore
     private let logger: Logger
     private let key: String
+    private let entry: JobEntry
+    private let owner: AttemptOwner
+    /// Set once a batch was refused: the attempt is no longer this epoch's, later output is dropped.
+    private let refused = Mutex(false)
     private let limit: Int
     private let tailLimit: Int
     private let state = Mutex(State())
@@ -46,10 +52,16 @@ final class OutputRecorder: Sendable {
     private static let entryLimit = 512 << 10
     private static let flushThreshold = 256 << 10
 
-    init(client: RedisClient, logger: Logger, key: String, limit: Int, tailLimit: Int) {
+    init(
+        client: RedisClient, store: JobStore, logger: Logger, entry: JobEntry, owner: AttemptOwner, limit: Int,
+        tailLimit: Int
+    ) {
         self.client = client
+        self.store = store
         self.logger = logger
-        self.key = key
+        self.key = store.keyspace.log(job: entry.jobId)
+        self.entry = entry
+        self.owner = owner
         self.limit = limit
         self.tailLimit = tailLimit
         (signals, signal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -143,25 +155,41 @@ final class OutputRecorder: Sendable {
         return entries
     }
 
+    /// Batches stay well below Redis's limits on a script's arguments.
+    private static let batchBytes = 4 << 20
+
     private func flush() async {
         let entries = takePending()
-        guard !entries.isEmpty else { return }
+        guard !entries.isEmpty, !refused.withLock({ $0 }) else { return }
         guard let base = await entryBase() else { return }
-        let commands = sequence.withLock { seq -> [RedisCommand] in
+        let numbered = sequence.withLock { seq -> [(id: String, fd: String, data: [UInt8])] in
             entries.map { entry in
                 defer { seq.next += 1 }
-                var command = RedisCommand([
-                    "XADD", key, "\(base)-\(seq.next)", LogField.stream, entry.0, LogField.data,
-                ])
-                command.append(bytes: entry.1)
-                command.append(ProtocolVersion.field)
-                command.append(String(ProtocolVersion.current))
-                return command
+                return ("\(base)-\(seq.next)", entry.0, entry.1)
             }
         }
-        // Idempotent thanks to explicit ids: a resent XADD is refused as "equal or smaller", which is success.
-        _ = await DurableWrite.perform(logger: logger) { [client] in
-            try await client.pipeline(commands, retry: .idempotent(deadline: nil))
+        var batches: [[(id: String, fd: String, data: [UInt8])]] = [[]]
+        var size = 0
+        for item in numbered {
+            if size + item.data.count > OutputRecorder.batchBytes, !batches[batches.count - 1].isEmpty {
+                batches.append([])
+                size = 0
+            }
+            batches[batches.count - 1].append(item)
+            size += item.data.count
+        }
+        for batch in batches {
+            // Idempotent thanks to explicit ids: a resent entry is refused as "equal or smaller", which is success.
+            let accepted = await DurableWrite.perform(logger: logger) { [store, entry, owner] in
+                try await store.appendLog(
+                    jobId: entry.jobId, streamId: entry.streamId, owner: owner, entries: batch,
+                    retry: .idempotent(deadline: nil))
+            }
+            if accepted == false {
+                refused.withLock { $0 = true }
+                logger.info("output no longer recorded: the attempt is not this lease epoch's", ["job": entry.jobId])
+                return
+            }
         }
     }
 

@@ -66,11 +66,24 @@ public struct PoolClient: Sendable {
         self.store = JobStore(client: client, keyspace: keyspace)
     }
 
-    /// Submits a job (result hash `queued` and stream entry in one script). Returns the job id and entry id.
-    public func submit(id: String?, spec: JobSpec, queue: String) async throws -> (id: String, streamId: String) {
+    /// A submission's outcome.
+    public struct Submitted: Sendable, Equatable {
+        /// The job id: the new job's, or the earlier job's that holds the idempotency key.
+        public var id: String
+        /// The new job's stream entry; nil when nothing was added because the idempotency key was taken.
+        public var streamId: String?
+    }
+
+    /// Submits a job (result hash `queued` and stream entry in one script). With an idempotency key that an earlier
+    /// submission holds (for the result retention), adds nothing and answers that job's id.
+    public func submit(
+        id: String?, spec: JobSpec, queue: String, idempotencyKey: String? = nil
+    ) async throws -> Submitted {
         let jobId = id ?? UUID().uuidString.lowercased()
-        let streamId = try await store.submit(id: jobId, spec: spec, queue: queue)
-        return (jobId, streamId)
+        switch try await store.submit(id: jobId, spec: spec, queue: queue, idempotencyKey: idempotencyKey) {
+        case .created(let streamId): return Submitted(id: jobId, streamId: streamId)
+        case .existing(let earlier): return Submitted(id: earlier, streamId: nil)
+        }
     }
 
     /// HGETALL of the result hash; nil when there is no such job.

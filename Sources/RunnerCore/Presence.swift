@@ -9,7 +9,7 @@ struct Presence: Sendable {
     let configuration: WorkerConfiguration
     let startedAtMs: Int
 
-    func record(state: RunnerState, free: Int, running: [String]) -> JSONValue {
+    func record(state: RunnerState, free: Int, running: [String], epoch: Int) -> JSONValue {
         [
             RunnerRecordField.node: .string(configuration.node),
             RunnerRecordField.pid: .int(Int(getpid())),
@@ -21,12 +21,15 @@ struct Presence: Sendable {
             RunnerRecordField.capacityFree: .int(free),
             RunnerRecordField.running: .array(running.map(JSONValue.string)),
             RunnerRecordField.heartbeatAt: .int(WallClock.milliseconds()),
+            RunnerRecordField.epoch: .int(epoch),
             ProtocolVersion.field: .int(ProtocolVersion.current),
         ]
     }
 
     /// XADD to the heartbeats stream and HSET the registry record, in one round trip.
-    func publish(state: RunnerState, free: Int, running: [String], retry: RedisRetry = .never) async throws {
+    func publish(
+        state: RunnerState, free: Int, running: [String], epoch: Int, retry: RedisRetry = .never
+    ) async throws {
         let runningJSON = JSONValue.array(running.map(JSONValue.string)).serialized
         let heartbeat = RedisCommand([
             "XADD", keyspace.heartbeats, "MAXLEN", "~", String(configuration.heartbeatsMaxLength), "*",
@@ -36,7 +39,8 @@ struct Presence: Sendable {
             ProtocolVersion.field, String(ProtocolVersion.current),
         ])
         let registry = RedisCommand([
-            "HSET", keyspace.runners, configuration.name, record(state: state, free: free, running: running).serialized,
+            "HSET", keyspace.runners, configuration.name,
+            record(state: state, free: free, running: running, epoch: epoch).serialized,
         ])
         let replies = try await client.pipeline([heartbeat, registry], retry: retry)
         for case .error(let message) in replies { throw RedisServerError(message) }

@@ -3,8 +3,11 @@ import RunnerProtocol
 
 /// The runner's server-side scripts. Each write about a job is one script, so that a result, its ack and its
 /// event land together or not at all, and a retried call after a lost reply changes nothing twice.
+///
+/// Every write about an attempt is fenced twice: the runner's lease key must still hold the lease token the runner
+/// passes (its epoch), and the job's record must still name this attempt (`stream_id`, `runner`, `lease_token`).
 enum RunnerScripts {
-    /// Shared helpers: Redis's clock for timestamps (never the runner's), events, terminal states.
+    /// Shared helpers: Redis's clock for timestamps (never the runner's), events, terminal states, the fence.
     static let prelude: String = {
         let terminal = JobState.allCases.filter(\.isTerminal).map { "s == '\($0.rawValue)'" }.joined(separator: " or ")
         return """
@@ -24,112 +27,213 @@ enum RunnerScripts {
             local function nr_sid_ms(sid)
               return string.match(sid, '^(%d+)')
             end
-            -- The fence of a write about an attempt: the job's record must point at this entry (stream_id) and
-            -- name this runner. KEYS[1] job hash, KEYS[2] jobs stream; ARGV[2] runner, ARGV[4] stream id, ARGV[5]
-            -- group. -1: the job belongs to another entry or runner now, write nothing; 0: this attempt already
-            -- ended (a resent call), ack and delete the entry again; nil: go on. A record that is gone entirely
-            -- (a Redis that lost its data) does not fence: the runner rebuilds it.
-            local function nr_fence()
-              local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)',
-                '\(ResultField.streamId)')
-              if not cur[1] then return nil end
-              if (cur[3] and cur[3] ~= ARGV[4]) or (cur[2] and cur[2] ~= '' and cur[2] ~= ARGV[2]) then return -1 end
+            local function nr_absent(v)
+              return (not v) or v == ''
+            end
+            -- The fence of a write about an attempt. Returns nil to go on; 0 when this attempt already ended (a
+            -- resent call: the entry is acked and deleted again); or why the write is refused: 'lease' (the
+            -- runner's lease no longer holds its token: it expired, or the runner registered again) or 'moved' (the
+            -- record names another entry, runner or epoch: the job was rescheduled, retried or handed back). A
+            -- record that is gone entirely (a Redis that lost its data) does not fence unless another epoch holds
+            -- the lease: the runner rebuilds it.
+            local function nr_fence(job, stream, lease, runner, sid, group, token)
+              local cur = redis.call('HMGET', job, '\(ResultField.state)', '\(ResultField.runner)',
+                '\(ResultField.streamId)', '\(ResultField.leaseToken)')
+              local held = redis.call('GET', lease)
+              if not cur[1] then
+                if held and held ~= token then return 'lease' end
+                return nil
+              end
+              if cur[3] ~= sid or not (nr_absent(cur[2]) or cur[2] == runner)
+                or not (nr_absent(cur[4]) or cur[4] == token) then
+                return 'moved'
+              end
               if nr_terminal(cur[1]) then
-                redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
-                redis.call('XDEL', KEYS[2], ARGV[4])
+                redis.call('XACK', stream, group, sid)
+                redis.call('XDEL', stream, sid)
                 return 0
               end
+              if held ~= token then return 'lease' end
               return nil
+            end
+            -- A refused terminal write: say so on the events stream (the write itself changes nothing).
+            local function nr_stale(events, maxlen, job, id, runner, attempt, sid, why, write)
+              local cur = redis.call('HMGET', job, '\(ResultField.state)', '\(ResultField.streamId)',
+                '\(ResultField.runner)')
+              local text = 'the lease of runner ' .. runner .. ' no longer holds the token of this attempt'
+              if why == 'moved' then
+                text = 'the job now belongs to another attempt (state ' .. (cur[1] or 'none') .. ', entry '
+                  .. (cur[2] or 'none') .. ', runner ' .. (cur[3] or 'none') .. ')'
+              end
+              nr_emit(events, maxlen, '\(EventType.jobStaleResult.rawValue)', nr_now(), runner, id,
+                cjson.encode({runner = runner, attempt = tonumber(attempt), stream_id = sid, why = why,
+                  reason = text, write = write}))
+              return -1
+            end
+            -- Adds a dead letter: the entry's fields (a flat list) and why. Returns its id.
+            local function nr_dead_letter(dead, maxlen, flat, reason, source, sid)
+              local args = {'XADD', dead, 'MAXLEN', '~', maxlen, '*'}
+              local skip = {['\(DeadLetterField.reason)'] = true, ['\(DeadLetterField.source)'] = true,
+                ['\(DeadLetterField.sourceId)'] = true, ['\(ProtocolVersion.field)'] = true}
+              for i = 1, #flat, 2 do
+                if not skip[flat[i]] then
+                  args[#args + 1] = flat[i]; args[#args + 1] = flat[i + 1]
+                end
+              end
+              for _, v in ipairs({'\(DeadLetterField.reason)', reason, '\(DeadLetterField.source)', source,
+                  '\(DeadLetterField.sourceId)', sid, '\(ProtocolVersion.field)', NR_V}) do
+                args[#args + 1] = v
+              end
+              return redis.call(unpack(args))
             end
 
             """
     }()
 
-    private static func script(_ name: String, _ body: String) -> LuaScript {
+    static func script(_ name: String, _ body: String) -> LuaScript {
         LuaScript(name: name, source: prelude + body)
     }
 
-    /// KEYS: jobs stream, job hash, events. ARGV: id, spec, queue, events maxlen.
-    /// Writes the `queued` result hash and the stream entry together; refuses an id that exists.
+    /// KEYS: jobs stream, job hash, events, idempotency key (the events key again when there is none).
+    /// ARGV: id, spec, queue, events maxlen, idempotency key ('' for none), retention ms.
+    /// Writes the `queued` result hash and the stream entry together; refuses an id that exists. With an idempotency
+    /// key already taken, creates nothing and answers the job it names. Returns {1, stream id} or {0, job id}.
     static let submit = script(
         "submit",
         """
+        if ARGV[5] ~= '' then
+          local owner = redis.call('GET', KEYS[4])
+          if owner then return {0, owner} end
+        end
         if redis.call('EXISTS', KEYS[2]) == 1 then
           return redis.error_reply('DUPLICATE job ' .. ARGV[1] .. ' already exists')
         end
         local ts = nr_now()
-        local sid = redis.call('XADD', KEYS[1], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[2],
-          '\(JobEntryField.attempt)', '1', NR_V_FIELD, NR_V)
+        local entry = {'XADD', KEYS[1], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[2],
+          '\(JobEntryField.attempt)', '1', '\(ProtocolVersion.field)', NR_V}
+        if ARGV[5] ~= '' then
+          entry[#entry + 1] = '\(JobEntryField.idempotencyKey)'; entry[#entry + 1] = ARGV[5]
+          redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[6])
+          redis.call('HSET', KEYS[2], '\(ResultField.idempotencyKey)', ARGV[5])
+        end
+        local sid = redis.call(unpack(entry))
         redis.call('HSET', KEYS[2], '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.queue)', ARGV[3],
           '\(ResultField.submittedAt)', ts, '\(ResultField.attempt)', '1', '\(ResultField.spec)', ARGV[2],
-          '\(ResultField.streamId)', sid, NR_V_FIELD, NR_V)
+          '\(ResultField.streamId)', sid, '\(ProtocolVersion.field)', NR_V)
         nr_emit(KEYS[3], ARGV[4], '\(EventType.jobSubmitted.rawValue)', ts, '', ARGV[1],
           cjson.encode({queue = ARGV[3], stream_id = sid}))
-        return sid
-        """.replacingOccurrences(of: "NR_V_FIELD", with: "'\(ProtocolVersion.field)'"))
+        return {1, sid}
+        """)
 
-    /// KEYS: job hash, events. ARGV: id, runner, attempt, stream id, queue, events maxlen, spec, received data.
-    /// Claims an attempt before its process is started: marks it running and emits `job.received`. Returns
-    /// {1, started_at} when claimed (also for a resent call, which changes nothing), or {0, state, attempt} for a
-    /// duplicate that must not run: the record points at another entry (the job was submitted again by hand, or
-    /// this entry is stale), or this entry's attempt already ended.
+    /// KEYS: job hash, events, lease, fencing counter, idempotency key (the events key again when none).
+    /// ARGV: id, runner, attempt, stream id, queue, events maxlen, spec, received data, lease token, idempotency key
+    /// ('' for none), retention ms.
+    /// Claims an attempt before its process is started: marks it running under this lease epoch with a new fencing
+    /// token and emits `job.received`. Returns {1, started_at, fencing token, failures} when claimed (also for a
+    /// resent call, which changes nothing); {0, state, attempt} for a duplicate that must not run (the record points
+    /// at another entry, or this entry's attempt already ended); {-1} when the lease no longer holds the token;
+    /// {-2} when an earlier epoch of this runner claimed it (it must be rescheduled, not run); {-3, job id} when the
+    /// entry's idempotency key belongs to another job.
     static let claim = script(
         "claim",
         """
+        if redis.call('GET', KEYS[3]) ~= ARGV[9] then return {-1} end
         local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)',
-          '\(ResultField.streamId)', '\(ResultField.startedAt)')
+          '\(ResultField.streamId)', '\(ResultField.startedAt)', '\(ResultField.leaseToken)', '\(ResultField.fencingToken)',
+          '\(ResultField.failures)')
         if cur[1] then
-          if (cur[4] and cur[4] ~= ARGV[4]) or nr_terminal(cur[1]) then return {0, cur[1], cur[3] or ''} end
+          if (cur[4] and cur[4] ~= ARGV[4]) or nr_terminal(cur[1]) or cur[1] == '\(JobState.retryScheduled.rawValue)' then
+            return {0, cur[1], cur[3] or ''}
+          end
           if cur[1] == '\(JobState.running.rawValue)' and cur[2] == ARGV[2] and cur[5] then
-            return {1, cur[5]}
+            if cur[6] == ARGV[9] then return {1, cur[5], cur[7] or '', cur[8] or '0'} end
+            return {-2}
           end
         end
+        if ARGV[10] ~= '' then
+          local owner = redis.call('GET', KEYS[5])
+          if owner and owner ~= ARGV[1] then return {-3, owner} end
+          if not owner then redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[11]) end
+        end
         local ts = nr_now()
+        local fencing = redis.call('INCR', KEYS[4])
         local submitted = redis.call('HGET', KEYS[1], '\(ResultField.submittedAt)') or nr_sid_ms(ARGV[4])
         redis.call('HDEL', KEYS[1], \(clearedOnStart))
         redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.running.rawValue)', '\(ResultField.runner)', ARGV[2],
           '\(ResultField.attempt)', ARGV[3], '\(ResultField.streamId)', ARGV[4], '\(ResultField.queue)', ARGV[5],
           '\(ResultField.startedAt)', ts, '\(ResultField.submittedAt)', submitted, '\(ResultField.spec)', ARGV[7],
-          '\(ProtocolVersion.field)', NR_V)
-        nr_emit(KEYS[2], ARGV[6], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], ARGV[8])
-        return {1, ts}
+          '\(ResultField.leaseToken)', ARGV[9], '\(ResultField.fencingToken)', fencing, '\(ProtocolVersion.field)', NR_V)
+        if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], '\(ResultField.idempotencyKey)', ARGV[10]) end
+        local data = cjson.decode(ARGV[8])
+        data['fencing_token'] = fencing
+        nr_emit(KEYS[2], ARGV[6], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], cjson.encode(data))
+        return {1, ts, tostring(fencing), cur[8] or '0'}
         """)
 
-    /// KEYS: job hash, events. ARGV: id, runner, stream id, pid, events maxlen, started data.
+    /// KEYS: job hash, events, lease. ARGV: id, runner, stream id, pid, events maxlen, started data, lease token.
     /// Records the pid of a claimed attempt and emits `job.started`, once; nothing if the attempt is no longer
-    /// this runner's. Returns 1 or 0.
+    /// this runner's epoch's. Returns 1 or 0.
     static let started = script(
         "started",
         """
         local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.streamId)',
-          '\(ResultField.pid)')
-        if cur[1] ~= '\(JobState.running.rawValue)' or cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] then return 0 end
+          '\(ResultField.pid)', '\(ResultField.leaseToken)')
+        if cur[1] ~= '\(JobState.running.rawValue)' or cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] or cur[5] ~= ARGV[7] then
+          return 0
+        end
+        if redis.call('GET', KEYS[3]) ~= ARGV[7] then return 0 end
         if cur[4] == ARGV[4] then return 1 end
         redis.call('HSET', KEYS[1], '\(ResultField.pid)', ARGV[4])
         nr_emit(KEYS[2], ARGV[5], '\(EventType.jobStarted.rawValue)', nr_now(), ARGV[2], ARGV[1], ARGV[6])
         return 1
         """)
 
-    private static let clearedOnStart = [
+    /// KEYS: log stream, job hash, lease. ARGV: runner, stream id, lease token, then entry id, fd, data triples.
+    /// Appends a batch of an attempt's output, fenced like every write about it. Entry ids are the recorder's own,
+    /// so a resent batch is refused entry by entry as "equal or smaller" and stored once. Returns the entries
+    /// added, or -1 when the attempt is no longer this runner's epoch's (nothing is written).
+    static let appendLog = script(
+        "append_log",
+        """
+        local cur = redis.call('HMGET', KEYS[2], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.streamId)',
+          '\(ResultField.leaseToken)')
+        local held = redis.call('GET', KEYS[3])
+        if cur[1] then
+          if cur[2] ~= ARGV[1] or cur[3] ~= ARGV[2] or cur[4] ~= ARGV[3] or held ~= ARGV[3] then return -1 end
+        elseif held and held ~= ARGV[3] then
+          return -1
+        end
+        local added = 0
+        for i = 4, #ARGV - 2, 3 do
+          local ok = redis.pcall('XADD', KEYS[1], ARGV[i], '\(LogField.stream)', ARGV[i + 1], '\(LogField.data)', ARGV[i + 2],
+            '\(ProtocolVersion.field)', NR_V)
+          if type(ok) ~= 'table' or not ok.err then added = added + 1 end
+        end
+        return added
+        """)
+
+    static let clearedOnStart = [
         ResultField.exitCode, ResultField.signal, ResultField.finishedAt, ResultField.durationMs,
         ResultField.outputTail, ResultField.reason, ResultField.forcedKill, ResultField.cpuUserMs,
-        ResultField.cpuSystemMs, ResultField.pid, ResultField.requeuedFrom,
+        ResultField.cpuSystemMs, ResultField.pid, ResultField.requeuedFrom, ResultField.retryAt,
     ].map { "'\($0)'" }.joined(separator: ", ")
 
-    /// KEYS: job hash, jobs stream, events, log stream. ARGV: id, runner, attempt, stream id, group, state,
-    /// event type, event data, retention ms, events maxlen, started at ('' if unknown), queue, spec, then
-    /// field/value pairs. Fields missing from the hash (it may have been lost with a
-    /// Redis that restarted without persistence) are written again from what the runner knows.
-    /// Returns 1 written, 0 already written before (acked again), -1 the job belongs to another runner/attempt.
+    /// KEYS: job hash, jobs stream, events, log stream, lease. ARGV: id, runner, attempt, stream id, group, state,
+    /// event type, event data, retention ms, events maxlen, started at ('' if unknown), queue, spec, lease token,
+    /// then field/value pairs. Fields missing from the hash (it may have been lost with a Redis that restarted
+    /// without persistence) are written again from what the runner knows.
+    /// Returns 1 written, 0 already written before (acked again), -1 refused (`job.stale_result` emitted).
     static let complete = script(
         "complete",
         """
-        local fenced = nr_fence()
-        if fenced then return fenced end
+        local fenced = nr_fence(KEYS[1], KEYS[2], KEYS[5], ARGV[2], ARGV[4], ARGV[5], ARGV[14])
+        if fenced == 0 then return 0 end
+        if fenced then return nr_stale(KEYS[3], ARGV[10], KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], fenced, 'result') end
         local ts = nr_now()
         local fields = {'\(ResultField.state)', ARGV[6], '\(ResultField.runner)', ARGV[2], '\(ResultField.attempt)', ARGV[3],
-          '\(ResultField.finishedAt)', ts, '\(ResultField.streamId)', ARGV[4], '\(ProtocolVersion.field)', NR_V}
-        for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
+          '\(ResultField.finishedAt)', ts, '\(ResultField.streamId)', ARGV[4], '\(ResultField.leaseToken)', ARGV[14],
+          '\(ProtocolVersion.field)', NR_V}
+        for i = 15, #ARGV do fields[#fields + 1] = ARGV[i] end
         local missing = {['\(ResultField.startedAt)'] = (ARGV[11] ~= '' and ARGV[11] or ts),
           ['\(ResultField.queue)'] = ARGV[12], ['\(ResultField.spec)'] = ARGV[13]}
         for name, value in pairs(missing) do
@@ -149,22 +253,79 @@ enum RunnerScripts {
         return 1
         """)
 
-    /// KEYS: job hash, jobs stream, dead stream, events. ARGV: id ('' if none), runner, stream id, group, reason,
-    /// queue, events maxlen, retention ms, dead maxlen, then the entry's original field/value pairs.
-    /// Returns the dead-letter entry id.
+    /// KEYS: job hash, jobs stream, events, lease, delayed set, dead stream, log stream.
+    /// ARGV: id, runner, attempt, stream id, group, spec, queue, events maxlen, lease token, failures (with this
+    /// one), max attempts, delay ms, outcome event data, retention ms, dead maxlen, then result field/value pairs.
+    /// After a failed attempt: with attempts left, the job waits in the delayed set (`retry_scheduled`,
+    /// `job.retry_scheduled`) for the mover to put it back on its queue; with none left, it is `dead`, with a dead
+    /// letter and `job.dead`. Returns {1, retry_at} scheduled, {2, dead id} dead, {0} already done (a resent call),
+    /// {-1} refused (`job.stale_result` emitted).
+    static let failAttempt = script(
+        "fail_attempt",
+        """
+        local moved = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.requeuedFrom)', '\(ResultField.retryAt)')
+        if moved[1] == '\(JobState.retryScheduled.rawValue)' and moved[2] == ARGV[4] then return {1, moved[3]} end
+        local fenced = nr_fence(KEYS[1], KEYS[2], KEYS[4], ARGV[2], ARGV[4], ARGV[5], ARGV[9])
+        if fenced == 0 then return {0} end
+        if fenced then return {nr_stale(KEYS[3], ARGV[8], KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], fenced, 'retry')} end
+        local ts = nr_now()
+        local outcome = {}
+        for i = 16, #ARGV do outcome[#outcome + 1] = ARGV[i] end
+        local submitted = redis.call('HGET', KEYS[1], '\(ResultField.submittedAt)') or nr_sid_ms(ARGV[4])
+        redis.call('HSET', KEYS[1], '\(ResultField.queue)', ARGV[7], '\(ResultField.spec)', ARGV[6], '\(ResultField.submittedAt)', submitted,
+          '\(ResultField.failures)', ARGV[10], '\(ResultField.finishedAt)', ts, '\(ProtocolVersion.field)', NR_V, unpack(outcome))
+        redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
+        redis.call('XDEL', KEYS[2], ARGV[4])
+        local data = cjson.decode(ARGV[13])
+        data['failed_attempt'] = tonumber(ARGV[3])
+        data['failures'] = tonumber(ARGV[10])
+        data['max_attempts'] = tonumber(ARGV[11])
+        data['queue'] = ARGV[7]
+        data['previous_stream_id'] = ARGV[4]
+        if tonumber(ARGV[10]) < tonumber(ARGV[11]) then
+          local due = string.format('%.0f', tonumber(ts) + tonumber(ARGV[12]))
+          local nextAttempt = tostring(tonumber(ARGV[3]) + 1)
+          redis.call('HDEL', KEYS[1], '\(ResultField.runner)', '\(ResultField.startedAt)', '\(ResultField.pid)',
+            '\(ResultField.leaseToken)', '\(ResultField.fencingToken)')
+          redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.retryScheduled.rawValue)', '\(ResultField.attempt)', nextAttempt,
+            '\(ResultField.streamId)', '', '\(ResultField.requeuedFrom)', ARGV[4], '\(ResultField.retryAt)', due)
+          redis.call('ZADD', KEYS[5], due, ARGV[1])
+          data['attempt'] = tonumber(nextAttempt)
+          data['retry_at'] = tonumber(due)
+          data['delay_ms'] = tonumber(ARGV[12])
+          nr_emit(KEYS[3], ARGV[8], '\(EventType.jobRetryScheduled.rawValue)', ts, ARGV[2], ARGV[1], cjson.encode(data))
+          return {1, due}
+        end
+        local reason = 'failed ' .. ARGV[10] .. ' of ' .. ARGV[11] .. ' attempts; the last: ' .. (data['reason'] or data['state'] or '')
+        local did = nr_dead_letter(KEYS[6], ARGV[15], {'\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[6],
+          '\(JobEntryField.attempt)', ARGV[3]}, reason, KEYS[2], ARGV[4])
+        redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.dead.rawValue)', '\(ResultField.reason)', reason,
+          '\(ResultField.runner)', ARGV[2], '\(ResultField.attempt)', ARGV[3], '\(ResultField.streamId)', ARGV[4],
+          '\(ResultField.leaseToken)', ARGV[9])
+        redis.call('PEXPIRE', KEYS[1], ARGV[14])
+        redis.call('PEXPIRE', KEYS[7], ARGV[14])
+        data['last_state'] = data['state']
+        data['state'] = '\(JobState.dead.rawValue)'
+        data['attempt'] = tonumber(ARGV[3])
+        data['reason'] = reason
+        data['dead_id'] = did
+        nr_emit(KEYS[3], ARGV[8], '\(EventType.jobDead.rawValue)', ts, ARGV[2], ARGV[1], cjson.encode(data))
+        return {2, did}
+        """)
+
+    /// KEYS: job hash, jobs stream, dead stream, events, lease. ARGV: id ('' if none), runner, stream id, group,
+    /// reason, queue, events maxlen, retention ms, dead maxlen, lease token, then the entry's original field/value
+    /// pairs. Returns the dead-letter entry id, 0 for a resent call, -1 when the lease no longer holds the token.
     static let reject = script(
         "reject",
         """
+        if redis.call('GET', KEYS[5]) ~= ARGV[10] then return -1 end
         -- Only the first call for an entry writes: a resent call finds it acked already.
         if redis.call('XACK', KEYS[2], ARGV[4], ARGV[3]) == 0 then return 0 end
         local ts = nr_now()
-        local dead = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*'}
-        for i = 10, #ARGV do dead[#dead + 1] = ARGV[i] end
-        for _, v in ipairs({'\(DeadLetterField.reason)', ARGV[5], '\(DeadLetterField.source)', KEYS[2],
-            '\(DeadLetterField.sourceId)', ARGV[3], '\(ProtocolVersion.field)', NR_V}) do
-          dead[#dead + 1] = v
-        end
-        local did = redis.call(unpack(dead))
+        local flat = {}
+        for i = 11, #ARGV do flat[#flat + 1] = ARGV[i] end
+        local did = nr_dead_letter(KEYS[3], ARGV[9], flat, ARGV[5], KEYS[2], ARGV[3])
         if ARGV[1] ~= '' then
           local st = redis.call('HGET', KEYS[1], '\(ResultField.state)')
           if (not st) or st == '\(JobState.queued.rawValue)' then
@@ -183,11 +344,13 @@ enum RunnerScripts {
         return did
         """)
 
-    /// KEYS: jobs stream, events. ARGV: stream id, group, runner, events maxlen, queue.
-    /// An entry whose payload is gone: acked and reported, never run.
+    /// KEYS: jobs stream, events, lease. ARGV: stream id, group, runner, events maxlen, queue, lease token.
+    /// An entry whose payload is gone: acked and reported, never run. Returns 1, 0 (a resent call), or -1 when the
+    /// lease no longer holds the token.
     static let lost = script(
         "lost",
         """
+        if redis.call('GET', KEYS[3]) ~= ARGV[6] then return -1 end
         if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
         local ts = nr_now()
         redis.call('XDEL', KEYS[1], ARGV[1])
@@ -197,34 +360,34 @@ enum RunnerScripts {
         return 1
         """)
 
-    /// KEYS: job hash, jobs stream, events. ARGV: id, runner, attempt, old stream id, group, spec, queue,
-    /// next attempt, events maxlen, event type, event data (JSON object; `stream_id`, `previous_stream_id` and
-    /// `attempt` are added). Puts an unfinished job back on its queue as a new entry and acks the old one: a
-    /// hand-back keeps the attempt, a retry raises it. Returns the new entry id (also to a resent call, which
-    /// changes nothing), 0 when the attempt had already ended, -1 when it belongs to another entry or runner.
-    static let requeue = script(
-        "requeue",
+    /// KEYS: job hash, jobs stream, events, lease. ARGV: id, runner, attempt, old stream id, group, spec, queue,
+    /// events maxlen, reason, lease token.
+    /// Hands an unfinished attempt back to its queue as a new entry with the same attempt and acks the old one
+    /// (`job.handed_back`). Returns the new entry id (also to a resent call, which changes nothing), 0 when the
+    /// attempt had already ended, -1 when refused (`job.stale_result` emitted).
+    static let handBack = script(
+        "hand_back",
         """
         -- A resent call: the first one already moved the job to a new entry and remembered this one.
         local moved = redis.call('HMGET', KEYS[1], '\(ResultField.streamId)', '\(ResultField.requeuedFrom)')
         if moved[2] == ARGV[4] then return moved[1] end
-        local fenced = nr_fence()
-        if fenced then return fenced end
+        local fenced = nr_fence(KEYS[1], KEYS[2], KEYS[4], ARGV[2], ARGV[4], ARGV[5], ARGV[10])
+        if fenced == 0 then return 0 end
+        if fenced then return nr_stale(KEYS[3], ARGV[8], KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], fenced, 'hand_back') end
         local ts = nr_now()
         local sid = redis.call('XADD', KEYS[2], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[6],
-          '\(JobEntryField.attempt)', ARGV[8], '\(ProtocolVersion.field)', NR_V)
+          '\(JobEntryField.attempt)', ARGV[3], '\(ProtocolVersion.field)', NR_V)
         redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
         redis.call('XDEL', KEYS[2], ARGV[4])
         local submitted = redis.call('HGET', KEYS[1], '\(ResultField.submittedAt)') or nr_sid_ms(ARGV[4])
-        redis.call('HDEL', KEYS[1], '\(ResultField.runner)', '\(ResultField.startedAt)', '\(ResultField.pid)')
+        redis.call('HDEL', KEYS[1], '\(ResultField.runner)', '\(ResultField.startedAt)', '\(ResultField.pid)',
+          '\(ResultField.leaseToken)', '\(ResultField.fencingToken)')
         redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid,
-          '\(ResultField.attempt)', ARGV[8], '\(ResultField.queue)', ARGV[7], '\(ResultField.spec)', ARGV[6],
+          '\(ResultField.attempt)', ARGV[3], '\(ResultField.queue)', ARGV[7], '\(ResultField.spec)', ARGV[6],
           '\(ResultField.submittedAt)', submitted, '\(ResultField.requeuedFrom)', ARGV[4], '\(ProtocolVersion.field)', NR_V)
-        local data = cjson.decode(ARGV[11])
-        data['stream_id'] = sid
-        data['previous_stream_id'] = ARGV[4]
-        data['attempt'] = tonumber(ARGV[8])
-        nr_emit(KEYS[3], ARGV[9], ARGV[10], ts, ARGV[2], ARGV[1], cjson.encode(data))
+        nr_emit(KEYS[3], ARGV[8], '\(EventType.jobHandedBack.rawValue)', ts, ARGV[2], ARGV[1],
+          cjson.encode({reason = ARGV[9], queue = ARGV[7], stream_id = sid, previous_stream_id = ARGV[4],
+            attempt = tonumber(ARGV[3])}))
         return sid
         """)
 
@@ -246,27 +409,5 @@ enum RunnerScripts {
         local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
         if #pending > 0 then return -1 end
         return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-        """)
-
-    /// KEYS: lease. ARGV: token, ttl ms. Extends the lease only for the holder of the token.
-    static let renewLease = script(
-        "renew_lease",
-        """
-        if redis.call('GET', KEYS[1]) == ARGV[1] then
-          redis.call('PEXPIRE', KEYS[1], ARGV[2])
-          return 1
-        end
-        return 0
-        """)
-
-    /// KEYS: lease. ARGV: token. Deletes the lease only for the holder of the token.
-    static let releaseLease = script(
-        "release_lease",
-        """
-        if redis.call('GET', KEYS[1]) == ARGV[1] then
-          redis.call('DEL', KEYS[1])
-          return 1
-        end
-        return 0
         """)
 }

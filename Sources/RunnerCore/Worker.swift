@@ -12,6 +12,20 @@ public struct WorkerSummary: Sendable, Equatable {
     public var lost = 0
     /// Jobs whose outcome could not be written before the runner gave up on Redis; their entries stay pending.
     public var unrecorded = 0
+    /// Jobs stopped (or never started) because their lease epoch ended; their entries are rescheduled.
+    public var abandoned = 0
+    /// Results Redis refused because the job belonged to another attempt or epoch by then (`job.stale_result`).
+    public var staleResults = 0
+    /// Lease epochs this runner had to end (`runner.lease_lost`).
+    public var leaseEpochsLost = 0
+}
+
+/// Why a lease epoch ended (`runner.lease_lost` data `reason`).
+enum EpochEnd: String, Sendable {
+    /// A renewal found the lease no longer holding the token (it expired, or was deleted).
+    case leaseGone = "lease_gone"
+    /// Redis had not confirmed the lease for two thirds of its TTL (the runner was paused, or cut off from Redis).
+    case notRenewed = "not_renewed"
 }
 
 /// The worker: registers with a lease, heartbeats, reads jobs through the consumer group up to its free slots,
@@ -32,6 +46,11 @@ public final class Worker: Sendable {
     /// pending entries are that runner's now, so this one stops them without recording anything and exits.
     private let nameLost = Latch()
     private let summary = Mutex(WorkerSummary())
+    private let killSwitch: any JobKillSwitch
+    /// Open (fired) while intake may read; replaced by a closed one while a lease epoch ends.
+    private let intakeOpen = Mutex(Latch(fired: true))
+    /// The task ending a lease epoch, while one runs; and the epochs whose end has been started.
+    private let epochTransition = Mutex<(task: Task<Void, Never>?, ending: Set<ObjectIdentifier>)>((nil, []))
     /// Set when this consumer has pending entries that no slot runs (delivered to a read whose reply was lost, or to
     /// a paused earlier run of this name): the intake then reads its own pending entries again.
     private let strayPending = Mutex(false)
@@ -50,6 +69,7 @@ public final class Worker: Sendable {
         presenceClient = client("presence")
         jobsClient = client("jobs")
         slots = JobSlots(capacity: configuration.concurrency)
+        killSwitch = InProcessKillSwitch()
     }
 
     /// Asks for a graceful shutdown; a second call asks for an immediate one (jobs stopped now and handed back).
@@ -99,10 +119,11 @@ public final class Worker: Sendable {
             client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds())
         let executor = JobExecutor(
             configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger,
-            abandoned: nameLost)
+            killSwitch: killSwitch, rescheduleBound: config.rescheduleBound)
 
         try await intake.ensureGroups()
         try await lease.acquire()
+        killSwitch.arm(until: await lease.killDeadline)
         // With the name ours, whatever still runs under it is left over from a previous run that died (kill -9):
         // stop it before its pending jobs run again, so that no two copies run side by side.
         let leftovers = LeftoverProcesses.kill(withEnvironment: [JobEnvironment.runner: config.name])
@@ -113,12 +134,14 @@ public final class Worker: Sendable {
         }
         do {
             state.withLock { $0 = .running }
-            try await presence.publish(state: .running, free: config.concurrency, running: [])
+            let epoch = await lease.epoch.number
+            try await presence.publish(state: .running, free: config.concurrency, running: [], epoch: epoch)
             try await store.emit(
                 .runnerRegistered, runner: config.name,
                 data: [
                     "node": .string(config.node), "pid": .int(Int(getpid())), "version": .string(config.version),
                     "queues": .array(config.queues.map(JSONValue.string)), "concurrency": .int(config.concurrency),
+                    "epoch": .int(epoch),
                 ], retry: .never)
         } catch {
             // Do not keep the name from a restart for a whole lease TTL.
@@ -134,8 +157,10 @@ public final class Worker: Sendable {
                 "concurrency": String(config.concurrency),
             ])
 
-        let presenceTask = Task { await self.keepPresence(lease: lease, presence: presence) }
-        let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor, lease: lease) }
+        let epochs = EpochContext(lease: lease, presence: presence, store: store)
+        let presenceTask = Task { await self.keepPresence(epochs) }
+        let watchTask = Task { await self.watchLease(epochs) }
+        let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor, epochs: epochs) }
 
         await shutdownRequested.wait()
         state.withLock { $0 = .draining }
@@ -143,14 +168,23 @@ public final class Worker: Sendable {
             "shutting down: intake stopped, waiting for running jobs",
             ["running": String(await slots.runningJobIds.count)])
         intakeTask.cancel()
+        intakeOpen.withLock { $0 }.fire()
         intakeClient.interrupt()
         await intakeTask.value
         if !nameLost.isFired {
-            try? await presence.publish(state: .draining, free: await slots.free, running: await slots.runningJobIds)
+            try? await presence.publish(
+                state: .draining, free: await slots.free, running: await slots.runningJobIds,
+                epoch: await lease.epoch.number)
         }
         await finishRunningJobs()
+        watchTask.cancel()
+        await watchTask.value
         presenceTask.cancel()
         await presenceTask.value
+        let transition = epochTransition.withLock { $0.task }
+        transition?.cancel()
+        await transition?.value
+        killSwitch.disarm()
         if nameLost.isFired {
             let message =
                 "runner name '\(config.name)' was taken by another runner while this one could not renew "
@@ -160,10 +194,15 @@ public final class Worker: Sendable {
                 .runnerShutdown, runner: config.name, data: shutdownData(reason: "lease_taken"), retry: .never)
             throw WorkerError(.leaseLost, message)
         }
-        await handBackUndelivered(intake: intake, store: store)
+        await handBackUndelivered(intake: intake, store: store, lease: lease)
 
         let final = summary.withLock { $0 }
         state.withLock { $0 = .stopped }
+        if final.abandoned > 0 {
+            logger.warning(
+                "\(final.abandoned) job(s) were stopped when a lease epoch ended; their entries are rescheduled by a "
+                    + "reaper or the next run of this runner")
+        }
         try? await store.emit(
             .runnerShutdown, runner: config.name,
             data: shutdownData(reason: "requested"), retry: .whileUnreachable(deadline: .now + .seconds(5)))
@@ -213,6 +252,8 @@ public final class Worker: Sendable {
         return [
             "reason": .string(reason), "finished": .int(final.finished), "handed_back": .int(final.handedBack),
             "rejected": .int(final.rejected), "lost": .int(final.lost), "unrecorded": .int(final.unrecorded),
+            "abandoned": .int(final.abandoned), "stale_results": .int(final.staleResults),
+            "lease_epochs_lost": .int(final.leaseEpochsLost),
         ]
     }
 
@@ -231,39 +272,46 @@ public final class Worker: Sendable {
         return false
     }
 
-    /// Renews the lease; when another runner holds the name now, starts the stop of this one and returns false.
-    private func renew(_ lease: LeaseKeeper) async throws -> Bool {
-        guard try await lease.renew() else {
-            logger.error("lost the lease: another runner holds the name '\(configuration.name)'; stopping")
-            nameLost.fire()
-            shutdownRequested.fire()
-            immediateRequested.fire()
+    /// Renews the lease. Returns false, and starts the end of the epoch, when the lease is no longer this epoch's.
+    private func renew(_ epochs: EpochContext) async throws -> Bool {
+        let epoch = await epochs.lease.epoch
+        guard !epoch.ended.isFired else { return false }
+        switch try await epochs.lease.renew() {
+        case .renewed(let killDeadline):
+            killSwitch.arm(until: killDeadline)
+            return true
+        case .lost:
+            endEpoch(epoch, reason: .leaseGone, epochs)
+            return false
+        case .overdue:
+            endEpoch(epoch, reason: .notRenewed, epochs)
             return false
         }
-        return true
     }
 
     /// Before starting what it read, a runner whose lease Redis has not confirmed for half a TTL (it was paused, or
-    /// Redis was away) confirms it first: if the name went to another runner meanwhile, the entries are handed back
-    /// instead of run beside that runner's copies.
-    private func mayStart(_ deliveries: [Delivery], lease: LeaseKeeper, store: JobStore) async -> Bool {
-        guard !deliveries.isEmpty, !(await lease.isFresh) else { return true }
-        if (try? await renew(lease)) != false { return true }
-        for delivery in deliveries {
-            count(await JobExecutor.handBackUnstarted(delivery, store: store, runner: configuration.name))
-        }
-        return false
+    /// Redis was away) confirms it first: entries read by an epoch that ended stay pending (the end of the epoch
+    /// reschedules them, or the next read of this consumer's own pending entries takes them).
+    private func mayStart(_ deliveries: [Delivery], epoch: LeaseEpoch, _ epochs: EpochContext) async -> Bool {
+        guard !deliveries.isEmpty else { return true }
+        let current = await epochs.lease.epoch
+        if epoch.ended.isFired || epoch !== current { return false }
+        guard !(await epochs.lease.isFresh) else { return true }
+        return (try? await renew(epochs)) != false
     }
 
     /// Renews the lease and publishes heartbeats every interval until cancelled.
-    private func keepPresence(lease: LeaseKeeper, presence: Presence) async {
+    private func keepPresence(_ epochs: EpochContext) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
             if Task.isCancelled { break }
+            if nameLost.isFired { return }
             do {
-                guard try await renew(lease) else { return }
+                guard try await renew(epochs) else { continue }
                 let current = state.withLock { $0 }
-                try await presence.publish(state: current, free: await slots.free, running: await slots.runningJobIds)
+                try await epochs.presence.publish(
+                    state: current, free: await slots.free, running: await slots.runningJobIds,
+                    epoch: await epochs.lease.epoch.number)
                 if try await hasStrayPending() { strayPending.withLock { $0 = true } }
             } catch {
                 // The client has already said once that Redis is unreachable; retry at the next interval.
@@ -272,14 +320,136 @@ public final class Worker: Sendable {
         }
     }
 
+    /// Ends the epoch when Redis has not confirmed the lease for two thirds of its TTL, measured on this runner's
+    /// monotonic clock: a renewal stuck behind an unreachable Redis, or a runner that was paused, must not let its
+    /// jobs run on into the time a reaper may reschedule them.
+    private func watchLease(_ epochs: EpochContext) async {
+        while !Task.isCancelled {
+            let epoch = await epochs.lease.epoch
+            let deadline = await epochs.lease.killDeadline
+            if epoch.ended.isFired {
+                // An end is in progress: wait for the next epoch.
+                try? await Task.sleep(for: .milliseconds(50))
+                continue
+            }
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            if Task.isCancelled { break }
+            let current = await epochs.lease.epoch
+            if epoch === current, await epochs.lease.killDeadline <= .now {
+                endEpoch(epoch, reason: .notRenewed, epochs)
+            }
+        }
+    }
+
+    /// What ending an epoch needs.
+    struct EpochContext: Sendable {
+        let lease: LeaseKeeper
+        let presence: Presence
+        let store: JobStore
+    }
+
+    /// Starts ending `epoch` (once): stop intake and the epoch's jobs, take the lease again with a new token, say so
+    /// (`runner.lease_lost`), reschedule what the old epoch held, resume intake.
+    private func endEpoch(_ epoch: LeaseEpoch, reason: EpochEnd, _ epochs: EpochContext) {
+        epochTransition.withLock { transition in
+            guard transition.ending.insert(ObjectIdentifier(epoch)).inserted else { return }
+            epoch.ended.fire()
+            intakeOpen.withLock { if $0.isFired { $0 = Latch() } }
+            let previous = transition.task
+            transition.task = Task {
+                await previous?.value
+                await self.runEpochEnd(epoch, reason: reason, epochs)
+            }
+        }
+    }
+
+    private func runEpochEnd(_ epoch: LeaseEpoch, reason: EpochEnd, _ epochs: EpochContext) async {
+        let stopped = await slots.runningJobIds.count
+        // SIGKILL to every job's group. Their tasks are not cancelled: a job that had exited on its own still tries
+        // to record its result (refused as stale if the job was rescheduled meanwhile), and one being started sees
+        // the ended epoch and kills itself.
+        killSwitch.fire()
+        summary.withLock { $0.leaseEpochsLost += 1 }
+        logger.error(
+            "lease epoch \(epoch.number) ended (\(reason.rawValue)): stopped \(stopped) job(s); registering again",
+            ["runner": configuration.name])
+        let rotation: LeaseKeeper.Rotation
+        do {
+            rotation = try await epochs.lease.rotate()
+        } catch let error as WorkerError where error.code == .nameInUse {
+            logger.error("lost the lease: another runner holds the name '\(configuration.name)'; stopping")
+            nameLost.fire()
+            shutdownRequested.fire()
+            immediateRequested.fire()
+            return
+        } catch {
+            // Cancelled (shutdown) or Redis refused for good: the jobs are stopped; a reaper reschedules them.
+            logger.warning("could not register again after the lease epoch ended: \(error)")
+            return
+        }
+        killSwitch.arm(until: await epochs.lease.killDeadline)
+        let durable = RedisRetry.idempotent(deadline: nil)
+        _ = await DurableWrite.perform(logger: logger) { [configuration] in
+            try await epochs.store.emit(
+                .runnerLeaseLost, runner: configuration.name,
+                data: [
+                    "reason": .string(reason.rawValue), "old_epoch": .int(rotation.old.number),
+                    "new_epoch": .int(rotation.new.number), "old_lease_held": .bool(rotation.oldTokenWasHeld),
+                    "jobs_stopped": .int(stopped),
+                ], retry: durable)
+        }
+        let moved = await rescheduleOwnPending(epochs.store)
+        logger.info(
+            "registered again as lease epoch \(rotation.new.number); rescheduled \(moved) entr(ies) of the old one",
+            ["runner": configuration.name])
+        try? await epochs.presence.publish(
+            state: state.withLock { $0 }, free: await slots.free, running: await slots.runningJobIds,
+            epoch: rotation.new.number)
+        strayPending.withLock { $0 = true }
+        intakeOpen.withLock { $0 }.fire()
+    }
+
+    /// Runs the reschedule script over this consumer's pending entries: those of an ended epoch go back to their
+    /// queue (attempt raised if started); those the current epoch runs are left alone. Returns how many moved.
+    private func rescheduleOwnPending(_ store: JobStore) async -> Int {
+        var moved = 0
+        let retry = RedisRetry.idempotent(deadline: nil)
+        for queue in configuration.queues {
+            var start = "-"
+            for _ in 0..<10_000 {
+                let page = await DurableWrite.perform(logger: logger) { [presenceClient, configuration, start] in
+                    try await presenceClient.send(
+                        RedisCommand([
+                            "XPENDING", configuration.keyspace.jobs(queue: queue), Keyspace.consumerGroup, start, "+",
+                            "100", configuration.name,
+                        ]), retry: retry)
+                }
+                let ids = (page?.array ?? []).compactMap { $0.array?.first?.string }
+                for id in ids {
+                    let outcome = await DurableWrite.perform(logger: logger) { [configuration] in
+                        try await store.reschedule(
+                            streamId: id, queue: queue, consumer: configuration.name, reason: .leaseLost,
+                            actor: configuration.name, bound: configuration.rescheduleBound, retry: retry)
+                    }
+                    if case .requeued? = outcome { moved += 1 }
+                    if case .dead? = outcome { moved += 1 }
+                }
+                guard ids.count == 100, let last = ids.last else { break }
+                start = "(" + last
+            }
+        }
+        return moved
+    }
+
     /// Reads entries up to the free slots and starts a task per job, until cancelled.
-    private func intakeLoop(intake: JobIntake, executor: JobExecutor, lease: LeaseKeeper) async {
+    private func intakeLoop(intake: JobIntake, executor: JobExecutor, epochs: EpochContext) async {
         var readPendingFirst = true  // our own pending entries (ID 0) first: at start and after any failure
         var cursors: [String: String] = [:]
         var lastGroupWarning: ContinuousClock.Instant?
         while !Task.isCancelled {
             let freeLatch = await slots.freeSlotLatch()
             await freeLatch.wait()
+            await intakeOpen.withLock { $0 }.wait()
             if Task.isCancelled { break }
             let free = await slots.free
             guard free > 0 else { continue }
@@ -288,6 +458,7 @@ public final class Worker: Sendable {
             }) {
                 readPendingFirst = true
             }
+            let epoch = await epochs.lease.epoch
             do {
                 if readPendingFirst {
                     let page = try await intake.readPending(count: free, after: cursors)
@@ -306,19 +477,26 @@ public final class Worker: Sendable {
                         guard !running.contains(delivery.streamId) else { continue }
                         taken.append(delivery)
                     }
-                    // Pending entries stay this name's either way: a runner that lost the name leaves them.
-                    let fresh = await lease.isFresh
-                    if !fresh, (try? await renew(lease)) == false { break }
-                    for delivery in taken { await launch(delivery, executor: executor) }
+                    // Pending entries stay this name's either way: what is not started now is read again.
+                    guard await mayStart(taken, epoch: epoch, epochs) else {
+                        strayPending.withLock { $0 = true }
+                        continue
+                    }
+                    for delivery in taken { await launch(delivery, executor: executor, epoch: epoch) }
                 } else {
                     let deliveries = try await intake.readNew(count: free)
-                    guard await mayStart(deliveries, lease: lease, store: executor.store) else { break }
-                    for delivery in deliveries.prefix(free) { await launch(delivery, executor: executor) }
+                    guard await mayStart(deliveries, epoch: epoch, epochs) else {
+                        strayPending.withLock { $0 = true }
+                        continue
+                    }
+                    for delivery in deliveries.prefix(free) {
+                        await launch(delivery, executor: executor, epoch: epoch)
+                    }
                     // A read across several queues can bring one entry per queue; what has no slot goes back at
                     // once rather than wait here while other runners are idle.
                     for delivery in deliveries.dropFirst(free) {
-                        Task { [store = executor.store, name = configuration.name] in
-                            self.count(await JobExecutor.handBackUnstarted(delivery, store: store, runner: name))
+                        Task { [store = executor.store] in
+                            self.count(await JobExecutor.handBackUnstarted(delivery, store: store, epoch: epoch))
                         }
                     }
                 }
@@ -345,22 +523,38 @@ public final class Worker: Sendable {
         }
     }
 
-    private func launch(_ delivery: Delivery, executor: JobExecutor) async {
+    private func launch(_ delivery: Delivery, executor: JobExecutor, epoch: LeaseEpoch) async {
         let jobId = delivery.fields.flatMap { JobEntry.jobId(in: $0) } ?? delivery.streamId
         await slots.reserve(streamId: delivery.streamId, jobId: jobId)
         let task = Task {
-            let outcome = await executor.run(delivery)
+            let outcome = await executor.run(delivery, epoch: epoch)
             self.count(outcome)
+            if case .retried(let delay) = outcome { self.moveWhenDue(after: delay, store: executor.store) }
             await self.slots.release(streamId: delivery.streamId)
         }
         await slots.attach(streamId: delivery.streamId, task: task)
     }
 
+    /// The runner that scheduled a retry moves it back onto its queue when it is due, so that it starts on time;
+    /// the reaper's mover is the safety net when this runner is gone by then. The move happens once either way.
+    private func moveWhenDue(after delay: Duration, store: JobStore) {
+        Task { [logger] in
+            try? await Task.sleep(for: delay)
+            _ = await DurableWrite.perform(logger: logger) {
+                try await store.moveDue(retry: .idempotent(deadline: .now + .seconds(30)))
+            }
+        }
+    }
+
     private func count(_ outcome: DeliveryOutcome) {
         summary.withLock { summary in
             switch outcome {
-            case .finished, .stale, .retried: summary.finished += 1
+            case .finished, .retried, .dead, .rescheduled: summary.finished += 1
+            case .stale:
+                summary.finished += 1
+                summary.staleResults += 1
             case .unrecorded: summary.unrecorded += 1
+            case .abandoned: summary.abandoned += 1
             case .handedBack: summary.handedBack += 1
             case .rejected: summary.rejected += 1
             case .lost: summary.lost += 1
@@ -369,11 +563,12 @@ public final class Worker: Sendable {
     }
 
     /// Entries delivered to this consumer but never started (a read that raced the shutdown) go back to the queue.
-    private func handBackUndelivered(intake: JobIntake, store: JobStore) async {
+    private func handBackUndelivered(intake: JobIntake, store: JobStore, lease: LeaseKeeper) async {
         let reader = JobIntake(
             client: jobsClient, keyspace: intake.keyspace, consumer: intake.consumer, queues: intake.queues,
             block: intake.block)
         var cursors: [String: String] = [:]
+        let epoch = await lease.epoch
         for _ in 0..<1000 {
             guard
                 let page = try? await reader.readPending(
@@ -382,7 +577,7 @@ public final class Worker: Sendable {
             else { return }
             for delivery in page {
                 cursors[delivery.queue] = delivery.streamId
-                let outcome = await JobExecutor.handBackUnstarted(delivery, store: store, runner: configuration.name)
+                let outcome = await JobExecutor.handBackUnstarted(delivery, store: store, epoch: epoch)
                 count(outcome)
             }
         }
@@ -391,22 +586,23 @@ public final class Worker: Sendable {
 
 extension JobExecutor {
     /// Gives back an entry that was delivered but never run: valid ones to the queue, malformed ones to the
-    /// dead letters, payload-less ones reported lost.
-    static func handBackUnstarted(_ delivery: Delivery, store: JobStore, runner: String) async -> DeliveryOutcome {
+    /// dead letters, payload-less ones reported lost. Nothing when its epoch ended (it stays pending).
+    static func handBackUnstarted(_ delivery: Delivery, store: JobStore, epoch: LeaseEpoch) async -> DeliveryOutcome {
+        if epoch.ended.isFired { return .abandoned }
         let retry = RedisRetry.idempotent(deadline: .now + .seconds(10))
+        let owner = epoch.owner
         guard let fields = delivery.fields else {
-            try? await store.lost(streamId: delivery.streamId, queue: delivery.queue, runner: runner, retry: retry)
+            try? await store.lost(streamId: delivery.streamId, queue: delivery.queue, owner: owner, retry: retry)
             return .lost
         }
         do {
             let entry = try JobEntry(streamId: delivery.streamId, queue: delivery.queue, fields: fields)
-            try? await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: retry)
+            try? await store.handBack(entry: entry, owner: owner, reason: "runner shutting down", retry: retry)
             return .handedBack
         } catch {
             try? await store.reject(
                 streamId: delivery.streamId, queue: delivery.queue, fields: fields, reason: error.message,
-                runner: runner,
-                retry: retry)
+                owner: owner, retry: retry)
             return .rejected
         }
     }

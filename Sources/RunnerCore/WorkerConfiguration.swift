@@ -33,6 +33,12 @@ public struct WorkerConfiguration: Sendable {
     public var outputTailBytes: Int
     /// How long one XREADGROUP BLOCK waits before it is issued again (an idle runner's only read traffic).
     public var intakeBlock: Duration
+    /// How often a job may be rescheduled from lost runners before it is dead (a poison job that kills runners).
+    public var rescheduleBound: Int
+    /// The reaper this worker runs for the pool (nil: none, `--no-reaper`).
+    public var reaper: ReaperConfiguration?
+    /// Start even when Redis's `maxmemory-policy` may evict keys (with a warning).
+    public var allowEvictionPolicy = false
     public var version: String
 
     public init(
@@ -42,6 +48,7 @@ public struct WorkerConfiguration: Sendable {
         defaultJobTimeout: Duration? = nil, resultRetention: Duration = .seconds(7 * 24 * 3600),
         eventsMaxLength: Int = 100_000, heartbeatsMaxLength: Int = 10_000, deadMaxLength: Int = 100_000,
         logLimitBytes: Int = 16 << 20, outputTailBytes: Int = 4096, intakeBlock: Duration = .seconds(5),
+        rescheduleBound: Int = ReaperConfiguration.defaultRescheduleBound, reaper: ReaperConfiguration? = nil,
         version: String = RunnerVersion.current
     ) {
         self.redis = redis
@@ -62,6 +69,8 @@ public struct WorkerConfiguration: Sendable {
         self.logLimitBytes = logLimitBytes
         self.outputTailBytes = outputTailBytes
         self.intakeBlock = intakeBlock
+        self.rescheduleBound = rescheduleBound
+        self.reaper = reaper
         self.version = version
     }
 }

@@ -6,7 +6,9 @@ public enum JobEntryField {
     public static let spec = "spec"
     /// The attempt this entry starts (optional, 1 when absent).
     public static let attempt = "attempt"
-    public static let all = [id, spec, attempt, ProtocolVersion.field]
+    /// Optional: a key that makes a second submission of the same work a duplicate (see `{nr}:idempotency:<key>`).
+    public static let idempotencyKey = "idempotency_key"
+    public static let all = [id, spec, attempt, idempotencyKey, ProtocolVersion.field]
 }
 
 /// Field names of an entry on `{nr}:events`.
@@ -56,11 +58,24 @@ public enum ResultField {
     public static let spec = "spec"
     /// The stream entry id the current attempt was read from.
     public static let streamId = "stream_id"
-    /// The entry a queued job was moved from by a hand-back or retry.
+    /// The entry a queued job was moved from by a hand-back, retry or reschedule.
     public static let requeuedFrom = "requeued_from"
+    /// The lease token (epoch) of the runner that claimed the current attempt: its writes are fenced on it.
+    public static let leaseToken = "lease_token"
+    /// The current attempt's fencing token, from `INCR {nr}:fencing`: increases with every claimed attempt.
+    public static let fencingToken = "fencing_token"
+    /// Failed (or timed-out) attempts so far; `max_attempts` bounds these, not executions.
+    public static let failures = "failures"
+    /// Times the job was rescheduled because the runner running it was lost.
+    public static let reschedules = "reschedules"
+    /// While `retry_scheduled`: when the next attempt is due, milliseconds since the epoch (Redis's clock).
+    public static let retryAt = "retry_at"
+    /// The idempotency key the job was submitted with.
+    public static let idempotencyKey = "idempotency_key"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
-        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, ProtocolVersion.field,
+        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, leaseToken, fencingToken,
+        failures, reschedules, retryAt, idempotencyKey, ProtocolVersion.field,
     ]
 }
 
@@ -101,8 +116,12 @@ public enum RunnerRecordField {
     public static let running = "running"
     /// The runner's clock at its last heartbeat, milliseconds since the epoch.
     public static let heartbeatAt = "heartbeat_at"
+    /// The number of the runner's current lease epoch (from `INCR {nr}:fencing` when it took the lease).
+    public static let epoch = "epoch"
+    /// When a reaper found the runner's lease gone (state `lost`), milliseconds since the epoch (Redis's clock).
+    public static let lostAt = "lost_at"
     public static let all = [
-        node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt,
+        node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt, epoch, lostAt,
         ProtocolVersion.field,
     ]
 }
@@ -113,5 +132,8 @@ public enum JobEnvironment {
     public static let attempt = "NR_ATTEMPT"
     /// The runner's id; also how a restarted runner recognises processes a crashed run of it left behind.
     public static let runner = "NR_RUNNER"
-    public static let all = [jobId, attempt, runner]
+    /// The attempt's fencing token (`fencing_token`): larger for every later attempt of any job, so a job writing
+    /// to a store of its own can refuse a write from an attempt older than one it has seen.
+    public static let fencingToken = "NR_FENCING_TOKEN"
+    public static let all = [jobId, attempt, runner, fencingToken]
 }

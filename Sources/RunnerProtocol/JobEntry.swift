@@ -6,18 +6,23 @@ public struct JobEntry: Sendable, Hashable {
     public var specJSON: [UInt8]
     public var spec: JobSpec
     public var attempt: Int
+    /// The entry's `idempotency_key`, if it has one.
+    public var idempotencyKey: String?
 
     /// The longest accepted job id.
     public static let maximumIdLength = 200
 
-    /// Validates a job id: non-empty, at most 200 bytes, no white space or control characters.
-    public static func validateId(_ id: String) throws(JobSpecError) {
-        guard !id.isEmpty else { throw JobSpecError("job id is empty") }
+    /// Validates a job id (or, named by `what`, an idempotency key): non-empty, at most 200 bytes, no white space or
+    /// control characters.
+    public static func validateId(_ id: String, what: String = "job id") throws(JobSpecError) {
+        guard !id.isEmpty else { throw JobSpecError("\(what) is empty") }
         guard id.utf8.count <= maximumIdLength else {
-            throw JobSpecError("job id is longer than \(maximumIdLength) bytes")
+            throw JobSpecError("\(what) is longer than \(maximumIdLength) bytes")
         }
         guard !id.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0 == "\u{7f}" })
-        else { throw JobSpecError("job id \"\(JobEntry.printable(id))\" contains white space or control characters") }
+        else {
+            throw JobSpecError("\(what) \"\(JobEntry.printable(id))\" contains white space or control characters")
+        }
     }
 
     /// The text with control characters (and other non-printing scalars) written as `\u{..}`, so that an error
@@ -39,7 +44,7 @@ public struct JobEntry: Sendable, Hashable {
         self.streamId = streamId
         self.queue = queue
         func value(_ name: String) -> [UInt8]? { fields.first(where: { $0.0 == name })?.1 }
-        for name in [JobEntryField.id, JobEntryField.spec, JobEntryField.attempt]
+        for name in [JobEntryField.id, JobEntryField.spec, JobEntryField.attempt, JobEntryField.idempotencyKey]
         where fields.lazy.filter({ $0.0 == name }).count > 1 {
             throw JobSpecError("entry has the field \"\(name)\" more than once")
         }
@@ -62,6 +67,15 @@ public struct JobEntry: Sendable, Hashable {
             attempt = n
         } else {
             attempt = 1
+        }
+        if let keyBytes = value(JobEntryField.idempotencyKey) {
+            guard let key = String(validating: keyBytes, as: UTF8.self) else {
+                throw JobSpecError("entry field \"idempotency_key\" is not valid UTF-8")
+            }
+            try JobEntry.validateId(key, what: "idempotency key")
+            idempotencyKey = key
+        } else {
+            idempotencyKey = nil
         }
     }
 

@@ -19,10 +19,12 @@ public struct JobSpec: Sendable, Hashable {
     /// How many attempts the job may take (at least 1).
     public var maxAttempts: Int
     public var labels: [String: String]
+    /// The delay before a retry; nil means the defaults of `Backoff`.
+    public var backoff: Backoff?
 
     public init(
         command: Command, environment: [String: String] = [:], workingDirectory: String? = nil,
-        timeoutMs: Int? = nil, maxAttempts: Int = 1, labels: [String: String] = [:]
+        timeoutMs: Int? = nil, maxAttempts: Int = 1, labels: [String: String] = [:], backoff: Backoff? = nil
     ) {
         self.command = command
         self.environment = environment
@@ -30,6 +32,7 @@ public struct JobSpec: Sendable, Hashable {
         self.timeoutMs = timeoutMs
         self.maxAttempts = maxAttempts
         self.labels = labels
+        self.backoff = backoff
     }
 
     /// JSON field names of the spec.
@@ -41,7 +44,8 @@ public struct JobSpec: Sendable, Hashable {
         public static let timeoutMs = "timeout_ms"
         public static let maxAttempts = "max_attempts"
         public static let labels = "labels"
-        public static let all = [argv, shell, env, cwd, timeoutMs, maxAttempts, labels]
+        public static let backoff = "backoff"
+        public static let all = [argv, shell, env, cwd, timeoutMs, maxAttempts, labels, backoff]
     }
 
     /// The largest accepted spec, in bytes of JSON.
@@ -110,9 +114,14 @@ public struct JobSpec: Sendable, Hashable {
 
         timeoutMs = try JobSpec.positiveInt(fields[Key.timeoutMs], name: Key.timeoutMs)
         maxAttempts = try JobSpec.positiveInt(fields[Key.maxAttempts], name: Key.maxAttempts) ?? 1
+        switch fields[Key.backoff] {
+        case nil, .null?: backoff = nil
+        case .object(let members)?: backoff = try Backoff(fields: members)
+        case let other?: throw JobSpecError("spec.backoff must be an object, got \(other.typeName)")
+        }
     }
 
-    private static func positiveInt(_ value: JSONValue?, name: String) throws(JobSpecError) -> Int? {
+    static func positiveInt(_ value: JSONValue?, name: String) throws(JobSpecError) -> Int? {
         switch value {
         case nil, .null?: return nil
         case .int(let i)? where i > 0: return i
@@ -164,6 +173,7 @@ public struct JobSpec: Sendable, Hashable {
         if let timeoutMs { fields[Key.timeoutMs] = .int(timeoutMs) }
         if maxAttempts != 1 { fields[Key.maxAttempts] = .int(maxAttempts) }
         if !labels.isEmpty { fields[Key.labels] = .object(labels.mapValues(JSONValue.string)) }
+        if let backoff { fields[Key.backoff] = backoff.json }
         return .object(fields)
     }
 }

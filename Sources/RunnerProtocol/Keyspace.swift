@@ -33,11 +33,22 @@ public struct Keyspace: Sendable, Hashable {
     public func log(job id: String) -> String { "\(prefix):log:\(id)" }
     /// Dead-letter stream: `{nr}:dead`.
     public var dead: String { "\(prefix):dead" }
+    /// Counter of fencing tokens and lease epochs (INCR): `{nr}:fencing`.
+    public var fencing: String { "\(prefix):fencing" }
+    /// The reaper's leader lease, held by the one reaper that acts: `{nr}:reaper`.
+    public var reaper: String { "\(prefix):reaper" }
+    /// Sorted set of jobs waiting for a retry, scored by when they are due (ms, Redis's clock): `{nr}:delayed`.
+    public var delayed: String { "\(prefix):delayed" }
+    /// An idempotency key's job id: `{nr}:idempotency:<key>`.
+    public func idempotency(key: String) -> String { "\(prefix):idempotency:\(key)" }
+    /// The prefix every key of the pool starts with (`{nr}:`), for scripts that derive a key from an entry.
+    public var keyPrefix: String { "\(prefix):" }
 
     /// The key patterns as documented in docs/protocol.md, for the agreement test.
     public static let documentedPatterns: [String] = [
         "{nr}:jobs:<queue>", "{nr}:events", "{nr}:heartbeats", "{nr}:runner:<id>", "{nr}:runners",
-        "{nr}:job:<id>", "{nr}:log:<id>", "{nr}:dead",
+        "{nr}:job:<id>", "{nr}:log:<id>", "{nr}:dead", "{nr}:fencing", "{nr}:reaper", "{nr}:delayed",
+        "{nr}:idempotency:<key>",
     ]
 
     /// Whether a namespace or queue name is usable inside a key (no braces, colons or white space).

@@ -6,12 +6,16 @@ public enum JobState: String, Sendable, CaseIterable, Codable {
     case failed
     case timedOut = "timed_out"
     case rejected
+    /// Failed with attempts left: waits in `{nr}:delayed` until its `retry_at`.
+    case retryScheduled = "retry_scheduled"
+    /// Gave up: attempts exhausted, or rescheduled from lost runners too often; see `{nr}:dead`.
+    case dead
 
     /// Whether the job has ended for good (no further attempt of this submission will run).
     public var isTerminal: Bool {
         switch self {
-        case .queued, .running: false
-        case .succeeded, .failed, .timedOut, .rejected: true
+        case .queued, .running, .retryScheduled: false
+        case .succeeded, .failed, .timedOut, .rejected, .dead: true
         }
     }
 }
@@ -22,6 +26,8 @@ public enum RunnerState: String, Sendable, CaseIterable, Codable {
     case running
     case draining
     case stopped
+    /// Set by a reaper when the runner's lease was gone: the runner died or was cut off.
+    case lost
 }
 
 /// Every event type on `{nr}:events`.
@@ -38,6 +44,12 @@ public enum EventType: String, Sendable, CaseIterable, Codable {
     case jobLost = "job.lost"
     case jobHandedBack = "job.handed_back"
     case jobRetryScheduled = "job.retry_scheduled"
+    case jobRescheduled = "job.rescheduled"
+    case jobRequeued = "job.requeued"
+    case jobStaleResult = "job.stale_result"
+    case jobDead = "job.dead"
+    case runnerLost = "runner.lost"
+    case runnerLeaseLost = "runner.lease_lost"
 
     /// The terminal event for a terminal state.
     public static func terminal(for state: JobState) -> EventType? {
@@ -46,7 +58,8 @@ public enum EventType: String, Sendable, CaseIterable, Codable {
         case .failed: .jobFailed
         case .timedOut: .jobTimeout
         case .rejected: .jobRejected
-        case .queued, .running: nil
+        case .dead: .jobDead
+        case .queued, .running, .retryScheduled: nil
         }
     }
 }

@@ -11,12 +11,15 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
     private var client: RedisClient!
     private var store: JobStore!
     private let retry = RedisRetry.never
+    /// Runner "r" holding its lease with token "tok".
+    private let owner = AttemptOwner(runner: "r", leaseToken: "tok")
 
     override func setUpWithError() throws {
         try super.setUpWithError()
         client = RedisClient(endpoint: endpoint)
         store = JobStore(client: client, keyspace: Keyspace(namespace: namespace))
         _ = try send(["XGROUP", "CREATE", key("jobs:default"), "runners", "0", "MKSTREAM"])
+        _ = try send(["SET", key("runner:r"), "tok"])
     }
 
     override func tearDownWithError() throws {
@@ -41,49 +44,72 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
         let first = try XCTUnwrap(try deliver().entry)
 
         let claims = [
-            try await store.claim(entry: first, runner: "r", receivedData: [:], retry: retry),
-            try await store.claim(entry: first, runner: "r", receivedData: [:], retry: retry),
+            try await store.claim(entry: first, owner: owner, receivedData: [:], retry: retry),
+            try await store.claim(entry: first, owner: owner, receivedData: [:], retry: retry),
         ]
-        XCTAssertEqual(claims[0], claims[1], "a resent claim answers the same start time")
-        guard case .claimed = claims[0] else { return XCTFail("not claimed: \(claims[0])") }
+        XCTAssertEqual(claims[0], claims[1], "a resent claim answers the same start time and fencing token")
+        guard case .claimed(_, let fencing, let failures) = claims[0] else {
+            return XCTFail("not claimed: \(claims[0])")
+        }
+        XCTAssertEqual(failures, 0)
+        XCTAssertEqual(try job("j1")["fencing_token"], fencing)
+        XCTAssertEqual(try job("j1")["lease_token"], "tok")
         XCTAssertEqual(try count("job.received"), 1)
 
-        try await store.started(entry: first, runner: "r", pid: 42, retry: retry)
-        try await store.started(entry: first, runner: "r", pid: 42, retry: retry)
+        try await store.started(entry: first, owner: owner, pid: 42, retry: retry)
+        try await store.started(entry: first, owner: owner, pid: 42, retry: retry)
         XCTAssertEqual(try count("job.started"), 1)
         XCTAssertEqual(try job("j1")["pid"], "42")
 
         let failed = JobResultRecord(state: .failed, exitCode: 1, reason: "exited with code 1")
-        try await store.retryNext(entry: first, runner: "r", failed: failed, retry: retry)
-        try await store.retryNext(entry: first, runner: "r", failed: failed, retry: retry)
-        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 1, "one new entry, not two")
+        for _ in 0..<2 {
+            let scheduled = try await store.failAttempt(
+                entry: first, owner: owner, result: failed, failures: 1, delayMs: 0, retry: retry)
+            guard case .retryScheduled = scheduled else { return XCTFail("not scheduled: \(scheduled)") }
+        }
         XCTAssertEqual(try count("job.retry_scheduled"), 1)
-        let queued = try job("j1")
-        XCTAssertEqual(queued["state"], "queued")
-        XCTAssertEqual(queued["attempt"], "2")
-        XCTAssertEqual(queued["requeued_from"], first.streamId)
+        let waiting = try job("j1")
+        XCTAssertEqual(waiting["state"], "retry_scheduled")
+        XCTAssertEqual(waiting["attempt"], "2")
+        XCTAssertEqual(waiting["failures"], "1")
+        XCTAssertEqual(waiting["requeued_from"], first.streamId)
+        XCTAssertEqual(try send(["ZSCORE", key("delayed"), "j1"]).string, waiting["retry_at"])
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0, "the failed entry is acked and deleted")
+        let (moved, _) = try await store.moveDue()
+        let (movedAgain, next) = try await store.moveDue()
+        XCTAssertEqual([moved, movedAgain], [1, 0], "a due retry moves once")
+        XCTAssertNil(next)
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 1, "one new entry, not two")
+        XCTAssertEqual(try job("j1")["state"], "queued")
 
         // The old entry is stale now: it can neither be claimed nor complete the job.
-        guard case .duplicate = try await store.claim(entry: first, runner: "r", receivedData: [:], retry: retry) else {
+        guard case .duplicate = try await store.claim(entry: first, owner: owner, receivedData: [:], retry: retry)
+        else {
             return XCTFail("the stale entry was claimed")
         }
         let second = try XCTUnwrap(try deliver().entry)
         XCTAssertEqual(second.attempt, 2)
         let staleCompletion = try await store.complete(
-            entry: first, runner: "r", result: JobResultRecord(state: .succeeded), startedAtMs: nil, retry: retry)
+            entry: first, owner: owner, result: JobResultRecord(state: .succeeded), startedAtMs: nil, retry: retry)
         XCTAssertEqual(staleCompletion, .refused)
 
-        guard case .claimed = try await store.claim(entry: second, runner: "r", receivedData: [:], retry: retry) else {
+        guard
+            case .claimed(_, _, let failuresBefore) = try await store.claim(
+                entry: second, owner: owner, receivedData: [:], retry: retry)
+        else {
             return XCTFail("the new attempt was not claimed")
         }
-        // Another runner cannot write about this attempt.
+        XCTAssertEqual(failuresBefore, 1)
+        // Another runner cannot write about this attempt, even holding a lease of its own.
+        _ = try send(["SET", key("runner:other"), "tok2"])
         let foreign = try await store.complete(
-            entry: second, runner: "other", result: JobResultRecord(state: .succeeded), startedAtMs: nil, retry: retry)
+            entry: second, owner: AttemptOwner(runner: "other", leaseToken: "tok2"),
+            result: JobResultRecord(state: .succeeded), startedAtMs: nil, retry: retry)
         XCTAssertEqual(foreign, .refused)
         let done = JobResultRecord(state: .succeeded, exitCode: 0)
         let firstWrite = try await store.complete(
-            entry: second, runner: "r", result: done, startedAtMs: nil, retry: retry)
-        let resent = try await store.complete(entry: second, runner: "r", result: done, startedAtMs: nil, retry: retry)
+            entry: second, owner: owner, result: done, startedAtMs: nil, retry: retry)
+        let resent = try await store.complete(entry: second, owner: owner, result: done, startedAtMs: nil, retry: retry)
         XCTAssertEqual(firstWrite, .recorded)
         XCTAssertEqual(resent, .alreadyRecorded)
         XCTAssertEqual(try count("job.succeeded"), 1)
@@ -95,9 +121,9 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
     func testHandBackIsResendSafe() async throws {
         _ = try await store.submit(id: "j2", spec: JobSpec(command: .shell("sleep 1")), queue: "default")
         let entry = try XCTUnwrap(try deliver().entry)
-        _ = try await store.claim(entry: entry, runner: "r", receivedData: [:], retry: retry)
-        try await store.handBack(entry: entry, runner: "r", reason: "test", retry: retry)
-        try await store.handBack(entry: entry, runner: "r", reason: "test", retry: retry)
+        _ = try await store.claim(entry: entry, owner: owner, receivedData: [:], retry: retry)
+        try await store.handBack(entry: entry, owner: owner, reason: "test", retry: retry)
+        try await store.handBack(entry: entry, owner: owner, reason: "test", retry: retry)
         XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 1)
         XCTAssertEqual(try count("job.handed_back"), 1)
         XCTAssertEqual(try job("j2")["state"], "queued")
@@ -110,8 +136,7 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
         for _ in 0..<2 {
             try await store.reject(
                 streamId: bad.streamId, queue: "default", fields: bad.fields, reason: "spec is not valid JSON",
-                runner: "r",
-                retry: retry)
+                owner: owner, retry: retry)
         }
         XCTAssertEqual(try send(["XLEN", key("dead")]).int, 1)
         XCTAssertEqual(try count("job.rejected"), 1)
@@ -120,7 +145,7 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
         let gone = try deliver()
         _ = try send(["XDEL", key("jobs:default"), gone.streamId])
         for _ in 0..<2 {
-            try await store.lost(streamId: gone.streamId, queue: "default", runner: "r", retry: retry)
+            try await store.lost(streamId: gone.streamId, queue: "default", owner: owner, retry: retry)
         }
         XCTAssertEqual(try count("job.lost"), 1)
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)

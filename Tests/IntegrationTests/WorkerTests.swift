@@ -424,15 +424,35 @@ final class AttemptTests: IntegrationTestCase {
         XCTAssertEqual(retry?.data["exit_code"] as? Int, 1)
     }
 
-    func testAttemptsRunOutAndTheLastFailureIsTheResult() throws {
+    func testExhaustedAttemptsMakeTheJobDeadWithTheLastFailure() throws {
         try startRunner()
         let result = cli(["submit", "--wait", "--id", "ma-2", "--max-attempts", "2", "--", "sh", "-c", "exit 4"])
-        XCTAssertEqual(result.code, 4)
+        XCTAssertEqual(result.code, 4, "the last attempt's exit code")
         let record = try job("ma-2")
-        XCTAssertEqual(record["state"], "failed")
+        XCTAssertEqual(record["state"], "dead")
         XCTAssertEqual(record["attempt"], "2")
-        XCTAssertEqual(try events(of: "ma-2").filter { $0 == "job.failed" }.count, 1)
+        XCTAssertEqual(record["failures"], "2")
+        XCTAssertEqual(record["exit_code"], "4")
+        XCTAssertEqual(record["reason"], "failed 2 of 2 attempts; the last: exited with code 4")
+        let types = try events(of: "ma-2")
+        XCTAssertEqual(types.filter { $0 == "job.dead" }.count, 1, "\(types)")
+        XCTAssertEqual(types.filter { $0 == "job.failed" }.count, 0, "\(types)")
         XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
+        let letters = try send(["XRANGE", key("dead"), "-", "+"]).array ?? []
+        XCTAssertEqual(letters.count, 1)
+        let letter = strings(letters.first?.array?[1] ?? .null)
+        XCTAssertEqual(letter["id"], "ma-2")
+        XCTAssertEqual(letter["attempt"], "2")
+        XCTAssertEqual(letter["reason"], record["reason"])
+        XCTAssertEqual(try job("ma-2")["state"], "dead")
+    }
+
+    func testOneAttemptFailureStaysFailed() throws {
+        try startRunner()
+        let result = cli(["submit", "--wait", "--id", "ma-4", "--", "sh", "-c", "exit 5"])
+        XCTAssertEqual(result.code, 5)
+        XCTAssertEqual(try job("ma-4")["state"], "failed")
+        XCTAssertEqual(try send(["XLEN", key("dead")]).int, 0, "no dead letter for a job of one attempt")
     }
 
     func testMissingCommandIsNotRetried() throws {

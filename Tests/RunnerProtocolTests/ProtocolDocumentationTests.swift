@@ -36,7 +36,8 @@ final class ProtocolDocumentationTests: XCTestCase {
         names += JobState.allCases.map(\.rawValue)
         names += RunnerState.allCases.map(\.rawValue)
         names += JobEntryField.all + EventField.all + HeartbeatField.all + ResultField.all + LogField.all
-        names += DeadLetterField.all + RunnerRecordField.all + JobSpec.Key.all + JobEnvironment.all
+        names += DeadLetterField.all + RunnerRecordField.all + JobSpec.Key.all + Backoff.Key.all + JobEnvironment.all
+        names += Backoff.Jitter.allCases.map(\.rawValue)
         names += [LogField.stdout, LogField.stderr, LogField.meta, Keyspace.consumerGroup, Keyspace.defaultQueue]
         let missing = names.filter { !spans.contains($0) }
         XCTAssertEqual(missing, [], "named in code but not in docs/protocol.md")

@@ -1,0 +1,56 @@
+import Foundation
+import RedisClient
+import TestSupport
+import XCTest
+
+/// A runner that lost its lease epoch can never record a result for a job that moved on.
+final class FencingTests: IntegrationTestCase {
+    func testRunnerPausedPastItsLeaseHasItsResultRefusedAndRegistersAgain() throws {
+        let release = FileManager.default.temporaryDirectory.appendingPathComponent("fence-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: release) }
+        let runner = try startRunner(name: "paused", ["--lease-ttl", "2s", "--no-reaper"])
+        try submit(
+            [
+                "--shell",
+                "while [ ! -f '\(release.path)' ]; do sleep 0.02; done; echo attempt $NR_ATTEMPT $NR_FENCING_TOKEN",
+            ],
+            id: "fence-1")
+        let pid = try runningPid("fence-1")
+        let first = try job("fence-1")
+        XCTAssertEqual(first["attempt"], "1")
+        let firstFencing = try XCTUnwrap(Int(first["fencing_token"] ?? ""))
+
+        runner.signal(SIGSTOP)
+        // The job ends while its runner is paused; the lease lapses before the runner can say so.
+        FileManager.default.createFile(atPath: release.path, contents: nil)
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) }, "the job did not end")
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:paused")]).int) == 0 })
+        runner.signal(SIGCONT)
+
+        let record = try waitForState("fence-1", ["succeeded"], timeout: .seconds(20))
+        XCTAssertEqual(record["attempt"], "2", "the attempt of the ended epoch is not the one recorded")
+        XCTAssertGreaterThan(Int(record["fencing_token"] ?? "") ?? 0, firstFencing)
+        XCTAssertEqual(record["output_tail"], "attempt 2 \(record["fencing_token"] ?? "")\n")
+        let all = try events()
+        let stale = all.filter { $0.type == "job.stale_result" && $0.job == "fence-1" }
+        XCTAssertEqual(stale.count, 1, "\(all.map(\.type))")
+        XCTAssertEqual(stale.first?.data["attempt"] as? Int, 1)
+        XCTAssertEqual(stale.first?.data["stream_id"] as? String, first["stream_id"])
+        XCTAssertEqual(stale.first?.runner, "paused")
+        XCTAssertEqual(all.filter { $0.type == "job.succeeded" && $0.job == "fence-1" }.count, 1)
+        let lost = try XCTUnwrap(all.first { $0.type == "runner.lease_lost" })
+        XCTAssertEqual(lost.runner, "paused")
+        XCTAssertEqual(lost.data["old_lease_held"] as? Bool, false)
+        XCTAssertGreaterThan(lost.data["new_epoch"] as? Int ?? 0, lost.data["old_epoch"] as? Int ?? 0)
+        let rescheduled = try XCTUnwrap(all.first { $0.type == "job.rescheduled" && $0.job == "fence-1" })
+        XCTAssertEqual(rescheduled.data["reason"] as? String, "lease_lost")
+        XCTAssertEqual(rescheduled.data["from_runner"] as? String, "paused")
+        XCTAssertEqual(rescheduled.data["attempt"] as? Int, 2)
+        // It carries on under its new epoch.
+        XCTAssertTrue(runner.isRunning)
+        try submit(["--", "echo", "later"], id: "fence-2")
+        XCTAssertEqual(try waitForState("fence-2", ["succeeded"])["output_tail"], "later\n")
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+    }
+}
