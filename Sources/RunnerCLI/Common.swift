@@ -12,6 +12,26 @@ enum CommonOptions {
         "--namespace", .value("NAME"), help: "Namespace of the pool's keys.", environment: "RUNNER_NAMESPACE",
         default: Keyspace.defaultNamespace)
     static let all = [redis, namespace]
+
+    // Options of more than one long-running subcommand.
+    static let resultRetention = OptionSpec(
+        "--result-retention", .value("DURATION"), help: "How long results and logs stay in Redis.",
+        environment: "RUNNER_RESULT_RETENTION", default: "7d")
+    static let rescheduleLimit = OptionSpec(
+        "--reschedule-limit", .value("N"),
+        help: "Reschedules from lost runners before a job is dead (a job that kills its runners).",
+        environment: "RUNNER_RESCHEDULE_LIMIT", default: String(ReaperConfiguration.defaultRescheduleBound))
+    static let allowEvictionPolicy = OptionSpec(
+        "--allow-eviction-policy", .flag,
+        help: "Start even when Redis's maxmemory-policy may evict keys (leases then break silently).",
+        environment: "RUNNER_ALLOW_EVICTION_POLICY")
+    static let logging = [
+        OptionSpec(
+            "--log-level", .value("LEVEL"), help: "debug, info, warning or error.", environment: "RUNNER_LOG_LEVEL",
+            default: "info"),
+        OptionSpec(
+            "--log-format", .value("FORMAT"), help: "text or json.", environment: "RUNNER_LOG_FORMAT", default: "text"),
+    ]
 }
 
 /// A failure of a command that is not a usage mistake: printed as `Error: ...`, exit code 1.

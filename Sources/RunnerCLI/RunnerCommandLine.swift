@@ -12,6 +12,7 @@ public enum RunnerCommandLine {
         (LogsCommand.spec, LogsCommand.run),
         (StatusCommand.spec, StatusCommand.run),
         (EventsCommand.spec, EventsCommand.run),
+        (ControlCommand.spec, ControlCommand.run),
     ]
 
     static var overview: String {
@@ -156,7 +157,8 @@ public enum RunnerCommandLine {
             return 1
         } catch let error as WorkerError {
             console.error("Error: \(error.message)")
-            return 1
+            // A configuration Redis refuses to work with is bad input, like a bad option.
+            return error.code == .invalidConfiguration ? 2 : 1
         } catch {
             console.error("Error: \(error)")
             return 1

@@ -45,9 +45,10 @@ enum StatusCommand {
             let running = record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue) ?? []
             rows.append([
                 runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
-                // A record whose lease is gone belongs to a runner that died: its last state is history.
-                (record[RunnerRecordField.state]?.stringValue ?? "?")
-                    + (runner.leaseRemainingMs == nil ? " (lost)" : ""),
+                // A record whose lease is gone belongs to a runner that died: its last state is history (a reaper
+                // marks it `lost`).
+                StatusCommand.stateText(
+                    record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
                 runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
                 "\(capacity - free)/\(capacity)", running.isEmpty ? "-" : running.joined(separator: ","),
             ])
@@ -64,6 +65,11 @@ enum StatusCommand {
         }
         if !status.queues.isEmpty { table(rows, console) }
         return 0
+    }
+
+    static func stateText(_ state: String?, leaseHeld: Bool) -> String {
+        let state = state ?? "?"
+        return leaseHeld || state == RunnerState.lost.rawValue ? state : state + " (lost)"
     }
 
     static func table(_ rows: [[String]], _ console: Console) {

@@ -36,9 +36,7 @@ enum WorkerCommand {
             OptionSpec(
                 "--default-timeout", .value("DURATION"), help: "Timeout of jobs whose spec has none.",
                 environment: "RUNNER_DEFAULT_TIMEOUT", default: "none"),
-            OptionSpec(
-                "--result-retention", .value("DURATION"), help: "How long results and logs stay in Redis.",
-                environment: "RUNNER_RESULT_RETENTION", default: "7d"),
+            CommonOptions.resultRetention,
             OptionSpec(
                 "--events-maxlen", .value("N"), help: "Approximate cap of the events stream.",
                 environment: "RUNNER_EVENTS_MAXLEN", default: "100000"),
@@ -52,21 +50,9 @@ enum WorkerCommand {
             OptionSpec(
                 "--reaper-interval", .value("DURATION"), help: "How often the reaper leader looks for lost runners.",
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
-            OptionSpec(
-                "--reschedule-limit", .value("N"),
-                help: "Reschedules from lost runners before a job is dead (a job that kills its runners).",
-                environment: "RUNNER_RESCHEDULE_LIMIT", default: String(ReaperConfiguration.defaultRescheduleBound)),
-            OptionSpec(
-                "--allow-eviction-policy", .flag,
-                help: "Start even when Redis's maxmemory-policy may evict keys (leases then break silently).",
-                environment: "RUNNER_ALLOW_EVICTION_POLICY"),
-            OptionSpec(
-                "--log-level", .value("LEVEL"), help: "debug, info, warning or error.",
-                environment: "RUNNER_LOG_LEVEL", default: "info"),
-            OptionSpec(
-                "--log-format", .value("FORMAT"), help: "text or json.", environment: "RUNNER_LOG_FORMAT",
-                default: "text"),
-        ])
+            CommonOptions.rescheduleLimit,
+            CommonOptions.allowEvictionPolicy,
+        ] + CommonOptions.logging)
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
@@ -88,11 +74,6 @@ enum WorkerCommand {
         guard leaseTTL >= .seconds(1) else {
             throw UsageError("invalid value for '--lease-ttl': it must be at least 1s", command: spec.name)
         }
-        let logLevel =
-            try arguments.parsed("--log-level", expected: "debug, info, warning or error", Logger.Level.init(name:))
-            ?? .info
-        let logFormat =
-            try arguments.parsed("--log-format", expected: "text or json", Logger.Format.init(rawValue:)) ?? .text
         let logLimit =
             try arguments.parsed("--log-limit", expected: "bytes, or 64K, 16M, 1G", ByteSizeParser.parse) ?? 16 << 20
         let redis = try arguments.endpoint()
@@ -117,7 +98,17 @@ enum WorkerCommand {
             resultRetention: resultRetention, eventsMaxLength: eventsMaxLength, logLimitBytes: logLimit,
             rescheduleBound: rescheduleBound, reaper: reaper)
         configuration.allowEvictionPolicy = arguments.flag("--allow-eviction-policy")
-        return (configuration, Logger(label: "runner", level: logLevel, format: logFormat))
+        return (configuration, try logger(arguments))
+    }
+
+    /// The logger `--log-level` and `--log-format` ask for.
+    static func logger(_ arguments: ParsedArguments) throws -> Logger {
+        let logLevel =
+            try arguments.parsed("--log-level", expected: "debug, info, warning or error", Logger.Level.init(name:))
+            ?? .info
+        let logFormat =
+            try arguments.parsed("--log-format", expected: "text or json", Logger.Format.init(rawValue:)) ?? .text
+        return Logger(label: "runner", level: logLevel, format: logFormat)
     }
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {

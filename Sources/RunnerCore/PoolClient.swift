@@ -194,23 +194,7 @@ public struct PoolClient: Sendable {
                 if let name = queue.stringValue { queueNames.insert(name) }
             }
         }
-        // Queues that exist as streams, found by pattern (SCAN with a bounded number of rounds).
-        var scanCursor = "0"
-        let pattern = keyspace.jobs(queue: "*").replacingOccurrences(of: "{", with: "\\{").replacingOccurrences(
-            of: "}", with: "\\}")
-        let prefix = keyspace.jobs(queue: "")
-        for _ in 0..<1000 {
-            let reply = try await client.send(
-                RedisCommand(["SCAN", scanCursor, "MATCH", pattern, "COUNT", "500", "TYPE", "stream"]))
-            guard let parts = reply.array, parts.count == 2 else { break }
-            scanCursor = parts[0].string ?? "0"
-            for key in parts[1].array ?? [] {
-                if let name = key.string, name.hasPrefix(prefix) {
-                    queueNames.insert(String(name.dropFirst(prefix.count)))
-                }
-            }
-            if scanCursor == "0" { break }
-        }
+        queueNames.formUnion(try await PoolClient.queueStreams(client: client, keyspace: keyspace))
         var queues: [QueueStatus] = []
         for name in queueNames.sorted() {
             let key = keyspace.jobs(queue: name)
@@ -265,6 +249,25 @@ public struct PoolClient: Sendable {
                 runner: fields[EventField.runner] ?? "", job: fields[EventField.job] ?? "",
                 data: fields[EventField.data] ?? "", fields: fields)
         }
+    }
+
+    /// Queues that exist as streams: SCAN MATCH {nr}:jobs:* TYPE stream, with a bounded number of rounds.
+    static func queueStreams(client: RedisClient, keyspace: Keyspace) async throws -> Set<String> {
+        var names = Set<String>()
+        var cursor = "0"
+        let prefix = keyspace.jobs(queue: "")
+        let pattern = prefix.replacingOccurrences(of: "{", with: "\\{").replacingOccurrences(of: "}", with: "\\}") + "*"
+        for _ in 0..<10_000 {
+            let reply = try await client.send(
+                RedisCommand(["SCAN", cursor, "MATCH", pattern, "COUNT", "1000", "TYPE", "stream"]))
+            guard let parts = reply.array, parts.count == 2 else { break }
+            cursor = parts[0].string ?? "0"
+            for key in parts[1].array ?? [] {
+                if let name = key.string, name.hasPrefix(prefix) { names.insert(String(name.dropFirst(prefix.count))) }
+            }
+            if cursor == "0" { break }
+        }
+        return names
     }
 
     /// A flat [name, value, ...] reply (XINFO) as a dictionary.

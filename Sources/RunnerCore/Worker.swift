@@ -95,6 +95,7 @@ public final class Worker: Sendable {
         } catch let error as RedisClientError {
             throw WorkerError(.redisUnavailable, error.message)
         }
+        try await EvictionPolicyCheck.verify(client: jobsClient, allow: config.allowEvictionPolicy, logger: logger)
         let supervisor: ProcessSupervisor
         do {
             supervisor = try ProcessSupervisor(subreaper: true)
@@ -158,11 +159,14 @@ public final class Worker: Sendable {
             ])
 
         let epochs = EpochContext(lease: lease, presence: presence, store: store)
+        let reaper = config.reaper.map { Reaper(configuration: $0, logger: logger) }
+        let reaperTask = reaper.map { reaper in Task { await reaper.run() } }
         let presenceTask = Task { await self.keepPresence(epochs) }
         let watchTask = Task { await self.watchLease(epochs) }
         let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor, epochs: epochs) }
 
         await shutdownRequested.wait()
+        reaperTask?.cancel()
         state.withLock { $0 = .draining }
         logger.info(
             "shutting down: intake stopped, waiting for running jobs",
@@ -181,6 +185,7 @@ public final class Worker: Sendable {
         await watchTask.value
         presenceTask.cancel()
         await presenceTask.value
+        await reaperTask?.value
         let transition = epochTransition.withLock { $0.task }
         transition?.cancel()
         await transition?.value

@@ -148,14 +148,15 @@ final class RunnerUnderTest {
     private let exited = DispatchSemaphore(value: 0)
 
     init(
-        endpoint: RedisEndpoint, namespace: String, name: String, arguments: [String] = [],
-        environment: [String: String] = [:]
+        endpoint: RedisEndpoint, namespace: String, name: String, subcommand: String = "worker",
+        arguments: [String] = [], environment: [String: String] = [:]
     ) throws {
         self.name = name
         logURL = FileManager.default.temporaryDirectory.appendingPathComponent(
             "runner-\(name)-\(UUID().uuidString).log")
         FileManager.default.createFile(atPath: logURL.path, contents: nil)
-        process.runnerBinary(["worker", "--redis", endpoint.url, "--namespace", namespace, "--name", name] + arguments)
+        process.runnerBinary(
+            [subcommand, "--redis", endpoint.url, "--namespace", namespace, "--name", name] + arguments)
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("RUNNER_") }
         env.merge(environment) { _, new in new }
         process.environment = env

@@ -1,0 +1,66 @@
+import Foundation
+import RedisClient
+import RunnerCore
+import RunnerProtocol
+
+/// `runner control`: the control plane. Runs the pool's reaper (lost runners, their pending entries, due retries)
+/// until SIGTERM or SIGINT.
+enum ControlCommand {
+    static let spec = CommandSpec(
+        name: "control",
+        abstract: "Run the control plane: reschedule the jobs of lost runners and move due retries.",
+        usage: "runner control --redis HOST:PORT [--interval D] [--reschedule-limit N] [--lost-retention D] [options]",
+        options: CommonOptions.all + [
+            OptionSpec(
+                "--name", .value("NAME"), help: "Name in events and logs.", environment: "RUNNER_CONTROL_NAME",
+                default: "control-hostname-pid"),
+            OptionSpec(
+                "--interval", .value("DURATION"), help: "How often the leader looks for lost runners.",
+                environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
+            CommonOptions.rescheduleLimit,
+            OptionSpec(
+                "--lost-retention", .value("DURATION"), help: "How long lost runners stay in the registry.",
+                environment: "RUNNER_LOST_RETENTION", default: "24h"),
+            CommonOptions.resultRetention,
+            CommonOptions.allowEvictionPolicy,
+        ] + CommonOptions.logging,
+        discussion: """
+            Several control planes (and workers, which reap too unless --no-reaper) may run at once: only the holder
+            of the leader lease {nr}:reaper acts. A runner whose lease is gone is marked lost (runner.lost); each
+            job it held is put back on its queue with its attempt raised (job.rescheduled), and its consumer leaves
+            the group once nothing is pending for it. Entries of live runners are never touched.
+            """)
+
+    static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
+        let name = arguments.value("--name") ?? "control-\(host)-\(getpid())"
+        let logger = try WorkerCommand.logger(arguments)
+        let configuration = ReaperConfiguration(
+            redis: try arguments.endpoint(), keyspace: try arguments.keyspace(), name: name,
+            interval: try arguments.reaperInterval("--interval"),
+            lostRetention: try arguments.duration("--lost-retention") ?? ReaperConfiguration.defaultLostRetention,
+            rescheduleBound: try arguments.positiveInt("--reschedule-limit")
+                ?? ReaperConfiguration.defaultRescheduleBound,
+            resultRetention: try arguments.duration("--result-retention") ?? .seconds(7 * 24 * 3600))
+        let pool = try await connectedPool(arguments)
+        defer { pool.client.close() }
+        try await EvictionPolicyCheck.verify(
+            client: pool.client, allow: arguments.flag("--allow-eviction-policy"), logger: logger)
+        let reaper = Reaper(configuration: configuration, logger: logger)
+        let task = Task { await reaper.run() }
+        let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
+            logger.info("received signal \(signal); stopping")
+            task.cancel()
+        }
+        defer { signals.cancel() }
+        logger.info(
+            "control plane running",
+            [
+                "name": name, "redis": configuration.redis.description,
+                "interval_ms": String(configuration.interval.milliseconds),
+            ])
+        await task.value
+        logger.info("control plane stopped", ["name": name])
+        return 0
+    }
+}

@@ -1,0 +1,280 @@
+import Foundation
+import RedisClient
+import RunnerProtocol
+
+/// What one reaper pass did.
+public struct ReaperPass: Sendable, Equatable {
+    /// Runners found lost (lease gone) in this pass, newly marked `lost`.
+    public var runnersLost = 0
+    /// Entries put back on their queue (`job.rescheduled`).
+    public var rescheduled = 0
+    /// Jobs made `dead` for being rescheduled too often.
+    public var dead = 0
+    /// Entries whose payload was gone (`job.lost`).
+    public var lost = 0
+    /// Stale duplicates acked and deleted.
+    public var stale = 0
+    /// Consumers removed from a group.
+    public var consumersRemoved = 0
+    /// Lost runners' records removed after their retention.
+    public var recordsForgotten = 0
+    /// Retries moved back onto their queue.
+    public var retriesMoved = 0
+}
+
+/// The pool's reaper: finds runners whose lease is gone, reschedules the entries they held through the consumer
+/// group, removes their consumers, and moves due retries back onto their queues. Any number may run (`runner
+/// control`, and every worker unless `--no-reaper`); only the holder of the leader lease `{nr}:reaper` acts, and
+/// every step is one script, so that racing or crashing reapers never requeue a job twice or leave one half done.
+public actor Reaper {
+    public let configuration: ReaperConfiguration
+    private let logger: Logger
+    private let client: RedisClient
+    private let store: JobStore
+    private let scripts: ScriptRunner
+    private let token = LeaseKeeper.newToken()
+    private(set) var isLeader = false
+    private var passes = 0
+    private var scannedQueues: Set<String> = []
+    /// Whether each runner's lease key exists, as seen in this pass.
+    private var leases: [String: Bool] = [:]
+
+    /// A queue SCAN every this many passes (registry queues are looked at every pass).
+    private static let scanEvery = 12
+
+    public init(configuration: ReaperConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        var options = RedisClientOptions()
+        options.name = "reaper"
+        let log = logger
+        client = RedisClient(endpoint: configuration.redis, options: options) { line in log.warning(line) }
+        store = JobStore(
+            client: client, keyspace: configuration.keyspace, eventsMaxLength: configuration.eventsMaxLength,
+            retention: configuration.resultRetention)
+        scripts = ScriptRunner(client: client)
+    }
+
+    private var leaderTTL: Duration { max(configuration.interval * 3, .seconds(3)) }
+
+    /// Runs passes every interval (and the mover when a retry is due) until cancelled; then gives up leadership.
+    public func run() async {
+        var nextPass = ContinuousClock.now
+        var nextMove: ContinuousClock.Instant?
+        while !Task.isCancelled {
+            let now = ContinuousClock.now
+            if now >= nextPass {
+                nextPass = now + configuration.interval
+                do {
+                    if try await pass() != nil { nextMove = try await moveDue() }
+                } catch {
+                    logger.debug("reaper pass failed: \(error)")
+                }
+            } else if let due = nextMove, now >= due {
+                nextMove = isLeader ? try? await moveDue() : nil
+            }
+            let wake = min(nextPass, nextMove ?? nextPass)
+            try? await Task.sleep(until: wake, clock: .continuous)
+        }
+        await resign()
+        client.close()
+    }
+
+    /// Takes or keeps the leader lease; when it holds it, one pass over the pool. Returns nil when another reaper
+    /// leads.
+    @discardableResult
+    public func pass() async throws -> ReaperPass? {
+        guard try await lead() else { return nil }
+        passes += 1
+        var summary = ReaperPass()
+        let nowMs = try await redisTimeMs()
+        let registry = try await client.send(RedisCommand(["HGETALL", configuration.keyspace.runners]))
+        var records: [String: [UInt8]] = [:]
+        for (id, value) in registry.fieldPairs ?? [] { records[id] = value }
+        var queues = Set<String>()
+        for value in records.values {
+            let record = (try? JSONValue(parsing: value)) ?? .null
+            for queue in record[RunnerRecordField.queues]?.arrayValue ?? [] {
+                if let name = queue.stringValue { queues.insert(name) }
+            }
+        }
+        if passes % Reaper.scanEvery == 1 {
+            scannedQueues = try await PoolClient.queueStreams(client: client, keyspace: configuration.keyspace)
+        }
+        queues.formUnion(scannedQueues)
+
+        leases = [:]
+        var lostSeen = Set<String>()
+        for queue in queues.sorted() {
+            for consumer in try await consumers(queue: queue) {
+                guard !(try await leaseHeld(consumer.name)) else { continue }
+                if !lostSeen.contains(consumer.name), consumer.pending > 0 {
+                    lostSeen.insert(consumer.name)
+                    if try await markLost(consumer.name, record: records[consumer.name], nowMs: nowMs) {
+                        summary.runnersLost += 1
+                    }
+                }
+                if consumer.pending > 0 {
+                    try await reschedulePending(of: consumer.name, queue: queue, into: &summary)
+                }
+                if try await store.removeConsumer(consumer.name, queue: queue) {
+                    summary.consumersRemoved += 1
+                }
+            }
+        }
+        // Runners that died with nothing pending are lost too; lost records go after their retention.
+        for (id, value) in records {
+            guard !(try await leaseHeld(id)) else { continue }
+            let record = (try? JSONValue(parsing: value)) ?? .null
+            if record[RunnerRecordField.state]?.stringValue != RunnerState.lost.rawValue {
+                if !lostSeen.contains(id), try await markLost(id, record: value, nowMs: nowMs) {
+                    summary.runnersLost += 1
+                }
+            } else if let lostAt = record[RunnerRecordField.lostAt]?.intValue,
+                nowMs - lostAt > configuration.lostRetention.milliseconds
+            {
+                try await store.forgetRunner(id, recordAsRead: value)
+                summary.recordsForgotten += 1
+            }
+        }
+        if summary != ReaperPass() {
+            logger.info(
+                "reaper pass",
+                [
+                    "runners_lost": String(summary.runnersLost), "rescheduled": String(summary.rescheduled),
+                    "dead": String(summary.dead), "lost": String(summary.lost), "stale": String(summary.stale),
+                    "consumers_removed": String(summary.consumersRemoved),
+                ])
+        }
+        return summary
+    }
+
+    /// Moves due retries; returns when to look again (at least a second from now), nil when none waits.
+    @discardableResult
+    func moveDue() async throws -> ContinuousClock.Instant? {
+        var (moved, next) = try await store.moveDue()
+        while moved == 100 { (moved, next) = try await store.moveDue() }
+        return next.map { ContinuousClock.now + max($0, .seconds(1)) }
+    }
+
+    /// SET NX PX for a new leader, compare-and-extend for the current one.
+    private func lead() async throws -> Bool {
+        let key = configuration.keyspace.reaper
+        let ttl = String(leaderTTL.milliseconds)
+        if isLeader {
+            let renewed = try await scripts.run(
+                RunnerScripts.renewLease, keys: [key], arguments: JobStore.bytes([token, ttl]))
+            isLeader = renewed.int == 1
+            if !isLeader { logger.info("another reaper leads now", ["reaper": configuration.name]) }
+        }
+        if !isLeader {
+            let reply = try await client.send(RedisCommand(["SET", key, token, "NX", "PX", ttl]))
+            isLeader = !reply.isNull
+            if isLeader { logger.info("this reaper leads the pool", ["reaper": configuration.name]) }
+        }
+        return isLeader
+    }
+
+    /// Gives the leader lease up (compare-and-delete), so another reaper takes over at once.
+    public func resign() async {
+        guard isLeader else { return }
+        _ = try? await scripts.run(
+            RunnerScripts.releaseLease, keys: [configuration.keyspace.reaper], arguments: JobStore.bytes([token]))
+        isLeader = false
+    }
+
+    private func leaseHeld(_ runner: String) async throws -> Bool {
+        if let known = leases[runner] { return known }
+        let held =
+            try await client.send(RedisCommand(["EXISTS", configuration.keyspace.lease(runner: runner)])).int == 1
+        leases[runner] = held
+        return held
+    }
+
+    private func redisTimeMs() async throws -> Int {
+        let parts = try await client.send(RedisCommand(["TIME"])).array ?? []
+        guard parts.count == 2, let seconds = parts[0].int, let micros = parts[1].int else {
+            throw RedisServerError("ERR unexpected reply to TIME")
+        }
+        return seconds * 1000 + micros / 1000
+    }
+
+    private struct Consumer {
+        var name: String
+        var pending: Int
+    }
+
+    /// XINFO CONSUMERS of a queue's group (none when the stream or group does not exist).
+    private func consumers(queue: String) async throws -> [Consumer] {
+        let reply: RedisReply
+        do {
+            reply = try await client.send(
+                RedisCommand(["XINFO", "CONSUMERS", configuration.keyspace.jobs(queue: queue), Keyspace.consumerGroup])
+            )
+        } catch let error as RedisServerError where error.kind == "NOGROUP" || error.kind == "ERR" {
+            return []
+        }
+        return (reply.array ?? []).compactMap { item in
+            let info = PoolClient.map(item)
+            guard let name = info["name"]?.string else { return nil }
+            return Consumer(name: name, pending: info["pending"]?.int ?? 0)
+        }
+    }
+
+    /// Marks a runner lost (once) with `runner.lost`.
+    private func markLost(_ runner: String, record: [UInt8]?, nowMs: Int) async throws -> Bool {
+        var object = record.flatMap { try? JSONValue(parsing: $0) }?.objectValue ?? [:]
+        let lastState = object[RunnerRecordField.state]?.stringValue ?? ""
+        object[RunnerRecordField.state] = .string(RunnerState.lost.rawValue)
+        object[RunnerRecordField.lostAt] = .int(nowMs)
+        object[ProtocolVersion.field] = .int(ProtocolVersion.current)
+        var pending = 0
+        for queue in (object[RunnerRecordField.queues]?.arrayValue ?? []).compactMap(\.stringValue) {
+            let summary = try? await client.send(
+                RedisCommand([
+                    "XPENDING", configuration.keyspace.jobs(queue: queue), Keyspace.consumerGroup, "-", "+", "1000",
+                    runner,
+                ]))
+            pending += summary?.array?.count ?? 0
+        }
+        let data: JSONValue = [
+            "reaper": .string(configuration.name), "last_state": .string(lastState),
+            "node": object[RunnerRecordField.node] ?? .null, "pid": object[RunnerRecordField.pid] ?? .null,
+            "pending": .int(pending),
+        ]
+        let marked = try await store.markLost(
+            runner: runner, recordAsRead: record ?? [], lostRecord: .object(object), data: data)
+        if marked {
+            logger.warning(
+                "runner \(runner) is lost (its lease is gone); rescheduling its jobs", ["pending": String(pending)])
+        }
+        return marked
+    }
+
+    /// The reschedule script over every entry pending for a lost consumer, page by page.
+    private func reschedulePending(of consumer: String, queue: String, into summary: inout ReaperPass) async throws {
+        var start = "-"
+        for _ in 0..<10_000 {
+            let page = try await client.send(
+                RedisCommand([
+                    "XPENDING", configuration.keyspace.jobs(queue: queue), Keyspace.consumerGroup, start, "+", "100",
+                    consumer,
+                ]))
+            let ids = (page.array ?? []).compactMap { $0.array?.first?.string }
+            for id in ids {
+                let outcome = try await store.reschedule(
+                    streamId: id, queue: queue, consumer: consumer, reason: .leaseExpired, actor: configuration.name,
+                    bound: configuration.rescheduleBound, retry: .idempotent(deadline: .now + .seconds(30)))
+                switch outcome {
+                case .requeued: summary.rescheduled += 1
+                case .dead: summary.dead += 1
+                case .lost: summary.lost += 1
+                case .stale: summary.stale += 1
+                case .notPending, .ownerAlive: break
+                }
+            }
+            guard ids.count == 100, let last = ids.last else { return }
+            start = "(" + last
+        }
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import RedisClient
+import RunnerProtocol
+import TestSupport
+import XCTest
+
+@testable import RunnerCore
+
+/// The control plane (and the workers' own reaper) reschedules what lost runners held, through the consumer group.
+final class ReaperTests: IntegrationTestCase {
+    /// `runner control` in the background, stopped at the end of the test.
+    private var controls: [RunnerUnderTest] = []
+
+    override func tearDownWithError() throws {
+        for control in controls where control.isRunning {
+            XCTAssertEqual(control.stop(timeout: 10), 0, "control did not stop cleanly:\n\(control.log)")
+        }
+        controls.removeAll()
+        try super.tearDownWithError()
+    }
+
+    private func startControl(_ arguments: [String] = []) throws -> RunnerUnderTest {
+        let control = try RunnerUnderTest(
+            endpoint: endpoint, namespace: namespace, name: "control", subcommand: "control",
+            arguments: ["--interval", "200ms"] + arguments)
+        controls.append(control)
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("reaper")]).int) == 1 },
+            "the control plane did not take the leader lease:\n\(control.log)")
+        return control
+    }
+
+    /// A job that records each attempt in `file` and waits for `release` on its first attempt only.
+    private func recordingJob(_ file: URL, release: URL) -> [String] {
+        [
+            "--shell",
+            "echo \"$NR_ATTEMPT $NR_RUNNER\" >> '\(file.path)'; "
+                + "if [ $NR_ATTEMPT = 1 ]; then while [ ! -f '\(release.path)' ]; do sleep 0.02; done; fi",
+        ]
+    }
+
+    func testControlPlaneReschedulesAKilledRunnersJobWithItsAttemptRaised() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("reap-\(namespace)")
+        let release = FileManager.default.temporaryDirectory.appendingPathComponent("reap-release-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: file); try? FileManager.default.removeItem(at: release) }
+        let doomed = try startRunner(name: "doomed", ["--lease-ttl", "1s", "--no-reaper"])
+        try startControl()
+        try submit(recordingJob(file, release: release), id: "reap-1")
+        let pid = try runningPid("reap-1")
+        let before = try job("reap-1")
+
+        doomed.signal(SIGKILL)
+        XCTAssertNotNil(doomed.waitForExit(timeout: 10))
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) }, "the job outlived its runner")
+        // Rescheduled, and run by another runner.
+        let record = try waitForState("reap-1", ["queued"], timeout: .seconds(10))
+        XCTAssertEqual(record["attempt"], "2")
+        XCTAssertEqual(record["reschedules"], "1")
+        XCTAssertEqual(record["requeued_from"], before["stream_id"])
+        try startRunner(name: "heir", ["--no-reaper"])
+        let done = try waitForState("reap-1", ["succeeded"])
+        XCTAssertEqual(done["runner"], "heir")
+        XCTAssertEqual(done["attempt"], "2")
+        XCTAssertEqual(try String(contentsOf: file, encoding: .utf8), "1 doomed\n2 heir\n")
+
+        let all = try events()
+        let lost = try XCTUnwrap(all.first { $0.type == "runner.lost" })
+        XCTAssertEqual(lost.runner, "doomed")
+        XCTAssertEqual(lost.data["pending"] as? Int, 1)
+        XCTAssertEqual(all.filter { $0.type == "runner.lost" }.count, 1, "runner.lost once")
+        let rescheduled = try XCTUnwrap(all.first { $0.type == "job.rescheduled" && $0.job == "reap-1" })
+        XCTAssertEqual(rescheduled.data["from_runner"] as? String, "doomed")
+        XCTAssertEqual(rescheduled.data["reason"] as? String, "lease_expired")
+        XCTAssertEqual(rescheduled.data["attempt"] as? Int, 2)
+        XCTAssertEqual(rescheduled.data["previous_stream_id"] as? String, before["stream_id"])
+        XCTAssertEqual(rescheduled.runner, "control")
+        XCTAssertEqual(all.filter { $0.type == "job.succeeded" && $0.job == "reap-1" }.count, 1)
+        XCTAssertEqual(all.filter { $0.type == "job.stale_result" }.count, 0)
+
+        // The dead consumer left the group; the registry keeps it as lost.
+        let consumers = try send(["XINFO", "CONSUMERS", key("jobs:default"), "runners"]).array ?? []
+        XCTAssertEqual(consumers.map { strings($0)["name"] }, ["heir"])
+        let registry = try hash(key("runners"))
+        let record2 = try JSONSerialization.jsonObject(with: Data((registry["doomed"] ?? "{}").utf8)) as? [String: Any]
+        XCTAssertEqual(record2?["state"] as? String, "lost")
+        XCTAssertNotNil(record2?["lost_at"] as? Int)
+        let status = cli(["status"])
+        XCTAssertTrue(
+            status.stdout.split(separator: "\n").contains { $0.contains("doomed") && $0.contains(" lost ") },
+            status.stdout)
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+    }
+
+    func testWorkersReapByThemselvesAndLeaveLiveRunnersAlone() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("self-\(namespace)")
+        let release = FileManager.default.temporaryDirectory.appendingPathComponent("self-release-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: file); try? FileManager.default.removeItem(at: release) }
+        // A live runner with a job pending far longer than any interval: left alone.
+        try startRunner(name: "alive", ["--lease-ttl", "1s", "--reaper-interval", "200ms"])
+        try submit(recordingJob(file, release: release), id: "long-1")
+        try runningPid("long-1")
+        let doomed = try startRunner(name: "doomed", ["--lease-ttl", "1s", "--reaper-interval", "200ms"])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("reaper")]).int) == 1 })
+        doomed.signal(SIGKILL)
+        XCTAssertNotNil(doomed.waitForExit(timeout: 10))
+        // The surviving worker's reaper marks the dead one lost; the live runner's long job is never touched.
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.events().contains { $0.type == "runner.lost" }) == true })
+        let idle = ContinuousClock.now
+        XCTAssertFalse(waitUntil(timeout: .seconds(2)) { (try? self.job("long-1")["state"]) != "running" })
+        XCTAssertGreaterThan(ContinuousClock.now - idle, .seconds(2))
+        XCTAssertEqual(try events().filter { $0.type == "job.rescheduled" }.count, 0)
+        XCTAssertEqual(try events().first { $0.type == "runner.lost" }?.runner, "doomed")
+        FileManager.default.createFile(atPath: release.path, contents: nil)
+        XCTAssertEqual(try waitForState("long-1", ["succeeded"])["attempt"], "1")
+    }
+
+    func testAJobThatKillsItsRunnersEndsDeadAfterTheRescheduleBound() throws {
+        try startControl(["--reschedule-limit", "1"])
+        let pool = try ["p1", "p2", "p3"].map { try startRunner(name: $0, ["--lease-ttl", "1s", "--no-reaper"]) }
+        // The job's parent is its runner.
+        try submit(["--shell", "kill -9 $PPID; sleep 5"], id: "poison-1")
+        let record = try waitForState("poison-1", ["dead"], timeout: .seconds(30))
+        XCTAssertEqual(record["reschedules"], "1")
+        XCTAssertEqual(pool.filter { !$0.isRunning }.count, 2, "it killed a runner per attempt, two in all")
+        let all = try events()
+        XCTAssertEqual(all.filter { $0.type == "job.rescheduled" && $0.job == "poison-1" }.count, 1)
+        let dead = try XCTUnwrap(all.first { $0.type == "job.dead" && $0.job == "poison-1" })
+        XCTAssertEqual(dead.data["reschedules"] as? Int, 1)
+        XCTAssertEqual(all.filter { $0.type == "runner.lost" }.count, 2)
+        let letter = strings(try send(["XRANGE", key("dead"), "-", "+"]).array?.first?.array?[1] ?? .null)
+        XCTAssertEqual(letter["id"], "poison-1")
+        XCTAssertEqual(letter["reason"], record["reason"])
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+    }
+}
