@@ -12,6 +12,8 @@ public enum RunnerCommandLine {
         (LogsCommand.spec, LogsCommand.run),
         (StatusCommand.spec, StatusCommand.run),
         (EventsCommand.spec, EventsCommand.run),
+        (RetryCommand.spec, RetryCommand.run),
+        (DeadCommand.spec, DeadCommand.run),
         (ControlCommand.spec, ControlCommand.run),
     ]
 

@@ -9,7 +9,8 @@ enum SubmitCommand {
         name: "submit",
         abstract: "Submit a job and print its id (or, with --wait, its output).",
         usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--label K=V]... [--cwd DIR] "
-            + "[--max-attempts N] [--id ID] [--shell 'SCRIPT'] [--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
+            + "[--max-attempts N [--backoff D] [--backoff-max D]] [--id ID] [--idempotency-key K] [--shell 'SCRIPT'] "
+            + "[--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
         arguments: [("CMD [ARG...]", "The command and its arguments (after --), unless --shell is given.")],
         options: CommonOptions.all + [
             OptionSpec("--queue", .value("QUEUE"), help: "Queue to submit to.", default: Keyspace.defaultQueue),
@@ -17,8 +18,15 @@ enum SubmitCommand {
             OptionSpec("--env", .repeated("K=V"), help: "Environment variable for the job."),
             OptionSpec("--label", .repeated("K=V"), help: "Label recorded with the job."),
             OptionSpec("--cwd", .value("DIR"), help: "Working directory of the job."),
-            OptionSpec("--max-attempts", .value("N"), help: "Attempts the job may take.", default: "1"),
+            OptionSpec("--max-attempts", .value("N"), help: "Failed attempts the job may take.", default: "1"),
+            OptionSpec(
+                "--backoff", .value("DURATION"), help: "Delay before the first retry; doubles per failure.",
+                default: "1s"),
+            OptionSpec("--backoff-max", .value("DURATION"), help: "Longest delay before a retry.", default: "1m"),
             OptionSpec("--id", .value("ID"), help: "Job id.", default: "a random UUID"),
+            OptionSpec(
+                "--idempotency-key", .value("KEY"),
+                help: "Submit once per KEY: a second submit answers the first job's id and adds nothing."),
             OptionSpec("--shell", .value("SCRIPT"), help: "Run SCRIPT with /bin/sh -c instead of a command."),
             OptionSpec("--wait", .flag, help: "Wait for the result, print the output, exit with the job's exit code."),
             OptionSpec("--wait-timeout", .value("DURATION"), help: "With --wait: give up waiting after this long."),
@@ -34,6 +42,14 @@ enum SubmitCommand {
             was rejected, or 1 with an Error line when --wait-timeout passed first. Ctrl-C stops waiting, not the
             job. With --max-attempts, a line on stderr marks where each further attempt begins. A job id can be
             submitted once (a second submit of the same --id is refused).
+
+            With --max-attempts N, an attempt that fails or times out is retried after a delay (exponential from
+            --backoff, capped at --backoff-max, with jitter: between half the delay and all of it); after N failed
+            attempts the job is dead (runner dead lists it, runner retry ID requeues it). Attempts lost with a
+            runner that died are rescheduled and do not count.
+
+            With --idempotency-key, a submit whose key an earlier job holds (for the result retention) adds nothing
+            and prints that job's id (with --json, "existing": true); --wait then waits for that job.
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
@@ -61,10 +77,31 @@ enum SubmitCommand {
         if let timeout, timeout.milliseconds < 1 {
             throw UsageError("invalid value for '--timeout': it must be at least 1ms", command: spec.name)
         }
+        let maxAttempts = try arguments.positiveInt("--max-attempts") ?? 1
+        var backoff: Backoff?
+        let initial = try arguments.duration("--backoff")
+        let maximum = try arguments.duration("--backoff-max")
+        if initial != nil || maximum != nil {
+            guard maxAttempts > 1 else {
+                throw UsageError("--backoff and --backoff-max need --max-attempts above 1", command: spec.name)
+            }
+            let initialMs = max(1, initial?.milliseconds ?? Backoff.defaultInitialMs)
+            let maximumMs = max(1, maximum?.milliseconds ?? max(Backoff.defaultMaxMs, initialMs))
+            guard maximumMs >= initialMs else {
+                throw UsageError("--backoff-max must be at least --backoff", command: spec.name)
+            }
+            backoff = Backoff(initialMs: initialMs, maxMs: maximumMs)
+        }
+        let idempotencyKey = arguments.value("--idempotency-key")
+        if let idempotencyKey {
+            do { try JobEntry.validateId(idempotencyKey, what: "idempotency key") } catch {
+                throw UsageError("invalid value for '--idempotency-key': \(error.message)", command: spec.name)
+            }
+        }
         let jobSpec = JobSpec(
             command: command, environment: try arguments.keyValues("--env"), workingDirectory: arguments.value("--cwd"),
-            timeoutMs: timeout?.milliseconds, maxAttempts: try arguments.positiveInt("--max-attempts") ?? 1,
-            labels: try arguments.keyValues("--label"))
+            timeoutMs: timeout?.milliseconds, maxAttempts: maxAttempts, labels: try arguments.keyValues("--label"),
+            backoff: backoff)
         // The runner's own validation, so that what it would reject is refused here, before anything is queued.
         do {
             _ = try JobSpec(json: Array(jobSpec.json.serialized.utf8))
@@ -80,7 +117,8 @@ enum SubmitCommand {
         defer { pool.client.close() }
         let submitted: PoolClient.Submitted
         do {
-            submitted = try await pool.submit(id: arguments.value("--id"), spec: jobSpec, queue: queue)
+            submitted = try await pool.submit(
+                id: arguments.value("--id"), spec: jobSpec, queue: queue, idempotencyKey: idempotencyKey)
         } catch let error as RedisServerError where error.kind == "DUPLICATE" {
             throw CommandFailure("a job with id '\(arguments.value("--id") ?? "")' already exists")
         }
@@ -88,7 +126,7 @@ enum SubmitCommand {
             if arguments.flag("--json") {
                 let json: JSONValue = [
                     "id": .string(submitted.id), "stream_id": submitted.streamId.map(JSONValue.string) ?? .null,
-                    "queue": .string(queue),
+                    "queue": .string(queue), "existing": .bool(submitted.streamId == nil),
                 ]
                 console.print(json.serialized)
             } else {

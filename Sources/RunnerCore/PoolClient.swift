@@ -214,6 +214,27 @@ public struct PoolClient: Sendable {
         return PoolStatus(runners: runners.sorted { $0.id < $1.id }, queues: queues)
     }
 
+    /// Requeues a `dead`, `failed` or `timed_out` job by hand (`job.requeued`), naming `actor` in the event.
+    public func requeueByHand(id: String, actor: String) async throws -> ManualRequeue {
+        try await store.requeueByHand(id: id, actor: actor)
+    }
+
+    /// One entry of `{nr}:dead`.
+    public struct DeadLetter: Sendable {
+        public var id: String
+        public var fields: [String: [UInt8]]
+    }
+
+    /// The last `count` dead letters, newest first.
+    public func deadLetters(count: Int) async throws -> [DeadLetter] {
+        let reply = try await client.send(RedisCommand(["XREVRANGE", keyspace.dead, "+", "-", "COUNT", String(count)]))
+        return (reply.array ?? []).compactMap { entry in
+            guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { return nil }
+            let fields = Dictionary((parts[1].fieldPairs ?? []).map { ($0.name, $0.value) }) { first, _ in first }
+            return DeadLetter(id: id, fields: fields)
+        }
+    }
+
     /// The last `count` events, oldest first.
     public func recentEvents(count: Int) async throws -> [PoolEvent] {
         let reply = try await client.send(

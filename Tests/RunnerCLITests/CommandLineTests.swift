@@ -20,13 +20,13 @@ final class CommandLineTests: XCTestCase {
     func testHelpListsSubcommands() async {
         let (code, out, _) = await run(["--help"])
         XCTAssertEqual(code, 0)
-        for name in ["worker", "submit", "result", "logs", "status", "events", "help"] {
+        for name in ["worker", "submit", "result", "logs", "status", "events", "retry", "dead", "control", "help"] {
             XCTAssertTrue(out.contains("\n  \(name) "), "overview lists \(name)")
         }
     }
 
     func testSubcommandHelpHasSections() async {
-        for name in ["worker", "submit", "result", "logs", "status", "events"] {
+        for name in ["worker", "submit", "result", "logs", "status", "events", "retry", "dead", "control"] {
             let (code, out, _) = await run([name, "--help"])
             XCTAssertEqual(code, 0)
             XCTAssertTrue(out.hasPrefix("OVERVIEW: "), name)
@@ -122,6 +122,36 @@ final class CommandLineTests: XCTestCase {
         // Worker mode: no subcommand follows, nothing moves.
         XCTAssertEqual(
             RunnerCommandLine.movingCommonOptions(["--redis", "h:1", "--name", "r"]), ["--redis", "h:1", "--name", "r"])
+    }
+
+    func testRecoveryOptionsAreValidated() async {
+        var (code, _, err) = await run(["submit", "--backoff", "1s", "--", "true"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first, "Error: --backoff and --backoff-max need --max-attempts above 1")
+        (code, _, err) = await run([
+            "submit", "--max-attempts", "2", "--backoff", "5s", "--backoff-max", "1s", "--", "true",
+        ])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: --backoff-max must be at least --backoff")
+        (code, _, err) = await run(["submit", "--idempotency-key", "a b", "--", "true"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            #"Error: invalid value for '--idempotency-key': idempotency key "a b" contains white space or control characters"#
+        )
+        (code, _, err) = await run(["control", "--interval", "10ms"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first, "Error: invalid value for '--interval': it must be at least 100ms")
+        (code, _, err) = await run(["worker", "--reschedule-limit", "0"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            "Error: invalid value for '--reschedule-limit': '0' (expected a positive whole number)")
+        (code, _, err) = await run(["retry"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(err.split(separator: "\n").first, "Error: missing job id")
     }
 
     func testWaitTimeoutNeedsWaitAndShellScriptMustNotBeEmpty() async {

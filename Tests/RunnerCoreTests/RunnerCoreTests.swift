@@ -92,3 +92,54 @@ final class OutcomeMappingTests: XCTestCase {
         XCTAssertEqual(forced.eventData["state"], "timed_out")
     }
 }
+
+final class InProcessKillSwitchTests: XCTestCase {
+    private func sleeper(_ supervisor: ProcessSupervisor) async throws -> RunningProcess {
+        try await supervisor.spawn(ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"])) { _, _ in }
+    }
+
+    func testArmedDeadlineKillsWatchedGroupsUnlessArmedAgain() async throws {
+        let supervisor = try ProcessSupervisor(subreaper: false)
+        defer { supervisor.shutdown() }
+        let fired = Latch()
+        let killSwitch = InProcessKillSwitch { fired.fire() }
+        let doomed = try await sleeper(supervisor)
+        let spared = try await sleeper(supervisor)
+        killSwitch.watch(doomed)
+        killSwitch.watch(spared)
+        killSwitch.unwatch(spared)
+        // Armed again before the first deadline: only the later one counts.
+        killSwitch.arm(until: .now + .milliseconds(100))
+        killSwitch.arm(until: .now + .milliseconds(300))
+        let early = await RunnerCore.wait(for: fired, timeout: .milliseconds(200))
+        XCTAssertFalse(early, "fired at a deadline that was replaced")
+        let outcome = await doomed.wait(TerminationPolicy(timeout: .seconds(10)))
+        XCTAssertEqual(outcome.termination, .signaled(SIGKILL))
+        XCTAssertNil(outcome.stopReason, "killed by the switch, not by the supervisor's timeout")
+        XCTAssertTrue(fired.isFired)
+        // Once fired, a group watched later is killed at once; the unwatched one lives on.
+        let late = try await sleeper(supervisor)
+        killSwitch.watch(late)
+        let lateOutcome = await late.wait(TerminationPolicy(timeout: .seconds(10)))
+        XCTAssertEqual(lateOutcome.termination, .signaled(SIGKILL))
+        spared.signalGroup(SIGTERM)
+        let sparedOutcome = await spared.wait(TerminationPolicy(timeout: .seconds(10)))
+        XCTAssertEqual(sparedOutcome.termination, .signaled(SIGTERM))
+    }
+
+    func testDisarmedSwitchKillsNothing() async throws {
+        let supervisor = try ProcessSupervisor(subreaper: false)
+        defer { supervisor.shutdown() }
+        let fired = Latch()
+        let killSwitch = InProcessKillSwitch { fired.fire() }
+        let process = try await sleeper(supervisor)
+        killSwitch.watch(process)
+        killSwitch.arm(until: .now + .milliseconds(50))
+        killSwitch.disarm()
+        let firedAnyway = await RunnerCore.wait(for: fired, timeout: .milliseconds(300))
+        XCTAssertFalse(firedAnyway)
+        process.signalGroup(SIGTERM)
+        let outcome = await process.wait(TerminationPolicy(timeout: .seconds(10)))
+        XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
+    }
+}

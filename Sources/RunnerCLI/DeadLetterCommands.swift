@@ -1,0 +1,86 @@
+import Foundation
+import RedisClient
+import RunnerCore
+import RunnerProtocol
+
+/// `runner retry ID`: requeues a dead, failed or timed-out job by hand.
+enum RetryCommand {
+    static let spec = CommandSpec(
+        name: "retry",
+        abstract: "Requeue a dead, failed or timed-out job by hand (a new attempt, failures reset).",
+        usage: "runner retry ID [--json]",
+        arguments: [("ID", "The job id.")],
+        options: CommonOptions.all + [OptionSpec("--json", .flag, help: "Print the new entry as JSON.")],
+        maximumPositionals: 1,
+        discussion: """
+            The job gets a new entry on its queue with its attempt raised; its failures and reschedules start from
+            0 again, so it may take max_attempts failed attempts once more (job.requeued). Its dead letter, if any,
+            stays in the dead-letter stream as history.
+            """)
+
+    static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        let id = try arguments.jobId()
+        let pool = try await connectedPool(arguments)
+        defer { pool.client.close() }
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
+        switch try await pool.requeueByHand(id: id, actor: "cli@\(host)") {
+        case .requeued(let streamId, let attempt):
+            if arguments.flag("--json") {
+                let json: JSONValue = ["id": .string(id), "stream_id": .string(streamId), "attempt": .int(attempt)]
+                console.print(json.serialized)
+            } else {
+                console.print("requeued \(id) as attempt \(attempt)")
+            }
+            return 0
+        case .notRetriable(let state?):
+            throw CommandFailure(
+                "job '\(id)' is \(state); only dead, failed or timed_out jobs can be retried by hand")
+        case .notRetriable(nil):
+            throw CommandFailure(
+                "no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
+        }
+    }
+}
+
+/// `runner dead`: lists the dead-letter stream.
+enum DeadCommand {
+    static let spec = CommandSpec(
+        name: "dead",
+        abstract: "List the dead letters: rejected entries and dead jobs, newest first.",
+        usage: "runner dead [--json] [--count N]",
+        options: CommonOptions.all + [
+            OptionSpec("--json", .flag, help: "One JSON object per line."),
+            OptionSpec("--count", .value("N"), help: "How many to list.", default: "50"),
+        ])
+
+    static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        let count = try arguments.positiveInt("--count") ?? 50
+        let pool = try await connectedPool(arguments)
+        defer { pool.client.close() }
+        let letters = try await pool.deadLetters(count: count)
+        if letters.isEmpty, !arguments.flag("--json") { console.print("(no dead letters)") }
+        for letter in letters {
+            if arguments.flag("--json") {
+                var object: [String: JSONValue] = ["dead_id": .string(letter.id)]
+                for (name, value) in letter.fields {
+                    if let text = String(validating: value, as: UTF8.self) {
+                        object[name] =
+                            name == JobEntryField.spec
+                            ? (try? JSONValue(parsing: text)) ?? .string(text) : .string(text)
+                    } else {
+                        object[name + "_base64"] = .string(Data(value).base64EncodedString())
+                    }
+                }
+                console.print(JSONValue.object(object).serialized)
+            } else {
+                let text = { (name: String) in letter.fields[name].map { String(decoding: $0, as: UTF8.self) } }
+                let ms = Int(letter.id.split(separator: "-").first ?? "") ?? 0
+                console.print(
+                    "\(formatTimestamp(ms)) \(JobEntry.printable(text(JobEntryField.id) ?? "-")) "
+                        + "attempt=\(text(JobEntryField.attempt) ?? "1"): "
+                        + JobEntry.printable(text(DeadLetterField.reason) ?? ""))
+            }
+        }
+        return 0
+    }
+}
