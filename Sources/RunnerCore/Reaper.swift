@@ -131,7 +131,7 @@ public actor Reaper {
                     summary.runnersLost += 1
                 }
             } else if let lostAt = record[RunnerRecordField.lostAt]?.intValue,
-                nowMs - lostAt > configuration.lostRetention.milliseconds
+                nowMs - lostAt >= configuration.lostRetention.milliseconds
             {
                 try await store.forgetRunner(id, recordAsRead: value)
                 summary.recordsForgotten += 1

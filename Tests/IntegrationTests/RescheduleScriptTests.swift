@@ -175,4 +175,32 @@ final class RescheduleScriptTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
+
+    func testAReaperMarksIdleDeadRunnersLostOnceAndForgetsThemAfterTheRetention() async throws {
+        _ = try send(["HSET", key("runners"), "gone", #"{"node":"n1","pid":7,"queues":["default"],"state":"running"}"#])
+        _ = try send(["SET", key("runner:alive"), "tok"])
+        _ = try send(["HSET", key("runners"), "alive", #"{"state":"running"}"#])
+        var configuration = ReaperConfiguration(redis: endpoint, keyspace: keyspace, name: "reaper")
+        configuration.lostRetention = .seconds(3600)
+        let reaper = Reaper(configuration: configuration, logger: Logger(label: "t", level: .error))
+        let first = try await reaper.pass()
+        XCTAssertEqual(first?.runnersLost, 1)
+        let second = try await reaper.pass()
+        XCTAssertEqual(second?.runnersLost, 0, "runner.lost is emitted once")
+        let lost = try events().filter { $0.type == "runner.lost" }
+        XCTAssertEqual(lost.map(\.runner), ["gone"])
+        XCTAssertEqual(lost.first?.data["last_state"] as? String, "running")
+        XCTAssertEqual(lost.first?.data["node"] as? String, "n1")
+        let record = try JSONSerialization.jsonObject(with: Data((try hash(key("runners"))["gone"] ?? "").utf8))
+        XCTAssertEqual((record as? [String: Any])?["state"] as? String, "lost")
+        XCTAssertEqual(strings(try send(["HGETALL", key("runners")])).keys.sorted(), ["alive", "gone"])
+
+        configuration.lostRetention = .zero
+        let impatient = Reaper(configuration: configuration, logger: Logger(label: "t", level: .error))
+        await reaper.resign()
+        let third = try await impatient.pass()
+        XCTAssertEqual(third?.recordsForgotten, 1)
+        XCTAssertEqual(strings(try send(["HGETALL", key("runners")])).keys.sorted(), ["alive"])
+        await impatient.resign()
+    }
 }
