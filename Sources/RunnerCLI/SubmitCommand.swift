@@ -190,6 +190,7 @@ struct ResultView {
     static let integerFields: Set<String> = [
         ResultField.exitCode, ResultField.signal, ResultField.attempt, ResultField.submittedAt, ResultField.startedAt,
         ResultField.finishedAt, ResultField.durationMs, ResultField.pid, ResultField.cpuUserMs, ResultField.cpuSystemMs,
+        ResultField.fencingToken, ResultField.failures, ResultField.reschedules, ResultField.retryAt,
         ProtocolVersion.field,
     ]
 

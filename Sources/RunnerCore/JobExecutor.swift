@@ -163,8 +163,9 @@ struct JobExecutor: Sendable {
         let summary = await recorder.finish(flusher: flusher)
         await startedWrite.value
 
-        // Killed because its epoch ended (never "failed with signal 9"): the entry stays pending and is rescheduled.
-        if epoch.ended.isFired, outcome.stopReason == .cancelled || outcome.termination == .signaled(SIGKILL) {
+        // Killed because its epoch ended or was past its kill deadline (never "failed with signal 9"): the entry
+        // stays pending and is rescheduled.
+        if epoch.isOverdue, outcome.stopReason == .cancelled || outcome.termination == .signaled(SIGKILL) {
             logger.info("job stopped: its lease epoch ended", ["job": entry.jobId])
             return .abandoned
         }

@@ -1,5 +1,6 @@
 import RedisClient
 import RunnerProtocol
+import Synchronization
 
 /// One registration of a runner's lease: the token its job writes are fenced on, and the epoch's number.
 final class LeaseEpoch: Sendable {
@@ -9,13 +10,22 @@ final class LeaseEpoch: Sendable {
     /// Fired when the epoch ends (lease gone, not renewed in time, or the name taken): its jobs are stopped and every
     /// write about them is refused from then on.
     let ended = Latch()
+    /// The kill deadline of the epoch's last confirmed renewal (see `LeaseKeeper.killDeadline`).
+    private let deadline: Mutex<ContinuousClock.Instant>
 
-    init(owner: AttemptOwner, number: Int) {
+    init(owner: AttemptOwner, number: Int, killDeadline: ContinuousClock.Instant) {
         self.owner = owner
         self.number = number
+        self.deadline = Mutex(killDeadline)
     }
 
     var token: String { owner.leaseToken }
+
+    func confirm(killDeadline: ContinuousClock.Instant) { deadline.withLock { $0 = killDeadline } }
+
+    /// Whether the epoch ended or its kill deadline passed: a job killed now was killed by the kill switch (the
+    /// watchdog fires at that deadline even before the runner notices), not by anything it did.
+    var isOverdue: Bool { ended.isFired || ContinuousClock.now >= deadline.withLock { $0 } }
 }
 
 /// Holds the runner's lease key `{nr}:runner:<id>`: acquired with SET NX PX, extended only by the holder of the
@@ -46,7 +56,9 @@ actor LeaseKeeper {
         self.runner = runner
         self.ttl = ttl
         self.killAfter = ttl * 2 / 3
-        self.epoch = LeaseEpoch(owner: AttemptOwner(runner: runner, leaseToken: LeaseKeeper.newToken()), number: 0)
+        self.epoch = LeaseEpoch(
+            owner: AttemptOwner(runner: runner, leaseToken: LeaseKeeper.newToken()), number: 0,
+            killDeadline: .now + ttl * 2 / 3)
     }
 
     static func newToken() -> String {
@@ -70,8 +82,8 @@ actor LeaseKeeper {
             RunnerScripts.acquireLease, keys: [key, fencingKey],
             arguments: [Array(epoch.token.utf8), Array(String(ttl.milliseconds).utf8)])
         guard let number = reply.int else { throw await nameInUse() }
-        epoch = LeaseEpoch(owner: epoch.owner, number: number)
         confirmedAt = sentAt
+        epoch = LeaseEpoch(owner: epoch.owner, number: number, killDeadline: killDeadline)
     }
 
     private func nameInUse() async -> WorkerError {
@@ -100,9 +112,12 @@ actor LeaseKeeper {
         let reply = try await scripts.run(
             RunnerScripts.renewLease, keys: [key],
             arguments: [Array(current.token.utf8), Array(String(ttl.milliseconds).utf8)])
-        guard current === epoch, !current.ended.isFired else { return .overdue }
+        // A reply that comes after the deadline is too late even if Redis extended the lease: the kill switch may
+        // have fired meanwhile, and the epoch's jobs are dead or dying.
+        guard current === epoch, !current.ended.isFired, ContinuousClock.now < killDeadline else { return .overdue }
         guard reply.int == 1 else { return .lost }
         confirmedAt = sentAt
+        current.confirm(killDeadline: killDeadline)
         return .renewed(killDeadline: killDeadline)
     }
 
@@ -131,9 +146,10 @@ actor LeaseKeeper {
             arguments: [Array(old.token.utf8), Array(token.utf8), Array(String(ttl.milliseconds).utf8)],
             retry: .idempotent(deadline: nil))
         guard let parts = reply.array, parts.count == 2, let number = parts[0].int else { throw await nameInUse() }
-        let new = LeaseEpoch(owner: AttemptOwner(runner: runner, leaseToken: token), number: number)
-        epoch = new
         confirmedAt = sentAt
+        let new = LeaseEpoch(
+            owner: AttemptOwner(runner: runner, leaseToken: token), number: number, killDeadline: killDeadline)
+        epoch = new
         return Rotation(old: old, new: new, oldTokenWasHeld: parts[1].int == 1)
     }
 

@@ -54,3 +54,41 @@ final class FencingTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
 }
+
+/// A runner that cannot renew (Redis stops answering its writes) stops its jobs before its lease can lapse.
+final class UnrenewableLeaseTests: PrivateRedisTestCase {
+    func testJobsAreStoppedBeforeTheLeaseLapsesAndAreNeverRecordedAsKilled() throws {
+        let runner = try startRunner(name: "cut-off", ["--lease-ttl", "3s", "--no-reaper"])
+        try submit(
+            ["--shell", "if [ $NR_ATTEMPT = 1 ]; then exec sleep 60; fi; echo attempt $NR_ATTEMPT"], id: "cut-1")
+        let pid = try runningPid("cut-1")
+        // Writes (and so every renewal) wait for 2.6 s: past two thirds of the TTL, short of the TTL itself.
+        _ = try send(["CLIENT", "PAUSE", "2600", "WRITE"])
+        var leaseLeft = -1
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(5)) {
+                leaseLeft = (try? self.send(["PTTL", self.key("runner:cut-off")]).int) ?? -1
+                return !processIsAlive(pid)
+            }, "the job was not stopped")
+        XCTAssertGreaterThan(leaseLeft, 0, "the job was stopped only after the lease lapsed")
+
+        let record = try waitForState("cut-1", ["succeeded"], timeout: .seconds(20))
+        XCTAssertEqual(record["attempt"], "2")
+        XCTAssertEqual(record["output_tail"], "attempt 2\n")
+        let all = try events()
+        XCTAssertEqual(
+            all.filter { $0.job == "cut-1" && ["job.failed", "job.stale_result"].contains($0.type) }.count, 0)
+        let lost = try XCTUnwrap(all.first { $0.type == "runner.lease_lost" })
+        XCTAssertEqual(lost.data["reason"] as? String, "not_renewed")
+        XCTAssertEqual(lost.data["old_lease_held"] as? Bool, true, "the old token was replaced before it lapsed")
+        XCTAssertEqual(lost.data["jobs_stopped"] as? Int, 1)
+        let rescheduled = try XCTUnwrap(all.first { $0.type == "job.rescheduled" && $0.job == "cut-1" })
+        XCTAssertEqual(rescheduled.data["reason"] as? String, "lease_lost")
+        XCTAssertEqual(rescheduled.data["started"] as? Bool, true)
+        XCTAssertTrue(runner.isRunning)
+        XCTAssertEqual(runner.stop(), 0, runner.log)
+        let shutdown = try XCTUnwrap(try events().last { $0.type == "runner.shutdown" })
+        XCTAssertEqual(shutdown.data["abandoned"] as? Int, 1)
+        XCTAssertEqual(shutdown.data["lease_epochs_lost"] as? Int, 1)
+    }
+}
