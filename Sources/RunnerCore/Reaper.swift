@@ -20,6 +20,8 @@ public struct ReaperPass: Sendable, Equatable {
     public var recordsForgotten = 0
     /// Retries moved back onto their queue.
     public var retriesMoved = 0
+    /// How long until the next retry waiting in the delayed set is due (nil: none waits).
+    public var nextDue: Duration?
 }
 
 /// The pool's reaper: finds runners whose lease is gone, reschedules the entries they held through the consumer
@@ -38,6 +40,8 @@ public actor Reaper {
     private var scannedQueues: Set<String> = []
     /// Whether each runner's lease key exists, as seen in this pass.
     private var leases: [String: Bool] = [:]
+    /// Redis's clock, read once per pass when needed.
+    private var redisNowMs: Int?
 
     /// A queue SCAN every this many passes (registry queues are looked at every pass).
     private static let scanEvery = 12
@@ -66,7 +70,8 @@ public actor Reaper {
             if now >= nextPass {
                 nextPass = now + configuration.interval
                 do {
-                    if try await pass() != nil { nextMove = try await moveDue() }
+                    let summary = try await pass()
+                    nextMove = summary?.nextDue.map { ContinuousClock.now + max($0, .seconds(1)) }
                 } catch {
                     logger.debug("reaper pass failed: \(error)")
                 }
@@ -80,14 +85,15 @@ public actor Reaper {
         client.close()
     }
 
-    /// Takes or keeps the leader lease; when it holds it, one pass over the pool. Returns nil when another reaper
-    /// leads.
+    /// Takes or keeps the leader lease, moving due retries as it does; when it leads, one pass over the pool.
+    /// Returns nil when another reaper leads.
     @discardableResult
     public func pass() async throws -> ReaperPass? {
-        guard try await lead() else { return nil }
+        guard let (moved, nextDue) = try await lead() else { return nil }
         passes += 1
         var summary = ReaperPass()
-        let nowMs = try await redisTimeMs()
+        summary.retriesMoved = moved
+        summary.nextDue = nextDue
         let registry = try await client.send(RedisCommand(["HGETALL", configuration.keyspace.runners]))
         var records: [String: [UInt8]] = [:]
         for (id, value) in registry.fieldPairs ?? [] { records[id] = value }
@@ -104,13 +110,14 @@ public actor Reaper {
         queues.formUnion(scannedQueues)
 
         leases = [:]
+        redisNowMs = nil
         var lostSeen = Set<String>()
         for queue in queues.sorted() {
             for consumer in try await consumers(queue: queue) {
                 guard !(try await leaseHeld(consumer.name)) else { continue }
                 if !lostSeen.contains(consumer.name), consumer.pending > 0 {
                     lostSeen.insert(consumer.name)
-                    if try await markLost(consumer.name, record: records[consumer.name], nowMs: nowMs) {
+                    if try await markLost(consumer.name, record: records[consumer.name]) {
                         summary.runnersLost += 1
                     }
                 }
@@ -127,17 +134,20 @@ public actor Reaper {
             guard !(try await leaseHeld(id)) else { continue }
             let record = (try? JSONValue(parsing: value)) ?? .null
             if record[RunnerRecordField.state]?.stringValue != RunnerState.lost.rawValue {
-                if !lostSeen.contains(id), try await markLost(id, record: value, nowMs: nowMs) {
+                if !lostSeen.contains(id), try await markLost(id, record: value) {
                     summary.runnersLost += 1
                 }
             } else if let lostAt = record[RunnerRecordField.lostAt]?.intValue,
-                nowMs - lostAt >= configuration.lostRetention.milliseconds
+                try await redisTimeMs() - lostAt >= configuration.lostRetention.milliseconds
             {
                 try await store.forgetRunner(id, recordAsRead: value)
                 summary.recordsForgotten += 1
             }
         }
-        if summary != ReaperPass() {
+        var quiet = summary
+        quiet.nextDue = nil
+        quiet.retriesMoved = 0
+        if quiet != ReaperPass() {
             logger.info(
                 "reaper pass",
                 [
@@ -157,22 +167,24 @@ public actor Reaper {
         return next.map { ContinuousClock.now + max($0, .seconds(1)) }
     }
 
-    /// SET NX PX for a new leader, compare-and-extend for the current one.
-    private func lead() async throws -> Bool {
-        let key = configuration.keyspace.reaper
-        let ttl = String(leaderTTL.milliseconds)
-        if isLeader {
-            let renewed = try await scripts.run(
-                RunnerScripts.renewLease, keys: [key], arguments: JobStore.bytes([token, ttl]))
-            isLeader = renewed.int == 1
-            if !isLeader { logger.info("another reaper leads now", ["reaper": configuration.name]) }
+    /// Keeps or takes the leader lease (one script, which also moves due retries for the leader). Returns nil when
+    /// another reaper leads.
+    private func lead() async throws -> (moved: Int, nextDue: Duration?)? {
+        let wasLeader = isLeader
+        let turn = try await store.leadAndMove(token: token, ttl: leaderTTL)
+        isLeader = turn != nil
+        if isLeader != wasLeader {
+            logger.info(
+                isLeader ? "this reaper leads the pool" : "another reaper leads now", ["reaper": configuration.name])
         }
-        if !isLeader {
-            let reply = try await client.send(RedisCommand(["SET", key, token, "NX", "PX", ttl]))
-            isLeader = !reply.isNull
-            if isLeader { logger.info("this reaper leads the pool", ["reaper": configuration.name]) }
+        guard var (moved, next) = turn else { return nil }
+        while moved % 100 == 0, moved > 0 {
+            let more = try await store.moveDue()
+            moved += more.moved
+            next = more.nextDue
+            if more.moved < 100 { break }
         }
-        return isLeader
+        return (moved, next)
     }
 
     /// Gives the leader lease up (compare-and-delete), so another reaper takes over at once.
@@ -192,10 +204,12 @@ public actor Reaper {
     }
 
     private func redisTimeMs() async throws -> Int {
+        if let known = redisNowMs { return known }
         let parts = try await client.send(RedisCommand(["TIME"])).array ?? []
         guard parts.count == 2, let seconds = parts[0].int, let micros = parts[1].int else {
             throw RedisServerError("ERR unexpected reply to TIME")
         }
+        redisNowMs = seconds * 1000 + micros / 1000
         return seconds * 1000 + micros / 1000
     }
 
@@ -222,7 +236,8 @@ public actor Reaper {
     }
 
     /// Marks a runner lost (once) with `runner.lost`.
-    private func markLost(_ runner: String, record: [UInt8]?, nowMs: Int) async throws -> Bool {
+    private func markLost(_ runner: String, record: [UInt8]?) async throws -> Bool {
+        let nowMs = try await redisTimeMs()
         var object = record.flatMap { try? JSONValue(parsing: $0) }?.objectValue ?? [:]
         let lastState = object[RunnerRecordField.state]?.stringValue ?? ""
         object[RunnerRecordField.state] = .string(RunnerState.lost.rawValue)

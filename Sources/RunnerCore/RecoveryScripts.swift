@@ -155,33 +155,60 @@ extension RunnerScripts {
         return {6, sid}
         """)
 
-    /// KEYS: delayed set. ARGV: key prefix, most to move.
-    /// Moves the retries that are due (by Redis's clock) back onto their queues: each one is ZREM'd first, so it
-    /// moves exactly once however many movers run. Returns {moved, ms until the next is due or -1 when none waits}.
-    static let moveDue = script(
-        "move_due",
-        """
-        local ts = nr_now()
-        local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ts, 'LIMIT', 0, tonumber(ARGV[2]))
-        local moved = 0
-        for _, id in ipairs(due) do
-          if redis.call('ZREM', KEYS[1], id) == 1 then
-            local job = ARGV[1] .. 'job:' .. id
-            local cur = redis.call('HMGET', job, '\(ResultField.state)', '\(ResultField.queue)', '\(ResultField.spec)',
-              '\(ResultField.attempt)')
-            if cur[1] == '\(JobState.retryScheduled.rawValue)' and cur[2] and cur[3] then
-              local sid = redis.call('XADD', ARGV[1] .. 'jobs:' .. cur[2], '*', '\(JobEntryField.id)', id,
-                '\(JobEntryField.spec)', cur[3], '\(JobEntryField.attempt)', cur[4] or '1', '\(ProtocolVersion.field)', NR_V)
-              redis.call('HSET', job, '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid)
-              redis.call('HDEL', job, '\(ResultField.retryAt)')
-              moved = moved + 1
+    /// The mover, shared by `moveDue` and `leadAndMove`: moves the retries that are due (by Redis's clock) back onto
+    /// their queues. Each one is ZREM'd first, so it moves exactly once however many movers run. Returns
+    /// {moved, ms until the next is due or -1 when none waits}.
+    private static let mover = """
+        local function nr_move_due(delayed, prefix, limit)
+          local ts = nr_now()
+          local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', ts, 'LIMIT', 0, limit)
+          local moved = 0
+          for _, id in ipairs(due) do
+            if redis.call('ZREM', delayed, id) == 1 then
+              local job = prefix .. 'job:' .. id
+              local cur = redis.call('HMGET', job, '\(ResultField.state)', '\(ResultField.queue)', '\(ResultField.spec)',
+                '\(ResultField.attempt)')
+              if cur[1] == '\(JobState.retryScheduled.rawValue)' and cur[2] and cur[3] then
+                local sid = redis.call('XADD', prefix .. 'jobs:' .. cur[2], '*', '\(JobEntryField.id)', id,
+                  '\(JobEntryField.spec)', cur[3], '\(JobEntryField.attempt)', cur[4] or '1', '\(ProtocolVersion.field)', NR_V)
+                redis.call('HSET', job, '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid)
+                redis.call('HDEL', job, '\(ResultField.retryAt)')
+                moved = moved + 1
+              end
             end
           end
+          local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+          if #nxt < 2 then return {moved, -1} end
+          return {moved, math.max(0, tonumber(nxt[2]) - tonumber(ts))}
         end
-        local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-        if #nxt < 2 then return {moved, -1} end
-        return {moved, math.max(0, tonumber(nxt[2]) - tonumber(ts))}
-        """)
+
+        """
+
+    /// KEYS: delayed set. ARGV: key prefix, most to move. Moves due retries (see `mover`).
+    static let moveDue = script(
+        "move_due",
+        mover + """
+            return nr_move_due(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+            """)
+
+    /// KEYS: reaper leader lease, delayed set. ARGV: token, ttl ms, key prefix, most to move.
+    /// A reaper's turn in one step: keeps the leader lease (compare-and-extend) or takes it when free (SET NX PX),
+    /// and as the leader moves due retries. Returns {1, moved, ms until the next is due or -1} for the leader, {0}
+    /// when another reaper leads.
+    static let leadAndMove = script(
+        "lead_and_move",
+        mover + """
+            local held = redis.call('GET', KEYS[1])
+            if held == ARGV[1] then
+              redis.call('PEXPIRE', KEYS[1], ARGV[2])
+            elseif not held then
+              redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+            else
+              return {0}
+            end
+            local moved = nr_move_due(KEYS[2], ARGV[3], tonumber(ARGV[4]))
+            return {1, moved[1], moved[2]}
+            """)
 
     /// KEYS: job hash, events, delayed set. ARGV: id, events maxlen, key prefix, acting name.
     /// Requeues a `dead`, `failed` or `timed_out` job by hand: a new entry with the attempt raised, failures and

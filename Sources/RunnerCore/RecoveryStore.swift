@@ -71,6 +71,20 @@ extension JobStore {
         return (moved, next < 0 ? nil : .milliseconds(next))
     }
 
+    /// Keeps or takes the reaper leader lease and, as the leader, moves due retries (one script). Returns nil when
+    /// another reaper leads, else how many moved and how long until the next one is due.
+    func leadAndMove(token: String, ttl: Duration, limit: Int = 100) async throws -> (
+        moved: Int, nextDue: Duration?
+    )? {
+        let reply = try await scripts.run(
+            RunnerScripts.leadAndMove, keys: [keyspace.reaper, keyspace.delayed],
+            arguments: JobStore.bytes([token, String(ttl.milliseconds), keyspace.keyPrefix, String(limit)]))
+        let parts = reply.array ?? []
+        guard parts.first?.int == 1, parts.count == 3 else { return nil }
+        let next = parts[2].int ?? -1
+        return (parts[1].int ?? 0, next < 0 ? nil : .milliseconds(next))
+    }
+
     /// Requeues a `dead`, `failed` or `timed_out` job by hand (`job.requeued`).
     public func requeueByHand(id: String, actor: String) async throws -> ManualRequeue {
         let reply = try await scripts.run(
