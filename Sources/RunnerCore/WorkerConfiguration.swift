@@ -33,6 +33,8 @@ public struct WorkerConfiguration: Sendable {
     public var outputTailBytes: Int
     /// How long one XREADGROUP BLOCK waits before it is issued again (an idle runner's only read traffic).
     public var intakeBlock: Duration
+    /// How jobs are contained.
+    public var isolation: IsolationConfiguration
     public var version: String
 
     public init(
@@ -42,7 +44,7 @@ public struct WorkerConfiguration: Sendable {
         defaultJobTimeout: Duration? = nil, resultRetention: Duration = .seconds(7 * 24 * 3600),
         eventsMaxLength: Int = 100_000, heartbeatsMaxLength: Int = 10_000, deadMaxLength: Int = 100_000,
         logLimitBytes: Int = 16 << 20, outputTailBytes: Int = 4096, intakeBlock: Duration = .seconds(5),
-        version: String = RunnerVersion.current
+        isolation: IsolationConfiguration = IsolationConfiguration(), version: String = RunnerVersion.current
     ) {
         self.redis = redis
         self.keyspace = keyspace
@@ -62,6 +64,7 @@ public struct WorkerConfiguration: Sendable {
         self.logLimitBytes = logLimitBytes
         self.outputTailBytes = outputTailBytes
         self.intakeBlock = intakeBlock
+        self.isolation = isolation
         self.version = version
     }
 }
