@@ -26,6 +26,9 @@ struct JobExecutor: Sendable {
     let logger: Logger
     /// Fired when this runner lost its name to another: stopped jobs are then neither handed back nor recorded.
     let abandoned: Latch
+    let isolation: IsolationHost
+    let containments: RunningContainments
+    let admission: MemoryAdmission
 
     /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
     /// idempotent, so resending after a lost reply changes nothing twice.
@@ -57,14 +60,47 @@ struct JobExecutor: Sendable {
                 try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
             }
         }
-        return await execute(entry, fields: fields)
+        return await planAndRun(entry, fields: fields)
     }
 
-    /// `fields` are the entry's fields as read, for a dead letter.
-    private func execute(_ entry: JobEntry, fields: [(String, [UInt8])]) async -> DeliveryOutcome {
+    /// Decides the job's isolation (or refuses it), waits for resource admission, then runs it. `fields` are the
+    /// entry's fields as read, for a dead letter.
+    private func planAndRun(_ entry: JobEntry, fields: [(String, [UInt8])]) async -> DeliveryOutcome {
+        let runner = configuration.name
+        // What the host cannot give, or the runner does not allow, is refused before anything is claimed.
+        let plan: IsolationPlan
+        switch isolation.plan(for: entry) {
+        case .success(let planned): plan = planned
+        case .failure(let refusal):
+            logger.warning("rejected job: \(refusal.message)", ["job": entry.jobId, "stream_id": entry.streamId])
+            return await written(.rejected) {
+                try await store.reject(
+                    streamId: entry.streamId, queue: entry.queue, fields: fields, reason: refusal.message,
+                    runner: runner, retry: durable)
+            }
+        }
+        if let memory = plan.limits.memoryBytes {
+            guard await admission.admit(key: entry.streamId, bytes: UInt64(memory)) else {
+                return await written(.handedBack) {
+                    try await store.handBack(
+                        entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
+                }
+            }
+        }
+        containments.reserve(contextName: plan.contextName)
+        let outcome = await execute(entry, fields: fields, plan: plan)
+        containments.release(contextName: plan.contextName)
+        await admission.release(key: entry.streamId)
+        return outcome
+    }
+
+    private func execute(
+        _ entry: JobEntry, fields: [(String, [UInt8])], plan: IsolationPlan
+    ) async -> DeliveryOutcome {
         let runner = configuration.name
         let received: JSONValue = [
             "queue": .string(entry.queue), "stream_id": .string(entry.streamId), "attempt": .int(entry.attempt),
+            "isolation": .string(plan.level.rawValue),
         ]
         // Claim before starting anything: a duplicate entry of a job that already ended must never run.
         let startedAt: String
@@ -95,10 +131,24 @@ struct JobExecutor: Sendable {
             return .unrecorded
         }
 
+        let containment: JobContainment
+        do {
+            containment = try await JobContainment.create(plan: plan, host: isolation)
+        } catch {
+            logger.warning("cannot set up the job's isolation: \(error.message)", ["job": entry.jobId])
+            let record = JobResultRecord(state: .failed, reason: "cannot set up the job's isolation: \(error.message)")
+            return await finish(entry, record, startedAt: startedAt)
+        }
+        let environment = jobEnvironment(for: entry, workDirectory: containment.workDirectory)
         let recorder = OutputRecorder(
             client: logClient, logger: logger, key: store.keyspace.log(job: entry.jobId),
             limit: configuration.logLimitBytes,
-            tailLimit: configuration.outputTailBytes)
+            tailLimit: configuration.outputTailBytes,
+            masker: SecretMasker(environment: environment, secretNames: entry.spec.secretEnvironment))
+        if plan.fellBack {
+            recorder.note(
+                "isolation \(plan.requested.rawValue) is not available here; running at \(plan.level.rawValue)")
+        }
         if entry.attempt > 1 {
             // Attempts share the log stream: mark where this one begins.
             recorder.note("attempt \(entry.attempt) of \(entry.spec.maxAttempts) begins")
@@ -107,10 +157,12 @@ struct JobExecutor: Sendable {
         let began = clock.now
         let process: RunningProcess
         do {
-            process = try await supervisor.spawn(processSpec(for: entry)) { stream, bytes in
+            let spec = processSpec(for: entry, environment: environment, containment: containment)
+            process = try await supervisor.spawn(spec) { stream, bytes in
                 recorder.append(stream, bytes)
             }
         } catch let error as SpawnError where error.isSupervisorSide {
+            _ = await containment.finish(logger: logger)
             // The runner's trouble (out of fds or processes, shutting down), not the job's: give it back, after a
             // pause so that a runner in trouble does not cycle through the queue.
             logger.warning("cannot start a job now: \(error.message); handing it back", ["job": entry.jobId])
@@ -120,14 +172,28 @@ struct JobExecutor: Sendable {
             }
         } catch let error as SpawnError {
             logger.info("job could not start: \(error.message)", ["job": entry.jobId])
-            let record = JobResultRecord(
+            var record = JobResultRecord(
                 state: .failed, exitCode: error.conventionalExitCode, reason: error.message,
                 durationMs: (clock.now - began).milliseconds)
+            record.accounting = await containment.finish(logger: logger)
             return await finish(entry, record, startedAt: startedAt)
         } catch {
-            let record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
+            var record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
+            record.accounting = await containment.finish(logger: logger)
             return await finish(entry, record, startedAt: startedAt)
         }
+        containment.started(pid: process.pid)
+        containments.add(streamId: entry.streamId, jobId: entry.jobId, containment: containment)
+        // Without a cgroup to count it, peak memory is the largest sampled RSS of the job's processes.
+        let sampler =
+            containment.cgroup != nil
+            ? nil
+            : Task {
+                while !Task.isCancelled {
+                    _ = containment.sample()
+                    try? await Task.sleep(for: JobExecutor.memorySampleInterval)
+                }
+            }
 
         let flusher = Task { await recorder.run() }
         // The pid and `job.started` are written while the job runs; awaited before the result so they land in order.
@@ -136,6 +202,9 @@ struct JobExecutor: Sendable {
         }
         let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
         let outcome = await process.wait(TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace))
+        sampler?.cancel()
+        containments.remove(streamId: entry.streamId)
+        let accounting = await containment.finish(logger: logger)
         let summary = await recorder.finish(flusher: flusher)
         await startedWrite.value
 
@@ -148,7 +217,7 @@ struct JobExecutor: Sendable {
                 try await store.handBack(entry: entry, runner: runner, reason: "runner shutting down", retry: durable)
             }
         }
-        var record = JobExecutor.record(for: outcome, timeout: timeout)
+        var record = JobExecutor.record(for: outcome, timeout: timeout, accounting: accounting)
         record.outputTail = summary.tail
         if record.state != .succeeded, entry.attempt < entry.spec.maxAttempts {
             logger.info(
@@ -176,10 +245,16 @@ struct JobExecutor: Sendable {
     }
 
     /// Result fields for how the process ended.
-    static func record(for outcome: ProcessOutcome, timeout: Duration?) -> JobResultRecord {
+    static func record(
+        for outcome: ProcessOutcome, timeout: Duration?, accounting: JobAccounting? = nil
+    ) -> JobResultRecord {
         var record = JobResultRecord(
             state: .failed, durationMs: outcome.wallTime.milliseconds, forcedKill: outcome.forcedKill, pid: outcome.pid,
             cpuUserMs: outcome.userCPUTime.milliseconds, cpuSystemMs: outcome.systemCPUTime.milliseconds)
+        record.accounting = accounting
+        // The cgroup counts the whole tree, also processes nobody waited for.
+        if let user = accounting?.cgroupUserCPU { record.cpuUserMs = user.milliseconds }
+        if let system = accounting?.cgroupSystemCPU { record.cpuSystemMs = system.milliseconds }
         switch outcome.termination {
         case .exited(let code): record.exitCode = code
         case .signaled(let signal): record.signal = signal
@@ -198,21 +273,43 @@ struct JobExecutor: Sendable {
         case .exited(let code): record.reason = "exited with code \(code)"
         case .signaled(let signal): record.reason = "killed by signal \(signal) (\(signalName(signal)))"
         }
+        // The kernel's own counter, not the signal, says whether it was the OOM killer: a job that SIGKILLs itself is
+        // just signal 9.
+        if record.state != .succeeded, let accounting, accounting.oomKills > 0 {
+            record.reason = JobExecutor.oomKilledReason
+        }
         return record
     }
 
-    /// The job's process: its own argv or `/bin/sh -c`, a clean environment (never the runner's, so the Redis
-    /// URL and password cannot leak), its cwd.
-    func processSpec(for entry: JobEntry) -> ProcessSpec {
+    /// The reason of a job the OOM killer ended; the limit and the peak are in `limits` and `peak_memory_bytes`.
+    static let oomKilledReason = "oom_killed"
+    static let memorySampleInterval = Duration.milliseconds(250)
+
+    /// A job's environment: never the runner's (so the Redis URL and password cannot leak), only a safe base with
+    /// its work folder as `HOME` and `TMPDIR`, what the runner's allowlist names, the job's own `env`, and the
+    /// runner's `NR_*` variables.
+    func jobEnvironment(for entry: JobEntry, workDirectory: String) -> [String: String] {
         var environment: [String: String] = [
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": ProcessInfo.processInfo.environment["HOME"] ?? "/",
+            "HOME": workDirectory,
             "LANG": "C.UTF-8",
+            "TMPDIR": workDirectory + "/tmp",
         ]
+        let runnerEnvironment = ProcessInfo.processInfo.environment
+        for name in configuration.isolation.environmentAllowlist {
+            if let value = runnerEnvironment[name] { environment[name] = value }
+        }
         for (key, value) in entry.spec.environment { environment[key] = value }
         environment[JobEnvironment.jobId] = entry.jobId
         environment[JobEnvironment.attempt] = String(entry.attempt)
         environment[JobEnvironment.runner] = configuration.name
+        environment[JobEnvironment.workDirectory] = workDirectory
+        return environment
+    }
+
+    /// The job's process: its own argv or `/bin/sh -c`, its environment, its cwd (its work folder by default), and
+    /// its isolation.
+    func processSpec(for entry: JobEntry, environment: [String: String], containment: JobContainment) -> ProcessSpec {
         let argv: [String]
         switch entry.spec.command {
         case .argv(let arguments): argv = arguments
@@ -220,7 +317,19 @@ struct JobExecutor: Sendable {
         }
         return ProcessSpec(
             executable: argv[0], arguments: argv, environment: environment,
-            workingDirectory: entry.spec.workingDirectory, dieWithParent: true)
+            workingDirectory: entry.spec.workingDirectory ?? containment.workDirectory, dieWithParent: true,
+            isolation: containment.processIsolation(hostname: JobExecutor.hostname(for: entry.jobId)),
+            treeMarker: EnvironmentMarker(name: JobEnvironment.jobId, value: entry.jobId))
+    }
+
+    /// A job id as a hostname: letters, digits and '-', at most 63 bytes.
+    static func hostname(for jobId: String) -> String {
+        let label = String(
+            jobId.unicodeScalars.prefix(63).map { scalar -> Character in
+                let c = Character(scalar)
+                return c.isASCII && (c.isLetter || c.isNumber) ? c : "-"
+            })
+        return label.isEmpty ? "job" : label
     }
 
     /// Runs a durable write and answers `outcome`, or `.unrecorded` when the write was given up.

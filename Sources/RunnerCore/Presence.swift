@@ -9,7 +9,9 @@ struct Presence: Sendable {
     let configuration: WorkerConfiguration
     let startedAtMs: Int
 
-    func record(state: RunnerState, free: Int, running: [String]) -> JSONValue {
+    func record(
+        state: RunnerState, free: Int, running: [String], resources: ResourceCapacity = ResourceCapacity()
+    ) -> JSONValue {
         [
             RunnerRecordField.node: .string(configuration.node),
             RunnerRecordField.pid: .int(Int(getpid())),
@@ -21,22 +23,29 @@ struct Presence: Sendable {
             RunnerRecordField.capacityFree: .int(free),
             RunnerRecordField.running: .array(running.map(JSONValue.string)),
             RunnerRecordField.heartbeatAt: .int(WallClock.milliseconds()),
+            RunnerRecordField.memoryReserved: .int(Int(clamping: resources.memoryReservedBytes)),
+            RunnerRecordField.waitingForResources: .int(resources.waiting),
             ProtocolVersion.field: .int(ProtocolVersion.current),
         ]
     }
 
     /// XADD to the heartbeats stream and HSET the registry record, in one round trip.
-    func publish(state: RunnerState, free: Int, running: [String], retry: RedisRetry = .never) async throws {
+    func publish(
+        state: RunnerState, free: Int, running: [String], resources: ResourceCapacity = ResourceCapacity(),
+        retry: RedisRetry = .never
+    ) async throws {
         let runningJSON = JSONValue.array(running.map(JSONValue.string)).serialized
         let heartbeat = RedisCommand([
             "XADD", keyspace.heartbeats, "MAXLEN", "~", String(configuration.heartbeatsMaxLength), "*",
             HeartbeatField.runner, configuration.name, HeartbeatField.state, state.rawValue,
             HeartbeatField.capacityTotal, String(configuration.concurrency), HeartbeatField.capacityFree, String(free),
             HeartbeatField.running, runningJSON, HeartbeatField.timestamp, String(WallClock.milliseconds()),
-            ProtocolVersion.field, String(ProtocolVersion.current),
+            HeartbeatField.memoryReserved, String(resources.memoryReservedBytes), HeartbeatField.waitingForResources,
+            String(resources.waiting), ProtocolVersion.field, String(ProtocolVersion.current),
         ])
         let registry = RedisCommand([
-            "HSET", keyspace.runners, configuration.name, record(state: state, free: free, running: running).serialized,
+            "HSET", keyspace.runners, configuration.name,
+            record(state: state, free: free, running: running, resources: resources).serialized,
         ])
         let replies = try await client.pipeline([heartbeat, registry], retry: retry)
         for case .error(let message) in replies { throw RedisServerError(message) }

@@ -36,6 +36,7 @@ public final class Worker: Sendable {
     /// a paused earlier run of this name): the intake then reads its own pending entries again.
     private let strayPending = Mutex(false)
     private let state = Mutex(RunnerState.starting)
+    private let containments = RunningContainments()
 
     public init(configuration: WorkerConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -97,9 +98,16 @@ public final class Worker: Sendable {
         let lease = LeaseKeeper(client: presenceClient, keyspace: keyspace, runner: config.name, ttl: config.leaseTTL)
         let presence = Presence(
             client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds())
+        let isolation = await IsolationHost.start(
+            configuration: config.isolation, runner: config.name, logger: logger)
+        let sampler = isolation.sampler
+        let admission = MemoryAdmission(
+            totalBytes: isolation.hostMemoryBytes, availableBytes: { try? sampler.memory().availableBytes })
         let executor = JobExecutor(
             configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger,
-            abandoned: nameLost)
+            abandoned: nameLost, isolation: isolation, containments: containments, admission: admission)
+        let monitor = ResourceMonitor(
+            host: isolation, containments: containments, store: store, runner: config.name, logger: logger)
 
         try await intake.ensureGroups()
         try await lease.acquire()
@@ -134,7 +142,11 @@ public final class Worker: Sendable {
                 "concurrency": String(config.concurrency),
             ])
 
-        let presenceTask = Task { await self.keepPresence(lease: lease, presence: presence) }
+        // What a run of this name that died left behind: its cgroups and work folders (its processes are dead now).
+        await monitor.cleanUp(processes: leftovers)
+        let monitorTask = Task { await monitor.run(interval: config.isolation.monitorInterval) }
+        let capacityTask = Task { await self.reportCapacity(admission: admission, store: store) }
+        let presenceTask = Task { await self.keepPresence(lease: lease, presence: presence, admission: admission) }
         let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor, lease: lease) }
 
         await shutdownRequested.wait()
@@ -150,7 +162,11 @@ public final class Worker: Sendable {
         }
         await finishRunningJobs()
         presenceTask.cancel()
+        monitorTask.cancel()
+        capacityTask.cancel()
         await presenceTask.value
+        await monitorTask.value
+        await capacityTask.value
         if nameLost.isFired {
             let message =
                 "runner name '\(config.name)' was taken by another runner while this one could not renew "
@@ -255,15 +271,44 @@ public final class Worker: Sendable {
         return false
     }
 
+    private func resourceCapacity(_ admission: MemoryAdmission) async -> ResourceCapacity {
+        ResourceCapacity(memoryReservedBytes: await admission.reservedBytes, waiting: await admission.waiting.count)
+    }
+
+    /// Emits `runner.capacity_update` when the slots, the resource admission or the state changed, at most once per
+    /// `capacityReportInterval` (a busy runner's free slots change with every job), until cancelled.
+    private func reportCapacity(admission: MemoryAdmission, store: JobStore) async {
+        var reported: CapacitySnapshot?
+        while !Task.isCancelled {
+            let now = CapacitySnapshot(
+                state: state.withLock { $0 }, total: configuration.concurrency, free: await slots.free,
+                resources: await resourceCapacity(admission))
+            if now != reported {
+                do {
+                    try await store.emit(
+                        .runnerCapacityUpdate, runner: configuration.name, data: now.eventData, retry: .never)
+                    reported = now
+                } catch {
+                    logger.debug("capacity update failed: \(error)")
+                }
+            }
+            try? await Task.sleep(for: Worker.capacityReportInterval)
+        }
+    }
+
+    static let capacityReportInterval = Duration.seconds(1)
+
     /// Renews the lease and publishes heartbeats every interval until cancelled.
-    private func keepPresence(lease: LeaseKeeper, presence: Presence) async {
+    private func keepPresence(lease: LeaseKeeper, presence: Presence, admission: MemoryAdmission) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
             if Task.isCancelled { break }
             do {
                 guard try await renew(lease) else { return }
                 let current = state.withLock { $0 }
-                try await presence.publish(state: current, free: await slots.free, running: await slots.runningJobIds)
+                try await presence.publish(
+                    state: current, free: await slots.free, running: await slots.runningJobIds,
+                    resources: await resourceCapacity(admission))
                 if try await hasStrayPending() { strayPending.withLock { $0 = true } }
             } catch {
                 // The client has already said once that Redis is unreachable; retry at the next interval.

@@ -30,7 +30,14 @@ public enum HeartbeatField {
     /// JSON array of the ids of the running jobs.
     public static let running = "running"
     public static let timestamp = "ts"
-    public static let all = [runner, state, capacityTotal, capacityFree, running, timestamp, ProtocolVersion.field]
+    /// Memory declared by the running jobs (resource admission), bytes.
+    public static let memoryReserved = "memory_reserved_bytes"
+    /// Jobs delivered to the runner that wait for memory before they start.
+    public static let waitingForResources = "waiting_for_resources"
+    public static let all = [
+        runner, state, capacityTotal, capacityFree, running, timestamp, memoryReserved, waitingForResources,
+        ProtocolVersion.field,
+    ]
 }
 
 /// Field names of a job's result hash `{nr}:job:<id>`.
@@ -58,9 +65,22 @@ public enum ResultField {
     public static let streamId = "stream_id"
     /// The entry a queued job was moved from by a hand-back or retry.
     public static let requeuedFrom = "requeued_from"
+    /// The isolation level the attempt ran at.
+    public static let isolation = "isolation"
+    /// The level the job asked for, when the runner fell back to a weaker one (`--isolation-fallback`).
+    public static let isolationRequested = "isolation_requested"
+    /// Peak memory: the cgroup's own peak, else the largest sampled RSS of the job's processes.
+    public static let peakMemoryBytes = "peak_memory_bytes"
+    /// How the peak was measured: `cgroup` or `sampled`.
+    public static let peakMemorySource = "peak_memory_source"
+    /// Processes of the job at the most (from the cgroup where it knows).
+    public static let processes = "processes"
+    /// The limits in force, a JSON object with the spec's `limits` names.
+    public static let limits = "limits"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
-        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, ProtocolVersion.field,
+        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, isolation, isolationRequested,
+        peakMemoryBytes, peakMemorySource, processes, limits, ProtocolVersion.field,
     ]
 }
 
@@ -101,9 +121,11 @@ public enum RunnerRecordField {
     public static let running = "running"
     /// The runner's clock at its last heartbeat, milliseconds since the epoch.
     public static let heartbeatAt = "heartbeat_at"
+    public static let memoryReserved = HeartbeatField.memoryReserved
+    public static let waitingForResources = HeartbeatField.waitingForResources
     public static let all = [
-        node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt,
-        ProtocolVersion.field,
+        node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt, memoryReserved,
+        waitingForResources, ProtocolVersion.field,
     ]
 }
 
@@ -113,5 +135,7 @@ public enum JobEnvironment {
     public static let attempt = "NR_ATTEMPT"
     /// The runner's id; also how a restarted runner recognises processes a crashed run of it left behind.
     public static let runner = "NR_RUNNER"
-    public static let all = [jobId, attempt, runner]
+    /// The job's private work folder (also its default working directory and `HOME`).
+    public static let workDirectory = "NR_WORK_DIR"
+    public static let all = [jobId, attempt, runner, workDirectory]
 }

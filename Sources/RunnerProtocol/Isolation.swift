@@ -92,7 +92,8 @@ public struct JobLimits: Sendable, Hashable {
         return nil
     }
 
-    var json: JSONValue {
+    /// The limits as a JSON object with the spec's names (only those set).
+    public var jsonObject: JSONValue {
         .object(Dictionary(uniqueKeysWithValues: entries.map { ($0.name, JSONValue.int($0.value)) }))
     }
 }

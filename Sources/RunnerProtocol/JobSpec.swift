@@ -246,7 +246,7 @@ public struct JobSpec: Sendable, Hashable {
         if !labels.isEmpty { fields[Key.labels] = .object(labels.mapValues(JSONValue.string)) }
         if let isolation { fields[Key.isolation] = .string(isolation.rawValue) }
         if let network { fields[Key.network] = .string(network.rawValue) }
-        if !limits.isEmpty { fields[Key.limits] = limits.json }
+        if !limits.isEmpty { fields[Key.limits] = limits.jsonObject }
         if !secretEnvironment.isEmpty { fields[Key.secretEnv] = .array(secretEnvironment.map(JSONValue.string)) }
         return .object(fields)
     }

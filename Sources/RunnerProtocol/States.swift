@@ -38,6 +38,9 @@ public enum EventType: String, Sendable, CaseIterable, Codable {
     case jobLost = "job.lost"
     case jobHandedBack = "job.handed_back"
     case jobRetryScheduled = "job.retry_scheduled"
+    case runnerResourceUsage = "runner.resource_usage"
+    case runnerCapacityUpdate = "runner.capacity_update"
+    case isolationCleanup = "isolation.cleanup"
 
     /// The terminal event for a terminal state.
     public static func terminal(for state: JobState) -> EventType? {
