@@ -93,7 +93,7 @@ extension CgroupFileSystem {
     func readIfPresent(_ path: String) throws(CgroupError) -> String? {
         do {
             return try readFile(path)
-        } catch  where error.errno == ENOENT {
+        } catch let error where error.errno == ENOENT {
             return nil
         }
     }
@@ -139,7 +139,7 @@ extension CgroupFileSystem {
             if fileExists(path) { continue }
             do {
                 try makeDirectory(path)
-            } catch  where error.errno == EEXIST {
+            } catch let error where error.errno == EEXIST {
                 continue
             }
         }

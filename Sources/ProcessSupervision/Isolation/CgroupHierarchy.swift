@@ -33,7 +33,7 @@ public struct CgroupV2Hierarchy: Sendable, Equatable {
 }
 
 /// Which cgroup layout the host has, from /proc/self/mountinfo and /proc/self/cgroup.
-public enum CgroupHierarchy: Sendable, Equatable {
+public enum CgroupHierarchy: Sendable, Equatable, CustomStringConvertible {
     /// Only cgroup v2.
     case unified(CgroupV2Hierarchy)
     /// Only cgroup v1 controller hierarchies.
