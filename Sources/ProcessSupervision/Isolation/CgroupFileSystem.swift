@@ -98,6 +98,11 @@ extension CgroupFileSystem {
         }
     }
 
+    /// The space-separated words of a file (cgroup.controllers, cgroup.subtree_control); none when it is missing.
+    func readWords(_ path: String) throws(CgroupError) -> [String] {
+        (try readIfPresent(path) ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+    }
+
     /// `path` holds one unsigned number, or "max" (nil).
     func readNumberOrMax(_ path: String) throws(CgroupError) -> UInt64? {
         guard let text = try readIfPresent(path) else { return nil }

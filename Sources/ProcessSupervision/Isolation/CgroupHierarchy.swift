@@ -57,8 +57,7 @@ public enum CgroupHierarchy: Sendable, Equatable, CustomStringConvertible {
                 guard unified == nil, let mount = mounts.first(where: { $0.fileSystemType == "cgroup2" }),
                     let own = mount.directory(of: membership.path)
                 else { continue }
-                let listed = try fileSystem.readIfPresent(joinPath(own, "cgroup.controllers")) ?? ""
-                let available = listed.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+                let available = try fileSystem.readWords(joinPath(own, "cgroup.controllers"))
                 unified = CgroupV2Hierarchy(
                     mountPoint: mount.mountPoint, ownDirectory: own, availableControllers: available)
             } else {

@@ -44,14 +44,14 @@ public struct CgroupV2Driver: CgroupDriver {
         var missing: [String] = []
         var offered = Set(Self.usedControllers)
         for cgroup in chain {
-            let available = try words(joinPath(cgroup, "cgroup.controllers"))
+            let available = try fileSystem.readWords(joinPath(cgroup, "cgroup.controllers"))
             for controller in Self.usedControllers where offered.contains(controller) && !available.contains(controller)
             {
                 offered.remove(controller)
                 missing.append(
                     "\(controller): not offered to \(cgroup) (cgroup.controllers: \(available.joined(separator: " ")))")
             }
-            let enabled = try words(joinPath(cgroup, "cgroup.subtree_control"))
+            let enabled = try fileSystem.readWords(joinPath(cgroup, "cgroup.subtree_control"))
             for controller in Self.usedControllers where offered.contains(controller) && !enabled.contains(controller) {
                 var refusal = enable(controller, in: cgroup)
                 let isOwn = cgroup == hierarchy.ownDirectory && cgroup != hierarchy.mountPoint
@@ -77,7 +77,7 @@ public struct CgroupV2Driver: CgroupDriver {
         try validateCgroupName(name, under: parentDirectory)
         let directory = joinPath(parentDirectory, name)
         try limits.validate(for: directory)
-        let enabled = try words(joinPath(parentDirectory, "cgroup.subtree_control"))
+        let enabled = try fileSystem.readWords(joinPath(parentDirectory, "cgroup.subtree_control"))
         for controller in limits.neededControllers where !enabled.contains(controller) {
             throw CgroupError(
                 code: .controllerMissing, path: joinPath(parentDirectory, "cgroup.subtree_control"),
@@ -211,10 +211,5 @@ public struct CgroupV2Driver: CgroupDriver {
             }
         }
         return leaf
-    }
-
-    /// The space-separated words of a file (cgroup.controllers, cgroup.subtree_control); none when it is missing.
-    private func words(_ path: String) throws(CgroupError) -> [String] {
-        (try fileSystem.readIfPresent(path) ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
     }
 }
