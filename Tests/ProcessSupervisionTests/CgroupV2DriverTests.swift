@@ -85,6 +85,29 @@ final class CgroupV2DriverTests: XCTestCase {
         XCTAssertNoThrow(try driver.create(name: "job-2", limits: CgroupLimits(memoryBytes: 64 << 20)))
     }
 
+    func testAnAncestorWithProcessesOfItsOwnIsReportedNotEmptied() throws {
+        let tree = try FakeCgroupTree(offering: ["cpu", "memory", "pids"])
+        try tree.writeFile("/sys/fs/cgroup/cgroup.subtree_control", "+memory")
+        try tree.makeCgroup("/sys/fs/cgroup/system.slice", members: [impossiblePids[0]])
+        try tree.makeCgroup(own)
+        let hierarchy = CgroupV2Hierarchy(
+            mountPoint: "/sys/fs/cgroup", ownDirectory: own, availableControllers: ["memory"])
+        let driver = CgroupV2Driver(hierarchy: hierarchy, parent: .belowOwnCgroup("jobs"), fileSystem: tree)
+
+        let report = try driver.prepareParent()
+
+        XCTAssertEqual(report.controllers, [])
+        XCTAssertNil(report.movedProcessesTo)
+        XCTAssertEqual(tree.content("/sys/fs/cgroup/system.slice/cgroup.procs"), "\(impossiblePids[0])\n")
+        let refused = "\(tree.root)/sys/fs/cgroup/system.slice/cgroup.subtree_control: it has processes of its own"
+        XCTAssertEqual(report.missingControllers.count, 3)
+        XCTAssertTrue(
+            report.missingControllers[1].hasPrefix("memory: cannot enable memory in \(refused)"),
+            report.missingControllers[1])
+        XCTAssertTrue(report.description.contains("controllers: none; missing: cpu: cannot enable cpu in "))
+        XCTAssertTrue(tree.hasDirectory(parent), "the parent exists; jobs without limits can still use it")
+    }
+
     func testCreateWritesEveryLimitExactly() throws {
         let (tree, driver) = try makeTree()
         _ = try driver.prepareParent()

@@ -139,7 +139,7 @@ public enum CgroupParent: Sendable, Equatable {
 }
 
 /// What `prepareParent()` did.
-public struct CgroupPreparation: Sendable, Equatable {
+public struct CgroupPreparation: Sendable, Equatable, CustomStringConvertible {
     /// The parent's directory in each hierarchy.
     public var parentDirectories: [String]
     /// Controllers the job cgroups get (v2: enabled in the parent's cgroup.subtree_control; v1: mounted).

@@ -93,9 +93,14 @@ extension CgroupFileSystem {
     func readIfPresent(_ path: String) throws(CgroupError) -> String? {
         do {
             return try readFile(path)
-        } catch  where error.errno == ENOENT {
+        } catch let error where error.errno == ENOENT {
             return nil
         }
+    }
+
+    /// The space-separated words of a file (cgroup.controllers, cgroup.subtree_control); none when it is missing.
+    func readWords(_ path: String) throws(CgroupError) -> [String] {
+        (try readIfPresent(path) ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
     }
 
     /// `path` holds one unsigned number, or "max" (nil).
@@ -139,7 +144,7 @@ extension CgroupFileSystem {
             if fileExists(path) { continue }
             do {
                 try makeDirectory(path)
-            } catch  where error.errno == EEXIST {
+            } catch let error where error.errno == EEXIST {
                 continue
             }
         }

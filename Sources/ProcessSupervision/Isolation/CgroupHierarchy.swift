@@ -33,7 +33,7 @@ public struct CgroupV2Hierarchy: Sendable, Equatable {
 }
 
 /// Which cgroup layout the host has, from /proc/self/mountinfo and /proc/self/cgroup.
-public enum CgroupHierarchy: Sendable, Equatable {
+public enum CgroupHierarchy: Sendable, Equatable, CustomStringConvertible {
     /// Only cgroup v2.
     case unified(CgroupV2Hierarchy)
     /// Only cgroup v1 controller hierarchies.
@@ -57,8 +57,7 @@ public enum CgroupHierarchy: Sendable, Equatable {
                 guard unified == nil, let mount = mounts.first(where: { $0.fileSystemType == "cgroup2" }),
                     let own = mount.directory(of: membership.path)
                 else { continue }
-                let listed = try fileSystem.readIfPresent(joinPath(own, "cgroup.controllers")) ?? ""
-                let available = listed.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+                let available = try fileSystem.readWords(joinPath(own, "cgroup.controllers"))
                 unified = CgroupV2Hierarchy(
                     mountPoint: mount.mountPoint, ownDirectory: own, availableControllers: available)
             } else {

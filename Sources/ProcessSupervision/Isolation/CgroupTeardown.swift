@@ -62,7 +62,13 @@ struct CgroupTeardown: Sendable {
             pids.removeAll { $0 <= 1 || $0 == me }
             if pids.isEmpty { return }
             if ContinuousClock.now >= deadline { throw stillPopulated(directories, pids) }
-            try await freeze(freezers, deadline: min(deadline, .now + Self.freezeWait))
+            do {
+                try await freeze(freezers, deadline: min(deadline, .now + Self.freezeWait))
+            } catch {
+                // Never leave a cgroup frozen behind: a frozen job that nobody kills hangs forever.
+                for freezer in freezers { try? thaw(freezer) }
+                throw error
+            }
             for pid in pids { _ = System.signalProcess(pid, SIGKILL) }
             for freezer in freezers { try thaw(freezer) }
             // Give the killed processes a moment to exit before the next round lists what is left.
@@ -98,13 +104,13 @@ struct CgroupTeardown: Sendable {
             do {
                 try fileSystem.removeDirectory(directory)
                 return
-            } catch  where error.errno == ENOENT {
+            } catch let error where error.errno == ENOENT {
                 return
-            } catch  where error.errno == EBUSY && ContinuousClock.now < deadline {
+            } catch let error where error.errno == EBUSY && ContinuousClock.now < deadline {
                 // The last members are still leaving (exit is not instantaneous after cgroup.procs stops listing
                 // them), or a css is still being released: the kernel answers EBUSY for a while.
                 await Self.pause()
-            } catch  where error.errno == EBUSY {
+            } catch let error where error.errno == EBUSY {
                 throw CgroupError(
                     code: .removeFailed, path: error.path, errno: EBUSY,
                     message: "cannot remove cgroup \(error.path): still busy (EBUSY) when the deadline passed")
@@ -116,7 +122,7 @@ struct CgroupTeardown: Sendable {
     private func childCgroups(of directory: String) throws(CgroupError) -> [String] {
         do {
             return try fileSystem.subdirectories(of: directory).map { joinPath(directory, $0) }
-        } catch  where error.errno == ENOENT {
+        } catch let error where error.errno == ENOENT {
             return []
         }
     }
@@ -137,10 +143,10 @@ struct CgroupTeardown: Sendable {
 
     private func stillPopulated(_ directories: [String], _ pids: [Int32]) -> CgroupError {
         let shown = pids.prefix(20).map(String.init).joined(separator: " ")
-        let where_ = directories.joined(separator: ", ")
+        let location = directories.joined(separator: ", ")
         return CgroupError(
             code: .stillPopulated, path: directories.first ?? "",
-            message: "cgroup \(where_) still has \(pids.count) process(es) when the deadline passed: \(shown)")
+            message: "cgroup \(location) still has \(pids.count) process(es) when the deadline passed: \(shown)")
     }
 
     /// `Task.sleep` in a detached task: cleanup keeps its pace even when the caller's task is cancelled, instead of

@@ -55,12 +55,12 @@ public struct CgroupV1Driver: CgroupDriver {
     /// mkdir in each used hierarchy, then memory.limit_in_bytes (+ memory.memsw.limit_in_bytes where present, so the
     /// job cannot swap past it), pids.max, cpu.cfs_period_us + cpu.cfs_quota_us, cpu.shares.
     public func create(name: String, limits: CgroupLimits) throws(CgroupError) -> JobCgroup {
-        let where_ = parentDirectories.first ?? "cgroup v1"
-        try validateCgroupName(name, under: where_)
-        try limits.validate(for: joinPath(where_, name))
+        let location = parentDirectories.first ?? "cgroup v1"
+        try validateCgroupName(name, under: location)
+        try limits.validate(for: joinPath(location, name))
         for controller in limits.neededControllers where directory(of: controller, name: name) == nil {
             throw CgroupError(
-                code: .controllerMissing, path: where_,
+                code: .controllerMissing, path: location,
                 message: "the \(controller) limit needs the cgroup v1 \(controller) controller, which is not mounted")
         }
         let job = jobCgroup(named: name)
@@ -144,7 +144,7 @@ public struct CgroupV1Driver: CgroupDriver {
         for hierarchy in hierarchies {
             do {
                 names.formUnion(try fileSystem.subdirectories(of: hierarchy.parentDirectory))
-            } catch  where error.errno == ENOENT {
+            } catch let error where error.errno == ENOENT {
                 continue
             }
         }

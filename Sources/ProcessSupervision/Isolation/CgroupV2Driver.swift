@@ -32,7 +32,8 @@ public struct CgroupV2Driver: CgroupDriver {
     /// Creates the parent (and the directories above it), then enables each used controller the hierarchy offers in
     /// cgroup.subtree_control of every cgroup from the mount's root down to the parent. When the runner's own cgroup
     /// is on that path and refuses (EBUSY: it has processes), its processes move into `<own>/supervisor` first.
-    /// A controller that some cgroup on the path does not offer is reported missing, with where.
+    /// A controller that some cgroup on the path does not offer, or refuses to enable, is reported missing with why;
+    /// only failing to create the parent throws.
     public func prepareParent() throws(CgroupError) -> CgroupPreparation {
         try fileSystem.makeDirectories(parentDirectory, below: hierarchy.mountPoint)
         var chain = [hierarchy.mountPoint]
@@ -43,21 +44,26 @@ public struct CgroupV2Driver: CgroupDriver {
         var missing: [String] = []
         var offered = Set(Self.usedControllers)
         for cgroup in chain {
-            let available = try words(joinPath(cgroup, "cgroup.controllers"))
+            let available = try fileSystem.readWords(joinPath(cgroup, "cgroup.controllers"))
             for controller in Self.usedControllers where offered.contains(controller) && !available.contains(controller)
             {
                 offered.remove(controller)
                 missing.append(
                     "\(controller): not offered to \(cgroup) (cgroup.controllers: \(available.joined(separator: " ")))")
             }
-            let enabled = try words(joinPath(cgroup, "cgroup.subtree_control"))
-            let wanted = Self.usedControllers.filter { offered.contains($0) && !enabled.contains($0) }
-            if wanted.isEmpty { continue }
-            do {
-                try enable(wanted, in: cgroup)
-            } catch  where error.errno == EBUSY && cgroup == hierarchy.ownDirectory && cgroup != hierarchy.mountPoint {
-                movedTo = try moveProcesses(of: cgroup, into: joinPath(cgroup, Self.runnerLeafName))
-                try enable(wanted, in: cgroup)
+            let enabled = try fileSystem.readWords(joinPath(cgroup, "cgroup.subtree_control"))
+            for controller in Self.usedControllers where offered.contains(controller) && !enabled.contains(controller) {
+                var refusal = enable(controller, in: cgroup)
+                let isOwn = cgroup == hierarchy.ownDirectory && cgroup != hierarchy.mountPoint
+                if let error = refusal, error.errno == EBUSY, isOwn, movedTo == nil {
+                    movedTo = try moveProcesses(of: cgroup, into: joinPath(cgroup, Self.runnerLeafName))
+                    refusal = enable(controller, in: cgroup)
+                }
+                if let refusal {
+                    // Not fatal: the other controllers may still work; jobs that need this one are refused by create.
+                    offered.remove(controller)
+                    missing.append("\(controller): \(refusal.message)")
+                }
             }
         }
         return CgroupPreparation(
@@ -71,7 +77,7 @@ public struct CgroupV2Driver: CgroupDriver {
         try validateCgroupName(name, under: parentDirectory)
         let directory = joinPath(parentDirectory, name)
         try limits.validate(for: directory)
-        let enabled = try words(joinPath(parentDirectory, "cgroup.subtree_control"))
+        let enabled = try fileSystem.readWords(joinPath(parentDirectory, "cgroup.subtree_control"))
         for controller in limits.neededControllers where !enabled.contains(controller) {
             throw CgroupError(
                 code: .controllerMissing, path: joinPath(parentDirectory, "cgroup.subtree_control"),
@@ -150,7 +156,7 @@ public struct CgroupV2Driver: CgroupDriver {
         let names: [String]
         do {
             names = try fileSystem.subdirectories(of: parentDirectory)
-        } catch  where error.errno == ENOENT {
+        } catch let error where error.errno == ENOENT {
             return []
         }
         return names.filter { $0.hasPrefix(namePrefix) }.map {
@@ -175,21 +181,21 @@ public struct CgroupV2Driver: CgroupDriver {
         }
     }
 
-    /// "+a +b" to `cgroup`'s cgroup.subtree_control, with the error saying which rule refused it.
-    private func enable(_ controllers: [String], in cgroup: String) throws(CgroupError) {
+    /// "+controller" to `cgroup`'s cgroup.subtree_control: nil when it took, else the refusal saying which rule.
+    private func enable(_ controller: String, in cgroup: String) -> CgroupError? {
         let file = joinPath(cgroup, "cgroup.subtree_control")
-        let value = controllers.map { "+" + $0 }.joined(separator: " ")
         do {
-            try fileSystem.writeFile(file, value)
+            try fileSystem.writeFile(file, "+" + controller)
+            return nil
         } catch {
             let why =
                 error.errno == EBUSY
                 ? "it has processes of its own, and cgroup v2 lets only a cgroup without processes enable controllers "
                     + "for its children (move them into a leaf cgroup)"
                 : System.describe(errno: error.errno)
-            throw CgroupError(
+            return CgroupError(
                 code: .controllerNotEnabled, path: error.path, errno: error.errno,
-                message: "cannot write '\(value)' to \(error.path): \(why)")
+                message: "cannot enable \(controller) in \(error.path): \(why)")
         }
     }
 
@@ -200,15 +206,10 @@ public struct CgroupV2Driver: CgroupDriver {
         for pid in try fileSystem.readProcesses(joinPath(cgroup, "cgroup.procs")) {
             do {
                 try fileSystem.writeFile(joinPath(leaf, "cgroup.procs"), String(pid))
-            } catch  where error.errno == ESRCH {
+            } catch let error where error.errno == ESRCH {
                 continue
             }
         }
         return leaf
-    }
-
-    /// The space-separated words of a file (cgroup.controllers, cgroup.subtree_control); none when it is missing.
-    private func words(_ path: String) throws(CgroupError) -> [String] {
-        (try fileSystem.readIfPresent(path) ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
     }
 }

@@ -43,8 +43,11 @@ public struct HostCPUTimes: Sendable, Equatable {
 
 /// /proc/loadavg: runnable (and uninterruptible) tasks averaged over 1, 5 and 15 minutes.
 public struct LoadAverage: Sendable, Equatable {
+    /// Over the last minute.
     public var oneMinute: Double
+    /// Over the last 5 minutes.
     public var fiveMinutes: Double
+    /// Over the last 15 minutes.
     public var fifteenMinutes: Double
 
     /// Load averages; normally read by `ResourceSampler.loadAverage()`.
@@ -57,6 +60,7 @@ public struct LoadAverage: Sendable, Equatable {
 
 /// /proc/meminfo's MemTotal and MemAvailable.
 public struct HostMemory: Sendable, Equatable {
+    /// All usable RAM (MemTotal).
     public var totalBytes: UInt64
     /// What can be given to new work without swapping (the kernel's estimate).
     public var availableBytes: UInt64
@@ -246,12 +250,12 @@ public struct ResourceSampler: Sendable {
         .nanoseconds(Int64(clamping: count) * (1_000_000_000 / ticksPerSecond))
     }
 
-    /// "Key:   1234 kB" lines as bytes.
+    /// "Key:   1234 kB" lines (meminfo; status separates with tabs) as bytes.
     private func kibibyteFields(_ text: String) -> [String: UInt64] {
         var values: [String: UInt64] = [:]
         for line in text.split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
-            let amount = line[line.index(after: colon)...].split(separator: " ")
+            let amount = line[line.index(after: colon)...].split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard let number = amount.first.flatMap({ UInt64($0) }) else { continue }
             values[String(line[..<colon])] = amount.count > 1 && amount[1] == "kB" ? number * 1024 : number
         }
