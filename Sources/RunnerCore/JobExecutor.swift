@@ -303,6 +303,7 @@ struct JobExecutor: Sendable {
         environment[JobEnvironment.jobId] = entry.jobId
         environment[JobEnvironment.attempt] = String(entry.attempt)
         environment[JobEnvironment.runner] = configuration.name
+        environment[JobEnvironment.namespace] = configuration.keyspace.namespace
         environment[JobEnvironment.workDirectory] = workDirectory
         return environment
     }

@@ -99,7 +99,8 @@ public final class Worker: Sendable {
         let presence = Presence(
             client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds())
         let isolation = await IsolationHost.start(
-            configuration: config.isolation, runner: config.name, logger: logger)
+            configuration: config.isolation,
+            contextName: runnerContextName(namespace: keyspace.namespace, runner: config.name), logger: logger)
         let sampler = isolation.sampler
         let admission = MemoryAdmission(
             totalBytes: isolation.hostMemoryBytes, availableBytes: { try? sampler.memory().availableBytes })
@@ -113,7 +114,9 @@ public final class Worker: Sendable {
         try await lease.acquire()
         // With the name ours, whatever still runs under it is left over from a previous run that died (kill -9):
         // stop it before its pending jobs run again, so that no two copies run side by side.
-        let leftovers = LeftoverProcesses.kill(withEnvironment: [JobEnvironment.runner: config.name])
+        let leftovers = LeftoverProcesses.kill(withEnvironment: [
+            JobEnvironment.runner: config.name, JobEnvironment.namespace: keyspace.namespace,
+        ])
         if !leftovers.isEmpty {
             logger.warning(
                 "stopped \(leftovers.count) process(es) left over from a previous run of runner '\(config.name)'",
@@ -191,6 +194,7 @@ public final class Worker: Sendable {
         }
         try? await presence.unregister()
         try? await lease.release()
+        isolation.removeOwnContexts()
         logger.info("runner stopped", ["finished": String(final.finished), "handed_back": String(final.handedBack)])
         return final
     }

@@ -137,5 +137,7 @@ public enum JobEnvironment {
     public static let runner = "NR_RUNNER"
     /// The job's private work folder (also its default working directory and `HOME`).
     public static let workDirectory = "NR_WORK_DIR"
-    public static let all = [jobId, attempt, runner, workDirectory]
+    /// The runner's namespace: with `NR_RUNNER`, what a restarted runner matches leftovers by.
+    public static let namespace = "NR_NAMESPACE"
+    public static let all = [jobId, attempt, runner, workDirectory, namespace]
 }

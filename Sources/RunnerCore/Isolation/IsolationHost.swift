@@ -30,7 +30,10 @@ final class IsolationHost: Sendable {
 
     /// Probes the kernel, detects the cgroup layout and prepares the runner's cgroup parent (logging what it
     /// found). A host without cgroups still runs jobs at the other levels.
-    static func start(configuration: IsolationConfiguration, runner: String, logger: Logger) async -> IsolationHost {
+    /// `contextName` names the runner's folder and cgroup parent (`runnerContextName`).
+    static func start(
+        configuration: IsolationConfiguration, contextName: String, logger: Logger
+    ) async -> IsolationHost {
         let capabilities = await IsolationCapabilities.probe()
         var driver: (any CgroupDriver)?
         var unavailable: String?
@@ -38,7 +41,7 @@ final class IsolationHost: Sendable {
             let hierarchy = try CgroupHierarchy.detect()
             logger.info(hierarchy.description)
             let parent: CgroupParent =
-                configuration.cgroupParent.map { .fromRoot($0) } ?? .belowOwnCgroup("nativerunner-\(runner)")
+                configuration.cgroupParent.map { .fromRoot($0) } ?? .belowOwnCgroup("nativerunner-\(contextName)")
             let candidate = hierarchy.makeDriver(parent: parent)
             let preparation = try candidate.prepareParent()
             logger.info(preparation.description)
@@ -64,9 +67,15 @@ final class IsolationHost: Sendable {
             configuration: configuration, capabilities: capabilities, cgroups: driver,
             cgroupUnavailable: unavailable,
             workspace: JobWorkspace(
-                root: configuration.workRoot, runner: runner,
+                root: configuration.workRoot, runner: contextName,
                 owner: configuration.runAs.map { (uid: $0.uid, gid: $0.gid) }),
             hostMemoryBytes: try? ResourceSampler().memory().totalBytes)
+    }
+
+    /// At a clean exit: removes the runner's cgroup parent and work directory if nothing is left in them.
+    func removeOwnContexts() {
+        for directory in cgroups?.parentDirectories ?? [] { rmdir(directory) }
+        rmdir(workspace.directory)
     }
 
     /// Why `level` (with `network`) cannot be given here; nil when it can.

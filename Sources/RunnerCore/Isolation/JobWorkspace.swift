@@ -1,14 +1,14 @@
 import Dispatch
 import Foundation
 
-/// The private work folders of a runner's jobs: `<work root>/<runner>/<context name>`, mode 0700, owned by the
+/// The private work folders of a runner's jobs: `<work root>/<namespace>.<runner>/<context name>`, mode 0700, owned by the
 /// user the jobs run as, with a `tmp` folder inside for `TMPDIR`. Removed when the job ends unless the runner keeps
 /// them; folders left by a runner that died are found by `leftovers(keeping:)`.
 ///
 /// File-system work runs on a queue of its own: removing a large tree must not hold a thread of the cooperative
 /// pool.
 struct JobWorkspace: Sendable {
-    /// `<work root>/<runner>`.
+    /// `<work root>/<runner context name>`.
     let directory: String
     /// Owner of the created folders (`--run-as`), nil to keep the runner's.
     let owner: (uid: UInt32, gid: UInt32)?
@@ -96,6 +96,25 @@ public struct IsolationError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { message }
+}
+
+/// The name of a runner's own isolation folder and cgroup parent: its namespace and id, which together name it on a
+/// host (two runners of the same id in different namespaces must not share them). Characters that are not safe in
+/// a path become `_`, and then a hash of the exact names keeps different runners apart.
+func runnerContextName(namespace: String, runner: String) -> String {
+    let exact = "\(namespace).\(runner)"
+    let safe = String(
+        exact.unicodeScalars.prefix(100).map { scalar -> Character in
+            let c = Character(scalar)
+            return (c.isASCII && (c.isLetter || c.isNumber)) || c == "-" || c == "_" || c == "." ? c : "_"
+        })
+    guard safe != exact || exact.hasPrefix(".") else { return exact }
+    var hash: UInt32 = 2_166_136_261  // FNV-1a
+    for byte in exact.utf8 {
+        hash ^= UInt32(byte)
+        hash = hash &* 16_777_619
+    }
+    return safe + "-" + String(hash, radix: 16)
 }
 
 /// The name of a job attempt's isolation contexts (work folder, cgroup): from its stream entry id, unique per
