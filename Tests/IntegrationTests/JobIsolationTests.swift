@@ -4,7 +4,7 @@ import TestSupport
 import XCTest
 
 /// Isolation levels, limits and accounting, through a real runner on this host's kernel (root, cgroup v1 here).
-final class IsolationTests: IntegrationTestCase {
+final class JobIsolationTests: IntegrationTestCase {
     private func resultJSON(_ id: String) throws -> [String: Any] {
         let result = cli(["result", "--json", id])
         XCTAssertEqual(result.code, 0, result.err)
