@@ -173,11 +173,7 @@ static int nr_child_main(void *raw) {
             nr_child_fail(report_fd, NR_STEP_MOUNT_PROC, errno, 0);
         }
         if (config->hostname != NULL) {
-            size_t length = 0;
-            while (config->hostname[length] != '\0') {
-                length++;
-            }
-            if (syscall(SYS_sethostname, config->hostname, length) < 0) {
+            if (syscall(SYS_sethostname, config->hostname, (size_t)config->hostname_length) < 0) {
                 nr_child_fail(report_fd, NR_STEP_SET_HOSTNAME, errno, 0);
             }
         }
@@ -273,7 +269,9 @@ static int nr_child_main(void *raw) {
 
     // Every other fd goes (the cgroup and parent pidfds too): 0..2 are stdio, 3 is the close-on-exec report pipe.
     if (syscall(SYS_close_range, 4U, ~0U, 0U) < 0) {
-        uint64_t limits[2] = {0, 0};  // struct rlimit64 {rlim_cur, rlim_max}
+        uint64_t limits[2];  // struct rlimit64 {rlim_cur, rlim_max}; not "= {0, 0}", which -O0 makes a memset call
+        limits[0] = 0;
+        limits[1] = 0;
         long highest = 65536;
         if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, limits) == 0 && limits[0] < (uint64_t)(1 << 20)) {
             highest = (long)limits[0];

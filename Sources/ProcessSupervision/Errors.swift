@@ -228,7 +228,7 @@ extension SpawnError {
             let hard = limit.hard.map(String.init) ?? "unlimited"
             return "setrlimit(\(limit.kind), soft \(soft), hard \(hard))"
         case .setHostname:
-            return "sethostname('\(isolation.hostname ?? "")')"
+            return isolation.hostname.map { "\(step)('\($0)')" } ?? step.description
         case .setGroupID, .setUserID:
             guard let credentials = isolation.credentials else { return step.description }
             return step == .setUserID ? "setresuid(\(credentials.uid))" : "setresgid(\(credentials.gid))"

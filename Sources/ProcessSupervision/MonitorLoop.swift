@@ -300,9 +300,8 @@ final class MonitorLoop {
         for action in actions {
             switch action {
             case .signalJob(let signal):
-                signalJob(record, signal)
                 // A stopped process cannot act on SIGTERM until it runs again (as systemd does, continue it).
-                if signal == SIGTERM { signalJob(record, SIGCONT) }
+                signalJob(record, signal == SIGTERM ? [SIGTERM, SIGCONT] : [signal])
             case .probeJob:
                 let othersAlive = probeJob(record)
                 perform(
@@ -326,10 +325,12 @@ final class MonitorLoop {
 
     /// The group (or the main process) and the tree members outside it. The tree is looked for first: while the main
     /// process lives its descendants are found by descent, which its death would cut.
-    private func signalJob(_ record: ChildRecord, _ signal: Int32) {
+    private func signalJob(_ record: ChildRecord, _ signals: [Int32]) {
         let table = record.tree.refresh(mainUnreaped: record.pidfd >= 0)
-        record.handle.signalJobIfUnreaped(signal)
-        record.tree.signalMembersOutsideGroup(signal, in: table)
+        for signal in signals {
+            record.handle.signalJobIfUnreaped(signal)
+            record.tree.signalMembersOutsideGroup(signal, in: table)
+        }
     }
 
     /// The main process is a zombie: is anything else of the job alive? Reaps the job's zombies that are ours.
@@ -423,7 +424,7 @@ final class MonitorLoop {
         }
         let all = Array(records.values)
         for record in all {
-            signalJob(record, SIGKILL)
+            signalJob(record, [SIGKILL])
         }
         let giveUpAt = System.monotonicNanoseconds() + TeardownStateMachine.vanishLimit
         for record in all {

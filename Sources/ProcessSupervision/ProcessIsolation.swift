@@ -7,7 +7,8 @@ public struct ProcessIsolation: Sendable, Equatable {
     public enum Level: Sendable, Equatable {
         /// A plain child in the runner's own process group. Teardown signals the main process (through its pidfd)
         /// and the processes the supervisor can attribute to it (descendants, `ProcessSpec.treeMarker`), never a
-        /// group.
+        /// group. An orphan it cannot attribute stays in the runner's group, where the orphan sweep must leave it
+        /// (it cannot tell it from a child of other code in the runner): it may linger as a zombie.
         case none
         /// Its own session and process group (pid == pgid == sid); teardown signals the group and the job's
         /// escapees found by descent and by `ProcessSpec.treeMarker`.

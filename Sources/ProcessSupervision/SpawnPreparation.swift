@@ -204,6 +204,7 @@ final class SpawnArguments {
             new_namespaces: level == .namespace ? 1 : 0,
             new_network: level == .namespace && isolation.namespaces.isolatesNetwork ? 1 : 0,
             hostname: hostname.pointers[0],
+            hostname_length: Int32(isolation.hostname?.utf8.count ?? 0),
             rlimits: UnsafePointer(rlimits.baseAddress),
             rlimit_count: Int32(isolation.resourceLimits.count),
             set_credentials: isolation.credentials == nil ? 0 : 1,

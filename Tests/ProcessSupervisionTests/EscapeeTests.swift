@@ -4,16 +4,7 @@ import TestSupport
 import XCTest
 
 /// Processes that leave the job's process group (setsid, double fork) are still found and killed with the job.
-final class EscapeeTests: XCTestCase {
-    private var directory = ""
-
-    override func setUpWithError() throws {
-        directory = try makeTemporaryDirectory()
-    }
-
-    override func tearDown() {
-        try? FileManager.default.removeItem(atPath: directory)
-    }
+final class EscapeeTests: TemporaryDirectoryTestCase {
 
     /// A script whose first stdout line is the pid of a `sleep 300` in a session of its own, printed only once it
     /// is there (a fifo hand-shake). `doubleFork`: started from a subshell that exits at once, so the escapee is

@@ -110,6 +110,19 @@ func threadCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
 }
 
+/// A test case with a fresh temporary directory per test, removed afterwards.
+class TemporaryDirectoryTestCase: XCTestCase {
+    var directory = ""
+
+    override func setUpWithError() throws {
+        directory = try makeTemporaryDirectory()
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
 /// A fresh temporary directory (removed by the caller).
 func makeTemporaryDirectory() throws -> String {
     var template = Array("/tmp/process-supervision-tests.XXXXXX".utf8CString)

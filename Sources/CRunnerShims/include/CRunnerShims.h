@@ -75,6 +75,7 @@ typedef struct {
     int new_namespaces;        // non-zero: CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS, own /proc
     int new_network;           // non-zero (with new_namespaces): CLONE_NEWNET, loopback brought up
     const char *hostname;      // NULL = keep; else sethostname (only with new_namespaces)
+    int hostname_length;       // bytes of hostname (measured by the parent: a loop here could become strlen)
     const nr_rlimit *rlimits;  // rlimit_count entries, applied in order
     int rlimit_count;
     int set_credentials;       // non-zero: setgroups(0), setresgid(gid), setresuid(uid)
