@@ -158,7 +158,8 @@ final class CgroupV1DriverTests: XCTestCase {
         let share = (after - before).seconds / wall.seconds
         XCTAssertGreaterThan(share, 0.3, "cgroup CPU \(after - before) over \(wall)")
         XCTAssertLessThan(share, 0.7, "cgroup CPU \(after - before) over \(wall)")
-        XCTAssertGreaterThan(try driver.usage(job).cpuThrottledPeriods ?? 0, 0)
+        // nr_periods advances only under a CFS quota. (Throttling itself depends on how busy the shared host is.)
+        XCTAssertGreaterThan(try driver.usage(job).cpuPeriods ?? 0, 0)
         try await driver.kill(job, deadline: .now + .seconds(5))
         _ = await process.wait(TerminationPolicy(killGrace: .zero))
     }
