@@ -147,7 +147,8 @@ struct JobExecutor: Sendable {
             masker: SecretMasker(environment: environment, secretNames: entry.spec.secretEnvironment))
         if plan.fellBack {
             recorder.note(
-                "isolation \(plan.requested.rawValue) is not available here; running at \(plan.level.rawValue)")
+                "isolation \(plan.requested.rawValue) with network \(plan.requestedNetwork.rawValue) is not available "
+                    + "here; running at \(plan.level.rawValue) with network \(plan.network.rawValue)")
         }
         if entry.attempt > 1 {
             // Attempts share the log stream: mark where this one begins.

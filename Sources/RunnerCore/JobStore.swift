@@ -75,6 +75,7 @@ public struct JobResultRecord: Sendable, Hashable {
         guard let accounting else { return [] }
         var fields: [(String, JSONValue)] = [
             (ResultField.isolation, .string(accounting.isolation.rawValue)),
+            (ResultField.network, .string(accounting.network.rawValue)),
             (ResultField.limits, accounting.limits.jsonObject),
         ]
         if let requested = accounting.requestedIsolation {

@@ -67,7 +67,9 @@ public enum ResultField {
     public static let requeuedFrom = "requeued_from"
     /// The isolation level the attempt ran at.
     public static let isolation = "isolation"
-    /// The level the job asked for, when the runner fell back to a weaker one (`--isolation-fallback`).
+    /// The network the attempt had: `host` or `none`.
+    public static let network = "network"
+    /// The level the job asked for, when the runner gave less than asked (`--isolation-fallback`).
     public static let isolationRequested = "isolation_requested"
     /// Peak memory: the cgroup's own peak, else the largest sampled RSS of the job's processes.
     public static let peakMemoryBytes = "peak_memory_bytes"
@@ -79,7 +81,8 @@ public enum ResultField {
     public static let limits = "limits"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
-        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, isolation, isolationRequested,
+        reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, isolation, network,
+        isolationRequested,
         peakMemoryBytes, peakMemorySource, processes, limits, ProtocolVersion.field,
     ]
 }

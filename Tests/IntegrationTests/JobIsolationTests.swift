@@ -216,4 +216,27 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: cgroupPath))
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/tmp/nativerunner/\(namespace).r1/" + folder))
     }
+
+    func testPeakMemoryIsSampledWithoutACgroup() throws {
+        try startRunner()
+        let result = cli([
+            "submit", "--wait", "--id", "peak-1", "--", "python3", "-c",
+            "import time; b = bytearray(96 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)",
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        let record = try job("peak-1")
+        XCTAssertEqual(record["peak_memory_source"], "sampled")
+        XCTAssertEqual(record["isolation"], "process_group")
+        XCTAssertGreaterThan(Int(record["peak_memory_bytes"] ?? "") ?? 0, 90 << 20, "\(record)")
+    }
+
+    func testRunAsUserOwnsTheWorkFolderAndHasNoGroups() throws {
+        try startRunner(["--run-as", "65534:65534", "--keep-work-dirs"])
+        defer { try? FileManager.default.removeItem(atPath: "/tmp/nativerunner/\(namespace).r1") }
+        let result = cli([
+            "submit", "--wait", "--id", "user-1", "--shell", "id -u; id -g; id -G; stat -c %u .; touch ok",
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(result.stdout, "65534\n65534\n65534\n65534\n")
+    }
 }

@@ -128,14 +128,17 @@ final class IsolationHost: Sendable {
         var effectiveNetwork = network
         if let reason = missing(requested, network: network) {
             guard configuration.fallback else { return .failure(IsolationError(.unsupported, reason)) }
-            guard
-                let weaker = IsolationLevel.allCases.reversed().first(where: {
-                    $0 < requested && missing($0, network: .host) == nil
-                })
-            else { return .failure(IsolationError(.unsupported, reason)) }
-            level = weaker
-            if level < .namespace { effectiveNetwork = .host }
-            if level >= .namespace, network == .none, missing(level, network: .none) != nil { effectiveNetwork = .host }
+            // The strongest the host has: the same level without the isolated network, else a weaker level.
+            if network == .none, missing(requested, network: .host) == nil {
+                effectiveNetwork = .host
+            } else if let weaker = IsolationLevel.allCases.reversed().first(where: {
+                $0 < requested && missing($0, network: .host) == nil
+            }) {
+                level = weaker
+                effectiveNetwork = .host
+            } else {
+                return .failure(IsolationError(.unsupported, reason))
+            }
         }
         var limits = spec.limits
         if level >= .cgroup {
@@ -157,7 +160,8 @@ final class IsolationHost: Sendable {
         return .success(
             IsolationPlan(
                 level: level, requested: requested, network: effectiveNetwork, limits: limits,
-                contextName: isolationContextName(jobId: entry.jobId, streamId: entry.streamId)))
+                contextName: isolationContextName(jobId: entry.jobId, streamId: entry.streamId),
+                requestedNetwork: network))
     }
 }
 
@@ -171,6 +175,10 @@ struct IsolationPlan: Sendable, Equatable {
     var limits: JobLimits
     /// The name of its work folder and cgroup.
     var contextName: String
+    /// The network asked for.
+    var requestedNetwork: NetworkMode
 
-    var fellBack: Bool { level != requested }
+
+    /// The runner gave less than was asked (`--isolation-fallback`).
+    var fellBack: Bool { level != requested || network != requestedNetwork }
 }

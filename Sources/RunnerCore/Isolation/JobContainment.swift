@@ -76,7 +76,8 @@ final class JobContainment: Sendable {
     /// Returns the accounting for the result.
     func finish(logger: Logger) async -> JobAccounting {
         var accounting = JobAccounting(
-            isolation: plan.level, requestedIsolation: plan.fellBack ? plan.requested : nil, limits: plan.limits)
+            isolation: plan.level, requestedIsolation: plan.fellBack ? plan.requested : nil, network: plan.network,
+            limits: plan.limits)
         if let cgroup, let driver = host.cgroups {
             if let usage = try? driver.usage(cgroup) {
                 accounting.peakMemoryBytes = usage.memoryPeakBytes ?? usage.memoryCurrentBytes
@@ -110,6 +111,7 @@ struct JobAccounting: Sendable, Hashable {
     var isolation: IsolationLevel
     /// Set only when the runner fell back from this level.
     var requestedIsolation: IsolationLevel?
+    var network: NetworkMode
     var limits: JobLimits
     var peakMemoryBytes: UInt64?
     /// `cgroup` or `sampled`.

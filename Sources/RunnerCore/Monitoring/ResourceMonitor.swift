@@ -66,7 +66,8 @@ struct ResourceMonitor: Sendable {
     func cleanUp(processes: [Int32] = []) async -> JSONValue? {
         // List first, then read what is in use: a context reserved after the listing is not in it.
         let cgroups = (try? host.cgroups?.jobCgroups(namePrefix: "job-")) ?? []
-        let folders = await host.workspace.leftovers(keeping: [])
+        // Kept folders (`--keep-work-dirs`) are the operator's to remove.
+        let folders = host.configuration.keepWorkFolders ? [] : await host.workspace.leftovers(keeping: [])
         let inUse = containments.contextNames
         var removedCgroups: [String] = []
         if let driver = host.cgroups {
