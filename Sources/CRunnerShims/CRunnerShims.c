@@ -222,6 +222,10 @@ int nr_reap_pidfd(int pidfd, int nohang, nr_exit_info *info) {
     return 0;
 }
 
+int nr_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
 int nr_peek_zombie_child(pid_t *pid) {
     siginfo_t si;
     memset(&si, 0, sizeof si);

@@ -197,7 +197,7 @@ public struct WatchdogError: Error, Sendable, CustomStringConvertible, Equatable
     public var code: Code
     /// The errno of the failed call (0 when there was none).
     public var errno: Int32
-    /// What failed and where, e.g. "cannot watch process group 4242: the job watchdog (pid 17) watches 4096 groups
+    /// What failed and where, e.g. "job watchdog (pid 17): cannot watch process group 4242: it watches 4096 groups
     /// already".
     public var message: String
 

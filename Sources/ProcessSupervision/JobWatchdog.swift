@@ -122,7 +122,8 @@ public final class JobWatchdog: Sendable {
     /// Adds a job's process group (ADD_GROUP). Watching a group twice is watching it once. Throws `.tableFull` when
     /// `capacity` groups are watched, `.invalidProcessGroup` for a pgid of 1 or less or the watchdog's own.
     ///
-    /// Unwatch a group no later than when its leader is reaped: from then on the pgid may be reused.
+    /// Unwatch a group as soon as its job has ended: once the group's last process is reaped, the pgid is free for
+    /// reuse (when the pid numbers wrap around), and a later firing would signal whoever leads it then.
     public func watch(processGroup pgid: Int32) throws(WatchdogError) {
         try channel.watch(pgid)
     }
@@ -133,9 +134,18 @@ public final class JobWatchdog: Sendable {
     }
 
     /// Tells the watchdog to quit (QUIT: it kills nothing) and waits until it has been reaped; returns how it ended
-    /// (`.stopped`, or how it had ended before). Suspends, never blocks: the reader thread reaps. Idempotent.
-    public func stop() async -> Ending {
+    /// (`.stopped`, or how it had ended before). A watchdog that has not ended within `grace` (it is stopped or
+    /// hung), or whose queue is full so that it cannot take the QUIT, is ended with SIGKILL instead
+    /// (`.terminated(.signaled(SIGKILL))`), its groups left alone. Suspends, never blocks: the reader thread reaps.
+    /// Idempotent.
+    public func stop(grace: Duration = .seconds(2)) async -> Ending {
         channel.quit()
+        let channel = self.channel
+        let enforcer = Task {
+            try? await Task.sleep(for: grace)
+            if !Task.isCancelled { channel.kill() }
+        }
+        defer { enforcer.cancel() }
         return await channel.ending()
     }
 
@@ -230,12 +240,22 @@ final class WatchdogChannel: Sendable {
         }
     }
 
-    /// Sends QUIT once; a watchdog that is gone already needs none.
+    /// Sends QUIT once; a watchdog that is gone already needs none. One that cannot take it (its queue is full: it
+    /// is stopped or hung) would never end, so it gets SIGKILL instead, which spares its groups as QUIT does.
     func quit() {
         state.withLock { state in
             guard state.writable else { return }
             state.writable = false
-            _ = System.sendWatchdogCommand(socketFD, nr_watchdog_command(NR_WATCHDOG_QUIT))
+            if System.sendWatchdogCommand(socketFD, nr_watchdog_command(NR_WATCHDOG_QUIT)) == EAGAIN {
+                _ = System.signal(pidfd: pidfd, SIGKILL)  // the pidfd: it may not lead a group of its own yet
+            }
+        }
+    }
+
+    /// SIGKILL to the watchdog unless it has been reaped (the pidfd names exactly that process, never a reused pid).
+    func kill() {
+        state.withLock { state in
+            if state.ending == nil { _ = System.signal(pidfd: pidfd, SIGKILL) }
         }
     }
 
@@ -273,7 +293,7 @@ final class WatchdogChannel: Sendable {
     }
 
     private func failure(_ code: WatchdogError.Code, _ err: Int32, _ what: String, _ why: String) -> WatchdogError {
-        WatchdogError(code: code, errno: err, message: "cannot \(what): the job watchdog (pid \(pid)): \(why)")
+        WatchdogError(code: code, errno: err, message: "job watchdog (pid \(pid)): cannot \(what): \(why)")
     }
 
     // MARK: The reader thread
@@ -289,9 +309,10 @@ final class WatchdogChannel: Sendable {
             closeForWriting()
         }
         let ending = reap()
-        System.close(pidfd)
+        // Both closed under the lock that `quit()` signals and sends under: it can never reach a reused fd number.
         let waiters = state.withLock { state in
             state.writable = false
+            System.close(pidfd)
             System.close(socketFD)
             state.ending = ending
             defer { state.waiters = [] }
@@ -312,9 +333,8 @@ final class WatchdogChannel: Sendable {
             case .success(nil):
                 return  // end of file: the watchdog has closed its end, which it does only by exiting
             case .failure:
-                // Cannot hear it any more, so it cannot be trusted to quit: end it (it leads its own group; it is
-                // not reaped yet, so the pid is still its own).
-                _ = System.signalGroup(pid, SIGKILL)
+                // Cannot hear it any more, so it cannot be trusted to quit: end it.
+                _ = System.signal(pidfd: pidfd, SIGKILL)
                 return
             }
         }

@@ -100,6 +100,11 @@ enum System {
         }
     }
 
+    /// `pidfd_send_signal(pidfd, signal)` (CRunnerShims `nr_pidfd_send_signal`): 0 or errno.
+    static func signal(pidfd: Int32, _ signal: Int32) -> Int32 {
+        nr_pidfd_send_signal(pidfd, signal) == 0 ? 0 : Glibc.errno
+    }
+
     /// `waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT)`: the pid of a zombie child, without reaping it.
     static func peekZombieChild() -> pid_t? {
         var pid: pid_t = 0

@@ -63,9 +63,7 @@ final class JobWatchdogTests: XCTestCase {
         XCTAssertEqual(ending, .stopped)
         let events = await log.finished()
         XCTAssertEqual(events, [.exited(.stopped)])
-        XCTAssertTrue(processIsAlive(job.pid), "stopping the watchdog killed the job")
-        job.signalGroup(SIGKILL)
-        _ = await job.wait(stoppedByTest)
+        await assertSurvived(job, "stopping the watchdog killed the job")
     }
 
     func testUnwatchedGroupIsNotKilled() async throws {
@@ -84,11 +82,9 @@ final class JobWatchdogTests: XCTestCase {
         XCTAssertEqual(log.firings.first?.signalledGroups, 1)
         let outcome = await killed.wait(killedByWatchdog)
         XCTAssertEqual(outcome.termination, .signaled(SIGKILL))
-        XCTAssertTrue(processIsAlive(kept.pid), "an unwatched group was killed")
-
-        _ = await watchdog.stop()
-        kept.signalGroup(SIGKILL)
-        _ = await kept.wait(stoppedByTest)
+        let ending = await watchdog.stop()
+        XCTAssertEqual(ending, .stopped)
+        await assertSurvived(kept, "an unwatched group was killed")
     }
 
     func testRunnerDeathKillsEveryWatchedGroupAndEndsTheWatchdog() async throws {
@@ -228,7 +224,66 @@ final class JobWatchdogTests: XCTestCase {
         XCTAssertEqual(watchdogErrorCode { try watchdog.disarm() }, .gone)
     }
 
+    func testDroppedWatchdogQuitsWithoutKillingItsGroups() async throws {
+        let job = try await Shared.supervisor.spawn(sleep300, output: { _, _ in })
+        var watchdog: JobWatchdog? = try JobWatchdog()
+        let pid = try XCTUnwrap(watchdog?.pid)
+        let log = EventLog(try XCTUnwrap(watchdog))
+        try watchdog?.watch(processGroup: job.pid)
+        watchdog = nil
+        let events = await log.finished()
+        XCTAssertEqual(events, [.exited(.stopped)])
+        XCTAssertFalse(processExists(pid))
+        await assertSurvived(job, "dropping the watchdog killed the job")
+    }
+
+    func testStoppedWatchdogMakesCommandsFailInsteadOfBlockingAndStopStillEndsIt() async throws {
+        let job = try await Shared.supervisor.spawn(sleep300, output: { _, _ in })
+        let watchdog = try JobWatchdog()
+        let log = EventLog(watchdog)
+        try await firedOnce(watchdog, log)  // it serves commands: stopped below in its loop, not in its set-up
+        try watchdog.watch(processGroup: job.pid)
+        XCTAssertEqual(kill(watchdog.pid, SIGSTOP), 0)
+        let stopped = await eventually { processState(watchdog.pid) == "T" }
+        XCTAssertTrue(stopped)
+        // Nobody reads now: the queue fills (about ten thousand commands) and the next command fails at once.
+        var code: WatchdogError.Code?
+        var sent = 0
+        while code == nil, sent < 1_000_000 {
+            code = watchdogErrorCode { try watchdog.arm(until: .now + .seconds(60)) }
+            sent += 1
+        }
+        XCTAssertEqual(code, .unresponsive, "after \(sent) commands")
+        // QUIT cannot be queued either: the watchdog is ended with SIGKILL at once (not after the grace), and the
+        // group it watched is left alone.
+        let start = ContinuousClock.now
+        let ending = await watchdog.stop(grace: .seconds(60))
+        XCTAssertEqual(ending, .terminated(.signaled(SIGKILL)))
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(10))
+        await assertSurvived(job, "stopping an unresponsive watchdog killed the job")
+    }
+
+    func testStopEndsAWatchdogThatIsStoppedWithinTheGrace() async throws {
+        let job = try await Shared.supervisor.spawn(sleep300, output: { _, _ in })
+        let watchdog = try JobWatchdog()
+        try watchdog.watch(processGroup: job.pid)
+        XCTAssertEqual(kill(watchdog.pid, SIGSTOP), 0)  // perhaps before its set-up: it holds copies of our fds then
+        let start = ContinuousClock.now
+        let ending = await watchdog.stop(grace: .milliseconds(200))  // the QUIT is queued, but nobody reads it
+        XCTAssertEqual(ending, .terminated(.signaled(SIGKILL)))
+        XCTAssertGreaterThanOrEqual(ContinuousClock.now - start, .milliseconds(200))
+        XCTAssertFalse(processExists(watchdog.pid))
+        await assertSurvived(job, "ending a stopped watchdog killed the job")
+    }
+
     // MARK: Helpers
+
+    /// Asserts that `job` is still alive, then stops it (SIGKILL) and reaps it.
+    private func assertSurvived(_ job: RunningProcess, _ message: String, line: UInt = #line) async {
+        XCTAssertTrue(processIsAlive(job.pid), message, line: line)
+        job.signalGroup(SIGKILL)
+        _ = await job.wait(stoppedByTest)
+    }
 
     /// `sh` with a `sleep 300` in the background, in the job's group: the job and the grandchild's pid.
     private func startJobWithGrandchild() async throws -> (RunningProcess, Int32) {
