@@ -1,5 +1,6 @@
 // Built with _GNU_SOURCE (Package.swift). See include/CRunnerShims.h for the contract of each function.
 #include "CRunnerShims.h"
+#include "nr_kernel.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -23,12 +24,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef P_PIDFD
-#define P_PIDFD 3
-#endif
-#ifndef CLONE_PIDFD
-#define CLONE_PIDFD 0x00001000
-#endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
@@ -38,17 +33,6 @@
 #ifndef F_SETPIPE_SZ
 #define F_SETPIPE_SZ 1031
 #endif
-
-// The kernel's sigset is 64 bits on every Linux architecture we build for; glibc's sigset_t is 1024 bits.
-#define NR_KERNEL_SIGSET_SIZE 8
-
-// The kernel's struct sigaction for rt_sigaction (not glibc's), enough to set SIG_DFL.
-struct nr_kernel_sigaction {
-    void *handler;
-    unsigned long flags;
-    void *restorer;
-    uint64_t mask;
-};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Spawning
@@ -138,17 +122,7 @@ static int nr_child_main(void *raw) {
 
     // All signals are still blocked (the parent blocked them before clone), so no inherited handler can run here.
     // Reset every disposition, including ignored ones and glibc's internal signals.
-    struct nr_kernel_sigaction dfl;
-    dfl.handler = NULL;  // SIG_DFL
-    dfl.flags = 0;
-    dfl.restorer = NULL;
-    dfl.mask = 0;
-    for (int sig = 1; sig <= 64; sig++) {
-        if (sig == SIGKILL || sig == SIGSTOP) {
-            continue;
-        }
-        syscall(SYS_rt_sigaction, sig, &dfl, NULL, NR_KERNEL_SIGSET_SIZE);
-    }
+    nr_reset_signal_dispositions(0);
 
     // Own session and process group: pid == pgid == sid, so the whole job can be signalled as a group.
     if (config->new_session && syscall(SYS_setsid) < 0) {
@@ -268,18 +242,7 @@ static int nr_child_main(void *raw) {
     }
 
     // Every other fd goes (the cgroup and parent pidfds too): 0..2 are stdio, 3 is the close-on-exec report pipe.
-    if (syscall(SYS_close_range, 4U, ~0U, 0U) < 0) {
-        uint64_t limits[2];  // struct rlimit64 {rlim_cur, rlim_max}; not "= {0, 0}", which -O0 makes a memset call
-        limits[0] = 0;
-        limits[1] = 0;
-        long highest = 65536;
-        if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, limits) == 0 && limits[0] < (uint64_t)(1 << 20)) {
-            highest = (long)limits[0];
-        }
-        for (long fd = 4; fd < highest; fd++) {
-            syscall(SYS_close, fd);
-        }
-    }
+    nr_close_fd_range(4U, ~0U);
 
     if (config->cwd != NULL && syscall(SYS_chdir, config->cwd) < 0) {
         nr_child_fail(report_fd, NR_STEP_CHDIR, errno, 0);
@@ -455,6 +418,10 @@ int nr_reap_pidfd(int pidfd, int nohang, nr_exit_info *info) {
     }
     nr_fill_exit_info(info, &si, &ru);
     return 0;
+}
+
+int nr_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
 int nr_peek_zombie_child(pid_t *pid) {

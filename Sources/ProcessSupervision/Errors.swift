@@ -313,3 +313,40 @@ public struct SupervisorError: Error, Sendable, CustomStringConvertible, Equatab
         SupervisorError(code: .setupFailed, errno: err, message: "cannot \(what): \(System.describe(errno: err))")
     }
 }
+
+/// The job watchdog could not be started, or could not be told something.
+public struct WatchdogError: Error, Sendable, CustomStringConvertible, Equatable {
+    /// What kind of failure.
+    public enum Code: Sendable, Equatable {
+        /// A system call needed to start the watchdog failed (socketpair, timerfd_create, clone, pthread_create).
+        case setupFailed
+        /// `watch(processGroup:)` found `JobWatchdog.capacity` groups watched already.
+        case tableFull
+        /// Not a process group the watchdog may kill: 1 or less (kill(-1) reaches every process), or its own.
+        case invalidProcessGroup
+        /// The watchdog's command queue is full (EAGAIN): it has not read for a long while (stopped, or hung).
+        case unresponsive
+        /// The watchdog has exited, or is exiting: `stop()` or `simulateRunnerDeath()` was called, or it died.
+        case gone
+        /// The command could not be sent for another reason (see `errno`).
+        case sendFailed
+    }
+
+    /// What kind of failure.
+    public var code: Code
+    /// The errno of the failed call (0 when there was none).
+    public var errno: Int32
+    /// What failed and where, e.g. "job watchdog (pid 17): cannot watch process group 4242: it watches 4096 groups
+    /// already".
+    public var message: String
+
+    /// An error; normally made by the watchdog.
+    public init(code: Code, errno: Int32, message: String) {
+        self.code = code
+        self.errno = errno
+        self.message = message
+    }
+
+    /// The message.
+    public var description: String { message }
+}

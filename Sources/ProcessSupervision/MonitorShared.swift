@@ -124,19 +124,19 @@ final class MonitorShared: Sendable {
     }
 }
 
-/// The pids of the main processes that supervisors in this process watch (not yet reaped). Its lock also makes
-/// "peek a zombie, decide, reap it" atomic against spawning, so an orphan sweep (of any supervisor) can never reap a
-/// main process between its clone and its registration here.
+/// The pids of the main processes that supervisors in this process watch (not yet reaped), and of the job watchdogs
+/// (each `JobWatchdog` reaps its own). Its lock also makes "peek a zombie, decide, reap it" atomic against spawning,
+/// so an orphan sweep (of any supervisor) can never reap a child between its clone and its registration here.
 enum ChildRegistry {
     static let watched = Mutex<Set<pid_t>>([])
 
     /// Reaps zombie children that nobody watches: orphans reparented to us as a child subreaper.
     ///
-    /// Peeks with `waitid(P_ALL, WNOHANG | WNOWAIT)`. Reaped are only zombies that are not a watched main process and
-    /// not in the runner's own process group: children other code of this process started (Foundation.Process,
-    /// posix_spawn without a new group) stay for their owners to wait for. Orphans of jobs with their own session
-    /// are always in another group; those of `.none` jobs are reaped by their job's teardown (`JobTree`) when it can
-    /// attribute them.
+    /// Peeks with `waitid(P_ALL, WNOHANG | WNOWAIT)`. Reaped are only zombies that are not a watched pid (a main
+    /// process, a watchdog) and not in the runner's own process group: children other code of this process started
+    /// (Foundation.Process, posix_spawn without a new group) stay for their owners to wait for. Orphans of jobs with
+    /// their own session are always in another group; those of `.none` jobs are reaped by their job's teardown
+    /// (`JobTree`) when it can attribute them.
     static func sweepOrphans() {
         let ownGroup = System.processGroup()
         watched.withLock { watched in

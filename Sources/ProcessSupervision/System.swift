@@ -22,6 +22,14 @@ enum System {
         return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
     }
 
+    /// `clock_gettime(CLOCK_BOOTTIME)` in nanoseconds: the clock of Swift's `ContinuousClock` on Linux (it keeps
+    /// counting while the machine is suspended).
+    static func boottimeNanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
     /// `getpid()`.
     static func processID() -> pid_t { getpid() }
 
@@ -91,6 +99,11 @@ enum System {
             let err = Glibc.errno
             if err != EINTR { return .failure(Errno(err)) }
         }
+    }
+
+    /// `pidfd_send_signal(pidfd, signal)` (CRunnerShims `nr_pidfd_send_signal`): 0 or errno.
+    static func signal(pidfd: Int32, _ signal: Int32) -> Int32 {
+        nr_pidfd_send_signal(pidfd, signal) == 0 ? 0 : Glibc.errno
     }
 
     /// `waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT)`: the pid of a zombie child, without reaping it.
@@ -224,6 +237,39 @@ enum System {
     /// `usleep`: only for the monitor thread's final teardown at shutdown, never on the cooperative pool.
     static func sleepOnMonitorThread(microseconds: UInt32) {
         _ = usleep(microseconds)
+    }
+
+    /// `nr_watchdog_start` (CRunnerShims): socketpair, timerfd and the clone of a job watchdog process.
+    static func startWatchdog() -> nr_watchdog_started {
+        var started = nr_watchdog_started()
+        _ = nr_watchdog_start(&started)
+        return started
+    }
+
+    /// `nr_watchdog_send`: `send(fd, command, MSG_NOSIGNAL | MSG_DONTWAIT)`: 0 or errno.
+    static func sendWatchdogCommand(_ fd: Int32, _ command: nr_watchdog_command) -> Int32 {
+        withUnsafePointer(to: command) { nr_watchdog_send(fd, $0) }
+    }
+
+    /// `nr_watchdog_receive`: a blocking `recv` of the next report; nil at end of file.
+    static func receiveWatchdogReport(_ fd: Int32) -> Result<nr_watchdog_report?, Errno> {
+        var report = nr_watchdog_report()
+        switch nr_watchdog_receive(fd, &report) {
+        case 1: return .success(report)
+        case 0: return .success(nil)
+        default: return .failure(Errno(Glibc.errno))
+        }
+    }
+
+    /// `nr_wait_exited`: `waitid(P_PIDFD, pidfd, WEXITED | WNOWAIT)`, blocking until the process is a zombie (not
+    /// reaping it). 0 or errno. Only on a dedicated thread.
+    static func waitUntilExited(pidfd: Int32) -> Int32 {
+        nr_wait_exited(pidfd) == 0 ? 0 : Glibc.errno
+    }
+
+    /// `shutdown(fd, SHUT_WR)` (CRunnerShims `nr_shutdown_write`).
+    static func shutdownWrite(_ fd: Int32) {
+        _ = nr_shutdown_write(fd)
     }
 
     /// `pthread_create` of a joinable thread running `body`.

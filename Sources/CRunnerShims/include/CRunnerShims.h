@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "nr_watchdog.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -121,6 +123,9 @@ typedef struct {
 
 /// waitid(P_PIDFD, pidfd, WEXITED [| WNOHANG]) through the raw syscall, which also returns the rusage.
 int nr_reap_pidfd(int pidfd, int nohang, nr_exit_info *info);
+
+/// pidfd_send_signal(pidfd, sig, NULL, 0): signals exactly that process, even before it has a group of its own.
+int nr_pidfd_send_signal(int pidfd, int sig);
 
 /// waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT): 1 and *pid when a child is a zombie, 0 when none, -1 on error.
 int nr_peek_zombie_child(pid_t *pid);
