@@ -1,9 +1,12 @@
 // Built with _GNU_SOURCE (Package.swift). See include/CRunnerShims.h for the contract of each function.
 #include "CRunnerShims.h"
+#include "nr_kernel.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,33 +14,25 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef P_PIDFD
-#define P_PIDFD 3
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
 #endif
-#ifndef CLONE_PIDFD
-#define CLONE_PIDFD 0x00001000
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
 #endif
 #ifndef F_SETPIPE_SZ
 #define F_SETPIPE_SZ 1031
 #endif
-
-// The kernel's sigset is 64 bits on every Linux architecture we build for; glibc's sigset_t is 1024 bits.
-#define NR_KERNEL_SIGSET_SIZE 8
-
-// The kernel's struct sigaction for rt_sigaction (not glibc's), enough to set SIG_DFL.
-struct nr_kernel_sigaction {
-    void *handler;
-    unsigned long flags;
-    void *restorer;
-    uint64_t mask;
-};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Spawning
@@ -46,19 +41,75 @@ typedef struct {
     const nr_spawn_config *config;
     int report_fd;
     pid_t parent_pid;
+    int parent_pidfd;                 // -1, or a pidfd of the parent: the death check inside a new PID namespace
+    int cgroup_fds[NR_MAX_CGROUPS];   // opened by the parent: the child may no longer see the paths (new mount ns)
 } nr_child_args;
 
 // The child calls nothing but syscall(): its PLT entry is resolved by the parent before the clone (the
 // rt_sigprocmask below), as is errno's __errno_location. A first call through an unresolved PLT entry would run
-// the dynamic linker's lazy binding in the child, on memory it shares with the parent.
+// the dynamic linker's lazy binding in the child, on memory it shares with the parent. For the same reason the child
+// never zero-fills a struct (the compiler may turn that into a call to memset): it sets each field it uses.
+//
+// Set-user/group-ID changes go through raw syscalls too: glibc's setresuid() & co. would broadcast the change to
+// every thread of the process they believe they run in, i.e. to the parent's threads.
 
-// Child only: tells the parent which step failed, then exits.
-__attribute__((noreturn)) static void nr_child_fail(int report_fd, int step, int err) {
-    int32_t message[2] = {step, err};
+// Child only: tells the parent which step failed (and for which entry), then exits.
+__attribute__((noreturn)) static void nr_child_fail(int report_fd, int step, int err, int index) {
+    int32_t message[3] = {step, err, index};
     while (syscall(SYS_write, report_fd, message, sizeof message) < 0 && errno == EINTR) {
     }
     syscall(SYS_exit_group, 127);
     __builtin_unreachable();
+}
+
+static int nr_rlimit_resource(int kind) {
+    switch (kind) {
+    case NR_LIMIT_CPU_SECONDS: return RLIMIT_CPU;
+    case NR_LIMIT_ADDRESS_SPACE: return RLIMIT_AS;
+    case NR_LIMIT_OPEN_FILES: return RLIMIT_NOFILE;
+    case NR_LIMIT_FILE_SIZE: return RLIMIT_FSIZE;
+    case NR_LIMIT_PROCESSES: return RLIMIT_NPROC;
+    case NR_LIMIT_CORE_SIZE: return RLIMIT_CORE;
+    default: return -1;
+    }
+}
+
+// Child only: the new network namespace has "lo", down. Bring it up (which also gives it 127.0.0.1 and ::1).
+static int nr_child_loopback_up(void) {
+    int sock = (int)syscall(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0) {
+        return -1;
+    }
+    // Only the name is read by SIOCGIFFLAGS (up to its NUL); the kernel fills ifr_flags.
+    struct ifreq request;
+    request.ifr_name[0] = 'l';
+    request.ifr_name[1] = 'o';
+    request.ifr_name[2] = '\0';
+    int rc = (int)syscall(SYS_ioctl, sock, SIOCGIFFLAGS, &request);
+    if (rc == 0) {
+        request.ifr_flags |= IFF_UP;
+        rc = (int)syscall(SYS_ioctl, sock, SIOCSIFFLAGS, &request);
+    }
+    int saved = errno;
+    syscall(SYS_close, sock);
+    errno = saved;
+    return rc;
+}
+
+// Child only: the parent still lives? Checked right after PR_SET_PDEATHSIG, which is lost if the parent died first.
+static int nr_child_parent_alive(const nr_child_args *args) {
+    if (args->parent_pidfd < 0) {
+        return (pid_t)syscall(SYS_getppid) == args->parent_pid;
+    }
+    // In a new PID namespace getppid() is 0 whatever happens to the parent: its pidfd turns readable when it exits.
+    struct pollfd watch;
+    watch.fd = args->parent_pidfd;
+    watch.events = POLLIN;
+    watch.revents = 0;
+    struct timespec now;
+    now.tv_sec = 0;
+    now.tv_nsec = 0;
+    return syscall(SYS_ppoll, &watch, 1, &now, NULL, NR_KERNEL_SIGSET_SIZE) == 0;
 }
 
 // Runs in the child, sharing the parent's memory (CLONE_VM) while the parent thread is suspended (CLONE_VFORK).
@@ -71,31 +122,91 @@ static int nr_child_main(void *raw) {
 
     // All signals are still blocked (the parent blocked them before clone), so no inherited handler can run here.
     // Reset every disposition, including ignored ones and glibc's internal signals.
-    struct nr_kernel_sigaction dfl;
-    dfl.handler = NULL;  // SIG_DFL
-    dfl.flags = 0;
-    dfl.restorer = NULL;
-    dfl.mask = 0;
-    for (int sig = 1; sig <= 64; sig++) {
-        if (sig == SIGKILL || sig == SIGSTOP) {
-            continue;
-        }
-        syscall(SYS_rt_sigaction, sig, &dfl, NULL, NR_KERNEL_SIGSET_SIZE);
-    }
+    nr_reset_signal_dispositions(0);
 
     // Own session and process group: pid == pgid == sid, so the whole job can be signalled as a group.
-    if (syscall(SYS_setsid) < 0) {
-        nr_child_fail(report_fd, NR_STEP_SETSID, errno);
+    if (config->new_session && syscall(SYS_setsid) < 0) {
+        nr_child_fail(report_fd, NR_STEP_SETSID, errno, 0);
     }
 
+    // Into the job's cgroups before anything of the job runs, so that every limit counts from its first instruction.
+    for (int i = 0; i < config->cgroup_count; i++) {
+        if (syscall(SYS_write, args->cgroup_fds[i], "0", 1) < 0) {
+            nr_child_fail(report_fd, NR_STEP_JOIN_CGROUP, errno, i);
+        }
+    }
+
+    // The namespaces came with the clone; this child is PID 1 of the new PID namespace. Make every mount private
+    // first, so that nothing mounted here (the new /proc) propagates back to the host.
+    if (config->new_namespaces) {
+        if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
+            nr_child_fail(report_fd, NR_STEP_MOUNT_PRIVATE, errno, 0);
+        }
+        // A /proc of the new PID namespace: the job sees its own processes only.
+        if (syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+            nr_child_fail(report_fd, NR_STEP_MOUNT_PROC, errno, 0);
+        }
+        if (config->hostname != NULL) {
+            if (syscall(SYS_sethostname, config->hostname, (size_t)config->hostname_length) < 0) {
+                nr_child_fail(report_fd, NR_STEP_SET_HOSTNAME, errno, 0);
+            }
+        }
+        if (config->new_network && nr_child_loopback_up() < 0) {
+            nr_child_fail(report_fd, NR_STEP_LOOPBACK, errno, 0);
+        }
+    }
+
+    for (int i = 0; i < config->rlimit_count; i++) {
+        struct {
+            uint64_t soft;
+            uint64_t hard;
+        } value;  // struct rlimit64
+        value.soft = config->rlimits[i].soft;
+        value.hard = config->rlimits[i].hard;
+        int resource = nr_rlimit_resource(config->rlimits[i].kind);
+        if (resource < 0) {
+            nr_child_fail(report_fd, NR_STEP_RLIMIT, EINVAL, i);
+        }
+        if (syscall(SYS_prlimit64, 0, resource, &value, NULL) < 0) {
+            nr_child_fail(report_fd, NR_STEP_RLIMIT, errno, i);
+        }
+    }
+
+    if (config->set_credentials) {
+        // Changing the effective ids marks the mm "not dumpable", and the mm is the parent's (CLONE_VM): give it back
+        // the value it had, or the runner itself could no longer be ptraced or dump core.
+        long dumpable = syscall(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0);
+        if (syscall(SYS_setgroups, 0, NULL) < 0) {
+            nr_child_fail(report_fd, NR_STEP_SETGROUPS, errno, 0);
+        }
+        if (syscall(SYS_setresgid, config->gid, config->gid, config->gid) < 0) {
+            nr_child_fail(report_fd, NR_STEP_SETGID, errno, 0);
+        }
+        if (syscall(SYS_setresuid, config->uid, config->uid, config->uid) < 0) {
+            nr_child_fail(report_fd, NR_STEP_SETUID, errno, 0);
+        }
+        if (dumpable == 0 || dumpable == 1) {
+            syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0);
+        }
+    }
+
+    // After the credentials: changing them clears the parent-death signal.
     if (config->die_with_parent) {
         if (syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
-            nr_child_fail(report_fd, NR_STEP_PDEATHSIG, errno);
+            nr_child_fail(report_fd, NR_STEP_PDEATHSIG, errno, 0);
         }
         // The parent may have died before the prctl took effect: then nobody would send the signal.
-        if ((pid_t)syscall(SYS_getppid) != args->parent_pid) {
+        if (!nr_child_parent_alive(args)) {
             syscall(SYS_exit_group, 127);
         }
+    }
+
+    if (config->no_new_privs && syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        nr_child_fail(report_fd, NR_STEP_NO_NEW_PRIVS, errno, 0);
+    }
+
+    if (config->probe_only) {
+        syscall(SYS_exit_group, 0);
     }
 
     // Keep the report fd out of 0..2 (still close-on-exec), then lift the stdio sources above 2 as well so the
@@ -103,7 +214,7 @@ static int nr_child_main(void *raw) {
     if (report_fd < 3) {
         int moved = (int)syscall(SYS_fcntl, report_fd, F_DUPFD_CLOEXEC, 3);
         if (moved < 0) {
-            nr_child_fail(report_fd, NR_STEP_STDIO, errno);
+            nr_child_fail(report_fd, NR_STEP_STDIO, errno, 0);
         }
         report_fd = moved;
     }
@@ -112,7 +223,7 @@ static int nr_child_main(void *raw) {
         if (sources[i] < 3) {
             int moved = (int)syscall(SYS_fcntl, sources[i], F_DUPFD_CLOEXEC, 3);
             if (moved < 0) {
-                nr_child_fail(report_fd, NR_STEP_STDIO, errno);
+                nr_child_fail(report_fd, NR_STEP_STDIO, errno, 0);
             }
             sources[i] = moved;
         }
@@ -120,37 +231,43 @@ static int nr_child_main(void *raw) {
     for (int i = 0; i < 3; i++) {
         // Source >= 3 and target < 3 always differ, so dup3 without flags is dup2: close-on-exec cleared.
         if (syscall(SYS_dup3, sources[i], i, 0) < 0) {
-            nr_child_fail(report_fd, NR_STEP_STDIO, errno);
+            nr_child_fail(report_fd, NR_STEP_STDIO, errno, 0);
         }
     }
     if (report_fd != 3) {
         if (syscall(SYS_dup3, report_fd, 3, O_CLOEXEC) < 0) {
-            nr_child_fail(report_fd, NR_STEP_STDIO, errno);
+            nr_child_fail(report_fd, NR_STEP_STDIO, errno, 0);
         }
         report_fd = 3;
     }
 
-    // Every other fd goes: 0..2 are stdio, 3 is the close-on-exec report pipe.
-    if (syscall(SYS_close_range, 4U, ~0U, 0U) < 0) {
-        uint64_t limits[2] = {0, 0};  // struct rlimit64 {rlim_cur, rlim_max}
-        long highest = 65536;
-        if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, limits) == 0 && limits[0] < (uint64_t)(1 << 20)) {
-            highest = (long)limits[0];
-        }
-        for (long fd = 4; fd < highest; fd++) {
-            syscall(SYS_close, fd);
-        }
-    }
+    // Every other fd goes (the cgroup and parent pidfds too): 0..2 are stdio, 3 is the close-on-exec report pipe.
+    nr_close_fd_range(4U, ~0U);
 
     if (config->cwd != NULL && syscall(SYS_chdir, config->cwd) < 0) {
-        nr_child_fail(report_fd, NR_STEP_CHDIR, errno);
+        nr_child_fail(report_fd, NR_STEP_CHDIR, errno, 0);
     }
 
     uint64_t empty = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, NR_KERNEL_SIGSET_SIZE);
 
     syscall(SYS_execve, config->path, config->argv, config->envp);
-    nr_child_fail(report_fd, NR_STEP_EXEC, errno);
+    nr_child_fail(report_fd, NR_STEP_EXEC, errno, 0);
+}
+
+static void nr_close_all(const int *fds, int count) {
+    for (int i = 0; i < count; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+}
+
+static int nr_spawn_failed(nr_spawn_result *result, int step, int err, int index) {
+    result->failed_step = step;
+    result->failed_errno = err;
+    result->failed_index = index;
+    return -1;
 }
 
 int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
@@ -158,14 +275,43 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
     result->pidfd = -1;
     result->failed_step = NR_STEP_NONE;
     result->failed_errno = 0;
+    result->failed_index = 0;
 
-    // Both ends close-on-exec: an exec in the child closes the write end; a report is 8 bytes into an empty pipe.
+    nr_child_args args;
+    args.config = config;
+    args.parent_pid = getpid();
+    args.parent_pidfd = -1;
+    if (config->cgroup_count < 0 || config->cgroup_count > NR_MAX_CGROUPS) {
+        return nr_spawn_failed(result, NR_STEP_OPEN_CGROUP, EINVAL, 0);
+    }
+    // Opened here, before the clone: the paths are the runner's view, and a child in a new mount namespace that
+    // failed half-way could not be told apart from a missing cgroup.
+    for (int i = 0; i < config->cgroup_count; i++) {
+        args.cgroup_fds[i] = open(config->cgroup_procs_paths[i], O_WRONLY | O_CLOEXEC);
+        if (args.cgroup_fds[i] < 0) {
+            int err = errno;
+            nr_close_all(args.cgroup_fds, i);
+            return nr_spawn_failed(result, NR_STEP_OPEN_CGROUP, err, i);
+        }
+    }
+    if (config->new_namespaces && config->die_with_parent) {
+        args.parent_pidfd = (int)syscall(SYS_pidfd_open, args.parent_pid, 0);
+        if (args.parent_pidfd < 0) {
+            int err = errno;
+            nr_close_all(args.cgroup_fds, config->cgroup_count);
+            return nr_spawn_failed(result, NR_STEP_PARENT_PIDFD, err, 0);
+        }
+    }
+
+    // Both ends close-on-exec: an exec in the child closes the write end; a report is 12 bytes into an empty pipe.
     int report[2];
     if (pipe2(report, O_CLOEXEC | O_NONBLOCK) < 0) {
-        result->failed_step = NR_STEP_REPORT_PIPE;
-        result->failed_errno = errno;
-        return -1;
+        int err = errno;
+        nr_close_all(args.cgroup_fds, config->cgroup_count);
+        nr_close_all(&args.parent_pidfd, 1);
+        return nr_spawn_failed(result, NR_STEP_REPORT_PIPE, err, 0);
     }
+    args.report_fd = report[1];
 
     // A private stack for the child, with a guard page below it. The child's frames are small (raw syscalls only).
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -173,15 +319,23 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
     const size_t map_size = stack_size + page;
     char *map = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (map == MAP_FAILED) {
-        result->failed_step = NR_STEP_STACK;
-        result->failed_errno = errno;
-        close(report[0]);
-        close(report[1]);
-        return -1;
+        int err = errno;
+        nr_close_all(args.cgroup_fds, config->cgroup_count);
+        nr_close_all(&args.parent_pidfd, 1);
+        nr_close_all(report, 2);
+        return nr_spawn_failed(result, NR_STEP_STACK, err, 0);
     }
     mprotect(map, page, PROT_NONE);
 
-    nr_child_args args = {.config = config, .report_fd = report[1], .parent_pid = getpid()};
+    // CLONE_NEWPID combines with CLONE_VM | CLONE_VFORK | CLONE_PIDFD (it excludes only CLONE_THREAD and
+    // CLONE_PARENT); CLONE_NEWNS excludes only CLONE_FS, which we do not share.
+    int flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD;
+    if (config->new_namespaces) {
+        flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS;
+        if (config->new_network) {
+            flags |= CLONE_NEWNET;
+        }
+    }
 
     // Block every signal (glibc's internal ones too, hence the raw syscall) so no handler of the parent can run in
     // the child, which shares our memory, before it has reset the dispositions. The child inherits this mask.
@@ -192,38 +346,47 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &saved, NR_KERNEL_SIGSET_SIZE);
 
     int pidfd = -1;
-    pid_t pid = clone(nr_child_main, map + map_size, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
+    pid_t pid = clone(nr_child_main, map + map_size, flags, &args, &pidfd);
     int clone_errno = errno;
 
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &saved, NULL, NR_KERNEL_SIGSET_SIZE);
     munmap(map, map_size);
     close(report[1]);
+    nr_close_all(args.cgroup_fds, config->cgroup_count);
+    nr_close_all(&args.parent_pidfd, 1);
 
     if (pid < 0) {
         close(report[0]);
-        result->failed_step = NR_STEP_CLONE;
-        result->failed_errno = clone_errno;
-        return -1;
+        return nr_spawn_failed(result, NR_STEP_CLONE, clone_errno, 0);
     }
 
     // CLONE_VFORK: we resume only after the child exec'd (write end closed) or exited (report already written),
     // so this non-blocking read never has to wait.
-    int32_t message[2] = {0, 0};
+    int32_t message[3] = {0, 0, 0};
     ssize_t n;
     do {
         n = read(report[0], message, sizeof message);
     } while (n < 0 && errno == EINTR);
     close(report[0]);
 
-    if (n == (ssize_t)sizeof message) {
-        // The child failed before exec and has exited (or is exiting): reap it, blocking only for that moment.
-        nr_exit_info ignored;
-        while (nr_reap_pidfd(pidfd, 0, &ignored) < 0 && errno == EINTR) {
+    if (n == (ssize_t)sizeof message || config->probe_only) {
+        // The child failed before exec (or was a probe) and has exited (or is exiting): reap it, blocking only for
+        // that moment.
+        nr_exit_info info;
+        info.code = 0;
+        info.status = -1;
+        while (nr_reap_pidfd(pidfd, 0, &info) < 0 && errno == EINTR) {
         }
         close(pidfd);
-        result->failed_step = message[0];
-        result->failed_errno = message[1];
-        return -1;
+        if (n == (ssize_t)sizeof message) {
+            return nr_spawn_failed(result, message[0], message[1], message[2]);
+        }
+        if (info.code != CLD_EXITED || info.status != 0) {
+            // A probe that did not report a step yet did not exit 0 (killed, or the parent-death check fired).
+            return nr_spawn_failed(result, NR_STEP_PDEATHSIG, ECHILD, 0);
+        }
+        result->pid = pid;
+        return 0;
     }
 
     result->pid = pid;
@@ -255,6 +418,10 @@ int nr_reap_pidfd(int pidfd, int nohang, nr_exit_info *info) {
     }
     nr_fill_exit_info(info, &si, &ru);
     return 0;
+}
+
+int nr_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
 int nr_peek_zombie_child(pid_t *pid) {
@@ -297,13 +464,14 @@ int nr_reap_group_nohang(pid_t pgid) {
     }
 }
 
-// Parses "pid (comm) S ppid pgrp ..." from /proc/<pid>/stat; comm may hold spaces and parentheses.
-static int nr_parse_stat(const char *path, char *state, pid_t *ppid, pid_t *pgrp) {
+// Parses "pid (comm) S ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
+// priority nice threads itrealvalue starttime ..." from /proc/<pid>/stat; comm may hold spaces and parentheses.
+static int nr_parse_stat(const char *path, pid_t pid, nr_proc_entry *entry) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         return -1;
     }
-    char buffer[512];
+    char buffer[1024];
     ssize_t n;
     do {
         n = read(fd, buffer, sizeof buffer - 1);
@@ -319,55 +487,89 @@ static int nr_parse_stat(const char *path, char *state, pid_t *ppid, pid_t *pgrp
     int parsed_ppid = 0;
     int parsed_pgrp = 0;
     char parsed_state = 0;
-    if (close_paren == NULL || sscanf(close_paren + 1, " %c %d %d", &parsed_state, &parsed_ppid, &parsed_pgrp) != 3) {
+    unsigned long long parsed_start = 0;
+    const char *format = " %c %d %d %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %llu";
+    if (close_paren == NULL || sscanf(close_paren + 1, format, &parsed_state, &parsed_ppid, &parsed_pgrp,
+                                      &parsed_start) != 4) {
         errno = EINVAL;
         return -1;
     }
-    *state = parsed_state;
-    *ppid = parsed_ppid;
-    *pgrp = parsed_pgrp;
+    entry->pid = pid;
+    entry->ppid = parsed_ppid;
+    entry->pgrp = parsed_pgrp;
+    entry->state = parsed_state;
+    entry->start_time = parsed_start;
     return 0;
 }
 
-int nr_proc_stat(pid_t pid, char *state, pid_t *ppid, pid_t *pgrp) {
+int nr_proc_stat(pid_t pid, nr_proc_entry *entry) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    return nr_parse_stat(path, state, ppid, pgrp);
+    return nr_parse_stat(path, pid, entry);
 }
 
-int nr_group_live_members(pid_t pgid, pid_t exclude) {
+int nr_proc_snapshot(nr_proc_entry *entries, int capacity) {
     DIR *proc = opendir("/proc");
     if (proc == NULL) {
         return -1;
     }
-    const pid_t self = getpid();
-    int live = 0;
+    int seen = 0;
     struct dirent *entry;
     while ((entry = readdir(proc)) != NULL) {
         const char *name = entry->d_name;
         if (name[0] < '1' || name[0] > '9') {
             continue;
         }
-        pid_t pid = (pid_t)strtol(name, NULL, 10);
-        if (pid == exclude) {
-            continue;
+        nr_proc_entry parsed;
+        if (nr_proc_stat((pid_t)strtol(name, NULL, 10), &parsed) < 0) {
+            continue;  // gone meanwhile
         }
-        char state = 0;
-        pid_t ppid = 0;
-        pid_t pgrp = 0;
-        if (nr_proc_stat(pid, &state, &ppid, &pgrp) < 0 || pgrp != pgid) {
-            continue;  // gone meanwhile, or not of this group
+        if (seen < capacity) {
+            entries[seen] = parsed;
         }
-        if (state == 'Z' || state == 'X') {
-            if (ppid == self) {
-                nr_reap_pid_nohang(pid);
-            }
-            continue;
-        }
-        live++;
+        seen++;
     }
     closedir(proc);
-    return live;
+    return seen;
+}
+
+int nr_signal_process(pid_t pid, uint64_t start_time, int sig) {
+    if (pid <= 1) {
+        errno = EINVAL;
+        return -1;
+    }
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0 && errno != ENOSYS) {
+        return -1;  // ESRCH: gone
+    }
+    // The pidfd is fixed to one process now; if /proc/<pid> still shows our start time, it is that process.
+    nr_proc_entry now;
+    if (nr_proc_stat(pid, &now) < 0 || now.start_time != start_time) {
+        if (pidfd >= 0) {
+            close(pidfd);
+        }
+        errno = ESRCH;
+        return -1;
+    }
+    int rc = pidfd >= 0 ? (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) : kill(pid, sig);
+    int saved = errno;
+    if (pidfd >= 0) {
+        close(pidfd);
+    }
+    errno = saved;
+    return rc;
+}
+
+int nr_pidfd_signal(int pidfd, pid_t pid, int sig) {
+    if (pidfd >= 0) {
+        if (syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) == 0) {
+            return 0;
+        }
+        if (errno != ENOSYS) {
+            return -1;
+        }
+    }
+    return kill(pid, sig);
 }
 
 int nr_list_children(pid_t *out, int max) {

@@ -14,6 +14,7 @@ final class ChildRecord {
     var exitedAt: Int64?
     var exit: nr_exit_info?
     var machine = TeardownStateMachine()
+    var tree: JobTree
 
     init(
         id: UInt64,
@@ -23,7 +24,8 @@ final class ChildRecord {
         stderrFD: Int32,
         handle: ProcessHandleState,
         output: @escaping @Sendable (OutputStream, [UInt8]) -> Void,
-        startedAt: Int64
+        startedAt: Int64,
+        treeMarker: EnvironmentMarker?
     ) {
         self.id = id
         self.pid = pid
@@ -33,6 +35,7 @@ final class ChildRecord {
         self.handle = handle
         self.output = output
         self.startedAt = startedAt
+        self.tree = JobTree(mainPID: pid, group: handle.ownsGroup ? pid : nil, marker: treeMarker)
     }
 
     var pipesOpen: Bool { stdoutFD >= 0 || stderrFD >= 0 }
@@ -218,11 +221,7 @@ final class MonitorLoop {
     private func start(_ request: SpawnRequest) throws(SpawnError) -> SpawnedHandle {
         let spec = request.spec
         let prepared = try SpawnPreparation(spec)
-        guard let path = CStringArray([prepared.path]),
-            let argv = CStringArray(prepared.arguments),
-            let envp = CStringArray(prepared.environment),
-            let cwd = CStringArray(spec.workingDirectory.map { [$0] } ?? [])
-        else {
+        guard let arguments = SpawnArguments(prepared, spec: spec) else {
             throw SpawnError.setupFailed(spec, "copying the arguments", errno: ENOMEM)
         }
 
@@ -241,26 +240,15 @@ final class MonitorLoop {
         }
 
         let startedAt = System.monotonicNanoseconds()
-        let result: nr_spawn_result = argv.pointers.withUnsafeBufferPointer { argvPointers in
-            envp.pointers.withUnsafeBufferPointer { envpPointers in
-                var config = nr_spawn_config(
-                    path: path.pointers[0],
-                    argv: argvPointers.baseAddress,
-                    envp: envpPointers.baseAddress,
-                    cwd: cwd.pointers[0],
-                    stdin_fd: shared.devNullFD,
-                    stdout_fd: stdoutPipe.write,
-                    stderr_fd: stderrPipe.write,
-                    die_with_parent: spec.dieWithParent ? 1 : 0
-                )
-                // Registered in the same critical section as the clone: no orphan sweep can reap it unwatched.
-                return ChildRegistry.watched.withLock { watched in
-                    let result = System.spawn(&config)
-                    if result.pid > 0 {
-                        watched.insert(result.pid)
-                    }
-                    return result
+        var config = arguments.config(stdin: shared.devNullFD, stdout: stdoutPipe.write, stderr: stderrPipe.write)
+        // Registered in the same critical section as the clone: no orphan sweep can reap it unwatched.
+        let result = withExtendedLifetime(arguments) {
+            ChildRegistry.watched.withLock { watched in
+                let result = System.spawn(&config)
+                if result.pid > 0 {
+                    watched.insert(result.pid)
                 }
+                return result
             }
         }
         System.close(stdoutPipe.write)
@@ -268,12 +256,13 @@ final class MonitorLoop {
         guard result.pid > 0 else {
             System.close(stdoutPipe.read)
             System.close(stderrPipe.read)
-            throw SpawnError(step: result.failed_step, errno: result.failed_errno, spec: spec)
+            throw SpawnError(
+                step: result.failed_step, errno: result.failed_errno, index: result.failed_index, spec: spec)
         }
 
         let id = nextID
         nextID += 1
-        let handle = ProcessHandleState(pid: result.pid)
+        let handle = ProcessHandleState(pid: result.pid, pidfd: result.pidfd, ownsGroup: spec.isolation.level != .none)
         let record = ChildRecord(
             id: id,
             pid: result.pid,
@@ -282,7 +271,8 @@ final class MonitorLoop {
             stderrFD: stderrPipe.read,
             handle: handle,
             output: request.output,
-            startedAt: startedAt
+            startedAt: startedAt,
+            treeMarker: spec.treeMarker
         )
         let epollErrno = [
             System.epollAdd(shared.epollFD, result.pidfd, token: id << 2 | TokenKind.pidfd.rawValue),
@@ -291,9 +281,9 @@ final class MonitorLoop {
         ].first { $0 != 0 }
         if let epollErrno {
             // Cannot watch it: do not let it run unsupervised.
-            handle.signalGroupIfUnreaped(SIGKILL)
+            handle.signalJobIfUnreaped(SIGKILL)
             reapMain(record, blocking: true)
-            System.reapGroupZombies(record.pid)
+            if handle.ownsGroup { System.reapGroupZombies(record.pid) }
             closeStream(.stdout, of: record, notify: false)
             closeStream(.stderr, of: record, notify: false)
             throw SpawnError.setupFailed(spec, "epoll_ctl", errno: epollErrno)
@@ -309,25 +299,21 @@ final class MonitorLoop {
     private func perform(_ actions: [TeardownStateMachine.Action], on record: ChildRecord) {
         for action in actions {
             switch action {
-            case .signalGroup(let signal):
-                record.handle.signalGroupIfUnreaped(signal)
+            case .signalJob(let signal):
                 // A stopped process cannot act on SIGTERM until it runs again (as systemd does, continue it).
-                if signal == SIGTERM { record.handle.signalGroupIfUnreaped(SIGCONT) }
-            case .probeGroup:
-                // Unreadable /proc: assume someone is left, so the leftover grace and SIGKILL still apply.
-                let others = System.liveGroupMembers(record.pid, excluding: record.pid) ?? 1
+                signalJob(record, signal == SIGTERM ? [SIGTERM, SIGCONT] : [signal])
+            case .probeJob:
+                let othersAlive = probeJob(record)
                 perform(
-                    record.machine.groupProbed(othersAlive: others > 0, now: System.monotonicNanoseconds()),
-                    on: record
-                )
+                    record.machine.jobProbed(othersAlive: othersAlive, now: System.monotonicNanoseconds()), on: record)
             case .reapMain:
                 reapMain(record, blocking: true)
-            case .reapGroup:
-                System.reapGroupZombies(record.pid)
-                let empty = System.groupIsEmpty(record.pid)
-                perform(record.machine.groupChecked(empty: empty, now: System.monotonicNanoseconds()), on: record)
-            case .killRemainingGroup:
-                _ = System.signalGroup(record.pid, SIGKILL)
+            case .reapJob:
+                let empty = reapJob(record)
+                perform(record.machine.jobChecked(empty: empty, now: System.monotonicNanoseconds()), on: record)
+            case .killRemainingJob:
+                if record.handle.ownsGroup { _ = System.signalGroup(record.pid, SIGKILL) }
+                record.tree.signalMembersOutsideGroup(SIGKILL, in: nil)  // twice to some: no harm for SIGKILL
             case .closePipes:
                 closeStream(.stdout, of: record, notify: false)
                 closeStream(.stderr, of: record, notify: false)
@@ -335,6 +321,40 @@ final class MonitorLoop {
                 finish(record, forcedStop: false)
             }
         }
+    }
+
+    /// The group (or the main process) and the tree members outside it. The tree is looked for first: while the main
+    /// process lives its descendants are found by descent, which its death would cut.
+    private func signalJob(_ record: ChildRecord, _ signals: [Int32]) {
+        let table = record.tree.refresh(mainUnreaped: record.pidfd >= 0)
+        for signal in signals {
+            record.handle.signalJobIfUnreaped(signal)
+            record.tree.signalMembersOutsideGroup(signal, in: table)
+        }
+    }
+
+    /// The main process is a zombie: is anything else of the job alive? Reaps the job's zombies that are ours.
+    private func probeJob(_ record: ChildRecord) -> Bool {
+        // Unreadable /proc: assume someone is left, so the leftover grace and SIGKILL still apply.
+        guard let table = ProcessTable.read() else { return true }
+        record.tree.refresh(table: table, mainUnreaped: true)
+        record.tree.reapOwnZombies(in: table)
+        let groupAlive = record.handle.ownsGroup && table.liveMembers(ofGroup: record.pid, excluding: record.pid) > 0
+        return groupAlive || !record.tree.liveMembers(in: table).isEmpty
+    }
+
+    /// The main process is reaped: reaps the group's zombies, SIGKILLs tree members still there, reaps those that
+    /// are ours; true when nothing of the job is left.
+    private func reapJob(_ record: ChildRecord) -> Bool {
+        var groupEmpty = true
+        if record.handle.ownsGroup {
+            System.reapGroupZombies(record.pid)
+            groupEmpty = System.groupIsEmpty(record.pid)
+        }
+        guard let table = record.tree.refresh(mainUnreaped: false) else { return groupEmpty }  // nothing to look for
+        record.tree.signalMembersOutsideGroup(SIGKILL, in: table)
+        let reaped = record.tree.reapOwnZombies(in: table)
+        return groupEmpty && record.tree.isEmpty(in: table, reaped: reaped)
     }
 
     /// Reaps the main process (a zombie by now) with its rusage, in one critical section with `reaped = true` and
@@ -394,7 +414,7 @@ final class MonitorLoop {
 
     // MARK: Shutdown
 
-    /// SIGKILL to every group still running, reap everything (bounded), complete every handle.
+    /// SIGKILL to every job still running, reap everything (bounded), complete every handle.
     private func shutDownEverything() {
         // Commands that raced with the shutdown: spawns fail, waits are answered below when their record completes.
         for command in shared.takeCommands().commands {
@@ -404,7 +424,7 @@ final class MonitorLoop {
         }
         let all = Array(records.values)
         for record in all {
-            record.handle.signalGroupIfUnreaped(SIGKILL)
+            signalJob(record, [SIGKILL])
         }
         let giveUpAt = System.monotonicNanoseconds() + TeardownStateMachine.vanishLimit
         for record in all {
@@ -418,9 +438,7 @@ final class MonitorLoop {
             if record.exitedAt == nil {
                 record.exitedAt = System.monotonicNanoseconds()
             }
-            while true {
-                System.reapGroupZombies(record.pid)
-                if System.groupIsEmpty(record.pid) || System.monotonicNanoseconds() >= giveUpAt { break }
+            while !reapJob(record), System.monotonicNanoseconds() < giveUpAt {
                 System.sleepOnMonitorThread(microseconds: 1000)
             }
             finish(record, forcedStop: stillRunning)

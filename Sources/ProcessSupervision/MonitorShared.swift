@@ -28,24 +28,34 @@ struct SpawnedHandle: Sendable {
 final class ProcessHandleState: Sendable {
     struct Value {
         /// Set (under the lock) in the same critical section as the reaping waitid: until then, the pid is still ours
-        /// (alive or a zombie) and `kill(-pgid)` cannot reach a recycled group.
+        /// (alive or a zombie), the pidfd is open, and `kill(-pgid)` cannot reach a recycled group.
         var reaped = false
         var outcome: ProcessOutcome?
         var waiters: [CheckedContinuation<ProcessOutcome, Never>] = []
     }
 
     let pid: pid_t
+    /// The main process's pidfd; used only under the lock while `reaped` is false (the monitor closes it after).
+    let pidfd: Int32
+    /// The job has its own process group (pgid == pid); false at isolation level `.none`.
+    let ownsGroup: Bool
     let value = Mutex(Value())
 
-    init(pid: pid_t) {
+    init(pid: pid_t, pidfd: Int32, ownsGroup: Bool) {
         self.pid = pid
+        self.pidfd = pidfd
+        self.ownsGroup = ownsGroup
     }
 
-    /// `kill(-pgid, signal)` unless the main process has been reaped.
-    func signalGroupIfUnreaped(_ signal: Int32) {
+    /// Unless the main process has been reaped: `kill(-pgid, signal)` to the job's group, or, without a group of its
+    /// own, `pidfd_send_signal` to the main process.
+    func signalJobIfUnreaped(_ signal: Int32) {
         value.withLock { value in
-            if !value.reaped {
+            guard !value.reaped else { return }
+            if ownsGroup {
                 _ = System.signalGroup(pid, signal)
+            } else {
+                _ = System.signalProcess(pidfd: pidfd, pid: pid, signal)
             }
         }
     }
@@ -114,18 +124,19 @@ final class MonitorShared: Sendable {
     }
 }
 
-/// The pids of the main processes that supervisors in this process watch (not yet reaped). Its lock also makes
-/// "peek a zombie, decide, reap it" atomic against spawning, so an orphan sweep (of any supervisor) can never reap a
-/// main process between its clone and its registration here.
+/// The pids of the main processes that supervisors in this process watch (not yet reaped), and of the job watchdogs
+/// (each `JobWatchdog` reaps its own). Its lock also makes "peek a zombie, decide, reap it" atomic against spawning,
+/// so an orphan sweep (of any supervisor) can never reap a child between its clone and its registration here.
 enum ChildRegistry {
     static let watched = Mutex<Set<pid_t>>([])
 
     /// Reaps zombie children that nobody watches: orphans reparented to us as a child subreaper.
     ///
-    /// Peeks with `waitid(P_ALL, WNOHANG | WNOWAIT)`. Reaped are only zombies that are not a watched main process and
-    /// not in the runner's own process group: children other code of this process started (Foundation.Process,
-    /// posix_spawn without a new group) stay for their owners to wait for. Orphans of jobs are always in another
-    /// group, since every job has its own session.
+    /// Peeks with `waitid(P_ALL, WNOHANG | WNOWAIT)`. Reaped are only zombies that are not a watched pid (a main
+    /// process, a watchdog) and not in the runner's own process group: children other code of this process started
+    /// (Foundation.Process, posix_spawn without a new group) stay for their owners to wait for. Orphans of jobs with
+    /// their own session are always in another group; those of `.none` jobs are reaped by their job's teardown
+    /// (`JobTree`) when it can attribute them.
     static func sweepOrphans() {
         let ownGroup = System.processGroup()
         watched.withLock { watched in
@@ -147,6 +158,6 @@ enum ChildRegistry {
 
     private static func isOrphan(_ pid: pid_t, watched: Set<pid_t>, ownGroup: pid_t) -> Bool {
         guard !watched.contains(pid), let stat = System.processStat(pid) else { return false }
-        return stat.group != ownGroup
+        return stat.pgrp != ownGroup
     }
 }

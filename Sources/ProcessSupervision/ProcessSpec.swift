@@ -12,6 +12,12 @@ public struct ProcessSpec: Sendable {
     /// `PR_SET_PDEATHSIG(SIGKILL)` in the child: it is killed when the supervisor's monitor thread (the thread that
     /// started it) or the whole runner goes away.
     public var dieWithParent: Bool
+    /// Level, limits, credentials and cgroups of the child; `.default` is its own process group.
+    public var isolation: ProcessIsolation
+    /// Marks the job's processes so that those that escaped its process group and were reparented to the runner
+    /// (a subreaper) are still found and killed with it. Put into the child's environment (a variable of that name
+    /// in `environment` must have the same value). Processes that replace their environment are not found.
+    public var treeMarker: EnvironmentMarker?
 
     /// The default `PATH` for a bare `executable` when `environment` has none.
     public static let defaultSearchPath = "/usr/local/bin:/usr/bin:/bin"
@@ -22,13 +28,17 @@ public struct ProcessSpec: Sendable {
         arguments: [String],
         environment: [String: String] = [:],
         workingDirectory: String? = nil,
-        dieWithParent: Bool = true
+        dieWithParent: Bool = true,
+        isolation: ProcessIsolation = .default,
+        treeMarker: EnvironmentMarker? = nil
     ) {
         self.executable = executable
         self.arguments = arguments
         self.environment = environment
         self.workingDirectory = workingDirectory
         self.dieWithParent = dieWithParent
+        self.isolation = isolation
+        self.treeMarker = treeMarker
     }
 }
 
@@ -58,16 +68,18 @@ public enum StopReason: Sendable, Equatable {
 
 /// How a process ended and what it cost.
 public struct ProcessOutcome: Sendable {
-    /// The main process's pid (also its process group and session id).
+    /// The main process's pid (also its process group and session id, unless the isolation level is `.none`), as the
+    /// runner sees it (in a new PID namespace the job sees itself as 1).
     public var pid: Int32
     /// How the main process ended.
     public var termination: Termination
     /// `.timeout` if the timeout fired, `.cancelled` if the waiting task was cancelled (or the supervisor shut down).
     public var stopReason: StopReason?
-    /// SIGKILL was sent to the group: it had not exited within the grace after SIGTERM (`killGrace` while stopping
+    /// SIGKILL was sent to the job: it had not exited within the grace after SIGTERM (`killGrace` while stopping
     /// it, or `leftoverGrace` for what was left after the main process exited).
     public var forcedKill: Bool
-    /// Processes of the group were still alive when the main process's exit was observed, and were stopped.
+    /// Processes of the job (its group, or escapees found by descent or marker) were still alive when the main
+    /// process's exit was observed, and were stopped.
     public var leftoverProcessesStopped: Bool
     /// The pipes were still held open (by an escaped process) past the drain bound; later output was not read.
     public var outputTruncatedByDrainLimit: Bool
@@ -111,7 +123,8 @@ public struct ProcessOutcome: Sendable {
 public struct TerminationPolicy: Sendable {
     /// Measured from the start of the process; nil = no timeout.
     public var timeout: Duration?
-    /// SIGTERM to the group → wait this long → SIGKILL (default 5 s).
+    /// SIGTERM to the job → wait this long → SIGKILL (default 5 s). A job that is PID 1 of its own PID namespace
+    /// ignores SIGTERM unless it handles it, so it ends only with the SIGKILL.
     public var killGrace: Duration
     /// After the main process exits: SIGTERM to what is left of the group, wait this long, SIGKILL (default 1 s).
     public var leftoverGrace: Duration

@@ -10,8 +10,13 @@ import Synchronization
 /// caller ever blocks the cooperative thread pool.
 ///
 /// The orphan sweep leaves alone zombies in the runner's own process group: children that other code of the process
-/// started without a new process group are theirs to wait for. Every job runs in its own session, so its orphans never
-/// are in that group.
+/// started without a new process group are theirs to wait for. A job at isolation level `.processGroup` or above runs
+/// in its own session, so its orphans never are in that group; a `.none` job's are reaped by its teardown.
+///
+/// Teardown reaches the whole job tree: the process group, plus descendants that left it (setsid, double fork),
+/// found by walking /proc parent links from the main process before anything is killed, and orphans reparented to
+/// the runner that carry the spec's `treeMarker`. They are signalled through pidfds checked against their start
+/// times, so a recycled pid is never hit.
 public final class ProcessSupervisor: Sendable {
     private let shared: MonitorShared
     private let thread: Mutex<pthread_t?>
@@ -66,8 +71,9 @@ public final class ProcessSupervisor: Sendable {
     /// Starts the process; throws SpawnError if it cannot start (exec failure reported by the child). Output chunks
     /// are delivered in order per stream to `output` from the monitor thread (keep it cheap; chunks up to 64 KiB).
     ///
-    /// The process runs in its own session and process group (its pid), with stdin from /dev/null, stdout and stderr
-    /// to pipes read by the monitor thread, default signal dispositions, an empty signal mask and no other fd.
+    /// The process runs as `spec.isolation` says (by default in its own session and process group, its pid), with
+    /// stdin from /dev/null, stdout and stderr to pipes read by the monitor thread, default signal dispositions, an
+    /// empty signal mask and no other fd.
     public func spawn(
         _ spec: ProcessSpec,
         output: @escaping @Sendable (OutputStream, [UInt8]) -> Void
@@ -82,7 +88,7 @@ public final class ProcessSupervisor: Sendable {
         return RunningProcess(handle: handle, shared: shared)
     }
 
-    /// Stops the monitor thread after killing (SIGKILL to the group) anything still running. Idempotent.
+    /// Stops the monitor thread after killing (SIGKILL to the job) anything still running. Idempotent.
     ///
     /// Every pending `wait` returns (stopReason `.cancelled` for what was still running); later spawns throw. Blocks
     /// until the monitor thread has reaped what it killed and exited (briefly: SIGKILL does not wait for anyone).
@@ -101,9 +107,9 @@ public final class ProcessSupervisor: Sendable {
     }
 }
 
-/// A started process. Its pid is also its process group id and session id.
+/// A started process. Its pid is also its process group id and session id (unless its isolation level is `.none`).
 public final class RunningProcess: Sendable {
-    /// The main process's pid; also the process group id and session id.
+    /// The main process's pid, as the runner sees it; also the process group id and session id (unless `.none`).
     public var pid: Int32 { handle.pid }
 
     private let id: UInt64
@@ -124,12 +130,14 @@ public final class RunningProcess: Sendable {
     }
 
     /// Waits for the end: the main process's exit (not its pipes closing). Applies the policy: on timeout SIGTERM to
-    /// the whole process group, killGrace, SIGKILL; after the main process exits, what is left of the group gets
-    /// SIGTERM, leftoverGrace, SIGKILL, and is reaped; pipes are drained for at most drainLimit afterwards; then
-    /// returns. If the calling task is cancelled the same teardown runs to the end (stopReason .cancelled) and the
-    /// outcome is still returned. Call once (a later call returns the same outcome; its policy is ignored).
+    /// the whole job (process group and escapees), killGrace, SIGKILL; after the main process exits, what is left of
+    /// the job gets SIGTERM, leftoverGrace, SIGKILL, and is reaped; pipes are drained for at most drainLimit
+    /// afterwards; then returns. If the calling task is cancelled the same teardown runs to the end (stopReason
+    /// .cancelled) and the outcome is still returned. Call once (a later call returns the same outcome; its policy is
+    /// ignored).
     ///
-    /// When it returns, no process of the group is left, not even a zombie, and all output has been delivered.
+    /// When it returns, no process of the group, and none the job tree could attribute, is left, not even a zombie,
+    /// and all output has been delivered.
     public func wait(_ policy: TerminationPolicy) async -> ProcessOutcome {
         waitCalled.store(true, ordering: .relaxed)
         let id = self.id
@@ -156,8 +164,9 @@ public final class RunningProcess: Sendable {
     }
 
     /// Sends a signal to the whole process group (while the main process is alive or a zombie, so the pgid cannot be
-    /// recycled): `kill(-pid, signal)`. Does nothing once the main process has been reaped.
+    /// recycled): `kill(-pid, signal)`; at isolation level `.none`, to the main process only, through its pidfd.
+    /// Does nothing once the main process has been reaped.
     public func signalGroup(_ signal: Int32) {
-        handle.signalGroupIfUnreaped(signal)
+        handle.signalJobIfUnreaped(signal)
     }
 }

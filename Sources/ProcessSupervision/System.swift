@@ -22,6 +22,14 @@ enum System {
         return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
     }
 
+    /// `clock_gettime(CLOCK_BOOTTIME)` in nanoseconds: the clock of Swift's `ContinuousClock` on Linux (it keeps
+    /// counting while the machine is suspended).
+    static func boottimeNanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
     /// `getpid()`.
     static func processID() -> pid_t { getpid() }
 
@@ -68,7 +76,8 @@ enum System {
         return (isRegular, isRegular && access(path, X_OK) == 0)
     }
 
-    /// `nr_spawn`: clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) + the child set-up + execve (CRunnerShims).
+    /// `nr_spawn`: clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD [| namespaces]) + the child set-up + execve
+    /// (CRunnerShims).
     static func spawn(_ config: inout nr_spawn_config) -> nr_spawn_result {
         var result = nr_spawn_result()
         _ = nr_spawn(&config, &result)
@@ -92,6 +101,11 @@ enum System {
         }
     }
 
+    /// `pidfd_send_signal(pidfd, signal)` (CRunnerShims `nr_pidfd_send_signal`): 0 or errno.
+    static func signal(pidfd: Int32, _ signal: Int32) -> Int32 {
+        nr_pidfd_send_signal(pidfd, signal) == 0 ? 0 : Glibc.errno
+    }
+
     /// `waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT)`: the pid of a zombie child, without reaping it.
     static func peekZombieChild() -> pid_t? {
         var pid: pid_t = 0
@@ -109,20 +123,61 @@ enum System {
         _ = nr_reap_group_nohang(pgid)
     }
 
-    /// `nr_group_live_members`: a /proc scan for live members of `pgid` other than `exclude` (reaping our zombies of
-    /// that group on the way). nil when /proc cannot be read.
-    static func liveGroupMembers(_ pgid: pid_t, excluding exclude: pid_t) -> Int? {
-        let n = nr_group_live_members(pgid, exclude)
-        return n >= 0 ? Int(n) : nil
+    /// `getuid()`, `geteuid()`.
+    static func userIDs() -> (real: uid_t, effective: uid_t) { (getuid(), geteuid()) }
+
+    /// `prctl(PR_GET_CHILD_SUBREAPER)` (CRunnerShims `nr_is_child_subreaper`): 0 when the call works, else errno.
+    static func childSubreaperQueryError() -> Int32 {
+        nr_is_child_subreaper() >= 0 ? 0 : Glibc.errno
     }
 
-    /// `nr_proc_stat`: /proc/<pid>/stat's state letter, parent and process group.
-    static func processStat(_ pid: pid_t) -> (state: UInt8, parent: pid_t, group: pid_t)? {
-        var state: CChar = 0
-        var parent: pid_t = 0
-        var group: pid_t = 0
-        guard nr_proc_stat(pid, &state, &parent, &group) == 0 else { return nil }
-        return (UInt8(bitPattern: state), parent, group)
+    /// `nr_proc_stat`: /proc/<pid>/stat's state letter, parent, process group and start time.
+    static func processStat(_ pid: pid_t) -> nr_proc_entry? {
+        var entry = nr_proc_entry()
+        return nr_proc_stat(pid, &entry) == 0 ? entry : nil
+    }
+
+    /// `nr_proc_snapshot`: every process in /proc (one pass; the buffer grows until all fit). nil when /proc
+    /// cannot be read.
+    static func processSnapshot() -> [nr_proc_entry]? {
+        var capacity = 1024
+        while true {
+            var entries = [nr_proc_entry](repeating: nr_proc_entry(), count: capacity)
+            let seen = entries.withUnsafeMutableBufferPointer { nr_proc_snapshot($0.baseAddress, Int32($0.count)) }
+            if seen < 0 { return nil }
+            if Int(seen) <= capacity { return Array(entries[0..<Int(seen)]) }
+            capacity = Int(seen) + 256  // more processes than room: again, with room for some that started since
+        }
+    }
+
+    /// `nr_signal_process`: pidfd_open + start-time check + pidfd_send_signal, so a recycled pid is never hit.
+    /// 0 or errno (ESRCH: gone, or the pid now names another process).
+    static func signalProcess(_ pid: pid_t, startTime: UInt64, _ signal: Int32) -> Int32 {
+        nr_signal_process(pid, startTime, signal) == 0 ? 0 : Glibc.errno
+    }
+
+    /// `pidfd_send_signal(pidfd, signal)` (CRunnerShims `nr_pidfd_signal`; `kill(pid)` where the kernel lacks it):
+    /// 0 or errno. For a main process that is not reaped yet, so `pid` is still its own.
+    static func signalProcess(pidfd: Int32, pid: pid_t, _ signal: Int32) -> Int32 {
+        precondition(pid > 1, "refusing to signal pid \(pid)")
+        return nr_pidfd_signal(pidfd, pid, signal) == 0 ? 0 : Glibc.errno
+    }
+
+    /// The raw bytes of /proc/<pid>/environ (`open`/`read`), or nil when unreadable (gone, a kernel thread, another
+    /// user's). Empty for a zombie.
+    static func environment(of pid: pid_t) -> [UInt8]? {
+        let fd = open("/proc/\(pid)/environ", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 1 << 20 {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0, Glibc.errno == EINTR { continue }
+            guard n > 0 else { break }
+            bytes += buffer[..<n]
+        }
+        return bytes
     }
 
     /// `nr_list_children`: the direct children of this process (/proc/self/task/*/children).
@@ -182,6 +237,39 @@ enum System {
     /// `usleep`: only for the monitor thread's final teardown at shutdown, never on the cooperative pool.
     static func sleepOnMonitorThread(microseconds: UInt32) {
         _ = usleep(microseconds)
+    }
+
+    /// `nr_watchdog_start` (CRunnerShims): socketpair, timerfd and the clone of a job watchdog process.
+    static func startWatchdog() -> nr_watchdog_started {
+        var started = nr_watchdog_started()
+        _ = nr_watchdog_start(&started)
+        return started
+    }
+
+    /// `nr_watchdog_send`: `send(fd, command, MSG_NOSIGNAL | MSG_DONTWAIT)`: 0 or errno.
+    static func sendWatchdogCommand(_ fd: Int32, _ command: nr_watchdog_command) -> Int32 {
+        withUnsafePointer(to: command) { nr_watchdog_send(fd, $0) }
+    }
+
+    /// `nr_watchdog_receive`: a blocking `recv` of the next report; nil at end of file.
+    static func receiveWatchdogReport(_ fd: Int32) -> Result<nr_watchdog_report?, Errno> {
+        var report = nr_watchdog_report()
+        switch nr_watchdog_receive(fd, &report) {
+        case 1: return .success(report)
+        case 0: return .success(nil)
+        default: return .failure(Errno(Glibc.errno))
+        }
+    }
+
+    /// `nr_wait_exited`: `waitid(P_PIDFD, pidfd, WEXITED | WNOWAIT)`, blocking until the process is a zombie (not
+    /// reaping it). 0 or errno. Only on a dedicated thread.
+    static func waitUntilExited(pidfd: Int32) -> Int32 {
+        nr_wait_exited(pidfd) == 0 ? 0 : Glibc.errno
+    }
+
+    /// `shutdown(fd, SHUT_WR)` (CRunnerShims `nr_shutdown_write`).
+    static func shutdownWrite(_ fd: Int32) {
+        _ = nr_shutdown_write(fd)
     }
 
     /// `pthread_create` of a joinable thread running `body`.

@@ -10,6 +10,7 @@ enum SubmitCommand {
         abstract: "Submit a job and print its id (or, with --wait, its output).",
         usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--label K=V]... [--cwd DIR] "
             + "[--max-attempts N [--backoff D] [--backoff-max D]] [--id ID] [--idempotency-key K] [--shell 'SCRIPT'] "
+            + "[--isolation LEVEL] [--memory SIZE] [--pids N] [--cpu M] "
             + "[--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
         arguments: [("CMD [ARG...]", "The command and its arguments (after --), unless --shell is given.")],
         options: CommonOptions.all + [
@@ -28,6 +29,14 @@ enum SubmitCommand {
                 "--idempotency-key", .value("KEY"),
                 help: "Submit once per KEY: a second submit answers the first job's id and adds nothing."),
             OptionSpec("--shell", .value("SCRIPT"), help: "Run SCRIPT with /bin/sh -c instead of a command."),
+            OptionSpec(
+                "--isolation", .value("LEVEL"), help: "none, process_group, namespace or cgroup.",
+                default: "the runner's"),
+            OptionSpec("--network", .value("MODE"), help: "host, or none (loopback only; needs namespace or cgroup)."),
+            OptionSpec("--memory", .value("SIZE"), help: "Memory limit (bytes, or 64M, 1G; isolation cgroup)."),
+            OptionSpec("--pids", .value("N"), help: "Process limit (isolation cgroup)."),
+            OptionSpec("--cpu", .value("MILLICORES"), help: "CPU quota: 500 is half a core (isolation cgroup)."),
+            OptionSpec("--secret-env", .repeated("NAME"), help: "Mask the value of --env NAME in the job's output."),
             OptionSpec("--wait", .flag, help: "Wait for the result, print the output, exit with the job's exit code."),
             OptionSpec("--wait-timeout", .value("DURATION"), help: "With --wait: give up waiting after this long."),
             OptionSpec("--json", .flag, help: "Print JSON: the id and entry, or with --wait the result."),
@@ -50,6 +59,10 @@ enum SubmitCommand {
 
             With --idempotency-key, a submit whose key an earlier job holds (for the result retention) adds nothing
             and prints that job's id (with --json, "existing": true); --wait then waits for that job.
+
+            Values of --secret-env variables, and of variables named *_TOKEN, *_SECRET or *_PASSWORD, are shown as
+            *** in the job's log and output tail. A job asking for an isolation level or a limit the runner cannot
+            give is rejected with the reason (see 'runner result').
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
@@ -101,7 +114,20 @@ enum SubmitCommand {
         let jobSpec = JobSpec(
             command: command, environment: try arguments.keyValues("--env"), workingDirectory: arguments.value("--cwd"),
             timeoutMs: timeout?.milliseconds, maxAttempts: maxAttempts, labels: try arguments.keyValues("--label"),
-            backoff: backoff)
+            backoff: backoff,
+            isolation: try arguments.parsed(
+                "--isolation", expected: IsolationLevel.spellings, IsolationLevel.init(rawValue:)),
+            network: try arguments.parsed("--network", expected: NetworkMode.spellings, NetworkMode.init(rawValue:)),
+            limits: JobLimits(
+                memoryBytes: try arguments.parsed(
+                    "--memory", expected: "bytes, or 64K, 16M, 1G",
+                    { ByteSizeParser.parse($0).flatMap { $0 > 0 ? $0 : nil } }),
+                pids: try arguments.positiveInt("--pids"), cpuMillis: try arguments.positiveInt("--cpu")),
+            secretEnvironment: arguments.all("--secret-env"))
+        let environment = jobSpec.environment
+        for name in jobSpec.secretEnvironment where environment[name] == nil {
+            throw UsageError("--secret-env \(name) names no --env variable", command: spec.name)
+        }
         // The runner's own validation, so that what it would reject is refused here, before anything is queued.
         do {
             _ = try JobSpec(json: Array(jobSpec.json.serialized.utf8))

@@ -44,6 +44,51 @@ enum WorkerCommand {
                 "--log-limit", .value("SIZE"), help: "Output kept per job in its log stream (e.g. 16M).",
                 environment: "RUNNER_LOG_LIMIT", default: "16M"),
             OptionSpec(
+                "--isolation", .value("LEVEL"), help: "Default isolation: none, process_group, namespace or cgroup.",
+                environment: "RUNNER_ISOLATION", default: "process_group"),
+            OptionSpec(
+                "--isolation-fallback", .flag,
+                help: "Run a job the host cannot isolate as asked at the strongest level it has (recorded in the "
+                    + "result) instead of rejecting it.", environment: "RUNNER_ISOLATION_FALLBACK"),
+            OptionSpec(
+                "--default-memory", .value("SIZE"), help: "Memory limit of cgroup jobs that set none.",
+                environment: "RUNNER_DEFAULT_MEMORY", default: "none"),
+            OptionSpec(
+                "--default-pids", .value("N"), help: "Process limit of cgroup jobs that set none.",
+                environment: "RUNNER_DEFAULT_PIDS", default: "none"),
+            OptionSpec(
+                "--default-cpu", .value("MILLICORES"), help: "CPU quota of cgroup jobs that set none.",
+                environment: "RUNNER_DEFAULT_CPU", default: "none"),
+            OptionSpec(
+                "--max-memory", .value("SIZE"), help: "Ceiling of a job's memory limit.",
+                environment: "RUNNER_MAX_MEMORY", default: "none"),
+            OptionSpec(
+                "--max-pids", .value("N"), help: "Ceiling of a job's process limit.", environment: "RUNNER_MAX_PIDS",
+                default: "none"),
+            OptionSpec(
+                "--max-cpu", .value("MILLICORES"), help: "Ceiling of a job's CPU quota.",
+                environment: "RUNNER_MAX_CPU", default: "none"),
+            OptionSpec(
+                "--run-as", .value("USER"), help: "Run jobs as this user (name or uid:gid; the runner must be root).",
+                environment: "RUNNER_RUN_AS"),
+            OptionSpec(
+                "--env-allow", .repeated("NAME"), help: "Copy this variable of the runner's environment into jobs.",
+                environment: "RUNNER_ENV_ALLOW"),
+            OptionSpec(
+                "--work-root", .value("DIR"), help: "Jobs' private work folders are made under DIR/<runner>.",
+                environment: "RUNNER_WORK_ROOT", default: IsolationConfiguration.defaultWorkRoot),
+            OptionSpec(
+                "--keep-work-dirs", .flag, help: "Keep each job's work folder after it ended.",
+                environment: "RUNNER_KEEP_WORK_DIRS"),
+            OptionSpec(
+                "--cgroup-parent", .value("PATH"),
+                help: "The runner's cgroup, relative to each hierarchy's root.", environment: "RUNNER_CGROUP_PARENT",
+                default: "nativerunner/<name> under the runner's own cgroup"),
+            OptionSpec(
+                "--monitor-interval", .value("DURATION"),
+                help: "How often resource usage is published and leftovers are cleaned up.",
+                environment: "RUNNER_MONITOR_INTERVAL", default: "10s"),
+            OptionSpec(
                 "--no-reaper", .flag,
                 help: "Do not take part in reaping lost runners and moving due retries (a control plane does it).",
                 environment: "RUNNER_NO_REAPER"),
@@ -96,7 +141,7 @@ enum WorkerCommand {
             killGrace: try arguments.duration("--kill-grace") ?? .seconds(5),
             defaultJobTimeout: try arguments.duration("--default-timeout"),
             resultRetention: resultRetention, eventsMaxLength: eventsMaxLength, logLimitBytes: logLimit,
-            rescheduleBound: rescheduleBound, reaper: reaper)
+            rescheduleBound: rescheduleBound, reaper: reaper, isolation: try isolationConfiguration(arguments))
         configuration.allowEvictionPolicy = arguments.flag("--allow-eviction-policy")
         return (configuration, try logger(arguments))
     }
@@ -109,6 +154,61 @@ enum WorkerCommand {
         let logFormat =
             try arguments.parsed("--log-format", expected: "text or json", Logger.Format.init(rawValue:)) ?? .text
         return Logger(label: "runner", level: logLevel, format: logFormat)
+    }
+
+    static func isolationConfiguration(_ arguments: ParsedArguments) throws -> IsolationConfiguration {
+        func size(_ name: String) throws -> Int? {
+            try arguments.parsed(name, expected: "bytes, or 64K, 16M, 1G") {
+                ByteSizeParser.parse($0).flatMap { $0 > 0 ? $0 : nil }
+            }
+        }
+        let defaults = JobLimits(
+            memoryBytes: try size("--default-memory"), pids: try arguments.positiveInt("--default-pids"),
+            cpuMillis: try arguments.positiveInt("--default-cpu"))
+        let ceilings = JobLimits(
+            memoryBytes: try size("--max-memory"), pids: try arguments.positiveInt("--max-pids"),
+            cpuMillis: try arguments.positiveInt("--max-cpu"))
+        if let reason = defaults.exceeding(ceilings) {
+            throw UsageError("the default limits are above the ceilings: \(reason)", command: spec.name)
+        }
+        let allowlist = arguments.all("--env-allow").flatMap { $0.split(separator: ",").map(String.init) }
+        for name in allowlist where name.hasPrefix("RUNNER_REDIS") {
+            throw UsageError(
+                "invalid value for '--env-allow': \(name) carries the Redis address or password and never reaches jobs",
+                command: spec.name)
+        }
+        let workRoot = arguments.value("--work-root") ?? IsolationConfiguration.defaultWorkRoot
+        guard workRoot.hasPrefix("/") else {
+            throw UsageError(
+                "invalid value for '--work-root': '\(workRoot)' is not an absolute path", command: spec.name)
+        }
+        let interval = try arguments.duration("--monitor-interval") ?? .seconds(10)
+        guard interval >= .milliseconds(100) else {
+            throw UsageError("invalid value for '--monitor-interval': it must be at least 100ms", command: spec.name)
+        }
+        return IsolationConfiguration(
+            defaultLevel: try arguments.parsed(
+                "--isolation", expected: IsolationLevel.spellings, IsolationLevel.init(rawValue:)) ?? .processGroup,
+            fallback: arguments.flag("--isolation-fallback"), defaultLimits: defaults, ceilings: ceilings,
+            runAs: try arguments.value("--run-as").map(runAsUser), environmentAllowlist: allowlist,
+            workRoot: workRoot, keepWorkFolders: arguments.flag("--keep-work-dirs"),
+            cgroupParent: arguments.value("--cgroup-parent"), monitorInterval: interval)
+    }
+
+    /// A user name, or `uid:gid`, resolved now so that a typo fails at start rather than at the first job.
+    static func runAsUser(_ text: String) throws -> RunAsUser {
+        guard getuid() == 0 else {
+            throw UsageError("--run-as \(text) needs the runner to run as root", command: spec.name)
+        }
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        if parts.count == 2, let uid = UInt32(parts[0]), let gid = UInt32(parts[1]) {
+            return RunAsUser(name: text, uid: uid, gid: gid)
+        }
+        guard parts.count == 1, let entry = getpwnam(text) else {
+            throw UsageError(
+                "invalid value for '--run-as': no user '\(text)' (give a user name or uid:gid)", command: spec.name)
+        }
+        return RunAsUser(name: text, uid: entry.pointee.pw_uid, gid: entry.pointee.pw_gid)
     }
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {

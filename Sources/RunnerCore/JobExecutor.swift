@@ -35,6 +35,9 @@ struct JobExecutor: Sendable {
     let killSwitch: any JobKillSwitch
     /// The bound of reschedules from lost runners before a job is dead (for an entry an earlier epoch started).
     let rescheduleBound: Int
+    let isolation: IsolationHost
+    let containments: RunningContainments
+    let admission: MemoryAdmission
 
     /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
     /// idempotent, so resending after a lost reply changes nothing twice.
@@ -64,7 +67,32 @@ struct JobExecutor: Sendable {
             }
         }
         if Task.isCancelled { return await handBack(entry, epoch: epoch, reason: "runner shutting down") }
-        return await execute(entry, fields: fields, epoch: epoch)
+        return await planAndRun(entry, fields: fields, epoch: epoch)
+    }
+
+    /// Decides the job's isolation (or refuses it), waits for resource admission, then runs it. `fields` are the
+    /// entry's fields as read, for a dead letter.
+    private func planAndRun(
+        _ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch
+    ) async -> DeliveryOutcome {
+        // What the host cannot give, or the runner does not allow, is refused before anything is claimed.
+        let plan: IsolationPlan
+        switch isolation.plan(for: entry) {
+        case .success(let planned): plan = planned
+        case .failure(let refusal):
+            logger.warning("rejected job: \(refusal.message)", ["job": entry.jobId, "stream_id": entry.streamId])
+            return await reject(entry, fields: fields, reason: refusal.message, owner: epoch.owner)
+        }
+        if let memory = plan.limits.memoryBytes {
+            guard await admission.admit(key: entry.streamId, bytes: UInt64(memory)) else {
+                return await handBack(entry, epoch: epoch, reason: "runner shutting down")
+            }
+        }
+        containments.reserve(contextName: plan.contextName)
+        let outcome = await execute(entry, fields: fields, epoch: epoch, plan: plan)
+        containments.release(contextName: plan.contextName)
+        await admission.release(key: entry.streamId)
+        return outcome
     }
 
     /// Hands an unfinished attempt back to its queue, unless its epoch ended (then it stays pending and is
@@ -76,11 +104,13 @@ struct JobExecutor: Sendable {
         }
     }
 
-    /// `fields` are the entry's fields as read, for a dead letter.
-    private func execute(_ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch) async -> DeliveryOutcome {
+    private func execute(
+        _ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch, plan: IsolationPlan
+    ) async -> DeliveryOutcome {
         let owner = epoch.owner
         let received: JSONValue = [
             "queue": .string(entry.queue), "stream_id": .string(entry.streamId), "attempt": .int(entry.attempt),
+            "isolation": .string(plan.level.rawValue),
         ]
         // Claim before starting anything: a duplicate entry of a job that already ended must never run.
         let startedAt: String
@@ -118,9 +148,24 @@ struct JobExecutor: Sendable {
             return .unrecorded
         }
 
+        let containment: JobContainment
+        do {
+            containment = try await JobContainment.create(plan: plan, host: isolation)
+        } catch {
+            logger.warning("cannot set up the job's isolation: \(error.message)", ["job": entry.jobId])
+            let record = JobResultRecord(state: .failed, reason: "cannot set up the job's isolation: \(error.message)")
+            return await finish(entry, record, startedAt: startedAt, owner: owner)
+        }
+        let environment = jobEnvironment(for: entry, attempt: attempt, workDirectory: containment.workDirectory)
         let recorder = OutputRecorder(
             client: logClient, store: store, logger: logger, entry: entry, owner: owner,
-            limit: configuration.logLimitBytes, tailLimit: configuration.outputTailBytes)
+            limit: configuration.logLimitBytes, tailLimit: configuration.outputTailBytes,
+            masker: SecretMasker(environment: environment, secretNames: entry.spec.secretEnvironment))
+        if plan.fellBack {
+            recorder.note(
+                "isolation \(plan.requested.rawValue) with network \(plan.requestedNetwork.rawValue) is not available "
+                    + "here; running at \(plan.level.rawValue) with network \(plan.network.rawValue)")
+        }
         if entry.attempt > 1 {
             // Attempts share the log stream: mark where this one begins.
             recorder.note("attempt \(entry.attempt) of \(entry.spec.maxAttempts) begins")
@@ -129,10 +174,12 @@ struct JobExecutor: Sendable {
         let began = clock.now
         let process: RunningProcess
         do {
-            process = try await supervisor.spawn(processSpec(for: entry, attempt: attempt)) { stream, bytes in
+            let spec = processSpec(for: entry, environment: environment, containment: containment)
+            process = try await supervisor.spawn(spec) { stream, bytes in
                 recorder.append(stream, bytes)
             }
         } catch let error as SpawnError where error.isSupervisorSide {
+            _ = await containment.finish(logger: logger)
             // The runner's trouble (out of fds or processes, shutting down), not the job's: give it back, after a
             // pause so that a runner in trouble does not cycle through the queue.
             logger.warning("cannot start a job now: \(error.message); handing it back", ["job": entry.jobId])
@@ -140,15 +187,29 @@ struct JobExecutor: Sendable {
             return await handBack(entry, epoch: epoch, reason: error.message)
         } catch let error as SpawnError {
             logger.info("job could not start: \(error.message)", ["job": entry.jobId])
-            let record = JobResultRecord(
+            var record = JobResultRecord(
                 state: .failed, exitCode: error.conventionalExitCode, reason: error.message,
                 durationMs: (clock.now - began).milliseconds)
+            record.accounting = await containment.finish(logger: logger)
             return await finish(entry, record, startedAt: startedAt, owner: owner)
         } catch {
-            let record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
+            var record = JobResultRecord(state: .failed, reason: "cannot start the job: \(error)")
+            record.accounting = await containment.finish(logger: logger)
             return await finish(entry, record, startedAt: startedAt, owner: owner)
         }
         killSwitch.watch(process)
+        containment.started(pid: process.pid)
+        containments.add(streamId: entry.streamId, jobId: entry.jobId, containment: containment)
+        // Without a cgroup to count it, peak memory is the largest sampled RSS of the job's processes.
+        let sampler =
+            containment.cgroup != nil
+            ? nil
+            : Task {
+                while !Task.isCancelled {
+                    _ = containment.sample()
+                    try? await Task.sleep(for: JobExecutor.memorySampleInterval)
+                }
+            }
         // The epoch may have ended between the claim and the spawn: nothing of it may run on.
         if epoch.ended.isFired { process.signalGroup(SIGKILL) }
 
@@ -160,6 +221,9 @@ struct JobExecutor: Sendable {
         let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
         let outcome = await process.wait(TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace))
         killSwitch.unwatch(process)
+        sampler?.cancel()
+        containments.remove(streamId: entry.streamId)
+        let accounting = await containment.finish(logger: logger)
         let summary = await recorder.finish(flusher: flusher)
         await startedWrite.value
 
@@ -173,7 +237,7 @@ struct JobExecutor: Sendable {
             logger.info("job stopped for shutdown; handing it back", ["job": entry.jobId])
             return await handBack(entry, epoch: epoch, reason: "runner shutting down")
         }
-        var record = JobExecutor.record(for: outcome, timeout: timeout)
+        var record = JobExecutor.record(for: outcome, timeout: timeout, accounting: accounting)
         record.outputTail = summary.tail
         if record.state != .succeeded, entry.spec.maxAttempts > 1 {
             return await failed(entry, record, attempt: attempt, owner: owner)
@@ -254,10 +318,16 @@ struct JobExecutor: Sendable {
     }
 
     /// Result fields for how the process ended.
-    static func record(for outcome: ProcessOutcome, timeout: Duration?) -> JobResultRecord {
+    static func record(
+        for outcome: ProcessOutcome, timeout: Duration?, accounting: JobAccounting? = nil
+    ) -> JobResultRecord {
         var record = JobResultRecord(
             state: .failed, durationMs: outcome.wallTime.milliseconds, forcedKill: outcome.forcedKill, pid: outcome.pid,
             cpuUserMs: outcome.userCPUTime.milliseconds, cpuSystemMs: outcome.systemCPUTime.milliseconds)
+        record.accounting = accounting
+        // The cgroup counts the whole tree, also processes nobody waited for.
+        if let user = accounting?.cgroupUserCPU { record.cpuUserMs = user.milliseconds }
+        if let system = accounting?.cgroupSystemCPU { record.cpuSystemMs = system.milliseconds }
         switch outcome.termination {
         case .exited(let code): record.exitCode = code
         case .signaled(let signal): record.signal = signal
@@ -276,22 +346,45 @@ struct JobExecutor: Sendable {
         case .exited(let code): record.reason = "exited with code \(code)"
         case .signaled(let signal): record.reason = "killed by signal \(signal) (\(signalName(signal)))"
         }
+        // The kernel's own counter, not the signal, says whether it was the OOM killer: a job that SIGKILLs itself is
+        // just signal 9.
+        if record.state != .succeeded, let accounting, accounting.oomKills > 0 {
+            record.reason = JobExecutor.oomKilledReason
+        }
         return record
     }
 
-    /// The job's process: its own argv or `/bin/sh -c`, a clean environment (never the runner's, so the Redis
-    /// URL and password cannot leak), its cwd.
-    func processSpec(for entry: JobEntry, attempt: Attempt) -> ProcessSpec {
+    /// The reason of a job the OOM killer ended; the limit and the peak are in `limits` and `peak_memory_bytes`.
+    static let oomKilledReason = "oom_killed"
+    static let memorySampleInterval = Duration.milliseconds(250)
+
+    /// A job's environment: never the runner's (so the Redis URL and password cannot leak), only a safe base with
+    /// its work folder as `HOME` and `TMPDIR`, what the runner's allowlist names, the job's own `env`, and the
+    /// runner's `NR_*` variables.
+    func jobEnvironment(for entry: JobEntry, attempt: Attempt, workDirectory: String) -> [String: String] {
         var environment: [String: String] = [
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": ProcessInfo.processInfo.environment["HOME"] ?? "/",
+            "HOME": workDirectory,
             "LANG": "C.UTF-8",
+            "TMPDIR": workDirectory + "/tmp",
         ]
+        let runnerEnvironment = ProcessInfo.processInfo.environment
+        for name in configuration.isolation.environmentAllowlist {
+            if let value = runnerEnvironment[name] { environment[name] = value }
+        }
         for (key, value) in entry.spec.environment { environment[key] = value }
         environment[JobEnvironment.jobId] = entry.jobId
         environment[JobEnvironment.attempt] = String(entry.attempt)
         environment[JobEnvironment.runner] = configuration.name
         environment[JobEnvironment.fencingToken] = attempt.fencingToken
+        environment[JobEnvironment.namespace] = configuration.keyspace.namespace
+        environment[JobEnvironment.workDirectory] = workDirectory
+        return environment
+    }
+
+    /// The job's process: its own argv or `/bin/sh -c`, its environment, its cwd (its work folder by default), and
+    /// its isolation.
+    func processSpec(for entry: JobEntry, environment: [String: String], containment: JobContainment) -> ProcessSpec {
         let argv: [String]
         switch entry.spec.command {
         case .argv(let arguments): argv = arguments
@@ -299,7 +392,19 @@ struct JobExecutor: Sendable {
         }
         return ProcessSpec(
             executable: argv[0], arguments: argv, environment: environment,
-            workingDirectory: entry.spec.workingDirectory, dieWithParent: true)
+            workingDirectory: entry.spec.workingDirectory ?? containment.workDirectory, dieWithParent: true,
+            isolation: containment.processIsolation(hostname: JobExecutor.hostname(for: entry.jobId)),
+            treeMarker: EnvironmentMarker(name: JobEnvironment.jobId, value: entry.jobId))
+    }
+
+    /// A job id as a hostname: letters, digits and '-', at most 63 bytes.
+    static func hostname(for jobId: String) -> String {
+        let label = String(
+            jobId.unicodeScalars.prefix(63).map { scalar -> Character in
+                let c = Character(scalar)
+                return c.isASCII && (c.isLetter || c.isNumber) ? c : "-"
+            })
+        return label.isEmpty ? "job" : label
     }
 
     /// Runs a durable write and answers `outcome`, or `.unrecorded` when the write was given up.

@@ -13,6 +13,8 @@ public struct JobResultRecord: Sendable, Hashable {
     public var pid: Int32?
     public var cpuUserMs: Int?
     public var cpuSystemMs: Int?
+    /// What the isolation measured and what was in force; nil for a job that never started.
+    var accounting: JobAccounting?
 
     public init(
         state: JobState, exitCode: Int32? = nil, signal: Int32? = nil, reason: String? = nil, durationMs: Int = 0,
@@ -40,6 +42,7 @@ public struct JobResultRecord: Sendable, Hashable {
         if state == .timedOut { data["forced_kill"] = .bool(forcedKill) }
         if let cpuUserMs { data["cpu_user_ms"] = .int(cpuUserMs) }
         if let cpuSystemMs { data["cpu_system_ms"] = .int(cpuSystemMs) }
+        for (field, value) in accountingFields { data[field] = value }
         return .object(data)
     }
 
@@ -56,6 +59,35 @@ public struct JobResultRecord: Sendable, Hashable {
         if let pid { fields.append((ResultField.pid, Array(String(pid).utf8))) }
         if let cpuUserMs { fields.append((ResultField.cpuUserMs, Array(String(cpuUserMs).utf8))) }
         if let cpuSystemMs { fields.append((ResultField.cpuSystemMs, Array(String(cpuSystemMs).utf8))) }
+        for (field, value) in accountingFields {
+            let text: String
+            switch value {
+            case .string(let s): text = s
+            default: text = value.serialized
+            }
+            fields.append((field, Array(text.utf8)))
+        }
+        return fields
+    }
+
+    /// The accounting as result fields (the same names in the hash and in the terminal event's data).
+    private var accountingFields: [(String, JSONValue)] {
+        guard let accounting else { return [] }
+        var fields: [(String, JSONValue)] = [
+            (ResultField.isolation, .string(accounting.isolation.rawValue)),
+            (ResultField.network, .string(accounting.network.rawValue)),
+            (ResultField.limits, accounting.limits.jsonObject),
+        ]
+        if let requested = accounting.requestedIsolation {
+            fields.append((ResultField.isolationRequested, .string(requested.rawValue)))
+        }
+        if let peak = accounting.peakMemoryBytes {
+            fields.append((ResultField.peakMemoryBytes, .int(Int(clamping: peak))))
+            fields.append((ResultField.peakMemorySource, .string(accounting.peakMemorySource ?? "sampled")))
+        }
+        if let processes = accounting.processes {
+            fields.append((ResultField.processes, .int(Int(clamping: processes))))
+        }
         return fields
     }
 }

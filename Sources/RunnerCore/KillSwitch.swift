@@ -101,3 +101,90 @@ final class InProcessKillSwitch: JobKillSwitch {
         fire()
     }
 }
+
+/// The kill switch of a running worker: the watchdog process, which kills the watched process groups at the armed
+/// deadline even while this runner is paused, and kills them all when this runner dies (kill -9); with the
+/// in-process switch beside it for `fire()` and for jobs watched after a firing. A watchdog that cannot be told
+/// something (it died, or its queue is full) is logged once; the in-process switch still acts while the runner
+/// runs.
+final class WatchdogKillSwitch: JobKillSwitch {
+    private let watchdog: JobWatchdog
+    private let inProcess: InProcessKillSwitch
+    private let logger: Logger
+    private let complained = Mutex(false)
+    private let events: Task<Void, Never>
+
+    init(watchdog: JobWatchdog, logger: Logger, onFire: @escaping @Sendable () -> Void = {}) {
+        self.watchdog = watchdog
+        self.inProcess = InProcessKillSwitch(onFire: onFire)
+        self.logger = logger
+        events = Task { [stream = watchdog.events] in
+            for await event in stream {
+                switch event {
+                case .fired(let firing):
+                    logger.warning(
+                        "the job watchdog killed \(firing.signalledGroups) job process group(s): the lease was not "
+                            + "renewed in time")
+                case .rejected(let group, let errno):
+                    logger.warning("the job watchdog refused process group \(group) (errno \(errno))")
+                case .exited(.stopped):
+                    break
+                case .exited(let ending):
+                    logger.error("the job watchdog ended (\(ending)); jobs are guarded only while the runner runs")
+                }
+            }
+        }
+    }
+
+    /// Starts the watchdog process, or answers nil (with a warning) when it cannot be started.
+    static func start(logger: Logger) -> WatchdogKillSwitch? {
+        do {
+            return WatchdogKillSwitch(watchdog: try JobWatchdog(), logger: logger)
+        } catch {
+            logger.warning("cannot start the job watchdog (\(error)); a paused runner's jobs are not stopped in time")
+            return nil
+        }
+    }
+
+    func arm(until deadline: ContinuousClock.Instant) {
+        inProcess.arm(until: deadline)
+        tell { try watchdog.arm(until: deadline) }
+    }
+
+    func disarm() {
+        inProcess.disarm()
+        tell { try watchdog.disarm() }
+    }
+
+    func watch(_ process: RunningProcess) {
+        inProcess.watch(process)
+        tell { try watchdog.watch(processGroup: process.pid) }
+    }
+
+    func unwatch(_ process: RunningProcess) {
+        // Before the in-process switch forgets it: the group id must leave the watchdog's table while it is this
+        // job's (the main process is reaped only after wait returns, and unwatch comes first).
+        tell { try watchdog.unwatch(processGroup: process.pid) }
+        inProcess.unwatch(process)
+    }
+
+    func fire() { inProcess.fire() }
+
+    /// Quits the watchdog (leaving the jobs alone) and waits for it.
+    func stop() async {
+        _ = await watchdog.stop()
+        await events.value
+    }
+
+    private func tell(_ command: () throws -> Void) {
+        do {
+            try command()
+        } catch {
+            let first = complained.withLock { flag in
+                defer { flag = true }
+                return !flag
+            }
+            if first { logger.warning("the job watchdog did not take a command: \(error)") }
+        }
+    }
+}

@@ -30,6 +30,31 @@ final class OutputRecorder: Sendable {
         var droppedBytes = 0
         var truncationMarked = false
         var tail: [UInt8] = []
+        var masker: SecretMasker
+
+        /// Counts and buffers one (masked) chunk, keeping the tail and the log limit.
+        mutating func record(_ stream: OutputStream, _ bytes: [UInt8], limit: Int, tailLimit: Int) {
+            guard !bytes.isEmpty else { return }
+            tail.append(contentsOf: bytes)
+            if tail.count > 2 * tailLimit { tail.removeFirst(tail.count - tailLimit) }
+            let room = limit - storedBytes
+            if room >= bytes.count {
+                pending.append(.output(stream, bytes))
+                storedBytes += bytes.count
+                pendingBytes += bytes.count
+            } else {
+                if room > 0 {
+                    pending.append(.output(stream, Array(bytes[..<room])))
+                    storedBytes += room
+                    pendingBytes += room
+                }
+                droppedBytes += bytes.count - max(room, 0)
+                if !truncationMarked {
+                    truncationMarked = true
+                    pending.append(.meta("output truncated: the log limit of \(limit) bytes was reached"))
+                }
+            }
+        }
     }
 
     private let client: RedisClient
@@ -42,7 +67,7 @@ final class OutputRecorder: Sendable {
     private let refused = Mutex(false)
     private let limit: Int
     private let tailLimit: Int
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let signals: AsyncStream<Void>
     private let signal: AsyncStream<Void>.Continuation
     private let sequence = Mutex<(base: Int?, next: Int)>((nil, 1))
@@ -54,8 +79,9 @@ final class OutputRecorder: Sendable {
 
     init(
         client: RedisClient, store: JobStore, logger: Logger, entry: JobEntry, owner: AttemptOwner, limit: Int,
-        tailLimit: Int
+        tailLimit: Int, masker: SecretMasker = SecretMasker(environment: [:], secretNames: [])
     ) {
+        self.state = Mutex(State(masker: masker))
         self.client = client
         self.store = store
         self.logger = logger
@@ -70,25 +96,8 @@ final class OutputRecorder: Sendable {
     /// Called from the monitor thread for each chunk: buffer, count, keep the tail, wake the flusher.
     func append(_ stream: OutputStream, _ bytes: [UInt8]) {
         state.withLock { state in
-            state.tail.append(contentsOf: bytes)
-            if state.tail.count > 2 * tailLimit { state.tail.removeFirst(state.tail.count - tailLimit) }
-            let room = limit - state.storedBytes
-            if room >= bytes.count {
-                state.pending.append(.output(stream, bytes))
-                state.storedBytes += bytes.count
-                state.pendingBytes += bytes.count
-            } else {
-                if room > 0 {
-                    state.pending.append(.output(stream, Array(bytes[..<room])))
-                    state.storedBytes += room
-                    state.pendingBytes += room
-                }
-                state.droppedBytes += bytes.count - max(room, 0)
-                if !state.truncationMarked {
-                    state.truncationMarked = true
-                    state.pending.append(.meta("output truncated: the log limit of \(limit) bytes was reached"))
-                }
-            }
+            let bytes = state.masker.mask(stream, bytes)
+            state.record(stream, bytes, limit: limit, tailLimit: tailLimit)
         }
         signal.yield()
     }
@@ -115,6 +124,11 @@ final class OutputRecorder: Sendable {
     /// Stops the flusher after a last write and returns the tail and counts. Await `run()` completion first by
     /// calling this after the process ended.
     func finish(flusher: Task<Void, Never>) async -> Summary {
+        state.withLock { state in
+            for stream in [OutputStream.stdout, .stderr] {
+                state.record(stream, state.masker.flush(stream), limit: limit, tailLimit: tailLimit)
+            }
+        }
         finishing.fire()
         signal.finish()
         await flusher.value

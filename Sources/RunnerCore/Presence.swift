@@ -9,7 +9,9 @@ struct Presence: Sendable {
     let configuration: WorkerConfiguration
     let startedAtMs: Int
 
-    func record(state: RunnerState, free: Int, running: [String], epoch: Int) -> JSONValue {
+    func record(
+        state: RunnerState, free: Int, running: [String], epoch: Int, resources: ResourceCapacity = ResourceCapacity()
+    ) -> JSONValue {
         [
             RunnerRecordField.node: .string(configuration.node),
             RunnerRecordField.pid: .int(Int(getpid())),
@@ -22,13 +24,16 @@ struct Presence: Sendable {
             RunnerRecordField.running: .array(running.map(JSONValue.string)),
             RunnerRecordField.heartbeatAt: .int(WallClock.milliseconds()),
             RunnerRecordField.epoch: .int(epoch),
+            RunnerRecordField.memoryReserved: .int(Int(clamping: resources.memoryReservedBytes)),
+            RunnerRecordField.waitingForResources: .int(resources.waiting),
             ProtocolVersion.field: .int(ProtocolVersion.current),
         ]
     }
 
     /// XADD to the heartbeats stream and HSET the registry record, in one round trip.
     func publish(
-        state: RunnerState, free: Int, running: [String], epoch: Int, retry: RedisRetry = .never
+        state: RunnerState, free: Int, running: [String], epoch: Int, resources: ResourceCapacity = ResourceCapacity(),
+        retry: RedisRetry = .never
     ) async throws {
         let runningJSON = JSONValue.array(running.map(JSONValue.string)).serialized
         let heartbeat = RedisCommand([
@@ -36,11 +41,12 @@ struct Presence: Sendable {
             HeartbeatField.runner, configuration.name, HeartbeatField.state, state.rawValue,
             HeartbeatField.capacityTotal, String(configuration.concurrency), HeartbeatField.capacityFree, String(free),
             HeartbeatField.running, runningJSON, HeartbeatField.timestamp, String(WallClock.milliseconds()),
-            ProtocolVersion.field, String(ProtocolVersion.current),
+            HeartbeatField.memoryReserved, String(resources.memoryReservedBytes), HeartbeatField.waitingForResources,
+            String(resources.waiting), ProtocolVersion.field, String(ProtocolVersion.current),
         ])
         let registry = RedisCommand([
             "HSET", keyspace.runners, configuration.name,
-            record(state: state, free: free, running: running, epoch: epoch).serialized,
+            record(state: state, free: free, running: running, epoch: epoch, resources: resources).serialized,
         ])
         let replies = try await client.pipeline([heartbeat, registry], retry: retry)
         for case .error(let message) in replies { throw RedisServerError(message) }

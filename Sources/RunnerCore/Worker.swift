@@ -47,6 +47,8 @@ public final class Worker: Sendable {
     private let nameLost = Latch()
     private let summary = Mutex(WorkerSummary())
     private let killSwitch: any JobKillSwitch
+    /// The watchdog process behind `killSwitch` (nil when it could not be started).
+    private let watchdog: WatchdogKillSwitch?
     /// Open (fired) while intake may read; replaced by a closed one while a lease epoch ends.
     private let intakeOpen = Mutex(Latch(fired: true))
     /// The task ending a lease epoch, while one runs; and the epochs whose end has been started.
@@ -55,6 +57,7 @@ public final class Worker: Sendable {
     /// a paused earlier run of this name): the intake then reads its own pending entries again.
     private let strayPending = Mutex(false)
     private let state = Mutex(RunnerState.starting)
+    private let containments = RunningContainments()
 
     public init(configuration: WorkerConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -69,7 +72,8 @@ public final class Worker: Sendable {
         presenceClient = client("presence")
         jobsClient = client("jobs")
         slots = JobSlots(capacity: configuration.concurrency)
-        killSwitch = InProcessKillSwitch()
+        watchdog = WatchdogKillSwitch.start(logger: logger)
+        killSwitch = watchdog ?? InProcessKillSwitch()
     }
 
     /// Asks for a graceful shutdown; a second call asks for an immediate one (jobs stopped now and handed back).
@@ -118,16 +122,27 @@ public final class Worker: Sendable {
         let lease = LeaseKeeper(client: presenceClient, keyspace: keyspace, runner: config.name, ttl: config.leaseTTL)
         let presence = Presence(
             client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds())
+        let isolation = await IsolationHost.start(
+            configuration: config.isolation,
+            contextName: runnerContextName(namespace: keyspace.namespace, runner: config.name), logger: logger)
+        let sampler = isolation.sampler
+        let admission = MemoryAdmission(
+            totalBytes: isolation.hostMemoryBytes, availableBytes: { try? sampler.memory().availableBytes })
         let executor = JobExecutor(
             configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger,
-            killSwitch: killSwitch, rescheduleBound: config.rescheduleBound)
+            killSwitch: killSwitch, rescheduleBound: config.rescheduleBound, isolation: isolation,
+            containments: containments, admission: admission)
+        let monitor = ResourceMonitor(
+            host: isolation, containments: containments, store: store, runner: config.name, logger: logger)
 
         try await intake.ensureGroups()
         try await lease.acquire()
         killSwitch.arm(until: await lease.killDeadline)
         // With the name ours, whatever still runs under it is left over from a previous run that died (kill -9):
         // stop it before its pending jobs run again, so that no two copies run side by side.
-        let leftovers = LeftoverProcesses.kill(withEnvironment: [JobEnvironment.runner: config.name])
+        let leftovers = LeftoverProcesses.kill(withEnvironment: [
+            JobEnvironment.runner: config.name, JobEnvironment.namespace: keyspace.namespace,
+        ])
         if !leftovers.isEmpty {
             logger.warning(
                 "stopped \(leftovers.count) process(es) left over from a previous run of runner '\(config.name)'",
@@ -158,10 +173,14 @@ public final class Worker: Sendable {
                 "concurrency": String(config.concurrency),
             ])
 
+        // What a run of this name that died left behind: its cgroups and work folders (its processes are dead now).
+        await monitor.cleanUp(processes: leftovers)
+        let monitorTask = Task { await monitor.run(interval: config.isolation.monitorInterval) }
+        let capacityTask = Task { await self.reportCapacity(admission: admission, store: store) }
         let epochs = EpochContext(lease: lease, presence: presence, store: store)
         let reaper = config.reaper.map { Reaper(configuration: $0, logger: logger) }
         let reaperTask = reaper.map { reaper in Task { await reaper.run() } }
-        let presenceTask = Task { await self.keepPresence(epochs) }
+        let presenceTask = Task { await self.keepPresence(epochs, admission: admission) }
         let watchTask = Task { await self.watchLease(epochs) }
         let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor, epochs: epochs) }
 
@@ -184,12 +203,17 @@ public final class Worker: Sendable {
         watchTask.cancel()
         await watchTask.value
         presenceTask.cancel()
+        monitorTask.cancel()
+        capacityTask.cancel()
         await presenceTask.value
         await reaperTask?.value
         let transition = epochTransition.withLock { $0.task }
         transition?.cancel()
         await transition?.value
         killSwitch.disarm()
+        await watchdog?.stop()
+        await monitorTask.value
+        await capacityTask.value
         if nameLost.isFired {
             let message =
                 "runner name '\(config.name)' was taken by another runner while this one could not renew "
@@ -219,6 +243,7 @@ public final class Worker: Sendable {
         }
         try? await presence.unregister()
         try? await lease.release()
+        isolation.removeOwnContexts()
         logger.info("runner stopped", ["finished": String(final.finished), "handed_back": String(final.handedBack)])
         return final
     }
@@ -305,8 +330,35 @@ public final class Worker: Sendable {
         return (try? await renew(epochs)) != false
     }
 
+    private func resourceCapacity(_ admission: MemoryAdmission) async -> ResourceCapacity {
+        ResourceCapacity(memoryReservedBytes: await admission.reservedBytes, waiting: await admission.waiting.count)
+    }
+
+    /// Emits `runner.capacity_update` when the slots, the resource admission or the state changed, at most once per
+    /// `capacityReportInterval` (a busy runner's free slots change with every job), until cancelled.
+    private func reportCapacity(admission: MemoryAdmission, store: JobStore) async {
+        var reported: CapacitySnapshot?
+        while !Task.isCancelled {
+            let now = CapacitySnapshot(
+                state: state.withLock { $0 }, total: configuration.concurrency, free: await slots.free,
+                resources: await resourceCapacity(admission))
+            if now != reported {
+                do {
+                    try await store.emit(
+                        .runnerCapacityUpdate, runner: configuration.name, data: now.eventData, retry: .never)
+                    reported = now
+                } catch {
+                    logger.debug("capacity update failed: \(error)")
+                }
+            }
+            try? await Task.sleep(for: Worker.capacityReportInterval)
+        }
+    }
+
+    static let capacityReportInterval = Duration.seconds(1)
+
     /// Renews the lease and publishes heartbeats every interval until cancelled.
-    private func keepPresence(_ epochs: EpochContext) async {
+    private func keepPresence(_ epochs: EpochContext, admission: MemoryAdmission) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
             if Task.isCancelled { break }
@@ -316,7 +368,7 @@ public final class Worker: Sendable {
                 let current = state.withLock { $0 }
                 try await epochs.presence.publish(
                     state: current, free: await slots.free, running: await slots.runningJobIds,
-                    epoch: await epochs.lease.epoch.number)
+                    epoch: await epochs.lease.epoch.number, resources: await resourceCapacity(admission))
                 if try await hasStrayPending() { strayPending.withLock { $0 = true } }
             } catch {
                 // The client has already said once that Redis is unreachable; retry at the next interval.

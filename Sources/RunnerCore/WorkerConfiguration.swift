@@ -39,6 +39,8 @@ public struct WorkerConfiguration: Sendable {
     public var reaper: ReaperConfiguration?
     /// Start even when Redis's `maxmemory-policy` may evict keys (with a warning).
     public var allowEvictionPolicy = false
+    /// How jobs are contained.
+    public var isolation: IsolationConfiguration
     public var version: String
 
     public init(
@@ -49,7 +51,7 @@ public struct WorkerConfiguration: Sendable {
         eventsMaxLength: Int = 100_000, heartbeatsMaxLength: Int = 10_000, deadMaxLength: Int = 100_000,
         logLimitBytes: Int = 16 << 20, outputTailBytes: Int = 4096, intakeBlock: Duration = .seconds(5),
         rescheduleBound: Int = ReaperConfiguration.defaultRescheduleBound, reaper: ReaperConfiguration? = nil,
-        version: String = RunnerVersion.current
+        isolation: IsolationConfiguration = IsolationConfiguration(), version: String = RunnerVersion.current
     ) {
         self.redis = redis
         self.keyspace = keyspace
@@ -71,6 +73,7 @@ public struct WorkerConfiguration: Sendable {
         self.intakeBlock = intakeBlock
         self.rescheduleBound = rescheduleBound
         self.reaper = reaper
+        self.isolation = isolation
         self.version = version
     }
 }

@@ -32,7 +32,14 @@ public enum HeartbeatField {
     /// JSON array of the ids of the running jobs.
     public static let running = "running"
     public static let timestamp = "ts"
-    public static let all = [runner, state, capacityTotal, capacityFree, running, timestamp, ProtocolVersion.field]
+    /// Memory declared by the running jobs (resource admission), bytes.
+    public static let memoryReserved = "memory_reserved_bytes"
+    /// Jobs delivered to the runner that wait for memory before they start.
+    public static let waitingForResources = "waiting_for_resources"
+    public static let all = [
+        runner, state, capacityTotal, capacityFree, running, timestamp, memoryReserved, waitingForResources,
+        ProtocolVersion.field,
+    ]
 }
 
 /// Field names of a job's result hash `{nr}:job:<id>`.
@@ -72,10 +79,25 @@ public enum ResultField {
     public static let retryAt = "retry_at"
     /// The idempotency key the job was submitted with.
     public static let idempotencyKey = "idempotency_key"
+    /// The isolation level the attempt ran at.
+    public static let isolation = "isolation"
+    /// The network the attempt had: `host` or `none`.
+    public static let network = "network"
+    /// The level the job asked for, when the runner gave less than asked (`--isolation-fallback`).
+    public static let isolationRequested = "isolation_requested"
+    /// Peak memory: the cgroup's own peak, else the largest sampled RSS of the job's processes.
+    public static let peakMemoryBytes = "peak_memory_bytes"
+    /// How the peak was measured: `cgroup` or `sampled`.
+    public static let peakMemorySource = "peak_memory_source"
+    /// Processes of the job at the most (from the cgroup where it knows).
+    public static let processes = "processes"
+    /// The limits in force, a JSON object with the spec's `limits` names.
+    public static let limits = "limits"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
         reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, leaseToken, fencingToken,
-        failures, reschedules, retryAt, idempotencyKey, ProtocolVersion.field,
+        failures, reschedules, retryAt, idempotencyKey, isolation, network, isolationRequested, peakMemoryBytes,
+        peakMemorySource, processes, limits, ProtocolVersion.field,
     ]
 }
 
@@ -120,9 +142,11 @@ public enum RunnerRecordField {
     public static let epoch = "epoch"
     /// When a reaper found the runner's lease gone (state `lost`), milliseconds since the epoch (Redis's clock).
     public static let lostAt = "lost_at"
+    public static let memoryReserved = HeartbeatField.memoryReserved
+    public static let waitingForResources = HeartbeatField.waitingForResources
     public static let all = [
         node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt, epoch, lostAt,
-        ProtocolVersion.field,
+        memoryReserved, waitingForResources, ProtocolVersion.field,
     ]
 }
 
@@ -135,5 +159,9 @@ public enum JobEnvironment {
     /// The attempt's fencing token (`fencing_token`): larger for every later attempt of any job, so a job writing
     /// to a store of its own can refuse a write from an attempt older than one it has seen.
     public static let fencingToken = "NR_FENCING_TOKEN"
-    public static let all = [jobId, attempt, runner, fencingToken]
+    /// The job's private work folder (also its default working directory and `HOME`).
+    public static let workDirectory = "NR_WORK_DIR"
+    /// The runner's namespace: with `NR_RUNNER`, what a restarted runner matches leftovers by.
+    public static let namespace = "NR_NAMESPACE"
+    public static let all = [jobId, attempt, runner, fencingToken, workDirectory, namespace]
 }

@@ -22,9 +22,19 @@ public struct JobSpec: Sendable, Hashable {
     /// The delay before a retry; nil means the defaults of `Backoff`.
     public var backoff: Backoff?
 
+    /// The isolation asked for; nil means the runner's default.
+    public var isolation: IsolationLevel?
+    /// The network asked for; nil means `host`.
+    public var network: NetworkMode?
+    public var limits: JobLimits
+    /// Names of variables in `env` whose values are masked in the job's log and output tail.
+    public var secretEnvironment: [String]
+
     public init(
         command: Command, environment: [String: String] = [:], workingDirectory: String? = nil,
-        timeoutMs: Int? = nil, maxAttempts: Int = 1, labels: [String: String] = [:], backoff: Backoff? = nil
+        timeoutMs: Int? = nil, maxAttempts: Int = 1, labels: [String: String] = [:], backoff: Backoff? = nil,
+        isolation: IsolationLevel? = nil, network: NetworkMode? = nil, limits: JobLimits = JobLimits(),
+        secretEnvironment: [String] = []
     ) {
         self.command = command
         self.environment = environment
@@ -33,6 +43,10 @@ public struct JobSpec: Sendable, Hashable {
         self.maxAttempts = maxAttempts
         self.labels = labels
         self.backoff = backoff
+        self.isolation = isolation
+        self.network = network
+        self.limits = limits
+        self.secretEnvironment = secretEnvironment
     }
 
     /// JSON field names of the spec.
@@ -45,7 +59,13 @@ public struct JobSpec: Sendable, Hashable {
         public static let maxAttempts = "max_attempts"
         public static let labels = "labels"
         public static let backoff = "backoff"
-        public static let all = [argv, shell, env, cwd, timeoutMs, maxAttempts, labels, backoff]
+        public static let isolation = "isolation"
+        public static let network = "network"
+        public static let limits = "limits"
+        public static let secretEnv = "secret_env"
+        public static let all = [
+            argv, shell, env, cwd, timeoutMs, maxAttempts, labels, backoff, isolation, network, limits, secretEnv,
+        ]
     }
 
     /// The largest accepted spec, in bytes of JSON.
@@ -119,6 +139,68 @@ public struct JobSpec: Sendable, Hashable {
         case .object(let members)?: backoff = try Backoff(fields: members)
         case let other?: throw JobSpecError("spec.backoff must be an object, got \(other.typeName)")
         }
+
+        isolation = try JobSpec.choice(fields[Key.isolation], name: Key.isolation, spellings: IsolationLevel.spellings)
+        network = try JobSpec.choice(fields[Key.network], name: Key.network, spellings: NetworkMode.spellings)
+        if network == NetworkMode.none, let isolation, isolation < .namespace {
+            throw JobSpecError(
+                "spec.network \"none\" needs isolation \"namespace\" or \"cgroup\", not \"\(isolation.rawValue)\"")
+        }
+        limits = try JobSpec.limits(fields[Key.limits])
+        secretEnvironment = try JobSpec.names(fields[Key.secretEnv], name: Key.secretEnv)
+    }
+
+    private static func choice<T: RawRepresentable<String>>(
+        _ value: JSONValue?, name: String, spellings: String
+    ) throws(JobSpecError) -> T? {
+        switch value {
+        case nil, .null?: return nil
+        case .string(let s)?:
+            guard let choice = T(rawValue: s) else {
+                throw JobSpecError("spec.\(name) must be one of \(spellings), got \"\(s)\"")
+            }
+            return choice
+        case let other?: throw JobSpecError("spec.\(name) must be a string (\(spellings)), got \(other.typeName)")
+        }
+    }
+
+    private static func limits(_ value: JSONValue?) throws(JobSpecError) -> JobLimits {
+        switch value {
+        case nil, .null?: return JobLimits()
+        case .object(let members)?:
+            var values: [String: Int] = [:]
+            for (key, member) in members {
+                // Unknown limits are refused, unlike unknown spec fields: a limit the runner would silently not
+                // apply is worse than a rejection.
+                guard JobLimits.Key.all.contains(key) else {
+                    throw JobSpecError(
+                        "spec.limits.\(key) is not a known limit (\(JobLimits.Key.all.joined(separator: ", ")))")
+                }
+                values[key] = try positiveInt(member, name: "\(Key.limits).\(key)")
+            }
+            return JobLimits(
+                memoryBytes: values[JobLimits.Key.memoryBytes], pids: values[JobLimits.Key.pids],
+                cpuMillis: values[JobLimits.Key.cpuMillis], cpuSeconds: values[JobLimits.Key.cpuSeconds],
+                openFiles: values[JobLimits.Key.openFiles], fileSizeBytes: values[JobLimits.Key.fileSizeBytes])
+        case let other?: throw JobSpecError("spec.limits must be an object of positive integers, got \(other.typeName)")
+        }
+    }
+
+    private static func names(_ value: JSONValue?, name: String) throws(JobSpecError) -> [String] {
+        switch value {
+        case nil, .null?: return []
+        case .array(let items)?:
+            var names: [String] = []
+            for (index, item) in items.enumerated() {
+                guard case .string(let s) = item else {
+                    throw JobSpecError("spec.\(name)[\(index)] must be a variable name, got \(item.typeName)")
+                }
+                guard !s.isEmpty else { throw JobSpecError("spec.\(name)[\(index)] is empty") }
+                names.append(s)
+            }
+            return names
+        case let other?: throw JobSpecError("spec.\(name) must be an array of variable names, got \(other.typeName)")
+        }
     }
 
     static func positiveInt(_ value: JSONValue?, name: String) throws(JobSpecError) -> Int? {
@@ -174,6 +256,10 @@ public struct JobSpec: Sendable, Hashable {
         if maxAttempts != 1 { fields[Key.maxAttempts] = .int(maxAttempts) }
         if !labels.isEmpty { fields[Key.labels] = .object(labels.mapValues(JSONValue.string)) }
         if let backoff { fields[Key.backoff] = backoff.json }
+        if let isolation { fields[Key.isolation] = .string(isolation.rawValue) }
+        if let network { fields[Key.network] = .string(network.rawValue) }
+        if !limits.isEmpty { fields[Key.limits] = limits.jsonObject }
+        if !secretEnvironment.isEmpty { fields[Key.secretEnv] = .array(secretEnvironment.map(JSONValue.string)) }
         return .object(fields)
     }
 }

@@ -50,6 +50,9 @@ public enum EventType: String, Sendable, CaseIterable, Codable {
     case jobDead = "job.dead"
     case runnerLost = "runner.lost"
     case runnerLeaseLost = "runner.lease_lost"
+    case runnerResourceUsage = "runner.resource_usage"
+    case runnerCapacityUpdate = "runner.capacity_update"
+    case isolationCleanup = "isolation.cleanup"
 
     /// The terminal event for a terminal state.
     public static func terminal(for state: JobState) -> EventType? {

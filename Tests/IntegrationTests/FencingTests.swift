@@ -5,6 +5,44 @@ import XCTest
 
 /// A runner that lost its lease epoch can never record a result for a job that moved on.
 final class FencingTests: IntegrationTestCase {
+    /// The watchdog process, not the paused runner, stops the job before the lease lapses: no copy of it runs beside
+    /// its rescheduled one.
+    func testPausedRunnersJobIsKilledByTheWatchdogBeforeTheLeaseLapses() throws {
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("watchdog-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: marker) }
+        let runner = try startRunner(name: "stopped", ["--lease-ttl", "3s"])
+        try submit(
+            [
+                "--shell",
+                "if [ -f '\(marker.path)' ]; then echo second run; else touch '\(marker.path)'; sleep 60 & echo pid=$!; wait; fi",
+            ], id: "wd-1")
+        let pid = try runningPid("wd-1")
+        var child: Int32 = 0
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                child =
+                    self.pids(in: (try? self.logBytes("wd-1")).map { String(decoding: $0.stdout, as: UTF8.self) } ?? "")
+                    .first ?? 0
+                return child > 0
+            })
+
+        runner.signal(SIGSTOP)
+        defer { runner.signal(SIGCONT) }
+        // Killed while the runner is still stopped, and while its lease is still there.
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) && !processIsAlive(child) })
+        XCTAssertEqual(try send(["EXISTS", key("runner:stopped")]).int, 1, "killed only after the lease lapsed")
+        let state = try String(contentsOfFile: "/proc/\(runner.pid)/stat", encoding: .utf8)
+        XCTAssertTrue(state.contains(") T "), "the runner was not stopped: \(state)")
+        runner.signal(SIGCONT)
+
+        let record = try waitForState("wd-1", ["succeeded"], timeout: .seconds(30))
+        XCTAssertEqual(record["output_tail"], "second run\n")
+        XCTAssertEqual(record["attempt"], "2")
+        let types = try events(of: "wd-1")
+        XCTAssertTrue(types.contains("job.rescheduled"), "\(types)")
+        XCTAssertFalse(types.contains("job.failed"), "\(types)")
+    }
+
     func testRunnerPausedPastItsLeaseHasItsResultRefusedAndRegistersAgain() throws {
         let release = FileManager.default.temporaryDirectory.appendingPathComponent("fence-\(namespace)")
         defer { try? FileManager.default.removeItem(at: release) }

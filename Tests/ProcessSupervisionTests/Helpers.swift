@@ -1,6 +1,7 @@
 import Foundation
 import ProcessSupervision
 import Synchronization
+import TestSupport
 import XCTest
 
 /// One supervisor for the whole test target (a subreaper, like the runner's).
@@ -109,6 +110,19 @@ func threadCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
 }
 
+/// A test case with a fresh temporary directory per test, removed afterwards.
+class TemporaryDirectoryTestCase: XCTestCase {
+    var directory = ""
+
+    override func setUpWithError() throws {
+        directory = try makeTemporaryDirectory()
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
 /// A fresh temporary directory (removed by the caller).
 func makeTemporaryDirectory() throws -> String {
     var template = Array("/tmp/process-supervision-tests.XXXXXX".utf8CString)
@@ -120,5 +134,45 @@ extension Duration {
     var seconds: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}
+
+/// `sh -c script` at `isolation`, with an optional tree marker.
+func shell(_ script: String, isolation: ProcessIsolation, marker: EnvironmentMarker? = nil) -> ProcessSpec {
+    var spec = shell(script)
+    spec.isolation = isolation
+    spec.treeMarker = marker
+    return spec
+}
+
+/// A tree marker no other test uses.
+func uniqueMarker() -> EnvironmentMarker {
+    EnvironmentMarker(name: "NR_TEST_JOB", value: UUID().uuidString)
+}
+
+/// Parent, process group and session of a live process, from /proc/<pid>/stat (fields 4, 5, 6).
+func processRelations(_ pid: Int32) -> (parent: Int32, group: Int32, session: Int32)? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+    else { return nil }
+    let fields = stat[stat.index(after: close)...].split(separator: " ").compactMap { Int32($0) }
+    guard fields.count >= 3 else { return nil }
+    return (fields[0], fields[1], fields[2])
+}
+
+/// The first stdout line as a pid, once the job printed it (fails the test after `timeout`).
+func printedPid(
+    _ output: OutputCollector, within timeout: Duration = .seconds(10), file: StaticString = #filePath,
+    line: UInt = #line
+) async throws -> Int32 {
+    let printed = await waitUntil(timeout: timeout, interval: .milliseconds(5)) { output.stdoutLines.first != nil }
+    XCTAssertTrue(printed, "the job printed no pid; stderr: \(output.stderrText)", file: file, line: line)
+    return try XCTUnwrap(output.stdoutLines.first.flatMap { Int32($0) }, file: file, line: line)
+}
+
+/// Skips the test when this host cannot give `isolation`, with the probe's reason.
+func requireCapabilities(for isolation: ProcessIsolation) async throws {
+    if let reason = await IsolationCapabilities.probe().missing(for: isolation) {
+        throw XCTSkip("this host cannot run the test: \(reason)")
     }
 }

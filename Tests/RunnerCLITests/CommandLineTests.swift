@@ -261,12 +261,13 @@ final class EventRenderingTests: XCTestCase {
         func event(_ type: String) -> PoolEvent {
             PoolEvent(streamId: "1-0", type: type, timestampMs: 0, runner: "r", job: "j", data: "{}", fields: [:])
         }
+        let longest = EventType.allCases.map(\.rawValue).max { $0.count < $1.count }!
+        func padded(_ type: String) -> String { type + String(repeating: " ", count: longest.count - type.count) }
         XCTAssertEqual(
-            EventsCommand.render(event("job.retry_scheduled"), json: false),
-            "1970-01-01T00:00:00.000Z job.retry_scheduled runner=r job=j")
+            EventsCommand.render(event(longest), json: false), "1970-01-01T00:00:00.000Z \(longest) runner=r job=j")
         XCTAssertEqual(
             EventsCommand.render(event("job.lost"), json: false),
-            "1970-01-01T00:00:00.000Z job.lost            runner=r job=j")
+            "1970-01-01T00:00:00.000Z \(padded("job.lost")) runner=r job=j")
         XCTAssertEqual(
             EventsCommand.render(event("job.some_future_type_longer_than_all"), json: false),
             "1970-01-01T00:00:00.000Z job.some_future_type_longer_than_all runner=r job=j")

@@ -154,3 +154,62 @@ final class KeyspaceTests: XCTestCase {
         XCTAssertFalse(Keyspace.isValidName(""))
     }
 }
+
+final class IsolationSpecTests: XCTestCase {
+    private func rejection(_ json: String) -> String? {
+        do {
+            _ = try JobSpec(json: Array(json.utf8))
+            return nil
+        } catch {
+            return error.message
+        }
+    }
+
+    func testIsolationFieldsParseAndRoundTrip() throws {
+        let parsed = try JobSpec(
+            json: Array(
+                #"{"argv":["x"],"isolation":"cgroup","network":"none","limits":{"memory_bytes":67108864,"pids":32,"cpu_millis":500,"cpu_seconds":10,"open_files":64,"file_size_bytes":1024},"secret_env":["A"],"env":{"A":"v"}}"#
+                    .utf8))
+        XCTAssertEqual(parsed.isolation, .cgroup)
+        XCTAssertEqual(parsed.network, NetworkMode.none)
+        XCTAssertEqual(
+            parsed.limits,
+            JobLimits(
+                memoryBytes: 64 << 20, pids: 32, cpuMillis: 500, cpuSeconds: 10, openFiles: 64, fileSizeBytes: 1024))
+        XCTAssertEqual(parsed.secretEnvironment, ["A"])
+        XCTAssertEqual(try JobSpec(json: Array(parsed.json.serialized.utf8)), parsed)
+    }
+
+    func testIsolationRejections() {
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","isolation":"vm"}"#),
+            #"spec.isolation must be one of none, process_group, namespace, cgroup, got "vm""#)
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","network":"none","isolation":"process_group"}"#),
+            #"spec.network "none" needs isolation "namespace" or "cgroup", not "process_group""#)
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","limits":{"memory":5}}"#),
+            "spec.limits.memory is not a known limit (memory_bytes, pids, cpu_millis, cpu_seconds, open_files, file_size_bytes)"
+        )
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","limits":{"pids":0}}"#), "spec.limits.pids must be a positive integer, got 0")
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","limits":[1]}"#),
+            "spec.limits must be an object of positive integers, got an array")
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","secret_env":"A"}"#),
+            "spec.secret_env must be an array of variable names, got a string")
+        XCTAssertEqual(rejection(#"{"shell":"x","secret_env":[""]}"#), "spec.secret_env[0] is empty")
+    }
+
+    func testLevelsAreOrderedAndLimitsMergeAndCap() {
+        XCTAssertLessThan(IsolationLevel.none, .processGroup)
+        XCTAssertLessThan(IsolationLevel.namespace, .cgroup)
+        let merged = JobLimits(memoryBytes: 10).merged(over: JobLimits(memoryBytes: 99, pids: 5))
+        XCTAssertEqual(merged, JobLimits(memoryBytes: 10, pids: 5))
+        XCTAssertEqual(
+            JobLimits(memoryBytes: 10, pids: 50).exceeding(JobLimits(pids: 20)),
+            "limits.pids 50 is above this runner's ceiling of 20")
+        XCTAssertNil(JobLimits(pids: 20).exceeding(JobLimits(pids: 20)))
+    }
+}

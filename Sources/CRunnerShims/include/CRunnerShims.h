@@ -7,23 +7,61 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "nr_watchdog.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/// Which step of starting a child failed. The child reports (step, errno) over a close-on-exec pipe.
+/// Which step of starting a child failed. The child reports (step, errno, index) over a close-on-exec pipe.
+/// The values are part of nothing but this header: ProcessSupervision maps each to a SpawnStep.
 typedef enum {
     NR_STEP_NONE = 0,
-    NR_STEP_REPORT_PIPE = 1,  // parent: pipe2 for the report pipe
-    NR_STEP_STACK = 2,        // parent: mmap of the child's stack
-    NR_STEP_CLONE = 3,        // parent: clone
-    NR_STEP_SETSID = 4,       // child: setsid
-    NR_STEP_PDEATHSIG = 5,    // child: prctl(PR_SET_PDEATHSIG)
-    NR_STEP_STDIO = 6,        // child: fcntl/dup2 of stdin, stdout, stderr
-    NR_STEP_CLOSE_FDS = 7,    // child: close_range (or the close loop)
-    NR_STEP_CHDIR = 8,        // child: chdir
-    NR_STEP_EXEC = 9,         // child: execve
+    NR_STEP_REPORT_PIPE = 1,        // parent: pipe2 for the report pipe
+    NR_STEP_STACK = 2,              // parent: mmap of the child's stack
+    NR_STEP_CLONE = 3,              // parent: clone
+    NR_STEP_SETSID = 4,             // child: setsid
+    NR_STEP_PDEATHSIG = 5,          // child: prctl(PR_SET_PDEATHSIG)
+    NR_STEP_STDIO = 6,              // child: fcntl/dup2 of stdin, stdout, stderr
+    NR_STEP_CLOSE_FDS = 7,          // child: close_range (or the close loop)
+    NR_STEP_CHDIR = 8,              // child: chdir
+    NR_STEP_EXEC = 9,               // child: execve
+    NR_STEP_OPEN_CGROUP = 10,       // parent: open(cgroup_procs_paths[index], O_WRONLY | O_CLOEXEC)
+    NR_STEP_JOIN_CGROUP = 11,       // child: write "0" to cgroup_procs_paths[index]
+    NR_STEP_MOUNT_PRIVATE = 12,     // child: mount(NULL, "/", NULL, MS_REC | MS_PRIVATE)
+    NR_STEP_MOUNT_PROC = 13,        // child: mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    NR_STEP_SET_HOSTNAME = 14,      // child: sethostname
+    NR_STEP_LOOPBACK = 15,          // child: socket + ioctl(SIOCGIFFLAGS / SIOCSIFFLAGS) bringing "lo" up
+    NR_STEP_RLIMIT = 16,            // child: prlimit64 of rlimits[index]
+    NR_STEP_SETGROUPS = 17,         // child: setgroups(0, NULL)
+    NR_STEP_SETGID = 18,            // child: setresgid
+    NR_STEP_SETUID = 19,            // child: setresuid
+    NR_STEP_NO_NEW_PRIVS = 20,      // child: prctl(PR_SET_NO_NEW_PRIVS, 1)
+    NR_STEP_PARENT_PIDFD = 21,      // parent: pidfd_open(getpid()) for the death check in a new PID namespace
 } nr_spawn_step;
+
+/// Resource limits a child can be given (mapped to RLIMIT_* in the .c file, so Swift needs no glibc enum).
+typedef enum {
+    NR_LIMIT_CPU_SECONDS = 0,       // RLIMIT_CPU
+    NR_LIMIT_ADDRESS_SPACE = 1,     // RLIMIT_AS
+    NR_LIMIT_OPEN_FILES = 2,        // RLIMIT_NOFILE
+    NR_LIMIT_FILE_SIZE = 3,         // RLIMIT_FSIZE
+    NR_LIMIT_PROCESSES = 4,         // RLIMIT_NPROC
+    NR_LIMIT_CORE_SIZE = 5,         // RLIMIT_CORE
+} nr_limit_kind;
+
+/// RLIM_INFINITY for `nr_rlimit`.
+#define NR_LIMIT_UNLIMITED UINT64_MAX
+
+/// One resource limit: soft and hard values (NR_LIMIT_UNLIMITED for none).
+typedef struct {
+    int kind;                  // nr_limit_kind
+    uint64_t soft;
+    uint64_t hard;
+} nr_rlimit;
+
+/// At most this many cgroup.procs files (cgroup v1 has one hierarchy per controller, about a dozen).
+#define NR_MAX_CGROUPS 16
 
 /// Everything the child needs, prepared (allocated) by the parent before the clone.
 typedef struct {
@@ -34,7 +72,21 @@ typedef struct {
     int stdin_fd;              // becomes fd 0
     int stdout_fd;             // becomes fd 1
     int stderr_fd;             // becomes fd 2
-    int die_with_parent;       // non-zero: prctl(PR_SET_PDEATHSIG, SIGKILL) + getppid() check
+    int die_with_parent;       // non-zero: prctl(PR_SET_PDEATHSIG, SIGKILL) + a check that the parent still lives
+    int new_session;           // non-zero: setsid() (own session and process group); zero: the parent's group
+    int new_namespaces;        // non-zero: CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS, own /proc
+    int new_network;           // non-zero (with new_namespaces): CLONE_NEWNET, loopback brought up
+    const char *hostname;      // NULL = keep; else sethostname (only with new_namespaces)
+    int hostname_length;       // bytes of hostname (measured by the parent: a loop here could become strlen)
+    const nr_rlimit *rlimits;  // rlimit_count entries, applied in order
+    int rlimit_count;
+    int set_credentials;       // non-zero: setgroups(0), setresgid(gid), setresuid(uid)
+    uint32_t uid;
+    uint32_t gid;
+    int no_new_privs;          // non-zero: prctl(PR_SET_NO_NEW_PRIVS, 1)
+    const char *const *cgroup_procs_paths;  // cgroup_count paths of cgroup.procs files the child writes "0" into
+    int cgroup_count;          // at most NR_MAX_CGROUPS
+    int probe_only;            // non-zero: run every set-up step up to no_new_privs, then exit 0 instead of exec
 } nr_spawn_config;
 
 typedef struct {
@@ -42,14 +94,19 @@ typedef struct {
     int pidfd;                 // close-on-exec pidfd of the child (CLONE_PIDFD), -1 on failure
     int failed_step;           // nr_spawn_step, NR_STEP_NONE on success
     int failed_errno;
+    int failed_index;          // the cgroup path or rlimit entry that failed (NR_STEP_*_CGROUP, NR_STEP_RLIMIT)
 } nr_spawn_result;
 
-/// Starts a child with clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) on a private stack. In the child, only
-/// async-signal-safe calls: all signal dispositions to SIG_DFL, setsid(), optional PR_SET_PDEATHSIG(SIGKILL) with the
-/// getppid() race check, stdio from the given fds, every other fd closed (close_range, fallback loop), chdir, empty
-/// signal mask, execve. The parent is suspended until the child has exec'd or exited, so on return the report pipe
+/// Starts a child with clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD [| CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC |
+/// CLONE_NEWUTS [| CLONE_NEWNET]]) on a private stack. The parent opens the cgroup.procs files first. In the child,
+/// raw system calls only, in this order: all signal dispositions to SIG_DFL; setsid(); write "0" to each cgroup.procs;
+/// make "/" private and mount a new /proc, sethostname, bring "lo" up; each rlimit; setgroups(0), setresgid,
+/// setresuid; PR_SET_PDEATHSIG(SIGKILL) with the parent-still-alive check (after the credentials, which clear it);
+/// PR_SET_NO_NEW_PRIVS; stdio from the given fds; every other fd closed (close_range, fallback loop); chdir; empty
+/// signal mask; execve. The parent is suspended until the child has exec'd or exited, so on return the report pipe
 /// already holds the failure, if any; a child that failed before exec has been reaped.
-/// Returns 0 when the child runs the new program, -1 when it could not be started (result->failed_*).
+/// Returns 0 when the child runs the new program (or, with probe_only, has passed every step and is exiting with 0),
+/// -1 when it could not be started (result->failed_*).
 /// Note: PR_SET_PDEATHSIG fires when the *thread* that called this exits.
 int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result);
 
@@ -67,6 +124,9 @@ typedef struct {
 /// waitid(P_PIDFD, pidfd, WEXITED [| WNOHANG]) through the raw syscall, which also returns the rusage.
 int nr_reap_pidfd(int pidfd, int nohang, nr_exit_info *info);
 
+/// pidfd_send_signal(pidfd, sig, NULL, 0): signals exactly that process, even before it has a group of its own.
+int nr_pidfd_send_signal(int pidfd, int sig);
+
 /// waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT): 1 and *pid when a child is a zombie, 0 when none, -1 on error.
 int nr_peek_zombie_child(pid_t *pid);
 
@@ -76,12 +136,29 @@ int nr_reap_pid_nohang(pid_t pid);
 /// waitid(P_PGID, pgid, WEXITED | WNOHANG) until nothing is ready: how many zombies of that group were reaped.
 int nr_reap_group_nohang(pid_t pgid);
 
-/// Scans /proc: how many processes other than `exclude` are in process group `pgid` and not zombies. Zombies of that
-/// group whose parent is the calling process are reaped on the way (waitid P_PID WNOHANG). -1 if /proc can't be read.
-int nr_group_live_members(pid_t pgid, pid_t exclude);
+/// One process as /proc/<pid>/stat shows it.
+typedef struct {
+    pid_t pid;
+    pid_t ppid;
+    pid_t pgrp;
+    char state;                // 'R', 'S', 'Z', ...
+    uint64_t start_time;       // field 22: clock ticks after boot; with the pid, it names one process for good
+} nr_proc_entry;
 
-/// Reads /proc/<pid>/stat: state letter, parent pid and process group. 0 on success, -1 (errno) otherwise.
-int nr_proc_stat(pid_t pid, char *state, pid_t *ppid, pid_t *pgrp);
+/// Scans /proc once: fills up to `capacity` entries and returns how many processes it saw (more than `capacity`:
+/// call again with a larger buffer), or -1 when /proc cannot be read.
+int nr_proc_snapshot(nr_proc_entry *entries, int capacity);
+
+/// Reads /proc/<pid>/stat into *entry. 0 on success, -1 (errno) otherwise.
+int nr_proc_stat(pid_t pid, nr_proc_entry *entry);
+
+/// Sends `sig` to the process `pid` only if it is still the one that started at `start_time`: pidfd_open(pid), then
+/// /proc/<pid>/stat's start time compared, then pidfd_send_signal, so a recycled pid is never hit. Where the kernel
+/// has no pidfd_open (ENOSYS), kill(pid) after the start-time check. 0, or -1 with errno (ESRCH: gone or recycled).
+int nr_signal_process(pid_t pid, uint64_t start_time, int sig);
+
+/// pidfd_send_signal(pidfd, sig, NULL, 0); where the kernel lacks it (ENOSYS), kill(pid, sig). 0 or -1 (errno).
+int nr_pidfd_signal(int pidfd, pid_t pid, int sig);
 
 /// Reads /proc/self/task/*/children: the direct children of the calling process (up to max). -1 on error.
 int nr_list_children(pid_t *out, int max);

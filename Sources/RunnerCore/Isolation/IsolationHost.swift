@@ -1,0 +1,184 @@
+import Foundation
+import ProcessSupervision
+import RunnerProtocol
+
+/// The isolation a host can give and the runner's means to give it, found once at start: the kernel's features
+/// (probed), the cgroup hierarchy and the runner's cgroup parent, the work folders. Decides, per job, at which level
+/// and with which limits it runs (`plan(for:)`), or why it cannot.
+final class IsolationHost: Sendable {
+    let configuration: IsolationConfiguration
+    let capabilities: IsolationCapabilities
+    /// nil when the host has no usable cgroups for jobs; `cgroupUnavailable` then says why.
+    let cgroups: (any CgroupDriver)?
+    let cgroupUnavailable: String?
+    let workspace: JobWorkspace
+    let sampler = ResourceSampler()
+    /// Host memory at start, for refusing jobs that declare more than the host has at all.
+    let hostMemoryBytes: UInt64?
+
+    init(
+        configuration: IsolationConfiguration, capabilities: IsolationCapabilities, cgroups: (any CgroupDriver)?,
+        cgroupUnavailable: String?, workspace: JobWorkspace, hostMemoryBytes: UInt64?
+    ) {
+        self.configuration = configuration
+        self.capabilities = capabilities
+        self.cgroups = cgroups
+        self.cgroupUnavailable = cgroupUnavailable
+        self.workspace = workspace
+        self.hostMemoryBytes = hostMemoryBytes
+    }
+
+    /// Probes the kernel, detects the cgroup layout and prepares the runner's cgroup parent (logging what it
+    /// found). A host without cgroups still runs jobs at the other levels.
+    /// `contextName` names the runner's folder and cgroup parent (`runnerContextName`).
+    static func start(
+        configuration: IsolationConfiguration, contextName: String, logger: Logger
+    ) async -> IsolationHost {
+        let capabilities = await IsolationCapabilities.probe()
+        var driver: (any CgroupDriver)?
+        var unavailable: String?
+        do {
+            let hierarchy = try CgroupHierarchy.detect()
+            logger.info(hierarchy.description)
+            let parent: CgroupParent =
+                configuration.cgroupParent.map { .fromRoot($0) } ?? .belowOwnCgroup("nativerunner-\(contextName)")
+            let candidate = hierarchy.makeDriver(parent: parent)
+            let preparation = try candidate.prepareParent()
+            logger.info(preparation.description)
+            let needed = ["memory", "pids", "cpu"]
+            let missing = needed.filter { !preparation.controllers.contains($0) }
+            if missing.isEmpty {
+                driver = candidate
+            } else {
+                unavailable =
+                    "the cgroup controllers \(missing.joined(separator: ", ")) are not available ("
+                    + preparation.missingControllers.joined(separator: "; ") + ")"
+            }
+        } catch {
+            unavailable = error.message
+        }
+        if let unavailable { logger.warning("cgroup isolation is not available: \(unavailable)") }
+        for (name, support) in [
+            ("namespace isolation", capabilities.namespaces), ("network isolation", capabilities.networkNamespace),
+        ] {
+            if let reason = support.reason { logger.warning("\(name) is not available: \(reason)") }
+        }
+        return IsolationHost(
+            configuration: configuration, capabilities: capabilities, cgroups: driver,
+            cgroupUnavailable: unavailable,
+            workspace: JobWorkspace(
+                root: configuration.workRoot, runner: contextName,
+                owner: configuration.runAs.map { (uid: $0.uid, gid: $0.gid) }),
+            hostMemoryBytes: try? ResourceSampler().memory().totalBytes)
+    }
+
+    /// At a clean exit: removes the runner's cgroup parent and work directory if nothing is left in them.
+    func removeOwnContexts() {
+        for directory in cgroups?.parentDirectories ?? [] { rmdir(directory) }
+        rmdir(workspace.directory)
+    }
+
+    /// Why `level` (with `network`) cannot be given here; nil when it can.
+    func missing(_ level: IsolationLevel, network: NetworkMode) -> String? {
+        var needed: [(String, IsolationCapabilities.Support)] = []
+        if level >= .processGroup { needed.append(("process group isolation", capabilities.processGroup)) }
+        if level >= .namespace { needed.append(("namespace isolation", capabilities.namespaces)) }
+        if level >= .namespace, network == .none {
+            needed.append(("an isolated network", capabilities.networkNamespace))
+        }
+        if configuration.runAs != nil { needed.append(("running jobs as another user", capabilities.runAs)) }
+        if let reason = needed.first(where: { !$0.1.isAvailable }).map({
+            "\($0.0) is not available: \($0.1.reason ?? "")"
+        }) {
+            return reason
+        }
+        if level >= .cgroup, cgroups == nil {
+            return "cgroup isolation is not available: \(cgroupUnavailable ?? "no cgroup driver")"
+        }
+        return nil
+    }
+
+    /// The level, network and limits a job runs with, or why it is refused: a level or limit the host cannot give
+    /// (unless the runner falls back), a limit above the ceilings, more memory than the host has.
+    func plan(for entry: JobEntry) -> Result<IsolationPlan, IsolationError> {
+        let spec = entry.spec
+        let network = spec.network ?? .host
+        var requested = spec.isolation ?? configuration.defaultLevel
+        // A job that asks for no network without naming a level gets the least level that has one.
+        if network == .none, spec.isolation == nil, requested < .namespace { requested = .namespace }
+        if network == .none, requested < .namespace {
+            return .failure(
+                IsolationError(
+                    .unsupported,
+                    "network \"none\" needs isolation \"namespace\" or \"cgroup\", not \"\(requested.rawValue)\""))
+        }
+        if requested < .cgroup {
+            let cgroupOnly = [
+                (JobLimits.Key.memoryBytes, spec.limits.memoryBytes), (JobLimits.Key.pids, spec.limits.pids),
+                (JobLimits.Key.cpuMillis, spec.limits.cpuMillis),
+            ]
+            if let (name, _) = cgroupOnly.first(where: { $0.1 != nil }) {
+                return .failure(
+                    IsolationError(
+                        .unsupported,
+                        "limits.\(name) needs isolation \"cgroup\"; this job runs at \"\(requested.rawValue)\""))
+            }
+        }
+        var level = requested
+        var effectiveNetwork = network
+        if let reason = missing(requested, network: network) {
+            guard configuration.fallback else { return .failure(IsolationError(.unsupported, reason)) }
+            // The strongest the host has: the same level without the isolated network, else a weaker level.
+            if network == .none, missing(requested, network: .host) == nil {
+                effectiveNetwork = .host
+            } else if let weaker = IsolationLevel.allCases.reversed().first(where: {
+                $0 < requested && missing($0, network: .host) == nil
+            }) {
+                level = weaker
+                effectiveNetwork = .host
+            } else {
+                return .failure(IsolationError(.unsupported, reason))
+            }
+        }
+        var limits = spec.limits
+        if level >= .cgroup {
+            limits = limits.merged(over: configuration.defaultLimits)
+        } else {
+            // After a fallback below `cgroup` nothing enforces these: they are not in force, and not reported as such.
+            limits.memoryBytes = nil
+            limits.pids = nil
+            limits.cpuMillis = nil
+        }
+        if let reason = limits.exceeding(configuration.ceilings) {
+            return .failure(IsolationError(.aboveCeiling, reason))
+        }
+        if let memory = limits.memoryBytes, let total = hostMemoryBytes, UInt64(memory) > total {
+            return .failure(
+                IsolationError(
+                    .aboveCeiling, "limits.memory_bytes \(memory) is more than this host's memory of \(total) bytes"))
+        }
+        return .success(
+            IsolationPlan(
+                level: level, requested: requested, network: effectiveNetwork, limits: limits,
+                contextName: isolationContextName(jobId: entry.jobId, streamId: entry.streamId),
+                requestedNetwork: network))
+    }
+}
+
+/// How one attempt is contained.
+struct IsolationPlan: Sendable, Equatable {
+    var level: IsolationLevel
+    /// What the job (or the runner's default) asked for; differs from `level` only after a fallback.
+    var requested: IsolationLevel
+    var network: NetworkMode
+    /// The limits in force.
+    var limits: JobLimits
+    /// The name of its work folder and cgroup.
+    var contextName: String
+    /// The network asked for.
+    var requestedNetwork: NetworkMode
+
+
+    /// The runner gave less than was asked (`--isolation-fallback`).
+    var fellBack: Bool { level != requested || network != requestedNetwork }
+}

@@ -1,0 +1,132 @@
+import Foundation
+import ProcessSupervision
+import RunnerProtocol
+import Synchronization
+
+/// The isolation contexts of one attempt — its work folder and, at level `cgroup`, its cgroup — from set-up to
+/// removal, and what they measured.
+final class JobContainment: Sendable {
+    let plan: IsolationPlan
+    let workDirectory: String
+    let cgroup: JobCgroup?
+    private let host: IsolationHost
+    private let peak = Mutex(PeakResidentTracker())
+    private let mainPID = Mutex<Int32?>(nil)
+
+    private init(plan: IsolationPlan, workDirectory: String, cgroup: JobCgroup?, host: IsolationHost) {
+        self.plan = plan
+        self.workDirectory = workDirectory
+        self.cgroup = cgroup
+        self.host = host
+    }
+
+    /// Makes the work folder and the cgroup (with the limits written). Nothing is left behind when it fails.
+    static func create(plan: IsolationPlan, host: IsolationHost) async throws(IsolationError) -> JobContainment {
+        let folder = try await host.workspace.create(name: plan.contextName)
+        var cgroup: JobCgroup?
+        if plan.level >= .cgroup, let driver = host.cgroups {
+            do {
+                cgroup = try driver.create(name: plan.contextName, limits: plan.limits.cgroupLimits)
+            } catch {
+                await host.workspace.remove(path: folder)
+                throw IsolationError(.cgroup, "cannot create the job's cgroup: \(error.message)")
+            }
+        }
+        return JobContainment(plan: plan, workDirectory: folder, cgroup: cgroup, host: host)
+    }
+
+    /// The process-level isolation for the spawn.
+    func processIsolation(hostname: String) -> ProcessIsolation {
+        var limits = ProcessIsolation.defaultResourceLimits
+        if let seconds = plan.limits.cpuSeconds {
+            // The soft limit sends SIGXCPU (which a job may catch); the hard one, a second later, SIGKILL.
+            limits.append(ResourceLimit(.cpuSeconds, soft: UInt64(seconds), hard: UInt64(seconds) + 1))
+        }
+        if let files = plan.limits.openFiles { limits.append(ResourceLimit(.openFiles, UInt64(files))) }
+        if let size = plan.limits.fileSizeBytes { limits.append(ResourceLimit(.fileSize, UInt64(size))) }
+        let level: ProcessIsolation.Level =
+            switch plan.level {
+            case .none: .none
+            case .processGroup: .processGroup
+            case .namespace, .cgroup: .namespace
+            }
+        return ProcessIsolation(
+            level: level, namespaces: .init(isolatesNetwork: level == .namespace && plan.network == .none),
+            hostname: level == .namespace ? hostname : nil, resourceLimits: limits,
+            credentials: host.configuration.runAs.map { .init(uid: $0.uid, gid: $0.gid) },
+            cgroupProcsFiles: cgroup.map { host.cgroups?.procsFiles($0) ?? [] } ?? [])
+    }
+
+    /// Remembers the main process for sampling.
+    func started(pid: Int32) { mainPID.withLock { $0 = pid } }
+
+    /// What the job uses now: from its cgroup, else from its session's processes. Also keeps the sampled peak.
+    func sample() -> (cpu: Duration, residentBytes: UInt64)? {
+        if let cgroup, let driver = host.cgroups, let usage = try? driver.usage(cgroup) {
+            return ((usage.totalCPUTime ?? .zero), usage.memoryCurrentBytes ?? 0)
+        }
+        guard let pid = mainPID.withLock({ $0 }) else { return nil }
+        let selection: ProcessSelection = plan.level == .none ? .pids([pid]) : .session(pid)
+        let usage = host.sampler.treeUsage(selection)
+        peak.withLock { $0.record(usage) }
+        return (usage.userCPUTime + usage.systemCPUTime, usage.residentBytes)
+    }
+
+    /// Reads the cgroup's counters, kills what is left in it, removes it and the work folder (unless kept).
+    /// Returns the accounting for the result.
+    func finish(logger: Logger) async -> JobAccounting {
+        var accounting = JobAccounting(
+            isolation: plan.level, requestedIsolation: plan.fellBack ? plan.requested : nil, network: plan.network,
+            limits: plan.limits)
+        if let cgroup, let driver = host.cgroups {
+            if let usage = try? driver.usage(cgroup) {
+                accounting.peakMemoryBytes = usage.memoryPeakBytes ?? usage.memoryCurrentBytes
+                accounting.peakMemorySource = usage.memoryPeakBytes == nil ? "sampled" : "cgroup"
+                accounting.processes = usage.pidsPeak
+                accounting.oomKills = usage.oomKillCount ?? 0
+                accounting.cgroupUserCPU = usage.userCPUTime
+                accounting.cgroupSystemCPU = usage.systemCPUTime
+            }
+            do {
+                try await driver.killAndRemove(cgroup, deadline: .now + .seconds(10))
+            } catch {
+                logger.warning("could not remove the job's cgroup: \(error.message)", ["cgroup": cgroup.name])
+            }
+        } else {
+            let sampled = peak.withLock { $0.peakBytes }
+            if sampled > 0 {
+                accounting.peakMemoryBytes = sampled
+                accounting.peakMemorySource = "sampled"
+            }
+        }
+        if !host.configuration.keepWorkFolders, !(await host.workspace.remove(path: workDirectory)) {
+            logger.warning("could not remove the job's work folder", ["path": workDirectory])
+        }
+        return accounting
+    }
+}
+
+/// What a job's isolation measured and what was in force, for its result and terminal event.
+struct JobAccounting: Sendable, Hashable {
+    var isolation: IsolationLevel
+    /// Set only when the runner fell back from this level.
+    var requestedIsolation: IsolationLevel?
+    var network: NetworkMode
+    var limits: JobLimits
+    var peakMemoryBytes: UInt64?
+    /// `cgroup` or `sampled`.
+    var peakMemorySource: String?
+    var processes: UInt64?
+    var oomKills: UInt64 = 0
+    /// CPU time of the whole cgroup (also of processes nobody waited for).
+    var cgroupUserCPU: Duration?
+    var cgroupSystemCPU: Duration?
+}
+
+extension JobLimits {
+    var cgroupLimits: CgroupLimits {
+        CgroupLimits(
+            memoryBytes: memoryBytes.map(UInt64.init), pids: pids.map(UInt64.init),
+            cpuMillis: cpuMillis.map(UInt64.init))
+    }
+}

@@ -1,0 +1,138 @@
+import Dispatch
+import Foundation
+
+/// The private work folders of a runner's jobs: `<work root>/<namespace>.<runner>/<context name>`, mode 0700, owned by the
+/// user the jobs run as, with a `tmp` folder inside for `TMPDIR`. Removed when the job ends unless the runner keeps
+/// them; folders left by a runner that died are found by `leftovers(keeping:)`.
+///
+/// File-system work runs on a queue of its own: removing a large tree must not hold a thread of the cooperative
+/// pool.
+struct JobWorkspace: Sendable {
+    /// `<work root>/<runner context name>`.
+    let directory: String
+    /// Owner of the created folders (`--run-as`), nil to keep the runner's.
+    let owner: (uid: UInt32, gid: UInt32)?
+
+    private static let queue = DispatchQueue(label: "nativerunner.workspace")
+
+    init(root: String, runner: String, owner: (uid: UInt32, gid: UInt32)?) {
+        self.directory = (root as NSString).appendingPathComponent(runner)
+        self.owner = owner
+    }
+
+    /// Creates the folder of one job attempt and its `tmp`; returns its path.
+    func create(name: String) async throws(IsolationError) -> String {
+        let path = (directory as NSString).appendingPathComponent(name)
+        let owner = self.owner
+        let directory = self.directory
+        let failure: IsolationError? = await JobWorkspace.run {
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
+                for folder in [path, path + "/tmp"] {
+                    if mkdir(folder, 0o700) != 0 && errno != EEXIST {
+                        return IsolationError(.workspace, "cannot create the work folder \(folder): \(errnoText())")
+                    }
+                    if let owner, chown(folder, owner.uid, owner.gid) != 0 {
+                        return IsolationError(.workspace, "cannot hand \(folder) to uid \(owner.uid): \(errnoText())")
+                    }
+                }
+                return nil
+            } catch {
+                return IsolationError(
+                    .workspace, "cannot create the work root \(directory): \(error.localizedDescription)")
+            }
+        }
+        if let failure { throw failure }
+        return path
+    }
+
+    /// Removes a job's folder and everything in it; false (after logging nothing) when it could not.
+    @discardableResult
+    func remove(path: String) async -> Bool {
+        await JobWorkspace.run { (try? FileManager.default.removeItem(atPath: path)) != nil || !exists(path) }
+    }
+
+    /// Folders under this runner's directory whose names are not in `keeping` (the running jobs').
+    func leftovers(keeping: Set<String>) async -> [String] {
+        let directory = self.directory
+        return await JobWorkspace.run {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+            return names.filter { !keeping.contains($0) }.sorted().map { directory + "/" + $0 }
+        }
+    }
+
+    private static func run<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in queue.async { continuation.resume(returning: work()) } }
+    }
+}
+
+private func exists(_ path: String) -> Bool {
+    var info = stat()
+    return lstat(path, &info) == 0
+}
+
+func errnoText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
+
+/// Why a job's isolation could not be set up, or was refused. The message says what is missing or wrong.
+public struct IsolationError: Error, Sendable, CustomStringConvertible {
+    public enum Code: Sendable {
+        /// The host cannot give what the job asks for.
+        case unsupported
+        /// The job asks for more than the runner's ceilings.
+        case aboveCeiling
+        /// The work folder could not be made.
+        case workspace
+        /// The cgroup could not be made or limited.
+        case cgroup
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// The name of a runner's own isolation folder and cgroup parent: its namespace and id, which together name it on a
+/// host (two runners of the same id in different namespaces must not share them). Characters that are not safe in
+/// a path become `_`, and then a hash of the exact names keeps different runners apart.
+func runnerContextName(namespace: String, runner: String) -> String {
+    let exact = "\(namespace).\(runner)"
+    let safe = String(
+        exact.unicodeScalars.prefix(100).map { scalar -> Character in
+            let c = Character(scalar)
+            return (c.isASCII && (c.isLetter || c.isNumber)) || c == "-" || c == "_" || c == "." ? c : "_"
+        })
+    guard safe != exact || exact.hasPrefix(".") else { return exact }
+    var hash: UInt32 = 2_166_136_261  // FNV-1a
+    for byte in exact.utf8 {
+        hash ^= UInt32(byte)
+        hash = hash &* 16_777_619
+    }
+    return safe + "-" + String(hash, radix: 16)
+}
+
+/// The name of a job attempt's isolation contexts (work folder, cgroup): from its stream entry id, unique per
+/// delivery and safe in a path, with a readable prefix of the job id.
+func isolationContextName(jobId: String, streamId: String) -> String {
+    let readable = jobId.unicodeScalars.prefix(40).map { scalar -> Character in
+        let c = Character(scalar)
+        return (c.isASCII && (c.isLetter || c.isNumber)) || c == "-" || c == "_" ? c : "_"
+    }
+    return "job-\(streamId)-\(String(readable))"
+}
+
+/// The stream entry id inside a name made by `isolationContextName`, nil for anything else.
+func streamId(inContextName name: String) -> String? {
+    guard name.hasPrefix("job-") else { return nil }
+    let parts = name.dropFirst(4).split(separator: "-", maxSplits: 2, omittingEmptySubsequences: false)
+    guard parts.count >= 2, parts[0].allSatisfy(\.isNumber), !parts[0].isEmpty, parts[1].allSatisfy(\.isNumber),
+        !parts[1].isEmpty
+    else { return nil }
+    return "\(parts[0])-\(parts[1])"
+}

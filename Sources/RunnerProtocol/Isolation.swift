@@ -1,0 +1,99 @@
+/// How strongly a job is contained. Each level includes the ones before it.
+public enum IsolationLevel: String, Sendable, CaseIterable, Comparable, Codable {
+    /// A plain child process.
+    case none
+    /// Own session and process group; escapees are still found through the subreaper.
+    case processGroup = "process_group"
+    /// New PID, mount (own /proc), IPC and UTS namespaces; optionally a network namespace.
+    case namespace
+    /// Namespaces plus a cgroup of its own with memory, pids and CPU limits.
+    case cgroup
+
+    private var rank: Int { IsolationLevel.allCases.firstIndex(of: self)! }
+    public static func < (lhs: IsolationLevel, rhs: IsolationLevel) -> Bool { lhs.rank < rhs.rank }
+
+    /// The accepted spellings, for messages.
+    public static let spellings = allCases.map(\.rawValue).joined(separator: ", ")
+}
+
+/// The network a job sees.
+public enum NetworkMode: String, Sendable, CaseIterable, Codable {
+    /// The runner's network.
+    case host
+    /// A network namespace of its own with only loopback up (needs isolation `namespace` or `cgroup`).
+    case none
+
+    public static let spellings = allCases.map(\.rawValue).joined(separator: ", ")
+}
+
+/// Resource limits a job asks for (`limits` in the spec). Every field is optional; nil means the runner's default.
+public struct JobLimits: Sendable, Hashable {
+    /// Memory limit of the job's cgroup, bytes (isolation `cgroup`).
+    public var memoryBytes: Int?
+    /// Process limit of the job's cgroup (isolation `cgroup`); RLIMIT_NPROC is per user and not used for it.
+    public var pids: Int?
+    /// CPU quota of the job's cgroup in millicores: 500 is half a core (isolation `cgroup`).
+    public var cpuMillis: Int?
+    /// RLIMIT_CPU, seconds of CPU time.
+    public var cpuSeconds: Int?
+    /// RLIMIT_NOFILE.
+    public var openFiles: Int?
+    /// RLIMIT_FSIZE, bytes.
+    public var fileSizeBytes: Int?
+
+    public init(
+        memoryBytes: Int? = nil, pids: Int? = nil, cpuMillis: Int? = nil, cpuSeconds: Int? = nil,
+        openFiles: Int? = nil, fileSizeBytes: Int? = nil
+    ) {
+        self.memoryBytes = memoryBytes
+        self.pids = pids
+        self.cpuMillis = cpuMillis
+        self.cpuSeconds = cpuSeconds
+        self.openFiles = openFiles
+        self.fileSizeBytes = fileSizeBytes
+    }
+
+    /// JSON field names of `limits`.
+    public enum Key {
+        public static let memoryBytes = "memory_bytes"
+        public static let pids = "pids"
+        public static let cpuMillis = "cpu_millis"
+        public static let cpuSeconds = "cpu_seconds"
+        public static let openFiles = "open_files"
+        public static let fileSizeBytes = "file_size_bytes"
+        public static let all = [memoryBytes, pids, cpuMillis, cpuSeconds, openFiles, fileSizeBytes]
+    }
+
+    /// The limits as (JSON name, value) pairs, in the documented order, only those set.
+    public var entries: [(name: String, value: Int)] {
+        let values = [memoryBytes, pids, cpuMillis, cpuSeconds, openFiles, fileSizeBytes]
+        return zip(Key.all, values).compactMap { name, value in value.map { (name, $0) } }
+    }
+
+    /// Whether no limit is set.
+    public var isEmpty: Bool { entries.isEmpty }
+
+    /// Each limit of `self`, or of `defaults` where `self` has none.
+    public func merged(over defaults: JobLimits) -> JobLimits {
+        JobLimits(
+            memoryBytes: memoryBytes ?? defaults.memoryBytes, pids: pids ?? defaults.pids,
+            cpuMillis: cpuMillis ?? defaults.cpuMillis, cpuSeconds: cpuSeconds ?? defaults.cpuSeconds,
+            openFiles: openFiles ?? defaults.openFiles, fileSizeBytes: fileSizeBytes ?? defaults.fileSizeBytes)
+    }
+
+    /// The first limit above its ceiling, as a rejection reason; nil when every limit is within the ceilings.
+    public func exceeding(_ ceilings: JobLimits) -> String? {
+        let ceiling = Dictionary(uniqueKeysWithValues: ceilings.entries.map { ($0.name, $0.value) })
+        for (name, value) in entries {
+            if let cap = ceiling[name], value > cap {
+                return "limits.\(name) \(value) is above this runner's ceiling of \(cap)"
+            }
+        }
+        return nil
+    }
+
+    /// The limits as a JSON object with the spec's names (only those set).
+    public var jsonObject: JSONValue {
+        .object(Dictionary(uniqueKeysWithValues: entries.map { ($0.name, JSONValue.int($0.value)) }))
+    }
+}

@@ -1,0 +1,242 @@
+import Foundation
+import RedisClient
+import TestSupport
+import XCTest
+
+/// Isolation levels, limits and accounting, through a real runner on this host's kernel (root, cgroup v1 here).
+final class JobIsolationTests: IntegrationTestCase {
+    private func resultJSON(_ id: String) throws -> [String: Any] {
+        let result = cli(["result", "--json", id])
+        XCTAssertEqual(result.code, 0, result.err)
+        return (try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]) ?? [:]
+    }
+
+    func testSetsidEscapeeIsKilledOnTimeout() throws {
+        try startRunner()
+        let result = cli([
+            "submit", "--wait", "--id", "esc-1", "--timeout", "1s", "--shell",
+            "setsid sleep 300 & echo pid=$!; sleep 300",
+        ])
+        XCTAssertEqual(result.code, 124, result.err)
+        let escapee = try XCTUnwrap(pids(in: result.stdout).first, result.stdout)
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { !processIsAlive(escapee) }, "escapee \(escapee) survived")
+        XCTAssertEqual(try job("esc-1")["state"], "timed_out")
+    }
+
+    func testNamespaceJobIsPidOneSeesNoRunnerAndHasNoNetwork() throws {
+        let runner = try startRunner()
+        let port = endpoint.port
+        let script = """
+            echo "pid=$$"; echo "host=$(hostname)"
+            ls /proc | grep -c '^[0-9]'
+            ls /proc/\(runner.pid) >/dev/null 2>&1 && echo "sees-runner" || echo "no-runner"
+            if (echo > /dev/tcp/127.0.0.1/\(port)) 2>/dev/null; then echo "net=reach"; else echo "net=none"; fi
+            """
+        let result = cli([
+            "submit", "--wait", "--id", "ns-1", "--isolation", "namespace", "--network", "none", "--",
+            "/bin/bash", "-c", script,
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.first, "pid=1")
+        XCTAssertEqual(lines.dropFirst().first, "host=ns-1")
+        // bash, ls and grep (and the subshell of the pipe) at most: no process of the host.
+        XCTAssertLessThanOrEqual(Int(lines.dropFirst(2).first ?? "") ?? 99, 4, result.stdout)
+        XCTAssertEqual(lines.dropFirst(3).first, "no-runner")
+        XCTAssertEqual(lines.dropFirst(4).first, "net=none")
+        XCTAssertEqual(try job("ns-1")["isolation"], "namespace")
+
+        // With the host's network the same probe reaches Redis: the check above can fail.
+        let reach = cli([
+            "submit", "--wait", "--id", "ns-2", "--isolation", "namespace", "--", "/bin/bash", "-c",
+            "(echo > /dev/tcp/127.0.0.1/\(port)) 2>/dev/null && echo net=reach",
+        ])
+        XCTAssertEqual(reach.stdout, "net=reach\n", reach.err)
+    }
+
+    func testMemoryHogEndsOOMKilledWithLimitAndPeak() throws {
+        try startRunner()
+        let limit = 32 << 20
+        let hog = cli([
+            "submit", "--wait", "--id", "oom-1", "--isolation", "cgroup", "--memory", "32M", "--",
+            "python3", "-c", "b = bytearray(256 * 2**20); print(len(b))",
+        ])
+        XCTAssertNotEqual(hog.code, 0)
+        let record = try job("oom-1")
+        XCTAssertEqual(record["state"], "failed")
+        XCTAssertEqual(record["reason"], "oom_killed")
+        XCTAssertEqual(record["signal"], "9")
+        let limits = try JSONSerialization.jsonObject(with: Data((record["limits"] ?? "{}").utf8)) as? [String: Int]
+        XCTAssertEqual(limits?["memory_bytes"], limit)
+        let peak = try XCTUnwrap(Int(record["peak_memory_bytes"] ?? ""), "\(record)")
+        XCTAssertGreaterThan(peak, limit / 2)
+        XCTAssertLessThanOrEqual(peak, limit + (1 << 20))
+        XCTAssertEqual(record["peak_memory_source"], "cgroup")
+        XCTAssertEqual(record["isolation"], "cgroup")
+
+        // A job killed with SIGKILL in the same kind of cgroup, without any OOM, is signal 9, not oom_killed. (It is
+        // PID 1 of its namespace, which cannot be sent SIGKILL from inside: the kill comes from outside.)
+        try submit(["--isolation", "cgroup", "--memory", "32M", "--", "sleep", "300"], id: "kill-1")
+        XCTAssertEqual(kill(try runningPid("kill-1"), SIGKILL), 0)
+        let killed = try waitForState("kill-1", ["failed"])
+        XCTAssertEqual(killed["state"], "failed")
+        XCTAssertEqual(killed["reason"], "killed by signal 9 (SIGKILL)")
+    }
+
+    func testForkBombStopsAtThePidsLimitAndOthersAreUnaffected() throws {
+        try startRunner(["--concurrency", "2"])
+        let bomb = try startCLI([
+            "submit", "--wait", "--id", "bomb-1", "--isolation", "cgroup", "--pids", "16", "--timeout", "20s",
+            "--shell", "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); done; wait",
+        ])
+        let other = cli(["submit", "--wait", "--id", "calm-1", "--", "echo", "fine"])
+        XCTAssertEqual(other.code, 0, other.err)
+        XCTAssertEqual(other.stdout, "fine\n")
+        XCTAssertNotNil(bomb.waitForExit(timeout: 40))
+        let record = try job("bomb-1")
+        // The shell could not fork past the limit: it failed (or was stopped at its timeout) and nothing of it is left.
+        XCTAssertNotEqual(record["state"], "succeeded", "\(record)")
+        let cgroups = try FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/pids")
+            .filter { $0.hasPrefix("nativerunner-\(namespace)") }
+        XCTAssertEqual(cgroups.count, 1, "the runner's cgroup parent")
+        for parent in cgroups {
+            let children = try FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/pids/\(parent)")
+            XCTAssertFalse(
+                children.contains { $0.hasPrefix("job-") && $0.hasSuffix("bomb-1") }, "cgroup left: \(children)")
+        }
+    }
+
+    func testHalfACoreOfCPU() throws {
+        let runner = try startRunner(["--log-level", "debug"])
+        defer { print(runner.log) }
+        let busy = "end=$(( $(date +%s) + 3 )); while [ $(date +%s) -lt $end ]; do :; done"
+        let result = cli([
+            "submit", "--wait", "--id", "cpu-1", "--isolation", "cgroup", "--cpu", "500", "--shell", busy,
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        let record = try job("cpu-1")
+        let wall = Double(try XCTUnwrap(Int(record["duration_ms"] ?? "")))
+        let cpu = Double((Int(record["cpu_user_ms"] ?? "") ?? 0) + (Int(record["cpu_system_ms"] ?? "") ?? 0))
+        XCTAssertGreaterThan(cpu / wall, 0.3, "\(record)")
+        XCTAssertLessThan(cpu / wall, 0.7, "\(record)")
+    }
+
+    func testSecretsAreMaskedAndTheJobHasItsOwnWorkFolder() throws {
+        try startRunner()
+        let result = cli([
+            "submit", "--wait", "--id", "sec-1", "--env", "API_TOKEN=tok-0123456789", "--env", "MINE=private-value",
+            "--secret-env", "MINE", "--shell", "echo $API_TOKEN $MINE; pwd; echo $TMPDIR; echo $HOME",
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.first, "*** ***")
+        let folder = try XCTUnwrap(lines.dropFirst().first)
+        XCTAssertTrue(folder.hasPrefix("/tmp/nativerunner/\(namespace).r1/job-"), folder)
+        XCTAssertEqual(lines.dropFirst(2).first, folder + "/tmp")
+        XCTAssertEqual(lines.dropFirst(3).first, folder)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder), "work folder was not removed")
+        XCTAssertFalse(try job("sec-1")["output_tail"]!.contains("tok-0123456789"))
+        let log = try logBytes("sec-1")
+        XCTAssertFalse(String(decoding: log.stdout, as: UTF8.self).contains("private-value"))
+    }
+
+    func testRejectionsSayWhatIsWrong() throws {
+        try startRunner(["--max-memory", "64M"])
+        var result = cli(["submit", "--wait", "--id", "rej-1", "--isolation", "cgroup", "--memory", "1G", "--", "true"])
+        XCTAssertEqual(result.code, 1)
+        XCTAssertEqual(try job("rej-1")["state"], "rejected")
+        XCTAssertEqual(
+            try job("rej-1")["reason"], "limits.memory_bytes 1073741824 is above this runner's ceiling of 67108864")
+        result = cli(["submit", "--wait", "--id", "rej-2", "--memory", "16M", "--", "true"])
+        XCTAssertEqual(result.code, 1)
+        XCTAssertEqual(
+            try job("rej-2")["reason"],
+            "limits.memory_bytes needs isolation \"cgroup\"; this job runs at \"process_group\"")
+        let dead = try send(["XRANGE", key("dead"), "-", "+"]).array ?? []
+        XCTAssertEqual(dead.count, 2)
+    }
+
+    func testResourceUsageAndCapacityEvents() throws {
+        try startRunner(["--monitor-interval", "300ms", "--concurrency", "1"])
+        try submit(["--", "sleep", "3"], id: "mon-1")
+        _ = try runningPid("mon-1")
+        var usage: RecordedEvent?
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) {
+                usage = try events().last {
+                    $0.type == "runner.resource_usage"
+                        && (($0.data["jobs"] as? [[String: Any]]) ?? []).contains {
+                            $0["job"] as? String == "mon-1"
+                        }
+                }
+                return usage != nil
+            })
+        XCTAssertNotNil(usage?.data["memory_total_bytes"] as? Int)
+        XCTAssertNotNil(usage?.data["load"] as? [Double])
+        var capacity: [RecordedEvent] = []
+        let busyReported = try waitUntil(timeout: .seconds(5)) {
+            capacity = try events().filter { $0.type == "runner.capacity_update" }
+            return capacity.contains { $0.data["capacity_free"] as? Int == 0 }
+        }
+        XCTAssertTrue(busyReported, "\(capacity.map(\.data))")
+    }
+
+    func testOrphanCleanupAfterKillNine() throws {
+        let runner = try startRunner(["--lease-ttl", "2s"])
+        try submit(["--isolation", "cgroup", "--memory", "64M", "--", "sleep", "300"], id: "orph-1")
+        let pid = try runningPid("orph-1")
+        let cgroup = try XCTUnwrap(
+            try String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8).split(separator: "\n")
+                .first { $0.contains(":memory:") }.map { String($0.split(separator: ":", maxSplits: 2)[2]) })
+        let cgroupPath = "/sys/fs/cgroup/memory" + cgroup
+        let folder = try XCTUnwrap(
+            try FileManager.default.contentsOfDirectory(atPath: "/tmp/nativerunner/\(namespace).r1").first {
+                $0.hasSuffix("orph-1")
+            }
+        )
+        runner.signal(SIGKILL)
+        XCTAssertNotNil(runner.waitForExit(timeout: 10))
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { !processIsAlive(pid) })
+        XCTAssertTrue(FileManager.default.fileExists(atPath: cgroupPath), "the test needs a leftover cgroup")
+        XCTAssertTrue(try waitUntil(timeout: .seconds(10)) { try send(["EXISTS", key("runner:r1")]).int == 0 })
+        // The restarted runner would run the job again in a new cgroup of the same name: take the entry away.
+        let pending = try send(["XPENDING", key("jobs:default"), "runners", "-", "+", "10"]).array ?? []
+        for entry in pending {
+            let id = try XCTUnwrap(entry.array?.first?.string)
+            _ = try send(["XACK", key("jobs:default"), "runners", id])
+            _ = try send(["XDEL", key("jobs:default"), id])
+        }
+
+        try startRunner()
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) { try events().contains { $0.type == "isolation.cleanup" } })
+        let cleanup = try XCTUnwrap(try events().last { $0.type == "isolation.cleanup" })
+        XCTAssertEqual(cleanup.data["cgroups"] as? [String], [folder])
+        XCTAssertEqual((cleanup.data["work_dirs"] as? [String])?.map { ($0 as NSString).lastPathComponent }, [folder])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cgroupPath))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/tmp/nativerunner/\(namespace).r1/" + folder))
+    }
+
+    func testPeakMemoryIsSampledWithoutACgroup() throws {
+        try startRunner()
+        let result = cli([
+            "submit", "--wait", "--id", "peak-1", "--", "python3", "-c",
+            "import time; b = bytearray(96 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)",
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        let record = try job("peak-1")
+        XCTAssertEqual(record["peak_memory_source"], "sampled")
+        XCTAssertEqual(record["isolation"], "process_group")
+        XCTAssertGreaterThan(Int(record["peak_memory_bytes"] ?? "") ?? 0, 90 << 20, "\(record)")
+    }
+
+    func testRunAsUserOwnsTheWorkFolderAndHasNoGroups() throws {
+        try startRunner(["--run-as", "65534:65534", "--keep-work-dirs"])
+        defer { try? FileManager.default.removeItem(atPath: "/tmp/nativerunner/\(namespace).r1") }
+        let result = cli([
+            "submit", "--wait", "--id", "user-1", "--shell", "id -u; id -g; id -G; stat -c %u .; touch ok",
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(result.stdout, "65534\n65534\n65534\n65534\n")
+    }
+}

@@ -1,0 +1,226 @@
+import Foundation
+import ProcessSupervision
+import RunnerProtocol
+import Synchronization
+import XCTest
+
+@testable import RunnerCore
+
+final class SecretMaskerTests: XCTestCase {
+    private func run(_ masker: inout SecretMasker, _ chunks: [String]) -> String {
+        var out: [UInt8] = []
+        for chunk in chunks { out += masker.mask(.stdout, Array(chunk.utf8)) }
+        out += masker.flush(.stdout)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    func testNamedAndSuffixedSecretsAreMaskedOthersAreNot() {
+        var masker = SecretMasker(
+            environment: [
+                "API_TOKEN": "tok-12345", "DB_PASSWORD": "hunter22", "MY_SECRET": "s3cr3t!", "PLAIN": "visible-value",
+                "CUSTOM": "custom-key", "SHORT_TOKEN": "abc",
+            ], secretNames: ["CUSTOM"])
+        let text = run(
+            &masker, ["token=tok-12345 pw=hunter22 s=s3cr3t! c=custom-key plain=visible-value short=abc\n"])
+        XCTAssertEqual(text, "token=*** pw=*** s=*** c=*** plain=visible-value short=abc\n")
+    }
+
+    func testSecretSplitAcrossChunksIsMasked() {
+        var masker = SecretMasker(environment: ["X_TOKEN": "abcdefgh"], secretNames: [])
+        XCTAssertEqual(run(&masker, ["start abc", "def", "gh end"]), "start *** end")
+        // A prefix of a secret that turns out not to be one is released, whole and in order.
+        XCTAssertEqual(run(&masker, ["xx abcd", "zz"]), "xx abcdzz")
+        XCTAssertEqual(run(&masker, ["ends with abcdef"]), "ends with abcdef")
+    }
+
+    func testHeldBackBytesAreOnlyAPossibleSecretPrefix() {
+        var masker = SecretMasker(environment: ["X_TOKEN": "abcdefgh"], secretNames: [])
+        XCTAssertEqual(String(decoding: masker.mask(.stdout, Array("line one\n".utf8)), as: UTF8.self), "line one\n")
+        XCTAssertEqual(String(decoding: masker.mask(.stdout, Array("ab".utf8)), as: UTF8.self), "")
+        XCTAssertEqual(String(decoding: masker.mask(.stdout, Array("x".utf8)), as: UTF8.self), "abx")
+    }
+
+    func testStreamsAreMaskedSeparately() {
+        var masker = SecretMasker(environment: ["X_TOKEN": "abcdefgh"], secretNames: [])
+        XCTAssertEqual(masker.mask(.stdout, Array("abcd".utf8)), [])
+        XCTAssertEqual(masker.mask(.stderr, Array("efgh".utf8)), Array("efgh".utf8))
+        XCTAssertEqual(masker.mask(.stdout, Array("efgh".utf8)), Array("***".utf8))
+    }
+
+    func testNoSecretsPassesBytesThrough() {
+        var masker = SecretMasker(environment: ["PATH": "/bin"], secretNames: [])
+        XCTAssertFalse(masker.isActive)
+        XCTAssertEqual(masker.mask(.stdout, [1, 2, 3]), [1, 2, 3])
+    }
+}
+
+final class IsolationContextNameTests: XCTestCase {
+    func testNamesAreSafeAndCarryTheStreamId() {
+        let name = isolationContextName(jobId: "../../etc/passwd ü", streamId: "1700000000000-3")
+        XCTAssertEqual(name, "job-1700000000000-3-______etc_passwd__")
+        XCTAssertFalse(name.contains("/"))
+        XCTAssertEqual(streamId(inContextName: name), "1700000000000-3")
+        XCTAssertNil(streamId(inContextName: "supervisor"))
+        XCTAssertNil(streamId(inContextName: "job-abc-1-x"))
+    }
+}
+
+final class JobWorkspaceTests: XCTestCase {
+    func testCreateRemoveAndLeftovers() async throws {
+        let root = NSTemporaryDirectory() + "nr-workspace-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let workspace = JobWorkspace(root: root, runner: "r1", owner: (uid: 65534, gid: 65534))
+        let path = try await workspace.create(name: "job-1-0-a")
+        XCTAssertEqual(path, root + "/r1/job-1-0-a")
+        var info = stat()
+        XCTAssertEqual(stat(path + "/tmp", &info), 0)
+        XCTAssertEqual(info.st_uid, 65534)
+        XCTAssertEqual(info.st_mode & 0o777, 0o700)
+        _ = try await workspace.create(name: "job-2-0-b")
+        let leftovers = await workspace.leftovers(keeping: ["job-1-0-a"])
+        XCTAssertEqual(leftovers, [root + "/r1/job-2-0-b"])
+        FileManager.default.createFile(atPath: path + "/tmp/file", contents: Data("x".utf8))
+        let removed = await workspace.remove(path: path)
+        XCTAssertTrue(removed)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path))
+    }
+}
+
+final class IsolationPlanTests: XCTestCase {
+    private func host(
+        namespaces: Bool = true, network: Bool = true, cgroups: Bool = false, fallback: Bool = false,
+        defaults: JobLimits = JobLimits(), ceilings: JobLimits = JobLimits(), memory: UInt64? = 8 << 30
+    ) -> IsolationHost {
+        let missing = IsolationCapabilities.Support.missing(reason: "clone failed: Operation not permitted")
+        return IsolationHost(
+            configuration: IsolationConfiguration(
+                defaultLevel: .processGroup, fallback: fallback, defaultLimits: defaults, ceilings: ceilings),
+            capabilities: IsolationCapabilities(
+                processGroup: .available, namespaces: namespaces ? .available : missing,
+                networkNamespace: network ? .available : missing, runAs: .available),
+            cgroups: cgroups ? FakeDriver() : nil, cgroupUnavailable: cgroups ? nil : "no memory controller",
+            workspace: JobWorkspace(root: "/tmp/unused", runner: "r", owner: nil), hostMemoryBytes: memory)
+    }
+
+    private func entry(_ spec: String) throws -> JobEntry {
+        try JobEntry(
+            streamId: "5-1", queue: "default",
+            fields: [("id", Array("j".utf8)), ("spec", Array(spec.utf8))])
+    }
+
+    private func refusal(_ host: IsolationHost, _ spec: String) throws -> String? {
+        if case .failure(let error) = host.plan(for: try entry(spec)) { return error.message }
+        return nil
+    }
+
+    func testDefaultsAndNetworkNoneRaisesTheLevel() throws {
+        let plan = try host().plan(for: try entry(#"{"argv":["x"]}"#)).get()
+        XCTAssertEqual(plan.level, .processGroup)
+        XCTAssertEqual(plan.contextName, "job-5-1-j")
+        let isolated = try host().plan(for: try entry(#"{"argv":["x"],"network":"none"}"#)).get()
+        XCTAssertEqual(isolated.level, .namespace)
+        XCTAssertEqual(isolated.network, NetworkMode.none)
+    }
+
+    func testMissingFeaturesAreRejectedWithTheReasonUnlessFallingBack() throws {
+        XCTAssertEqual(
+            try refusal(host(namespaces: false), #"{"argv":["x"],"isolation":"namespace"}"#),
+            "namespace isolation is not available: clone failed: Operation not permitted")
+        XCTAssertEqual(
+            try refusal(host(), #"{"argv":["x"],"isolation":"cgroup"}"#),
+            "cgroup isolation is not available: no memory controller")
+        let fell = try host(fallback: true).plan(
+            for: try entry(#"{"argv":["x"],"isolation":"cgroup","limits":{"memory_bytes":4096}}"#)
+        ).get()
+        XCTAssertEqual(fell.level, .namespace)
+        XCTAssertEqual(fell.requested, .cgroup)
+        XCTAssertNil(fell.limits.memoryBytes, "a limit nothing enforces is not in force")
+        let noNet = try host(network: false, fallback: true).plan(
+            for: try entry(#"{"argv":["x"],"isolation":"namespace","network":"none"}"#)
+        ).get()
+        XCTAssertEqual(noNet.level, .namespace)
+        XCTAssertEqual(noNet.network, .host)
+        XCTAssertTrue(noNet.fellBack, "the network was not given")
+    }
+
+    func testLimitsCeilingsAndHostMemory() throws {
+        XCTAssertEqual(
+            try refusal(host(), #"{"argv":["x"],"limits":{"pids":5}}"#),
+            #"limits.pids needs isolation "cgroup"; this job runs at "process_group""#)
+        let capped = host(cgroups: true, ceilings: JobLimits(pids: 10))
+        XCTAssertEqual(
+            try refusal(capped, #"{"argv":["x"],"isolation":"cgroup","limits":{"pids":50}}"#),
+            "limits.pids 50 is above this runner's ceiling of 10")
+        XCTAssertEqual(
+            try refusal(
+                host(cgroups: true, memory: 1 << 20),
+                #"{"argv":["x"],"isolation":"cgroup","limits":{"memory_bytes":2097152}}"#),
+            "limits.memory_bytes 2097152 is more than this host's memory of 1048576 bytes")
+        let defaulted = try host(cgroups: true, defaults: JobLimits(memoryBytes: 64 << 20, pids: 100)).plan(
+            for: try entry(#"{"argv":["x"],"isolation":"cgroup","limits":{"pids":7,"open_files":50}}"#)
+        ).get()
+        XCTAssertEqual(defaulted.limits, JobLimits(memoryBytes: 64 << 20, pids: 7, openFiles: 50))
+        // Rlimits apply at every level.
+        XCTAssertEqual(
+            try host().plan(for: try entry(#"{"argv":["x"],"limits":{"open_files":50}}"#)).get().limits,
+            JobLimits(openFiles: 50))
+    }
+}
+
+/// A driver that is never asked to do anything: planning only checks that there is one.
+private struct FakeDriver: CgroupDriver {
+    var version: CgroupVersion { .v2 }
+    var parentDirectories: [String] { [] }
+    func prepareParent() throws(CgroupError) -> CgroupPreparation {
+        CgroupPreparation(parentDirectories: [], controllers: [], missingControllers: [])
+    }
+    func create(name: String, limits: CgroupLimits) throws(CgroupError) -> JobCgroup {
+        JobCgroup(name: name, directories: [])
+    }
+    func procsFiles(_ job: JobCgroup) -> [String] { [] }
+    func usage(_ job: JobCgroup) throws(CgroupError) -> CgroupUsage { CgroupUsage() }
+    func kill(_ job: JobCgroup, deadline: ContinuousClock.Instant) async throws(CgroupError) {}
+    func remove(_ job: JobCgroup, deadline: ContinuousClock.Instant) async throws(CgroupError) {}
+    func jobCgroups(namePrefix: String) throws(CgroupError) -> [JobCgroup] { [] }
+}
+
+final class MemoryAdmissionTests: XCTestCase {
+    func testAJobWaitsUntilTheMemoryIsThereAndIsReported() async {
+        let available = Mutex<UInt64>(100)
+        let changes = Mutex(0)
+        let admission = MemoryAdmission(
+            totalBytes: 1000, availableBytes: { available.withLock { $0 } }, changed: { changes.withLock { $0 += 1 } })
+        let first = await admission.admit(key: "a", bytes: 80, interval: .milliseconds(5))
+        XCTAssertTrue(first)
+        let waiter = Task { await admission.admit(key: "b", bytes: 500, interval: .milliseconds(5)) }
+        let reportedWaiting = await pollUntil { await admission.waiting == ["b": 500] }
+        XCTAssertTrue(reportedWaiting)
+        available.withLock { $0 = 600 }
+        let admitted = await waiter.value
+        XCTAssertTrue(admitted)
+        let waitingAfter = await admission.waiting
+        XCTAssertEqual(waitingAfter, [:])
+        let reserved = await admission.reservedBytes
+        XCTAssertEqual(reserved, 580)
+        XCTAssertEqual(changes.withLock { $0 }, 2, "once when it began to wait, once when it stopped")
+        // More than the total less what is reserved waits even when the host shows it free.
+        let blocked = Task { await admission.admit(key: "c", bytes: 500, interval: .milliseconds(5)) }
+        let waitsForTotal = await pollUntil { await admission.waiting["c"] == 500 }
+        XCTAssertTrue(waitsForTotal)
+        blocked.cancel()
+        let cancelled = await blocked.value
+        XCTAssertFalse(cancelled)
+        await admission.release(key: "b")
+        let left = await admission.reservedBytes
+        XCTAssertEqual(left, 80)
+    }
+
+    private func pollUntil(_ condition: @Sendable () async -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
+            if await condition() { return true }
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+        return false
+    }
+}
