@@ -81,7 +81,36 @@ public enum RunnerCommandLine {
             }
             arguments.append(argument)
         }
+        scrubPasswordsInArgv()
         return .success(arguments)
+    }
+
+    /// Overwrites, in the process's own argv memory, the password of any `redis://user:password@` argument with
+    /// `*`: /proc/<pid>/cmdline shows that memory to every local user, jobs included. (RUNNER_REDIS in the
+    /// environment is readable only by the runner's user.) The arguments were copied before.
+    static func scrubPasswordsInArgv() {
+        for index in 1..<Int(CommandLine.argc) {
+            guard let raw = CommandLine.unsafeArgv[index] else { continue }
+            let count = strlen(raw)
+            let bytes = UnsafeMutableBufferPointer(
+                start: UnsafeMutableRawPointer(raw).assumingMemoryBound(to: UInt8.self), count: count)
+            guard let range = RunnerCommandLine.passwordRange(in: Array(bytes)) else { continue }
+            for offset in range { bytes[offset] = UInt8(ascii: "*") }
+        }
+    }
+
+    /// Where the password of a `redis://` or `rediss://` URL is, if it has one: between the first ':' after the
+    /// scheme (or right after "//" for a password-only URL, `redis://:pw@`) and the last '@' before the host.
+    static func passwordRange(in argument: [UInt8]) -> Range<Int>? {
+        let text = String(decoding: argument, as: UTF8.self)
+        guard let scheme = text.range(of: "redis://") ?? text.range(of: "rediss://") else { return nil }
+        let start = text.utf8.distance(from: text.utf8.startIndex, to: scheme.upperBound.samePosition(in: text.utf8)!)
+        let rest = argument[start...]
+        let hostStart = rest.firstIndex(of: UInt8(ascii: "/")) ?? argument.endIndex
+        guard let at = rest[..<hostStart].lastIndex(of: UInt8(ascii: "@")),
+            let colon = rest[..<at].firstIndex(of: UInt8(ascii: ":")), colon + 1 < at
+        else { return nil }
+        return (colon + 1)..<at
     }
 
     /// Runs the command line and returns the exit code: 0 success, 1 failure, 2 usage error.

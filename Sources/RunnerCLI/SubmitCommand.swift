@@ -10,7 +10,7 @@ enum SubmitCommand {
         abstract: "Submit a job and print its id (or, with --wait, its output).",
         usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--label K=V]... [--cwd DIR] "
             + "[--max-attempts N [--backoff D] [--backoff-max D]] [--id ID] [--idempotency-key K] [--shell 'SCRIPT'] "
-            + "[--isolation LEVEL] [--memory SIZE] [--pids N] [--cpu M] "
+            + "[--isolation LEVEL] [--network host|none] [--memory SIZE] [--pids N] [--cpu M] [--secret-env NAME]... "
             + "[--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
         arguments: [("CMD [ARG...]", "The command and its arguments (after --), unless --shell is given.")],
         options: CommonOptions.all + [
@@ -193,6 +193,15 @@ enum SubmitCommand {
 struct ResultView {
     var fields: [String: [UInt8]]
 
+    /// The values of the spec's secret variables are shown as `***`.
+    init(fields: [String: [UInt8]]) {
+        var fields = fields
+        if let bytes = fields[ResultField.spec], let spec = try? JobSpec(json: bytes) {
+            fields[ResultField.spec] = Array(SecretVariables.masked(spec).json.serialized.utf8)
+        }
+        self.fields = fields
+    }
+
     func text(_ name: String) -> String? {
         fields[name].flatMap { String(validating: $0, as: UTF8.self) }.flatMap { $0.isEmpty ? nil : $0 }
     }
@@ -217,7 +226,7 @@ struct ResultView {
         ResultField.exitCode, ResultField.signal, ResultField.attempt, ResultField.submittedAt, ResultField.startedAt,
         ResultField.finishedAt, ResultField.durationMs, ResultField.pid, ResultField.cpuUserMs, ResultField.cpuSystemMs,
         ResultField.fencingToken, ResultField.failures, ResultField.reschedules, ResultField.retryAt,
-        ProtocolVersion.field,
+        ResultField.peakMemoryBytes, ResultField.processes, ProtocolVersion.field,
     ]
 
     /// Every field: integers as numbers (null when empty), `forced_kill` as a boolean, the rest as strings;
@@ -234,8 +243,8 @@ struct ResultView {
             } else if name == ResultField.forcedKill {
                 object[name] = .bool(bytes == Array("1".utf8))
             } else if let text = String(validating: bytes, as: UTF8.self) {
-                object[name] =
-                    name == ResultField.spec ? ((try? JSONValue(parsing: text)) ?? .string(text)) : .string(text)
+                let isObject = name == ResultField.spec || name == ResultField.limits
+                object[name] = isObject ? ((try? JSONValue(parsing: text)) ?? .string(text)) : .string(text)
             } else {
                 object[name + "_base64"] = .string(Data(bytes).base64EncodedString())
             }

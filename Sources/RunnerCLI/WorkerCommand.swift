@@ -172,6 +172,9 @@ enum WorkerCommand {
             throw UsageError("the default limits are above the ceilings: \(reason)", command: spec.name)
         }
         let allowlist = arguments.all("--env-allow").flatMap { $0.split(separator: ",").map(String.init) }
+        for name in allowlist where name.isEmpty || name.contains { $0 == "=" || $0.isWhitespace } {
+            throw UsageError("invalid value for '--env-allow': '\(name)' is not a variable name", command: spec.name)
+        }
         for name in allowlist where name.hasPrefix("RUNNER_REDIS") {
             throw UsageError(
                 "invalid value for '--env-allow': \(name) carries the Redis address or password and never reaches jobs",
@@ -181,6 +184,14 @@ enum WorkerCommand {
         guard workRoot.hasPrefix("/") else {
             throw UsageError(
                 "invalid value for '--work-root': '\(workRoot)' is not an absolute path", command: spec.name)
+        }
+        if let parent = arguments.value("--cgroup-parent"),
+            parent.split(separator: "/", omittingEmptySubsequences: false).dropFirst(parent.hasPrefix("/") ? 1 : 0)
+                .contains(where: { $0.isEmpty || $0 == "." || $0 == ".." })
+        {
+            throw UsageError(
+                "invalid value for '--cgroup-parent': '\(parent)' (a path of names, no '.', '..' or empty parts)",
+                command: spec.name)
         }
         let interval = try arguments.duration("--monitor-interval") ?? .seconds(10)
         guard interval >= .milliseconds(100) else {

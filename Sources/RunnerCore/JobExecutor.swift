@@ -160,7 +160,9 @@ struct JobExecutor: Sendable {
         let recorder = OutputRecorder(
             client: logClient, store: store, logger: logger, entry: entry, owner: owner,
             limit: configuration.logLimitBytes, tailLimit: configuration.outputTailBytes,
-            masker: SecretMasker(environment: environment, secretNames: entry.spec.secretEnvironment))
+            masker: SecretMasker(
+                environment: environment, secretNames: entry.spec.secretEnvironment,
+                alsoMasked: configuration.redis.password.map { [$0] } ?? []))
         if plan.fellBack {
             recorder.note(
                 "isolation \(plan.requested.rawValue) with network \(plan.requestedNetwork.rawValue) is not available "

@@ -64,6 +64,14 @@ public struct JobLimits: Sendable, Hashable {
         public static let all = [memoryBytes, pids, cpuMillis, cpuSeconds, openFiles, fileSizeBytes]
     }
 
+    /// What each limit may be: the kernel refuses values outside these (a cgroup below 1 MiB or a CPU quota below
+    /// 10 millicores, more open files than `nr_open`'s default, fewer than stdio needs), so they are refused with
+    /// the job instead of failing it after it was claimed.
+    public static let accepted: [String: ClosedRange<Int>] = [
+        Key.memoryBytes: (1 << 20)...(1 << 50), Key.pids: 1...4_194_304, Key.cpuMillis: 10...1_000_000,
+        Key.cpuSeconds: 1...31_536_000, Key.openFiles: 8...1_048_576, Key.fileSizeBytes: 1...(1 << 50),
+    ]
+
     /// The limits as (JSON name, value) pairs, in the documented order, only those set.
     public var entries: [(name: String, value: Int)] {
         let values = [memoryBytes, pids, cpuMillis, cpuSeconds, openFiles, fileSizeBytes]
@@ -95,5 +103,26 @@ public struct JobLimits: Sendable, Hashable {
     /// The limits as a JSON object with the spec's names (only those set).
     public var jsonObject: JSONValue {
         .object(Dictionary(uniqueKeysWithValues: entries.map { ($0.name, JSONValue.int($0.value)) }))
+    }
+}
+
+/// Which of a job's variables are secret: those its spec names in `secret_env`, and every variable whose name ends
+/// in `_TOKEN`, `_SECRET` or `_PASSWORD`. Their values are masked as `***` wherever the runner or the CLI shows
+/// job output or a spec.
+public enum SecretVariables {
+    public static let suffixes = ["_TOKEN", "_SECRET", "_PASSWORD"]
+    public static let mask = "***"
+
+    public static func isSecret(_ name: String, named: [String]) -> Bool {
+        named.contains(name) || suffixes.contains { name.hasSuffix($0) }
+    }
+
+    /// The spec with the values of its secret variables replaced by `***`.
+    public static func masked(_ spec: JobSpec) -> JobSpec {
+        var copy = spec
+        for name in spec.environment.keys where isSecret(name, named: spec.secretEnvironment) {
+            copy.environment[name] = mask
+        }
+        return copy
     }
 }

@@ -176,7 +176,12 @@ public struct JobSpec: Sendable, Hashable {
                     throw JobSpecError(
                         "spec.limits.\(key) is not a known limit (\(JobLimits.Key.all.joined(separator: ", ")))")
                 }
-                values[key] = try positiveInt(member, name: "\(Key.limits).\(key)")
+                let value = try positiveInt(member, name: "\(Key.limits).\(key)")
+                if let value, let range = JobLimits.accepted[key], !range.contains(value) {
+                    throw JobSpecError(
+                        "spec.limits.\(key) must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+                }
+                values[key] = value
             }
             return JobLimits(
                 memoryBytes: values[JobLimits.Key.memoryBytes], pids: values[JobLimits.Key.pids],

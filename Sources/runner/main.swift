@@ -1,6 +1,9 @@
 import Foundation
 import RunnerCLI
 
+// A closed stderr (`runner worker 2>&1 | head`) must not kill a runner with running jobs: writes fail instead.
+signal(SIGPIPE, SIG_IGN)
+
 switch RunnerCommandLine.processArguments() {
 case .success(let arguments):
     exit(await RunnerCommandLine.run(arguments: arguments))

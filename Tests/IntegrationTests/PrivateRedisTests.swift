@@ -21,6 +21,17 @@ final class PasswordRedisTests: PrivateRedisTestCase {
         XCTAssertFalse(runners[0].log.contains("s3cret-pw"), "the runner's log shows the password:\n\(runners[0].log)")
     }
 
+    func testThePasswordIsNeitherInTheRunnersCommandLineNorInJobOutput() throws {
+        let runner = try startRunner()  // given with --redis redis://:s3cret-pw@...
+        let cmdline = try String(contentsOfFile: "/proc/\(runner.pid)/cmdline", encoding: .utf8)
+        XCTAssertTrue(cmdline.contains("redis://:*********@"), cmdline)
+        XCTAssertFalse(cmdline.contains("s3cret-pw"), cmdline)
+        // A job that finds the password some other way still cannot print it.
+        let result = cli(["submit", "--wait", "--id", "pw-2", "--", "echo", "the password is s3cret-pw"])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(result.stdout, "the password is ***\n")
+    }
+
     func testWrongPasswordIsOneClearError() throws {
         var wrong = endpoint
         wrong.password = "nope"

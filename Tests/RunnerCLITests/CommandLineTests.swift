@@ -273,3 +273,40 @@ final class EventRenderingTests: XCTestCase {
             "1970-01-01T00:00:00.000Z job.some_future_type_longer_than_all runner=r job=j")
     }
 }
+
+final class SecretHandlingTests: XCTestCase {
+    func testPasswordRangeInRedisURLs() {
+        func masked(_ text: String) -> String {
+            var bytes = Array(text.utf8)
+            if let range = RunnerCommandLine.passwordRange(in: bytes) {
+                for i in range { bytes[i] = UInt8(ascii: "*") }
+            }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        XCTAssertEqual(masked("redis://:pw@127.0.0.1:6379"), "redis://:**@127.0.0.1:6379")
+        XCTAssertEqual(masked("redis://user:p@ss@host:1/2"), "redis://user:****@host:1/2")
+        XCTAssertEqual(masked("--redis=rediss://u:secret@h"), "--redis=rediss://u:******@h")
+        XCTAssertEqual(masked("redis://host:6379/0"), "redis://host:6379/0")
+        XCTAssertEqual(masked("redis://user@host"), "redis://user@host")
+        XCTAssertEqual(masked("echo hi"), "echo hi")
+    }
+
+    func testResultViewMasksSecretVariablesAndTypesAccountingFields() throws {
+        let spec =
+            #"{"argv":["x"],"env":{"API_TOKEN":"t0ken-value","MINE":"mine-value","PLAIN":"shown"},"secret_env":["MINE"]}"#
+        let view = ResultView(fields: [
+            "spec": Array(spec.utf8), "peak_memory_bytes": Array("4096".utf8), "processes": Array("3".utf8),
+            "limits": Array(#"{"pids":5}"#.utf8),
+        ])
+        let json = view.json(id: "j")
+        guard case .object(let object) = json, case .object(let shown)? = object["spec"],
+            case .object(let env)? = shown["env"]
+        else { return XCTFail("\(json)") }
+        XCTAssertEqual(env["API_TOKEN"], .string("***"))
+        XCTAssertEqual(env["MINE"], .string("***"))
+        XCTAssertEqual(env["PLAIN"], .string("shown"))
+        XCTAssertEqual(object["peak_memory_bytes"], .int(4096))
+        XCTAssertEqual(object["processes"], .int(3))
+        XCTAssertEqual(object["limits"], .object(["pids": .int(5)]))
+    }
+}

@@ -224,3 +224,56 @@ final class MemoryAdmissionTests: XCTestCase {
         return false
     }
 }
+
+final class WorkspaceSafetyTests: XCTestCase {
+    private var root = ""
+
+    override func setUp() {
+        root = NSTemporaryDirectory() + "nr-safety-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(atPath: root)
+    }
+
+    private func refusal(_ workspace: JobWorkspace, _ name: String) async -> String? {
+        do {
+            _ = try await workspace.create(name: name)
+            return nil
+        } catch {
+            return error.message
+        }
+    }
+
+    func testADirectoryOthersCanWriteToOrALinkIsRefused() async throws {
+        let workspace = JobWorkspace(root: root, runner: "r", owner: nil)
+        try FileManager.default.createDirectory(atPath: root + "/r", withIntermediateDirectories: true)
+        chmod(root + "/r", 0o777)
+        let open = await refusal(workspace, "job-1-0-a")
+        XCTAssertEqual(open, "the work folder \(root)/r is not safe to use: others can write to it (mode 777)")
+        try FileManager.default.removeItem(atPath: root + "/r")
+        let elsewhere = root + "-target"
+        defer { try? FileManager.default.removeItem(atPath: elsewhere) }
+        try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
+        XCTAssertEqual(symlink(elsewhere, root + "/r"), 0)
+        let linked = await refusal(workspace, "job-1-0-a")
+        XCTAssertEqual(linked, "the work folder \(root)/r is not safe to use: it is a symbolic link")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: elsewhere), [])
+    }
+
+    func testAPlantedJobFolderLinkIsReplacedNotFollowed() async throws {
+        let workspace = JobWorkspace(root: root, runner: "r", owner: (uid: 65534, gid: 65534))
+        _ = try await workspace.create(name: "job-1-0-a")
+        let target = root + "-victim"
+        defer { try? FileManager.default.removeItem(atPath: target) }
+        try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+        XCTAssertEqual(symlink(target, root + "/r/job-2-0-b"), 0)
+        let path = try await workspace.create(name: "job-2-0-b")
+        var info = stat()
+        XCTAssertEqual(lstat(path, &info), 0)
+        XCTAssertEqual(info.st_mode & S_IFMT, S_IFDIR, "a real folder now")
+        XCTAssertEqual(stat(target, &info), 0)
+        XCTAssertEqual(info.st_uid, 0, "the link's target was not handed to the job's user")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: target), [])
+    }
+}

@@ -213,3 +213,23 @@ final class IsolationSpecTests: XCTestCase {
         XCTAssertNil(JobLimits(pids: 20).exceeding(JobLimits(pids: 20)))
     }
 }
+
+final class LimitRangeTests: XCTestCase {
+    func testLimitsOutsideWhatTheKernelTakesAreRefused() {
+        func rejection(_ limits: String) -> String? {
+            do {
+                _ = try JobSpec(json: Array(#"{"argv":["x"],"limits":\#(limits)}"#.utf8))
+                return nil
+            } catch { return error.message }
+        }
+        XCTAssertEqual(
+            rejection(#"{"memory_bytes":1}"#),
+            "spec.limits.memory_bytes must be between 1048576 and 1125899906842624, got 1")
+        XCTAssertEqual(rejection(#"{"cpu_millis":5}"#), "spec.limits.cpu_millis must be between 10 and 1000000, got 5")
+        XCTAssertEqual(rejection(#"{"open_files":3}"#), "spec.limits.open_files must be between 8 and 1048576, got 3")
+        XCTAssertEqual(
+            rejection(#"{"pids":9223372036854775807}"#),
+            "spec.limits.pids must be between 1 and 4194304, got 9223372036854775807")
+        XCTAssertNil(rejection(#"{"memory_bytes":1048576,"cpu_millis":10,"open_files":8,"pids":4194304}"#))
+    }
+}

@@ -178,7 +178,6 @@ struct IsolationPlan: Sendable, Equatable {
     /// The network asked for.
     var requestedNetwork: NetworkMode
 
-
     /// The runner gave less than was asked (`--isolation-fallback`).
     var fellBack: Bool { level != requested || network != requestedNetwork }
 }

@@ -21,30 +21,65 @@ struct JobWorkspace: Sendable {
     }
 
     /// Creates the folder of one job attempt and its `tmp`; returns its path.
+    ///
+    /// The work root and the runner's directory must be real directories (not links) of the runner's own user (or
+    /// root) that nobody else can write to: otherwise another local user could plant a link there and have the runner
+    /// create, and hand to the job's user, a folder anywhere. A job folder found already there (a crashed run of
+    /// the same entry) is removed first; nothing here follows a symbolic link.
     func create(name: String) async throws(IsolationError) -> String {
         let path = (directory as NSString).appendingPathComponent(name)
         let owner = self.owner
         let directory = self.directory
         let failure: IsolationError? = await JobWorkspace.run {
+            let root = (directory as NSString).deletingLastPathComponent
             do {
                 try FileManager.default.createDirectory(
-                    atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
-                for folder in [path, path + "/tmp"] {
-                    if mkdir(folder, 0o700) != 0 && errno != EEXIST {
-                        return IsolationError(.workspace, "cannot create the work folder \(folder): \(errnoText())")
-                    }
-                    if let owner, chown(folder, owner.uid, owner.gid) != 0 {
-                        return IsolationError(.workspace, "cannot hand \(folder) to uid \(owner.uid): \(errnoText())")
-                    }
-                }
-                return nil
+                    atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
             } catch {
-                return IsolationError(
-                    .workspace, "cannot create the work root \(directory): \(error.localizedDescription)")
+                return IsolationError(.workspace, "cannot create the work root \(root): \(error.localizedDescription)")
             }
+            if mkdir(directory, 0o711) != 0 && errno != EEXIST {
+                return IsolationError(.workspace, "cannot create the work folder \(directory): \(errnoText())")
+            }
+            for folder in [root, directory] {
+                if let unsafe = JobWorkspace.unsafeReason(folder) {
+                    return IsolationError(.workspace, "the work folder \(folder) is not safe to use: \(unsafe)")
+                }
+            }
+            if mkdir(path, 0o700) != 0 {
+                guard errno == EEXIST else {
+                    return IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())")
+                }
+                try? FileManager.default.removeItem(atPath: path)
+                if mkdir(path, 0o700) != 0 {
+                    return IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())")
+                }
+            }
+            if mkdir(path + "/tmp", 0o700) != 0 {
+                return IsolationError(.workspace, "cannot create the work folder \(path)/tmp: \(errnoText())")
+            }
+            for folder in [path, path + "/tmp"] {
+                if let owner, lchown(folder, owner.uid, owner.gid) != 0 {
+                    return IsolationError(.workspace, "cannot hand \(folder) to uid \(owner.uid): \(errnoText())")
+                }
+            }
+            return nil
         }
         if let failure { throw failure }
         return path
+    }
+
+    /// Why a directory the runner makes job folders in must not be trusted, or nil when it can be.
+    static func unsafeReason(_ path: String) -> String? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return errnoText() }
+        if (info.st_mode & S_IFMT) == S_IFLNK { return "it is a symbolic link" }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else { return "it is not a directory" }
+        if info.st_uid != geteuid() && info.st_uid != 0 { return "it belongs to uid \(info.st_uid), not to the runner" }
+        if info.st_mode & 0o022 != 0 {
+            return "others can write to it (mode \(String(info.st_mode & 0o7777, radix: 8)))"
+        }
+        return nil
     }
 
     /// Removes a job's folder and everything in it; false (after logging nothing) when it could not.

@@ -9,19 +9,19 @@ import RunnerProtocol
 /// `_SECRET` or `_PASSWORD`. Values shorter than `minimumLength` bytes are not masked: masking every "1" or "on" in
 /// the output would garble it without hiding anything.
 struct SecretMasker: Sendable {
-    static let mask: [UInt8] = Array("***".utf8)
+    static let mask: [UInt8] = Array(SecretVariables.mask.utf8)
     static let minimumLength = 4
-    static let secretSuffixes = ["_TOKEN", "_SECRET", "_PASSWORD"]
 
     /// Longest first, so that a secret containing another is masked whole.
     private let secrets: [[UInt8]]
     private var heldBack: [OutputStream: [UInt8]] = [:]
 
-    init(environment: [String: String], secretNames: [String]) {
-        let named = Set(secretNames)
+    /// `alsoMasked`: further values to hide whatever their variable (the runner's Redis password).
+    init(environment: [String: String], secretNames: [String], alsoMasked: [String] = []) {
         var values = Set<[UInt8]>()
-        for (name, value) in environment
-        where named.contains(name) || SecretMasker.secretSuffixes.contains(where: { name.hasSuffix($0) }) {
+        let secretValues =
+            environment.filter { SecretVariables.isSecret($0.key, named: secretNames) }.map(\.value) + alsoMasked
+        for value in secretValues {
             let bytes = Array(value.utf8)
             if bytes.count >= SecretMasker.minimumLength { values.insert(bytes) }
         }
