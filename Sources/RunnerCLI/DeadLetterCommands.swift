@@ -64,9 +64,11 @@ enum DeadCommand {
                 var object: [String: JSONValue] = ["dead_id": .string(letter.id)]
                 for (name, value) in letter.fields {
                     if let text = String(validating: value, as: UTF8.self) {
+                        let isNumber = name == JobEntryField.attempt || name == ProtocolVersion.field
                         object[name] =
                             name == JobEntryField.spec
-                            ? (try? JSONValue(parsing: text)) ?? .string(text) : .string(text)
+                            ? (try? JSONValue(parsing: text)) ?? .string(text)
+                            : isNumber ? (Int(text).map(JSONValue.int) ?? .string(text)) : .string(text)
                     } else {
                         object[name + "_base64"] = .string(Data(value).base64EncodedString())
                     }

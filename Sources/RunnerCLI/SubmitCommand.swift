@@ -150,11 +150,13 @@ enum SubmitCommand {
         }
         guard arguments.flag("--wait") else {
             if arguments.flag("--json") {
-                let json: JSONValue = [
+                var json: [String: JSONValue] = [
                     "id": .string(submitted.id), "stream_id": submitted.streamId.map(JSONValue.string) ?? .null,
-                    "queue": .string(queue), "existing": .bool(submitted.streamId == nil),
+                    "existing": .bool(submitted.streamId == nil),
                 ]
-                console.print(json.serialized)
+                // The queue is known only for a job this submit added (an existing one may be on another).
+                if submitted.streamId != nil { json["queue"] = .string(queue) }
+                console.print(JSONValue.object(json).serialized)
             } else {
                 console.print(submitted.id)
             }

@@ -170,7 +170,7 @@ struct JobExecutor: Sendable {
         }
         if entry.attempt > 1 {
             // Attempts share the log stream: mark where this one begins.
-            recorder.note("attempt \(entry.attempt) of \(entry.spec.maxAttempts) begins")
+            recorder.note("attempt \(entry.attempt) begins")
         }
         let clock = ContinuousClock()
         let began = clock.now
