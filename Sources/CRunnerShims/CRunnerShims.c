@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -32,6 +33,12 @@
 #endif
 #ifndef F_SETPIPE_SZ
 #define F_SETPIPE_SZ 1031
+#endif
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#endif
+#ifndef PR_CAP_AMBIENT_CLEAR_ALL
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
 #endif
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -96,6 +103,50 @@ static int nr_child_loopback_up(void) {
     return rc;
 }
 
+// Child only: empties the capability bounding set, so that no execve can ever grant a capability again (an execve
+// as uid 0 gains the bounding set, a file's capabilities are masked by it). PR_CAPBSET_DROP needs CAP_SETPCAP in the
+// effective set, so this runs before the credentials change (which empties it) and before capset. A capability already
+// out of the set is not dropped again: a runner without CAP_SETPCAP whose bounding set is empty passes. PR_CAPBSET_READ
+// fails with EINVAL above the kernel's last capability: the end of the set.
+static void nr_child_drop_bounding_set(int report_fd) {
+    for (int cap = 0; cap < 64; cap++) {
+        long present = syscall(SYS_prctl, PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (present < 0) {
+            if (errno == EINVAL) {
+                return;
+            }
+            nr_child_fail(report_fd, NR_STEP_CAPBSET_DROP, errno, cap);
+        }
+        if (present > 0 && syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+            nr_child_fail(report_fd, NR_STEP_CAPBSET_DROP, errno, cap);
+        }
+    }
+}
+
+// Child only: no ambient capabilities (EINVAL: a kernel before 4.3, which has no ambient set), then capset of empty
+// effective, permitted and inheritable sets: the child keeps no capability, and with the bounding and inheritable sets
+// empty its execve (even as uid 0) gains none. Dropping to a subset of the permitted set neither clears the
+// parent-death signal nor changes the mm's dumpable flag (commit_creds), unlike a change of the ids.
+static void nr_child_drop_capabilities(int report_fd) {
+    if (syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
+        nr_child_fail(report_fd, NR_STEP_CLEAR_AMBIENT, errno, 0);
+    }
+    struct __user_cap_header_struct header;
+    header.version = _LINUX_CAPABILITY_VERSION_3;
+    header.pid = 0;
+    // Two 32-bit words per set (capabilities 0..31 and 32..63), each field set on its own (no zero-fill: memset).
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    data[0].effective = 0;
+    data[0].permitted = 0;
+    data[0].inheritable = 0;
+    data[1].effective = 0;
+    data[1].permitted = 0;
+    data[1].inheritable = 0;
+    if (syscall(SYS_capset, &header, data) < 0) {
+        nr_child_fail(report_fd, NR_STEP_CAPSET, errno, 0);
+    }
+}
+
 // Child only: the parent still lives? Checked right after PR_SET_PDEATHSIG, which is lost if the parent died first.
 static int nr_child_parent_alive(const nr_child_args *args) {
     if (args->parent_pidfd < 0) {
@@ -146,6 +197,20 @@ static int nr_child_main(void *raw) {
         if (syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
             nr_child_fail(report_fd, NR_STEP_MOUNT_PROC, errno, 0);
         }
+        // A sysfs of its own on /sys, read-only: it shows the job's network namespace (only "lo" when isolated) and
+        // has no cgroup file system under /sys/fs/cgroup, so no cgroup.procs a job could write itself out of its
+        // cgroups with. The host's /sys goes first, with every mount under it (MNT_DETACH takes the subtree; the
+        // mounts are private, so the host keeps them): a sysfs of the runner's network namespace is the very
+        // superblock mounted there, which the kernel will not mount on the same mount point again (EBUSY).
+        // EINVAL: /sys is no mount point. ENOENT: this root has no /sys, and nothing at /sys to hide; a job without
+        // CAP_SYS_ADMIN cannot mount one.
+        if (syscall(SYS_umount2, "/sys", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT) {
+            nr_child_fail(report_fd, NR_STEP_MOUNT_SYS, errno, 0);
+        }
+        if (syscall(SYS_mount, "sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0 &&
+            errno != ENOENT) {
+            nr_child_fail(report_fd, NR_STEP_MOUNT_SYS, errno, 0);
+        }
         if (config->hostname != NULL) {
             if (syscall(SYS_sethostname, config->hostname, (size_t)config->hostname_length) < 0) {
                 nr_child_fail(report_fd, NR_STEP_SET_HOSTNAME, errno, 0);
@@ -172,10 +237,16 @@ static int nr_child_main(void *raw) {
         }
     }
 
+    // Changing the effective ids marks the mm "not dumpable", and the mm is the parent's (CLONE_VM): give it back the
+    // value it had afterwards, or the runner itself could no longer be ptraced or dump core.
+    long dumpable = -1;
+    if (config->set_credentials || config->drop_capabilities) {
+        dumpable = syscall(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0);
+    }
+    if (config->drop_capabilities) {
+        nr_child_drop_bounding_set(report_fd);
+    }
     if (config->set_credentials) {
-        // Changing the effective ids marks the mm "not dumpable", and the mm is the parent's (CLONE_VM): give it back
-        // the value it had, or the runner itself could no longer be ptraced or dump core.
-        long dumpable = syscall(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0);
         if (syscall(SYS_setgroups, 0, NULL) < 0) {
             nr_child_fail(report_fd, NR_STEP_SETGROUPS, errno, 0);
         }
@@ -185,12 +256,16 @@ static int nr_child_main(void *raw) {
         if (syscall(SYS_setresuid, config->uid, config->uid, config->uid) < 0) {
             nr_child_fail(report_fd, NR_STEP_SETUID, errno, 0);
         }
-        if (dumpable == 0 || dumpable == 1) {
-            syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0);
-        }
+    }
+    // Last of the steps that may need a privilege (cgroups, mounts, hostname, loopback, rlimits, credentials).
+    if (config->drop_capabilities) {
+        nr_child_drop_capabilities(report_fd);
+    }
+    if (dumpable == 0 || dumpable == 1) {
+        syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0);
     }
 
-    // After the credentials: changing them clears the parent-death signal.
+    // After the credentials: changing them clears the parent-death signal (dropping capabilities does not).
     if (config->die_with_parent) {
         if (syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
             nr_child_fail(report_fd, NR_STEP_PDEATHSIG, errno, 0);

@@ -82,18 +82,26 @@ public enum SpawnStep: Sendable, Equatable, CaseIterable, CustomStringConvertibl
     case mountPrivate
     /// Child: mounting the new /proc.
     case mountProc
+    /// Child: detaching the host's /sys and mounting a new read-only sysfs there.
+    case mountSys
     /// Child: sethostname.
     case setHostname
     /// Child: bringing the loopback interface up.
     case loopbackUp
     /// Child: prlimit64 of one resource limit.
     case resourceLimit
+    /// Child: prctl(PR_CAPBSET_DROP) of one capability of the bounding set (or PR_CAPBSET_READ of it).
+    case dropBoundingCapability
     /// Child: setgroups(0, NULL).
     case dropGroups
     /// Child: setresgid.
     case setGroupID
     /// Child: setresuid.
     case setUserID
+    /// Child: prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL).
+    case clearAmbientCapabilities
+    /// Child: capset of empty effective, permitted and inheritable sets.
+    case dropCapabilities
     /// Child: prctl(PR_SET_PDEATHSIG).
     case deathSignal
     /// Child: prctl(PR_SET_NO_NEW_PRIVS).
@@ -119,12 +127,16 @@ public enum SpawnStep: Sendable, Equatable, CaseIterable, CustomStringConvertibl
         case .joinCgroup: "joining the cgroup"
         case .mountPrivate: "making mounts private"
         case .mountProc: "mounting /proc"
+        case .mountSys: "mounting /sys"
         case .setHostname: "sethostname"
         case .loopbackUp: "bringing up lo"
         case .resourceLimit: "setrlimit"
+        case .dropBoundingCapability: "prctl(PR_CAPBSET_DROP)"
         case .dropGroups: "setgroups"
         case .setGroupID: "setresgid"
         case .setUserID: "setresuid"
+        case .clearAmbientCapabilities: "prctl(PR_CAP_AMBIENT_CLEAR_ALL)"
+        case .dropCapabilities: "capset"
         case .deathSignal: "prctl(PR_SET_PDEATHSIG)"
         case .noNewPrivileges: "prctl(PR_SET_NO_NEW_PRIVS)"
         case .stdio: "redirecting stdio"
@@ -147,7 +159,9 @@ public enum SpawnStep: Sendable, Equatable, CaseIterable, CustomStringConvertibl
             NR_STEP_SETUID.rawValue: .setUserID, NR_STEP_PDEATHSIG.rawValue: .deathSignal,
             NR_STEP_NO_NEW_PRIVS.rawValue: .noNewPrivileges, NR_STEP_STDIO.rawValue: .stdio,
             NR_STEP_CLOSE_FDS.rawValue: .closeFileDescriptors, NR_STEP_CHDIR.rawValue: .changeDirectory,
-            NR_STEP_EXEC.rawValue: .exec,
+            NR_STEP_EXEC.rawValue: .exec, NR_STEP_MOUNT_SYS.rawValue: .mountSys,
+            NR_STEP_CAPBSET_DROP.rawValue: .dropBoundingCapability,
+            NR_STEP_CLEAR_AMBIENT.rawValue: .clearAmbientCapabilities, NR_STEP_CAPSET.rawValue: .dropCapabilities,
         ]
         guard step >= 0, let known = steps[UInt32(step)] else { return nil }
         self = known
@@ -164,8 +178,9 @@ public enum SpawnStep: Sendable, Equatable, CaseIterable, CustomStringConvertibl
     /// Part of the isolation set-up rather than of starting a plain process.
     var isIsolation: Bool {
         switch self {
-        case .openCgroup, .joinCgroup, .mountPrivate, .mountProc, .setHostname, .loopbackUp, .resourceLimit,
-            .dropGroups, .setGroupID, .setUserID, .noNewPrivileges:
+        case .openCgroup, .joinCgroup, .mountPrivate, .mountProc, .mountSys, .setHostname, .loopbackUp,
+            .resourceLimit, .dropBoundingCapability, .dropGroups, .setGroupID, .setUserID, .clearAmbientCapabilities,
+            .dropCapabilities, .noNewPrivileges:
             true
         default: false
         }
@@ -229,6 +244,8 @@ extension SpawnError {
             return "setrlimit(\(limit.kind), soft \(soft), hard \(hard))"
         case .setHostname:
             return isolation.hostname.map { "\(step)('\($0)')" } ?? step.description
+        case .dropBoundingCapability:
+            return "\(step) (capability \(index))"
         case .setGroupID, .setUserID:
             guard let credentials = isolation.credentials else { return step.description }
             return step == .setUserID ? "setresuid(\(credentials.uid))" : "setresgid(\(credentials.gid))"

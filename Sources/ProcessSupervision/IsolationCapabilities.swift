@@ -2,8 +2,9 @@ import Glibc
 import Synchronization
 
 /// What isolation this host can give, found by trying: a trivial child is cloned with each feature's flags and runs
-/// every set-up step of that feature (setsid; the namespaces with their own /proc and hostname; loopback in a new
-/// network namespace; setgroups/setresgid/setresuid), then exits instead of exec'ing anything.
+/// every set-up step of that feature (setsid; the namespaces with their own /proc, /sys and hostname, and without
+/// capabilities, as `.namespace` runs by default; loopback in a new network namespace; setgroups/setresgid/setresuid;
+/// the capability drop on its own), then exits instead of exec'ing anything.
 public struct IsolationCapabilities: Sendable, Equatable {
     /// Whether one feature is there.
     public enum Support: Sendable, Equatable {
@@ -23,19 +24,27 @@ public struct IsolationCapabilities: Sendable, Equatable {
 
     /// Own session and process group, with the runner able to be a child subreaper (`.processGroup`).
     public var processGroup: Support
-    /// New PID, mount (own /proc), IPC and UTS namespaces (`.namespace`).
+    /// New PID, mount (own /proc and /sys), IPC and UTS namespaces, with every capability dropped (`.namespace`
+    /// with its default `dropsCapabilities`).
     public var namespaces: Support
     /// A new network namespace with loopback up (`NamespaceOptions.isolatesNetwork`).
     public var networkNamespace: Support
     /// Running a job as another user (`ProcessIsolation.credentials`): needs root.
     public var runAs: Support
+    /// Running a job without capabilities (`ProcessIsolation.dropsCapabilities`) at `.processGroup`: emptying the
+    /// bounding set needs CAP_SETPCAP.
+    public var capabilityDrop: Support
 
-    /// Capabilities; normally found by `probe()`.
-    public init(processGroup: Support, namespaces: Support, networkNamespace: Support, runAs: Support) {
+    /// Capabilities; normally found by `probe()`. `capabilityDrop` defaults to available (root can always drop).
+    public init(
+        processGroup: Support, namespaces: Support, networkNamespace: Support, runAs: Support,
+        capabilityDrop: Support = .available
+    ) {
         self.processGroup = processGroup
         self.namespaces = namespaces
         self.networkNamespace = networkNamespace
         self.runAs = runAs
+        self.capabilityDrop = capabilityDrop
     }
 
     /// Why `isolation` cannot be given here ("namespace isolation: ..."), or nil when it can.
@@ -55,6 +64,9 @@ public struct IsolationCapabilities: Sendable, Equatable {
         }
         if isolation.credentials != nil {
             needed.append(("running as another user", runAs))
+        }
+        if isolation.dropsCapabilities {
+            needed.append(("dropping capabilities", capabilityDrop))
         }
         return needed.first { !$0.1.isAvailable }.map { "\($0.0) is not available: \($0.1.reason ?? "")" }
     }
@@ -77,7 +89,9 @@ public struct IsolationCapabilities: Sendable, Equatable {
                 let reason = Support.missing(
                     reason: "the probe thread could not start: \(System.describe(errno: err.value))")
                 continuation.resume(
-                    returning: Self(processGroup: reason, namespaces: reason, networkNamespace: reason, runAs: reason))
+                    returning: Self(
+                        processGroup: reason, namespaces: reason, networkNamespace: reason, runAs: reason,
+                        capabilityDrop: reason))
             }
         }
         return known.withLock { cached in
@@ -103,11 +117,13 @@ public struct IsolationCapabilities: Sendable, Equatable {
             effectiveUser != 0
             ? .missing(reason: "the runner does not run as root (euid \(effectiveUser))")
             : tryChild(ProcessIsolation(credentials: .init(uid: 65534, gid: 65534)))
+        let capabilityDrop = tryChild(ProcessIsolation(level: .processGroup, dropsCapabilities: true))
         return IsolationCapabilities(
             processGroup: processGroup,
             namespaces: namespaces,
             networkNamespace: networkNamespace,
-            runAs: runAs
+            runAs: runAs,
+            capabilityDrop: capabilityDrop
         )
     }
 

@@ -63,6 +63,8 @@ final class MonitorLoop {
 
     private let shared: MonitorShared
     private let sweepsOrphans: Bool
+    /// The sweep reaps zombies in the runner's own process group too (`reapsOwnGroupOrphans`).
+    private let sweepsOwnGroup: Bool
     private var records: [UInt64: ChildRecord] = [:]
     private var nextID: UInt64 = 1
     private var nextSweep: Int64 = 0
@@ -70,9 +72,10 @@ final class MonitorLoop {
     private var lastActivity: Int64 = 0
     private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MonitorLoop.chunkSize, alignment: 16)
 
-    init(shared: MonitorShared, sweepsOrphans: Bool) {
+    init(shared: MonitorShared, sweepsOrphans: Bool, sweepsOwnGroup: Bool) {
         self.shared = shared
         self.sweepsOrphans = sweepsOrphans
+        self.sweepsOwnGroup = sweepsOwnGroup
     }
 
     deinit {
@@ -101,7 +104,7 @@ final class MonitorLoop {
             let now = System.monotonicNanoseconds()
             fireTimers(now: now)
             if sweepsOrphans, now >= nextSweep {
-                ChildRegistry.sweepOrphans()
+                ChildRegistry.sweepOrphans(includingOwnGroup: sweepsOwnGroup)
                 let quiet = records.isEmpty && now - lastActivity > Self.recentActivityWindow
                 nextSweep = now + (quiet ? Self.idleSweepInterval : Self.sweepInterval)
             }
@@ -444,7 +447,7 @@ final class MonitorLoop {
             finish(record, forcedStop: stillRunning)
         }
         if sweepsOrphans {
-            ChildRegistry.sweepOrphans()
+            ChildRegistry.sweepOrphans(includingOwnGroup: sweepsOwnGroup)
         }
     }
 }

@@ -1,23 +1,29 @@
 /// How a process is contained: its isolation level, limits and credentials. Applied in the child between the clone
 /// and the exec (see `nr_spawn` for the order), so nothing of the job runs before all of it is in force.
 ///
-/// The default is `.processGroup` with no-new-privileges and a core size limit of 0.
+/// The default is `.processGroup` with no-new-privileges and a core size limit of 0; `.namespace` also drops every
+/// capability by default (`dropsCapabilities`).
 public struct ProcessIsolation: Sendable, Equatable {
     /// Each level includes the ones before it.
     public enum Level: Sendable, Equatable {
         /// A plain child in the runner's own process group. Teardown signals the main process (through its pidfd)
         /// and the processes the supervisor can attribute to it (descendants, `ProcessSpec.treeMarker`), never a
-        /// group. An orphan it cannot attribute stays in the runner's group, where the orphan sweep must leave it
-        /// (it cannot tell it from a child of other code in the runner): it may linger as a zombie.
+        /// group. An orphan it cannot attribute stays in the runner's group, where the orphan sweep leaves it (it
+        /// cannot tell it from a child of other code in the runner) unless the supervisor was made with
+        /// `reapsOwnGroupOrphans`: else it lingers as a zombie.
         case none
         /// Its own session and process group (pid == pgid == sid); teardown signals the group and the job's
         /// escapees found by descent and by `ProcessSpec.treeMarker`.
         case processGroup
-        /// `.processGroup` plus new PID, mount (with its own /proc), IPC and UTS namespaces: the job is PID 1 of its
-        /// PID namespace and sees no other process. As PID 1 it ignores every signal it has no handler for, SIGTERM
-        /// included: on timeout or cancel, SIGTERM reaches its descendants, and the job itself ends with the SIGKILL
-        /// after `TerminationPolicy.killGrace` (unless it handles SIGTERM). When it ends, the kernel kills everything
-        /// left in its namespace.
+        /// `.processGroup` plus new PID, mount (with its own /proc, and its own read-only sysfs on /sys), IPC and UTS
+        /// namespaces: the job is PID 1 of its PID namespace and sees no other process. The host's /sys, with every
+        /// mount under it, is gone from the job's mount namespace; the new sysfs shows the job's own network
+        /// interfaces and no cgroup file system (nothing under /sys/fs/cgroup). A root without /sys gets none. Unless
+        /// `dropsCapabilities` is set to false, the job has no capability, so it can unmount neither.
+        ///
+        /// As PID 1 it ignores every signal it has no handler for, SIGTERM included: on timeout or cancel, SIGTERM
+        /// reaches its descendants, and the job itself ends with the SIGKILL after `TerminationPolicy.killGrace`
+        /// (unless it handles SIGTERM). When it ends, the kernel kills everything left in its namespace.
         case namespace
     }
 
@@ -59,6 +65,23 @@ public struct ProcessIsolation: Sendable, Equatable {
     public var resourceLimits: [ResourceLimit]
     /// `PR_SET_NO_NEW_PRIVS`: execve can never grant privileges (setuid bits, file capabilities) to the job.
     public var noNewPrivileges: Bool
+    /// Whether the job runs without any capability: after every set-up step that needs one (cgroups, mounts,
+    /// hostname, loopback, rlimits, credentials), the child empties its bounding set (`PR_CAPBSET_DROP`), its ambient
+    /// set (`PR_CAP_AMBIENT_CLEAR_ALL`) and its effective, permitted and inheritable sets (`capset`). An execve then
+    /// grants no capability, even to uid 0: a root job can no longer unmount its /proc or /sys, `setns` into another
+    /// namespace, or mount a cgroup file system. (It still owns every file uid 0 owns: run it as another user with
+    /// `credentials` to take that away.) Dropping the bounding set needs CAP_SETPCAP unless it is empty already.
+    ///
+    /// Unless set, it follows the level: true at `.namespace` (which a root runner's jobs could otherwise leave with
+    /// `umount /proc` or `nsenter`), false at the others (a root runner's job keeps root's capabilities, as before).
+    /// Set it to decide yourself; a later change of `level` then changes nothing here.
+    public var dropsCapabilities: Bool {
+        get { capabilityChoice ?? (level == .namespace) }
+        set { capabilityChoice = newValue }
+    }
+    /// The explicit choice for `dropsCapabilities`; nil follows the level. (Equality compares the choice, so an
+    /// explicit true at `.namespace` differs from the default that gives the same.)
+    private var capabilityChoice: Bool?
     /// nil: the runner's own user.
     public var credentials: Credentials?
     /// Absolute paths of `cgroup.procs` files (cgroup v1: one per hierarchy; v2: one). The supervisor opens them
@@ -72,13 +95,14 @@ public struct ProcessIsolation: Sendable, Equatable {
     /// `.processGroup`, no-new-privileges, core size 0: what every job gets unless it asks otherwise.
     public static let `default` = ProcessIsolation()
 
-    /// An isolation; see the properties.
+    /// An isolation; see the properties. `dropsCapabilities` nil follows the level (true at `.namespace` only).
     public init(
         level: Level = .processGroup,
         namespaces: NamespaceOptions = NamespaceOptions(),
         hostname: String? = nil,
         resourceLimits: [ResourceLimit] = ProcessIsolation.defaultResourceLimits,
         noNewPrivileges: Bool = true,
+        dropsCapabilities: Bool? = nil,
         credentials: Credentials? = nil,
         cgroupProcsFiles: [String] = []
     ) {
@@ -87,6 +111,7 @@ public struct ProcessIsolation: Sendable, Equatable {
         self.hostname = hostname
         self.resourceLimits = resourceLimits
         self.noNewPrivileges = noNewPrivileges
+        self.capabilityChoice = dropsCapabilities
         self.credentials = credentials
         self.cgroupProcsFiles = cgroupProcsFiles
     }

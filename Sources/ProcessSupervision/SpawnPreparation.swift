@@ -211,6 +211,7 @@ final class SpawnArguments {
             uid: isolation.credentials?.uid ?? 0,
             gid: isolation.credentials?.gid ?? 0,
             no_new_privs: isolation.noNewPrivileges ? 1 : 0,
+            drop_capabilities: isolation.dropsCapabilities ? 1 : 0,
             cgroup_procs_paths: UnsafeRawPointer(cgroupFiles.base).assumingMemoryBound(
                 to: UnsafePointer<CChar>?.self),
             cgroup_count: Int32(isolation.cgroupProcsFiles.count),

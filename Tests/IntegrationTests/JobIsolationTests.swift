@@ -54,6 +54,51 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertEqual(reach.stdout, "net=reach\n", reach.err)
     }
 
+    func testACgroupJobOfARootRunnerHasNoCapabilitiesAndCannotLeaveItsCgroup() throws {
+        guard geteuid() == 0 else { throw XCTSkip("a root job's capabilities need a runner running as root") }
+        let runner = try startRunner()
+        // The QA's escapes: unmount /proc to see the runner, write the root cgroup's cgroup.procs to drop the limits.
+        let script = """
+            grep '^CapEff:' /proc/self/status
+            umount /proc 2>/dev/null && echo proc=unmounted || echo proc=kept
+            ls /proc/\(runner.pid) >/dev/null 2>&1 && echo sees-runner || echo no-runner
+            (echo $$ > /sys/fs/cgroup/pids/cgroup.procs) 2>/dev/null && echo cgroup=left || echo cgroup=stayed
+            grep ':pids:' /proc/self/cgroup | cut -d: -f3 | grep -q '^/$' && echo pids=root || echo pids=own
+            ls /sys/class/net
+            """
+        let result = cli([
+            "submit", "--wait", "--id", "caps-1", "--isolation", "cgroup", "--network", "none", "--pids", "32", "--",
+            "/bin/bash", "-c", script,
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(
+            result.stdout.split(separator: "\n").map(String.init),
+            ["CapEff:\t0000000000000000", "proc=kept", "no-runner", "cgroup=stayed", "pids=own", "lo"])
+        XCTAssertEqual(try job("caps-1")["isolation"], "cgroup")
+    }
+
+    func testOrphansOfANoneJobDoNotPileUpAsTheRunnersZombies() throws {
+        let runner = try startRunner()
+        // Each `head` outlives the subshell that started it (it reads a fifo only the job's shell writes), so it is
+        // reparented to the runner, in the runner's own process group, and ends once the job has ended.
+        let orphan = "(head -c 1 < hold > /dev/null 2>&1 4>&- & echo pid=$!)"
+        let script = "mkfifo hold; exec 4<>hold; " + Array(repeating: orphan, count: 10).joined(separator: "; ")
+        let result = cli(["submit", "--wait", "--id", "none-1", "--isolation", "none", "--shell", script])
+        XCTAssertEqual(result.code, 0, result.err)
+        let orphans = pids(in: result.stdout)
+        XCTAssertEqual(orphans.count, 10, result.stdout)
+        func zombiesOfTheRunner() -> [Int32] {
+            orphans.filter { pid in
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                    let close = stat.lastIndex(of: ")")
+                else { return false }
+                let fields = stat[stat.index(after: close)...].split(separator: " ")
+                return fields.first == "Z" && fields.dropFirst().first.flatMap { Int32($0) } == runner.pid
+            }
+        }
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { zombiesOfTheRunner().isEmpty }, "\(zombiesOfTheRunner())")
+    }
+
     func testMemoryHogEndsOOMKilledWithLimitAndPeak() throws {
         try startRunner()
         let limit = 32 << 20

@@ -1,3 +1,4 @@
+import CRunnerShims
 import Foundation
 import XCTest
 
@@ -15,6 +16,7 @@ final class CapabilityTests: XCTestCase {
                 ProcessIsolation(level: .namespace, namespaces: .init(isolatesNetwork: true))
             ),
             (capabilities.runAs, ProcessIsolation(credentials: .init(uid: 65534, gid: 65534))),
+            (capabilities.capabilityDrop, ProcessIsolation(level: .processGroup, dropsCapabilities: true)),
         ]
         for (support, isolation) in probes {
             let spec = ProcessSpec(
@@ -29,6 +31,9 @@ final class CapabilityTests: XCTestCase {
             }
         }
         XCTAssertEqual(capabilities.runAs.isAvailable, geteuid() == 0)
+        if geteuid() == 0 {
+            XCTAssertEqual(capabilities.capabilityDrop, .available)
+        }
         let again = await IsolationCapabilities.probe()
         XCTAssertEqual(again, capabilities)
     }
@@ -50,6 +55,16 @@ final class CapabilityTests: XCTestCase {
             capabilities.missing(for: ProcessIsolation(level: .none, credentials: .init(uid: 1, gid: 1))),
             "running as another user is not available: the runner does not run as root (euid 1000)"
         )
+
+        // `.namespace` drops capabilities unless told otherwise; the other levels only when told.
+        let noDrop = IsolationCapabilities(
+            processGroup: .available, namespaces: .available, networkNamespace: .available, runAs: .available,
+            capabilityDrop: .missing(reason: "prctl(PR_CAPBSET_DROP) failed: Operation not permitted"))
+        let reason = "dropping capabilities is not available: prctl(PR_CAPBSET_DROP) failed: Operation not permitted"
+        XCTAssertEqual(noDrop.missing(for: ProcessIsolation(level: .namespace)), reason)
+        XCTAssertNil(noDrop.missing(for: ProcessIsolation(level: .namespace, dropsCapabilities: false)))
+        XCTAssertNil(noDrop.missing(for: ProcessIsolation(level: .processGroup)))
+        XCTAssertEqual(noDrop.missing(for: ProcessIsolation(level: .none, dropsCapabilities: true)), reason)
     }
 
     func testEveryStepIsReportedUnderItsOwnName() {
@@ -69,6 +84,12 @@ final class CapabilityTests: XCTestCase {
             }
         }
         XCTAssertEqual(Set(reported), Set(SpawnStep.allCases), "a step nr_spawn cannot report, or one it reports twice")
+        let bounding = SpawnError(step: Int32(NR_STEP_CAPBSET_DROP.rawValue), errno: EPERM, index: 21, spec: spec)
+        XCTAssertEqual(
+            bounding.message,
+            "cannot start '/bin/job': prctl(PR_CAPBSET_DROP) (capability 21) failed: Operation not permitted")
+        XCTAssertEqual(bounding.code, .isolationFailed)
+        XCTAssertFalse(bounding.isSupervisorSide)
         XCTAssertEqual(reported.count, SpawnStep.allCases.count)
     }
 }

@@ -176,3 +176,30 @@ func requireCapabilities(for isolation: ProcessIsolation) async throws {
         throw XCTSkip("this host cannot run the test: \(reason)")
     }
 }
+
+let PR_GET_DUMPABLE_ID: Int32 = 3
+let PR_SET_DUMPABLE_ID: Int32 = 4
+
+/// prctl(option, argument) of this process. prctl is variadic, which Swift cannot call: called through a
+/// non-variadic pointer, which the x86-64 and AArch64 Linux ABIs pass the same way for integer arguments.
+func prctlOfThisProcess(_ option: Int32, _ argument: UInt = 0) -> Int32 {
+    typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "prctl") else { return -1 }
+    return unsafeBitCast(symbol, to: Prctl.self)(option, argument, 0, 0, 0)
+}
+
+extension XCTestCase {
+    /// A new cgroup under `hierarchy` (e.g. /sys/fs/cgroup/pids), removed at the end of the test.
+    func makeCgroup(in hierarchy: String) throws -> String {
+        guard access(hierarchy, W_OK) == 0 else { throw XCTSkip("\(hierarchy) is not writable here") }
+        let path = "\(hierarchy)/nr-test-\(getpid())-\(UUID().uuidString.prefix(8))"
+        guard mkdir(path, 0o755) == 0 else {
+            throw XCTSkip("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        addTeardownBlock {
+            // Empty once its processes are reaped; the kernel may take a moment to agree.
+            _ = waitUntil(timeout: .seconds(5)) { rmdir(path) == 0 || errno == ENOENT }
+        }
+        return path
+    }
+}

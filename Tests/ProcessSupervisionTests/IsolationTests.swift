@@ -81,7 +81,7 @@ final class IsolationTests: TemporaryDirectoryTestCase {
         let nobody = ProcessIsolation(credentials: .init(uid: 65534, gid: 65534))
         try await requireCapabilities(for: nobody)
         // Dumpable first (whatever earlier spawns did), so that only this job's spawn can change it.
-        XCTAssertEqual(Self.prctl(PR_SET_DUMPABLE_ID, 1), 0)
+        XCTAssertEqual(prctlOfThisProcess(PR_SET_DUMPABLE_ID, 1), 0)
         let (outcome, output) = try await runToEnd(
             shell("id -u; id -g; id -G; grep -E '^(Uid|Gid|Groups):' /proc/self/status", isolation: nobody))
         XCTAssertEqual(outcome.termination, .exited(0), output.stderrText)
@@ -94,7 +94,7 @@ final class IsolationTests: TemporaryDirectoryTestCase {
         )
         // The child shared the runner's memory until exec: its credential change must not leave the runner
         // "not dumpable".
-        XCTAssertEqual(Self.prctl(PR_GET_DUMPABLE_ID), 1)
+        XCTAssertEqual(prctlOfThisProcess(PR_GET_DUMPABLE_ID), 1)
     }
 
     func testRunAsKeepsTheDeathSignal() async throws {
@@ -112,29 +112,7 @@ final class IsolationTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(output.stdoutText, "9\n")
     }
 
-    /// prctl(option, argument) of this process. prctl is variadic, which Swift cannot call: called through a
-    /// non-variadic pointer, which the x86-64 and AArch64 Linux ABIs pass the same way for integer arguments.
-    private static func prctl(_ option: Int32, _ argument: UInt = 0) -> Int32 {
-        typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "prctl") else { return -1 }
-        return unsafeBitCast(symbol, to: Prctl.self)(option, argument, 0, 0, 0)
-    }
-
     // MARK: Cgroups
-
-    /// A new cgroup under `hierarchy` (e.g. /sys/fs/cgroup/pids), removed at the end of the test.
-    private func makeCgroup(in hierarchy: String) throws -> String {
-        guard access(hierarchy, W_OK) == 0 else { throw XCTSkip("\(hierarchy) is not writable here") }
-        let path = "\(hierarchy)/nr-test-\(getpid())-\(UUID().uuidString.prefix(8))"
-        guard mkdir(path, 0o755) == 0 else {
-            throw XCTSkip("cannot create \(path): \(String(cString: strerror(errno)))")
-        }
-        addTeardownBlock {
-            // Empty once its processes are reaped; the kernel may take a moment to agree.
-            _ = waitUntil(timeout: .seconds(5)) { rmdir(path) == 0 || errno == ENOENT }
-        }
-        return path
-    }
 
     func testTheChildIsInItsCgroupsBeforeItRunsAnything() async throws {
         let pids = try makeCgroup(in: "/sys/fs/cgroup/pids")
@@ -270,9 +248,6 @@ final class IsolationTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(output.stdoutLines, [marker.value])
     }
 }
-
-private let PR_GET_DUMPABLE_ID: Int32 = 3
-private let PR_SET_DUMPABLE_ID: Int32 = 4
 
 /// RLIMIT_CORE as `getrlimit`/`setrlimit` take it in Swift (glibc's enum type).
 private let RLIMIT_CORE_ID = __rlimit_resource_t(RLIMIT_CORE.rawValue)

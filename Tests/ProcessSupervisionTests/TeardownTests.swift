@@ -178,6 +178,49 @@ final class TeardownTests: XCTestCase {
         XCTAssertTrue(gone, "grandchild \(grandchild) left as \(processState(grandchild) ?? "?")")
     }
 
+    func testOrphansOfANoneJobAreReapedOnlyWhenTheSupervisorReapsItsOwnGroup() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // At `.none` the job is in our process group, and so are its orphans: each `head` is started from a subshell
+        // that exits at once, so it is reparented to us (the subreaper), where nothing attributes it to the job. It
+        // reads a fifo whose only writer is the job's shell: it ends (end of file) once the job has, never as the
+        // subshell's child, which could reap it.
+        let fifo = "\(directory)/hold"
+        let orphan = "(head -c 1 < \(fifo) > /dev/null 2>&1 4>&- & echo $!)"
+        let script = "mkfifo \(fifo); exec 4<>\(fifo); " + Array(repeating: orphan, count: 10).joined(separator: "; ")
+        let spec = shell(script, isolation: ProcessIsolation(level: .none))
+
+        // Without reapsOwnGroupOrphans they stay zombies, even after the final sweep of the supervisor's shutdown.
+        let keeping = try ProcessSupervisor(subreaper: true)
+        let (kept, keptOutput) = try await runToEnd(spec, supervisor: keeping)
+        XCTAssertEqual(kept.termination, .exited(0), keptOutput.stderrText)
+        let left = keptOutput.stdoutLines.compactMap { Int32($0) }
+        XCTAssertEqual(left.count, 10)
+        defer {
+            for pid in left { _ = waitpid(pid, nil, WNOHANG) }
+        }
+        let zombies = await eventually { left.allSatisfy(Self.isZombieChild) }
+        XCTAssertTrue(zombies, "the orphans should be our zombies: \(left.map { processState($0) ?? "gone" })")
+        keeping.shutdown()
+        XCTAssertEqual(left.filter(Self.isZombieChild), left, "the sweep reaped our own group's zombies")
+        for pid in left { XCTAssertEqual(waitpid(pid, nil, WNOHANG), pid) }
+
+        // With it, the sweep reaps them.
+        let reaping = try ProcessSupervisor(subreaper: true, reapsOwnGroupOrphans: true)
+        defer { reaping.shutdown() }
+        let (reaped, reapedOutput) = try await runToEnd(spec, supervisor: reaping)
+        XCTAssertEqual(reaped.termination, .exited(0), reapedOutput.stderrText)
+        let orphans = reapedOutput.stdoutLines.compactMap { Int32($0) }
+        XCTAssertEqual(orphans.count, 10)
+        let gone = await eventually { !orphans.contains(where: Self.isZombieChild) }
+        XCTAssertTrue(gone, "zombies left: \(orphans.filter(Self.isZombieChild))")
+    }
+
+    /// A zombie whose parent is this process.
+    private static func isZombieChild(_ pid: Int32) -> Bool {
+        processState(pid) == "Z" && processRelations(pid)?.parent == getpid()
+    }
+
     func testAbandonedProcessIsStoppedAndReaped() async throws {
         var process: RunningProcess? = try await Shared.supervisor.spawn(sleep60, output: { _, _ in })
         let pid = try XCTUnwrap(process?.pid)

@@ -38,6 +38,11 @@ typedef enum {
     NR_STEP_SETUID = 19,            // child: setresuid
     NR_STEP_NO_NEW_PRIVS = 20,      // child: prctl(PR_SET_NO_NEW_PRIVS, 1)
     NR_STEP_PARENT_PIDFD = 21,      // parent: pidfd_open(getpid()) for the death check in a new PID namespace
+    NR_STEP_MOUNT_SYS = 22,         // child: umount2("/sys", MNT_DETACH), then mount("sysfs", "/sys", "sysfs",
+                                    //   MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    NR_STEP_CAPBSET_DROP = 23,      // child: prctl(PR_CAPBSET_READ / PR_CAPBSET_DROP) of capability `index`
+    NR_STEP_CLEAR_AMBIENT = 24,     // child: prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    NR_STEP_CAPSET = 25,            // child: capset of empty effective, permitted and inheritable sets
 } nr_spawn_step;
 
 /// Resource limits a child can be given (mapped to RLIMIT_* in the .c file, so Swift needs no glibc enum).
@@ -74,7 +79,7 @@ typedef struct {
     int stderr_fd;             // becomes fd 2
     int die_with_parent;       // non-zero: prctl(PR_SET_PDEATHSIG, SIGKILL) + a check that the parent still lives
     int new_session;           // non-zero: setsid() (own session and process group); zero: the parent's group
-    int new_namespaces;        // non-zero: CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS, own /proc
+    int new_namespaces;        // non-zero: CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS, own /proc and /sys
     int new_network;           // non-zero (with new_namespaces): CLONE_NEWNET, loopback brought up
     const char *hostname;      // NULL = keep; else sethostname (only with new_namespaces)
     int hostname_length;       // bytes of hostname (measured by the parent: a loop here could become strlen)
@@ -84,6 +89,7 @@ typedef struct {
     uint32_t uid;
     uint32_t gid;
     int no_new_privs;          // non-zero: prctl(PR_SET_NO_NEW_PRIVS, 1)
+    int drop_capabilities;     // non-zero: empty bounding, ambient, effective, permitted and inheritable sets
     const char *const *cgroup_procs_paths;  // cgroup_count paths of cgroup.procs files the child writes "0" into
     int cgroup_count;          // at most NR_MAX_CGROUPS
     int probe_only;            // non-zero: run every set-up step up to no_new_privs, then exit 0 instead of exec
@@ -100,11 +106,16 @@ typedef struct {
 /// Starts a child with clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD [| CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC |
 /// CLONE_NEWUTS [| CLONE_NEWNET]]) on a private stack. The parent opens the cgroup.procs files first. In the child,
 /// raw system calls only, in this order: all signal dispositions to SIG_DFL; setsid(); write "0" to each cgroup.procs;
-/// make "/" private and mount a new /proc, sethostname, bring "lo" up; each rlimit; setgroups(0), setresgid,
-/// setresuid; PR_SET_PDEATHSIG(SIGKILL) with the parent-still-alive check (after the credentials, which clear it);
-/// PR_SET_NO_NEW_PRIVS; stdio from the given fds; every other fd closed (close_range, fallback loop); chdir; empty
-/// signal mask; execve. The parent is suspended until the child has exec'd or exited, so on return the report pipe
-/// already holds the failure, if any; a child that failed before exec has been reaped.
+/// make "/" private, mount a new /proc, detach the host's /sys (with the mounts under it) and mount a new read-only
+/// sysfs there (skipped when there is no /sys), sethostname, bring "lo" up; each rlimit; with drop_capabilities,
+/// PR_CAPBSET_DROP of every capability in the bounding set (while CAP_SETPCAP is still effective: the credentials
+/// change below takes it away); setgroups(0), setresgid, setresuid; with drop_capabilities, PR_CAP_AMBIENT_CLEAR_ALL
+/// and capset of empty effective, permitted and inheritable sets (after every step that needs a privilege);
+/// PR_SET_PDEATHSIG(SIGKILL) with the parent-still-alive check (after the credentials, which clear it; a capset to a
+/// subset does not); PR_SET_NO_NEW_PRIVS; stdio from the given fds; every other fd closed (close_range, fallback
+/// loop); chdir; empty signal mask; execve. With empty bounding and inheritable sets, an execve as uid 0 gains no
+/// capabilities. The parent is suspended until the child has exec'd or exited, so on return the report pipe already
+/// holds the failure, if any; a child that failed before exec has been reaped.
 /// Returns 0 when the child runs the new program (or, with probe_only, has passed every step and is exiting with 0),
 /// -1 when it could not be started (result->failed_*).
 /// Note: PR_SET_PDEATHSIG fires when the *thread* that called this exits.
