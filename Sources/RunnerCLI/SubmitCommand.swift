@@ -98,8 +98,13 @@ enum SubmitCommand {
             guard maxAttempts > 1 else {
                 throw UsageError("--backoff and --backoff-max need --max-attempts above 1", command: spec.name)
             }
-            let initialMs = max(1, initial?.milliseconds ?? Backoff.defaultInitialMs)
-            let maximumMs = max(1, maximum?.milliseconds ?? max(Backoff.defaultMaxMs, initialMs))
+            for (name, value) in [("--backoff", initial), ("--backoff-max", maximum)] {
+                if let value, value.milliseconds < 1 {
+                    throw UsageError("invalid value for '\(name)': it must be at least 1ms", command: spec.name)
+                }
+            }
+            let initialMs = initial?.milliseconds ?? Backoff.defaultInitialMs
+            let maximumMs = maximum?.milliseconds ?? max(Backoff.defaultMaxMs, initialMs)
             guard maximumMs >= initialMs else {
                 throw UsageError("--backoff-max must be at least --backoff", command: spec.name)
             }

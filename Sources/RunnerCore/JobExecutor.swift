@@ -22,6 +22,8 @@ enum DeliveryOutcome: Sendable, Equatable {
     case rescheduled
     /// Redis could not be reached before the runner gave up (at shutdown); the entry stays pending.
     case unrecorded
+    /// Another live runner runs this entry: nothing was done; it stays pending here until that runner acks it.
+    case leftPending
 }
 
 /// Runs one delivered job from validation to its recorded result. Knows Redis only through `JobStore`.
@@ -144,6 +146,18 @@ struct JobExecutor: Sendable {
             return .abandoned
         case .earlierEpoch?:
             return await rescheduleFromEarlierEpoch(entry, owner: owner)
+        case .runningElsewhere(let other)?:
+            // It stays pending here until the other runner's result acknowledges it for the whole group.
+            logger.warning(
+                "runner '\(other)' runs this entry already; not starting a second copy", ["job": entry.jobId])
+            return .leftPending
+        case .claimedByLostRunner(let other)?:
+            logger.info("runner '\(other)' had started this job and is gone; rescheduling it", ["job": entry.jobId])
+            return await written(.rescheduled) {
+                try await store.reschedule(
+                    streamId: entry.streamId, queue: entry.queue, consumer: owner.runner, reason: .leaseExpired,
+                    actor: owner.runner, bound: rescheduleBound, retry: durable)
+            }
         case nil:
             return .unrecorded
         }
@@ -380,6 +394,7 @@ struct JobExecutor: Sendable {
         environment[JobEnvironment.runner] = configuration.name
         environment[JobEnvironment.fencingToken] = attempt.fencingToken
         environment[JobEnvironment.namespace] = configuration.keyspace.namespace
+        environment[JobEnvironment.pool] = poolIdentity(configuration.redis)
         environment[JobEnvironment.workDirectory] = workDirectory
         return environment
     }

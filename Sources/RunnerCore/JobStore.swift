@@ -183,6 +183,10 @@ public struct JobStore: Sendable {
         case earlierEpoch
         /// The entry's idempotency key belongs to another job.
         case idempotencyKeyTaken(jobId: String)
+        /// Another runner, alive, runs this very entry (delivered again after its group was recreated).
+        case runningElsewhere(runner: String)
+        /// Another runner had claimed this entry and its lease is gone: reschedule it as a lost runner's.
+        case claimedByLostRunner(runner: String)
     }
 
     /// Claims an attempt before its process starts: state `running` under this epoch, a fencing token,
@@ -209,6 +213,8 @@ public struct JobStore: Sendable {
         case -1: return .leaseLost
         case -2: return .earlierEpoch
         case -3: return .idempotencyKeyTaken(jobId: part(1))
+        case -4: return .runningElsewhere(runner: part(1))
+        case -5: return .claimedByLostRunner(runner: part(1))
         default: return .duplicate(state: part(1), attempt: part(2))
         }
     }

@@ -10,6 +10,8 @@ final class LeaseEpoch: Sendable {
     /// Fired when the epoch ends (lease gone, not renewed in time, or the name taken): its jobs are stopped and every
     /// write about them is refused from then on.
     let ended = Latch()
+    /// Set by the first `beginEnding()`: the end of an epoch is started once.
+    private let ending = Mutex(false)
     /// The kill deadline of the epoch's last confirmed renewal (see `LeaseKeeper.killDeadline`).
     private let deadline: Mutex<ContinuousClock.Instant>
 
@@ -22,6 +24,14 @@ final class LeaseEpoch: Sendable {
     var token: String { owner.leaseToken }
 
     func confirm(killDeadline: ContinuousClock.Instant) { deadline.withLock { $0 = killDeadline } }
+
+    /// True for the first caller only: that one ends the epoch.
+    func beginEnding() -> Bool {
+        ending.withLock { started in
+            defer { started = true }
+            return !started
+        }
+    }
 
     /// Whether the epoch ended or its kill deadline passed: a job killed now was killed by the kill switch (the
     /// watchdog fires at that deadline even before the runner notices), not by anything it did.
@@ -140,11 +150,24 @@ actor LeaseKeeper {
         let old = epoch
         old.ended.fire()
         let token = LeaseKeeper.newToken()
-        let sentAt = ContinuousClock.now
-        let reply = try await scripts.run(
-            RunnerScripts.rotateLease, keys: [key, fencingKey],
-            arguments: [Array(old.token.utf8), Array(token.utf8), Array(String(ttl.milliseconds).utf8)],
-            retry: .idempotent(deadline: nil))
+        // Retried here, not inside the client: the new epoch's clock starts at the send that Redis answered, never at
+        // the start of an outage (that epoch would begin past its own kill deadline and end again at once).
+        var sentAt: ContinuousClock.Instant
+        var reply: RedisReply
+        while true {
+            sentAt = .now
+            do {
+                reply = try await scripts.run(
+                    RunnerScripts.rotateLease, keys: [key, fencingKey],
+                    arguments: [Array(old.token.utf8), Array(token.utf8), Array(String(ttl.milliseconds).utf8)],
+                    retry: .never)
+                break
+            } catch let error as RedisClientError where error.code != .closed && error.code != .invalidEndpoint {
+                try await Task.sleep(for: .milliseconds(200))
+            } catch let error as RedisServerError where LeaseKeeper.transientKinds.contains(error.kind) {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
         guard let parts = reply.array, parts.count == 2, let number = parts[0].int else { throw await nameInUse() }
         confirmedAt = sentAt
         let new = LeaseEpoch(
@@ -152,6 +175,9 @@ actor LeaseKeeper {
         epoch = new
         return Rotation(old: old, new: new, oldTokenWasHeld: parts[1].int == 1)
     }
+
+    /// Server errors a restarting or busy Redis answers with for a while.
+    static let transientKinds: Set<String> = ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY"]
 
     /// Deletes the lease if this runner still holds it.
     func release() async throws {

@@ -55,7 +55,8 @@ extension RunnerScripts {
         """)
 
     /// KEYS: jobs stream, events, dead stream. ARGV: stream id, group, consumer it is pending for, reason, acting
-    /// runner, events maxlen, reschedule bound, dead maxlen, retention ms, key prefix, queue.
+    /// runner, events maxlen, reschedule bound, dead maxlen, retention ms, key prefix, queue, whether it counts toward
+    /// the bound ("0" when a live runner moves what its own ended epoch held).
     ///
     /// Reschedules one pending entry of a consumer whose lease is gone (or of the caller's own earlier epoch), all in
     /// one step, so that a crash leaves nothing half done and two reapers never both requeue it:
@@ -124,12 +125,13 @@ extension RunnerScripts {
         local reschedules = tonumber(cur[6] or '0') or 0
         if started then
           attempt = math.max(attempt, tonumber(cur[5] or '0') or 0) + 1
-          reschedules = reschedules + 1
+          -- ARGV[12] '0': a live runner moving what its own ended epoch held (Redis was away, not the job's fault).
+          if ARGV[12] ~= '0' then reschedules = reschedules + 1 end
         end
         local from = nr_absent(cur[2]) and ARGV[3] or cur[2]
         if started and reschedules > tonumber(ARGV[7]) then
-          local reason = 'rescheduled ' .. (reschedules - 1) .. ' times after the runner running it was lost, more than the bound of '
-            .. ARGV[7] .. ' (a job that kills its runner?); last lost with runner ' .. from
+          local reason = 'lost with its runner ' .. reschedules .. ' times, more than the bound of ' .. ARGV[7]
+            .. ' reschedules (a job that kills its runner?); last lost with runner ' .. from
           local did = nr_dead_letter(KEYS[3], ARGV[8], flat, reason, KEYS[1], ARGV[1])
           redis.call('HSET', job, '\(ResultField.state)', '\(JobState.dead.rawValue)', '\(ResultField.reason)', reason,
             '\(ResultField.finishedAt)', ts, '\(ResultField.reschedules)', reschedules - 1, '\(ProtocolVersion.field)', NR_V)

@@ -36,13 +36,14 @@ extension JobStore {
     /// Reschedules one entry pending for `consumer` (one script; see `RunnerScripts.reschedule`).
     public func reschedule(
         streamId: String, queue: String, consumer: String, reason: RescheduleReason, actor: String, bound: Int,
-        retry: RedisRetry = .never
+        countsTowardBound: Bool = true, retry: RedisRetry = .never
     ) async throws -> Rescheduled {
         let reply = try await scripts.run(
             RunnerScripts.reschedule, keys: [keyspace.jobs(queue: queue), keyspace.events, keyspace.dead],
             arguments: JobStore.bytes([
                 streamId, Keyspace.consumerGroup, consumer, reason.rawValue, actor, String(eventsMaxLength),
                 String(bound), String(deadMaxLength), String(retentionMs), keyspace.keyPrefix, queue,
+                countsTowardBound ? "1" : "0",
             ]),
             retry: retry)
         let parts = reply.array ?? []

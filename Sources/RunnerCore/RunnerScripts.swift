@@ -133,7 +133,8 @@ enum RunnerScripts {
     /// resent call, which changes nothing); {0, state, attempt} for a duplicate that must not run (the record points
     /// at another entry, or this entry's attempt already ended); {-1} when the lease no longer holds the token;
     /// {-2} when an earlier epoch of this runner claimed it (it must be rescheduled, not run); {-3, job id} when the
-    /// entry's idempotency key belongs to another job.
+    /// entry's idempotency key belongs to another job; {-4, runner} when another live runner runs this entry now;
+    /// {-5, runner} when another runner had claimed it and its lease is gone (rescheduled, not run).
     static let claim = script(
         "claim",
         """
@@ -148,6 +149,13 @@ enum RunnerScripts {
           if cur[1] == '\(JobState.running.rawValue)' and cur[2] == ARGV[2] and cur[5] then
             if cur[6] == ARGV[9] then return {1, cur[5], cur[7] or '', cur[8] or '0'} end
             return {-2}
+          end
+          -- The same entry delivered again while another runner runs it (the group was recreated from 0): never a
+          -- second copy. Its owner alive: leave it; its owner gone: it is rescheduled like a lost runner's.
+          if cur[1] == '\(JobState.running.rawValue)' and cur[2] and cur[2] ~= '' and cur[2] ~= ARGV[2] then
+            local leases = string.sub(KEYS[3], 1, #KEYS[3] - #ARGV[2])
+            if cur[6] and redis.call('GET', leases .. cur[2]) == cur[6] then return {-4, cur[2]} end
+            return {-5, cur[2]}
           end
         end
         if ARGV[10] ~= '' then

@@ -52,7 +52,7 @@ public final class Worker: Sendable {
     /// Open (fired) while intake may read; replaced by a closed one while a lease epoch ends.
     private let intakeOpen = Mutex(Latch(fired: true))
     /// The task ending a lease epoch, while one runs; and the epochs whose end has been started.
-    private let epochTransition = Mutex<(task: Task<Void, Never>?, ending: Set<ObjectIdentifier>)>((nil, []))
+    private let epochTransition = Mutex<Task<Void, Never>?>(nil)
     /// Set when this consumer has pending entries that no slot runs (delivered to a read whose reply was lost, or to
     /// a paused earlier run of this name): the intake then reads its own pending entries again.
     private let strayPending = Mutex(false)
@@ -142,6 +142,7 @@ public final class Worker: Sendable {
         // stop it before its pending jobs run again, so that no two copies run side by side.
         let leftovers = LeftoverProcesses.kill(withEnvironment: [
             JobEnvironment.runner: config.name, JobEnvironment.namespace: keyspace.namespace,
+            JobEnvironment.pool: poolIdentity(config.redis),
         ])
         if !leftovers.isEmpty {
             logger.warning(
@@ -207,7 +208,7 @@ public final class Worker: Sendable {
         capacityTask.cancel()
         await presenceTask.value
         await reaperTask?.value
-        let transition = epochTransition.withLock { $0.task }
+        let transition = epochTransition.withLock { $0 }
         transition?.cancel()
         await transition?.value
         killSwitch.disarm()
@@ -408,12 +409,14 @@ public final class Worker: Sendable {
     /// Starts ending `epoch` (once): stop intake and the epoch's jobs, take the lease again with a new token, say so
     /// (`runner.lease_lost`), reschedule what the old epoch held, resume intake.
     private func endEpoch(_ epoch: LeaseEpoch, reason: EpochEnd, _ epochs: EpochContext) {
+        // Once per epoch, decided by the epoch itself: an identity kept in a set outlives the epoch, and a new epoch
+        // allocated at a freed one's address would never be ended.
+        guard epoch.beginEnding() else { return }
         epochTransition.withLock { transition in
-            guard transition.ending.insert(ObjectIdentifier(epoch)).inserted else { return }
             epoch.ended.fire()
             intakeOpen.withLock { if $0.isFired { $0 = Latch() } }
-            let previous = transition.task
-            transition.task = Task {
+            let previous = transition
+            transition = Task {
                 await previous?.value
                 await self.runEpochEnd(epoch, reason: reason, epochs)
             }
@@ -486,7 +489,8 @@ public final class Worker: Sendable {
                     let outcome = await DurableWrite.perform(logger: logger) { [configuration] in
                         try await store.reschedule(
                             streamId: id, queue: queue, consumer: configuration.name, reason: .leaseLost,
-                            actor: configuration.name, bound: configuration.rescheduleBound, retry: retry)
+                            actor: configuration.name, bound: configuration.rescheduleBound,
+                            countsTowardBound: false, retry: retry)
                     }
                     if case .requeued? = outcome { moved += 1 }
                     if case .dead? = outcome { moved += 1 }
@@ -541,7 +545,10 @@ public final class Worker: Sendable {
                     }
                     for delivery in taken { await launch(delivery, executor: executor, epoch: epoch) }
                 } else {
-                    let deliveries = try await intake.readNew(count: free)
+                    // An entry that runs here already can come again as new when its group was recreated from 0:
+                    // one copy runs, the entry stays pending until that copy's result acknowledges it.
+                    let running = await slots.runningStreamIds
+                    let deliveries = try await intake.readNew(count: free).filter { !running.contains($0.streamId) }
                     guard await mayStart(deliveries, epoch: epoch, epochs) else {
                         strayPending.withLock { $0 = true }
                         continue
@@ -615,6 +622,7 @@ public final class Worker: Sendable {
             case .handedBack: summary.handedBack += 1
             case .rejected: summary.rejected += 1
             case .lost: summary.lost += 1
+            case .leftPending: break
             }
         }
     }

@@ -163,5 +163,8 @@ public enum JobEnvironment {
     public static let workDirectory = "NR_WORK_DIR"
     /// The runner's namespace: with `NR_RUNNER`, what a restarted runner matches leftovers by.
     public static let namespace = "NR_NAMESPACE"
-    public static let all = [jobId, attempt, runner, fencingToken, workDirectory, namespace]
+    /// Which Redis the runner's pool is on, as a hash (never the address itself): with `NR_RUNNER` and
+    /// `NR_NAMESPACE`, a restarted runner kills only what a run of it in the same pool left.
+    public static let pool = "NR_POOL"
+    public static let all = [jobId, attempt, runner, fencingToken, workDirectory, namespace, pool]
 }

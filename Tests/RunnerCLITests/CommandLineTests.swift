@@ -134,6 +134,10 @@ final class CommandLineTests: XCTestCase {
         ])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err.split(separator: "\n").first, "Error: --backoff-max must be at least --backoff")
+        (code, _, err) = await run(["submit", "--max-attempts", "2", "--backoff", "0", "--", "true"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first, "Error: invalid value for '--backoff': it must be at least 1ms")
         (code, _, err) = await run(["submit", "--idempotency-key", "a b", "--", "true"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(

@@ -277,3 +277,17 @@ final class WorkspaceSafetyTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: target), [])
     }
 }
+
+final class LeaseEpochTests: XCTestCase {
+    func testAnEpochEndsOnceWhoeverAsks() async {
+        let epoch = LeaseEpoch(owner: AttemptOwner(runner: "r", leaseToken: "t"), number: 1, killDeadline: .now)
+        let winners = await withTaskGroup(of: Bool.self) { group in
+            for _ in 0..<50 { group.addTask { epoch.beginEnding() } }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        XCTAssertEqual(winners, 1)
+        // A new epoch (maybe at the freed one's address) is ended on its own.
+        let next = LeaseEpoch(owner: AttemptOwner(runner: "r", leaseToken: "u"), number: 2, killDeadline: .now)
+        XCTAssertTrue(next.beginEnding())
+    }
+}

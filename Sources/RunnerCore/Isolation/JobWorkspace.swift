@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import RedisClient
 
 /// The private work folders of a runner's jobs: `<work root>/<namespace>.<runner>/<context name>`, mode 0700, owned by the
 /// user the jobs run as, with a `tmp` folder inside for `TMPDIR`. Removed when the job ends unless the runner keeps
@@ -170,4 +171,16 @@ func streamId(inContextName name: String) -> String? {
         !parts[1].isEmpty
     else { return nil }
     return "\(parts[0])-\(parts[1])"
+}
+
+/// A pool's identity for `NR_POOL`: an FNV-1a hash of the Redis host, port and database, so that a job never
+/// learns the address but two pools on one host are told apart.
+func poolIdentity(_ redis: RedisEndpoint) -> String {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in "\(redis.host):\(redis.port)/\(redis.database)".utf8 {
+        hash ^= UInt64(byte)
+        hash = hash &* 0x100_0000_01b3
+    }
+    let hex = String(hash, radix: 16)
+    return String(repeating: "0", count: 16 - hex.count) + hex
 }
