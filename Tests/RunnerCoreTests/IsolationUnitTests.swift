@@ -130,7 +130,7 @@ final class IsolationPlanTests: XCTestCase {
             try refusal(host(), #"{"argv":["x"],"isolation":"cgroup"}"#),
             "cgroup isolation is not available: no memory controller")
         let fell = try host(fallback: true).plan(
-            for: try entry(#"{"argv":["x"],"isolation":"cgroup","limits":{"memory_bytes":4096}}"#)
+            for: try entry(#"{"argv":["x"],"isolation":"cgroup","limits":{"memory_bytes":4194304}}"#)
         ).get()
         XCTAssertEqual(fell.level, .namespace)
         XCTAssertEqual(fell.requested, .cgroup)
