@@ -197,6 +197,21 @@ static int nr_child_main(void *raw) {
         if (syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
             nr_child_fail(report_fd, NR_STEP_MOUNT_PROC, errno, 0);
         }
+        // The host's kernel settings stay the host's, as container runtimes keep them: /proc/sys (a root job could
+        // set kernel.core_pattern to a program the host then runs as root) and /proc/sysrq-trigger are read-only.
+        for (int i = 0; i < 2; i++) {
+            const char *path = i == 0 ? "/proc/sys" : "/proc/sysrq-trigger";
+            if (syscall(SYS_mount, path, path, NULL, MS_BIND, NULL) < 0) {
+                if (errno == ENOENT) {
+                    continue;
+                }
+                nr_child_fail(report_fd, NR_STEP_MOUNT_PROC, errno, 0);
+            }
+            if (syscall(SYS_mount, NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                    NULL) < 0) {
+                nr_child_fail(report_fd, NR_STEP_MOUNT_PROC, errno, 0);
+            }
+        }
         // A sysfs of its own on /sys, read-only: it shows the job's network namespace (only "lo" when isolated) and
         // has no cgroup file system under /sys/fs/cgroup, so no cgroup.procs a job could write itself out of its
         // cgroups with. The host's /sys goes first, with every mount under it (MNT_DETACH takes the subtree; the

@@ -65,7 +65,10 @@ final class JobIsolationTests: IntegrationTestCase {
             (echo $$ > /sys/fs/cgroup/pids/cgroup.procs) 2>/dev/null && echo cgroup=left || echo cgroup=stayed
             grep ':pids:' /proc/self/cgroup | cut -d: -f3 | grep -q '^/$' && echo pids=root || echo pids=own
             ls /sys/class/net
+            (echo '|/tmp/x' > /proc/sys/kernel/core_pattern) 2>/dev/null && echo sysctl=written || echo sysctl=kept
             """
+        let pattern = try String(contentsOfFile: "/proc/sys/kernel/core_pattern", encoding: .utf8)
+        defer { try? pattern.write(toFile: "/proc/sys/kernel/core_pattern", atomically: false, encoding: .utf8) }
         let result = cli([
             "submit", "--wait", "--id", "caps-1", "--isolation", "cgroup", "--network", "none", "--pids", "32", "--",
             "/bin/bash", "-c", script,
@@ -73,7 +76,8 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertEqual(result.code, 0, result.err)
         XCTAssertEqual(
             result.stdout.split(separator: "\n").map(String.init),
-            ["CapEff:\t0000000000000000", "proc=kept", "no-runner", "cgroup=stayed", "pids=own", "lo"])
+            ["CapEff:\t0000000000000000", "proc=kept", "no-runner", "cgroup=stayed", "pids=own", "lo", "sysctl=kept"])
+        XCTAssertEqual(try String(contentsOfFile: "/proc/sys/kernel/core_pattern", encoding: .utf8), pattern)
         XCTAssertEqual(try job("caps-1")["isolation"], "cgroup")
     }
 
