@@ -67,7 +67,7 @@ enum DeadCommand {
                         let isNumber = name == JobEntryField.attempt || name == ProtocolVersion.field
                         object[name] =
                             name == JobEntryField.spec
-                            ? (try? JSONValue(parsing: text)) ?? .string(text)
+                            ? (try? JSONValue(parsing: text)).map(SecretVariables.masked(json:)) ?? .string(text)
                             : isNumber ? (Int(text).map(JSONValue.int) ?? .string(text)) : .string(text)
                     } else {
                         object[name + "_base64"] = .string(Data(value).base64EncodedString())

@@ -75,7 +75,7 @@ enum WorkerCommand {
                 "--env-allow", .repeated("NAME"), help: "Copy this variable of the runner's environment into jobs.",
                 environment: "RUNNER_ENV_ALLOW"),
             OptionSpec(
-                "--work-root", .value("DIR"), help: "Jobs' private work folders are made under DIR/<namespace>.<name>.",
+                "--work-root", .value("DIR"), help: "Jobs' private work folders are made under DIR/<namespace>.<name>.<pool>.",
                 environment: "RUNNER_WORK_ROOT", default: IsolationConfiguration.defaultWorkRoot),
             OptionSpec(
                 "--keep-work-dirs", .flag, help: "Keep each job's work folder after it ended.",
@@ -83,7 +83,7 @@ enum WorkerCommand {
             OptionSpec(
                 "--cgroup-parent", .value("PATH"),
                 help: "The runner's cgroup, relative to each hierarchy's root.", environment: "RUNNER_CGROUP_PARENT",
-                default: "nativerunner-<namespace>.<name> under the runner's own cgroup"),
+                default: "nativerunner-<namespace>.<name>.<pool> under the runner's own cgroup"),
             OptionSpec(
                 "--monitor-interval", .value("DURATION"),
                 help: "How often resource usage is published and leftovers are cleaned up.",

@@ -124,7 +124,14 @@ public final class Worker: Sendable {
             client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds())
         let isolation = await IsolationHost.start(
             configuration: config.isolation,
-            contextName: runnerContextName(namespace: keyspace.namespace, runner: config.name), logger: logger)
+            contextName: runnerContextName(
+                namespace: keyspace.namespace, runner: config.name, pool: poolIdentity(config.redis)),
+            logger: logger)
+        do {
+            try await isolation.workspace.prepare()
+        } catch {
+            throw WorkerError(.invalidConfiguration, error.message)
+        }
         let sampler = isolation.sampler
         let admission = MemoryAdmission(
             totalBytes: isolation.hostMemoryBytes, availableBytes: { try? sampler.memory().availableBytes })

@@ -117,6 +117,20 @@ public enum SecretVariables {
         named.contains(name) || suffixes.contains { name.hasSuffix($0) }
     }
 
+    /// A spec as JSON (valid or not: a dead letter's) with the values of its secret `env` variables replaced by `***`.
+    public static func masked(json: JSONValue) -> JSONValue {
+        guard case .object(var fields) = json, case .object(var environment)? = fields[JobSpec.Key.env] else {
+            return json
+        }
+        var named: [String] = []
+        if case .array(let names)? = fields[JobSpec.Key.secretEnv] {
+            named = names.compactMap { if case .string(let s) = $0 { s } else { nil } }
+        }
+        for name in environment.keys where isSecret(name, named: named) { environment[name] = .string(mask) }
+        fields[JobSpec.Key.env] = .object(environment)
+        return .object(fields)
+    }
+
     /// The spec with the values of its secret variables replaced by `***`.
     public static func masked(_ spec: JobSpec) -> JobSpec {
         var copy = spec

@@ -5,6 +5,13 @@ import XCTest
 
 /// Isolation levels, limits and accounting, through a real runner on this host's kernel (root, cgroup v1 here).
 final class JobIsolationTests: IntegrationTestCase {
+    /// The runner r1's own work directory: `<namespace>.r1.<pool hash>` under the default work root.
+    private func runnerFolder() throws -> String {
+        let names = try FileManager.default.contentsOfDirectory(atPath: "/tmp/nativerunner")
+        let name = try XCTUnwrap(names.first { $0.hasPrefix("\(namespace).r1.") }, "no folder of r1 in \(names)")
+        return "/tmp/nativerunner/" + name
+    }
+
     private func resultJSON(_ id: String) throws -> [String: Any] {
         let result = cli(["result", "--json", id])
         XCTAssertEqual(result.code, 0, result.err)
@@ -180,7 +187,7 @@ final class JobIsolationTests: IntegrationTestCase {
         let lines = result.stdout.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.first, "*** ***")
         let folder = try XCTUnwrap(lines.dropFirst().first)
-        XCTAssertTrue(folder.hasPrefix("/tmp/nativerunner/\(namespace).r1/job-"), folder)
+        XCTAssertTrue(folder.hasPrefix(try runnerFolder() + "/job-"), folder)
         XCTAssertEqual(lines.dropFirst(2).first, folder + "/tmp")
         XCTAssertEqual(lines.dropFirst(3).first, folder)
         XCTAssertFalse(FileManager.default.fileExists(atPath: folder), "work folder was not removed")
@@ -239,7 +246,7 @@ final class JobIsolationTests: IntegrationTestCase {
                 .first { $0.contains(":memory:") }.map { String($0.split(separator: ":", maxSplits: 2)[2]) })
         let cgroupPath = "/sys/fs/cgroup/memory" + cgroup
         let folder = try XCTUnwrap(
-            try FileManager.default.contentsOfDirectory(atPath: "/tmp/nativerunner/\(namespace).r1").first {
+            try FileManager.default.contentsOfDirectory(atPath: try runnerFolder()).first {
                 $0.hasSuffix("orph-1")
             }
         )
@@ -263,7 +270,7 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertEqual(cleanup.data["cgroups"] as? [String], [folder])
         XCTAssertEqual((cleanup.data["work_dirs"] as? [String])?.map { ($0 as NSString).lastPathComponent }, [folder])
         XCTAssertFalse(FileManager.default.fileExists(atPath: cgroupPath))
-        XCTAssertFalse(FileManager.default.fileExists(atPath: "/tmp/nativerunner/\(namespace).r1/" + folder))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: try runnerFolder() + "/" + folder))
     }
 
     func testPeakMemoryIsSampledWithoutACgroup() throws {
@@ -281,11 +288,24 @@ final class JobIsolationTests: IntegrationTestCase {
 
     func testRunAsUserOwnsTheWorkFolderAndHasNoGroups() throws {
         try startRunner(["--run-as", "65534:65534", "--keep-work-dirs"])
-        defer { try? FileManager.default.removeItem(atPath: "/tmp/nativerunner/\(namespace).r1") }
+        defer { (try? runnerFolder()).map { try? FileManager.default.removeItem(atPath: $0) } }
         let result = cli([
             "submit", "--wait", "--id", "user-1", "--shell", "id -u; id -g; id -G; stat -c %u .; touch ok",
         ])
         XCTAssertEqual(result.code, 0, result.err)
         XCTAssertEqual(result.stdout, "65534\n65534\n65534\n65534\n")
+    }
+
+    func testAWorkRootOthersCanWriteToIsRefusedAtStart() throws {
+        let root = NSTemporaryDirectory() + "nr-open-root-\(namespace)"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        chmod(root, 0o777)
+        let runner = try RunnerUnderTest(
+            endpoint: endpoint, namespace: namespace, name: "open", arguments: ["--work-root", root])
+        XCTAssertEqual(runner.waitForExit(timeout: 20), 2, runner.log)
+        XCTAssertTrue(
+            runner.log.contains("Error: the work root \(root) is not safe to use: others can write to it (mode 777)"),
+            runner.log)
     }
 }

@@ -291,3 +291,28 @@ final class LeaseEpochTests: XCTestCase {
         XCTAssertTrue(next.beginEnding())
     }
 }
+
+final class WorkspaceLeftoverSafetyTests: XCTestCase {
+    func testLeftoversAreNeverListedThroughALinkAndPrepareRefusesIt() async throws {
+        let root = NSTemporaryDirectory() + "nr-left-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let victim = root + "-victim"
+        defer {
+            try? FileManager.default.removeItem(atPath: root)
+            try? FileManager.default.removeItem(atPath: victim)
+        }
+        try FileManager.default.createDirectory(atPath: victim + "/sub", withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: victim + "/f", contents: Data("keep".utf8))
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        XCTAssertEqual(symlink(victim, root + "/r"), 0)
+        let workspace = JobWorkspace(root: root, runner: "r", owner: nil)
+        let leftovers = await workspace.leftovers(keeping: [])
+        XCTAssertEqual(leftovers, [])
+        do {
+            try await workspace.prepare()
+            XCTFail("a linked runner folder was accepted")
+        } catch {
+            XCTAssertEqual(error.message, "the work folder \(root)/r is not safe to use: it is a symbolic link")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: victim).sorted(), ["f", "sub"])
+    }
+}

@@ -83,6 +83,37 @@ struct JobWorkspace: Sendable {
         return nil
     }
 
+    /// Makes the work root and the runner's directory (once, at start) and checks that they are safe to use; the
+    /// error says why not. A missing folder is made; an existing one must be a real directory of the runner's user
+    /// (or root) that nobody else can write to.
+    func prepare() async throws(IsolationError) {
+        let directory = self.directory
+        let failure: IsolationError? = await JobWorkspace.run {
+            let root = (directory as NSString).deletingLastPathComponent
+            // lstat before anything is made: a planted link at the root must not be followed even by mkdir -p.
+            var info = stat()
+            if lstat(root, &info) == 0, let unsafe = JobWorkspace.unsafeReason(root) {
+                return IsolationError(.workspace, "the work root \(root) is not safe to use: \(unsafe)")
+            }
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
+            } catch {
+                return IsolationError(.workspace, "cannot create the work root \(root): \(error.localizedDescription)")
+            }
+            if mkdir(directory, 0o711) != 0 && errno != EEXIST {
+                return IsolationError(.workspace, "cannot create the work folder \(directory): \(errnoText())")
+            }
+            for folder in [root, directory] {
+                if let unsafe = JobWorkspace.unsafeReason(folder) {
+                    return IsolationError(.workspace, "the work folder \(folder) is not safe to use: \(unsafe)")
+                }
+            }
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
     /// Removes a job's folder and everything in it; false (after logging nothing) when it could not.
     @discardableResult
     func remove(path: String) async -> Bool {
@@ -90,9 +121,13 @@ struct JobWorkspace: Sendable {
     }
 
     /// Folders under this runner's directory whose names are not in `keeping` (the running jobs').
+    /// Nothing when the runner's directory or the work root is not safe (a link, or another user's): listing through
+    /// a planted link would hand its target's contents to the cleanup.
     func leftovers(keeping: Set<String>) async -> [String] {
         let directory = self.directory
         return await JobWorkspace.run {
+            let root = (directory as NSString).deletingLastPathComponent
+            guard JobWorkspace.unsafeReason(root) == nil, JobWorkspace.unsafeReason(directory) == nil else { return [] }
             let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
             return names.filter { !keeping.contains($0) }.sorted().map { directory + "/" + $0 }
         }
@@ -137,8 +172,9 @@ public struct IsolationError: Error, Sendable, CustomStringConvertible {
 /// The name of a runner's own isolation folder and cgroup parent: its namespace and id, which together name it on a
 /// host (two runners of the same id in different namespaces must not share them). Characters that are not safe in
 /// a path become `_`, and then a hash of the exact names keeps different runners apart.
-func runnerContextName(namespace: String, runner: String) -> String {
-    let exact = "\(namespace).\(runner)"
+func runnerContextName(namespace: String, runner: String, pool: String) -> String {
+    // The pool's hash too: a runner of the same name and namespace on another Redis is another runner.
+    let exact = "\(namespace).\(runner).\(pool.prefix(8))"
     let safe = String(
         exact.unicodeScalars.prefix(100).map { scalar -> Character in
             let c = Character(scalar)
