@@ -243,6 +243,7 @@ class IntegrationTestCase: XCTestCase {
         }
         runners.removeAll()
         redis = nil
+        IsolationLeftovers.remove(namespace: namespace)
     }
 
     func key(_ suffix: String) -> String { "{\(namespace)}:\(suffix)" }
@@ -386,5 +387,43 @@ class PrivateRedisTestCase: IntegrationTestCase {
     override func tearDownWithError() throws {
         try super.tearDownWithError()
         try server.stop()
+    }
+}
+
+
+/// What runners of a test left on the host when they were killed (kill -9 leaves a runner's empty work folder and
+/// cgroup parent behind until a runner of that name starts again): removed at the end of each test, so that the
+/// suite leaves the host as it found it.
+enum IsolationLeftovers {
+    static func remove(namespace: String) {
+        let prefix = "\(namespace)."
+        let work = "/tmp/nativerunner"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: work)) ?? [] where name.hasPrefix(prefix) {
+            try? FileManager.default.removeItem(atPath: work + "/" + name)
+        }
+        // Each hierarchy at its root and below this process's own cgroup in it (memory lives under a parent here).
+        var bases: [String] = []
+        let hierarchies = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []
+        let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
+        for hierarchy in hierarchies {
+            bases.append("/sys/fs/cgroup/" + hierarchy)
+            for line in own.split(separator: "\n") {
+                let parts = line.split(separator: ":", maxSplits: 2).map(String.init)
+                if parts.count == 3, parts[1].split(separator: ",").contains(Substring(hierarchy)), parts[2] != "/" {
+                    bases.append("/sys/fs/cgroup/" + hierarchy + parts[2])
+                }
+            }
+        }
+        for base in bases {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []
+            where name.hasPrefix("nativerunner-" + prefix) {
+                let parent = base + "/" + name
+                for child in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []
+                where child.hasPrefix("job-") {
+                    rmdir(parent + "/" + child)
+                }
+                rmdir(parent)
+            }
+        }
     }
 }
