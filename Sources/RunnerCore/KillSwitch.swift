@@ -104,21 +104,35 @@ final class InProcessKillSwitch: JobKillSwitch {
 
 /// The kill switch of a running worker: the watchdog process, which kills the watched process groups at the armed
 /// deadline even while this runner is paused, and kills them all when this runner dies (kill -9); with the
-/// in-process switch beside it for `fire()` and for jobs watched after a firing. A watchdog that cannot be told
-/// something (it died, or its queue is full) is logged once; the in-process switch still acts while the runner
-/// runs.
+/// in-process switch beside it for `fire()` and for jobs watched after a firing. A watchdog that ends on its own
+/// (killed) is replaced at once by a new one told the groups and the deadline; one that cannot be told something
+/// is logged once.
 final class WatchdogKillSwitch: JobKillSwitch {
-    private let watchdog: JobWatchdog
+    private struct Guard {
+        var watchdog: JobWatchdog
+        var groups: Set<Int32> = []
+        var deadline: ContinuousClock.Instant?
+        var stopping = false
+        var follower: Task<Void, Never>?
+    }
+
+    /// Commands go to the watchdog under this lock (they never block: the socket is non-blocking), so a replacement
+    /// sees every group and deadline exactly once.
+    private let state: Mutex<Guard>
     private let inProcess: InProcessKillSwitch
     private let logger: Logger
     private let complained = Mutex(false)
-    private let events: Task<Void, Never>
 
     init(watchdog: JobWatchdog, logger: Logger, onFire: @escaping @Sendable () -> Void = {}) {
-        self.watchdog = watchdog
+        self.state = Mutex(Guard(watchdog: watchdog))
         self.inProcess = InProcessKillSwitch(onFire: onFire)
         self.logger = logger
-        events = Task { [stream = watchdog.events] in
+        let follower = follow(watchdog)
+        state.withLock { $0.follower = follower }
+    }
+
+    private func follow(_ watchdog: JobWatchdog) -> Task<Void, Never> {
+        Task { [logger, stream = watchdog.events] in
             for await event in stream {
                 switch event {
                 case .fired(let firing):
@@ -130,9 +144,30 @@ final class WatchdogKillSwitch: JobKillSwitch {
                 case .exited(.stopped):
                     break
                 case .exited(let ending):
-                    logger.error("the job watchdog ended (\(ending)); jobs are guarded only while the runner runs")
+                    self.replace(watchdog, after: ending)
                 }
             }
+        }
+    }
+
+    /// A new watchdog in place of one that ended, told every watched group and the armed deadline.
+    private func replace(_ ended: JobWatchdog, after ending: JobWatchdog.Ending) {
+        state.withLock { guarded in
+            guard !guarded.stopping, guarded.watchdog === ended else { return }
+            let next: JobWatchdog
+            do {
+                next = try JobWatchdog()
+            } catch {
+                logger.error(
+                    "the job watchdog ended (\(ending)) and a new one cannot start (\(error)); jobs are guarded only "
+                        + "while the runner runs")
+                return
+            }
+            logger.error("the job watchdog ended (\(ending)); started a new one (pid \(next.pid))")
+            for group in guarded.groups { try? next.watch(processGroup: group) }
+            if let deadline = guarded.deadline { try? next.arm(until: deadline) }
+            guarded.watchdog = next
+            guarded.follower = follow(next)
         }
     }
 
@@ -146,25 +181,40 @@ final class WatchdogKillSwitch: JobKillSwitch {
         }
     }
 
+    /// The watchdog's pid now (it changes when one is replaced).
+    var watchdogPID: Int32 { state.withLock { $0.watchdog.pid } }
+
     func arm(until deadline: ContinuousClock.Instant) {
         inProcess.arm(until: deadline)
-        tell { try watchdog.arm(until: deadline) }
+        state.withLock { guarded in
+            guarded.deadline = deadline
+            tell { try guarded.watchdog.arm(until: deadline) }
+        }
     }
 
     func disarm() {
         inProcess.disarm()
-        tell { try watchdog.disarm() }
+        state.withLock { guarded in
+            guarded.deadline = nil
+            tell { try guarded.watchdog.disarm() }
+        }
     }
 
     func watch(_ process: RunningProcess) {
         inProcess.watch(process)
-        tell { try watchdog.watch(processGroup: process.pid) }
+        state.withLock { guarded in
+            guarded.groups.insert(process.pid)
+            tell { try guarded.watchdog.watch(processGroup: process.pid) }
+        }
     }
 
     func unwatch(_ process: RunningProcess) {
         // Before the in-process switch forgets it: the group id must leave the watchdog's table while it is this
         // job's (the main process is reaped only after wait returns, and unwatch comes first).
-        tell { try watchdog.unwatch(processGroup: process.pid) }
+        state.withLock { guarded in
+            guarded.groups.remove(process.pid)
+            tell { try guarded.watchdog.unwatch(processGroup: process.pid) }
+        }
         inProcess.unwatch(process)
     }
 
@@ -172,8 +222,12 @@ final class WatchdogKillSwitch: JobKillSwitch {
 
     /// Quits the watchdog (leaving the jobs alone) and waits for it.
     func stop() async {
+        let (watchdog, follower) = state.withLock { guarded in
+            guarded.stopping = true
+            return (guarded.watchdog, guarded.follower)
+        }
         _ = await watchdog.stop()
-        await events.value
+        await follower?.value
     }
 
     private func tell(_ command: () throws -> Void) {

@@ -41,6 +41,47 @@ final class CrashRecoveryTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
 
+    /// The pids of the runner's watchdog processes (its children named nr-watchdog).
+    private func watchdogs(of runner: RunnerUnderTest) -> [Int32] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return names.compactMap(Int32.init).filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return false }
+            let comm = stat[stat.index(after: stat.firstIndex(of: "(")!)..<close]
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return comm == "nr-watchdog" && fields.count > 2 && fields[0] != "Z" && Int32(fields[1]) == runner.pid
+        }
+    }
+
+    func testAKilledWatchdogIsReplacedAndStillTakesTheJobWithADeadRunner() throws {
+        let runner = try startRunner(name: "guarded", ["--lease-ttl", "2s"])
+        try submit(["--shell", "sleep 60 & echo pid=$!; wait"], id: "wd-2")
+        _ = try runningPid("wd-2")
+        var child: Int32 = 0
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                child =
+                    self.pids(in: (try? self.logBytes("wd-2")).map { String(decoding: $0.stdout, as: UTF8.self) } ?? "")
+                    .first ?? 0
+                return child > 0
+            })
+        let first = try XCTUnwrap(watchdogs(of: runner).first, "the runner has no watchdog")
+        XCTAssertEqual(kill(first, SIGKILL), 0)
+        var replacement: Int32?
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                replacement = self.watchdogs(of: runner).first { $0 != first }
+                return replacement != nil
+            }, "no new watchdog:\n\(runner.log)")
+        XCTAssertTrue(runner.log.contains("the job watchdog ended"), runner.log)
+        runner.signal(SIGKILL)
+        XCTAssertNotNil(runner.waitForExit(timeout: 10))
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(5)) { !processIsAlive(child) },
+            "the job's child outlived its runner after the watchdog was replaced")
+    }
+
     func testRunnerThatLostItsNameToAnotherStopsItsJobsAndExits() throws {
         let marker = FileManager.default.temporaryDirectory.appendingPathComponent("paused-\(namespace)")
         defer { try? FileManager.default.removeItem(at: marker) }
