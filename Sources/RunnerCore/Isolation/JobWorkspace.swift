@@ -1,8 +1,7 @@
 import Dispatch
 import Foundation
-import RedisClient
 
-/// The private work folders of a runner's jobs: `<work root>/<namespace>.<runner>/<context name>`, mode 0700, owned by the
+/// The private work folders of a runner's jobs: `<work root>/<namespace>.<runner>.<pool>/<context name>`, mode 0700, owned by the
 /// user the jobs run as, with a `tmp` folder inside for `TMPDIR`. Removed when the job ends unless the runner keeps
 /// them; folders left by a runner that died are found by `leftovers(keeping:)`.
 ///
@@ -32,21 +31,7 @@ struct JobWorkspace: Sendable {
         let owner = self.owner
         let directory = self.directory
         let failure: IsolationError? = await JobWorkspace.run {
-            let root = (directory as NSString).deletingLastPathComponent
-            do {
-                try FileManager.default.createDirectory(
-                    atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
-            } catch {
-                return IsolationError(.workspace, "cannot create the work root \(root): \(error.localizedDescription)")
-            }
-            if mkdir(directory, 0o711) != 0 && errno != EEXIST {
-                return IsolationError(.workspace, "cannot create the work folder \(directory): \(errnoText())")
-            }
-            for folder in [root, directory] {
-                if let unsafe = JobWorkspace.unsafeReason(folder) {
-                    return IsolationError(.workspace, "the work folder \(folder) is not safe to use: \(unsafe)")
-                }
-            }
+            if let unusable = JobWorkspace.makeRunnerDirectory(directory) { return unusable }
             if mkdir(path, 0o700) != 0 {
                 guard errno == EEXIST else {
                     return IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())")
@@ -88,30 +73,32 @@ struct JobWorkspace: Sendable {
     /// (or root) that nobody else can write to.
     func prepare() async throws(IsolationError) {
         let directory = self.directory
-        let failure: IsolationError? = await JobWorkspace.run {
-            let root = (directory as NSString).deletingLastPathComponent
-            // lstat before anything is made: a planted link at the root must not be followed even by mkdir -p.
-            var info = stat()
-            if lstat(root, &info) == 0, let unsafe = JobWorkspace.unsafeReason(root) {
-                return IsolationError(.workspace, "the work root \(root) is not safe to use: \(unsafe)")
-            }
-            do {
-                try FileManager.default.createDirectory(
-                    atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
-            } catch {
-                return IsolationError(.workspace, "cannot create the work root \(root): \(error.localizedDescription)")
-            }
-            if mkdir(directory, 0o711) != 0 && errno != EEXIST {
-                return IsolationError(.workspace, "cannot create the work folder \(directory): \(errnoText())")
-            }
-            for folder in [root, directory] {
-                if let unsafe = JobWorkspace.unsafeReason(folder) {
-                    return IsolationError(.workspace, "the work folder \(folder) is not safe to use: \(unsafe)")
-                }
-            }
-            return nil
+        if let failure = await JobWorkspace.run({ JobWorkspace.makeRunnerDirectory(directory) }) { throw failure }
+    }
+
+    /// Makes the work root and `directory` in it where missing, and answers why they cannot be used, or nil.
+    private static func makeRunnerDirectory(_ directory: String) -> IsolationError? {
+        let root = (directory as NSString).deletingLastPathComponent
+        // lstat before anything is made: a planted link at the root must not be followed even by mkdir -p.
+        var info = stat()
+        if lstat(root, &info) == 0, let unsafe = unsafeReason(root) {
+            return IsolationError(.workspace, "the work root \(root) is not safe to use: \(unsafe)")
         }
-        if let failure { throw failure }
+        do {
+            try FileManager.default.createDirectory(
+                atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
+        } catch {
+            return IsolationError(.workspace, "cannot create the work root \(root): \(error.localizedDescription)")
+        }
+        if mkdir(directory, 0o711) != 0 && errno != EEXIST {
+            return IsolationError(.workspace, "cannot create the work folder \(directory): \(errnoText())")
+        }
+        for folder in [root, directory] {
+            if let unsafe = unsafeReason(folder) {
+                return IsolationError(.workspace, "the work folder \(folder) is not safe to use: \(unsafe)")
+            }
+        }
+        return nil
     }
 
     /// Removes a job's folder and everything in it; false (after logging nothing) when it could not.
@@ -144,79 +131,3 @@ private func exists(_ path: String) -> Bool {
 }
 
 func errnoText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
-
-/// Why a job's isolation could not be set up, or was refused. The message says what is missing or wrong.
-public struct IsolationError: Error, Sendable, CustomStringConvertible {
-    public enum Code: Sendable {
-        /// The host cannot give what the job asks for.
-        case unsupported
-        /// The job asks for more than the runner's ceilings.
-        case aboveCeiling
-        /// The work folder could not be made.
-        case workspace
-        /// The cgroup could not be made or limited.
-        case cgroup
-    }
-
-    public var code: Code
-    public var message: String
-
-    public init(_ code: Code, _ message: String) {
-        self.code = code
-        self.message = message
-    }
-
-    public var description: String { message }
-}
-
-/// The name of a runner's own isolation folder and cgroup parent: its namespace and id, which together name it on a
-/// host (two runners of the same id in different namespaces must not share them). Characters that are not safe in
-/// a path become `_`, and then a hash of the exact names keeps different runners apart.
-func runnerContextName(namespace: String, runner: String, pool: String) -> String {
-    // The pool's hash too: a runner of the same name and namespace on another Redis is another runner.
-    let exact = "\(namespace).\(runner).\(pool.prefix(8))"
-    let safe = String(
-        exact.unicodeScalars.prefix(100).map { scalar -> Character in
-            let c = Character(scalar)
-            return (c.isASCII && (c.isLetter || c.isNumber)) || c == "-" || c == "_" || c == "." ? c : "_"
-        })
-    guard safe != exact || exact.hasPrefix(".") else { return exact }
-    var hash: UInt32 = 2_166_136_261  // FNV-1a
-    for byte in exact.utf8 {
-        hash ^= UInt32(byte)
-        hash = hash &* 16_777_619
-    }
-    return safe + "-" + String(hash, radix: 16)
-}
-
-/// The name of a job attempt's isolation contexts (work folder, cgroup): from its stream entry id, unique per
-/// delivery and safe in a path, with a readable prefix of the job id.
-func isolationContextName(jobId: String, streamId: String) -> String {
-    let readable = jobId.unicodeScalars.prefix(40).map { scalar -> Character in
-        let c = Character(scalar)
-        return (c.isASCII && (c.isLetter || c.isNumber)) || c == "-" || c == "_" ? c : "_"
-    }
-    return "job-\(streamId)-\(String(readable))"
-}
-
-/// The stream entry id inside a name made by `isolationContextName`, nil for anything else.
-func streamId(inContextName name: String) -> String? {
-    guard name.hasPrefix("job-") else { return nil }
-    let parts = name.dropFirst(4).split(separator: "-", maxSplits: 2, omittingEmptySubsequences: false)
-    guard parts.count >= 2, parts[0].allSatisfy(\.isNumber), !parts[0].isEmpty, parts[1].allSatisfy(\.isNumber),
-        !parts[1].isEmpty
-    else { return nil }
-    return "\(parts[0])-\(parts[1])"
-}
-
-/// A pool's identity for `NR_POOL`: an FNV-1a hash of the Redis host, port and database, so that a job never
-/// learns the address but two pools on one host are told apart.
-func poolIdentity(_ redis: RedisEndpoint) -> String {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in "\(redis.host):\(redis.port)/\(redis.database)".utf8 {
-        hash ^= UInt64(byte)
-        hash = hash &* 0x100_0000_01b3
-    }
-    let hex = String(hash, radix: 16)
-    return String(repeating: "0", count: 16 - hex.count) + hex
-}
