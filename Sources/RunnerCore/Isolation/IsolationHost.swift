@@ -80,18 +80,12 @@ final class IsolationHost: Sendable {
 
     /// Why `level` (with `network`) cannot be given here; nil when it can.
     func missing(_ level: IsolationLevel, network: NetworkMode) -> String? {
-        var needed: [(String, IsolationCapabilities.Support)] = []
-        if level >= .processGroup { needed.append(("process group isolation", capabilities.processGroup)) }
-        if level >= .namespace { needed.append(("namespace isolation", capabilities.namespaces)) }
-        if level >= .namespace, network == .none {
-            needed.append(("an isolated network", capabilities.networkNamespace))
-        }
-        if configuration.runAs != nil { needed.append(("running jobs as another user", capabilities.runAs)) }
-        if let reason = needed.first(where: { !$0.1.isAvailable }).map({
-            "\($0.0) is not available: \($0.1.reason ?? "")"
-        }) {
-            return reason
-        }
+        // The probe's own verdict for the process side, asked with what the spawn would ask for.
+        let asked = ProcessIsolation(
+            level: level.processLevel,
+            namespaces: .init(isolatesNetwork: level >= .namespace && network == .none),
+            credentials: configuration.runAs.map { .init(uid: $0.uid, gid: $0.gid) })
+        if let reason = capabilities.missing(for: asked) { return reason }
         if level >= .cgroup, cgroups == nil {
             return "cgroup isolation is not available: \(cgroupUnavailable ?? "no cgroup driver")"
         }

@@ -44,12 +44,7 @@ final class JobContainment: Sendable {
         }
         if let files = plan.limits.openFiles { limits.append(ResourceLimit(.openFiles, UInt64(files))) }
         if let size = plan.limits.fileSizeBytes { limits.append(ResourceLimit(.fileSize, UInt64(size))) }
-        let level: ProcessIsolation.Level =
-            switch plan.level {
-            case .none: .none
-            case .processGroup: .processGroup
-            case .namespace, .cgroup: .namespace
-            }
+        let level = plan.level.processLevel
         return ProcessIsolation(
             level: level, namespaces: .init(isolatesNetwork: level == .namespace && plan.network == .none),
             hostname: level == .namespace ? hostname : nil, resourceLimits: limits,
@@ -128,5 +123,16 @@ extension JobLimits {
         CgroupLimits(
             memoryBytes: memoryBytes.map(UInt64.init), pids: pids.map(UInt64.init),
             cpuMillis: cpuMillis.map(UInt64.init))
+    }
+}
+
+extension IsolationLevel {
+    /// The process-level part of the level: `cgroup` is `namespace` plus the job's cgroup.
+    var processLevel: ProcessIsolation.Level {
+        switch self {
+        case .none: .none
+        case .processGroup: .processGroup
+        case .namespace, .cgroup: .namespace
+        }
     }
 }

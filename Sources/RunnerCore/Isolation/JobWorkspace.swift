@@ -1,8 +1,8 @@
 import Dispatch
 import Foundation
 
-/// The private work folders of a runner's jobs: `<work root>/<namespace>.<runner>.<pool>/<context name>`, mode 0700, owned by the
-/// user the jobs run as, with a `tmp` folder inside for `TMPDIR`. Removed when the job ends unless the runner keeps
+/// The private work folders of a runner's jobs: `<work root>/<namespace>.<runner>.<pool>/<context name>`, mode
+/// 0700, owned by the user the jobs run as, with a `tmp` folder inside for `TMPDIR`. Removed when the job ends unless the runner keeps
 /// them; folders left by a runner that died are found by `leftovers(keeping:)`.
 ///
 /// File-system work runs on a queue of its own: removing a large tree must not hold a thread of the cooperative
