@@ -97,11 +97,28 @@ enum WorkerCommand {
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
             CommonOptions.rescheduleLimit,
             CommonOptions.allowEvictionPolicy,
+            OptionSpec(
+                "--exit-after-jobs", .value("N"),
+                help: "Ephemeral: take at most N jobs, then shut down gracefully once they have ended (exit 0).",
+                environment: "RUNNER_EXIT_AFTER_JOBS"),
+            OptionSpec(
+                "--exit-when-idle", .value("DURATION"),
+                help: "Ephemeral: shut down gracefully (exit 0) when no job ran or arrived for DURATION.",
+                environment: "RUNNER_EXIT_WHEN_IDLE"),
+            OptionSpec(
+                "--resume-identity", .value("RUNNER"),
+                help: "Take over the id of a runner that migrated here (its lease must be free): its counters and "
+                    + "labels carry over. Instead of --name.", environment: "RUNNER_RESUME_IDENTITY"),
         ] + CommonOptions.logging)
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
-        let name = arguments.value("--name") ?? "\(host)-\(getpid())"
+        let resumed = arguments.value("--resume-identity")
+        if let resumed, let named = arguments.value("--name"), arguments.sources["--name"] == "flag", named != resumed {
+            throw UsageError(
+                "'--name \(named)' and '--resume-identity \(resumed)' name different runners", command: spec.name)
+        }
+        let name = resumed ?? arguments.value("--name") ?? "\(host)-\(getpid())"
         guard Keyspace.isValidName(name) else {
             throw UsageError("invalid value for '--name': '\(name)' (no braces, colons or spaces)", command: spec.name)
         }
@@ -143,6 +160,12 @@ enum WorkerCommand {
             resultRetention: resultRetention, eventsMaxLength: eventsMaxLength, logLimitBytes: logLimit,
             rescheduleBound: rescheduleBound, reaper: reaper, isolation: try isolationConfiguration(arguments))
         configuration.allowEvictionPolicy = arguments.flag("--allow-eviction-policy")
+        configuration.exitAfterJobs = try arguments.positiveInt("--exit-after-jobs")
+        configuration.exitWhenIdle = try arguments.duration("--exit-when-idle")
+        if let idle = configuration.exitWhenIdle, idle <= .zero {
+            throw UsageError("invalid value for '--exit-when-idle': it must be longer than 0", command: spec.name)
+        }
+        configuration.resumeIdentity = resumed != nil
         return (configuration, try logger(arguments))
     }
 

@@ -40,6 +40,8 @@ struct JobExecutor: Sendable {
     let isolation: IsolationHost
     let containments: RunningContainments
     let admission: MemoryAdmission
+    /// Cancel commands accepted for running jobs.
+    let cancellations: JobCancellations
 
     /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
     /// idempotent, so resending after a lost reply changes nothing twice.
@@ -124,8 +126,13 @@ struct JobExecutor: Sendable {
         case .claimed(let at, let fencingToken, let failures)?:
             startedAt = at
             attempt = Attempt(fencingToken: fencingToken, failuresBefore: failures)
-            // Shutdown reached this slot while the claim was written: hand it back rather than start and stop it.
-            if Task.isCancelled { return await handBack(entry, epoch: epoch, reason: "runner shutting down") }
+            // Shutdown (or a cancel) reached this slot while the claim was written: do not start it.
+            if Task.isCancelled {
+                if let cancel = cancellations.request(for: entry.jobId) {
+                    return await cancelledBeforeStart(entry, cancel, startedAt: startedAt, owner: owner)
+                }
+                return await handBack(entry, epoch: epoch, reason: "runner shutting down")
+            }
         case .duplicate(let state, let attempt)?:
             let ended = JobState(rawValue: state)?.isTerminal ?? false
             let what =
@@ -158,6 +165,9 @@ struct JobExecutor: Sendable {
                     streamId: entry.streamId, queue: entry.queue, consumer: owner.runner, reason: .leaseExpired,
                     actor: owner.runner, bound: rescheduleBound, retry: durable)
             }
+        case .cancelled?:
+            logger.info("the job was cancelled; not starting it", ["job": entry.jobId])
+            return .finished(.cancelled)
         case nil:
             return .unrecorded
         }
@@ -235,7 +245,10 @@ struct JobExecutor: Sendable {
             try? await store.started(entry: entry, owner: owner, pid: pid, retry: durable)
         }
         let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
+        let cancelWatch = watchForCancel(entry, pid: process.pid)
         let outcome = await process.wait(TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace))
+        cancelWatch.cancel()
+        let killReported = await cancelWatch.value
         killSwitch.unwatch(process)
         sampler?.cancel()
         containments.remove(streamId: entry.streamId)
@@ -248,6 +261,12 @@ struct JobExecutor: Sendable {
         if epoch.isOverdue, outcome.stopReason == .cancelled || outcome.termination == .signaled(SIGKILL) {
             logger.info("job stopped: its lease epoch ended", ["job": entry.jobId])
             return .abandoned
+        }
+        if outcome.stopReason == .cancelled, let cancel = cancellations.request(for: entry.jobId) {
+            if outcome.forcedKill, !killReported { await emitCancelPhase(.jobCancelSigkill, entry, pid: process.pid) }
+            var record = JobExecutor.record(for: outcome, timeout: timeout, accounting: accounting)
+            record.outputTail = summary.tail
+            return await finishCancelled(entry, record, cancel, startedAt: startedAt, owner: owner)
         }
         if outcome.stopReason == .cancelled {
             logger.info("job stopped for shutdown; handing it back", ["job": entry.jobId])
@@ -315,7 +334,7 @@ struct JobExecutor: Sendable {
         }
     }
 
-    private func finish(
+    func finish(
         _ entry: JobEntry, _ record: JobResultRecord, startedAt: String, owner: AttemptOwner
     ) async -> DeliveryOutcome {
         let completion = await detached {

@@ -55,6 +55,13 @@ actor JobSlots {
         return latch
     }
 
+    /// Cancels the task of one job (a cancel command); false when it does not run here.
+    func cancel(jobId: String) -> Bool {
+        guard let slot = slots.values.first(where: { $0.jobId == jobId }) else { return false }
+        slot.task?.cancel()
+        return true
+    }
+
     /// Cancels every running job's task; their teardown runs to the end.
     func cancelAll() {
         for slot in slots.values { slot.task?.cancel() }

@@ -39,7 +39,7 @@ public struct JobResultRecord: Sendable, Hashable {
         if let exitCode { data["exit_code"] = .int(Int(exitCode)) }
         if let signal { data["signal"] = .int(Int(signal)) }
         if let reason { data["reason"] = .string(reason) }
-        if state == .timedOut { data["forced_kill"] = .bool(forcedKill) }
+        if state == .timedOut || state == .cancelled { data["forced_kill"] = .bool(forcedKill) }
         if let cpuUserMs { data["cpu_user_ms"] = .int(cpuUserMs) }
         if let cpuSystemMs { data["cpu_system_ms"] = .int(cpuSystemMs) }
         for (field, value) in accountingFields { data[field] = value }
@@ -187,6 +187,8 @@ public struct JobStore: Sendable {
         case runningElsewhere(runner: String)
         /// Another runner had claimed this entry and its lease is gone: reschedule it as a lost runner's.
         case claimedByLostRunner(runner: String)
+        /// The job was cancelled: its entry was acked and deleted, nothing runs.
+        case cancelled
     }
 
     /// Claims an attempt before its process starts: state `running` under this epoch, a fencing token,
@@ -197,13 +199,14 @@ public struct JobStore: Sendable {
             RunnerScripts.claim,
             keys: [
                 keyspace.job(id: entry.jobId), keyspace.events, keyspace.lease(runner: owner.runner),
-                keyspace.fencing, idempotency,
+                keyspace.fencing, idempotency, keyspace.jobs(queue: entry.queue), keyspace.log(job: entry.jobId),
             ],
             arguments: JobStore.bytes([
                 entry.jobId, owner.runner, String(entry.attempt), entry.streamId, entry.queue, String(eventsMaxLength),
             ]) + [entry.specJSON]
                 + JobStore.bytes([
                     receivedData.serialized, owner.leaseToken, entry.idempotencyKey ?? "", String(retentionMs),
+                    Keyspace.consumerGroup,
                 ]),
             retry: retry)
         let parts = (reply.array ?? []).map { $0.string ?? ($0.int.map(String.init) ?? "") }
@@ -215,6 +218,7 @@ public struct JobStore: Sendable {
         case -3: return .idempotencyKeyTaken(jobId: part(1))
         case -4: return .runningElsewhere(runner: part(1))
         case -5: return .claimedByLostRunner(runner: part(1))
+        case -6: return .cancelled
         default: return .duplicate(state: part(1), attempt: part(2))
         }
     }

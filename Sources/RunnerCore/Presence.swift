@@ -8,11 +8,14 @@ struct Presence: Sendable {
     let keyspace: Keyspace
     let configuration: WorkerConfiguration
     let startedAtMs: Int
+    /// Fields the record carries besides the runner's own state (counters, fields taken over by a resumed identity).
+    var extras = RegistryExtras()
 
     func record(
         state: RunnerState, free: Int, running: [String], epoch: Int, resources: ResourceCapacity = ResourceCapacity()
     ) -> JSONValue {
-        [
+        var record: [String: JSONValue] = extras.fields
+        let own: [String: JSONValue] = [
             RunnerRecordField.node: .string(configuration.node),
             RunnerRecordField.pid: .int(Int(getpid())),
             RunnerRecordField.version: .string(configuration.version),
@@ -28,6 +31,8 @@ struct Presence: Sendable {
             RunnerRecordField.waitingForResources: .int(resources.waiting),
             ProtocolVersion.field: .int(ProtocolVersion.current),
         ]
+        record.merge(own) { _, new in new }
+        return .object(record)
     }
 
     /// XADD to the heartbeats stream and HSET the registry record, in one round trip.

@@ -125,23 +125,27 @@ enum RunnerScripts {
         return {1, sid}
         """)
 
-    /// KEYS: job hash, events, lease, fencing counter, idempotency key (the events key again when none).
+    /// KEYS: job hash, events, lease, fencing counter, idempotency key (the events key again when none), jobs
+    /// stream, log stream.
     /// ARGV: id, runner, attempt, stream id, queue, events maxlen, spec, received data, lease token, idempotency key
-    /// ('' for none), retention ms.
+    /// ('' for none), retention ms, group.
     /// Claims an attempt before its process is started: marks it running under this lease epoch with a new fencing
     /// token and emits `job.received`. Returns {1, started_at, fencing token, failures} when claimed (also for a
     /// resent call, which changes nothing); {0, state, attempt} for a duplicate that must not run (the record points
     /// at another entry, or this entry's attempt already ended); {-1} when the lease no longer holds the token;
     /// {-2} when an earlier epoch of this runner claimed it (it must be rescheduled, not run); {-3, job id} when the
     /// entry's idempotency key belongs to another job; {-4, runner} when another live runner runs this entry now;
-    /// {-5, runner} when another runner had claimed it and its lease is gone (rescheduled, not run).
+    /// {-5, runner} when another runner had claimed it and its lease is gone (rescheduled, not run); {-6} when the
+    /// job was cancelled (`runner cancel`): never started, its entry acked and deleted (a cancel requested while
+    /// an earlier attempt ran makes the job `cancelled` here, with `job.cancelled`).
     static let claim = script(
         "claim",
         """
         if redis.call('GET', KEYS[3]) ~= ARGV[9] then return {-1} end
         local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)',
           '\(ResultField.streamId)', '\(ResultField.startedAt)', '\(ResultField.leaseToken)', '\(ResultField.fencingToken)',
-          '\(ResultField.failures)')
+          '\(ResultField.failures)', '\(ResultField.cancelRequestedAt)')
+        \(ControlScripts.claimHonoursCancel)
         if cur[1] then
           if (cur[4] and cur[4] ~= ARGV[4]) or nr_terminal(cur[1]) or cur[1] == '\(JobState.retryScheduled.rawValue)' then
             return {0, cur[1], cur[3] or ''}

@@ -35,17 +35,21 @@ enum EpochEnd: String, Sendable {
 /// heartbeats (so an idle runner never loses its lease behind a blocking read), `jobs` carries job writes.
 public final class Worker: Sendable {
     public let configuration: WorkerConfiguration
-    private let logger: Logger
-    private let intakeClient: RedisClient
-    private let presenceClient: RedisClient
+    let logger: Logger
+    let intakeClient: RedisClient
+    let presenceClient: RedisClient
     private let jobsClient: RedisClient
-    private let slots: JobSlots
-    private let shutdownRequested = Latch()
-    private let immediateRequested = Latch()
+    /// Reads the control streams (XREAD BLOCK), so commands never wait behind intake or lease traffic.
+    private let controlClient: RedisClient
+    let slots: JobSlots
+    let shutdownRequested = Latch()
+    let immediateRequested = Latch()
+    /// Drain, resume, migrate, cancels, the job budget: what operating the pool adds (Worker+Control.swift).
+    let operations: PoolOperations
     /// Another runner took this runner's name (after this one was paused past its lease, say): its jobs and
     /// pending entries are that runner's now, so this one stops them without recording anything and exits.
     private let nameLost = Latch()
-    private let summary = Mutex(WorkerSummary())
+    let summary = Mutex(WorkerSummary())
     private let killSwitch: any JobKillSwitch
     /// The watchdog process behind `killSwitch` (nil when it could not be started).
     private let watchdog: WatchdogKillSwitch?
@@ -56,7 +60,7 @@ public final class Worker: Sendable {
     /// Set when this consumer has pending entries that no slot runs (delivered to a read whose reply was lost, or to
     /// a paused earlier run of this name): the intake then reads its own pending entries again.
     private let strayPending = Mutex(false)
-    private let state = Mutex(RunnerState.starting)
+    let state = Mutex(RunnerState.starting)
     private let containments = RunningContainments()
 
     public init(configuration: WorkerConfiguration, logger: Logger) {
@@ -71,6 +75,8 @@ public final class Worker: Sendable {
         intakeClient = client("intake")
         presenceClient = client("presence")
         jobsClient = client("jobs")
+        controlClient = client("control")
+        operations = PoolOperations(jobLimit: configuration.exitAfterJobs)
         slots = JobSlots(capacity: configuration.concurrency)
         watchdog = WatchdogKillSwitch.start(logger: logger)
         killSwitch = watchdog ?? InProcessKillSwitch()
@@ -78,6 +84,7 @@ public final class Worker: Sendable {
 
     /// Asks for a graceful shutdown; a second call asks for an immediate one (jobs stopped now and handed back).
     public func requestShutdown() {
+        _ = operations.mode.withLock { $0.signalled() }
         if shutdownRequested.isFired {
             if !immediateRequested.isFired {
                 logger.info("second shutdown request: stopping running jobs now")
@@ -96,6 +103,7 @@ public final class Worker: Sendable {
             try await jobsClient.connect()
             try await presenceClient.connect()
             try await intakeClient.connect()
+            try await controlClient.connect()
         } catch let error as RedisClientError {
             throw WorkerError(.redisUnavailable, error.message)
         }
@@ -109,6 +117,7 @@ public final class Worker: Sendable {
         defer {
             supervisor.shutdown()
             intakeClient.close()
+            controlClient.close()
             presenceClient.close()
             jobsClient.close()
         }
@@ -121,7 +130,8 @@ public final class Worker: Sendable {
             block: config.intakeBlock)
         let lease = LeaseKeeper(client: presenceClient, keyspace: keyspace, runner: config.name, ttl: config.leaseTTL)
         let presence = Presence(
-            client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds())
+            client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds(),
+            extras: operations.extras)
         let isolation = await IsolationHost.start(
             configuration: config.isolation,
             contextName: runnerContextName(
@@ -138,12 +148,22 @@ public final class Worker: Sendable {
         let executor = JobExecutor(
             configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger,
             killSwitch: killSwitch, rescheduleBound: config.rescheduleBound, isolation: isolation,
-            containments: containments, admission: admission)
+            containments: containments, admission: admission, cancellations: operations.cancellations)
         let monitor = ResourceMonitor(
             host: isolation, containments: containments, store: store, runner: config.name, logger: logger)
 
         try await intake.ensureGroups()
-        try await lease.acquire()
+        if config.resumeIdentity {
+            try await operations.takeOver(runner: config.name, client: jobsClient, keyspace: keyspace)
+        }
+        do {
+            try await lease.acquire()
+        } catch let error as WorkerError where error.code == .nameInUse && config.resumeIdentity {
+            throw WorkerError(
+                .nameInUse,
+                "--resume-identity \(config.name): the old runner still holds its lease (it has not finished its "
+                    + "migration, or it still runs); \(error.message)")
+        }
         killSwitch.arm(until: await lease.killDeadline)
         // With the name ours, whatever still runs under it is left over from a previous run that died (kill -9):
         // stop it before its pending jobs run again, so that no two copies run side by side.
@@ -156,7 +176,13 @@ public final class Worker: Sendable {
                 "stopped \(leftovers.count) process(es) left over from a previous run of runner '\(config.name)'",
                 ["pids": leftovers.map(String.init).joined(separator: ",")])
         }
+        let control = ControlChannel(
+            client: controlClient, keyspace: keyspace, runner: config.name, block: config.controlBlock, store: store,
+            logger: logger)
+        let controlCursors: [String]
         do {
+            // Commands count from here: what was sent before this runner registered is not replayed.
+            controlCursors = try await control.start()
             state.withLock { $0 = .running }
             let epoch = await lease.epoch.number
             try await presence.publish(state: .running, free: config.concurrency, running: [], epoch: epoch)
@@ -191,6 +217,10 @@ public final class Worker: Sendable {
         let presenceTask = Task { await self.keepPresence(epochs, admission: admission) }
         let watchTask = Task { await self.watchLease(epochs) }
         let intakeTask = Task { await self.intakeLoop(intake: intake, executor: executor, epochs: epochs) }
+        let controlTask = Task {
+            await control.run(from: controlCursors) { received in await self.handleControl(received, epochs) }
+        }
+        let ephemeralTask = Task { await self.exitWhenDone() }
 
         await shutdownRequested.wait()
         reaperTask?.cancel()
@@ -202,12 +232,21 @@ public final class Worker: Sendable {
         intakeOpen.withLock { $0 }.fire()
         intakeClient.interrupt()
         await intakeTask.value
+        ephemeralTask.cancel()
+        if operations.mode.withLock({ $0.migration }) != nil {
+            // Received but not started: back to the queue now, not after the running jobs.
+            await handBackUndelivered(intake: intake, store: store, lease: lease, except: await slots.runningStreamIds)
+        }
         if !nameLost.isFired {
             try? await presence.publish(
                 state: .draining, free: await slots.free, running: await slots.runningJobIds,
                 epoch: await lease.epoch.number)
         }
         await finishRunningJobs()
+        controlTask.cancel()
+        controlClient.interrupt()
+        await controlTask.value
+        await ephemeralTask.value
         watchTask.cancel()
         await watchTask.value
         presenceTask.cancel()
@@ -240,16 +279,22 @@ public final class Worker: Sendable {
                 "\(final.abandoned) job(s) were stopped when a lease epoch ended; their entries are rescheduled by a "
                     + "reaper or the next run of this runner")
         }
+        let migration = operations.mode.withLock { $0.migration }
         try? await store.emit(
             .runnerShutdown, runner: config.name,
-            data: shutdownData(reason: "requested"), retry: .whileUnreachable(deadline: .now + .seconds(5)))
+            data: shutdownData(reason: migration == nil ? "requested" : "migrating"),
+            retry: .whileUnreachable(deadline: .now + .seconds(5)))
         for queue in config.queues {
             if (try? await store.removeConsumer(config.name, queue: queue)) == false {
                 logger.warning(
                     "entries are still pending for this runner; its consumer stays in the group", ["queue": queue])
             }
         }
-        try? await presence.unregister()
+        if let migration {
+            await finishMigration(migration, presence: presence, store: store, epoch: await lease.epoch.number)
+        } else {
+            try? await presence.unregister()
+        }
         try? await lease.release()
         isolation.removeOwnContexts()
         logger.info("runner stopped", ["finished": String(final.finished), "handed_back": String(final.handedBack)])
@@ -285,7 +330,7 @@ public final class Worker: Sendable {
     }
 
     /// The `runner.shutdown` event's data: why, and what became of the jobs.
-    private func shutdownData(reason: String) -> JSONValue {
+    func shutdownData(reason: String) -> JSONValue {
         let final = summary.withLock { $0 }
         return [
             "reason": .string(reason), "finished": .int(final.finished), "handed_back": .int(final.handedBack),
@@ -518,8 +563,10 @@ public final class Worker: Sendable {
             let freeLatch = await slots.freeSlotLatch()
             await freeLatch.wait()
             await intakeOpen.withLock { $0 }.wait()
+            await operations.intakeGate.wait()
             if Task.isCancelled { break }
-            let free = await slots.free
+            // Never more than an ephemeral runner's budget of jobs.
+            let free = min(await slots.free, operations.mode.withLock { $0.remainingJobs } ?? .max)
             guard free > 0 else { continue }
             if strayPending.withLock({ flag in
                 defer { flag = false }; return flag
@@ -556,6 +603,13 @@ public final class Worker: Sendable {
                     // one copy runs, the entry stays pending until that copy's result acknowledges it.
                     let running = await slots.runningStreamIds
                     let deliveries = try await intake.readNew(count: free).filter { !running.contains($0.streamId) }
+                    // Drained (or shut down) while the read was blocked: what it brought goes back at once.
+                    if !operations.intakeOpen, !deliveries.isEmpty {
+                        for delivery in deliveries {
+                            count(await JobExecutor.handBackUnstarted(delivery, store: executor.store, epoch: epoch))
+                        }
+                        continue
+                    }
                     guard await mayStart(deliveries, epoch: epoch, epochs) else {
                         strayPending.withLock { $0 = true }
                         continue
@@ -595,6 +649,8 @@ public final class Worker: Sendable {
     }
 
     private func launch(_ delivery: Delivery, executor: JobExecutor, epoch: LeaseEpoch) async {
+        operations.mode.withLock { $0.took(1) }
+        if !operations.intakeOpen { operations.updateGate() }
         let jobId = delivery.fields.flatMap { JobEntry.jobId(in: $0) } ?? delivery.streamId
         await slots.reserve(streamId: delivery.streamId, jobId: jobId)
         let task = Task {
@@ -620,7 +676,9 @@ public final class Worker: Sendable {
     private func count(_ outcome: DeliveryOutcome) {
         summary.withLock { summary in
             switch outcome {
-            case .finished, .retried, .dead, .rescheduled: summary.finished += 1
+            case .finished, .retried, .dead, .rescheduled:
+                summary.finished += 1
+                operations.extras.jobFinished()
             case .stale:
                 summary.finished += 1
                 summary.staleResults += 1
@@ -635,7 +693,9 @@ public final class Worker: Sendable {
     }
 
     /// Entries delivered to this consumer but never started (a read that raced the shutdown) go back to the queue.
-    private func handBackUndelivered(intake: JobIntake, store: JobStore, lease: LeaseKeeper) async {
+    private func handBackUndelivered(
+        intake: JobIntake, store: JobStore, lease: LeaseKeeper, except running: Set<String> = []
+    ) async {
         let reader = JobIntake(
             client: jobsClient, keyspace: intake.keyspace, consumer: intake.consumer, queues: intake.queues,
             block: intake.block)
@@ -649,6 +709,7 @@ public final class Worker: Sendable {
             else { return }
             for delivery in page {
                 cursors[delivery.queue] = delivery.streamId
+                guard !running.contains(delivery.streamId) else { continue }
                 let outcome = await JobExecutor.handBackUnstarted(delivery, store: store, epoch: epoch)
                 count(outcome)
             }

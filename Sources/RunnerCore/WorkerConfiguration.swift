@@ -42,6 +42,15 @@ public struct WorkerConfiguration: Sendable {
     /// How jobs are contained.
     public var isolation: IsolationConfiguration
     public var version: String
+    /// How long one XREAD of the control streams blocks (an idle runner's only control traffic).
+    public var controlBlock: Duration = .seconds(5)
+    /// Ephemeral runner: shut down gracefully after this many jobs were taken and have ended (never takes more).
+    public var exitAfterJobs: Int?
+    /// Ephemeral runner: shut down gracefully when no job ran or arrived for this long.
+    public var exitWhenIdle: Duration?
+    /// Take over the registry record of `name` (a runner that migrated here): its lease must be free, and its
+    /// counters and labels are carried over.
+    public var resumeIdentity = false
 
     public init(
         redis: RedisEndpoint, keyspace: Keyspace = Keyspace(), name: String, node: String,

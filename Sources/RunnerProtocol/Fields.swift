@@ -93,11 +93,14 @@ public enum ResultField {
     public static let processes = "processes"
     /// The limits in force, a JSON object with the spec's `limits` names.
     public static let limits = "limits"
+    /// When `runner cancel` asked for a running job to be stopped (ms, Redis's clock); a runner that finds it on
+    /// claim cancels the job instead of running it.
+    public static let cancelRequestedAt = "cancel_requested_at"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
         reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, leaseToken, fencingToken,
         failures, reschedules, retryAt, idempotencyKey, isolation, network, isolationRequested, peakMemoryBytes,
-        peakMemorySource, processes, limits, ProtocolVersion.field,
+        peakMemorySource, processes, limits, cancelRequestedAt, ProtocolVersion.field,
     ]
 }
 
@@ -144,9 +147,21 @@ public enum RunnerRecordField {
     public static let lostAt = "lost_at"
     public static let memoryReserved = HeartbeatField.memoryReserved
     public static let waitingForResources = HeartbeatField.waitingForResources
+    /// Jobs this runner id brought to an end, over all its runs (kept across `--resume-identity`).
+    public static let jobsFinished = "jobs_finished"
+    /// While `migrating`: the node it moves to.
+    public static let migrateTo = "migrate_to"
+    /// While `migrating`: until when (ms, Redis's clock) a runner may resume its identity before it is `migrated`.
+    public static let migrateDeadline = "migrate_deadline"
+    /// When a reaper marked it `migrated` (ms, Redis's clock).
+    public static let migratedAt = "migrated_at"
+    /// The registry fields a runner started with `--resume-identity` copies from the record it takes over.
+    /// (`labels` is written by runners that advertise labels.)
+    public static let carriedOnTakeover = [jobsFinished, "labels"]
     public static let all = [
         node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt, epoch, lostAt,
-        memoryReserved, waitingForResources, ProtocolVersion.field,
+        memoryReserved, waitingForResources, jobsFinished, migrateTo, migrateDeadline, migratedAt,
+        ProtocolVersion.field,
     ]
 }
 
@@ -167,4 +182,21 @@ public enum JobEnvironment {
     /// `NR_NAMESPACE`, a restarted runner kills only what a run of it in the same pool left.
     public static let pool = "NR_POOL"
     public static let all = [jobId, attempt, runner, fencingToken, workDirectory, namespace, pool]
+}
+
+/// Field names of an entry on a control stream (`{nr}:control:<id>`, `{nr}:control`).
+public enum ControlField {
+    /// `drain`, `resume`, `shutdown`, `cancel` or `migrate` (see `ControlCommandName`).
+    public static let command = "command"
+    /// `cancel`: the job to stop.
+    public static let job = "job"
+    /// `migrate`: the node the runner moves to.
+    public static let toNode = "to_node"
+    /// `migrate`: how long (ms) another runner may take over the id before the registry says `migrated`.
+    public static let takeoverTimeoutMs = "takeover_timeout_ms"
+    /// `shutdown`: `1` to stop running jobs at once (like a second signal), else graceful.
+    public static let now = "now"
+    /// Who sent it, in words (`cli@host`); copied into the outcome event.
+    public static let sentBy = "sent_by"
+    public static let all = [command, job, toNode, takeoverTimeoutMs, now, sentBy, ProtocolVersion.field]
 }

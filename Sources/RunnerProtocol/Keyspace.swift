@@ -41,6 +41,10 @@ public struct Keyspace: Sendable, Hashable {
     public var delayed: String { "\(prefix):delayed" }
     /// An idempotency key's job id: `{nr}:idempotency:<key>`.
     public func idempotency(key: String) -> String { "\(prefix):idempotency:\(key)" }
+    /// A runner's own control stream, read by that runner only: `{nr}:control:<id>`.
+    public func control(runner: String) -> String { "\(prefix):control:\(runner)" }
+    /// The pool-wide control stream, read by every runner: `{nr}:control`.
+    public var poolControl: String { "\(prefix):control" }
     /// The prefix every key of the pool starts with (`{nr}:`), for scripts that derive a key from an entry.
     public var keyPrefix: String { "\(prefix):" }
 
@@ -48,7 +52,7 @@ public struct Keyspace: Sendable, Hashable {
     public static let documentedPatterns: [String] = [
         "{nr}:jobs:<queue>", "{nr}:events", "{nr}:heartbeats", "{nr}:runner:<id>", "{nr}:runners",
         "{nr}:job:<id>", "{nr}:log:<id>", "{nr}:dead", "{nr}:fencing", "{nr}:reaper", "{nr}:delayed",
-        "{nr}:idempotency:<key>",
+        "{nr}:idempotency:<key>", "{nr}:control:<id>", "{nr}:control",
     ]
 
     /// Whether a namespace or queue name is usable inside a key (no braces, colons or white space).

@@ -10,12 +10,14 @@ public enum JobState: String, Sendable, CaseIterable, Codable {
     case retryScheduled = "retry_scheduled"
     /// Gave up: attempts exhausted, or rescheduled from lost runners too often; see `{nr}:dead`.
     case dead
+    /// Stopped by `runner cancel` (before it started, or while it ran); never retried, not a failure.
+    case cancelled
 
     /// Whether the job has ended for good (no further attempt of this submission will run).
     public var isTerminal: Bool {
         switch self {
         case .queued, .running, .retryScheduled: false
-        case .succeeded, .failed, .timedOut, .rejected, .dead: true
+        case .succeeded, .failed, .timedOut, .rejected, .dead, .cancelled: true
         }
     }
 }
@@ -25,6 +27,13 @@ public enum RunnerState: String, Sendable, CaseIterable, Codable {
     case starting
     case running
     case draining
+    /// Intake stopped by a `drain` command and no job runs: registered and idle until `resume`.
+    case drained
+    /// Left for another node (`migrate`): its lease is released and a runner started with `--resume-identity`
+    /// may take the id over until `migrate_deadline`.
+    case migrating
+    /// Set by a reaper: a migrating runner nobody took over before its deadline.
+    case migrated
     case stopped
     /// Set by a reaper when the runner's lease was gone: the runner died or was cut off.
     case lost
@@ -53,6 +62,20 @@ public enum EventType: String, Sendable, CaseIterable, Codable {
     case runnerResourceUsage = "runner.resource_usage"
     case runnerCapacityUpdate = "runner.capacity_update"
     case isolationCleanup = "isolation.cleanup"
+    /// The outcome of one control command (`accepted`, `rejected` or `ignored`), from the runner that acted.
+    case runnerCommand = "runner.command"
+    /// A migrating runner released its lease: what it finished and handed back.
+    case runnerMigration = "runner.migration"
+    /// A reaper found a migrating runner that nobody took over before its deadline.
+    case runnerMigrated = "runner.migrated"
+    /// The owner of a running job read its cancel command.
+    case jobCancelReceived = "job.cancel_received"
+    /// The owner sent SIGTERM to the cancelled job's tree.
+    case jobCancelSigterm = "job.cancel_sigterm"
+    /// The cancelled job's tree outlived the kill grace: SIGKILL was sent.
+    case jobCancelSigkill = "job.cancel_sigkill"
+    /// Terminal: the job is `cancelled`.
+    case jobCancelled = "job.cancelled"
 
     /// The terminal event for a terminal state.
     public static func terminal(for state: JobState) -> EventType? {
@@ -62,6 +85,7 @@ public enum EventType: String, Sendable, CaseIterable, Codable {
         case .timedOut: .jobTimeout
         case .rejected: .jobRejected
         case .dead: .jobDead
+        case .cancelled: .jobCancelled
         case .queued, .running, .retryScheduled: nil
         }
     }

@@ -1,0 +1,104 @@
+import RedisClient
+import RunnerProtocol
+
+/// One entry read from a control stream.
+struct ReceivedControl: Sendable {
+    /// The entry id: the command id its outcome event names.
+    var id: String
+    /// Read from the pool-wide stream `{nr}:control` rather than the runner's own.
+    var fromPool: Bool
+    var fields: [String: String]
+    var command: Result<ControlCommand, ControlCommandError>
+}
+
+/// What the runner did with a command; nil from the handler means "not mine, say nothing" (a pool-wide cancel of a
+/// job another runner runs).
+struct ControlReply: Sendable, Equatable {
+    var outcome: ControlOutcome
+    var reason: String?
+}
+
+/// Reads the runner's control stream `{nr}:control:<id>` and the pool's `{nr}:control` with plain XREAD BLOCK on a
+/// connection of its own (never the intake's or the lease's: a command must not wait behind a blocking read, and a
+/// renewal must not wait behind this one), and answers each command with one `runner.command` event.
+///
+/// Reading starts at the streams' ends as of `start()`: commands sent while no runner of this id was reading are
+/// not replayed (a cancel is durable anyway, through the job's `cancel_requested_at`).
+struct ControlChannel: Sendable {
+    let client: RedisClient
+    let keyspace: Keyspace
+    let runner: String
+    /// How long one XREAD blocks: an idle runner's only control traffic is one command per this interval.
+    let block: Duration
+    let store: JobStore
+    let logger: Logger
+
+    /// Where each stream ends now (its last entry id, or `0-0` for a stream that does not exist yet).
+    func start() async throws -> [String] {
+        var cursors: [String] = []
+        for stream in [keyspace.control(runner: runner), keyspace.poolControl] {
+            let reply = try await client.send(
+                RedisCommand(["XREVRANGE", stream, "+", "-", "COUNT", "1"]), retry: .whileUnreachable(deadline: nil))
+            cursors.append(reply.array?.first?.array?.first?.string ?? "0-0")
+        }
+        return cursors
+    }
+
+    /// Reads and answers commands until cancelled. `handle` runs one command at a time, in stream order.
+    func run(from cursors: [String], handle: @Sendable (ReceivedControl) async -> ControlReply?) async {
+        var cursors = cursors
+        let streams = [keyspace.control(runner: runner), keyspace.poolControl]
+        while !Task.isCancelled {
+            let reply: RedisReply
+            do {
+                reply = try await client.send(
+                    RedisCommand(
+                        ["XREAD", "COUNT", "100", "BLOCK", String(block.milliseconds), "STREAMS"] + streams + cursors),
+                    readTimeout: block + .seconds(5), retry: .whileUnreachable(deadline: nil))
+            } catch {
+                if Task.isCancelled { break }
+                if !(error is RedisClientError) { logger.warning("control stream read failed: \(error)") }
+                try? await Task.sleep(for: .milliseconds(200))
+                continue
+            }
+            for stream in reply.array ?? [] {
+                guard let pair = stream.array, pair.count == 2, let key = pair[0].string,
+                    let index = streams.firstIndex(of: key)
+                else { continue }
+                for entry in pair[1].array ?? [] {
+                    guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
+                    cursors[index] = id
+                    var fields: [String: String] = [:]
+                    for (name, value) in parts[1].fieldPairs ?? [] {
+                        fields[name] = String(decoding: value, as: UTF8.self)
+                    }
+                    let received = ReceivedControl(
+                        id: id, fromPool: index == 1, fields: fields,
+                        command: Result { () throws(ControlCommandError) in try ControlCommand(fields: fields) })
+                    if let answer = await handle(received) { await report(received, answer) }
+                }
+            }
+        }
+    }
+
+    /// `runner.command` with the command, its id, the outcome and why.
+    private func report(_ received: ReceivedControl, _ reply: ControlReply) async {
+        var data: [String: JSONValue] = [
+            "command": .string(received.fields[ControlField.command] ?? ""), "command_id": .string(received.id),
+            "outcome": .string(reply.outcome.rawValue), "stream": .string(received.fromPool ? "pool" : "runner"),
+            "sent_by": .string(received.fields[ControlField.sentBy] ?? ""),
+        ]
+        if let reason = reply.reason { data["reason"] = .string(reason) }
+        if case .success(.cancel(let job)) = received.command { data["job"] = .string(job) }
+        let level = reply.outcome == .rejected ? Logger.Level.warning : .info
+        logger.log(
+            level, "control command \(reply.outcome.rawValue)",
+            ["command": received.fields[ControlField.command] ?? "", "command_id": received.id, "reason": reply.reason ?? ""])
+        do {
+            try await store.emit(
+                .runnerCommand, runner: runner, data: .object(data), retry: .idempotent(deadline: .now + .seconds(30)))
+        } catch {
+            logger.warning("could not report the outcome of control command \(received.id): \(error)")
+        }
+    }
+}
