@@ -15,6 +15,11 @@ public enum RunnerCommandLine {
         (RetryCommand.spec, RetryCommand.run),
         (DeadCommand.spec, DeadCommand.run),
         (ControlCommand.spec, ControlCommand.run),
+        (PoolCommands.drain, PoolCommands.runDrain),
+        (PoolCommands.resume, PoolCommands.runResume),
+        (PoolCommands.shutdown, PoolCommands.runShutdown),
+        (PoolCommands.cancel, PoolCommands.runCancel),
+        (PoolCommands.migrate, PoolCommands.runMigrate),
     ]
 
     static var overview: String {

@@ -75,7 +75,8 @@ enum WorkerCommand {
                 "--env-allow", .repeated("NAME"), help: "Copy this variable of the runner's environment into jobs.",
                 environment: "RUNNER_ENV_ALLOW"),
             OptionSpec(
-                "--work-root", .value("DIR"), help: "Jobs' private work folders are made under DIR/<namespace>.<name>.<pool>.",
+                "--work-root", .value("DIR"),
+                help: "Jobs' private work folders are made under DIR/<namespace>.<name>.<pool>.",
                 environment: "RUNNER_WORK_ROOT", default: IsolationConfiguration.defaultWorkRoot),
             OptionSpec(
                 "--keep-work-dirs", .flag, help: "Keep each job's work folder after it ended.",

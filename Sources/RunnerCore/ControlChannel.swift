@@ -93,7 +93,10 @@ struct ControlChannel: Sendable {
         let level = reply.outcome == .rejected ? Logger.Level.warning : .info
         logger.log(
             level, "control command \(reply.outcome.rawValue)",
-            ["command": received.fields[ControlField.command] ?? "", "command_id": received.id, "reason": reply.reason ?? ""])
+            [
+                "command": received.fields[ControlField.command] ?? "", "command_id": received.id,
+                "reason": reply.reason ?? "",
+            ])
         do {
             try await store.emit(
                 .runnerCommand, runner: runner, data: .object(data), retry: .idempotent(deadline: .now + .seconds(30)))

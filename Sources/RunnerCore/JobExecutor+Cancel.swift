@@ -22,7 +22,8 @@ extension JobExecutor {
 
     func emitCancelPhase(_ type: EventType, _ entry: JobEntry, pid: Int32) async {
         var data: [String: JSONValue] = [
-            "attempt": .int(entry.attempt), "pid": .int(Int(pid)), "kill_grace_ms": .int(configuration.killGrace.milliseconds),
+            "attempt": .int(entry.attempt), "pid": .int(Int(pid)),
+            "kill_grace_ms": .int(configuration.killGrace.milliseconds),
         ]
         if let request = cancellations.request(for: entry.jobId) { data["command_id"] = .string(request.commandId) }
         // Shielded from the watch's cancellation: a phase that happened is reported even when the job ends now.

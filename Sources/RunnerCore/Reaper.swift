@@ -133,7 +133,13 @@ public actor Reaper {
         for (id, value) in records {
             guard !(try await leaseHeld(id)) else { continue }
             let record = (try? JSONValue(parsing: value)) ?? .null
-            if record[RunnerRecordField.state]?.stringValue != RunnerState.lost.rawValue {
+            let state = record[RunnerRecordField.state]?.stringValue
+            if state == RunnerState.migrating.rawValue || state == RunnerState.migrated.rawValue {
+                // Not lost: its lease was released for a runner on another node to take over.
+                if try await ageMigration(id, record: record, asRead: value) { summary.recordsForgotten += 1 }
+                continue
+            }
+            if state != RunnerState.lost.rawValue {
                 if !lostSeen.contains(id), try await markLost(id, record: value) {
                     summary.runnersLost += 1
                 }
@@ -233,6 +239,35 @@ public actor Reaper {
             guard let name = info["name"]?.string else { return nil }
             return Consumer(name: name, pending: info["pending"]?.int ?? 0)
         }
+    }
+
+    /// A migrating runner nobody took over by its deadline becomes `migrated` (`runner.migrated`); a migrated record
+    /// is removed after the lost retention. Returns true when it removed the record.
+    private func ageMigration(_ runner: String, record: JSONValue, asRead value: [UInt8]) async throws -> Bool {
+        let nowMs = try await redisTimeMs()
+        var object = record.objectValue ?? [:]
+        if object[RunnerRecordField.state]?.stringValue == RunnerState.migrated.rawValue {
+            guard let at = object[RunnerRecordField.migratedAt]?.intValue,
+                nowMs - at >= configuration.lostRetention.milliseconds
+            else { return false }
+            try await store.forgetRunner(runner, recordAsRead: value)
+            return true
+        }
+        guard let deadline = object[RunnerRecordField.migrateDeadline]?.intValue, nowMs >= deadline else {
+            return false
+        }
+        object[RunnerRecordField.state] = .string(RunnerState.migrated.rawValue)
+        object[RunnerRecordField.migratedAt] = .int(nowMs)
+        let data: JSONValue = [
+            "reaper": .string(configuration.name), "node": object[RunnerRecordField.node] ?? .null,
+            "migrate_to": object[RunnerRecordField.migrateTo] ?? .null, "migrate_deadline": .int(deadline),
+        ]
+        if try await store.markLost(
+            runner: runner, recordAsRead: value, lostRecord: .object(object), data: data, event: .runnerMigrated)
+        {
+            logger.warning("runner \(runner) was not taken over before its migration deadline; it is migrated")
+        }
+        return false
     }
 
     /// Marks a runner lost (once) with `runner.lost`.

@@ -252,7 +252,7 @@ extension RunnerScripts {
         if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return 0 end
         local ts = nr_now()
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-        nr_emit(KEYS[3], ARGV[4], '\(EventType.runnerLost.rawValue)', ts, ARGV[1], '', ARGV[5])
+        nr_emit(KEYS[3], ARGV[4], ARGV[6] or '\(EventType.runnerLost.rawValue)', ts, ARGV[1], '', ARGV[5])
         return 1
         """)
 

@@ -102,12 +102,13 @@ extension JobStore {
     /// Marks a runner whose lease is gone as lost and emits `runner.lost`, if its record is still `recordAsRead`.
     /// Returns whether it did.
     func markLost(
-        runner: String, recordAsRead: [UInt8], lostRecord: JSONValue, data: JSONValue
+        runner: String, recordAsRead: [UInt8], lostRecord: JSONValue, data: JSONValue,
+        event: EventType = .runnerLost
     ) async throws -> Bool {
         let reply = try await scripts.run(
             RunnerScripts.markLost, keys: [keyspace.runners, keyspace.lease(runner: runner), keyspace.events],
             arguments: [Array(runner.utf8), recordAsRead]
-                + JobStore.bytes([lostRecord.serialized, String(eventsMaxLength), data.serialized]))
+                + JobStore.bytes([lostRecord.serialized, String(eventsMaxLength), data.serialized, event.rawValue]))
         return reply.int == 1
     }
 

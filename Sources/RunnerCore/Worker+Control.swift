@@ -127,14 +127,17 @@ extension Worker {
         } else {
             nowMs = WallClock.milliseconds()
         }
-        var record = presence.record(state: .migrating, free: configuration.concurrency, running: [], epoch: epoch)
+        var record =
+            presence.record(state: .migrating, free: configuration.concurrency, running: [], epoch: epoch)
             .objectValue ?? [:]
         record[RunnerRecordField.migrateTo] = .string(migration.toNode)
         record[RunnerRecordField.migrateDeadline] = .int(nowMs + migration.takeoverTimeoutMs)
         let retry = RedisRetry.idempotent(deadline: .now + .seconds(10))
         do {
             _ = try await presenceClient.send(
-                RedisCommand(["HSET", configuration.keyspace.runners, configuration.name, JSONValue.object(record).serialized]),
+                RedisCommand([
+                    "HSET", configuration.keyspace.runners, configuration.name, JSONValue.object(record).serialized,
+                ]),
                 retry: retry)
         } catch {
             logger.warning("could not mark the registry record migrating: \(error)")

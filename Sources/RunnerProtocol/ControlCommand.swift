@@ -74,7 +74,8 @@ public enum ControlCommand: Sendable, Equatable {
             case "1", "true": self = .shutdown(now: true)
             case "0", "false", "": self = .shutdown(now: false)
             case let other:
-                throw ControlCommandError("shutdown: '\(ControlField.now)' must be 1 or 0, got '\(JobEntry.printable(other))'")
+                throw ControlCommandError(
+                    "shutdown: '\(ControlField.now)' must be 1 or 0, got '\(JobEntry.printable(other))'")
             }
         case .cancel:
             guard let job = fields[ControlField.job], !job.isEmpty else {
