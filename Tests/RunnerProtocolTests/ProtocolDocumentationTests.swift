@@ -39,6 +39,7 @@ final class ProtocolDocumentationTests: XCTestCase {
         names += DeadLetterField.all + RunnerRecordField.all + JobSpec.Key.all + Backoff.Key.all + JobEnvironment.all
         names += Backoff.Jitter.allCases.map(\.rawValue)
         names += [LogField.stdout, LogField.stderr, LogField.meta, Keyspace.consumerGroup, Keyspace.defaultQueue]
+        names += ControlField.all + ControlCommandName.allCases.map(\.rawValue) + ControlOutcome.allCases.map(\.rawValue)
         let missing = names.filter { !spans.contains($0) }
         XCTAssertEqual(missing, [], "named in code but not in docs/protocol.md")
     }
