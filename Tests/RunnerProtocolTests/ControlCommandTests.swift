@@ -1,0 +1,48 @@
+import RunnerProtocol
+import XCTest
+
+final class ControlCommandTests: XCTestCase {
+    private func parse(_ fields: [String: String]) -> Result<ControlCommand, ControlCommandError> {
+        Result { () throws(ControlCommandError) in try ControlCommand(fields: fields) }
+    }
+
+    func testEveryCommandRoundTripsThroughItsFields() throws {
+        let commands: [ControlCommand] = [
+            .drain, .resume, .shutdown(now: false), .shutdown(now: true), .cancel(job: "job-1"),
+            .migrate(toNode: "n2", takeoverTimeoutMs: 1234),
+        ]
+        for command in commands {
+            let fields = Dictionary(uniqueKeysWithValues: command.fields)
+            XCTAssertEqual(try parse(fields).get(), command)
+        }
+    }
+
+    func testDefaults() throws {
+        XCTAssertEqual(try parse(["command": "shutdown"]).get(), .shutdown(now: false))
+        XCTAssertEqual(
+            try parse(["command": "migrate", "to_node": "n9"]).get(),
+            .migrate(toNode: "n9", takeoverTimeoutMs: ControlCommand.defaultTakeoverTimeoutMs))
+    }
+
+    func testMalformedCommandsSayWhatIsWrong() {
+        let cases: [([String: String], String)] = [
+            ([:], "the entry has no 'command' field"),
+            (["command": "explode"], "unknown command 'explode' (known: drain, resume, shutdown, cancel, migrate)"),
+            (["command": "cancel"], "cancel: the 'job' field is missing"),
+            (["command": "cancel", "job": "a b"], "cancel: invalid job id:"),
+            (["command": "shutdown", "now": "soon"], "shutdown: 'now' must be 1 or 0, got 'soon'"),
+            (["command": "migrate"], "migrate: the 'to_node' field is missing"),
+            (["command": "migrate", "to_node": "n 2"], "migrate: 'to_node' must be a node name without spaces"),
+            (
+                ["command": "migrate", "to_node": "n2", "takeover_timeout_ms": "-5"],
+                "migrate: 'takeover_timeout_ms' must be a positive number of milliseconds, got '-5'"
+            ),
+        ]
+        for (fields, expected) in cases {
+            switch parse(fields) {
+            case .success(let command): XCTFail("\(fields) parsed as \(command)")
+            case .failure(let error): XCTAssertTrue(error.message.hasPrefix(expected), "\(error.message) for \(fields)")
+            }
+        }
+    }
+}
