@@ -135,7 +135,10 @@ enum PoolCommands {
         of id: String, runner: String, after position: String, timeout: Duration, _ pool: PoolClient,
         _ console: Console
     ) async throws -> Int32 {
-        guard let event = try await pool.commandOutcome(commandId: id, after: position, timeout: timeout) else {
+        guard
+            let event = try await pool.commandOutcome(
+                commandId: id, runner: runner.isEmpty ? nil : runner, after: position, timeout: timeout)
+        else {
             throw CommandFailure("runner '\(runner)' did not answer command \(id) within \(timeout)")
         }
         let data = (try? JSONValue(parsing: Array(event.data.utf8))) ?? .null

@@ -71,8 +71,12 @@ extension PoolClient {
         return reply.array?.first?.array?.first?.string ?? "0-0"
     }
 
-    /// Waits (up to `timeout`) for the `runner.command` event about `commandId` after `cursor`; nil if none came.
-    public func commandOutcome(commandId: String, after cursor: String, timeout: Duration) async throws -> PoolEvent? {
+    /// Waits (up to `timeout`) for the `runner.command` event about `commandId` on `runner`'s own stream (nil: the
+    /// pool's) after `cursor`; nil if none came. (Entry ids are unique per stream only.)
+    public func commandOutcome(
+        commandId: String, runner: String?, after cursor: String, timeout: Duration
+    ) async throws -> PoolEvent? {
+        let stream = runner == nil ? "pool" : "runner"
         let deadline = ContinuousClock.now + timeout
         var cursor = cursor
         while true {
@@ -82,7 +86,8 @@ extension PoolClient {
                 cursor = event.streamId
                 guard event.type == EventType.runnerCommand.rawValue,
                     let data = try? JSONValue(parsing: Array(event.data.utf8)),
-                    data["command_id"]?.stringValue == commandId
+                    data["command_id"]?.stringValue == commandId, data["stream"]?.stringValue == stream,
+                    runner == nil || event.runner == runner
                 else { continue }
                 return event
             }

@@ -24,7 +24,6 @@ extension Worker {
             operations.updateGate()
             // A read blocked in XREADGROUP now would still take a job: break it off.
             intakeClient.interrupt()
-            Task { await self.reportDrainedWhenIdle(epochs) }
         case .openIntake?:
             operations.updateGate()
         case .shutDown?:
@@ -40,6 +39,8 @@ extension Worker {
         if decision.action == .closeIntake || decision.action == .openIntake {
             await publishMode(epochs)
         }
+        // Only after the publish above, so that a `draining` it computed can never land after `drained`.
+        if decision.action == .closeIntake { Task { await self.reportDrainedWhenIdle(epochs) } }
         return ControlReply(outcome: decision.outcome, reason: decision.reason)
     }
 

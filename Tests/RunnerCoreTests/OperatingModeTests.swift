@@ -26,7 +26,8 @@ final class OperatingModeTests: XCTestCase {
         XCTAssertEqual(mode.handle(.shutdown(now: false)), .ignored("already shutting down"))
         XCTAssertEqual(mode.handle(.drain), .rejected("the runner is shutting down"))
         XCTAssertEqual(mode.handle(.resume), .rejected("the runner is shutting down"))
-        XCTAssertEqual(mode.handle(.migrate(toNode: "n2", takeoverTimeoutMs: 1)), .rejected("the runner is shutting down"))
+        XCTAssertEqual(
+            mode.handle(.migrate(toNode: "n2", takeoverTimeoutMs: 1)), .rejected("the runner is shutting down"))
         XCTAssertEqual(mode.handle(.shutdown(now: true)), .accepted(.shutDownNow))
         XCTAssertEqual(mode.handle(.shutdown(now: true)), .ignored("already shutting down"))
         XCTAssertNil(mode.migration)

@@ -1,0 +1,298 @@
+import Foundation
+import RedisClient
+import TestSupport
+import XCTest
+
+/// Operating a pool: control commands (drain, resume, shutdown, cancel, migrate), migration to a runner that resumes
+/// the identity, and ephemeral runners.
+final class PoolOperationsTests: IntegrationTestCase {
+    private func registry(_ runner: String) throws -> [String: Any] {
+        guard let bytes = try send(["HGET", key("runners"), runner]).bytes,
+            let object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any]
+        else { return [:] }
+        return object
+    }
+
+    private func waitForRegistryState(_ runner: String, _ state: String, timeout: Duration = .seconds(20)) throws {
+        var last: [String: Any] = [:]
+        let reached = try waitUntil(timeout: timeout) {
+            last = try registry(runner)
+            return last["state"] as? String == state
+        }
+        XCTAssertTrue(reached, "runner \(runner) did not reach \(state); last record: \(last)")
+    }
+
+    private func commandOutcomes() throws -> [RecordedEvent] { try events().filter { $0.type == "runner.command" } }
+
+    func testCancelOfARunningJobStopsItsWholeTreeWithEveryPhaseAndIsNotRetried() throws {
+        try startRunner(["--kill-grace", "1s"])
+        // Both the shell and its child ignore SIGTERM: the cancel needs its SIGKILL phase.
+        try submit(
+            ["--max-attempts", "3", "--shell", "trap '' TERM; sleep 60 & echo pid=$!; echo pid=$$; wait"], id: "cr-1")
+        _ = try runningPid("cr-1")
+        var pids: [Int32] = []
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) {
+                pids = self.pids(in: String(decoding: try logBytes("cr-1").stdout, as: UTF8.self))
+                return pids.count == 2
+            })
+        XCTAssertTrue(pids.allSatisfy(processIsAlive))
+
+        let cancel = cli(["cancel", "cr-1", "--wait", "--wait-timeout", "20s"])
+        XCTAssertEqual(cancel.code, 0, cancel.err)
+        let lines = cancel.stdout.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 2, cancel.stdout)
+        XCTAssertEqual(lines.last, "cancelled")
+        let commandId = lines.first ?? ""
+
+        for pid in pids { XCTAssertFalse(processIsAlive(pid), "process \(pid) of the cancelled job is still alive") }
+        let record = try job("cr-1")
+        XCTAssertEqual(record["state"], "cancelled")
+        XCTAssertEqual(record["attempt"], "1")
+        XCTAssertEqual(record["forced_kill"], "1")
+        XCTAssertEqual(record["signal"], "9")
+        XCTAssertNil(record["retry_at"])
+        XCTAssertEqual(record["failures"] ?? "0", "0", "a cancel is not a failure")
+        XCTAssertNotNil(record["cancel_requested_at"])
+        XCTAssertEqual(record["reason"]?.hasSuffix("(command \(commandId))"), true, record["reason"] ?? "")
+        let phases = try events(of: "cr-1").filter { $0.hasPrefix("job.cancel") }
+        XCTAssertEqual(phases, ["job.cancel_received", "job.cancel_sigterm", "job.cancel_sigkill", "job.cancelled"])
+        XCTAssertEqual(try events(of: "cr-1").last, "job.cancelled")
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0, "the entry is acked and deleted")
+        XCTAssertEqual(try send(["XLEN", key("dead")]).int, 0, "no dead letter")
+        XCTAssertEqual(try send(["ZCARD", key("delayed")]).int, 0, "no retry")
+        let outcome = try commandOutcomes().first { $0.data["command_id"] as? String == commandId }
+        XCTAssertEqual(outcome?.data["outcome"] as? String, "accepted")
+        XCTAssertEqual(outcome?.data["job"] as? String, "cr-1")
+
+        let again = cli(["cancel", "cr-1"])
+        XCTAssertEqual(again.code, 1)
+        XCTAssertEqual(again.err, "Error: job 'cr-1' already cancelled\n")
+    }
+
+    func testCancelOfAQueuedJobNeverStartsItAndSIGTERMSufficesForARunningOne() throws {
+        try startRunner(["--concurrency", "1", "--kill-grace", "5s"])
+        try submit(["--", "sleep", "30"], id: "cq-busy")
+        _ = try runningPid("cq-busy")
+        try submit(["--", "touch", "/tmp/nr-never-\(namespace)"], id: "cq-1")
+        let cancel = cli(["cancel", "cq-1"])
+        XCTAssertEqual(cancel.code, 0, cancel.err)
+        XCTAssertEqual(cancel.stdout, "cancelled cq-1 (it was queued)\n")
+        XCTAssertEqual(try job("cq-1")["state"], "cancelled")
+
+        // The busy job dies of the SIGTERM: no SIGKILL phase; then the runner reads the cancelled entry and drops it.
+        let running = cli(["cancel", "cq-busy", "--wait"])
+        XCTAssertEqual(running.code, 0, running.err)
+        XCTAssertEqual(try job("cq-busy")["forced_kill"], "0")
+        XCTAssertEqual(
+            try events(of: "cq-busy").filter { $0.hasPrefix("job.cancel") },
+            ["job.cancel_received", "job.cancel_sigterm", "job.cancelled"])
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) { try self.send(["XLEN", self.key("jobs:default")]).int == 0 },
+            "the cancelled job's entry is acked and deleted by the claim")
+        XCTAssertEqual(try events(of: "cq-1"), ["job.submitted", "job.cancelled"], "never received, never started")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/tmp/nr-never-\(namespace)"))
+        let pending = try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int
+        XCTAssertEqual(pending, 0)
+    }
+
+    func testDrainHoldsNewJobsUntilResume() throws {
+        try startRunner()
+        try submit(["--", "sleep", "1"], id: "dr-running")
+        _ = try runningPid("dr-running")
+        let drain = cli(["drain", "r1", "--wait"])
+        XCTAssertEqual(drain.code, 0, drain.err)
+        XCTAssertEqual(drain.stdout.split(separator: "\n").last, "accepted")
+        XCTAssertEqual(try registry("r1")["state"] as? String, "draining", "a job still runs")
+        try waitForState("dr-running", ["succeeded"])
+        try waitForRegistryState("r1", "drained")
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(5)) {
+                try self.events().contains {
+                    $0.type == "runner.capacity_update" && $0.data["state"] as? String == "drained"
+                }
+            })
+
+        try submit(["--", "true"], id: "dr-1")
+        // Not taken while drained (the runner heartbeats meanwhile: it stays registered with its lease).
+        XCTAssertFalse(try waitUntil(timeout: .seconds(2)) { try self.job("dr-1")["state"] != "queued" })
+        XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 1)
+        let again = cli(["drain", "r1", "--wait"])
+        XCTAssertEqual(again.stdout.split(separator: "\n").last, "ignored: already drained")
+
+        let resume = cli(["resume", "r1", "--wait"])
+        XCTAssertEqual(resume.code, 0, resume.err)
+        XCTAssertEqual(resume.stdout.split(separator: "\n").last, "accepted")
+        try waitForState("dr-1", ["succeeded"])
+        try waitForRegistryState("r1", "running")
+    }
+
+    func testShutdownCommandIsLikeSIGTERMAndNowLikeASecondSignal() throws {
+        let runner = try startRunner(["--shutdown-timeout", "60s", "--kill-grace", "500ms"])
+        try submit(["--", "sleep", "60"], id: "sd-1")
+        _ = try runningPid("sd-1")
+        let graceful = cli(["shutdown", "r1", "--wait"])
+        XCTAssertEqual(graceful.code, 0, graceful.err)
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains("shutting down") })
+        XCTAssertTrue(runner.isRunning, "a graceful shutdown waits for the running job")
+        let drain = cli(["drain", "r1", "--wait"])
+        XCTAssertEqual(drain.code, 1, "drain is refused while shutting down")
+        XCTAssertEqual(drain.stdout.split(separator: "\n").last, "rejected: the runner is shutting down")
+        let now = cli(["shutdown", "r1", "--now", "--wait"])
+        XCTAssertEqual(now.code, 0, now.err)
+        XCTAssertEqual(runner.waitForExit(timeout: 15), 0, runner.log)
+        XCTAssertEqual(try job("sd-1")["state"], "queued", "handed back")
+        XCTAssertEqual(try events(of: "sd-1").last, "job.handed_back")
+        XCTAssertEqual(try events().last { $0.type == "runner.shutdown" }?.data["handed_back"] as? Int, 1)
+    }
+
+    func testMalformedCommandsAndUnknownTargetsAreClearErrors() throws {
+        try startRunner()
+        let entries: [[String]] = [
+            ["command", "explode"], ["command", "cancel"], ["command", "shutdown", "now", "soon"], ["job", "x"],
+            ["command", "migrate"],
+        ]
+        var ids: [String] = []
+        for fields in entries {
+            ids.append(try send(["XADD", key("control:r1"), "*"] + fields).string ?? "")
+        }
+        ids = ids.map { "runner/" + $0 }
+        let poolMigrate =
+            "pool/" + (try send(["XADD", key("control"), "*", "command", "migrate", "to_node", "n2"]).string ?? "")
+        var outcomes: [String: [String: Any]] = [:]
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) {
+                // Entry ids are unique per stream only: key by stream and id.
+                outcomes = Dictionary(
+                    try self.commandOutcomes().map {
+                        (($0.data["stream"] as? String ?? "") + "/" + ($0.data["command_id"] as? String ?? ""), $0.data)
+                    }
+                ) { first, _ in first }
+                return (ids + [poolMigrate]).allSatisfy { outcomes[$0] != nil }
+            })
+        let reasons = ids.map { outcomes[$0]?["reason"] as? String ?? "" }
+        XCTAssertEqual(
+            reasons,
+            [
+                "unknown command 'explode' (known: drain, resume, shutdown, cancel, migrate)",
+                "cancel: the 'job' field is missing", "shutdown: 'now' must be 1 or 0, got 'soon'",
+                "the entry has no 'command' field", "migrate: the 'to_node' field is missing",
+            ])
+        XCTAssertTrue((ids + [poolMigrate]).allSatisfy { outcomes[$0]?["outcome"] as? String == "rejected" })
+        XCTAssertEqual(commandOutcomesCount(for: poolMigrate), 1)
+
+        // A cancel of a job that does not run here, on the runner's own stream: ignored, with the reason.
+        let stray = try send(["XADD", key("control:r1"), "*", "command", "cancel", "job", "nosuch"]).string ?? ""
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { self.commandOutcomesCount(for: "runner/" + stray) == 1 })
+        XCTAssertEqual(
+            try commandOutcomes().first {
+                $0.data["command_id"] as? String == stray && $0.data["stream"] as? String == "runner"
+            }?.data["outcome"] as? String, "ignored")
+
+        let unknown = cli(["drain", "nosuch"])
+        XCTAssertEqual(unknown.code, 1)
+        XCTAssertEqual(unknown.err, "Error: no runner 'nosuch' in the registry of namespace '\(namespace)'\n")
+        let noJob = cli(["cancel", "nosuch"])
+        XCTAssertEqual(noJob.code, 1)
+        XCTAssertTrue(noJob.err.hasPrefix("Error: no job 'nosuch'"), noJob.err)
+        let usage = cli(["migrate", "r1"])
+        XCTAssertEqual(usage.code, 2)
+        XCTAssertTrue(usage.err.hasPrefix("Error: missing '--to NODE'"), usage.err)
+
+        // The runner still works.
+        let run = cli(["submit", "--wait", "--", "echo", "ok"])
+        XCTAssertEqual(run.code, 0, run.err)
+        XCTAssertEqual(run.stdout, "ok\n")
+    }
+
+    /// Outcome events of a command, by `<stream>/<command id>`.
+    private func commandOutcomesCount(for id: String) -> Int {
+        ((try? commandOutcomes()) ?? []).filter {
+            ($0.data["stream"] as? String ?? "") + "/" + ($0.data["command_id"] as? String ?? "") == id
+        }.count
+    }
+
+    func testMigrationHandsEveryJobOverToARunnerResumingTheIdentityWithoutOverlap() throws {
+        let old = try startRunner(["--concurrency", "1", "--node", "n1", "--shutdown-timeout", "30s"])
+        try submit(["--", "sleep", "1.5"], id: "mg-long")
+        _ = try runningPid("mg-long")
+        for index in 1...3 { try submit(["--", "sleep", "0.1"], id: "mg-\(index)") }
+
+        // Refused while the old runner holds the lease.
+        let early = runCLI(
+            ["worker", "--redis", endpoint.url, "--namespace", namespace, "--resume-identity", "r1", "--node", "n2"],
+            timeout: 30)
+        XCTAssertEqual(early.code, 1)
+        XCTAssertTrue(early.err.contains("the old runner still holds its lease"), early.err)
+
+        let migrate = cli(["migrate", "r1", "--to", "n2", "--takeover-timeout", "60s", "--wait"])
+        XCTAssertEqual(migrate.code, 0, migrate.err)
+        XCTAssertEqual(old.waitForExit(timeout: 30), 0, old.log)
+        let record = try registry("r1")
+        XCTAssertEqual(record["state"] as? String, "migrating")
+        XCTAssertEqual(record["migrate_to"] as? String, "n2")
+        XCTAssertNotNil(record["migrate_deadline"] as? Int)
+        XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0, "the lease is released")
+        let migration = try events().last { $0.type == "runner.migration" }
+        XCTAssertEqual(migration?.data["from_node"] as? String, "n1")
+        XCTAssertEqual(migration?.data["to_node"] as? String, "n2")
+        let finishedBefore = record["jobs_finished"] as? Int ?? -1
+        XCTAssertEqual(finishedBefore, migration?.data["finished"] as? Int)
+        XCTAssertEqual(try job("mg-long")["state"], "succeeded", "the running job finished before the lease went")
+
+        try startRunner(name: "r1", ["--resume-identity", "r1", "--node", "n2", "--concurrency", "1"])
+        let ids = ["mg-long"] + (1...3).map { "mg-\($0)" }
+        for id in ids { try waitForState(id, ["succeeded"]) }
+        // Both runners had one slot: any two attempts overlapping in time would be two runners at once.
+        let spans = try ids.map { id -> (Int, Int) in
+            let record = try job(id)
+            return (Int(record["started_at"] ?? "") ?? 0, Int(record["finished_at"] ?? "") ?? 0)
+        }.sorted { $0.0 < $1.0 }
+        for (earlier, later) in zip(spans, spans.dropFirst()) {
+            XCTAssertLessThanOrEqual(earlier.1, later.0, "attempts overlapped: \(spans)")
+        }
+        XCTAssertTrue(ids.allSatisfy { (try? self.events(of: $0).filter { $0 == "job.started" }.count) == 1 })
+        try waitForRegistryState("r1", "running")
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) {
+                let now = try self.registry("r1")
+                return now["node"] as? String == "n2" && (now["jobs_finished"] as? Int ?? 0) == 4
+            }, "the registry shows the new node and the carried counter: \((try? registry("r1")) ?? [:])")
+        XCTAssertNil(try registry("r1")["migrate_to"])
+    }
+
+    func testNobodyTakingOverInTimeMakesTheRunnerMigrated() throws {
+        let runner = try startRunner(["--no-reaper"])
+        let reaper = try RunnerUnderTest(
+            endpoint: endpoint, namespace: namespace, name: "ctl", subcommand: "control",
+            arguments: ["--interval", "200ms"])
+        runners.append(reaper)
+        let migrate = cli(["migrate", "r1", "--to", "n2", "--takeover-timeout", "1s", "--wait"])
+        XCTAssertEqual(migrate.code, 0, migrate.err)
+        XCTAssertEqual(runner.waitForExit(timeout: 20), 0, runner.log)
+        try waitForRegistryState("r1", "migrated")
+        XCTAssertNotNil(try registry("r1")["migrated_at"] as? Int)
+        let event = try events().last { $0.type == "runner.migrated" }
+        XCTAssertEqual(event?.runner, "r1")
+        XCTAssertEqual(event?.data["migrate_to"] as? String, "n2")
+        XCTAssertFalse(try events().contains { $0.type == "runner.lost" }, "a migrated runner is not lost")
+    }
+
+    func testExitAfterJobsTakesNoMoreAndExitWhenIdleExits() throws {
+        let limited = try startRunner(name: "eph", ["--concurrency", "2", "--exit-after-jobs", "2"])
+        for index in 1...3 { try submit(["--", "sleep", "0.3"], id: "ex-\(index)") }
+        XCTAssertEqual(limited.waitForExit(timeout: 20), 0, limited.log)
+        let states = try (1...3).map { try job("ex-\($0)")["state"] ?? "" }
+        XCTAssertEqual(states.filter { $0 == "succeeded" }.count, 2, "\(states)")
+        XCTAssertEqual(states.filter { $0 == "queued" }.count, 1, "\(states)")
+        XCTAssertEqual(try send(["HEXISTS", key("runners"), "eph"]).int, 0)
+
+        let idle = try startRunner(name: "idle", ["--exit-when-idle", "1s"])
+        XCTAssertEqual(idle.waitForExit(timeout: 20), 0, idle.log)
+        XCTAssertEqual(states.filter { $0 == "queued" }.count, 1)
+        XCTAssertEqual(
+            (try (1...3).map { try job("ex-\($0)")["state"] ?? "" }).filter { $0 == "succeeded" }.count, 3,
+            "the idle runner first ran the job that was left")
+        XCTAssertEqual(try events().last { $0.type == "runner.shutdown" }?.runner, "idle")
+    }
+}
