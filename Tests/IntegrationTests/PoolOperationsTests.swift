@@ -80,10 +80,11 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(cancel.stdout, "cancelled cq-1 (it was queued)\n")
         XCTAssertEqual(try job("cq-1")["state"], "cancelled")
 
-        // The busy job dies of the SIGTERM: no SIGKILL phase; then the runner reads the cancelled entry and drops it.
-        let running = cli(["cancel", "cq-busy", "--wait"])
-        XCTAssertEqual(running.code, 0, running.err)
-        XCTAssertEqual(try job("cq-busy")["forced_kill"], "0")
+        // A cancel on the pool-wide stream is answered by the owner. The busy job dies of the SIGTERM: no SIGKILL
+        // phase; then the runner reads the cancelled entry and drops it.
+        let poolCancel = try send(["XADD", key("control"), "*", "command", "cancel", "job", "cq-busy"]).string ?? ""
+        XCTAssertEqual(try waitForState("cq-busy", ["cancelled"])["forced_kill"], "0")
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { self.commandOutcomesCount(for: "pool/" + poolCancel) == 1 })
         XCTAssertEqual(
             try events(of: "cq-busy").filter { $0.hasPrefix("job.cancel") },
             ["job.cancel_received", "job.cancel_sigterm", "job.cancelled"])
@@ -94,6 +95,29 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/tmp/nr-never-\(namespace)"))
         let pending = try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int
         XCTAssertEqual(pending, 0)
+    }
+
+    func testACancelSentWhileTheOwnerWasDeadIsCarriedOutWhenTheJobIsClaimedAgain() throws {
+        let runner = try startRunner(["--lease-ttl", "2s", "--no-reaper"])
+        try submit(["--", "sleep", "60"], id: "cd-1")
+        let pid = try runningPid("cd-1")
+        runner.signal(SIGKILL)
+        XCTAssertNotNil(runner.waitForExit(timeout: 10))
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { !processIsAlive(pid) }, "the watchdog kills the job")
+        let cancel = cli(["cancel", "cd-1"])
+        XCTAssertEqual(cancel.code, 0, cancel.err)
+        XCTAssertEqual(try job("cd-1")["state"], "running", "nobody reads r1's control stream now")
+        XCTAssertNotNil(try job("cd-1")["cancel_requested_at"])
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) { try self.send(["EXISTS", self.key("runner:r1")]).int == 0 })
+
+        try startRunner(["--lease-ttl", "2s"])
+        let record = try waitForState("cd-1", ["cancelled"])
+        XCTAssertTrue(record["reason"]?.hasPrefix("cancelled before it started again") == true, record["reason"] ?? "")
+        XCTAssertEqual(try events(of: "cd-1").filter { $0 == "job.started" }.count, 1, "never started again")
+        XCTAssertEqual(try events(of: "cd-1").last, "job.cancelled")
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) { try self.send(["XLEN", self.key("jobs:default")]).int == 0 })
     }
 
     func testDrainHoldsNewJobsUntilResume() throws {
