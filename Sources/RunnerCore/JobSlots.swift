@@ -62,6 +62,11 @@ actor JobSlots {
         return true
     }
 
+    /// Cancels the tasks of these entries (jobs that wait and have not started: they are handed back).
+    func cancel(streamIds: some Sequence<String>) {
+        for id in streamIds { slots[id]?.task?.cancel() }
+    }
+
     /// Cancels every running job's task; their teardown runs to the end.
     func cancelAll() {
         for slot in slots.values { slot.task?.cancel() }

@@ -234,7 +234,9 @@ public final class Worker: Sendable {
         await intakeTask.value
         ephemeralTask.cancel()
         if operations.mode.withLock({ $0.migration }) != nil {
-            // Received but not started: back to the queue now, not after the running jobs.
+            // Received but not started: back to the queue now, not after the running jobs (also those waiting
+            // in a slot for memory).
+            await slots.cancel(streamIds: await admission.waiting.keys)
             await handBackUndelivered(intake: intake, store: store, lease: lease, except: await slots.runningStreamIds)
         }
         if !nameLost.isFired {

@@ -285,6 +285,35 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertNil(try registry("r1")["migrate_to"])
     }
 
+    func testMigrationHandsBackAJobWaitingInItsSlotAtOnce() throws {
+        // Two jobs that each declare 60% of the host's memory: the second waits in its slot for admission.
+        let total =
+            (try String(contentsOfFile: "/proc/meminfo", encoding: .utf8)).split(separator: "\n")
+            .first { $0.hasPrefix("MemTotal:") }.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+        let memory = "\(total * 6 / 10 / 1024)M"
+        let old = try startRunner(["--concurrency", "2", "--shutdown-timeout", "30s"])
+        try submit(["--isolation", "cgroup", "--memory", memory, "--", "sleep", "2"], id: "mw-running")
+        _ = try runningPid("mw-running")
+        try submit(["--isolation", "cgroup", "--memory", memory, "--", "true"], id: "mw-waiting")
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) {
+                try self.events().contains {
+                    $0.type == "runner.capacity_update" && $0.data["waiting_for_resources"] as? Int == 1
+                }
+            }, old.log)
+        let migrate = cli(["migrate", "r1", "--to", "n2", "--wait"])
+        XCTAssertEqual(migrate.code, 0, migrate.err)
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) { try self.events(of: "mw-waiting").contains("job.handed_back") })
+        XCTAssertEqual(try job("mw-running")["state"], "running", "handed back before the running job finished")
+        XCTAssertEqual(old.waitForExit(timeout: 30), 0, old.log)
+        XCTAssertEqual(try job("mw-running")["state"], "succeeded")
+        XCTAssertEqual(try events().last { $0.type == "runner.migration" }?.data["handed_back"] as? Int, 1)
+        XCTAssertFalse(try events(of: "mw-waiting").contains("job.started"))
+        try startRunner(name: "r1", ["--resume-identity", "r1"])
+        try waitForState("mw-waiting", ["succeeded"])
+    }
+
     func testNobodyTakingOverInTimeMakesTheRunnerMigrated() throws {
         let runner = try startRunner(["--no-reaper"])
         let reaper = try RunnerUnderTest(
