@@ -58,7 +58,7 @@ public struct PoolStatus: Sendable {
 public struct PoolClient: Sendable {
     public let client: RedisClient
     public let keyspace: Keyspace
-    private let store: JobStore
+    let store: JobStore
 
     public init(client: RedisClient, keyspace: Keyspace) {
         self.client = client

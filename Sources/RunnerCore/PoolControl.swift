@@ -48,21 +48,7 @@ extension PoolClient {
 
     /// Cancels a job (one script): not started yet → `cancelled` now; running → a cancel command to its owner.
     public func cancel(job id: String, sentBy: String) async throws -> CancelRequest {
-        let reply = try await ScriptRunner(client: client).run(
-            ControlScripts.cancel,
-            keys: [keyspace.job(id: id), keyspace.events, keyspace.delayed, keyspace.log(job: id)],
-            arguments: JobStore.bytes([
-                id, sentBy, "100000", String(7 * 24 * 3600 * 1000), keyspace.control(runner: ""),
-                String(PoolClient.controlMaxLength),
-            ]))
-        let parts = (reply.array ?? []).map { $0.string ?? ($0.int.map(String.init) ?? "") }
-        func part(_ index: Int) -> String { index < parts.count ? parts[index] : "" }
-        switch Int(part(0)) {
-        case 1: return .cancelled(previousState: part(1))
-        case 2: return .sent(runner: part(1), commandId: part(2))
-        case 0: return .alreadyEnded(state: part(1))
-        default: return .noSuchJob
-        }
+        try await store.cancel(jobId: id, sentBy: sentBy)
     }
 
     /// The id of the newest event (`0-0` when there is none): a position to wait for later events from.
@@ -91,6 +77,27 @@ extension PoolClient {
                 else { continue }
                 return event
             }
+        }
+    }
+}
+
+extension JobStore {
+    /// The cancel script (`ControlScripts.cancel`) on one job.
+    func cancel(jobId id: String, sentBy: String) async throws -> CancelRequest {
+        let reply = try await scripts.run(
+            ControlScripts.cancel,
+            keys: [keyspace.job(id: id), keyspace.events, keyspace.delayed, keyspace.log(job: id)],
+            arguments: JobStore.bytes([
+                id, sentBy, String(eventsMaxLength), String(retentionMs), keyspace.control(runner: ""),
+                String(PoolClient.controlMaxLength),
+            ]))
+        let parts = (reply.array ?? []).map { $0.string ?? ($0.int.map(String.init) ?? "") }
+        func part(_ index: Int) -> String { index < parts.count ? parts[index] : "" }
+        switch Int(part(0)) {
+        case 1: return .cancelled(previousState: part(1))
+        case 2: return .sent(runner: part(1), commandId: part(2))
+        case 0: return .alreadyEnded(state: part(1))
+        default: return .noSuchJob
         }
     }
 }
