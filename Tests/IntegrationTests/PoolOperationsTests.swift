@@ -97,6 +97,20 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(pending, 0)
     }
 
+    func testCancelOfAJobWaitingForItsRetryTakesItOutOfTheDelayedSet() throws {
+        try startRunner()
+        try submit(["--max-attempts", "2", "--backoff", "1h", "--", "false"], id: "cr-retry")
+        try waitForState("cr-retry", ["retry_scheduled"])
+        XCTAssertEqual(try send(["ZCARD", key("delayed")]).int, 1)
+        let cancel = cli(["cancel", "cr-retry"])
+        XCTAssertEqual(cancel.code, 0, cancel.err)
+        XCTAssertEqual(cancel.stdout, "cancelled cr-retry (it was retry_scheduled)\n")
+        XCTAssertEqual(try job("cr-retry")["state"], "cancelled")
+        XCTAssertNil(try job("cr-retry")["retry_at"])
+        XCTAssertEqual(try send(["ZCARD", key("delayed")]).int, 0)
+        XCTAssertGreaterThan(try send(["PTTL", key("job:cr-retry")]).int ?? -1, 0, "the result expires")
+    }
+
     func testACancelSentWhileTheOwnerWasDeadIsCarriedOutWhenTheJobIsClaimedAgain() throws {
         let runner = try startRunner(["--lease-ttl", "2s", "--no-reaper"])
         try submit(["--", "sleep", "60"], id: "cd-1")
@@ -264,7 +278,14 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(finishedBefore, migration?.data["finished"] as? Int)
         XCTAssertEqual(try job("mg-long")["state"], "succeeded", "the running job finished before the lease went")
 
+        // Labels (written by runners that advertise them) carry over with the counters.
+        var withLabels = record
+        withLabels["labels"] = ["gpu": "1"]
+        let edited = String(decoding: try JSONSerialization.data(withJSONObject: withLabels), as: UTF8.self)
+        _ = try send(["HSET", key("runners"), "r1", edited])
+
         try startRunner(name: "r1", ["--resume-identity", "r1", "--node", "n2", "--concurrency", "1"])
+        XCTAssertEqual(try registry("r1")["labels"] as? [String: String], ["gpu": "1"])
         let ids = ["mg-long"] + (1...3).map { "mg-\($0)" }
         for id in ids { try waitForState(id, ["succeeded"]) }
         // Both runners had one slot: any two attempts overlapping in time would be two runners at once.

@@ -1,0 +1,57 @@
+import XCTest
+
+@testable import RunnerCLI
+
+/// The control commands' usage errors are caught before anything is sent (exit 2, one line naming the mistake).
+final class PoolCommandLineTests: XCTestCase {
+    private func firstError(_ arguments: [String]) async -> (Int32, String) {
+        let output = CapturedOutput()
+        let code = await RunnerCommandLine.run(arguments: arguments, environment: [:], console: output.console)
+        return (code, output.standardError.split(separator: "\n").first.map(String.init) ?? "")
+    }
+
+    func testEveryControlCommandHasHelpAndIsListed() async {
+        let output = CapturedOutput()
+        _ = await RunnerCommandLine.run(arguments: ["--help"], environment: [:], console: output.console)
+        for name in ["drain", "resume", "shutdown", "cancel", "migrate"] {
+            XCTAssertTrue(output.standardOutput.contains("\n  \(name) "), "overview lists \(name)")
+            let help = CapturedOutput()
+            let code = await RunnerCommandLine.run(
+                arguments: [name, "--help"], environment: [:], console: help.console)
+            XCTAssertEqual(code, 0)
+            XCTAssertTrue(help.standardOutput.contains("\nUSAGE: runner \(name) "), name)
+        }
+    }
+
+    func testUsageMistakes() async {
+        let cases: [([String], String)] = [
+            (["drain"], "Error: missing runner id"),
+            (["drain", "r1", "--all"], "Error: give either RUNNER or '--all', not both"),
+            (
+                ["resume", "--all", "--wait"],
+                "Error: '--wait' waits for one runner's outcome; it cannot be used with '--all'"
+            ),
+            (["shutdown", "a:b"], "Error: invalid runner id 'a:b' (no braces, colons or spaces)"),
+            (["migrate", "r1"], "Error: missing '--to NODE'"),
+            (["migrate", "r1", "--to", "n 2"], "Error: invalid value for '--to': 'n 2' (a node name, no spaces)"),
+            (
+                ["migrate", "r1", "--to", "n2", "--takeover-timeout", "soon"],
+                "Error: invalid duration for '--takeover-timeout': 'soon' (write 30s, 500ms, 2m, 1h30m, 7d or a number of seconds)"
+            ),
+            (["cancel"], "Error: missing job id"),
+            (
+                ["worker", "--name", "a", "--resume-identity", "b"],
+                "Error: '--name a' and '--resume-identity b' name different runners"
+            ),
+            (
+                ["worker", "--exit-after-jobs", "0"],
+                "Error: invalid value for '--exit-after-jobs': '0' (expected a positive whole number)"
+            ),
+        ]
+        for (arguments, expected) in cases {
+            let (code, line) = await firstError(arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(line, expected, "\(arguments)")
+        }
+    }
+}
