@@ -3,6 +3,8 @@ actor JobSlots {
     struct Slot {
         var jobId: String
         var task: Task<Void, Never>?
+        /// A cancel came before the task was attached: attaching cancels it.
+        var cancelled = false
     }
 
     let capacity: Int
@@ -25,6 +27,7 @@ actor JobSlots {
     func attach(streamId: String, task: Task<Void, Never>) {
         guard slots[streamId] != nil else { return }
         slots[streamId]?.task = task
+        if slots[streamId]?.cancelled == true { task.cancel() }
     }
 
     func release(streamId: String) {
@@ -57,14 +60,18 @@ actor JobSlots {
 
     /// Cancels the task of one job (a cancel command); false when it does not run here.
     func cancel(jobId: String) -> Bool {
-        guard let slot = slots.values.first(where: { $0.jobId == jobId }) else { return false }
+        guard let (streamId, slot) = slots.first(where: { $0.value.jobId == jobId }) else { return false }
+        slots[streamId]?.cancelled = true
         slot.task?.cancel()
         return true
     }
 
     /// Cancels the tasks of these entries (jobs that wait and have not started: they are handed back).
     func cancel(streamIds: some Sequence<String>) {
-        for id in streamIds { slots[id]?.task?.cancel() }
+        for id in streamIds where slots[id] != nil {
+            slots[id]?.cancelled = true
+            slots[id]?.task?.cancel()
+        }
     }
 
     /// Cancels every running job's task; their teardown runs to the end.

@@ -657,6 +657,8 @@ public final class Worker: Sendable {
         await slots.reserve(streamId: delivery.streamId, jobId: jobId)
         let task = Task {
             let outcome = await executor.run(delivery, epoch: epoch)
+            // A cancel that came too late for this attempt must not apply to a later one.
+            self.operations.cancellations.remove(jobId: jobId)
             self.count(outcome)
             if case .retried(let delay) = outcome { self.moveWhenDue(after: delay, store: executor.store) }
             await self.slots.release(streamId: delivery.streamId)
