@@ -75,7 +75,8 @@ enum WorkerCommand {
                 "--env-allow", .repeated("NAME"), help: "Copy this variable of the runner's environment into jobs.",
                 environment: "RUNNER_ENV_ALLOW"),
             OptionSpec(
-                "--work-root", .value("DIR"), help: "Jobs' private work folders are made under DIR/<namespace>.<name>.<pool>.",
+                "--work-root", .value("DIR"),
+                help: "Jobs' private work folders are made under DIR/<namespace>.<name>.<pool>.",
                 environment: "RUNNER_WORK_ROOT", default: IsolationConfiguration.defaultWorkRoot),
             OptionSpec(
                 "--keep-work-dirs", .flag, help: "Keep each job's work folder after it ended.",
@@ -97,7 +98,7 @@ enum WorkerCommand {
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
             CommonOptions.rescheduleLimit,
             CommonOptions.allowEvictionPolicy,
-        ] + CommonOptions.logging)
+        ] + CommonOptions.logging + ConfigurationLayers.options)
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
@@ -224,6 +225,7 @@ enum WorkerCommand {
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let (configuration, logger) = try configuration(arguments)
+        for warning in arguments.warnings { logger.warning(warning) }
         let worker = Worker(configuration: configuration, logger: logger)
         // SIGHUP too: a worker started from a terminal that closes shuts down cleanly instead of dying mid-job.
         let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
