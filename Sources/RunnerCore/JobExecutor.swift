@@ -68,6 +68,9 @@ struct JobExecutor: Sendable {
                     owner: owner, retry: durable)
             }
         }
+        logger.debug(
+            "job received",
+            ["job": entry.jobId, "queue": entry.queue, "stream_id": entry.streamId, "attempt": String(entry.attempt)])
         if Task.isCancelled { return await handBack(entry, epoch: epoch, reason: "runner shutting down") }
         return await planAndRun(entry, fields: fields, epoch: epoch)
     }
@@ -124,6 +127,9 @@ struct JobExecutor: Sendable {
         case .claimed(let at, let fencingToken, let failures)?:
             startedAt = at
             attempt = Attempt(fencingToken: fencingToken, failuresBefore: failures)
+            logger.debug(
+                "job claimed",
+                ["job": entry.jobId, "attempt": String(entry.attempt), "isolation": plan.level.rawValue])
             // Shutdown reached this slot while the claim was written: hand it back rather than start and stop it.
             if Task.isCancelled { return await handBack(entry, epoch: epoch, reason: "runner shutting down") }
         case .duplicate(let state, let attempt)?:
@@ -215,6 +221,7 @@ struct JobExecutor: Sendable {
         }
         killSwitch.watch(process)
         containment.started(pid: process.pid)
+        logger.debug("job started", ["job": entry.jobId, "pid": String(process.pid)])
         containments.add(streamId: entry.streamId, jobId: entry.jobId, containment: containment)
         // Without a cgroup to count it, peak memory is the largest sampled RSS of the job's processes.
         let sampler =
@@ -321,7 +328,13 @@ struct JobExecutor: Sendable {
         let completion = await detached {
             try await store.complete(entry: entry, owner: owner, result: record, startedAtMs: startedAt, retry: durable)
         }
-        logger.debug("job \(record.state.rawValue)", ["job": entry.jobId, "reason": record.reason ?? ""])
+        logger.debug(
+            "job \(record.state.rawValue)",
+            [
+                "job": entry.jobId, "attempt": String(entry.attempt),
+                "exit_code": record.exitCode.map(String.init) ?? "",
+                "reason": record.reason ?? "",
+            ])
         switch completion {
         case .refused?:
             logger.warning(

@@ -1,6 +1,7 @@
 import Foundation
 import RunnerCore
 import RunnerProtocol
+import TestSupport
 import XCTest
 
 @testable import RunnerCLI
@@ -13,19 +14,10 @@ final class ConfigurationTests: XCTestCase {
         processors: 2, memoryBytes: 1 << 30, strongestIsolation: .namespace,
         cgroupShortfall: "the cgroup controllers pids are not available")
 
-    private var files: [URL] = []
-
-    override func tearDown() {
-        for file in files { try? FileManager.default.removeItem(at: file) }
-    }
+    private let files = TemporaryFiles()
 
     /// A config file with `text` in it.
-    private func file(_ text: String) throws -> String {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("nr-config-\(UUID().uuidString).json")
-        try Data(text.utf8).write(to: url)
-        files.append(url)
-        return url.path
-    }
+    private func file(_ text: String) throws -> String { try files.write(text) }
 
     private func layered(
         _ arguments: [String], environment: [String: String] = [:], host: HostFacts = bigHost
