@@ -21,7 +21,11 @@ enum ConfigurationLayers {
         var arguments = arguments
         let command = arguments.command
         if let path = arguments.value(config.name) {
-            let file = try ConfigurationFile.load(path: path, options: command.options, command: command.name)
+            // `config --print` reads the file as the worker would: its own --print and --json are not settable there.
+            let options = command.options.filter { option in
+                !ConfigCommand.printOptions.contains { $0.name == option.name }
+            }
+            let file = try ConfigurationFile.load(path: path, options: options, command: command.name)
             for (name, entry) in file.entries where arguments.values[name] == nil {
                 arguments.values[name] = entry.values
                 arguments.sources[name] = "file:\(path):\(entry.line)"

@@ -121,7 +121,9 @@ public enum RunnerCommandLine {
         console: Console = .standard, host: @Sendable () async -> HostFacts = HostFacts.survey
     ) async -> Int32 {
         var arguments = RunnerCommandLine.movingCommonOptions(arguments)
-        if arguments.isEmpty, environment["RUNNER_REDIS"] == nil {
+        if arguments.isEmpty, environment["RUNNER_REDIS"] == nil,
+            environment[ConfigurationLayers.config.environment!] == nil
+        {
             console.error("Error: no Redis given: start a worker with 'runner --redis HOST:PORT' (or set RUNNER_REDIS)")
             console.error("See 'runner --help'.")
             return 2

@@ -174,6 +174,10 @@ final class ConfigurationTests: XCTestCase {
             error, "Error: \(path):1: \"queue\" must be a string or a list of them, not a list holding an object")
         (path, error) = try await configError("{\n  \"queue\": \"a\",\n  \"queue\": \"b\"\n}")
         XCTAssertEqual(error, "Error: \(path):3: key \"queue\" is given twice (also on line 2)")
+        let printInFile = try file("{\"print\": true}")
+        let result = await run(["config", "--print", "--config", printInFile])
+        XCTAssertEqual(result.code, 2)
+        XCTAssertEqual(result.err, "Error: \(printInFile):1: unknown key \"print\"\n")
         (path, error) = try await configError("{\"config\": \"/etc/other.json\"}")
         XCTAssertEqual(error, "Error: \(path):1: \"config\" cannot be set in a config file")
         // A bad value is caught by the worker's own check and located in the file.
@@ -195,9 +199,9 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(error, "Error: \(path):1:1: invalid JSON: unexpected end of input")
 
         let missing = "/nonexistent/nr-\(UUID().uuidString).json"
-        let result = await run(["worker", "--config", missing])
-        XCTAssertEqual(result.code, 2)
-        XCTAssertEqual(result.err, "Error: cannot read the config file \(missing): No such file or directory\n")
+        let missingFile = await run(["worker", "--config", missing])
+        XCTAssertEqual(missingFile.code, 2)
+        XCTAssertEqual(missingFile.err, "Error: cannot read the config file \(missing): No such file or directory\n")
     }
 
     func testEnvironmentSwitchMustBeASwitch() async {
