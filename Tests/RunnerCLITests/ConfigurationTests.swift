@@ -258,4 +258,37 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(result.code, 2)
         XCTAssertEqual(result.err.split(separator: "\n").first, "Error: nothing to do: give --print")
     }
+
+    /// No option needs code of its own to be settable: every one in the worker's table (flags added by anyone
+    /// included) is taken from the file and from its variable, and shows up with that source.
+    func testEveryWorkerOptionIsSettableFromTheFileAndTheEnvironment() async throws {
+        let options = WorkerCommand.spec.options.filter { !["--help", "--config"].contains($0.name) }
+        var members: [String] = []
+        var environment: [String: String] = [:]
+        for option in options {
+            let key = "\"\(option.name.dropFirst(2))\""
+            let value = option.name == "--profile" ? "development" : "x"
+            switch option.kind {
+            case .flag: members.append("\(key): true")
+            case .value: members.append("\(key): \"\(value)\"")
+            case .repeated: members.append("\(key): [\"x\", \"y\"]")
+            }
+            XCTAssertNotNil(option.environment, "\(option.name) has no RUNNER_* variable")
+            environment[option.environment ?? ""] = option.kind == .flag ? "off" : value
+        }
+        let path = try file("{\n" + members.joined(separator: ",\n") + "\n}")
+        let fromFile = try await layered(["--config", path])
+        let fromEnvironment = try await layered(["--config", path], environment: environment)
+        for (index, option) in options.enumerated() {
+            XCTAssertEqual(
+                ConfigurationLayers.source(of: option.name, in: fromFile), "file:\(path):\(index + 2)", option.name)
+            XCTAssertEqual(
+                ConfigurationLayers.source(of: option.name, in: fromEnvironment),
+                "env:\(option.environment ?? "")", option.name)
+            guard option.kind == .flag else { continue }
+            XCTAssertTrue(fromFile.flag(option.name), option.name)
+            XCTAssertFalse(
+                fromEnvironment.flag(option.name), "RUNNER_* 'off' turns the file's true off: \(option.name)")
+        }
+    }
 }
