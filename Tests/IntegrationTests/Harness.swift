@@ -107,8 +107,13 @@ final class BackgroundCLI {
     private let reader = DispatchGroup()
     private let exited = DispatchSemaphore(value: 0)
 
-    init(_ arguments: [String]) throws {
-        process.runnerBinary(arguments)
+    convenience init(_ arguments: [String]) throws {
+        try self.init(configure: { $0.runnerBinary(arguments) })
+    }
+
+    /// Starts the process `configure` sets up (executable, arguments, directory).
+    init(configure: (Process) -> Void) throws {
+        configure(process)
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice

@@ -22,12 +22,21 @@ enum Python {
         return result.code == 0
     }
 
-    /// Runs python3 ARGS from the repository root, bounded by `timeout`, capturing stdout and stderr.
-    static func run(_ arguments: [String], timeout: TimeInterval) -> CLIResult {
-        let process = Process()
+    private static func configure(_ process: Process, _ arguments: [String]) {
         process.executableURL = URL(fileURLWithPath: interpreter)
         process.arguments = prefix + arguments
         process.currentDirectoryURL = root
+    }
+
+    /// Runs python3 ARGS from the repository root, bounded by `timeout`, capturing stdout and stderr.
+    static func run(_ arguments: [String], timeout: TimeInterval) -> CLIResult {
+        let process = Process()
+        configure(process, arguments)
         return runToEnd(process, timeout: timeout)
+    }
+
+    /// Starts python3 ARGS from the repository root in the background (killed when the result is released).
+    static func start(_ arguments: [String]) throws -> BackgroundCLI {
+        try BackgroundCLI { configure($0, arguments) }
     }
 }
