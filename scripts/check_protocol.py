@@ -119,13 +119,16 @@ def keys(client, pattern, of_type):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis", default="127.0.0.1:6379", help="HOST:PORT")
+    parser.add_argument("--redis", default="127.0.0.1:6379", help="HOST:PORT, or redis://[USER:PASSWORD@]HOST:PORT[/DB]")
     parser.add_argument("--namespace", default="nr")
     options = parser.parse_args()
-    host, _, port = options.redis.rpartition(":")
-    if not host or not port.isdigit():
-        sys.exit(f"error: --redis '{options.redis}' is not HOST:PORT")
-    client = redis.Redis(host=host, port=int(port), socket_timeout=10)
+    url = options.redis
+    if not url.startswith(("redis://", "rediss://")):
+        host, _, port = url.rpartition(":")
+        if not host or not port.isdigit():
+            sys.exit(f"error: --redis '{options.redis}' is neither HOST:PORT nor a redis:// URL")
+        url = f"redis://{host}:{port}"
+    client = redis.Redis.from_url(url, socket_timeout=10)
     tag = "{" + options.namespace + "}:"
     glob_tag = tag.replace("{", "\\{").replace("}", "\\}")
 

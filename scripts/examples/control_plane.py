@@ -43,7 +43,7 @@ def text(value):
 
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis", required=True, help="HOST:PORT of the pool's Redis")
+    parser.add_argument("--redis", required=True, help="HOST:PORT, or redis://[USER:PASSWORD@]HOST:PORT[/DB]")
     parser.add_argument("--jobs", required=True, type=int, help="how many jobs to submit")
     parser.add_argument("--namespace", default="nr")
     parser.add_argument("--queue", default="default")
@@ -53,19 +53,20 @@ def parse_arguments():
     parser.add_argument("--name", default=f"py-control-{os.getpid()}", help="acts as (events' runner field)")
     parser.add_argument("--id-prefix", help="job i gets the id PREFIX-i (default: cp-<random>)")
     options = parser.parse_args()
-    host, _, port = options.redis.rpartition(":")
-    if not host or not port.isdigit():
-        parser.error(f"--redis '{options.redis}' is not HOST:PORT")
     if options.jobs < 1:
         parser.error("--jobs must be at least 1")
-    options.host, options.port = host, int(port)
+    if not options.redis.startswith(("redis://", "rediss://")):
+        host, _, port = options.redis.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error(f"--redis '{options.redis}' is neither HOST:PORT nor a redis:// URL")
+        options.redis = f"redis://{host}:{port}"
     return options
 
 
 class ControlPlane:
     def __init__(self, options):
         self.options = options
-        self.redis = redis.Redis(host=options.host, port=options.port, socket_timeout=10)
+        self.redis = redis.Redis.from_url(options.redis, socket_timeout=10)
         tag = "{" + options.namespace + "}:"
         self.prefix = tag
         self.jobs_key = tag + "jobs:" + options.queue
@@ -187,4 +188,4 @@ if __name__ == "__main__":
     try:
         sys.exit(ControlPlane(options).main())
     except redis.RedisError as error:
-        sys.exit(f"error: Redis at {options.host}:{options.port}: {error}")
+        sys.exit(f"error: Redis at {options.redis.rpartition('@')[2]}: {error}")
