@@ -15,6 +15,7 @@ import argparse
 import json
 import pathlib
 import sys
+import urllib.parse
 
 try:
     import jsonschema
@@ -55,7 +56,7 @@ class Schemas:
             names |= self.known_properties(part, base_id)
         if "$ref" in schema:
             resolved = self.resolve(base_id, schema["$ref"])
-            names |= self.known_properties(resolved.contents, resolved.resolver._base_uri)
+            names |= self.known_properties(resolved.contents, urllib.parse.urljoin(base_id, schema["$ref"]).split("#")[0])
         return names
 
 
