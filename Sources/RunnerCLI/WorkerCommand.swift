@@ -75,7 +75,8 @@ enum WorkerCommand {
                 "--env-allow", .repeated("NAME"), help: "Copy this variable of the runner's environment into jobs.",
                 environment: "RUNNER_ENV_ALLOW"),
             OptionSpec(
-                "--work-root", .value("DIR"), help: "Jobs' private work folders are made under DIR/<namespace>.<name>.<pool>.",
+                "--work-root", .value("DIR"),
+                help: "Jobs' private work folders are made under DIR/<namespace>.<name>.<pool>.",
                 environment: "RUNNER_WORK_ROOT", default: IsolationConfiguration.defaultWorkRoot),
             OptionSpec(
                 "--keep-work-dirs", .flag, help: "Keep each job's work folder after it ended.",
@@ -97,7 +98,7 @@ enum WorkerCommand {
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
             CommonOptions.rescheduleLimit,
             CommonOptions.allowEvictionPolicy,
-        ] + CommonOptions.logging)
+        ] + labelAndHookOptions + CommonOptions.logging)
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
@@ -143,6 +144,8 @@ enum WorkerCommand {
             resultRetention: resultRetention, eventsMaxLength: eventsMaxLength, logLimitBytes: logLimit,
             rescheduleBound: rescheduleBound, reaper: reaper, isolation: try isolationConfiguration(arguments))
         configuration.allowEvictionPolicy = arguments.flag("--allow-eviction-policy")
+        configuration.labels = try labels(arguments)
+        configuration.hooks = try hooks(arguments)
         return (configuration, try logger(arguments))
     }
 

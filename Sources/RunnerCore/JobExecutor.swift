@@ -24,6 +24,8 @@ enum DeliveryOutcome: Sendable, Equatable {
     case unrecorded
     /// Another live runner runs this entry: nothing was done; it stays pending here until that runner acks it.
     case leftPending
+    /// It requires labels this runner lacks: moved to its requirement stream (`job.routed`), not run here.
+    case routed
 }
 
 /// Runs one delivered job from validation to its recorded result. Knows Redis only through `JobStore`.
@@ -43,7 +45,7 @@ struct JobExecutor: Sendable {
 
     /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
     /// idempotent, so resending after a lost reply changes nothing twice.
-    private let durable = RedisRetry.idempotent(deadline: nil)
+    let durable = RedisRetry.idempotent(deadline: nil)
 
     /// Runs a delivery under the lease epoch that was current when it was read.
     func run(_ delivery: Delivery, epoch: LeaseEpoch) async -> DeliveryOutcome {
@@ -68,6 +70,7 @@ struct JobExecutor: Sendable {
                     owner: owner, retry: durable)
             }
         }
+        if let routed = await routeIfUnsatisfied(entry, fields: fields, epoch: epoch) { return routed }
         if Task.isCancelled { return await handBack(entry, epoch: epoch, reason: "runner shutting down") }
         return await planAndRun(entry, fields: fields, epoch: epoch)
     }
@@ -294,7 +297,7 @@ struct JobExecutor: Sendable {
         }
     }
 
-    private func reject(
+    func reject(
         _ entry: JobEntry, fields: [(String, [UInt8])], reason: String, owner: AttemptOwner
     ) async -> DeliveryOutcome {
         await written(.rejected) {
@@ -434,7 +437,7 @@ struct JobExecutor: Sendable {
     /// Runs a durable write outside the caller's cancellation (a job stopped for shutdown still gets recorded),
     /// until it lands; nil only when it was given up (the Redis client was closed at shutdown) or is refused for good.
     @discardableResult
-    private func detached<T: Sendable>(_ write: @escaping @Sendable () async throws -> T) async -> T? {
+    func detached<T: Sendable>(_ write: @escaping @Sendable () async throws -> T) async -> T? {
         let logger = self.logger
         return await Task { await DurableWrite.perform(logger: logger, write) }.value
     }

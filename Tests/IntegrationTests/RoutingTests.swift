@@ -1,0 +1,116 @@
+import Foundation
+import RedisClient
+import RunnerProtocol
+import TestSupport
+import XCTest
+
+/// Runner labels and job requirements: requirement streams, routing of plain entries, retries that stay routed.
+final class RoutingTests: IntegrationTestCase {
+    private let gpu = try! LabelSet(["gpu": "yes"])
+    private var gpuQueue: String { "default:req:\(gpu.requirementId)" }
+
+    func testJobsRequiringLabelsRunOnlyOnRunnersWithThemAndRetriesStayRouted() throws {
+        try startRunner(name: "plain", ["--no-reaper", "--concurrency", "2", "--lease-ttl", "3s"])
+        try startRunner(
+            name: "gpu", ["--no-reaper", "--concurrency", "2", "--lease-ttl", "3s", "--label", "gpu=yes"],
+            environment: ["RUNNER_LABELS": "ignored=because-the-flag-wins"])
+        for index in 0..<4 {
+            try submit(["--require", "gpu=yes", "--", "true"], id: "needs-\(index)")
+            try submit(["--", "true"], id: "any-\(index)")
+        }
+        // Fails its first attempt: the retry must go back to the requirement stream, not the plain queue.
+        try submit(
+            [
+                "--require", "gpu=yes", "--max-attempts", "2", "--backoff", "100ms", "--", "sh", "-c",
+                "[ $NR_ATTEMPT = 2 ]",
+            ], id: "retried")
+        for index in 0..<4 {
+            let needs = try waitForState("needs-\(index)", ["succeeded"])
+            XCTAssertEqual(needs["runner"], "gpu", "a job requiring gpu=yes ran on \(needs["runner"] ?? "?")")
+            XCTAssertEqual(needs["queue"], gpuQueue)
+            try waitForState("any-\(index)", ["succeeded"])
+        }
+        let retried = try waitForState("retried", ["succeeded"])
+        XCTAssertEqual(retried["attempt"], "2")
+        XCTAssertEqual(retried["runner"], "gpu")
+        XCTAssertEqual(retried["queue"], gpuQueue)
+        let scheduled = try XCTUnwrap(try events().first { $0.type == "job.retry_scheduled" && $0.job == "retried" })
+        XCTAssertEqual(scheduled.data["queue"] as? String, gpuQueue)
+        XCTAssertFalse(try events().contains { $0.type == "job.routed" }, "submitted jobs need no routing")
+        // The registration names the requirement for any reader.
+        XCTAssertEqual(
+            try hash(key("requirements:default")), [gpu.requirementId: #"{"gpu":"yes"}"#])
+        // Advertised: the registry record, the heartbeats and runner.registered carry the labels.
+        let record = try XCTUnwrap(
+            try JSONSerialization.jsonObject(
+                with: Data(try XCTUnwrap(try send(["HGET", key("runners"), "gpu"]).bytes))) as? [String: Any])
+        XCTAssertEqual(record["labels"] as? [String: String], ["gpu": "yes"])
+        let registered = try XCTUnwrap(try events().first { $0.type == "runner.registered" && $0.runner == "gpu" })
+        XCTAssertEqual(registered.data["labels"] as? [String: String], ["gpu": "yes"])
+        let beats = try send(["XREVRANGE", key("heartbeats"), "+", "-", "COUNT", "50"]).array ?? []
+        let gpuBeat = beats.compactMap { $0.array.map { strings($0[1]) } }.first { $0["runner"] == "gpu" }
+        XCTAssertEqual(gpuBeat?["labels"], #"{"gpu":"yes"}"#)
+    }
+
+    func testAPlainEntryRequiringLabelsIsRoutedToTheRunnerThatHasThem() throws {
+        try startRunner(name: "plain", ["--no-reaper", "--lease-ttl", "3s"])
+        let spec = #"{"argv":["true"],"requires":{"gpu":"yes"}}"#
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "raw-1", "spec", spec])
+        var routed: RecordedEvent?
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(15)) {
+                routed = try events().first { $0.type == "job.routed" && $0.job == "raw-1" }
+                return routed != nil
+            }, "the plain runner did not route the entry")
+        XCTAssertEqual(routed?.runner, "plain")
+        XCTAssertEqual(routed?.data["from_queue"] as? String, "default")
+        XCTAssertEqual(routed?.data["queue"] as? String, gpuQueue)
+        XCTAssertEqual(routed?.data["requires"] as? String, "gpu=yes")
+        // Moved in one step: gone from the plain queue, waiting in the requirement stream, never started here.
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
+        XCTAssertEqual(try send(["XLEN", key("jobs:\(gpuQueue)")]).int, 1)
+        XCTAssertFalse(try events(of: "raw-1").contains("job.received"))
+
+        try startRunner(name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes", "--label", "zone=eu"])
+        let record = try waitForState("raw-1", ["succeeded"])
+        XCTAssertEqual(record["runner"], "gpu")
+        XCTAssertEqual(record["queue"], gpuQueue)
+        XCTAssertEqual(try send(["XLEN", key("jobs:\(gpuQueue)")]).int, 0)
+    }
+}
+
+/// A requirement no runner satisfies: the job waits in its stream, shows in `runner status`, and costs nothing.
+final class UnservedRequirementTests: PrivateRedisTestCase {
+    func testAJobNoRunnerCanServeStaysQueuedWithoutSpinning() throws {
+        try startRunner(name: "plain", ["--no-reaper", "--label", "gpu=no"])
+        let spec = #"{"argv":["true"],"requires":{"gpu":"a100"}}"#
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "raw-2", "spec", spec])
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(15)) { try events(of: "raw-2").contains("job.routed") },
+            "the entry was not routed")
+        let waitingQueue = "default:req:\(try LabelSet(["gpu": "a100"]).requirementId)"
+        // Only the runner and this test talk to this server: its command count over a few seconds is the runner's.
+        func processed() throws -> Int {
+            let info = String(decoding: try send(["INFO", "stats"]).bytes ?? [], as: UTF8.self)
+            let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("total_commands_processed:") }
+            return Int(line?.split(separator: ":").last ?? "") ?? -1
+        }
+        let before = try processed()
+        let window = ContinuousClock.now
+        // A measuring window, not a wait for something: the count over it is what is asserted.
+        Thread.sleep(forTimeInterval: 5)
+        let elapsed = Double((ContinuousClock.now - window).milliseconds) / 1000
+        let commands = try processed() - before - 1  // this test's first INFO (the second is counted after it ran)
+        // Spinning on the entry (read, route, read again) would be thousands; idle traffic is a few per second.
+        XCTAssertLessThan(Double(commands) / elapsed, 4, "\(commands) commands in \(elapsed)s")
+        XCTAssertEqual(try send(["XLEN", key("jobs:\(waitingQueue)")]).int, 1)
+        XCTAssertEqual(try events(of: "raw-2").filter { $0 == "job.routed" }.count, 1)
+        XCTAssertFalse(try events(of: "raw-2").contains("job.received"))
+
+        let status = cli(["status"])
+        XCTAssertEqual(status.code, 0, status.err)
+        XCTAssertTrue(
+            status.stdout.contains("waiting for labels gpu=a100: 1 (queue default, no runner has them)"), status.stdout)
+        XCTAssertTrue(status.stdout.contains("gpu=no"), "the runner's labels in status:\n\(status.stdout)")
+    }
+}
