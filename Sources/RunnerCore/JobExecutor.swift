@@ -102,7 +102,7 @@ struct JobExecutor: Sendable {
 
     /// Hands an unfinished attempt back to its queue, unless its epoch ended (then it stays pending and is
     /// rescheduled, since writes of an ended epoch are refused).
-    private func handBack(_ entry: JobEntry, epoch: LeaseEpoch, reason: String) async -> DeliveryOutcome {
+    func handBack(_ entry: JobEntry, epoch: LeaseEpoch, reason: String) async -> DeliveryOutcome {
         if epoch.ended.isFired { return .abandoned }
         return await written(.handedBack) { [owner = epoch.owner] in
             try await store.handBack(entry: entry, owner: owner, reason: reason, retry: durable)
@@ -189,6 +189,13 @@ struct JobExecutor: Sendable {
             // Attempts share the log stream: mark where this one begins.
             recorder.note("attempt \(entry.attempt) begins")
         }
+        if let path = configuration.hooks.preJob,
+            let ended = await preJobHookEnded(
+                path: path, entry: entry, environment: environment, containment: containment, recorder: recorder,
+                epoch: epoch, attempt: attempt, startedAt: startedAt)
+        {
+            return ended
+        }
         let clock = ContinuousClock()
         let began = clock.now
         let process: RunningProcess
@@ -242,6 +249,13 @@ struct JobExecutor: Sendable {
         killSwitch.unwatch(process)
         sampler?.cancel()
         containments.remove(streamId: entry.streamId)
+        // In the work folder, so before the containment is finished (which removes it).
+        let postHookExit =
+            epoch.isOverdue
+            ? nil
+            : await postJobHook(
+                after: outcome, timeout: timeout, entry: entry, environment: environment, containment: containment,
+                recorder: recorder)
         let accounting = await containment.finish(logger: logger)
         let summary = await recorder.finish(flusher: flusher)
         await startedWrite.value
@@ -258,6 +272,7 @@ struct JobExecutor: Sendable {
         }
         var record = JobExecutor.record(for: outcome, timeout: timeout, accounting: accounting)
         record.outputTail = summary.tail
+        record.postHookExitCode = postHookExit
         if record.state != .succeeded, entry.spec.maxAttempts > 1 {
             return await failed(entry, record, attempt: attempt, owner: owner)
         }
@@ -272,7 +287,7 @@ struct JobExecutor: Sendable {
     }
 
     /// A failed attempt of a job that may take several: the next after its backoff, or dead when none is left.
-    private func failed(
+    func failed(
         _ entry: JobEntry, _ record: JobResultRecord, attempt: Attempt, owner: AttemptOwner
     ) async -> DeliveryOutcome {
         let failures = attempt.failuresBefore + 1
@@ -318,7 +333,7 @@ struct JobExecutor: Sendable {
         }
     }
 
-    private func finish(
+    func finish(
         _ entry: JobEntry, _ record: JobResultRecord, startedAt: String, owner: AttemptOwner
     ) async -> DeliveryOutcome {
         let completion = await detached {
