@@ -79,6 +79,26 @@ final class RoutingTests: IntegrationTestCase {
     }
 }
 
+extension RoutingTests {
+    func testAJobOfALostRunnerIsRescheduledIntoItsRequirementStream() throws {
+        let doomed = try startRunner(name: "doomed", ["--no-reaper", "--lease-ttl", "1s", "--label", "gpu=yes"])
+        try submit(["--require", "gpu=yes", "--", "sh", "-c", "[ $NR_ATTEMPT = 2 ] || sleep 60"], id: "orphan")
+        _ = try runningPid("orphan")
+        doomed.signal(SIGKILL)
+        XCTAssertNotNil(doomed.waitForExit(timeout: 10))
+        // A plain runner with the reaper finds the lost runner's entry; only the gpu runner may run it again.
+        try startRunner(name: "reaper", ["--lease-ttl", "1s", "--reaper-interval", "200ms"])
+        try startRunner(name: "heir", ["--no-reaper", "--lease-ttl", "1s", "--label", "gpu=yes"])
+        let record = try waitForState("orphan", ["succeeded"])
+        XCTAssertEqual(record["runner"], "heir")
+        XCTAssertEqual(record["attempt"], "2")
+        XCTAssertEqual(record["queue"], gpuQueue)
+        let rescheduled = try XCTUnwrap(try events().first { $0.type == "job.rescheduled" && $0.job == "orphan" })
+        XCTAssertEqual(rescheduled.data["queue"] as? String, gpuQueue)
+        XCTAssertEqual(rescheduled.data["from_runner"] as? String, "doomed")
+    }
+}
+
 /// A requirement no runner satisfies: the job waits in its stream, shows in `runner status`, and costs nothing.
 final class UnservedRequirementTests: PrivateRedisTestCase {
     func testAJobNoRunnerCanServeStaysQueuedWithoutSpinning() throws {
