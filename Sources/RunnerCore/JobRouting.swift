@@ -7,7 +7,7 @@ extension RunnerScripts {
     /// events maxlen, source queue, job id, requirement canonical text, then the entry's field/value pairs.
     /// Moves an entry whose required labels this runner lacks to its requirement stream in one step: the group on
     /// that stream (from 0, MKSTREAM), the same fields as a new entry, the requirement registered, the old entry
-    /// acked and deleted, a queued record pointed at the new entry, `job.routed`. Returns the new entry id, 0 when
+    /// acked and deleted, a record that names the old entry pointed at the new one, `job.routed`. Returns the new entry id, 0 when
     /// the entry is no longer pending (a resent call, or a reaper moved it), -1 when the lease no longer holds the
     /// token.
     static let route = script(
@@ -23,7 +23,9 @@ extension RunnerScripts {
         redis.call('XDEL', KEYS[1], ARGV[1])
         redis.call('HSET', KEYS[3], ARGV[6], ARGV[7])
         local cur = redis.call('HMGET', KEYS[6], '\(ResultField.state)', '\(ResultField.streamId)')
-        if cur[1] == '\(JobState.queued.rawValue)' and cur[2] == ARGV[1] then
+        -- A record naming this entry follows it (an attempt an earlier epoch had started is then found lost by the
+        -- runner that claims the new entry, and rescheduled there); a record of an ended job is left alone.
+        if cur[1] and cur[2] == ARGV[1] and not nr_terminal(cur[1]) then
           redis.call('HSET', KEYS[6], '\(ResultField.streamId)', sid, '\(ResultField.queue)', ARGV[5])
         end
         nr_emit(KEYS[4], ARGV[8], '\(EventType.jobRouted.rawValue)', ts, ARGV[3], ARGV[10],
