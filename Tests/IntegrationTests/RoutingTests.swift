@@ -99,6 +99,34 @@ extension RoutingTests {
     }
 }
 
+extension RoutingTests {
+    func testARetryOfAJobThatRanFromThePlainQueueIsRoutedWithItsRecord() throws {
+        let first = try startRunner(name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
+        let spec =
+            #"{"shell":"[ $NR_ATTEMPT = 2 ]","requires":{"gpu":"yes"},"max_attempts":2,"backoff":{"initial_ms":5000}}"#
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "again", "spec", spec])
+        let scheduled = try waitForState("again", ["retry_scheduled"])
+        XCTAssertEqual(scheduled["queue"], "default", "the first attempt ran from the plain queue")
+        XCTAssertEqual(first.stop(), 0)
+        // The plain runner's reaper moves the due retry onto the plain queue; the plain runner routes it, record too.
+        try startRunner(name: "plain", ["--lease-ttl", "3s", "--reaper-interval", "200ms"])
+        var routed: RecordedEvent?
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(20)) {
+                routed = try events().first { $0.type == "job.routed" && $0.job == "again" }
+                return routed != nil
+            }, "the retry was not routed")
+        let record = try job("again")
+        XCTAssertEqual(record["state"], "queued")
+        XCTAssertEqual(record["queue"], gpuQueue)
+        XCTAssertEqual(record["stream_id"], routed?.data["stream_id"] as? String)
+        try startRunner(name: "gpu-2", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
+        let done = try waitForState("again", ["succeeded"])
+        XCTAssertEqual(done["attempt"], "2")
+        XCTAssertEqual(done["runner"], "gpu-2")
+    }
+}
+
 /// A requirement no runner satisfies: the job waits in its stream, shows in `runner status`, and costs nothing.
 final class UnservedRequirementTests: PrivateRedisTestCase {
     func testAJobNoRunnerCanServeStaysQueuedWithoutSpinning() throws {
