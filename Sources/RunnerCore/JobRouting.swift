@@ -7,9 +7,9 @@ extension RunnerScripts {
     /// events maxlen, source queue, job id, requirement canonical text, then the entry's field/value pairs.
     /// Moves an entry whose required labels this runner lacks to its requirement stream in one step: the group on
     /// that stream (from 0, MKSTREAM), the same fields as a new entry, the requirement registered, the old entry
-    /// acked and deleted, a record that names the old entry pointed at the new one, `job.routed`. Returns the new entry id, 0 when
-    /// the entry is no longer pending (a resent call, or a reaper moved it), -1 when the lease no longer holds the
-    /// token.
+    /// acked and deleted, a record that names the old entry pointed at the new one, `job.routed`. Returns the new
+    /// entry id, 0 when the entry is no longer pending (a resent call, or a reaper moved it), -1 when the lease no
+    /// longer holds the token.
     static let route = script(
         "route",
         """
