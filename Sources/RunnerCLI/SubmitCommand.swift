@@ -9,8 +9,8 @@ enum SubmitCommand {
         name: "submit",
         abstract: "Submit a job and print its id (or, with --wait, its output).",
         usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--label K=V]... [--require K=V]... "
-            + "[--cwd DIR] [--max-attempts N [--backoff D] [--backoff-max D]] [--id ID] [--idempotency-key K] [--shell 'SCRIPT'] "
-            + "[--isolation LEVEL] [--network host|none] [--memory SIZE] [--pids N] [--cpu M] [--secret-env NAME]... "
+            + "[--cwd DIR] [--max-attempts N [--backoff D] [--backoff-max D]] [--id ID] [--idempotency-key K] "
+            + "[--shell 'SCRIPT'] [--isolation LEVEL] [--network host|none] [--memory SIZE] [--pids N] [--cpu M] [--secret-env NAME]... "
             + "[--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
         arguments: [("CMD [ARG...]", "The command and its arguments (after --), unless --shell is given.")],
         options: CommonOptions.all + [
