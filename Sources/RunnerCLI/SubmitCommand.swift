@@ -10,8 +10,8 @@ enum SubmitCommand {
         abstract: "Submit a job and print its id (or, with --wait, its output).",
         usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--label K=V]... [--require K=V]... "
             + "[--cwd DIR] [--max-attempts N [--backoff D] [--backoff-max D]] [--id ID] [--idempotency-key K] "
-            + "[--shell 'SCRIPT'] [--isolation LEVEL] [--network host|none] [--memory SIZE] [--pids N] [--cpu M] [--secret-env NAME]... "
-            + "[--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
+            + "[--shell 'SCRIPT'] [--isolation LEVEL] [--network host|none] [--memory SIZE] [--pids N] [--cpu M] "
+            + "[--secret-env NAME]... [--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
         arguments: [("CMD [ARG...]", "The command and its arguments (after --), unless --shell is given.")],
         options: CommonOptions.all + [
             OptionSpec("--queue", .value("QUEUE"), help: "Queue to submit to.", default: Keyspace.defaultQueue),
