@@ -9,6 +9,31 @@ final class RoutingTests: IntegrationTestCase {
     private let gpu = try! LabelSet(["gpu": "yes"])
     private var gpuQueue: String { "default:req:\(gpu.requirementId)" }
 
+    /// Polls the events stream until the job has an event of this type.
+    private func waitForEvent(_ type: String, of job: String) throws -> RecordedEvent? {
+        var found: RecordedEvent?
+        let seen = try waitUntil(timeout: .seconds(20)) {
+            found = try events().first { $0.type == type && $0.job == job }
+            return found != nil
+        }
+        XCTAssertTrue(seen, "no \(type) of job \(job)")
+        return found
+    }
+
+    /// Waits until the job succeeded, checks that it ran on `runner` at `attempt` from the gpu requirement stream,
+    /// and that its event `type` names that stream too.
+    private func assertSucceededFromTheGPUStream(
+        _ id: String, on runner: String, attempt: String, event type: String, line: UInt = #line
+    ) throws -> RecordedEvent? {
+        let record = try waitForState(id, ["succeeded"])
+        XCTAssertEqual(record["runner"], runner, line: line)
+        XCTAssertEqual(record["attempt"], attempt, line: line)
+        XCTAssertEqual(record["queue"], gpuQueue, line: line)
+        let event = try events().first { $0.type == type && $0.job == id }
+        XCTAssertEqual(event?.data["queue"] as? String, gpuQueue, line: line)
+        return event
+    }
+
     func testJobsRequiringLabelsRunOnlyOnRunnersWithThemAndRetriesStayRouted() throws {
         try startRunner(name: "plain", ["--no-reaper", "--concurrency", "2", "--lease-ttl", "3s"])
         try startRunner(
@@ -30,12 +55,7 @@ final class RoutingTests: IntegrationTestCase {
             XCTAssertEqual(needs["queue"], gpuQueue)
             try waitForState("any-\(index)", ["succeeded"])
         }
-        let retried = try waitForState("retried", ["succeeded"])
-        XCTAssertEqual(retried["attempt"], "2")
-        XCTAssertEqual(retried["runner"], "gpu")
-        XCTAssertEqual(retried["queue"], gpuQueue)
-        let scheduled = try XCTUnwrap(try events().first { $0.type == "job.retry_scheduled" && $0.job == "retried" })
-        XCTAssertEqual(scheduled.data["queue"] as? String, gpuQueue)
+        _ = try assertSucceededFromTheGPUStream("retried", on: "gpu", attempt: "2", event: "job.retry_scheduled")
         XCTAssertFalse(try events().contains { $0.type == "job.routed" }, "submitted jobs need no routing")
         // The registration names the requirement for any reader.
         XCTAssertEqual(
@@ -56,12 +76,7 @@ final class RoutingTests: IntegrationTestCase {
         try startRunner(name: "plain", ["--no-reaper", "--lease-ttl", "3s"])
         let spec = #"{"argv":["true"],"requires":{"gpu":"yes"}}"#
         _ = try send(["XADD", key("jobs:default"), "*", "id", "raw-1", "spec", spec])
-        var routed: RecordedEvent?
-        XCTAssertTrue(
-            try waitUntil(timeout: .seconds(15)) {
-                routed = try events().first { $0.type == "job.routed" && $0.job == "raw-1" }
-                return routed != nil
-            }, "the plain runner did not route the entry")
+        let routed = try waitForEvent("job.routed", of: "raw-1")
         XCTAssertEqual(routed?.runner, "plain")
         XCTAssertEqual(routed?.data["from_queue"] as? String, "default")
         XCTAssertEqual(routed?.data["queue"] as? String, gpuQueue)
@@ -89,13 +104,9 @@ extension RoutingTests {
         // A plain runner with the reaper finds the lost runner's entry; only the gpu runner may run it again.
         try startRunner(name: "reaper", ["--lease-ttl", "1s", "--reaper-interval", "200ms"])
         try startRunner(name: "heir", ["--no-reaper", "--lease-ttl", "1s", "--label", "gpu=yes"])
-        let record = try waitForState("orphan", ["succeeded"])
-        XCTAssertEqual(record["runner"], "heir")
-        XCTAssertEqual(record["attempt"], "2")
-        XCTAssertEqual(record["queue"], gpuQueue)
-        let rescheduled = try XCTUnwrap(try events().first { $0.type == "job.rescheduled" && $0.job == "orphan" })
-        XCTAssertEqual(rescheduled.data["queue"] as? String, gpuQueue)
-        XCTAssertEqual(rescheduled.data["from_runner"] as? String, "doomed")
+        let rescheduled = try assertSucceededFromTheGPUStream(
+            "orphan", on: "heir", attempt: "2", event: "job.rescheduled")
+        XCTAssertEqual(rescheduled?.data["from_runner"] as? String, "doomed")
     }
 }
 
@@ -110,20 +121,13 @@ extension RoutingTests {
         XCTAssertEqual(first.stop(), 0)
         // The plain runner's reaper moves the due retry onto the plain queue; the plain runner routes it, record too.
         try startRunner(name: "plain", ["--lease-ttl", "3s", "--reaper-interval", "200ms"])
-        var routed: RecordedEvent?
-        XCTAssertTrue(
-            try waitUntil(timeout: .seconds(20)) {
-                routed = try events().first { $0.type == "job.routed" && $0.job == "again" }
-                return routed != nil
-            }, "the retry was not routed")
+        let routed = try waitForEvent("job.routed", of: "again")
         let record = try job("again")
         XCTAssertEqual(record["state"], "queued")
         XCTAssertEqual(record["queue"], gpuQueue)
         XCTAssertEqual(record["stream_id"], routed?.data["stream_id"] as? String)
         try startRunner(name: "gpu-2", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
-        let done = try waitForState("again", ["succeeded"])
-        XCTAssertEqual(done["attempt"], "2")
-        XCTAssertEqual(done["runner"], "gpu-2")
+        _ = try assertSucceededFromTheGPUStream("again", on: "gpu-2", attempt: "2", event: "job.routed")
     }
 }
 
