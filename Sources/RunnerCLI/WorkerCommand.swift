@@ -98,7 +98,7 @@ enum WorkerCommand {
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
             CommonOptions.rescheduleLimit,
             CommonOptions.allowEvictionPolicy,
-        ] + CommonOptions.logging + ConfigurationLayers.options)
+        ] + labelAndHookOptions + CommonOptions.logging + ConfigurationLayers.options)
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
@@ -144,6 +144,8 @@ enum WorkerCommand {
             resultRetention: resultRetention, eventsMaxLength: eventsMaxLength, logLimitBytes: logLimit,
             rescheduleBound: rescheduleBound, reaper: reaper, isolation: try isolationConfiguration(arguments))
         configuration.allowEvictionPolicy = arguments.flag("--allow-eviction-policy")
+        configuration.labels = try labels(arguments)
+        configuration.hooks = try hooks(arguments)
         return (configuration, try logger(arguments))
     }
 

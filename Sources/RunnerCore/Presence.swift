@@ -27,6 +27,7 @@ struct Presence: Sendable {
             RunnerRecordField.memoryReserved: .int(Int(clamping: resources.memoryReservedBytes)),
             RunnerRecordField.waitingForResources: .int(resources.waiting),
             ProtocolVersion.field: .int(ProtocolVersion.current),
+            RunnerRecordField.labels: configuration.labels.json,
         ]
     }
 
@@ -42,7 +43,8 @@ struct Presence: Sendable {
             HeartbeatField.capacityTotal, String(configuration.concurrency), HeartbeatField.capacityFree, String(free),
             HeartbeatField.running, runningJSON, HeartbeatField.timestamp, String(WallClock.milliseconds()),
             HeartbeatField.memoryReserved, String(resources.memoryReservedBytes), HeartbeatField.waitingForResources,
-            String(resources.waiting), ProtocolVersion.field, String(ProtocolVersion.current),
+            String(resources.waiting), ProtocolVersion.field, String(ProtocolVersion.current), HeartbeatField.labels,
+            configuration.labels.json.serialized,
         ])
         let registry = RedisCommand([
             "HSET", keyspace.runners, configuration.name,

@@ -42,6 +42,10 @@ public struct WorkerConfiguration: Sendable {
     /// How jobs are contained.
     public var isolation: IsolationConfiguration
     public var version: String
+    /// This runner's labels (`--label`): it runs only jobs whose `requires` they satisfy.
+    public var labels = LabelSet()
+    /// Executables run before and after each job (`--hook-pre-job`, `--hook-post-job`).
+    public var hooks = JobHooksConfiguration()
 
     public init(
         redis: RedisEndpoint, keyspace: Keyspace = Keyspace(), name: String, node: String,

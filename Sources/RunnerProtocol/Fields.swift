@@ -36,9 +36,11 @@ public enum HeartbeatField {
     public static let memoryReserved = "memory_reserved_bytes"
     /// Jobs delivered to the runner that wait for memory before they start.
     public static let waitingForResources = "waiting_for_resources"
+    /// The runner's labels, a JSON object of strings (`--label`).
+    public static let labels = "labels"
     public static let all = [
         runner, state, capacityTotal, capacityFree, running, timestamp, memoryReserved, waitingForResources,
-        ProtocolVersion.field,
+        ProtocolVersion.field, labels,
     ]
 }
 
@@ -93,11 +95,13 @@ public enum ResultField {
     public static let processes = "processes"
     /// The limits in force, a JSON object with the spec's `limits` names.
     public static let limits = "limits"
+    /// The post-job hook's exit code (`--hook-post-job`), empty when it was killed or could not start.
+    public static let postHookExitCode = "post_hook_exit_code"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
         reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, leaseToken, fencingToken,
         failures, reschedules, retryAt, idempotencyKey, isolation, network, isolationRequested, peakMemoryBytes,
-        peakMemorySource, processes, limits, ProtocolVersion.field,
+        peakMemorySource, processes, limits, ProtocolVersion.field, postHookExitCode,
     ]
 }
 
@@ -144,9 +148,11 @@ public enum RunnerRecordField {
     public static let lostAt = "lost_at"
     public static let memoryReserved = HeartbeatField.memoryReserved
     public static let waitingForResources = HeartbeatField.waitingForResources
+    /// The runner's labels, a JSON object of strings (`--label`).
+    public static let labels = HeartbeatField.labels
     public static let all = [
         node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt, epoch, lostAt,
-        memoryReserved, waitingForResources, ProtocolVersion.field,
+        memoryReserved, waitingForResources, ProtocolVersion.field, labels,
     ]
 }
 
@@ -166,5 +172,9 @@ public enum JobEnvironment {
     /// Which Redis the runner's pool is on, as a hash (never the address itself): with `NR_RUNNER` and
     /// `NR_NAMESPACE`, a restarted runner kills only what a run of it in the same pool left.
     public static let pool = "NR_POOL"
-    public static let all = [jobId, attempt, runner, fencingToken, workDirectory, namespace, pool]
+    /// For the post-job hook only: the job's state (`succeeded`, `failed`, `timed_out`).
+    public static let jobState = "NR_JOB_STATE"
+    /// For the post-job hook only: the job's exit code, empty when it was killed by a signal or never started.
+    public static let exitCode = "NR_EXIT_CODE"
+    public static let all = [jobId, attempt, runner, fencingToken, workDirectory, namespace, pool, jobState, exitCode]
 }

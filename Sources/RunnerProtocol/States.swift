@@ -53,6 +53,8 @@ public enum EventType: String, Sendable, CaseIterable, Codable {
     case runnerResourceUsage = "runner.resource_usage"
     case runnerCapacityUpdate = "runner.capacity_update"
     case isolationCleanup = "isolation.cleanup"
+    /// A job whose required labels the reading runner lacks was moved to its requirement stream.
+    case jobRouted = "job.routed"
 
     /// The terminal event for a terminal state.
     public static func terminal(for state: JobState) -> EventType? {
