@@ -33,7 +33,8 @@ let package = Package(
         .testTarget(name: "RunnerProtocolTests", dependencies: ["RunnerProtocol"]),
         .testTarget(name: "RunnerCoreTests", dependencies: ["RunnerCore", "RunnerProtocol", "ProcessSupervision"]),
         .testTarget(name: "ProcessSupervisionTests", dependencies: ["ProcessSupervision", "TestSupport"]),
-        .testTarget(name: "RunnerCLITests", dependencies: ["RunnerCLI", "RunnerCore", "RunnerProtocol"]),
+        .testTarget(
+            name: "RunnerCLITests", dependencies: ["RunnerCLI", "RunnerCore", "RunnerProtocol", "TestSupport"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["RunnerCore", "RunnerCLI", "RunnerProtocol", "RedisClient", "TestSupport"]

@@ -37,6 +37,29 @@ nr_need_build_deps() {
     command -v swift >/dev/null || nr_die "no swift toolchain on PATH (Swift 6 is required)"
 }
 
+# The Python packages the interop tests use (the example control plane, schema validation, the metrics parser,
+# deploy/ YAML checks), from PyPI into a venv of their own, installed once. Exports NR_PYTHON (the venv's python3),
+# which the tests run; without it they fall back to python3 on PATH.
+NR_PYTHON_PACKAGES=(redis jsonschema prometheus_client pyyaml)
+NR_PYTHON_MODULES="redis, jsonschema, prometheus_client, yaml"
+nr_need_python_deps() {
+    local venv="${NR_PYTHON_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/nativerunner/python-venv}"
+    command -v python3 >/dev/null || nr_need_packages python3
+    if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c "import $NR_PYTHON_MODULES" 2>/dev/null; then
+        python3 -c "import venv, ensurepip" 2>/dev/null || nr_need_packages python3-venv
+        nr_say "installing ${NR_PYTHON_PACKAGES[*]} from PyPI into $venv"
+        local log
+        log="$(mktemp /tmp/nativerunner-pip.XXXXXX.log)"
+        { python3 -m venv "$venv" && "$venv/bin/python3" -m pip install -q --disable-pip-version-check \
+            "${NR_PYTHON_PACKAGES[@]}"; } >"$log" 2>&1 \
+            || { tail -n 20 "$log" >&2; nr_die "pip could not install ${NR_PYTHON_PACKAGES[*]} into $venv (log: $log)"; }
+        "$venv/bin/python3" -c "import $NR_PYTHON_MODULES" 2>>"$log" \
+            || { tail -n 5 "$log" >&2; nr_die "$venv lacks one of $NR_PYTHON_MODULES after pip install (log: $log)"; }
+        rm -f "$log"
+    fi
+    export NR_PYTHON="$venv/bin/python3"
+}
+
 # nr_free_port: prints a free TCP port on 127.0.0.1.
 nr_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

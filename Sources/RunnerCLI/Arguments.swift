@@ -95,9 +95,13 @@ public struct CommandSpec: Sendable {
 public struct UsageError: Error, Sendable, CustomStringConvertible {
     public var message: String
     public var command: String
-    public init(_ message: String, command: String) {
+    /// Whether the usage and the pointer to --help follow the message: not for a mistake in a config file, which
+    /// the message already locates.
+    public var showsUsage: Bool
+    public init(_ message: String, command: String, showsUsage: Bool = true) {
         self.message = message
         self.command = command
+        self.showsUsage = showsUsage
     }
     public var description: String { message }
 }
@@ -105,13 +109,17 @@ public struct UsageError: Error, Sendable, CustomStringConvertible {
 /// Parsed arguments of one subcommand, with environment fallbacks applied.
 public struct ParsedArguments: Sendable {
     public var command: CommandSpec
-    public private(set) var values: [String: [String]] = [:]
-    /// Where each value came from: "flag" or the environment variable's name.
-    public private(set) var sources: [String: String] = [:]
+    /// Each given option's values; a flag's is `["true"]`, or `["false"]` when a layer turned it off explicitly.
+    public internal(set) var values: [String: [String]] = [:]
+    /// Where each value came from: "flag", the environment variable's name, or a layer below them
+    /// (`ConfigurationLayers`: "file:PATH:LINE", "profile:NAME").
+    public internal(set) var sources: [String: String] = [:]
+    /// Things the layers below the flags want said when the command starts (a profile's fallback).
+    public internal(set) var warnings: [String] = []
     public private(set) var positionals: [String] = []
     public private(set) var commandLine: [String] = []
 
-    public func flag(_ name: String) -> Bool { values[name] != nil }
+    public func flag(_ name: String) -> Bool { values[name].map { $0.last != "false" } ?? false }
     public func value(_ name: String) -> String? { values[name]?.last }
     public func all(_ name: String) -> [String] { values[name] ?? [] }
 
@@ -181,8 +189,12 @@ public struct ParsedArguments: Sendable {
             guard let variable = option.environment, let value = environment[variable], !value.isEmpty else { continue }
             switch option.kind {
             case .flag:
-                guard ["1", "true", "yes", "on"].contains(value.lowercased()) else { continue }
-                values[option.name] = ["true"]
+                // An explicit "off" is kept: it overrides a config file or profile that turns the flag on.
+                guard let on = ParsedArguments.switchValue(value) else {
+                    throw fail(
+                        "invalid value for \(variable): '\(value)' (expected 1, true, yes, on, 0, false, no or off)")
+                }
+                values[option.name] = [on ? "true" : "false"]
             case .value: values[option.name] = [value]
             case .repeated:
                 values[option.name] = value.split(separator: ",").map {
@@ -190,6 +202,15 @@ public struct ParsedArguments: Sendable {
                 }
             }
             sources[option.name] = variable
+        }
+    }
+
+    /// A switch written as text (environment): true for 1/true/yes/on, false for 0/false/no/off, nil otherwise.
+    static func switchValue(_ text: String) -> Bool? {
+        switch text.lowercased() {
+        case "1", "true", "yes", "on": true
+        case "0", "false", "no", "off": false
+        default: nil
         }
     }
 }

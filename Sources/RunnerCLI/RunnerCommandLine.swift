@@ -15,6 +15,7 @@ public enum RunnerCommandLine {
         (RetryCommand.spec, RetryCommand.run),
         (DeadCommand.spec, DeadCommand.run),
         (ControlCommand.spec, ControlCommand.run),
+        (ConfigCommand.spec, ConfigCommand.run),
         (PoolCommands.drain, PoolCommands.runDrain),
         (PoolCommands.resume, PoolCommands.runResume),
         (PoolCommands.shutdown, PoolCommands.runShutdown),
@@ -119,12 +120,15 @@ public enum RunnerCommandLine {
     }
 
     /// Runs the command line and returns the exit code: 0 success, 1 failure, 2 usage error.
+    /// `host` gives a profile the host's facts (probed only when a profile is chosen).
     public static func run(
         arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,
-        console: Console = .standard
+        console: Console = .standard, host: @Sendable () async -> HostFacts = HostFacts.survey
     ) async -> Int32 {
         var arguments = RunnerCommandLine.movingCommonOptions(arguments)
-        if arguments.isEmpty, environment["RUNNER_REDIS"] == nil {
+        if arguments.isEmpty, environment["RUNNER_REDIS"] == nil,
+            environment[ConfigurationLayers.config.environment!] == nil
+        {
             console.error("Error: no Redis given: start a worker with 'runner --redis HOST:PORT' (or set RUNNER_REDIS)")
             console.error("See 'runner --help'.")
             return 2
@@ -170,17 +174,26 @@ public enum RunnerCommandLine {
             return 2
         }
         let (spec, body) = chosen
+        var layered: ParsedArguments?
         do {
-            let parsed = try ParsedArguments(arguments, command: spec, environment: environment)
+            var parsed = try ParsedArguments(arguments, command: spec, environment: environment)
             if parsed.flag("--help") {
                 console.print(spec.help)
                 return 0
             }
+            if spec.options.contains(where: { $0.name == ConfigurationLayers.config.name }) {
+                layered = parsed
+                parsed = try await ConfigurationLayers.applying(to: parsed, host: host)
+                layered = parsed
+            }
             return try await body(parsed, console)
-        } catch let error as UsageError {
+        } catch var error as UsageError {
+            if let layered { error = ConfigurationLayers.locating(error, in: layered) }
             console.error("Error: \(error.message)")
-            console.error("Usage: \(spec.usage)")
-            console.error("See 'runner \(spec.name) --help'.")
+            if error.showsUsage {
+                console.error("Usage: \(spec.usage)")
+                console.error("See 'runner \(spec.name) --help'.")
+            }
             return 2
         } catch let error as CommandFailure {
             console.error("Error: \(error.message)")

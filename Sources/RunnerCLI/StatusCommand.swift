@@ -30,6 +30,7 @@ enum StatusCommand {
                 [
                     "name": .string(queue.name), "length": .int(queue.length), "pending": .int(queue.pending),
                     "lag": queue.lag.map(JSONValue.int) ?? .null, "consumers": .int(queue.consumers),
+                    "requires": queue.requires?.json ?? .null,
                 ]
             }
             console.print(JSONValue.object(["runners": .array(runners), "queues": .array(queues)]).serialized)
@@ -37,7 +38,7 @@ enum StatusCommand {
         }
         console.print("RUNNERS")
         if status.runners.isEmpty { console.print("  (none registered)") }
-        var rows = [["ID", "NODE", "STATE", "LEASE", "CAPACITY", "RUNNING"]]
+        var rows = [["ID", "NODE", "STATE", "LEASE", "CAPACITY", "RUNNING", "LABELS"]]
         for runner in status.runners {
             let record = runner.record
             let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
@@ -51,6 +52,7 @@ enum StatusCommand {
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
                 runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
                 "\(capacity - free)/\(capacity)", running.isEmpty ? "-" : running.joined(separator: ","),
+                StatusCommand.labelsText(record[RunnerRecordField.labels]),
             ])
         }
         if !status.runners.isEmpty { table(rows, console) }
@@ -64,7 +66,36 @@ enum StatusCommand {
             ])
         }
         if !status.queues.isEmpty { table(rows, console) }
+        printWaitingForLabels(status, console)
         return 0
+    }
+
+    /// Jobs in requirement streams that no runner has read yet, with how many live runners have those labels.
+    static func printWaitingForLabels(_ status: PoolStatus, _ console: Console) {
+        let waiting = status.queues.compactMap { queue -> (LabelSet, QueueStatus, Int)? in
+            guard let requires = queue.requires else { return nil }
+            let unread = queue.lag ?? max(0, queue.length - queue.pending)
+            return unread > 0 ? (requires, queue, unread) : nil
+        }
+        guard !waiting.isEmpty else { return }
+        console.print("\nWAITING FOR LABELS")
+        for (requires, queue, unread) in waiting {
+            let able = status.runners.filter { runner in
+                guard runner.leaseRemainingMs != nil,
+                    case .object(let members)? = runner.record[RunnerRecordField.labels]
+                else { return false }
+                return requires.values.allSatisfy { members[$0.key]?.stringValue == $0.value }
+            }
+            console.print(
+                "  waiting for labels \(requires.canonical): \(unread) (queue \(Keyspace.baseQueue(of: queue.name)), "
+                    + "\(able.isEmpty ? "no runner has them" : "\(able.count) runner(s) with them"))")
+        }
+    }
+
+    /// A record's labels as `k=v,k2=v2`, or `-`.
+    static func labelsText(_ value: JSONValue?) -> String {
+        guard case .object(let members)? = value, !members.isEmpty else { return "-" }
+        return members.keys.sorted().map { "\($0)=\(members[$0]?.stringValue ?? "?")" }.joined(separator: ",")
     }
 
     static func stateText(_ state: String?, leaseHeld: Bool) -> String {

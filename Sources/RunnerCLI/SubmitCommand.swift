@@ -8,16 +8,18 @@ enum SubmitCommand {
     static let spec = CommandSpec(
         name: "submit",
         abstract: "Submit a job and print its id (or, with --wait, its output).",
-        usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--label K=V]... [--cwd DIR] "
-            + "[--max-attempts N [--backoff D] [--backoff-max D]] [--id ID] [--idempotency-key K] [--shell 'SCRIPT'] "
-            + "[--isolation LEVEL] [--network host|none] [--memory SIZE] [--pids N] [--cpu M] [--secret-env NAME]... "
-            + "[--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
+        usage: "runner submit [--queue Q] [--timeout DURATION] [--env K=V]... [--label K=V]... [--require K=V]... "
+            + "[--cwd DIR] [--max-attempts N [--backoff D] [--backoff-max D]] [--id ID] [--idempotency-key K] "
+            + "[--shell 'SCRIPT'] [--isolation LEVEL] [--network host|none] [--memory SIZE] [--pids N] [--cpu M] "
+            + "[--secret-env NAME]... [--wait [--wait-timeout D]] [--json] -- CMD [ARG...]",
         arguments: [("CMD [ARG...]", "The command and its arguments (after --), unless --shell is given.")],
         options: CommonOptions.all + [
             OptionSpec("--queue", .value("QUEUE"), help: "Queue to submit to.", default: Keyspace.defaultQueue),
             OptionSpec("--timeout", .value("DURATION"), help: "Stop the job after this long (30s, 500ms, 2m)."),
             OptionSpec("--env", .repeated("K=V"), help: "Environment variable for the job."),
             OptionSpec("--label", .repeated("K=V"), help: "Label recorded with the job."),
+            OptionSpec(
+                "--require", .repeated("K=V"), help: "A label the runner must have to run the job (spec 'requires')."),
             OptionSpec("--cwd", .value("DIR"), help: "Working directory of the job."),
             OptionSpec("--max-attempts", .value("N"), help: "Failed attempts the job may take.", default: "1"),
             OptionSpec(
@@ -116,7 +118,7 @@ enum SubmitCommand {
                 throw UsageError("invalid value for '--idempotency-key': \(error.message)", command: spec.name)
             }
         }
-        let jobSpec = JobSpec(
+        var jobSpec = JobSpec(
             command: command, environment: try arguments.keyValues("--env"), workingDirectory: arguments.value("--cwd"),
             timeoutMs: timeout?.milliseconds, maxAttempts: maxAttempts, labels: try arguments.keyValues("--label"),
             backoff: backoff,
@@ -129,6 +131,11 @@ enum SubmitCommand {
                     { ByteSizeParser.parse($0).flatMap { $0 > 0 ? $0 : nil } }),
                 pids: try arguments.positiveInt("--pids"), cpuMillis: try arguments.positiveInt("--cpu")),
             secretEnvironment: arguments.all("--secret-env"))
+        do {
+            jobSpec.requires = try LabelSet(pairs: arguments.all("--require"))
+        } catch {
+            throw UsageError("invalid value for '--require': \(error.message)", command: spec.name)
+        }
         let environment = jobSpec.environment
         for name in jobSpec.secretEnvironment where environment[name] == nil {
             throw UsageError("--secret-env \(name) names no --env variable", command: spec.name)

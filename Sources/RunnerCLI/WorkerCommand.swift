@@ -110,7 +110,7 @@ enum WorkerCommand {
                 "--resume-identity", .value("RUNNER"),
                 help: "Take over the id of a runner that migrated here (its lease must be free): its counters and "
                     + "labels carry over. Instead of --name.", environment: "RUNNER_RESUME_IDENTITY"),
-        ] + CommonOptions.logging)
+        ] + labelAndHookOptions + CommonOptions.logging + ConfigurationLayers.options)
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
@@ -161,6 +161,8 @@ enum WorkerCommand {
             resultRetention: resultRetention, eventsMaxLength: eventsMaxLength, logLimitBytes: logLimit,
             rescheduleBound: rescheduleBound, reaper: reaper, isolation: try isolationConfiguration(arguments))
         configuration.allowEvictionPolicy = arguments.flag("--allow-eviction-policy")
+        configuration.labels = try labels(arguments)
+        configuration.hooks = try hooks(arguments)
         configuration.exitAfterJobs = try arguments.positiveInt("--exit-after-jobs")
         configuration.exitWhenIdle = try arguments.duration("--exit-when-idle")
         if let idle = configuration.exitWhenIdle, idle <= .zero {
@@ -247,7 +249,12 @@ enum WorkerCommand {
     }
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
-        let (configuration, logger) = try configuration(arguments)
+        let (parsed, logger) = try configuration(arguments)
+        var configuration = parsed
+        for warning in arguments.warnings { logger.warning(warning) }
+        if configuration.resumeIdentity, configuration.labels.isEmpty {
+            configuration.labels = try await resumedLabels(of: configuration.name, arguments)
+        }
         let worker = Worker(configuration: configuration, logger: logger)
         // SIGHUP too: a worker started from a terminal that closes shuts down cleanly instead of dying mid-job.
         let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
@@ -262,6 +269,25 @@ enum WorkerCommand {
                     + "their entries stay pending and run again")
         }
         return 0
+    }
+}
+
+extension WorkerCommand {
+    /// `--resume-identity` without `--label`: the labels of the record taken over, so that the runner routes by
+    /// them too, not only shows them.
+    static func resumedLabels(of runner: String, _ arguments: ParsedArguments) async throws -> LabelSet {
+        let pool = try await connectedPool(arguments)
+        defer { pool.client.close() }
+        let record = try await pool.presence(of: runner).record
+        var values: [String: String] = [:]
+        for (key, value) in record?[RunnerRecordField.labels]?.objectValue ?? [:] {
+            if let text = value.stringValue { values[key] = text }
+        }
+        do {
+            return try LabelSet(values)
+        } catch {
+            throw CommandFailure("the labels of runner '\(runner)' in the registry are invalid: \(error.message)")
+        }
     }
 }
 

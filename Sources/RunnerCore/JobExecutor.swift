@@ -24,6 +24,8 @@ enum DeliveryOutcome: Sendable, Equatable {
     case unrecorded
     /// Another live runner runs this entry: nothing was done; it stays pending here until that runner acks it.
     case leftPending
+    /// It requires labels this runner lacks: moved to its requirement stream (`job.routed`), not run here.
+    case routed
 }
 
 /// Runs one delivered job from validation to its recorded result. Knows Redis only through `JobStore`.
@@ -45,7 +47,7 @@ struct JobExecutor: Sendable {
 
     /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
     /// idempotent, so resending after a lost reply changes nothing twice.
-    private let durable = RedisRetry.idempotent(deadline: nil)
+    let durable = RedisRetry.idempotent(deadline: nil)
 
     /// Runs a delivery under the lease epoch that was current when it was read.
     func run(_ delivery: Delivery, epoch: LeaseEpoch) async -> DeliveryOutcome {
@@ -70,6 +72,10 @@ struct JobExecutor: Sendable {
                     owner: owner, retry: durable)
             }
         }
+        logger.debug(
+            "job received",
+            ["job": entry.jobId, "queue": entry.queue, "stream_id": entry.streamId, "attempt": String(entry.attempt)])
+        if let routed = await routeIfUnsatisfied(entry, fields: fields, epoch: epoch) { return routed }
         if Task.isCancelled { return await handBack(entry, epoch: epoch, reason: "runner shutting down") }
         return await planAndRun(entry, fields: fields, epoch: epoch)
     }
@@ -101,7 +107,7 @@ struct JobExecutor: Sendable {
 
     /// Hands an unfinished attempt back to its queue, unless its epoch ended (then it stays pending and is
     /// rescheduled, since writes of an ended epoch are refused).
-    private func handBack(_ entry: JobEntry, epoch: LeaseEpoch, reason: String) async -> DeliveryOutcome {
+    func handBack(_ entry: JobEntry, epoch: LeaseEpoch, reason: String) async -> DeliveryOutcome {
         if epoch.ended.isFired { return .abandoned }
         return await written(.handedBack) { [owner = epoch.owner] in
             try await store.handBack(entry: entry, owner: owner, reason: reason, retry: durable)
@@ -126,6 +132,9 @@ struct JobExecutor: Sendable {
         case .claimed(let at, let fencingToken, let failures)?:
             startedAt = at
             attempt = Attempt(fencingToken: fencingToken, failuresBefore: failures)
+            logger.debug(
+                "job claimed",
+                ["job": entry.jobId, "attempt": String(entry.attempt), "isolation": plan.level.rawValue])
             // Shutdown (or a cancel) reached this slot while the claim was written: do not start it.
             if Task.isCancelled {
                 if let cancel = cancellations.request(for: entry.jobId) {
@@ -196,6 +205,13 @@ struct JobExecutor: Sendable {
             // Attempts share the log stream: mark where this one begins.
             recorder.note("attempt \(entry.attempt) begins")
         }
+        if let path = configuration.hooks.preJob,
+            let ended = await preJobHookEnded(
+                path: path, entry: entry, environment: environment, containment: containment, recorder: recorder,
+                epoch: epoch, attempt: attempt, startedAt: startedAt)
+        {
+            return ended
+        }
         let clock = ContinuousClock()
         let began = clock.now
         let process: RunningProcess
@@ -225,6 +241,7 @@ struct JobExecutor: Sendable {
         }
         killSwitch.watch(process)
         containment.started(pid: process.pid)
+        logger.debug("job started", ["job": entry.jobId, "pid": String(process.pid)])
         containments.add(streamId: entry.streamId, jobId: entry.jobId, containment: containment)
         // Without a cgroup to count it, peak memory is the largest sampled RSS of the job's processes.
         let sampler =
@@ -252,6 +269,13 @@ struct JobExecutor: Sendable {
         killSwitch.unwatch(process)
         sampler?.cancel()
         containments.remove(streamId: entry.streamId)
+        // In the work folder, so before the containment is finished (which removes it).
+        let postHookExit =
+            epoch.isOverdue
+            ? nil
+            : await postJobHook(
+                after: outcome, timeout: timeout, entry: entry, environment: environment, containment: containment,
+                recorder: recorder)
         let accounting = await containment.finish(logger: logger)
         let summary = await recorder.finish(flusher: flusher)
         await startedWrite.value
@@ -274,6 +298,7 @@ struct JobExecutor: Sendable {
         }
         var record = JobExecutor.record(for: outcome, timeout: timeout, accounting: accounting)
         record.outputTail = summary.tail
+        record.postHookExitCode = postHookExit
         if record.state != .succeeded, entry.spec.maxAttempts > 1 {
             return await failed(entry, record, attempt: attempt, owner: owner)
         }
@@ -288,7 +313,7 @@ struct JobExecutor: Sendable {
     }
 
     /// A failed attempt of a job that may take several: the next after its backoff, or dead when none is left.
-    private func failed(
+    func failed(
         _ entry: JobEntry, _ record: JobResultRecord, attempt: Attempt, owner: AttemptOwner
     ) async -> DeliveryOutcome {
         let failures = attempt.failuresBefore + 1
@@ -313,7 +338,7 @@ struct JobExecutor: Sendable {
         }
     }
 
-    private func reject(
+    func reject(
         _ entry: JobEntry, fields: [(String, [UInt8])], reason: String, owner: AttemptOwner
     ) async -> DeliveryOutcome {
         await written(.rejected) {
@@ -340,7 +365,13 @@ struct JobExecutor: Sendable {
         let completion = await detached {
             try await store.complete(entry: entry, owner: owner, result: record, startedAtMs: startedAt, retry: durable)
         }
-        logger.debug("job \(record.state.rawValue)", ["job": entry.jobId, "reason": record.reason ?? ""])
+        logger.debug(
+            "job \(record.state.rawValue)",
+            [
+                "job": entry.jobId, "attempt": String(entry.attempt),
+                "exit_code": record.exitCode.map(String.init) ?? "",
+                "reason": record.reason ?? "",
+            ])
         switch completion {
         case .refused?:
             logger.warning(
@@ -453,7 +484,7 @@ struct JobExecutor: Sendable {
     /// Runs a durable write outside the caller's cancellation (a job stopped for shutdown still gets recorded),
     /// until it lands; nil only when it was given up (the Redis client was closed at shutdown) or is refused for good.
     @discardableResult
-    private func detached<T: Sendable>(_ write: @escaping @Sendable () async throws -> T) async -> T? {
+    func detached<T: Sendable>(_ write: @escaping @Sendable () async throws -> T) async -> T? {
         let logger = self.logger
         return await Task { await DurableWrite.perform(logger: logger, write) }.value
     }

@@ -16,10 +16,19 @@ struct JobIntake: Sendable {
     let consumer: String
     let queues: [String]
     let block: Duration
+    /// The requirement streams this runner's labels satisfy, read right after their queue (nil: only `queues`).
+    var routes: RequirementRoutes? = nil
+
+    /// What this intake reads, in priority order: the queues and the satisfied requirement queues.
+    var readQueues: [String] { routes?.readOrder ?? queues }
 
     /// XGROUP CREATE <stream> runners 0 MKSTREAM for every queue; an existing group is fine. From ID 0 so that
     /// jobs added before the group existed (or while it was gone) are not skipped.
     func ensureGroups() async throws {
+        try await ensureGroups(of: readQueues)
+    }
+
+    private func ensureGroups(of queues: [String]) async throws {
         for queue in queues {
             do {
                 _ = try await client.send(
@@ -37,6 +46,12 @@ struct JobIntake: Sendable {
     /// every queue is empty. With several queues the blocking read asks each for one entry, so it can return up to
     /// one per queue: more than `count` when `count` is smaller than the number of queues.
     func readNew(count: Int) async throws -> [Delivery] {
+        if let routes {
+            // At most once per refresh interval: one pipelined HGETALL; a new requirement stream's group is made.
+            let added = (try? await routes.refreshIfDue(client: client)) ?? []
+            if !added.isEmpty { try await ensureGroups(of: added) }
+        }
+        let queues = readQueues
         if queues.count > 1 {
             var found: [Delivery] = []
             for queue in queues where found.count < count {
@@ -63,6 +78,7 @@ struct JobIntake: Sendable {
         count: Int, after cursors: [String: String], retry: RedisRetry = .whileUnreachable(deadline: nil)
     ) async throws -> [Delivery] {
         var arguments = ["XREADGROUP", "GROUP", Keyspace.consumerGroup, consumer, "COUNT", String(count), "STREAMS"]
+        let queues = readQueues
         arguments += queues.map { keyspace.jobs(queue: $0) } + queues.map { cursors[$0] ?? "0" }
         let reply = try await client.send(RedisCommand(arguments), retry: retry)
         return parse(reply)
@@ -71,11 +87,13 @@ struct JobIntake: Sendable {
     /// XREADGROUP reply: [[stream, [[id, [field, value, ...] | nil], ...]], ...] or nil on timeout.
     private func parse(_ reply: RedisReply) -> [Delivery] {
         guard let streams = reply.array else { return [] }
+        let prefix = keyspace.jobs(queue: "")
         var deliveries: [Delivery] = []
         for stream in streams {
             guard let pair = stream.array, pair.count == 2, let key = pair[0].string, let entries = pair[1].array,
-                let queue = queues.first(where: { keyspace.jobs(queue: $0) == key })
+                key.hasPrefix(prefix)
             else { continue }
+            let queue = String(key.dropFirst(prefix.count))
             for entry in entries {
                 guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
                 deliveries.append(

@@ -15,6 +15,8 @@ public struct JobResultRecord: Sendable, Hashable {
     public var cpuSystemMs: Int?
     /// What the isolation measured and what was in force; nil for a job that never started.
     var accounting: JobAccounting?
+    /// The post-job hook's exit code: nil without a hook, `.some(nil)` when it did not exit (killed, timed out).
+    var postHookExitCode: Int32??
 
     public init(
         state: JobState, exitCode: Int32? = nil, signal: Int32? = nil, reason: String? = nil, durationMs: Int = 0,
@@ -43,6 +45,7 @@ public struct JobResultRecord: Sendable, Hashable {
         if let cpuUserMs { data["cpu_user_ms"] = .int(cpuUserMs) }
         if let cpuSystemMs { data["cpu_system_ms"] = .int(cpuSystemMs) }
         for (field, value) in accountingFields { data[field] = value }
+        if let postHookExitCode { data[ResultField.postHookExitCode] = postHookExitCode.map { .int(Int($0)) } ?? .null }
         return .object(data)
     }
 
@@ -59,6 +62,9 @@ public struct JobResultRecord: Sendable, Hashable {
         if let pid { fields.append((ResultField.pid, Array(String(pid).utf8))) }
         if let cpuUserMs { fields.append((ResultField.cpuUserMs, Array(String(cpuUserMs).utf8))) }
         if let cpuSystemMs { fields.append((ResultField.cpuSystemMs, Array(String(cpuSystemMs).utf8))) }
+        if let postHookExitCode {
+            fields.append((ResultField.postHookExitCode, Array((postHookExitCode.map { String($0) } ?? "").utf8)))
+        }
         for (field, value) in accountingFields {
             let text: String
             switch value {

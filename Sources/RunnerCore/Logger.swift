@@ -75,11 +75,11 @@ public struct Logger: Sendable {
             }
             sink(line)
         case .json:
+            let reserved = ["ts", "level", "logger", "msg"]
             var object: [String: String] = ["ts": time, "level": level.name, "logger": label, "msg": message()]
-            for (key, value) in metadata { object[key] = value }
-            let keys =
-                ["ts", "level", "logger", "msg"]
-                + object.keys.filter { !["ts", "level", "logger", "msg"].contains($0) }.sorted()
+            // A field named like one of the line's own keys is kept beside it rather than replacing it.
+            for (key, value) in metadata { object[reserved.contains(key) ? "field_" + key : key] = value }
+            let keys = reserved + object.keys.filter { !reserved.contains($0) }.sorted()
             sink("{" + keys.map { "\(Logger.quote($0)):\(Logger.quote(object[$0]!))" }.joined(separator: ",") + "}")
         }
     }

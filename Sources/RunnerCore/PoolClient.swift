@@ -47,6 +47,8 @@ public struct QueueStatus: Sendable {
     public var pending: Int
     public var lag: Int?
     public var consumers: Int
+    /// For a requirement stream (`<queue>:req:<id>`): the labels its jobs require.
+    public var requires: LabelSet? = nil
 }
 
 public struct PoolStatus: Sendable {
@@ -75,12 +77,20 @@ public struct PoolClient: Sendable {
     }
 
     /// Submits a job (result hash `queued` and stream entry in one script). With an idempotency key that an earlier
-    /// submission holds (for the result retention), adds nothing and answers that job's id.
+    /// submission holds (for the result retention), adds nothing and answers that job's id. A job that `requires`
+    /// labels (the spec's, plus `requires`) goes to its requirement stream `{nr}:jobs:<queue>:req:<id>`, registered
+    /// first, so that only runners with those labels read it.
     public func submit(
-        id: String?, spec: JobSpec, queue: String, idempotencyKey: String? = nil
+        id: String?, spec: JobSpec, queue: String, idempotencyKey: String? = nil, requires: LabelSet = LabelSet()
     ) async throws -> Submitted {
         let jobId = id ?? UUID().uuidString.lowercased()
-        switch try await store.submit(id: jobId, spec: spec, queue: queue, idempotencyKey: idempotencyKey) {
+        var spec = spec
+        if !requires.isEmpty {
+            spec.requires = try LabelSet(spec.requires.values.merging(requires.values) { _, given in given })
+        }
+        let target =
+            spec.requires.isEmpty ? queue : try await store.registerRequirement(spec.requires, queue: queue)
+        switch try await store.submit(id: jobId, spec: spec, queue: target, idempotencyKey: idempotencyKey) {
         case .created(let streamId): return Submitted(id: jobId, streamId: streamId)
         case .existing(let earlier): return Submitted(id: earlier, streamId: nil)
         }
@@ -195,11 +205,15 @@ public struct PoolClient: Sendable {
             }
         }
         queueNames.formUnion(try await PoolClient.queueStreams(client: client, keyspace: keyspace))
+        let requirements = try await RequirementRoutes.registered(
+            client: client, keyspace: keyspace, queues: queueNames.filter { !$0.contains(":") }.sorted())
+        queueNames.formUnion(requirements.keys)
         var queues: [QueueStatus] = []
         for name in queueNames.sorted() {
             let key = keyspace.jobs(queue: name)
             let length = try await client.send(RedisCommand(["XLEN", key])).int ?? 0
-            var status = QueueStatus(name: name, length: length, pending: 0, lag: nil, consumers: 0)
+            var status = QueueStatus(
+                name: name, length: length, pending: 0, lag: nil, consumers: 0, requires: requirements[name])
             if let groups = try? await client.send(RedisCommand(["XINFO", "GROUPS", key])).array {
                 for group in groups {
                     let info = PoolClient.map(group)

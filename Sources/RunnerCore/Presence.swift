@@ -30,6 +30,7 @@ struct Presence: Sendable {
             RunnerRecordField.memoryReserved: .int(Int(clamping: resources.memoryReservedBytes)),
             RunnerRecordField.waitingForResources: .int(resources.waiting),
             ProtocolVersion.field: .int(ProtocolVersion.current),
+            RunnerRecordField.labels: configuration.labels.json,
         ]
         record.merge(own) { _, new in new }
         return .object(record)
@@ -47,7 +48,8 @@ struct Presence: Sendable {
             HeartbeatField.capacityTotal, String(configuration.concurrency), HeartbeatField.capacityFree, String(free),
             HeartbeatField.running, runningJSON, HeartbeatField.timestamp, String(WallClock.milliseconds()),
             HeartbeatField.memoryReserved, String(resources.memoryReservedBytes), HeartbeatField.waitingForResources,
-            String(resources.waiting), ProtocolVersion.field, String(ProtocolVersion.current),
+            String(resources.waiting), ProtocolVersion.field, String(ProtocolVersion.current), HeartbeatField.labels,
+            configuration.labels.json.serialized,
         ])
         let registry = RedisCommand([
             "HSET", keyspace.runners, configuration.name,

@@ -108,6 +108,11 @@ public actor Reaper {
             scannedQueues = try await PoolClient.queueStreams(client: client, keyspace: configuration.keyspace)
         }
         queues.formUnion(scannedQueues)
+        // Requirement streams hold jobs too: a lost runner's entries there are rescheduled on the same pass.
+        queues.formUnion(
+            try await RequirementRoutes.registered(
+                client: client, keyspace: configuration.keyspace, queues: queues.filter { !$0.contains(":") }.sorted()
+            ).keys)
 
         leases = [:]
         redisNowMs = nil

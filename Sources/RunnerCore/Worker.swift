@@ -18,6 +18,8 @@ public struct WorkerSummary: Sendable, Equatable {
     public var staleResults = 0
     /// Lease epochs this runner had to end (`runner.lease_lost`).
     public var leaseEpochsLost = 0
+    /// Jobs moved to the requirement stream of labels this runner lacks (`job.routed`).
+    public var routed = 0
 }
 
 /// Why a lease epoch ended (`runner.lease_lost` data `reason`).
@@ -62,6 +64,8 @@ public final class Worker: Sendable {
     private let strayPending = Mutex(false)
     let state = Mutex(RunnerState.starting)
     private let containments = RunningContainments()
+    /// The queues and the requirement streams this runner's labels satisfy, in the order it reads them.
+    private let routes: RequirementRoutes
 
     public init(configuration: WorkerConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -80,6 +84,9 @@ public final class Worker: Sendable {
         slots = JobSlots(capacity: configuration.concurrency)
         watchdog = WatchdogKillSwitch.start(logger: logger)
         killSwitch = watchdog ?? InProcessKillSwitch()
+        routes = RequirementRoutes(
+            keyspace: configuration.keyspace, queues: configuration.queues, labels: configuration.labels,
+            refreshInterval: min(configuration.heartbeatInterval, RequirementRoutes.defaultRefreshInterval))
     }
 
     /// Asks for a graceful shutdown; a second call asks for an immediate one (jobs stopped now and handed back).
@@ -127,7 +134,7 @@ public final class Worker: Sendable {
             deadMaxLength: config.deadMaxLength, retention: config.resultRetention)
         let intake = JobIntake(
             client: intakeClient, keyspace: keyspace, consumer: config.name, queues: config.queues,
-            block: config.intakeBlock)
+            block: config.intakeBlock, routes: routes)
         let lease = LeaseKeeper(client: presenceClient, keyspace: keyspace, runner: config.name, ttl: config.leaseTTL)
         let presence = Presence(
             client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds(),
@@ -152,6 +159,7 @@ public final class Worker: Sendable {
         let monitor = ResourceMonitor(
             host: isolation, containments: containments, store: store, runner: config.name, logger: logger)
 
+        _ = try? await routes.refreshIfDue(client: intakeClient)
         try await intake.ensureGroups()
         if config.resumeIdentity {
             try await operations.takeOver(runner: config.name, client: jobsClient, keyspace: keyspace)
@@ -191,7 +199,7 @@ public final class Worker: Sendable {
                 data: [
                     "node": .string(config.node), "pid": .int(Int(getpid())), "version": .string(config.version),
                     "queues": .array(config.queues.map(JSONValue.string)), "concurrency": .int(config.concurrency),
-                    "epoch": .int(epoch),
+                    "epoch": .int(epoch), "labels": config.labels.json,
                 ], retry: .never)
         } catch {
             // Do not keep the name from a restart for a whole lease TTL.
@@ -286,7 +294,7 @@ public final class Worker: Sendable {
             .runnerShutdown, runner: config.name,
             data: shutdownData(reason: migration == nil ? "requested" : "migrating"),
             retry: .whileUnreachable(deadline: .now + .seconds(5)))
-        for queue in config.queues {
+        for queue in routes.readOrder {
             if (try? await store.removeConsumer(config.name, queue: queue)) == false {
                 logger.warning(
                     "entries are still pending for this runner; its consumer stays in the group", ["queue": queue])
@@ -345,7 +353,7 @@ public final class Worker: Sendable {
     /// XPENDING of this consumer on each queue: is anything delivered to it that no slot runs?
     private func hasStrayPending() async throws -> Bool {
         let running = await slots.runningStreamIds
-        for queue in configuration.queues {
+        for queue in routes.readOrder {
             let reply = try await presenceClient.send(
                 RedisCommand([
                     "XPENDING", configuration.keyspace.jobs(queue: queue), Keyspace.consumerGroup, "-", "+", "100",
@@ -528,7 +536,7 @@ public final class Worker: Sendable {
     private func rescheduleOwnPending(_ store: JobStore) async -> Int {
         var moved = 0
         let retry = RedisRetry.idempotent(deadline: nil)
-        for queue in configuration.queues {
+        for queue in routes.readOrder {
             var start = "-"
             for _ in 0..<10_000 {
                 let page = await DurableWrite.perform(logger: logger) { [presenceClient, configuration, start] in
@@ -692,6 +700,7 @@ public final class Worker: Sendable {
             case .rejected: summary.rejected += 1
             case .lost: summary.lost += 1
             case .leftPending: break
+            case .routed: summary.routed += 1
             }
         }
     }
@@ -702,7 +711,7 @@ public final class Worker: Sendable {
     ) async {
         let reader = JobIntake(
             client: jobsClient, keyspace: intake.keyspace, consumer: intake.consumer, queues: intake.queues,
-            block: intake.block)
+            block: intake.block, routes: intake.routes)
         var cursors: [String: String] = [:]
         let epoch = await lease.epoch
         for _ in 0..<1000 {

@@ -42,6 +42,10 @@ public struct WorkerConfiguration: Sendable {
     /// How jobs are contained.
     public var isolation: IsolationConfiguration
     public var version: String
+    /// This runner's labels (`--label`): it runs only jobs whose `requires` they satisfy.
+    public var labels = LabelSet()
+    /// Executables run before and after each job (`--hook-pre-job`, `--hook-post-job`).
+    public var hooks = JobHooksConfiguration()
     /// How long one XREAD of the control streams blocks (an idle runner's only control traffic).
     public var controlBlock: Duration = .seconds(5)
     /// Ephemeral runner: shut down gracefully after this many jobs were taken and have ended (never takes more).

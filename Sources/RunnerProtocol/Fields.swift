@@ -36,9 +36,11 @@ public enum HeartbeatField {
     public static let memoryReserved = "memory_reserved_bytes"
     /// Jobs delivered to the runner that wait for memory before they start.
     public static let waitingForResources = "waiting_for_resources"
+    /// The runner's labels, a JSON object of strings (`--label`).
+    public static let labels = "labels"
     public static let all = [
         runner, state, capacityTotal, capacityFree, running, timestamp, memoryReserved, waitingForResources,
-        ProtocolVersion.field,
+        ProtocolVersion.field, labels,
     ]
 }
 
@@ -96,11 +98,13 @@ public enum ResultField {
     /// When `runner cancel` asked for a running job to be stopped (ms, Redis's clock); a runner that finds it on
     /// claim cancels the job instead of running it.
     public static let cancelRequestedAt = "cancel_requested_at"
+    /// The post-job hook's exit code (`--hook-post-job`), empty when it was killed or could not start.
+    public static let postHookExitCode = "post_hook_exit_code"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
         reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, leaseToken, fencingToken,
         failures, reschedules, retryAt, idempotencyKey, isolation, network, isolationRequested, peakMemoryBytes,
-        peakMemorySource, processes, limits, cancelRequestedAt, ProtocolVersion.field,
+        peakMemorySource, processes, limits, ProtocolVersion.field, postHookExitCode, cancelRequestedAt,
     ]
 }
 
@@ -147,6 +151,8 @@ public enum RunnerRecordField {
     public static let lostAt = "lost_at"
     public static let memoryReserved = HeartbeatField.memoryReserved
     public static let waitingForResources = HeartbeatField.waitingForResources
+    /// The runner's labels, a JSON object of strings (`--label`).
+    public static let labels = HeartbeatField.labels
     /// Jobs this runner id brought to an end, over all its runs (kept across `--resume-identity`).
     public static let jobsFinished = "jobs_finished"
     /// While `migrating`: the node it moves to.
@@ -156,12 +162,11 @@ public enum RunnerRecordField {
     /// When a reaper marked it `migrated` (ms, Redis's clock).
     public static let migratedAt = "migrated_at"
     /// The registry fields a runner started with `--resume-identity` copies from the record it takes over.
-    /// (`labels` is written by runners that advertise labels.)
-    public static let carriedOnTakeover = [jobsFinished, "labels"]
+    public static let carriedOnTakeover = [jobsFinished, labels]
     public static let all = [
         node, pid, version, queues, capacity, state, startedAt, capacityFree, running, heartbeatAt, epoch, lostAt,
-        memoryReserved, waitingForResources, jobsFinished, migrateTo, migrateDeadline, migratedAt,
-        ProtocolVersion.field,
+        memoryReserved, waitingForResources, ProtocolVersion.field, labels, jobsFinished, migrateTo, migrateDeadline,
+        migratedAt,
     ]
 }
 
@@ -181,7 +186,11 @@ public enum JobEnvironment {
     /// Which Redis the runner's pool is on, as a hash (never the address itself): with `NR_RUNNER` and
     /// `NR_NAMESPACE`, a restarted runner kills only what a run of it in the same pool left.
     public static let pool = "NR_POOL"
-    public static let all = [jobId, attempt, runner, fencingToken, workDirectory, namespace, pool]
+    /// For the post-job hook only: the job's state (`succeeded`, `failed`, `timed_out`).
+    public static let jobState = "NR_JOB_STATE"
+    /// For the post-job hook only: the job's exit code, empty when it was killed by a signal or never started.
+    public static let exitCode = "NR_EXIT_CODE"
+    public static let all = [jobId, attempt, runner, fencingToken, workDirectory, namespace, pool, jobState, exitCode]
 }
 
 /// Field names of an entry on a control stream (`{nr}:control:<id>`, `{nr}:control`).

@@ -4,6 +4,10 @@ struct JSONParser {
     private var index = 0
     private var depth = 0
     private static let maximumDepth = 64
+    /// The members of the top-level object in the order written (repeated keys kept), each with the byte offset of
+    /// its key; filled only when `recordsMembers` is set, for callers that point at a line (config files).
+    private(set) var topLevelMembers: [(key: String, offset: Int, value: JSONValue)] = []
+    var recordsMembers = false
 
     init(bytes: [UInt8]) { self.bytes = bytes }
 
@@ -16,7 +20,7 @@ struct JSONParser {
     }
 
     private func error(_ message: String) -> JSONValue.ParseError {
-        JSONValue.ParseError(message: "\(message) at byte \(index)")
+        JSONValue.ParseError(message: "\(message) at byte \(index)", reason: message, offset: index)
     }
 
     private mutating func skipWhitespace() {
@@ -55,12 +59,15 @@ struct JSONParser {
         while true {
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a key") }
+            let keyOffset = index
             let key = try parseString()
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
             skipWhitespace()
-            members[key] = try parseValue()
+            let value = try parseValue()
+            members[key] = value
+            if recordsMembers, depth == 1 { topLevelMembers.append((key, keyOffset, value)) }
             skipWhitespace()
             guard index < bytes.count else { throw error("unexpected end of input in an object") }
             if bytes[index] == UInt8(ascii: ",") { index += 1; continue }

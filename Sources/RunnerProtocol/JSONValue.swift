@@ -19,9 +19,26 @@ public enum JSONValue: Sendable, Hashable {
         try self.init(parsing: Array(text.utf8))
     }
 
+    /// Parses a document and also returns the members of its top-level object in the order written, repeated keys
+    /// kept, each with the byte offset of its key (empty when the document is not an object): for a caller that
+    /// reports a key's line, such as a config file reader.
+    public static func parsingWithMemberOffsets(
+        _ bytes: [UInt8]
+    ) throws(JSONValue.ParseError) -> (value: JSONValue, members: [(key: String, offset: Int, value: JSONValue)]) {
+        var parser = JSONParser(bytes: bytes)
+        parser.recordsMembers = true
+        let value = try parser.parseDocument()
+        return (value, parser.topLevelMembers)
+    }
+
     /// A parse failure.
     public struct ParseError: Error, Sendable, CustomStringConvertible {
+        /// What went wrong and at which byte offset.
         public var message: String
+        /// What went wrong, without the position.
+        public var reason: String
+        /// The byte offset at which the parser stopped.
+        public var offset: Int
         public var description: String { message }
     }
 

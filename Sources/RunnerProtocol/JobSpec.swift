@@ -29,6 +29,8 @@ public struct JobSpec: Sendable, Hashable {
     public var limits: JobLimits
     /// Names of variables in `env` whose values are masked in the job's log and output tail.
     public var secretEnvironment: [String]
+    /// Labels a runner must have to run this job (key to value); empty: any runner of the queue.
+    public var requires: LabelSet = LabelSet()
 
     public init(
         command: Command, environment: [String: String] = [:], workingDirectory: String? = nil,
@@ -63,8 +65,10 @@ public struct JobSpec: Sendable, Hashable {
         public static let network = "network"
         public static let limits = "limits"
         public static let secretEnv = "secret_env"
+        public static let requires = "requires"
         public static let all = [
             argv, shell, env, cwd, timeoutMs, maxAttempts, labels, backoff, isolation, network, limits, secretEnv,
+            requires,
         ]
     }
 
@@ -122,6 +126,12 @@ public struct JobSpec: Sendable, Hashable {
 
         environment = try JobSpec.stringMap(fields[Key.env], name: Key.env, validateKeys: true)
         labels = try JobSpec.stringMap(fields[Key.labels], name: Key.labels, validateKeys: false)
+        let required = try JobSpec.stringMap(fields[Key.requires], name: Key.requires, validateKeys: false)
+        do {
+            requires = try LabelSet(required)
+        } catch {
+            throw JobSpecError("spec.requires: \(error.message)")
+        }
 
         switch fields[Key.cwd] {
         case nil, .null?: workingDirectory = nil
@@ -265,6 +275,7 @@ public struct JobSpec: Sendable, Hashable {
         if let network { fields[Key.network] = .string(network.rawValue) }
         if !limits.isEmpty { fields[Key.limits] = limits.jsonObject }
         if !secretEnvironment.isEmpty { fields[Key.secretEnv] = .array(secretEnvironment.map(JSONValue.string)) }
+        if !requires.isEmpty { fields[Key.requires] = requires.json }
         return .object(fields)
     }
 }

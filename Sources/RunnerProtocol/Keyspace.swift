@@ -52,7 +52,8 @@ public struct Keyspace: Sendable, Hashable {
     public static let documentedPatterns: [String] = [
         "{nr}:jobs:<queue>", "{nr}:events", "{nr}:heartbeats", "{nr}:runner:<id>", "{nr}:runners",
         "{nr}:job:<id>", "{nr}:log:<id>", "{nr}:dead", "{nr}:fencing", "{nr}:reaper", "{nr}:delayed",
-        "{nr}:idempotency:<key>", "{nr}:control:<id>", "{nr}:control",
+        "{nr}:idempotency:<key>", "{nr}:jobs:<queue>:req:<id>", "{nr}:requirements:<queue>", "{nr}:control:<id>",
+        "{nr}:control",
     ]
 
     /// Whether a namespace or queue name is usable inside a key (no braces, colons or white space).

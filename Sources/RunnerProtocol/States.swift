@@ -62,6 +62,8 @@ public enum EventType: String, Sendable, CaseIterable, Codable {
     case runnerResourceUsage = "runner.resource_usage"
     case runnerCapacityUpdate = "runner.capacity_update"
     case isolationCleanup = "isolation.cleanup"
+    /// A job whose required labels the reading runner lacks was moved to its requirement stream.
+    case jobRouted = "job.routed"
     /// The outcome of one control command (`accepted`, `rejected` or `ignored`), from the runner that acted.
     case runnerCommand = "runner.command"
     /// A migrating runner released its lease: what it finished and handed back.

@@ -60,6 +60,11 @@ func runCLI(_ arguments: [String], environment: [String: String]? = nil, timeout
     let process = Process()
     process.runnerBinary(arguments)
     if let environment { process.environment = environment }
+    return runToEnd(process, timeout: timeout)
+}
+
+/// Runs a configured process to completion (bounded: SIGKILL at the timeout), capturing stdout and stderr.
+func runToEnd(_ process: Process, timeout: TimeInterval) -> CLIResult {
     let out = Pipe()
     let err = Pipe()
     process.standardOutput = out
@@ -68,7 +73,7 @@ func runCLI(_ arguments: [String], environment: [String: String]? = nil, timeout
     let done = DispatchSemaphore(value: 0)
     process.terminationHandler = { _ in done.signal() }
     do { try process.run() } catch {
-        return CLIResult(code: -1, out: Data(), err: "cannot run \(Binaries.runner): \(error)")
+        return CLIResult(code: -1, out: Data(), err: "cannot run \(process.executableURL?.path ?? ""): \(error)")
     }
     // Read both pipes concurrently so a large output cannot block the child.
     nonisolated(unsafe) var outData = Data()
@@ -102,8 +107,13 @@ final class BackgroundCLI {
     private let reader = DispatchGroup()
     private let exited = DispatchSemaphore(value: 0)
 
-    init(_ arguments: [String]) throws {
-        process.runnerBinary(arguments)
+    convenience init(_ arguments: [String]) throws {
+        try self.init(configure: { $0.runnerBinary(arguments) })
+    }
+
+    /// Starts the process `configure` sets up (executable, arguments, directory).
+    init(configure: (Process) -> Void) throws {
+        configure(process)
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice
@@ -389,7 +399,6 @@ class PrivateRedisTestCase: IntegrationTestCase {
         try server.stop()
     }
 }
-
 
 /// What runners of a test left on the host when they were killed (kill -9 leaves a runner's empty work folder and
 /// cgroup parent behind until a runner of that name starts again): removed at the end of each test, so that the

@@ -1,0 +1,92 @@
+import RunnerProtocol
+
+/// `runner config --print`: the worker's effective configuration and where each value came from.
+enum ConfigCommand {
+    static let printOptions = [
+        OptionSpec("--print", .flag, help: "Print every worker option with its value and its source."),
+        OptionSpec("--json", .flag, help: "Print one JSON object instead of a table."),
+    ]
+
+    /// The worker's options (whatever they are) plus this command's own.
+    static let spec = CommandSpec(
+        name: "config",
+        abstract: "Show the effective worker configuration (defaults, profile, file, environment, flags).",
+        usage: "runner config --print [--json] [worker options]",
+        options: WorkerCommand.spec.options.filter { $0.name != "--help" } + printOptions,
+        discussion: "Takes the same options, config file and RUNNER_* variables as 'runner worker' and checks them "
+            + "the same way. Sources: default, profile:NAME, file:PATH:LINE, env:RUNNER_X, flag.")
+
+    /// The worker's options as `config --print` lists them.
+    private static var workerOptions: [OptionSpec] {
+        spec.options.filter { option in
+            option.name != "--help" && !printOptions.contains { $0.name == option.name }
+        }
+    }
+
+    static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        guard arguments.flag("--print") else {
+            throw UsageError("nothing to do: give --print", command: spec.name)
+        }
+        // The worker's own checks, so that what is printed is what a worker would start with.
+        let (configuration, _) = try WorkerCommand.configuration(arguments)
+        for warning in arguments.warnings { console.error("warning: \(warning)") }
+        // Defaults that depend on the host are shown as this host has them (the name's pid would be the worker's).
+        let hostDefaults = ["--node": configuration.node, "--concurrency": String(configuration.concurrency)]
+        let rows = workerOptions.map { option in
+            let source = ConfigurationLayers.source(of: option.name, in: arguments)
+            let hostDefault = source == "default" ? hostDefaults[option.name].map(JSONValue.string) : nil
+            return (option, hostDefault ?? value(of: option, in: arguments), source)
+        }
+        if arguments.flag("--json") {
+            var object: [String: JSONValue] = [:]
+            for (option, value, source) in rows {
+                object[String(option.name.dropFirst(2))] = ["value": value, "source": .string(source)]
+            }
+            console.print(JSONValue.object(object).serialized)
+            return 0
+        }
+        let table = rows.map { (String($0.0.name.dropFirst(2)), text(of: $0.1), $0.2) }
+        let nameWidth = table.map(\.0.count).max() ?? 0
+        let valueWidth = min(40, table.map(\.1.count).max() ?? 0)
+        for (name, value, source) in [("OPTION", "VALUE", "SOURCE")] + table {
+            console.print(
+                name.padding(toLength: nameWidth + 2, withPad: " ", startingAt: 0)
+                    + (value.count < valueWidth
+                        ? value.padding(toLength: valueWidth, withPad: " ", startingAt: 0)
+                        : value) + "  " + source)
+        }
+        return 0
+    }
+
+    /// The option's effective value: a flag's true/false, a repeated option's list, a value's text; where no layer
+    /// set it, the built-in default as the help describes it (null when it has none). Redis passwords are masked.
+    static func value(of option: OptionSpec, in arguments: ParsedArguments) -> JSONValue {
+        switch option.kind {
+        case .flag:
+            return .bool(arguments.flag(option.name))
+        case .repeated:
+            let values = arguments.all(option.name)
+            if values.isEmpty { return option.defaultDescription.map { [.string($0)] } ?? [] }
+            return .array(values.map { .string(masked($0)) })
+        case .value:
+            return (arguments.value(option.name) ?? option.defaultDescription).map { .string(masked($0)) } ?? .null
+        }
+    }
+
+    private static func text(of value: JSONValue) -> String {
+        switch value {
+        case .array(let items): items.isEmpty ? "-" : items.compactMap(\.stringValue).joined(separator: ",")
+        case .bool(let on): on ? "true" : "false"
+        case .string(let text): text
+        default: "-"
+        }
+    }
+
+    /// `redis://user:***@host` for a value holding a Redis URL with a password.
+    static func masked(_ text: String) -> String {
+        var bytes = Array(text.utf8)
+        guard let range = RunnerCommandLine.passwordRange(in: bytes) else { return text }
+        bytes.replaceSubrange(range, with: Array("***".utf8))
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+import RunnerCore
+import RunnerProtocol
+
+/// The worker's labels and job hooks: options and their validation.
+extension WorkerCommand {
+    static let labelAndHookOptions: [OptionSpec] = [
+        OptionSpec(
+            "--label", .repeated("K=V"),
+            help: "A label of this runner; jobs that require labels run only on runners that have them all.",
+            environment: "RUNNER_LABELS"),
+        OptionSpec(
+            "--hook-pre-job", .value("PATH"),
+            help: "Executable run before each job in its work folder with its environment; failing, it fails the job.",
+            environment: "RUNNER_HOOK_PRE_JOB"),
+        OptionSpec(
+            "--hook-post-job", .value("PATH"),
+            help: "Executable run after each job, also given NR_JOB_STATE and NR_EXIT_CODE.",
+            environment: "RUNNER_HOOK_POST_JOB"),
+        OptionSpec(
+            "--hook-timeout", .value("DURATION"), help: "How long a hook may run before it is stopped.",
+            environment: "RUNNER_HOOK_TIMEOUT", default: "60s"),
+    ]
+
+    /// `--label K=V`..., validated as the protocol's label rules say.
+    static func labels(_ arguments: ParsedArguments) throws -> LabelSet {
+        do {
+            return try LabelSet(pairs: arguments.all("--label"))
+        } catch {
+            throw UsageError("invalid value for '--label': \(error.message)", command: spec.name)
+        }
+    }
+
+    /// The hooks, each checked now (an absolute or relative path to an executable file) so that a typo fails at
+    /// start, not at the first job.
+    static func hooks(_ arguments: ParsedArguments) throws -> JobHooksConfiguration {
+        func executable(_ option: String) throws -> String? {
+            guard let path = arguments.value(option) else { return nil }
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+                throw UsageError("invalid value for '\(option)': '\(path)' does not exist", command: spec.name)
+            }
+            guard !isDirectory.boolValue, access(path, X_OK) == 0 else {
+                throw UsageError(
+                    "invalid value for '\(option)': '\(path)' is not an executable file", command: spec.name)
+            }
+            // Hooks run in the job's work folder: a relative path would name another file there.
+            return path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        }
+        let timeout = try arguments.duration("--hook-timeout") ?? .seconds(60)
+        guard timeout >= .milliseconds(10) else {
+            throw UsageError("invalid value for '--hook-timeout': it must be at least 10ms", command: spec.name)
+        }
+        return JobHooksConfiguration(
+            preJob: try executable("--hook-pre-job"), postJob: try executable("--hook-post-job"), timeout: timeout)
+    }
+}

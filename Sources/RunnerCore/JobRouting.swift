@@ -1,0 +1,115 @@
+import RedisClient
+import RunnerProtocol
+
+extension RunnerScripts {
+    /// KEYS: source jobs stream, requirement jobs stream, requirements hash, events, lease, job hash.
+    /// ARGV: source stream id, group, runner, lease token, requirement queue, requirement id, requirement JSON,
+    /// events maxlen, source queue, job id, requirement canonical text, then the entry's field/value pairs.
+    /// Moves an entry whose required labels this runner lacks to its requirement stream in one step: the group on
+    /// that stream (from 0, MKSTREAM), the same fields as a new entry, the requirement registered, the old entry
+    /// acked and deleted, a record that names the old entry pointed at the new one, `job.routed`. Returns the new
+    /// entry id, 0 when the entry is no longer pending (a resent call, or a reaper moved it), -1 when the lease no
+    /// longer holds the token.
+    static let route = script(
+        "route",
+        """
+        if redis.call('GET', KEYS[5]) ~= ARGV[4] then return -1 end
+        if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
+        local ts = nr_now()
+        redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')
+        local args = {'XADD', KEYS[2], '*'}
+        for i = 12, #ARGV do args[#args + 1] = ARGV[i] end
+        local sid = redis.call(unpack(args))
+        redis.call('XDEL', KEYS[1], ARGV[1])
+        redis.call('HSET', KEYS[3], ARGV[6], ARGV[7])
+        local cur = redis.call('HMGET', KEYS[6], '\(ResultField.state)', '\(ResultField.streamId)')
+        -- A record naming this entry follows it (an attempt an earlier epoch had started is then found lost by the
+        -- runner that claims the new entry, and rescheduled there); a record of an ended job is left alone.
+        if cur[1] and cur[2] == ARGV[1] and not nr_terminal(cur[1]) then
+          redis.call('HSET', KEYS[6], '\(ResultField.streamId)', sid, '\(ResultField.queue)', ARGV[5])
+        end
+        nr_emit(KEYS[4], ARGV[8], '\(EventType.jobRouted.rawValue)', ts, ARGV[3], ARGV[10],
+          cjson.encode({from_queue = ARGV[9], queue = ARGV[5], stream_id = sid, previous_stream_id = ARGV[1],
+            requires = ARGV[11]}))
+        return sid
+        """)
+}
+
+/// How a routing write ended.
+enum RoutingOutcome: Sendable, Equatable {
+    /// Moved to the requirement stream as this entry.
+    case routed(streamId: String)
+    /// The entry was no longer pending for this runner: nothing changed.
+    case notPending
+    /// The runner's lease no longer holds the token: nothing changed; the entry stays pending and is rescheduled.
+    case leaseLost
+}
+
+extension JobStore {
+    /// Moves an entry to the requirement stream of `requirement` on the entry's base queue (`job.routed`).
+    func route(
+        _ entry: JobEntry, fields: [(String, [UInt8])], requirement: LabelSet, owner: AttemptOwner, retry: RedisRetry
+    ) async throws -> RoutingOutcome {
+        let base = Keyspace.baseQueue(of: entry.queue)
+        let target = Keyspace.requirementQueue(base, requirement: requirement)
+        let reply = try await scripts.run(
+            RunnerScripts.route,
+            keys: [
+                keyspace.jobs(queue: entry.queue), keyspace.jobs(queue: target), keyspace.requirements(queue: base),
+                keyspace.events, keyspace.lease(runner: owner.runner), keyspace.job(id: entry.jobId),
+            ],
+            arguments: JobStore.bytes([
+                entry.streamId, Keyspace.consumerGroup, owner.runner, owner.leaseToken, target,
+                requirement.requirementId, requirement.json.serialized, String(eventsMaxLength), entry.queue,
+                entry.jobId, requirement.canonical,
+            ]) + JobStore.flattened(fields),
+            retry: retry)
+        if let id = reply.string { return .routed(streamId: id) }
+        return reply.int == -1 ? .leaseLost : .notPending
+    }
+
+    /// Registers a requirement stream for submitters: its consumer group (from 0, MKSTREAM; one that exists is
+    /// fine) and its field in `{nr}:requirements:<queue>`, in one round trip. Returns the requirement queue's name.
+    func registerRequirement(_ requirement: LabelSet, queue: String) async throws -> String {
+        let target = Keyspace.requirementQueue(queue, requirement: requirement)
+        let replies = try await scripts.client.pipeline([
+            RedisCommand(["XGROUP", "CREATE", keyspace.jobs(queue: target), Keyspace.consumerGroup, "0", "MKSTREAM"]),
+            RedisCommand([
+                "HSET", keyspace.requirements(queue: queue), requirement.requirementId, requirement.json.serialized,
+            ]),
+        ])
+        for case .error(let message) in replies where !message.hasPrefix("BUSYGROUP") {
+            throw RedisServerError(message)
+        }
+        return target
+    }
+}
+
+extension JobExecutor {
+    /// A job whose required labels this runner lacks is never run here: it moves to its requirement stream, where
+    /// only runners with those labels read it. Nil when this runner may run it.
+    func routeIfUnsatisfied(_ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch) async
+        -> DeliveryOutcome?
+    {
+        let requirement = entry.spec.requires
+        guard !configuration.labels.satisfies(requirement) else { return nil }
+        let target = Keyspace.requirementQueue(Keyspace.baseQueue(of: entry.queue), requirement: requirement)
+        // Only a stream registered for other labels than the job's could bring it here: moving it would loop.
+        guard target != entry.queue else {
+            let reason =
+                "job requires \(requirement.canonical), which this runner lacks, yet sits in its own requirement stream"
+            return await reject(entry, fields: fields, reason: reason, owner: epoch.owner)
+        }
+        logger.info(
+            "job requires labels this runner lacks; moving it to its requirement stream",
+            ["job": entry.jobId, "requires": requirement.canonical, "queue": target])
+        let outcome = await detached { [store, durable] in
+            try await store.route(entry, fields: fields, requirement: requirement, owner: epoch.owner, retry: durable)
+        }
+        switch outcome {
+        case .routed?, .notPending?: return .routed
+        case .leaseLost?: return .abandoned
+        case nil: return .unrecorded
+        }
+    }
+}

@@ -1,0 +1,168 @@
+import Foundation
+import RedisClient
+import RunnerProtocol
+import TestSupport
+import XCTest
+
+/// Runner labels and job requirements: requirement streams, routing of plain entries, retries that stay routed.
+final class RoutingTests: IntegrationTestCase {
+    private let gpu = try! LabelSet(["gpu": "yes"])
+    private var gpuQueue: String { "default:req:\(gpu.requirementId)" }
+
+    /// Polls the events stream until the job has an event of this type.
+    private func waitForEvent(_ type: String, of job: String) throws -> RecordedEvent? {
+        var found: RecordedEvent?
+        let seen = try waitUntil(timeout: .seconds(20)) {
+            found = try events().first { $0.type == type && $0.job == job }
+            return found != nil
+        }
+        XCTAssertTrue(seen, "no \(type) of job \(job)")
+        return found
+    }
+
+    /// Waits until the job succeeded, checks that it ran on `runner` at `attempt` from the gpu requirement stream,
+    /// and that its event `type` names that stream too.
+    private func assertSucceededFromTheGPUStream(
+        _ id: String, on runner: String, attempt: String, event type: String, line: UInt = #line
+    ) throws -> RecordedEvent? {
+        let record = try waitForState(id, ["succeeded"])
+        XCTAssertEqual(record["runner"], runner, line: line)
+        XCTAssertEqual(record["attempt"], attempt, line: line)
+        XCTAssertEqual(record["queue"], gpuQueue, line: line)
+        let event = try events().first { $0.type == type && $0.job == id }
+        XCTAssertEqual(event?.data["queue"] as? String, gpuQueue, line: line)
+        return event
+    }
+
+    func testJobsRequiringLabelsRunOnlyOnRunnersWithThemAndRetriesStayRouted() throws {
+        try startRunner(name: "plain", ["--no-reaper", "--concurrency", "2", "--lease-ttl", "3s"])
+        try startRunner(
+            name: "gpu", ["--no-reaper", "--concurrency", "2", "--lease-ttl", "3s", "--label", "gpu=yes"],
+            environment: ["RUNNER_LABELS": "ignored=because-the-flag-wins"])
+        for index in 0..<4 {
+            try submit(["--require", "gpu=yes", "--", "true"], id: "needs-\(index)")
+            try submit(["--", "true"], id: "any-\(index)")
+        }
+        // Fails its first attempt: the retry must go back to the requirement stream, not the plain queue.
+        try submit(
+            [
+                "--require", "gpu=yes", "--max-attempts", "2", "--backoff", "100ms", "--", "sh", "-c",
+                "[ $NR_ATTEMPT = 2 ]",
+            ], id: "retried")
+        for index in 0..<4 {
+            let needs = try waitForState("needs-\(index)", ["succeeded"])
+            XCTAssertEqual(needs["runner"], "gpu", "a job requiring gpu=yes ran on \(needs["runner"] ?? "?")")
+            XCTAssertEqual(needs["queue"], gpuQueue)
+            try waitForState("any-\(index)", ["succeeded"])
+        }
+        _ = try assertSucceededFromTheGPUStream("retried", on: "gpu", attempt: "2", event: "job.retry_scheduled")
+        XCTAssertFalse(try events().contains { $0.type == "job.routed" }, "submitted jobs need no routing")
+        // The registration names the requirement for any reader.
+        XCTAssertEqual(
+            try hash(key("requirements:default")), [gpu.requirementId: #"{"gpu":"yes"}"#])
+        // Advertised: the registry record, the heartbeats and runner.registered carry the labels.
+        let record = try XCTUnwrap(
+            try JSONSerialization.jsonObject(
+                with: Data(try XCTUnwrap(try send(["HGET", key("runners"), "gpu"]).bytes))) as? [String: Any])
+        XCTAssertEqual(record["labels"] as? [String: String], ["gpu": "yes"])
+        let registered = try XCTUnwrap(try events().first { $0.type == "runner.registered" && $0.runner == "gpu" })
+        XCTAssertEqual(registered.data["labels"] as? [String: String], ["gpu": "yes"])
+        let beats = try send(["XREVRANGE", key("heartbeats"), "+", "-", "COUNT", "50"]).array ?? []
+        let gpuBeat = beats.compactMap { $0.array.map { strings($0[1]) } }.first { $0["runner"] == "gpu" }
+        XCTAssertEqual(gpuBeat?["labels"], #"{"gpu":"yes"}"#)
+    }
+
+    func testAPlainEntryRequiringLabelsIsRoutedToTheRunnerThatHasThem() throws {
+        try startRunner(name: "plain", ["--no-reaper", "--lease-ttl", "3s"])
+        let spec = #"{"argv":["true"],"requires":{"gpu":"yes"}}"#
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "raw-1", "spec", spec])
+        let routed = try waitForEvent("job.routed", of: "raw-1")
+        XCTAssertEqual(routed?.runner, "plain")
+        XCTAssertEqual(routed?.data["from_queue"] as? String, "default")
+        XCTAssertEqual(routed?.data["queue"] as? String, gpuQueue)
+        XCTAssertEqual(routed?.data["requires"] as? String, "gpu=yes")
+        // Moved in one step: gone from the plain queue, waiting in the requirement stream, never started here.
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
+        XCTAssertEqual(try send(["XLEN", key("jobs:\(gpuQueue)")]).int, 1)
+        XCTAssertFalse(try events(of: "raw-1").contains("job.received"))
+
+        try startRunner(name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes", "--label", "zone=eu"])
+        let record = try waitForState("raw-1", ["succeeded"])
+        XCTAssertEqual(record["runner"], "gpu")
+        XCTAssertEqual(record["queue"], gpuQueue)
+        XCTAssertEqual(try send(["XLEN", key("jobs:\(gpuQueue)")]).int, 0)
+    }
+}
+
+extension RoutingTests {
+    func testAJobOfALostRunnerIsRescheduledIntoItsRequirementStream() throws {
+        let doomed = try startRunner(name: "doomed", ["--no-reaper", "--lease-ttl", "1s", "--label", "gpu=yes"])
+        try submit(["--require", "gpu=yes", "--", "sh", "-c", "[ $NR_ATTEMPT = 2 ] || sleep 60"], id: "orphan")
+        _ = try runningPid("orphan")
+        doomed.signal(SIGKILL)
+        XCTAssertNotNil(doomed.waitForExit(timeout: 10))
+        // A plain runner with the reaper finds the lost runner's entry; only the gpu runner may run it again.
+        try startRunner(name: "reaper", ["--lease-ttl", "1s", "--reaper-interval", "200ms"])
+        try startRunner(name: "heir", ["--no-reaper", "--lease-ttl", "1s", "--label", "gpu=yes"])
+        let rescheduled = try assertSucceededFromTheGPUStream(
+            "orphan", on: "heir", attempt: "2", event: "job.rescheduled")
+        XCTAssertEqual(rescheduled?.data["from_runner"] as? String, "doomed")
+    }
+}
+
+extension RoutingTests {
+    func testARetryOfAJobThatRanFromThePlainQueueIsRoutedWithItsRecord() throws {
+        let first = try startRunner(name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
+        let spec =
+            #"{"shell":"[ $NR_ATTEMPT = 2 ]","requires":{"gpu":"yes"},"max_attempts":2,"backoff":{"initial_ms":5000}}"#
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "again", "spec", spec])
+        let scheduled = try waitForState("again", ["retry_scheduled"])
+        XCTAssertEqual(scheduled["queue"], "default", "the first attempt ran from the plain queue")
+        XCTAssertEqual(first.stop(), 0)
+        // The plain runner's reaper moves the due retry onto the plain queue; the plain runner routes it, record too.
+        try startRunner(name: "plain", ["--lease-ttl", "3s", "--reaper-interval", "200ms"])
+        let routed = try waitForEvent("job.routed", of: "again")
+        let record = try job("again")
+        XCTAssertEqual(record["state"], "queued")
+        XCTAssertEqual(record["queue"], gpuQueue)
+        XCTAssertEqual(record["stream_id"], routed?.data["stream_id"] as? String)
+        try startRunner(name: "gpu-2", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
+        _ = try assertSucceededFromTheGPUStream("again", on: "gpu-2", attempt: "2", event: "job.routed")
+    }
+}
+
+/// A requirement no runner satisfies: the job waits in its stream, shows in `runner status`, and costs nothing.
+final class UnservedRequirementTests: PrivateRedisTestCase {
+    func testAJobNoRunnerCanServeStaysQueuedWithoutSpinning() throws {
+        try startRunner(name: "plain", ["--no-reaper", "--label", "gpu=no"])
+        let spec = #"{"argv":["true"],"requires":{"gpu":"a100"}}"#
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "raw-2", "spec", spec])
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(15)) { try events(of: "raw-2").contains("job.routed") },
+            "the entry was not routed")
+        let waitingQueue = "default:req:\(try LabelSet(["gpu": "a100"]).requirementId)"
+        // Only the runner and this test talk to this server: its command count over a few seconds is the runner's.
+        func processed() throws -> Int {
+            let info = String(decoding: try send(["INFO", "stats"]).bytes ?? [], as: UTF8.self)
+            let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("total_commands_processed:") }
+            return Int(line?.split(separator: ":").last ?? "") ?? -1
+        }
+        let before = try processed()
+        let window = ContinuousClock.now
+        // A measuring window, not a wait for something: the count over it is what is asserted.
+        Thread.sleep(forTimeInterval: 5)
+        let elapsed = Double((ContinuousClock.now - window).milliseconds) / 1000
+        let commands = try processed() - before - 1  // this test's first INFO (the second is counted after it ran)
+        // Spinning on the entry (read, route, read again) would be thousands; idle traffic is a few per second.
+        XCTAssertLessThan(Double(commands) / elapsed, 4, "\(commands) commands in \(elapsed)s")
+        XCTAssertEqual(try send(["XLEN", key("jobs:\(waitingQueue)")]).int, 1)
+        XCTAssertEqual(try events(of: "raw-2").filter { $0 == "job.routed" }.count, 1)
+        XCTAssertFalse(try events(of: "raw-2").contains("job.received"))
+
+        let status = cli(["status"])
+        XCTAssertEqual(status.code, 0, status.err)
+        XCTAssertTrue(
+            status.stdout.contains("waiting for labels gpu=a100: 1 (queue default, no runner has them)"), status.stdout)
+        XCTAssertTrue(status.stdout.contains("gpu=no"), "the runner's labels in status:\n\(status.stdout)")
+    }
+}

@@ -1,0 +1,294 @@
+import Foundation
+import RunnerCore
+import RunnerProtocol
+import TestSupport
+import XCTest
+
+@testable import RunnerCLI
+
+/// Profiles, the config file and the precedence of the layers, through the same entry points the CLI uses.
+final class ConfigurationTests: XCTestCase {
+    private static let bigHost = HostFacts(
+        processors: 4, memoryBytes: 8 << 30, strongestIsolation: .cgroup, cgroupShortfall: nil)
+    private static let hostWithoutCgroups = HostFacts(
+        processors: 2, memoryBytes: 1 << 30, strongestIsolation: .namespace,
+        cgroupShortfall: "the cgroup controllers pids are not available")
+
+    private let files = TemporaryFiles()
+
+    /// A config file with `text` in it.
+    private func file(_ text: String) throws -> String { try files.write(text) }
+
+    private func layered(
+        _ arguments: [String], environment: [String: String] = [:], host: HostFacts = bigHost
+    ) async throws -> ParsedArguments {
+        let parsed = try ParsedArguments(arguments, command: WorkerCommand.spec, environment: environment)
+        return try await ConfigurationLayers.applying(to: parsed, host: { host })
+    }
+
+    private func run(
+        _ arguments: [String], environment: [String: String] = [:], host: HostFacts = bigHost
+    ) async -> (code: Int32, out: String, err: String) {
+        let output = CapturedOutput()
+        let code = await RunnerCommandLine.run(
+            arguments: arguments, environment: environment, console: output.console, host: { host })
+        return (code, output.standardOutput, output.standardError)
+    }
+
+    func testPrecedenceIsDefaultProfileFileEnvironmentFlag() async throws {
+        let path = try file(
+            """
+            {
+              "profile": "development",
+              "queue": ["file-a", "file-b"],
+              "shutdown-timeout": "45s",
+              "kill-grace": 3,
+              "concurrency": 6,
+              "isolation-fallback": true,
+              "keep-work-dirs": true
+            }
+            """)
+        let environment = [
+            "RUNNER_CONFIG": path, "RUNNER_QUEUES": "env-q", "RUNNER_CONCURRENCY": "7",
+            "RUNNER_KEEP_WORK_DIRS": "false",
+        ]
+        let arguments = try await layered(["--concurrency", "8", "--log-level", "warning"], environment: environment)
+        let (configuration, logger) = try WorkerCommand.configuration(arguments)
+        // flag over env over file over profile over default
+        XCTAssertEqual(configuration.concurrency, 8)
+        XCTAssertEqual(arguments.sources["--concurrency"], "flag")
+        XCTAssertEqual(logger.level, .warning)  // flag over profile
+        XCTAssertEqual(configuration.queues, ["env-q"])  // env over file (a repeated option is replaced, not merged)
+        XCTAssertEqual(arguments.sources["--queue"], "RUNNER_QUEUES")
+        XCTAssertEqual(configuration.shutdownTimeout, .seconds(45))  // file over profile (5s)
+        XCTAssertEqual(arguments.sources["--shutdown-timeout"], "file:\(path):4")
+        XCTAssertEqual(configuration.killGrace, .seconds(3))
+        XCTAssertEqual(configuration.isolation.fallback, true)  // a flag from the file
+        XCTAssertEqual(configuration.isolation.keepWorkFolders, false)  // env "false" over the file's true
+        XCTAssertEqual(configuration.leaseTTL, .seconds(5))  // profile over default (15s)
+        XCTAssertEqual(arguments.sources["--lease-ttl"], "profile:development")
+        XCTAssertEqual(configuration.eventsMaxLength, 100_000)  // default
+        XCTAssertNil(arguments.sources["--events-maxlen"])
+        XCTAssertEqual(arguments.sources["--profile"], "file:\(path):2")
+
+        // Without env and flags the file's values are the ones used.
+        let fileOnly = try WorkerCommand.configuration(try await layered(["--config", path])).0
+        XCTAssertEqual(fileOnly.queues, ["file-a", "file-b"])
+        XCTAssertEqual(fileOnly.concurrency, 6)
+        XCTAssertEqual(fileOnly.isolation.keepWorkFolders, true)
+        // A profile given as a flag beats the file's.
+        let production = try await layered(["--config", path, "--profile", "production"])
+        XCTAssertEqual(production.value("--log-format"), "json")
+        XCTAssertEqual(production.sources["--log-format"], "profile:production")
+        XCTAssertEqual(production.sources["--shutdown-timeout"], "file:\(path):4")
+    }
+
+    func testEachProfilesEffectiveConfiguration() async throws {
+        var (configuration, logger) = try WorkerCommand.configuration(try await layered(["--profile", "development"]))
+        XCTAssertEqual(configuration.isolation.defaultLevel, .processGroup)
+        XCTAssertEqual(configuration.leaseTTL, .seconds(5))
+        XCTAssertEqual(configuration.shutdownTimeout, .seconds(5))
+        XCTAssertEqual(configuration.killGrace, .seconds(1))
+        XCTAssertEqual(logger.level, .debug)
+        XCTAssertEqual(logger.format, .text)
+
+        let production = try await layered(["--profile", "production"])
+        XCTAssertEqual(production.warnings, [])
+        (configuration, logger) = try WorkerCommand.configuration(production)
+        XCTAssertEqual(configuration.isolation.defaultLevel, .cgroup)
+        XCTAssertEqual(configuration.isolation.ceilings, JobLimits(memoryBytes: 6 << 30, pids: 4096, cpuMillis: nil))
+        XCTAssertEqual(configuration.shutdownTimeout, .seconds(300))
+        XCTAssertEqual(configuration.killGrace, .seconds(10))
+        XCTAssertEqual(configuration.leaseTTL, .seconds(15))
+        XCTAssertEqual(logger.level, .info)
+        XCTAssertEqual(logger.format, .json)
+
+        // Where the host has no cgroups: the strongest level it has, and a warning saying why.
+        let weaker = try await layered(["--profile", "production"], host: Self.hostWithoutCgroups)
+        XCTAssertEqual(try WorkerCommand.configuration(weaker).0.isolation.defaultLevel, .namespace)
+        XCTAssertEqual(
+            weaker.warnings,
+            [
+                "profile production: cgroup isolation is not available here (the cgroup controllers pids are not "
+                    + "available); jobs run at namespace by default"
+            ])
+        XCTAssertEqual(weaker.value("--max-memory"), "768M")
+
+        (configuration, logger) = try WorkerCommand.configuration(try await layered(["--profile", "high-performance"]))
+        XCTAssertEqual(configuration.concurrency, 8)
+        XCTAssertEqual(configuration.isolation.monitorInterval, .seconds(60))
+        XCTAssertEqual(configuration.reaper?.interval, .seconds(10))
+        XCTAssertEqual(logger.level, .warning)
+        XCTAssertEqual(configuration.leaseTTL, .seconds(15))
+    }
+
+    func testUnknownProfileNamesTheChoices() async throws {
+        var result = await run(["worker", "--profile", "fast"])
+        XCTAssertEqual(result.code, 2)
+        XCTAssertEqual(
+            result.err.split(separator: "\n").first,
+            "Error: invalid value for '--profile': 'fast' (choose development, production, high-performance)")
+        let path = try file("{\n  \"profile\": \"prod\"\n}")
+        result = await run(["config", "--print", "--config", path])
+        XCTAssertEqual(result.code, 2)
+        XCTAssertEqual(
+            result.err,
+            "Error: \(path):2: invalid value for '--profile': 'prod' (choose development, production, "
+                + "high-performance)\n")
+        result = await run(["config", "--print"], environment: ["RUNNER_PROFILE": "x"])
+        XCTAssertEqual(result.code, 2)
+        XCTAssertTrue(result.err.hasPrefix("Error: invalid value for '--profile': 'x' (choose "), result.err)
+    }
+
+    /// The one line a bad config file gives (exit 2, no usage lines).
+    private func configError(_ text: String) async throws -> (path: String, error: String) {
+        let path = try file(text)
+        let result = await run(["worker", "--config", path, "--redis", "127.0.0.1:1"])
+        XCTAssertEqual(result.code, 2, result.err)
+        XCTAssertEqual(result.out, "")
+        XCTAssertEqual(result.err.filter { $0 == "\n" }.count, 1, result.err)
+        return (path, String(result.err.dropLast()))
+    }
+
+    func testConfigFileErrorsNameTheKeyTheFileAndTheLine() async throws {
+        var (path, error) = try await configError(
+            """
+            {
+              "queue": ["a"],
+
+              "concurrency": 2,
+              "shutdown-timout": "45s"
+            }
+            """)
+        XCTAssertEqual(error, "Error: \(path):5: unknown key \"shutdown-timout\" (did you mean \"shutdown-timeout\"?)")
+        (path, error) = try await configError("{\"frobnicate\": 1}")
+        XCTAssertEqual(error, "Error: \(path):1: unknown key \"frobnicate\"")
+        (path, error) = try await configError("{\n\"isolation-fallback\": \"yes\"}")
+        XCTAssertEqual(error, "Error: \(path):2: \"isolation-fallback\" must be true or false, not a string")
+        (path, error) = try await configError("{\n\n\"lease-ttl\": {\"s\": 5}}")
+        XCTAssertEqual(error, "Error: \(path):3: \"lease-ttl\" must be a number or a string, not an object")
+        (path, error) = try await configError("{\"name\": 5}")
+        XCTAssertEqual(error, "Error: \(path):1: \"name\" must be a string, not a number")
+        (path, error) = try await configError("{\"queue\": [\"a\", {}]}")
+        XCTAssertEqual(
+            error, "Error: \(path):1: \"queue\" must be a string or a list of them, not a list holding an object")
+        (path, error) = try await configError("{\n  \"queue\": \"a\",\n  \"queue\": \"b\"\n}")
+        XCTAssertEqual(error, "Error: \(path):3: key \"queue\" is given twice (also on line 2)")
+        let printInFile = try file("{\"print\": true}")
+        let result = await run(["config", "--print", "--config", printInFile])
+        XCTAssertEqual(result.code, 2)
+        XCTAssertEqual(result.err, "Error: \(printInFile):1: unknown key \"print\"\n")
+        (path, error) = try await configError("{\"config\": \"/etc/other.json\"}")
+        XCTAssertEqual(error, "Error: \(path):1: \"config\" cannot be set in a config file")
+        // A bad value is caught by the worker's own check and located in the file.
+        (path, error) = try await configError("{\n  \"concurrency\": 2,\n  \"shutdown-timeout\": \"soon\"\n}")
+        XCTAssertEqual(
+            error,
+            "Error: \(path):3: invalid duration for '--shutdown-timeout': 'soon' (write 30s, 500ms, 2m, 1h30m, 7d or a "
+                + "number of seconds)")
+        (path, error) = try await configError("{\"concurrency\": 0}")
+        XCTAssertEqual(
+            error, "Error: \(path):1: invalid value for '--concurrency': '0' (expected a positive whole number)")
+        (path, error) = try await configError("{\n  \"queue\": [\"a\"],\n  \"concurrency\": 2\n  \"x\": 1\n}")
+        XCTAssertEqual(error, "Error: \(path):4:3: invalid JSON: expected ',' or '}'")
+        (path, error) = try await configError("{\n  \"queue\": [\"a\",]\n}")
+        XCTAssertEqual(error, "Error: \(path):2:17: invalid JSON: unexpected character ']'")
+        (path, error) = try await configError("\n[\"queue\"]")
+        XCTAssertEqual(error, "Error: \(path):2: the config file must hold a JSON object of options, not an array")
+        (path, error) = try await configError("")
+        XCTAssertEqual(error, "Error: \(path):1:1: invalid JSON: unexpected end of input")
+
+        let missing = "/nonexistent/nr-\(UUID().uuidString).json"
+        let missingFile = await run(["worker", "--config", missing])
+        XCTAssertEqual(missingFile.code, 2)
+        XCTAssertEqual(missingFile.err, "Error: cannot read the config file \(missing): No such file or directory\n")
+    }
+
+    func testEnvironmentSwitchMustBeASwitch() async {
+        let result = await run(["config", "--print"], environment: ["RUNNER_NO_REAPER": "maybe"])
+        XCTAssertEqual(result.code, 2)
+        XCTAssertEqual(
+            result.err.split(separator: "\n").first,
+            "Error: invalid value for RUNNER_NO_REAPER: 'maybe' (expected 1, true, yes, on, 0, false, no or off)")
+    }
+
+    func testConfigPrintShowsEveryOptionWithItsSource() async throws {
+        let path = try file("{\n  \"profile\": \"high-performance\",\n  \"queue\": [\"high\", \"default\"]\n}")
+        let environment = [
+            "RUNNER_REDIS": "redis://ops:s3cret@redis.example:6380/2", "RUNNER_SHUTDOWN_TIMEOUT": "1m",
+        ]
+        var result = await run(
+            ["config", "--print", "--config", path, "--node", "n7", "--no-reaper"], environment: environment)
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(result.err, "")
+        let lines = result.out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        func row(_ name: String) -> [String]? { lines.first { $0.first == name } }
+        XCTAssertEqual(lines.first, ["OPTION", "VALUE", "SOURCE"])
+        XCTAssertEqual(row("redis"), ["redis", "redis://ops:***@redis.example:6380/2", "env:RUNNER_REDIS"])
+        XCTAssertEqual(row("queue"), ["queue", "high,default", "file:\(path):3"])
+        XCTAssertEqual(row("concurrency"), ["concurrency", "8", "profile:high-performance"])
+        XCTAssertEqual(row("shutdown-timeout"), ["shutdown-timeout", "1m", "env:RUNNER_SHUTDOWN_TIMEOUT"])
+        XCTAssertEqual(row("node"), ["node", "n7", "flag"])
+        XCTAssertEqual(row("no-reaper"), ["no-reaper", "true", "flag"])
+        XCTAssertEqual(row("keep-work-dirs"), ["keep-work-dirs", "false", "default"])
+        XCTAssertEqual(row("lease-ttl"), ["lease-ttl", "15s", "default"])
+        XCTAssertEqual(row("profile"), ["profile", "high-performance", "file:\(path):2"])
+        XCTAssertFalse(result.out.contains("s3cret"))
+        // Every worker option is listed, once.
+        let listed = lines.dropFirst().compactMap(\.first)
+        let workerOptions = WorkerCommand.spec.options.map { String($0.name.dropFirst(2)) }.filter { $0 != "help" }
+        XCTAssertEqual(listed, workerOptions)
+
+        result = await run(["config", "--print", "--json", "--config", path], environment: environment)
+        XCTAssertEqual(result.code, 0, result.err)
+        let object = try JSONValue(parsing: result.out.trimmingCharacters(in: .newlines))
+        XCTAssertEqual(object["queue"], ["value": ["high", "default"], "source": .string("file:\(path):3")])
+        XCTAssertEqual(object["concurrency"], ["value": "8", "source": "profile:high-performance"])
+        XCTAssertEqual(object["keep-work-dirs"], ["value": false, "source": "default"])
+        XCTAssertEqual(object["run-as"], ["value": nil, "source": "default"])
+        XCTAssertEqual(object["redis"]?["value"], "redis://ops:***@redis.example:6380/2")
+        XCTAssertEqual(object.objectValue?.count, workerOptions.count)
+
+        // The same errors as the worker, and --print is needed.
+        result = await run(["config", "--print", "--lease-ttl", "0s"])
+        XCTAssertEqual(result.code, 2)
+        XCTAssertEqual(
+            result.err.split(separator: "\n").first, "Error: invalid value for '--lease-ttl': it must be at least 1s")
+        result = await run(["config"])
+        XCTAssertEqual(result.code, 2)
+        XCTAssertEqual(result.err.split(separator: "\n").first, "Error: nothing to do: give --print")
+    }
+
+    /// No option needs code of its own to be settable: every one in the worker's table (flags added by anyone
+    /// included) is taken from the file and from its variable, and shows up with that source.
+    func testEveryWorkerOptionIsSettableFromTheFileAndTheEnvironment() async throws {
+        let options = WorkerCommand.spec.options.filter { !["--help", "--config"].contains($0.name) }
+        var members: [String] = []
+        var environment: [String: String] = [:]
+        for option in options {
+            let key = "\"\(option.name.dropFirst(2))\""
+            let value = option.name == "--profile" ? "development" : "x"
+            switch option.kind {
+            case .flag: members.append("\(key): true")
+            case .value: members.append("\(key): \"\(value)\"")
+            case .repeated: members.append("\(key): [\"x\", \"y\"]")
+            }
+            XCTAssertNotNil(option.environment, "\(option.name) has no RUNNER_* variable")
+            environment[option.environment ?? ""] = option.kind == .flag ? "off" : value
+        }
+        let path = try file("{\n" + members.joined(separator: ",\n") + "\n}")
+        let fromFile = try await layered(["--config", path])
+        let fromEnvironment = try await layered(["--config", path], environment: environment)
+        for (index, option) in options.enumerated() {
+            XCTAssertEqual(
+                ConfigurationLayers.source(of: option.name, in: fromFile), "file:\(path):\(index + 2)", option.name)
+            XCTAssertEqual(
+                ConfigurationLayers.source(of: option.name, in: fromEnvironment),
+                "env:\(option.environment ?? "")", option.name)
+            guard option.kind == .flag else { continue }
+            XCTAssertTrue(fromFile.flag(option.name), option.name)
+            XCTAssertFalse(
+                fromEnvironment.flag(option.name), "RUNNER_* 'off' turns the file's true off: \(option.name)")
+        }
+    }
+}
