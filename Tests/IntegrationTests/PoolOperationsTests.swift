@@ -22,6 +22,21 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertTrue(reached, "runner \(runner) did not reach \(state); last record: \(last)")
     }
 
+    /// What the runners wrote in this namespace matches docs/schema/ (scripts/check_protocol.py); returns the
+    /// counts by kind and event type. Skipped (empty) without the Python modules.
+    @discardableResult
+    private func validateSchemas() throws -> [String: Int] {
+        guard Python.require(["redis", "jsonschema"]) else { return [:] }
+        let check = Python.run(
+            ["scripts/check_protocol.py", "--redis", "\(endpoint.host):\(endpoint.port)", "--namespace", namespace],
+            timeout: 120)
+        let report = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: check.out) as? [String: Any], "no report:\n\(check.err)")
+        XCTAssertEqual(report["errors"] as? [String], [], "what the runners wrote that the schemas do not allow")
+        XCTAssertEqual(check.code, 0, check.err)
+        return report["counts"] as? [String: Int] ?? [:]
+    }
+
     private func commandOutcomes() throws -> [RecordedEvent] { try events().filter { $0.type == "runner.command" } }
 
     func testCancelOfARunningJobStopsItsWholeTreeWithEveryPhaseAndIsNotRetried() throws {
@@ -68,6 +83,14 @@ final class PoolOperationsTests: IntegrationTestCase {
         let again = cli(["cancel", "cr-1"])
         XCTAssertEqual(again.code, 1)
         XCTAssertEqual(again.err, "Error: job 'cr-1' already cancelled\n")
+        let counts = try validateSchemas()
+        if !counts.isEmpty {
+            for type in [
+                "job.cancel_received", "job.cancel_sigterm", "job.cancel_sigkill", "job.cancelled", "runner.command",
+            ] {
+                XCTAssertEqual(counts[type], 1, type)
+            }
+        }
     }
 
     func testCancelOfAQueuedJobNeverStartsItAndSIGTERMSufficesForARunningOne() throws {
@@ -93,6 +116,8 @@ final class PoolOperationsTests: IntegrationTestCase {
             "the cancelled job's entry is acked and deleted by the claim")
         XCTAssertEqual(try events(of: "cq-1"), ["job.submitted", "job.cancelled"], "never received, never started")
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/tmp/nr-never-\(namespace)"))
+        let counts = try validateSchemas()
+        XCTAssertEqual(counts.isEmpty ? 2 : counts["job.cancelled"], 2, "one never started, one stopped")
         let pending = try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int
         XCTAssertEqual(pending, 0)
     }
@@ -241,6 +266,7 @@ final class PoolOperationsTests: IntegrationTestCase {
         let run = cli(["submit", "--wait", "--", "echo", "ok"])
         XCTAssertEqual(run.code, 0, run.err)
         XCTAssertEqual(run.stdout, "ok\n")
+        try validateSchemas()
     }
 
     /// Outcome events of a command, by `<stream>/<command id>`.
@@ -304,6 +330,8 @@ final class PoolOperationsTests: IntegrationTestCase {
                 return now["node"] as? String == "n2" && (now["jobs_finished"] as? Int ?? 0) == 4
             }, "the registry shows the new node and the carried counter: \((try? registry("r1")) ?? [:])")
         XCTAssertNil(try registry("r1")["migrate_to"])
+        let counts = try validateSchemas()
+        XCTAssertEqual(counts.isEmpty ? 1 : counts["runner.migration"], 1)
     }
 
     func testMigrationHandsBackAJobWaitingInItsSlotAtOnce() throws {
@@ -350,6 +378,8 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(event?.runner, "r1")
         XCTAssertEqual(event?.data["migrate_to"] as? String, "n2")
         XCTAssertFalse(try events().contains { $0.type == "runner.lost" }, "a migrated runner is not lost")
+        let counts = try validateSchemas()
+        XCTAssertEqual(counts.isEmpty ? 1 : counts["runner.migrated"], 1, "the migrated record validates too")
     }
 
     func testExitAfterJobsTakesNoMoreAndExitWhenIdleExits() throws {

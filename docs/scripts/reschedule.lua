@@ -29,7 +29,7 @@ local function nr_emit(key, maxlen, etype, ts, runner, job, data)
     'data', data, 'v', NR_V)
 end
 local function nr_terminal(s)
-  return s == 'succeeded' or s == 'failed' or s == 'timed_out' or s == 'rejected' or s == 'dead'
+  return s == 'succeeded' or s == 'failed' or s == 'timed_out' or s == 'rejected' or s == 'dead' or s == 'cancelled'
 end
 local function nr_sid_ms(sid)
   return string.match(sid, '^(%d+)')
