@@ -27,14 +27,7 @@ final class PoolOperationsTests: IntegrationTestCase {
     @discardableResult
     private func validateSchemas() throws -> [String: Int] {
         guard Python.require(["redis", "jsonschema"]) else { return [:] }
-        let check = Python.run(
-            ["scripts/check_protocol.py", "--redis", "\(endpoint.host):\(endpoint.port)", "--namespace", namespace],
-            timeout: 120)
-        let report = try XCTUnwrap(
-            try JSONSerialization.jsonObject(with: check.out) as? [String: Any], "no report:\n\(check.err)")
-        XCTAssertEqual(report["errors"] as? [String], [], "what the runners wrote that the schemas do not allow")
-        XCTAssertEqual(check.code, 0, check.err)
-        return report["counts"] as? [String: Int] ?? [:]
+        return try checkProtocol()
     }
 
     private func commandOutcomes() throws -> [RecordedEvent] { try events().filter { $0.type == "runner.command" } }

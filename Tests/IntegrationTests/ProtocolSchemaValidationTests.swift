@@ -129,8 +129,12 @@ final class ProtocolSchemaValidationTests: IntegrationTestCase {
         XCTAssertGreaterThanOrEqual(counts["job_entry"] ?? 0, 1, "handback-1 waits on its queue")
     }
 
+    private func validate() throws -> [String: Int] { try checkProtocol() }
+}
+
+extension IntegrationTestCase {
     /// Runs scripts/check_protocol.py on this namespace: asserts it found nothing wrong, returns its counts.
-    private func validate() throws -> [String: Int] {
+    func checkProtocol() throws -> [String: Int] {
         let check = Python.run(
             ["scripts/check_protocol.py", "--redis", "\(endpoint.host):\(endpoint.port)", "--namespace", namespace],
             timeout: 120)
