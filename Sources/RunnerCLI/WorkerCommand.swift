@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import HTTPEndpoint
 import RedisClient
 import RunnerCore
 import RunnerProtocol
@@ -75,7 +76,8 @@ enum WorkerCommand {
                 "--env-allow", .repeated("NAME"), help: "Copy this variable of the runner's environment into jobs.",
                 environment: "RUNNER_ENV_ALLOW"),
             OptionSpec(
-                "--work-root", .value("DIR"), help: "Jobs' private work folders are made under DIR/<namespace>.<name>.<pool>.",
+                "--work-root", .value("DIR"),
+                help: "Jobs' private work folders are made under DIR/<namespace>.<name>.<pool>.",
                 environment: "RUNNER_WORK_ROOT", default: IsolationConfiguration.defaultWorkRoot),
             OptionSpec(
                 "--keep-work-dirs", .flag, help: "Keep each job's work folder after it ended.",
@@ -97,6 +99,7 @@ enum WorkerCommand {
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
             CommonOptions.rescheduleLimit,
             CommonOptions.allowEvictionPolicy,
+            MetricsListen.option,
         ] + CommonOptions.logging)
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
@@ -224,7 +227,13 @@ enum WorkerCommand {
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let (configuration, logger) = try configuration(arguments)
+        let metricsAddress = try MetricsListen.address(arguments)
         let worker = Worker(configuration: configuration, logger: logger)
+        var metricsServer: HTTPServer?
+        if let metricsAddress {
+            metricsServer = try MetricsListen.start(metricsAddress, worker: worker, logger: logger)
+        }
+        defer { metricsServer?.stop() }
         // SIGHUP too: a worker started from a terminal that closes shuts down cleanly instead of dying mid-job.
         let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
             logger.info("received \(signal == SIGTERM ? "SIGTERM" : signal == SIGINT ? "SIGINT" : "SIGHUP")")
