@@ -14,63 +14,45 @@ enum TopView {
             "NativeRunner pool '\(snapshot.namespace)'  \(formatTimestamp(now))  runners \(live.count)/"
                 + "\(snapshot.runners.count) live  jobs running \(snapshot.running.count)  waiting \(queued)")
 
-        lines.append("")
-        lines.append("RUNNERS")
-        if snapshot.runners.isEmpty {
-            lines.append("  (none registered)")
-        } else {
-            var rows = [["ID", "NODE", "STATE", "LEASE", "SLOTS", "CPU", "MEMORY", "LOAD"]]
-            for runner in snapshot.runners {
-                let record = runner.record
-                let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
-                let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
-                let usage = snapshot.usage[runner.id]
-                rows.append([
-                    runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
-                    StatusCommand.stateText(
-                        record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
-                    runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
-                    bar(used: capacity - free, total: capacity) + " \(capacity - free)/\(capacity)",
-                    usage?.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-",
-                    memoryText(used: usage?.memoryUsedBytes, total: usage?.memoryTotalBytes),
-                    usage?.load1.map { String(format: "%.2f", $0) } ?? "-",
-                ])
-            }
-            lines += table(rows)
+        let runners = snapshot.runners.map { runner -> [String] in
+            let record = runner.record
+            let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
+            let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
+            let usage = snapshot.usage[runner.id]
+            return [
+                runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
+                StatusCommand.stateText(
+                    record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
+                runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
+                bar(used: capacity - free, total: capacity) + " \(capacity - free)/\(capacity)",
+                usage?.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-",
+                memoryText(used: usage?.memoryUsedBytes, total: usage?.memoryTotalBytes),
+                usage?.load1.map { String(format: "%.2f", $0) } ?? "-",
+            ]
         }
+        lines += section(
+            "RUNNERS", empty: "(none registered)",
+            header: ["ID", "NODE", "STATE", "LEASE", "SLOTS", "CPU", "MEMORY", "LOAD"], runners)
 
-        lines.append("")
-        lines.append("RUNNING JOBS")
-        if snapshot.running.isEmpty {
-            lines.append("  (none)")
-        } else {
-            var rows = [["JOB", "RUNNER", "QUEUE", "ATTEMPT", "RUNTIME", "CPU", "RSS"]]
-            for job in snapshot.running.sorted(by: { ($0.startedAtMs ?? .max, $0.id) < ($1.startedAtMs ?? .max, $1.id) }
-            ) {
-                rows.append([
+        let jobs = snapshot.running.sorted { ($0.startedAtMs ?? .max, $0.id) < ($1.startedAtMs ?? .max, $1.id) }
+        lines += section(
+            "RUNNING JOBS", empty: "(none)", header: ["JOB", "RUNNER", "QUEUE", "ATTEMPT", "RUNTIME", "CPU", "RSS"],
+            jobs.map { job in
+                [
                     job.id, job.runner, job.queue.isEmpty ? "-" : job.queue, job.attempt.map(String.init) ?? "-",
                     job.startedAtMs.map { runtimeText(max(0, now - $0)) } ?? "-",
-                    job.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-",
-                    job.rssBytes.map(bytesText) ?? "-",
-                ])
-            }
-            lines += table(rows)
-        }
+                    job.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-", job.rssBytes.map(bytesText) ?? "-",
+                ]
+            })
 
-        lines.append("")
-        lines.append("QUEUES")
-        if snapshot.queues.isEmpty {
-            lines.append("  (none)")
-        } else {
-            var rows = [["NAME", "LENGTH", "PENDING", "LAG", "CONSUMERS"]]
-            for queue in snapshot.queues {
-                rows.append([
+        lines += section(
+            "QUEUES", empty: "(none)", header: ["NAME", "LENGTH", "PENDING", "LAG", "CONSUMERS"],
+            snapshot.queues.map { queue in
+                [
                     queue.name, String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-",
                     String(queue.consumers),
-                ])
-            }
-            lines += table(rows)
-        }
+                ]
+            })
 
         lines.append("")
         lines.append("RECENT EVENTS")
@@ -83,6 +65,11 @@ enum TopView {
             lines.append(line)
         }
         return lines.map { clip($0, to: width) }
+    }
+
+    /// A blank line, the title, then the table (header first), or `empty` when there are no rows.
+    static func section(_ title: String, empty: String, header: [String], _ rows: [[String]]) -> [String] {
+        ["", title] + (rows.isEmpty ? ["  " + empty] : table([header] + rows))
     }
 
     /// `[####------]`: used slots against the total, at most 10 cells (one per slot when fewer).
