@@ -30,7 +30,8 @@ final class TopViewTests: XCTestCase {
             usage: ["r1": .init(cpuPercent: 37.25, memoryUsedBytes: 1 << 30, memoryTotalBytes: 4 << 30, load1: 0.5)],
             events: [
                 PoolEvent(
-                    streamId: "1-0", type: "job.started", timestampMs: now - 1_500, runner: "r1", job: "job-a", data: "",
+                    streamId: "1-0", type: "job.started", timestampMs: now - 1_500, runner: "r1", job: "job-a",
+                    data: "",
                     fields: [:])
             ])
     }
@@ -67,7 +68,8 @@ final class TopViewTests: XCTestCase {
     }
 
     func testAnEmptyPoolSaysSo() {
-        let empty = PoolSnapshot(namespace: "nr", takenAtMs: now, runners: [], queues: [], running: [], usage: [:], events: [])
+        let empty = PoolSnapshot(
+            namespace: "nr", takenAtMs: now, runners: [], queues: [], running: [], usage: [:], events: [])
         XCTAssertEqual(
             TopView.render(empty, width: 0),
             [
