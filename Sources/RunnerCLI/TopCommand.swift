@@ -72,9 +72,10 @@ enum TopCommand {
 /// The terminal while `runner top` draws on it: no echo, no line buffering (so one key press is read at once),
 /// the alternate screen, cursor hidden. `end()` restores what was there.
 final class TerminalSession: Sendable {
-    private let saved: termios
+    /// The input mode to restore; nil when standard input is no terminal (nothing was changed).
+    private let saved: termios?
 
-    private init(saved: termios) { self.saved = saved }
+    private init(saved: termios?) { self.saved = saved }
 
     /// Switches the terminal on standard input (when it is one) to key-at-a-time input, and standard output to
     /// the alternate screen. Ctrl-C still raises SIGINT (ISIG stays on), which `runner top` handles.
@@ -91,7 +92,7 @@ final class TerminalSession: Sendable {
             tcsetattr(0, TCSANOW, &raw)
         }
         write("\u{1B}[?1049h\u{1B}[?25l")
-        return TerminalSession(saved: haveTerminalInput ? original : termios())
+        return TerminalSession(saved: haveTerminalInput ? original : nil)
     }
 
     /// The terminal's width in columns (TIOCGWINSZ), 80 when it cannot tell.
@@ -114,8 +115,7 @@ final class TerminalSession: Sendable {
     /// Restores the input mode, the cursor and the main screen.
     func end() {
         write("\u{1B}[?25h\u{1B}[?1049l")
-        var original = saved
-        if isatty(0) == 1, original.c_lflag != 0 { tcsetattr(0, TCSANOW, &original) }
+        if var original = saved { tcsetattr(0, TCSANOW, &original) }
     }
 
     private static func write(_ text: String) { Console.standard.out(Array(text.utf8)) }
