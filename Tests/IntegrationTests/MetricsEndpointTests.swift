@@ -155,6 +155,20 @@ final class MetricsEndpointTests: PrivateRedisTestCase {
         XCTAssertGreaterThan(total("nativerunner_redis_reconnects_total"), 0, "\(after)")
     }
 
+    func testTopWithoutATerminalPrintsASnapshotPerIntervalUntilSIGTERM() throws {
+        try startRunner()
+        let top = try startCLI(["top", "--interval", "200ms"])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { top.output.components(separatedBy: "NativeRunner pool").count > 3 },
+            top.output)
+        kill(top.process.processIdentifier, SIGTERM)
+        XCTAssertEqual(top.waitForExit(timeout: 10), 0)
+        let snapshots = top.output.components(separatedBy: "\n\nNativeRunner pool '\(namespace)'")
+        XCTAssertGreaterThanOrEqual(snapshots.count, 3, top.output)
+        XCTAssertTrue(snapshots.allSatisfy { $0.contains("\nRUNNERS\n") && $0.contains("\n  r1 ") }, top.output)
+        XCTAssertFalse(top.output.contains("\u{1B}["), "no terminal escapes when stdout is not a terminal")
+    }
+
     func testABadOrBusyListenAddressStopsTheWorkerAtStart() throws {
         let busy = try HTTPListener()
         for (address, message) in [
