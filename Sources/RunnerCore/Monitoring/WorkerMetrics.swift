@@ -47,13 +47,13 @@ public final class WorkerMetrics: Sendable {
         var durationCounts = [Int](repeating: 0, count: WorkerMetrics.durationBounds.count + 1)
         var durationSum = 0.0
         var host = HostSample()
-        /// The last time the worker's presence loop went round.
+        /// The last time one of the worker's loops (lease watch, presence) went round.
         var loopTick: ContinuousClock.Instant?
     }
 
     public let runner: String
     public let capacity: Int
-    /// How long the presence loop may stay silent before `/healthz` says the worker is stuck.
+    /// How long the worker's loops may stay silent before `/healthz` says the worker is stuck.
     public let livenessBound: Duration
     private let counters = Mutex(Counters())
     private let redisClients = Mutex<[RedisClient]>([])
@@ -111,12 +111,12 @@ public final class WorkerMetrics: Sendable {
 
     // MARK: Health
 
-    /// `/healthz`: nil while alive (the presence loop went round recently), else why not.
+    /// `/healthz`: nil while alive (the worker's loops went round recently), else why not.
     public func livenessProblem(now: ContinuousClock.Instant = .now) -> String? {
         let tick = counters.withLock { $0.loopTick }
         guard let tick else { return nil }  // still starting: the process is alive
         guard now - tick <= livenessBound else {
-            return "the presence loop has not run for \((now - tick).milliseconds) ms"
+            return "the worker's loops have not run for \((now - tick).milliseconds) ms"
         }
         return nil
     }
