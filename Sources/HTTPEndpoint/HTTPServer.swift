@@ -69,9 +69,10 @@ public struct HTTPListenAddress: Sendable, Equatable, CustomStringConvertible {
 /// A tiny HTTP/1.1 server for health and metrics endpoints: GET and HEAD only, one request per connection
 /// (`Connection: close`), bounded request heads, a read timeout, no bodies read.
 ///
-/// One dedicated thread polls the listening socket and serves each connection in turn, so blocking accept and read
-/// never touch Swift's cooperative pool. Serving in turn is enough for scrapes and probes: a slow client holds the
-/// thread at most `readTimeout`. The handler runs on that thread and must not block.
+/// One dedicated thread polls the listening socket and hands each connection to a short-lived thread of its own (at
+/// most `maximumConnections` at once; beyond that a connection is answered 503 at once), so blocking accept and read
+/// never touch Swift's cooperative pool, and a slow client (held at most `readTimeout`) never delays a probe. The
+/// handler runs on those threads, concurrently, and must not block.
 public final class HTTPServer: Sendable {
     public typealias Handler = @Sendable (HTTPRequestHead) -> HTTPResponse
 
@@ -84,11 +85,14 @@ public final class HTTPServer: Sendable {
     private let readTimeout: Duration
     private let stopped = Mutex(false)
     private let exited = Mutex(false)
+    private let maximumConnections: Int
+    /// Connections being served now.
+    private let serving = Mutex(0)
 
     /// Binds and listens now (so a bad address or a port in use fails at start); serving begins with `start`.
     public init(
         listen address: HTTPListenAddress, parser: HTTPRequestParser = HTTPRequestParser(),
-        readTimeout: Duration = .seconds(2)
+        readTimeout: Duration = .seconds(2), maximumConnections: Int = 8
     ) throws(HTTPServerError) {
         let socket = try Self.listen(on: address)
         var bound = address
@@ -111,6 +115,7 @@ public final class HTTPServer: Sendable {
         self.boundAddress = bound
         self.parser = parser
         self.readTimeout = readTimeout
+        self.maximumConnections = maximumConnections
     }
 
     deinit {
@@ -121,44 +126,45 @@ public final class HTTPServer: Sendable {
 
     /// Starts the serving thread. The server (and the handler) live until `stop()`.
     public func start(handler: @escaping Handler) {
-        let box = Unmanaged.passRetained(ServingContext(server: self, handler: handler))
+        if !Self.detachThread({ self.serve(handler) }) { exited.withLock { $0 = true } }
+    }
+
+    /// Runs `body` on a new detached thread (pthread_create); false when none could be made.
+    private static func detachThread(_ body: @escaping @Sendable () -> Void) -> Bool {
+        let box = Unmanaged.passRetained(ThreadBody(body))
         var thread = pthread_t()
         let status = pthread_create(
             &thread, nil,
             { raw in
                 guard let raw else { return nil }
-                let context = Unmanaged<ServingContext>.fromOpaque(raw).takeRetainedValue()
-                context.server.serve(context.handler)
+                Unmanaged<ThreadBody>.fromOpaque(raw).takeRetainedValue().body()
                 return nil
             }, box.toOpaque())
-        if status == 0 {
-            pthread_detach(thread)
-        } else {
+        guard status == 0 else {
             box.release()
-            exited.withLock { $0 = true }
+            return false
         }
+        pthread_detach(thread)
+        return true
     }
 
-    /// Stops serving: the thread ends after the connection it serves, if any. Idempotent.
+    /// Stops accepting: the accepting thread ends at once; connections being served finish (within the read
+    /// timeout). Idempotent.
     public func stop() {
         stopped.withLock { $0 = true }
         var one: UInt64 = 1
         _ = write(wakeup.write, &one, 8)
     }
 
-    /// Whether the serving thread has ended (after `stop()`).
+    /// Whether the accepting thread has ended (after `stop()`).
     public var hasExited: Bool { exited.withLock { $0 } }
 
-    private final class ServingContext: Sendable {
-        let server: HTTPServer
-        let handler: Handler
-        init(server: HTTPServer, handler: @escaping Handler) {
-            self.server = server
-            self.handler = handler
-        }
+    private final class ThreadBody: Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
 
-    private func serve(_ handler: Handler) {
+    private func serve(_ handler: @escaping Handler) {
         defer { exited.withLock { $0 = true } }
         while !stopped.withLock({ $0 }) {
             var fds = [
@@ -175,8 +181,29 @@ public final class HTTPServer: Sendable {
             let connection = accept(listener, nil, nil)
             guard connection >= 0 else { continue }  // the client went away first, or out of descriptors for now
             Self.setCloseOnExec(connection, nonBlocking: true)
-            respond(on: connection, handler)
-            close(connection)
+            let admitted = serving.withLock { count in
+                guard count < maximumConnections else { return false }
+                count += 1
+                return true
+            }
+            guard admitted else {
+                writeAll(
+                    HTTPResponse.text(503, "too many connections; try again").serialized(), to: connection,
+                    deadline: .now + .milliseconds(200))
+                close(connection)
+                continue
+            }
+            let served = Self.detachThread {
+                self.respond(on: connection, handler)
+                close(connection)
+                self.serving.withLock { $0 -= 1 }
+            }
+            if !served {
+                // No thread to spare: serve it here.
+                respond(on: connection, handler)
+                close(connection)
+                serving.withLock { $0 -= 1 }
+            }
         }
     }
 

@@ -120,11 +120,10 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertTrue(server.hasExited, "the serving thread did not end")
     }
 
-    /// Connects, sends `bytes` (then closes its sending side when asked), reads until the server closes.
-    func exchange(_ bytes: [UInt8], halfClose: Bool = false) throws -> String {
+    /// A socket connected to the server.
+    func connectClient() throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         XCTAssertGreaterThanOrEqual(fd, 0)
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = UInt16(server.boundAddress.port).bigEndian
@@ -135,6 +134,13 @@ final class HTTPServerTests: XCTestCase {
             }
         }
         XCTAssertEqual(connected, 0)
+        return fd
+    }
+
+    /// Connects, sends `bytes` (then closes its sending side when asked), reads until the server closes.
+    func exchange(_ bytes: [UInt8], halfClose: Bool = false) throws -> String {
+        let fd = try connectClient()
+        defer { close(fd) }
         _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         if halfClose { shutdown(fd, Int32(SHUT_WR)) }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
@@ -189,6 +195,21 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertEqual(try exchange(Array("GET /hel".utf8), halfClose: true), "")
         XCTAssertEqual(
             statusLine(try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK")
+    }
+
+    func testASlowClientDoesNotDelayAProbe() throws {
+        // A server of its own whose read timeout outlasts the test: a probe answered while the slow client still
+        // waits can only have been served beside it.
+        server.stop()
+        server = try HTTPServer(listen: HTTPListenAddress(host: "127.0.0.1", port: 0), readTimeout: .seconds(30))
+        server.start { _ in .text(200, "hello") }
+        let slow = try connectClient()
+        defer { close(slow) }
+        _ = Array("GET /hello HTTP/1.1\r\n".utf8).withUnsafeBytes { send(slow, $0.baseAddress, $0.count, 0) }
+        XCTAssertEqual(
+            statusLine(try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK")
+        var fds = [pollfd(fd: slow, events: Int16(POLLIN), revents: 0)]
+        XCTAssertEqual(poll(&fds, 1, 0), 0, "the slow client was answered before the probe")
     }
 
     func testAPortInUseIsRefusedWithTheAddress() {
