@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import HTTPEndpoint
 import RedisClient
 import RunnerCore
 import RunnerProtocol
@@ -98,6 +99,7 @@ enum WorkerCommand {
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
             CommonOptions.rescheduleLimit,
             CommonOptions.allowEvictionPolicy,
+            MetricsListen.option,
         ] + labelAndHookOptions + CommonOptions.logging + ConfigurationLayers.options)
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
@@ -228,7 +230,13 @@ enum WorkerCommand {
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let (configuration, logger) = try configuration(arguments)
         for warning in arguments.warnings { logger.warning(warning) }
+        let metricsAddress = try MetricsListen.address(arguments)
         let worker = Worker(configuration: configuration, logger: logger)
+        var metricsServer: HTTPServer?
+        if let metricsAddress {
+            metricsServer = try MetricsListen.start(metricsAddress, worker: worker, logger: logger)
+        }
+        defer { metricsServer?.stop() }
         // SIGHUP too: a worker started from a terminal that closes shuts down cleanly instead of dying mid-job.
         let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
             logger.info("received \(signal == SIGTERM ? "SIGTERM" : signal == SIGINT ? "SIGINT" : "SIGHUP")")
