@@ -54,14 +54,15 @@ public struct QueueStatus: Sendable {
     public var lag: Int?
     public var consumers: Int
     /// For a requirement stream (`<queue>:req:<id>`): the labels its jobs require.
-    public var requires: LabelSet? = nil
+    public var requires: LabelSet?
 
-    public init(name: String, length: Int, pending: Int, lag: Int?, consumers: Int) {
+    public init(name: String, length: Int, pending: Int, lag: Int?, consumers: Int, requires: LabelSet? = nil) {
         self.name = name
         self.length = length
         self.pending = pending
         self.lag = lag
         self.consumers = consumers
+        self.requires = requires
     }
 }
 
