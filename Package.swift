@@ -22,16 +22,21 @@ let package = Package(
         // Libraries, bottom up.
         .target(name: "RedisClient", dependencies: ["CHiredis"]),
         .target(name: "RunnerProtocol"),
+        .target(name: "HTTPEndpoint"),
         .target(name: "ProcessSupervision", dependencies: ["CRunnerShims"]),
-        .target(name: "RunnerCore", dependencies: ["RedisClient", "RunnerProtocol", "ProcessSupervision"]),
-        .target(name: "RunnerCLI", dependencies: ["RunnerCore", "RunnerProtocol", "RedisClient"]),
+        .target(
+            name: "RunnerCore", dependencies: ["RedisClient", "RunnerProtocol", "ProcessSupervision", "HTTPEndpoint"]),
+        .target(name: "RunnerCLI", dependencies: ["RunnerCore", "RunnerProtocol", "RedisClient", "HTTPEndpoint"]),
         .executableTarget(name: "runner", dependencies: ["RunnerCLI"]),
 
         // Tests: a fast unit tier per module, and an integration tier with real redis-server processes.
         .target(name: "TestSupport", dependencies: ["RedisClient"], path: "Tests/TestSupport"),
         .testTarget(name: "RedisClientTests", dependencies: ["RedisClient", "TestSupport"]),
         .testTarget(name: "RunnerProtocolTests", dependencies: ["RunnerProtocol"]),
-        .testTarget(name: "RunnerCoreTests", dependencies: ["RunnerCore", "RunnerProtocol", "ProcessSupervision"]),
+        .testTarget(name: "HTTPEndpointTests", dependencies: ["HTTPEndpoint"]),
+        .testTarget(
+            name: "RunnerCoreTests",
+            dependencies: ["RunnerCore", "RunnerProtocol", "ProcessSupervision", "HTTPEndpoint"]),
         .testTarget(name: "ProcessSupervisionTests", dependencies: ["ProcessSupervision", "TestSupport"]),
         .testTarget(
             name: "RunnerCLITests", dependencies: ["RunnerCLI", "RunnerCore", "RunnerProtocol", "TestSupport"]),

@@ -44,6 +44,7 @@ final class ClientCore: Sendable {
         var nextID: UInt64 = 0
         var connectionAttempts = 0
         var ownerThreadHasExited = false
+        var stats = RedisClientStats()
     }
 
     let endpoint: RedisEndpoint
@@ -59,6 +60,31 @@ final class ClientCore: Sendable {
 
     var connectionAttempts: Int {
         state.withLock { $0.connectionAttempts }
+    }
+
+    var stats: RedisClientStats {
+        state.withLock { $0.stats }
+    }
+
+    /// Counts a failed connection attempt or a lost connection; the client is down until the next connect.
+    func countConnectionFailure() {
+        state.withLock { state in
+            state.stats.connectionFailures += 1
+            state.stats.isDown = true
+        }
+    }
+
+    /// Counts a connection made; one after an earlier connection (or a failed attempt) is a reconnect.
+    func countConnected(reconnect: Bool) {
+        state.withLock { state in
+            if reconnect { state.stats.reconnects += 1 }
+            state.stats.isDown = false
+        }
+    }
+
+    /// Counts a request that ended with a client-side error (not a cancellation, not a server error reply).
+    func countFailedRequest() {
+        state.withLock { $0.stats.failedRequests += 1 }
     }
 
     var queuedRequests: Int {
@@ -198,6 +224,9 @@ final class ClientCore: Sendable {
         var worker = OwnerThreadConnection(core: self)
         while let request = nextRequest() {
             let result = worker.perform(request)
+            if case .failure(let error) = result, error is RedisClientError {
+                countFailedRequest()
+            }
             state.withLock { $0.current = nil }
             request.continuation.resume(with: result)
         }
@@ -300,6 +329,8 @@ private struct OwnerThreadConnection {
     var everConnected = false
     /// A "lost"/"cannot reach" line was logged and the matching "reconnected"/"connected" line is due.
     var downLogged = false
+    /// A connection attempt failed since the last connection was made (the next one counts as a reconnect).
+    var failedSinceUp = false
 
     init(core: ClientCore) {
         self.core = core
@@ -372,6 +403,7 @@ private struct OwnerThreadConnection {
                     return .failure(stop)
                 }
                 if error.code == .connectionLost {
+                    core.countConnectionFailure()
                     noteDown(reason: error.reason, retrying: retrying)
                     if resendAfterLoss && !deadlinePassed() {
                         if failures > 0 {
@@ -395,6 +427,7 @@ private struct OwnerThreadConnection {
             }
             dropConnection()
             if !shutDownByUs {
+                core.countConnectionFailure()
                 noteDown(reason: "the server closed the connection", retrying: retrying)
             }
         }
@@ -407,10 +440,14 @@ private struct OwnerThreadConnection {
             )
             core.register(socket: fresh.fileDescriptor)
             connection = fresh
+            core.countConnected(reconnect: everConnected || failedSinceUp)
+            failedSinceUp = false
             noteUp()
             return fresh
         } catch {
             if error.code == .connectionFailed {
+                core.countConnectionFailure()
+                failedSinceUp = true
                 noteDown(reason: error.reason, retrying: retrying)
             }
             throw error

@@ -94,6 +94,16 @@ public final class RedisClient: Sendable {
         core.close()
     }
 
+    /// What this client has met so far: connection failures, reconnects, failed requests. Thread safe.
+    public var stats: RedisClientStats {
+        core.stats
+    }
+
+    /// The client's name (`RedisClientOptions.name`).
+    public var name: String {
+        core.options.name
+    }
+
     /// Connection attempts so far (for tests).
     var connectionAttempts: Int {
         core.connectionAttempts
@@ -108,4 +118,19 @@ public final class RedisClient: Sendable {
     var ownerThreadHasExited: Bool {
         core.ownerThreadHasExited
     }
+}
+
+/// Counters of one client's connection trouble, for metrics.
+public struct RedisClientStats: Sendable, Equatable {
+    /// Connection attempts that failed, and connections that were lost (each counted once).
+    public var connectionFailures = 0
+    /// Connections made after an earlier connection or a failed attempt.
+    public var reconnects = 0
+    /// Requests that ended with a client-side error (unreachable, lost, timed out); server error replies are not
+    /// counted.
+    public var failedRequests = 0
+    /// A failure or loss was met and no connection has been made since.
+    public var isDown = false
+
+    public init() {}
 }

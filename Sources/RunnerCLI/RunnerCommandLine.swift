@@ -11,6 +11,7 @@ public enum RunnerCommandLine {
         (ResultCommand.spec, ResultCommand.run),
         (LogsCommand.spec, LogsCommand.run),
         (StatusCommand.spec, StatusCommand.run),
+        (TopCommand.spec, TopCommand.run),
         (EventsCommand.spec, EventsCommand.run),
         (RetryCommand.spec, RetryCommand.run),
         (DeadCommand.spec, DeadCommand.run),

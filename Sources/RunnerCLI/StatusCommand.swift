@@ -7,8 +7,11 @@ enum StatusCommand {
     static let spec = CommandSpec(
         name: "status",
         abstract: "Show the pool: runners, their leases and capacity; queues with length, pending and lag.",
-        usage: "runner status [--json]",
-        options: CommonOptions.all + [OptionSpec("--json", .flag, help: "Print one JSON object.")],
+        usage: "runner status [--json] | runner status --watch [--interval 1s] [--once] [--events N]",
+        options: CommonOptions.all + [
+            OptionSpec("--json", .flag, help: "Print one JSON object."),
+            OptionSpec("--watch", .flag, help: "Watch the pool live, as 'runner top' does."),
+        ] + TopCommand.options,
         discussion: """
             A runner's CAPACITY and RUNNING are as of its last heartbeat (every third of its lease TTL); LEASE is the
             time its lease has left now. LENGTH counts entries not yet done, PENDING those delivered to a runner
@@ -16,6 +19,7 @@ enum StatusCommand {
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        if arguments.flag("--watch") { return try await TopCommand.run(arguments, console: console) }
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         let status = try await pool.status()
@@ -104,12 +108,6 @@ enum StatusCommand {
     }
 
     static func table(_ rows: [[String]], _ console: Console) {
-        let widths = (0..<(rows.first?.count ?? 0)).map { column in rows.map { $0[column].count }.max() ?? 0 }
-        for row in rows {
-            let cells = row.enumerated().map {
-                $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0)
-            }
-            console.print("  " + cells.joined(separator: "  "))
-        }
+        for line in TopView.table(rows) { console.print(line) }
     }
 }

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import HTTPEndpoint
 import RedisClient
 import RunnerCore
 import RunnerProtocol
@@ -110,6 +111,7 @@ enum WorkerCommand {
                 "--resume-identity", .value("RUNNER"),
                 help: "Take over the id of a runner that migrated here (its lease must be free): its counters and "
                     + "labels carry over. Instead of --name.", environment: "RUNNER_RESUME_IDENTITY"),
+            MetricsListen.option,
         ] + labelAndHookOptions + CommonOptions.logging + ConfigurationLayers.options)
 
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
@@ -255,7 +257,13 @@ enum WorkerCommand {
         if configuration.resumeIdentity, configuration.labels.isEmpty {
             configuration.labels = try await resumedLabels(of: configuration.name, arguments)
         }
+        let metricsAddress = try MetricsListen.address(arguments)
         let worker = Worker(configuration: configuration, logger: logger)
+        var metricsServer: HTTPServer?
+        if let metricsAddress {
+            metricsServer = try MetricsListen.start(metricsAddress, worker: worker, logger: logger)
+        }
+        defer { metricsServer?.stop() }
         // SIGHUP too: a worker started from a terminal that closes shuts down cleanly instead of dying mid-job.
         let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
             logger.info("received \(signal == SIGTERM ? "SIGTERM" : signal == SIGINT ? "SIGINT" : "SIGHUP")")

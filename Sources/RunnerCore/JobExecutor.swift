@@ -44,6 +44,8 @@ struct JobExecutor: Sendable {
     let admission: MemoryAdmission
     /// Cancel commands accepted for running jobs.
     let cancellations: JobCancellations
+    /// Where job durations are counted (nil in tests that need no metrics).
+    var metrics: WorkerMetrics? = nil
 
     /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
     /// idempotent, so resending after a lost reply changes nothing twice.
@@ -296,6 +298,7 @@ struct JobExecutor: Sendable {
             logger.info("job stopped for shutdown; handing it back", ["job": entry.jobId])
             return await handBack(entry, epoch: epoch, reason: "runner shutting down")
         }
+        metrics?.observeJobDuration(outcome.wallTime)
         var record = JobExecutor.record(for: outcome, timeout: timeout, accounting: accounting)
         record.outputTail = summary.tail
         record.postHookExitCode = postHookExit

@@ -38,6 +38,12 @@ public struct RunnerStatus: Sendable {
     public var record: JSONValue
     /// Milliseconds the lease has left; nil when the lease is gone.
     public var leaseRemainingMs: Int?
+
+    public init(id: String, record: JSONValue, leaseRemainingMs: Int?) {
+        self.id = id
+        self.record = record
+        self.leaseRemainingMs = leaseRemainingMs
+    }
 }
 
 /// A queue's stream as seen through the consumer group.
@@ -48,7 +54,16 @@ public struct QueueStatus: Sendable {
     public var lag: Int?
     public var consumers: Int
     /// For a requirement stream (`<queue>:req:<id>`): the labels its jobs require.
-    public var requires: LabelSet? = nil
+    public var requires: LabelSet?
+
+    public init(name: String, length: Int, pending: Int, lag: Int?, consumers: Int, requires: LabelSet? = nil) {
+        self.name = name
+        self.length = length
+        self.pending = pending
+        self.lag = lag
+        self.consumers = consumers
+        self.requires = requires
+    }
 }
 
 public struct PoolStatus: Sendable {

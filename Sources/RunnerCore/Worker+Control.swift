@@ -56,6 +56,7 @@ extension Worker {
             return current
         }
         guard let published else { return }
+        setState(published)  // the metrics too
         try? await epochs.presence.publish(
             state: published, free: await slots.free, running: running, epoch: await epochs.lease.epoch.number)
     }

@@ -66,6 +66,8 @@ public final class Worker: Sendable {
     private let containments = RunningContainments()
     /// The queues and the requirement streams this runner's labels satisfy, in the order it reads them.
     private let routes: RequirementRoutes
+    /// Counters and health for `/metrics`, `/healthz` and `/readyz` (served by the CLI's `--metrics-listen`).
+    public let metrics: WorkerMetrics
 
     public init(configuration: WorkerConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -82,6 +84,10 @@ public final class Worker: Sendable {
         controlClient = client("control")
         operations = PoolOperations(jobLimit: configuration.exitAfterJobs)
         slots = JobSlots(capacity: configuration.concurrency)
+        metrics = WorkerMetrics(
+            runner: configuration.name, capacity: configuration.concurrency,
+            livenessBound: configuration.leaseTTL + .seconds(30))
+        metrics.track(redis: [intakeClient, presenceClient, jobsClient])
         watchdog = WatchdogKillSwitch.start(logger: logger)
         killSwitch = watchdog ?? InProcessKillSwitch()
         routes = RequirementRoutes(
@@ -155,9 +161,11 @@ public final class Worker: Sendable {
         let executor = JobExecutor(
             configuration: config, store: store, logClient: jobsClient, supervisor: supervisor, logger: logger,
             killSwitch: killSwitch, rescheduleBound: config.rescheduleBound, isolation: isolation,
-            containments: containments, admission: admission, cancellations: operations.cancellations)
+            containments: containments, admission: admission, cancellations: operations.cancellations,
+            metrics: metrics)
         let monitor = ResourceMonitor(
-            host: isolation, containments: containments, store: store, runner: config.name, logger: logger)
+            host: isolation, containments: containments, store: store, runner: config.name, logger: logger,
+            metrics: metrics)
 
         _ = try? await routes.refreshIfDue(client: intakeClient)
         try await intake.ensureGroups()
@@ -173,6 +181,7 @@ public final class Worker: Sendable {
                     + "migration, or it still runs); \(error.message)")
         }
         killSwitch.arm(until: await lease.killDeadline)
+        metrics.leaseConfirmed(until: await lease.killDeadline, renewal: false)
         // With the name ours, whatever still runs under it is left over from a previous run that died (kill -9):
         // stop it before its pending jobs run again, so that no two copies run side by side.
         let leftovers = LeftoverProcesses.kill(withEnvironment: [
@@ -191,7 +200,7 @@ public final class Worker: Sendable {
         do {
             // Commands count from here: what was sent before this runner registered is not replayed.
             controlCursors = try await control.start()
-            state.withLock { $0 = .running }
+            setState(.running)
             let epoch = await lease.epoch.number
             try await presence.publish(state: .running, free: config.concurrency, running: [], epoch: epoch)
             try await store.emit(
@@ -232,7 +241,7 @@ public final class Worker: Sendable {
 
         await shutdownRequested.wait()
         reaperTask?.cancel()
-        state.withLock { $0 = .draining }
+        setState(.draining)
         logger.info(
             "shutting down: intake stopped, waiting for running jobs",
             ["running": String(await slots.runningJobIds.count)])
@@ -283,7 +292,7 @@ public final class Worker: Sendable {
         await handBackUndelivered(intake: intake, store: store, lease: lease)
 
         let final = summary.withLock { $0 }
-        state.withLock { $0 = .stopped }
+        setState(.stopped)
         if final.abandoned > 0 {
             logger.warning(
                 "\(final.abandoned) job(s) were stopped when a lease epoch ended; their entries are rescheduled by a "
@@ -309,6 +318,11 @@ public final class Worker: Sendable {
         isolation.removeOwnContexts()
         logger.info("runner stopped", ["finished": String(final.finished), "handed_back": String(final.handedBack)])
         return final
+    }
+
+    func setState(_ new: RunnerState) {
+        state.withLock { $0 = new }
+        metrics.setState(new)
     }
 
     /// Lets running jobs finish within the shutdown timeout (cut short by a second request), then stops the rest;
@@ -369,14 +383,24 @@ public final class Worker: Sendable {
     private func renew(_ epochs: EpochContext) async throws -> Bool {
         let epoch = await epochs.lease.epoch
         guard !epoch.ended.isFired else { return false }
-        switch try await epochs.lease.renew() {
+        let renewal: LeaseKeeper.Renewal
+        do {
+            renewal = try await epochs.lease.renew()
+        } catch {
+            metrics.leaseRenewalFailed()
+            throw error
+        }
+        switch renewal {
         case .renewed(let killDeadline):
             killSwitch.arm(until: killDeadline)
+            metrics.leaseConfirmed(until: killDeadline, renewal: true)
             return true
         case .lost:
+            metrics.leaseRenewalFailed()
             endEpoch(epoch, reason: .leaseGone, epochs)
             return false
         case .overdue:
+            metrics.leaseRenewalFailed()
             endEpoch(epoch, reason: .notRenewed, epochs)
             return false
         }
@@ -422,9 +446,11 @@ public final class Worker: Sendable {
 
     /// Renews the lease and publishes heartbeats every interval until cancelled.
     private func keepPresence(_ epochs: EpochContext, admission: MemoryAdmission) async {
+        metrics.loopWentRound()
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
             if Task.isCancelled { break }
+            metrics.loopWentRound()
             if nameLost.isFired { return }
             do {
                 guard try await renew(epochs) else { continue }
@@ -445,6 +471,9 @@ public final class Worker: Sendable {
     /// jobs run on into the time a reaper may reschedule them.
     private func watchLease(_ epochs: EpochContext) async {
         while !Task.isCancelled {
+            // Goes round at least every two thirds of the TTL without waiting on Redis: `/healthz` stays 200 through
+            // a Redis that hangs, and turns 503 only when the runner itself is stuck.
+            metrics.loopWentRound()
             let epoch = await epochs.lease.epoch
             let deadline = await epochs.lease.killDeadline
             if epoch.ended.isFired {
@@ -492,6 +521,7 @@ public final class Worker: Sendable {
         // the ended epoch and kills itself.
         killSwitch.fire()
         summary.withLock { $0.leaseEpochsLost += 1 }
+        metrics.leaseLost()
         logger.error(
             "lease epoch \(epoch.number) ended (\(reason.rawValue)): stopped \(stopped) job(s); registering again",
             ["runner": configuration.name])
@@ -510,6 +540,7 @@ public final class Worker: Sendable {
             return
         }
         killSwitch.arm(until: await epochs.lease.killDeadline)
+        metrics.leaseConfirmed(until: await epochs.lease.killDeadline, renewal: false)
         let durable = RedisRetry.idempotent(deadline: nil)
         _ = await DurableWrite.perform(logger: logger) { [configuration] in
             try await epochs.store.emit(
@@ -663,6 +694,7 @@ public final class Worker: Sendable {
         if !operations.intakeOpen { operations.updateGate() }
         let jobId = delivery.fields.flatMap { JobEntry.jobId(in: $0) } ?? delivery.streamId
         await slots.reserve(streamId: delivery.streamId, jobId: jobId)
+        metrics.jobStarted()
         let task = Task {
             let outcome = await executor.run(delivery, epoch: epoch)
             // A cancel that came too late for this attempt must not apply to a later one.
@@ -670,6 +702,7 @@ public final class Worker: Sendable {
             self.count(outcome)
             if case .retried(let delay) = outcome { self.moveWhenDue(after: delay, store: executor.store) }
             await self.slots.release(streamId: delivery.streamId)
+            self.metrics.jobEnded()
         }
         await slots.attach(streamId: delivery.streamId, task: task)
     }
@@ -686,6 +719,12 @@ public final class Worker: Sendable {
     }
 
     private func count(_ outcome: DeliveryOutcome) {
+        switch outcome {
+        case .finished(let state) where state.isTerminal: metrics.jobTerminal(state)
+        case .dead: metrics.jobTerminal(.dead)
+        case .rejected: metrics.jobTerminal(.rejected)
+        default: break
+        }
         summary.withLock { summary in
             switch outcome {
             case .finished, .retried, .dead, .rescheduled:

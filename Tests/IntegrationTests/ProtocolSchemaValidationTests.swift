@@ -15,8 +15,6 @@ final class ProtocolSchemaValidationTests: IntegrationTestCase {
         // Produced and validated by PoolOperationsTests (control commands, cancel, migration).
         .runnerCommand, .runnerMigration, .runnerMigrated, .jobCancelReceived, .jobCancelSigterm, .jobCancelSigkill,
         .jobCancelled,
-        // Produced by RoutingTests (a runner without the labels a job requires).
-        .jobRouted,
     ]
 
     private func file(_ name: String) -> URL {
@@ -53,12 +51,18 @@ final class ProtocolSchemaValidationTests: IntegrationTestCase {
         try submit(["--isolation", "cgroup", "--memory", "64M", "--", "echo", "cg"], id: "cgroup-1")
         _ = try send(["XADD", key("jobs:default"), "*", "id", "plain-1", "spec", #"{"argv":["echo","plain"]}"#])
         _ = try send(["XADD", key("jobs:default"), "*", "id", "bad-1", "spec", #"{"argv":"echo"}"#])
+        // A job requiring labels no runner here has: beta routes it to its requirement stream, where it waits.
+        _ = try send([
+            "XADD", key("jobs:default"), "*", "id", "routed-1", "spec",
+            #"{"argv":["echo","gpu"],"requires":{"gpu":"yes"}}"#,
+        ])
         for id in ["ok-1", "plain-1"] { try waitForState(id, ["succeeded"]) }
         try waitForState("fail-1", ["failed"])
         try waitForState("timeout-1", ["timed_out"])
         try waitForState("retry-1", ["dead"])
         try waitForState("cgroup-1", ["succeeded"])
         try waitForState("bad-1", ["rejected"])
+        try eventually("job.routed") { try hasEvent(.jobRouted, job: "routed-1") }
         XCTAssertEqual(cli(["retry", "fail-1"]).code, 0)
         try waitForState("fail-1", ["failed"])
         try eventually("job.requeued") { try hasEvent(.jobRequeued, job: "fail-1") }

@@ -11,6 +11,8 @@ struct ResourceMonitor: Sendable {
     let store: JobStore
     let runner: String
     let logger: Logger
+    /// Where the host figures of each sample go for `/metrics` (nil: nowhere).
+    var metrics: WorkerMetrics? = nil
 
     /// Every `interval`: usage event, then a cleanup pass. Until cancelled.
     func run(interval: Duration) async {
@@ -22,19 +24,25 @@ struct ResourceMonitor: Sendable {
             let now = ContinuousClock.now
             let hostTimes = try? host.sampler.hostCPUTimes()
             var data: [String: JSONValue] = [:]
+            var sample = WorkerMetrics.HostSample()
             if let hostTimes, let previousHost, let busy = hostTimes.busyPercent(since: previousHost) {
                 data["host_cpu_percent"] = .double((busy * 10).rounded() / 10)
+                sample.cpuPercent = busy
             }
             previousHost = hostTimes
             if let load = try? host.sampler.loadAverage() {
                 data["load"] = .array([
                     .double(load.oneMinute), .double(load.fiveMinutes), .double(load.fifteenMinutes),
                 ])
+                sample.load = (load.oneMinute, load.fiveMinutes, load.fifteenMinutes)
             }
             if let memory = try? host.sampler.memory() {
                 data["memory_used_bytes"] = .int(Int(clamping: memory.usedBytes))
                 data["memory_total_bytes"] = .int(Int(clamping: memory.totalBytes))
+                sample.memoryUsedBytes = memory.usedBytes
+                sample.memoryTotalBytes = memory.totalBytes
             }
+            metrics?.recordHost(sample)
             if let disk = try? host.sampler.diskSpace(of: host.configuration.workRoot) {
                 data["work_disk_free_bytes"] = .int(Int(clamping: disk.availableBytes))
             }

@@ -1,0 +1,124 @@
+import Foundation
+import RunnerCore
+import RunnerProtocol
+
+/// `runner top`'s screen: a pure function from a snapshot to lines no wider than `width`.
+enum TopView {
+    /// The lines showing `snapshot`: a title, then runners, running jobs, queues and the recent events.
+    static func render(_ snapshot: PoolSnapshot, width: Int) -> [String] {
+        let now = snapshot.takenAtMs
+        var lines: [String] = []
+        let live = snapshot.runners.filter { $0.leaseRemainingMs != nil }
+        let queued = snapshot.queues.reduce(0) { $0 + ($1.lag ?? 0) }
+        lines.append(
+            "NativeRunner pool '\(snapshot.namespace)'  \(formatTimestamp(now))  runners \(live.count)/"
+                + "\(snapshot.runners.count) live  jobs running \(snapshot.running.count)  waiting \(queued)")
+
+        let runners = snapshot.runners.map { runner -> [String] in
+            let record = runner.record
+            let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
+            let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
+            let usage = snapshot.usage[runner.id]
+            return [
+                runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
+                StatusCommand.stateText(
+                    record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
+                runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
+                bar(used: capacity - free, total: capacity) + " \(capacity - free)/\(capacity)",
+                usage?.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-",
+                memoryText(used: usage?.memoryUsedBytes, total: usage?.memoryTotalBytes),
+                usage?.load1.map { String(format: "%.2f", $0) } ?? "-",
+            ]
+        }
+        lines += section(
+            "RUNNERS", empty: "(none registered)",
+            header: ["ID", "NODE", "STATE", "LEASE", "SLOTS", "CPU", "MEMORY", "LOAD"], runners)
+
+        let jobs = snapshot.running.sorted { ($0.startedAtMs ?? .max, $0.id) < ($1.startedAtMs ?? .max, $1.id) }
+        lines += section(
+            "RUNNING JOBS", empty: "(none)", header: ["JOB", "RUNNER", "QUEUE", "ATTEMPT", "RUNTIME", "CPU", "RSS"],
+            jobs.map { job in
+                [
+                    job.id, job.runner, job.queue.isEmpty ? "-" : job.queue, job.attempt.map(String.init) ?? "-",
+                    job.startedAtMs.map { runtimeText(max(0, now - $0)) } ?? "-",
+                    job.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-", job.rssBytes.map(bytesText) ?? "-",
+                ]
+            })
+
+        lines += section(
+            "QUEUES", empty: "(none)", header: ["NAME", "LENGTH", "PENDING", "LAG", "CONSUMERS"],
+            snapshot.queues.map { queue in
+                [
+                    queue.name, String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-",
+                    String(queue.consumers),
+                ]
+            })
+
+        lines.append("")
+        lines.append("RECENT EVENTS")
+        if snapshot.events.isEmpty { lines.append("  (none)") }
+        for event in snapshot.events {
+            let time = String(formatTimestamp(event.timestampMs).dropFirst(11).dropLast())
+            var line = "  \(time)  \(event.type)"
+            if !event.runner.isEmpty { line += "  runner=\(event.runner)" }
+            if !event.job.isEmpty { line += "  job=\(event.job)" }
+            lines.append(line)
+        }
+        return lines.map { clip($0, to: width) }
+    }
+
+    /// A blank line, the title, then the table (header first), or `empty` when there are no rows.
+    static func section(_ title: String, empty: String, header: [String], _ rows: [[String]]) -> [String] {
+        ["", title] + (rows.isEmpty ? ["  " + empty] : table([header] + rows))
+    }
+
+    /// `[####------]`: used slots against the total, at most 10 cells (one per slot when fewer).
+    static func bar(used: Int, total: Int) -> String {
+        guard total > 0 else { return "[]" }
+        let cells = min(total, 10)
+        let filled = min(cells, Int((Double(max(0, used)) / Double(total) * Double(cells)).rounded(.up)))
+        return "[" + String(repeating: "#", count: filled) + String(repeating: "-", count: cells - filled) + "]"
+    }
+
+    static func runtimeText(_ ms: Int) -> String {
+        let seconds = ms / 1000
+        if seconds < 60 { return String(format: "%.1fs", Double(ms) / 1000) }
+        if seconds < 3600 { return "\(seconds / 60)m\(String(format: "%02d", seconds % 60))s" }
+        return "\(seconds / 3600)h\(String(format: "%02d", seconds % 3600 / 60))m"
+    }
+
+    static func bytesText(_ bytes: Int) -> String {
+        let units = ["B", "K", "M", "G", "T"]
+        var value = Double(bytes)
+        var unit = 0
+        while value >= 1024, unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(bytes)B" : String(format: "%.1f%@", value, units[unit])
+    }
+
+    static func memoryText(used: Int?, total: Int?) -> String {
+        guard let used else { return "-" }
+        return bytesText(used) + (total.map { "/" + bytesText($0) } ?? "")
+    }
+
+    /// Columns padded to their widest cell, two spaces apart, indented by two.
+    static func table(_ rows: [[String]]) -> [String] {
+        let widths = (0..<(rows.first?.count ?? 0)).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            let cells = row.enumerated().map {
+                $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0)
+            }
+            var line = "  " + cells.joined(separator: "  ")
+            while line.hasSuffix(" ") { line.removeLast() }
+            return line
+        }
+    }
+
+    /// At most `width` characters; a clipped line ends in `…`.
+    static func clip(_ line: String, to width: Int) -> String {
+        guard width > 0, line.count > width else { return line }
+        return String(line.prefix(max(0, width - 1))) + "…"
+    }
+}

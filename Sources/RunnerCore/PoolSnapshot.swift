@@ -1,0 +1,143 @@
+import RedisClient
+import RunnerProtocol
+
+/// What `runner top` shows at one moment: the registry, the queues, the running jobs, each runner's latest resource
+/// usage, and the last events. A plain value, so that rendering it is a pure function.
+public struct PoolSnapshot: Sendable {
+    /// A job some runner's last heartbeat lists as running.
+    public struct RunningJob: Sendable, Equatable {
+        public var id: String
+        public var runner: String
+        public var queue: String
+        public var attempt: Int?
+        /// When the attempt started (ms since the epoch, Redis's clock); nil when its record says nothing.
+        public var startedAtMs: Int?
+        /// From the runner's last `runner.resource_usage`.
+        public var cpuPercent: Double?
+        public var rssBytes: Int?
+
+        public init(
+            id: String, runner: String, queue: String = "", attempt: Int? = nil, startedAtMs: Int? = nil,
+            cpuPercent: Double? = nil, rssBytes: Int? = nil
+        ) {
+            self.id = id
+            self.runner = runner
+            self.queue = queue
+            self.attempt = attempt
+            self.startedAtMs = startedAtMs
+            self.cpuPercent = cpuPercent
+            self.rssBytes = rssBytes
+        }
+    }
+
+    /// A runner's host figures from its last `runner.resource_usage` event.
+    public struct HostUsage: Sendable, Equatable {
+        public var cpuPercent: Double?
+        public var memoryUsedBytes: Int?
+        public var memoryTotalBytes: Int?
+        public var load1: Double?
+
+        public init(
+            cpuPercent: Double? = nil, memoryUsedBytes: Int? = nil, memoryTotalBytes: Int? = nil, load1: Double? = nil
+        ) {
+            self.cpuPercent = cpuPercent
+            self.memoryUsedBytes = memoryUsedBytes
+            self.memoryTotalBytes = memoryTotalBytes
+            self.load1 = load1
+        }
+    }
+
+    public var namespace: String
+    /// Redis's clock when the snapshot was taken (ms since the epoch).
+    public var takenAtMs: Int
+    public var runners: [RunnerStatus]
+    public var queues: [QueueStatus]
+    public var running: [RunningJob]
+    /// By runner id.
+    public var usage: [String: HostUsage]
+    /// The last events, oldest first, without the periodic samples (their figures are in `usage` and the registry).
+    public var events: [PoolEvent]
+
+    /// Event types that repeat every few seconds per runner and would crowd out the others.
+    static let sampleEventTypes: Set<String> = [
+        EventType.runnerResourceUsage.rawValue, EventType.runnerCapacityUpdate.rawValue,
+    ]
+
+    public init(
+        namespace: String, takenAtMs: Int, runners: [RunnerStatus], queues: [QueueStatus], running: [RunningJob],
+        usage: [String: HostUsage], events: [PoolEvent]
+    ) {
+        self.namespace = namespace
+        self.takenAtMs = takenAtMs
+        self.runners = runners
+        self.queues = queues
+        self.running = running
+        self.usage = usage
+        self.events = events
+    }
+}
+
+extension PoolClient {
+    /// How far back `snapshot` looks in the events stream for each runner's latest resource usage.
+    static let usageLookback = 500
+
+    /// Reads a `PoolSnapshot`: `status()`, Redis's `TIME`, each running job's record (`HMGET`), and the events
+    /// stream's last entries (`XREVRANGE`) for resource usage and the `eventCount` most recent events.
+    public func snapshot(eventCount: Int) async throws -> PoolSnapshot {
+        let status = try await status()
+        let time = try await client.send(RedisCommand(["TIME"])).array ?? []
+        let seconds = time.first?.string.flatMap { Int($0) } ?? 0
+        let micros = time.count > 1 ? time[1].string.flatMap { Int($0) } ?? 0 : 0
+        let recent = try await recentEvents(count: max(eventCount, PoolClient.usageLookback))
+
+        var usage: [String: PoolSnapshot.HostUsage] = [:]
+        var jobUsage: [String: (cpu: Double?, rss: Int?)] = [:]
+        for event in recent.reversed() where event.type == EventType.runnerResourceUsage.rawValue {
+            guard usage[event.runner] == nil, let data = try? JSONValue(parsing: Array(event.data.utf8)) else {
+                continue
+            }
+            usage[event.runner] = PoolSnapshot.HostUsage(
+                cpuPercent: data["host_cpu_percent"]?.numberValue, memoryUsedBytes: data["memory_used_bytes"]?.intValue,
+                memoryTotalBytes: data["memory_total_bytes"]?.intValue,
+                load1: data["load"]?.arrayValue?.first?.numberValue)
+            for job in data["jobs"]?.arrayValue ?? [] {
+                guard let id = job["job"]?.stringValue, jobUsage[id] == nil else { continue }
+                jobUsage[id] = (job["cpu_percent"]?.numberValue, job["rss_bytes"]?.intValue)
+            }
+        }
+
+        var running: [PoolSnapshot.RunningJob] = []
+        for runner in status.runners where runner.leaseRemainingMs != nil {
+            for id in runner.record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue) ?? [] {
+                let fields =
+                    try await client.send(
+                        RedisCommand([
+                            "HMGET", keyspace.job(id: id), ResultField.queue, ResultField.attempt,
+                            ResultField.startedAt,
+                        ])
+                    ).array?.map(\.string) ?? []
+                func field(_ index: Int) -> String? { index < fields.count ? fields[index] : nil }
+                running.append(
+                    PoolSnapshot.RunningJob(
+                        id: id, runner: runner.id, queue: field(0) ?? "", attempt: field(1).flatMap { Int($0) },
+                        startedAtMs: field(2).flatMap { Int($0) }, cpuPercent: jobUsage[id]?.cpu,
+                        rssBytes: jobUsage[id]?.rss))
+            }
+        }
+        return PoolSnapshot(
+            namespace: keyspace.namespace, takenAtMs: seconds * 1000 + micros / 1000, runners: status.runners,
+            queues: status.queues, running: running, usage: usage,
+            events: Array(recent.filter { !PoolSnapshot.sampleEventTypes.contains($0.type) }.suffix(eventCount)))
+    }
+}
+
+extension JSONValue {
+    /// An integer or a fraction, as a Double.
+    fileprivate var numberValue: Double? {
+        switch self {
+        case .int(let value): Double(value)
+        case .double(let value): value
+        default: nil
+        }
+    }
+}

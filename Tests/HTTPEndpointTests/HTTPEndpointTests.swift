@@ -1,0 +1,227 @@
+import Foundation
+import HTTPEndpoint
+import XCTest
+
+final class HTTPRequestParserTests: XCTestCase {
+    let parser = HTTPRequestParser(maximumHeadBytes: 256, maximumHeaders: 4)
+
+    func parse(_ text: String) -> HTTPRequestParser.Outcome { parser.parse(Array(text.utf8)) }
+
+    func testAWholeGetIsParsedWithPathQueryAndHeaders() {
+        XCTAssertEqual(
+            parse("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept:  text/plain \r\n\r\n"),
+            .complete(
+                HTTPRequestHead(
+                    method: "GET", path: "/metrics", query: "x=1", version: "HTTP/1.1",
+                    headers: [("host", "a"), ("accept", "text/plain")])))
+    }
+
+    func testBareLineFeedsAndHTTP10WithoutHostAreAccepted() {
+        XCTAssertEqual(
+            parse("GET /healthz HTTP/1.0\n\n"),
+            .complete(HTTPRequestHead(method: "GET", path: "/healthz", version: "HTTP/1.0")))
+        XCTAssertEqual(
+            parse("\r\nGET / HTTP/1.0\r\n\r\n"),
+            .complete(HTTPRequestHead(method: "GET", path: "/", version: "HTTP/1.0")))
+    }
+
+    func testAPartialHeadAsksForMore() {
+        XCTAssertEqual(parse(""), .incomplete)
+        XCTAssertEqual(parse("GET /metrics HTTP/1.1\r\nHost: a\r\n"), .incomplete)
+    }
+
+    func testMalformedHeadsAreRefusedWithTheStatusTheyDeserve() {
+        let cases: [(String, Int)] = [
+            ("\u{0}\u{1}\u{2}binary", 400),
+            ("GET\r\n\r\n", 400),
+            ("GET /metrics\r\n\r\n", 400),
+            ("GET  /metrics HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET /metrics HTTP/1.1 extra\r\nHost: a\r\n\r\n", 400),
+            ("G(T /metrics HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET metrics HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET /metrics FTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET /metrics HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            ("GET /metrics HTTP/1.1\r\n\r\n", 400),
+            ("GET /metrics HTTP/1.1\r\nHost a\r\n\r\n", 400),
+            ("GET /metrics HTTP/1.1\r\n: a\r\n\r\n", 400),
+            ("GET /metrics HTTP/1.1\r\nHo st: a\r\n\r\n", 400),
+            ("GET /metrics HTTP/1.1\r\nHost: a\u{7F}\r\n\r\n", 400),
+            ("GET /metrics HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", 431),
+            ("GET /" + String(repeating: "x", count: 300) + " HTTP/1.1\r\nHost: a\r\n\r\n", 431),
+            ("GET /" + String(repeating: "x", count: 300), 431),
+        ]
+        for (text, status) in cases {
+            guard case .invalid(let error) = parse(text) else {
+                XCTFail("accepted or waiting on \(text.debugDescription)")
+                continue
+            }
+            XCTAssertEqual(error.status, status, text.debugDescription)
+            XCTAssertFalse(error.message.isEmpty)
+        }
+    }
+
+    func testRandomBytesNeverCrashTheParser() {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let length = Int.random(in: 0...300, using: &generator)
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            _ = parser.parse(bytes)
+            _ = parser.parse(Array("GET / HTTP/1.1\r\n".utf8) + bytes + Array("\r\n\r\n".utf8))
+        }
+    }
+
+    func testResponsesCarryLengthAndConnectionClose() {
+        let response = HTTPResponse.text(503, "not ready: draining")
+        XCTAssertEqual(
+            String(decoding: response.serialized(), as: UTF8.self),
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n"
+                + "Connection: close\r\n\r\nnot ready: draining\n")
+        XCTAssertEqual(
+            String(decoding: response.serialized(headOnly: true), as: UTF8.self).hasSuffix("Connection: close\r\n\r\n"),
+            true)
+    }
+}
+
+final class HTTPListenAddressTests: XCTestCase {
+    func testAddressesParse() throws {
+        XCTAssertEqual(
+            try HTTPListenAddress(parsing: "127.0.0.1:9464"), HTTPListenAddress(host: "127.0.0.1", port: 9464))
+        XCTAssertEqual(try HTTPListenAddress(parsing: ":0"), HTTPListenAddress(host: "0.0.0.0", port: 0))
+        XCTAssertEqual(try HTTPListenAddress(parsing: "[::1]:80"), HTTPListenAddress(host: "::1", port: 80))
+        XCTAssertEqual(HTTPListenAddress(host: "::1", port: 80).description, "[::1]:80")
+    }
+
+    func testBadAddressesAreRefusedNamingTheText() {
+        for text in ["9464", "host:", "host:port", "host:65536", "host:-1", "::1:80", "[::1:80", "a b:1", "h:１"] {
+            XCTAssertThrowsError(try HTTPListenAddress(parsing: text), text) { error in
+                let error = error as! HTTPServerError
+                XCTAssertEqual(error.code, .invalidAddress)
+                XCTAssertTrue(error.message.contains("'\(text)'"), error.message)
+            }
+        }
+    }
+}
+
+/// A real server on a loopback port, talked to through raw sockets.
+final class HTTPServerTests: XCTestCase {
+    var server: HTTPServer!
+
+    override func setUpWithError() throws {
+        server = try HTTPServer(listen: HTTPListenAddress(host: "127.0.0.1", port: 0), readTimeout: .milliseconds(300))
+        server.start { request in
+            request.path == "/hello" ? .text(200, "hello") : .text(404, "no such endpoint: \(request.path)")
+        }
+    }
+
+    override func tearDown() {
+        server.stop()
+        let deadline = Date().addingTimeInterval(5)
+        while !server.hasExited, Date() < deadline { usleep(10_000) }
+        XCTAssertTrue(server.hasExited, "the serving thread did not end")
+    }
+
+    /// A socket connected to the server.
+    func connectClient() throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(server.boundAddress.port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        XCTAssertEqual(connected, 0)
+        return fd
+    }
+
+    /// Connects, sends `bytes` (then closes its sending side when asked), reads until the server closes.
+    func exchange(_ bytes: [UInt8], halfClose: Bool = false) throws -> String {
+        let fd = try connectClient()
+        defer { close(fd) }
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if halfClose { shutdown(fd, Int32(SHUT_WR)) }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count <= 0 { break }
+            received += buffer[..<count]
+        }
+        return String(decoding: received, as: UTF8.self)
+    }
+
+    func statusLine(_ response: String) -> String { response.components(separatedBy: "\r\n")[0] }
+
+    func testGetReachesTheHandler() throws {
+        let response = try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        XCTAssertEqual(statusLine(response), "HTTP/1.1 200 OK")
+        XCTAssertTrue(response.contains("Connection: close\r\n"))
+        XCTAssertTrue(response.hasSuffix("\r\n\r\nhello\n"))
+        XCTAssertEqual(
+            statusLine(try exchange(Array("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 404 Not Found")
+    }
+
+    func testHeadHasNoBody() throws {
+        let response = try exchange(Array("HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        XCTAssertEqual(statusLine(response), "HTTP/1.1 200 OK")
+        XCTAssertTrue(response.hasSuffix("Connection: close\r\n\r\n"))
+    }
+
+    func testOtherMethodsAre405() throws {
+        let response = try exchange(Array("POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi".utf8))
+        XCTAssertEqual(statusLine(response), "HTTP/1.1 405 Method Not Allowed")
+        XCTAssertTrue(response.contains("Allow: GET, HEAD\r\n"))
+    }
+
+    func testGarbageIs400AndTheServerGoesOn() throws {
+        XCTAssertEqual(statusLine(try exchange([0x16, 0x03, 0x01, 0x00, 0xA5, 0x01])), "HTTP/1.1 400 Bad Request")
+        XCTAssertEqual(statusLine(try exchange(Array("GET /hello\r\n\r\n".utf8))), "HTTP/1.1 400 Bad Request")
+        XCTAssertEqual(
+            statusLine(try exchange(Array(("GET /" + String(repeating: "a", count: 9000)).utf8))),
+            "HTTP/1.1 431 Request Header Fields Too Large")
+        XCTAssertEqual(
+            statusLine(try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK")
+    }
+
+    func testASlowClientTimesOutAndOneThatHangsUpIsLeft() throws {
+        let started = Date()
+        XCTAssertEqual(statusLine(try exchange(Array("GET /hello HTTP/1.1\r\n".utf8))), "HTTP/1.1 408 Request Timeout")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 3)
+        XCTAssertEqual(try exchange(Array("GET /hel".utf8), halfClose: true), "")
+        XCTAssertEqual(
+            statusLine(try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK")
+    }
+
+    func testASlowClientDoesNotDelayAProbe() throws {
+        // A server of its own whose read timeout outlasts the test: a probe answered while the slow client still
+        // waits can only have been served beside it.
+        server.stop()
+        server = try HTTPServer(listen: HTTPListenAddress(host: "127.0.0.1", port: 0), readTimeout: .seconds(30))
+        server.start { _ in .text(200, "hello") }
+        let slow = try connectClient()
+        defer { close(slow) }
+        _ = Array("GET /hello HTTP/1.1\r\n".utf8).withUnsafeBytes { send(slow, $0.baseAddress, $0.count, 0) }
+        XCTAssertEqual(
+            statusLine(try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK")
+        var fds = [pollfd(fd: slow, events: Int16(POLLIN), revents: 0)]
+        XCTAssertEqual(poll(&fds, 1, 0), 0, "the slow client was answered before the probe")
+    }
+
+    func testAPortInUseIsRefusedWithTheAddress() {
+        XCTAssertThrowsError(try HTTPServer(listen: server.boundAddress)) { error in
+            let error = error as! HTTPServerError
+            XCTAssertEqual(error.code, .bindFailed)
+            XCTAssertEqual(error.errno, EADDRINUSE)
+            XCTAssertEqual(error.message, "cannot listen on \(server.boundAddress): bind: the port is already in use")
+        }
+        XCTAssertThrowsError(try HTTPServer(listen: HTTPListenAddress(host: "no-such-host.invalid", port: 1))) {
+            error in
+            XCTAssertEqual((error as! HTTPServerError).code, .unresolvable)
+        }
+    }
+}

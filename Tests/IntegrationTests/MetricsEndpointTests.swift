@@ -1,0 +1,219 @@
+import Foundation
+import RedisClient
+import TestSupport
+import XCTest
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
+/// A real worker with `--metrics-listen 127.0.0.1:0`: its endpoints read with a real HTTP client (URLSession),
+/// its exposition parsed by Prometheus's own Python parser, readiness following Redis, and `runner top --once`.
+final class MetricsEndpointTests: PrivateRedisTestCase {
+    /// GET `url` with URLSession; the status and body (status -1 and the error when it could not connect).
+    func get(_ url: String) -> (status: Int, body: String) {
+        var request = URLRequest(url: URL(string: url)!)
+        request.timeoutInterval = 5
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result = (status: -1, body: "")
+        let task = URLSession.shared.dataTask(with: request) { data, response, error in
+            if let response = response as? HTTPURLResponse {
+                result = (response.statusCode, String(decoding: data ?? Data(), as: UTF8.self))
+            } else {
+                result = (-1, "\(error.map { "\($0)" } ?? "no response")")
+            }
+            done.signal()
+        }
+        task.resume()
+        if done.wait(timeout: .now() + 10) == .timedOut {
+            task.cancel()
+            return (-1, "timed out")
+        }
+        return result
+    }
+
+    /// The address the runner logged for its metrics endpoint (port 0 asked for: the kernel chose).
+    func metricsAddress(_ runner: RunnerUnderTest) throws -> String {
+        var address: String?
+        _ = waitUntil(timeout: .seconds(10)) {
+            address = runner.log.split(separator: "\n").first { $0.contains("metrics endpoint listening") }
+                .flatMap { $0.split(separator: " ").first { $0.hasPrefix("address=") } }
+                .map { String($0.dropFirst("address=".count)) }
+            return address != nil
+        }
+        return try XCTUnwrap(address, "no 'metrics endpoint listening' line:\n\(runner.log)")
+    }
+
+    /// Parses an exposition with prometheus_client's text parser: `name{label="value",...}` (labels sorted) → value.
+    func parsedByPrometheusClient(_ text: String) throws -> [String: Double] {
+        let script = """
+            import json, sys
+            from prometheus_client.parser import text_string_to_metric_families
+            out = {}
+            for family in text_string_to_metric_families(open(sys.argv[1]).read()):
+                for s in family.samples:
+                    labels = ",".join('%s="%s"' % (k, v) for k, v in sorted(s.labels.items()))
+                    out[s.name + ("{" + labels + "}" if labels else "")] = s.value
+            print(json.dumps(out))
+            """
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("exposition-\(namespace).txt")
+        defer { try? FileManager.default.removeItem(at: file) }
+        try Data(text.utf8).write(to: file)
+        let parsed = Python.run(["-c", script, file.path], timeout: 60)
+        XCTAssertEqual(parsed.code, 0, "prometheus_client refused the exposition: \(parsed.err)\n\(text)")
+        let object = try JSONSerialization.jsonObject(with: Data(parsed.stdout.utf8)) as? [String: Double]
+        return try XCTUnwrap(object, parsed.stdout)
+    }
+
+    func testMetricsHealthAndReadinessOfARealWorker() throws {
+        guard Python.require(["prometheus_client"]) else { return }
+        let runner = try startRunner([
+            "--metrics-listen", "127.0.0.1:0", "--lease-ttl", "3s", "--monitor-interval", "300ms",
+            "--concurrency", "3", "--kill-grace", "200ms", "--shutdown-timeout", "1s",
+        ])
+        let base = "http://" + (try metricsAddress(runner))
+
+        try submit(["--", "true"], id: "m-ok")
+        try submit(["--", "false"], id: "m-fail")
+        try submit(["--timeout", "300ms", "--", "sleep", "10"], id: "m-slow")
+        try waitForState("m-ok", ["succeeded"])
+        try waitForState("m-fail", ["failed"])
+        try waitForState("m-slow", ["timed_out"])
+
+        // Counters are updated when the slot is released, a moment after the result is written.
+        var metrics: [String: Double] = [:]
+        let counted = try waitUntil(timeout: .seconds(10), interval: .milliseconds(100)) {
+            let scrape = get(base + "/metrics")
+            XCTAssertEqual(scrape.status, 200, scrape.body)
+            metrics = try parsedByPrometheusClient(scrape.body)
+            return metrics["nativerunner_jobs_running"] == 0 && metrics["nativerunner_host_memory_total_bytes"] != nil
+        }
+        XCTAssertTrue(counted, "\(metrics)")
+        let expected: [String: Double] = [
+            "nativerunner_jobs_total{state=\"succeeded\"}": 1, "nativerunner_jobs_total{state=\"failed\"}": 1,
+            "nativerunner_jobs_total{state=\"timed_out\"}": 1, "nativerunner_jobs_total{state=\"rejected\"}": 0,
+            "nativerunner_jobs_total{state=\"dead\"}": 0, "nativerunner_job_duration_seconds_count": 3,
+            "nativerunner_job_duration_seconds_bucket{le=\"+Inf\"}": 3, "nativerunner_capacity_slots": 3,
+            "nativerunner_capacity_free_slots": 3, "nativerunner_runner_state{state=\"running\"}": 1,
+            "nativerunner_build_info{protocol=\"1\",runner=\"r1\",version=\"0.1.0\"}": 1,
+            "nativerunner_lease_renewal_failures_total": 0, "nativerunner_redis_errors_total{client=\"jobs\"}": 0,
+        ]
+        for (name, value) in expected.sorted(by: { $0.key < $1.key }) {
+            XCTAssertEqual(metrics[name], value, name)
+        }
+        // The timed-out sleep took its 300 ms: never in the 0.1 s bucket (true and false may be, load permitting).
+        XCTAssertEqual(
+            metrics["nativerunner_job_duration_seconds_bucket{le=\"0.1\"}"].map { (0...2).contains($0) }, true)
+        XCTAssertGreaterThanOrEqual(metrics["nativerunner_job_duration_seconds_sum"] ?? 0, 0.3)
+        XCTAssertNotNil(metrics["nativerunner_host_load_average{period=\"1m\"}"])
+
+        XCTAssertEqual(get(base + "/healthz").status, 200)
+        XCTAssertEqual(get(base + "/readyz").status, 200)
+        XCTAssertEqual(get(base + "/readyz").body, "ready\n")
+        XCTAssertEqual(get(base + "/nope").status, 404)
+
+        // runner top --once (not a terminal): the runner, its state and a running job with its runtime.
+        try submit(["--", "sleep", "30"], id: "m-long")
+        _ = try runningPid("m-long")
+        var top = CLIResult(code: -1, out: Data(), err: "")
+        // The running list and the free slots are as of the runner's last heartbeat (every third of the TTL).
+        let shown = waitUntil(timeout: .seconds(10), interval: .milliseconds(200)) {
+            top = cli(["top", "--once"])
+            return top.stdout.split(separator: "\n").contains {
+                $0.split(separator: " ").prefix(4) == ["m-long", "r1", "default", "1"]
+            }
+        }
+        XCTAssertTrue(shown && top.code == 0, "\(top.code) \(top.err)\n\(top.stdout)")
+        let lines = top.stdout.split(separator: "\n").map(String.init)
+        XCTAssertTrue(
+            lines.contains { $0.hasPrefix("  r1 ") && $0.contains(" running ") && $0.contains(" [#--] 1/3 ") },
+            top.stdout)
+        XCTAssertFalse(top.stdout.contains("\u{1B}["), "no terminal escapes when stdout is not a terminal")
+        XCTAssertEqual(cli(["status", "--watch", "--once"]).stdout.contains("m-long"), true)
+
+        // Redis gone: not ready (saying why) but alive; ready again once Redis is back and the lease is renewed.
+        redis = nil
+        try server.stop()
+        var readiness = (status: 0, body: "")
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10), interval: .milliseconds(100)) {
+                readiness = get(base + "/readyz")
+                return readiness.status == 503
+            }, "\(readiness)")
+        // The intake connection, blocked in XREADGROUP, sees the loss at once: Redis is the reason, not the lease.
+        XCTAssertTrue(readiness.body.hasPrefix("not ready: Redis at 127.0.0.1:"), readiness.body)
+        XCTAssertEqual(get(base + "/healthz").status, 200)
+        try server.restart()
+        redis = try RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), readTimeout: .seconds(10))
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(20), interval: .milliseconds(100)) {
+                readiness = get(base + "/readyz")
+                return readiness.status == 200
+            }, "\(readiness)\n\(runner.log)")
+        let after = try parsedByPrometheusClient(get(base + "/metrics").body)
+        func total(_ name: String) -> Double {
+            ["intake", "presence", "jobs"].reduce(0) { $0 + (after["\(name){client=\"\($1)\"}"] ?? 0) }
+        }
+        XCTAssertGreaterThan(total("nativerunner_redis_errors_total"), 0, "\(after)")
+        XCTAssertGreaterThan(total("nativerunner_redis_reconnects_total"), 0, "\(after)")
+    }
+
+    func testTopWithoutATerminalPrintsASnapshotPerIntervalUntilSIGTERM() throws {
+        try startRunner()
+        let top = try startCLI(["top", "--interval", "200ms"])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { top.output.components(separatedBy: "NativeRunner pool").count > 3 },
+            top.output)
+        kill(top.process.processIdentifier, SIGTERM)
+        XCTAssertEqual(top.waitForExit(timeout: 10), 0)
+        let snapshots = top.output.components(separatedBy: "\n\nNativeRunner pool '\(namespace)'")
+        XCTAssertGreaterThanOrEqual(snapshots.count, 3, top.output)
+        XCTAssertTrue(snapshots.allSatisfy { $0.contains("\nRUNNERS\n") && $0.contains("\n  r1 ") }, top.output)
+        XCTAssertFalse(top.output.contains("\u{1B}["), "no terminal escapes when stdout is not a terminal")
+    }
+
+    func testABadOrBusyListenAddressStopsTheWorkerAtStart() throws {
+        let busy = try HTTPListener()
+        for (address, message) in [
+            (
+                "127.0.0.1:\(busy.port)",
+                "Error: --metrics-listen: cannot listen on 127.0.0.1:\(busy.port): bind: the port is already in use"
+            ),
+            (
+                "nowhere",
+                "Error: invalid value for '--metrics-listen': invalid listen address 'nowhere': expected HOST:PORT"
+            ),
+        ] {
+            let result = cli(["worker", "--name", "bad", "--metrics-listen", address], timeout: 20)
+            XCTAssertEqual(result.code, 2, result.err)
+            XCTAssertEqual(result.err.split(separator: "\n").first.map(String.init), message, result.err)
+        }
+    }
+}
+
+/// A TCP socket listening on a free loopback port (to make a port busy).
+final class HTTPListener {
+    let fd: Int32
+    let port: Int
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard bound else {
+            port = 0
+            throw XCTSkip("cannot make a busy port: bind: \(String(cString: strerror(errno)))")
+        }
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    deinit { close(fd) }
+}

@@ -1,0 +1,88 @@
+import RunnerCore
+import RunnerProtocol
+import XCTest
+
+@testable import RunnerCLI
+
+final class TopViewTests: XCTestCase {
+    /// 2026-12-03T16:00:00Z
+    let now = 1_796_313_600_000
+
+    func snapshot() -> PoolSnapshot {
+        PoolSnapshot(
+            namespace: "nr", takenAtMs: now,
+            runners: [
+                RunnerStatus(
+                    id: "r1",
+                    record: ["node": "n1", "state": "running", "capacity": 4, "capacity_free": 1],
+                    leaseRemainingMs: 12_300),
+                RunnerStatus(
+                    id: "r2", record: ["node": "n2", "state": "running", "capacity": 2, "capacity_free": 2],
+                    leaseRemainingMs: nil),
+            ],
+            queues: [QueueStatus(name: "default", length: 5, pending: 3, lag: 2, consumers: 1)],
+            running: [
+                .init(id: "job-b", runner: "r1", queue: "default", attempt: 2, startedAtMs: now - 125_000),
+                .init(
+                    id: "job-a", runner: "r1", queue: "default", attempt: 1, startedAtMs: now - 1_500, cpuPercent: 50,
+                    rssBytes: 3 << 20),
+            ],
+            usage: ["r1": .init(cpuPercent: 37.25, memoryUsedBytes: 1 << 30, memoryTotalBytes: 4 << 30, load1: 0.5)],
+            events: [
+                PoolEvent(
+                    streamId: "1-0", type: "job.started", timestampMs: now - 1_500, runner: "r1", job: "job-a",
+                    data: "",
+                    fields: [:])
+            ])
+    }
+
+    func testRendersEverySection() {
+        XCTAssertEqual(
+            TopView.render(snapshot(), width: 0),
+            [
+                "NativeRunner pool 'nr'  2026-12-03T16:00:00.000Z  runners 1/2 live  jobs running 2  waiting 2",
+                "",
+                "RUNNERS",
+                "  ID  NODE  STATE           LEASE    SLOTS       CPU    MEMORY     LOAD",
+                "  r1  n1    running         12.3s    [###-] 3/4  37.2%  1.0G/4.0G  0.50",
+                "  r2  n2    running (lost)  expired  [--] 0/2    -      -          -",
+                "",
+                "RUNNING JOBS",
+                "  JOB    RUNNER  QUEUE    ATTEMPT  RUNTIME  CPU    RSS",
+                "  job-b  r1      default  2        2m05s    -      -",
+                "  job-a  r1      default  1        1.5s     50.0%  3.0M",
+                "",
+                "QUEUES",
+                "  NAME     LENGTH  PENDING  LAG  CONSUMERS",
+                "  default  5       3        2    1",
+                "",
+                "RECENT EVENTS",
+                "  15:59:58.500  job.started  runner=r1  job=job-a",
+            ])
+    }
+
+    func testLinesAreClippedToTheWidth() {
+        let lines = TopView.render(snapshot(), width: 30)
+        XCTAssertTrue(lines.allSatisfy { $0.count <= 30 }, lines.joined(separator: "\n"))
+        XCTAssertEqual(lines[0], "NativeRunner pool 'nr'  2026-…")
+    }
+
+    func testAnEmptyPoolSaysSo() {
+        let empty = PoolSnapshot(
+            namespace: "nr", takenAtMs: now, runners: [], queues: [], running: [], usage: [:], events: [])
+        XCTAssertEqual(
+            TopView.render(empty, width: 0),
+            [
+                "NativeRunner pool 'nr'  2026-12-03T16:00:00.000Z  runners 0/0 live  jobs running 0  waiting 0", "",
+                "RUNNERS", "  (none registered)", "", "RUNNING JOBS", "  (none)", "", "QUEUES", "  (none)", "",
+                "RECENT EVENTS", "  (none)",
+            ])
+    }
+
+    func testBars() {
+        XCTAssertEqual(TopView.bar(used: 0, total: 0), "[]")
+        XCTAssertEqual(TopView.bar(used: 1, total: 2), "[#-]")
+        XCTAssertEqual(TopView.bar(used: 1, total: 40), "[#---------]")
+        XCTAssertEqual(TopView.bar(used: 40, total: 40), "[##########]")
+    }
+}
