@@ -9,7 +9,7 @@ public final class WorkerMetrics: Sendable {
     /// Upper bounds of the job duration histogram's buckets, in seconds.
     public static let durationBounds: [Double] = [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600]
     /// The terminal states `nativerunner_jobs_total` counts, each shown from 0 on.
-    static let terminalStates: [JobState] = [.succeeded, .failed, .timedOut, .rejected, .dead]
+    static let terminalStates: [JobState] = JobState.allCases.filter(\.isTerminal)
 
     /// Host figures from the resource monitor's last sample.
     public struct HostSample: Sendable, Equatable {
