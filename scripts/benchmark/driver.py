@@ -20,7 +20,7 @@ SIZES = {
                  backlog_check=1000, pool=100, pool_s=30),
     "quick": dict(runs=3, jobs=300, dispatch=100, idle_s=10, output_bytes=200_000_000, backlog=2000,
                   backlog_check=200, pool=10, pool_s=10),
-    "smoke": dict(runs=1, jobs=100, dispatch=20, idle_s=3, output_bytes=20_000_000, backlog=200,
+    "smoke": dict(runs=1, jobs=100, dispatch=20, idle_s=6, output_bytes=20_000_000, backlog=200,
                   backlog_check=50, pool=3, pool_s=3),
 }
 CONCURRENCIES = (1, 2, 8)
@@ -237,6 +237,17 @@ class Bench:
         process.bench_name = name
         return process
 
+    def registered_runner(self, name, options):
+        """A runner in a fresh namespace, registered: (namespace, process)."""
+        namespace = self.fresh_namespace()
+        worker = self.runner(namespace, name, options)
+        self.wait_registered(namespace, [worker])
+        return namespace, worker
+
+    def retire(self, worker):
+        stop(worker)
+        self.processes.remove(worker)
+
     def wait_registered(self, namespace, runners, timeout=60):
         def registered():
             for runner in runners:
@@ -313,8 +324,7 @@ class Bench:
         end_ns = time.time_ns()
         elapsed = time.monotonic() - started
         for worker in workers:
-            stop(worker)
-            self.processes.remove(worker)
+            self.retire(worker)
         start_ns = self.first_start_ns(stamp_file)
         rate = count / ((end_ns - start_ns) / 1e9)
         say(f"throughput {system} c{concurrency}: {rate:.0f} jobs/s ({count} jobs, {elapsed:.1f} s with start-up)")
@@ -397,8 +407,7 @@ class Bench:
             to_running.append((running - submitted) / 1e6)
             to_result.append((finished - submitted) / 1e6)
             time.sleep(0.01)
-        stop(worker)
-        self.processes.remove(worker)
+        self.retire(worker)
         waiter.close()
         os.unlink(stamp_file)
         result = {"p50": percentile(to_running, 50), "p99": percentile(to_running, 99),
@@ -409,9 +418,7 @@ class Bench:
 
     # Idle cost: a runner (with its reaper) that has nothing to do.
     def idle(self, seconds):
-        namespace = self.fresh_namespace()
-        worker = self.runner(namespace, "i1", ["--concurrency", "2"])
-        self.wait_registered(namespace, [worker])
+        namespace, worker = self.registered_runner("i1", ["--concurrency", "2"])
         time.sleep(2)
         pids = [worker.pid] + proc_children(worker.pid)
         cpu_before = sum(proc_cpu_seconds(p) for p in pids)
@@ -421,8 +428,7 @@ class Bench:
         cpu_after = sum(proc_cpu_seconds(p) for p in pids)
         rss = proc_status(worker.pid, "VmRSS")
         delta = calls_delta(calls_before, calls_after)
-        stop(worker)
-        self.processes.remove(worker)
+        self.retire(worker)
         result = {"cpu_seconds": cpu_after - cpu_before, "rss_mb": rss,
                   "redis_cmds_per_s": sum(delta.values()) / seconds, "seconds": seconds, "commands": delta}
         say(f"idle {seconds} s: {result['cpu_seconds']:.3f} CPU s, RSS {rss:.1f} MB, "
@@ -431,9 +437,7 @@ class Bench:
 
     # Output: one job writing N bytes to stdout; MB/s over the job's recorded duration; the runner's peak RSS.
     def output(self, size):
-        namespace = self.fresh_namespace()
-        worker = self.runner(namespace, "o1", ["--concurrency", "2"])
-        self.wait_registered(namespace, [worker])
+        namespace, worker = self.registered_runner("o1", ["--concurrency", "2"])
         rss_before = proc_status(worker.pid, "VmRSS")
         job_key = f"{{{namespace}}}:job:out"
         spec = json.dumps({"argv": ["head", "-c", str(size), "/dev/zero"], "timeout_ms": 300000})
@@ -452,8 +456,7 @@ class Bench:
         if record["state"] != "succeeded":
             raise BenchError(f"output job ended {record['state']}: {record.get('reason')}")
         peak = max(peak, proc_status(worker.pid, "VmHWM"))
-        stop(worker)
-        self.processes.remove(worker)
+        self.retire(worker)
         duration = int(record["duration_ms"]) / 1000
         result = {"mb_per_s": size / 1e6 / duration, "mb_per_s_submit_to_result": size / 1e6 / wall,
                   "peak_rss_mb": peak, "rss_before_mb": rss_before, "bytes": size}
@@ -489,8 +492,7 @@ class Bench:
         time.sleep(1)
         memory_end = int(self.redis.info("memory")["used_memory"])
         for worker in workers:
-            stop(worker)
-            self.processes.remove(worker)
+            self.retire(worker)
         result = {"jobs": total, "checkpoint": checkpoint, "seconds": elapsed, "after_checkpoint": after_first,
                   "after_all": after_all, "redis_used_memory_start": memory_start,
                   "redis_used_memory_drained": memory_done, "redis_used_memory_after_expiry": memory_end}
@@ -513,8 +515,7 @@ class Bench:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         for worker in workers:
-            stop(worker)
-            self.processes.remove(worker)
+            self.retire(worker)
         delta = calls_delta(calls_before, calls_after)
         result = {"runners": count, "seconds": seconds, "redis_cmds_per_s": sum(delta.values()) / seconds,
                   "per_runner_cmds_per_s": sum(delta.values()) / seconds / count,
@@ -589,6 +590,10 @@ def compact(figures, peers):
     return out
 
 
+def stopped(*_):
+    raise BenchError("stopped by SIGTERM")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--redis-port", type=int, required=True)
@@ -603,6 +608,8 @@ def main():
     args = parser.parse_args()
     if not args.no_peers and not args.venv_python:
         parser.error("--venv-python is needed for the peers (or --no-peers)")
+    # SIGTERM (scripts/bench stopping) unwinds like an error, so every process started is stopped on the way out.
+    signal.signal(signal.SIGTERM, stopped)
     try:
         figures = run(args)
     except BenchError as error:
