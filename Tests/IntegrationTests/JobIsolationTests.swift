@@ -286,6 +286,20 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertGreaterThan(Int(record["peak_memory_bytes"] ?? "") ?? 0, 90 << 20, "\(record)")
     }
 
+    func testPeakMemoryOfAJobEndingBeforeItsFirstSampleIsItsOwnMaxRSS() throws {
+        // The sampler's first look is one interval (250 ms) after the start: a short job's peak is the kernel's
+        // ru_maxrss of its main process.
+        try startRunner()
+        let result = cli([
+            "submit", "--wait", "--id", "peak-short", "--", "python3", "-c",
+            "b = bytearray(64 * 2**20); b[::4096] = b'x' * len(b[::4096])",
+        ])
+        XCTAssertEqual(result.code, 0, result.err)
+        let record = try job("peak-short")
+        XCTAssertEqual(record["peak_memory_source"], "sampled")
+        XCTAssertGreaterThan(Int(record["peak_memory_bytes"] ?? "") ?? 0, 60 << 20, "\(record)")
+    }
+
     func testRunAsUserOwnsTheWorkFolderAndHasNoGroups() throws {
         try startRunner(["--run-as", "65534:65534", "--keep-work-dirs"])
         defer { (try? runnerFolder()).map { try? FileManager.default.removeItem(atPath: $0) } }
