@@ -20,7 +20,7 @@ SIZES = {
                  backlog_check=1000, pool=100, pool_s=30),
     "quick": dict(runs=3, jobs=300, dispatch=100, idle_s=10, output_bytes=200_000_000, backlog=2000,
                   backlog_check=200, pool=10, pool_s=10),
-    "smoke": dict(runs=1, jobs=100, dispatch=20, idle_s=6, output_bytes=20_000_000, backlog=200,
+    "smoke": dict(runs=1, jobs=40, dispatch=20, idle_s=6, output_bytes=20_000_000, backlog=200,
                   backlog_check=50, pool=3, pool_s=3),
 }
 CONCURRENCIES = (1, 2, 8)
@@ -100,6 +100,38 @@ class Redis:
         self.sock.close()
 
 
+class Monitor:
+    """Counts the commands clients send (MONITOR), apart from those run inside scripts and the driver's INFO:
+    commandstats counts both kinds, so this tells the round trips apart from the work of a script."""
+
+    def __init__(self, port):
+        import threading
+        self.redis = Redis(port)
+        self.redis.sock.sendall(Redis.encode(["MONITOR"]))
+        self.redis.read()  # +OK
+        self.counts = {}
+        self.thread = threading.Thread(target=self.read, daemon=True)
+        self.thread.start()
+
+    def read(self):
+        try:
+            while True:
+                line = self.redis.read()
+                if " lua] " in line or "[" not in line:
+                    continue
+                name = line.split("] ", 1)[1].split(" ", 1)[0].strip('"').lower()
+                if name != "info":
+                    self.counts[name] = self.counts.get(name, 0) + 1
+        except (BenchError, OSError, ValueError, IndexError):
+            return
+
+    def stop(self):
+        counts = dict(self.counts)
+        self.redis.sock.shutdown(socket.SHUT_RDWR)
+        self.redis.close()
+        return counts
+
+
 def command_calls(redis):
     """Calls per command from INFO commandstats, without the driver's own INFO."""
     calls = {}
@@ -134,6 +166,15 @@ def proc_status(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def proc_pss_mb(pid):
+    """Proportional set size: the shared libraries' pages split among the processes that map them."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -421,18 +462,23 @@ class Bench:
         namespace, worker = self.registered_runner("i1", ["--concurrency", "2"])
         time.sleep(2)
         pids = [worker.pid] + proc_children(worker.pid)
+        monitor = Monitor(self.port)
         cpu_before = sum(proc_cpu_seconds(p) for p in pids)
         calls_before = command_calls(self.redis)
         time.sleep(seconds)
         calls_after = command_calls(self.redis)
+        sent = monitor.stop()
         cpu_after = sum(proc_cpu_seconds(p) for p in pids)
         rss = proc_status(worker.pid, "VmRSS")
+        pss = proc_pss_mb(worker.pid)
         delta = calls_delta(calls_before, calls_after)
         self.retire(worker)
-        result = {"cpu_seconds": cpu_after - cpu_before, "rss_mb": rss,
-                  "redis_cmds_per_s": sum(delta.values()) / seconds, "seconds": seconds, "commands": delta}
+        result = {"cpu_seconds": cpu_after - cpu_before, "rss_mb": rss, "pss_mb": pss,
+                  "redis_cmds_per_s": sum(delta.values()) / seconds, "seconds": seconds, "commands": delta,
+                  "sent_cmds_per_s": sum(sent.values()) / seconds, "sent_commands": sent}
         say(f"idle {seconds} s: {result['cpu_seconds']:.3f} CPU s, RSS {rss:.1f} MB, "
-            f"{result['redis_cmds_per_s']:.2f} Redis commands/s {delta}")
+            f"{result['redis_cmds_per_s']:.2f} Redis commands/s {delta}; sent by the runner "
+            f"{result['sent_cmds_per_s']:.2f}/s {sent}")
         return result
 
     # Output: one job writing N bytes to stdout; MB/s over the job's recorded duration; the runner's peak RSS.

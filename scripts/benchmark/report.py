@@ -155,10 +155,15 @@ def main():
     idle = data["idle"]
     add(f"## Idle ({detail['idle']['seconds']} s)")
     add("")
+    pss = detail["idle"].get("pss_mb")
     add(f"- CPU: {idle['cpu_seconds']:.3f} s; RSS {idle['rss_mb']:.1f} MB (target < 20: "
-        f"{verdict(idle['rss_mb'] < 20)}); Redis {idle['redis_cmds_per_s']:.2f} commands/s (target ≤ 2: "
-        f"{verdict(idle['redis_cmds_per_s'] <= 2)})")
-    add(f"- commands in the window: {json.dumps(detail['idle']['commands'], sort_keys=True)}")
+        f"{verdict(idle['rss_mb'] < 20)})" + (f", PSS {pss:.1f} MB" if pss else "") +
+        f"; Redis {idle['redis_cmds_per_s']:.2f} commands/s (target ≤ 2: {verdict(idle['redis_cmds_per_s'] <= 2)})")
+    add(f"- commands in the window (INFO commandstats: also those run inside scripts): "
+        f"{json.dumps(detail['idle']['commands'], sort_keys=True)}")
+    if "sent_cmds_per_s" in detail["idle"]:
+        add(f"- commands the runner sent (MONITOR, without those inside scripts): "
+            f"{detail['idle']['sent_cmds_per_s']:.2f}/s: {json.dumps(detail['idle']['sent_commands'], sort_keys=True)}")
     add("")
     add("## Output")
     add("")
@@ -189,6 +194,11 @@ def main():
         f"Redis CPU {pool['redis_cpu_percent']:.1f} % of a core; runner RSS median {pool['runner_rss_mb_median']:.1f} MB")
     add(f"- per command (/s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(pool["commands_per_s"].items())))
     add("")
+    # The performance work (what was changed, with its before/after) is written by hand beside this script.
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "performance-work.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines.append(f.read().rstrip())
     print("\n".join(lines))
 
 
