@@ -667,6 +667,7 @@ def main():
     peers = [] if args.no_peers else ["rq", "celery"]
     result = compact(figures, peers)
     result["size"] = args.size
+    result["finished_at"] = time.time()
     text = json.dumps(result, indent=None, sort_keys=False)
     if args.out:
         with open(args.out, "w") as f:

@@ -71,6 +71,9 @@ def main():
     with open(args.json) as f:
         data = json.load(f)
     detail = data["detail"]
+    # When the figures were taken: the driver's stamp, else when its JSON was written.
+    run_date = datetime.datetime.fromtimestamp(data.get("finished_at", os.path.getmtime(args.json)),
+                                               datetime.timezone.utc)
     m, v = machine(), versions(args)
     throughput = detail["throughput_runs"]
     systems = list(throughput)
@@ -79,7 +82,7 @@ def main():
     add("# Benchmarks")
     add("")
     add("Written by `scripts/bench` (do not edit by hand; run it again instead). "
-        f"Run of {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, size `{data['size']}`.")
+        f"Run of {run_date:%Y-%m-%d %H:%M} UTC, size `{data['size']}`.")
     add("")
     add("## Machine and versions")
     add("")
