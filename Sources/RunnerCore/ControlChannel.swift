@@ -91,12 +91,9 @@ struct ControlChannel: Sendable {
         if let reason = reply.reason { data["reason"] = .string(reason) }
         if case .success(.cancel(let job)) = received.command { data["job"] = .string(job) }
         let level = reply.outcome == .rejected ? Logger.Level.warning : .info
-        logger.log(
-            level, "control command \(reply.outcome.rawValue)",
-            [
-                "command": received.fields[ControlField.command] ?? "", "command_id": received.id,
-                "reason": reply.reason ?? "",
-            ])
+        var fields = ["command": received.fields[ControlField.command] ?? "", "command_id": received.id]
+        if let reason = reply.reason { fields["reason"] = reason }
+        logger.log(level, "control command \(reply.outcome.rawValue)", fields)
         do {
             try await store.emit(
                 .runnerCommand, runner: runner, data: .object(data), retry: .idempotent(deadline: .now + .seconds(30)))

@@ -33,22 +33,30 @@ enum ControlScripts {
     static let cancelledBeforeStart = "cancelled before it started"
 
     /// KEYS: job hash, events, delayed set, log stream. ARGV: id, sent by, events maxlen, retention ms, the control
-    /// stream prefix (`{nr}:control:`), control stream maxlen.
-    /// `queued` or `retry_scheduled`: the job is `cancelled` now (out of the delayed set; its entry, if any, is acked
-    /// by the claim that finds it) with `job.cancelled`. `running`: `cancel_requested_at` is set and a `cancel`
+    /// stream prefix (`{nr}:control:`), control stream maxlen, the jobs stream prefix (`{nr}:jobs:`).
+    /// `queued` or `retry_scheduled`: the job is `cancelled` now with `job.cancelled`: out of the delayed set, its
+    /// entry acked and deleted (so queue lengths and lag stop counting it; a runner that read it already refuses it
+    /// at its claim). `running`: `cancel_requested_at` is set and a `cancel`
     /// command goes to the owner's control stream. Returns {1, previous state}, {2, runner, command id}, {0, state}
     /// for a job that has ended, {-1} for no such job.
     static let cancel = RunnerScripts.script(
         "cancel",
         """
         local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)',
-          '\(ResultField.cancelRequestedAt)')
+          '\(ResultField.cancelRequestedAt)', '\(ResultField.queue)', '\(ResultField.streamId)')
         if not cur[1] then return {-1} end
         if nr_terminal(cur[1]) then return {0, cur[1]} end
         local ts = nr_now()
         if cur[1] ~= '\(JobState.running.rawValue)' then
           local reason = '\(ControlScripts.cancelledBeforeStart) (by ' .. ARGV[2] .. ')'
           redis.call('ZREM', KEYS[3], ARGV[1])
+          if not nr_absent(cur[5]) and not nr_absent(cur[6]) then
+            local stream = ARGV[7] .. cur[5]
+            if redis.call('EXISTS', stream) == 1 then
+              redis.call('XACK', stream, '\(Keyspace.consumerGroup)', cur[6])
+              redis.call('XDEL', stream, cur[6])
+            end
+          end
           redis.call('HDEL', KEYS[1], '\(ResultField.retryAt)')
           redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.cancelled.rawValue)', '\(ResultField.finishedAt)', ts,
             '\(ResultField.reason)', reason, '\(ResultField.cancelRequestedAt)', ts, '\(ProtocolVersion.field)', NR_V)

@@ -89,7 +89,7 @@ extension JobStore {
             keys: [keyspace.job(id: id), keyspace.events, keyspace.delayed, keyspace.log(job: id)],
             arguments: JobStore.bytes([
                 id, sentBy, String(eventsMaxLength), String(retentionMs), keyspace.control(runner: ""),
-                String(PoolClient.controlMaxLength),
+                String(PoolClient.controlMaxLength), keyspace.jobs(queue: ""),
             ]))
         let parts = (reply.array ?? []).map { $0.string ?? ($0.int.map(String.init) ?? "") }
         func part(_ index: Int) -> String { index < parts.count ? parts[index] : "" }

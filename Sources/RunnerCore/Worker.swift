@@ -145,6 +145,10 @@ public final class Worker: Sendable {
         let presence = Presence(
             client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds(),
             extras: operations.extras)
+        // Before anything is made on the host: a refused takeover must leave no runner folder or cgroup behind.
+        if config.resumeIdentity {
+            try await operations.takeOver(runner: config.name, client: jobsClient, keyspace: keyspace)
+        }
         let isolation = await IsolationHost.start(
             configuration: config.isolation,
             contextName: runnerContextName(
@@ -169,9 +173,6 @@ public final class Worker: Sendable {
 
         _ = try? await routes.refreshIfDue(client: intakeClient)
         try await intake.ensureGroups()
-        if config.resumeIdentity {
-            try await operations.takeOver(runner: config.name, client: jobsClient, keyspace: keyspace)
-        }
         do {
             try await lease.acquire()
         } catch let error as WorkerError where error.code == .nameInUse && config.resumeIdentity {
@@ -337,9 +338,8 @@ public final class Worker: Sendable {
             group.cancelAll()
         }
         guard !idle.isFired else { return }
-        logger.info(
-            "stopping jobs still running at the shutdown deadline", ["running": String(await slots.runningJobIds.count)]
-        )
+        let why = immediateRequested.isFired ? "as asked (shutdown now)" : "at the shutdown deadline"
+        logger.info("stopping the jobs still running \(why)", ["running": String(await slots.runningJobIds.count)])
         await slots.cancelAll()
         // Writes about stopped jobs wait for Redis; if it stays away, give up after a bound so the runner still
         // exits. Their entries stay pending in the group, so nothing is lost: they are read again.

@@ -95,6 +95,9 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(cancel.code, 0, cancel.err)
         XCTAssertEqual(cancel.stdout, "cancelled cq-1 (it was queued)\n")
         XCTAssertEqual(try job("cq-1")["state"], "cancelled")
+        XCTAssertEqual(
+            try send(["XLEN", key("jobs:default")]).int, 1,
+            "the cancel deleted the queued entry at once (queue length and lag stop counting it); cq-busy's is left")
 
         // A cancel on the pool-wide stream is answered by the owner. The busy job dies of the SIGTERM: no SIGKILL
         // phase; then the runner reads the cancelled entry and drops it.
@@ -106,7 +109,7 @@ final class PoolOperationsTests: IntegrationTestCase {
             ["job.cancel_received", "job.cancel_sigterm", "job.cancelled"])
         XCTAssertTrue(
             try waitUntil(timeout: .seconds(10)) { try self.send(["XLEN", self.key("jobs:default")]).int == 0 },
-            "the cancelled job's entry is acked and deleted by the claim")
+            "the stopped job's entry is acked and deleted with its result")
         XCTAssertEqual(try events(of: "cq-1"), ["job.submitted", "job.cancelled"], "never received, never started")
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/tmp/nr-never-\(namespace)"))
         let counts = try validateSchemas()
