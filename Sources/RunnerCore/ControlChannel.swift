@@ -91,9 +91,15 @@ struct ControlChannel: Sendable {
         if let reason = reply.reason { data["reason"] = .string(reason) }
         if case .success(.cancel(let job)) = received.command { data["job"] = .string(job) }
         let level = reply.outcome == .rejected ? Logger.Level.warning : .info
-        var fields = ["command": received.fields[ControlField.command] ?? "", "command_id": received.id]
-        if let reason = reply.reason { fields["reason"] = reason }
-        logger.log(level, "control command \(reply.outcome.rawValue)", fields)
+        let command = received.fields[ControlField.command] ?? ""
+        if let reason = reply.reason {
+            logger.log(
+                level, "control command \(reply.outcome.rawValue)",
+                ["command": command, "command_id": received.id, "reason": reason])
+        } else {
+            logger.log(
+                level, "control command \(reply.outcome.rawValue)", ["command": command, "command_id": received.id])
+        }
         do {
             try await store.emit(
                 .runnerCommand, runner: runner, data: .object(data), retry: .idempotent(deadline: .now + .seconds(30)))
