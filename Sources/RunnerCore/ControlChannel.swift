@@ -33,31 +33,78 @@ struct ControlChannel: Sendable {
     let store: JobStore
     let logger: Logger
 
-    /// Where each stream ends now (its last entry id, or `0-0` for a stream that does not exist yet).
+    /// How often a control key that holds something other than a stream is looked at again.
+    static let recheckInterval = Duration.seconds(10)
+    /// Command fields echoed into `runner.command` events are cut to this many bytes (a command is no way to fill
+    /// the events stream).
+    static let echoedFieldLimit = 256
+
+    /// Where each stream ends now (its last entry id, or `0-0` for a stream that does not exist yet, or whose key
+    /// holds something else: see `run`).
     func start() async throws -> [String] {
         var cursors: [String] = []
-        for stream in [keyspace.control(runner: runner), keyspace.poolControl] {
-            let reply = try await client.send(
-                RedisCommand(["XREVRANGE", stream, "+", "-", "COUNT", "1"]), retry: .whileUnreachable(deadline: nil))
-            cursors.append(reply.array?.first?.array?.first?.string ?? "0-0")
+        for stream in streams {
+            do {
+                let reply = try await client.send(
+                    RedisCommand(["XREVRANGE", stream, "+", "-", "COUNT", "1"]),
+                    retry: .whileUnreachable(deadline: nil))
+                cursors.append(reply.array?.first?.array?.first?.string ?? "0-0")
+            } catch is RedisServerError {
+                cursors.append("0-0")
+            }
         }
         return cursors
     }
 
+    private var streams: [String] { [keyspace.control(runner: runner), keyspace.poolControl] }
+
     /// Reads and answers commands until cancelled. `handle` runs one command at a time, in stream order.
+    ///
+    /// A control key that holds something other than a stream (someone SET it by mistake) would make every XREAD
+    /// fail: it is left out of the read, with one warning, until it is a stream again (or gone), so the other stream
+    /// keeps working.
     func run(from cursors: [String], handle: @Sendable (ReceivedControl) async -> ControlReply?) async {
         var cursors = cursors
-        let streams = [keyspace.control(runner: runner), keyspace.poolControl]
+        let streams = self.streams
+        var unusable = Set<Int>()
+        var lastCheck = ContinuousClock.now
+        var lastWarning: ContinuousClock.Instant?
         while !Task.isCancelled {
+            if !unusable.isEmpty, ContinuousClock.now - lastCheck >= Self.recheckInterval {
+                lastCheck = .now
+                for index in unusable where await holdsStreamOrNothing(streams[index]) {
+                    unusable.remove(index)
+                    cursors[index] = "0-0"
+                    logger.info("control stream \(streams[index]) is a stream again; reading it")
+                }
+            }
+            let reading = streams.indices.filter { !unusable.contains($0) }
+            guard !reading.isEmpty else {
+                try? await Task.sleep(for: Self.recheckInterval)
+                continue
+            }
             let reply: RedisReply
             do {
                 reply = try await client.send(
                     RedisCommand(
-                        ["XREAD", "COUNT", "100", "BLOCK", String(block.milliseconds), "STREAMS"] + streams + cursors),
+                        ["XREAD", "COUNT", "100", "BLOCK", String(block.milliseconds), "STREAMS"]
+                            + reading.map { streams[$0] } + reading.map { cursors[$0] }),
                     readTimeout: block + .seconds(5), retry: .whileUnreachable(deadline: nil))
             } catch {
                 if Task.isCancelled { break }
-                if !(error is RedisClientError) { logger.warning("control stream read failed: \(error)") }
+                if error is RedisServerError {
+                    for index in reading where !(await holdsStreamOrNothing(streams[index])) {
+                        unusable.insert(index)
+                        lastCheck = .now
+                        logger.warning(
+                            "control stream \(streams[index]) holds something other than a stream; not reading it "
+                                + "until it is a stream again (DEL it to fix)")
+                    }
+                }
+                if !(error is RedisClientError), lastWarning.map({ ContinuousClock.now - $0 > .seconds(30) }) ?? true {
+                    lastWarning = .now
+                    logger.warning("control stream read failed: \(error)")
+                }
                 try? await Task.sleep(for: .milliseconds(200))
                 continue
             }
@@ -81,17 +128,31 @@ struct ControlChannel: Sendable {
         }
     }
 
+    /// Whether `key` is a stream or absent (TYPE); false also when Redis cannot say.
+    private func holdsStreamOrNothing(_ key: String) async -> Bool {
+        let type = try? await client.send(RedisCommand(["TYPE", key])).string
+        return type == "stream" || type == "none"
+    }
+
+    /// A command's field as echoed in its outcome event: at most `echoedFieldLimit` bytes.
+    static func echoed(_ value: String?) -> String {
+        guard let value else { return "" }
+        guard value.utf8.count > echoedFieldLimit else { return value }
+        return String(decoding: value.utf8.prefix(echoedFieldLimit), as: UTF8.self) + "…"
+    }
+
     /// `runner.command` with the command, its id, the outcome and why.
     private func report(_ received: ReceivedControl, _ reply: ControlReply) async {
         var data: [String: JSONValue] = [
-            "command": .string(received.fields[ControlField.command] ?? ""), "command_id": .string(received.id),
+            "command": .string(Self.echoed(received.fields[ControlField.command])),
+            "command_id": .string(received.id),
             "outcome": .string(reply.outcome.rawValue), "stream": .string(received.fromPool ? "pool" : "runner"),
-            "sent_by": .string(received.fields[ControlField.sentBy] ?? ""),
+            "sent_by": .string(Self.echoed(received.fields[ControlField.sentBy])),
         ]
         if let reason = reply.reason { data["reason"] = .string(reason) }
         if case .success(.cancel(let job)) = received.command { data["job"] = .string(job) }
         let level = reply.outcome == .rejected ? Logger.Level.warning : .info
-        let command = received.fields[ControlField.command] ?? ""
+        let command = Self.echoed(received.fields[ControlField.command])
         if let reason = reply.reason {
             logger.log(
                 level, "control command \(reply.outcome.rawValue)",

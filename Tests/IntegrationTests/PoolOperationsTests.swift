@@ -155,6 +155,18 @@ final class PoolOperationsTests: IntegrationTestCase {
             try waitUntil(timeout: .seconds(10)) { try self.send(["XLEN", self.key("jobs:default")]).int == 0 })
     }
 
+    func testAPoolControlKeyOfAnotherTypeDoesNotCutTheRunnerOffItsOwnStream() throws {
+        _ = try send(["SET", key("control"), "junk"])
+        let runner = try startRunner()
+        let drain = cli(["drain", "r1", "--wait", "--wait-timeout", "10s"])
+        XCTAssertEqual(drain.code, 0, drain.err + runner.log)
+        XCTAssertEqual(drain.stdout.split(separator: "\n").last, "accepted")
+        let resume = cli(["resume", "r1", "--wait", "--wait-timeout", "10s"])
+        XCTAssertEqual(resume.stdout.split(separator: "\n").last, "accepted", resume.err)
+        let warnings = runner.log.components(separatedBy: "holds something other than a stream").count - 1
+        XCTAssertEqual(warnings, 1, runner.log)
+    }
+
     func testDrainHoldsNewJobsUntilResume() throws {
         try startRunner()
         try submit(["--", "sleep", "1"], id: "dr-running")

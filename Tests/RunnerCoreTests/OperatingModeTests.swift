@@ -70,3 +70,12 @@ final class OperatingModeTests: XCTestCase {
         XCTAssertTrue(mode.intakeOpen)
     }
 }
+
+final class ControlEchoTests: XCTestCase {
+    func testCommandFieldsEchoedInOutcomeEventsAreCut() {
+        XCTAssertEqual(ControlChannel.echoed("drain"), "drain")
+        XCTAssertEqual(ControlChannel.echoed(nil), "")
+        let long = ControlChannel.echoed(String(repeating: "x", count: 10_000))
+        XCTAssertEqual(long, String(repeating: "x", count: ControlChannel.echoedFieldLimit) + "…")
+    }
+}
