@@ -104,6 +104,16 @@ public struct UsageError: Error, Sendable, CustomStringConvertible {
         self.showsUsage = showsUsage
     }
     public var description: String { message }
+
+    /// A bad value as quoted in an error: at most 80 characters, control characters escaped, so that the error
+    /// stays one readable line whatever was given.
+    public static func excerpt(_ value: String) -> String {
+        var text = ""
+        for scalar in value.unicodeScalars.prefix(80) {
+            text += scalar.properties.generalCategory == .control ? scalar.escaped(asASCII: true) : String(scalar)
+        }
+        return value.unicodeScalars.count > 80 ? text + "… (\(value.utf8.count) bytes)" : text
+    }
 }
 
 /// Parsed arguments of one subcommand, with environment fallbacks applied.

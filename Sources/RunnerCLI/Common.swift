@@ -55,7 +55,7 @@ extension ParsedArguments {
         let name = value("--namespace") ?? Keyspace.defaultNamespace
         guard Keyspace.isValidName(name) else {
             throw UsageError(
-                "invalid value for '--namespace': '\(name)' (use letters, digits, '-', '_' or '.'; no braces, colons or spaces)",
+                "invalid value for '--namespace': '\(UsageError.excerpt(name))' (use letters, digits, '-', '_' or '.'; no braces, colons or spaces)",
                 command: command.name)
         }
         return Keyspace(namespace: name)

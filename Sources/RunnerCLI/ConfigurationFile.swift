@@ -19,12 +19,18 @@ struct ConfigurationFile: Sendable {
 
     /// Value names of options that take a number, so a JSON number is accepted for them.
     private static let numericValueNames: Set<String> = ["N", "MILLICORES", "DURATION", "SIZE"]
+    /// The largest config file read (a config is a page of options, not a data file).
+    static let maximumBytes = 1 << 20
     /// Options that cannot come from the file itself.
     private static let notInFile: Set<String> = ["--config", "--help"]
 
     /// Reads and checks the file against `options`. Every mistake is a usage error naming the file and line.
     static func load(path: String, options: [OptionSpec], command: String) throws(UsageError) -> ConfigurationFile {
         func fail(_ message: String) -> UsageError { UsageError(message, command: command, showsUsage: false) }
+        var info = stat()
+        if stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size > maximumBytes {
+            throw fail("the config file \(path) is \(info.st_size) bytes; a config file may have at most 1 MiB")
+        }
         guard let data = FileManager.default.contents(atPath: path) else {
             let reason = access(path, R_OK) == 0 ? "it is not a readable file" : String(cString: strerror(errno))
             throw fail("cannot read the config file \(path): \(reason)")

@@ -83,8 +83,10 @@ enum PoolCommands {
         guard let node = arguments.value("--to") else {
             throw UsageError("missing '--to NODE'", command: arguments.command.name)
         }
-        guard !node.isEmpty, !node.contains(where: { $0.isWhitespace || $0.isNewline }) else {
-            throw UsageError("invalid value for '--to': '\(node)' (a node name, no spaces)", command: "migrate")
+        guard Keyspace.isValidNodeName(node) else {
+            throw UsageError(
+                "invalid value for '--to': '\(UsageError.excerpt(node))' (a node name, no spaces or control characters)",
+                command: "migrate")
         }
         let timeout = try arguments.duration("--takeover-timeout") ?? .seconds(600)
         guard timeout.milliseconds > 0 else {
@@ -106,7 +108,9 @@ enum PoolCommands {
         }
         guard all || runner != nil else { throw UsageError("missing runner id", command: name) }
         if let runner, !Keyspace.isValidName(runner) {
-            throw UsageError("invalid runner id '\(runner)' (no braces, colons or spaces)", command: name)
+            throw UsageError(
+                "invalid runner id '\(UsageError.excerpt(runner))' (no braces, colons, spaces or control characters)",
+                command: name)
         }
         let timeout = try arguments.duration("--wait-timeout") ?? .seconds(30)
         let pool = try await connectedPool(arguments)

@@ -81,7 +81,9 @@ enum SubmitCommand {
         }
         let queue = arguments.value("--queue") ?? Keyspace.defaultQueue
         guard Keyspace.isValidName(queue) else {
-            throw UsageError("invalid value for '--queue': '\(queue)'", command: spec.name)
+            throw UsageError(
+                "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "
+                    + "characters)", command: spec.name)
         }
         if let id = arguments.value("--id") {
             do { try JobEntry.validateId(id) } catch {

@@ -123,12 +123,22 @@ enum WorkerCommand {
         }
         let name = resumed ?? arguments.value("--name") ?? "\(host)-\(getpid())"
         guard Keyspace.isValidName(name) else {
-            throw UsageError("invalid value for '--name': '\(name)' (no braces, colons or spaces)", command: spec.name)
+            let option = resumed == nil ? "--name" : "--resume-identity"
+            throw UsageError(
+                "invalid value for '\(option)': '\(UsageError.excerpt(name))' (1 to 128 characters; no braces, colons, "
+                    + "spaces or control characters)", command: spec.name)
+        }
+        let node = arguments.value("--node") ?? host
+        guard Keyspace.isValidNodeName(node) else {
+            throw UsageError(
+                "invalid value for '--node': '\(UsageError.excerpt(node))' (1 to 200 characters; no spaces or control "
+                    + "characters)", command: spec.name)
         }
         let queues = arguments.all("--queue").isEmpty ? [Keyspace.defaultQueue] : arguments.all("--queue")
         for queue in queues where !Keyspace.isValidName(queue) {
             throw UsageError(
-                "invalid value for '--queue': '\(queue)' (no braces, colons or spaces)", command: spec.name)
+                "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "
+                    + "characters)", command: spec.name)
         }
         guard Set(queues).count == queues.count else {
             throw UsageError("'--queue' names a queue twice", command: spec.name)
@@ -156,7 +166,7 @@ enum WorkerCommand {
                 eventsMaxLength: eventsMaxLength, resultRetention: resultRetention)
         var configuration = WorkerConfiguration(
             redis: redis, keyspace: keyspace, name: name,
-            node: arguments.value("--node") ?? host, queues: queues, concurrency: concurrency, leaseTTL: leaseTTL,
+            node: node, queues: queues, concurrency: concurrency, leaseTTL: leaseTTL,
             shutdownTimeout: try arguments.duration("--shutdown-timeout") ?? .seconds(30),
             killGrace: try arguments.duration("--kill-grace") ?? .seconds(5),
             defaultJobTimeout: try arguments.duration("--default-timeout"),

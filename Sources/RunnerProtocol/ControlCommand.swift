@@ -91,8 +91,9 @@ public enum ControlCommand: Sendable, Equatable {
             guard let node = fields[ControlField.toNode], !node.isEmpty else {
                 throw ControlCommandError("migrate: the '\(ControlField.toNode)' field is missing")
             }
-            guard node.count <= 200, !node.contains(where: { $0.isWhitespace || $0.isNewline }) else {
-                throw ControlCommandError("migrate: '\(ControlField.toNode)' must be a node name without spaces")
+            guard Keyspace.isValidNodeName(node) else {
+                throw ControlCommandError(
+                    "migrate: '\(ControlField.toNode)' must be a node name without spaces or control characters")
             }
             var timeout = ControlCommand.defaultTakeoverTimeoutMs
             if let text = fields[ControlField.takeoverTimeoutMs] {

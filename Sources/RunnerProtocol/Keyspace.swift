@@ -56,9 +56,22 @@ public struct Keyspace: Sendable, Hashable {
         "{nr}:control",
     ]
 
-    /// Whether a namespace or queue name is usable inside a key (no braces, colons or white space).
+    /// Whether a namespace, queue or runner name is usable inside a key (no braces, colons, white space or control
+    /// characters: names are also printed to terminals, where a control character would be an escape sequence).
     public static func isValidName(_ name: String) -> Bool {
         !name.isEmpty && name.count <= 128
             && name.allSatisfy { !($0 == "{" || $0 == "}" || $0 == ":" || $0.isWhitespace || $0.isNewline) }
+            && !containsControlCharacters(name)
+    }
+
+    /// Whether a node name (`--node`, `migrate --to`) is usable: 1 to 200 characters, no white space or control
+    /// characters.
+    public static func isValidNodeName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 200 && !name.contains(where: { $0.isWhitespace || $0.isNewline })
+            && !containsControlCharacters(name)
+    }
+
+    private static func containsControlCharacters(_ text: String) -> Bool {
+        text.unicodeScalars.contains { $0.properties.generalCategory == .control }
     }
 }

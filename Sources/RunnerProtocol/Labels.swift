@@ -7,11 +7,17 @@ public struct LabelSet: Sendable, Hashable, CustomStringConvertible {
     /// The labels, key to value.
     public let values: [String: String]
 
+    /// The most labels a runner or a requirement may have: they travel in every heartbeat.
+    public static let maximumCount = 64
+
     /// An empty set (a runner without labels, a job without requirements).
     public init() { values = [:] }
 
     /// Validates every key and value.
     public init(_ values: [String: String]) throws(LabelError) {
+        guard values.count <= LabelSet.maximumCount else {
+            throw LabelError("\(values.count) labels; at most \(LabelSet.maximumCount) are allowed")
+        }
         for key in values.keys.sorted() {
             try LabelSet.validate(key: key, value: values[key]!)
         }
@@ -20,6 +26,9 @@ public struct LabelSet: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses `key=value` texts (`--label gpu=a100`); a key given twice is an error.
     public init(pairs: [String]) throws(LabelError) {
+        guard pairs.count <= LabelSet.maximumCount else {
+            throw LabelError("\(pairs.count) labels; at most \(LabelSet.maximumCount) are allowed")
+        }
         var values: [String: String] = [:]
         for pair in pairs {
             guard let equals = pair.firstIndex(of: "=") else {

@@ -35,6 +35,31 @@ final class ConfigurationTests: XCTestCase {
         return (code, output.standardOutput, output.standardError)
     }
 
+    func testBadNamesAreOneReadableLineAndConfigFilesAreBounded() async throws {
+        let escape = await run(["config", "--print", "--name", "ev\u{1B}[31mil"])
+        XCTAssertEqual(escape.code, 2)
+        XCTAssertTrue(
+            escape.err.hasPrefix(
+                "Error: invalid value for '--name': 'ev\\u{1B}[31mil' (1 to 128 characters; no braces, colons, spaces "
+                    + "or control characters)\n"), escape.err)
+        let node = await run(["config", "--print", "--node", "a b"])
+        XCTAssertEqual(node.code, 2)
+        XCTAssertTrue(node.err.hasPrefix("Error: invalid value for '--node': 'a b'"), node.err)
+        let long = await run(["config", "--print", "--name", String(repeating: "n", count: 100_000)])
+        XCTAssertEqual(long.code, 2)
+        XCTAssertLessThan(long.err.split(separator: "\n").first?.count ?? .max, 300, "one short line")
+        XCTAssertTrue(long.err.contains("… (100000 bytes)"), long.err)
+
+        let big = try file("{\"name\": \"" + String(repeating: "a", count: 1 << 20) + "\"}")
+        let tooBig = await run(["config", "--print", "--config", big])
+        XCTAssertEqual(tooBig.code, 2)
+        XCTAssertTrue(tooBig.err.contains("a config file may have at most 1 MiB"), tooBig.err)
+        let labels = (0...LabelSet.maximumCount).map { "\"k\($0)=v\"" }.joined(separator: ",")
+        let many = await run(["config", "--print", "--config", try file("{\"label\": [\(labels)]}")])
+        XCTAssertEqual(many.code, 2)
+        XCTAssertTrue(many.err.contains("65 labels; at most 64 are allowed"), many.err)
+    }
+
     func testPrecedenceIsDefaultProfileFileEnvironmentFlag() async throws {
         let path = try file(
             """

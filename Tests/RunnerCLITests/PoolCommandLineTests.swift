@@ -31,9 +31,9 @@ final class PoolCommandLineTests: XCTestCase {
                 ["resume", "--all", "--wait"],
                 "Error: '--wait' waits for one runner's outcome; it cannot be used with '--all'"
             ),
-            (["shutdown", "a:b"], "Error: invalid runner id 'a:b' (no braces, colons or spaces)"),
+            (["shutdown", "a:b"], "Error: invalid runner id 'a:b' (no braces, colons, spaces or control characters)"),
             (["migrate", "r1"], "Error: missing '--to NODE'"),
-            (["migrate", "r1", "--to", "n 2"], "Error: invalid value for '--to': 'n 2' (a node name, no spaces)"),
+            (["migrate", "r1", "--to", "n 2"], "Error: invalid value for '--to': 'n 2' (a node name, no spaces or control characters)"),
             (
                 ["migrate", "r1", "--to", "n2", "--takeover-timeout", "soon"],
                 "Error: invalid duration for '--takeover-timeout': 'soon' (write 30s, 500ms, 2m, 1h30m, 7d or a number of seconds)"

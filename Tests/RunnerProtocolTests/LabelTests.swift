@@ -77,4 +77,14 @@ final class LabelTests: XCTestCase {
         let hex = String(hash, radix: 16)
         return String(repeating: "0", count: 16 - hex.count) + hex
     }
+
+    func testNamesRefuseControlCharacters() {
+        XCTAssertTrue(Keyspace.isValidName("runner-1.eu"))
+        XCTAssertFalse(Keyspace.isValidName("a\u{0}b"))
+        XCTAssertFalse(Keyspace.isValidName("q\u{1B}[2J"))
+        XCTAssertTrue(Keyspace.isValidNodeName("node:a/1"))
+        XCTAssertFalse(Keyspace.isValidNodeName(""))
+        XCTAssertFalse(Keyspace.isValidNodeName("n\u{1}x"))
+        XCTAssertThrowsError(try LabelSet(pairs: (0...LabelSet.maximumCount).map { "k\($0)=v" }))
+    }
 }
