@@ -29,6 +29,7 @@ enum ConfigCommand {
         }
         // The worker's own checks, so that what is printed is what a worker would start with.
         let (configuration, _) = try WorkerCommand.configuration(arguments)
+        _ = try MetricsListen.address(arguments)
         for warning in arguments.warnings { console.error("warning: \(warning)") }
         // Defaults that depend on the host are shown as this host has them (the name's pid would be the worker's).
         let hostDefaults = ["--node": configuration.node, "--concurrency": String(configuration.concurrency)]
