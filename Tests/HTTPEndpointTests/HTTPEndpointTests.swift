@@ -212,6 +212,75 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertEqual(poll(&fds, 1, 0), 0, "the slow client was answered before the probe")
     }
 
+    func testSlowClientsAtTheConnectionLimitNeverLockAProbeOut() throws {
+        // Twice the limit of clients that never finish their heads, held far longer than the test runs: each
+        // probe must still be answered, at once, by evicting the client that has waited longest.
+        server.stop()
+        server = try HTTPServer(
+            listen: HTTPListenAddress(host: "127.0.0.1", port: 0), readTimeout: .seconds(30), maximumConnections: 4)
+        server.start { _ in .text(200, "ok") }
+        var slow: [Int32] = []
+        defer { for fd in slow { close(fd) } }
+        for round in 0..<3 {
+            for _ in 0..<8 {
+                let fd = try connectClient()
+                slow.append(fd)
+                _ = Array("GET / HTTP/1.1\r\n".utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+            }
+            let started = Date()
+            XCTAssertEqual(
+                statusLine(try exchange(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK",
+                "probe \(round)")
+            XCTAssertLessThan(Date().timeIntervalSince(started), 1, "probe \(round)")
+        }
+    }
+
+    func testRefusedHeadsAreReadByTheClientNotReset() throws {
+        // Far more input than the server reads: closing with it unread would reset the connection and lose the
+        // response.
+        let oversize = "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + String(repeating: "a", count: 20_000) + "\r\n\r\n"
+        let tooLarge = try exchange(Array(oversize.utf8))
+        XCTAssertEqual(statusLine(tooLarge), "HTTP/1.1 431 Request Header Fields Too Large")
+        XCTAssertTrue(tooLarge.hasSuffix("\n\n") || tooLarge.hasSuffix("\n"), tooLarge)
+        var generator = SystemRandomNumberGenerator()
+        let garbage = (0..<5_000).map { _ in UInt8.random(in: 0x80...0xFF, using: &generator) }
+        let malformed = try exchange(garbage)
+        XCTAssertEqual(statusLine(malformed), "HTTP/1.1 400 Bad Request")
+        XCTAssertTrue(malformed.contains("\r\n\r\n"), malformed)
+        XCTAssertEqual(
+            statusLine(try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK")
+    }
+
+    func testAThousandClientsConnectingAtOnceAreAllAnsweredPromptly() throws {
+        // All connected (and their requests sent) before any answer is read: far more than the old listen backlog
+        // (64), whose overflow left connections to be retried or reset.
+        let started = Date()
+        var clients: [Int32] = []
+        defer { for fd in clients { close(fd) } }
+        for _ in 0..<1000 {
+            let fd = try connectClient()
+            clients.append(fd)
+            _ = Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8).withUnsafeBytes {
+                send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+            }
+        }
+        var statuses: [String: Int] = [:]
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        for fd in clients {
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var received: [UInt8] = []
+            while true {
+                let count = read(fd, &buffer, buffer.count)
+                if count <= 0 { break }
+                received += buffer[..<count]
+            }
+            statuses[statusLine(String(decoding: received, as: UTF8.self)), default: 0] += 1
+        }
+        XCTAssertEqual(statuses, ["HTTP/1.1 200 OK": 1000])
+        XCTAssertLessThan(Date().timeIntervalSince(started), 5)
+    }
+
     func testAPortInUseIsRefusedWithTheAddress() {
         XCTAssertThrowsError(try HTTPServer(listen: server.boundAddress)) { error in
             let error = error as! HTTPServerError
