@@ -2,6 +2,14 @@ import Foundation
 import HTTPEndpoint
 import XCTest
 
+extension HTTPRequestParser.Outcome {
+    /// The status a refusal is answered with, nil when not refused.
+    var status: Int? {
+        guard case .invalid(let error) = self else { return nil }
+        return error.status
+    }
+}
+
 final class HTTPRequestParserTests: XCTestCase {
     let parser = HTTPRequestParser(maximumHeadBytes: 256, maximumHeaders: 4)
 
@@ -28,6 +36,12 @@ final class HTTPRequestParserTests: XCTestCase {
     func testAPartialHeadAsksForMore() {
         XCTAssertEqual(parse(""), .incomplete)
         XCTAssertEqual(parse("GET /metrics HTTP/1.1\r\nHost: a\r\n"), .incomplete)
+        XCTAssertEqual(parse("\r\nGET /metr"), .incomplete)
+        XCTAssertEqual(parse("GET /metrics HTTP/1.1\r"), .incomplete)
+        // Bytes no request line may hold are refused before the head ends, not left to time out.
+        for text in ["GET /a\u{1}", "GET /\u{7F}", "GET /é", "GET /a\tHTTP/1.1", "GET /a\rb"] {
+            XCTAssertEqual(parse(text).status, 400, text.debugDescription)
+        }
     }
 
     func testMalformedHeadsAreRefusedWithTheStatusTheyDeserve() {
@@ -252,7 +266,11 @@ final class HTTPServerTests: XCTestCase {
             tooLarge.response.hasSuffix("\r\n\r\nthe request head is longer than 8192 bytes\n"), tooLarge.response)
         XCTAssertNil(tooLarge.failure, "the connection was reset")
         var generator = SystemRandomNumberGenerator()
-        let garbage = (0..<5_000).map { _ in UInt8.random(in: 0x80...0xFF, using: &generator) }
+        // Any random bytes (starting with a letter, so past the first-byte check), with no end of head: refused at
+        // once, not after the read timeout.
+        let garbage =
+            [UInt8(ascii: "G")]
+            + (0..<5_000).map { _ in UInt8.random(in: 0...255, using: &generator) }.filter { $0 != 0x0A }
         let malformed = try exchangeAndEnd(garbage)
         XCTAssertEqual(statusLine(malformed.response), "HTTP/1.1 400 Bad Request")
         XCTAssertNil(malformed.failure, "the connection was reset")
