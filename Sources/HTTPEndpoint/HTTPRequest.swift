@@ -90,6 +90,10 @@ public struct HTTPRequestParser: Sendable {
             if let first = bytes.first, !Self.isTokenByte(first), first != 0x0D, first != 0x0A {
                 return .invalid(HTTPParseError(.malformed, "the request does not start with a method"))
             }
+            // Nor may it hold a control or non-ASCII byte: random bytes are refused at once, not after the timeout.
+            if Self.requestLineSoFarIsInvalid(bytes) {
+                return .invalid(HTTPParseError(.malformed, "the request line holds a byte no request line may"))
+            }
             return .incomplete
         }
         guard end <= maximumHeadBytes else {
@@ -129,6 +133,19 @@ public struct HTTPRequestParser: Sendable {
             return .invalid(HTTPParseError(.malformed, "an HTTP/1.1 request without a Host header"))
         }
         return .complete(result)
+    }
+
+    /// Whether the request line read so far (after any empty lines) holds a byte other than visible ASCII, space,
+    /// or the CR before its LF.
+    static func requestLineSoFarIsInvalid(_ bytes: [UInt8]) -> Bool {
+        let start = bytes.firstIndex { $0 != 0x0D && $0 != 0x0A } ?? bytes.endIndex
+        for index in start..<bytes.count {
+            let byte = bytes[index]
+            if byte == 0x0A { return false }
+            if byte == 0x0D, index + 1 == bytes.count || bytes[index + 1] == 0x0A { continue }
+            if byte < 0x20 || byte > 0x7E { return true }
+        }
+        return false
     }
 
     /// Where the head ends (past its empty line), accepting bare LF line ends too.

@@ -69,10 +69,12 @@ public struct HTTPListenAddress: Sendable, Equatable, CustomStringConvertible {
 /// A tiny HTTP/1.1 server for health and metrics endpoints: GET and HEAD only, one request per connection
 /// (`Connection: close`), bounded request heads, a read timeout, no bodies read.
 ///
-/// One dedicated thread polls the listening socket and hands each connection to a short-lived thread of its own (at
-/// most `maximumConnections` at once; beyond that a connection is answered 503 at once), so blocking accept and read
-/// never touch Swift's cooperative pool, and a slow client (held at most `readTimeout`) never delays a probe. The
-/// handler runs on those threads, concurrently, and must not block.
+/// One dedicated thread accepts and serves every connection from one poll loop (heads are tiny and responses small
+/// and ready in memory), so blocking accept and read never touch Swift's cooperative pool. At most
+/// `maximumConnections` are open at once: at the limit a new connection evicts the one that has waited longest for
+/// its head, so slow or idle clients (each held at most `readTimeout`) never lock a probe out. After a response the
+/// server stops sending and briefly drains the client's input before closing, so even a refused request (431, 400)
+/// is read by the client instead of lost to a reset. The handler runs on that thread and must not block.
 public final class HTTPServer: Sendable {
     public typealias Handler = @Sendable (HTTPRequestHead) -> HTTPResponse
 
@@ -86,13 +88,11 @@ public final class HTTPServer: Sendable {
     private let stopped = Mutex(false)
     private let exited = Mutex(false)
     private let maximumConnections: Int
-    /// Connections being served now.
-    private let serving = Mutex(0)
 
     /// Binds and listens now (so a bad address or a port in use fails at start); serving begins with `start`.
     public init(
         listen address: HTTPListenAddress, parser: HTTPRequestParser = HTTPRequestParser(),
-        readTimeout: Duration = .seconds(2), maximumConnections: Int = 8
+        readTimeout: Duration = .seconds(2), maximumConnections: Int = 64
     ) throws(HTTPServerError) {
         let socket = try Self.listen(on: address)
         var bound = address
@@ -115,7 +115,7 @@ public final class HTTPServer: Sendable {
         self.boundAddress = bound
         self.parser = parser
         self.readTimeout = readTimeout
-        self.maximumConnections = maximumConnections
+        self.maximumConnections = max(1, maximumConnections)
     }
 
     deinit {
@@ -148,15 +148,14 @@ public final class HTTPServer: Sendable {
         return true
     }
 
-    /// Stops accepting: the accepting thread ends at once; connections being served finish (within the read
-    /// timeout). Idempotent.
+    /// Stops serving: the serving thread ends at once and closes the connections still open. Idempotent.
     public func stop() {
         stopped.withLock { $0 = true }
         var one: UInt64 = 1
         _ = write(wakeup.write, &one, 8)
     }
 
-    /// Whether the accepting thread has ended (after `stop()`).
+    /// Whether the serving thread has ended (after `stop()`).
     public var hasExited: Bool { exited.withLock { $0 } }
 
     private final class ThreadBody: Sendable {
@@ -166,83 +165,85 @@ public final class HTTPServer: Sendable {
 
     private func serve(_ handler: @escaping Handler) {
         defer { exited.withLock { $0 = true } }
+        var connections: [HTTPConnection] = []
+        defer { for connection in connections { close(connection.fd) } }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        // Out of descriptors: accept again after a pause instead of spinning on a listener that stays readable.
+        var acceptPausedUntil: ContinuousClock.Instant?
         while !stopped.withLock({ $0 }) {
+            let now = ContinuousClock.now
+            for index in connections.indices.reversed() where connections[index].deadline <= now {
+                let step = connections[index].expire {
+                    HTTPResponse.text(408, "the request head did not arrive within \(readTimeout)").serialized()
+                }
+                if step == .finished { close(connections.remove(at: index).fd) }
+            }
+            if let paused = acceptPausedUntil, paused <= now { acceptPausedUntil = nil }
             var fds = [
-                pollfd(fd: listener, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: wakeup.read, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: acceptPausedUntil == nil ? listener : -1, events: Int16(POLLIN), revents: 0),
             ]
-            let ready = poll(&fds, 2, -1)
+            fds += connections.map { pollfd(fd: $0.fd, events: $0.events, revents: 0) }
+            let wake = connections.map(\.deadline).min().map { min($0, acceptPausedUntil ?? $0) } ?? acceptPausedUntil
+            let ready = poll(&fds, nfds_t(fds.count), wake.map { Self.milliseconds(until: $0) } ?? -1)
             if ready < 0 {
                 if Glibc.errno == EINTR { continue }
                 return
             }
-            if fds[1].revents != 0 { return }
-            guard fds[0].revents & Int16(POLLIN) != 0 else { continue }
-            let connection = accept(listener, nil, nil)
-            guard connection >= 0 else { continue }  // the client went away first, or out of descriptors for now
-            Self.setCloseOnExec(connection, nonBlocking: true)
-            let admitted = serving.withLock { count in
-                guard count < maximumConnections else { return false }
-                count += 1
-                return true
+            if fds[0].revents != 0 { return }
+            // Connections first (back to front, so removing one keeps the other indices), then new ones.
+            for index in connections.indices.reversed() where fds[index + 2].revents != 0 {
+                if connections[index].advance(buffer: &buffer, answer: { answer($0, handler) }) == .finished {
+                    close(connections.remove(at: index).fd)
+                }
             }
-            guard admitted else {
-                writeAll(
-                    HTTPResponse.text(503, "too many connections; try again").serialized(), to: connection,
-                    deadline: .now + .milliseconds(200))
-                close(connection)
-                continue
-            }
-            let served = Self.detachThread {
-                self.respond(on: connection, handler)
-                close(connection)
-                self.serving.withLock { $0 -= 1 }
-            }
-            if !served {
-                // No thread to spare: serve it here.
-                respond(on: connection, handler)
-                close(connection)
-                serving.withLock { $0 -= 1 }
+            guard fds[1].revents & Int16(POLLIN) != 0 else { continue }
+            for _ in 0..<maximumConnections {
+                let fd = accept(listener, nil, nil)
+                guard fd >= 0 else {
+                    if Glibc.errno == EMFILE || Glibc.errno == ENFILE { acceptPausedUntil = .now + .milliseconds(100) }
+                    break  // none left waiting, the client went away first, or out of descriptors for now
+                }
+                Self.setCloseOnExec(fd, nonBlocking: true)
+                if connections.count >= maximumConnections, let victim = Self.evictionVictim(connections) {
+                    close(connections.remove(at: victim).fd)
+                }
+                var connection = HTTPConnection(fd: fd, accepted: .now, readTimeout: readTimeout)
+                // The head usually came with the connection: answer it now.
+                if connection.advance(buffer: &buffer, answer: { answer($0, handler) }) == .finished {
+                    close(fd)
+                } else {
+                    connections.append(connection)
+                }
             }
         }
     }
 
-    /// Reads one request head within the read timeout and answers it.
-    private func respond(on connection: Int32, _ handler: Handler) {
-        var received: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let deadline = ContinuousClock.now + readTimeout
-        var response: HTTPResponse
-        var headOnly = false
-        reading: while true {
-            switch parser.parse(received) {
-            case .complete(let head):
-                headOnly = head.method == "HEAD"
-                response = Self.route(head, handler)
-                break reading
-            case .invalid(let error):
-                response = .text(error.status, error.message)
-                break reading
-            case .incomplete:
-                let left = deadline - .now
-                guard left > .zero else {
-                    response = .text(408, "the request head did not arrive within \(readTimeout)")
-                    break reading
-                }
-                var fds = [pollfd(fd: connection, events: Int16(POLLIN), revents: 0)]
-                let ready = poll(
-                    &fds, 1,
-                    Int32(max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
-                if ready < 0, Glibc.errno == EINTR { continue }
-                guard ready > 0 else { continue }
-                let count = read(connection, &buffer, buffer.count)
-                if count < 0, Glibc.errno == EAGAIN || Glibc.errno == EINTR { continue }
-                // The client closed (or reset) before a whole head: nobody to answer.
-                guard count > 0 else { return }
-                received += buffer[..<count]
-            }
+    /// Which connection makes room for a new one at the limit: one only draining (its response is sent), else the
+    /// one that has waited longest for its head (a slow or idle client must not lock probes out), else the oldest.
+    static func evictionVictim(_ connections: [HTTPConnection]) -> Int? {
+        func oldest(_ phase: HTTPConnection.Phase?) -> Int? {
+            connections.indices.filter { phase == nil || connections[$0].phase == phase }
+                .min { connections[$0].accepted < connections[$1].accepted }
         }
-        writeAll(response.serialized(headOnly: headOnly), to: connection, deadline: deadline + .seconds(2))
+        return oldest(.draining) ?? oldest(.reading) ?? oldest(nil)
+    }
+
+    /// The response to the bytes read so far, nil while the head is incomplete.
+    private func answer(_ received: [UInt8], _ handler: Handler) -> [UInt8]? {
+        switch parser.parse(received) {
+        case .complete(let head): Self.route(head, handler).serialized(headOnly: head.method == "HEAD")
+        case .invalid(let error): HTTPResponse.text(error.status, error.message).serialized()
+        case .incomplete: nil
+        }
+    }
+
+    /// A poll(2) timeout reaching `deadline`: at least 1 ms, so a deadline just passing is not spun on.
+    private static func milliseconds(until deadline: ContinuousClock.Instant) -> Int32 {
+        let left = deadline - .now
+        guard left > .zero else { return 0 }
+        let ms = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
+        return Int32(min(ms, 60_000))
     }
 
     /// GET and HEAD go to the handler; other methods are refused with 405.
@@ -253,22 +254,6 @@ public final class HTTPServer: Sendable {
             return response
         }
         return handler(head)
-    }
-
-    private func writeAll(_ bytes: [UInt8], to connection: Int32, deadline: ContinuousClock.Instant) {
-        var offset = 0
-        while offset < bytes.count, ContinuousClock.now < deadline {
-            let written = bytes[offset...].withUnsafeBytes {
-                send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
-            }
-            if written > 0 {
-                offset += written
-                continue
-            }
-            guard written < 0, Glibc.errno == EAGAIN || Glibc.errno == EINTR else { return }
-            var fds = [pollfd(fd: connection, events: Int16(POLLOUT), revents: 0)]
-            _ = poll(&fds, 1, 100)
-        }
     }
 
     /// getaddrinfo, then socket + SO_REUSEADDR + bind + listen on the first address that works.
@@ -303,7 +288,8 @@ public final class HTTPServer: Sendable {
                 close(fd)
                 continue
             }
-            if Glibc.listen(fd, 64) != 0 {
+            // A burst of probes and scrapes waits in the kernel's queue instead of being reset.
+            if Glibc.listen(fd, SOMAXCONN) != 0 {
                 (lastError, step) = (Glibc.errno, "listen")
                 close(fd)
                 continue

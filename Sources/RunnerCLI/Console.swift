@@ -7,18 +7,43 @@ public struct Console: Sendable {
     public var err: @Sendable ([UInt8]) -> Void
     /// Whether standard output is a terminal.
     public var isTerminal: Bool
+    /// The errno of the write that found standard output gone (EPIPE: its reader went away; EBADF: it was
+    /// closed), nil while writes succeed. Streaming commands check it and end (`OutputGone`).
+    public var outputGone: @Sendable () -> Int32?
 
     public init(
-        out: @escaping @Sendable ([UInt8]) -> Void, err: @escaping @Sendable ([UInt8]) -> Void, isTerminal: Bool = false
+        out: @escaping @Sendable ([UInt8]) -> Void, err: @escaping @Sendable ([UInt8]) -> Void,
+        isTerminal: Bool = false,
+        outputGone: @escaping @Sendable () -> Int32? = { nil }
     ) {
         self.out = out
         self.err = err
         self.isTerminal = isTerminal
+        self.outputGone = outputGone
     }
 
     /// The process's own standard output and error.
     public static let standard = Console(
-        out: { Console.writeAll(1, $0) }, err: { Console.writeAll(2, $0) }, isTerminal: isatty(1) == 1)
+        out: { Console.writeAll(1, $0) }, err: { Console.writeAll(2, $0) }, isTerminal: isatty(1) == 1,
+        outputGone: { Console.standardOutputGone.load(ordering: .relaxed).nonZero })
+
+    /// Run first: a standard descriptor the process was started without (`>&-`) is opened on /dev/null, so that
+    /// no socket or file opened later takes its number and receives output meant for it; a missing standard output
+    /// is recorded as gone (EBADF), so streaming commands end instead of writing to nothing.
+    public static func reserveMissingStandardDescriptors() {
+        for fd: Int32 in 0...2 where fcntl(fd, F_GETFD) == -1 && errno == EBADF {
+            let null = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY)
+            if null >= 0, null != fd {
+                dup2(null, fd)
+                close(null)
+            }
+            if fd == 1 { standardOutputGone.store(EBADF, ordering: .relaxed) }
+        }
+    }
+
+    /// Set once by the first write to fd 1 that fails with EPIPE or EBADF (SIGPIPE is ignored, so a closed pipe
+    /// shows as EPIPE here instead of killing the process).
+    private static let standardOutputGone = Atomic<Int32>(0)
 
     public func print(_ line: String) { out(Array((line + "\n").utf8)) }
     public func error(_ line: String) { err(Array((line + "\n").utf8)) }
@@ -29,12 +54,34 @@ public struct Console: Sendable {
             while offset < buffer.count {
                 let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
                 if n < 0 {
-                    if errno == EINTR { continue }
+                    let code = errno
+                    if code == EINTR { continue }
+                    if fd == 1, code == EPIPE || code == EBADF {
+                        standardOutputGone.store(code, ordering: .relaxed)
+                    }
                     return
                 }
                 offset += n
             }
         }
+    }
+}
+
+extension Int32 {
+    fileprivate var nonZero: Int32? { self == 0 ? nil : self }
+}
+
+/// How a streaming command (`top`, `status --watch`, `events --follow`) ends once standard output is gone: a reader
+/// that went away (`| head -1`, EPIPE) is the normal end of a pipeline, exit 0; a closed standard output (`>&-`,
+/// EBADF) means the output was never seen, so it fails with one line on standard error, exit 1.
+enum OutputGone {
+    /// nil while standard output is writable; 0 when its reader went away; throws when it was closed.
+    static func exitStatus(_ console: Console) throws -> Int32? {
+        guard let code = console.outputGone() else { return nil }
+        guard code == EPIPE else {
+            throw CommandFailure("cannot write to standard output: \(String(cString: strerror(code)))")
+        }
+        return 0
     }
 }
 

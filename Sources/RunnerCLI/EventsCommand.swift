@@ -9,7 +9,9 @@ enum EventsCommand {
         abstract: "Print the pool's events (the last ones, and with --follow new ones as they come).",
         usage: "runner events [--follow] [--json] [--count N] [--job ID]",
         options: CommonOptions.all + [
-            OptionSpec("--follow", short: "f", .flag, help: "Keep printing new events until interrupted."),
+            OptionSpec(
+                "--follow", short: "f", .flag,
+                help: "Keep printing new events until interrupted or the reader of standard output goes away."),
             OptionSpec("--json", .flag, help: "One JSON object per line."),
             OptionSpec("--count", .value("N"), help: "How many recent events to print first.", default: "50"),
             OptionSpec("--job", .value("ID"), help: "Only events of this job."),
@@ -31,11 +33,13 @@ enum EventsCommand {
         for event in recent where job == nil || event.job == job { console.print(render(event, json: json)) }
         if let last = recent.last { cursor = last.streamId }
         guard arguments.flag("--follow") else { return 0 }
+        if let status = try OutputGone.exitStatus(console) { return status }
         // An empty stream is followed from its start ("0-0"), so nothing added meanwhile is missed.
         while !Task.isCancelled {
             let events = try await pool.events(after: cursor, block: .seconds(5), retry: .idempotent(deadline: nil))
             for event in events where job == nil || event.job == job { console.print(render(event, json: json)) }
             if let last = events.last { cursor = last.streamId }
+            if let status = try OutputGone.exitStatus(console) { return status }
         }
         return 0
     }

@@ -18,7 +18,8 @@ enum TopCommand {
         discussion: """
             On a terminal the view is redrawn in place every --interval; q or Ctrl-C quits and restores the terminal.
             When standard output is not a terminal, one plain snapshot is printed per interval (a blank line
-            between them) until SIGINT or SIGTERM, or only one with --once. LEASE is the time the runner's lease has
+            between them) until SIGINT or SIGTERM or until its reader goes away (exit 0; exit 1 when standard
+            output was closed), or only one with --once. LEASE is the time the runner's lease has
             left now; SLOTS, CPU and MEMORY are as of its last heartbeat and resource sample; LAG counts entries not
             yet delivered to any runner. Also 'runner status --watch'.
             """)
@@ -55,6 +56,8 @@ enum TopCommand {
                     for line in lines { console.print(line) }
                 }
                 first = false
+                // Nobody reads any more (`| head -1`, or stdout closed): stop instead of drawing for nobody.
+                if console.outputGone() != nil { return }
                 try? await Task.sleep(for: interval)
             }
         }
@@ -65,7 +68,7 @@ enum TopCommand {
         keys?.stop()
         signals.cancel()
         terminal?.end()
-        return 0
+        return try OutputGone.exitStatus(console) ?? 0
     }
 }
 

@@ -3,6 +3,7 @@ import RunnerCLI
 
 // A closed stderr (`runner worker 2>&1 | head`) must not kill a runner with running jobs: writes fail instead.
 signal(SIGPIPE, SIG_IGN)
+Console.reserveMissingStandardDescriptors()
 
 switch RunnerCommandLine.processArguments() {
 case .success(let arguments):

@@ -2,6 +2,14 @@ import Foundation
 import HTTPEndpoint
 import XCTest
 
+extension HTTPRequestParser.Outcome {
+    /// The status a refusal is answered with, nil when not refused.
+    var status: Int? {
+        guard case .invalid(let error) = self else { return nil }
+        return error.status
+    }
+}
+
 final class HTTPRequestParserTests: XCTestCase {
     let parser = HTTPRequestParser(maximumHeadBytes: 256, maximumHeaders: 4)
 
@@ -28,6 +36,12 @@ final class HTTPRequestParserTests: XCTestCase {
     func testAPartialHeadAsksForMore() {
         XCTAssertEqual(parse(""), .incomplete)
         XCTAssertEqual(parse("GET /metrics HTTP/1.1\r\nHost: a\r\n"), .incomplete)
+        XCTAssertEqual(parse("\r\nGET /metr"), .incomplete)
+        XCTAssertEqual(parse("GET /metrics HTTP/1.1\r"), .incomplete)
+        // Bytes no request line may hold are refused before the head ends, not left to time out.
+        for text in ["GET /a\u{1}", "GET /\u{7F}", "GET /é", "GET /a\tHTTP/1.1", "GET /a\rb"] {
+            XCTAssertEqual(parse(text).status, 400, text.debugDescription)
+        }
     }
 
     func testMalformedHeadsAreRefusedWithTheStatusTheyDeserve() {
@@ -139,6 +153,12 @@ final class HTTPServerTests: XCTestCase {
 
     /// Connects, sends `bytes` (then closes its sending side when asked), reads until the server closes.
     func exchange(_ bytes: [UInt8], halfClose: Bool = false) throws -> String {
+        try exchangeAndEnd(bytes, halfClose: halfClose).response
+    }
+
+    /// `exchange`, also telling how the connection ended: nil when the server closed in order (FIN), else the
+    /// errno of the failed read (ECONNRESET: the server reset it, a client such as curl then reports a failure).
+    func exchangeAndEnd(_ bytes: [UInt8], halfClose: Bool = false) throws -> (response: String, failure: Int32?) {
         let fd = try connectClient()
         defer { close(fd) }
         _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -149,10 +169,11 @@ final class HTTPServerTests: XCTestCase {
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             let count = read(fd, &buffer, buffer.count)
-            if count <= 0 { break }
+            if count < 0 { return (String(decoding: received, as: UTF8.self), errno) }
+            if count == 0 { break }
             received += buffer[..<count]
         }
-        return String(decoding: received, as: UTF8.self)
+        return (String(decoding: received, as: UTF8.self), nil)
     }
 
     func statusLine(_ response: String) -> String { response.components(separatedBy: "\r\n")[0] }
@@ -210,6 +231,81 @@ final class HTTPServerTests: XCTestCase {
             statusLine(try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK")
         var fds = [pollfd(fd: slow, events: Int16(POLLIN), revents: 0)]
         XCTAssertEqual(poll(&fds, 1, 0), 0, "the slow client was answered before the probe")
+    }
+
+    func testSlowClientsAtTheConnectionLimitNeverLockAProbeOut() throws {
+        // Twice the limit of clients that never finish their heads, held far longer than the test runs: each
+        // probe must still be answered, at once, by evicting the client that has waited longest.
+        server.stop()
+        server = try HTTPServer(
+            listen: HTTPListenAddress(host: "127.0.0.1", port: 0), readTimeout: .seconds(30), maximumConnections: 4)
+        server.start { _ in .text(200, "ok") }
+        var slow: [Int32] = []
+        defer { for fd in slow { close(fd) } }
+        for round in 0..<3 {
+            for _ in 0..<8 {
+                let fd = try connectClient()
+                slow.append(fd)
+                _ = Array("GET / HTTP/1.1\r\n".utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+            }
+            let started = Date()
+            XCTAssertEqual(
+                statusLine(try exchange(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK",
+                "probe \(round)")
+            XCTAssertLessThan(Date().timeIntervalSince(started), 1, "probe \(round)")
+        }
+    }
+
+    func testRefusedHeadsAreReadByTheClientNotReset() throws {
+        // Far more input than the server reads: closing with it unread would reset the connection and lose the
+        // response.
+        let oversize = "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + String(repeating: "a", count: 20_000) + "\r\n\r\n"
+        let tooLarge = try exchangeAndEnd(Array(oversize.utf8))
+        XCTAssertEqual(statusLine(tooLarge.response), "HTTP/1.1 431 Request Header Fields Too Large")
+        XCTAssertTrue(
+            tooLarge.response.hasSuffix("\r\n\r\nthe request head is longer than 8192 bytes\n"), tooLarge.response)
+        XCTAssertNil(tooLarge.failure, "the connection was reset")
+        var generator = SystemRandomNumberGenerator()
+        // Any random bytes (starting with a letter, so past the first-byte check), with no end of head: refused at
+        // once, not after the read timeout.
+        let garbage =
+            [UInt8(ascii: "G")]
+            + (0..<5_000).map { _ in UInt8.random(in: 0...255, using: &generator) }.filter { $0 != 0x0A }
+        let malformed = try exchangeAndEnd(garbage)
+        XCTAssertEqual(statusLine(malformed.response), "HTTP/1.1 400 Bad Request")
+        XCTAssertNil(malformed.failure, "the connection was reset")
+        XCTAssertEqual(
+            statusLine(try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK")
+    }
+
+    func testAThousandClientsConnectingAtOnceAreAllAnsweredPromptly() throws {
+        // All connected (and their requests sent) before any answer is read: far more than the old listen backlog
+        // (64), whose overflow left connections to be retried or reset.
+        let started = Date()
+        var clients: [Int32] = []
+        defer { for fd in clients { close(fd) } }
+        for _ in 0..<1000 {
+            let fd = try connectClient()
+            clients.append(fd)
+            _ = Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8).withUnsafeBytes {
+                send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+            }
+        }
+        var statuses: [String: Int] = [:]
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        for fd in clients {
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var received: [UInt8] = []
+            while true {
+                let count = read(fd, &buffer, buffer.count)
+                if count <= 0 { break }
+                received += buffer[..<count]
+            }
+            statuses[statusLine(String(decoding: received, as: UTF8.self)), default: 0] += 1
+        }
+        XCTAssertEqual(statuses, ["HTTP/1.1 200 OK": 1000])
+        XCTAssertLessThan(Date().timeIntervalSince(started), 5)
     }
 
     func testAPortInUseIsRefusedWithTheAddress() {

@@ -1,0 +1,84 @@
+import Foundation
+import TestSupport
+import XCTest
+
+/// Streaming commands (`top`, `status --watch`, `events --follow`) end when their standard output goes away: a
+/// reader that closed the pipe (`| head -1`) ends them with exit 0, a closed standard output (`>&-`) with exit 1.
+final class StreamingOutputTests: IntegrationTestCase {
+    /// Starts `runner ARGS` with its standard output a pipe, reads its first line, closes the pipe as `head -1`
+    /// does, and returns the exit status once it exited (nil if it still runs after `timeout`). `meanwhile` runs
+    /// while waiting for the exit (to keep output coming).
+    func exitStatusAfterTheReaderLeaves(
+        _ arguments: [String], timeout: Duration = .seconds(5), meanwhile: () throws -> Void = {}
+    ) throws -> Int32? {
+        let process = Process()
+        process.runnerBinary([arguments[0], "--redis", endpoint.url, "--namespace", namespace] + arguments.dropFirst())
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        let exited = DispatchSemaphore(value: 0)
+        process.terminationHandler = { _ in exited.signal() }
+        try process.run()
+        defer {
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                _ = exited.wait(timeout: .now() + 5)
+            }
+        }
+        try pipe.fileHandleForWriting.close()
+        let reader = pipe.fileHandleForReading.fileDescriptor
+        var received: [UInt8] = []
+        var byte: UInt8 = 0
+        let gotLine = waitUntil(timeout: .seconds(20)) {
+            var fds = [pollfd(fd: reader, events: Int16(POLLIN), revents: 0)]
+            while poll(&fds, 1, 0) > 0, read(reader, &byte, 1) == 1 {
+                received.append(byte)
+                if byte == UInt8(ascii: "\n") { return true }
+            }
+            return false
+        }
+        XCTAssertTrue(gotLine, "no first line from \(arguments): \(String(decoding: received, as: UTF8.self))")
+        try pipe.fileHandleForReading.close()
+        var status: Int32?
+        _ = try waitUntil(timeout: timeout) {
+            try meanwhile()
+            guard exited.wait(timeout: .now()) == .success else { return false }
+            status = process.terminationStatus
+            return true
+        }
+        return status
+    }
+
+    func testTopEndsWhenItsReaderLeaves() throws {
+        XCTAssertEqual(try exitStatusAfterTheReaderLeaves(["top", "--interval", "100ms"]), 0)
+    }
+
+    func testStatusWatchEndsWhenItsReaderLeaves() throws {
+        XCTAssertEqual(try exitStatusAfterTheReaderLeaves(["status", "--watch", "--interval", "100ms"]), 0)
+    }
+
+    func testEventsFollowEndsWhenItsReaderLeavesWhileEventsCome() throws {
+        var sequence = 0
+        func addEvent() throws {
+            sequence += 1
+            _ = try send([
+                "XADD", key("events"), "*", "type", "job.queued", "ts", "1700000000000", "job", "job-\(sequence)",
+            ])
+        }
+        try addEvent()
+        XCTAssertEqual(try exitStatusAfterTheReaderLeaves(["events", "--follow"], meanwhile: addEvent), 0)
+    }
+
+    func testTopWithStandardOutputClosedFailsWithOneLine() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = [
+            "-c", "exec \"$0\" top --redis \"$1\" --namespace \"$2\" --interval 100ms >&-", Binaries.runner,
+            endpoint.url, namespace,
+        ]
+        let result = runToEnd(process, timeout: 10)
+        XCTAssertEqual(result.code, 1, result.err)
+        XCTAssertEqual(result.err, "Error: cannot write to standard output: Bad file descriptor\n")
+    }
+}
