@@ -662,8 +662,45 @@ int nr_pidfd_signal(int pidfd, pid_t pid, int sig) {
     return kill(pid, sig);
 }
 
-int nr_list_children(pid_t *out, int max) {
-    DIR *tasks = opendir("/proc/self/task");
+/* Reads the pids in one /proc/<pid>/task/<tid>/children file into out (up to max); returns how many, 0 when the
+ * file is gone (the thread ended meanwhile). */
+static int nr_read_children_file(const char *path, pid_t *out, int max) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    char buffer[4096];
+    size_t used = 0;
+    ssize_t n;
+    while (used < sizeof buffer - 1 && (n = read(fd, buffer + used, sizeof buffer - 1 - used)) > 0) {
+        used += (size_t)n;
+    }
+    close(fd);
+    buffer[used] = '\0';
+    int count = 0;
+    char *cursor = buffer;
+    while (count < max) {
+        char *end = NULL;
+        long value = strtol(cursor, &end, 10);
+        if (end == cursor) {
+            break;
+        }
+        out[count++] = (pid_t)value;
+        cursor = end;
+    }
+    return count;
+}
+
+/* The children of `pid` from all its threads' children files, into out (up to max); -1 when its task folder cannot
+ * be opened. */
+static int nr_children_of(pid_t pid, pid_t *out, int max) {
+    char path[64];
+    if (pid == 0) {
+        snprintf(path, sizeof path, "/proc/self/task");
+    } else {
+        snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    }
+    DIR *tasks = opendir(path);
     if (tasks == NULL) {
         return -1;
     }
@@ -673,33 +710,47 @@ int nr_list_children(pid_t *out, int max) {
         if (entry->d_name[0] < '1' || entry->d_name[0] > '9') {
             continue;
         }
-        char path[320];
-        snprintf(path, sizeof path, "/proc/self/task/%s/children", entry->d_name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            continue;  // the thread ended meanwhile
-        }
-        char buffer[4096];
-        size_t used = 0;
-        ssize_t n;
-        while (used < sizeof buffer - 1 && (n = read(fd, buffer + used, sizeof buffer - 1 - used)) > 0) {
-            used += (size_t)n;
-        }
-        close(fd);
-        buffer[used] = '\0';
-        char *cursor = buffer;
-        while (count < max) {
-            char *end = NULL;
-            long value = strtol(cursor, &end, 10);
-            if (end == cursor) {
-                break;
-            }
-            out[count++] = (pid_t)value;
-            cursor = end;
-        }
+        char file[320];
+        snprintf(file, sizeof file, "%s/%s/children", path, entry->d_name);
+        count += nr_read_children_file(file, out + count, max - count);
     }
     closedir(tasks);
     return count;
+}
+
+int nr_list_children(pid_t *out, int max) { return nr_children_of(0, out, max); }
+
+/* Appends the children of `pid` as entries after the first `count`; returns the new count, or -1 when the entries
+ * are full. A process that ended meanwhile is skipped. */
+static int nr_append_children(pid_t pid, nr_proc_entry *entries, int count, int capacity) {
+    pid_t children[1024];
+    int found = nr_children_of(pid, children, (int)(sizeof children / sizeof children[0]));
+    if (found == (int)(sizeof children / sizeof children[0])) {
+        return -1;  // maybe more than room: the caller asks again with more
+    }
+    for (int i = 0; i < found; i++) {
+        if (count >= capacity) {
+            return -1;
+        }
+        if (nr_proc_stat(children[i], &entries[count]) == 0) {
+            count++;
+        }
+    }
+    return count;
+}
+
+int nr_proc_descendants(nr_proc_entry *entries, int capacity) {
+    DIR *self = opendir("/proc/self/task");
+    if (self == NULL) {
+        return -1;
+    }
+    closedir(self);
+    int count = nr_append_children(getpid(), entries, 0, capacity);
+    // The entries found so far are the queue: each one's children are appended after it.
+    for (int next = 0; count >= 0 && next < count; next++) {
+        count = nr_append_children(entries[next].pid, entries, count, capacity);
+    }
+    return count < 0 ? capacity + 1 : count;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,14 @@ struct ProcessTable {
         System.processSnapshot().map(ProcessTable.init)
     }
 
+    /// The runner's descendants only: where the runner is a child subreaper, every process of its jobs is one of
+    /// them (an orphan is reparented to the nearest subreaper, the runner or a job's own process), so this is all a
+    /// job's teardown needs to look at, at the cost of the job trees rather than of every process on the host.
+    /// nil when /proc cannot be read.
+    static func readDescendants() -> ProcessTable? {
+        System.descendantSnapshot().map(ProcessTable.init)
+    }
+
     /// Live (not zombie) processes of group `pgid` other than `excluded`.
     func liveMembers(ofGroup pgid: pid_t, excluding excluded: pid_t) -> Int {
         entries.values.count { $0.group == pgid && $0.pid != excluded && !$0.isZombie }

@@ -338,8 +338,12 @@ final class MonitorLoop {
 
     /// The main process is a zombie: is anything else of the job alive? Reaps the job's zombies that are ours.
     private func probeJob(_ record: ChildRecord) -> Bool {
-        // Unreadable /proc: assume someone is left, so the leftover grace and SIGKILL still apply.
-        guard let table = ProcessTable.read() else { return true }
+        // Unreadable /proc: assume someone is left, so the leftover grace and SIGKILL still apply. As a subreaper the
+        // runner's descendants hold all of the job: this runs for every job that ends, so no scan of the whole host
+        // unless the walk cannot be done.
+        guard let table = (sweepsOrphans ? ProcessTable.readDescendants() : nil) ?? ProcessTable.read() else {
+            return true
+        }
         record.tree.refresh(table: table, mainUnreaped: true)
         record.tree.reapOwnZombies(in: table)
         let groupAlive = record.handle.ownsGroup && table.liveMembers(ofGroup: record.pid, excluding: record.pid) > 0

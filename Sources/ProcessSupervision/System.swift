@@ -150,6 +150,20 @@ enum System {
         }
     }
 
+    /// `nr_proc_descendants`: the calling process's descendants; nil when /proc cannot be read or they are too many
+    /// (more than 65536, or a process with 1024 children or more) for this walk.
+    static func descendantSnapshot() -> [nr_proc_entry]? {
+        var capacity = 256
+        while capacity <= 1 << 16 {
+            var entries = [nr_proc_entry](repeating: nr_proc_entry(), count: capacity)
+            let seen = entries.withUnsafeMutableBufferPointer { nr_proc_descendants($0.baseAddress, Int32($0.count)) }
+            if seen < 0 { return nil }
+            if Int(seen) <= capacity { return Array(entries[0..<Int(seen)]) }
+            capacity *= 4  // more descendants than room: again, with more
+        }
+        return nil
+    }
+
     /// `nr_signal_process`: pidfd_open + start-time check + pidfd_send_signal, so a recycled pid is never hit.
     /// 0 or errno (ESRCH: gone, or the pid now names another process).
     static func signalProcess(_ pid: pid_t, startTime: UInt64, _ signal: Int32) -> Int32 {

@@ -245,14 +245,17 @@ struct JobExecutor: Sendable {
         containment.started(pid: process.pid)
         logger.debug("job started", ["job": entry.jobId, "pid": String(process.pid)])
         containments.add(streamId: entry.streamId, jobId: entry.jobId, containment: containment)
-        // Without a cgroup to count it, peak memory is the largest sampled RSS of the job's processes.
+        // Without a cgroup to count it, peak memory is the largest sampled RSS of the job's processes. The first
+        // sample waits one interval: a sample reads every process's stat, too dear for each short job, whose peak
+        // the kernel's own ru_maxrss of the main process gives at its end anyway.
         let sampler =
             containment.cgroup != nil
             ? nil
             : Task {
                 while !Task.isCancelled {
-                    _ = containment.sample()
                     try? await Task.sleep(for: JobExecutor.memorySampleInterval)
+                    if Task.isCancelled { break }
+                    _ = containment.sample()
                 }
             }
         // The epoch may have ended between the claim and the spawn: nothing of it may run on.
@@ -270,6 +273,7 @@ struct JobExecutor: Sendable {
         let killReported = await cancelWatch.value
         killSwitch.unwatch(process)
         sampler?.cancel()
+        containment.recordMainProcessPeak(bytes: outcome.maxResidentBytes)
         containments.remove(streamId: entry.streamId)
         // In the work folder, so before the containment is finished (which removes it).
         let postHookExit =

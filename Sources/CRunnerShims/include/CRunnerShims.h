@@ -174,6 +174,12 @@ int nr_pidfd_signal(int pidfd, pid_t pid, int sig);
 /// Reads /proc/self/task/*/children: the direct children of the calling process (up to max). -1 on error.
 int nr_list_children(pid_t *out, int max);
 
+/// The calling process's descendants, walked down /proc/<pid>/task/*/children from it: fills up to `capacity`
+/// entries and returns how many it found, capacity + 1 when there was no room for all (call again with more), or
+/// -1 when /proc cannot be read. Costs what the tree has, not what the host runs. A process with 1024 children or
+/// more also answers capacity + 1.
+int nr_proc_descendants(nr_proc_entry *entries, int capacity);
+
 /// prctl(PR_SET_CHILD_SUBREAPER, 1).
 int nr_set_child_subreaper(void);
 

@@ -67,6 +67,16 @@ final class JobContainment: Sendable {
         return (usage.userCPUTime + usage.systemCPUTime, usage.residentBytes)
     }
 
+    /// The main process's own peak (ru_maxrss from its wait, which covers the children it waited for), so that a
+    /// job ending before its first sample still has a sampled peak.
+    func recordMainProcessPeak(bytes: Int) {
+        guard bytes > 0 else { return }
+        peak.withLock {
+            $0.record(
+                ProcessTreeUsage(pids: [], userCPUTime: .zero, systemCPUTime: .zero, residentBytes: UInt64(bytes)))
+        }
+    }
+
     /// Reads the cgroup's counters, kills what is left in it, removes it and the work folder (unless kept).
     /// Returns the accounting for the result.
     func finish(logger: Logger) async -> JobAccounting {
