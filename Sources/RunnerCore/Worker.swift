@@ -457,6 +457,8 @@ public final class Worker: Sendable {
     /// Renews the lease and publishes heartbeats every interval until cancelled.
     private func keepPresence(_ epochs: EpochContext, admission: MemoryAdmission) async {
         metrics.loopWentRound()
+        var heartbeats = 0
+        let strayCheckEvery = max(1, Int(configuration.leaseTTL / configuration.heartbeatInterval))
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
             if Task.isCancelled { break }
@@ -468,7 +470,13 @@ public final class Worker: Sendable {
                 try await epochs.presence.publish(
                     state: current, free: await slots.free, running: await slots.runningJobIds,
                     epoch: await epochs.lease.epoch.number, resources: await resourceCapacity(admission))
-                if try await hasStrayPending() { strayPending.withLock { $0 = true } }
+                // Strays come from a read whose reply was lost (the read's error already makes the intake read its
+                // own pending entries) or from a paused earlier run of this name, which can deliver only until its
+                // lease is seen gone: once a lease TTL is enough to find those, not every heartbeat.
+                heartbeats += 1
+                if heartbeats % strayCheckEvery == 0, try await hasStrayPending() {
+                    strayPending.withLock { $0 = true }
+                }
             } catch {
                 // The client has already said once that Redis is unreachable; retry at the next interval.
                 logger.debug("heartbeat failed: \(error)")
