@@ -44,8 +44,9 @@ struct JobIntake: Sendable {
 
     /// New entries (`>`), at most `count`, taken from the queues in priority order; waits up to `block` when
     /// every queue is empty. With several queues the blocking read asks each for one entry, so it can return up to
-    /// one per queue: more than `count` when `count` is smaller than the number of queues.
-    func readNew(count: Int) async throws -> [Delivery] {
+    /// one per queue: more than `count` when `count` is smaller than the number of queues. With `wait` false it never
+    /// blocks (a read ahead for the prefetch buffer) and returns what the queues have now, at most `count`.
+    func readNew(count: Int, wait: Bool = true) async throws -> [Delivery] {
         if let routes {
             // At most once per refresh interval: one pipelined HGETALL; a new requirement stream's group is made.
             let added = (try? await routes.refreshIfDue(client: client)) ?? []
@@ -57,9 +58,9 @@ struct JobIntake: Sendable {
             for queue in queues where found.count < count {
                 found += try await read(queues: [queue], count: count - found.count, block: nil)
             }
-            if !found.isEmpty { return found }
+            if !found.isEmpty || !wait { return found }
         }
-        return try await read(queues: queues, count: queues.count > 1 ? 1 : count, block: block)
+        return try await read(queues: queues, count: queues.count > 1 ? 1 : count, block: wait ? block : nil)
     }
 
     /// XREADGROUP GROUP runners <consumer> COUNT n [BLOCK ms] STREAMS <queues> > ...

@@ -45,6 +45,8 @@ public actor Reaper {
 
     /// A queue SCAN every this many passes (registry queues are looked at every pass).
     private static let scanEvery = 12
+    /// How many intervals apart the passes are while they find nothing to do.
+    static let idleStretch = 2
 
     public init(configuration: ReaperConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -62,17 +64,31 @@ public actor Reaper {
     private var leaderTTL: Duration { max(configuration.interval * 3, .seconds(3)) }
 
     /// Runs passes every interval (and the mover when a retry is due) until cancelled; then gives up leadership.
+    /// After a pass that found nothing to do the next one waits twice the interval (an idle pool's reaper traffic
+    /// halves), and the first pass that does something brings the interval back: a lost runner's jobs are
+    /// rescheduled at most two intervals after its lease lapsed. Twice, not more: the leader lease lasts three
+    /// intervals, so the leader still extends it in time.
     public func run() async {
         var nextPass = ContinuousClock.now
         var nextMove: ContinuousClock.Instant?
+        var idle = false
         while !Task.isCancelled {
             let now = ContinuousClock.now
             if now >= nextPass {
-                nextPass = now + configuration.interval
+                nextPass = now + configuration.interval * (idle ? Reaper.idleStretch : 1)
                 do {
                     let summary = try await pass()
                     nextMove = summary?.nextDue.map { ContinuousClock.now + max($0, .seconds(1)) }
+                    // A retry waiting in the delayed set does not count: the mover wakes for it when it is due.
+                    idle =
+                        summary.map { pass in
+                            var quiet = pass
+                            quiet.nextDue = nil
+                            return quiet == ReaperPass()
+                        } ?? true
+                    if !idle { nextPass = min(nextPass, ContinuousClock.now + configuration.interval) }
                 } catch {
+                    idle = false
                     logger.debug("reaper pass failed: \(error)")
                 }
             } else if let due = nextMove, now >= due {

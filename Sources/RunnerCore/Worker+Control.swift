@@ -24,6 +24,8 @@ extension Worker {
             operations.updateGate()
             // A read blocked in XREADGROUP now would still take a job: break it off.
             intakeClient.interrupt()
+            // Entries read ahead go back at once: other runners may take them while this one drains.
+            await handBackPrefetched(store: epochs.store)
         case .openIntake?:
             operations.updateGate()
         case .shutDown?:

@@ -44,6 +44,8 @@ public final class Worker: Sendable {
     /// Reads the control streams (XREAD BLOCK), so commands never wait behind intake or lease traffic.
     private let controlClient: RedisClient
     let slots: JobSlots
+    /// Entries read ahead of the free slots (PrefetchBuffer.swift).
+    let prefetch: PrefetchBuffer
     let shutdownRequested = Latch()
     let immediateRequested = Latch()
     /// Drain, resume, migrate, cancels, the job budget: what operating the pool adds (Worker+Control.swift).
@@ -84,6 +86,9 @@ public final class Worker: Sendable {
         controlClient = client("control")
         operations = PoolOperations(jobLimit: configuration.exitAfterJobs)
         slots = JobSlots(capacity: configuration.concurrency)
+        // An ephemeral runner never takes more than its budget: it reads only for free slots.
+        prefetch = PrefetchBuffer(
+            capacity: configuration.exitAfterJobs == nil ? configuration.prefetch ?? configuration.concurrency : 0)
         metrics = WorkerMetrics(
             runner: configuration.name, capacity: configuration.concurrency,
             livenessBound: configuration.leaseTTL + .seconds(30))
@@ -250,6 +255,8 @@ public final class Worker: Sendable {
         intakeOpen.withLock { $0 }.fire()
         intakeClient.interrupt()
         await intakeTask.value
+        // Read ahead and not started: back to the queue now, not after the running jobs.
+        await handBackPrefetched(store: store)
         ephemeralTask.cancel()
         if operations.mode.withLock({ $0.migration }) != nil {
             // Received but not started: back to the queue now, not after the running jobs (also those waiting
@@ -366,7 +373,10 @@ public final class Worker: Sendable {
 
     /// XPENDING of this consumer on each queue: is anything delivered to it that no slot runs?
     private func hasStrayPending() async throws -> Bool {
-        let running = await slots.runningStreamIds
+        // The buffer before the slots: an entry moving from one to the other between the two looks stray at worst
+        // (a needless rescan), never the other way round.
+        let prefetched = prefetch.streamIds
+        let running = await slots.runningStreamIds.union(prefetched)
         for queue in routes.readOrder {
             let reply = try await presenceClient.send(
                 RedisCommand([
@@ -447,6 +457,8 @@ public final class Worker: Sendable {
     /// Renews the lease and publishes heartbeats every interval until cancelled.
     private func keepPresence(_ epochs: EpochContext, admission: MemoryAdmission) async {
         metrics.loopWentRound()
+        var heartbeats = 0
+        let strayCheckEvery = max(1, Int(configuration.leaseTTL / configuration.heartbeatInterval))
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
             if Task.isCancelled { break }
@@ -458,7 +470,13 @@ public final class Worker: Sendable {
                 try await epochs.presence.publish(
                     state: current, free: await slots.free, running: await slots.runningJobIds,
                     epoch: await epochs.lease.epoch.number, resources: await resourceCapacity(admission))
-                if try await hasStrayPending() { strayPending.withLock { $0 = true } }
+                // Strays come from a read whose reply was lost (the read's error already makes the intake read its
+                // own pending entries) or from a paused earlier run of this name, which can deliver only until its
+                // lease is seen gone: once a lease TTL is enough to find those, not every heartbeat.
+                heartbeats += 1
+                if heartbeats % strayCheckEvery == 0, try await hasStrayPending() {
+                    strayPending.withLock { $0 = true }
+                }
             } catch {
                 // The client has already said once that Redis is unreachable; retry at the next interval.
                 logger.debug("heartbeat failed: \(error)")
@@ -600,6 +618,8 @@ public final class Worker: Sendable {
         var readPendingFirst = true  // our own pending entries (ID 0) first: at start and after any failure
         var cursors: [String: String] = [:]
         var lastGroupWarning: ContinuousClock.Instant?
+        // The last read brought all it asked for: the queue may have more, worth reading ahead.
+        var queueHadMore = false
         while !Task.isCancelled {
             let freeLatch = await slots.freeSlotLatch()
             await freeLatch.wait()
@@ -614,6 +634,8 @@ public final class Worker: Sendable {
             }) {
                 readPendingFirst = true
             }
+            // Read-ahead entries are pending entries of this consumer: the pending read takes them again, in order.
+            if readPendingFirst { _ = prefetch.takeAll() }
             let epoch = await epochs.lease.epoch
             do {
                 if readPendingFirst {
@@ -640,10 +662,45 @@ public final class Worker: Sendable {
                     }
                     for delivery in taken { await launch(delivery, executor: executor, epoch: epoch) }
                 } else {
+                    var free = free
+                    // Entries read ahead while every slot was busy start now, without a read.
+                    let (ahead, aheadEpoch) = prefetch.take(upTo: free)
+                    if let aheadEpoch, !ahead.isEmpty {
+                        guard operations.intakeOpen else {
+                            for delivery in ahead {
+                                count(
+                                    await JobExecutor.handBackUnstarted(
+                                        delivery, store: executor.store, epoch: aheadEpoch))
+                            }
+                            continue
+                        }
+                        guard await mayStart(ahead, epoch: aheadEpoch, epochs) else {
+                            strayPending.withLock { $0 = true }
+                            continue
+                        }
+                        for delivery in ahead { await launch(delivery, executor: executor, epoch: aheadEpoch) }
+                        free -= ahead.count
+                        if free == 0 {
+                            // Every slot is busy again: top the buffer up without blocking, but only while the
+                            // queue had more than this runner asked for (an idle pool never reads ahead).
+                            let room = readAheadRoom(intake)
+                            if queueHadMore, room > 0 {
+                                let skip = await slots.runningStreamIds.union(prefetch.streamIds)
+                                let more = try await intake.readNew(count: room, wait: false).filter {
+                                    !skip.contains($0.streamId)
+                                }
+                                queueHadMore = more.count >= room
+                                keepAhead(more, epoch: epoch, store: executor.store)
+                            }
+                            continue
+                        }
+                    }
                     // An entry that runs here already can come again as new when its group was recreated from 0:
                     // one copy runs, the entry stays pending until that copy's result acknowledges it.
-                    let running = await slots.runningStreamIds
-                    let deliveries = try await intake.readNew(count: free).filter { !running.contains($0.streamId) }
+                    let room = readAheadRoom(intake)
+                    let skip = await slots.runningStreamIds.union(prefetch.streamIds)
+                    let deliveries = try await intake.readNew(count: free + room).filter { !skip.contains($0.streamId) }
+                    queueHadMore = room > 0 && deliveries.count >= free + room
                     // Drained (or shut down) while the read was blocked: what it brought goes back at once.
                     if !operations.intakeOpen, !deliveries.isEmpty {
                         for delivery in deliveries {
@@ -658,13 +715,7 @@ public final class Worker: Sendable {
                     for delivery in deliveries.prefix(free) {
                         await launch(delivery, executor: executor, epoch: epoch)
                     }
-                    // A read across several queues can bring one entry per queue; what has no slot goes back at
-                    // once rather than wait here while other runners are idle.
-                    for delivery in deliveries.dropFirst(free) {
-                        Task { [store = executor.store] in
-                            self.count(await JobExecutor.handBackUnstarted(delivery, store: store, epoch: epoch))
-                        }
-                    }
+                    keepAhead(Array(deliveries.dropFirst(free)), epoch: epoch, store: executor.store)
                 }
             } catch is CancellationError {
                 break
@@ -687,6 +738,32 @@ public final class Worker: Sendable {
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }
+    }
+
+    /// How many entries the next read may take beyond the free slots. Only a runner that reads one stream reads
+    /// ahead: with several, every freed slot must see the queues in priority order again (a read-ahead entry of a
+    /// lower queue would start before a higher queue's job that arrived after it).
+    private func readAheadRoom(_ intake: JobIntake) -> Int {
+        intake.readQueues.count == 1 ? prefetch.room : 0
+    }
+
+    /// Keeps what a read brought beyond the free slots in the prefetch buffer. What does not fit (a read across
+    /// several queues can bring one entry per queue) goes back at once rather than wait here while other runners are
+    /// idle; so does the buffer when a drain closed the intake meanwhile (the drain hands back what it found there,
+    /// this what came after).
+    private func keepAhead(_ deliveries: [Delivery], epoch: LeaseEpoch, store: JobStore) {
+        let refused = prefetch.add(deliveries, epoch: epoch)
+        for delivery in refused {
+            Task { self.count(await JobExecutor.handBackUnstarted(delivery, store: store, epoch: epoch)) }
+        }
+        if !operations.intakeOpen { Task { await self.handBackPrefetched(store: store) } }
+    }
+
+    /// Hands back every entry in the prefetch buffer (a drain, a shutdown): they were never started.
+    func handBackPrefetched(store: JobStore) async {
+        let (ahead, epoch) = prefetch.takeAll()
+        guard let epoch else { return }
+        for delivery in ahead { count(await JobExecutor.handBackUnstarted(delivery, store: store, epoch: epoch)) }
     }
 
     private func launch(_ delivery: Delivery, executor: JobExecutor, epoch: LeaseEpoch) async {

@@ -55,6 +55,9 @@ public struct WorkerConfiguration: Sendable {
     /// Take over the registry record of `name` (a runner that migrated here): its lease must be free, and its
     /// counters and labels are carried over.
     public var resumeIdentity = false
+    /// Entries read ahead of the free slots when the queue has more than they can take, so that a freed slot starts
+    /// its next job without a read (nil: as many as `concurrency`; 0: none). Never used by an ephemeral runner.
+    public var prefetch: Int?
 
     public init(
         redis: RedisEndpoint, keyspace: Keyspace = Keyspace(), name: String, node: String,

@@ -84,6 +84,19 @@ final class JobWorkspaceTests: XCTestCase {
         XCTAssertTrue(removed)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path))
     }
+
+    /// The folder of a crashed run of the same entry is replaced (on the queue): the new attempt starts empty.
+    func testAFolderLeftByACrashedRunIsReplacedByAnEmptyOne() async throws {
+        let root = NSTemporaryDirectory() + "nr-workspace-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let workspace = JobWorkspace(root: root, runner: "r1", owner: nil)
+        let path = try await workspace.create(name: "job-1-0-a")
+        FileManager.default.createFile(atPath: path + "/tmp/left-over", contents: Data("x".utf8))
+        let again = try await workspace.create(name: "job-1-0-a")
+        XCTAssertEqual(again, path)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path), ["tmp"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path + "/tmp"), [])
+    }
 }
 
 final class IsolationPlanTests: XCTestCase {

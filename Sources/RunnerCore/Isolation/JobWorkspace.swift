@@ -5,8 +5,8 @@ import Foundation
 /// 0700, owned by the user the jobs run as, with a `tmp` folder inside for `TMPDIR`. Removed when the job ends unless the runner keeps
 /// them; folders left by a runner that died are found by `leftovers(keeping:)`.
 ///
-/// File-system work runs on a queue of its own: removing a large tree must not hold a thread of the cooperative
-/// pool.
+/// File-system work that can take long runs on a queue of its own: removing a large tree must not hold a thread of
+/// the cooperative pool. Making a job's folder (a few short syscalls) runs inline.
 struct JobWorkspace: Sendable {
     /// `<work root>/<runner context name>`.
     let directory: String
@@ -30,29 +30,54 @@ struct JobWorkspace: Sendable {
         let path = (directory as NSString).appendingPathComponent(name)
         let owner = self.owner
         let directory = self.directory
-        let failure: IsolationError? = await JobWorkspace.run {
-            if let unusable = JobWorkspace.makeRunnerDirectory(directory) { return unusable }
-            if mkdir(path, 0o700) != 0 {
-                guard errno == EEXIST else {
-                    return IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())")
-                }
-                try? FileManager.default.removeItem(atPath: path)
-                if mkdir(path, 0o700) != 0 {
-                    return IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())")
-                }
+        // Inline, on the calling task: a few lstat/mkdir/lchown on a local file system, bounded and short (a hop to
+        // the queue and back cost more than the calls, on every job's path). Only replacing a folder left by a
+        // crashed run of the same entry, a tree of any size, goes to the queue.
+        switch JobWorkspace.makeJobFolder(path, in: directory, owner: owner, replacing: false) {
+        case .made: return path
+        case .failed(let failure): throw failure
+        case .exists:
+            let outcome = await JobWorkspace.run {
+                JobWorkspace.makeJobFolder(path, in: directory, owner: owner, replacing: true)
             }
-            if mkdir(path + "/tmp", 0o700) != 0 {
-                return IsolationError(.workspace, "cannot create the work folder \(path)/tmp: \(errnoText())")
-            }
-            for folder in [path, path + "/tmp"] {
-                if let owner, lchown(folder, owner.uid, owner.gid) != 0 {
-                    return IsolationError(.workspace, "cannot hand \(folder) to uid \(owner.uid): \(errnoText())")
-                }
-            }
-            return nil
+            if case .failed(let failure) = outcome { throw failure }
+            return path
         }
-        if let failure { throw failure }
-        return path
+    }
+
+    private enum FolderOutcome: Sendable {
+        case made
+        /// It was there already and `replacing` was false.
+        case exists
+        case failed(IsolationError)
+    }
+
+    /// Makes `path` and its `tmp` in `directory` (checked safe first), owned by `owner`; an existing `path` is
+    /// removed first when `replacing`.
+    private static func makeJobFolder(
+        _ path: String, in directory: String, owner: (uid: UInt32, gid: UInt32)?, replacing: Bool
+    ) -> FolderOutcome {
+        if let unusable = makeRunnerDirectory(directory) { return .failed(unusable) }
+        if mkdir(path, 0o700) != 0 {
+            guard errno == EEXIST else {
+                return .failed(IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())"))
+            }
+            guard replacing else { return .exists }
+            try? FileManager.default.removeItem(atPath: path)
+            if mkdir(path, 0o700) != 0 {
+                return .failed(IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())"))
+            }
+        }
+        if mkdir(path + "/tmp", 0o700) != 0 {
+            return .failed(IsolationError(.workspace, "cannot create the work folder \(path)/tmp: \(errnoText())"))
+        }
+        for folder in [path, path + "/tmp"] {
+            if let owner, lchown(folder, owner.uid, owner.gid) != 0 {
+                return .failed(
+                    IsolationError(.workspace, "cannot hand \(folder) to uid \(owner.uid): \(errnoText())"))
+            }
+        }
+        return .made
     }
 
     /// Why a directory the runner makes job folders in must not be trusted, or nil when it can be.
