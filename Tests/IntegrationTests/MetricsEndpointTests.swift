@@ -173,7 +173,7 @@ final class MetricsEndpointTests: PrivateRedisTestCase {
     }
 
     func testABadOrBusyListenAddressStopsTheWorkerAtStart() throws {
-        let busy = try HTTPListener()
+        let busy = try LoopbackListener()
         for (address, message) in [
             (
                 "127.0.0.1:\(busy.port)",
@@ -189,31 +189,4 @@ final class MetricsEndpointTests: PrivateRedisTestCase {
             XCTAssertEqual(result.err.split(separator: "\n").first.map(String.init), message, result.err)
         }
     }
-}
-
-/// A TCP socket listening on a free loopback port (to make a port busy).
-final class HTTPListener {
-    let fd: Int32
-    let port: Int
-
-    init() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        self.fd = fd
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        guard bound else {
-            port = 0
-            throw XCTSkip("cannot make a busy port: bind: \(String(cString: strerror(errno)))")
-        }
-        port = Int(UInt16(bigEndian: address.sin_port))
-    }
-
-    deinit { close(fd) }
 }
