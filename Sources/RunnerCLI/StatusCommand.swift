@@ -104,9 +104,8 @@ enum StatusCommand {
 
     static func stateText(_ state: String?, leaseHeld: Bool) -> String {
         let state = state ?? "?"
-        // A migrating runner has released its lease on purpose, and a migrated one is gone by design: neither is lost.
-        let leaseless = [RunnerState.lost, .migrating, .migrated].map(\.rawValue)
-        return leaseHeld || leaseless.contains(state) ? state : state + " (lost)"
+        let known = RunnerState(rawValue: state)
+        return leaseHeld || known == .lost || known?.releasedItsLease == true ? state : state + " (lost)"
     }
 
     static func table(_ rows: [[String]], _ console: Console) {

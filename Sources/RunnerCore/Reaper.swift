@@ -155,7 +155,7 @@ public actor Reaper {
             guard !(try await leaseHeld(id)) else { continue }
             let record = (try? JSONValue(parsing: value)) ?? .null
             let state = record[RunnerRecordField.state]?.stringValue
-            if state == RunnerState.migrating.rawValue || state == RunnerState.migrated.rawValue {
+            if state.flatMap(RunnerState.init(rawValue:))?.releasedItsLease == true {
                 // Not lost: its lease was released for a runner on another node to take over.
                 if try await ageMigration(id, record: record, asRead: value) { summary.recordsForgotten += 1 }
                 continue

@@ -37,6 +37,10 @@ public enum RunnerState: String, Sendable, CaseIterable, Codable {
     case stopped
     /// Set by a reaper when the runner's lease was gone: the runner died or was cut off.
     case lost
+
+    /// Whether the runner gave up its lease on purpose (it moved to another node): a missing lease does not mean it
+    /// is lost.
+    public var releasedItsLease: Bool { self == .migrating || self == .migrated }
 }
 
 /// Every event type on `{nr}:events`.

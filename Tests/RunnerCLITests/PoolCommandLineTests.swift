@@ -54,4 +54,12 @@ final class PoolCommandLineTests: XCTestCase {
             XCTAssertEqual(line, expected, "\(arguments)")
         }
     }
+
+    func testStatusShowsARunnerThatReleasedItsLeaseOnPurposeAsItIsNotLost() {
+        XCTAssertEqual(StatusCommand.stateText("migrating", leaseHeld: false), "migrating")
+        XCTAssertEqual(StatusCommand.stateText("migrated", leaseHeld: false), "migrated")
+        XCTAssertEqual(StatusCommand.stateText("lost", leaseHeld: false), "lost")
+        XCTAssertEqual(StatusCommand.stateText("running", leaseHeld: false), "running (lost)")
+        XCTAssertEqual(StatusCommand.stateText("drained", leaseHeld: true), "drained")
+    }
 }
