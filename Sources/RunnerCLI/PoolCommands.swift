@@ -24,15 +24,15 @@ enum PoolCommands {
 
     static let drain = runnerSpec(
         "drain", abstract: "Stop a runner's intake; running jobs finish; it stays registered as drained.",
-        usage: "runner drain RUNNER|--all [--wait [--wait-timeout D]]", extra: [allOption],
+        usage: "runner drain RUNNER [--wait [--wait-timeout D]] | --all", extra: [allOption],
         discussion: "Prints the command id (the control stream entry id). 'runner resume' reopens the intake.")
     static let resume = runnerSpec(
         "resume", abstract: "Reopen the intake of a drained runner.",
-        usage: "runner resume RUNNER|--all [--wait [--wait-timeout D]]", extra: [allOption],
+        usage: "runner resume RUNNER [--wait [--wait-timeout D]] | --all", extra: [allOption],
         discussion: "Prints the command id. A runner that is not drained answers 'ignored'.")
     static let shutdown = runnerSpec(
         "shutdown", abstract: "Shut a runner down as SIGTERM does (--now: as a second signal does).",
-        usage: "runner shutdown RUNNER|--all [--now] [--wait [--wait-timeout D]]",
+        usage: "runner shutdown RUNNER [--now] [--wait [--wait-timeout D]] | --all [--now]",
         extra: [allOption, OptionSpec("--now", .flag, help: "Stop running jobs at once and hand them back.")],
         discussion: "Prints the command id. The runner exits 0 after runner.shutdown.")
     static let migrate = runnerSpec(
