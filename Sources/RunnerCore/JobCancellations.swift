@@ -11,23 +11,25 @@ final class JobCancellations: Sendable {
 
     private struct Entry {
         var request: Request?
-        /// Fired when `request` is set; made by whichever comes first, the waiter or the request.
-        let requested = Latch()
+        /// Run once when `request` is set (or at once when it was set before): the running job's reaction.
+        var action: (@Sendable () -> Void)?
     }
 
     private let entries = Mutex<[String: Entry]>([:])
 
     /// Records a cancel for `jobId`; false when one was recorded already (the first one stands).
     func request(jobId: String, _ request: Request) -> Bool {
-        let latch = entries.withLock { entries -> Latch? in
+        let recorded = entries.withLock { entries -> (Bool, (@Sendable () -> Void)?) in
             var entry = entries[jobId] ?? Entry()
-            guard entry.request == nil else { return nil }
+            guard entry.request == nil else { return (false, nil) }
             entry.request = request
+            let action = entry.action
+            entry.action = nil
             entries[jobId] = entry
-            return entry.requested
+            return (true, action)
         }
-        latch?.fire()
-        return latch != nil
+        recorded.1?()
+        return recorded.0
     }
 
     /// The cancel recorded for `jobId`, if any.
@@ -35,15 +37,18 @@ final class JobCancellations: Sendable {
         entries.withLock { $0[jobId]?.request }
     }
 
-    /// Waits until a cancel is recorded for `jobId` (or the waiting task is cancelled).
-    func waitForRequest(jobId: String) async {
-        let latch = entries.withLock { entries -> Latch in
-            if let entry = entries[jobId] { return entry.requested }
-            let entry = Entry()
+    /// Runs `action` once when a cancel is recorded for `jobId`, or now when one was recorded already. A closure
+    /// rather than a waiting task: most jobs are never cancelled, and a task of its own for each would cost a
+    /// wake-up per job.
+    func onRequest(jobId: String, _ action: @escaping @Sendable () -> Void) {
+        let requested = entries.withLock { entries -> Bool in
+            var entry = entries[jobId] ?? Entry()
+            if entry.request != nil { return true }
+            entry.action = action
             entries[jobId] = entry
-            return entry.requested
+            return false
         }
-        await latch.wait()
+        if requested { action() }
     }
 
     /// Forgets `jobId` once its attempt is recorded.

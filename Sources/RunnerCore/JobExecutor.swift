@@ -46,6 +46,8 @@ struct JobExecutor: Sendable {
     let cancellations: JobCancellations
     /// Where job durations are counted (nil in tests that need no metrics).
     var metrics: WorkerMetrics? = nil
+    /// The deferred `started` writes and memory samples of the running jobs.
+    let watches = RunningJobWatches(sampleInterval: JobExecutor.memorySampleInterval)
 
     /// Writes about a job are retried until Redis is back: a result is never dropped, and each script is
     /// idempotent, so resending after a lost reply changes nothing twice.
@@ -248,31 +250,23 @@ struct JobExecutor: Sendable {
         // Without a cgroup to count it, peak memory is the largest sampled RSS of the job's processes. The first
         // sample waits one interval: a sample reads every process's stat, too dear for each short job, whose peak
         // the kernel's own ru_maxrss of the main process gives at its end anyway.
-        let sampler =
-            containment.cgroup != nil
-            ? nil
-            : Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: JobExecutor.memorySampleInterval)
-                    if Task.isCancelled { break }
-                    _ = containment.sample()
-                }
-            }
+        let sample: (@Sendable () -> Void)? =
+            containment.cgroup != nil ? nil : { @Sendable [containment] in _ = containment.sample() }
+        let watch = watches.start(
+            sample: sample,
+            writeStarted: { [store, durable, pid = process.pid] in
+                _ = try? await store.started(entry: entry, owner: owner, pid: pid, retry: durable)
+            })
         // The epoch may have ended between the claim and the spawn: nothing of it may run on.
         if epoch.ended.isFired { process.signalGroup(SIGKILL) }
 
-        let flusher = Task { await recorder.run() }
-        // The pid and `job.started` are written while the job runs; awaited before the result so they land in order.
-        let startedWrite = Task { [pid = process.pid] in
-            try? await store.started(entry: entry, owner: owner, pid: pid, retry: durable)
-        }
         let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
         let cancelWatch = watchForCancel(entry, pid: process.pid)
         let outcome = await process.wait(TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace))
-        cancelWatch.cancel()
-        let killReported = await cancelWatch.value
+        let killReported = await cancelWatch.stop()
         killSwitch.unwatch(process)
-        sampler?.cancel()
+        // The pid and `job.started` land before the result: written while the job ran, or now with it.
+        let startedPid: Int32? = await watch.stop() ? process.pid : nil
         containment.recordMainProcessPeak(bytes: outcome.maxResidentBytes)
         containments.remove(streamId: entry.streamId)
         // In the work folder, so before the containment is finished (which removes it).
@@ -283,8 +277,7 @@ struct JobExecutor: Sendable {
                 after: outcome, timeout: timeout, entry: entry, environment: environment, containment: containment,
                 recorder: recorder)
         let accounting = await containment.finish(logger: logger)
-        let summary = await recorder.finish(flusher: flusher)
-        await startedWrite.value
+        let summary = await recorder.finish()
 
         // Killed because its epoch ended or was past its kill deadline (never "failed with signal 9"): the entry
         // stays pending and is rescheduled.
@@ -296,10 +289,12 @@ struct JobExecutor: Sendable {
             if outcome.forcedKill, !killReported { await emitCancelPhase(.jobCancelSigkill, entry, pid: process.pid) }
             var record = JobExecutor.record(for: outcome, timeout: timeout, accounting: accounting)
             record.outputTail = summary.tail
-            return await finishCancelled(entry, record, cancel, startedAt: startedAt, owner: owner)
+            return await finishCancelled(
+                entry, record, cancel, startedAt: startedAt, startedPid: startedPid, owner: owner)
         }
         if outcome.stopReason == .cancelled {
             logger.info("job stopped for shutdown; handing it back", ["job": entry.jobId])
+            await writeStarted(entry, pid: startedPid, owner: owner)
             return await handBack(entry, epoch: epoch, reason: "runner shutting down")
         }
         metrics?.observeJobDuration(outcome.wallTime)
@@ -307,9 +302,19 @@ struct JobExecutor: Sendable {
         record.outputTail = summary.tail
         record.postHookExitCode = postHookExit
         if record.state != .succeeded, entry.spec.maxAttempts > 1 {
+            await writeStarted(entry, pid: startedPid, owner: owner)
             return await failed(entry, record, attempt: attempt, owner: owner)
         }
-        return await finish(entry, record, startedAt: startedAt, owner: owner)
+        return await finish(entry, record, startedAt: startedAt, startedPid: startedPid, owner: owner)
+    }
+
+    /// The `started` write of a job that ended before it was sent (`pid` nil: it was written), ahead of a write
+    /// that does not carry it.
+    private func writeStarted(_ entry: JobEntry, pid: Int32?, owner: AttemptOwner) async {
+        guard let pid else { return }
+        await detached { [store, durable] in
+            try await store.started(entry: entry, owner: owner, pid: pid, retry: durable)
+        }
     }
 
     /// What the claim told about the attempt.
@@ -366,11 +371,14 @@ struct JobExecutor: Sendable {
         }
     }
 
+    /// Records a terminal result; `startedPid`: the job's `started` write was not sent, `job.started` goes with it.
     func finish(
-        _ entry: JobEntry, _ record: JobResultRecord, startedAt: String, owner: AttemptOwner
+        _ entry: JobEntry, _ record: JobResultRecord, startedAt: String, startedPid: Int32? = nil, owner: AttemptOwner
     ) async -> DeliveryOutcome {
         let completion = await detached {
-            try await store.complete(entry: entry, owner: owner, result: record, startedAtMs: startedAt, retry: durable)
+            try await store.complete(
+                entry: entry, owner: owner, result: record, startedAtMs: startedAt, startedPid: startedPid,
+                retry: durable)
         }
         logger.debug(
             "job \(record.state.rawValue)",
@@ -441,9 +449,9 @@ struct JobExecutor: Sendable {
             "LANG": "C.UTF-8",
             "TMPDIR": workDirectory + "/tmp",
         ]
-        let runnerEnvironment = ProcessInfo.processInfo.environment
+        // getenv per name: building the whole environment as a dictionary for each job costs more than the job.
         for name in configuration.isolation.environmentAllowlist {
-            if let value = runnerEnvironment[name] { environment[name] = value }
+            if let value = getenv(name) { environment[name] = String(cString: value) }
         }
         for (key, value) in entry.spec.environment { environment[key] = value }
         environment[JobEnvironment.jobId] = entry.jobId
@@ -492,6 +500,10 @@ struct JobExecutor: Sendable {
     /// until it lands; nil only when it was given up (the Redis client was closed at shutdown) or is refused for good.
     @discardableResult
     func detached<T: Sendable>(_ write: @escaping @Sendable () async throws -> T) async -> T? {
+        // Nearly every write lands at the first try, sent from this task: no task of its own, no extra wake-ups.
+        // One that fails, or is cut short by this task's cancellation, is sent again (every job script is
+        // idempotent) by a task of its own that retries until it lands.
+        if !Task.isCancelled, let value = try? await write() { return value }
         let logger = self.logger
         return await Task { await DurableWrite.perform(logger: logger, write) }.value
     }

@@ -127,7 +127,7 @@ extension JobExecutor {
             .preJob, path: path, entry: entry, environment: environment, containment: containment, recorder: recorder)
         // A lease epoch that ended during the hook leaves nothing of the attempt to start.
         if hook == .passed, !epoch.ended.isFired { return nil }
-        let summary = await recorder.finish(flusher: Task { await recorder.run() })
+        let summary = await recorder.finish()
         let accounting = await containment.finish(logger: logger)
         if epoch.ended.isFired { return .abandoned }
         guard case .failed(let reason, _) = hook else {

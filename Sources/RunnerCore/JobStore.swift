@@ -231,7 +231,7 @@ public struct JobStore: Sendable {
 
     /// Records the pid of a claimed attempt and emits `job.started`.
     func started(entry: JobEntry, owner: AttemptOwner, pid: Int32, retry: RedisRetry) async throws {
-        let data: JSONValue = ["pid": .int(Int(pid)), "attempt": .int(entry.attempt), "queue": .string(entry.queue)]
+        let data = JobStore.startedData(entry: entry, pid: pid)
         _ = try await scripts.run(
             RunnerScripts.started,
             keys: [keyspace.job(id: entry.jobId), keyspace.events, keyspace.lease(runner: owner.runner)],
@@ -240,6 +240,11 @@ public struct JobStore: Sendable {
                 owner.leaseToken,
             ]),
             retry: retry)
+    }
+
+    /// The data of `job.started`.
+    static func startedData(entry: JobEntry, pid: Int32) -> JSONValue {
+        ["pid": .int(Int(pid)), "attempt": .int(entry.attempt), "queue": .string(entry.queue)]
     }
 
     /// Appends a batch of output entries (explicit id, fd, data) to the job's log, fenced on the attempt.
@@ -259,9 +264,11 @@ public struct JobStore: Sendable {
         return reply.int != -1
     }
 
-    /// Writes the result, acks and deletes the entry, then emits the terminal event (one script).
+    /// Writes the result, acks and deletes the entry, then emits the terminal event (one script). With
+    /// `startedPid` (a job that ended before its `started` write), `job.started` is emitted right before it.
     func complete(
-        entry: JobEntry, owner: AttemptOwner, result: JobResultRecord, startedAtMs: String?, retry: RedisRetry
+        entry: JobEntry, owner: AttemptOwner, result: JobResultRecord, startedAtMs: String?, startedPid: Int32? = nil,
+        retry: RedisRetry
     ) async throws -> CompletionOutcome {
         guard let event = EventType.terminal(for: result.state) else {
             preconditionFailure("complete() needs a terminal state, got \(result.state)")
@@ -271,7 +278,10 @@ public struct JobStore: Sendable {
                 entry.jobId, owner.runner, String(entry.attempt), entry.streamId, Keyspace.consumerGroup,
                 result.state.rawValue, event.rawValue, result.eventData.serialized, String(retentionMs),
                 String(eventsMaxLength), startedAtMs ?? "", entry.queue,
-            ]) + [entry.specJSON] + JobStore.bytes([owner.leaseToken]) + JobStore.flattened(result.hashFields)
+            ]) + [entry.specJSON]
+            + JobStore.bytes([
+                owner.leaseToken, startedPid.map { JobStore.startedData(entry: entry, pid: $0).serialized } ?? "",
+            ]) + JobStore.flattened(result.hashFields)
         let reply = try await scripts.run(
             RunnerScripts.complete,
             keys: [

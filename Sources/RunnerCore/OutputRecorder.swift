@@ -73,6 +73,9 @@ final class OutputRecorder: Sendable {
     private let sequence = Mutex<(base: Int?, next: Int)>((nil, 1))
     /// Fired when the process has ended, so the flusher stops gathering and writes at once.
     private let finishing = Latch()
+    /// The task that writes output while the job runs, started by the first chunk or note: most short jobs write
+    /// nothing and need no task.
+    private let flusher = Mutex<Task<Void, Never>?>(nil)
 
     private static let entryLimit = 512 << 10
     private static let flushThreshold = 256 << 10
@@ -99,17 +102,25 @@ final class OutputRecorder: Sendable {
             let bytes = state.masker.mask(stream, bytes)
             state.record(stream, bytes, limit: limit, tailLimit: tailLimit)
         }
+        startFlusher()
         signal.yield()
     }
 
     /// Adds a marker of the runner's own (fd `meta`) at this point of the output.
     func note(_ text: String) {
         state.withLock { $0.pending.append(.meta(text)) }
+        startFlusher()
         signal.yield()
     }
 
-    /// Writes buffered output until `finish()`; runs as its own task.
-    func run() async {
+    private func startFlusher() {
+        flusher.withLock { task in
+            if task == nil { task = Task { await self.run() } }
+        }
+    }
+
+    /// Writes buffered output until `finish()`; runs as the flusher task.
+    private func run() async {
         for await _ in signals {
             await flush()
             if state.withLock({ $0.pendingBytes }) < OutputRecorder.flushThreshold {
@@ -121,9 +132,9 @@ final class OutputRecorder: Sendable {
         await flush()
     }
 
-    /// Stops the flusher after a last write and returns the tail and counts. Await `run()` completion first by
-    /// calling this after the process ended.
-    func finish(flusher: Task<Void, Never>) async -> Summary {
+    /// Stops the flusher after a last write and returns the tail and counts. Call it after the process ended (all
+    /// its output appended).
+    func finish() async -> Summary {
         state.withLock { state in
             for stream in [OutputStream.stdout, .stderr] {
                 state.record(stream, state.masker.flush(stream), limit: limit, tailLimit: tailLimit)
@@ -131,7 +142,11 @@ final class OutputRecorder: Sendable {
         }
         finishing.fire()
         signal.finish()
-        await flusher.value
+        if let flusher = flusher.withLock({ $0 }) {
+            await flusher.value
+        } else {
+            await flush()  // what the masker held back, if anything
+        }
         let dropped = state.withLock { $0.droppedBytes }
         if dropped > 0 {
             let note = "\(dropped) bytes of output were dropped after the log limit of \(limit) bytes"

@@ -232,8 +232,9 @@ enum RunnerScripts {
 
     /// KEYS: job hash, jobs stream, events, log stream, lease. ARGV: id, runner, attempt, stream id, group, state,
     /// event type, event data, retention ms, events maxlen, started at ('' if unknown), queue, spec, lease token,
-    /// then field/value pairs. Fields missing from the hash (it may have been lost with a Redis that restarted
-    /// without persistence) are written again from what the runner knows.
+    /// `job.started` data ('' when `started` wrote it), then field/value pairs. Fields missing from the hash (it may
+    /// have been lost with a Redis that restarted without persistence) are written again from what the runner knows.
+    /// A job that ended before its `started` write was sent gets `job.started` here, right before its terminal event.
     /// Returns 1 written, 0 already written before (acked again), -1 refused (`job.stale_result` emitted).
     static let complete = script(
         "complete",
@@ -245,7 +246,7 @@ enum RunnerScripts {
         local fields = {'\(ResultField.state)', ARGV[6], '\(ResultField.runner)', ARGV[2], '\(ResultField.attempt)', ARGV[3],
           '\(ResultField.finishedAt)', ts, '\(ResultField.streamId)', ARGV[4], '\(ResultField.leaseToken)', ARGV[14],
           '\(ProtocolVersion.field)', NR_V}
-        for i = 15, #ARGV do fields[#fields + 1] = ARGV[i] end
+        for i = 16, #ARGV do fields[#fields + 1] = ARGV[i] end
         local missing = {['\(ResultField.startedAt)'] = (ARGV[11] ~= '' and ARGV[11] or ts),
           ['\(ResultField.queue)'] = ARGV[12], ['\(ResultField.spec)'] = ARGV[13]}
         for name, value in pairs(missing) do
@@ -261,6 +262,9 @@ enum RunnerScripts {
         redis.call('PEXPIRE', KEYS[4], ARGV[9])
         redis.call('XACK', KEYS[2], ARGV[5], ARGV[4])
         redis.call('XDEL', KEYS[2], ARGV[4])
+        if ARGV[15] ~= '' then
+          nr_emit(KEYS[3], ARGV[10], '\(EventType.jobStarted.rawValue)', ts, ARGV[2], ARGV[1], ARGV[15])
+        end
         nr_emit(KEYS[3], ARGV[10], ARGV[7], ts, ARGV[2], ARGV[1], ARGV[8])
         return 1
         """)

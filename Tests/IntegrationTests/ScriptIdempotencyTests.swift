@@ -106,13 +106,22 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
             entry: second, owner: AttemptOwner(runner: "other", leaseToken: "tok2"),
             result: JobResultRecord(state: .succeeded), startedAtMs: nil, retry: retry)
         XCTAssertEqual(foreign, .refused)
-        let done = JobResultRecord(state: .succeeded, exitCode: 0)
+        // An attempt that ended before its `started` write: `job.started` comes with the result, once.
+        let done = JobResultRecord(state: .succeeded, exitCode: 0, pid: 43)
         let firstWrite = try await store.complete(
-            entry: second, owner: owner, result: done, startedAtMs: nil, retry: retry)
-        let resent = try await store.complete(entry: second, owner: owner, result: done, startedAtMs: nil, retry: retry)
+            entry: second, owner: owner, result: done, startedAtMs: nil, startedPid: 43, retry: retry)
+        let resent = try await store.complete(
+            entry: second, owner: owner, result: done, startedAtMs: nil, startedPid: 43, retry: retry)
         XCTAssertEqual(firstWrite, .recorded)
         XCTAssertEqual(resent, .alreadyRecorded)
         XCTAssertEqual(try count("job.succeeded"), 1)
+        XCTAssertEqual(try count("job.started"), 2, "one for each attempt")
+        let last = (try send(["XREVRANGE", key("events"), "+", "-", "COUNT", "2"]).array ?? []).compactMap {
+            $0.array.map { strings($0[1]) }
+        }
+        XCTAssertEqual(last.map { $0["type"] }, ["job.succeeded", "job.started"])
+        XCTAssertEqual(last.last?["data"], #"{"attempt":2,"pid":43,"queue":"default"}"#)
+        XCTAssertEqual(try job("j1")["pid"], "43")
         XCTAssertEqual(try job("j1")["state"], "succeeded")
         XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)

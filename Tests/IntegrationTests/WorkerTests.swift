@@ -29,6 +29,34 @@ final class WorkerTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
 
+    /// `job.started` comes once, before the result, with the pid the result names: for a short job (usually
+    /// written by the script that records its result) and for a longer one, while it runs.
+    func testStartedIsWrittenWithTheResultOfAShortJobAndWhileALongerOneRuns() throws {
+        try startRunner()
+        XCTAssertEqual(cli(["submit", "--wait", "--id", "short-1", "--", "true"]).code, 0)
+        let short = try events().filter { $0.job == "short-1" }
+        XCTAssertEqual(short.map(\.type), ["job.submitted", "job.received", "job.started", "job.succeeded"])
+        let record = try job("short-1")
+        let pid = try XCTUnwrap(Int(record["pid"] ?? ""), "\(record)")
+        XCTAssertEqual(short[2].data["pid"] as? Int, pid)
+        XCTAssertEqual(short[2].data["attempt"] as? Int, 1)
+        XCTAssertEqual(short[2].data["queue"] as? String, "default")
+
+        XCTAssertEqual(cli(["submit", "--id", "long-1", "--", "sleep", "1"]).code, 0)
+        var started: RecordedEvent?
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(20)) {
+                started = try events().first { $0.job == "long-1" && $0.type == "job.started" }
+                return started != nil
+            })
+        // Seen while it runs: no result yet, the pid already in the record.
+        let running = try job("long-1")
+        XCTAssertEqual(running["state"], "running")
+        XCTAssertEqual(running["pid"].flatMap { Int($0) }, started?.data["pid"] as? Int)
+        try waitForState("long-1", ["succeeded"])
+        XCTAssertEqual(try events(of: "long-1").filter { $0 == "job.started" }.count, 1)
+    }
+
     func testNonZeroExitFailsWithItsCode() throws {
         try startRunner()
         let result = cli(["submit", "--wait", "--id", "bad-1", "--", "sh", "-c", "exit 3"])

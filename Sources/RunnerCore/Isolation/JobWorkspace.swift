@@ -129,7 +129,10 @@ struct JobWorkspace: Sendable {
     /// Removes a job's folder and everything in it; false (after logging nothing) when it could not.
     @discardableResult
     func remove(path: String) async -> Bool {
-        await JobWorkspace.run { (try? FileManager.default.removeItem(atPath: path)) != nil || !exists(path) }
+        // Most jobs leave their folder as it was made: two rmdir, inline (rmdir never follows a link, and fails on
+        // a folder with anything in it). Anything else is a tree of any size, removed on the queue.
+        if rmdir(path + "/tmp") == 0 || errno == ENOENT, rmdir(path) == 0 { return true }
+        return await JobWorkspace.run { (try? FileManager.default.removeItem(atPath: path)) != nil || !exists(path) }
     }
 
     /// Folders under this runner's directory whose names are not in `keeping` (the running jobs').
