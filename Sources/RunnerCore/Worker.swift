@@ -682,9 +682,10 @@ public final class Worker: Sendable {
                         free -= ahead.count
                         if free == 0 {
                             // Every slot is busy again: top the buffer up without blocking, but only while the
-                            // queue had more than this runner asked for (an idle pool never reads ahead).
+                            // queue had more than this runner asked for (an idle pool never reads ahead), and only
+                            // once it is less than half full: one read for several jobs, not one for each.
                             let room = readAheadRoom(intake)
-                            if queueHadMore, room > 0 {
+                            if queueHadMore, room > 0, prefetch.capacity - room < (prefetch.capacity + 1) / 2 {
                                 let skip = await slots.runningStreamIds.union(prefetch.streamIds)
                                 let more = try await intake.readNew(count: room, wait: false).filter {
                                     !skip.contains($0.streamId)
