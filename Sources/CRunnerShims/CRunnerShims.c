@@ -753,6 +753,129 @@ int nr_proc_descendants(nr_proc_entry *entries, int capacity) {
     return count < 0 ? capacity + 1 : count;
 }
 
+// The kernel's PF_EXITING task flag (include/linux/sched.h), set at the start of do_exit and never cleared.
+#define NR_PF_EXITING 0x00000004U
+
+int nr_children_watch_open(nr_children_watch *watch) {
+    char path[64];
+    int pid = (int)getpid();
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", pid);
+    watch->leader_children_fd = open(path, O_RDONLY | O_CLOEXEC);
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", pid);
+    watch->leader_stat_fd = open(path, O_RDONLY | O_CLOEXEC);
+    watch->own_children_fd = open("/proc/thread-self/children", O_RDONLY | O_CLOEXEC);
+    if (watch->leader_children_fd < 0 || watch->leader_stat_fd < 0 || watch->own_children_fd < 0) {
+        int saved = errno;
+        nr_children_watch_close(watch);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
+void nr_children_watch_close(nr_children_watch *watch) {
+    int *fds[3] = {&watch->leader_children_fd, &watch->leader_stat_fd, &watch->own_children_fd};
+    for (int i = 0; i < 3; i++) {
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+        }
+        *fds[i] = -1;
+    }
+}
+
+/* The whole of a seq_file from offset 0 into buffer (NUL-terminated): its length, or -1 on a failed read or when it
+ * does not fit. A seq_file read stops short of the request only at the end of the file or once it has filled its
+ * buffer of at least a page, so a read of less than 1024 bytes is the rest of the file: the common case is one
+ * pread. */
+static ssize_t nr_pread_whole(int fd, char *buffer, size_t size) {
+    size_t used = 0;
+    for (;;) {
+        ssize_t n = pread(fd, buffer + used, size - 1 - used, (off_t)used);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return -1;
+        }
+        used += (size_t)n;
+        if (used >= size - 1) {
+            return -1;  // maybe more than room
+        }
+        if (n < 1024) {
+            break;
+        }
+    }
+    buffer[used] = '\0';
+    return (ssize_t)used;
+}
+
+/* Appends the pids of a children file's text to out[count..max); the new count, or -1 when they do not fit. */
+static int nr_parse_pids(const char *text, pid_t *out, int count, int max) {
+    const char *cursor = text;
+    for (;;) {
+        char *end = NULL;
+        long value = strtol(cursor, &end, 10);
+        if (end == cursor) {
+            return count;
+        }
+        if (count >= max) {
+            return -1;
+        }
+        out[count++] = (pid_t)value;
+        cursor = end;
+    }
+}
+
+/* Whether /proc/<pid>/task/<tid>/stat's text shows a task that is neither dead nor exiting: the state (field 3) is
+ * not 'Z' or 'X' and the flags (field 9) lack PF_EXITING. */
+static int nr_stat_shows_live_task(const char *text) {
+    const char *cursor = strrchr(text, ')');
+    if (cursor == NULL || cursor[1] != ' ') {
+        return 0;
+    }
+    char state = cursor[2];
+    if (state == '\0' || state == 'Z' || state == 'X') {
+        return 0;
+    }
+    cursor += 3;
+    for (int field = 4; field <= 9; field++) {  // ppid, pgrp, session, tty_nr, tpgid, then flags
+        if (*cursor != ' ') {
+            return 0;
+        }
+        cursor++;
+        if (field == 9) {
+            break;
+        }
+        while (*cursor != ' ' && *cursor != '\0') {
+            cursor++;
+        }
+    }
+    char *end = NULL;
+    unsigned long flags = strtoul(cursor, &end, 10);
+    return end != cursor && (flags & NR_PF_EXITING) == 0;
+}
+
+int nr_children_watch_read(const nr_children_watch *watch, pid_t *out, int max) {
+    char buffer[16384];
+    int count = 0;
+    int fds[2] = {watch->leader_children_fd, watch->own_children_fd};
+    for (int i = 0; i < 2; i++) {
+        if (fds[i] < 0 || nr_pread_whole(fds[i], buffer, sizeof buffer) < 0) {
+            return -1;
+        }
+        count = nr_parse_pids(buffer, out, count, max);
+        if (count < 0) {
+            return -1;
+        }
+    }
+    // Read last: the leader not exiting now means it was not exiting during the reads above either.
+    if (watch->leader_stat_fd < 0 || nr_pread_whole(watch->leader_stat_fd, buffer, 1024) < 0 ||
+        !nr_stat_shows_live_task(buffer)) {
+        return -1;
+    }
+    return count;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Process attributes
 
@@ -775,22 +898,24 @@ int nr_set_thread_name(const char *name) {
 // ---------------------------------------------------------------------------------------------------------------
 // Pipes, epoll, eventfd
 
-int nr_output_pipe(int fds[2], int pipe_size) {
+int nr_output_pipe(int fds[2]) {
     if (pipe2(fds, O_CLOEXEC) < 0) {
         return -1;
     }
-    int flags = fcntl(fds[0], F_GETFL);
-    if (flags < 0 || fcntl(fds[0], F_SETFL, flags | O_NONBLOCK) < 0) {
+    // A new pipe's read end has no other status flag (O_RDONLY only), so no F_GETFL first. Only the read end: the
+    // child's stdout must block.
+    if (fcntl(fds[0], F_SETFL, O_NONBLOCK) < 0) {
         int saved = errno;
         close(fds[0]);
         close(fds[1]);
         errno = saved;
         return -1;
     }
-    if (pipe_size > 0) {
-        fcntl(fds[0], F_SETPIPE_SZ, pipe_size);  // best effort: capped by /proc/sys/fs/pipe-max-size
-    }
     return 0;
+}
+
+int nr_set_pipe_size(int fd, int pipe_size) {
+    return fcntl(fd, F_SETPIPE_SZ, pipe_size) < 0 ? -1 : 0;
 }
 
 int nr_epoll_create(void) {
