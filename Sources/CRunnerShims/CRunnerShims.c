@@ -8,6 +8,7 @@
 #include <linux/capability.h>
 #include <net/if.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -353,6 +354,46 @@ static void nr_close_all(const int *fds, int count) {
     }
 }
 
+// The child's stack: 64 KiB (its frames are small: raw syscalls only) above a guard page. Each thread that spawns
+// keeps one for its next spawn, unmapped when the thread ends: the child is done with it before the parent resumes
+// (CLONE_VFORK: after its execve switched to a new mm, or its exit), and a thread runs one spawn at a time. That
+// saves an mmap, an mprotect and a munmap (with its TLB shootdown) per spawn.
+static size_t nr_child_stack_map_size(void) { return 64 * 1024 + (size_t)sysconf(_SC_PAGESIZE); }
+
+static pthread_key_t nr_child_stack_key;
+static int nr_child_stack_key_ready;
+static pthread_once_t nr_child_stack_once = PTHREAD_ONCE_INIT;
+
+static void nr_child_stack_release(void *map) { munmap(map, nr_child_stack_map_size()); }
+
+static void nr_child_stack_key_create(void) {
+    nr_child_stack_key_ready = pthread_key_create(&nr_child_stack_key, nr_child_stack_release) == 0;
+}
+
+// The calling thread's child stack (the base of its mapping), mapped on first use; NULL (errno) when it cannot be.
+// *kept: 1 when the thread keeps it, 0 when the caller must unmap it after the clone.
+static char *nr_child_stack(int *kept) {
+    *kept = 0;
+    pthread_once(&nr_child_stack_once, nr_child_stack_key_create);
+    if (nr_child_stack_key_ready) {
+        char *map = pthread_getspecific(nr_child_stack_key);
+        if (map != NULL) {
+            *kept = 1;
+            return map;
+        }
+    }
+    char *map = mmap(NULL, nr_child_stack_map_size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+        -1, 0);
+    if (map == MAP_FAILED) {
+        return NULL;
+    }
+    mprotect(map, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE);
+    if (nr_child_stack_key_ready && pthread_setspecific(nr_child_stack_key, map) == 0) {
+        *kept = 1;
+    }
+    return map;
+}
+
 static int nr_spawn_failed(nr_spawn_result *result, int step, int err, int index) {
     result->failed_step = step;
     result->failed_errno = err;
@@ -403,19 +444,17 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
     }
     args.report_fd = report[1];
 
-    // A private stack for the child, with a guard page below it. The child's frames are small (raw syscalls only).
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    const size_t stack_size = 64 * 1024;
-    const size_t map_size = stack_size + page;
-    char *map = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (map == MAP_FAILED) {
+    // A private stack for the child, with a guard page below it.
+    const size_t map_size = nr_child_stack_map_size();
+    int stack_kept = 0;
+    char *map = nr_child_stack(&stack_kept);
+    if (map == NULL) {
         int err = errno;
         nr_close_all(args.cgroup_fds, config->cgroup_count);
         nr_close_all(&args.parent_pidfd, 1);
         nr_close_all(report, 2);
         return nr_spawn_failed(result, NR_STEP_STACK, err, 0);
     }
-    mprotect(map, page, PROT_NONE);
 
     // CLONE_NEWPID combines with CLONE_VM | CLONE_VFORK | CLONE_PIDFD (it excludes only CLONE_THREAD and
     // CLONE_PARENT); CLONE_NEWNS excludes only CLONE_FS, which we do not share.
@@ -440,7 +479,9 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
     int clone_errno = errno;
 
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &saved, NULL, NR_KERNEL_SIGSET_SIZE);
-    munmap(map, map_size);
+    if (!stack_kept) {
+        munmap(map, map_size);
+    }
     close(report[1]);
     nr_close_all(args.cgroup_fds, config->cgroup_count);
     nr_close_all(&args.parent_pidfd, 1);
