@@ -183,7 +183,7 @@ int nr_proc_descendants(nr_proc_entry *entries, int capacity);
 /// The children files of the two threads of a child subreaper that can be the parent of a job's process: the
 /// process's leader thread (orphans are reparented to the first of its threads that is not exiting: the leader while
 /// it lives) and the thread that clones the main processes (CLONE_PARENT makes a main process's child its sibling).
-/// Kept open, each re-read with one pread. -1 for a file not open.
+/// Kept open and re-read with pread: one call each, unless a list is longer than 1 KiB. -1 for a file not open.
 typedef struct {
     int leader_children_fd;    // /proc/self/task/<pid>/children
     int leader_stat_fd;        // /proc/self/task/<pid>/stat
@@ -196,7 +196,7 @@ int nr_children_watch_open(nr_children_watch *watch);
 /// Closes whatever is open and sets the fds to -1.
 void nr_children_watch_close(nr_children_watch *watch);
 
-/// The children of the leader thread, then those of the opening thread, into out (up to max): one pread of each
+/// The children of the leader thread, then those of the opening thread, into out (up to max): a pread of each
 /// children file, then one of the leader's stat, which must show it neither dead ('Z', 'X') nor exiting
 /// (PF_EXITING in its flags): as PF_EXITING is never cleared, every orphan reparented to this process until then went
 /// to the leader. Returns how many pids, or -1 when that cannot be told (a read failed, the leader is exiting or
