@@ -8,6 +8,7 @@
 #include <linux/capability.h>
 #include <net/if.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -353,6 +354,46 @@ static void nr_close_all(const int *fds, int count) {
     }
 }
 
+// The child's stack: 64 KiB (its frames are small: raw syscalls only) above a guard page. Each thread that spawns
+// keeps one for its next spawn, unmapped when the thread ends: the child is done with it before the parent resumes
+// (CLONE_VFORK: after its execve switched to a new mm, or its exit), and a thread runs one spawn at a time. That
+// saves an mmap, an mprotect and a munmap (with its TLB shootdown) per spawn.
+static size_t nr_child_stack_map_size(void) { return 64 * 1024 + (size_t)sysconf(_SC_PAGESIZE); }
+
+static pthread_key_t nr_child_stack_key;
+static int nr_child_stack_key_ready;
+static pthread_once_t nr_child_stack_once = PTHREAD_ONCE_INIT;
+
+static void nr_child_stack_release(void *map) { munmap(map, nr_child_stack_map_size()); }
+
+static void nr_child_stack_key_create(void) {
+    nr_child_stack_key_ready = pthread_key_create(&nr_child_stack_key, nr_child_stack_release) == 0;
+}
+
+// The calling thread's child stack (the base of its mapping), mapped on first use; NULL (errno) when it cannot be.
+// *kept: 1 when the thread keeps it, 0 when the caller must unmap it after the clone.
+static char *nr_child_stack(int *kept) {
+    *kept = 0;
+    pthread_once(&nr_child_stack_once, nr_child_stack_key_create);
+    if (nr_child_stack_key_ready) {
+        char *map = pthread_getspecific(nr_child_stack_key);
+        if (map != NULL) {
+            *kept = 1;
+            return map;
+        }
+    }
+    char *map = mmap(NULL, nr_child_stack_map_size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+        -1, 0);
+    if (map == MAP_FAILED) {
+        return NULL;
+    }
+    mprotect(map, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE);
+    if (nr_child_stack_key_ready && pthread_setspecific(nr_child_stack_key, map) == 0) {
+        *kept = 1;
+    }
+    return map;
+}
+
 static int nr_spawn_failed(nr_spawn_result *result, int step, int err, int index) {
     result->failed_step = step;
     result->failed_errno = err;
@@ -403,19 +444,17 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
     }
     args.report_fd = report[1];
 
-    // A private stack for the child, with a guard page below it. The child's frames are small (raw syscalls only).
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    const size_t stack_size = 64 * 1024;
-    const size_t map_size = stack_size + page;
-    char *map = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (map == MAP_FAILED) {
+    // A private stack for the child, with a guard page below it.
+    const size_t map_size = nr_child_stack_map_size();
+    int stack_kept = 0;
+    char *map = nr_child_stack(&stack_kept);
+    if (map == NULL) {
         int err = errno;
         nr_close_all(args.cgroup_fds, config->cgroup_count);
         nr_close_all(&args.parent_pidfd, 1);
         nr_close_all(report, 2);
         return nr_spawn_failed(result, NR_STEP_STACK, err, 0);
     }
-    mprotect(map, page, PROT_NONE);
 
     // CLONE_NEWPID combines with CLONE_VM | CLONE_VFORK | CLONE_PIDFD (it excludes only CLONE_THREAD and
     // CLONE_PARENT); CLONE_NEWNS excludes only CLONE_FS, which we do not share.
@@ -440,7 +479,9 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
     int clone_errno = errno;
 
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &saved, NULL, NR_KERNEL_SIGSET_SIZE);
-    munmap(map, map_size);
+    if (!stack_kept) {
+        munmap(map, map_size);
+    }
     close(report[1]);
     nr_close_all(args.cgroup_fds, config->cgroup_count);
     nr_close_all(&args.parent_pidfd, 1);
@@ -753,6 +794,129 @@ int nr_proc_descendants(nr_proc_entry *entries, int capacity) {
     return count < 0 ? capacity + 1 : count;
 }
 
+// The kernel's PF_EXITING task flag (include/linux/sched.h), set at the start of do_exit and never cleared.
+#define NR_PF_EXITING 0x00000004U
+
+int nr_children_watch_open(nr_children_watch *watch) {
+    char path[64];
+    int pid = (int)getpid();
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", pid);
+    watch->leader_children_fd = open(path, O_RDONLY | O_CLOEXEC);
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", pid);
+    watch->leader_stat_fd = open(path, O_RDONLY | O_CLOEXEC);
+    watch->own_children_fd = open("/proc/thread-self/children", O_RDONLY | O_CLOEXEC);
+    if (watch->leader_children_fd < 0 || watch->leader_stat_fd < 0 || watch->own_children_fd < 0) {
+        int saved = errno;
+        nr_children_watch_close(watch);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
+void nr_children_watch_close(nr_children_watch *watch) {
+    int *fds[3] = {&watch->leader_children_fd, &watch->leader_stat_fd, &watch->own_children_fd};
+    for (int i = 0; i < 3; i++) {
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+        }
+        *fds[i] = -1;
+    }
+}
+
+/* The whole of a seq_file from offset 0 into buffer (NUL-terminated): its length, or -1 on a failed read or when it
+ * does not fit. A seq_file read stops short of the request only at the end of the file or once it has filled its
+ * buffer of at least a page, so a read of less than 1024 bytes is the rest of the file: the common case is one
+ * pread. */
+static ssize_t nr_pread_whole(int fd, char *buffer, size_t size) {
+    size_t used = 0;
+    for (;;) {
+        ssize_t n = pread(fd, buffer + used, size - 1 - used, (off_t)used);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return -1;
+        }
+        used += (size_t)n;
+        if (used >= size - 1) {
+            return -1;  // maybe more than room
+        }
+        if (n < 1024) {
+            break;
+        }
+    }
+    buffer[used] = '\0';
+    return (ssize_t)used;
+}
+
+/* Appends the pids of a children file's text to out[count..max); the new count, or -1 when they do not fit. */
+static int nr_parse_pids(const char *text, pid_t *out, int count, int max) {
+    const char *cursor = text;
+    for (;;) {
+        char *end = NULL;
+        long value = strtol(cursor, &end, 10);
+        if (end == cursor) {
+            return count;
+        }
+        if (count >= max) {
+            return -1;
+        }
+        out[count++] = (pid_t)value;
+        cursor = end;
+    }
+}
+
+/* Whether /proc/<pid>/task/<tid>/stat's text shows a task that is neither dead nor exiting: the state (field 3) is
+ * not 'Z' or 'X' and the flags (field 9) lack PF_EXITING. */
+static int nr_stat_shows_live_task(const char *text) {
+    const char *cursor = strrchr(text, ')');
+    if (cursor == NULL || cursor[1] != ' ') {
+        return 0;
+    }
+    char state = cursor[2];
+    if (state == '\0' || state == 'Z' || state == 'X') {
+        return 0;
+    }
+    cursor += 3;
+    for (int field = 4; field <= 9; field++) {  // ppid, pgrp, session, tty_nr, tpgid, then flags
+        if (*cursor != ' ') {
+            return 0;
+        }
+        cursor++;
+        if (field == 9) {
+            break;
+        }
+        while (*cursor != ' ' && *cursor != '\0') {
+            cursor++;
+        }
+    }
+    char *end = NULL;
+    unsigned long flags = strtoul(cursor, &end, 10);
+    return end != cursor && (flags & NR_PF_EXITING) == 0;
+}
+
+int nr_children_watch_read(const nr_children_watch *watch, pid_t *out, int max) {
+    char buffer[16384];
+    int count = 0;
+    int fds[2] = {watch->leader_children_fd, watch->own_children_fd};
+    for (int i = 0; i < 2; i++) {
+        if (fds[i] < 0 || nr_pread_whole(fds[i], buffer, sizeof buffer) < 0) {
+            return -1;
+        }
+        count = nr_parse_pids(buffer, out, count, max);
+        if (count < 0) {
+            return -1;
+        }
+    }
+    // Read last: the leader not exiting now means it was not exiting during the reads above either.
+    if (watch->leader_stat_fd < 0 || nr_pread_whole(watch->leader_stat_fd, buffer, 1024) < 0 ||
+        !nr_stat_shows_live_task(buffer)) {
+        return -1;
+    }
+    return count;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Process attributes
 
@@ -775,22 +939,24 @@ int nr_set_thread_name(const char *name) {
 // ---------------------------------------------------------------------------------------------------------------
 // Pipes, epoll, eventfd
 
-int nr_output_pipe(int fds[2], int pipe_size) {
+int nr_output_pipe(int fds[2]) {
     if (pipe2(fds, O_CLOEXEC) < 0) {
         return -1;
     }
-    int flags = fcntl(fds[0], F_GETFL);
-    if (flags < 0 || fcntl(fds[0], F_SETFL, flags | O_NONBLOCK) < 0) {
+    // A new pipe's read end has no other status flag (O_RDONLY only), so no F_GETFL first. Only the read end: the
+    // child's stdout must block.
+    if (fcntl(fds[0], F_SETFL, O_NONBLOCK) < 0) {
         int saved = errno;
         close(fds[0]);
         close(fds[1]);
         errno = saved;
         return -1;
     }
-    if (pipe_size > 0) {
-        fcntl(fds[0], F_SETPIPE_SZ, pipe_size);  // best effort: capped by /proc/sys/fs/pipe-max-size
-    }
     return 0;
+}
+
+int nr_set_pipe_size(int fd, int pipe_size) {
+    return fcntl(fd, F_SETPIPE_SZ, pipe_size) < 0 ? -1 : 0;
 }
 
 int nr_epoll_create(void) {

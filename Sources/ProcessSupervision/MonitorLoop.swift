@@ -15,6 +15,12 @@ final class ChildRecord {
     var exit: nr_exit_info?
     var machine = TeardownStateMachine()
     var tree: JobTree
+    /// `SubreaperChildren` showed that nothing but the main process is left of the job (after it exited): nothing of
+    /// it can start again, so the teardown needs no further look and no orphan sweep.
+    var provenGone = false
+    /// F_SETPIPE_SZ was asked for on the stdout / stderr pipe.
+    var enlargedStdout = false
+    var enlargedStderr = false
 
     init(
         id: UInt64,
@@ -48,7 +54,8 @@ final class MonitorLoop {
     /// Read size: 64 KiB per read, a few reads per readiness so one busy pipe cannot starve the others.
     static let chunkSize = 64 * 1024
     static let readsPerEvent = 4
-    /// Pipe capacity asked for with F_SETPIPE_SZ: fewer wake-ups for chatty jobs.
+    /// Pipe capacity asked for with F_SETPIPE_SZ once a read finds a pipe full (a read of a whole chunk, the default
+    /// capacity): fewer wake-ups for chatty jobs, and no system call for the others.
     static let pipeSize: Int32 = 256 * 1024
     /// How often reparented orphans are looked for.
     static let sweepInterval: Int64 = 200_000_000
@@ -66,6 +73,8 @@ final class MonitorLoop {
     /// The sweep reaps zombies in the runner's own process group too (`reapsOwnGroupOrphans`).
     private let sweepsOwnGroup: Bool
     private var records: [UInt64: ChildRecord] = [:]
+    /// The fast proof that a job left nothing (as a subreaper only); opened on the monitor thread.
+    private var children: SubreaperChildren?
     private var nextID: UInt64 = 1
     private var nextSweep: Int64 = 0
     /// When a process was last spawned or reaped.
@@ -84,6 +93,9 @@ final class MonitorLoop {
 
     func run() {
         System.nameCurrentThread("nr-supervisor")
+        if sweepsOrphans {
+            children = SubreaperChildren()
+        }
         var tokens = [UInt64](repeating: 0, count: 64)
         while true {
             let timeout = timeoutMilliseconds(now: System.monotonicNanoseconds())
@@ -109,6 +121,7 @@ final class MonitorLoop {
                 nextSweep = now + (quiet ? Self.idleSweepInterval : Self.sweepInterval)
             }
         }
+        children = nil
         System.close(shared.epollFD)
         System.close(shared.wakeFD)
         System.close(shared.devNullFD)
@@ -162,6 +175,7 @@ final class MonitorLoop {
             if n > 0 {
                 record.output(stream, Array(UnsafeRawBufferPointer(rebasing: readBuffer[0..<n])))
                 if n < readBuffer.count { return }  // the pipe is empty for now
+                enlargePipe(stream, of: record, fd: fd)
             } else if n == -Int(EAGAIN) {
                 return
             } else {
@@ -169,6 +183,18 @@ final class MonitorLoop {
                 return
             }
         }
+    }
+
+    /// A read took a whole chunk: the pipe was full, its writer may have been blocked. Asked for once per pipe.
+    private func enlargePipe(_ stream: OutputStream, of record: ChildRecord, fd: Int32) {
+        if stream == .stdout {
+            guard !record.enlargedStdout else { return }
+            record.enlargedStdout = true
+        } else {
+            guard !record.enlargedStderr else { return }
+            record.enlargedStderr = true
+        }
+        System.setPipeSize(fd, Self.pipeSize)  // best effort: capped by /proc/sys/fs/pipe-max-size
     }
 
     private func closeStream(_ stream: OutputStream, of record: ChildRecord, notify: Bool) {
@@ -230,11 +256,11 @@ final class MonitorLoop {
 
         let stdoutPipe: (read: Int32, write: Int32)
         let stderrPipe: (read: Int32, write: Int32)
-        switch System.outputPipe(size: Self.pipeSize) {
+        switch System.outputPipe() {
         case .success(let fds): stdoutPipe = fds
         case .failure(let err): throw SpawnError.setupFailed(spec, "pipe2 for stdout", errno: err.value)
         }
-        switch System.outputPipe(size: Self.pipeSize) {
+        switch System.outputPipe() {
         case .success(let fds): stderrPipe = fds
         case .failure(let err):
             System.close(stdoutPipe.read)
@@ -336,8 +362,13 @@ final class MonitorLoop {
         }
     }
 
-    /// The main process is a zombie: is anything else of the job alive? Reaps the job's zombies that are ours.
+    /// The main process is a zombie: is anything else of the job alive? Reaps the job's zombies that are ours. The
+    /// walk of /proc only when the cheap `SubreaperChildren` proof cannot show the job gone.
     private func probeJob(_ record: ChildRecord) -> Bool {
+        if children?.showOnlyWatchedProcesses() == true {
+            record.provenGone = true
+            return false
+        }
         // Unreadable /proc: assume someone is left, so the leftover grace and SIGKILL still apply. As a subreaper the
         // runner's descendants hold all of the job: this runs for every job that ends, so no scan of the whole host
         // unless the walk cannot be done.
@@ -351,8 +382,12 @@ final class MonitorLoop {
     }
 
     /// The main process is reaped: reaps the group's zombies, SIGKILLs tree members still there, reaps those that
-    /// are ours; true when nothing of the job is left.
+    /// are ours; true when nothing of the job is left (at once when that was or can be proven cheaply).
     private func reapJob(_ record: ChildRecord) -> Bool {
+        if record.provenGone || children?.showOnlyWatchedProcesses() == true {
+            record.provenGone = true
+            return true
+        }
         var groupEmpty = true
         if record.handle.ownsGroup {
             System.reapGroupZombies(record.pid)
@@ -382,11 +417,15 @@ final class MonitorLoop {
         }
         guard reaped else { return }
         record.exit = exit
-        System.epollRemove(shared.epollFD, record.pidfd)
+        if record.exitedAt == nil {
+            System.epollRemove(shared.epollFD, record.pidfd)  // else removed when it turned readable
+        }
         System.close(record.pidfd)
         record.pidfd = -1
         if sweepsOrphans {
-            nextSweep = 0  // a job just ended: look for its orphans soon
+            if !record.provenGone {
+                nextSweep = 0  // a job just ended: look for its orphans soon
+            }
             lastActivity = System.monotonicNanoseconds()
         }
     }

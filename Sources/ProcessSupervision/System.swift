@@ -84,11 +84,37 @@ enum System {
         return result
     }
 
-    /// `nr_output_pipe`: pipe2(O_CLOEXEC), read end O_NONBLOCK, F_SETPIPE_SZ best effort. (read, write) or -errno.
-    static func outputPipe(size: Int32) -> Result<(read: Int32, write: Int32), Errno> {
+    /// `nr_output_pipe`: pipe2(O_CLOEXEC), read end O_NONBLOCK. (read, write) or the errno.
+    static func outputPipe() -> Result<(read: Int32, write: Int32), Errno> {
         var fds: [Int32] = [-1, -1]
-        guard nr_output_pipe(&fds, size) == 0 else { return .failure(Errno(Glibc.errno)) }
+        guard nr_output_pipe(&fds) == 0 else { return .failure(Errno(Glibc.errno)) }
         return .success((fds[0], fds[1]))
+    }
+
+    /// `fcntl(fd, F_SETPIPE_SZ, size)` (CRunnerShims `nr_set_pipe_size`): 0 or errno.
+    @discardableResult
+    static func setPipeSize(_ fd: Int32, _ size: Int32) -> Int32 {
+        nr_set_pipe_size(fd, size) == 0 ? 0 : Glibc.errno
+    }
+
+    /// `nr_children_watch_open`: opens the children files of the leader thread and of the calling thread, and the
+    /// leader's stat; the errno when one cannot be opened.
+    static func openChildrenWatch() -> Result<nr_children_watch, Errno> {
+        var watch = nr_children_watch(leader_children_fd: -1, leader_stat_fd: -1, own_children_fd: -1)
+        guard nr_children_watch_open(&watch) == 0 else { return .failure(Errno(Glibc.errno)) }
+        return .success(watch)
+    }
+
+    /// `nr_children_watch_close`.
+    static func closeChildrenWatch(_ watch: inout nr_children_watch) {
+        nr_children_watch_close(&watch)
+    }
+
+    /// `nr_children_watch_read`: the children of the leader thread and of the thread that opened `watch`, into
+    /// `pids`; how many, or nil when that cannot be told (a failed read, a leader thread that is exiting, too many).
+    static func readChildrenWatch(_ watch: nr_children_watch, into pids: UnsafeMutableBufferPointer<pid_t>) -> Int? {
+        let n = withUnsafePointer(to: watch) { nr_children_watch_read($0, pids.baseAddress, Int32(pids.count)) }
+        return n >= 0 ? Int(n) : nil
     }
 
     /// `waitid(P_PIDFD, pidfd, WEXITED [| WNOHANG], &rusage)` (raw syscall, CRunnerShims `nr_reap_pidfd`).

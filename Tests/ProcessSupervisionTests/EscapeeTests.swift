@@ -112,6 +112,41 @@ final class EscapeeTests: TemporaryDirectoryTestCase {
         XCTAssertNil(processState(escaped), "escapee \(escaped) outlived its job")
     }
 
+    func testCloneParentEscapeeIsFoundAmongTheRunnersChildren() async throws {
+        // clone(CLONE_PARENT) makes the escapee a sibling of the main process: a child of the monitor thread, which
+        // the cheap proof that a job left nothing must read as well as the leader thread (where orphans go).
+        let python = "/usr/bin/python3"
+        guard access(python, X_OK) == 0 else { throw XCTSkip("no \(python) to call clone(CLONE_PARENT) with") }
+        let script = """
+            import ctypes, os, platform
+            number = {"x86_64": 56, "aarch64": 220}[platform.machine()]
+            ready, told = os.pipe()
+            pid = ctypes.CDLL(None, use_errno=True).syscall(number, 0x8000 | 17, 0, 0, 0, 0)
+            if pid == 0:
+                os.setsid()
+                null = os.open("/dev/null", os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.write(told, b"x")
+                os.execv("/bin/sleep", ["sleep", "300"])
+            os.close(told)
+            os.read(ready, 1)
+            print(pid, flush=True)
+            """
+        let spec = ProcessSpec(
+            executable: python, arguments: ["python3", "-c", script], environment: ["PATH": testPath],
+            treeMarker: uniqueMarker())
+        let output = OutputCollector()
+        let process = try await Shared.supervisor.spawn(spec, output: output.handler)
+        let escaped = try await printedPid(output)
+        addTeardownBlock { kill(escaped, SIGKILL) }
+        XCTAssertEqual(processRelations(escaped)?.parent, getpid(), "clone(CLONE_PARENT) should make it our child")
+        let outcome = await process.wait(TerminationPolicy(leftoverGrace: .seconds(2)))
+        XCTAssertEqual(outcome.termination, .exited(0), output.stderrText)
+        XCTAssertTrue(outcome.leftoverProcessesStopped)
+        XCTAssertNil(processState(escaped), "the CLONE_PARENT escapee \(escaped) outlived its job")
+    }
+
     func testNoneLevelSharesTheRunnersGroupYetItsChildrenAreStopped() async throws {
         let isolation = ProcessIsolation(level: .none)
         let (outcome, ids) = try await runToEnd(shell("exec cut -d' ' -f5,6 /proc/self/stat", isolation: isolation))

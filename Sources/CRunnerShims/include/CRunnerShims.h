@@ -180,6 +180,29 @@ int nr_list_children(pid_t *out, int max);
 /// more also answers capacity + 1.
 int nr_proc_descendants(nr_proc_entry *entries, int capacity);
 
+/// The children files of the two threads of a child subreaper that can be the parent of a job's process: the
+/// process's leader thread (orphans are reparented to the first of its threads that is not exiting: the leader while
+/// it lives) and the thread that clones the main processes (CLONE_PARENT makes a main process's child its sibling).
+/// Kept open and re-read with pread: one call each, unless a list is longer than 1 KiB. -1 for a file not open.
+typedef struct {
+    int leader_children_fd;    // /proc/self/task/<pid>/children
+    int leader_stat_fd;        // /proc/self/task/<pid>/stat
+    int own_children_fd;       // /proc/thread-self/children of the thread that called nr_children_watch_open
+} nr_children_watch;
+
+/// Opens the three files for the calling thread. 0, or -1 (errno) with every fd -1.
+int nr_children_watch_open(nr_children_watch *watch);
+
+/// Closes whatever is open and sets the fds to -1.
+void nr_children_watch_close(nr_children_watch *watch);
+
+/// The children of the leader thread, then those of the opening thread, into out (up to max): a pread of each
+/// children file, then one of the leader's stat, which must show it neither dead ('Z', 'X') nor exiting
+/// (PF_EXITING in its flags): as PF_EXITING is never cleared, every orphan reparented to this process until then went
+/// to the leader. Returns how many pids, or -1 when that cannot be told (a read failed, the leader is exiting or
+/// gone, or the pids did not fit).
+int nr_children_watch_read(const nr_children_watch *watch, pid_t *out, int max);
+
 /// prctl(PR_SET_CHILD_SUBREAPER, 1).
 int nr_set_child_subreaper(void);
 
@@ -189,8 +212,11 @@ int nr_is_child_subreaper(void);
 /// prctl(PR_SET_NAME, name): names the calling thread (up to 15 bytes).
 int nr_set_thread_name(const char *name);
 
-/// pipe2(O_CLOEXEC), the read end O_NONBLOCK, and fcntl(F_SETPIPE_SZ, pipe_size) best effort when pipe_size > 0.
-int nr_output_pipe(int fds[2], int pipe_size);
+/// pipe2(O_CLOEXEC), then the read end O_NONBLOCK.
+int nr_output_pipe(int fds[2]);
+
+/// fcntl(F_SETPIPE_SZ, pipe_size): 0 or -1 (errno). Capped by /proc/sys/fs/pipe-max-size for an unprivileged caller.
+int nr_set_pipe_size(int fd, int pipe_size);
 
 /// epoll_create1(EPOLL_CLOEXEC).
 int nr_epoll_create(void);
