@@ -13,9 +13,9 @@ enum StatusCommand {
             OptionSpec("--watch", .flag, help: "Watch the pool live, as 'runner top' does."),
         ] + TopCommand.options,
         discussion: """
-            A runner's CAPACITY and RUNNING are as of its last heartbeat (every third of its lease TTL); LEASE is the
-            time its lease has left now. LENGTH counts entries not yet done, PENDING those delivered to a runner
-            and not yet acknowledged, LAG those not yet delivered (- when Redis cannot tell).
+            A runner's CAPACITY and RUNNING are as of its last heartbeat (a change shows within a third of its lease
+            TTL); LEASE is the time its lease has left now. LENGTH counts entries not yet done, PENDING those
+            delivered to a runner and not yet acknowledged, LAG those not yet delivered (- when Redis cannot tell).
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {

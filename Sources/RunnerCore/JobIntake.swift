@@ -19,6 +19,13 @@ struct JobIntake: Sendable {
     /// The requirement streams this runner's labels satisfy, read right after their queue (nil: only `queues`).
     var routes: RequirementRoutes? = nil
 
+    /// How long a blocking read waits: `block`, but for a runner with labels no longer than the routes' refresh
+    /// interval, so that it still learns of a new requirement stream within about two refresh intervals.
+    var readBlock: Duration {
+        guard let routes, !routes.labels.isEmpty else { return block }
+        return min(block, routes.refreshInterval)
+    }
+
     /// What this intake reads, in priority order: the queues and the satisfied requirement queues.
     var readQueues: [String] { routes?.readOrder ?? queues }
 
@@ -42,7 +49,7 @@ struct JobIntake: Sendable {
         }
     }
 
-    /// New entries (`>`), at most `count`, taken from the queues in priority order; waits up to `block` when
+    /// New entries (`>`), at most `count`, taken from the queues in priority order; waits up to `readBlock` when
     /// every queue is empty. With several queues the blocking read asks each for one entry, so it can return up to
     /// one per queue: more than `count` when `count` is smaller than the number of queues. With `wait` false it never
     /// blocks (a read ahead for the prefetch buffer) and returns what the queues have now, at most `count`.
@@ -60,7 +67,7 @@ struct JobIntake: Sendable {
             }
             if !found.isEmpty || !wait { return found }
         }
-        return try await read(queues: queues, count: queues.count > 1 ? 1 : count, block: wait ? block : nil)
+        return try await read(queues: queues, count: queues.count > 1 ? 1 : count, block: wait ? readBlock : nil)
     }
 
     /// XREADGROUP GROUP runners <consumer> COUNT n [BLOCK ms] STREAMS <queues> > ...

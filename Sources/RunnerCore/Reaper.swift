@@ -46,7 +46,7 @@ public actor Reaper {
     /// A queue SCAN every this many passes (registry queues are looked at every pass).
     private static let scanEvery = 12
     /// How many intervals apart the passes are while they find nothing to do.
-    static let idleStretch = 2
+    static let idleStretch = 3
 
     public init(configuration: ReaperConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -61,13 +61,13 @@ public actor Reaper {
         scripts = ScriptRunner(client: client)
     }
 
-    private var leaderTTL: Duration { max(configuration.interval * 3, .seconds(3)) }
+    /// One interval longer than the longest gap between passes, so that an idle leader still extends it in time.
+    private var leaderTTL: Duration { max(configuration.interval * (Reaper.idleStretch + 1), .seconds(3)) }
 
     /// Runs passes every interval (and the mover when a retry is due) until cancelled; then gives up leadership.
-    /// After a pass that found nothing to do the next one waits twice the interval (an idle pool's reaper traffic
-    /// halves), and the first pass that does something brings the interval back: a lost runner's jobs are
-    /// rescheduled at most two intervals after its lease lapsed. Twice, not more: the leader lease lasts three
-    /// intervals, so the leader still extends it in time.
+    /// After a pass that found nothing to do the next one waits `idleStretch` intervals (an idle pool's reaper
+    /// traffic is a third), and the first pass that does something brings the interval back: a lost runner's jobs
+    /// are rescheduled at most `idleStretch` intervals after its lease lapsed.
     public func run() async {
         var nextPass = ContinuousClock.now
         var nextMove: ContinuousClock.Instant?
@@ -114,21 +114,29 @@ public actor Reaper {
         var records: [String: [UInt8]] = [:]
         for (id, value) in registry.fieldPairs ?? [] { records[id] = value }
         var queues = Set<String>()
+        var labelled = false
         for value in records.values {
             let record = (try? JSONValue(parsing: value)) ?? .null
             for queue in record[RunnerRecordField.queues]?.arrayValue ?? [] {
                 if let name = queue.stringValue { queues.insert(name) }
             }
+            labelled = labelled || record[RunnerRecordField.labels]?.objectValue?.isEmpty == false
         }
-        if passes % Reaper.scanEvery == 1 {
+        let scanning = passes % Reaper.scanEvery == 1
+        if scanning {
             scannedQueues = try await PoolClient.queueStreams(client: client, keyspace: configuration.keyspace)
         }
         queues.formUnion(scannedQueues)
-        // Requirement streams hold jobs too: a lost runner's entries there are rescheduled on the same pass.
-        queues.formUnion(
-            try await RequirementRoutes.registered(
-                client: client, keyspace: configuration.keyspace, queues: queues.filter { !$0.contains(":") }.sorted()
-            ).keys)
+        // Requirement streams hold jobs too: a lost runner's entries there are rescheduled on the same pass. Only a
+        // runner with labels reads them, and its record keeps them (also once lost), so a pool whose records have
+        // none skips the registrations; the scan passes read them anyway (entries of a runner whose record is gone).
+        if labelled || scanning {
+            queues.formUnion(
+                try await RequirementRoutes.registered(
+                    client: client, keyspace: configuration.keyspace,
+                    queues: queues.filter { !$0.contains(":") }.sorted()
+                ).keys)
+        }
 
         leases = [:]
         redisNowMs = nil

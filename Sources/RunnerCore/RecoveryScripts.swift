@@ -159,10 +159,14 @@ extension RunnerScripts {
 
     /// The mover, shared by `moveDue` and `leadAndMove`: moves the retries that are due (by Redis's clock) back onto
     /// their queues. Each one is ZREM'd first, so it moves exactly once however many movers run. Returns
-    /// {moved, ms until the next is due or -1 when none waits}.
+    /// {moved, ms until the next is due or -1 when none waits}. It looks at the first retry before anything else: an
+    /// empty set (an idle pool's) costs one ZRANGE, one whose first retry is not due yet that and the clock.
     private static let mover = """
         local function nr_move_due(delayed, prefix, limit)
+          local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+          if #nxt < 2 then return {0, -1} end
           local ts = nr_now()
+          if tonumber(nxt[2]) > tonumber(ts) then return {0, tonumber(nxt[2]) - tonumber(ts)} end
           local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', ts, 'LIMIT', 0, limit)
           local moved = 0
           for _, id in ipairs(due) do
@@ -179,7 +183,7 @@ extension RunnerScripts {
               end
             end
           end
-          local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+          nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
           if #nxt < 2 then return {moved, -1} end
           return {moved, math.max(0, tonumber(nxt[2]) - tonumber(ts))}
         end

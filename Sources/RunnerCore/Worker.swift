@@ -454,7 +454,8 @@ public final class Worker: Sendable {
 
     static let capacityReportInterval = Duration.seconds(1)
 
-    /// Renews the lease and publishes heartbeats every interval until cancelled.
+    /// Renews the lease every interval until cancelled, and publishes a heartbeat when it says something new (or the
+    /// last one is getting old).
     private func keepPresence(_ epochs: EpochContext, admission: MemoryAdmission) async {
         metrics.loopWentRound()
         var heartbeats = 0
@@ -466,16 +467,18 @@ public final class Worker: Sendable {
             if nameLost.isFired { return }
             do {
                 guard try await renew(epochs) else { continue }
-                let current = state.withLock { $0 }
-                try await epochs.presence.publish(
-                    state: current, free: await slots.free, running: await slots.runningJobIds,
+                let content = HeartbeatContent(
+                    state: state.withLock { $0 }, free: await slots.free, running: await slots.runningJobIds,
                     epoch: await epochs.lease.epoch.number, resources: await resourceCapacity(admission))
+                try await epochs.presence.publish(content, unlessCurrentWithin: configuration.unchangedHeartbeatRefresh)
                 // Strays come from a read whose reply was lost (the read's error already makes the intake read its
                 // own pending entries) or from a paused earlier run of this name, which can deliver only until its
                 // lease is seen gone: once a lease TTL is enough to find those, not every heartbeat.
                 heartbeats += 1
                 if heartbeats % strayCheckEvery == 0, try await hasStrayPending() {
                     strayPending.withLock { $0 = true }
+                    // The intake reads them after its current read, which may block for a while: break it off.
+                    intakeClient.interrupt()
                 }
             } catch {
                 // The client has already said once that Redis is unreachable; retry at the next interval.

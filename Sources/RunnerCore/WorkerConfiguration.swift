@@ -13,6 +13,8 @@ public struct WorkerConfiguration: Sendable {
     public var queues: [String]
     public var concurrency: Int
     public var leaseTTL: Duration
+    /// How often the lease is renewed, and a heartbeat published when the runner's state, slots, running jobs or
+    /// resources changed.
     public var heartbeatInterval: Duration
     public var shutdownTimeout: Duration
     /// SIGTERM → SIGKILL grace for a job that timed out or is being stopped.
@@ -31,7 +33,8 @@ public struct WorkerConfiguration: Sendable {
     public var logLimitBytes: Int
     /// Bytes of output kept in the result's `output_tail`.
     public var outputTailBytes: Int
-    /// How long one XREADGROUP BLOCK waits before it is issued again (an idle runner's only read traffic).
+    /// How long one XREADGROUP BLOCK waits before it is issued again (an idle runner's only read traffic). An entry
+    /// ends the wait at once, and a drain or shutdown breaks it off, so it only sets how often an idle runner reads.
     public var intakeBlock: Duration
     /// How often a job may be rescheduled from lost runners before it is dead (a poison job that kills runners).
     public var rescheduleBound: Int
@@ -46,8 +49,9 @@ public struct WorkerConfiguration: Sendable {
     public var labels = LabelSet()
     /// Executables run before and after each job (`--hook-pre-job`, `--hook-post-job`).
     public var hooks = JobHooksConfiguration()
-    /// How long one XREAD of the control streams blocks (an idle runner's only control traffic).
-    public var controlBlock: Duration = .seconds(5)
+    /// How long one XREAD of the control streams blocks (an idle runner's only control traffic). A command ends the
+    /// wait at once, and shutdown breaks it off.
+    public var controlBlock: Duration = WorkerConfiguration.defaultBlock
     /// Ephemeral runner: shut down gracefully after this many jobs were taken and have ended (never takes more).
     public var exitAfterJobs: Int?
     /// Ephemeral runner: shut down gracefully when no job ran or arrived for this long.
@@ -65,7 +69,8 @@ public struct WorkerConfiguration: Sendable {
         heartbeatInterval: Duration? = nil, shutdownTimeout: Duration = .seconds(30), killGrace: Duration = .seconds(5),
         defaultJobTimeout: Duration? = nil, resultRetention: Duration = .seconds(7 * 24 * 3600),
         eventsMaxLength: Int = 100_000, heartbeatsMaxLength: Int = 10_000, deadMaxLength: Int = 100_000,
-        logLimitBytes: Int = 16 << 20, outputTailBytes: Int = 4096, intakeBlock: Duration = .seconds(5),
+        logLimitBytes: Int = 16 << 20, outputTailBytes: Int = 4096,
+        intakeBlock: Duration = WorkerConfiguration.defaultBlock,
         rescheduleBound: Int = ReaperConfiguration.defaultRescheduleBound, reaper: ReaperConfiguration? = nil,
         isolation: IsolationConfiguration = IsolationConfiguration(), version: String = RunnerVersion.current
     ) {
@@ -92,6 +97,16 @@ public struct WorkerConfiguration: Sendable {
         self.isolation = isolation
         self.version = version
     }
+}
+
+extension WorkerConfiguration {
+    /// The default `intakeBlock` and `controlBlock`: each blocking read of an idle runner is one Redis command per
+    /// this interval.
+    public static let defaultBlock = Duration.seconds(15)
+
+    /// How long a heartbeat that would say nothing new is left out: about one lease TTL (the first heartbeat at or
+    /// past it goes out), so an idle runner's record and heartbeats stay at most that old.
+    public var unchangedHeartbeatRefresh: Duration { max(heartbeatInterval, leaseTTL - heartbeatInterval / 2) }
 }
 
 /// The runner's release version.

@@ -50,7 +50,7 @@ final class FlushTests: PrivateRedisTestCase {
         _ = try send(["FLUSHALL"])
         try submit(["--", "echo", "after flush"], id: "fl-1")
         XCTAssertEqual(try waitForState("fl-1", ["succeeded"])["output_tail"], "after flush\n")
-        // The lease and registry come back with the next heartbeat (every third of the TTL).
+        // The lease and registry come back with the next renewal (every third of the TTL): it finds the lease gone.
         XCTAssertTrue(
             waitUntil(timeout: .seconds(10)) {
                 (try? self.send(["EXISTS", self.key("runner:r1")]).int) == 1

@@ -134,4 +134,66 @@ final class ReaperTests: IntegrationTestCase {
         XCTAssertEqual(letter["reason"], record["reason"])
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
+
+    /// Calls per command so far (INFO commandstats), the `info` it takes left out.
+    private func commandCalls() throws -> [String: Int] {
+        var calls: [String: Int] = [:]
+        for line in (try send(["INFO", "commandstats"]).string ?? "").split(whereSeparator: \.isNewline) {
+            guard line.hasPrefix("cmdstat_"), let colon = line.firstIndex(of: ":"),
+                let equals = line.firstIndex(of: "="), let comma = line.firstIndex(of: ",")
+            else { continue }
+            let name = String(line[line.index(line.startIndex, offsetBy: 8)..<colon])
+            if name != "info" { calls[name] = Int(line[line.index(after: equals)..<comma]) }
+        }
+        return calls
+    }
+
+    func testAnIdleLeaderTurnLooksAtTheFirstRetryOnly() async throws {
+        let client = RedisClient(endpoint: endpoint)
+        defer { client.close() }
+        let store = JobStore(client: client, keyspace: Keyspace(namespace: namespace))
+        _ = try await store.leadAndMove(token: "t1", ttl: .seconds(10))  // the script is loaded from here on
+        func delta(_ turn: () async throws -> Void) async throws -> [String: Int] {
+            let before = try commandCalls()
+            try await turn()
+            var changed: [String: Int] = [:]
+            for (name, calls) in try commandCalls() where calls != before[name] ?? 0 {
+                changed[name] = calls - (before[name] ?? 0)
+            }
+            return changed
+        }
+
+        // Nothing waits: the lease and one look at the set, no clock.
+        let empty = try await delta {
+            let turn = try await store.leadAndMove(token: "t1", ttl: .seconds(10))
+            XCTAssertEqual(turn?.moved, 0)
+            XCTAssertNil(turn?.nextDue)
+        }
+        XCTAssertEqual(empty, ["evalsha": 1, "get": 1, "pexpire": 1, "zrange": 1])
+
+        // A retry not due yet: the clock too, for when it is due; nothing moved.
+        let redisNowMs = (try send(["TIME"]).array?.first?.string).flatMap(Int.init).map { $0 * 1000 } ?? 0
+        _ = try send(["ZADD", key("delayed"), String(redisNowMs + 60_000), "later-1"])
+        let waiting = try await delta {
+            let turn = try await store.leadAndMove(token: "t1", ttl: .seconds(10))
+            XCTAssertEqual(turn?.moved, 0)
+            let due = try XCTUnwrap(turn?.nextDue)
+            XCTAssertGreaterThan(due, .seconds(55))
+            XCTAssertLessThanOrEqual(due, .seconds(61))
+        }
+        XCTAssertEqual(waiting, ["evalsha": 1, "get": 1, "pexpire": 1, "zrange": 1, "time": 1])
+        XCTAssertEqual(try send(["ZCARD", key("delayed")]).int, 1)
+
+        // Due: moved, and the next one looked at again.
+        _ = try send([
+            "HSET", key("job:due-1"), "state", "retry_scheduled", "queue", "default", "attempt", "2", "spec",
+            #"{"argv":["true"]}"#,
+        ])
+        _ = try send(["ZADD", key("delayed"), "0", "due-1"])
+        let turn = try await store.leadAndMove(token: "t1", ttl: .seconds(10))
+        XCTAssertEqual(turn?.moved, 1)
+        XCTAssertNotNil(turn?.nextDue)
+        XCTAssertEqual(try job("due-1")["state"], "queued")
+        XCTAssertEqual(try send(["ZRANGE", key("delayed"), "0", "-1"]).array?.compactMap(\.string), ["later-1"])
+    }
 }

@@ -143,3 +143,21 @@ final class InProcessKillSwitchTests: XCTestCase {
         XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
     }
 }
+
+final class PublishedHeartbeatTests: XCTestCase {
+    func testALaterSendConfirmedFirstIsNotReplacedByAnEarlierOne() {
+        let published = PublishedHeartbeat()
+        let running: [String: JSONValue] = ["state": "running", "jobs_finished": 1]
+        let draining: [String: JSONValue] = ["state": "draining", "jobs_finished": 1]
+        XCTAssertFalse(published.isCurrent(running, refresh: .seconds(60)))
+        let early = published.send()
+        let late = published.send()
+        // Redis applied them in send order: the late one is what it holds, whatever order the replies are seen in.
+        published.confirm(draining, ticket: late.ticket, sentAt: late.at)
+        published.confirm(running, ticket: early.ticket, sentAt: early.at)
+        XCTAssertTrue(published.isCurrent(draining, refresh: .seconds(60)))
+        XCTAssertFalse(published.isCurrent(running, refresh: .seconds(60)))
+        XCTAssertFalse(published.isCurrent(["state": "draining", "jobs_finished": 2], refresh: .seconds(60)))
+        XCTAssertFalse(published.isCurrent(draining, refresh: .zero))
+    }
+}
