@@ -25,7 +25,8 @@ let package = Package(
         .target(name: "HTTPEndpoint"),
         .target(name: "ProcessSupervision", dependencies: ["CRunnerShims"]),
         .target(
-            name: "RunnerCore", dependencies: ["RedisClient", "RunnerProtocol", "ProcessSupervision", "HTTPEndpoint"]),
+            name: "RunnerCore",
+            dependencies: ["RedisClient", "RunnerProtocol", "ProcessSupervision", "HTTPEndpoint", "CRunnerShims"]),
         .target(name: "RunnerCLI", dependencies: ["RunnerCore", "RunnerProtocol", "RedisClient", "HTTPEndpoint"]),
         .executableTarget(name: "runner", dependencies: ["RunnerCLI"]),
 

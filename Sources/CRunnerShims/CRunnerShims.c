@@ -1,4 +1,5 @@
 // Built with _GNU_SOURCE (Package.swift). See include/CRunnerShims.h for the contract of each function.
+#include <sys/xattr.h>
 #include "CRunnerShims.h"
 #include "nr_kernel.h"
 
@@ -1010,3 +1011,5 @@ void nr_eventfd_drain(int fd) {
         n = read(fd, &value, sizeof value);
     } while (n < 0 && errno == EINTR);
 }
+
+long nr_xattr_list_size(int fd) { return (long)flistxattr(fd, NULL, 0); }

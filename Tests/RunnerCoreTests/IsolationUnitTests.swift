@@ -99,6 +99,109 @@ final class JobWorkspaceTests: XCTestCase {
     }
 }
 
+/// A finished job's folder left as it was made is kept (renamed `.spare-<n>`) and becomes the next job's folder;
+/// anything else is removed, and nothing is kept past a clean exit.
+final class WorkspaceReuseTests: XCTestCase {
+    private var root = ""
+    private var workspace: JobWorkspace!
+
+    override func setUp() {
+        root = NSTemporaryDirectory() + "nr-reuse-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        workspace = JobWorkspace(root: root, runner: "r1", owner: nil)
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(atPath: root)
+        try? FileManager.default.removeItem(atPath: root + "-victim")
+    }
+
+    private func names(_ path: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: path).sorted()
+    }
+
+    private func mode(_ path: String) -> mode_t {
+        var info = stat()
+        return lstat(path, &info) == 0 ? info.st_mode & 0o7777 : 0
+    }
+
+    func testAnUntouchedFolderIsRenamedForTheNextJob() async throws {
+        let first = try await workspace.create(name: "job-a")
+        var before = stat()
+        XCTAssertEqual(lstat(first, &before), 0)
+        XCTAssertEqual(chmod(first, 0o755), 0, "a mode the job set is not kept")
+        let released = await workspace.release(path: first)
+        XCTAssertTrue(released)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: first), "nothing stays under the job's name")
+        XCTAssertEqual(try names(workspace.directory), [".spare-1"])
+        XCTAssertTrue(workspace.isSpare(workspace.directory + "/.spare-1"))
+
+        let second = try await workspace.create(name: "job-b")
+        var after = stat()
+        XCTAssertEqual(lstat(second, &after), 0)
+        XCTAssertEqual(after.st_ino, before.st_ino, "the same folder, renamed")
+        XCTAssertEqual(try names(workspace.directory), ["job-b"])
+        XCTAssertEqual(try names(second), ["tmp"])
+        XCTAssertEqual(try names(second + "/tmp"), [])
+        XCTAssertEqual(mode(second), 0o700)
+        XCTAssertEqual(mode(second + "/tmp"), 0o700)
+        XCTAssertFalse(workspace.isSpare(workspace.directory + "/.spare-1"))
+    }
+
+    func testAFolderWithAnythingInItIsRemovedNotKept() async throws {
+        let victim = root + "-victim"
+        try FileManager.default.createDirectory(atPath: victim, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: victim + "/keep", contents: Data("keep".utf8))
+        let layouts: [(String, (String) throws -> Void)] = [
+            ("a file", { FileManager.default.createFile(atPath: $0 + "/out.txt", contents: Data("x".utf8)) }),
+            ("a file in tmp", { FileManager.default.createFile(atPath: $0 + "/tmp/t", contents: Data()) }),
+            (
+                "a folder",
+                { try FileManager.default.createDirectory(atPath: $0 + "/sub", withIntermediateDirectories: false) }
+            ),
+            (
+                "tmp as a link",
+                { path in
+                    try FileManager.default.removeItem(atPath: path + "/tmp")
+                    XCTAssertEqual(symlink(victim, path + "/tmp"), 0)
+                }
+            ),
+            ("no tmp", { try FileManager.default.removeItem(atPath: $0 + "/tmp") }),
+        ]
+        for (index, (what, change)) in layouts.enumerated() {
+            let path = try await workspace.create(name: "job-\(index)")
+            try change(path)
+            let released = await workspace.release(path: path)
+            XCTAssertTrue(released, what)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: path), what)
+            XCTAssertEqual(try names(workspace.directory), [], "\(what): removed, not kept")
+        }
+        XCTAssertEqual(try names(victim), ["keep"], "nothing outside was touched")
+    }
+
+    func testAtMostTheLimitIsKeptAndACleanExitRemovesThem() async throws {
+        var paths: [String] = []
+        for index in 0..<(SpareFolders.limit + 3) { paths.append(try await workspace.create(name: "job-\(index)")) }
+        for path in paths {
+            let released = await workspace.release(path: path)
+            XCTAssertTrue(released)
+        }
+        XCTAssertEqual(try names(workspace.directory).count, SpareFolders.limit)
+        XCTAssertTrue(try names(workspace.directory).allSatisfy { $0.hasPrefix(".spare-") })
+        workspace.removeSpares()
+        XCTAssertEqual(try names(workspace.directory), [])
+    }
+
+    func testASpareRemovedMeanwhileFallsBackToANewFolder() async throws {
+        let first = try await workspace.create(name: "job-a")
+        let released = await workspace.release(path: first)
+        XCTAssertTrue(released)
+        try FileManager.default.removeItem(atPath: workspace.directory + "/.spare-1")
+        let second = try await workspace.create(name: "job-b")
+        XCTAssertEqual(try names(second), ["tmp"])
+        XCTAssertEqual(try names(workspace.directory), ["job-b"])
+    }
+}
+
 final class IsolationPlanTests: XCTestCase {
     private func host(
         namespaces: Bool = true, network: Bool = true, cgroups: Bool = false, fallback: Bool = false,

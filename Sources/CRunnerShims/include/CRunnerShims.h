@@ -239,6 +239,9 @@ int nr_eventfd_signal(int fd);
 /// read(eventfd): clears the counter.
 void nr_eventfd_drain(int fd);
 
+/// flistxattr(fd, NULL, 0): the size of the list of the file's extended attribute names (0: none), or -1 with errno.
+long nr_xattr_list_size(int fd);
+
 #ifdef __cplusplus
 }
 #endif

@@ -75,6 +75,7 @@ final class IsolationHost: Sendable {
     /// At a clean exit: removes the runner's cgroup parent and work directory if nothing is left in them.
     func removeOwnContexts() {
         for directory in cgroups?.parentDirectories ?? [] { rmdir(directory) }
+        workspace.removeSpares()
         rmdir(workspace.directory)
     }
 

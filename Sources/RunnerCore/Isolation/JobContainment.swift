@@ -104,7 +104,7 @@ final class JobContainment: Sendable {
                 accounting.peakMemorySource = "sampled"
             }
         }
-        if !host.configuration.keepWorkFolders, !(await host.workspace.remove(path: workDirectory)) {
+        if !host.configuration.keepWorkFolders, !(await host.workspace.release(path: workDirectory)) {
             logger.warning("could not remove the job's work folder", ["path": workDirectory])
         }
         return accounting

@@ -1,9 +1,13 @@
+import CRunnerShims
 import Dispatch
 import Foundation
+import Synchronization
 
 /// The private work folders of a runner's jobs: `<work root>/<namespace>.<runner>.<pool>/<context name>`, mode
 /// 0700, owned by the user the jobs run as, with a `tmp` folder inside for `TMPDIR`. Removed when the job ends unless the runner keeps
-/// them; folders left by a runner that died are found by `leftovers(keeping:)`.
+/// them; a folder left exactly as it was made is renamed `.spare-<n>` instead and becomes the next job's folder by
+/// one rename (at most `SpareFolders.limit` of them; removed at a clean exit). Folders left by a runner that died are
+/// found by `leftovers(keeping:)`.
 ///
 /// File-system work that can take long runs on a queue of its own: removing a large tree must not hold a thread of
 /// the cooperative pool. Making a job's folder (a few short syscalls) runs inline.
@@ -12,6 +16,8 @@ struct JobWorkspace: Sendable {
     let directory: String
     /// Owner of the created folders (`--run-as`), nil to keep the runner's.
     let owner: (uid: UInt32, gid: UInt32)?
+    /// Folders of finished jobs left exactly as they were made, renamed to the next job's name.
+    private let spares = SpareFolders()
 
     private static let queue = DispatchQueue(label: "nativerunner.workspace")
 
@@ -33,6 +39,12 @@ struct JobWorkspace: Sendable {
         // Inline, on the calling task: a few lstat/mkdir/lchown on a local file system, bounded and short (a hop to
         // the queue and back cost more than the calls, on every job's path). Only replacing a folder left by a
         // crashed run of the same entry, a tree of any size, goes to the queue.
+        if let spare = spares.take() {
+            // One rename instead of two mkdir (and two rmdir at the job's end): on ext4 these are the dearest calls
+            // a short job makes, for the inode they allocate and free.
+            if JobWorkspace.checkRunnerDirectory(directory) == nil, rename(spare, path) == 0 { return path }
+            _ = await remove(path: spare)
+        }
         switch JobWorkspace.makeJobFolder(path, in: directory, owner: owner, replacing: false) {
         case .made: return path
         case .failed(let failure): throw failure
@@ -57,7 +69,9 @@ struct JobWorkspace: Sendable {
     private static func makeJobFolder(
         _ path: String, in directory: String, owner: (uid: UInt32, gid: UInt32)?, replacing: Bool
     ) -> FolderOutcome {
-        if let unusable = makeRunnerDirectory(directory) { return .failed(unusable) }
+        // Checked for every job (two lstat): a directory replaced by a link meanwhile must not be used. Made again
+        // (the work root too) only when it has gone.
+        if let unusable = checkRunnerDirectory(directory) { return .failed(unusable) }
         if mkdir(path, 0o700) != 0 {
             guard errno == EEXIST else {
                 return .failed(IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())"))
@@ -101,6 +115,20 @@ struct JobWorkspace: Sendable {
         if let failure = await JobWorkspace.run({ JobWorkspace.makeRunnerDirectory(directory) }) { throw failure }
     }
 
+    /// Why the work root or `directory` cannot be used, or nil; makes them first when `directory` is missing.
+    private static func checkRunnerDirectory(_ directory: String) -> IsolationError? {
+        var info = stat()
+        guard lstat(directory, &info) == 0 else { return makeRunnerDirectory(directory) }
+        let root = (directory as NSString).deletingLastPathComponent
+        if let unsafe = unsafeReason(root) {
+            return IsolationError(.workspace, "the work root \(root) is not safe to use: \(unsafe)")
+        }
+        if let unsafe = unsafeReason(directory) {
+            return IsolationError(.workspace, "the work folder \(directory) is not safe to use: \(unsafe)")
+        }
+        return nil
+    }
+
     /// Makes the work root and `directory` in it where missing, and answers why they cannot be used, or nil.
     private static func makeRunnerDirectory(_ directory: String) -> IsolationError? {
         let root = (directory as NSString).deletingLastPathComponent
@@ -135,6 +163,74 @@ struct JobWorkspace: Sendable {
         return await JobWorkspace.run { (try? FileManager.default.removeItem(atPath: path)) != nil || !exists(path) }
     }
 
+    /// Done with a finished job's folder: kept for the next job when it is exactly as it was made (an empty `tmp`
+    /// in it and nothing else, no extended attribute, on the runner's file system; its mode is set back to 0700),
+    /// else removed with everything in it. False when it could not be removed.
+    @discardableResult
+    func release(path: String) async -> Bool {
+        if spares.hasRoom, JobWorkspace.isAsMade(path, owner: owner, directory: directory) {
+            // Out of the job's name at once: what is left under job names is what jobs still use.
+            let spare = directory + "/.spare-\(spares.nextNumber())"
+            if rename(path, spare) == 0 {
+                spares.add(spare)
+                return true
+            }
+        }
+        return await remove(path: path)
+    }
+
+    /// Whether `path` is a kept folder of a finished job (not a leftover of a dead runner).
+    func isSpare(_ path: String) -> Bool { spares.contains(path) }
+
+    /// Removes the kept folders (at a clean exit).
+    func removeSpares() {
+        for spare in spares.takeAll() {
+            rmdir(spare + "/tmp")
+            rmdir(spare)
+        }
+    }
+
+    /// `path` is a directory of the jobs' user on the runner directory's file system with nothing in it but an
+    /// empty directory `tmp`, neither with an extended attribute (an ACL is one); both get mode 0700 back. Nothing
+    /// here follows a link.
+    private static func isAsMade(_ path: String, owner: (uid: UInt32, gid: UInt32)?, directory: String) -> Bool {
+        var runnerInfo = stat()
+        guard lstat(directory, &runnerInfo) == 0 else { return false }
+        let uid = owner?.uid ?? geteuid()
+        func opened(_ fd: Int32) -> Bool {
+            var info = stat()
+            return fd >= 0 && fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR && info.st_uid == uid
+                && info.st_dev == runnerInfo.st_dev && nr_xattr_list_size(fd) == 0
+        }
+        let folder = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        defer { if folder >= 0 { close(folder) } }
+        guard opened(folder), entryNames(folder) == ["tmp"] else { return false }
+        let tmp = openat(folder, "tmp", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        defer { if tmp >= 0 { close(tmp) } }
+        guard opened(tmp), entryNames(tmp) == [] else { return false }
+        return fchmod(folder, 0o700) == 0 && fchmod(tmp, 0o700) == 0
+    }
+
+    /// The names in an open directory, without `.` and `..`; nil when it cannot be read or has more than two.
+    private static func entryNames(_ fd: Int32) -> [String]? {
+        let copy = dup(fd)
+        guard copy >= 0, let stream = fdopendir(copy) else {
+            if copy >= 0 { close(copy) }
+            return nil
+        }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name == "." || name == ".." { continue }
+            names.append(name)
+            if names.count > 2 { return nil }
+        }
+        return names
+    }
+
     /// Folders under this runner's directory whose names are not in `keeping` (the running jobs').
     /// Nothing when the runner's directory or the work root is not safe (a link, or another user's): listing through
     /// a planted link would hand its target's contents to the cleanup.
@@ -159,3 +255,22 @@ private func exists(_ path: String) -> Bool {
 }
 
 func errnoText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
+
+/// Up to `limit` folders of finished jobs, each empty but for an empty `tmp`, waiting to be renamed for a new job.
+final class SpareFolders: Sendable {
+    static let limit = 16
+    private let paths = Mutex<[String]>([])
+    private let numbers = Atomic<Int>(0)
+
+    func nextNumber() -> Int { numbers.add(1, ordering: .relaxed).newValue }
+
+    var hasRoom: Bool { paths.withLock { $0.count < SpareFolders.limit } }
+    func add(_ path: String) { paths.withLock { $0.append(path) } }
+    func take() -> String? { paths.withLock { $0.popLast() } }
+    func takeAll() -> [String] {
+        paths.withLock { paths in
+            defer { paths = [] }; return paths
+        }
+    }
+    func contains(_ path: String) -> Bool { paths.withLock { $0.contains(path) } }
+}

@@ -90,6 +90,8 @@ struct ResourceMonitor: Sendable {
         }
         var removedFolders: [String] = []
         for folder in folders where !inUse.contains((folder as NSString).lastPathComponent) {
+            // Kept for the next job, not left by a dead runner.
+            if host.workspace.isSpare(folder) { continue }
             if await host.workspace.remove(path: folder) { removedFolders.append(folder) }
         }
         guard !removedCgroups.isEmpty || !removedFolders.isEmpty || !processes.isEmpty else { return nil }
