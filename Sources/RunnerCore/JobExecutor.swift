@@ -53,8 +53,11 @@ struct JobExecutor: Sendable {
     /// idempotent, so resending after a lost reply changes nothing twice.
     let durable = RedisRetry.idempotent(deadline: nil)
 
-    /// Runs a delivery under the lease epoch that was current when it was read.
-    func run(_ delivery: Delivery, epoch: LeaseEpoch) async -> DeliveryOutcome {
+    /// Runs a delivery under the lease epoch that was current when it was read. `processEnded` is called once the
+    /// job's process has ended and been torn down, before its result is written (not for a job that never ran).
+    func run(
+        _ delivery: Delivery, epoch: LeaseEpoch, processEnded: @escaping @Sendable () async -> Void = {}
+    ) async -> DeliveryOutcome {
         let owner = epoch.owner
         if epoch.ended.isFired { return .abandoned }
         guard let fields = delivery.fields else {
@@ -81,13 +84,14 @@ struct JobExecutor: Sendable {
             ["job": entry.jobId, "queue": entry.queue, "stream_id": entry.streamId, "attempt": String(entry.attempt)])
         if let routed = await routeIfUnsatisfied(entry, fields: fields, epoch: epoch) { return routed }
         if Task.isCancelled { return await handBack(entry, epoch: epoch, reason: "runner shutting down") }
-        return await planAndRun(entry, fields: fields, epoch: epoch)
+        return await planAndRun(entry, fields: fields, epoch: epoch, processEnded: processEnded)
     }
 
     /// Decides the job's isolation (or refuses it), waits for resource admission, then runs it. `fields` are the
     /// entry's fields as read, for a dead letter.
     private func planAndRun(
-        _ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch
+        _ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch,
+        processEnded: @escaping @Sendable () async -> Void
     ) async -> DeliveryOutcome {
         // What the host cannot give, or the runner does not allow, is refused before anything is claimed.
         let plan: IsolationPlan
@@ -103,7 +107,7 @@ struct JobExecutor: Sendable {
             }
         }
         containments.reserve(contextName: plan.contextName)
-        let outcome = await execute(entry, fields: fields, epoch: epoch, plan: plan)
+        let outcome = await execute(entry, fields: fields, epoch: epoch, plan: plan, processEnded: processEnded)
         containments.release(contextName: plan.contextName)
         await admission.release(key: entry.streamId)
         return outcome
@@ -119,7 +123,8 @@ struct JobExecutor: Sendable {
     }
 
     private func execute(
-        _ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch, plan: IsolationPlan
+        _ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch, plan: IsolationPlan,
+        processEnded: @escaping @Sendable () async -> Void
     ) async -> DeliveryOutcome {
         let owner = epoch.owner
         let received: JSONValue = [
@@ -278,6 +283,8 @@ struct JobExecutor: Sendable {
                 recorder: recorder)
         let accounting = await containment.finish(logger: logger)
         let summary = await recorder.finish()
+        // Nothing of the process is left: its slot can take the next job while the result is written.
+        await processEnded()
 
         // Killed because its epoch ended or was past its kill deadline (never "failed with signal 9"): the entry
         // stays pending and is rescheduled.

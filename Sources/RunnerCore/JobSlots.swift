@@ -1,10 +1,13 @@
-/// The executor slots: which jobs run, how many slots are free, and latches for "a slot is free" and "all idle".
+/// The executor slots: which jobs run, how many slots are free, and latches for "a slot is free" and "all idle"
+/// (no job in flight, results written).
 actor JobSlots {
     struct Slot {
         var jobId: String
         var task: Task<Void, Never>?
         /// A cancel came before the task was attached: attaching cancels it.
         var cancelled = false
+        /// Its process has ended and been torn down; only its result is being written. It no longer takes a slot.
+        var processEnded = false
     }
 
     let capacity: Int
@@ -14,7 +17,12 @@ actor JobSlots {
 
     init(capacity: Int) { self.capacity = capacity }
 
-    var free: Int { capacity - slots.count }
+    /// Slots for new jobs: the capacity less the jobs whose processes run (or are about to). A job whose process
+    /// has ended frees its slot at once: the next job starts while its result is written, rather than a round trip
+    /// later.
+    var free: Int { capacity - slots.values.count { !$0.processEnded } }
+    /// Jobs taken and not yet recorded, their processes running or not.
+    var inFlight: Int { slots.count }
     var runningJobIds: [String] { slots.values.map(\.jobId).sorted() }
     var runningStreamIds: Set<String> { Set(slots.keys) }
 
@@ -28,6 +36,16 @@ actor JobSlots {
         guard slots[streamId] != nil else { return }
         slots[streamId]?.task = task
         if slots[streamId]?.cancelled == true { task.cancel() }
+    }
+
+    /// The job's process has ended: its slot is free for the next job (it stays in `runningStreamIds` and
+    /// `runningJobIds` until `release`, since its entry is pending until its result is written).
+    func processEnded(streamId: String) {
+        guard slots[streamId] != nil, slots[streamId]?.processEnded == false else { return }
+        slots[streamId]?.processEnded = true
+        let waiters = freeWaiters
+        freeWaiters.removeAll()
+        waiters.forEach { $0.fire() }
     }
 
     func release(streamId: String) {

@@ -102,7 +102,7 @@ extension Worker {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(200))
             if Task.isCancelled || shutdownRequested.isFired { return }
-            if await slots.free < slots.capacity {
+            if await slots.inFlight > 0 {
                 lastBusy = .now
                 continue
             }

@@ -777,7 +777,9 @@ public final class Worker: Sendable {
         await slots.reserve(streamId: delivery.streamId, jobId: jobId)
         metrics.jobStarted()
         let task = Task {
-            let outcome = await executor.run(delivery, epoch: epoch)
+            let outcome = await executor.run(delivery, epoch: epoch) {
+                await self.slots.processEnded(streamId: delivery.streamId)
+            }
             // A cancel that came too late for this attempt must not apply to a later one.
             self.operations.cancellations.remove(jobId: jobId)
             self.count(outcome)
