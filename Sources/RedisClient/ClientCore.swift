@@ -222,32 +222,65 @@ final class ClientCore: Sendable {
     private func runOwnerThread() {
         nr_redis_name_thread(String("redis-\(options.name)".utf8.prefix(15)) ?? "redis")
         var worker = OwnerThreadConnection(core: self)
-        while let request = nextRequest() {
-            let result = worker.perform(request)
-            if case .failure(let error) = result, error is RedisClientError {
-                countFailedRequest()
+        while let requests = nextRequests() {
+            if requests.count > 1, let results = worker.performTogether(requests) {
+                state.withLock { $0.current = nil }
+                for (request, result) in zip(requests, results) {
+                    request.continuation.resume(with: result)
+                }
+                continue
             }
-            state.withLock { $0.current = nil }
-            request.continuation.resume(with: result)
+            // One by one; requests that were to go together are each sent again (they are all idempotent).
+            for (index, request) in requests.enumerated() {
+                if index > 0 {
+                    state.withLock { $0.current = Current(id: request.id) }
+                }
+                let result = worker.perform(request)
+                if case .failure(let error) = result, error is RedisClientError {
+                    countFailedRequest()
+                }
+                state.withLock { $0.current = nil }
+                request.continuation.resume(with: result)
+            }
         }
         worker.dropConnection()
         state.withLock { $0.ownerThreadHasExited = true }
     }
 
-    /// Waits for the next request and makes it current; nil once closed.
-    private func nextRequest() -> Request? {
-        let next: Request?? = state.wait { state in
+    /// At most this many queued requests go out in one round trip.
+    static let requestsPerRoundTrip = 16
+
+    /// Waits for the next request and makes it current; nil once closed. When it may go together with others
+    /// (`mayGoTogether`), the ones queued right behind it that may too come with it: requests from several tasks
+    /// at once (a slot's result, another's claim) then share one round trip. The first one is current: a cancel or
+    /// an interrupt of it shuts the socket down for all.
+    private func nextRequests() -> [Request]? {
+        let next: [Request]?? = state.wait { state in
             if state.closed {
                 return .some(nil)
             }
             guard !state.queue.isEmpty else {
                 return nil
             }
-            let request = state.queue.removeFirst()
-            state.current = Current(id: request.id)
-            return .some(request)
+            var taken = [state.queue.removeFirst()]
+            if Self.mayGoTogether(taken[0]) {
+                while taken.count < Self.requestsPerRoundTrip, let next = state.queue.first, Self.mayGoTogether(next) {
+                    taken.append(state.queue.removeFirst())
+                }
+            }
+            state.current = Current(id: taken[0].id)
+            return .some(taken)
         }
         return next ?? nil
+    }
+
+    /// Commands that are safe to resend (`.idempotent`), with the default read timeout and none that blocks on the
+    /// server (it would hold the others back): if the shared round trip fails, each is sent again on its own.
+    private static func mayGoTogether(_ request: Request) -> Bool {
+        guard case .commands(let commands, readTimeout: nil) = request.work, case .idempotent = request.retry else {
+            return false
+        }
+        return commands.allSatisfy { $0.serverBlockTime == nil }
     }
 
     /// Why the current request must end now, if it must: cancelled, interrupted, or the client closed.
@@ -416,6 +449,46 @@ private struct OwnerThreadConnection {
                 return .failure(error)
             }
         }
+    }
+
+    /// Several requests' commands in one pipeline, each request getting its own replies; nil when that did not
+    /// work out (no live connection, the client stopping, a lost connection, Redis still loading), and then nothing
+    /// is answered: the caller sends each request on its own, which is safe since they are all idempotent.
+    mutating func performTogether(_ requests: [ClientCore.Request]) -> [Result<[RedisReply], any Error>]? {
+        let what = "a pipeline of \(requests.count) requests"
+        guard core.stopReason(mayHaveBeenSent: false, commandName: what) == nil,
+            let live = connection, !core.socketWasShutDown, !live.peerHasClosed
+        else {
+            return nil
+        }
+        var commands: [RedisCommand] = []
+        var counts: [Int] = []
+        for request in requests {
+            guard case .commands(let some, _) = request.work else { return nil }
+            commands += some
+            counts.append(some.count)
+        }
+        let replies: [RedisReply]
+        do {
+            replies = try live.pipeline(commands, readTimeout: nil, describedAs: what)
+        } catch {
+            dropConnection()
+            if error.code == .connectionLost, core.stopReason(mayHaveBeenSent: true, commandName: what) == nil {
+                core.countConnectionFailure()
+                noteDown(reason: error.reason, retrying: true)
+            }
+            return nil
+        }
+        var results: [Result<[RedisReply], any Error>] = []
+        var start = 0
+        for count in counts {
+            let own = Array(replies[start..<start + count])
+            start += count
+            // Right after a restart Redis answers LOADING until its data is read: the one-by-one path waits for it.
+            if count == 1, case .error(let message) = own[0], message.hasPrefix("LOADING") { return nil }
+            results.append(.success(own))
+        }
+        return results
     }
 
     /// The live connection, or a new one (redisConnectWithTimeout, AUTH, SELECT).

@@ -62,6 +62,43 @@ final class ClientTests: XCTestCase {
         XCTAssertEqual(client.connectionAttempts, 1)
     }
 
+    /// Idempotent requests queued at once share round trips; each still gets exactly its own replies, in order,
+    /// also when one is a pipeline and when a blocking or non-idempotent request sits between them.
+    func testRequestsQueuedTogetherEachGetTheirOwnReplies() async throws {
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions())
+        defer { client.close() }
+        try await client.connect()
+        _ = try await client.send(RedisCommand(["RPUSH", "ready"] + (0..<50).map { "r\($0)" }))
+        let retry = RedisRetry.idempotent(deadline: nil)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<200 {
+                group.addTask {
+                    switch index % 4 {
+                    case 0:
+                        let replies = try await client.pipeline(
+                            [RedisCommand("SET", "k\(index)", "v\(index)"), RedisCommand("GET", "k\(index)")],
+                            retry: retry)
+                        XCTAssertEqual(replies, [.status("OK"), bulk("v\(index)")])
+                    case 1:
+                        let reply = try await client.send(RedisCommand("ECHO", "e\(index)"), retry: retry)
+                        XCTAssertEqual(reply, bulk("e\(index)"))
+                    case 2:
+                        // Not idempotent: sent on its own.
+                        let reply = try await client.send(RedisCommand("RPUSH", "list", "\(index)"))
+                        XCTAssertNotNil(reply.int)
+                    default:
+                        // Blocking (it finds an element at once): sent on its own too.
+                        let reply = try await client.send(RedisCommand("BLPOP", "ready", "5"), retry: retry)
+                        XCTAssertEqual(reply.array?.first, bulk("ready"))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        await assertEqualAsync(try await client.send(RedisCommand("LLEN", "list")), .integer(50))
+        XCTAssertEqual(client.connectionAttempts, 1)
+    }
+
     func testBlockWithLongerReadTimeoutIsNotCutShort() async throws {
         let client = RedisClient(endpoint: server.endpoint, options: testOptions(readTimeout: .milliseconds(500)))
         defer { client.close() }
