@@ -10,11 +10,13 @@ extension JobExecutor {
     /// right after the request is recorded, and the teardown sends it at once) and, if the job outlives the kill
     /// grace, that SIGKILL did. `CancelPhaseWatch.stop()` when the process is gone; it answers whether the SIGKILL
     /// was reported.
-    func watchForCancel(_ entry: JobEntry, pid: Int32) -> CancelPhaseWatch {
+    func watchForCancel(_ entry: JobEntry, pid: Int32, running: RunningJobWatch) -> CancelPhaseWatch {
         let watch = CancelPhaseWatch()
         cancellations.onRequest(jobId: entry.jobId) { [self] in
             watch.start {
                 Task {
+                    // The phases name the pid: `job.started` first.
+                    await running.writeStartedNow()
                     await emitCancelPhase(.jobCancelSigterm, entry, pid: pid)
                     try? await Task.sleep(for: configuration.killGrace)
                     if Task.isCancelled { return false }

@@ -203,7 +203,9 @@ struct JobExecutor: Sendable {
             client: logClient, store: store, logger: logger, entry: entry, owner: owner,
             limit: configuration.logLimitBytes, tailLimit: configuration.outputTailBytes,
             masker: SecretMasker(
-                environment: environment, secretNames: entry.spec.secretEnvironment,
+                // The fencing token is no secret, and masking its value (a small number) would garble output.
+                environment: environment.filter { $0.key != JobEnvironment.fencingToken },
+                secretNames: entry.spec.secretEnvironment,
                 alsoMasked: configuration.redis.password.map { [$0] } ?? []))
         if plan.fellBack {
             recorder.note(
@@ -266,7 +268,7 @@ struct JobExecutor: Sendable {
         if epoch.ended.isFired { process.signalGroup(SIGKILL) }
 
         let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
-        let cancelWatch = watchForCancel(entry, pid: process.pid)
+        let cancelWatch = watchForCancel(entry, pid: process.pid, running: watch)
         let outcome = await process.wait(TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace))
         let killReported = await cancelWatch.stop()
         killSwitch.unwatch(process)

@@ -13,22 +13,15 @@ final class RunningJobWatches: Sendable {
     /// The first sample comes one interval after the start, then one every interval.
     let sampleInterval: Duration
 
-    private struct Due {
-        var at: ContinuousClock.Instant
-        var watch: RunningJobWatch
-    }
-
-    /// Both queues are in order of `at`: every entry is added `startedWriteDelay` or `sampleInterval` from now.
-    private struct Queues {
-        var started: [Due] = []
-        var samples: [Due] = []
-        var running = false
-    }
-
-    private let queues = Mutex(Queues())
+    /// Two queues, each with a task of its own while it has entries: every entry of a queue is due the same delay
+    /// after it was added, so its head is always the next one due and a new entry never needs to wake its task.
+    private let started: DelayQueue
+    private let samples: DelayQueue
 
     init(sampleInterval: Duration) {
         self.sampleInterval = sampleInterval
+        started = DelayQueue(delay: Self.startedWriteDelay, repeats: false) { $0.sendStartedWrite() }
+        samples = DelayQueue(delay: sampleInterval, repeats: true) { $0.sample?() }
     }
 
     /// Starts watching a job that has just started. `sample` (nil with a cgroup) is called every `sampleInterval`.
@@ -36,47 +29,68 @@ final class RunningJobWatches: Sendable {
         sample: (@Sendable () -> Void)?, writeStarted: @escaping @Sendable () async -> Void
     ) -> RunningJobWatch {
         let watch = RunningJobWatch(sample: sample, writeStarted: writeStarted)
-        let now = ContinuousClock.now
-        let startLoop = queues.withLock { queues -> Bool in
-            queues.started.append(Due(at: now + Self.startedWriteDelay, watch: watch))
-            if sample != nil { queues.samples.append(Due(at: now + sampleInterval, watch: watch)) }
-            defer { queues.running = true }
-            return !queues.running
-        }
-        if startLoop { Task { await self.run() } }
+        started.add(watch)
+        if sample != nil { samples.add(watch) }
         return watch
+    }
+}
+
+/// Watches due a fixed delay after they were added, in order; a task runs while any is waiting.
+private final class DelayQueue: Sendable {
+    private struct Due {
+        var at: ContinuousClock.Instant
+        var watch: RunningJobWatch
+    }
+
+    private let delay: Duration
+    /// A watch done with is due again one delay later (until it stops).
+    private let repeats: Bool
+    /// What is done with each watch when it is due (not for a stopped one).
+    private let onDue: @Sendable (RunningJobWatch) -> Void
+    private let state = Mutex<(entries: [Due], running: Bool)>(([], false))
+
+    init(delay: Duration, repeats: Bool, onDue: @escaping @Sendable (RunningJobWatch) -> Void) {
+        self.delay = delay
+        self.repeats = repeats
+        self.onDue = onDue
+    }
+
+    func add(_ watch: RunningJobWatch) {
+        let due = Due(at: ContinuousClock.now + delay, watch: watch)
+        let startTask = state.withLock { state -> Bool in
+            state.entries.append(due)
+            defer { state.running = true }
+            return !state.running
+        }
+        if startTask { Task { await self.run() } }
     }
 
     private func run() async {
         while let next = nextDue() {
             if next > .now { try? await Task.sleep(until: next, clock: .continuous) }
             let now = ContinuousClock.now
-            let (started, sampled) = queues.withLock { queues -> ([RunningJobWatch], [RunningJobWatch]) in
-                let started = Self.takeDue(&queues.started, now: now)
-                let sampled = Self.takeDue(&queues.samples, now: now).filter { !$0.isStopped }
-                queues.samples += sampled.map { Due(at: now + sampleInterval, watch: $0) }
-                return (started, sampled)
+            let due = state.withLock { state -> [RunningJobWatch] in
+                let count = state.entries.prefix { $0.at <= now }.count
+                defer { state.entries.removeFirst(count) }
+                return state.entries.prefix(count).map(\.watch)
             }
-            for watch in started { watch.sendStartedWrite() }
-            for watch in sampled { watch.sample?() }
+            for watch in due where !watch.isStopped {
+                onDue(watch)
+                if repeats { add(watch) }
+            }
         }
     }
 
-    /// When the next entry is due, dropping the heads of stopped jobs; nil (and the loop ends) when nothing is left.
+    /// When the head is due, dropping stopped watches first; nil (and the task ends) when nothing is left.
     private func nextDue() -> ContinuousClock.Instant? {
-        queues.withLock { queues in
-            while let head = queues.started.first, head.watch.isStopped { queues.started.removeFirst() }
-            while let head = queues.samples.first, head.watch.isStopped { queues.samples.removeFirst() }
-            let next = [queues.started.first?.at, queues.samples.first?.at].compactMap { $0 }.min()
-            if next == nil { queues.running = false }
-            return next
+        state.withLock { state in
+            while let head = state.entries.first, head.watch.isStopped { state.entries.removeFirst() }
+            guard let head = state.entries.first else {
+                state.running = false
+                return nil
+            }
+            return head.at
         }
-    }
-
-    private static func takeDue(_ queue: inout [Due], now: ContinuousClock.Instant) -> [RunningJobWatch] {
-        let count = queue.prefix { $0.at <= now }.count
-        defer { queue.removeFirst(count) }
-        return queue.prefix(count).map(\.watch)
     }
 }
 
@@ -91,7 +105,7 @@ final class RunningJobWatch: Sendable {
         case handedOver
     }
 
-    fileprivate let sample: (@Sendable () -> Void)?
+    let sample: (@Sendable () -> Void)?
     private let writeStarted: @Sendable () async -> Void
     private let state = Mutex<(startedWrite: StartedWrite, stopped: Bool)>((.waiting, false))
     private let written = Latch()
@@ -101,9 +115,9 @@ final class RunningJobWatch: Sendable {
         self.writeStarted = writeStarted
     }
 
-    fileprivate var isStopped: Bool { state.withLock { $0.stopped } }
+    var isStopped: Bool { state.withLock { $0.stopped } }
 
-    fileprivate func sendStartedWrite() {
+    func sendStartedWrite() {
         let send = state.withLock { state -> Bool in
             guard state.startedWrite == .waiting, !state.stopped else { return false }
             state.startedWrite = .sending
@@ -114,6 +128,14 @@ final class RunningJobWatch: Sendable {
             await writeStarted()
             written.fire()
         }
+    }
+
+    /// Sends the `started` write now if it was not sent yet, and waits until it has landed (a cancel reports its
+    /// phases, which name the pid, only after `job.started`). Nothing once `stop()` took it over.
+    func writeStartedNow() async {
+        sendStartedWrite()
+        let pending = state.withLock { $0.startedWrite == .sending }
+        if pending { await written.wait() }
     }
 
     /// Stops the watch once the process has ended (no sample after this). True when `started` was not sent: the

@@ -177,6 +177,14 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertLessThan(cpu / wall, 0.7, "\(record)")
     }
 
+    func testTheFencingTokenIsNotMaskedInOutput() throws {
+        try startRunner()
+        let result = cli(["submit", "--wait", "--id", "ft-1", "--shell", "echo token=$NR_FENCING_TOKEN"])
+        XCTAssertEqual(result.code, 0, result.err)
+        let token = try XCTUnwrap(try job("ft-1")["fencing_token"])
+        XCTAssertEqual(result.stdout, "token=\(token)\n")
+    }
+
     func testSecretsAreMaskedAndTheJobHasItsOwnWorkFolder() throws {
         try startRunner()
         let result = cli([
@@ -271,6 +279,17 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertEqual((cleanup.data["work_dirs"] as? [String])?.map { ($0 as NSString).lastPathComponent }, [folder])
         XCTAssertFalse(FileManager.default.fileExists(atPath: cgroupPath))
         XCTAssertFalse(FileManager.default.fileExists(atPath: try runnerFolder() + "/" + folder))
+    }
+
+    /// A short job without a cgroup reports no peak rather than the runner's: a child cloned with the runner's
+    /// memory has the runner's peak folded into its own ru_maxrss.
+    func testAShortJobWithoutACgroupDoesNotReportTheRunnersMemoryAsItsPeak() throws {
+        try startRunner()
+        XCTAssertEqual(cli(["submit", "--wait", "--id", "tiny-1", "--", "true"]).code, 0)
+        let record = try job("tiny-1")
+        XCTAssertEqual(record["isolation"], "process_group")
+        XCTAssertNil(record["peak_memory_bytes"], "\(record)")
+        XCTAssertNil(record["peak_memory_source"], "\(record)")
     }
 
     /// Runs `arguments` as a job at the default level and checks its peak is a sampled one above `bytes`.

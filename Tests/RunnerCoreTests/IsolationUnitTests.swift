@@ -191,6 +191,19 @@ final class WorkspaceReuseTests: XCTestCase {
         XCTAssertEqual(try names(workspace.directory), [])
     }
 
+    func testAFolderReplacedByALinkIsRemovedWithoutTouchingItsTarget() async throws {
+        let victim = root + "-victim"
+        try FileManager.default.createDirectory(atPath: victim + "/tmp", withIntermediateDirectories: true)
+        let path = try await workspace.create(name: "job-link")
+        try FileManager.default.removeItem(atPath: path)
+        XCTAssertEqual(symlink(victim, path), 0)
+        _ = await workspace.release(path: path)
+        var info = stat()
+        XCTAssertNotEqual(lstat(path, &info), 0, "the link is gone")
+        XCTAssertEqual(try names(victim), ["tmp"], "the target's empty tmp is still there")
+        XCTAssertEqual(try names(workspace.directory), [])
+    }
+
     func testASpareRemovedMeanwhileFallsBackToANewFolder() async throws {
         let first = try await workspace.create(name: "job-a")
         let released = await workspace.release(path: first)

@@ -75,6 +75,36 @@ final class RunningJobWatchTests: XCTestCase {
         XCTAssertEqual(late.load(ordering: .relaxed), 1)
     }
 
+    func testAStartedWriteIsNotHeldBackByAnotherJobsNextSample() async {
+        let watches = RunningJobWatches(sampleInterval: .seconds(30))
+        let long = Counters(1)
+        let longWatch = watches.start(sample: {}, writeStarted: { long.add(0) })
+        let deadline = ContinuousClock.now + .seconds(10)
+        while long.values[0] == 0, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(2)) }
+        // The loop that samples `long` sleeps for 30 s now; a job started meanwhile gets its write after its delay.
+        let began = ContinuousClock.now
+        let short = Counters(1)
+        let shortWatch = watches.start(sample: nil, writeStarted: { short.add(0) })
+        while short.values[0] == 0, ContinuousClock.now - began < .seconds(10) {
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+        XCTAssertEqual(short.values, [1])
+        XCTAssertLessThan(ContinuousClock.now - began, .seconds(5), "not held until the next sample")
+        _ = await shortWatch.stop()
+        _ = await longWatch.stop()
+    }
+
+    func testACancelSendsTheStartedWriteAtOnce() async {
+        let writes = Counters(1)
+        let watch = RunningJobWatches(sampleInterval: .seconds(60)).start(sample: nil) { writes.add(0) }
+        await watch.writeStartedNow()
+        XCTAssertEqual(writes.values, [1], "written before the cancel phases")
+        await watch.writeStartedNow()
+        XCTAssertEqual(writes.values, [1], "once")
+        let handedOver = await watch.stop()
+        XCTAssertFalse(handedOver)
+    }
+
     func testStopWaitsForAStartedWriteInFlight() async {
         let release = Latch()
         let sent = Latch()

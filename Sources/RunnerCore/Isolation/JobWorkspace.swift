@@ -159,8 +159,18 @@ struct JobWorkspace: Sendable {
     func remove(path: String) async -> Bool {
         // Most jobs leave their folder as it was made: two rmdir, inline (rmdir never follows a link, and fails on
         // a folder with anything in it). Anything else is a tree of any size, removed on the queue.
-        if rmdir(path + "/tmp") == 0 || errno == ENOENT, rmdir(path) == 0 { return true }
+        if JobWorkspace.removeAsMade(path) { return true }
         return await JobWorkspace.run { (try? FileManager.default.removeItem(atPath: path)) != nil || !exists(path) }
+    }
+
+    /// Removes `path` and its empty `tmp` if that is all there is. The folder is opened without following a link:
+    /// a job that replaced its folder by a link to another one must not have that one's `tmp` removed.
+    private static func removeAsMade(_ path: String) -> Bool {
+        let folder = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard folder >= 0 else { return false }
+        let emptied = unlinkat(folder, "tmp", AT_REMOVEDIR) == 0 || errno == ENOENT
+        close(folder)
+        return emptied && rmdir(path) == 0
     }
 
     /// Done with a finished job's folder: kept for the next job when it is exactly as it was made (an empty `tmp`
