@@ -286,9 +286,19 @@ final class PoolOperationsTests: IntegrationTestCase {
 
     func testMigrationHandsEveryJobOverToARunnerResumingTheIdentityWithoutOverlap() throws {
         let old = try startRunner(["--concurrency", "1", "--node", "n1", "--shutdown-timeout", "30s"])
-        try submit(["--", "sleep", "1.5"], id: "mg-long")
+        // Each job notes when its process began and ended (ns), to compare the processes themselves.
+        let times = FileManager.default.temporaryDirectory.appendingPathComponent("mg-\(namespace)").path
+        try FileManager.default.createDirectory(atPath: times, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: times) }
+        func timed(_ seconds: String) -> [String] {
+            [
+                "--shell",
+                "date +%s%N > '\(times)'/$NR_JOB_ID.begin; sleep \(seconds); date +%s%N > '\(times)'/$NR_JOB_ID.end",
+            ]
+        }
+        try submit(timed("1.5"), id: "mg-long")
         _ = try runningPid("mg-long")
-        for index in 1...3 { try submit(["--", "sleep", "0.1"], id: "mg-\(index)") }
+        for index in 1...3 { try submit(timed("0.1"), id: "mg-\(index)") }
 
         // Refused while the old runner holds the lease.
         let early = runCLI(
@@ -322,11 +332,12 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(try registry("r1")["labels"] as? [String: String], ["gpu": "1"])
         let ids = ["mg-long"] + (1...3).map { "mg-\($0)" }
         for id in ids { try waitForState(id, ["succeeded"]) }
-        // Both runners had one slot: any two attempts overlapping in time would be two runners at once.
-        let spans = try ids.map { id -> (Int, Int) in
-            let record = try job(id)
-            return (Int(record["started_at"] ?? "") ?? 0, Int(record["finished_at"] ?? "") ?? 0)
-        }.sorted { $0.0 < $1.0 }
+        // Both runners had one slot: any two processes overlapping in time would be two runners at once.
+        func time(_ name: String) throws -> Int {
+            let text = try String(contentsOfFile: "\(times)/\(name)", encoding: .utf8)
+            return try XCTUnwrap(Int(text.trimmingCharacters(in: .whitespacesAndNewlines)), name)
+        }
+        let spans = try ids.map { id in (try time("\(id).begin"), try time("\(id).end")) }.sorted { $0.0 < $1.0 }
         for (earlier, later) in zip(spans, spans.dropFirst()) {
             XCTAssertLessThanOrEqual(earlier.1, later.0, "attempts overlapped: \(spans)")
         }

@@ -1,6 +1,7 @@
 import Foundation
 import ProcessSupervision
 import RunnerProtocol
+import Synchronization
 
 /// The isolation a host can give and the runner's means to give it, found once at start: the kernel's features
 /// (probed), the cgroup hierarchy and the runner's cgroup parent, the work folders. Decides, per job, at which level
@@ -13,6 +14,8 @@ final class IsolationHost: Sendable {
     let cgroupUnavailable: String?
     let workspace: JobWorkspace
     let sampler = ResourceSampler()
+    /// The runner's own peak resident size, to tell a job's ru_maxrss from the runner's.
+    let runnerPeak = RunnerPeakMemory()
     /// Host memory at start, for refusing jobs that declare more than the host has at all.
     let hostMemoryBytes: UInt64?
 
@@ -175,4 +178,27 @@ struct IsolationPlan: Sendable, Equatable {
 
     /// The runner gave less than was asked (`--isolation-fallback`).
     var fellBack: Bool { level != requested || network != requestedNetwork }
+}
+
+/// The runner's own peak resident size (`VmHWM` of /proc/self/status; not getrusage, whose ru_maxrss also holds
+/// the peak of the process that started the runner), read at most once a second.
+final class RunnerPeakMemory: Sendable {
+    /// How far above the runner's peak a job's ru_maxrss must be to be the job's own: the runner's peak can have
+    /// grown since it was read.
+    static let margin: UInt64 = 4 << 20
+
+    private let cached = Mutex<(bytes: UInt64, readAt: ContinuousClock.Instant?)>((0, nil))
+
+    func bytes() -> UInt64 {
+        let now = ContinuousClock.now
+        if let fresh = cached.withLock({ state in
+            state.readAt.map { now - $0 < .seconds(1) } == true ? state.bytes : nil
+        }) {
+            return fresh
+        }
+        // Unreadable: as if the runner were large, so that no figure is taken for the job's own.
+        let bytes = ResourceSampler().peakResidentBytes(of: getpid()) ?? .max / 2
+        cached.withLock { $0 = (bytes, now) }
+        return bytes
+    }
 }

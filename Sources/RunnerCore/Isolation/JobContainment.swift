@@ -68,12 +68,11 @@ final class JobContainment: Sendable {
     }
 
     /// The main process's own peak (ru_maxrss from its wait, which covers the children it waited for), so that a
-    /// job ending before its first sample still has a sampled peak. Only when it is above the runner's own peak: a
-    /// child cloned with the runner's memory (vfork-like, until its exec) has the runner's peak folded into its
-    /// ru_maxrss, so a smaller figure says nothing about the job.
+    /// job ending before its first sample still has a sampled peak. Only when it is clearly above the runner's own
+    /// peak: a child cloned with the runner's memory (vfork-like, until its exec) has the runner's peak folded into
+    /// its ru_maxrss, so a figure near it says nothing about the job.
     func recordMainProcessPeak(bytes: Int) {
-        var own = rusage()
-        guard bytes > 0, getrusage(RUSAGE_SELF.rawValue, &own) == 0, bytes > own.ru_maxrss * 1024 else { return }
+        guard bytes > 0, UInt64(bytes) > host.runnerPeak.bytes() + RunnerPeakMemory.margin else { return }
         peak.withLock {
             $0.record(
                 ProcessTreeUsage(pids: [], userCPUTime: .zero, systemCPUTime: .zero, residentBytes: UInt64(bytes)))
