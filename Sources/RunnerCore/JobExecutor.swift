@@ -261,9 +261,7 @@ struct JobExecutor: Sendable {
             containment.cgroup != nil ? nil : { @Sendable [containment] in _ = containment.sample() }
         let watch = watches.start(
             sample: sample,
-            writeStarted: { [store, durable, pid = process.pid] in
-                _ = try? await store.started(entry: entry, owner: owner, pid: pid, retry: durable)
-            })
+            writeStarted: { [self, pid = process.pid] in await self.writeStarted(entry, pid: pid, owner: owner) })
         // The epoch may have ended between the claim and the spawn: nothing of it may run on.
         if epoch.ended.isFired { process.signalGroup(SIGKILL) }
 
@@ -317,8 +315,8 @@ struct JobExecutor: Sendable {
         return await finish(entry, record, startedAt: startedAt, startedPid: startedPid, owner: owner)
     }
 
-    /// The `started` write of a job that ended before it was sent (`pid` nil: it was written), ahead of a write
-    /// that does not carry it.
+    /// The `started` write: from the running job's watch, or, for a job that ended before the watch sent it, ahead
+    /// of a write that does not carry it (`pid` nil: it was written already).
     private func writeStarted(_ entry: JobEntry, pid: Int32?, owner: AttemptOwner) async {
         guard let pid else { return }
         await detached { [store, durable] in
