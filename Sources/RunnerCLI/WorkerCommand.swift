@@ -22,7 +22,7 @@ enum WorkerCommand {
                 "--queue", .repeated("QUEUE"), help: "Queue to read, in priority order.",
                 environment: "RUNNER_QUEUES", default: Keyspace.defaultQueue),
             OptionSpec(
-                "--concurrency", .value("N"), help: "Jobs run at once.", environment: "RUNNER_CONCURRENCY",
+                "--concurrency", .value("N"), help: "Job processes run at once.", environment: "RUNNER_CONCURRENCY",
                 default: "CPU count"),
             OptionSpec(
                 "--lease-ttl", .value("DURATION"), help: "Lease time to live; renewed every third of it.",
