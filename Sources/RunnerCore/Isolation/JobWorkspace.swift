@@ -182,8 +182,9 @@ struct JobWorkspace: Sendable {
             // Out of the job's name at once: what is left under job names is what jobs still use.
             let spare = directory + "/.spare-\(spares.nextNumber())"
             if rename(path, spare) == 0 {
-                spares.add(spare)
-                return true
+                // Another job's folder may have taken the last place meanwhile.
+                if spares.add(spare) { return true }
+                return JobWorkspace.removeAsMade(spare)
             }
         }
         return await remove(path: path)
@@ -275,7 +276,14 @@ final class SpareFolders: Sendable {
     func nextNumber() -> Int { numbers.add(1, ordering: .relaxed).newValue }
 
     var hasRoom: Bool { paths.withLock { $0.count < SpareFolders.limit } }
-    func add(_ path: String) { paths.withLock { $0.append(path) } }
+    /// False (nothing added) when `limit` are kept already.
+    func add(_ path: String) -> Bool {
+        paths.withLock { paths in
+            guard paths.count < SpareFolders.limit else { return false }
+            paths.append(path)
+            return true
+        }
+    }
     func take() -> String? { paths.withLock { $0.popLast() } }
     func takeAll() -> [String] {
         paths.withLock { paths in
