@@ -937,6 +937,13 @@ int nr_set_thread_name(const char *name) {
     return prctl(PR_SET_NAME, name, 0, 0, 0);
 }
 
+int nr_accept_child_signals(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Pipes, epoll, eventfd
 

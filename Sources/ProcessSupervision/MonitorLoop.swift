@@ -93,6 +93,7 @@ final class MonitorLoop {
 
     func run() {
         System.nameCurrentThread("nr-supervisor")
+        System.acceptChildSignalsOnCurrentThread()
         if sweepsOrphans {
             children = SubreaperChildren()
         }

@@ -339,6 +339,12 @@ enum System {
         _ = nr_set_thread_name(name)
     }
 
+    /// Lets SIGCHLD of the children this thread clones be dropped on arrival (CRunnerShims
+    /// `nr_accept_child_signals`): the monitor thread sees their ends through pidfds.
+    static func acceptChildSignalsOnCurrentThread() {
+        _ = nr_accept_child_signals()
+    }
+
     /// `pthread_equal(pthread_self(), thread)`.
     static func isCurrentThread(_ thread: pthread_t) -> Bool {
         pthread_equal(pthread_self(), thread) != 0

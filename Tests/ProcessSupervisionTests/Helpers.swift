@@ -124,6 +124,20 @@ class TemporaryDirectoryTestCase: XCTestCase {
 }
 
 /// A fresh temporary directory (removed by the caller).
+/// The blocked-signal mask (SigBlk of /proc/self/task/TID/status) of each thread of this process with that name.
+func threadSignalMasks(named name: String) -> [(thread: String, blocked: UInt64)] {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    return tasks.compactMap { tid in
+        guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
+            comm.trimmingCharacters(in: .whitespacesAndNewlines) == name,
+            let status = try? String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigBlk:") }),
+            let mask = UInt64(line.dropFirst("SigBlk:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return nil }
+        return (tid, mask)
+    }
+}
+
 func makeTemporaryDirectory() throws -> String {
     var template = Array("/tmp/process-supervision-tests.XXXXXX".utf8CString)
     guard let path = mkdtemp(&template) else { throw POSIXError(.EIO) }

@@ -217,6 +217,20 @@ final class SpawnTests: XCTestCase {
         }
     }
 
+    /// A job's SIGCHLD goes to the thread that cloned it. The monitor thread must not block it: the kernel then
+    /// drops it on arrival (its disposition is the default, ignore) instead of queueing it for the process, where it
+    /// woke the runner's main thread and libdispatch's signalfd epoll once per job.
+    func testTheMonitorThreadDoesNotBlockChildSignals() async throws {
+        let (outcome, _) = try await runToEnd(ProcessSpec(executable: "/bin/true", arguments: ["true"]))
+        XCTAssertEqual(outcome.termination, .exited(0))
+        let masks = threadSignalMasks(named: "nr-supervisor")
+        XCTAssertFalse(masks.isEmpty, "no monitor thread found")
+        let sigchld = UInt64(1) << UInt64(SIGCHLD - 1)
+        for (thread, blocked) in masks {
+            XCTAssertEqual(blocked & sigchld, 0, "monitor thread \(thread) blocks SIGCHLD (SigBlk \(blocked))")
+        }
+    }
+
     func testManySpawnsLeakNeitherFdsNorThreadsNorZombies() async throws {
         let spec = ProcessSpec(executable: "/bin/true", arguments: ["true"])
         for _ in 0..<5 {

@@ -212,6 +212,12 @@ int nr_is_child_subreaper(void);
 /// prctl(PR_SET_NAME, name): names the calling thread (up to 15 bytes).
 int nr_set_thread_name(const char *name);
 
+/// Unblocks SIGCHLD in the calling thread. The kernel sends a child's SIGCHLD to the thread that cloned it, and
+/// drops it there at once when that thread does not block it (its disposition is the default, ignore); blocked, it
+/// is queued for the process and wakes whichever thread accepts it (libdispatch's sigsuspend on the main thread)
+/// and every signalfd's epoll, once per job. 0 or an errno.
+int nr_accept_child_signals(void);
+
 /// pipe2(O_CLOEXEC), then the read end O_NONBLOCK.
 int nr_output_pipe(int fds[2]);
 
