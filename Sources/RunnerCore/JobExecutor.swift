@@ -131,11 +131,27 @@ struct JobExecutor: Sendable {
             "queue": .string(entry.queue), "stream_id": .string(entry.streamId), "attempt": .int(entry.attempt),
             "isolation": .string(plan.level.rawValue),
         ]
-        // Claim before starting anything: a duplicate entry of a job that already ended must never run.
+        // Claim before starting anything: a duplicate entry of a job that already ended must never run. The job's
+        // folder (and cgroup) is made while the claim's round trip is in flight, and removed again when the claim
+        // says the attempt must not run: nothing of the job runs before the claim.
+        let made = Task { [isolation] () -> Result<JobContainment, IsolationError> in
+            do throws(IsolationError) {
+                return .success(try await JobContainment.create(plan: plan, host: isolation))
+            } catch {
+                return .failure(error)
+            }
+        }
         let startedAt: String
         let attempt: Attempt
         let claim = await detached {
             try await store.claim(entry: entry, owner: owner, receivedData: received, retry: durable)
+        }
+        // Read once: the containment is kept exactly when the claimed branch below goes on to start the job.
+        let stoppedWhileClaiming = Task.isCancelled
+        let startsJob = if case .claimed? = claim { !stoppedWhileClaiming } else { false }
+        let prepared = await made.value
+        if !startsJob, case .success(let unused) = prepared {
+            _ = await unused.finish(logger: logger)
         }
         switch claim {
         case .claimed(let at, let fencingToken, let failures)?:
@@ -145,7 +161,7 @@ struct JobExecutor: Sendable {
                 "job claimed",
                 ["job": entry.jobId, "attempt": String(entry.attempt), "isolation": plan.level.rawValue])
             // Shutdown (or a cancel) reached this slot while the claim was written: do not start it.
-            if Task.isCancelled {
+            if stoppedWhileClaiming {
                 if let cancel = cancellations.request(for: entry.jobId) {
                     return await cancelledBeforeStart(entry, cancel, startedAt: startedAt, owner: owner)
                 }
@@ -191,9 +207,9 @@ struct JobExecutor: Sendable {
         }
 
         let containment: JobContainment
-        do {
-            containment = try await JobContainment.create(plan: plan, host: isolation)
-        } catch {
+        switch prepared {
+        case .success(let ready): containment = ready
+        case .failure(let error):
             logger.warning("cannot set up the job's isolation: \(error.message)", ["job": entry.jobId])
             let record = JobResultRecord(state: .failed, reason: "cannot set up the job's isolation: \(error.message)")
             return await finish(entry, record, startedAt: startedAt, owner: owner)

@@ -521,7 +521,10 @@ final class AttemptTests: IntegrationTestCase {
     }
 
     func testDuplicateEntryOfAFinishedJobNeverRuns() throws {
-        try startRunner()
+        // The duplicate's folder is made while its claim is in flight: it must be gone once the claim refused it.
+        let root = NSTemporaryDirectory() + "nr-dup-root-\(namespace)"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try startRunner(["--work-root", root])
         let marker = FileManager.default.temporaryDirectory.appendingPathComponent("dup-\(namespace)")
         defer { try? FileManager.default.removeItem(at: marker) }
         XCTAssertEqual(cli(["submit", "--wait", "--id", "dup-1", "--", "true"]).code, 0)
@@ -532,6 +535,10 @@ final class AttemptTests: IntegrationTestCase {
         XCTAssertEqual(
             letter["reason"], "job 'dup-1' already ended as succeeded at attempt 1; this duplicate entry was not run")
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker.path), "the duplicate ran")
+        let folders = try FileManager.default.contentsOfDirectory(atPath: root).flatMap { runner in
+            try FileManager.default.contentsOfDirectory(atPath: root + "/" + runner)
+        }
+        XCTAssertTrue(folders.allSatisfy { $0.hasPrefix(".spare-") }, "work folders left: \(folders)")
         XCTAssertEqual(try job("dup-1")["state"], "succeeded")
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
