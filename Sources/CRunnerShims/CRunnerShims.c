@@ -619,10 +619,11 @@ static int nr_parse_stat(const char *path, pid_t pid, nr_proc_entry *entry) {
     int parsed_ppid = 0;
     int parsed_pgrp = 0;
     char parsed_state = 0;
+    int parsed_threads = 0;
     unsigned long long parsed_start = 0;
-    const char *format = " %c %d %d %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %llu";
+    const char *format = " %c %d %d %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %d %*s %llu";
     if (close_paren == NULL || sscanf(close_paren + 1, format, &parsed_state, &parsed_ppid, &parsed_pgrp,
-                                      &parsed_start) != 4) {
+                                      &parsed_threads, &parsed_start) != 5) {
         errno = EINVAL;
         return -1;
     }
@@ -630,6 +631,7 @@ static int nr_parse_stat(const char *path, pid_t pid, nr_proc_entry *entry) {
     entry->ppid = parsed_ppid;
     entry->pgrp = parsed_pgrp;
     entry->state = parsed_state;
+    entry->threads = parsed_threads;
     entry->start_time = parsed_start;
     return 0;
 }

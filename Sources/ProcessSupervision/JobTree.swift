@@ -9,6 +9,7 @@ struct ProcessTable {
         var parent: pid_t
         var group: pid_t
         var isZombie: Bool
+        var threads: Int
         /// Clock ticks after boot; with the pid it names one process for good.
         var startTime: UInt64
     }
@@ -24,7 +25,9 @@ struct ProcessTable {
                 pid: item.pid,
                 parent: item.ppid,
                 group: item.pgrp,
-                isZombie: state == UInt8(ascii: "Z") || state == UInt8(ascii: "X"),
+                // A main thread that exited while other threads run shows 'Z' too: that process is alive.
+                isZombie: (state == UInt8(ascii: "Z") || state == UInt8(ascii: "X")) && item.threads <= 1,
+                threads: Int(item.threads),
                 startTime: item.start_time
             )
             entries[item.pid] = entry

@@ -204,9 +204,33 @@ enum System {
     }
 
     /// The raw bytes of /proc/<pid>/environ (`open`/`read`), or nil when unreadable (gone, a kernel thread, another
-    /// user's). Empty for a zombie.
+    /// user's). Empty for a zombie. A process whose main thread has exited while others run cannot be read there
+    /// (ESRCH), yet is alive: its environment is read through one of its live threads.
     static func environment(of pid: pid_t) -> [UInt8]? {
-        let fd = open("/proc/\(pid)/environ", O_RDONLY | O_CLOEXEC)
+        let bytes = readEnvironment("/proc/\(pid)/environ")
+        if let bytes, !bytes.isEmpty { return bytes }
+        for thread in threadIDs(of: pid) where thread != pid {
+            if let other = readEnvironment("/proc/\(pid)/task/\(thread)/environ"), !other.isEmpty { return other }
+        }
+        return bytes
+    }
+
+    /// The ids of a process's threads (/proc/<pid>/task); empty when it is gone.
+    static func threadIDs(of pid: pid_t) -> [pid_t] {
+        guard let directory = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(directory) }
+        var threads: [pid_t] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if let thread = pid_t(name) { threads.append(thread) }
+        }
+        return threads
+    }
+
+    private static func readEnvironment(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var bytes: [UInt8] = []

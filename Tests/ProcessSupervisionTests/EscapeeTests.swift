@@ -147,6 +147,60 @@ final class EscapeeTests: TemporaryDirectoryTestCase {
         XCTAssertNil(processState(escaped), "the CLONE_PARENT escapee \(escaped) outlived its job")
     }
 
+    func testEscapeeWhoseMainThreadExitedIsFoundByItsMarker() async throws {
+        try await stopLeftoverWithItsMainThreadGone(leavingTheGroup: true)
+    }
+
+    func testGroupMemberWhoseMainThreadExitedCountsAsALeftover() async throws {
+        try await stopLeftoverWithItsMainThreadGone(leavingTheGroup: false)
+    }
+
+    /// A job leaves a process (reparented to the runner; in a session of its own or in the job's group) whose main
+    /// thread has exited while another runs: /proc/<pid>/environ cannot be read (ESRCH) and /proc/<pid>/stat says
+    /// 'Z', yet the process lives on. It must be found (through a live thread's environ) and stopped with the job.
+    private func stopLeftoverWithItsMainThreadGone(leavingTheGroup: Bool, line: UInt = #line) async throws {
+        let python = "/usr/bin/python3"
+        guard access(python, X_OK) == 0 else { throw XCTSkip("no \(python) to end a main thread with") }
+        let script = """
+            import ctypes, os, threading, time
+            ready, told = os.pipe()
+            if os.fork() == 0:
+                if \(leavingTheGroup ? "True" : "False"):
+                    os.setsid()
+                if os.fork() == 0:
+                    null = os.open("/dev/null", os.O_RDWR)
+                    for fd in (0, 1, 2):
+                        os.dup2(null, fd)
+                    threading.Thread(target=time.sleep, args=(300,)).start()
+                    os.write(told, b"%d\\n" % os.getpid())
+                    ctypes.CDLL(None).pthread_exit(None)
+                os._exit(0)
+            os.close(told)
+            pid = int(os.read(ready, 32))
+            print(pid, flush=True)
+            for _ in range(1000):
+                with open("/proc/%d/stat" % pid) as stat:
+                    if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+                time.sleep(0.005)
+            """
+        let spec = ProcessSpec(
+            executable: python, arguments: ["python3", "-c", script], environment: ["PATH": testPath],
+            treeMarker: uniqueMarker())
+        let output = OutputCollector()
+        let process = try await Shared.supervisor.spawn(spec, output: output.handler)
+        let escaped = try await printedPid(output, line: line)
+        addTeardownBlock { kill(escaped, SIGKILL) }
+        XCTAssertEqual(processRelations(escaped)?.group == process.pid, !leavingTheGroup, line: line)
+        let outcome = await process.wait(TerminationPolicy(leftoverGrace: .seconds(2)))
+        XCTAssertEqual(outcome.termination, .exited(0), output.stderrText, line: line)
+        XCTAssertTrue(outcome.leftoverProcessesStopped, "\(outcome)", line: line)
+        let gone = await eventually { processState(escaped) == nil }
+        XCTAssertTrue(
+            gone, "leftover \(escaped), its main thread gone, outlived its job (\(processState(escaped) ?? "-"))",
+            line: line)
+    }
+
     func testNoneLevelSharesTheRunnersGroupYetItsChildrenAreStopped() async throws {
         let isolation = ProcessIsolation(level: .none)
         let (outcome, ids) = try await runToEnd(shell("exec cut -d' ' -f5,6 /proc/self/stat", isolation: isolation))

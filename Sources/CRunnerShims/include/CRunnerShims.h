@@ -152,7 +152,8 @@ typedef struct {
     pid_t pid;
     pid_t ppid;
     pid_t pgrp;
-    char state;                // 'R', 'S', 'Z', ...
+    char state;                // 'R', 'S', 'Z', ...: of the main thread
+    int threads;               // field 20; a 'Z' process with more than one has a main thread gone, others live
     uint64_t start_time;       // field 22: clock ticks after boot; with the pid, it names one process for good
 } nr_proc_entry;
 
