@@ -23,7 +23,10 @@ enum LogsCommand {
                 "no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
         }
         if arguments.flag("--follow") {
-            _ = try await pool.follow(id: id) { print($0, console: console) }
+            // Ends when standard output is gone, like the other streaming commands (`| head -1`: exit 0).
+            _ = try await pool.follow(
+                id: id, output: { print($0, console: console) }, stopped: { console.outputGone() != nil })
+            if let status = try OutputGone.exitStatus(console) { return status }
         } else {
             try await pool.logs(id: id) { print($0, console: console) }
         }

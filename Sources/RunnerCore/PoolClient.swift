@@ -119,10 +119,11 @@ public struct PoolClient: Sendable {
     }
 
     /// Waits until the job's state is terminal, following the events stream (no polling loop), and hands over its
-    /// output as it is written. Returns the result (not terminal if `timeout` passed first), or nil when there is no
-    /// such job. Reads are retried while Redis is unreachable, until the timeout.
+    /// output as it is written. Returns the result (not terminal if `timeout` passed first, or once `stopped` says
+    /// so after a read), or nil when there is no such job. Reads are retried while Redis is unreachable, until the
+    /// timeout.
     public func follow(
-        id: String, timeout: Duration? = nil, output: (LogChunk) -> Void = { _ in }
+        id: String, timeout: Duration? = nil, output: (LogChunk) -> Void = { _ in }, stopped: () -> Bool = { false }
     ) async throws -> [String: [UInt8]]? {
         let deadline = timeout.map { ContinuousClock.now + $0 }
         let retry = RedisRetry.idempotent(deadline: deadline)
@@ -161,6 +162,7 @@ public struct PoolClient: Sendable {
                         logCursor = chunk.entryId
                         output(chunk.chunk)
                     }
+                    if stopped() { return current }
                 }
             }
         }

@@ -2,7 +2,7 @@ import Foundation
 import TestSupport
 import XCTest
 
-/// Streaming commands (`top`, `status --watch`, `events --follow`) end when their standard output goes away: a
+/// Streaming commands (`top`, `status --watch`, `events --follow`, `logs --follow`) end when their standard output goes away: a
 /// reader that closed the pipe (`| head -1`) ends them with exit 0, a closed standard output (`>&-`) with exit 1.
 final class StreamingOutputTests: IntegrationTestCase {
     /// Starts `runner ARGS` with its standard output a pipe, reads its first line, closes the pipe as `head -1`
@@ -68,6 +68,13 @@ final class StreamingOutputTests: IntegrationTestCase {
         }
         try addEvent()
         XCTAssertEqual(try exitStatusAfterTheReaderLeaves(["events", "--follow"], meanwhile: addEvent), 0)
+    }
+
+    func testLogsFollowEndsWhenItsReaderLeavesWhileOutputComes() throws {
+        try startRunner(["--shutdown-timeout", "1s"])  // the job is still writing at the end
+        let script = "for i in $(seq 1000); do echo line $i; sleep 0.02; done"
+        XCTAssertEqual(cli(["submit", "--id", "chatty", "--shell", script]).code, 0)
+        XCTAssertEqual(try exitStatusAfterTheReaderLeaves(["logs", "chatty", "--follow"]), 0)
     }
 
     func testTopWithStandardOutputClosedFailsWithOneLine() throws {
