@@ -134,13 +134,18 @@ struct JobExecutor: Sendable {
         // Claim before starting anything: a duplicate entry of a job that already ended must never run. The job's
         // folder (and cgroup) is made while the claim's round trip is in flight, and removed again when the claim
         // says the attempt must not run: nothing of the job runs before the claim.
-        let made = Task { [isolation] () -> Result<JobContainment, IsolationError> in
-            do throws(IsolationError) {
-                return .success(try await JobContainment.create(plan: plan, host: isolation))
-            } catch {
-                return .failure(error)
+        // Not when a folder of this name is there: a crashed run of this entry left it, and it is replaced only
+        // once the claim lets this attempt run (a runner that keeps work folders keeps that one otherwise).
+        let made: Task<Result<JobContainment, IsolationError>, Never>? =
+            isolation.workspace.hasEntry(name: plan.contextName)
+            ? nil
+            : Task { [isolation] () -> Result<JobContainment, IsolationError> in
+                do throws(IsolationError) {
+                    return .success(try await JobContainment.create(plan: plan, host: isolation))
+                } catch {
+                    return .failure(error)
+                }
             }
-        }
         let startedAt: String
         let attempt: Attempt
         let claim = await detached {
@@ -149,9 +154,9 @@ struct JobExecutor: Sendable {
         // Read once: the containment is kept exactly when the claimed branch below goes on to start the job.
         let stoppedWhileClaiming = Task.isCancelled
         let startsJob = if case .claimed? = claim { !stoppedWhileClaiming } else { false }
-        let prepared = await made.value
-        if !startsJob, case .success(let unused) = prepared {
-            _ = await unused.finish(logger: logger)
+        var prepared = await made?.value
+        if !startsJob, case .success(let unused)? = prepared {
+            await unused.discard(logger: logger)
         }
         switch claim {
         case .claimed(let at, let fencingToken, let failures)?:
@@ -206,8 +211,15 @@ struct JobExecutor: Sendable {
             return .unrecorded
         }
 
+        if prepared == nil {
+            do throws(IsolationError) {
+                prepared = .success(try await JobContainment.create(plan: plan, host: isolation))
+            } catch {
+                prepared = .failure(error)
+            }
+        }
         let containment: JobContainment
-        switch prepared {
+        switch prepared! {
         case .success(let ready): containment = ready
         case .failure(let error):
             logger.warning("cannot set up the job's isolation: \(error.message)", ["job": entry.jobId])

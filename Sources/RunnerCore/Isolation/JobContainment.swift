@@ -79,6 +79,21 @@ final class JobContainment: Sendable {
         }
     }
 
+    /// Undoes `create` for an attempt that never ran (its claim refused it): kills and removes the cgroup and
+    /// gives back the folder even when the runner keeps work folders (nothing of a job ever was in it).
+    func discard(logger: Logger) async {
+        if let cgroup, let driver = host.cgroups {
+            do {
+                try await driver.killAndRemove(cgroup, deadline: .now + .seconds(10))
+            } catch {
+                logger.warning("could not remove the job's cgroup: \(error.message)", ["cgroup": cgroup.name])
+            }
+        }
+        if !(await host.workspace.release(path: workDirectory)) {
+            logger.warning("could not remove the job's work folder", ["path": workDirectory])
+        }
+    }
+
     /// Reads the cgroup's counters, kills what is left in it, removes it and the work folder (unless kept).
     /// Returns the accounting for the result.
     func finish(logger: Logger) async -> JobAccounting {

@@ -190,6 +190,12 @@ struct JobWorkspace: Sendable {
         return await remove(path: path)
     }
 
+    /// Whether a folder (or anything else) of this name is there already: a crashed run of the same entry left it.
+    func hasEntry(name: String) -> Bool {
+        var info = stat()
+        return lstat((directory as NSString).appendingPathComponent(name), &info) == 0
+    }
+
     /// Whether `path` is a kept folder of a finished job (not a leftover of a dead runner).
     func isSpare(_ path: String) -> Bool { spares.contains(path) }
 
