@@ -542,4 +542,18 @@ final class AttemptTests: IntegrationTestCase {
         XCTAssertEqual(try job("dup-1")["state"], "succeeded")
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
+
+    func testADuplicateLeavesNoFolderEvenWhenWorkFoldersAreKept() throws {
+        // With --keep-work-dirs only folders of attempts that ran stay: a refused duplicate's pre-made one goes.
+        let root = NSTemporaryDirectory() + "nr-dup-keep-\(namespace)"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try startRunner(["--work-root", root, "--keep-work-dirs"])
+        XCTAssertEqual(cli(["submit", "--wait", "--id", "dup-k", "--", "true"]).code, 0)
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "dup-k", "spec", #"{"argv":["true"]}"#])
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (try? self.send(["XLEN", self.key("dead")]).int) == 1 })
+        let folders = try FileManager.default.contentsOfDirectory(atPath: root).flatMap { runner in
+            try FileManager.default.contentsOfDirectory(atPath: root + "/" + runner)
+        }
+        XCTAssertEqual(folders.filter { !$0.hasPrefix(".spare-") }.count, 1, "work folders: \(folders)")
+    }
 }
