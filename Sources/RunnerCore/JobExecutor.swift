@@ -136,16 +136,9 @@ struct JobExecutor: Sendable {
         // says the attempt must not run: nothing of the job runs before the claim.
         // Not when a folder of this name is there: a crashed run of this entry left it, and it is replaced only
         // once the claim lets this attempt run (a runner that keeps work folders keeps that one otherwise).
-        let made: Task<Result<JobContainment, IsolationError>, Never>? =
+        let madeEarly: Task<Result<JobContainment, IsolationError>, Never>? =
             isolation.workspace.hasEntry(name: plan.contextName)
-            ? nil
-            : Task { [isolation] () -> Result<JobContainment, IsolationError> in
-                do throws(IsolationError) {
-                    return .success(try await JobContainment.create(plan: plan, host: isolation))
-                } catch {
-                    return .failure(error)
-                }
-            }
+            ? nil : Task { [isolation] in await JobContainment.attempt(plan: plan, host: isolation) }
         let startedAt: String
         let attempt: Attempt
         let claim = await detached {
@@ -154,8 +147,8 @@ struct JobExecutor: Sendable {
         // Read once: the containment is kept exactly when the claimed branch below goes on to start the job.
         let stoppedWhileClaiming = Task.isCancelled
         let startsJob = if case .claimed? = claim { !stoppedWhileClaiming } else { false }
-        var prepared = await made?.value
-        if !startsJob, case .success(let unused)? = prepared {
+        let madeWhileClaiming = await madeEarly?.value
+        if !startsJob, case .success(let unused)? = madeWhileClaiming {
             await unused.discard(logger: logger)
         }
         switch claim {
@@ -211,15 +204,14 @@ struct JobExecutor: Sendable {
             return .unrecorded
         }
 
-        if prepared == nil {
-            do throws(IsolationError) {
-                prepared = .success(try await JobContainment.create(plan: plan, host: isolation))
-            } catch {
-                prepared = .failure(error)
-            }
+        let prepared: Result<JobContainment, IsolationError>
+        if let madeWhileClaiming {
+            prepared = madeWhileClaiming
+        } else {
+            prepared = await JobContainment.attempt(plan: plan, host: isolation)
         }
         let containment: JobContainment
-        switch prepared! {
+        switch prepared {
         case .success(let ready): containment = ready
         case .failure(let error):
             logger.warning("cannot set up the job's isolation: \(error.message)", ["job": entry.jobId])

@@ -41,6 +41,52 @@ final class CrashRecoveryTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
 
+    func testAKeptFolderOfAKilledRunsAttemptSurvivesItsSuccessorReadingTheEntryAgain() throws {
+        // The successor reads the dead run's pending entry, and its claim sends it to be rescheduled: the folder the
+        // attempt used (kept with --keep-work-dirs) must not be replaced on the way.
+        let root = NSTemporaryDirectory() + "nr-kept-\(namespace)"
+        let marker = root + ".marker"
+        defer {
+            try? FileManager.default.removeItem(atPath: root)
+            try? FileManager.default.removeItem(atPath: marker)
+        }
+        let options = ["--lease-ttl", "2s", "--keep-work-dirs", "--work-root", root]
+        let runner = try startRunner(name: "keeper", options)
+        let script =
+            "if [ -f '\(marker)' ]; then echo second run; else touch '\(marker)'; echo kept > \"$NR_WORK_DIR/evidence\"; "
+            + "exec sleep 60; fi"
+        try submit(["--shell", script], id: "kept-1")
+        _ = try runningPid("kept-1")
+        var evidence: String?
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                evidence = self.files(named: "evidence", under: root).first
+                return evidence != nil
+            }, "the first attempt wrote no evidence")
+        runner.signal(SIGKILL)
+        XCTAssertNotNil(runner.waitForExit(timeout: 10))
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.send(["EXISTS", self.key("runner:keeper")]).int) == 0 })
+        try startRunner(name: "keeper", options)
+        XCTAssertEqual(try waitForState("kept-1", ["succeeded"])["output_tail"], "second run\n")
+        XCTAssertEqual(
+            try String(contentsOfFile: try XCTUnwrap(evidence), encoding: .utf8), "kept\n",
+            "the kept folder of the first attempt was replaced")
+    }
+
+    /// Every file of that name one or two folders below `root` (`<root>/<runner>/<job folder>/NAME`).
+    private func files(named name: String, under root: String) -> [String] {
+        let manager = FileManager.default
+        var found: [String] = []
+        for runner in (try? manager.contentsOfDirectory(atPath: root)) ?? [] {
+            for folder in (try? manager.contentsOfDirectory(atPath: "\(root)/\(runner)")) ?? [] {
+                let path = "\(root)/\(runner)/\(folder)/\(name)"
+                if manager.fileExists(atPath: path) { found.append(path) }
+            }
+        }
+        return found
+    }
+
     /// The pids of the runner's watchdog processes (its children named nr-watchdog).
     private func watchdogs(of runner: RunnerUnderTest) -> [Int32] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []

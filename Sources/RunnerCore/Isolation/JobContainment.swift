@@ -35,6 +35,15 @@ final class JobContainment: Sendable {
         return JobContainment(plan: plan, workDirectory: folder, cgroup: cgroup, host: host)
     }
 
+    /// `create`, its error as a value: for a containment made in a task of its own.
+    static func attempt(plan: IsolationPlan, host: IsolationHost) async -> Result<JobContainment, IsolationError> {
+        do throws(IsolationError) {
+            return .success(try await create(plan: plan, host: host))
+        } catch {
+            return .failure(error)
+        }
+    }
+
     /// The process-level isolation for the spawn.
     func processIsolation(hostname: String) -> ProcessIsolation {
         var limits = ProcessIsolation.defaultResourceLimits
