@@ -144,7 +144,7 @@ enum RunnerScripts {
         if redis.call('GET', KEYS[3]) ~= ARGV[9] then return {-1} end
         local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)',
           '\(ResultField.streamId)', '\(ResultField.startedAt)', '\(ResultField.leaseToken)', '\(ResultField.fencingToken)',
-          '\(ResultField.failures)', '\(ResultField.cancelRequestedAt)')
+          '\(ResultField.failures)', '\(ResultField.cancelRequestedAt)', '\(ResultField.submittedAt)')
         \(ControlScripts.claimHonoursCancel)
         if cur[1] then
           if (cur[4] and cur[4] ~= ARGV[4]) or nr_terminal(cur[1]) or cur[1] == '\(JobState.retryScheduled.rawValue)' then
@@ -169,16 +169,18 @@ enum RunnerScripts {
         end
         local ts = nr_now()
         local fencing = redis.call('INCR', KEYS[4])
-        local submitted = redis.call('HGET', KEYS[1], '\(ResultField.submittedAt)') or nr_sid_ms(ARGV[4])
-        redis.call('HDEL', KEYS[1], \(clearedOnStart))
+        local submitted = cur[10] or nr_sid_ms(ARGV[4])
+        -- No record yet (an entry added without `submit`): nothing of an earlier attempt to clear.
+        if cur[1] then redis.call('HDEL', KEYS[1], \(clearedOnStart)) end
         redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.running.rawValue)', '\(ResultField.runner)', ARGV[2],
           '\(ResultField.attempt)', ARGV[3], '\(ResultField.streamId)', ARGV[4], '\(ResultField.queue)', ARGV[5],
           '\(ResultField.startedAt)', ts, '\(ResultField.submittedAt)', submitted, '\(ResultField.spec)', ARGV[7],
           '\(ResultField.leaseToken)', ARGV[9], '\(ResultField.fencingToken)', fencing, '\(ProtocolVersion.field)', NR_V)
         if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], '\(ResultField.idempotencyKey)', ARGV[10]) end
-        local data = cjson.decode(ARGV[8])
-        data['fencing_token'] = fencing
-        nr_emit(KEYS[2], ARGV[6], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], cjson.encode(data))
+        -- The runner's JSON object with the token added as its last member (no decode and encode on every claim).
+        local body = string.sub(ARGV[8], 2, -2)
+        local data = '{' .. body .. (body == '' and '' or ',') .. '"fencing_token":' .. fencing .. '}'
+        nr_emit(KEYS[2], ARGV[6], '\(EventType.jobReceived.rawValue)', ts, ARGV[2], ARGV[1], data)
         return {1, ts, tostring(fencing), cur[8] or '0'}
         """)
 

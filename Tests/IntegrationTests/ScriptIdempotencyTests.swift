@@ -38,6 +38,23 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
 
     private func count(_ type: String) throws -> Int { try events().filter { $0.type == type }.count }
 
+    func testTheReceivedEventCarriesTheRunnersDataAndTheFencingToken() async throws {
+        _ = try await store.submit(id: "r1", spec: JobSpec(command: .argv(["true"])), queue: "default")
+        let entry = try XCTUnwrap(try deliver().entry)
+        let data: JSONValue = [
+            "queue": "default", "stream_id": .string(entry.streamId), "attempt": 1, "note": "a \"}\"",
+        ]
+        let claim = try await store.claim(entry: entry, owner: owner, receivedData: data, retry: retry)
+        guard case .claimed(_, let fencing, _) = claim else { return XCTFail("not claimed: \(claim)") }
+        let received = try XCTUnwrap(try events().first { $0.type == "job.received" })
+        XCTAssertEqual(
+            received.data as NSDictionary,
+            [
+                "queue": "default", "stream_id": entry.streamId, "attempt": 1, "note": "a \"}\"",
+                "fencing_token": try XCTUnwrap(Int(fencing)),
+            ] as NSDictionary)
+    }
+
     func testClaimStartedRetryAndCompleteAreResendSafe() async throws {
         let spec = JobSpec(command: .argv(["true"]), maxAttempts: 2)
         _ = try await store.submit(id: "j1", spec: spec, queue: "default")
@@ -55,6 +72,8 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
         XCTAssertEqual(try job("j1")["fencing_token"], fencing)
         XCTAssertEqual(try job("j1")["lease_token"], "tok")
         XCTAssertEqual(try count("job.received"), 1)
+        let received = try XCTUnwrap(try events().first { $0.type == "job.received" })
+        XCTAssertEqual(received.data as NSDictionary, ["fencing_token": try XCTUnwrap(Int(fencing))] as NSDictionary)
 
         try await store.started(entry: first, owner: owner, pid: 42, retry: retry)
         try await store.started(entry: first, owner: owner, pid: 42, retry: retry)
