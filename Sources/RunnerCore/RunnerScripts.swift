@@ -230,6 +230,9 @@ enum RunnerScripts {
         ResultField.exitCode, ResultField.signal, ResultField.finishedAt, ResultField.durationMs,
         ResultField.outputTail, ResultField.reason, ResultField.forcedKill, ResultField.cpuUserMs,
         ResultField.cpuSystemMs, ResultField.pid, ResultField.requeuedFrom, ResultField.retryAt,
+        // Written only when known: an earlier attempt's must not pass for this one's.
+        ResultField.peakMemoryBytes, ResultField.peakMemorySource, ResultField.processes, ResultField.postHookExitCode,
+        ResultField.isolationRequested,
     ].map { "'\($0)'" }.joined(separator: ", ")
 
     /// KEYS: job hash, jobs stream, events, log stream, lease. ARGV: id, runner, attempt, stream id, group, state,

@@ -55,6 +55,31 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
             ] as NSDictionary)
     }
 
+    func testAnEarlierAttemptsConditionalFieldsAreClearedWhenTheNextStarts() async throws {
+        _ = try await store.submit(id: "m1", spec: JobSpec(command: .argv(["true"]), maxAttempts: 2), queue: "default")
+        let first = try XCTUnwrap(try deliver().entry)
+        _ = try await store.claim(entry: first, owner: owner, receivedData: [:], retry: retry)
+        var failed = JobResultRecord(state: .failed, exitCode: 1, reason: "exited with code 1")
+        failed.accounting = JobAccounting(
+            isolation: .processGroup, requestedIsolation: .namespace, network: .host, limits: JobLimits(),
+            peakMemoryBytes: 123_456, peakMemorySource: "sampled", processes: 4)
+        failed.postHookExitCode = 5
+        _ = try await store.failAttempt(
+            entry: first, owner: owner, result: failed, failures: 1, delayMs: 0, retry: retry)
+        let conditional = [
+            "peak_memory_bytes", "peak_memory_source", "processes", "post_hook_exit_code",
+            "isolation_requested",
+        ]
+        let before = try job("m1")
+        XCTAssertEqual(conditional.filter { before[$0] != nil }, conditional, "\(before)")
+        _ = try await store.moveDue()
+        let second = try XCTUnwrap(try deliver().entry)
+        guard case .claimed = try await store.claim(entry: second, owner: owner, receivedData: [:], retry: retry)
+        else { return XCTFail("the second attempt was not claimed") }
+        let record = try job("m1")
+        XCTAssertEqual(conditional.filter { record[$0] != nil }, [], "\(record)")
+    }
+
     func testClaimStartedRetryAndCompleteAreResendSafe() async throws {
         let spec = JobSpec(command: .argv(["true"]), maxAttempts: 2)
         _ = try await store.submit(id: "j1", spec: spec, queue: "default")
