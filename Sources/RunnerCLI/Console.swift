@@ -7,25 +7,36 @@ public struct Console: Sendable {
     public var err: @Sendable ([UInt8]) -> Void
     /// Whether standard output is a terminal.
     public var isTerminal: Bool
-    /// The errno of the write that found standard output gone (EPIPE: its reader went away; EBADF: it was
-    /// closed), nil while writes succeed. Streaming commands check it and end (`OutputGone`).
+    /// The errno of the first write to standard output that failed (EPIPE: its reader went away; EBADF: it was
+    /// closed; ENOSPC, EIO, ...), nil while writes succeed. Streaming commands check it and end (`OutputGone`);
+    /// every command fails when it was anything but EPIPE.
     public var outputGone: @Sendable () -> Int32?
+    /// Whether standard output's reader has gone without a write having found out yet (a pipe whose read end is
+    /// closed), for a command that may go a while without writing.
+    public var readerLeft: @Sendable () -> Bool
 
     public init(
         out: @escaping @Sendable ([UInt8]) -> Void, err: @escaping @Sendable ([UInt8]) -> Void,
         isTerminal: Bool = false,
-        outputGone: @escaping @Sendable () -> Int32? = { nil }
+        outputGone: @escaping @Sendable () -> Int32? = { nil },
+        readerLeft: @escaping @Sendable () -> Bool = { false }
     ) {
         self.out = out
         self.err = err
         self.isTerminal = isTerminal
         self.outputGone = outputGone
+        self.readerLeft = readerLeft
     }
 
     /// The process's own standard output and error.
     public static let standard = Console(
         out: { Console.writeAll(1, $0) }, err: { Console.writeAll(2, $0) }, isTerminal: isatty(1) == 1,
-        outputGone: { Console.standardOutputGone.load(ordering: .relaxed).nonZero })
+        outputGone: { Console.standardOutputGone.load(ordering: .relaxed).nonZero },
+        readerLeft: {
+            // The write end of a pipe reports POLLERR once its read end is closed.
+            var state = pollfd(fd: 1, events: Int16(POLLOUT), revents: 0)
+            return poll(&state, 1, 0) > 0 && state.revents & Int16(POLLERR | POLLHUP) != 0
+        })
 
     /// Run first: a standard descriptor the process was started without (`>&-`) is opened on /dev/null, so that
     /// no socket or file opened later takes its number and receives output meant for it; a missing standard output
@@ -41,8 +52,8 @@ public struct Console: Sendable {
         }
     }
 
-    /// Set once by the first write to fd 1 that fails with EPIPE or EBADF (SIGPIPE is ignored, so a closed pipe
-    /// shows as EPIPE here instead of killing the process).
+    /// Set once by the first write to fd 1 that fails (SIGPIPE is ignored, so a closed pipe shows as EPIPE here
+    /// instead of killing the process).
     private static let standardOutputGone = Atomic<Int32>(0)
 
     public func print(_ line: String) { out(Array((line + "\n").utf8)) }
@@ -56,8 +67,14 @@ public struct Console: Sendable {
                 if n < 0 {
                     let code = errno
                     if code == EINTR { continue }
-                    if fd == 1, code == EPIPE || code == EBADF {
-                        standardOutputGone.store(code, ordering: .relaxed)
+                    if code == EAGAIN {
+                        // A descriptor inherited non-blocking: wait until it takes more.
+                        var ready = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                        if poll(&ready, 1, -1) >= 0 { continue }
+                    }
+                    // Any failure (a reader gone, a closed descriptor, a full disk) means the output was not seen.
+                    if fd == 1 {
+                        _ = standardOutputGone.compareExchange(expected: 0, desired: code, ordering: .relaxed)
                     }
                     return
                 }

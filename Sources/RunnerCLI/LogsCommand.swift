@@ -25,7 +25,9 @@ enum LogsCommand {
         if arguments.flag("--follow") {
             // Ends when standard output is gone, like the other streaming commands (`| head -1`: exit 0).
             _ = try await pool.follow(
-                id: id, output: { print($0, console: console) }, stopped: { console.outputGone() != nil })
+                id: id, output: { print($0, console: console) },
+                stopped: { console.outputGone() != nil || console.readerLeft() })
+            if console.outputGone() == nil, console.readerLeft() { return 0 }
             if let status = try OutputGone.exitStatus(console) { return status }
         } else {
             try await pool.logs(id: id) { print($0, console: console) }

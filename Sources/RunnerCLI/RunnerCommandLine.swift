@@ -187,7 +187,14 @@ public enum RunnerCommandLine {
                 parsed = try await ConfigurationLayers.applying(to: parsed, host: host)
                 layered = parsed
             }
-            return try await body(parsed, console)
+            let status = try await body(parsed, console)
+            // Output that never reached its reader (a full disk, a closed descriptor) is a failure, whatever the
+            // command did; a reader that left (EPIPE, `| head -1`) is the normal end of a pipeline.
+            if status == 0, let code = console.outputGone(), code != EPIPE {
+                console.error("Error: cannot write to standard output: \(String(cString: strerror(code)))")
+                return 1
+            }
+            return status
         } catch var error as UsageError {
             if let layered { error = ConfigurationLayers.locating(error, in: layered) }
             console.error("Error: \(error.message)")

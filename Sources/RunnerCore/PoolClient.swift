@@ -120,7 +120,7 @@ public struct PoolClient: Sendable {
 
     /// Waits until the job's state is terminal, following the events stream (no polling loop), and hands over its
     /// output as it is written. Returns the result (not terminal if `timeout` passed first, or once `stopped` says
-    /// so after a read), or nil when there is no such job. Reads are retried while Redis is unreachable, until the
+    /// so: it is asked after each read, so at least every 5 s), or nil when there is no such job. Reads are retried while Redis is unreachable, until the
     /// timeout.
     public func follow(
         id: String, timeout: Duration? = nil, output: (LogChunk) -> Void = { _ in }, stopped: () -> Bool = { false }
@@ -134,6 +134,7 @@ public struct PoolClient: Sendable {
         while true {
             let current = try await result(id: id, retry: retry)
             guard let current else { return nil }
+            if stopped() { return current }
             if let state = current[ResultField.state].flatMap({ String(decoding: $0, as: UTF8.self) }),
                 JobState(rawValue: state)?.isTerminal == true
             {

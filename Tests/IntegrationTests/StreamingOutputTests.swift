@@ -77,6 +77,31 @@ final class StreamingOutputTests: IntegrationTestCase {
         XCTAssertEqual(try exitStatusAfterTheReaderLeaves(["logs", "chatty", "--follow"]), 0)
     }
 
+    func testLogsFollowEndsWhenItsReaderLeavesWhileTheJobIsSilent() throws {
+        try startRunner(["--shutdown-timeout", "1s"])  // the job is still running at the end
+        XCTAssertEqual(cli(["submit", "--id", "quiet", "--shell", "echo one line; exec sleep 60"]).code, 0)
+        // Noticed at the next pass of its blocking read (5 s), without any output to fail on.
+        XCTAssertEqual(try exitStatusAfterTheReaderLeaves(["logs", "quiet", "--follow"], timeout: .seconds(12)), 0)
+    }
+
+    func testOutputToAFullDiskFailsWithOneLine() throws {
+        try startRunner()
+        XCTAssertEqual(cli(["submit", "--wait", "--id", "full", "--", "echo", "hello"]).code, 0)
+        for command in [["result", "full"], ["logs", "full"], ["logs", "full", "--follow"]] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments =
+                [
+                    "-c", "exec \"$0\" \"$@\" >/dev/full", Binaries.runner, command[0], "--redis", endpoint.url,
+                    "--namespace", namespace,
+                ] + command.dropFirst()
+            let result = runToEnd(process, timeout: 10)
+            XCTAssertEqual(result.code, 1, "\(command): \(result.err)")
+            XCTAssertEqual(
+                result.err, "Error: cannot write to standard output: No space left on device\n", "\(command)")
+        }
+    }
+
     func testTopWithStandardOutputClosedFailsWithOneLine() throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
