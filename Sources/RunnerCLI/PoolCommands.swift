@@ -57,9 +57,9 @@ enum PoolCommands {
             OptionSpec("--wait-timeout", .value("DURATION"), help: "How long --wait waits.", default: "30s"),
         ], maximumPositionals: 1,
         discussion: """
-            A job not started yet is cancelled at once ('cancelled JOB'). For a running job the command id of the
-            cancel sent to its runner is printed; the runner stops it (SIGTERM, kill grace, SIGKILL) and records
-            state cancelled. A job that has ended is an error (exit 1).
+            A job not started yet is cancelled at once ('cancelled JOB (it was queued)'). For a running job the
+            command id of the cancel sent to its runner is printed; the runner stops it (SIGTERM, kill grace,
+            SIGKILL) and records state cancelled. A job that has ended is an error (exit 1).
             """)
 
     static var sender: String {
