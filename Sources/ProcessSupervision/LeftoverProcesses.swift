@@ -8,16 +8,11 @@ public enum LeftoverProcesses {
     /// pids. Reads /proc/<pid>/environ, which needs the same user or root.
     @discardableResult
     public static func kill(withEnvironment markers: [String: String]) -> [Int32] {
-        guard !markers.isEmpty, let directory = opendir("/proc") else { return [] }
-        defer { closedir(directory) }
+        guard !markers.isEmpty else { return [] }
         let wanted = markers.map { Array("\($0.key)=\($0.value)".utf8) }
         let me = getpid()
         var killed: [Int32] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard let pid = Int32(name), pid != me, pid > 1 else { continue }
+        for pid in System.numberedEntries(of: "/proc") where pid != me && pid > 1 {
             guard let environment = System.environment(of: pid), environment.containsVariables(wanted) else {
                 continue
             }

@@ -209,24 +209,25 @@ enum System {
     static func environment(of pid: pid_t) -> [UInt8]? {
         let bytes = readEnvironment("/proc/\(pid)/environ")
         if let bytes, !bytes.isEmpty { return bytes }
-        for thread in threadIDs(of: pid) where thread != pid {
+        for thread in numberedEntries(of: "/proc/\(pid)/task") where thread != pid {
             if let other = readEnvironment("/proc/\(pid)/task/\(thread)/environ"), !other.isEmpty { return other }
         }
         return bytes
     }
 
-    /// The ids of a process's threads (/proc/<pid>/task); empty when it is gone.
-    static func threadIDs(of pid: pid_t) -> [pid_t] {
-        guard let directory = opendir("/proc/\(pid)/task") else { return [] }
+    /// The entries of a /proc directory that are numbers (`/proc`: processes; `/proc/<pid>/task`: its threads);
+    /// empty when it cannot be read.
+    static func numberedEntries(of path: String) -> [pid_t] {
+        guard let directory = opendir(path) else { return [] }
         defer { closedir(directory) }
-        var threads: [pid_t] = []
+        var numbers: [pid_t] = []
         while let entry = readdir(directory) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) {
                 String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
             }
-            if let thread = pid_t(name) { threads.append(thread) }
+            if let number = pid_t(name) { numbers.append(number) }
         }
-        return threads
+        return numbers
     }
 
     private static func readEnvironment(_ path: String) -> [UInt8]? {

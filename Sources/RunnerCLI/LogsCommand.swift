@@ -27,7 +27,6 @@ enum LogsCommand {
             _ = try await pool.follow(
                 id: id, output: { print($0, console: console) },
                 stopped: { console.outputGone() != nil || console.readerLeft() })
-            if console.outputGone() == nil, console.readerLeft() { return 0 }
             if let status = try OutputGone.exitStatus(console) { return status }
         } else {
             try await pool.logs(id: id) { print($0, console: console) }

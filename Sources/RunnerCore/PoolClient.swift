@@ -120,8 +120,8 @@ public struct PoolClient: Sendable {
 
     /// Waits until the job's state is terminal, following the events stream (no polling loop), and hands over its
     /// output as it is written. Returns the result (not terminal if `timeout` passed first, or once `stopped` says
-    /// so: it is asked after each read, so at least every 5 s), or nil when there is no such job. Reads are retried while Redis is unreachable, until the
-    /// timeout.
+    /// so: it is asked before each read, so at least every 5 s), or nil when there is no such job. Reads are retried
+    /// while Redis is unreachable, until the timeout.
     public func follow(
         id: String, timeout: Duration? = nil, output: (LogChunk) -> Void = { _ in }, stopped: () -> Bool = { false }
     ) async throws -> [String: [UInt8]]? {
@@ -163,7 +163,6 @@ public struct PoolClient: Sendable {
                         logCursor = chunk.entryId
                         output(chunk.chunk)
                     }
-                    if stopped() { return current }
                 }
             }
         }

@@ -91,16 +91,8 @@ final class JobContainment: Sendable {
     /// Undoes `create` for an attempt that never ran (its claim refused it): kills and removes the cgroup and
     /// gives back the folder even when the runner keeps work folders (nothing of a job ever was in it).
     func discard(logger: Logger) async {
-        if let cgroup, let driver = host.cgroups {
-            do {
-                try await driver.killAndRemove(cgroup, deadline: .now + .seconds(10))
-            } catch {
-                logger.warning("could not remove the job's cgroup: \(error.message)", ["cgroup": cgroup.name])
-            }
-        }
-        if !(await host.workspace.release(path: workDirectory)) {
-            logger.warning("could not remove the job's work folder", ["path": workDirectory])
-        }
+        await removeCgroup(logger: logger)
+        await releaseFolder(logger: logger)
     }
 
     /// Reads the cgroup's counters, kills what is left in it, removes it and the work folder (unless kept).
@@ -118,11 +110,7 @@ final class JobContainment: Sendable {
                 accounting.cgroupUserCPU = usage.userCPUTime
                 accounting.cgroupSystemCPU = usage.systemCPUTime
             }
-            do {
-                try await driver.killAndRemove(cgroup, deadline: .now + .seconds(10))
-            } catch {
-                logger.warning("could not remove the job's cgroup: \(error.message)", ["cgroup": cgroup.name])
-            }
+            await removeCgroup(logger: logger)
         } else {
             let sampled = peak.withLock { $0.peakBytes }
             if sampled > 0 {
@@ -130,10 +118,25 @@ final class JobContainment: Sendable {
                 accounting.peakMemorySource = "sampled"
             }
         }
-        if !host.configuration.keepWorkFolders, !(await host.workspace.release(path: workDirectory)) {
+        if !host.configuration.keepWorkFolders { await releaseFolder(logger: logger) }
+        return accounting
+    }
+
+    /// Kills what is left in the cgroup and removes it.
+    private func removeCgroup(logger: Logger) async {
+        guard let cgroup, let driver = host.cgroups else { return }
+        do {
+            try await driver.killAndRemove(cgroup, deadline: .now + .seconds(10))
+        } catch {
+            logger.warning("could not remove the job's cgroup: \(error.message)", ["cgroup": cgroup.name])
+        }
+    }
+
+    /// Gives the work folder back: kept as a spare when left as made, else removed.
+    private func releaseFolder(logger: Logger) async {
+        if !(await host.workspace.release(path: workDirectory)) {
             logger.warning("could not remove the job's work folder", ["path": workDirectory])
         }
-        return accounting
     }
 }
 

@@ -201,10 +201,7 @@ struct JobWorkspace: Sendable {
 
     /// Removes the kept folders (at a clean exit).
     func removeSpares() {
-        for spare in spares.takeAll() {
-            rmdir(spare + "/tmp")
-            rmdir(spare)
-        }
+        for spare in spares.takeAll() { _ = JobWorkspace.removeAsMade(spare) }
     }
 
     /// `path` is a directory of the jobs' user on the runner directory's file system with nothing in it but an
