@@ -5,23 +5,24 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
 
-// Asked for the runner's end: 8 MiB holds about ten thousand queued commands (each message costs ~768 bytes of
-// socket memory), so a burst of watches never finds the queue full while the watchdog is merely descheduled.
+// Asked for the runner's end: 8 MiB holds about twenty thousand queued commands (each message costs a few hundred
+// bytes of socket memory), so a watchdog that is merely descheduled never finds its queue full.
 #define NR_WATCHDOG_SEND_BUFFER (8 << 20)
 
 // ---------------------------------------------------------------------------------------------------------------
 // The child. It is a copy-on-write copy of a multithreaded process in which only the cloning thread exists: other
 // threads may have held locks (malloc's, stdio's, the dynamic linker's) that nobody will release here. So it makes
 // raw system calls only, through syscall(), whose PLT entry the parent resolved before the clone (as it did errno's
-// __errno_location), and keeps its state in these statics (its own copies: the parent never writes them).
+// __errno_location), and keeps its state in these statics (its own copies: the parent never writes them). The one
+// thing it shares with the runner is the group table, which it only reads.
 
-static pid_t nr_wd_groups[NR_WATCHDOG_MAX_GROUPS];
-static int nr_wd_group_count;
+static const int32_t *nr_wd_groups;
 static int nr_wd_armed;
 static int64_t nr_wd_deadline_ns;
 static pid_t nr_wd_self;
@@ -64,31 +65,29 @@ static void nr_wd_reject(int socket_fd, const nr_watchdog_command *command, int 
     report.command_kind = command->kind;
     report.group = command->group;
     report.error = error;
-    report.watched = nr_wd_group_count;
+    report.watched = 0;
     report.signalled = 0;
     report.deadline_ns = 0;
     report.fired_ns = 0;
     nr_wd_report(socket_fd, &report);
 }
 
-// SIGKILL to every watched group: how many the signal reached.
-static int nr_wd_kill_groups(void) {
-    int signalled = 0;
-    for (int i = 0; i < nr_wd_group_count; i++) {
-        if (syscall(SYS_kill, -nr_wd_groups[i], SIGKILL) == 0) {
-            signalled++;
+// SIGKILL to every group in the table: how many groups there were, and how many the signal reached.
+static void nr_wd_kill_groups(int *watched, int *signalled) {
+    *watched = 0;
+    *signalled = 0;
+    for (int i = 0; i < NR_WATCHDOG_MAX_GROUPS; i++) {
+        pid_t group = __atomic_load_n(&nr_wd_groups[i], __ATOMIC_SEQ_CST);
+        // kill(-1) would reach every process we may signal, kill(-0) our own group: never those, whatever the
+        // table says. Our own session's group would end the watchdog midway through a kill.
+        if (group <= 1 || group == nr_wd_self) {
+            continue;
+        }
+        (*watched)++;
+        if (syscall(SYS_kill, -group, SIGKILL) == 0) {
+            (*signalled)++;
         }
     }
-    return signalled;
-}
-
-static int nr_wd_find_group(pid_t group) {
-    for (int i = 0; i < nr_wd_group_count; i++) {
-        if (nr_wd_groups[i] == group) {
-            return i;
-        }
-    }
-    return -1;
 }
 
 __attribute__((noreturn)) static void nr_wd_exit(int status) {
@@ -107,26 +106,6 @@ static void nr_wd_handle(int socket_fd, int timer_fd, const nr_watchdog_command 
         nr_wd_armed = 0;
         nr_wd_set_timer(timer_fd, -1);
         return;
-    case NR_WATCHDOG_ADD_GROUP:
-        // kill(-1) would reach every process we may signal, kill(-0) our own group: never accept those. Our own
-        // session's group would end the watchdog midway through a kill.
-        if (command->group <= 1 || command->group == nr_wd_self) {
-            nr_wd_reject(socket_fd, command, EINVAL);
-        } else if (nr_wd_find_group(command->group) >= 0) {
-            return;
-        } else if (nr_wd_group_count >= NR_WATCHDOG_MAX_GROUPS) {
-            nr_wd_reject(socket_fd, command, ENOSPC);
-        } else {
-            nr_wd_groups[nr_wd_group_count++] = command->group;
-        }
-        return;
-    case NR_WATCHDOG_REMOVE_GROUP: {
-        int index = nr_wd_find_group(command->group);
-        if (index >= 0) {
-            nr_wd_groups[index] = nr_wd_groups[--nr_wd_group_count];
-        }
-        return;
-    }
     case NR_WATCHDOG_QUIT:
         nr_wd_exit(NR_WATCHDOG_EXIT_QUIT);
     default:
@@ -165,8 +144,7 @@ static void nr_wd_fire(int socket_fd, int timer_fd) {
     report.command_kind = 0;
     report.group = 0;
     report.error = 0;
-    report.watched = nr_wd_group_count;
-    report.signalled = nr_wd_kill_groups();
+    nr_wd_kill_groups(&report.watched, &report.signalled);
     report.deadline_ns = nr_wd_deadline_ns;
     report.fired_ns = nr_wd_now_ns();
     nr_wd_armed = 0;
@@ -191,7 +169,8 @@ __attribute__((noreturn)) static void nr_wd_serve(int socket_fd, int timer_fd) {
         }
         // Commands first: an ARM already queued when the deadline passed was sent before it, so it counts.
         if (fds[0].revents != 0 && nr_wd_drain_commands(socket_fd, timer_fd) < 0) {
-            nr_wd_kill_groups();
+            int watched, signalled;
+            nr_wd_kill_groups(&watched, &signalled);
             nr_wd_exit(NR_WATCHDOG_EXIT_RUNNER_GONE);
         }
         if (nr_wd_armed && nr_wd_now_ns() >= nr_wd_deadline_ns) {
@@ -200,7 +179,7 @@ __attribute__((noreturn)) static void nr_wd_serve(int socket_fd, int timer_fd) {
     }
 }
 
-__attribute__((noreturn)) static void nr_wd_child_main(int socket_fd, int timer_fd) {
+__attribute__((noreturn)) static void nr_wd_child_main(int socket_fd, int timer_fd, const int32_t *groups) {
     // Every signal is still blocked (the parent blocked them before the clone). The runner's handlers would run
     // its code in a process that has none of its threads: reset every disposition. Then ignore what is meant for
     // the runner or its terminal: the watchdog ends by QUIT or by the runner's death (or SIGKILL), so that a
@@ -226,7 +205,7 @@ __attribute__((noreturn)) static void nr_wd_child_main(int socket_fd, int timer_
     nr_close_fd_range(low + 1, high - 1);
     nr_close_fd_range(high + 1, ~0U);
 
-    nr_wd_group_count = 0;
+    nr_wd_groups = groups;
     nr_wd_armed = 0;
     uint64_t empty = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, NR_KERNEL_SIGSET_SIZE);
@@ -246,6 +225,7 @@ int nr_watchdog_start(nr_watchdog_started *started) {
     started->pid = -1;
     started->pidfd = -1;
     started->socket_fd = -1;
+    started->groups = NULL;
     started->failed_step = NR_WATCHDOG_STEP_NONE;
     started->failed_errno = 0;
 
@@ -274,6 +254,18 @@ int nr_watchdog_start(nr_watchdog_started *started) {
         return nr_wd_fail(started, NR_WATCHDOG_STEP_TIMERFD, err);
     }
 
+    // Shared with the child (no CLONE_VM: everything else is its own copy). Zero-filled: every slot free.
+    void *table = mmap(NULL, NR_WATCHDOG_MAX_GROUPS * sizeof(int32_t), PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (table == MAP_FAILED) {
+        int err = errno;
+        close(runner_fd);
+        close(watchdog_fd);
+        close(timer_fd);
+        return nr_wd_fail(started, NR_WATCHDOG_STEP_MMAP, err);
+    }
+    int32_t *groups = (int32_t *)table;
+
     // Block every signal (glibc's internal ones too, hence the raw syscall) so that no handler of the runner runs
     // in the child before it has reset the dispositions; the child inherits this mask. This call also resolves the
     // PLT entry of syscall(), and `errno = 0` that of __errno_location, before the child needs them.
@@ -288,7 +280,7 @@ int nr_watchdog_start(nr_watchdog_started *started) {
     int pidfd = -1;
     long pid = syscall(SYS_clone, (unsigned long)(CLONE_PIDFD | SIGCHLD), NULL, &pidfd, NULL, NULL);
     if (pid == 0) {
-        nr_wd_child_main(watchdog_fd, timer_fd);
+        nr_wd_child_main(watchdog_fd, timer_fd, groups);
     }
     int clone_errno = errno;
 
@@ -297,12 +289,22 @@ int nr_watchdog_start(nr_watchdog_started *started) {
     close(timer_fd);
     if (pid < 0) {
         close(runner_fd);
+        munmap(table, NR_WATCHDOG_MAX_GROUPS * sizeof(int32_t));
         return nr_wd_fail(started, NR_WATCHDOG_STEP_CLONE, clone_errno);
     }
     started->pid = (pid_t)pid;
     started->pidfd = pidfd;
     started->socket_fd = runner_fd;
+    started->groups = groups;
     return 0;
+}
+
+void nr_watchdog_set_group(int32_t *groups, int slot, int32_t group) {
+    __atomic_store_n(&groups[slot], group, __ATOMIC_SEQ_CST);
+}
+
+void nr_watchdog_release_groups(int32_t *groups) {
+    munmap(groups, NR_WATCHDOG_MAX_GROUPS * sizeof(int32_t));
 }
 
 int nr_watchdog_send(int fd, const nr_watchdog_command *command) {

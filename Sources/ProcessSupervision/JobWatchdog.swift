@@ -16,7 +16,9 @@ import Synchronization
 /// named `nr-watchdog`. Its pid is registered with the `ProcessSupervisor` orphan sweep as not an orphan: it is
 /// reaped here, by a dedicated thread that also reads its reports.
 ///
-/// Commands never block and never raise SIGPIPE: when the watchdog is gone or not reading they throw.
+/// Commands never block and never raise SIGPIPE: when the watchdog is gone or not reading they throw. The watched
+/// groups are not commands: they are in a table shared with the watchdog (one memory page set, mapped before the
+/// clone), which it reads when it kills, so watching a job's group costs one store and wakes nobody.
 public final class JobWatchdog: Sendable {
     /// How many process groups one watchdog can watch.
     public static let capacity = Int(NR_WATCHDOG_MAX_GROUPS)
@@ -25,8 +27,8 @@ public final class JobWatchdog: Sendable {
     public enum Event: Sendable, Equatable {
         /// An armed deadline passed: every watched group was sent SIGKILL. The watchdog is disarmed now.
         case fired(Firing)
-        /// The watchdog refused to watch `processGroup` (`errno` ENOSPC: its table is full; EINVAL: not a group it
-        /// may kill). `watch(processGroup:)` checks both first, so this means the two sides disagree.
+        /// The watchdog refused a command (`errno` EINVAL: a kind it does not know, a message of the wrong size):
+        /// the two sides disagree.
         case rejected(processGroup: Int32, errno: Int32)
         /// The watchdog process ended and was reaped.
         case exited(Ending)
@@ -119,8 +121,9 @@ public final class JobWatchdog: Sendable {
         try channel.send(nr_watchdog_command(NR_WATCHDOG_DISARM), "disarm")
     }
 
-    /// Adds a job's process group (ADD_GROUP). Watching a group twice is watching it once. Throws `.tableFull` when
-    /// `capacity` groups are watched, `.invalidProcessGroup` for a pgid of 1 or less or the watchdog's own.
+    /// Adds a job's process group to the shared table. Watching a group twice is watching it once. Throws
+    /// `.tableFull` when `capacity` groups are watched, `.invalidProcessGroup` for a pgid of 1 or less or the
+    /// watchdog's own, `.gone` once the watchdog has been stopped or has exited.
     ///
     /// Unwatch a group as soon as its job has ended: once the group's last process is reaped, the pgid is free for
     /// reuse (when the pid numbers wrap around), and a later firing would signal whoever leads it then.
@@ -128,9 +131,9 @@ public final class JobWatchdog: Sendable {
         try channel.watch(pgid)
     }
 
-    /// Removes a process group (REMOVE_GROUP); one not watched is ignored.
-    public func unwatch(processGroup pgid: Int32) throws(WatchdogError) {
-        try channel.unwatch(pgid)
+    /// Removes a process group from the shared table; one not watched is ignored.
+    public func unwatch(processGroup pgid: Int32) {
+        channel.unwatch(pgid)
     }
 
     /// Tells the watchdog to quit (QUIT: it kills nothing) and waits until it has been reaped; returns how it ended
@@ -176,6 +179,7 @@ public final class JobWatchdog: Sendable {
         case NR_WATCHDOG_STEP_SOCKETPAIR.rawValue: "socketpair"
         case NR_WATCHDOG_STEP_TIMERFD.rawValue: "timerfd_create"
         case NR_WATCHDOG_STEP_CLONE.rawValue: "clone"
+        case NR_WATCHDOG_STEP_MMAP.rawValue: "mmap of the group table"
         default: "step \(step)"
         }
     }
@@ -188,8 +192,10 @@ final class WatchdogChannel: Sendable {
     private struct State {
         /// False once QUIT or shutdown(SHUT_WR) went out, or the socket is closed: nothing more is sent.
         var writable = true
-        /// The groups the watchdog has been told to watch; mirrors its table, so a full one fails here, at once.
-        var watched: Set<Int32> = []
+        /// The watched groups and their slots in the shared table.
+        var watched: [Int32: Int32] = [:]
+        /// The table's free slots, the lowest last.
+        var freeSlots: [Int32] = (0..<Int32(JobWatchdog.capacity)).reversed()
         /// Set by the reader thread after the reap, in the same critical section as the close of the socket.
         var ending: JobWatchdog.Ending?
         var waiters: [CheckedContinuation<JobWatchdog.Ending, Never>] = []
@@ -198,6 +204,9 @@ final class WatchdogChannel: Sendable {
     private let pid: pid_t
     private let pidfd: Int32
     private let socketFD: Int32
+    /// The group table shared with the watchdog, written under `state`'s lock only and unmapped (under it too) once
+    /// the watchdog has been reaped.
+    private nonisolated(unsafe) let groups: UnsafeMutablePointer<Int32>
     private let events: AsyncStream<JobWatchdog.Event>.Continuation
     private let state = Mutex(State())
 
@@ -205,6 +214,7 @@ final class WatchdogChannel: Sendable {
         self.pid = started.pid
         self.pidfd = started.pidfd
         self.socketFD = started.socket_fd
+        self.groups = started.groups
         self.events = events
     }
 
@@ -222,21 +232,22 @@ final class WatchdogChannel: Sendable {
             guard pgid > 1, pgid != pid else {
                 throw failure(.invalidProcessGroup, EINVAL, what, "not a process group the watchdog may kill")
             }
-            guard !state.watched.contains(pgid) else { return }
-            guard state.watched.count < JobWatchdog.capacity else {
+            guard state.watched[pgid] == nil else { return }
+            guard state.writable else { throw failure(.gone, 0, what, "it has been stopped or has exited") }
+            guard let slot = state.freeSlots.popLast() else {
                 throw failure(.tableFull, ENOSPC, what, "it watches \(JobWatchdog.capacity) groups already")
             }
-            try send(nr_watchdog_command(NR_WATCHDOG_ADD_GROUP, group: pgid), what, writable: state.writable)
-            state.watched.insert(pgid)
+            nr_watchdog_set_group(groups, slot, pgid)
+            state.watched[pgid] = slot
         }
     }
 
-    func unwatch(_ pgid: Int32) throws(WatchdogError) {
-        try state.withLock { (state: inout State) throws(WatchdogError) in
-            guard state.watched.contains(pgid) else { return }
-            let command = nr_watchdog_command(NR_WATCHDOG_REMOVE_GROUP, group: pgid)
-            try send(command, "unwatch process group \(pgid)", writable: state.writable)
-            state.watched.remove(pgid)
+    func unwatch(_ pgid: Int32) {
+        state.withLock { state in
+            guard let slot = state.watched.removeValue(forKey: pgid) else { return }
+            // Also once the watchdog is gone: the table is unmapped only when `ending` is set.
+            if state.ending == nil { nr_watchdog_set_group(groups, slot, 0) }
+            state.freeSlots.append(slot)
         }
     }
 
@@ -314,6 +325,7 @@ final class WatchdogChannel: Sendable {
             state.writable = false
             System.close(pidfd)
             System.close(socketFD)
+            nr_watchdog_release_groups(groups)
             state.ending = ending
             defer { state.waiters = [] }
             return state.waiters

@@ -213,7 +213,7 @@ final class WatchdogKillSwitch: JobKillSwitch {
         // job's (the main process is reaped only after wait returns, and unwatch comes first).
         state.withLock { guarded in
             guarded.groups.remove(process.pid)
-            tell { try guarded.watchdog.unwatch(processGroup: process.pid) }
+            guarded.watchdog.unwatch(processGroup: process.pid)
         }
         inProcess.unwatch(process)
     }

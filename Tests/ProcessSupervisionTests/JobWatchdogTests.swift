@@ -73,7 +73,7 @@ final class JobWatchdogTests: XCTestCase {
         let log = EventLog(watchdog)
         try watchdog.watch(processGroup: kept.pid)
         try watchdog.watch(processGroup: killed.pid)
-        try watchdog.unwatch(processGroup: kept.pid)
+        watchdog.unwatch(processGroup: kept.pid)
         try watchdog.arm(until: .now + .milliseconds(200))
 
         let fired = await eventually { !log.firings.isEmpty }
@@ -183,7 +183,7 @@ final class JobWatchdogTests: XCTestCase {
         XCTAssertEqual(log.firings.first?.watchedGroups, JobWatchdog.capacity)
         XCTAssertEqual(log.firings.first?.signalledGroups, 0)
 
-        try watchdog.unwatch(processGroup: groups[5])
+        watchdog.unwatch(processGroup: groups[5])
         try watchdog.watch(processGroup: extra)
         try watchdog.arm(until: .now)
         let firedAgain = await eventually { log.firings.count == 2 }
@@ -194,6 +194,38 @@ final class JobWatchdogTests: XCTestCase {
         XCTAssertEqual(ending, .stopped)
         let events = await log.finished()
         XCTAssertFalse(events.contains { if case .rejected = $0 { true } else { false } }, "\(events)")
+    }
+
+    func testWatchingGroupsSendsTheStoppedWatchdogNothingAndItStillKillsWhatIsWatched() async throws {
+        let job = try await Shared.supervisor.spawn(sleep300, output: { _, _ in })
+        let bystander = try await Shared.supervisor.spawn(sleep300, output: { _, _ in })
+        let watchdog = try JobWatchdog()
+        let log = EventLog(watchdog)
+        try await firedOnce(watchdog, log)  // in its loop: stopped below while serving, not in its set-up
+        XCTAssertEqual(kill(watchdog.pid, SIGSTOP), 0)
+        let stopped = await eventually { processState(watchdog.pid) == "T" }
+        XCTAssertTrue(stopped)
+        // Far more watches and unwatches than its command queue holds (about twenty thousand): none is a message
+        // it would have to read, so none fails while it does not read.
+        for round in 0..<Int32(100_000) {
+            let group = 100_000_000 + round  // above any pid_max: nothing real
+            try watchdog.watch(processGroup: group)
+            watchdog.unwatch(processGroup: group)
+        }
+        try watchdog.watch(processGroup: job.pid)
+        XCTAssertEqual(kill(watchdog.pid, SIGCONT), 0)
+        try watchdog.arm(until: .now - .seconds(1))  // passed already: fires once it reads this
+
+        let fired = await eventually { log.firings.count == 2 }
+        XCTAssertTrue(fired, "no second firing reported: \(log.firings)")
+        XCTAssertEqual(log.firings.last?.watchedGroups, 1)
+        XCTAssertEqual(log.firings.last?.signalledGroups, 1)
+        let outcome = await job.wait(killedByWatchdog)
+        XCTAssertEqual(outcome.termination, .signaled(SIGKILL))
+        watchdog.unwatch(processGroup: job.pid)
+        let ending = await watchdog.stop()
+        XCTAssertEqual(ending, .stopped)
+        await assertSurvived(bystander, "a group that was never watched was killed")
     }
 
     func testCommandToAWatchdogThatDiedFailsWithoutSIGPIPE() async throws {
@@ -246,7 +278,7 @@ final class JobWatchdogTests: XCTestCase {
         XCTAssertEqual(kill(watchdog.pid, SIGSTOP), 0)
         let stopped = await eventually { processState(watchdog.pid) == "T" }
         XCTAssertTrue(stopped)
-        // Nobody reads now: the queue fills (about ten thousand commands) and the next command fails at once.
+        // Nobody reads now: the queue fills (about twenty thousand commands) and the next command fails at once.
         var code: WatchdogError.Code?
         var sent = 0
         while code == nil, sent < 1_000_000 {
