@@ -102,14 +102,14 @@ struct JobExecutor: Sendable {
             return await reject(entry, fields: fields, reason: refusal.message, owner: epoch.owner)
         }
         if let memory = plan.limits.memoryBytes {
-            guard await admission.admit(key: entry.streamId, bytes: UInt64(memory)) else {
+            guard await admission.admit(key: entry.deliveryKey, bytes: UInt64(memory)) else {
                 return await handBack(entry, epoch: epoch, reason: "runner shutting down")
             }
         }
         containments.reserve(contextName: plan.contextName)
         let outcome = await execute(entry, fields: fields, epoch: epoch, plan: plan, processEnded: processEnded)
         containments.release(contextName: plan.contextName)
-        await admission.release(key: entry.streamId)
+        await admission.release(key: entry.deliveryKey)
         return outcome
     }
 
@@ -273,7 +273,7 @@ struct JobExecutor: Sendable {
         killSwitch.watch(process)
         containment.started(pid: process.pid)
         logger.debug("job started", ["job": entry.jobId, "pid": String(process.pid)])
-        containments.add(streamId: entry.streamId, jobId: entry.jobId, containment: containment)
+        containments.add(entry.deliveryKey, jobId: entry.jobId, containment: containment)
         // Without a cgroup to count it, peak memory is the largest sampled RSS of the job's processes. The first
         // sample waits one interval: a sample reads every process's stat, too dear for each short job, whose peak
         // the kernel's own ru_maxrss of the main process gives at its end anyway.
@@ -293,7 +293,7 @@ struct JobExecutor: Sendable {
         // The pid and `job.started` land before the result: written while the job ran, or now with it.
         let startedPid: Int32? = await watch.stop() ? process.pid : nil
         containment.recordMainProcessPeak(bytes: outcome.maxResidentBytes)
-        containments.remove(streamId: entry.streamId)
+        containments.remove(entry.deliveryKey)
         // In the work folder, so before the containment is finished (which removes it).
         let postHookExit =
             epoch.isOverdue

@@ -11,7 +11,7 @@ actor JobSlots {
     }
 
     let capacity: Int
-    private var slots: [String: Slot] = [:]  // by stream entry id
+    private var slots: [DeliveryKey: Slot] = [:]
     private var freeWaiters: [Latch] = []
     private var emptyWaiters: [Latch] = []
 
@@ -24,32 +24,33 @@ actor JobSlots {
     /// Jobs taken and not yet recorded, their processes running or not.
     var inFlight: Int { slots.count }
     var runningJobIds: [String] { slots.values.map(\.jobId).sorted() }
-    var runningStreamIds: Set<String> { Set(slots.keys) }
+    /// The entries taken and not yet recorded (running, or their result being written).
+    var runningKeys: Set<DeliveryKey> { Set(slots.keys) }
 
     /// Takes a slot for an entry before its task exists, so that a fast job's `release` can't precede it.
-    func reserve(streamId: String, jobId: String) {
-        slots[streamId] = Slot(jobId: jobId)
+    func reserve(_ key: DeliveryKey, jobId: String) {
+        slots[key] = Slot(jobId: jobId)
     }
 
     /// Attaches the task running a reserved slot (ignored if the slot was already released).
-    func attach(streamId: String, task: Task<Void, Never>) {
-        guard slots[streamId] != nil else { return }
-        slots[streamId]?.task = task
-        if slots[streamId]?.cancelled == true { task.cancel() }
+    func attach(_ key: DeliveryKey, task: Task<Void, Never>) {
+        guard slots[key] != nil else { return }
+        slots[key]?.task = task
+        if slots[key]?.cancelled == true { task.cancel() }
     }
 
-    /// The job's process has ended: its slot is free for the next job (it stays in `runningStreamIds` and
+    /// The job's process has ended: its slot is free for the next job (it stays in `runningKeys` and
     /// `runningJobIds` until `release`, since its entry is pending until its result is written).
-    func processEnded(streamId: String) {
-        guard slots[streamId] != nil, slots[streamId]?.processEnded == false else { return }
-        slots[streamId]?.processEnded = true
+    func processEnded(_ key: DeliveryKey) {
+        guard slots[key] != nil, slots[key]?.processEnded == false else { return }
+        slots[key]?.processEnded = true
         let waiters = freeWaiters
         freeWaiters.removeAll()
         waiters.forEach { $0.fire() }
     }
 
-    func release(streamId: String) {
-        guard slots.removeValue(forKey: streamId) != nil else { return }
+    func release(_ key: DeliveryKey) {
+        guard slots.removeValue(forKey: key) != nil else { return }
         let waiters = freeWaiters
         freeWaiters.removeAll()
         waiters.forEach { $0.fire() }
@@ -78,17 +79,17 @@ actor JobSlots {
 
     /// Cancels the task of one job (a cancel command); false when it does not run here.
     func cancel(jobId: String) -> Bool {
-        guard let (streamId, slot) = slots.first(where: { $0.value.jobId == jobId }) else { return false }
-        slots[streamId]?.cancelled = true
+        guard let (key, slot) = slots.first(where: { $0.value.jobId == jobId }) else { return false }
+        slots[key]?.cancelled = true
         slot.task?.cancel()
         return true
     }
 
     /// Cancels the tasks of these entries (jobs that wait and have not started: they are handed back).
-    func cancel(streamIds: some Sequence<String>) {
-        for id in streamIds where slots[id] != nil {
-            slots[id]?.cancelled = true
-            slots[id]?.task?.cancel()
+    func cancel(_ keys: some Sequence<DeliveryKey>) {
+        for key in keys where slots[key] != nil {
+            slots[key]?.cancelled = true
+            slots[key]?.task?.cancel()
         }
     }
 

@@ -23,8 +23,8 @@ final class PrefetchBuffer: Sendable {
     /// How many more entries fit.
     var room: Int { state.withLock { capacity - $0.entries.count } }
 
-    /// The stream ids held: pending entries that are not strays although no slot runs them.
-    var streamIds: Set<String> { state.withLock { Set($0.entries.map(\.streamId)) } }
+    /// The entries held: pending entries that are not strays although no slot runs them.
+    var keys: Set<DeliveryKey> { state.withLock { Set($0.entries.map(\.key)) } }
 
     /// Adds entries read under `epoch`; what does not fit, or was read under another epoch than those held, is
     /// returned for the caller to hand back.

@@ -261,8 +261,8 @@ public final class Worker: Sendable {
         if operations.mode.withLock({ $0.migration }) != nil {
             // Received but not started: back to the queue now, not after the running jobs (also those waiting
             // in a slot for memory).
-            await slots.cancel(streamIds: await admission.waiting.keys)
-            await handBackUndelivered(intake: intake, store: store, lease: lease, except: await slots.runningStreamIds)
+            await slots.cancel(await admission.waiting.keys)
+            await handBackUndelivered(intake: intake, store: store, lease: lease, except: await slots.runningKeys)
         }
         if !nameLost.isFired {
             try? await presence.publish(
@@ -375,8 +375,8 @@ public final class Worker: Sendable {
     private func hasStrayPending() async throws -> Bool {
         // The buffer before the slots: an entry moving from one to the other between the two looks stray at worst
         // (a needless rescan), never the other way round.
-        let prefetched = prefetch.streamIds
-        let running = await slots.runningStreamIds.union(prefetched)
+        let prefetched = prefetch.keys
+        let running = await slots.runningKeys.union(prefetched)
         for queue in routes.readOrder {
             let reply = try await presenceClient.send(
                 RedisCommand([
@@ -384,7 +384,7 @@ public final class Worker: Sendable {
                     configuration.name,
                 ]))
             let ids = (reply.array ?? []).compactMap { $0.array?.first?.string }
-            if ids.contains(where: { !running.contains($0) }) { return true }
+            if ids.contains(where: { !running.contains(DeliveryKey(queue: queue, streamId: $0)) }) { return true }
         }
         return false
     }
@@ -650,12 +650,12 @@ public final class Worker: Sendable {
                     }
                     // Up to `free` of them, in order: cursors move only past what is taken (or already runs here),
                     // so the rest come with the next page.
-                    let running = await slots.runningStreamIds
+                    let running = await slots.runningKeys
                     var taken: [Delivery] = []
                     for delivery in page {
                         guard taken.count < free else { break }
                         cursors[delivery.queue] = delivery.streamId
-                        guard !running.contains(delivery.streamId) else { continue }
+                        guard !running.contains(delivery.key) else { continue }
                         taken.append(delivery)
                     }
                     // Pending entries stay this name's either way: what is not started now is read again.
@@ -689,9 +689,9 @@ public final class Worker: Sendable {
                             // once it is less than half full: one read for several jobs, not one for each.
                             let room = readAheadRoom(intake)
                             if queueHadMore, room > 0, prefetch.capacity - room < (prefetch.capacity + 1) / 2 {
-                                let skip = await slots.runningStreamIds.union(prefetch.streamIds)
+                                let skip = await slots.runningKeys.union(prefetch.keys)
                                 let more = try await intake.readNew(count: room, wait: false).filter {
-                                    !skip.contains($0.streamId)
+                                    !skip.contains($0.key)
                                 }
                                 queueHadMore = more.count >= room
                                 keepAhead(more, epoch: epoch, store: executor.store)
@@ -702,8 +702,8 @@ public final class Worker: Sendable {
                     // An entry that runs here already can come again as new when its group was recreated from 0:
                     // one copy runs, the entry stays pending until that copy's result acknowledges it.
                     let room = readAheadRoom(intake)
-                    let skip = await slots.runningStreamIds.union(prefetch.streamIds)
-                    let deliveries = try await intake.readNew(count: free + room).filter { !skip.contains($0.streamId) }
+                    let skip = await slots.runningKeys.union(prefetch.keys)
+                    let deliveries = try await intake.readNew(count: free + room).filter { !skip.contains($0.key) }
                     queueHadMore = room > 0 && deliveries.count >= free + room
                     // Drained (or shut down) while the read was blocked: what it brought goes back at once.
                     if !operations.intakeOpen, !deliveries.isEmpty {
@@ -774,20 +774,20 @@ public final class Worker: Sendable {
         operations.mode.withLock { $0.took(1) }
         if !operations.intakeOpen { operations.updateGate() }
         let jobId = delivery.fields.flatMap { JobEntry.jobId(in: $0) } ?? delivery.streamId
-        await slots.reserve(streamId: delivery.streamId, jobId: jobId)
+        await slots.reserve(delivery.key, jobId: jobId)
         metrics.jobStarted()
         let task = Task {
             let outcome = await executor.run(delivery, epoch: epoch) {
-                await self.slots.processEnded(streamId: delivery.streamId)
+                await self.slots.processEnded(delivery.key)
             }
             // A cancel that came too late for this attempt must not apply to a later one.
             self.operations.cancellations.remove(jobId: jobId)
             self.count(outcome)
             if case .retried(let delay) = outcome { self.moveWhenDue(after: delay, store: executor.store) }
-            await self.slots.release(streamId: delivery.streamId)
+            await self.slots.release(delivery.key)
             self.metrics.jobEnded()
         }
-        await slots.attach(streamId: delivery.streamId, task: task)
+        await slots.attach(delivery.key, task: task)
     }
 
     /// The runner that scheduled a retry moves it back onto its queue when it is due, so that it starts on time;
@@ -829,7 +829,7 @@ public final class Worker: Sendable {
 
     /// Entries delivered to this consumer but never started (a read that raced the shutdown) go back to the queue.
     private func handBackUndelivered(
-        intake: JobIntake, store: JobStore, lease: LeaseKeeper, except running: Set<String> = []
+        intake: JobIntake, store: JobStore, lease: LeaseKeeper, except running: Set<DeliveryKey> = []
     ) async {
         let reader = JobIntake(
             client: jobsClient, keyspace: intake.keyspace, consumer: intake.consumer, queues: intake.queues,
@@ -844,7 +844,7 @@ public final class Worker: Sendable {
             else { return }
             for delivery in page {
                 cursors[delivery.queue] = delivery.streamId
-                guard !running.contains(delivery.streamId) else { continue }
+                guard !running.contains(delivery.key) else { continue }
                 let outcome = await JobExecutor.handBackUnstarted(delivery, store: store, epoch: epoch)
                 count(outcome)
             }

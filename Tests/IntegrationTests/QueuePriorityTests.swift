@@ -52,4 +52,43 @@ final class QueuePriorityTests: IntegrationTestCase {
         for id in ["default-gpu", "default-any", "high-gpu", "high-any"] { try waitForState(id, ["succeeded"]) }
         XCTAssertEqual(try startOrder(), ["high-any", "high-gpu", "default-any", "default-gpu"])
     }
+
+    /// Entry ids are unique only per stream: the same id in two queues is two jobs, which a runner reading both runs
+    /// side by side (not the second one a pending rescan later), each in a work folder of its own although their
+    /// job ids sanitise alike, each acked on its own stream.
+    func testTheSameEntryIdInTwoQueuesIsTwoJobsThatRunAtOnce() throws {
+        try startRunner(["--no-reaper", "--concurrency", "2", "--queue", "qa", "--queue", "qb"])
+        let release = FileManager.default.temporaryDirectory.appendingPathComponent("release-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: release) }
+        // Each job prints its work folder, then holds its slot until the test has seen both run.
+        let spec = #"{"shell":"pwd; while [ ! -e \#(release.path) ]; do sleep 0.05; done"}"#
+        let sameId = "5000000000000-0"
+        let jobs = ["qa": "coll.1", "qb": "coll:1"]
+        for (queue, id) in jobs.sorted(by: { $0.key < $1.key }) {
+            XCTAssertEqual(
+                try send(["XADD", key("jobs:\(queue)"), sameId, "id", id, "spec", spec]).string, sameId, queue)
+        }
+        var states: [String: String] = [:]
+        let together = try waitUntil(timeout: .seconds(5)) {
+            for id in jobs.values { states[id] = try job(id)["state"] ?? "" }
+            return states.values.allSatisfy { $0 == "running" }
+        }
+        FileManager.default.createFile(atPath: release.path, contents: nil)
+        XCTAssertTrue(together, "both jobs run at the same time: \(states)")
+        var folders: Set<String> = []
+        for (queue, id) in jobs {
+            let record = try waitForState(id, ["succeeded"])
+            XCTAssertEqual(record["queue"], queue, id)
+            XCTAssertEqual(record["stream_id"], sameId, id)
+            XCTAssertEqual(try events(of: id).filter { $0 == "job.started" }.count, 1, "\(id) ran once")
+            folders.insert(String(decoding: try logBytes(id).stdout, as: UTF8.self))
+        }
+        XCTAssertEqual(folders.count, 2, "a work folder each: \(folders)")
+        for queue in jobs.keys {
+            XCTAssertTrue(
+                try waitUntil(timeout: .seconds(5)) {
+                    try self.send(["XPENDING", self.key("jobs:\(queue)"), "runners"]).array?.first?.int == 0
+                }, "the entry is acked on \(queue)")
+        }
+    }
 }

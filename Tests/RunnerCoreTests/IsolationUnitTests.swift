@@ -56,12 +56,38 @@ final class SecretMaskerTests: XCTestCase {
 
 final class IsolationContextNameTests: XCTestCase {
     func testNamesAreSafeAndCarryTheStreamId() {
-        let name = isolationContextName(jobId: "../../etc/passwd ü", streamId: "1700000000000-3")
-        XCTAssertEqual(name, "job-1700000000000-3-______etc_passwd__")
+        let delivery = DeliveryKey(queue: "default", streamId: "1700000000000-3")
+        let name = isolationContextName(jobId: "../../etc/passwd ü", delivery: delivery)
+        XCTAssertTrue(name.hasPrefix("job-1700000000000-3-"), name)
+        XCTAssertTrue(name.hasSuffix("-______etc_passwd__"), name)
         XCTAssertFalse(name.contains("/"))
+        XCTAssertEqual(name, isolationContextName(jobId: "../../etc/passwd ü", delivery: delivery), "stable")
         XCTAssertEqual(streamId(inContextName: name), "1700000000000-3")
         XCTAssertNil(streamId(inContextName: "supervisor"))
         XCTAssertNil(streamId(inContextName: "job-abc-1-x"))
+    }
+
+    /// Two deliveries that run at once on one runner: the same entry id in two queues, job ids that sanitise alike.
+    func testDeliveriesOfTheSameStreamIdRunningAtOnceGetDifferentNames() {
+        let sameId = "5000000000000-0"
+        let names = [
+            isolationContextName(jobId: "coll.1", delivery: DeliveryKey(queue: "qa", streamId: sameId)),
+            isolationContextName(jobId: "coll:1", delivery: DeliveryKey(queue: "qb", streamId: sameId)),
+            // Another queue alone, or another job id alone, is enough.
+            isolationContextName(jobId: "coll.1", delivery: DeliveryKey(queue: "qb", streamId: sameId)),
+            isolationContextName(jobId: "coll:1", delivery: DeliveryKey(queue: "qa", streamId: sameId)),
+        ]
+        XCTAssertEqual(Set(names).count, names.count, "\(names)")
+        for name in names {
+            XCTAssertTrue(name.hasPrefix("job-"), "found by the cleanup's prefix: \(name)")
+            XCTAssertTrue(name.hasSuffix("-coll_1"), "readable: \(name)")
+            XCTAssertEqual(streamId(inContextName: name), sameId)
+        }
+        // The longest job id and stream id still make a name far within a file name's 255 bytes.
+        let longest = isolationContextName(
+            jobId: String(repeating: "x", count: 200),
+            delivery: DeliveryKey(queue: "q", streamId: "18446744073709551615-18446744073709551615"))
+        XCTAssertLessThanOrEqual(longest.utf8.count, 100, longest)
     }
 }
 
@@ -245,7 +271,7 @@ final class IsolationPlanTests: XCTestCase {
     func testDefaultsAndNetworkNoneRaisesTheLevel() throws {
         let plan = try host().plan(for: try entry(#"{"argv":["x"]}"#)).get()
         XCTAssertEqual(plan.level, .processGroup)
-        XCTAssertEqual(plan.contextName, "job-5-1-j")
+        XCTAssertTrue(plan.contextName.hasPrefix("job-5-1-") && plan.contextName.hasSuffix("-j"), plan.contextName)
         let isolated = try host().plan(for: try entry(#"{"argv":["x"],"network":"none"}"#)).get()
         XCTAssertEqual(isolated.level, .namespace)
         XCTAssertEqual(isolated.network, NetworkMode.none)
@@ -314,15 +340,20 @@ private struct FakeDriver: CgroupDriver {
 }
 
 final class MemoryAdmissionTests: XCTestCase {
+    private func key(_ streamId: String, queue: String = "default") -> DeliveryKey {
+        DeliveryKey(queue: queue, streamId: streamId)
+    }
+
     func testAJobWaitsUntilTheMemoryIsThereAndIsReported() async {
         let available = Mutex<UInt64>(100)
         let changes = Mutex(0)
         let admission = MemoryAdmission(
             totalBytes: 1000, availableBytes: { available.withLock { $0 } }, changed: { changes.withLock { $0 += 1 } })
-        let first = await admission.admit(key: "a", bytes: 80, interval: .milliseconds(5))
+        let first = await admission.admit(key: key("a"), bytes: 80, interval: .milliseconds(5))
         XCTAssertTrue(first)
-        let waiter = Task { await admission.admit(key: "b", bytes: 500, interval: .milliseconds(5)) }
-        let reportedWaiting = await pollUntil { await admission.waiting == ["b": 500] }
+        let (b, c) = (key("b"), key("c"))
+        let waiter = Task { await admission.admit(key: b, bytes: 500, interval: .milliseconds(5)) }
+        let reportedWaiting = await pollUntil { await admission.waiting == [b: 500] }
         XCTAssertTrue(reportedWaiting)
         available.withLock { $0 = 600 }
         let admitted = await waiter.value
@@ -333,13 +364,13 @@ final class MemoryAdmissionTests: XCTestCase {
         XCTAssertEqual(reserved, 580)
         XCTAssertEqual(changes.withLock { $0 }, 2, "once when it began to wait, once when it stopped")
         // More than the total less what is reserved waits even when the host shows it free.
-        let blocked = Task { await admission.admit(key: "c", bytes: 500, interval: .milliseconds(5)) }
-        let waitsForTotal = await pollUntil { await admission.waiting["c"] == 500 }
+        let blocked = Task { await admission.admit(key: c, bytes: 500, interval: .milliseconds(5)) }
+        let waitsForTotal = await pollUntil { await admission.waiting[c] == 500 }
         XCTAssertTrue(waitsForTotal)
         blocked.cancel()
         let cancelled = await blocked.value
         XCTAssertFalse(cancelled)
-        await admission.release(key: "b")
+        await admission.release(key: key("b"))
         let left = await admission.reservedBytes
         XCTAssertEqual(left, 80)
     }
@@ -351,6 +382,17 @@ final class MemoryAdmissionTests: XCTestCase {
             try? await Task.sleep(for: .milliseconds(2))
         }
         return false
+    }
+    func testEntriesOfTheSameIdInTwoQueuesReserveApart() async {
+        let admission = MemoryAdmission(totalBytes: 1000, availableBytes: { 1000 })
+        let first = await admission.admit(key: key("5-0", queue: "qa"), bytes: 300)
+        let second = await admission.admit(key: key("5-0", queue: "qb"), bytes: 400)
+        XCTAssertTrue(first && second)
+        let both = await admission.reservedBytes
+        XCTAssertEqual(both, 700)
+        await admission.release(key: key("5-0", queue: "qa"))
+        let left = await admission.reservedBytes
+        XCTAssertEqual(left, 400, "the other queue's job still holds its memory")
     }
 }
 

@@ -34,14 +34,18 @@ final class LatchTests: XCTestCase {
 }
 
 final class JobSlotsTests: XCTestCase {
+    private func key(_ streamId: String, queue: String = "default") -> DeliveryKey {
+        DeliveryKey(queue: queue, streamId: streamId)
+    }
+
     func testReserveReleaseAndLatches() async {
         let slots = JobSlots(capacity: 2)
         let initiallyFree = await slots.free
         XCTAssertEqual(initiallyFree, 2)
         let idle = await slots.emptyLatch()
         XCTAssertTrue(idle.isFired)
-        await slots.reserve(streamId: "1-0", jobId: "a")
-        await slots.reserve(streamId: "2-0", jobId: "b")
+        await slots.reserve(key("1-0"), jobId: "a")
+        await slots.reserve(key("2-0"), jobId: "b")
         let free = await slots.free
         let ids = await slots.runningJobIds
         XCTAssertEqual(free, 0)
@@ -49,16 +53,28 @@ final class JobSlotsTests: XCTestCase {
         let freeLatch = await slots.freeSlotLatch()
         let emptyLatch = await slots.emptyLatch()
         XCTAssertFalse(freeLatch.isFired)
-        await slots.release(streamId: "1-0")
+        await slots.release(key("1-0"))
         XCTAssertTrue(freeLatch.isFired)
         XCTAssertFalse(emptyLatch.isFired)
-        await slots.release(streamId: "2-0")
+        await slots.release(key("2-0"))
         XCTAssertTrue(emptyLatch.isFired)
         // Releasing twice, or a task attached after release, changes nothing.
-        await slots.release(streamId: "2-0")
-        await slots.attach(streamId: "2-0", task: Task {})
+        await slots.release(key("2-0"))
+        await slots.attach(key("2-0"), task: Task {})
         let after = await slots.free
         XCTAssertEqual(after, 2)
+    }
+    func testTheSameStreamIdInTwoQueuesTakesTwoSlots() async {
+        let slots = JobSlots(capacity: 2)
+        await slots.reserve(key("5-0", queue: "qa"), jobId: "same-a")
+        await slots.reserve(key("5-0", queue: "qb"), jobId: "same-b")
+        let free = await slots.free
+        let running = await slots.runningKeys
+        XCTAssertEqual(free, 0)
+        XCTAssertEqual(running, [key("5-0", queue: "qa"), key("5-0", queue: "qb")])
+        await slots.release(key("5-0", queue: "qa"))
+        let ids = await slots.runningJobIds
+        XCTAssertEqual(ids, ["same-b"])
     }
 }
 

@@ -12,22 +12,36 @@ func runnerContextName(namespace: String, runner: String, pool: String) -> Strin
             return (c.isASCII && (c.isLetter || c.isNumber)) || c == "-" || c == "_" || c == "." ? c : "_"
         })
     guard safe != exact || exact.hasPrefix(".") else { return exact }
-    var hash: UInt32 = 2_166_136_261  // FNV-1a
-    for byte in exact.utf8 {
-        hash ^= UInt32(byte)
-        hash = hash &* 16_777_619
-    }
-    return safe + "-" + String(hash, radix: 16)
+    return safe + "-" + String(fnv1a32(exact.utf8), radix: 16)
 }
 
-/// The name of a job attempt's isolation contexts (work folder, cgroup): from its stream entry id, unique per
-/// delivery and safe in a path, with a readable prefix of the job id.
-func isolationContextName(jobId: String, streamId: String) -> String {
+/// The name of a job attempt's isolation contexts (work folder, cgroup), safe in a path:
+/// `job-<stream entry id>-<hash>-<readable prefix of the job id>`.
+///
+/// The entry id alone is unique only within its stream: two queues read by one runner can hold entries of the same
+/// id, running at once, whose job ids sanitise alike (`coll.1`, `coll:1`). The hash (8 hex digits of an FNV-1a hash
+/// of the queue and the exact job id) tells those apart; the same delivery always gets the same name, so that a
+/// crashed run's folder of the entry is recognised. Every name starts with `job-`, what cleanup of a dead runner's
+/// contexts matches.
+func isolationContextName(jobId: String, delivery: DeliveryKey) -> String {
     let readable = jobId.unicodeScalars.prefix(40).map { scalar -> Character in
         let c = Character(scalar)
         return (c.isASCII && (c.isLetter || c.isNumber)) || c == "-" || c == "_" ? c : "_"
     }
-    return "job-\(streamId)-\(String(readable))"
+    // A job id never holds a NUL (control characters are refused): queue and job id cannot run into each other.
+    let hex = String(fnv1a32((delivery.queue + "\u{0}" + jobId).utf8), radix: 16)
+    let hash = String(repeating: "0", count: 8 - hex.count) + hex
+    return "job-\(delivery.streamId)-\(hash)-\(String(readable))"
+}
+
+/// The 32-bit FNV-1a hash of some bytes: short, stable across runs and builds (unlike `Hasher`).
+private func fnv1a32(_ bytes: some Sequence<UInt8>) -> UInt32 {
+    var hash: UInt32 = 2_166_136_261
+    for byte in bytes {
+        hash ^= UInt32(byte)
+        hash = hash &* 16_777_619
+    }
+    return hash
 }
 
 /// The stream entry id inside a name made by `isolationContextName`, nil for anything else.

@@ -158,7 +158,7 @@ final class IsolationHost: Sendable {
         return .success(
             IsolationPlan(
                 level: level, requested: requested, network: effectiveNetwork, limits: limits,
-                contextName: isolationContextName(jobId: entry.jobId, streamId: entry.streamId),
+                contextName: isolationContextName(jobId: entry.jobId, delivery: entry.deliveryKey),
                 requestedNetwork: network))
     }
 }

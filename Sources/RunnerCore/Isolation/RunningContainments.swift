@@ -1,6 +1,6 @@
 import Synchronization
 
-/// The containments of the attempts running now, by stream entry id: what the resource monitor samples and what
+/// The containments of the attempts running now, by delivery: what the resource monitor samples and what
 /// orphan cleanup must leave alone.
 final class RunningContainments: Sendable {
     struct Running: Sendable {
@@ -8,7 +8,7 @@ final class RunningContainments: Sendable {
         var containment: JobContainment
     }
 
-    private let table = Mutex<[String: Running]>([:])
+    private let table = Mutex<[DeliveryKey: Running]>([:])
     /// Names of contexts being made, in use or being removed: taken before anything is created, so that a cleanup
     /// pass that lists the folders and cgroups first and reads this afterwards never removes a job's.
     private let names = Mutex<[String: Int]>([:])
@@ -22,12 +22,12 @@ final class RunningContainments: Sendable {
         }
     }
 
-    func add(streamId: String, jobId: String, containment: JobContainment) {
-        table.withLock { $0[streamId] = Running(jobId: jobId, containment: containment) }
+    func add(_ key: DeliveryKey, jobId: String, containment: JobContainment) {
+        table.withLock { $0[key] = Running(jobId: jobId, containment: containment) }
     }
 
-    func remove(streamId: String) {
-        _ = table.withLock { $0.removeValue(forKey: streamId) }
+    func remove(_ key: DeliveryKey) {
+        _ = table.withLock { $0.removeValue(forKey: key) }
     }
 
     var all: [Running] { table.withLock { Array($0.values) } }
@@ -42,8 +42,8 @@ final class RunningContainments: Sendable {
 actor MemoryAdmission {
     private let totalBytes: UInt64?
     private let availableBytes: @Sendable () -> UInt64?
-    private var reserved: [String: UInt64] = [:]
-    private var waiters: [String: UInt64] = [:]
+    private var reserved: [DeliveryKey: UInt64] = [:]
+    private var waiters: [DeliveryKey: UInt64] = [:]
     private let changed: @Sendable () -> Void
 
     /// `availableBytes` reads the host's available memory; `changed` is told when the waiting set changes.
@@ -59,10 +59,10 @@ actor MemoryAdmission {
     /// Bytes reserved by admitted jobs.
     var reservedBytes: UInt64 { reserved.values.reduce(0, +) }
     /// Jobs waiting for memory, with what they declared.
-    var waiting: [String: UInt64] { waiters }
+    var waiting: [DeliveryKey: UInt64] { waiters }
 
     /// Waits until `bytes` can be given (polling every `interval`); false when the task was cancelled first.
-    func admit(key: String, bytes: UInt64, interval: Duration = .milliseconds(250)) async -> Bool {
+    func admit(key: DeliveryKey, bytes: UInt64, interval: Duration = .milliseconds(250)) async -> Bool {
         var announced = false
         defer {
             if announced {
@@ -85,7 +85,7 @@ actor MemoryAdmission {
         return false
     }
 
-    func release(key: String) { reserved[key] = nil }
+    func release(key: DeliveryKey) { reserved[key] = nil }
 
     private func fits(_ bytes: UInt64) -> Bool {
         let reserved = reservedBytes
