@@ -1022,3 +1022,39 @@ void nr_eventfd_drain(int fd) {
 }
 
 long nr_xattr_list_size(int fd) { return (long)flistxattr(fd, NULL, 0); }
+
+int nr_dir_holds_only(int fd, const char *only) {
+    // struct linux_dirent64 as the kernel writes it (glibc declares no type for the raw call).
+    struct entry {
+        uint64_t inode;
+        int64_t offset;
+        unsigned short length;
+        unsigned char type;
+        char name[];
+    };
+    _Alignas(8) char buffer[2048];
+    int found = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, buffer, sizeof buffer);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        if (n == 0) {
+            return only == NULL ? found == 0 : found == 1;
+        }
+        for (long at = 0; at < n;) {
+            const struct entry *e = (const struct entry *)(buffer + at);
+            at += e->length;
+            if (strcmp(e->name, ".") == 0 || strcmp(e->name, "..") == 0) {
+                continue;
+            }
+            if (only == NULL || found > 0 || strcmp(e->name, only) != 0) {
+                return 0;
+            }
+            found = 1;
+        }
+    }
+}

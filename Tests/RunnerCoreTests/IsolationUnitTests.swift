@@ -155,6 +155,7 @@ final class WorkspaceReuseTests: XCTestCase {
         var before = stat()
         XCTAssertEqual(lstat(first, &before), 0)
         XCTAssertEqual(chmod(first, 0o755), 0, "a mode the job set is not kept")
+        XCTAssertEqual(chmod(first + "/tmp", 0o1777), 0, "nor one it set on tmp")
         let released = await workspace.release(path: first)
         XCTAssertTrue(released)
         XCTAssertFalse(FileManager.default.fileExists(atPath: first), "nothing stays under the job's name")

@@ -249,6 +249,11 @@ void nr_eventfd_drain(int fd);
 /// flistxattr(fd, NULL, 0): the size of the list of the file's extended attribute names (0: none), or -1 with errno.
 long nr_xattr_list_size(int fd);
 
+/// Whether the directory open at `fd` (read from its start, with getdents64 on `fd` itself: no stream, no dup)
+/// holds exactly one entry besides "." and "..", named `only`, or none at all when `only` is NULL: 1 yes, 0 no,
+/// -1 with errno when it cannot be read.
+int nr_dir_holds_only(int fd, const char *only);
+
 #ifdef __cplusplus
 }
 #endif

@@ -98,9 +98,16 @@ struct JobWorkspace: Sendable {
     static func unsafeReason(_ path: String) -> String? {
         var info = stat()
         guard lstat(path, &info) == 0 else { return errnoText() }
+        return unsafeReason(of: info)
+    }
+
+    /// Why a directory with this `lstat` must not be trusted, or nil when it can be.
+    private static func unsafeReason(of info: stat) -> String? {
         if (info.st_mode & S_IFMT) == S_IFLNK { return "it is a symbolic link" }
         guard (info.st_mode & S_IFMT) == S_IFDIR else { return "it is not a directory" }
-        if info.st_uid != geteuid() && info.st_uid != 0 { return "it belongs to uid \(info.st_uid), not to the runner" }
+        if info.st_uid != runnerUser && info.st_uid != 0 {
+            return "it belongs to uid \(info.st_uid), not to the runner"
+        }
         if info.st_mode & 0o022 != 0 {
             return "others can write to it (mode \(String(info.st_mode & 0o7777, radix: 8)))"
         }
@@ -123,7 +130,7 @@ struct JobWorkspace: Sendable {
         if let unsafe = unsafeReason(root) {
             return IsolationError(.workspace, "the work root \(root) is not safe to use: \(unsafe)")
         }
-        if let unsafe = unsafeReason(directory) {
+        if let unsafe = unsafeReason(of: info) {
             return IsolationError(.workspace, "the work folder \(directory) is not safe to use: \(unsafe)")
         }
         return nil
@@ -210,40 +217,25 @@ struct JobWorkspace: Sendable {
     private static func isAsMade(_ path: String, owner: (uid: UInt32, gid: UInt32)?, directory: String) -> Bool {
         var runnerInfo = stat()
         guard lstat(directory, &runnerInfo) == 0 else { return false }
-        let uid = owner?.uid ?? geteuid()
-        func opened(_ fd: Int32) -> Bool {
+        let uid = owner?.uid ?? runnerUser
+        // Every job's path: two opens, two fstat, two getdents64 each, and a chmod only for a mode the job changed.
+        func asMade(_ fd: Int32, holdingOnly only: String?) -> Bool {
             var info = stat()
-            return fd >= 0 && fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR && info.st_uid == uid
-                && info.st_dev == runnerInfo.st_dev && nr_xattr_list_size(fd) == 0
+            guard fd >= 0, fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == uid,
+                info.st_dev == runnerInfo.st_dev, nr_xattr_list_size(fd) == 0, nr_dir_holds_only(fd, only) == 1
+            else { return false }
+            return info.st_mode & 0o7777 == 0o700 || fchmod(fd, 0o700) == 0
         }
         let folder = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         defer { if folder >= 0 { close(folder) } }
-        guard opened(folder), entryNames(folder) == ["tmp"] else { return false }
+        guard asMade(folder, holdingOnly: "tmp") else { return false }
         let tmp = openat(folder, "tmp", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         defer { if tmp >= 0 { close(tmp) } }
-        guard opened(tmp), entryNames(tmp) == [] else { return false }
-        return fchmod(folder, 0o700) == 0 && fchmod(tmp, 0o700) == 0
+        return asMade(tmp, holdingOnly: nil)
     }
 
-    /// The names in an open directory, without `.` and `..`; nil when it cannot be read or has more than two.
-    private static func entryNames(_ fd: Int32) -> [String]? {
-        let copy = dup(fd)
-        guard copy >= 0, let stream = fdopendir(copy) else {
-            if copy >= 0 { close(copy) }
-            return nil
-        }
-        defer { closedir(stream) }
-        var names: [String] = []
-        while let entry = readdir(stream) {
-            let name = withUnsafePointer(to: entry.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
-            if name == "." || name == ".." { continue }
-            names.append(name)
-            if names.count > 2 { return nil }
-        }
-        return names
-    }
+    /// The runner's effective uid, which does not change while it runs.
+    private static let runnerUser = geteuid()
 
     /// Folders under this runner's directory whose names are not in `keeping` (the running jobs').
     /// Nothing when the runner's directory or the work root is not safe (a link, or another user's): listing through
