@@ -44,10 +44,26 @@ final class CommandLineTests: XCTestCase {
         let (code, out, err) = await run(["submit", "--bogus", "--", "true"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(out, "")
-        let lines = err.split(separator: "\n")
-        XCTAssertEqual(lines.first, "Error: unknown option '--bogus'")
-        XCTAssertTrue(lines[1].hasPrefix("Usage: runner submit "))
-        XCTAssertEqual(lines.last, "See 'runner submit --help'.")
+        XCTAssertEqual(err, "Error: unknown option '--bogus'\nSee 'runner submit --help'.\n")
+    }
+
+    /// A usage error is the `Error:` line and a pointer to --help, whatever the subcommand (the usage line of some
+    /// is hundreds of characters: --help has it).
+    func testAUsageErrorIsTwoShortLines() async {
+        let cases: [([String], String)] = [
+            (["submit", "--memory", "lots", "--", "true"], "submit"), (["submit"], "submit"),
+            (["worker", "--concurrency", "0"], "worker"), (["control", "--interval", "x"], "control"),
+            (["result"], "result"), (["logs", "a", "b"], "logs"), (["config"], "config"),
+        ]
+        for (arguments, name) in cases {
+            let (code, out, err) = await run(arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(out, "")
+            let lines = err.split(separator: "\n", omittingEmptySubsequences: false)
+            XCTAssertEqual(lines.count, 3, "\(arguments): \(err)")
+            XCTAssertTrue(lines.first?.hasPrefix("Error: ") == true, err)
+            XCTAssertEqual(lines.dropFirst().first, "See 'runner \(name) --help'.", "\(arguments)")
+        }
     }
 
     func testMissingValueAndBadValues() async {
