@@ -63,9 +63,15 @@ enum SubmitCommand {
             and prints that job's id (with --json, "existing": true); --wait then waits for that job.
 
             Values of --secret-env variables, and of variables named *_TOKEN, *_SECRET or *_PASSWORD, are shown as
-            *** in the job's log and output tail. A job asking for an isolation level or a limit the runner cannot
-            give is rejected with the reason (see 'runner result').
+            *** in the job's log and output tail. A limit or --network none that the --isolation given cannot
+            enforce is refused here (exit 2); a job asking for an isolation level or a limit the runner cannot give
+            is rejected with the reason (see 'runner result').
             """)
+
+    /// The option that sets each limit (by its key in the spec's `limits`).
+    private static let limitOptions = [
+        JobLimits.Key.memoryBytes: "--memory", JobLimits.Key.pids: "--pids", JobLimits.Key.cpuMillis: "--cpu",
+    ]
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let command: JobSpec.Command
@@ -142,7 +148,18 @@ enum SubmitCommand {
         for name in jobSpec.secretEnvironment where environment[name] == nil {
             throw UsageError("--secret-env \(name) names no --env variable", command: spec.name)
         }
-        // The runner's own validation, so that what it would reject is refused here, before anything is queued.
+        // The runner's own validation, so that what it would reject is refused here, before anything is queued:
+        // what the named level cannot enforce (the runner's default level is not known here), then the spec.
+        if let level = jobSpec.isolation,
+            let shortfall = IsolationShortfall.first(
+                network: jobSpec.network ?? .host, limits: jobSpec.limits, at: level)
+        {
+            let option = shortfall.key == JobSpec.Key.network ? "--network none" : limitOptions[shortfall.key]
+            let levels = shortfall.sufficient.map(\.rawValue).joined(separator: " or ")
+            throw UsageError(
+                option.map { "\($0) needs --isolation \(levels), not \(level.rawValue)" }
+                    ?? "invalid job: \(shortfall.message)", command: spec.name)
+        }
         do {
             _ = try JobSpec(json: Array(jobSpec.json.serialized.utf8))
         } catch {

@@ -112,6 +112,41 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err.split(separator: "\n").first, "Error: unexpected argument 'b'")
     }
 
+    /// What the named isolation level cannot enforce is refused at submit, as the runner would refuse it, naming
+    /// the option and the level.
+    func testSubmitRefusesWhatTheIsolationLevelCannotEnforce() async {
+        let cases: [([String], String)] = [
+            (
+                ["--memory", "64M", "--isolation", "process_group"],
+                "--memory needs --isolation cgroup, not process_group"
+            ),
+            (["--pids", "10", "--isolation", "namespace"], "--pids needs --isolation cgroup, not namespace"),
+            (["--cpu", "500", "--isolation", "none"], "--cpu needs --isolation cgroup, not none"),
+            (
+                ["--network", "none", "--isolation", "process_group"],
+                "--network none needs --isolation namespace or cgroup, not process_group"
+            ),
+            (
+                ["--network", "none", "--memory", "64M", "--isolation", "namespace"],
+                "--memory needs --isolation cgroup, not namespace"
+            ),
+        ]
+        for (options, message) in cases {
+            // A Redis that is not there: without the check, the submit would fail to connect (exit 1).
+            let (code, out, err) = await run(["submit", "--redis", "127.0.0.1:1"] + options + ["--", "true"])
+            XCTAssertEqual(code, 2, "\(options)")
+            XCTAssertEqual(out, "")
+            XCTAssertEqual(err, "Error: \(message)\nSee 'runner submit --help'.\n", "\(options)")
+        }
+        // What the level enforces passes the check (and then fails to reach a Redis that is not there).
+        let (code, _, err) = await run(
+            [
+                "submit", "--redis", "127.0.0.1:1", "--isolation", "cgroup", "--memory", "64M", "--network", "none",
+                "--", "true",
+            ])
+        XCTAssertEqual(code, 1, err)
+    }
+
     func testAnOptionNeverTakesDoubleDashAsItsValue() async {
         let (code, _, err) = await run(["submit", "--id", "--", "echo", "hi"])
         XCTAssertEqual(code, 2)
