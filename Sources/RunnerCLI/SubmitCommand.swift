@@ -49,10 +49,12 @@ enum SubmitCommand {
             use -- when the command has options of its own that runner could take for its own.
 
             With --wait the job's output is printed as it is written (stdout to stdout, stderr to stderr), and the
-            exit code is the job's: its exit code, 124 when it timed out, 128+N when killed by signal N, 1 when it
-            was rejected, or 1 with an Error line when --wait-timeout passed first. Ctrl-C stops waiting, not the
-            job. With --max-attempts, a line on stderr marks where each further attempt begins. A job id can be
-            submitted once (a second submit of the same --id is refused).
+            exit code is the job's: its exit code (127 when its command was not found, 126 when it could not be
+            started otherwise), 124 when it timed out, 128+N when killed by signal N, 1 when it was rejected or
+            cancelled or failed without an exit code, or 1 with an Error line when --wait-timeout passed first.
+            Ctrl-C stops waiting, not the job (the SIGINT ends runner: the shell sees 130). With --max-attempts, a
+            line on stderr marks where each further attempt begins. A job id can be submitted once (a second submit
+            of the same --id is refused).
 
             With --max-attempts N, an attempt that fails or times out is retried after a delay (exponential from
             --backoff, capped at --backoff-max, with jitter: between half the delay and all of it); after N failed
