@@ -91,17 +91,17 @@ public struct CommandSpec: Sendable {
     }
 }
 
-/// A usage mistake: printed as one `Error:` line, the usage, and a pointer to --help; exit code 2.
+/// A usage mistake: printed as one `Error:` line and a pointer to --help; exit code 2.
 public struct UsageError: Error, Sendable, CustomStringConvertible {
     public var message: String
     public var command: String
-    /// Whether the usage and the pointer to --help follow the message: not for a mistake in a config file, which
-    /// the message already locates.
-    public var showsUsage: Bool
-    public init(_ message: String, command: String, showsUsage: Bool = true) {
+    /// Whether the pointer to --help follows the message: not for a mistake in a config file, which the message
+    /// already locates.
+    public var pointsToHelp: Bool
+    public init(_ message: String, command: String, pointsToHelp: Bool = true) {
         self.message = message
         self.command = command
-        self.showsUsage = showsUsage
+        self.pointsToHelp = pointsToHelp
     }
     public var description: String { message }
 

@@ -13,6 +13,11 @@ enum CommonOptions {
         default: Keyspace.defaultNamespace)
     static let all = [redis, namespace]
 
+    /// This host's name up to its first dot: in runner and control-plane names, the default node, `cli@HOST`.
+    static var hostName: String {
+        ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
+    }
+
     // Options of more than one long-running subcommand.
     static let resultRetention = OptionSpec(
         "--result-retention", .value("DURATION"), help: "How long results and logs stay in Redis.",

@@ -31,8 +31,13 @@ enum ConfigCommand {
         let (configuration, _) = try WorkerCommand.configuration(arguments)
         _ = try MetricsListen.address(arguments)
         for warning in arguments.warnings { console.error("warning: \(warning)") }
-        // Defaults that depend on the host are shown as this host has them (the name's pid would be the worker's).
-        let hostDefaults = ["--node": configuration.node, "--concurrency": String(configuration.concurrency)]
+        // Defaults that depend on the host are shown as this host has them; the default name's pid is the
+        // worker's, known only when it starts (a resumed identity is the name).
+        let name =
+            arguments.value("--resume-identity") == nil ? WorkerCommand.defaultName(pid: "<pid>") : configuration.name
+        let hostDefaults = [
+            "--name": name, "--node": configuration.node, "--concurrency": String(configuration.concurrency),
+        ]
         let rows = workerOptions.map { option in
             let source = ConfigurationLayers.source(of: option.name, in: arguments)
             let hostDefault = source == "default" ? hostDefaults[option.name].map(JSONValue.string) : nil

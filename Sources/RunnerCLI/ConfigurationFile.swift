@@ -26,7 +26,7 @@ struct ConfigurationFile: Sendable {
 
     /// Reads and checks the file against `options`. Every mistake is a usage error naming the file and line.
     static func load(path: String, options: [OptionSpec], command: String) throws(UsageError) -> ConfigurationFile {
-        func fail(_ message: String) -> UsageError { UsageError(message, command: command, showsUsage: false) }
+        func fail(_ message: String) -> UsageError { UsageError(message, command: command, pointsToHelp: false) }
         var info = stat()
         if stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size > maximumBytes {
             throw fail("the config file \(path) is \(info.st_size) bytes; a config file may have at most 1 MiB")
@@ -43,7 +43,7 @@ struct ConfigurationFile: Sendable {
         _ bytes: [UInt8], path: String, options: [OptionSpec], command: String
     ) throws(UsageError) -> ConfigurationFile {
         func fail(_ line: Int, _ message: String) -> UsageError {
-            UsageError("\(path):\(line): \(message)", command: command, showsUsage: false)
+            UsageError("\(path):\(line): \(message)", command: command, pointsToHelp: false)
         }
         let document: JSONValue
         let members: [(key: String, offset: Int, value: JSONValue)]
@@ -52,7 +52,7 @@ struct ConfigurationFile: Sendable {
         } catch {
             let (line, column) = position(of: error.offset, in: bytes)
             throw UsageError(
-                "\(path):\(line):\(column): invalid JSON: \(error.reason)", command: command, showsUsage: false)
+                "\(path):\(line):\(column): invalid JSON: \(error.reason)", command: command, pointsToHelp: false)
         }
         guard case .object = document else {
             let start = bytes.firstIndex { ![0x20, 0x09, 0x0A, 0x0D].contains($0) } ?? 0

@@ -64,10 +64,10 @@ enum ConfigurationLayers {
         else { return error }
         if source.hasPrefix("file:") {
             return UsageError(
-                "\(source.dropFirst("file:".count)): \(error.message)", command: error.command, showsUsage: false)
+                "\(source.dropFirst("file:".count)): \(error.message)", command: error.command, pointsToHelp: false)
         }
         if source.hasPrefix("profile:") {
-            return UsageError("\(source): \(error.message)", command: error.command, showsUsage: false)
+            return UsageError("\(source): \(error.message)", command: error.command, pointsToHelp: false)
         }
         return error
     }

@@ -13,7 +13,7 @@ enum ControlCommand {
         options: CommonOptions.all + [
             OptionSpec(
                 "--name", .value("NAME"), help: "Name in events and logs.", environment: "RUNNER_CONTROL_NAME",
-                default: "control-hostname-pid"),
+                default: "control-<hostname>-<pid>"),
             OptionSpec(
                 "--interval", .value("DURATION"), help: "How often the leader looks for lost runners.",
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
@@ -32,8 +32,7 @@ enum ControlCommand {
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
-        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
-        let name = arguments.value("--name") ?? "control-\(host)-\(getpid())"
+        let name = arguments.value("--name") ?? "control-\(WorkerCommand.defaultName(pid: String(getpid())))"
         let logger = try WorkerCommand.logger(arguments)
         let configuration = ReaperConfiguration(
             redis: try arguments.endpoint(), keyspace: try arguments.keyspace(), name: name,

@@ -22,8 +22,7 @@ enum RetryCommand {
         let id = try arguments.jobId()
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
-        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
-        switch try await pool.requeueByHand(id: id, actor: "cli@\(host)") {
+        switch try await pool.requeueByHand(id: id, actor: PoolCommands.sender) {
         case .requeued(let streamId, let attempt):
             if arguments.flag("--json") {
                 let json: JSONValue = ["id": .string(id), "stream_id": .string(streamId), "attempt": .int(attempt)]

@@ -10,9 +10,15 @@ enum LogsCommand {
         arguments: [("ID", "The job id.")],
         options: CommonOptions.all + [
             OptionSpec(
-                "--follow", short: "f", .flag, help: "Keep printing output as it is written, until the job ends.")
+                "--follow", short: "f", .flag,
+                help: "Keep printing output as it is written, until the job ends or the reader goes away.")
         ],
-        maximumPositionals: 1)
+        maximumPositionals: 1,
+        discussion: """
+            With --follow it ends (exit 0) when the job ends, or when its standard output's reader goes away
+            ('runner logs -f ID | head -1'): at the job's next output, or within 5 s while the job is silent. A
+            closed standard output ends it with exit 1 and an Error line.
+            """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let id = try arguments.jobId()

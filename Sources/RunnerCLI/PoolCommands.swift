@@ -62,10 +62,7 @@ enum PoolCommands {
             SIGKILL) and records state cancelled. A job that has ended is an error (exit 1).
             """)
 
-    static var sender: String {
-        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
-        return "cli@\(host)"
-    }
+    static var sender: String { "cli@\(CommonOptions.hostName)" }
 
     static func runDrain(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         try await send(.drain, arguments, console)

@@ -198,10 +198,8 @@ public enum RunnerCommandLine {
         } catch var error as UsageError {
             if let layered { error = ConfigurationLayers.locating(error, in: layered) }
             console.error("Error: \(error.message)")
-            if error.showsUsage {
-                console.error("Usage: \(spec.usage)")
-                console.error("See 'runner \(spec.name) --help'.")
-            }
+            // Only a pointer to the usage: the usage line of some subcommands is hundreds of characters long.
+            if error.pointsToHelp { console.error("See 'runner \(spec.name) --help'.") }
             return 2
         } catch let error as CommandFailure {
             console.error("Error: \(error.message)")

@@ -49,10 +49,12 @@ enum SubmitCommand {
             use -- when the command has options of its own that runner could take for its own.
 
             With --wait the job's output is printed as it is written (stdout to stdout, stderr to stderr), and the
-            exit code is the job's: its exit code, 124 when it timed out, 128+N when killed by signal N, 1 when it
-            was rejected, or 1 with an Error line when --wait-timeout passed first. Ctrl-C stops waiting, not the
-            job. With --max-attempts, a line on stderr marks where each further attempt begins. A job id can be
-            submitted once (a second submit of the same --id is refused).
+            exit code is the job's: its exit code (127 when its command was not found, 126 when it could not be
+            started otherwise), 124 when it timed out, 128+N when killed by signal N, 1 when it was rejected or
+            cancelled or failed without an exit code, or 1 with an Error line when --wait-timeout passed first.
+            Ctrl-C stops waiting, not the job (the SIGINT ends runner: the shell sees 130). With --max-attempts, a
+            line on stderr marks where each further attempt begins. A job id can be submitted once (a second submit
+            of the same --id is refused).
 
             With --max-attempts N, an attempt that fails or times out is retried after a delay (exponential from
             --backoff, capped at --backoff-max, with jitter: between half the delay and all of it); after N failed
@@ -63,9 +65,15 @@ enum SubmitCommand {
             and prints that job's id (with --json, "existing": true); --wait then waits for that job.
 
             Values of --secret-env variables, and of variables named *_TOKEN, *_SECRET or *_PASSWORD, are shown as
-            *** in the job's log and output tail. A job asking for an isolation level or a limit the runner cannot
-            give is rejected with the reason (see 'runner result').
+            *** in the job's log and output tail. A limit or --network none that the --isolation given cannot
+            enforce is refused here (exit 2); a job asking for an isolation level or a limit the runner cannot give
+            is rejected with the reason (see 'runner result').
             """)
+
+    /// The option that sets each limit (by its key in the spec's `limits`).
+    private static let limitOptions = [
+        JobLimits.Key.memoryBytes: "--memory", JobLimits.Key.pids: "--pids", JobLimits.Key.cpuMillis: "--cpu",
+    ]
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let command: JobSpec.Command
@@ -142,7 +150,18 @@ enum SubmitCommand {
         for name in jobSpec.secretEnvironment where environment[name] == nil {
             throw UsageError("--secret-env \(name) names no --env variable", command: spec.name)
         }
-        // The runner's own validation, so that what it would reject is refused here, before anything is queued.
+        // The runner's own validation, so that what it would reject is refused here, before anything is queued:
+        // what the named level cannot enforce (the runner's default level is not known here), then the spec.
+        if let level = jobSpec.isolation,
+            let shortfall = IsolationShortfall.first(
+                network: jobSpec.network ?? .host, limits: jobSpec.limits, at: level)
+        {
+            let option = shortfall.key == JobSpec.Key.network ? "--network none" : limitOptions[shortfall.key]
+            let levels = shortfall.sufficient.map(\.rawValue).joined(separator: " or ")
+            throw UsageError(
+                option.map { "\($0) needs --isolation \(levels), not \(level.rawValue)" }
+                    ?? "invalid job: \(shortfall.message)", command: spec.name)
+        }
         do {
             _ = try JobSpec(json: Array(jobSpec.json.serialized.utf8))
         } catch {

@@ -14,7 +14,7 @@ enum WorkerCommand {
         options: CommonOptions.all + [
             OptionSpec(
                 "--name", .value("NAME"), help: "Runner id, also its consumer name.", environment: "RUNNER_NAME",
-                default: "hostname-pid"),
+                default: "<hostname>-<pid>"),
             OptionSpec(
                 "--node", .value("NAME"), help: "The node this runner is on.", environment: "RUNNER_NODE",
                 default: "the hostname"),
@@ -114,14 +114,17 @@ enum WorkerCommand {
             MetricsListen.option,
         ] + labelAndHookOptions + CommonOptions.logging + ConfigurationLayers.options)
 
+    /// The name of a runner given none: `<hostname>-<pid>`, the pid the worker's own.
+    static func defaultName(pid: String) -> String { "\(CommonOptions.hostName)-\(pid)" }
+
     static func configuration(_ arguments: ParsedArguments) throws -> (WorkerConfiguration, Logger) {
-        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
+        let host = CommonOptions.hostName
         let resumed = arguments.value("--resume-identity")
         if let resumed, let named = arguments.value("--name"), arguments.sources["--name"] == "flag", named != resumed {
             throw UsageError(
                 "'--name \(named)' and '--resume-identity \(resumed)' name different runners", command: spec.name)
         }
-        let name = resumed ?? arguments.value("--name") ?? "\(host)-\(getpid())"
+        let name = resumed ?? arguments.value("--name") ?? defaultName(pid: String(getpid()))
         guard Keyspace.isValidName(name) else {
             let option = resumed == nil ? "--name" : "--resume-identity"
             throw UsageError(

@@ -7,7 +7,8 @@ extension RunnerScripts {
     /// events maxlen, source queue, job id, requirement canonical text, then the entry's field/value pairs.
     /// Moves an entry whose required labels this runner lacks to its requirement stream in one step: the group on
     /// that stream (from 0, MKSTREAM), the same fields as a new entry, the requirement registered, the old entry
-    /// acked and deleted, a record that names the old entry pointed at the new one, `job.routed`. Returns the new
+    /// acked and deleted, a record that names the old entry pointed at the new one (an entry without a record gets
+    /// the `queued` record, with `submitted_at` the old entry's time), `job.routed`. Returns the new
     /// entry id, 0 when the entry is no longer pending (a resent call, or a reaper moved it), -1 when the lease no
     /// longer holds the token.
     static let route = script(
@@ -27,6 +28,14 @@ extension RunnerScripts {
         -- runner that claims the new entry, and rescheduled there); a record of an ended job is left alone.
         if cur[1] and cur[2] == ARGV[1] and not nr_terminal(cur[1]) then
           redis.call('HSET', KEYS[6], '\(ResultField.streamId)', sid, '\(ResultField.queue)', ARGV[5])
+        elseif not cur[1] then
+          -- No record (an entry added by hand): the `queued` one `submit` would have written, dated by the entry
+          -- added, not by the routed one (which is up to the routing delay later).
+          local f = {}
+          for i = 12, #ARGV - 1, 2 do f[ARGV[i]] = ARGV[i + 1] end
+          redis.call('HSET', KEYS[6], '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.queue)', ARGV[5],
+            '\(ResultField.submittedAt)', nr_sid_ms(ARGV[1]), '\(ResultField.attempt)', f['\(JobEntryField.attempt)'] or '1',
+            '\(ResultField.spec)', f['\(JobEntryField.spec)'] or '', '\(ResultField.streamId)', sid, '\(ProtocolVersion.field)', NR_V)
         end
         nr_emit(KEYS[4], ARGV[8], '\(EventType.jobRouted.rawValue)', ts, ARGV[3], ARGV[10],
           cjson.encode({from_queue = ARGV[9], queue = ARGV[5], stream_id = sid, previous_stream_id = ARGV[1],

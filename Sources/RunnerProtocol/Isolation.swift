@@ -26,6 +26,44 @@ public enum NetworkMode: String, Sendable, CaseIterable, Codable {
     public static let spellings = allCases.map(\.rawValue).joined(separator: ", ")
 }
 
+/// Something a job asks for that its isolation level cannot enforce: the one rule of which level each ask needs,
+/// applied by the runner's planning (a rejection) and by `runner submit` (refused before anything is queued).
+public struct IsolationShortfall: Sendable, Equatable {
+    /// `network`, or the limit's key in `limits` (`memory_bytes`, ...).
+    public var key: String
+    /// The least level that enforces it.
+    public var needs: IsolationLevel
+    /// The level the job runs at.
+    public var level: IsolationLevel
+
+    /// The least level that gives `network`: `none` needs a network namespace.
+    public static func least(for network: NetworkMode) -> IsolationLevel { network == .none ? .namespace : .none }
+
+    /// The first of `network` and `limits` (in their documented order) that `level` cannot enforce; nil when it
+    /// enforces them all.
+    public static func first(network: NetworkMode, limits: JobLimits, at level: IsolationLevel) -> IsolationShortfall? {
+        if level < least(for: network) {
+            return IsolationShortfall(key: JobSpec.Key.network, needs: least(for: network), level: level)
+        }
+        for (name, _) in limits.entries {
+            if let needs = JobLimits.leastLevel[name], level < needs {
+                return IsolationShortfall(key: name, needs: needs, level: level)
+            }
+        }
+        return nil
+    }
+
+    /// The levels that would do, weakest first.
+    public var sufficient: [IsolationLevel] { IsolationLevel.allCases.filter { $0 >= needs } }
+
+    /// As the spec names it: `network "none" needs isolation "namespace" or "cgroup", not "process_group"`.
+    public var message: String {
+        let subject = key == JobSpec.Key.network ? #"network "none""# : "limits.\(key)"
+        let levels = sufficient.map { "\"\($0.rawValue)\"" }.joined(separator: " or ")
+        return "\(subject) needs isolation \(levels), not \"\(level.rawValue)\""
+    }
+}
+
 /// Resource limits a job asks for (`limits` in the spec). Every field is optional; nil means the runner's default.
 public struct JobLimits: Sendable, Hashable {
     /// Memory limit of the job's cgroup, bytes (isolation `cgroup`).
@@ -53,6 +91,14 @@ public struct JobLimits: Sendable, Hashable {
         self.fileSizeBytes = fileSizeBytes
     }
 
+    /// The limits by their JSON names (`Key`); other names are ignored.
+    public init(values: [String: Int]) {
+        self.init(
+            memoryBytes: values[Key.memoryBytes], pids: values[Key.pids], cpuMillis: values[Key.cpuMillis],
+            cpuSeconds: values[Key.cpuSeconds], openFiles: values[Key.openFiles],
+            fileSizeBytes: values[Key.fileSizeBytes])
+    }
+
     /// JSON field names of `limits`.
     public enum Key {
         public static let memoryBytes = "memory_bytes"
@@ -62,6 +108,18 @@ public struct JobLimits: Sendable, Hashable {
         public static let openFiles = "open_files"
         public static let fileSizeBytes = "file_size_bytes"
         public static let all = [memoryBytes, pids, cpuMillis, cpuSeconds, openFiles, fileSizeBytes]
+    }
+
+    /// The least isolation level that enforces each limit: the job's cgroup holds `memory_bytes`, `pids` and
+    /// `cpu_millis`; the rlimits (the others) hold at every level.
+    public static let leastLevel: [String: IsolationLevel] = [
+        Key.memoryBytes: .cgroup, Key.pids: .cgroup, Key.cpuMillis: .cgroup,
+    ]
+
+    /// Only the limits that `level` enforces.
+    public func enforced(at level: IsolationLevel) -> JobLimits {
+        let kept = entries.filter { level >= JobLimits.leastLevel[$0.name] ?? .none }
+        return JobLimits(values: Dictionary(uniqueKeysWithValues: kept.map { ($0.name, $0.value) }))
     }
 
     /// What each limit may be: the kernel refuses values outside these (a cgroup below 1 MiB or a CPU quota below

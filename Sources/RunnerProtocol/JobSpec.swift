@@ -152,9 +152,12 @@ public struct JobSpec: Sendable, Hashable {
 
         isolation = try JobSpec.choice(fields[Key.isolation], name: Key.isolation, spellings: IsolationLevel.spellings)
         network = try JobSpec.choice(fields[Key.network], name: Key.network, spellings: NetworkMode.spellings)
-        if network == NetworkMode.none, let isolation, isolation < .namespace {
-            throw JobSpecError(
-                "spec.network \"none\" needs isolation \"namespace\" or \"cgroup\", not \"\(isolation.rawValue)\"")
+        // A named level that cannot give the network is a mistake in the spec itself; limits are checked against
+        // the level the job runs at (the runner's default when it names none) by the runner's planning.
+        if let network, let isolation,
+            let shortfall = IsolationShortfall.first(network: network, limits: JobLimits(), at: isolation)
+        {
+            throw JobSpecError("spec.\(shortfall.message)")
         }
         limits = try JobSpec.limits(fields[Key.limits])
         secretEnvironment = try JobSpec.names(fields[Key.secretEnv], name: Key.secretEnv)
@@ -193,10 +196,7 @@ public struct JobSpec: Sendable, Hashable {
                 }
                 values[key] = value
             }
-            return JobLimits(
-                memoryBytes: values[JobLimits.Key.memoryBytes], pids: values[JobLimits.Key.pids],
-                cpuMillis: values[JobLimits.Key.cpuMillis], cpuSeconds: values[JobLimits.Key.cpuSeconds],
-                openFiles: values[JobLimits.Key.openFiles], fileSizeBytes: values[JobLimits.Key.fileSizeBytes])
+            return JobLimits(values: values)
         case let other?: throw JobSpecError("spec.limits must be an object of positive integers, got \(other.typeName)")
         }
     }

@@ -218,7 +218,7 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertEqual(result.code, 1)
         XCTAssertEqual(
             try job("rej-2")["reason"],
-            "limits.memory_bytes needs isolation \"cgroup\"; this job runs at \"process_group\"")
+            "limits.memory_bytes needs isolation \"cgroup\", not \"process_group\"")
         let dead = try send(["XRANGE", key("dead"), "-", "+"]).array ?? []
         XCTAssertEqual(dead.count, 2)
     }

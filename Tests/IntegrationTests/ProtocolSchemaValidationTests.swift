@@ -126,7 +126,7 @@ final class ProtocolSchemaValidationTests: IntegrationTestCase {
         XCTAssertEqual(counts["job.succeeded"], 5, "ok, plain, cgroup, slow-1, fence-1")
         XCTAssertEqual(counts["job.failed"], 2, "fail-1 and its requeued attempt")
         XCTAssertEqual(counts["job.dead"], 1)
-        XCTAssertEqual(counts["result"], 11, "one hash per job")
+        XCTAssertEqual(counts["result"], 12, "one hash per job (routed-1's written when it was routed)")
         XCTAssertEqual(counts["dead_letter"], 2, "bad-1 and retry-1")
         XCTAssertGreaterThanOrEqual(counts["heartbeat"] ?? 0, 4)
         XCTAssertGreaterThanOrEqual(counts["log_entry"] ?? 0, 5)

@@ -95,6 +95,33 @@ final class RoutingTests: IntegrationTestCase {
 }
 
 extension RoutingTests {
+    /// A hand-added entry has no record until a runner writes one: routing it must keep the time it was added,
+    /// not take the routed entry's (later) id as `submitted_at`.
+    func testARoutedPlainEntryKeepsTheTimeItWasAdded() throws {
+        let spec = #"{"argv":["true"],"requires":{"gpu":"yes"}}"#
+        let added = try XCTUnwrap(try send(["XADD", key("jobs:default"), "*", "id", "raw-3", "spec", spec]).string)
+        let addedMs = try XCTUnwrap(added.split(separator: "-").first.map(String.init))
+        // The routing delay is what is checked: the entry waits before any runner reads it.
+        Thread.sleep(forTimeInterval: 2)
+        try startRunner(name: "plain", ["--no-reaper", "--lease-ttl", "3s"])
+        let routed = try waitForEvent("job.routed", of: "raw-3")
+        let routedId = try XCTUnwrap(routed?.data["stream_id"] as? String)
+        XCTAssertGreaterThan(Int(routedId.split(separator: "-")[0]) ?? 0, (Int(addedMs) ?? 0) + 1000)
+        // Routed, the job has the record `submit` would have written, dated by the entry that was added.
+        let queued = try job("raw-3")
+        XCTAssertEqual(queued["state"], "queued")
+        XCTAssertEqual(queued["queue"], gpuQueue)
+        XCTAssertEqual(queued["stream_id"], routedId)
+        XCTAssertEqual(queued["submitted_at"], addedMs)
+        try startRunner(name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
+        let record = try waitForState("raw-3", ["succeeded"])
+        XCTAssertEqual(record["runner"], "gpu")
+        XCTAssertEqual(record["attempt"], "1")
+        XCTAssertEqual(record["submitted_at"], addedMs)
+    }
+}
+
+extension RoutingTests {
     func testAJobOfALostRunnerIsRescheduledIntoItsRequirementStream() throws {
         let doomed = try startRunner(name: "doomed", ["--no-reaper", "--lease-ttl", "1s", "--label", "gpu=yes"])
         try submit(["--require", "gpu=yes", "--", "sh", "-c", "[ $NR_ATTEMPT = 2 ] || sleep 60"], id: "orphan")

@@ -44,10 +44,26 @@ final class CommandLineTests: XCTestCase {
         let (code, out, err) = await run(["submit", "--bogus", "--", "true"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(out, "")
-        let lines = err.split(separator: "\n")
-        XCTAssertEqual(lines.first, "Error: unknown option '--bogus'")
-        XCTAssertTrue(lines[1].hasPrefix("Usage: runner submit "))
-        XCTAssertEqual(lines.last, "See 'runner submit --help'.")
+        XCTAssertEqual(err, "Error: unknown option '--bogus'\nSee 'runner submit --help'.\n")
+    }
+
+    /// A usage error is the `Error:` line and a pointer to --help, whatever the subcommand (the usage line of some
+    /// is hundreds of characters: --help has it).
+    func testAUsageErrorIsTwoShortLines() async {
+        let cases: [([String], String)] = [
+            (["submit", "--memory", "lots", "--", "true"], "submit"), (["submit"], "submit"),
+            (["worker", "--concurrency", "0"], "worker"), (["control", "--interval", "x"], "control"),
+            (["result"], "result"), (["logs", "a", "b"], "logs"), (["config"], "config"),
+        ]
+        for (arguments, name) in cases {
+            let (code, out, err) = await run(arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(out, "")
+            let lines = err.split(separator: "\n", omittingEmptySubsequences: false)
+            XCTAssertEqual(lines.count, 3, "\(arguments): \(err)")
+            XCTAssertTrue(lines.first?.hasPrefix("Error: ") == true, err)
+            XCTAssertEqual(lines.dropFirst().first, "See 'runner \(name) --help'.", "\(arguments)")
+        }
     }
 
     func testMissingValueAndBadValues() async {
@@ -94,6 +110,41 @@ final class CommandLineTests: XCTestCase {
         (code, _, err) = await run(["result", "a", "b"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err.split(separator: "\n").first, "Error: unexpected argument 'b'")
+    }
+
+    /// What the named isolation level cannot enforce is refused at submit, as the runner would refuse it, naming
+    /// the option and the level.
+    func testSubmitRefusesWhatTheIsolationLevelCannotEnforce() async {
+        let cases: [([String], String)] = [
+            (
+                ["--memory", "64M", "--isolation", "process_group"],
+                "--memory needs --isolation cgroup, not process_group"
+            ),
+            (["--pids", "10", "--isolation", "namespace"], "--pids needs --isolation cgroup, not namespace"),
+            (["--cpu", "500", "--isolation", "none"], "--cpu needs --isolation cgroup, not none"),
+            (
+                ["--network", "none", "--isolation", "process_group"],
+                "--network none needs --isolation namespace or cgroup, not process_group"
+            ),
+            (
+                ["--network", "none", "--memory", "64M", "--isolation", "namespace"],
+                "--memory needs --isolation cgroup, not namespace"
+            ),
+        ]
+        for (options, message) in cases {
+            // A Redis that is not there: without the check, the submit would fail to connect (exit 1).
+            let (code, out, err) = await run(["submit", "--redis", "127.0.0.1:1"] + options + ["--", "true"])
+            XCTAssertEqual(code, 2, "\(options)")
+            XCTAssertEqual(out, "")
+            XCTAssertEqual(err, "Error: \(message)\nSee 'runner submit --help'.\n", "\(options)")
+        }
+        // What the level enforces passes the check (and then fails to reach a Redis that is not there).
+        let (code, _, err) = await run(
+            [
+                "submit", "--redis", "127.0.0.1:1", "--isolation", "cgroup", "--memory", "64M", "--network", "none",
+                "--", "true",
+            ])
+        XCTAssertEqual(code, 1, err)
     }
 
     func testAnOptionNeverTakesDoubleDashAsItsValue() async {

@@ -284,6 +284,28 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(result.err.split(separator: "\n").first, "Error: nothing to do: give --print")
     }
 
+    /// The default name is derived when the worker starts: shown with this host's name and `<pid>` for the
+    /// worker's pid, not a placeholder; a name given, or a resumed identity, is shown as the worker would use it.
+    func testConfigPrintShowsTheNameTheWorkerWouldDerive() async throws {
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
+        var result = await run(["config", "--print"])
+        XCTAssertEqual(result.code, 0, result.err)
+        let row = result.out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+            .first { $0.first == "name" }
+        XCTAssertEqual(row, ["name", "\(host)-<pid>", "default"])
+        XCTAssertFalse(result.out.contains("hostname-pid"), result.out)
+        result = await run(["config", "--print", "--json"])
+        let object = try JSONValue(parsing: result.out.trimmingCharacters(in: .newlines))
+        XCTAssertEqual(object["name"], ["value": .string("\(host)-<pid>"), "source": "default"])
+        result = await run(["config", "--print", "--json", "--resume-identity", "old-runner"])
+        XCTAssertEqual(result.code, 0, result.err)
+        let resumed = try JSONValue(parsing: result.out.trimmingCharacters(in: .newlines))
+        XCTAssertEqual(resumed["name"], ["value": "old-runner", "source": "default"])
+        result = await run(["config", "--print", "--json", "--name", "r7"])
+        let named = try JSONValue(parsing: result.out.trimmingCharacters(in: .newlines))
+        XCTAssertEqual(named["name"], ["value": "r7", "source": "flag"])
+    }
+
     /// No option needs code of its own to be settable: every one in the worker's table (flags added by anyone
     /// included) is taken from the file and from its variable, and shows up with that source.
     func testEveryWorkerOptionIsSettableFromTheFileAndTheEnvironment() async throws {

@@ -302,7 +302,7 @@ final class IsolationPlanTests: XCTestCase {
     func testLimitsCeilingsAndHostMemory() throws {
         XCTAssertEqual(
             try refusal(host(), #"{"argv":["x"],"limits":{"pids":5}}"#),
-            #"limits.pids needs isolation "cgroup"; this job runs at "process_group""#)
+            #"limits.pids needs isolation "cgroup", not "process_group""#)
         let capped = host(cgroups: true, ceilings: JobLimits(pids: 10))
         XCTAssertEqual(
             try refusal(capped, #"{"argv":["x"],"isolation":"cgroup","limits":{"pids":50}}"#),

@@ -103,24 +103,9 @@ final class IsolationHost: Sendable {
         let network = spec.network ?? .host
         var requested = spec.isolation ?? configuration.defaultLevel
         // A job that asks for no network without naming a level gets the least level that has one.
-        if network == .none, spec.isolation == nil, requested < .namespace { requested = .namespace }
-        if network == .none, requested < .namespace {
-            return .failure(
-                IsolationError(
-                    .unsupported,
-                    "network \"none\" needs isolation \"namespace\" or \"cgroup\", not \"\(requested.rawValue)\""))
-        }
-        if requested < .cgroup {
-            let cgroupOnly = [
-                (JobLimits.Key.memoryBytes, spec.limits.memoryBytes), (JobLimits.Key.pids, spec.limits.pids),
-                (JobLimits.Key.cpuMillis, spec.limits.cpuMillis),
-            ]
-            if let (name, _) = cgroupOnly.first(where: { $0.1 != nil }) {
-                return .failure(
-                    IsolationError(
-                        .unsupported,
-                        "limits.\(name) needs isolation \"cgroup\"; this job runs at \"\(requested.rawValue)\""))
-            }
+        if spec.isolation == nil { requested = max(requested, IsolationShortfall.least(for: network)) }
+        if let shortfall = IsolationShortfall.first(network: network, limits: spec.limits, at: requested) {
+            return .failure(IsolationError(.unsupported, shortfall.message))
         }
         var level = requested
         var effectiveNetwork = network
@@ -138,15 +123,10 @@ final class IsolationHost: Sendable {
                 return .failure(IsolationError(.unsupported, reason))
             }
         }
-        var limits = spec.limits
-        if level >= .cgroup {
-            limits = limits.merged(over: configuration.defaultLimits)
-        } else {
-            // After a fallback below `cgroup` nothing enforces these: they are not in force, and not reported as such.
-            limits.memoryBytes = nil
-            limits.pids = nil
-            limits.cpuMillis = nil
-        }
+        // After a fallback below `cgroup` nothing enforces the cgroup's limits: they are not in force, and not
+        // reported as such.
+        var limits = spec.limits.enforced(at: level)
+        if level >= .cgroup { limits = limits.merged(over: configuration.defaultLimits) }
         if let reason = limits.exceeding(configuration.ceilings) {
             return .failure(IsolationError(.aboveCeiling, reason))
         }
