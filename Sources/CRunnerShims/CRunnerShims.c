@@ -48,7 +48,9 @@
 
 typedef struct {
     const nr_spawn_config *config;
-    int report_fd;
+    // Written by the child only, read by the parent once it resumes (CLONE_VM | CLONE_VFORK: the child has exec'd
+    // or exited by then): the failed step, its errno and index; step 0 while nothing failed.
+    volatile int32_t failure[3];
     pid_t parent_pid;
     int parent_pidfd;                 // -1, or a pidfd of the parent: the death check inside a new PID namespace
     int cgroup_fds[NR_MAX_CGROUPS];   // opened by the parent: the child may no longer see the paths (new mount ns)
@@ -62,11 +64,11 @@ typedef struct {
 // Set-user/group-ID changes go through raw syscalls too: glibc's setresuid() & co. would broadcast the change to
 // every thread of the process they believe they run in, i.e. to the parent's threads.
 
-// Child only: tells the parent which step failed (and for which entry), then exits.
-__attribute__((noreturn)) static void nr_child_fail(int report_fd, int step, int err, int index) {
-    int32_t message[3] = {step, err, index};
-    while (syscall(SYS_write, report_fd, message, sizeof message) < 0 && errno == EINTR) {
-    }
+// Child only: tells the parent which step failed (and for which entry), in the memory they share, then exits.
+__attribute__((noreturn)) static void nr_child_fail(volatile int32_t *report, int step, int err, int index) {
+    report[1] = err;
+    report[2] = index;
+    report[0] = step;
     syscall(SYS_exit_group, 127);
     __builtin_unreachable();
 }
@@ -110,17 +112,17 @@ static int nr_child_loopback_up(void) {
 // effective set, so this runs before the credentials change (which empties it) and before capset. A capability already
 // out of the set is not dropped again: a runner without CAP_SETPCAP whose bounding set is empty passes. PR_CAPBSET_READ
 // fails with EINVAL above the kernel's last capability: the end of the set.
-static void nr_child_drop_bounding_set(int report_fd) {
+static void nr_child_drop_bounding_set(volatile int32_t *report) {
     for (int cap = 0; cap < 64; cap++) {
         long present = syscall(SYS_prctl, PR_CAPBSET_READ, cap, 0, 0, 0);
         if (present < 0) {
             if (errno == EINVAL) {
                 return;
             }
-            nr_child_fail(report_fd, NR_STEP_CAPBSET_DROP, errno, cap);
+            nr_child_fail(report, NR_STEP_CAPBSET_DROP, errno, cap);
         }
         if (present > 0 && syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
-            nr_child_fail(report_fd, NR_STEP_CAPBSET_DROP, errno, cap);
+            nr_child_fail(report, NR_STEP_CAPBSET_DROP, errno, cap);
         }
     }
 }
@@ -129,9 +131,9 @@ static void nr_child_drop_bounding_set(int report_fd) {
 // effective, permitted and inheritable sets: the child keeps no capability, and with the bounding and inheritable sets
 // empty its execve (even as uid 0) gains none. Dropping to a subset of the permitted set neither clears the
 // parent-death signal nor changes the mm's dumpable flag (commit_creds), unlike a change of the ids.
-static void nr_child_drop_capabilities(int report_fd) {
+static void nr_child_drop_capabilities(volatile int32_t *report) {
     if (syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
-        nr_child_fail(report_fd, NR_STEP_CLEAR_AMBIENT, errno, 0);
+        nr_child_fail(report, NR_STEP_CLEAR_AMBIENT, errno, 0);
     }
     struct __user_cap_header_struct header;
     header.version = _LINUX_CAPABILITY_VERSION_3;
@@ -145,7 +147,7 @@ static void nr_child_drop_capabilities(int report_fd) {
     data[1].permitted = 0;
     data[1].inheritable = 0;
     if (syscall(SYS_capset, &header, data) < 0) {
-        nr_child_fail(report_fd, NR_STEP_CAPSET, errno, 0);
+        nr_child_fail(report, NR_STEP_CAPSET, errno, 0);
     }
 }
 
@@ -166,12 +168,13 @@ static int nr_child_parent_alive(const nr_child_args *args) {
 }
 
 // Runs in the child, sharing the parent's memory (CLONE_VM) while the parent thread is suspended (CLONE_VFORK).
-// Raw system calls only (async-signal-safe): no allocation, no locks, no stdio. It writes nothing but its own stack
-// (and errno, which is the suspended parent thread's TLS slot and harmless).
+// Raw system calls only (async-signal-safe): no allocation, no locks, no stdio. It writes nothing but its own stack,
+// `failure` in its arguments (read by the parent once it resumes) and errno, which is the suspended parent thread's
+// TLS slot and harmless.
 static int nr_child_main(void *raw) {
-    const nr_child_args *args = raw;
+    nr_child_args *args = raw;
     const nr_spawn_config *config = args->config;
-    int report_fd = args->report_fd;
+    volatile int32_t *report = args->failure;
 
     // All signals are still blocked (the parent blocked them before clone), so no inherited handler can run here.
     // Reset every disposition, including ignored ones and glibc's internal signals.
@@ -179,13 +182,13 @@ static int nr_child_main(void *raw) {
 
     // Own session and process group: pid == pgid == sid, so the whole job can be signalled as a group.
     if (config->new_session && syscall(SYS_setsid) < 0) {
-        nr_child_fail(report_fd, NR_STEP_SETSID, errno, 0);
+        nr_child_fail(report, NR_STEP_SETSID, errno, 0);
     }
 
     // Into the job's cgroups before anything of the job runs, so that every limit counts from its first instruction.
     for (int i = 0; i < config->cgroup_count; i++) {
         if (syscall(SYS_write, args->cgroup_fds[i], "0", 1) < 0) {
-            nr_child_fail(report_fd, NR_STEP_JOIN_CGROUP, errno, i);
+            nr_child_fail(report, NR_STEP_JOIN_CGROUP, errno, i);
         }
     }
 
@@ -193,11 +196,11 @@ static int nr_child_main(void *raw) {
     // first, so that nothing mounted here (the new /proc) propagates back to the host.
     if (config->new_namespaces) {
         if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
-            nr_child_fail(report_fd, NR_STEP_MOUNT_PRIVATE, errno, 0);
+            nr_child_fail(report, NR_STEP_MOUNT_PRIVATE, errno, 0);
         }
         // A /proc of the new PID namespace: the job sees its own processes only.
         if (syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
-            nr_child_fail(report_fd, NR_STEP_MOUNT_PROC, errno, 0);
+            nr_child_fail(report, NR_STEP_MOUNT_PROC, errno, 0);
         }
         // The host's kernel settings stay the host's, as container runtimes keep them: /proc/sys (a root job could
         // set kernel.core_pattern to a program the host then runs as root) and /proc/sysrq-trigger are read-only.
@@ -207,11 +210,11 @@ static int nr_child_main(void *raw) {
                 if (errno == ENOENT) {
                     continue;
                 }
-                nr_child_fail(report_fd, NR_STEP_MOUNT_PROC, errno, 0);
+                nr_child_fail(report, NR_STEP_MOUNT_PROC, errno, 0);
             }
             if (syscall(SYS_mount, NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                     NULL) < 0) {
-                nr_child_fail(report_fd, NR_STEP_MOUNT_PROC, errno, 0);
+                nr_child_fail(report, NR_STEP_MOUNT_PROC, errno, 0);
             }
         }
         // A sysfs of its own on /sys, read-only: it shows the job's network namespace (only "lo" when isolated) and
@@ -222,19 +225,19 @@ static int nr_child_main(void *raw) {
         // EINVAL: /sys is no mount point. ENOENT: this root has no /sys, and nothing at /sys to hide; a job without
         // CAP_SYS_ADMIN cannot mount one.
         if (syscall(SYS_umount2, "/sys", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT) {
-            nr_child_fail(report_fd, NR_STEP_MOUNT_SYS, errno, 0);
+            nr_child_fail(report, NR_STEP_MOUNT_SYS, errno, 0);
         }
         if (syscall(SYS_mount, "sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0 &&
             errno != ENOENT) {
-            nr_child_fail(report_fd, NR_STEP_MOUNT_SYS, errno, 0);
+            nr_child_fail(report, NR_STEP_MOUNT_SYS, errno, 0);
         }
         if (config->hostname != NULL) {
             if (syscall(SYS_sethostname, config->hostname, (size_t)config->hostname_length) < 0) {
-                nr_child_fail(report_fd, NR_STEP_SET_HOSTNAME, errno, 0);
+                nr_child_fail(report, NR_STEP_SET_HOSTNAME, errno, 0);
             }
         }
         if (config->new_network && nr_child_loopback_up() < 0) {
-            nr_child_fail(report_fd, NR_STEP_LOOPBACK, errno, 0);
+            nr_child_fail(report, NR_STEP_LOOPBACK, errno, 0);
         }
     }
 
@@ -247,10 +250,10 @@ static int nr_child_main(void *raw) {
         value.hard = config->rlimits[i].hard;
         int resource = nr_rlimit_resource(config->rlimits[i].kind);
         if (resource < 0) {
-            nr_child_fail(report_fd, NR_STEP_RLIMIT, EINVAL, i);
+            nr_child_fail(report, NR_STEP_RLIMIT, EINVAL, i);
         }
         if (syscall(SYS_prlimit64, 0, resource, &value, NULL) < 0) {
-            nr_child_fail(report_fd, NR_STEP_RLIMIT, errno, i);
+            nr_child_fail(report, NR_STEP_RLIMIT, errno, i);
         }
     }
 
@@ -261,22 +264,22 @@ static int nr_child_main(void *raw) {
         dumpable = syscall(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0);
     }
     if (config->drop_capabilities) {
-        nr_child_drop_bounding_set(report_fd);
+        nr_child_drop_bounding_set(report);
     }
     if (config->set_credentials) {
         if (syscall(SYS_setgroups, 0, NULL) < 0) {
-            nr_child_fail(report_fd, NR_STEP_SETGROUPS, errno, 0);
+            nr_child_fail(report, NR_STEP_SETGROUPS, errno, 0);
         }
         if (syscall(SYS_setresgid, config->gid, config->gid, config->gid) < 0) {
-            nr_child_fail(report_fd, NR_STEP_SETGID, errno, 0);
+            nr_child_fail(report, NR_STEP_SETGID, errno, 0);
         }
         if (syscall(SYS_setresuid, config->uid, config->uid, config->uid) < 0) {
-            nr_child_fail(report_fd, NR_STEP_SETUID, errno, 0);
+            nr_child_fail(report, NR_STEP_SETUID, errno, 0);
         }
     }
     // Last of the steps that may need a privilege (cgroups, mounts, hostname, loopback, rlimits, credentials).
     if (config->drop_capabilities) {
-        nr_child_drop_capabilities(report_fd);
+        nr_child_drop_capabilities(report);
     }
     if (dumpable == 0 || dumpable == 1) {
         syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0);
@@ -285,7 +288,7 @@ static int nr_child_main(void *raw) {
     // After the credentials: changing them clears the parent-death signal (dropping capabilities does not).
     if (config->die_with_parent) {
         if (syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
-            nr_child_fail(report_fd, NR_STEP_PDEATHSIG, errno, 0);
+            nr_child_fail(report, NR_STEP_PDEATHSIG, errno, 0);
         }
         // The parent may have died before the prctl took effect: then nobody would send the signal.
         if (!nr_child_parent_alive(args)) {
@@ -294,28 +297,21 @@ static int nr_child_main(void *raw) {
     }
 
     if (config->no_new_privs && syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-        nr_child_fail(report_fd, NR_STEP_NO_NEW_PRIVS, errno, 0);
+        nr_child_fail(report, NR_STEP_NO_NEW_PRIVS, errno, 0);
     }
 
     if (config->probe_only) {
         syscall(SYS_exit_group, 0);
     }
 
-    // Keep the report fd out of 0..2 (still close-on-exec), then lift the stdio sources above 2 as well so the
-    // dups below cannot clobber one another whatever numbers the parent's fds have.
-    if (report_fd < 3) {
-        int moved = (int)syscall(SYS_fcntl, report_fd, F_DUPFD_CLOEXEC, 3);
-        if (moved < 0) {
-            nr_child_fail(report_fd, NR_STEP_STDIO, errno, 0);
-        }
-        report_fd = moved;
-    }
+    // Lift the stdio sources above 2 so the dups below cannot clobber one another whatever numbers the parent's fds
+    // have.
     int sources[3] = {config->stdin_fd, config->stdout_fd, config->stderr_fd};
     for (int i = 0; i < 3; i++) {
         if (sources[i] < 3) {
             int moved = (int)syscall(SYS_fcntl, sources[i], F_DUPFD_CLOEXEC, 3);
             if (moved < 0) {
-                nr_child_fail(report_fd, NR_STEP_STDIO, errno, 0);
+                nr_child_fail(report, NR_STEP_STDIO, errno, 0);
             }
             sources[i] = moved;
         }
@@ -323,28 +319,21 @@ static int nr_child_main(void *raw) {
     for (int i = 0; i < 3; i++) {
         // Source >= 3 and target < 3 always differ, so dup3 without flags is dup2: close-on-exec cleared.
         if (syscall(SYS_dup3, sources[i], i, 0) < 0) {
-            nr_child_fail(report_fd, NR_STEP_STDIO, errno, 0);
+            nr_child_fail(report, NR_STEP_STDIO, errno, 0);
         }
     }
-    if (report_fd != 3) {
-        if (syscall(SYS_dup3, report_fd, 3, O_CLOEXEC) < 0) {
-            nr_child_fail(report_fd, NR_STEP_STDIO, errno, 0);
-        }
-        report_fd = 3;
-    }
-
-    // Every other fd goes (the cgroup and parent pidfds too): 0..2 are stdio, 3 is the close-on-exec report pipe.
-    nr_close_fd_range(4U, ~0U);
+    // Every other fd goes (the cgroup and parent pidfds too): 0..2 are stdio.
+    nr_close_fd_range(3U, ~0U);
 
     if (config->cwd != NULL && syscall(SYS_chdir, config->cwd) < 0) {
-        nr_child_fail(report_fd, NR_STEP_CHDIR, errno, 0);
+        nr_child_fail(report, NR_STEP_CHDIR, errno, 0);
     }
 
     uint64_t empty = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, NR_KERNEL_SIGSET_SIZE);
 
     syscall(SYS_execve, config->path, config->argv, config->envp);
-    nr_child_fail(report_fd, NR_STEP_EXEC, errno, 0);
+    nr_child_fail(report, NR_STEP_EXEC, errno, 0);
 }
 
 static void nr_close_all(const int *fds, int count) {
@@ -435,15 +424,10 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
         }
     }
 
-    // Both ends close-on-exec: an exec in the child closes the write end; a report is 12 bytes into an empty pipe.
-    int report[2];
-    if (pipe2(report, O_CLOEXEC | O_NONBLOCK) < 0) {
-        int err = errno;
-        nr_close_all(args.cgroup_fds, config->cgroup_count);
-        nr_close_all(&args.parent_pidfd, 1);
-        return nr_spawn_failed(result, NR_STEP_REPORT_PIPE, err, 0);
-    }
-    args.report_fd = report[1];
+    // No pipe for the child's report: it shares our memory and we resume only once it exec'd or exited.
+    args.failure[0] = 0;
+    args.failure[1] = 0;
+    args.failure[2] = 0;
 
     // A private stack for the child, with a guard page below it.
     const size_t map_size = nr_child_stack_map_size();
@@ -453,7 +437,6 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
         int err = errno;
         nr_close_all(args.cgroup_fds, config->cgroup_count);
         nr_close_all(&args.parent_pidfd, 1);
-        nr_close_all(report, 2);
         return nr_spawn_failed(result, NR_STEP_STACK, err, 0);
     }
 
@@ -483,25 +466,16 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
     if (!stack_kept) {
         munmap(map, map_size);
     }
-    close(report[1]);
     nr_close_all(args.cgroup_fds, config->cgroup_count);
     nr_close_all(&args.parent_pidfd, 1);
 
     if (pid < 0) {
-        close(report[0]);
         return nr_spawn_failed(result, NR_STEP_CLONE, clone_errno, 0);
     }
 
-    // CLONE_VFORK: we resume only after the child exec'd (write end closed) or exited (report already written),
-    // so this non-blocking read never has to wait.
-    int32_t message[3] = {0, 0, 0};
-    ssize_t n;
-    do {
-        n = read(report[0], message, sizeof message);
-    } while (n < 0 && errno == EINTR);
-    close(report[0]);
-
-    if (n == (ssize_t)sizeof message || config->probe_only) {
+    // CLONE_VFORK: we resume only after the child exec'd or exited (its report, if any, written by then).
+    int failed = args.failure[0] != 0;
+    if (failed || config->probe_only) {
         // The child failed before exec (or was a probe) and has exited (or is exiting): reap it, blocking only for
         // that moment.
         nr_exit_info info;
@@ -510,8 +484,8 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
         while (nr_reap_pidfd(pidfd, 0, &info) < 0 && errno == EINTR) {
         }
         close(pidfd);
-        if (n == (ssize_t)sizeof message) {
-            return nr_spawn_failed(result, message[0], message[1], message[2]);
+        if (failed) {
+            return nr_spawn_failed(result, args.failure[0], args.failure[1], args.failure[2]);
         }
         if (info.code != CLD_EXITED || info.status != 0) {
             // A probe that did not report a step yet did not exit 0 (killed, or the parent-death check fired).

@@ -68,8 +68,6 @@ public enum SpawnStep: Sendable, Equatable, CaseIterable, CustomStringConvertibl
     case openCgroup
     /// Parent: pidfd_open of the runner, for the parent-death check inside a new PID namespace.
     case parentPidfd
-    /// Parent: pipe2 for the failure report.
-    case reportPipe
     /// Parent: mmap of the child's stack.
     case childStack
     /// Parent: clone (with the namespace flags).
@@ -120,7 +118,6 @@ public enum SpawnStep: Sendable, Equatable, CaseIterable, CustomStringConvertibl
         switch self {
         case .openCgroup: "opening cgroup.procs"
         case .parentPidfd: "pidfd_open of the runner"
-        case .reportPipe: "pipe2"
         case .childStack: "mmap of the child stack"
         case .clone: "clone"
         case .setsid: "setsid"
@@ -150,7 +147,7 @@ public enum SpawnStep: Sendable, Equatable, CaseIterable, CustomStringConvertibl
     init?(reported step: Int32) {
         let steps: [UInt32: SpawnStep] = [
             NR_STEP_OPEN_CGROUP.rawValue: .openCgroup, NR_STEP_PARENT_PIDFD.rawValue: .parentPidfd,
-            NR_STEP_REPORT_PIPE.rawValue: .reportPipe, NR_STEP_STACK.rawValue: .childStack,
+            NR_STEP_STACK.rawValue: .childStack,
             NR_STEP_CLONE.rawValue: .clone, NR_STEP_SETSID.rawValue: .setsid,
             NR_STEP_JOIN_CGROUP.rawValue: .joinCgroup, NR_STEP_MOUNT_PRIVATE.rawValue: .mountPrivate,
             NR_STEP_MOUNT_PROC.rawValue: .mountProc, NR_STEP_SET_HOSTNAME.rawValue: .setHostname,
@@ -170,7 +167,7 @@ public enum SpawnStep: Sendable, Equatable, CaseIterable, CustomStringConvertibl
     /// Runs in the parent, before the clone (or is the clone).
     var isParentSide: Bool {
         switch self {
-        case .openCgroup, .parentPidfd, .reportPipe, .childStack, .clone: true
+        case .openCgroup, .parentPidfd, .childStack, .clone: true
         default: false
         }
     }

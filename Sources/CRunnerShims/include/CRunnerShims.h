@@ -13,11 +13,12 @@
 extern "C" {
 #endif
 
-/// Which step of starting a child failed. The child reports (step, errno, index) over a close-on-exec pipe.
+/// Which step of starting a child failed. The child reports (step, errno, index) in the memory it shares with the
+/// suspended parent (CLONE_VM | CLONE_VFORK).
 /// The values are part of nothing but this header: ProcessSupervision maps each to a SpawnStep.
 typedef enum {
     NR_STEP_NONE = 0,
-    NR_STEP_REPORT_PIPE = 1,        // parent: pipe2 for the report pipe
+    // 1 was the parent's pipe2 for a report pipe, which the shared memory replaced.
     NR_STEP_STACK = 2,              // parent: mmap of the child's stack
     NR_STEP_CLONE = 3,              // parent: clone
     NR_STEP_SETSID = 4,             // child: setsid
@@ -114,8 +115,8 @@ typedef struct {
 /// PR_SET_PDEATHSIG(SIGKILL) with the parent-still-alive check (after the credentials, which clear it; a capset to a
 /// subset does not); PR_SET_NO_NEW_PRIVS; stdio from the given fds; every other fd closed (close_range, fallback
 /// loop); chdir; empty signal mask; execve. With empty bounding and inheritable sets, an execve as uid 0 gains no
-/// capabilities. The parent is suspended until the child has exec'd or exited, so on return the report pipe already
-/// holds the failure, if any; a child that failed before exec has been reaped.
+/// capabilities. The parent is suspended until the child has exec'd or exited, so on return the child's report (in
+/// memory they share) holds the failure, if any; a child that failed before exec has been reaped.
 /// Returns 0 when the child runs the new program (or, with probe_only, has passed every step and is exiting with 0),
 /// -1 when it could not be started (result->failed_*).
 /// Note: PR_SET_PDEATHSIG fires when the *thread* that called this exits.
