@@ -947,18 +947,12 @@ int nr_epoll_create(void) {
     return epoll_create1(EPOLL_CLOEXEC);
 }
 
-int nr_epoll_add(int epfd, int fd, uint64_t token) {
+int nr_epoll_add(int epfd, int fd, uint64_t token, int one_shot) {
     struct epoll_event event;
     memset(&event, 0, sizeof event);
-    event.events = EPOLLIN;
+    event.events = EPOLLIN | (one_shot ? EPOLLONESHOT : 0);
     event.data.u64 = token;
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
-}
-
-int nr_epoll_del(int epfd, int fd) {
-    struct epoll_event event;
-    memset(&event, 0, sizeof event);
-    return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &event);
 }
 
 int nr_epoll_wait(int epfd, uint64_t *tokens, int max, int timeout_ms) {

@@ -156,8 +156,7 @@ final class MonitorLoop {
             break
         case .pidfd:
             guard record.exitedAt == nil, record.pidfd >= 0 else { return }
-            // The main process is a zombie now. Stop watching the (level-triggered) pidfd; keep it until the reap.
-            System.epollRemove(shared.epollFD, record.pidfd)
+            // The main process is a zombie now. The pidfd is watched once (EPOLLONESHOT): kept until the reap.
             let now = System.monotonicNanoseconds()
             record.exitedAt = now
             perform(record.machine.mainExited(now: now), on: record)
@@ -201,8 +200,7 @@ final class MonitorLoop {
     private func closeStream(_ stream: OutputStream, of record: ChildRecord, notify: Bool) {
         let fd = stream == .stdout ? record.stdoutFD : record.stderrFD
         guard fd >= 0 else { return }
-        System.epollRemove(shared.epollFD, fd)
-        System.close(fd)
+        System.close(fd)  // which also takes it out of the epoll set
         if stream == .stdout {
             record.stdoutFD = -1
         } else {
@@ -305,7 +303,7 @@ final class MonitorLoop {
             treeMarker: spec.treeMarker
         )
         let epollErrno = [
-            System.epollAdd(shared.epollFD, result.pidfd, token: id << 2 | TokenKind.pidfd.rawValue),
+            System.epollAdd(shared.epollFD, result.pidfd, token: id << 2 | TokenKind.pidfd.rawValue, once: true),
             System.epollAdd(shared.epollFD, stdoutPipe.read, token: id << 2 | TokenKind.stdout.rawValue),
             System.epollAdd(shared.epollFD, stderrPipe.read, token: id << 2 | TokenKind.stderr.rawValue),
         ].first { $0 != 0 }
@@ -418,10 +416,7 @@ final class MonitorLoop {
         }
         guard reaped else { return }
         record.exit = exit
-        if record.exitedAt == nil {
-            System.epollRemove(shared.epollFD, record.pidfd)  // else removed when it turned readable
-        }
-        System.close(record.pidfd)
+        System.close(record.pidfd)  // which also takes it out of the epoll set
         record.pidfd = -1
         if sweepsOrphans {
             if !record.provenGone {

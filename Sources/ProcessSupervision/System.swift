@@ -263,14 +263,11 @@ enum System {
         return fd >= 0 ? fd : -Glibc.errno
     }
 
-    /// `epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN)` with `token` as the event data: 0 or errno.
-    static func epollAdd(_ epfd: Int32, _ fd: Int32, token: UInt64) -> Int32 {
-        nr_epoll_add(epfd, fd, token) == 0 ? 0 : Glibc.errno
-    }
-
-    /// `epoll_ctl(EPOLL_CTL_DEL, fd)`.
-    static func epollRemove(_ epfd: Int32, _ fd: Int32) {
-        _ = nr_epoll_del(epfd, fd)
+    /// `epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN)` with `token` as the event data, `EPOLLONESHOT` with `once`: 0 or
+    /// errno. Nothing removes it but closing `fd` (its only descriptor: none of these is ever duplicated), which
+    /// saves an `epoll_ctl` per fd on every job's path.
+    static func epollAdd(_ epfd: Int32, _ fd: Int32, token: UInt64, once: Bool = false) -> Int32 {
+        nr_epoll_add(epfd, fd, token, once ? 1 : 0) == 0 ? 0 : Glibc.errno
     }
 
     /// `epoll_wait`: how many tokens were written (0 on timeout or EINTR).

@@ -229,11 +229,9 @@ int nr_set_pipe_size(int fd, int pipe_size);
 /// epoll_create1(EPOLL_CLOEXEC).
 int nr_epoll_create(void);
 
-/// epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN) with `token` as the event's data (level-triggered).
-int nr_epoll_add(int epfd, int fd, uint64_t token);
-
-/// epoll_ctl(EPOLL_CTL_DEL, fd).
-int nr_epoll_del(int epfd, int fd);
+/// epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN) with `token` as the event's data (level-triggered); with `one_shot`,
+/// EPOLLONESHOT: reported once, then disabled until the fd is closed (which removes it).
+int nr_epoll_add(int epfd, int fd, uint64_t token, int one_shot);
 
 /// epoll_wait: the tokens of up to `max` ready fds; timeout in milliseconds (-1 forever). Returns the count or -1.
 int nr_epoll_wait(int epfd, uint64_t *tokens, int max, int timeout_ms);
