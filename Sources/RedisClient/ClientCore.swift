@@ -22,7 +22,24 @@ final class ClientCore: Sendable {
         let id: UInt64
         let work: Work
         let retry: RedisRetry
-        let continuation: CheckedContinuation<[RedisReply], any Error>
+        let destination: ReplyDestination
+    }
+
+    /// Where a request's replies go.
+    enum ReplyDestination: Sendable {
+        /// A caller suspended in `submit`.
+        case caller(CheckedContinuation<[RedisReply], any Error>)
+        /// A caller that collects them later (`PendingReplies`).
+        case pending(PendingReplies)
+
+        func resume(with result: Result<[RedisReply], any Error>) {
+            switch self {
+            case .caller(let continuation): continuation.resume(with: result)
+            case .pending(let pending): pending.deliver(result)
+            }
+        }
+
+        func resume(throwing error: any Error) { resume(with: .failure(error)) }
     }
 
     /// The request the owner thread is serving.
@@ -140,7 +157,7 @@ final class ClientCore: Sendable {
                     if Task.isCancelled {
                         return CancellationError()
                     }
-                    state.queue.append(Request(id: id, work: work, retry: retry, continuation: continuation))
+                    state.queue.append(Request(id: id, work: work, retry: retry, destination: .caller(continuation)))
                     return nil
                 }
                 if let rejection {
@@ -152,6 +169,24 @@ final class ClientCore: Sendable {
         } onCancel: {
             cancel(id: id)
         }
+    }
+
+    /// Queues `work` and returns at once; its replies come to the returned `PendingReplies`. Not tied to the calling
+    /// task: its cancellation does not withdraw the request.
+    func start(_ work: Work, retry: RedisRetry) -> PendingReplies {
+        let pending = PendingReplies()
+        let rejection: RedisClientError? = state.withLock { state in
+            if state.closed { return closedError(state) }
+            state.nextID += 1
+            state.queue.append(Request(id: state.nextID, work: work, retry: retry, destination: .pending(pending)))
+            return nil
+        }
+        if let rejection {
+            pending.deliver(.failure(rejection))
+        } else {
+            state.signal()
+        }
+        return pending
     }
 
     /// A queued request is dropped (CancellationError); one in progress is interrupted.
@@ -166,7 +201,7 @@ final class ClientCore: Sendable {
             }
             return nil
         }
-        dropped?.continuation.resume(throwing: CancellationError())
+        dropped?.destination.resume(throwing: CancellationError())
         state.signal()
     }
 
@@ -196,7 +231,7 @@ final class ClientCore: Sendable {
         }
         let error = state.withLock { closedError($0) }
         for request in pending {
-            request.continuation.resume(throwing: error)
+            request.destination.resume(throwing: error)
         }
         state.signal()
     }
@@ -226,7 +261,7 @@ final class ClientCore: Sendable {
             if requests.count > 1, let results = worker.performTogether(requests) {
                 state.withLock { $0.current = nil }
                 for (request, result) in zip(requests, results) {
-                    request.continuation.resume(with: result)
+                    request.destination.resume(with: result)
                 }
                 continue
             }
@@ -240,7 +275,7 @@ final class ClientCore: Sendable {
                     countFailedRequest()
                 }
                 state.withLock { $0.current = nil }
-                request.continuation.resume(with: result)
+                request.destination.resume(with: result)
             }
         }
         worker.dropConnection()

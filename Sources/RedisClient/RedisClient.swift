@@ -72,6 +72,13 @@ public final class RedisClient: Sendable {
         return replies[0]
     }
 
+    /// Queues one command and returns at once: the caller collects the reply later with `PendingReply.value()`, and
+    /// can do other work while the round trip is in flight, on the same task. The request is not withdrawn when that
+    /// task is cancelled, so use it for writes that must land (with `.idempotent`, it is resent as `send` would).
+    public func start(_ command: RedisCommand, retry: RedisRetry = .never) -> PendingReply {
+        PendingReply(replies: core.start(.commands([command], readTimeout: nil), retry: retry))
+    }
+
     /// Sends commands in one round trip (redisAppendCommandArgv ×N, redisGetReply ×N); error replies are returned in
     /// place as `.error`, not thrown. With `.idempotent` the whole pipeline may be resent.
     public func pipeline(_ commands: [RedisCommand], retry: RedisRetry = .never) async throws -> [RedisReply] {

@@ -131,23 +131,29 @@ struct JobExecutor: Sendable {
             "queue": .string(entry.queue), "stream_id": .string(entry.streamId), "attempt": .int(entry.attempt),
             "isolation": .string(plan.level.rawValue),
         ]
-        // Claim before starting anything: a duplicate entry of a job that already ended must never run. The job's
-        // folder (and cgroup) is made while the claim's round trip is in flight, and removed again when the claim
-        // says the attempt must not run: nothing of the job runs before the claim.
+        // Claim before starting anything: a duplicate entry of a job that already ended must never run. The claim
+        // goes out first; the job's folder (and cgroup) is made on this task while its round trip is in flight, and
+        // removed again when the claim says the attempt must not run: nothing of the job runs before the claim.
         // Not when a folder of this name is there: a crashed run of this entry left it, and it is replaced only
         // once the claim lets this attempt run (a runner that keeps work folders keeps that one otherwise).
-        let madeEarly: Task<Result<JobContainment, IsolationError>, Never>? =
-            isolation.workspace.hasEntry(name: plan.contextName)
-            ? nil : Task { [isolation] in await JobContainment.attempt(plan: plan, host: isolation) }
+        let crashedRunLeftFolder = isolation.workspace.hasEntry(name: plan.contextName)
+        let inFlight = store.startClaim(entry: entry, owner: owner, receivedData: received, retry: durable)
+        let madeWhileClaiming: Result<JobContainment, IsolationError>? =
+            crashedRunLeftFolder ? nil : await JobContainment.attempt(plan: plan, host: isolation)
         let startedAt: String
         let attempt: Attempt
-        let claim = await detached {
-            try await store.claim(entry: entry, owner: owner, receivedData: received, retry: durable)
-        }
+        // One that failed goes the way of every job write: sent again until it lands (the claim is idempotent).
+        let claim: JobStore.Claim? =
+            if let first = try? await inFlight.value() {
+                first
+            } else {
+                await detached {
+                    try await store.claim(entry: entry, owner: owner, receivedData: received, retry: durable)
+                }
+            }
         // Read once: the containment is kept exactly when the claimed branch below goes on to start the job.
         let stoppedWhileClaiming = Task.isCancelled
         let startsJob = if case .claimed? = claim { !stoppedWhileClaiming } else { false }
-        let madeWhileClaiming = await madeEarly?.value
         if !startsJob, case .success(let unused)? = madeWhileClaiming {
             await unused.discard(logger: logger)
         }

@@ -200,8 +200,14 @@ public struct JobStore: Sendable {
     /// Claims an attempt before its process starts: state `running` under this epoch, a fencing token,
     /// `job.received`.
     func claim(entry: JobEntry, owner: AttemptOwner, receivedData: JSONValue, retry: RedisRetry) async throws -> Claim {
+        try await startClaim(entry: entry, owner: owner, receivedData: receivedData, retry: retry).value()
+    }
+
+    /// Sends the claim script at once and returns: the caller can make the job's folder while the round trip is in
+    /// flight, on its own task, and then collect the outcome. Not withdrawn by the task's cancellation.
+    func startClaim(entry: JobEntry, owner: AttemptOwner, receivedData: JSONValue, retry: RedisRetry) -> PendingClaim {
         let idempotency = entry.idempotencyKey.map { keyspace.idempotency(key: $0) } ?? keyspace.events
-        let reply = try await scripts.run(
+        let reply = scripts.start(
             RunnerScripts.claim,
             keys: [
                 keyspace.job(id: entry.jobId), keyspace.events, keyspace.lease(runner: owner.runner),
@@ -215,17 +221,26 @@ public struct JobStore: Sendable {
                     Keyspace.consumerGroup,
                 ]),
             retry: retry)
-        let parts = (reply.array ?? []).map { $0.string ?? ($0.int.map(String.init) ?? "") }
-        func part(_ index: Int) -> String { index < parts.count ? parts[index] : "" }
-        switch Int(part(0)) {
-        case 1: return .claimed(startedAtMs: part(1), fencingToken: part(2), failures: Int(part(3)) ?? 0)
-        case -1: return .leaseLost
-        case -2: return .earlierEpoch
-        case -3: return .idempotencyKeyTaken(jobId: part(1))
-        case -4: return .runningElsewhere(runner: part(1))
-        case -5: return .claimedByLostRunner(runner: part(1))
-        case -6: return .cancelled
-        default: return .duplicate(state: part(1), attempt: part(2))
+        return PendingClaim(reply: reply)
+    }
+
+    /// A claim in flight (`startClaim`).
+    struct PendingClaim: Sendable {
+        let reply: PendingScriptReply
+
+        func value() async throws -> Claim {
+            let parts = (try await reply.value().array ?? []).map { $0.string ?? ($0.int.map(String.init) ?? "") }
+            func part(_ index: Int) -> String { index < parts.count ? parts[index] : "" }
+            switch Int(part(0)) {
+            case 1: return .claimed(startedAtMs: part(1), fencingToken: part(2), failures: Int(part(3)) ?? 0)
+            case -1: return .leaseLost
+            case -2: return .earlierEpoch
+            case -3: return .idempotencyKeyTaken(jobId: part(1))
+            case -4: return .runningElsewhere(runner: part(1))
+            case -5: return .claimedByLostRunner(runner: part(1))
+            case -6: return .cancelled
+            default: return .duplicate(state: part(1), attempt: part(2))
+            }
         }
     }
 

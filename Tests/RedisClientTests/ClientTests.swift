@@ -324,6 +324,55 @@ final class ClientTests: XCTestCase {
         XCTAssertEqual(try server.connection().send(RedisCommand("EXISTS", "early")), .integer(0))
     }
 
+    func testAStartedCommandIsCollectedLaterAndNotWithdrawnByCancellation() async throws {
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions(name: "started"))
+        defer { client.close() }
+        let blocked = Task { try await client.send(RedisCommand("BLPOP", "jobs", "0")) }
+        try await waitUntilBlocked()
+        // Queued behind the BLPOP, from a task that is cancelled before it collects: the write still goes out.
+        let collector = Task {
+            let pending = client.start(RedisCommand("SET", "started", "1"), retry: .idempotent(deadline: nil))
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await pending.value()
+        }
+        let queuedUp = await eventually(timeout: .seconds(5)) { client.queuedRequests == 1 }
+        XCTAssertTrue(queuedUp)
+        collector.cancel()
+        XCTAssertEqual(try server.connection().send(RedisCommand("RPUSH", "jobs", "x")), .integer(1))
+        await assertEqualAsync(try await blocked.value, .array([bulk("jobs"), bulk("x")]))
+        await assertEqualAsync(try await collector.value, .status("OK"))
+        XCTAssertEqual(try server.connection().send(RedisCommand("GET", "started")), bulk("1"))
+
+        // Its reply may come before it is collected; an error reply is thrown as send throws it.
+        let early = client.start(RedisCommand("INCR", "started"))
+        let late = client.start(RedisCommand("HGET", "started", "field"))
+        let arrived = await eventually(timeout: .seconds(5)) { client.queuedRequests == 0 }
+        XCTAssertTrue(arrived)
+        await assertEqualAsync(try await early.value(), .integer(2))
+        let error = await thrownError { try await late.value() }
+        XCTAssertEqual((error as? RedisServerError)?.kind, "WRONGTYPE")
+
+        client.close()
+        await assertEqualAsync(
+            await thrownError { try await client.start(RedisCommand("PING")).value() } as? RedisClientError,
+            RedisClientError(code: .closed, message: "Redis client \"started\" for \(server.endpoint) is closed")
+        )
+    }
+
+    func testAStartedScriptLoadsItselfWhenItsHashIsUnknownOrFlushed() async throws {
+        let client = RedisClient(endpoint: server.endpoint, options: testOptions())
+        defer { client.close() }
+        let scripts = ScriptRunner(client: client)
+        let script = LuaScript(name: "incr-by", source: "return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        func started(_ amount: String) async throws -> RedisReply {
+            try await scripts.start(script, keys: ["n"], arguments: [Array(amount.utf8)]).value()
+        }
+        await assertEqualAsync(try await started("2"), .integer(2))  // not loaded yet: goes the way of run
+        await assertEqualAsync(try await started("3"), .integer(5))  // EVALSHA at once
+        XCTAssertEqual(try server.connection().send(RedisCommand("SCRIPT", "FLUSH")), .status("OK"))
+        await assertEqualAsync(try await started("4"), .integer(9))  // NOSCRIPT: loaded again
+    }
+
     func testCancellationEndsABackoff() async throws {
         server = nil
         let port = try freeLoopbackPort()
