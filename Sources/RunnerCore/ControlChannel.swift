@@ -161,10 +161,16 @@ struct ControlChannel: Sendable {
             logger.log(
                 level, "control command \(reply.outcome.rawValue)", ["command": command, "command_id": received.id])
         }
-        do {
+        // On a task of its own: a shutdown the command itself started cancels this loop, often before the event is
+        // out, and the sender waits for exactly this event (`--wait`). The worker awaits this loop before it closes
+        // its connections, so the write still lands (or fails on its own).
+        let store = self.store
+        let runner = self.runner
+        let written = await Task {
             try await store.emit(
                 .runnerCommand, runner: runner, data: .object(data), retry: .idempotent(deadline: .now + .seconds(30)))
-        } catch {
+        }.result
+        if case .failure(let error) = written {
             logger.warning("could not report the outcome of control command \(received.id): \(error)")
         }
     }
