@@ -144,10 +144,16 @@ enum RunnerScripts {
         if redis.call('GET', KEYS[3]) ~= ARGV[9] then return {-1} end
         local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)',
           '\(ResultField.streamId)', '\(ResultField.startedAt)', '\(ResultField.leaseToken)', '\(ResultField.fencingToken)',
-          '\(ResultField.failures)', '\(ResultField.cancelRequestedAt)', '\(ResultField.submittedAt)')
+          '\(ResultField.failures)', '\(ResultField.cancelRequestedAt)', '\(ResultField.submittedAt)',
+          '\(ResultField.queue)')
         \(ControlScripts.claimHonoursCancel)
         if cur[1] then
           if (cur[4] and cur[4] ~= ARGV[4]) or nr_terminal(cur[1]) or cur[1] == '\(JobState.retryScheduled.rawValue)' then
+            return {0, cur[1], cur[3] or ''}
+          end
+          -- Stream ids are unique per stream only: a running attempt's claim wrote its entry's queue, so the same id
+          -- on another queue (the job id hand-added to two queues) is another entry, not a resent claim of this one.
+          if cur[1] == '\(JobState.running.rawValue)' and cur[11] and cur[11] ~= ARGV[5] then
             return {0, cur[1], cur[3] or ''}
           end
           if cur[1] == '\(JobState.running.rawValue)' and cur[2] == ARGV[2] and cur[5] then

@@ -91,4 +91,34 @@ final class QueuePriorityTests: IntegrationTestCase {
                 }, "the entry is acked on \(queue)")
         }
     }
+
+    /// The same entry id with the same job id in two queues (a job id hand-added twice) is a duplicate like any other:
+    /// one runs, the other is rejected as "running as another entry", never a second copy with the same attempt and
+    /// fencing token (the claim took the same stream id on another queue for a resent claim of the running one).
+    func testTheSameJobIdWithTheSameEntryIdInTwoQueuesRunsOnce() throws {
+        try startRunner(["--no-reaper", "--concurrency", "2", "--queue", "qa", "--queue", "qb"])
+        let release = FileManager.default.temporaryDirectory.appendingPathComponent("release-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: release) }
+        let spec = #"{"shell":"echo $NR_FENCING_TOKEN; while [ ! -e \#(release.path) ]; do sleep 0.05; done"}"#
+        let sameId = "5000000000000-0"
+        for queue in ["qa", "qb"] {
+            XCTAssertEqual(
+                try send(["XADD", key("jobs:\(queue)"), sameId, "id", "twice", "spec", spec]).string, sameId, queue)
+        }
+        let rejected = try waitUntil(timeout: .seconds(5)) {
+            try self.events(of: "twice").contains("job.rejected")
+        }
+        let seen = try events(of: "twice")
+        FileManager.default.createFile(atPath: release.path, contents: nil)
+        XCTAssertTrue(rejected, "the second entry is rejected: \(seen)")
+        XCTAssertEqual(seen.filter { $0 == "job.started" }.count, 1, "one copy started: \(seen)")
+        try waitForState("twice", ["succeeded"])
+        XCTAssertEqual(try events(of: "twice").filter { $0 == "job.started" }.count, 1, "ran once")
+        for queue in ["qa", "qb"] {
+            XCTAssertTrue(
+                try waitUntil(timeout: .seconds(5)) {
+                    try self.send(["XPENDING", self.key("jobs:\(queue)"), "runners"]).array?.first?.int == 0
+                }, "the entry is acked on \(queue)")
+        }
+    }
 }

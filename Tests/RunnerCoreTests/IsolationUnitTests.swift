@@ -231,6 +231,24 @@ final class WorkspaceReuseTests: XCTestCase {
         XCTAssertEqual(try names(workspace.directory), [])
     }
 
+    /// A job that changed its folder's group (or tmp's) must not hand that group to the next job: such a folder is
+    /// not as made and is removed. Needs root (a group the runner is not in).
+    func testAFolderWhoseGroupWasChangedIsRemovedNotKept() async throws {
+        try XCTSkipIf(geteuid() != 0, "changing a folder to a group the runner is not in needs root")
+        for inside in ["", "/tmp"] {
+            let path = try await workspace.create(name: "job-group")
+            XCTAssertEqual(lchown(path + inside, UInt32.max, 65534), 0)
+            let released = await workspace.release(path: path)
+            XCTAssertTrue(released, inside)
+            XCTAssertEqual(try names(workspace.directory), [], "\(inside): removed, not kept")
+            let next = try await workspace.create(name: "job-next")
+            var info = stat()
+            XCTAssertEqual(lstat(next + inside, &info), 0)
+            XCTAssertEqual(info.st_gid, getegid(), "the next job's folder\(inside) has the runner's group")
+            try FileManager.default.removeItem(atPath: next)
+        }
+    }
+
     func testASpareRemovedMeanwhileFallsBackToANewFolder() async throws {
         let first = try await workspace.create(name: "job-a")
         let released = await workspace.release(path: first)

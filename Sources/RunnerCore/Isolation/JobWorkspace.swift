@@ -211,18 +211,22 @@ struct JobWorkspace: Sendable {
         for spare in spares.takeAll() { _ = JobWorkspace.removeAsMade(spare) }
     }
 
-    /// `path` is a directory of the jobs' user on the runner directory's file system with nothing in it but an
-    /// empty directory `tmp`, neither with an extended attribute (an ACL is one); both get mode 0700 back. Nothing
+    /// `path` is a directory of the jobs' user and group on the runner directory's file system with nothing in it but
+    /// an empty directory `tmp`, neither with an extended attribute (an ACL is one); both get mode 0700 back. Nothing
     /// here follows a link.
     private static func isAsMade(_ path: String, owner: (uid: UInt32, gid: UInt32)?, directory: String) -> Bool {
         var runnerInfo = stat()
         guard lstat(directory, &runnerInfo) == 0 else { return false }
         let uid = owner?.uid ?? runnerUser
+        // The group the folders were made with: the owner's (lchown), else what mkdir gave them, the runner's
+        // directory's group when it is set-group-ID (tmp inherits it from the job folder), else the runner's.
+        let gid = owner?.gid ?? (runnerInfo.st_mode & S_ISGID != 0 ? runnerInfo.st_gid : runnerGroup)
         // Every job's path: two opens, two fstat, two getdents64 each, and a chmod only for a mode the job changed.
         func asMade(_ fd: Int32, holdingOnly only: String?) -> Bool {
             var info = stat()
             guard fd >= 0, fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == uid,
-                info.st_dev == runnerInfo.st_dev, nr_xattr_list_size(fd) == 0, nr_dir_holds_only(fd, only) == 1
+                info.st_gid == gid, info.st_dev == runnerInfo.st_dev, nr_xattr_list_size(fd) == 0,
+                nr_dir_holds_only(fd, only) == 1
             else { return false }
             return info.st_mode & 0o7777 == 0o700 || fchmod(fd, 0o700) == 0
         }
@@ -236,6 +240,8 @@ struct JobWorkspace: Sendable {
 
     /// The runner's effective uid, which does not change while it runs.
     private static let runnerUser = geteuid()
+    /// The runner's effective gid, likewise.
+    private static let runnerGroup = getegid()
 
     /// Folders under this runner's directory whose names are not in `keeping` (the running jobs').
     /// Nothing when the runner's directory or the work root is not safe (a link, or another user's): listing through
