@@ -101,12 +101,21 @@ struct JobExecutor: Sendable {
             logger.warning("rejected job: \(refusal.message)", ["job": entry.jobId, "stream_id": entry.streamId])
             return await reject(entry, fields: fields, reason: refusal.message, owner: epoch.owner)
         }
+        // Two deliveries running here at once never share a folder or a cgroup. Their names differ by stream id and
+        // a hash of queue and job id, which two entries of one id in two queues can still share (a crafted
+        // collision): the second goes back to its queue as a new entry, whose new id makes a name of its own.
+        guard containments.reserve(contextName: plan.contextName) else {
+            logger.warning(
+                "another job running here has this job's work folder name; handing it back",
+                ["job": entry.jobId, "stream_id": entry.streamId, "context": plan.contextName])
+            return await handBack(entry, epoch: epoch, reason: "its work folder name is in use here")
+        }
         if let memory = plan.limits.memoryBytes {
             guard await admission.admit(key: entry.deliveryKey, bytes: UInt64(memory)) else {
+                containments.release(contextName: plan.contextName)
                 return await handBack(entry, epoch: epoch, reason: "runner shutting down")
             }
         }
-        containments.reserve(contextName: plan.contextName)
         let outcome = await execute(entry, fields: fields, epoch: epoch, plan: plan, processEnded: processEnded)
         containments.release(contextName: plan.contextName)
         await admission.release(key: entry.deliveryKey)

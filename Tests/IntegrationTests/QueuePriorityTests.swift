@@ -3,6 +3,8 @@ import RedisClient
 import TestSupport
 import XCTest
 
+@testable import RunnerCore
+
 /// `--queue high --queue default`: strict priority order, also for a busy runner whose slots free up one by one.
 final class QueuePriorityTests: IntegrationTestCase {
     /// The jobs in the order their `job.started` events were written.
@@ -120,5 +122,65 @@ final class QueuePriorityTests: IntegrationTestCase {
                     try self.send(["XPENDING", self.key("jobs:\(queue)"), "runners"]).array?.first?.int == 0
                 }, "the entry is acked on \(queue)")
         }
+    }
+
+    /// Two job ids crafted so that their deliveries of one entry id in two queues get the same context name (the
+    /// names' 32-bit hash collides): they never share a folder or a cgroup. The second is handed back as a new entry,
+    /// which gets a name of its own, and both jobs succeed.
+    func testDeliveriesWhoseContextNamesCollideBothRun() throws {
+        let sameId = "5000000000000-0"
+        let (first, second) = try XCTUnwrap(Self.collidingJobIds(streamId: sameId, queues: ("qa", "qb")))
+        XCTAssertEqual(
+            isolationContextName(jobId: first, delivery: DeliveryKey(queue: "qa", streamId: sameId)),
+            isolationContextName(jobId: second, delivery: DeliveryKey(queue: "qb", streamId: sameId)))
+        try startRunner(["--no-reaper", "--concurrency", "2", "--queue", "qa", "--queue", "qb"])
+        let release = FileManager.default.temporaryDirectory.appendingPathComponent("release-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: release) }
+        let spec = #"{"shell":"pwd; while [ ! -e \#(release.path) ]; do sleep 0.05; done"}"#
+        // The second arrives while the first runs in the folder of that name.
+        XCTAssertEqual(try send(["XADD", key("jobs:qa"), sameId, "id", first, "spec", spec]).string, sameId)
+        XCTAssertTrue(try waitUntil(timeout: .seconds(10)) { try self.events(of: first).contains("job.started") })
+        XCTAssertEqual(try send(["XADD", key("jobs:qb"), sameId, "id", second, "spec", spec]).string, sameId)
+        let bothStarted = try waitUntil(timeout: .seconds(15)) {
+            try [first, second].allSatisfy { try self.events(of: $0).contains("job.started") }
+        }
+        FileManager.default.createFile(atPath: release.path, contents: nil)
+        let seen = (try events(of: first), try events(of: second))
+        XCTAssertTrue(bothStarted, "both started: \(seen)")
+        var folders: Set<String> = []
+        for id in [first, second] {
+            let record = try waitForState(id, ["succeeded"])
+            XCTAssertEqual(record["exit_code"], "0", id)
+            folders.insert(String(decoding: try logBytes(id).stdout, as: UTF8.self))
+        }
+        XCTAssertEqual(folders.count, 2, "a work folder each: \(folders)")
+    }
+
+    /// Two job ids of punctuation only (they read alike in a context name) whose names collide for `queues`.
+    private static func collidingJobIds(streamId: String, queues: (String, String)) -> (String, String)? {
+        let alphabet: [Character] = [".", ":", "@", "#", "!", "+", "=", "~"]
+        func id(_ number: Int) -> String {
+            var digits = number
+            return "c"
+                + String(
+                    (0..<7).map { _ in
+                        defer { digits /= alphabet.count }
+                        return alphabet[digits % alphabet.count]
+                    })
+        }
+        var seen: [String: String] = [:]
+        for number in 0..<2_000_000 {
+            let candidate = id(number)
+            let first = isolationContextName(
+                jobId: candidate, delivery: DeliveryKey(queue: queues.0, streamId: streamId))
+            if let other = seen[
+                isolationContextName(
+                    jobId: candidate, delivery: DeliveryKey(queue: queues.1, streamId: streamId))], other != candidate
+            {
+                return (other, candidate)
+            }
+            seen[first] = candidate
+        }
+        return nil
     }
 }

@@ -13,7 +13,14 @@ final class RunningContainments: Sendable {
     /// pass that lists the folders and cgroups first and reads this afterwards never removes a job's.
     private let names = Mutex<[String: Int]>([:])
 
-    func reserve(contextName: String) { names.withLock { $0[contextName, default: 0] += 1 } }
+    /// Takes `contextName` for one attempt; false (nothing taken) when another attempt here holds it already.
+    func reserve(contextName: String) -> Bool {
+        names.withLock { names in
+            guard names[contextName] == nil else { return false }
+            names[contextName] = 1
+            return true
+        }
+    }
 
     func release(contextName: String) {
         names.withLock { names in
