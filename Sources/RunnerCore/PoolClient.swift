@@ -236,7 +236,9 @@ public struct PoolClient: Sendable {
                     let info = PoolClient.map(group)
                     guard info["name"]?.string == Keyspace.consumerGroup else { continue }
                     status.pending = info["pending"]?.int ?? 0
-                    status.lag = info["lag"]?.int
+                    // Redis's lag is entries added less entries read: entries deleted before they were read (a
+                    // cancelled queued job) stay in it. What is waiting is never more than the unread entries left.
+                    status.lag = info["lag"]?.int.map { min($0, max(0, length - status.pending)) }
                     status.consumers = info["consumers"]?.int ?? 0
                 }
             }
