@@ -209,8 +209,9 @@ final class WatchdogKillSwitch: JobKillSwitch {
     }
 
     func unwatch(_ process: RunningProcess) {
-        // Before the in-process switch forgets it: the group id must leave the watchdog's table while it is this
-        // job's (the main process is reaped only after wait returns, and unwatch comes first).
+        // Before the in-process switch forgets it. This comes after `wait` returned, which is after the main process
+        // was reaped: for that moment (at most the output drain, about 1 s) the table still names a group id that
+        // the kernel could give to a new process, were the pid numbers to wrap around in it.
         state.withLock { guarded in
             guarded.groups.remove(process.pid)
             guarded.watchdog.unwatch(processGroup: process.pid)
