@@ -182,8 +182,8 @@ public enum RunnerCommandLine {
                 console.print(spec.help)
                 return 0
             }
+            layered = parsed
             if spec.options.contains(where: { $0.name == ConfigurationLayers.config.name }) {
-                layered = parsed
                 parsed = try await ConfigurationLayers.applying(to: parsed, host: host)
                 layered = parsed
             }
