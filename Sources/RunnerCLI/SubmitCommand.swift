@@ -167,10 +167,7 @@ enum SubmitCommand {
         } catch {
             throw UsageError("invalid job: \(error.message)", command: spec.name)
         }
-        let waitTimeout = try arguments.duration("--wait-timeout")
-        if waitTimeout != nil, !arguments.flag("--wait") {
-            throw UsageError("--wait-timeout needs --wait", command: spec.name)
-        }
+        let waitTimeout = try arguments.waitTimeout()
 
         let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--wait"), console: console)
         defer { pool.client.close() }
