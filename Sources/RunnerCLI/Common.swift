@@ -86,6 +86,14 @@ extension ParsedArguments {
         return duration
     }
 
+    /// `--wait-timeout`, nil when not given; a usage error without `--wait`, which it would be ignored without.
+    /// Every command with the pair checks it here.
+    func waitTimeout() throws -> Duration? {
+        let timeout = try duration("--wait-timeout")
+        if timeout != nil, !flag("--wait") { throw UsageError("--wait-timeout needs --wait", command: command.name) }
+        return timeout
+    }
+
     /// `--reaper-interval` (or `--interval`), at least 100 ms.
     func reaperInterval(_ name: String = "--reaper-interval") throws -> Duration {
         let interval = try duration(name) ?? ReaperConfiguration.defaultInterval

@@ -1,3 +1,4 @@
+import Foundation
 import RunnerCore
 
 /// The layers of a command's configuration below the flags and the environment: the config file, then the profile,
@@ -55,8 +56,9 @@ enum ConfigurationLayers {
         return "env:" + source
     }
 
-    /// The error located at the file line or profile that gave the value it is about, when it quotes an option
-    /// (`'--lease-ttl'`) that came from there: the worker's own checks then point into the file too.
+    /// The error located where the value it is about came from, when it quotes an option (`'--lease-ttl'`) whose
+    /// value was not a flag: at the file line or profile that gave it, or naming the `RUNNER_*` variable instead of
+    /// the option. Every check of a value then points at what the user wrote, wherever it is made.
     static func locating(_ error: UsageError, in arguments: ParsedArguments) -> UsageError {
         guard
             let option = arguments.command.options.first(where: { error.message.contains("'\($0.name)'") }),
@@ -68,6 +70,11 @@ enum ConfigurationLayers {
         }
         if source.hasPrefix("profile:") {
             return UsageError("\(source): \(error.message)", command: error.command, pointsToHelp: false)
+        }
+        if source != "flag", source == option.environment {
+            return UsageError(
+                error.message.replacingOccurrences(of: "'\(option.name)'", with: source), command: error.command,
+                pointsToHelp: error.pointsToHelp)
         }
         return error
     }

@@ -109,7 +109,7 @@ enum PoolCommands {
                 "invalid runner id '\(UsageError.excerpt(runner))' (no braces, colons, spaces or control characters)",
                 command: name)
         }
-        let timeout = try arguments.duration("--wait-timeout") ?? .seconds(30)
+        let timeout = try arguments.waitTimeout() ?? .seconds(30)
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         if let runner { try await requireLive(runner, pool) }
@@ -151,7 +151,7 @@ enum PoolCommands {
 
     static func runCancel(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let id = try arguments.jobId()
-        let timeout = try arguments.duration("--wait-timeout") ?? .seconds(30)
+        let timeout = try arguments.waitTimeout() ?? .seconds(30)
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         switch try await pool.cancel(job: id, sentBy: sender) {

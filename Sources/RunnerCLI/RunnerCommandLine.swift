@@ -45,6 +45,7 @@ public enum RunnerCommandLine {
               -h, --help                Show this help.
 
             With no subcommand, runner runs as a worker. See 'runner help <subcommand>' for details.
+            --redis and --namespace may also come before the subcommand (runner --redis h:6379 status).
             The protocol is documented in docs/protocol.md.
 
             """
@@ -182,8 +183,8 @@ public enum RunnerCommandLine {
                 console.print(spec.help)
                 return 0
             }
+            layered = parsed
             if spec.options.contains(where: { $0.name == ConfigurationLayers.config.name }) {
-                layered = parsed
                 parsed = try await ConfigurationLayers.applying(to: parsed, host: host)
                 layered = parsed
             }

@@ -75,6 +75,27 @@ enum SubmitCommand {
         JobLimits.Key.memoryBytes: "--memory", JobLimits.Key.pids: "--pids", JobLimits.Key.cpuMillis: "--cpu",
     ]
 
+    /// A usage error naming the flag when a limit is outside what a spec accepts (`JobLimits.accepted`), with the
+    /// range in the flag's units.
+    static func checkLimitRanges(_ limits: JobLimits, _ arguments: ParsedArguments) throws {
+        for (key, value) in limits.entries {
+            guard let option = limitOptions[key], let text = arguments.value(option),
+                let range = JobLimits.accepted[key], !range.contains(value)
+            else { continue }
+            let isSize = key == JobLimits.Key.memoryBytes
+            let spell = { (bound: Int) in isSize ? ByteSizeParser.text(bound) : String(bound) }
+            let side =
+                value < range.lowerBound ? "below \(spell(range.lowerBound))" : "above \(spell(range.upperBound))"
+            let expected =
+                isSize
+                ? "write 64M, 1G or a number of bytes"
+                : "from \(range.lowerBound) to \(range.upperBound)\(key == JobLimits.Key.cpuMillis ? " millicores" : "")"
+            throw UsageError(
+                "invalid value for '\(option)': '\(UsageError.excerpt(text))' is \(side) (\(expected))",
+                command: spec.name)
+        }
+    }
+
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let command: JobSpec.Command
         switch (arguments.value("--shell"), arguments.commandLine.isEmpty) {
@@ -141,6 +162,7 @@ enum SubmitCommand {
                     { ByteSizeParser.parse($0).flatMap { $0 > 0 ? $0 : nil } }),
                 pids: try arguments.positiveInt("--pids"), cpuMillis: try arguments.positiveInt("--cpu")),
             secretEnvironment: arguments.all("--secret-env"))
+        try checkLimitRanges(jobSpec.limits, arguments)
         do {
             jobSpec.requires = try LabelSet(pairs: arguments.all("--require"))
         } catch {
@@ -167,10 +189,7 @@ enum SubmitCommand {
         } catch {
             throw UsageError("invalid job: \(error.message)", command: spec.name)
         }
-        let waitTimeout = try arguments.duration("--wait-timeout")
-        if waitTimeout != nil, !arguments.flag("--wait") {
-            throw UsageError("--wait-timeout needs --wait", command: spec.name)
-        }
+        let waitTimeout = try arguments.waitTimeout()
 
         let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--wait"), console: console)
         defer { pool.client.close() }

@@ -46,4 +46,14 @@ public enum ByteSizeParser {
         guard !s.isEmpty, s.allSatisfy(\.isNumber), let n = Int(s), n <= Int.max / factor else { return nil }
         return n * factor
     }
+
+    /// `bytes` as `parse` reads it, in the largest unit that holds it exactly (1048576 is `1M`, 3072 is `3K`); a
+    /// number of bytes when no unit divides it.
+    public static func text(_ bytes: Int) -> String {
+        for (suffix, factor) in [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
+        where bytes != 0 && bytes % factor == 0 {
+            return "\(bytes / factor)\(suffix)"
+        }
+        return String(bytes)
+    }
 }

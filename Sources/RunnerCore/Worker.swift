@@ -154,16 +154,20 @@ public final class Worker: Sendable {
         if config.resumeIdentity {
             try await operations.takeOver(runner: config.name, client: jobsClient, keyspace: keyspace)
         }
-        let isolation = await IsolationHost.start(
-            configuration: config.isolation,
-            contextName: runnerContextName(
-                namespace: keyspace.namespace, runner: config.name, pool: poolIdentity(config.redis)),
-            logger: logger)
+        // The work root is checked before the cgroup parent is made: a bad one leaves nothing behind.
+        let isolation: IsolationHost
         do {
-            try await isolation.workspace.prepare()
+            isolation = try await IsolationHost.start(
+                configuration: config.isolation,
+                contextName: runnerContextName(
+                    namespace: keyspace.namespace, runner: config.name, pool: poolIdentity(config.redis)),
+                logger: logger)
         } catch {
             throw WorkerError(.invalidConfiguration, error.message)
         }
+        // A start that fails from here on (Redis, the name) removes what it made on the host.
+        var registered = false
+        defer { if !registered { isolation.removeMadeAtStart() } }
         let sampler = isolation.sampler
         let admission = MemoryAdmission(
             totalBytes: isolation.hostMemoryBytes, availableBytes: { try? sampler.memory().availableBytes })
@@ -222,6 +226,7 @@ public final class Worker: Sendable {
             try? await lease.release()
             throw error
         }
+        registered = true
         logger.info(
             "runner registered",
             [

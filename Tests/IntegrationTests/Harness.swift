@@ -410,6 +410,18 @@ enum IsolationLeftovers {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: work)) ?? [] where name.hasPrefix(prefix) {
             try? FileManager.default.removeItem(atPath: work + "/" + name)
         }
+        for parent in cgroupParents(namespace: namespace) {
+            for child in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []
+            where child.hasPrefix("job-") {
+                rmdir(parent + "/" + child)
+            }
+            rmdir(parent)
+        }
+    }
+
+    /// The cgroup parents of this namespace's runners (`nativerunner-<namespace>.*`) in every hierarchy.
+    static func cgroupParents(namespace: String) -> [String] {
+        let prefix = "\(namespace)."
         // Each hierarchy at its root and below this process's own cgroup in it (memory lives under a parent here).
         var bases: [String] = []
         let hierarchies = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []
@@ -423,16 +435,9 @@ enum IsolationLeftovers {
                 }
             }
         }
-        for base in bases {
-            for name in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []
-            where name.hasPrefix("nativerunner-" + prefix) {
-                let parent = base + "/" + name
-                for child in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []
-                where child.hasPrefix("job-") {
-                    rmdir(parent + "/" + child)
-                }
-                rmdir(parent)
-            }
+        return bases.flatMap { base in
+            ((try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [])
+                .filter { $0.hasPrefix("nativerunner-" + prefix) }.map { base + "/" + $0 }
         }
     }
 }

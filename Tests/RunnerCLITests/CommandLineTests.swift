@@ -112,6 +112,52 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err.split(separator: "\n").first, "Error: unexpected argument 'b'")
     }
 
+    /// Each submit (options, then `-- true`) is a usage error with this message, found before Redis is reached.
+    private func assertSubmitRefuses(_ cases: [([String], String)], line: UInt = #line) async {
+        for (options, message) in cases {
+            // A Redis that is not there: without the check, the submit would fail to connect (exit 1).
+            let (code, out, err) = await run(["submit", "--redis", "127.0.0.1:1"] + options + ["--", "true"])
+            XCTAssertEqual(code, 2, "\(options)", line: line)
+            XCTAssertEqual(out, "", line: line)
+            XCTAssertEqual(err, "Error: \(message)\nSee 'runner submit --help'.\n", "\(options)", line: line)
+        }
+    }
+
+    /// A limit outside what a job spec accepts is refused naming the flag and the range in the flag's units, with
+    /// or without --isolation.
+    func testSubmitRefusesALimitOutOfRangeNamingTheFlag() async {
+        let cases: [([String], String)] = [
+            (
+                ["--memory", "64", "--isolation", "cgroup"],
+                "invalid value for '--memory': '64' is below 1M (write 64M, 1G or a number of bytes)"
+            ),
+            (
+                ["--memory", "1023K"],
+                "invalid value for '--memory': '1023K' is below 1M (write 64M, 1G or a number of bytes)"
+            ),
+            (
+                ["--memory", "1025T", "--isolation", "cgroup"],
+                "invalid value for '--memory': '1025T' is above 1024T (write 64M, 1G or a number of bytes)"
+            ),
+            (
+                ["--pids", "4194305", "--isolation", "cgroup"],
+                "invalid value for '--pids': '4194305' is above 4194304 (from 1 to 4194304)"
+            ),
+            (
+                ["--cpu", "5", "--isolation", "cgroup"],
+                "invalid value for '--cpu': '5' is below 10 (from 10 to 1000000 millicores)"
+            ),
+            (
+                ["--cpu", "1000001"],
+                "invalid value for '--cpu': '1000001' is above 1000000 (from 10 to 1000000 millicores)"
+            ),
+        ]
+        await assertSubmitRefuses(cases)
+        XCTAssertEqual(ByteSizeParser.text(1 << 20), "1M")
+        XCTAssertEqual(ByteSizeParser.text(3072), "3K")
+        XCTAssertEqual(ByteSizeParser.text(1000), "1000")
+    }
+
     /// What the named isolation level cannot enforce is refused at submit, as the runner would refuse it, naming
     /// the option and the level.
     func testSubmitRefusesWhatTheIsolationLevelCannotEnforce() async {
@@ -131,13 +177,7 @@ final class CommandLineTests: XCTestCase {
                 "--memory needs --isolation cgroup, not namespace"
             ),
         ]
-        for (options, message) in cases {
-            // A Redis that is not there: without the check, the submit would fail to connect (exit 1).
-            let (code, out, err) = await run(["submit", "--redis", "127.0.0.1:1"] + options + ["--", "true"])
-            XCTAssertEqual(code, 2, "\(options)")
-            XCTAssertEqual(out, "")
-            XCTAssertEqual(err, "Error: \(message)\nSee 'runner submit --help'.\n", "\(options)")
-        }
+        await assertSubmitRefuses(cases)
         // What the level enforces passes the check (and then fails to reach a Redis that is not there).
         let (code, _, err) = await run(
             [

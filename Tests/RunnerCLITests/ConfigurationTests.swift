@@ -162,7 +162,7 @@ final class ConfigurationTests: XCTestCase {
                 + "high-performance)\n")
         result = await run(["config", "--print"], environment: ["RUNNER_PROFILE": "x"])
         XCTAssertEqual(result.code, 2)
-        XCTAssertTrue(result.err.hasPrefix("Error: invalid value for '--profile': 'x' (choose "), result.err)
+        XCTAssertTrue(result.err.hasPrefix("Error: invalid value for RUNNER_PROFILE: 'x' (choose "), result.err)
     }
 
     /// The one line a bad config file gives (exit 2, no usage lines).
@@ -227,6 +227,45 @@ final class ConfigurationTests: XCTestCase {
         let missingFile = await run(["worker", "--config", missing])
         XCTAssertEqual(missingFile.code, 2)
         XCTAssertEqual(missingFile.err, "Error: cannot read the config file \(missing): No such file or directory\n")
+    }
+
+    /// A bad value from a `RUNNER_*` variable names the variable, not the option nobody typed; the same value as a
+    /// flag names the flag.
+    func testEnvironmentValueErrorsNameTheVariable() async {
+        let cases: [([String], [String: String], String)] = [
+            (
+                ["worker"], ["RUNNER_CONCURRENCY": "abc"],
+                "Error: invalid value for RUNNER_CONCURRENCY: 'abc' (expected a positive whole number)"
+            ),
+            (
+                ["config", "--print"], ["RUNNER_LEASE_TTL": "soon"],
+                "Error: invalid duration for RUNNER_LEASE_TTL: 'soon' (write 30s, 500ms, 2m, 1h30m, 7d or a number "
+                    + "of seconds)"
+            ),
+            (
+                ["config", "--print"], ["RUNNER_QUEUES": " , "],
+                "Error: invalid value for RUNNER_QUEUES: '' (no braces, colons, spaces or control characters)"
+            ),
+            (
+                ["config", "--print"], ["RUNNER_LEASE_TTL": "500ms"],
+                "Error: invalid value for RUNNER_LEASE_TTL: it must be at least 1s"
+            ),
+            // A command without --config: its environment is located too.
+            (
+                ["status"], ["RUNNER_NAMESPACE": "a b"],
+                "Error: invalid value for RUNNER_NAMESPACE: 'a b' (use letters, digits, '-', '_' or '.'; no braces, "
+                    + "colons or spaces)"
+            ),
+        ]
+        for (arguments, environment, expected) in cases {
+            let result = await run(arguments, environment: environment)
+            XCTAssertEqual(result.code, 2, "\(environment)")
+            XCTAssertEqual(result.err.split(separator: "\n").first.map(String.init), expected)
+        }
+        let flag = await run(["worker", "--concurrency", "abc"], environment: ["RUNNER_CONCURRENCY": "2"])
+        XCTAssertEqual(
+            flag.err.split(separator: "\n").first.map(String.init),
+            "Error: invalid value for '--concurrency': 'abc' (expected a positive whole number)")
     }
 
     func testEnvironmentSwitchMustBeASwitch() async {

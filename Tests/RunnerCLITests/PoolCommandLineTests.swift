@@ -33,7 +33,10 @@ final class PoolCommandLineTests: XCTestCase {
             ),
             (["shutdown", "a:b"], "Error: invalid runner id 'a:b' (no braces, colons, spaces or control characters)"),
             (["migrate", "r1"], "Error: missing '--to NODE'"),
-            (["migrate", "r1", "--to", "n 2"], "Error: invalid value for '--to': 'n 2' (a node name, no spaces or control characters)"),
+            (
+                ["migrate", "r1", "--to", "n 2"],
+                "Error: invalid value for '--to': 'n 2' (a node name, no spaces or control characters)"
+            ),
             (
                 ["migrate", "r1", "--to", "n2", "--takeover-timeout", "soon"],
                 "Error: invalid duration for '--takeover-timeout': 'soon' (write 30s, 500ms, 2m, 1h30m, 7d or a number of seconds)"
@@ -52,6 +55,22 @@ final class PoolCommandLineTests: XCTestCase {
             let (code, line) = await firstError(arguments)
             XCTAssertEqual(code, 2, "\(arguments)")
             XCTAssertEqual(line, expected, "\(arguments)")
+        }
+    }
+
+    /// `--wait-timeout` without `--wait` would be ignored: every command with the pair refuses it, before anything
+    /// is sent.
+    func testWaitTimeoutNeedsWaitEverywhere() async {
+        for arguments in [
+            ["submit", "--wait-timeout", "5s", "--", "true"], ["drain", "r4", "--wait-timeout", "2s"],
+            ["resume", "r4", "--wait-timeout", "1s"], ["shutdown", "r4", "--wait-timeout", "1s"],
+            ["shutdown", "--all", "--now", "--wait-timeout", "1s"],
+            ["migrate", "r4", "--to", "n2", "--wait-timeout", "1s"],
+            ["cancel", "nosuch", "--wait-timeout", "1s"],
+        ] {
+            let (code, line) = await firstError(["--redis", "127.0.0.1:1"] + arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(line, "Error: --wait-timeout needs --wait", "\(arguments)")
         }
     }
 

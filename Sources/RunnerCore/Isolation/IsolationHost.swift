@@ -18,11 +18,15 @@ final class IsolationHost: Sendable {
     let runnerPeak = RunnerPeakMemory()
     /// Host memory at start, for refusing jobs that declare more than the host has at all.
     let hostMemoryBytes: UInt64?
+    /// The folders `start` made (the work root, the runner's folder, its cgroup parents), innermost first: what a
+    /// start that fails afterwards removes (`removeMadeAtStart`). What was there already may be a live runner's.
+    let madeAtStart: [String]
 
     init(
         configuration: IsolationConfiguration, capabilities: IsolationCapabilities, cgroups: (any CgroupDriver)?,
-        cgroupUnavailable: String?, workspace: JobWorkspace, hostMemoryBytes: UInt64?
+        cgroupUnavailable: String?, workspace: JobWorkspace, hostMemoryBytes: UInt64?, madeAtStart: [String] = []
     ) {
+        self.madeAtStart = madeAtStart
         self.configuration = configuration
         self.capabilities = capabilities
         self.cgroups = cgroups
@@ -31,12 +35,18 @@ final class IsolationHost: Sendable {
         self.hostMemoryBytes = hostMemoryBytes
     }
 
-    /// Probes the kernel, detects the cgroup layout and prepares the runner's cgroup parent (logging what it
-    /// found). A host without cgroups still runs jobs at the other levels.
+    /// Makes the work root and the runner's folder in it, then probes the kernel, detects the cgroup layout and
+    /// prepares the runner's cgroup parent (logging what it found). A host without cgroups still runs jobs at the
+    /// other levels. Throws, before any cgroup is made, when the work root cannot be used.
     /// `contextName` names the runner's folder and cgroup parent (`runnerContextName`).
     static func start(
         configuration: IsolationConfiguration, contextName: String, logger: Logger
-    ) async -> IsolationHost {
+    ) async throws(IsolationError) -> IsolationHost {
+        let workspace = JobWorkspace(
+            root: configuration.workRoot, runner: contextName,
+            owner: configuration.runAs.map { (uid: $0.uid, gid: $0.gid) })
+        var made = [workspace.directory, configuration.workRoot].filter { !exists($0) }
+        try await workspace.prepare()
         let capabilities = await IsolationCapabilities.probe()
         var driver: (any CgroupDriver)?
         var unavailable: String?
@@ -46,6 +56,7 @@ final class IsolationHost: Sendable {
             let parent: CgroupParent =
                 configuration.cgroupParent.map { .fromRoot($0) } ?? .belowOwnCgroup("nativerunner-\(contextName)")
             let candidate = hierarchy.makeDriver(parent: parent)
+            made = candidate.parentDirectories.filter { !exists($0) } + made
             let preparation = try candidate.prepareParent()
             logger.info(preparation.description)
             let needed = ["memory", "pids", "cpu"]
@@ -68,11 +79,18 @@ final class IsolationHost: Sendable {
         }
         return IsolationHost(
             configuration: configuration, capabilities: capabilities, cgroups: driver,
-            cgroupUnavailable: unavailable,
-            workspace: JobWorkspace(
-                root: configuration.workRoot, runner: contextName,
-                owner: configuration.runAs.map { (uid: $0.uid, gid: $0.gid) }),
-            hostMemoryBytes: try? ResourceSampler().memory().totalBytes)
+            cgroupUnavailable: unavailable, workspace: workspace,
+            hostMemoryBytes: try? ResourceSampler().memory().totalBytes, madeAtStart: made.filter(exists))
+    }
+
+    /// When the start fails after `start`: removes the folders it made, if nothing is in them.
+    func removeMadeAtStart() {
+        for directory in madeAtStart { rmdir(directory) }
+    }
+
+    private static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0
     }
 
     /// At a clean exit: removes the runner's cgroup parent and work directory if nothing is left in them.

@@ -144,11 +144,8 @@ struct JobWorkspace: Sendable {
         if lstat(root, &info) == 0, let unsafe = unsafeReason(root) {
             return IsolationError(.workspace, "the work root \(root) is not safe to use: \(unsafe)")
         }
-        do {
-            try FileManager.default.createDirectory(
-                atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
-        } catch {
-            return IsolationError(.workspace, "cannot create the work root \(root): \(error.localizedDescription)")
+        if let failure = makeDirectories(root, mode: 0o711) {
+            return IsolationError(.workspace, "cannot create the work root \(root): \(failure)")
         }
         if mkdir(directory, 0o711) != 0 && errno != EEXIST {
             return IsolationError(.workspace, "cannot create the work folder \(directory): \(errnoText())")
@@ -157,6 +154,19 @@ struct JobWorkspace: Sendable {
             if let unsafe = unsafeReason(folder) {
                 return IsolationError(.workspace, "the work folder \(folder) is not safe to use: \(unsafe)")
             }
+        }
+        return nil
+    }
+
+    /// `mkdir -p` with `mode` for the folders it makes; the errno text of the first step that failed, or nil.
+    private static func makeDirectories(_ path: String, mode: mode_t) -> String? {
+        var made = ""
+        for component in path.split(separator: "/") {
+            made += "/" + component
+            // What is there already is not made again (mkdir on a read-only mount fails even where it exists).
+            var info = stat()
+            if stat(made, &info) == 0 { continue }
+            if mkdir(made, mode) != 0 && errno != EEXIST { return errnoText() }
         }
         return nil
     }

@@ -1,0 +1,46 @@
+import Foundation
+import XCTest
+
+/// A worker that cannot start leaves nothing on the host: no cgroup parent, no work folder.
+final class StartupCleanupTests: PrivateRedisTestCase {
+    func testABadWorkRootFailsWithTheErrnoTextAndLeavesNoCgroupBehind() throws {
+        let result = runCLI([
+            "worker", "--redis", endpoint.url, "--namespace", namespace, "--name", "rt1", "--work-root",
+            "/proc/nope", "--exit-when-idle", "1s",
+        ])
+        let parents = IsolationLeftovers.cgroupParents(namespace: namespace)
+        IsolationLeftovers.remove(namespace: namespace)
+        XCTAssertEqual(result.code, 2, result.err)
+        let lines = result.err.split(separator: "\n").map(String.init)
+        XCTAssertEqual(
+            lines.last, "Error: cannot create the work root /proc/nope: No such file or directory", result.err)
+        // The controllers the runner's cgroup parent is made in: cgroup v1 hierarchies, or v2's unified one.
+        let controllers = ["memory", "pids", "cpu"]
+        let v1 = controllers.contains { FileManager.default.fileExists(atPath: "/sys/fs/cgroup/\($0)") }
+        let v2 = (try? String(contentsOfFile: "/sys/fs/cgroup/cgroup.controllers", encoding: .utf8))
+            .map { text in controllers.contains { text.split(separator: " ").map(String.init).contains($0) } }
+        guard v1 || v2 == true else {
+            throw XCTSkip("no cgroup v1 or v2 hierarchy with memory, pids or cpu here: no cgroup parent to look for")
+        }
+        XCTAssertEqual(parents, [], "cgroup folders of runner rt1 left behind")
+    }
+
+    /// A start that fails after the host was prepared (here: Redis refuses to make the queue's group) removes the
+    /// work root and the cgroup parent it made.
+    func testAStartThatFailsAfterTheHostWasPreparedRemovesWhatItMade() throws {
+        _ = try send(["SET", key("jobs:default"), "not a stream"])
+        let root = NSTemporaryDirectory() + "nr-startup-\(namespace)"
+        let result = runCLI([
+            "worker", "--redis", endpoint.url, "--namespace", namespace, "--name", "rt2", "--work-root", root,
+            "--exit-when-idle", "1s",
+        ])
+        let parents = IsolationLeftovers.cgroupParents(namespace: namespace)
+        let rootLeft = FileManager.default.fileExists(atPath: root)
+        IsolationLeftovers.remove(namespace: namespace)
+        try? FileManager.default.removeItem(atPath: root)
+        XCTAssertEqual(result.code, 1, result.err)
+        XCTAssertTrue(result.err.contains("WRONGTYPE"), result.err)
+        XCTAssertFalse(rootLeft, "the work root \(root) made by the failed start is left")
+        XCTAssertEqual(parents, [], "cgroup folders of runner rt2 left behind")
+    }
+}
