@@ -20,6 +20,10 @@ enum StatusCommand {
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         if arguments.flag("--watch") { return try await TopCommand.run(arguments, console: console) }
+        // Options of the live view would be ignored without it.
+        if let given = TopCommand.options.map(\.name).first(where: { arguments.value($0) != nil }) {
+            throw UsageError("\(given) needs --watch", command: spec.name)
+        }
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         let status = try await pool.status()

@@ -87,6 +87,11 @@ final class CommandLineTests: XCTestCase {
         (code, _, err) = await run(["status", "--namespace", "a:b"])
         XCTAssertEqual(code, 2)
         XCTAssertTrue(err.hasPrefix("Error: invalid value for '--namespace': 'a:b'"), err)
+        for options in [["--interval", "x"], ["--once"], ["--events", "3"]] {
+            (code, _, err) = await run(["status", "--redis", "127.0.0.1:1"] + options)
+            XCTAssertEqual(code, 2, "\(options)")
+            XCTAssertEqual(err.split(separator: "\n").first.map(String.init), "Error: \(options[0]) needs --watch")
+        }
         (code, _, err) = await run(["frobnicate"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err, "Error: unknown subcommand 'frobnicate'\nSee 'runner --help'.\n")
