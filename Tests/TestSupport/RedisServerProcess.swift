@@ -17,7 +17,8 @@ public struct RedisServerProcessError: Error, CustomStringConvertible {
 public final class RedisServerProcess: @unchecked Sendable {
     /// The loopback port it listens on (the same after restart()).
     public private(set) var port: Int
-    /// Its working dir (AOF/RDB live here); removed on deinit.
+    /// Its working dir (AOF/RDB live here); removed on deinit, or when the test process exits (XCTest keeps every
+    /// test case, and the servers they hold, alive until then).
     public let directory: URL
     private let password: String?
     private let aclUser: (user: String, password: String)?
@@ -38,6 +39,7 @@ public final class RedisServerProcess: @unchecked Sendable {
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("redis-test-\(getpid())-\(UUID().uuidString.prefix(8))", isDirectory: true)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        LeftoverDirectories.shared.add(directory)
         port = 0
         var lastError: (any Error)?
         for _ in 0..<5 {
@@ -59,6 +61,7 @@ public final class RedisServerProcess: @unchecked Sendable {
     deinit {
         try? stop()
         try? FileManager.default.removeItem(at: directory)
+        LeftoverDirectories.shared.remove(directory)
     }
 
     /// 127.0.0.1:port, with the ACL user and password, or the password, if configured.
@@ -238,4 +241,21 @@ public final class RedisServerProcess: @unchecked Sendable {
         }
         return nil
     }
+}
+
+/// The working dirs of test servers not yet removed, removed at the test process's exit (atexit).
+private final class LeftoverDirectories: Sendable {
+    static let shared = LeftoverDirectories()
+    private let paths = Mutex<Set<String>>([])
+
+    private init() {
+        atexit {
+            for path in LeftoverDirectories.shared.paths.withLock({ $0 }) {
+                try? FileManager.default.removeItem(atPath: path)
+            }
+        }
+    }
+
+    func add(_ directory: URL) { _ = paths.withLock { $0.insert(directory.path) } }
+    func remove(_ directory: URL) { _ = paths.withLock { $0.remove(directory.path) } }
 }
