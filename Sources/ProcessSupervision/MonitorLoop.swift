@@ -21,6 +21,8 @@ final class ChildRecord {
     /// F_SETPIPE_SZ was asked for on the stdout / stderr pipe.
     var enlargedStdout = false
     var enlargedStderr = false
+    /// Told of the process's group id; nil once told it ends.
+    var groups: (any ProcessGroupRegistry)?
 
     init(
         id: UInt64,
@@ -317,6 +319,10 @@ final class MonitorLoop {
             throw SpawnError.setupFailed(spec, "epoll_ctl", errno: epollErrno)
         }
         records[id] = record
+        if let groups = request.groups {
+            groups.groupStarted(result.pid)
+            record.groups = groups
+        }
         lastActivity = System.monotonicNanoseconds()
         nextSweep = min(nextSweep, lastActivity + Self.sweepInterval)
         return SpawnedHandle(id: id, pid: result.pid, state: handle)
@@ -402,6 +408,9 @@ final class MonitorLoop {
     /// the removal from the watched set, and closes the pidfd.
     private func reapMain(_ record: ChildRecord, blocking: Bool) {
         guard record.pidfd >= 0 else { return }
+        // A blocking reap is of a zombie (or of a process just sent SIGKILL): its group id leaves the registry while
+        // it still names the job's group. A shutdown's non-blocking one may find it alive: told after the reap.
+        if blocking { endGroup(of: record) }
         let (reaped, exit): (Bool, nr_exit_info?) = ChildRegistry.watched.withLock { watched in
             record.handle.value.withLock { value in
                 let result = System.reap(pidfd: record.pidfd, block: blocking)
@@ -415,6 +424,7 @@ final class MonitorLoop {
             }
         }
         guard reaped else { return }
+        endGroup(of: record)
         record.exit = exit
         System.close(record.pidfd)  // which also takes it out of the epoll set
         record.pidfd = -1
@@ -424,6 +434,11 @@ final class MonitorLoop {
             }
             lastActivity = System.monotonicNanoseconds()
         }
+    }
+
+    private func endGroup(of record: ChildRecord) {
+        record.groups?.groupEnding(record.pid)
+        record.groups = nil
     }
 
     private func finish(_ record: ChildRecord, forcedStop: Bool) {

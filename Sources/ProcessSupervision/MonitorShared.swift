@@ -16,6 +16,7 @@ enum MonitorCommand: Sendable {
 struct SpawnRequest: Sendable {
     var spec: ProcessSpec
     var output: @Sendable (OutputStream, [UInt8]) -> Void
+    var groups: (any ProcessGroupRegistry)?
 }
 
 struct SpawnedHandle: Sendable {

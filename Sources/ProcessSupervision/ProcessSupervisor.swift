@@ -88,12 +88,14 @@ public final class ProcessSupervisor: Sendable {
     /// empty signal mask and no other fd.
     public func spawn(
         _ spec: ProcessSpec,
+        groups: (any ProcessGroupRegistry)? = nil,
         output: @escaping @Sendable (OutputStream, [UInt8]) -> Void
     ) async throws -> RunningProcess {
         let shared = self.shared
         let handle = try await withCheckedThrowingContinuation {
             (continuation: CheckedContinuation<SpawnedHandle, any Error>) in
-            if !shared.enqueue(.spawn(SpawnRequest(spec: spec, output: output), continuation)) {
+            let request = SpawnRequest(spec: spec, output: output, groups: groups)
+            if !shared.enqueue(.spawn(request, continuation)) {
                 continuation.resume(throwing: SpawnError.shutDown(spec))
             }
         }

@@ -263,7 +263,7 @@ struct JobExecutor: Sendable {
         let process: RunningProcess
         do {
             let spec = processSpec(for: entry, environment: environment, containment: containment)
-            process = try await supervisor.spawn(spec) { stream, bytes in
+            process = try await supervisor.spawn(spec, groups: killSwitch.processGroups) { stream, bytes in
                 recorder.append(stream, bytes)
             }
         } catch let error as SpawnError where error.isSupervisorSide {

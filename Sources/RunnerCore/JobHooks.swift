@@ -51,7 +51,9 @@ extension JobExecutor {
             treeMarker: EnvironmentMarker(name: JobEnvironment.jobId, value: entry.jobId))
         let process: RunningProcess
         do {
-            process = try await supervisor.spawn(spec) { stream, bytes in recorder.append(stream, bytes) }
+            process = try await supervisor.spawn(spec, groups: killSwitch.processGroups) { stream, bytes in
+                recorder.append(stream, bytes)
+            }
         } catch {
             let reason = "\(kind.rawValue) hook could not start: \((error as? SpawnError)?.message ?? "\(error)")"
             recorder.note(reason)

@@ -21,6 +21,9 @@ protocol JobKillSwitch: Sendable {
     func watch(_ process: RunningProcess)
     /// The job ended: forget its group.
     func unwatch(_ process: RunningProcess)
+    /// For the spawn: told of a job's group from its clone to just before its reap, on the monitor thread, for a
+    /// switch outside this process (which must never keep a group id the kernel may reuse). Nil for one inside.
+    var processGroups: (any ProcessGroupRegistry)? { get }
     /// Kill every watched process group now; groups watched later are killed at once until the next `arm`.
     func fire()
 }
@@ -69,6 +72,8 @@ final class InProcessKillSwitch: JobKillSwitch {
         }
     }
 
+    var processGroups: (any ProcessGroupRegistry)? { nil }
+
     func watch(_ process: RunningProcess) {
         let killNow = state.withLock { state -> Bool in
             state.processes[process.pid] = process
@@ -107,7 +112,7 @@ final class InProcessKillSwitch: JobKillSwitch {
 /// in-process switch beside it for `fire()` and for jobs watched after a firing. A watchdog that ends on its own
 /// (killed) is replaced at once by a new one told the groups and the deadline; one that cannot be told something
 /// is logged once.
-final class WatchdogKillSwitch: JobKillSwitch {
+final class WatchdogKillSwitch: JobKillSwitch, ProcessGroupRegistry {
     private struct Guard {
         var watchdog: JobWatchdog
         var groups: Set<Int32> = []
@@ -200,23 +205,26 @@ final class WatchdogKillSwitch: JobKillSwitch {
         }
     }
 
-    func watch(_ process: RunningProcess) {
-        inProcess.watch(process)
+    func watch(_ process: RunningProcess) { inProcess.watch(process) }
+
+    func unwatch(_ process: RunningProcess) { inProcess.unwatch(process) }
+
+    /// The watchdog's table holds a group from the clone to just before its leader's reap, told by the monitor
+    /// thread: never a group id the kernel may have given to another process meanwhile.
+    var processGroups: (any ProcessGroupRegistry)? { self }
+
+    func groupStarted(_ processGroup: Int32) {
         state.withLock { guarded in
-            guarded.groups.insert(process.pid)
-            tell { try guarded.watchdog.watch(processGroup: process.pid) }
+            guarded.groups.insert(processGroup)
+            tell { try guarded.watchdog.watch(processGroup: processGroup) }
         }
     }
 
-    func unwatch(_ process: RunningProcess) {
-        // Before the in-process switch forgets it. This comes after `wait` returned, which is after the main process
-        // was reaped: for that moment (at most the output drain, about 1 s) the table still names a group id that
-        // the kernel could give to a new process, were the pid numbers to wrap around in it.
+    func groupEnding(_ processGroup: Int32) {
         state.withLock { guarded in
-            guarded.groups.remove(process.pid)
-            guarded.watchdog.unwatch(processGroup: process.pid)
+            guarded.groups.remove(processGroup)
+            guarded.watchdog.unwatch(processGroup: processGroup)
         }
-        inProcess.unwatch(process)
     }
 
     func fire() { inProcess.fire() }
