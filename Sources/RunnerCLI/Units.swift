@@ -34,12 +34,16 @@ public enum DurationParser {
 
 /// Parses sizes: `1048576`, `64K`, `64M`, `1G` (powers of 1024), optionally with a trailing `B`/`iB`.
 public enum ByteSizeParser {
+    /// The units, smallest first: binary multiples.
+    private static let units: [(suffix: Character, factor: Int)] = [
+        ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40),
+    ]
+
     public static func parse(_ text: String) -> Int? {
         var s = text.trimmingCharacters(in: .whitespaces).uppercased()
         if s.hasSuffix("IB") { s.removeLast(2) } else if s.hasSuffix("B") { s.removeLast() }
-        let factors: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
         var factor = 1
-        if let last = s.last, let f = factors[last] {
+        if let last = s.last, let f = units.first(where: { $0.suffix == last })?.factor {
             factor = f
             s.removeLast()
         }
@@ -50,8 +54,7 @@ public enum ByteSizeParser {
     /// `bytes` as `parse` reads it, in the largest unit that holds it exactly (1048576 is `1M`, 3072 is `3K`); a
     /// number of bytes when no unit divides it.
     public static func text(_ bytes: Int) -> String {
-        for (suffix, factor) in [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
-        where bytes != 0 && bytes % factor == 0 {
+        for (suffix, factor) in units.reversed() where bytes != 0 && bytes % factor == 0 {
             return "\(bytes / factor)\(suffix)"
         }
         return String(bytes)

@@ -151,15 +151,9 @@ struct JobExecutor: Sendable {
             crashedRunLeftFolder ? nil : await JobContainment.attempt(plan: plan, host: isolation)
         let startedAt: String
         let attempt: Attempt
-        // One that failed goes the way of every job write: sent again until it lands (the claim is idempotent).
-        let claim: JobStore.Claim? =
-            if let first = try? await inFlight.value() {
-                first
-            } else {
-                await detached {
-                    try await store.claim(entry: entry, owner: owner, receivedData: received, retry: durable)
-                }
-            }
+        let claim = await detached(sent: inFlight.value) {
+            try await store.claim(entry: entry, owner: owner, receivedData: received, retry: durable)
+        }
         // Read once: the containment is kept exactly when the claimed branch below goes on to start the job.
         let stoppedWhileClaiming = Task.isCancelled
         let startsJob = if case .claimed? = claim { !stoppedWhileClaiming } else { false }
@@ -540,12 +534,20 @@ struct JobExecutor: Sendable {
 
     /// Runs a durable write outside the caller's cancellation (a job stopped for shutdown still gets recorded),
     /// until it lands; nil only when it was given up (the Redis client was closed at shutdown) or is refused for good.
+    /// `sent`: the first try, already in flight (`RedisClient.start`), collected here instead of sending another.
     @discardableResult
-    func detached<T: Sendable>(_ write: @escaping @Sendable () async throws -> T) async -> T? {
+    func detached<T: Sendable>(
+        sent: (() async throws -> T)? = nil, _ write: @escaping @Sendable () async throws -> T
+    ) async -> T? {
         // Nearly every write lands at the first try, sent from this task: no task of its own, no extra wake-ups.
         // One that fails, or is cut short by this task's cancellation, is sent again (every job script is
-        // idempotent) by a task of its own that retries until it lands.
-        if !Task.isCancelled, let value = try? await write() { return value }
+        // idempotent) by a task of its own that retries until it lands. A try in flight already is collected
+        // whatever this task's state: it was sent.
+        if let sent {
+            if let value = try? await sent() { return value }
+        } else if !Task.isCancelled, let value = try? await write() {
+            return value
+        }
         let logger = self.logger
         return await Task { await DurableWrite.perform(logger: logger, write) }.value
     }

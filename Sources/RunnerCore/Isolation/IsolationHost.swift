@@ -45,7 +45,7 @@ final class IsolationHost: Sendable {
         let workspace = JobWorkspace(
             root: configuration.workRoot, runner: contextName,
             owner: configuration.runAs.map { (uid: $0.uid, gid: $0.gid) })
-        var made = [workspace.directory, configuration.workRoot].filter { !exists($0) }
+        var made = [workspace.directory, configuration.workRoot].filter { !pathExists($0) }
         try await workspace.prepare()
         let capabilities = await IsolationCapabilities.probe()
         var driver: (any CgroupDriver)?
@@ -56,7 +56,7 @@ final class IsolationHost: Sendable {
             let parent: CgroupParent =
                 configuration.cgroupParent.map { .fromRoot($0) } ?? .belowOwnCgroup("nativerunner-\(contextName)")
             let candidate = hierarchy.makeDriver(parent: parent)
-            made = candidate.parentDirectories.filter { !exists($0) } + made
+            made = candidate.parentDirectories.filter { !pathExists($0) } + made
             let preparation = try candidate.prepareParent()
             logger.info(preparation.description)
             let needed = ["memory", "pids", "cpu"]
@@ -80,17 +80,12 @@ final class IsolationHost: Sendable {
         return IsolationHost(
             configuration: configuration, capabilities: capabilities, cgroups: driver,
             cgroupUnavailable: unavailable, workspace: workspace,
-            hostMemoryBytes: try? ResourceSampler().memory().totalBytes, madeAtStart: made.filter(exists))
+            hostMemoryBytes: try? ResourceSampler().memory().totalBytes, madeAtStart: made.filter(pathExists))
     }
 
     /// When the start fails after `start`: removes the folders it made, if nothing is in them.
     func removeMadeAtStart() {
         for directory in madeAtStart { rmdir(directory) }
-    }
-
-    private static func exists(_ path: String) -> Bool {
-        var info = stat()
-        return lstat(path, &info) == 0
     }
 
     /// At a clean exit: removes the runner's cgroup parent and work directory if nothing is left in them.

@@ -35,7 +35,8 @@ final class JobContainment: Sendable {
         return JobContainment(plan: plan, workDirectory: folder, cgroup: cgroup, host: host)
     }
 
-    /// `create`, its error as a value: for a containment made in a task of its own.
+    /// `create`, its error as a value: for a containment made while the claim is in flight, kept or discarded once
+    /// the claim has answered.
     static func attempt(plan: IsolationPlan, host: IsolationHost) async -> Result<JobContainment, IsolationError> {
         do throws(IsolationError) {
             return .success(try await create(plan: plan, host: host))

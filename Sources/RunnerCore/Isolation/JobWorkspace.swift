@@ -177,7 +177,9 @@ struct JobWorkspace: Sendable {
         // Most jobs leave their folder as it was made: two rmdir, inline (rmdir never follows a link, and fails on
         // a folder with anything in it). Anything else is a tree of any size, removed on the queue.
         if JobWorkspace.removeAsMade(path) { return true }
-        return await JobWorkspace.run { (try? FileManager.default.removeItem(atPath: path)) != nil || !exists(path) }
+        return await JobWorkspace.run {
+            (try? FileManager.default.removeItem(atPath: path)) != nil || !pathExists(path)
+        }
     }
 
     /// Removes `path` and its empty `tmp` if that is all there is. The folder is opened without following a link:
@@ -208,10 +210,7 @@ struct JobWorkspace: Sendable {
     }
 
     /// Whether a folder (or anything else) of this name is there already: a crashed run of the same entry left it.
-    func hasEntry(name: String) -> Bool {
-        var info = stat()
-        return lstat((directory as NSString).appendingPathComponent(name), &info) == 0
-    }
+    func hasEntry(name: String) -> Bool { pathExists((directory as NSString).appendingPathComponent(name)) }
 
     /// Whether `path` is a kept folder of a finished job (not a leftover of a dead runner).
     func isSpare(_ path: String) -> Bool { spares.contains(path) }
@@ -271,7 +270,8 @@ struct JobWorkspace: Sendable {
     }
 }
 
-private func exists(_ path: String) -> Bool {
+/// Whether anything is at `path`, a link included (`lstat`: nothing is followed).
+func pathExists(_ path: String) -> Bool {
     var info = stat()
     return lstat(path, &info) == 0
 }

@@ -11,23 +11,12 @@ final class RunningContainments: Sendable {
     private let table = Mutex<[DeliveryKey: Running]>([:])
     /// Names of contexts being made, in use or being removed: taken before anything is created, so that a cleanup
     /// pass that lists the folders and cgroups first and reads this afterwards never removes a job's.
-    private let names = Mutex<[String: Int]>([:])
+    private let names = Mutex<Set<String>>([])
 
     /// Takes `contextName` for one attempt; false (nothing taken) when another attempt here holds it already.
-    func reserve(contextName: String) -> Bool {
-        names.withLock { names in
-            guard names[contextName] == nil else { return false }
-            names[contextName] = 1
-            return true
-        }
-    }
+    func reserve(contextName: String) -> Bool { names.withLock { $0.insert(contextName).inserted } }
 
-    func release(contextName: String) {
-        names.withLock { names in
-            let count = (names[contextName] ?? 1) - 1
-            names[contextName] = count > 0 ? count : nil
-        }
-    }
+    func release(contextName: String) { _ = names.withLock { $0.remove(contextName) } }
 
     func add(_ key: DeliveryKey, jobId: String, containment: JobContainment) {
         table.withLock { $0[key] = Running(jobId: jobId, containment: containment) }
@@ -40,7 +29,7 @@ final class RunningContainments: Sendable {
     var all: [Running] { table.withLock { Array($0.values) } }
 
     /// The context names (work folder, cgroup) reserved now.
-    var contextNames: Set<String> { names.withLock { Set($0.keys) } }
+    var contextNames: Set<String> { names.withLock { $0 } }
 }
 
 /// Resource admission: a job that declares a memory limit starts only when the host can give that much now — no
