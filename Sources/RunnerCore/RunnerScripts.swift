@@ -35,26 +35,27 @@ enum RunnerScripts {
             -- runner's lease no longer holds its token: it expired, or the runner registered again) or 'moved' (the
             -- record names another entry, runner or epoch: the job was rescheduled, retried or handed back). A
             -- record that is gone entirely (a Redis that lost its data) does not fence unless another epoch holds
-            -- the lease: the runner rebuilds it.
-            local function nr_fence(job, stream, lease, runner, sid, group, token)
+            -- the lease: the runner rebuilds it. The record's fields named after the fence's own come back as
+            -- the second result, from the same HMGET (cur[5] on), so that a caller reads the record once.
+            local function nr_fence(job, stream, lease, runner, sid, group, token, ...)
               local cur = redis.call('HMGET', job, '\(ResultField.state)', '\(ResultField.runner)',
-                '\(ResultField.streamId)', '\(ResultField.leaseToken)')
+                '\(ResultField.streamId)', '\(ResultField.leaseToken)', ...)
               local held = redis.call('GET', lease)
               if not cur[1] then
-                if held and held ~= token then return 'lease' end
-                return nil
+                if held and held ~= token then return 'lease', cur end
+                return nil, cur
               end
               if cur[3] ~= sid or not (nr_absent(cur[2]) or cur[2] == runner)
                 or not (nr_absent(cur[4]) or cur[4] == token) then
-                return 'moved'
+                return 'moved', cur
               end
               if nr_terminal(cur[1]) then
                 redis.call('XACK', stream, group, sid)
                 redis.call('XDEL', stream, sid)
-                return 0
+                return 0, cur
               end
-              if held ~= token then return 'lease' end
-              return nil
+              if held ~= token then return 'lease', cur end
+              return nil, cur
             end
             -- A refused terminal write: say so on the events stream (the write itself changes nothing).
             local function nr_stale(events, maxlen, job, id, runner, attempt, sid, why, write)
@@ -250,7 +251,8 @@ enum RunnerScripts {
     static let complete = script(
         "complete",
         """
-        local fenced = nr_fence(KEYS[1], KEYS[2], KEYS[5], ARGV[2], ARGV[4], ARGV[5], ARGV[14])
+        local fenced, cur = nr_fence(KEYS[1], KEYS[2], KEYS[5], ARGV[2], ARGV[4], ARGV[5], ARGV[14],
+          '\(ResultField.startedAt)', '\(ResultField.queue)', '\(ResultField.spec)', '\(ResultField.submittedAt)')
         if fenced == 0 then return 0 end
         if fenced then return nr_stale(KEYS[3], ARGV[10], KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], fenced, 'result') end
         local ts = nr_now()
@@ -258,15 +260,13 @@ enum RunnerScripts {
           '\(ResultField.finishedAt)', ts, '\(ResultField.streamId)', ARGV[4], '\(ResultField.leaseToken)', ARGV[14],
           '\(ProtocolVersion.field)', NR_V}
         for i = 16, #ARGV do fields[#fields + 1] = ARGV[i] end
-        local missing = {['\(ResultField.startedAt)'] = (ARGV[11] ~= '' and ARGV[11] or ts),
-          ['\(ResultField.queue)'] = ARGV[12], ['\(ResultField.spec)'] = ARGV[13]}
-        for name, value in pairs(missing) do
-          if redis.call('HEXISTS', KEYS[1], name) == 0 then
-            fields[#fields + 1] = name; fields[#fields + 1] = value
+        -- Fields the record lacks (read with the fence, cur[5] on) are written again from what the runner knows.
+        local missing = {{'\(ResultField.startedAt)', ARGV[11] ~= '' and ARGV[11] or ts}, {'\(ResultField.queue)', ARGV[12]},
+          {'\(ResultField.spec)', ARGV[13]}, {'\(ResultField.submittedAt)', nr_sid_ms(ARGV[4])}}
+        for i, field in ipairs(missing) do
+          if not cur[4 + i] then
+            fields[#fields + 1] = field[1]; fields[#fields + 1] = field[2]
           end
-        end
-        if redis.call('HEXISTS', KEYS[1], '\(ResultField.submittedAt)') == 0 then
-          fields[#fields + 1] = '\(ResultField.submittedAt)'; fields[#fields + 1] = nr_sid_ms(ARGV[4])
         end
         redis.call('HSET', KEYS[1], unpack(fields))
         redis.call('PEXPIRE', KEYS[1], ARGV[9])

@@ -44,6 +44,8 @@ final class VolatileRedisTests: PrivateRedisTestCase {
         XCTAssertEqual(record["started_at"], before["started_at"])
         XCTAssertEqual(record["queue"], "default")
         XCTAssertEqual(record["spec"], before["spec"])
+        // The submission time is gone with the record: the entry id's milliseconds stand in for it.
+        XCTAssertEqual(record["submitted_at"], before["stream_id"].map { String($0.prefix { $0 != "-" }) })
         XCTAssertEqual(record["output_tail"], "rebuilt\n")
         // And the runner keeps taking jobs (its group was recreated).
         try submit(["--", "echo", "next"], id: "vol-2")
