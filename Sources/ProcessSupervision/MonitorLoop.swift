@@ -126,7 +126,6 @@ final class MonitorLoop {
         }
         children = nil
         System.close(shared.epollFD)
-        System.close(shared.wakeFD)
         System.close(shared.devNullFD)
     }
 

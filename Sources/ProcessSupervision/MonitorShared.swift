@@ -77,6 +77,8 @@ final class ProcessHandleState: Sendable {
 /// The monitor thread's inbox and fds, shared with the callers' threads.
 final class MonitorShared: Sendable {
     let epollFD: Int32
+    /// Closed when the last holder lets go (deinit), not when the monitor thread ends: a caller signals it after
+    /// releasing the inbox's lock, so that the monitor it wakes does not at once block on that lock.
     let wakeFD: Int32
     let devNullFD: Int32
 
@@ -93,27 +95,32 @@ final class MonitorShared: Sendable {
         self.devNullFD = devNullFD
     }
 
+    deinit {
+        System.close(wakeFD)
+    }
+
     /// Queues a command and wakes the monitor; false once the supervisor is shutting down.
     @discardableResult
     func enqueue(_ command: MonitorCommand) -> Bool {
-        inbox.withLock { inbox in
+        let queued = inbox.withLock { inbox in
             guard !inbox.closed else { return false }
             inbox.commands.append(command)
-            // Written under the lock: the monitor closes the eventfd only after it saw `closed`, so this can never
-            // write to a closed (or meanwhile reused) fd number.
-            System.eventFDSignal(wakeFD)
             return true
         }
+        // After the append, so the monitor never misses it (at worst it wakes once for a command it already took).
+        if queued { System.eventFDSignal(wakeFD) }
+        return queued
     }
 
     /// Marks the inbox closed and wakes the monitor; true for the call that closed it.
     func close() -> Bool {
-        inbox.withLock { inbox in
+        let closing = inbox.withLock { inbox in
             guard !inbox.closed else { return false }
             inbox.closed = true
-            System.eventFDSignal(wakeFD)
             return true
         }
+        if closing { System.eventFDSignal(wakeFD) }
+        return closing
     }
 
     /// The queued commands, and whether the supervisor is shutting down.

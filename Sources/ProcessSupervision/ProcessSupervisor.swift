@@ -69,7 +69,9 @@ public final class ProcessSupervisor: Sendable {
         case .success(let started):
             thread = started
         case .failure(let err):
-            closeAll()
+            // The eventfd is `shared`'s now: it closes it when it goes.
+            System.close(epollFD)
+            System.close(devNullFD)
             throw SupervisorError.setup("start the monitor thread (pthread_create)", errno: err.value)
         }
         self.shared = shared

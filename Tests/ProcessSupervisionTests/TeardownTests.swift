@@ -230,6 +230,25 @@ final class TeardownTests: XCTestCase {
         XCTAssertTrue(gone)
     }
 
+    /// The monitor's eventfd belongs to the state its handles share, not to the monitor thread: a handle used after
+    /// the shutdown still names that fd (never a reused number), and once the last holder goes, it is closed too.
+    func testASupervisorLetGoLeavesNoDescriptorOpenEvenAfterAHandleOutlivedIt() async throws {
+        let before = openFDCount()
+        var supervisor: ProcessSupervisor? = try ProcessSupervisor(subreaper: true)
+        // Never waited for: the shutdown kills it, and letting the handle go queues its abandon to a closed inbox.
+        var process: RunningProcess? = try await supervisor?.spawn(
+            ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"]), output: { _, _ in })
+        let pid = try XCTUnwrap(process?.pid)
+        supervisor?.shutdown()
+        supervisor = nil
+        let killed = await eventually { processState(pid) == nil }
+        XCTAssertTrue(killed, "the shutdown left pid \(pid)")
+        XCTAssertGreaterThan(openFDCount(), before, "the handle still holds the eventfd")
+        process = nil
+        let closed = await eventually { openFDCount() == before }
+        XCTAssertTrue(closed, "\(openFDCount() - before) descriptors left open")
+    }
+
     func testShutdownKillsWhatRunsAndAnswersWaiters() async throws {
         let supervisor = try ProcessSupervisor(subreaper: true)
         let process = try await supervisor.spawn(shell("sleep 60 & echo $!; wait"), output: { _, _ in })
