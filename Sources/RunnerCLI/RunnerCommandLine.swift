@@ -70,9 +70,10 @@ public enum RunnerCommandLine {
                 break
             }
         }
-        guard !leading.isEmpty, index < arguments.count,
-            subcommands.contains(where: { $0.0.name == arguments[index] })
-        else { return arguments }
+        guard !leading.isEmpty, index < arguments.count else { return arguments }
+        // `help` shows a subcommand's help whatever Redis and namespace: the common options have nothing to do.
+        if arguments[index] == "help" { return Array(arguments[index...]) }
+        guard subcommands.contains(where: { $0.0.name == arguments[index] }) else { return arguments }
         return [arguments[index]] + leading + arguments[(index + 1)...]
     }
 

@@ -220,6 +220,17 @@ final class CommandLineTests: XCTestCase {
             RunnerCommandLine.movingCommonOptions(["--redis", "h:1", "--name", "r"]), ["--redis", "h:1", "--name", "r"])
     }
 
+    /// `help` takes the common options before it, like every other subcommand.
+    func testHelpAfterTheCommonOptionsShowsTheSubcommandsHelp() async {
+        let (_, expected, _) = await run(["help", "submit"])
+        for leading in [["--redis", "127.0.0.1:6379"], ["--redis=127.0.0.1:6379", "--namespace", "x"]] {
+            let (code, out, err) = await run(leading + ["help", "submit"])
+            XCTAssertEqual(code, 0, "\(leading): \(err)")
+            XCTAssertEqual(err, "", "\(leading)")
+            XCTAssertEqual(out, expected, "\(leading)")
+        }
+    }
+
     func testRecoveryOptionsAreValidated() async {
         var (code, _, err) = await run(["submit", "--backoff", "1s", "--", "true"])
         XCTAssertEqual(code, 2)
