@@ -77,6 +77,31 @@ public enum RunnerCommandLine {
         return [arguments[index]] + leading + arguments[(index + 1)...]
     }
 
+    /// In `runner --concurrency 3 status`, where options other than the common ones come before a subcommand: the
+    /// first such option and the subcommand; nil when no subcommand follows (worker mode, `runner --name status`).
+    static func misplacedSubcommand(_ arguments: [String]) -> (option: String, subcommand: String)? {
+        let worker = subcommands[0].0
+        let names = Set(subcommands.map(\.0.name) + ["help"])
+        var misplaced: String?
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            index += 1
+            guard argument != "--" else { return nil }
+            if argument.hasPrefix("-") {
+                let name = String(argument.prefix { $0 != "=" })
+                if misplaced == nil, !CommonOptions.all.contains(where: { $0.name == name }) { misplaced = name }
+                // The worker's value options take the next argument, as its parser will.
+                let option = worker.options.first { $0.name == name || $0.short.map { "-\($0)" } == name }
+                if let option, option.kind != .flag, !argument.contains("=") { index += 1 }
+                continue
+            }
+            guard names.contains(argument), let misplaced else { return nil }
+            return (misplaced, argument)
+        }
+        return nil
+    }
+
     /// The process's arguments, refusing any that is not valid UTF-8 (Swift would silently replace its bytes,
     /// and a job id, path or variable would then not be what was typed).
     public static func processArguments() -> Result<[String], UsageError> {
@@ -166,6 +191,14 @@ public enum RunnerCommandLine {
             console.print(spec.help)
             return 0
         default: break
+        }
+        if first?.hasPrefix("-") == true, let (option, subcommand) = misplacedSubcommand(arguments) {
+            let common = CommonOptions.all.map(\.name).joined(separator: " and ")
+            console.error(
+                "Error: '\(option)' cannot come before '\(subcommand)': only \(common) may come before a subcommand"
+            )
+            console.error("See 'runner --help'.")
+            return 2
         }
         var chosen = subcommands[0]
         if let first, let match = subcommands.first(where: { $0.0.name == first }) {

@@ -231,6 +231,30 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// Only the common options may come before a subcommand; any other is refused naming it and the subcommand.
+    func testAnOptionOtherThanTheCommonOnesBeforeASubcommandIsNamed() async {
+        let cases: [([String], String)] = [
+            (["--concurrency", "3", "status"], "'--concurrency' cannot come before 'status'"),
+            (["--redis", "h:1", "--json", "dead"], "'--json' cannot come before 'dead'"),
+            (
+                ["--no-reaper", "--namespace=x", "help", "submit"],
+                "'--no-reaper' cannot come before 'help'"
+            ),
+            (["--name=r", "submit", "--", "true"], "'--name' cannot come before 'submit'"),
+        ]
+        for (arguments, message) in cases {
+            let (code, out, err) = await run(arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(out, "")
+            XCTAssertEqual(
+                err,
+                "Error: \(message): only --redis and --namespace may come before a subcommand\nSee 'runner --help'.\n")
+        }
+        // A value that is a subcommand's name is a value: the worker named "status" is not refused for it.
+        XCTAssertNil(RunnerCommandLine.misplacedSubcommand(["--name", "status", "--concurrency", "2"]))
+        XCTAssertNil(RunnerCommandLine.misplacedSubcommand(["--redis", "h:1", "--no-reaper"]))
+    }
+
     func testRecoveryOptionsAreValidated() async {
         var (code, _, err) = await run(["submit", "--backoff", "1s", "--", "true"])
         XCTAssertEqual(code, 2)
