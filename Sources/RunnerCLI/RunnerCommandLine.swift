@@ -164,6 +164,11 @@ public enum RunnerCommandLine {
         let first = arguments.first
         switch first {
         case "--version":
+            if arguments.count > 1 {
+                console.error("Error: unexpected argument '\(UsageError.excerpt(arguments[1]))' after --version")
+                console.error("See 'runner --help'.")
+                return 2
+            }
             console.print("runner \(RunnerVersion.current) (protocol v\(ProtocolVersion.current))")
             return 0
         case "-h", "--help":

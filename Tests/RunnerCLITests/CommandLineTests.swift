@@ -17,6 +17,13 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(out, "runner 0.1.0 (protocol v1)\n")
     }
 
+    func testVersionRefusesAnExtraArgument() async {
+        let (code, out, err) = await run(["--version", "extra"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(out, "")
+        XCTAssertEqual(err, "Error: unexpected argument 'extra' after --version\nSee 'runner --help'.\n")
+    }
+
     func testHelpListsSubcommands() async {
         let (code, out, _) = await run(["--help"])
         XCTAssertEqual(code, 0)
