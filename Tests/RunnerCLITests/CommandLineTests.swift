@@ -99,6 +99,15 @@ final class CommandLineTests: XCTestCase {
             XCTAssertEqual(code, 2, "\(options)")
             XCTAssertEqual(err.split(separator: "\n").first.map(String.init), "Error: \(options[0]) needs --watch")
         }
+        // `--events 0` is accepted (no events pane): the command gets as far as Redis, which is not there.
+        (code, _, err) = await run(["top", "--redis", "127.0.0.1:1", "--events", "0", "--once"])
+        XCTAssertEqual(code, 1, err)
+        XCTAssertTrue(err.hasPrefix("Error: cannot reach Redis at 127.0.0.1:1: "), err)
+        (code, _, err) = await run(["top", "--events", "-1"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            "Error: invalid value for '--events': '-1' (expected a whole number, 0 for no events pane)")
         (code, _, err) = await run(["frobnicate"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err, "Error: unknown subcommand 'frobnicate'\nSee 'runner --help'.\n")
