@@ -9,7 +9,8 @@ enum ControlCommand {
     static let spec = CommandSpec(
         name: "control",
         abstract: "Run the control plane: reschedule the jobs of lost runners and move due retries.",
-        usage: "runner control --redis HOST:PORT [--interval D] [--reschedule-limit N] [--lost-retention D] [options]",
+        usage:
+            "runner control [--redis HOST:PORT] [--interval D] [--reschedule-limit N] [--lost-retention D] [options]",
         options: CommonOptions.all + [
             OptionSpec(
                 "--name", .value("NAME"), help: "Name in events and logs.", environment: "RUNNER_CONTROL_NAME",

@@ -47,6 +47,15 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// --redis has a default (127.0.0.1:6379): no USAGE shows it as required. The worker's alone does, as bare
+    /// `runner` without it (or RUNNER_REDIS) is refused.
+    func testNoUsageButTheWorkersShowsRedisAsRequired() {
+        XCTAssertEqual(CommonOptions.redis.defaultDescription, "127.0.0.1:6379")
+        for (spec, _) in RunnerCommandLine.subcommands where spec.name != "worker" {
+            XCTAssertNil(spec.usage.range(of: "(?<!\\[)--redis", options: .regularExpression), spec.usage)
+        }
+    }
+
     func testUnknownOptionIsAUsageError() async {
         let (code, out, err) = await run(["submit", "--bogus", "--", "true"])
         XCTAssertEqual(code, 2)
