@@ -34,10 +34,8 @@ public enum RunnerCommandLine {
             SUBCOMMANDS:
 
             """
-        for (spec, _) in subcommands {
-            text += "  " + spec.name.padding(toLength: 12, withPad: " ", startingAt: 0) + spec.abstract + "\n"
-        }
-        text += "  " + "help".padding(toLength: 12, withPad: " ", startingAt: 0) + "Show help for a subcommand.\n"
+        for (spec, _) in subcommands { text += HelpLayout.entry(spec.name, spec.abstract, column: 14) }
+        text += HelpLayout.entry("help", "Show help for a subcommand.", column: 14)
         text += """
 
             OPTIONS:
@@ -238,7 +236,7 @@ public enum RunnerCommandLine {
         } catch var error as UsageError {
             if let layered { error = ConfigurationLayers.locating(error, in: layered) }
             console.error("Error: \(error.message)")
-            // Only a pointer to the usage: the usage line of some subcommands is hundreds of characters long.
+            // Only a pointer to the usage: the usage of some subcommands takes several lines.
             if error.pointsToHelp { console.error("See 'runner \(spec.name) --help'.") }
             return 2
         } catch let error as CommandFailure {

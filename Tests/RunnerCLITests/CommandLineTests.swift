@@ -56,6 +56,29 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// Every --help is wrapped at 100 columns: a description continues under the description column, a USAGE
+    /// under the first word after the subcommand.
+    func testHelpIsWrappedAtTheWidth() async {
+        for arguments in RunnerCommandLine.subcommands.map({ [$0.0.name, "--help"] }) + [["--help"]] {
+            let (code, out, _) = await run(arguments)
+            XCTAssertEqual(code, 0)
+            for line in out.split(separator: "\n") {
+                XCTAssertLessThanOrEqual(line.count, HelpLayout.width, "\(arguments): \(line)")
+            }
+            let options = out.components(separatedBy: "\nOPTIONS:\n").last?.components(separatedBy: "\n\n").first
+            for line in (options ?? "").split(separator: "\n") {
+                let continued = line.hasPrefix(String(repeating: " ", count: 28)) && line.dropFirst(28).first != " "
+                XCTAssertTrue(line.hasPrefix("  -") || continued, "\(arguments): \(line)")
+            }
+        }
+        let usage = SubmitCommand.spec.help.components(separatedBy: "\n\n")[1].split(separator: "\n")
+        XCTAssertGreaterThan(usage.count, 1)
+        XCTAssertTrue(usage[0].hasPrefix("USAGE: runner submit [--queue Q] "), "\(usage)")
+        for line in usage.dropFirst() {
+            XCTAssertTrue(line.hasPrefix(String(repeating: " ", count: 21) + "["), "\(usage)")
+        }
+    }
+
     func testUnknownOptionIsAUsageError() async {
         let (code, out, err) = await run(["submit", "--bogus", "--", "true"])
         XCTAssertEqual(code, 2)
@@ -63,8 +86,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err, "Error: unknown option '--bogus'\nSee 'runner submit --help'.\n")
     }
 
-    /// A usage error is the `Error:` line and a pointer to --help, whatever the subcommand (the usage line of some
-    /// is hundreds of characters: --help has it).
+    /// A usage error is the `Error:` line and a pointer to --help, whatever the subcommand (the usage of some
+    /// takes several lines: --help has it).
     func testAUsageErrorIsTwoShortLines() async {
         let cases: [([String], String)] = [
             (["submit", "--memory", "lots", "--", "true"], "submit"), (["submit"], "submit"),
