@@ -106,14 +106,14 @@ enum TopView {
         return bytesText(used) + (total.map { "/" + bytesText($0) } ?? "")
     }
 
-    /// Columns padded to their widest cell, two spaces apart, indented by two.
-    static func table(_ rows: [[String]]) -> [String] {
+    /// Columns padded to their widest cell, two spaces apart, after `indent`.
+    static func table(_ rows: [[String]], indent: String = "  ") -> [String] {
         let widths = (0..<(rows.first?.count ?? 0)).map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in
             let cells = row.enumerated().map {
                 $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0)
             }
-            var line = "  " + cells.joined(separator: "  ")
+            var line = indent + cells.joined(separator: "  ")
             while line.hasSuffix(" ") { line.removeLast() }
             return line
         }
