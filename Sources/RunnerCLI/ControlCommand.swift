@@ -34,7 +34,7 @@ enum ControlCommand {
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let name = arguments.value("--name") ?? "control-\(WorkerCommand.defaultName(pid: String(getpid())))"
-        let logger = try WorkerCommand.logger(arguments)
+        let logger = try WorkerCommand.logger(arguments, label: "control")
         let configuration = ReaperConfiguration(
             redis: try arguments.endpoint(), keyspace: try arguments.keyspace(), name: name,
             interval: try arguments.reaperInterval("--interval"),
@@ -49,7 +49,7 @@ enum ControlCommand {
         let reaper = Reaper(configuration: configuration, logger: logger)
         let task = Task { await reaper.run() }
         let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
-            logger.info("received signal \(signal); stopping")
+            logger.info("received \(SignalObserver.name(signal)); stopping")
             task.cancel()
         }
         defer { signals.cancel() }

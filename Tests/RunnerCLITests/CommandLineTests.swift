@@ -390,6 +390,11 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(parsed.all("--queue"), ["x", "y"])
     }
 
+    func testSignalsAreNamedAlike() {
+        XCTAssertEqual(
+            [SIGTERM, SIGINT, SIGHUP, SIGUSR1].map(SignalObserver.name), ["SIGTERM", "SIGINT", "SIGHUP", "signal 10"])
+    }
+
     func testCommandAfterDoubleDashKeepsItsOwnFlags() throws {
         let parsed = try ParsedArguments(
             ["--wait", "--", "ls", "--all", "-l"], command: SubmitCommandSpec.spec, environment: [:])
