@@ -59,14 +59,12 @@ public struct CommandSpec: Sendable {
         self.discussion = discussion
     }
 
-    /// The help text: OVERVIEW, USAGE, ARGUMENTS, OPTIONS.
+    /// The help text: OVERVIEW, USAGE, ARGUMENTS, OPTIONS, then the discussion; wrapped at `HelpLayout.width`.
     public var help: String {
-        var text = "OVERVIEW: \(abstract)\n\nUSAGE: \(usage)\n"
+        var text = HelpLayout.prose("OVERVIEW: \(abstract)") + "\n" + HelpLayout.usage(usage)
         if !arguments.isEmpty {
             text += "\nARGUMENTS:\n"
-            for (name, help) in arguments {
-                text += "  " + name.padding(toLength: 26, withPad: " ", startingAt: 0) + help + "\n"
-            }
+            for (name, help) in arguments { text += HelpLayout.entry(name, help) }
         }
         text += "\nOPTIONS:\n"
         for option in options {
@@ -80,14 +78,85 @@ public struct CommandSpec: Sendable {
             if case .repeated = option.kind { help += " (repeatable)" }
             if let d = option.defaultDescription { help += " (default: \(d))" }
             if let env = option.environment { help += " [env: \(env)]" }
-            if left.count >= 26 {
-                text += "  \(left)\n" + String(repeating: " ", count: 28) + help + "\n"
-            } else {
-                text += "  " + left.padding(toLength: 26, withPad: " ", startingAt: 0) + help + "\n"
+            text += HelpLayout.entry(left, help)
+        }
+        if let discussion {
+            // Each paragraph refilled: the source's own line breaks are not the help's.
+            for paragraph in discussion.components(separatedBy: "\n\n") { text += "\n" + HelpLayout.prose(paragraph) }
+        }
+        return text
+    }
+}
+
+/// How help text is laid out: lines of at most `width` columns, broken at spaces; a continuation line starts under
+/// the first word of what it continues (a description under the description column).
+enum HelpLayout {
+    static let width = 100
+    /// Where an option's or an argument's description starts.
+    static let descriptionColumn = 28
+
+    /// `  NAME    description`, the description from `column` on; NAME on a line of its own when it reaches it. A
+    /// bracketed or parenthesized part (`[env: RUNNER_NAME]`, `(default: 30s)`) is kept on one line.
+    static func entry(_ name: String, _ description: String, column: Int = descriptionColumn) -> String {
+        let lead = "  " + name
+        let words = words(description, keepingGroups: true)
+        guard lead.count < column else {
+            return lead + "\n" + fill(words, lead: String(repeating: " ", count: column), indent: column)
+        }
+        return fill(words, lead: lead.padding(toLength: column, withPad: " ", startingAt: 0), indent: column)
+    }
+
+    /// `USAGE: runner NAME ...`, continued under the first word after the subcommand; a bracketed group of
+    /// options (`[--wait [--wait-timeout D]]`) is kept on one line.
+    static func usage(_ usage: String) -> String {
+        let parts = words(usage, keepingGroups: true)
+        let lead = "USAGE: " + parts.prefix(2).joined(separator: " ") + (parts.count > 2 ? " " : "")
+        return fill(Array(parts.dropFirst(2)), lead: lead, indent: lead.count)
+    }
+
+    /// A paragraph, refilled from its first column.
+    static func prose(_ paragraph: String) -> String {
+        fill(words(paragraph, keepingGroups: false), lead: "", indent: 0)
+    }
+
+    /// The text split at white space; with `keepingGroups`, not inside brackets or parentheses.
+    private static func words(_ text: String, keepingGroups: Bool) -> [String] {
+        var words: [String] = []
+        var word = ""
+        var depth = 0
+        for character in text {
+            if character.isWhitespace, depth == 0 || !keepingGroups {
+                if !word.isEmpty { words.append(word) }
+                word = ""
+                continue
+            }
+            if character == "[" || character == "(" { depth += 1 }
+            if character == "]" || character == ")" { depth = max(0, depth - 1) }
+            word.append(character)
+        }
+        if !word.isEmpty { words.append(word) }
+        return words
+    }
+
+    /// `words` filled into lines after `lead` (part of the first line), each further line indented by `indent`; a
+    /// group too long for a line is split at its spaces. Ends with a newline.
+    private static func fill(_ words: [String], lead: String, indent: Int) -> String {
+        var text = ""
+        var line = lead
+        var empty = true
+        for group in words {
+            let pieces = group.count > width - indent ? group.split(separator: " ").map(String.init) : [group]
+            for word in pieces {
+                if !empty, line.count + 1 + word.count > width {
+                    text += line + "\n"
+                    line = String(repeating: " ", count: indent)
+                    empty = true
+                }
+                line += (empty ? "" : " ") + word
+                empty = false
             }
         }
-        if let discussion { text += "\n\(discussion)\n" }
-        return text
+        return text + line + "\n"
     }
 }
 

@@ -51,16 +51,9 @@ enum ConfigCommand {
             console.print(JSONValue.object(object).serialized)
             return 0
         }
-        let table = rows.map { (String($0.0.name.dropFirst(2)), text(of: $0.1), $0.2) }
-        let nameWidth = table.map(\.0.count).max() ?? 0
-        let valueWidth = min(40, table.map(\.1.count).max() ?? 0)
-        for (name, value, source) in [("OPTION", "VALUE", "SOURCE")] + table {
-            console.print(
-                name.padding(toLength: nameWidth + 2, withPad: " ", startingAt: 0)
-                    + (value.count < valueWidth
-                        ? value.padding(toLength: valueWidth, withPad: " ", startingAt: 0)
-                        : value) + "  " + source)
-        }
+        // Each column as wide as its widest value (a long --cgroup-parent too), so that SOURCE lines up.
+        let table = rows.map { [String($0.0.name.dropFirst(2)), text(of: $0.1), $0.2] }
+        for line in TopView.table([["OPTION", "VALUE", "SOURCE"]] + table, indent: "") { console.print(line) }
         return 0
     }
 

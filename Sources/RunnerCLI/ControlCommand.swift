@@ -9,7 +9,8 @@ enum ControlCommand {
     static let spec = CommandSpec(
         name: "control",
         abstract: "Run the control plane: reschedule the jobs of lost runners and move due retries.",
-        usage: "runner control --redis HOST:PORT [--interval D] [--reschedule-limit N] [--lost-retention D] [options]",
+        usage:
+            "runner control [--redis HOST:PORT] [--interval D] [--reschedule-limit N] [--lost-retention D] [options]",
         options: CommonOptions.all + [
             OptionSpec(
                 "--name", .value("NAME"), help: "Name in events and logs.", environment: "RUNNER_CONTROL_NAME",
@@ -33,7 +34,7 @@ enum ControlCommand {
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let name = arguments.value("--name") ?? "control-\(WorkerCommand.defaultName(pid: String(getpid())))"
-        let logger = try WorkerCommand.logger(arguments)
+        let logger = try WorkerCommand.logger(arguments, label: "control")
         let configuration = ReaperConfiguration(
             redis: try arguments.endpoint(), keyspace: try arguments.keyspace(), name: name,
             interval: try arguments.reaperInterval("--interval"),
@@ -48,7 +49,7 @@ enum ControlCommand {
         let reaper = Reaper(configuration: configuration, logger: logger)
         let task = Task { await reaper.run() }
         let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
-            logger.info("received signal \(signal); stopping")
+            logger.info("received \(SignalObserver.name(signal)); stopping")
             task.cancel()
         }
         defer { signals.cancel() }

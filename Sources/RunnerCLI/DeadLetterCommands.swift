@@ -59,29 +59,32 @@ enum DeadCommand {
         let letters = try await pool.deadLetters(count: count)
         if letters.isEmpty, !arguments.flag("--json") { console.print("(no dead letters)") }
         for letter in letters {
-            if arguments.flag("--json") {
-                var object: [String: JSONValue] = ["dead_id": .string(letter.id)]
-                for (name, value) in letter.fields {
-                    if let text = String(validating: value, as: UTF8.self) {
-                        let isNumber = name == JobEntryField.attempt || name == ProtocolVersion.field
-                        object[name] =
-                            name == JobEntryField.spec
-                            ? (try? JSONValue(parsing: text)).map(SecretVariables.masked(json:)) ?? .string(text)
-                            : isNumber ? (Int(text).map(JSONValue.int) ?? .string(text)) : .string(text)
-                    } else {
-                        object[name + "_base64"] = .string(Data(value).base64EncodedString())
-                    }
-                }
-                console.print(JSONValue.object(object).serialized)
-            } else {
-                let text = { (name: String) in letter.fields[name].map { String(decoding: $0, as: UTF8.self) } }
-                let ms = Int(letter.id.split(separator: "-").first ?? "") ?? 0
-                console.print(
-                    "\(formatTimestamp(ms)) \(JobEntry.printable(text(JobEntryField.id) ?? "-")) "
-                        + "attempt=\(text(JobEntryField.attempt) ?? "1"): "
-                        + JobEntry.printable(text(DeadLetterField.reason) ?? ""))
-            }
+            console.print(render(id: letter.id, fields: letter.fields, json: arguments.flag("--json")))
         }
         return 0
+    }
+
+    /// One dead letter (its stream id and fields) as a JSON object (every field whole; the spec's secret variables masked) or as one line of
+    /// text (its reason cut at a word, `JobEntry.printable`).
+    static func render(id: String, fields: [String: [UInt8]], json: Bool) -> String {
+        guard !json else {
+            var object: [String: JSONValue] = ["dead_id": .string(id)]
+            for (name, value) in fields {
+                if let text = String(validating: value, as: UTF8.self) {
+                    let isNumber = name == JobEntryField.attempt || name == ProtocolVersion.field
+                    object[name] =
+                        name == JobEntryField.spec
+                        ? (try? JSONValue(parsing: text)).map(SecretVariables.masked(json:)) ?? .string(text)
+                        : isNumber ? (Int(text).map(JSONValue.int) ?? .string(text)) : .string(text)
+                } else {
+                    object[name + "_base64"] = .string(Data(value).base64EncodedString())
+                }
+            }
+            return JSONValue.object(object).serialized
+        }
+        let text = { (name: String) in fields[name].map { String(decoding: $0, as: UTF8.self) } }
+        let ms = Int(id.split(separator: "-").first ?? "") ?? 0
+        return "\(formatTimestamp(ms)) \(JobEntry.printable(text(JobEntryField.id) ?? "-")) "
+            + "attempt=\(text(JobEntryField.attempt) ?? "1"): " + JobEntry.printable(text(DeadLetterField.reason) ?? "")
     }
 }

@@ -34,10 +34,8 @@ public enum RunnerCommandLine {
             SUBCOMMANDS:
 
             """
-        for (spec, _) in subcommands {
-            text += "  " + spec.name.padding(toLength: 12, withPad: " ", startingAt: 0) + spec.abstract + "\n"
-        }
-        text += "  " + "help".padding(toLength: 12, withPad: " ", startingAt: 0) + "Show help for a subcommand.\n"
+        for (spec, _) in subcommands { text += HelpLayout.entry(spec.name, spec.abstract, column: 14) }
+        text += HelpLayout.entry("help", "Show help for a subcommand.", column: 14)
         text += """
 
             OPTIONS:
@@ -70,10 +68,36 @@ public enum RunnerCommandLine {
                 break
             }
         }
-        guard !leading.isEmpty, index < arguments.count,
-            subcommands.contains(where: { $0.0.name == arguments[index] })
-        else { return arguments }
+        guard !leading.isEmpty, index < arguments.count else { return arguments }
+        // `help` shows a subcommand's help whatever Redis and namespace: the common options have nothing to do.
+        if arguments[index] == "help" { return Array(arguments[index...]) }
+        guard subcommands.contains(where: { $0.0.name == arguments[index] }) else { return arguments }
         return [arguments[index]] + leading + arguments[(index + 1)...]
+    }
+
+    /// In `runner --concurrency 3 status`, where options other than the common ones come before a subcommand: the
+    /// first such option and the subcommand; nil when no subcommand follows (worker mode, `runner --name status`).
+    static func misplacedSubcommand(_ arguments: [String]) -> (option: String, subcommand: String)? {
+        let worker = subcommands[0].0
+        let names = Set(subcommands.map(\.0.name) + ["help"])
+        var misplaced: String?
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            index += 1
+            guard argument != "--" else { return nil }
+            if argument.hasPrefix("-") {
+                let name = String(argument.prefix { $0 != "=" })
+                if misplaced == nil, !CommonOptions.all.contains(where: { $0.name == name }) { misplaced = name }
+                // The worker's value options take the next argument, as its parser will.
+                let option = worker.options.first { $0.name == name || $0.short.map { "-\($0)" } == name }
+                if let option, option.kind != .flag, !argument.contains("=") { index += 1 }
+                continue
+            }
+            guard names.contains(argument), let misplaced else { return nil }
+            return (misplaced, argument)
+        }
+        return nil
     }
 
     /// The process's arguments, refusing any that is not valid UTF-8 (Swift would silently replace its bytes,
@@ -138,6 +162,11 @@ public enum RunnerCommandLine {
         let first = arguments.first
         switch first {
         case "--version":
+            if arguments.count > 1 {
+                console.error("Error: unexpected argument '\(UsageError.excerpt(arguments[1]))' after --version")
+                console.error("See 'runner --help'.")
+                return 2
+            }
             console.print("runner \(RunnerVersion.current) (protocol v\(ProtocolVersion.current))")
             return 0
         case "-h", "--help":
@@ -165,6 +194,14 @@ public enum RunnerCommandLine {
             console.print(spec.help)
             return 0
         default: break
+        }
+        if first?.hasPrefix("-") == true, let (option, subcommand) = misplacedSubcommand(arguments) {
+            let common = CommonOptions.all.map(\.name).joined(separator: " and ")
+            console.error(
+                "Error: '\(option)' cannot come before '\(subcommand)': only \(common) may come before a subcommand"
+            )
+            console.error("See 'runner --help'.")
+            return 2
         }
         var chosen = subcommands[0]
         if let first, let match = subcommands.first(where: { $0.0.name == first }) {
@@ -199,7 +236,7 @@ public enum RunnerCommandLine {
         } catch var error as UsageError {
             if let layered { error = ConfigurationLayers.locating(error, in: layered) }
             console.error("Error: \(error.message)")
-            // Only a pointer to the usage: the usage line of some subcommands is hundreds of characters long.
+            // Only a pointer to the usage: the usage of some subcommands takes several lines.
             if error.pointsToHelp { console.error("See 'runner \(spec.name) --help'.") }
             return 2
         } catch let error as CommandFailure {

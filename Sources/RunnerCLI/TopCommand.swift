@@ -7,7 +7,7 @@ enum TopCommand {
     static let options = [
         OptionSpec("--interval", .value("DURATION"), help: "Time between refreshes.", default: "1s"),
         OptionSpec("--once", .flag, help: "Print one snapshot and exit."),
-        OptionSpec("--events", .value("N"), help: "Recent events shown.", default: "10"),
+        OptionSpec("--events", .value("N"), help: "Recent events shown; 0 hides the events pane.", default: "10"),
     ]
 
     static let spec = CommandSpec(
@@ -29,12 +29,18 @@ enum TopCommand {
         guard interval >= .milliseconds(100) else {
             throw UsageError("invalid value for '--interval': it must be at least 100ms", command: spec.name)
         }
-        let eventCount = try arguments.positiveInt("--events") ?? 10
+        let eventCount =
+            try arguments.parsed("--events", expected: "expected a whole number, 0 for no events pane") {
+                Int($0).flatMap { $0 >= 0 ? $0 : nil }
+            } ?? 10
+        func render(_ snapshot: PoolSnapshot, width: Int) -> [String] {
+            TopView.render(snapshot, width: width, showsEvents: eventCount > 0)
+        }
         let pool = try await connectedPool(arguments, console: console)
         defer { pool.client.close() }
         if arguments.flag("--once") {
             let snapshot = try await pool.snapshot(eventCount: eventCount)
-            for line in TopView.render(snapshot, width: 0) { console.print(line) }
+            for line in render(snapshot, width: 0) { console.print(line) }
             return 0
         }
         let terminal = console.isTerminal ? TerminalSession.begin() : nil
@@ -43,7 +49,7 @@ enum TopCommand {
             while !Task.isCancelled {
                 let lines: [String]
                 do {
-                    lines = TopView.render(try await pool.snapshot(eventCount: eventCount), width: terminal?.width ?? 0)
+                    lines = render(try await pool.snapshot(eventCount: eventCount), width: terminal?.width ?? 0)
                 } catch is CancellationError {
                     return
                 } catch {

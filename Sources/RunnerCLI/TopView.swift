@@ -4,8 +4,9 @@ import RunnerProtocol
 
 /// `runner top`'s screen: a pure function from a snapshot to lines no wider than `width`.
 enum TopView {
-    /// The lines showing `snapshot`: a title, then runners, running jobs, queues and the recent events.
-    static func render(_ snapshot: PoolSnapshot, width: Int) -> [String] {
+    /// The lines showing `snapshot`: a title, then runners, running jobs, queues and (unless `showsEvents` is
+    /// false: `--events 0`) the recent events.
+    static func render(_ snapshot: PoolSnapshot, width: Int, showsEvents: Bool = true) -> [String] {
         let now = snapshot.takenAtMs
         var lines: [String] = []
         let live = snapshot.runners.filter { $0.leaseRemainingMs != nil }
@@ -54,15 +55,17 @@ enum TopView {
                 ]
             })
 
-        lines.append("")
-        lines.append("RECENT EVENTS")
-        if snapshot.events.isEmpty { lines.append("  (none)") }
-        for event in snapshot.events {
-            let time = String(formatTimestamp(event.timestampMs).dropFirst(11).dropLast())
-            var line = "  \(time)  \(event.type)"
-            if !event.runner.isEmpty { line += "  runner=\(event.runner)" }
-            if !event.job.isEmpty { line += "  job=\(event.job)" }
-            lines.append(line)
+        if showsEvents {
+            lines.append("")
+            lines.append("RECENT EVENTS")
+            if snapshot.events.isEmpty { lines.append("  (none)") }
+            for event in snapshot.events {
+                let time = String(formatTimestamp(event.timestampMs).dropFirst(11).dropLast())
+                var line = "  \(time)  \(event.type)"
+                if !event.runner.isEmpty { line += "  runner=\(event.runner)" }
+                if !event.job.isEmpty { line += "  job=\(event.job)" }
+                lines.append(line)
+            }
         }
         return lines.map { clip($0, to: width) }
     }
@@ -103,14 +106,14 @@ enum TopView {
         return bytesText(used) + (total.map { "/" + bytesText($0) } ?? "")
     }
 
-    /// Columns padded to their widest cell, two spaces apart, indented by two.
-    static func table(_ rows: [[String]]) -> [String] {
+    /// Columns padded to their widest cell, two spaces apart, after `indent`.
+    static func table(_ rows: [[String]], indent: String = "  ") -> [String] {
         let widths = (0..<(rows.first?.count ?? 0)).map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in
             let cells = row.enumerated().map {
                 $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0)
             }
-            var line = "  " + cells.joined(separator: "  ")
+            var line = indent + cells.joined(separator: "  ")
             while line.hasSuffix(" ") { line.removeLast() }
             return line
         }

@@ -187,14 +187,15 @@ enum WorkerCommand {
         return (configuration, try logger(arguments))
     }
 
-    /// The logger `--log-level` and `--log-format` ask for.
-    static func logger(_ arguments: ParsedArguments) throws -> Logger {
+    /// The logger `--log-level` and `--log-format` ask for, named `label`: "runner" for the worker, "control" for
+    /// the control plane.
+    static func logger(_ arguments: ParsedArguments, label: String = "runner") throws -> Logger {
         let logLevel =
             try arguments.parsed("--log-level", expected: "debug, info, warning or error", Logger.Level.init(name:))
             ?? .info
         let logFormat =
             try arguments.parsed("--log-format", expected: "text or json", Logger.Format.init(rawValue:)) ?? .text
-        return Logger(label: "runner", level: logLevel, format: logFormat)
+        return Logger(label: label, level: logLevel, format: logFormat)
     }
 
     static func isolationConfiguration(_ arguments: ParsedArguments) throws -> IsolationConfiguration {
@@ -279,7 +280,7 @@ enum WorkerCommand {
         defer { metricsServer?.stop() }
         // SIGHUP too: a worker started from a terminal that closes shuts down cleanly instead of dying mid-job.
         let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
-            logger.info("received \(signal == SIGTERM ? "SIGTERM" : signal == SIGINT ? "SIGINT" : "SIGHUP")")
+            logger.info("received \(SignalObserver.name(signal))")
             worker.requestShutdown()
         }
         defer { signals.cancel() }
@@ -330,5 +331,15 @@ final class SignalObserver {
 
     func cancel() {
         for source in sources { source.cancel() }
+    }
+
+    /// How a log line names a signal: SIGTERM, SIGINT, SIGHUP, or `signal N` for any other.
+    static func name(_ signal: Int32) -> String {
+        switch signal {
+        case SIGTERM: "SIGTERM"
+        case SIGINT: "SIGINT"
+        case SIGHUP: "SIGHUP"
+        default: "signal \(signal)"
+        }
     }
 }

@@ -26,17 +26,29 @@ public struct JobEntry: Sendable, Hashable {
     }
 
     /// The text with control characters (and other non-printing scalars) written as `\u{..}`, so that an error
-    /// message quoting untrusted input can never drive the terminal showing it. Long texts are cut at 80 scalars.
+    /// message quoting untrusted input can never drive the terminal showing it. A text longer than 80 scalars is
+    /// cut at its last space before that (mid-word when its second half has none) and ends in `…`.
     public static func printable(_ text: String) -> String {
+        let limit = 80
+        var scalars = Substring(text).unicodeScalars
+        var cut = false
+        if scalars.count > limit {
+            scalars = scalars.prefix(limit - 1)
+            if let space = scalars.lastIndex(of: " "),
+                scalars.distance(from: scalars.startIndex, to: space) >= limit / 2
+            {
+                scalars = scalars[..<space]
+            }
+            cut = true
+        }
         var out = ""
-        for (index, scalar) in text.unicodeScalars.enumerated() {
-            if index == 80 { return out + "..." }
+        for scalar in scalars {
             let visible =
                 scalar.value >= 0x20 && scalar.value != 0x7F && !(0x80..<0xA0).contains(scalar.value)
                 && scalar.properties.generalCategory != .format
             out += visible ? String(scalar) : "\\u{\(String(scalar.value, radix: 16))}"
         }
-        return out
+        return cut ? out + "…" : out
     }
 
     /// Validates the raw fields of a stream entry. Throws with a reason naming the problem.

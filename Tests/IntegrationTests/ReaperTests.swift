@@ -91,6 +91,16 @@ final class ReaperTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
 
+    /// The control plane's log lines are its own ([control]) and name a signal as the worker's do.
+    func testControlPlaneLogsAsControlAndNamesTheSignal() throws {
+        let control = try startControl()
+        XCTAssertEqual(control.stop(timeout: 10), 0, control.log)
+        let log = control.log
+        XCTAssertTrue(log.contains(" [control] control plane running"), log)
+        XCTAssertTrue(log.contains(" [control] received SIGTERM; stopping"), log)
+        XCTAssertFalse(log.contains("[runner]"), log)
+    }
+
     func testWorkersReapByThemselvesAndLeaveLiveRunnersAlone() throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("self-\(namespace)")
         let release = FileManager.default.temporaryDirectory.appendingPathComponent("self-release-\(namespace)")

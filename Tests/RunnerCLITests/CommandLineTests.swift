@@ -17,6 +17,13 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(out, "runner 0.1.0 (protocol v1)\n")
     }
 
+    func testVersionRefusesAnExtraArgument() async {
+        let (code, out, err) = await run(["--version", "extra"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(out, "")
+        XCTAssertEqual(err, "Error: unexpected argument 'extra' after --version\nSee 'runner --help'.\n")
+    }
+
     func testHelpListsSubcommands() async {
         let (code, out, _) = await run(["--help"])
         XCTAssertEqual(code, 0)
@@ -40,6 +47,38 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// --redis has a default (127.0.0.1:6379): no USAGE shows it as required. The worker's alone does, as bare
+    /// `runner` without it (or RUNNER_REDIS) is refused.
+    func testNoUsageButTheWorkersShowsRedisAsRequired() {
+        XCTAssertEqual(CommonOptions.redis.defaultDescription, "127.0.0.1:6379")
+        for (spec, _) in RunnerCommandLine.subcommands where spec.name != "worker" {
+            XCTAssertNil(spec.usage.range(of: "(?<!\\[)--redis", options: .regularExpression), spec.usage)
+        }
+    }
+
+    /// Every --help is wrapped at 100 columns: a description continues under the description column, a USAGE
+    /// under the first word after the subcommand.
+    func testHelpIsWrappedAtTheWidth() async {
+        for arguments in RunnerCommandLine.subcommands.map({ [$0.0.name, "--help"] }) + [["--help"]] {
+            let (code, out, _) = await run(arguments)
+            XCTAssertEqual(code, 0)
+            for line in out.split(separator: "\n") {
+                XCTAssertLessThanOrEqual(line.count, HelpLayout.width, "\(arguments): \(line)")
+            }
+            let options = out.components(separatedBy: "\nOPTIONS:\n").last?.components(separatedBy: "\n\n").first
+            for line in (options ?? "").split(separator: "\n") {
+                let continued = line.hasPrefix(String(repeating: " ", count: 28)) && line.dropFirst(28).first != " "
+                XCTAssertTrue(line.hasPrefix("  -") || continued, "\(arguments): \(line)")
+            }
+        }
+        let usage = SubmitCommand.spec.help.components(separatedBy: "\n\n")[1].split(separator: "\n")
+        XCTAssertGreaterThan(usage.count, 1)
+        XCTAssertTrue(usage[0].hasPrefix("USAGE: runner submit [--queue Q] "), "\(usage)")
+        for line in usage.dropFirst() {
+            XCTAssertTrue(line.hasPrefix(String(repeating: " ", count: 21) + "["), "\(usage)")
+        }
+    }
+
     func testUnknownOptionIsAUsageError() async {
         let (code, out, err) = await run(["submit", "--bogus", "--", "true"])
         XCTAssertEqual(code, 2)
@@ -47,8 +86,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err, "Error: unknown option '--bogus'\nSee 'runner submit --help'.\n")
     }
 
-    /// A usage error is the `Error:` line and a pointer to --help, whatever the subcommand (the usage line of some
-    /// is hundreds of characters: --help has it).
+    /// A usage error is the `Error:` line and a pointer to --help, whatever the subcommand (the usage of some
+    /// takes several lines: --help has it).
     func testAUsageErrorIsTwoShortLines() async {
         let cases: [([String], String)] = [
             (["submit", "--memory", "lots", "--", "true"], "submit"), (["submit"], "submit"),
@@ -92,6 +131,15 @@ final class CommandLineTests: XCTestCase {
             XCTAssertEqual(code, 2, "\(options)")
             XCTAssertEqual(err.split(separator: "\n").first.map(String.init), "Error: \(options[0]) needs --watch")
         }
+        // `--events 0` is accepted (no events pane): the command gets as far as Redis, which is not there.
+        (code, _, err) = await run(["top", "--redis", "127.0.0.1:1", "--events", "0", "--once"])
+        XCTAssertEqual(code, 1, err)
+        XCTAssertTrue(err.hasPrefix("Error: cannot reach Redis at 127.0.0.1:1: "), err)
+        (code, _, err) = await run(["top", "--events", "-1"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            "Error: invalid value for '--events': '-1' (expected a whole number, 0 for no events pane)")
         (code, _, err) = await run(["frobnicate"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err, "Error: unknown subcommand 'frobnicate'\nSee 'runner --help'.\n")
@@ -220,6 +268,41 @@ final class CommandLineTests: XCTestCase {
             RunnerCommandLine.movingCommonOptions(["--redis", "h:1", "--name", "r"]), ["--redis", "h:1", "--name", "r"])
     }
 
+    /// `help` takes the common options before it, like every other subcommand.
+    func testHelpAfterTheCommonOptionsShowsTheSubcommandsHelp() async {
+        let (_, expected, _) = await run(["help", "submit"])
+        for leading in [["--redis", "127.0.0.1:6379"], ["--redis=127.0.0.1:6379", "--namespace", "x"]] {
+            let (code, out, err) = await run(leading + ["help", "submit"])
+            XCTAssertEqual(code, 0, "\(leading): \(err)")
+            XCTAssertEqual(err, "", "\(leading)")
+            XCTAssertEqual(out, expected, "\(leading)")
+        }
+    }
+
+    /// Only the common options may come before a subcommand; any other is refused naming it and the subcommand.
+    func testAnOptionOtherThanTheCommonOnesBeforeASubcommandIsNamed() async {
+        let cases: [([String], String)] = [
+            (["--concurrency", "3", "status"], "'--concurrency' cannot come before 'status'"),
+            (["--redis", "h:1", "--json", "dead"], "'--json' cannot come before 'dead'"),
+            (
+                ["--no-reaper", "--namespace=x", "help", "submit"],
+                "'--no-reaper' cannot come before 'help'"
+            ),
+            (["--name=r", "submit", "--", "true"], "'--name' cannot come before 'submit'"),
+        ]
+        for (arguments, message) in cases {
+            let (code, out, err) = await run(arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(out, "")
+            XCTAssertEqual(
+                err,
+                "Error: \(message): only --redis and --namespace may come before a subcommand\nSee 'runner --help'.\n")
+        }
+        // A value that is a subcommand's name is a value: the worker named "status" is not refused for it.
+        XCTAssertNil(RunnerCommandLine.misplacedSubcommand(["--name", "status", "--concurrency", "2"]))
+        XCTAssertNil(RunnerCommandLine.misplacedSubcommand(["--redis", "h:1", "--no-reaper"]))
+    }
+
     func testRecoveryOptionsAreValidated() async {
         var (code, _, err) = await run(["submit", "--backoff", "1s", "--", "true"])
         XCTAssertEqual(code, 2)
@@ -307,6 +390,11 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(parsed.all("--queue"), ["x", "y"])
     }
 
+    func testSignalsAreNamedAlike() {
+        XCTAssertEqual(
+            [SIGTERM, SIGINT, SIGHUP, SIGUSR1].map(SignalObserver.name), ["SIGTERM", "SIGINT", "SIGHUP", "signal 10"])
+    }
+
     func testCommandAfterDoubleDashKeepsItsOwnFlags() throws {
         let parsed = try ParsedArguments(
             ["--wait", "--", "ls", "--all", "-l"], command: SubmitCommandSpec.spec, environment: [:])
@@ -371,6 +459,26 @@ final class EventRenderingTests: XCTestCase {
         XCTAssertEqual(
             EventsCommand.render(event("job.some_future_type_longer_than_all"), json: false),
             "1970-01-01T00:00:00.000Z job.some_future_type_longer_than_all runner=r job=j")
+    }
+}
+
+final class DeadLetterRenderingTests: XCTestCase {
+    /// A long reason is cut at a word, with an ellipsis, in the text line; --json keeps it whole.
+    func testALongReasonIsCutAtAWordInTextAndKeptWholeInJSON() throws {
+        let reason =
+            "job's peak memory of 25276071936 bytes is above the runner's --max-memory of 17179869184 bytes; "
+            + "lower --memory or raise the ceiling"
+        let fields = ["id": Array("big-1".utf8), "attempt": Array("2".utf8), "reason": Array(reason.utf8)]
+        let line = DeadCommand.render(id: "1796313600000-0", fields: fields, json: false)
+        XCTAssertEqual(
+            line,
+            "2026-12-03T16:00:00.000Z big-1 attempt=2: "
+                + "job's peak memory of 25276071936 bytes is above the runner's --max-memory of…")
+        let json = DeadCommand.render(id: "1796313600000-0", fields: fields, json: true)
+        XCTAssertEqual(try JSONValue(parsing: Array(json.utf8))["reason"], .string(reason))
+        // A word longer than the limit is cut inside it; control characters stay escaped.
+        XCTAssertEqual(JobEntry.printable(String(repeating: "x", count: 100)), String(repeating: "x", count: 79) + "…")
+        XCTAssertEqual(JobEntry.printable("a\u{1b}b"), "a\\u{1b}b")
     }
 }
 

@@ -35,6 +35,21 @@ final class ConfigurationTests: XCTestCase {
         return (code, output.standardOutput, output.standardError)
     }
 
+    /// A value wider than the others (a long --cgroup-parent) widens the VALUE column: SOURCE lines up on every row.
+    func testConfigPrintColumnsFitTheirWidestValue() async throws {
+        let parent = "nativerunner.slice/" + String(repeating: "pool-of-runners/", count: 4) + "jobs"
+        let result = await run(["config", "--print", "--cgroup-parent", parent])
+        XCTAssertEqual(result.code, 0, result.err)
+        let lines = result.out.split(separator: "\n").map(String.init)
+        let header = try XCTUnwrap(lines.first)
+        let column = header.distance(from: header.startIndex, to: try XCTUnwrap(header.range(of: "SOURCE")).lowerBound)
+        for line in lines {
+            let source = line.dropFirst(column)
+            XCTAssertTrue(line.prefix(column).hasSuffix("  ") && !source.isEmpty && !source.contains(" "), line)
+        }
+        XCTAssertTrue(lines.contains { $0.hasPrefix("cgroup-parent ") && $0.hasSuffix(parent + "  flag") }, result.out)
+    }
+
     func testBadNamesAreOneReadableLineAndConfigFilesAreBounded() async throws {
         let escape = await run(["config", "--print", "--name", "ev\u{1B}[31mil"])
         XCTAssertEqual(escape.code, 2)

@@ -23,19 +23,25 @@ final class ReadmeSynopsisTests: XCTestCase {
         return parts
     }
 
+    /// Help text as it reads, not as it is wrapped: each run of white space (a line break and the next line's
+    /// indentation) one space.
+    private func readable(_ help: String) -> String {
+        help.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+    }
+
     /// Every exit code `submit --wait` can give (`ResultView.exitStatus`, and the SIGINT of Ctrl-C) is listed in the
     /// README and in `submit --help`; `logs --help` says --follow also ends when its reader goes away.
     func testExitCodesOfSubmitWaitAndTheEndOfLogsFollowAreDocumented() throws {
         let text = try String(contentsOf: ReadmeSynopsisTests.readme, encoding: .utf8)
         let bullet = try XCTUnwrap(text.components(separatedBy: "\n- ").first { $0.hasPrefix("`submit --wait`") })
-        let help = SubmitCommand.spec.help
+        let help = readable(SubmitCommand.spec.help)
         for code in ["127", "126", "124", "128\\+N", "130"] {
             // The code as a number of its own (not 127.0.0.1).
             let pattern = "(?<![0-9.])\(code)(?![0-9.][0-9])"
             XCTAssertNotNil(bullet.range(of: pattern, options: .regularExpression), "README's --wait lacks \(code)")
             XCTAssertNotNil(help.range(of: pattern, options: .regularExpression), "submit --help lacks \(code)")
         }
-        let logs = LogsCommand.spec.help
+        let logs = readable(LogsCommand.spec.help)
         XCTAssertTrue(logs.contains("until the job ends or the reader goes away"), logs)
         XCTAssertTrue(logs.contains("within 5 s"), logs)
     }

@@ -61,6 +61,14 @@ final class TopViewTests: XCTestCase {
             ])
     }
 
+    /// `top --events 0`: no events pane at all, not an empty one.
+    func testNoEventsPaneWhenNoEventsAreAskedFor() {
+        let lines = TopView.render(snapshot(), width: 0, showsEvents: false)
+        XCTAssertEqual(lines, Array(TopView.render(snapshot(), width: 0).dropLast(3)))
+        XCTAssertEqual(lines.last, "  default  5       3        2    1")
+        XCTAssertFalse(lines.contains("RECENT EVENTS"))
+    }
+
     func testLinesAreClippedToTheWidth() {
         let lines = TopView.render(snapshot(), width: 30)
         XCTAssertTrue(lines.allSatisfy { $0.count <= 30 }, lines.joined(separator: "\n"))
