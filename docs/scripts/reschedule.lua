@@ -42,26 +42,27 @@ end
 -- runner's lease no longer holds its token: it expired, or the runner registered again) or 'moved' (the
 -- record names another entry, runner or epoch: the job was rescheduled, retried or handed back). A
 -- record that is gone entirely (a Redis that lost its data) does not fence unless another epoch holds
--- the lease: the runner rebuilds it.
-local function nr_fence(job, stream, lease, runner, sid, group, token)
+-- the lease: the runner rebuilds it. The record's fields named after the fence's own come back as
+-- the second result, from the same HMGET (cur[5] on), so that a caller reads the record once.
+local function nr_fence(job, stream, lease, runner, sid, group, token, ...)
   local cur = redis.call('HMGET', job, 'state', 'runner',
-    'stream_id', 'lease_token')
+    'stream_id', 'lease_token', ...)
   local held = redis.call('GET', lease)
   if not cur[1] then
-    if held and held ~= token then return 'lease' end
-    return nil
+    if held and held ~= token then return 'lease', cur end
+    return nil, cur
   end
   if cur[3] ~= sid or not (nr_absent(cur[2]) or cur[2] == runner)
     or not (nr_absent(cur[4]) or cur[4] == token) then
-    return 'moved'
+    return 'moved', cur
   end
   if nr_terminal(cur[1]) then
     redis.call('XACK', stream, group, sid)
     redis.call('XDEL', stream, sid)
-    return 0
+    return 0, cur
   end
-  if held ~= token then return 'lease' end
-  return nil
+  if held ~= token then return 'lease', cur end
+  return nil, cur
 end
 -- A refused terminal write: say so on the events stream (the write itself changes nothing).
 local function nr_stale(events, maxlen, job, id, runner, attempt, sid, why, write)
