@@ -991,7 +991,28 @@ void nr_eventfd_drain(int fd) {
 
 long nr_xattr_list_size(int fd) { return (long)flistxattr(fd, NULL, 0); }
 
+int nr_inode_flags(int fd) {
+    int flags = 0;
+    return ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 ? flags : -1;
+}
+
+int nr_set_inode_flags(int fd, int flags) { return ioctl(fd, FS_IOC_SETFLAGS, &flags); }
+
+int nr_clear_locking_flags(int fd) {
+    int flags = nr_inode_flags(fd);
+    if (flags < 0 || (flags & (NR_FS_IMMUTABLE_FL | NR_FS_APPEND_FL)) == 0) {
+        return 0;
+    }
+    return nr_set_inode_flags(fd, flags & ~(NR_FS_IMMUTABLE_FL | NR_FS_APPEND_FL)) == 0 ? 1 : -1;
+}
+
 int nr_dir_holds_only(int fd, const char *only) {
+    // Immutable or append-only (chattr +i, +a) is not as made: the next job could not write or delete there. One
+    // ioctl on the fd already open; a file system without these flags fails it (ENOTTY, EOPNOTSUPP) and has none.
+    int flags = nr_inode_flags(fd);
+    if (flags > 0 && (flags & (NR_FS_IMMUTABLE_FL | NR_FS_APPEND_FL)) != 0) {
+        return 2;
+    }
     // struct linux_dirent64 as the kernel writes it (glibc declares no type for the raw call).
     struct entry {
         uint64_t inode;

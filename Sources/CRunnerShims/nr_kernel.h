@@ -18,6 +18,14 @@
 #define CLONE_PIDFD 0x00001000
 #endif
 
+// <linux/fs.h> clashes with <sys/mount.h>: the inode flags ioctls and the two flags, as the kernel defines them (the
+// value is an int, whatever the request's size field says). NR_FS_IMMUTABLE_FL and NR_FS_APPEND_FL are in
+// CRunnerShims.h.
+#ifndef FS_IOC_GETFLAGS
+#define FS_IOC_GETFLAGS _IOR('f', 1, long)
+#define FS_IOC_SETFLAGS _IOW('f', 2, long)
+#endif
+
 // The kernel's sigset is 64 bits on every Linux architecture we build for; glibc's sigset_t is 1024 bits.
 #define NR_KERNEL_SIGSET_SIZE 8
 

@@ -16,8 +16,8 @@ enum LogsCommand {
         maximumPositionals: 1,
         discussion: """
             With --follow it ends (exit 0) when the job ends, or when its standard output's reader goes away
-            ('runner logs -f ID | head -1'): at the job's next output, or within 5 s while the job is silent. A
-            closed standard output ends it with exit 1 and an Error line.
+            ('runner logs -f ID | head -1'): at the job's next output, or within a second while the job is silent
+            or Redis is unreachable. A closed standard output ends it with exit 1 and an Error line.
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
@@ -30,9 +30,21 @@ enum LogsCommand {
         }
         if arguments.flag("--follow") {
             // Ends when standard output is gone, like the other streaming commands (`| head -1`: exit 0).
-            _ = try await pool.follow(
-                id: id, output: { print($0, console: console) },
-                stopped: { console.outputGone() != nil || console.readerLeft() })
+            let gone: @Sendable () -> Bool = { console.outputGone() != nil || console.readerLeft() }
+            // Between reads `stopped` sees a gone reader; a read waiting for Redis (down, retried until it is back)
+            // or blocked on a silent job does not get there: a check twice a second cancels it instead.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    _ = try await pool.follow(id: id, output: { print($0, console: console) }, stopped: gone)
+                }
+                group.addTask {
+                    while !gone() { try await Task.sleep(for: .milliseconds(500)) }
+                }
+                // The first to end decides (an error of the follow is thrown); the other is cancelled, and the
+                // follow's CancellationError then is not collected.
+                try await group.next()
+                group.cancelAll()
+            }
             if let status = try OutputGone.exitStatus(console) { return status }
         } else {
             try await pool.logs(id: id) { print($0, console: console) }

@@ -17,12 +17,14 @@ enum ControlScripts {
           and (cur[1] ~= '\(JobState.running.rawValue)' or cur[2] == ARGV[2]) then
           local ts = nr_now()
           local reason = '\(ControlScripts.cancelledBeforeStart) again (the cancel was requested at ' .. cur[9] .. ')'
+          -- The ack first: the jobs stream is the key here that may have another type, and a first write that
+          -- errors leaves nothing half done.
+          redis.call('XACK', KEYS[6], ARGV[12], ARGV[4])
+          redis.call('XDEL', KEYS[6], ARGV[4])
           redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.cancelled.rawValue)',
             '\(ResultField.finishedAt)', ts, '\(ResultField.reason)', reason, '\(ProtocolVersion.field)', NR_V)
           redis.call('PEXPIRE', KEYS[1], ARGV[11])
           redis.call('PEXPIRE', KEYS[7], ARGV[11])
-          redis.call('XACK', KEYS[6], ARGV[12], ARGV[4])
-          redis.call('XDEL', KEYS[6], ARGV[4])
           nr_emit(KEYS[2], ARGV[6], '\(EventType.jobCancelled.rawValue)', ts, ARGV[2], ARGV[1],
             cjson.encode({state = '\(JobState.cancelled.rawValue)', started = false, attempt = tonumber(ARGV[3]),
               previous_state = cur[1], reason = reason}))

@@ -22,7 +22,8 @@ enum DeliveryOutcome: Sendable, Equatable {
     case rescheduled
     /// Redis could not be reached before the runner gave up (at shutdown); the entry stays pending.
     case unrecorded
-    /// Another live runner runs this entry: nothing was done; it stays pending here until that runner acks it.
+    /// Another live runner runs this entry, or a key the route script writes has another type: nothing was done; it
+    /// stays pending here until that runner acks it, or the stray-pending check reads it again.
     case leftPending
     /// It requires labels this runner lacks: moved to its requirement stream (`job.routed`), not run here.
     case routed

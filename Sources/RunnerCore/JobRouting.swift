@@ -15,6 +15,9 @@ extension RunnerScripts {
         "route",
         """
         if redis.call('GET', KEYS[5]) ~= ARGV[4] then return -1 end
+        -- The source stream needs no check: its XACK is the first write.
+        local bad = nr_wrong_type({KEYS[2], 'stream', KEYS[3], 'hash', KEYS[4], 'stream', KEYS[6], 'hash'})
+        if bad then return bad end
         if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
         local ts = nr_now()
         redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')
@@ -52,6 +55,9 @@ enum RoutingOutcome: Sendable, Equatable {
     case notPending
     /// The runner's lease no longer holds the token: nothing changed; the entry stays pending and is rescheduled.
     case leaseLost
+    /// A key the script writes exists with another type (`WRONGTYPE key K is a string, expected a stream`): the
+    /// script refused before its first write, nothing changed.
+    case wrongType(String)
 }
 
 extension JobStore {
@@ -61,18 +67,23 @@ extension JobStore {
     ) async throws -> RoutingOutcome {
         let base = Keyspace.baseQueue(of: entry.queue)
         let target = Keyspace.requirementQueue(base, requirement: requirement)
-        let reply = try await scripts.run(
-            RunnerScripts.route,
-            keys: [
-                keyspace.jobs(queue: entry.queue), keyspace.jobs(queue: target), keyspace.requirements(queue: base),
-                keyspace.events, keyspace.lease(runner: owner.runner), keyspace.job(id: entry.jobId),
-            ],
-            arguments: JobStore.bytes([
-                entry.streamId, Keyspace.consumerGroup, owner.runner, owner.leaseToken, target,
-                requirement.requirementId, requirement.json.serialized, String(eventsMaxLength), entry.queue,
-                entry.jobId, requirement.canonical,
-            ]) + JobStore.flattened(fields),
-            retry: retry)
+        let reply: RedisReply
+        do {
+            reply = try await scripts.run(
+                RunnerScripts.route,
+                keys: [
+                    keyspace.jobs(queue: entry.queue), keyspace.jobs(queue: target), keyspace.requirements(queue: base),
+                    keyspace.events, keyspace.lease(runner: owner.runner), keyspace.job(id: entry.jobId),
+                ],
+                arguments: JobStore.bytes([
+                    entry.streamId, Keyspace.consumerGroup, owner.runner, owner.leaseToken, target,
+                    requirement.requirementId, requirement.json.serialized, String(eventsMaxLength), entry.queue,
+                    entry.jobId, requirement.canonical,
+                ]) + JobStore.flattened(fields),
+                retry: retry)
+        } catch let error as RedisServerError where error.kind == "WRONGTYPE" {
+            return .wrongType(error.message)
+        }
         if let id = reply.string { return .routed(streamId: id) }
         return reply.int == -1 ? .leaseLost : .notPending
     }
@@ -118,6 +129,15 @@ extension JobExecutor {
         switch outcome {
         case .routed?, .notPending?: return .routed
         case .leaseLost?: return .abandoned
+        case .wrongType(let why)?:
+            // Left pending, not dead-lettered: the key is an operator's mistake to fix, not the job's. The check for
+            // stray pending entries reads it again about once per lease TTL (an error line each time), and the first
+            // try after the fix routes it; a dead letter would need a hand-made entry (`runner retry` does not take
+            // a rejected job).
+            logger.error(
+                "cannot move the job to its requirement stream (it stays pending and is tried again): \(why)",
+                ["job": entry.jobId, "queue": target])
+            return .leftPending
         case nil: return .unrecorded
         }
     }

@@ -30,6 +30,19 @@ enum RunnerScripts {
             local function nr_absent(v)
               return (not v) or v == ''
             end
+            -- Redis does not undo the writes of a script that errors halfway, so a script first checks the keys it
+            -- writes that may exist with another type (someone SET a string there): `checks` is a flat list of
+            -- key, type. Returns the error reply that refuses the script before its first write, or nil.
+            local function nr_wrong_type(checks)
+              for i = 1, #checks, 2 do
+                local t = redis.call('TYPE', checks[i])['ok']
+                if t ~= 'none' and t ~= checks[i + 1] then
+                  return redis.error_reply('WRONGTYPE key ' .. checks[i] .. ' is a ' .. t .. ', expected a '
+                    .. checks[i + 1])
+                end
+              end
+              return nil
+            end
             -- The fence of a write about an attempt. Returns nil to go on; 0 when this attempt already ended (a
             -- resent call: the entry is acked and deleted again); or why the write is refused: 'lease' (the
             -- runner's lease no longer holds its token: it expired, or the runner registered again) or 'moved' (the
@@ -143,6 +156,8 @@ enum RunnerScripts {
         "claim",
         """
         if redis.call('GET', KEYS[3]) ~= ARGV[9] then return {-1} end
+        local bad = nr_wrong_type({KEYS[2], 'stream'})
+        if bad then return bad end
         local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)',
           '\(ResultField.streamId)', '\(ResultField.startedAt)', '\(ResultField.leaseToken)', '\(ResultField.fencingToken)',
           '\(ResultField.failures)', '\(ResultField.cancelRequestedAt)', '\(ResultField.submittedAt)',
@@ -169,13 +184,16 @@ enum RunnerScripts {
             return {-5, cur[2]}
           end
         end
+        local keyOwner = false
         if ARGV[10] ~= '' then
-          local owner = redis.call('GET', KEYS[5])
-          if owner and owner ~= ARGV[1] then return {-3, owner} end
-          if not owner then redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[11]) end
+          keyOwner = redis.call('GET', KEYS[5])
+          if keyOwner and keyOwner ~= ARGV[1] then return {-3, keyOwner} end
         end
         local ts = nr_now()
+        -- The first write: the counter needs no type check (INCR refuses a wrong one, or a string that is no number,
+        -- before anything is written).
         local fencing = redis.call('INCR', KEYS[4])
+        if ARGV[10] ~= '' and not keyOwner then redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[11]) end
         local submitted = cur[10] or nr_sid_ms(ARGV[4])
         -- No record yet (an entry added without `submit`): nothing of an earlier attempt to clear.
         if cur[1] then redis.call('HDEL', KEYS[1], \(clearedOnStart)) end
@@ -204,6 +222,8 @@ enum RunnerScripts {
         end
         if redis.call('GET', KEYS[3]) ~= ARGV[7] then return 0 end
         if cur[4] == ARGV[4] then return 1 end
+        local bad = nr_wrong_type({KEYS[2], 'stream'})
+        if bad then return bad end
         redis.call('HSET', KEYS[1], '\(ResultField.pid)', ARGV[4])
         nr_emit(KEYS[2], ARGV[5], '\(EventType.jobStarted.rawValue)', nr_now(), ARGV[2], ARGV[1], ARGV[6])
         return 1
@@ -255,6 +275,8 @@ enum RunnerScripts {
           '\(ResultField.startedAt)', '\(ResultField.queue)', '\(ResultField.spec)', '\(ResultField.submittedAt)')
         if fenced == 0 then return 0 end
         if fenced then return nr_stale(KEYS[3], ARGV[10], KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], fenced, 'result') end
+        local bad = nr_wrong_type({KEYS[2], 'stream', KEYS[3], 'stream'})
+        if bad then return bad end
         local ts = nr_now()
         local fields = {'\(ResultField.state)', ARGV[6], '\(ResultField.runner)', ARGV[2], '\(ResultField.attempt)', ARGV[3],
           '\(ResultField.finishedAt)', ts, '\(ResultField.streamId)', ARGV[4], '\(ResultField.leaseToken)', ARGV[14],
@@ -295,6 +317,8 @@ enum RunnerScripts {
         local fenced = nr_fence(KEYS[1], KEYS[2], KEYS[4], ARGV[2], ARGV[4], ARGV[5], ARGV[9])
         if fenced == 0 then return {0} end
         if fenced then return {nr_stale(KEYS[3], ARGV[8], KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], fenced, 'retry')} end
+        local bad = nr_wrong_type({KEYS[2], 'stream', KEYS[3], 'stream', KEYS[5], 'zset', KEYS[6], 'stream'})
+        if bad then return bad end
         local ts = nr_now()
         local outcome = {}
         for i = 16, #ARGV do outcome[#outcome + 1] = ARGV[i] end
@@ -347,6 +371,9 @@ enum RunnerScripts {
         "reject",
         """
         if redis.call('GET', KEYS[5]) ~= ARGV[10] then return -1 end
+        -- The jobs stream needs no check: its XACK is the first write.
+        local bad = nr_wrong_type({KEYS[3], 'stream', KEYS[4], 'stream', KEYS[1], 'hash'})
+        if bad then return bad end
         -- Only the first call for an entry writes: a resent call finds it acked already.
         if redis.call('XACK', KEYS[2], ARGV[4], ARGV[3]) == 0 then return 0 end
         local ts = nr_now()
@@ -378,6 +405,8 @@ enum RunnerScripts {
         "lost",
         """
         if redis.call('GET', KEYS[3]) ~= ARGV[6] then return -1 end
+        local bad = nr_wrong_type({KEYS[2], 'stream'})
+        if bad then return bad end
         if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
         local ts = nr_now()
         redis.call('XDEL', KEYS[1], ARGV[1])
@@ -401,6 +430,9 @@ enum RunnerScripts {
         local fenced = nr_fence(KEYS[1], KEYS[2], KEYS[4], ARGV[2], ARGV[4], ARGV[5], ARGV[10])
         if fenced == 0 then return 0 end
         if fenced then return nr_stale(KEYS[3], ARGV[8], KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], fenced, 'hand_back') end
+        -- The jobs stream needs no check: its XADD is the first write.
+        local bad = nr_wrong_type({KEYS[3], 'stream'})
+        if bad then return bad end
         local ts = nr_now()
         local sid = redis.call('XADD', KEYS[2], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[6],
           '\(JobEntryField.attempt)', ARGV[3], '\(ProtocolVersion.field)', NR_V)

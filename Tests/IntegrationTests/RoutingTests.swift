@@ -158,6 +158,37 @@ extension RoutingTests {
     }
 }
 
+extension RoutingTests {
+    /// The requirement stream's key a string: the route script refuses before its first write (Redis would keep the
+    /// writes before the one that failed: the entry acked but not moved, lost), the runner says so in one line per
+    /// try and leaves the entry pending, and routes it at its first try after the key is fixed.
+    func testARequirementStreamOfTheWrongTypeLeavesTheJobPendingUntilTheKeyIsFixed() throws {
+        let target = key("jobs:\(gpuQueue)")
+        _ = try send(["SET", target, "not a stream"])
+        let spec = #"{"argv":["true"],"requires":{"gpu":"yes"}}"#
+        let added = try XCTUnwrap(try send(["XADD", key("jobs:default"), "*", "id", "wt-run", "spec", spec]).string)
+        let runner = try startRunner(name: "plain", ["--no-reaper", "--lease-ttl", "3s"])
+        let why = "WRONGTYPE key \(target) is a string, expected a stream"
+        let line = "cannot move the job to its requirement stream (it stays pending and is tried again): \(why)"
+        func tries() -> [Substring] { runner.log.split(separator: "\n").filter { $0.contains("WRONGTYPE") } }
+        // Two tries: the first read, then the stray-pending check's (about one lease TTL later).
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { tries().count >= 2 }, runner.log)
+        XCTAssertTrue(tries().allSatisfy { $0.contains(line) && $0.contains("error") }, runner.log)
+        // Nothing written: the key as it was, no requirement registered, no record, no event; the entry pending.
+        XCTAssertEqual(try send(["GET", target]).string, "not a stream")
+        XCTAssertEqual(try send(["EXISTS", key("requirements:default"), key("job:wt-run"), key("dead")]).int, 0)
+        XCTAssertEqual(try events(of: "wt-run"), [])
+        let pending = try send(["XPENDING", key("jobs:default"), "runners", "-", "+", "10", "plain"]).array ?? []
+        XCTAssertEqual(pending.compactMap { $0.array?.first?.string }, [added])
+
+        _ = try send(["DEL", target])
+        let routed = try waitForEvent("job.routed", of: "wt-run")
+        XCTAssertEqual(routed?.data["previous_stream_id"] as? String, added)
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
+        XCTAssertEqual(try send(["XLEN", target]).int, 1)
+    }
+}
+
 /// A requirement no runner satisfies: the job waits in its stream, shows in `runner status`, and costs nothing.
 final class UnservedRequirementTests: PrivateRedisTestCase {
     func testAJobNoRunnerCanServeStaysQueuedWithoutSpinning() throws {

@@ -8,11 +8,11 @@ import XCTest
 
 /// Every write about a job is one script, and a script resent after a lost reply changes nothing twice.
 final class ScriptIdempotencyTests: IntegrationTestCase {
-    private var client: RedisClient!
-    private var store: JobStore!
+    var client: RedisClient!
+    var store: JobStore!
     private let retry = RedisRetry.never
     /// Runner "r" holding its lease with token "tok".
-    private let owner = AttemptOwner(runner: "r", leaseToken: "tok")
+    let owner = AttemptOwner(runner: "r", leaseToken: "tok")
 
     override func setUpWithError() throws {
         try super.setUpWithError()
@@ -28,7 +28,7 @@ final class ScriptIdempotencyTests: IntegrationTestCase {
     }
 
     /// Delivers the next new entry to consumer `r` and parses it.
-    private func deliver() throws -> (entry: JobEntry?, fields: [(String, [UInt8])], streamId: String) {
+    func deliver() throws -> (entry: JobEntry?, fields: [(String, [UInt8])], streamId: String) {
         let reply = try send(["XREADGROUP", "GROUP", "runners", "r", "COUNT", "1", "STREAMS", key("jobs:default"), ">"])
         let item = reply.array?.first?.array?[1].array?.first?.array ?? []
         let streamId = item.first?.string ?? ""

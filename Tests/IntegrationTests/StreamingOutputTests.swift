@@ -1,21 +1,34 @@
 import Foundation
+import RedisClient
 import TestSupport
 import XCTest
 
 /// Streaming commands (`top`, `status --watch`, `events --follow`, `logs --follow`) end when their standard output goes away: a
 /// reader that closed the pipe (`| head -1`) ends them with exit 0, a closed standard output (`>&-`) with exit 1.
 final class StreamingOutputTests: IntegrationTestCase {
-    /// Starts `runner ARGS` with its standard output a pipe, reads its first line, closes the pipe as `head -1`
-    /// does, and returns the exit status once it exited (nil if it still runs after `timeout`). `meanwhile` runs
-    /// while waiting for the exit (to keep output coming).
     func exitStatusAfterTheReaderLeaves(
         _ arguments: [String], timeout: Duration = .seconds(5), meanwhile: () throws -> Void = {}
+    ) throws -> Int32? {
+        try StreamingOutputTests.exitStatusWhenTheReaderLeaves(
+            arguments, endpoint: endpoint, namespace: namespace, timeout: timeout, meanwhile: meanwhile)
+    }
+
+    /// Starts `runner ARGS` with its standard output a pipe, reads its first line, runs `beforeLeaving` (given what
+    /// it wrote to standard error so far), closes the pipe as `head -1` does, and returns the exit status once it
+    /// exited (nil if it still runs after `timeout`). `meanwhile` runs while waiting for the exit (to keep output
+    /// coming).
+    static func exitStatusWhenTheReaderLeaves(
+        _ arguments: [String], endpoint: RedisEndpoint, namespace: String, timeout: Duration = .seconds(5),
+        beforeLeaving: (_ standardError: () -> String) throws -> Void = { _ in }, meanwhile: () throws -> Void = {}
     ) throws -> Int32? {
         let process = Process()
         process.runnerBinary([arguments[0], "--redis", endpoint.url, "--namespace", namespace] + arguments.dropFirst())
         let pipe = Pipe()
+        let errors = FileManager.default.temporaryDirectory.appendingPathComponent("nr-stderr-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: errors.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: errors) }
         process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
+        process.standardError = try FileHandle(forWritingTo: errors)
         process.standardInput = FileHandle.nullDevice
         let exited = DispatchSemaphore(value: 0)
         process.terminationHandler = { _ in exited.signal() }
@@ -39,6 +52,7 @@ final class StreamingOutputTests: IntegrationTestCase {
             return false
         }
         XCTAssertTrue(gotLine, "no first line from \(arguments): \(String(decoding: received, as: UTF8.self))")
+        try beforeLeaving { (try? String(contentsOf: errors, encoding: .utf8)) ?? "" }
         try pipe.fileHandleForReading.close()
         var status: Int32?
         _ = try waitUntil(timeout: timeout) {
@@ -80,7 +94,7 @@ final class StreamingOutputTests: IntegrationTestCase {
     func testLogsFollowEndsWhenItsReaderLeavesWhileTheJobIsSilent() throws {
         try startRunner(["--shutdown-timeout", "1s"])  // the job is still running at the end
         XCTAssertEqual(cli(["submit", "--id", "quiet", "--shell", "echo one line; exec sleep 60"]).code, 0)
-        // Noticed at the next pass of its blocking read (5 s), without any output to fail on.
+        // Noticed within a second (the watch cancels the blocking read), without any output to fail on.
         XCTAssertEqual(try exitStatusAfterTheReaderLeaves(["logs", "quiet", "--follow"], timeout: .seconds(12)), 0)
     }
 
@@ -112,5 +126,23 @@ final class StreamingOutputTests: IntegrationTestCase {
         let result = runToEnd(process, timeout: 10)
         XCTAssertEqual(result.code, 1, result.err)
         XCTAssertEqual(result.err, "Error: cannot write to standard output: Bad file descriptor\n")
+    }
+}
+
+/// `logs --follow` whose reader leaves while Redis is down: its read waits for Redis (retried until it is back), and
+/// the gone reader must end that wait too.
+final class LogsFollowOutageTests: PrivateRedisTestCase {
+    func testLogsFollowEndsWhenItsReaderLeavesWhileRedisIsDown() throws {
+        // No runner: the job stays queued, and one line of output is there to read.
+        XCTAssertEqual(cli(["submit", "--id", "waits", "--", "true"]).code, 0)
+        _ = try send(["XADD", key("log:waits"), "*", "fd", "stdout", "data", "first line\n"])
+        let status = try StreamingOutputTests.exitStatusWhenTheReaderLeaves(
+            ["logs", "waits", "--follow"], endpoint: endpoint, namespace: namespace,
+            beforeLeaving: { standardError in
+                try server.stop()
+                // It noticed the outage and retries: only Redis coming back would end that wait without the fix.
+                XCTAssertTrue(waitUntil(timeout: .seconds(20)) { standardError().contains("lost connection") })
+            })
+        XCTAssertEqual(status, 0, "logs --follow did not end within 5 s of its reader leaving while Redis was down")
     }
 }

@@ -43,7 +43,7 @@ final class ReadmeSynopsisTests: XCTestCase {
         }
         let logs = readable(LogsCommand.spec.help)
         XCTAssertTrue(logs.contains("until the job ends or the reader goes away"), logs)
-        XCTAssertTrue(logs.contains("within 5 s"), logs)
+        XCTAssertTrue(logs.contains("within a second while the job is silent"), logs)
     }
 
     func testTheSynopsisNamesEveryOptionOfEverySubcommand() throws {

@@ -1,3 +1,4 @@
+import CRunnerShims
 import Foundation
 import ProcessSupervision
 import RunnerProtocol
@@ -137,6 +138,18 @@ final class WorkspaceReuseTests: XCTestCase {
     }
 
     override func tearDown() {
+        // A flag a test set and the runner did not clear (a failing test) must not leave the folder behind.
+        for folder in [root]
+            + (FileManager.default.enumerator(atPath: root)?.allObjects as? [String] ?? []).map({
+                root + "/" + $0
+            })
+        {
+            let fd = open(folder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if fd >= 0 {
+                _ = nr_clear_locking_flags(fd)
+                close(fd)
+            }
+        }
         try? FileManager.default.removeItem(atPath: root)
         try? FileManager.default.removeItem(atPath: root + "-victim")
     }
@@ -246,6 +259,31 @@ final class WorkspaceReuseTests: XCTestCase {
             XCTAssertEqual(lstat(next + inside, &info), 0)
             XCTAssertEqual(info.st_gid, getegid(), "the next job's folder\(inside) has the runner's group")
             try FileManager.default.removeItem(atPath: next)
+        }
+    }
+
+    /// A job run as root that made its folder or tmp immutable or append-only (`chattr +i tmp`, `chattr +a .`) must
+    /// not hand it to the next job, which could not write there (nor could a `+a` folder be removed): not as made,
+    /// its flags cleared and removed.
+    func testAnImmutableOrAppendOnlyFolderIsRemovedNotKept() async throws {
+        try XCTSkipIf(geteuid() != 0, "setting the immutable and append-only flags needs root (CAP_LINUX_IMMUTABLE)")
+        let cases: [(String, Int32, String)] = [
+            ("/tmp", NR_FS_IMMUTABLE_FL, "chattr +i tmp"), ("", NR_FS_APPEND_FL, "chattr +a ."),
+            ("", NR_FS_IMMUTABLE_FL, "chattr +i ."), ("/tmp", NR_FS_APPEND_FL, "chattr +a tmp"),
+        ]
+        for (inside, flag, what) in cases {
+            let path = try await workspace.create(name: "job-flags")
+            let fd = open(path + inside, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            let flags = nr_inode_flags(fd)
+            let set = flags >= 0 ? nr_set_inode_flags(fd, flags | flag) : -1
+            let why = errnoText()
+            close(fd)
+            try XCTSkipIf(set != 0, "the file system of \(root) refuses FS_IOC_GETFLAGS/SETFLAGS (\(why))")
+            let released = await workspace.release(path: path)
+            XCTAssertTrue(released, what)
+            XCTAssertFalse(pathExists(path), "\(what): removed")
+            XCTAssertEqual(try names(workspace.directory), [], "\(what): not kept for the next job")
         }
     }
 

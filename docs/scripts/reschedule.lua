@@ -37,6 +37,19 @@ end
 local function nr_absent(v)
   return (not v) or v == ''
 end
+-- Redis does not undo the writes of a script that errors halfway, so a script first checks the keys it
+-- writes that may exist with another type (someone SET a string there): `checks` is a flat list of
+-- key, type. Returns the error reply that refuses the script before its first write, or nil.
+local function nr_wrong_type(checks)
+  for i = 1, #checks, 2 do
+    local t = redis.call('TYPE', checks[i])['ok']
+    if t ~= 'none' and t ~= checks[i + 1] then
+      return redis.error_reply('WRONGTYPE key ' .. checks[i] .. ' is a ' .. t .. ', expected a '
+        .. checks[i + 1])
+    end
+  end
+  return nil
+end
 -- The fence of a write about an attempt. Returns nil to go on; 0 when this attempt already ended (a
 -- resent call: the entry is acked and deleted again); or why the write is refused: 'lease' (the
 -- runner's lease no longer holds its token: it expired, or the runner registered again) or 'moved' (the

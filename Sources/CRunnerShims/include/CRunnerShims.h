@@ -250,8 +250,24 @@ long nr_xattr_list_size(int fd);
 
 /// Whether the directory open at `fd` (read from its start, with getdents64 on `fd` itself: no stream, no dup)
 /// holds exactly one entry besides "." and "..", named `only`, or none at all when `only` is NULL: 1 yes, 0 no,
-/// -1 with errno when it cannot be read.
+/// 2 when it is immutable or append-only (FS_IOC_GETFLAGS on `fd` first; its entries are not read then), -1 with
+/// errno when it cannot be read.
 int nr_dir_holds_only(int fd, const char *only);
+
+/// The inode flags of `fd` (FS_IOC_GETFLAGS: chattr's), or -1 with errno (ENOTTY, EOPNOTSUPP: the file system has
+/// none).
+int nr_inode_flags(int fd);
+
+/// FS_IOC_SETFLAGS: 0, or -1 with errno (EPERM without CAP_LINUX_IMMUTABLE for the two below).
+int nr_set_inode_flags(int fd, int flags);
+
+/// Clears NR_FS_IMMUTABLE_FL and NR_FS_APPEND_FL on `fd`: 0 when neither was set (or the file system has no
+/// flags), 1 cleared, -1 with errno when they could not be cleared.
+int nr_clear_locking_flags(int fd);
+
+/// FS_IMMUTABLE_FL and FS_APPEND_FL of <linux/fs.h> (chattr +i, +a).
+#define NR_FS_IMMUTABLE_FL 0x00000010
+#define NR_FS_APPEND_FL 0x00000020
 
 #ifdef __cplusplus
 }

@@ -77,7 +77,7 @@ struct JobWorkspace: Sendable {
                 return .failed(IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())"))
             }
             guard replacing else { return .exists }
-            try? FileManager.default.removeItem(atPath: path)
+            _ = removeTree(path)
             if mkdir(path, 0o700) != 0 {
                 return .failed(IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())"))
             }
@@ -177,9 +177,27 @@ struct JobWorkspace: Sendable {
         // Most jobs leave their folder as it was made: two rmdir, inline (rmdir never follows a link, and fails on
         // a folder with anything in it). Anything else is a tree of any size, removed on the queue.
         if JobWorkspace.removeAsMade(path) { return true }
-        return await JobWorkspace.run {
-            (try? FileManager.default.removeItem(atPath: path)) != nil || !pathExists(path)
-        }
+        return await JobWorkspace.run { JobWorkspace.removeTree(path) }
+    }
+
+    /// Removes `path` and everything in it; when that fails, clears the immutable and append-only flags of the
+    /// folder and its `tmp` (a job run as root may have set them: `chattr +i tmp`, `chattr +a .`) and tries again.
+    private static func removeTree(_ path: String) -> Bool {
+        if (try? FileManager.default.removeItem(atPath: path)) != nil || !pathExists(path) { return true }
+        guard clearLockingFlags(path) else { return false }
+        return (try? FileManager.default.removeItem(atPath: path)) != nil || !pathExists(path)
+    }
+
+    /// Clears FS_IMMUTABLE_FL and FS_APPEND_FL on the folder and its `tmp`, opened without following a link (tmp
+    /// from the folder's fd): true when either was set and is clear now.
+    private static func clearLockingFlags(_ path: String) -> Bool {
+        let folder = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard folder >= 0 else { return false }
+        defer { close(folder) }
+        let tmp = openat(folder, "tmp", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        defer { if tmp >= 0 { close(tmp) } }
+        let cleared = [nr_clear_locking_flags(folder), tmp >= 0 ? nr_clear_locking_flags(tmp) : 0]
+        return cleared.contains(1) && !cleared.contains(-1)
     }
 
     /// Removes `path` and its empty `tmp` if that is all there is. The folder is opened without following a link:
@@ -193,8 +211,9 @@ struct JobWorkspace: Sendable {
     }
 
     /// Done with a finished job's folder: kept for the next job when it is exactly as it was made (an empty `tmp`
-    /// in it and nothing else, no extended attribute, on the runner's file system; its mode is set back to 0700),
-    /// else removed with everything in it. False when it could not be removed.
+    /// in it and nothing else, no extended attribute, neither immutable nor append-only, on the runner's file system;
+    /// its mode is set back to 0700), else removed with everything in it (flags cleared first where set). False
+    /// when it could not be removed.
     @discardableResult
     func release(path: String) async -> Bool {
         if spares.hasRoom, JobWorkspace.isAsMade(path, owner: owner, directory: directory) {
@@ -221,8 +240,9 @@ struct JobWorkspace: Sendable {
     }
 
     /// `path` is a directory of the jobs' user and group on the runner directory's file system with nothing in it but
-    /// an empty directory `tmp`, neither with an extended attribute (an ACL is one); both get mode 0700 back. Nothing
-    /// here follows a link.
+    /// an empty directory `tmp`, neither with an extended attribute (an ACL is one) nor immutable or append-only
+    /// (`chattr +i`, `+a`: the next job could not write there, nor the folder be removed); both get mode 0700 back.
+    /// Nothing here follows a link.
     private static func isAsMade(_ path: String, owner: (uid: UInt32, gid: UInt32)?, directory: String) -> Bool {
         var runnerInfo = stat()
         guard lstat(directory, &runnerInfo) == 0 else { return false }
@@ -230,7 +250,8 @@ struct JobWorkspace: Sendable {
         // The group the folders were made with: the owner's (lchown), else what mkdir gave them, the runner's
         // directory's group when it is set-group-ID (tmp inherits it from the job folder), else the runner's.
         let gid = owner?.gid ?? (runnerInfo.st_mode & S_ISGID != 0 ? runnerInfo.st_gid : runnerGroup)
-        // Every job's path: two opens, two fstat, two getdents64 each, and a chmod only for a mode the job changed.
+        // Every job's path: two opens, and for each folder an fstat, an flistxattr, an FS_IOC_GETFLAGS ioctl and two
+        // getdents64, and a chmod only for a mode the job changed.
         func asMade(_ fd: Int32, holdingOnly only: String?) -> Bool {
             var info = stat()
             guard fd >= 0, fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == uid,
