@@ -225,11 +225,18 @@ final class MonitorLoop {
     private func handle(_ command: MonitorCommand) {
         switch command {
         case .spawn(let request, let continuation):
+            let handle: SpawnedHandle
             do {
-                continuation.resume(returning: try start(request))
+                handle = try start(request)
             } catch {
                 continuation.resume(throwing: error)
+                return
             }
+            if let policy = request.waitPolicy, let record = records[handle.id] {
+                let now = System.monotonicNanoseconds()
+                perform(record.machine.waitStarted(policy: policy, startedAt: record.startedAt, now: now), on: record)
+            }
+            continuation.resume(returning: handle)
         case .wait(let id, let policy):
             // A record that is gone has completed its handle already, which resumed the parked continuation.
             guard let record = records[id] else { return }

@@ -17,6 +17,8 @@ struct SpawnRequest: Sendable {
     var spec: ProcessSpec
     var output: @Sendable (OutputStream, [UInt8]) -> Void
     var groups: (any ProcessGroupRegistry)?
+    /// The teardown policy, applied from the start: the process is waited for as soon as it runs.
+    var waitPolicy: TerminationPolicy?
 }
 
 struct SpawnedHandle: Sendable {

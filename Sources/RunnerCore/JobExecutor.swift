@@ -255,10 +255,14 @@ struct JobExecutor: Sendable {
         }
         let clock = ContinuousClock()
         let began = clock.now
+        let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
+        let policy = TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace)
         let process: RunningProcess
         do {
             let spec = processSpec(for: entry, environment: environment, containment: containment)
-            process = try await supervisor.spawn(spec, groups: killSwitch.processGroups) { stream, bytes in
+            // Waited for from its start (the monitor thread is not woken again to be told so).
+            process = try await supervisor.spawn(spec, groups: killSwitch.processGroups, waitPolicy: policy) {
+                stream, bytes in
                 recorder.append(stream, bytes)
             }
         } catch let error as SpawnError where error.isSupervisorSide {
@@ -295,9 +299,8 @@ struct JobExecutor: Sendable {
         // The epoch may have ended between the claim and the spawn: nothing of it may run on.
         if epoch.ended.isFired { process.signalGroup(SIGKILL) }
 
-        let timeout = entry.spec.timeoutMs.map { Duration.milliseconds($0) } ?? configuration.defaultJobTimeout
         let cancelWatch = watchForCancel(entry, pid: process.pid, running: watch)
-        let outcome = await process.wait(TerminationPolicy(timeout: timeout, killGrace: configuration.killGrace))
+        let outcome = await process.wait(policy)
         let killReported = await cancelWatch.stop()
         killSwitch.unwatch(process)
         // The pid and `job.started` land before the result: written while the job ran, or now with it.

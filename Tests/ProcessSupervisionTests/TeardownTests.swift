@@ -230,6 +230,27 @@ final class TeardownTests: XCTestCase {
         XCTAssertTrue(gone)
     }
 
+    /// A wait policy given at spawn applies from the start: the timeout stops the process with nobody waiting yet,
+    /// `wait` then collects that outcome (its own policy ignored), and a handle let go unwaited still stops its job.
+    func testAWaitPolicyGivenAtSpawnAppliesBeforeAnyoneWaits() async throws {
+        let policy = TerminationPolicy(timeout: .milliseconds(100), killGrace: .milliseconds(100))
+        let timed = try await Shared.supervisor.spawn(sleep60, waitPolicy: policy, output: { _, _ in })
+        let stopped = await eventually(within: .seconds(5)) { processState(timed.pid) == nil }
+        XCTAssertTrue(stopped, "pid \(timed.pid) still runs past its timeout with nobody waiting")
+        guard stopped else { return }  // its wait would not return before the sleep ends
+        let outcome = await timed.wait(TerminationPolicy())
+        XCTAssertEqual(outcome.stopReason, .timeout)
+        XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
+
+        var dropped: RunningProcess? = try await Shared.supervisor.spawn(
+            sleep60, waitPolicy: TerminationPolicy(killGrace: .milliseconds(100)), output: { _, _ in })
+        let pid = try XCTUnwrap(dropped?.pid)
+        XCTAssertEqual(processState(pid).map { $0 == "Z" }, false)
+        dropped = nil
+        let gone = await eventually { processState(pid) == nil }
+        XCTAssertTrue(gone, "an unwaited handle let go left pid \(pid) running")
+    }
+
     /// The monitor's eventfd belongs to the state its handles share, not to the monitor thread: a handle used after
     /// the shutdown still names that fd (never a reused number), and once the last holder goes, it is closed too.
     func testASupervisorLetGoLeavesNoDescriptorOpenEvenAfterAHandleOutlivedIt() async throws {
