@@ -242,6 +242,7 @@ final class TeardownTests: XCTestCase {
         XCTAssertEqual(outcome.stopReason, .timeout)
         XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
 
+        let fdsBefore = openFDCount()
         var dropped: RunningProcess? = try await Shared.supervisor.spawn(
             sleep60, waitPolicy: TerminationPolicy(killGrace: .milliseconds(100)), output: { _, _ in })
         let pid = try XCTUnwrap(dropped?.pid)
@@ -249,11 +250,16 @@ final class TeardownTests: XCTestCase {
         dropped = nil
         let gone = await eventually { processState(pid) == nil }
         XCTAssertTrue(gone, "an unwaited handle let go left pid \(pid) running")
+        // Its pipes and pidfd close after the process is gone (and before the next test counts descriptors).
+        let closed = await eventually { openFDCount() == fdsBefore }
+        XCTAssertTrue(closed, "\(openFDCount() - fdsBefore) descriptors of the let-go process left open")
     }
 
     /// The monitor's eventfd belongs to the state its handles share, not to the monitor thread: a handle used after
     /// the shutdown still names that fd (never a reused number), and once the last holder goes, it is closed too.
     func testASupervisorLetGoLeavesNoDescriptorOpenEvenAfterAHandleOutlivedIt() async throws {
+        // libdispatch opens its timer fd at the first sleep: let it happen before counting, not in `eventually`.
+        try await Task.sleep(for: .milliseconds(1))
         let before = openFDCount()
         var supervisor: ProcessSupervisor? = try ProcessSupervisor(subreaper: true)
         // Never waited for: the shutdown kills it, and letting the handle go queues its abandon to a closed inbox.
