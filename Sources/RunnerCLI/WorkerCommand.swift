@@ -198,6 +198,16 @@ enum WorkerCommand {
         return Logger(label: label, level: logLevel, format: logFormat)
     }
 
+    /// The options that set the default limits and the ceilings, by their key in a spec's `limits`.
+    static let defaultLimitOptions = [
+        JobLimits.Key.memoryBytes: "--default-memory", JobLimits.Key.pids: "--default-pids",
+        JobLimits.Key.cpuMillis: "--default-cpu",
+    ]
+    static let ceilingOptions = [
+        JobLimits.Key.memoryBytes: "--max-memory", JobLimits.Key.pids: "--max-pids",
+        JobLimits.Key.cpuMillis: "--max-cpu",
+    ]
+
     static func isolationConfiguration(_ arguments: ParsedArguments) throws -> IsolationConfiguration {
         func size(_ name: String) throws -> Int? {
             try arguments.parsed(name, expected: "bytes, or 64K, 16M, 1G") {
@@ -210,6 +220,9 @@ enum WorkerCommand {
         let ceilings = JobLimits(
             memoryBytes: try size("--max-memory"), pids: try arguments.positiveInt("--max-pids"),
             cpuMillis: try arguments.positiveInt("--max-cpu"))
+        // Out of the kernel's range, every cgroup job would fail (or, for a ceiling, be rejected): refused at start.
+        try arguments.checkLimitRanges(defaults, options: defaultLimitOptions)
+        try arguments.checkLimitRanges(ceilings, options: ceilingOptions)
         if let reason = defaults.exceeding(ceilings) {
             throw UsageError("the default limits are above the ceilings: \(reason)", command: spec.name)
         }

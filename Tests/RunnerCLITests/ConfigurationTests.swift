@@ -283,6 +283,62 @@ final class ConfigurationTests: XCTestCase {
             "Error: invalid value for '--concurrency': 'abc' (expected a positive whole number)")
     }
 
+    /// A worker default or ceiling outside what a job spec accepts (`JobLimits.accepted`, the rule submit applies to
+    /// its --memory, --pids and --cpu) is refused at start and by config --print, naming the option where it was
+    /// given (flag, RUNNER_* variable, config file line) with the range in the option's units, exit 2: otherwise the
+    /// runner starts and every cgroup job fails.
+    func testWorkerLimitsOutsideTheSpecRangeAreRefused() async throws {
+        let cases: [([String], String)] = [
+            (
+                ["--default-cpu", "5"],
+                "invalid value for '--default-cpu': '5' is below 10 (from 10 to 1000000 millicores)"
+            ),
+            (
+                ["--max-cpu", "1000001"],
+                "invalid value for '--max-cpu': '1000001' is above 1000000 (from 10 to 1000000 millicores)"
+            ),
+            (
+                ["--default-memory", "100K"],
+                "invalid value for '--default-memory': '100K' is below 1M (write 64M, 1G or a number of bytes)"
+            ),
+            (
+                ["--max-memory", "64"],
+                "invalid value for '--max-memory': '64' is below 1M (write 64M, 1G or a number of bytes)"
+            ),
+            (
+                ["--default-pids", "99999999"],
+                "invalid value for '--default-pids': '99999999' is above 4194304 (from 1 to 4194304)"
+            ),
+            (
+                ["--max-pids", "4194305"],
+                "invalid value for '--max-pids': '4194305' is above 4194304 (from 1 to 4194304)"
+            ),
+        ]
+        for (options, message) in cases {
+            for command in [["config", "--print"], ["worker", "--redis", "127.0.0.1:1"]] {
+                let result = await run(command + options)
+                XCTAssertEqual(result.code, 2, "\(command + options): \(result.err)")
+                XCTAssertEqual(result.out, "")
+                XCTAssertEqual(result.err, "Error: \(message)\nSee 'runner \(command[0]) --help'.\n")
+            }
+        }
+        let environment = await run(["config", "--print"], environment: ["RUNNER_DEFAULT_CPU": "5"])
+        XCTAssertEqual(environment.code, 2)
+        XCTAssertEqual(
+            environment.err.split(separator: "\n").first.map(String.init),
+            "Error: invalid value for RUNNER_DEFAULT_CPU: '5' is below 10 (from 10 to 1000000 millicores)")
+        let (path, error) = try await configError("{\n  \"max-memory\": \"64\"\n}")
+        XCTAssertEqual(
+            error,
+            "Error: \(path):2: invalid value for '--max-memory': '64' is below 1M (write 64M, 1G or a number of bytes)")
+        // The bounds themselves are accepted.
+        let bounds = await run([
+            "config", "--print", "--default-cpu", "10", "--max-cpu", "1000000", "--default-memory", "1M",
+            "--max-memory", "1024T", "--default-pids", "1", "--max-pids", "4194304",
+        ])
+        XCTAssertEqual(bounds.code, 0, bounds.err)
+    }
+
     func testEnvironmentSwitchMustBeASwitch() async {
         let result = await run(["config", "--print"], environment: ["RUNNER_NO_REAPER": "maybe"])
         XCTAssertEqual(result.code, 2)
