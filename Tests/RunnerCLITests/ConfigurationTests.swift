@@ -378,7 +378,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(result.code, 0, result.err)
         let object = try JSONValue(parsing: result.out.trimmingCharacters(in: .newlines))
         XCTAssertEqual(object["queue"], ["value": ["high", "default"], "source": .string("file:\(path):3")])
-        XCTAssertEqual(object["concurrency"], ["value": "8", "source": "profile:high-performance"])
+        XCTAssertEqual(object["concurrency"], ["value": 8, "source": "profile:high-performance"])
         XCTAssertEqual(object["keep-work-dirs"], ["value": false, "source": "default"])
         XCTAssertEqual(object["run-as"], ["value": nil, "source": "default"])
         XCTAssertEqual(object["redis"]?["value"], "redis://ops:***@redis.example:6380/2")
@@ -392,6 +392,51 @@ final class ConfigurationTests: XCTestCase {
         result = await run(["config"])
         XCTAssertEqual(result.code, 2)
         XCTAssertEqual(result.err.split(separator: "\n").first, "Error: nothing to do: give --print")
+    }
+
+    /// config --print shows what the worker will use, not what was typed: sizes and durations in their canonical
+    /// spelling (`2M` of a duration is two minutes, `64mb` of a size 64 MiB), numbers as JSON numbers, and `null`
+    /// (`-` in the table) for every option that sets nothing, "none" and "off" defaults included.
+    func testConfigPrintShowsTheEffectiveNormalizedValue() async throws {
+        let path = try file("{\n  \"kill-grace\": 90,\n  \"log-limit\": 1048576\n}")
+        let options = [
+            "config", "--print", "--config", path, "--shutdown-timeout", "2M", "--max-memory", "64mb",
+            "--default-timeout", "1.5s", "--events-maxlen", "500", "--max-cpu", "2000",
+        ]
+        var result = await run(options)
+        XCTAssertEqual(result.code, 0, result.err)
+        let rows = result.out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        let expected = [
+            "shutdown-timeout 2m flag", "max-memory 64M flag", "default-timeout 1s500ms flag",
+            "kill-grace 1m30s file:\(path):2", "log-limit 1M file:\(path):3", "default-memory - default",
+            "metrics-listen - default", "lease-ttl 15s default",
+        ]
+        for line in expected {
+            let cells = line.split(separator: " ").map(String.init)
+            XCTAssertEqual(rows.first { $0.first == cells[0] }, cells, result.out)
+        }
+
+        result = await run(options + ["--json"])
+        XCTAssertEqual(result.code, 0, result.err)
+        let object = try JSONValue(parsing: result.out.trimmingCharacters(in: .newlines))
+        XCTAssertEqual(object["shutdown-timeout"]?["value"], "2m")
+        XCTAssertEqual(object["max-memory"]?["value"], "64M")
+        XCTAssertEqual(object["events-maxlen"]?["value"], 500)
+        XCTAssertEqual(object["max-cpu"]?["value"], 2000)
+        XCTAssertEqual(object["reschedule-limit"], ["value": 3, "source": "default"])
+        XCTAssertEqual(object["log-limit"]?["value"], "1M")
+        for unset in [
+            "default-memory", "default-pids", "default-cpu", "max-pids", "metrics-listen", "run-as", "exit-after-jobs",
+        ] {
+            XCTAssertEqual(object[unset], ["value": nil, "source": "default"], unset)
+        }
+        XCTAssertEqual(DurationParser.text(.zero), "0s")
+        XCTAssertEqual(DurationParser.text(.seconds(7 * 86400)), "7d")
+        XCTAssertEqual(DurationParser.text(.seconds(5400)), "1h30m")
+        XCTAssertEqual(DurationParser.text(.milliseconds(500)), "500ms")
+        for text in ["30s", "500ms", "2m", "1h30m", "7d", "1d1h1m1s1ms"] {
+            XCTAssertEqual(DurationParser.parse(text).map(DurationParser.text), text)
+        }
     }
 
     /// The default name is derived when the worker starts: shown with this host's name and `<pid>` for the
