@@ -118,6 +118,29 @@ extension ParsedArguments {
         try parsed(name, expected: "expected a positive whole number") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
     }
 
+    /// A usage error naming the option when a limit is outside what a job spec accepts (`JobLimits.accepted`),
+    /// with the range in the option's units. `options` gives the option that set each limit (by its key in the
+    /// spec's `limits`); limits it does not name, or that were not given, are not checked. One rule for submit's
+    /// `--memory`/`--pids`/`--cpu` and the worker's defaults and ceilings, so that a runner never starts with a
+    /// value every cgroup job would then fail on.
+    func checkLimitRanges(_ limits: JobLimits, options: [String: String]) throws {
+        for (key, value) in limits.entries {
+            guard let option = options[key], let text = self.value(option),
+                let range = JobLimits.accepted[key], !range.contains(value)
+            else { continue }
+            let isSize = key == JobLimits.Key.memoryBytes
+            let spell = { (bound: Int) in isSize ? ByteSizeParser.text(bound) : String(bound) }
+            let side =
+                value < range.lowerBound ? "below \(spell(range.lowerBound))" : "above \(spell(range.upperBound))"
+            let unit = key == JobLimits.Key.cpuMillis ? " millicores" : ""
+            let expected =
+                isSize ? "write 64M, 1G or a number of bytes" : "from \(range.lowerBound) to \(range.upperBound)\(unit)"
+            throw UsageError(
+                "invalid value for '\(option)': '\(UsageError.excerpt(text))' is \(side) (\(expected))",
+                command: command.name)
+        }
+    }
+
     func keyValues(_ name: String) throws -> [String: String] {
         var result: [String: String] = [:]
         for item in all(name) {

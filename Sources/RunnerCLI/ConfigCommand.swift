@@ -35,12 +35,13 @@ enum ConfigCommand {
         // worker's, known only when it starts (a resumed identity is the name).
         let name =
             arguments.value("--resume-identity") == nil ? WorkerCommand.defaultName(pid: "<pid>") : configuration.name
-        let hostDefaults = [
-            "--name": name, "--node": configuration.node, "--concurrency": String(configuration.concurrency),
+        let hostDefaults: [String: JSONValue] = [
+            "--name": .string(name), "--node": .string(configuration.node),
+            "--concurrency": .int(configuration.concurrency),
         ]
         let rows = workerOptions.map { option in
             let source = ConfigurationLayers.source(of: option.name, in: arguments)
-            let hostDefault = source == "default" ? hostDefaults[option.name].map(JSONValue.string) : nil
+            let hostDefault = source == "default" ? hostDefaults[option.name] : nil
             return (option, hostDefault ?? value(of: option, in: arguments), source)
         }
         if arguments.flag("--json") {
@@ -58,7 +59,9 @@ enum ConfigCommand {
     }
 
     /// The option's effective value: a flag's true/false, a repeated option's list, a value's text; where no layer
-    /// set it, the built-in default as the help describes it (null when it has none). Redis passwords are masked.
+    /// set it, the built-in default as the help describes it (null when it has none, or it is "none" or "off").
+    /// Numbers are JSON numbers; sizes and durations are in their canonical spelling (`64M`, `2m`, `1m30s`: what
+    /// the worker will use, however it was written). Redis passwords are masked.
     static func value(of option: OptionSpec, in arguments: ParsedArguments) -> JSONValue {
         switch option.kind {
         case .flag:
@@ -67,8 +70,26 @@ enum ConfigCommand {
             let values = arguments.all(option.name)
             if values.isEmpty { return option.defaultDescription.map { [.string($0)] } ?? [] }
             return .array(values.map { .string(masked($0)) })
-        case .value:
-            return (arguments.value(option.name) ?? option.defaultDescription).map { .string(masked($0)) } ?? .null
+        case .value(let kind):
+            let given = arguments.value(option.name)
+            guard let text = given ?? option.defaultDescription, given != nil || !unsetDefaults.contains(text) else {
+                return .null
+            }
+            return normalized(text, kind: kind) ?? .string(masked(text))
+        }
+    }
+
+    /// How the help describes a default that sets nothing.
+    private static let unsetDefaults: Set<String> = ["none", "off"]
+
+    /// A number, size or duration (by the option's value name) as the worker reads it; nil for other kinds, or text
+    /// that is not one (a default described in words).
+    private static func normalized(_ text: String, kind: String) -> JSONValue? {
+        switch kind {
+        case "N", "MILLICORES": Int(text).map(JSONValue.int)
+        case "SIZE": ByteSizeParser.parse(text).map { .string(ByteSizeParser.text($0)) }
+        case "DURATION": DurationParser.parse(text).map { .string(DurationParser.text($0)) }
+        default: nil
         }
     }
 
@@ -77,6 +98,7 @@ enum ConfigCommand {
         case .array(let items): items.isEmpty ? "-" : items.compactMap(\.stringValue).joined(separator: ",")
         case .bool(let on): on ? "true" : "false"
         case .string(let text): text
+        case .int(let number): String(number)
         default: "-"
         }
     }

@@ -27,9 +27,10 @@ enum ControlCommand {
         ] + CommonOptions.logging,
         discussion: """
             Several control planes (and workers, which reap too unless --no-reaper) may run at once: only the holder
-            of the leader lease {nr}:reaper acts. A runner whose lease is gone is marked lost (runner.lost); each
-            job it held is put back on its queue with its attempt raised (job.rescheduled), and its consumer leaves
-            the group once nothing is pending for it. Entries of live runners are never touched.
+            of the leader lease {nr}:reaper acts. It logs 'control plane leads the pool' or 'standing by: the reaper
+            lease is held by NAME' at start and whenever that changes. A runner whose lease is gone is marked lost
+            (runner.lost); each job it held is put back on its queue with its attempt raised (job.rescheduled), and
+            its consumer leaves the group once nothing is pending for it. Entries of live runners are never touched.
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
@@ -46,19 +47,20 @@ enum ControlCommand {
         defer { pool.client.close() }
         try await EvictionPolicyCheck.verify(
             client: pool.client, allow: arguments.flag("--allow-eviction-policy"), logger: logger)
-        let reaper = Reaper(configuration: configuration, logger: logger)
-        let task = Task { await reaper.run() }
-        let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
-            logger.info("received \(SignalObserver.name(signal)); stopping")
-            task.cancel()
-        }
-        defer { signals.cancel() }
+        // Before the reaper's first turn, which says whether this control plane leads or stands by.
         logger.info(
             "control plane running",
             [
                 "name": name, "redis": configuration.redis.description,
                 "interval_ms": String(configuration.interval.milliseconds),
             ])
+        let reaper = Reaper(configuration: configuration, logger: logger, role: .controlPlane)
+        let task = Task { await reaper.run() }
+        let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in
+            logger.info("received \(SignalObserver.name(signal)); stopping")
+            task.cancel()
+        }
+        defer { signals.cancel() }
         await task.value
         logger.info("control plane stopped", ["name": name])
         return 0

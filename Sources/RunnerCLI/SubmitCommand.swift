@@ -75,25 +75,10 @@ enum SubmitCommand {
         JobLimits.Key.memoryBytes: "--memory", JobLimits.Key.pids: "--pids", JobLimits.Key.cpuMillis: "--cpu",
     ]
 
-    /// A usage error naming the flag when a limit is outside what a spec accepts (`JobLimits.accepted`), with the
-    /// range in the flag's units.
+    /// A usage error naming the flag when a limit is outside what a spec accepts (the rule the worker's defaults
+    /// and ceilings are checked by too).
     static func checkLimitRanges(_ limits: JobLimits, _ arguments: ParsedArguments) throws {
-        for (key, value) in limits.entries {
-            guard let option = limitOptions[key], let text = arguments.value(option),
-                let range = JobLimits.accepted[key], !range.contains(value)
-            else { continue }
-            let isSize = key == JobLimits.Key.memoryBytes
-            let spell = { (bound: Int) in isSize ? ByteSizeParser.text(bound) : String(bound) }
-            let side =
-                value < range.lowerBound ? "below \(spell(range.lowerBound))" : "above \(spell(range.upperBound))"
-            let expected =
-                isSize
-                ? "write 64M, 1G or a number of bytes"
-                : "from \(range.lowerBound) to \(range.upperBound)\(key == JobLimits.Key.cpuMillis ? " millicores" : "")"
-            throw UsageError(
-                "invalid value for '\(option)': '\(UsageError.excerpt(text))' is \(side) (\(expected))",
-                command: spec.name)
-        }
+        try arguments.checkLimitRanges(limits, options: limitOptions)
     }
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {

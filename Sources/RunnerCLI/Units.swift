@@ -26,6 +26,21 @@ public enum DurationParser {
         return make(total, scale: 1)
     }
 
+    /// `duration` as `parse` reads it, in whole units, largest first (the canonical spelling): 90 s is `1m30s`,
+    /// 1.5 s `1s500ms`, 2 minutes `2m`, zero `0s`. Below a millisecond is dropped (`parse` keeps none).
+    public static func text(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        var rest = seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        guard rest > 0 else { return "0s" }
+        var text = ""
+        for (suffix, milliseconds) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)]
+        where rest >= Int64(milliseconds) {
+            text += "\(rest / Int64(milliseconds))\(suffix)"
+            rest %= Int64(milliseconds)
+        }
+        return text
+    }
+
     private static func make(_ value: Double?, scale: Double) -> Duration? {
         guard let value, value.isFinite, value >= 0, value * scale < 10 * 365 * 24 * 3600 else { return nil }
         return .milliseconds(Int64((value * scale * 1000).rounded()))

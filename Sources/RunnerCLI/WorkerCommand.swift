@@ -109,8 +109,9 @@ enum WorkerCommand {
                 environment: "RUNNER_EXIT_WHEN_IDLE"),
             OptionSpec(
                 "--resume-identity", .value("RUNNER"),
-                help: "Take over the id of a runner that migrated here (its lease must be free): its counters and "
-                    + "labels carry over. Instead of --name.", environment: "RUNNER_RESUME_IDENTITY"),
+                help: "Take over the id of a runner that migrated here (its lease must be free): its counters carry "
+                    + "over, and its queues, concurrency and labels unless given. Instead of --name.",
+                environment: "RUNNER_RESUME_IDENTITY"),
             MetricsListen.option,
         ] + labelAndHookOptions + CommonOptions.logging + ConfigurationLayers.options)
 
@@ -198,6 +199,16 @@ enum WorkerCommand {
         return Logger(label: label, level: logLevel, format: logFormat)
     }
 
+    /// The options that set the default limits and the ceilings, by their key in a spec's `limits`.
+    static let defaultLimitOptions = [
+        JobLimits.Key.memoryBytes: "--default-memory", JobLimits.Key.pids: "--default-pids",
+        JobLimits.Key.cpuMillis: "--default-cpu",
+    ]
+    static let ceilingOptions = [
+        JobLimits.Key.memoryBytes: "--max-memory", JobLimits.Key.pids: "--max-pids",
+        JobLimits.Key.cpuMillis: "--max-cpu",
+    ]
+
     static func isolationConfiguration(_ arguments: ParsedArguments) throws -> IsolationConfiguration {
         func size(_ name: String) throws -> Int? {
             try arguments.parsed(name, expected: "bytes, or 64K, 16M, 1G") {
@@ -210,6 +221,9 @@ enum WorkerCommand {
         let ceilings = JobLimits(
             memoryBytes: try size("--max-memory"), pids: try arguments.positiveInt("--max-pids"),
             cpuMillis: try arguments.positiveInt("--max-cpu"))
+        // Out of the kernel's range, every cgroup job would fail (or, for a ceiling, be rejected): refused at start.
+        try arguments.checkLimitRanges(defaults, options: defaultLimitOptions)
+        try arguments.checkLimitRanges(ceilings, options: ceilingOptions)
         if let reason = defaults.exceeding(ceilings) {
             throw UsageError("the default limits are above the ceilings: \(reason)", command: spec.name)
         }
@@ -268,8 +282,8 @@ enum WorkerCommand {
         let (parsed, logger) = try configuration(arguments)
         var configuration = parsed
         for warning in arguments.warnings { logger.warning(warning) }
-        if configuration.resumeIdentity, configuration.labels.isEmpty {
-            configuration.labels = try await resumedLabels(of: configuration.name, arguments)
+        if configuration.resumeIdentity {
+            try await takeOverSettings(into: &configuration, arguments, logger: logger)
         }
         let metricsAddress = try MetricsListen.address(arguments)
         let worker = Worker(configuration: configuration, logger: logger)
@@ -295,21 +309,61 @@ enum WorkerCommand {
 }
 
 extension WorkerCommand {
-    /// `--resume-identity` without `--label`: the labels of the record taken over, so that the runner routes by
-    /// them too, not only shows them.
-    static func resumedLabels(of runner: String, _ arguments: ParsedArguments) async throws -> LabelSet {
+    /// `--resume-identity`: the queues, concurrency and labels of the record taken over, each unless this worker
+    /// sets it itself (a flag, `RUNNER_*`, the config file or a profile: what is given wins). The jobs sent to the
+    /// old runner's queues then still find it, and it routes by the old labels too, not only shows them. Logged at
+    /// info: which were taken over and which were the worker's own.
+    static func takeOverSettings(
+        into configuration: inout WorkerConfiguration, _ arguments: ParsedArguments, logger: Logger
+    ) async throws {
+        let runner = configuration.name
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
-        let record = try await pool.presence(of: runner).record
-        var values: [String: String] = [:]
-        for (key, value) in record?[RunnerRecordField.labels]?.objectValue ?? [:] {
-            if let text = value.stringValue { values[key] = text }
+        // No record: the worker's own start refuses the takeover with its error (exit 2).
+        guard let record = try await pool.presence(of: runner).record else { return }
+        var taken: [String] = []
+        var own: [String] = []
+        if arguments.values["--queue"] != nil {
+            own.append("queues")
+        } else if let queues = record[RunnerRecordField.queues]?.arrayValue {
+            let names = queues.compactMap(\.stringValue)
+            guard !names.isEmpty, names.count == queues.count, Set(names).count == names.count,
+                names.allSatisfy(Keyspace.isValidName)
+            else {
+                throw CommandFailure("the queues of runner '\(runner)' in the registry are invalid; give --queue")
+            }
+            configuration.queues = names
+            taken.append("queues")
         }
-        do {
-            return try LabelSet(values)
-        } catch {
-            throw CommandFailure("the labels of runner '\(runner)' in the registry are invalid: \(error.message)")
+        if arguments.values["--concurrency"] != nil {
+            own.append("concurrency")
+        } else if let capacity = record[RunnerRecordField.capacity]?.intValue {
+            guard capacity > 0 else {
+                throw CommandFailure(
+                    "the capacity of runner '\(runner)' in the registry is invalid; give --concurrency")
+            }
+            configuration.concurrency = capacity
+            taken.append("concurrency")
         }
+        if !configuration.labels.isEmpty {
+            own.append("labels")
+        } else if let labels = record[RunnerRecordField.labels]?.objectValue {
+            var values: [String: String] = [:]
+            for (key, value) in labels {
+                if let text = value.stringValue { values[key] = text }
+            }
+            do {
+                configuration.labels = try LabelSet(values)
+            } catch {
+                throw CommandFailure("the labels of runner '\(runner)' in the registry are invalid: \(error.message)")
+            }
+            taken.append("labels")
+        }
+        let given = own.isEmpty ? "" : "; its own (given): \(own.joined(separator: ", "))"
+        logger.info(
+            "taking over runner \(runner): \(taken.isEmpty ? "nothing" : taken.joined(separator: ", ")) from its "
+                + "record\(given)",
+            ["queues": configuration.queues.joined(separator: ","), "concurrency": String(configuration.concurrency)])
     }
 }
 

@@ -24,6 +24,35 @@ public struct ReaperPass: Sendable, Equatable {
     public var nextDue: Duration?
 }
 
+/// One turn at the reaper leader lease.
+enum ReaperTurn: Sendable, Equatable {
+    /// This reaper holds the lease: how many due retries it moved, and how long until the next is due.
+    case leads(moved: Int, nextDue: Duration?)
+    /// Another reaper holds it; `lease` is the lease's value.
+    case standsBy(lease: String?)
+}
+
+/// The value of the leader lease `{nr}:reaper`: `<holder's name> <random token>`, so that whoever reads it can tell
+/// who leads; the random part tells two reapers of one name apart (only the exact value extends or releases it).
+enum ReaperLease {
+    static func value(name: String) -> String { "\(name) \(LeaseKeeper.newToken())" }
+
+    /// The holder's name in a lease value: everything before its last space; nil for a value that names nobody
+    /// (a bare token, as another implementation may write).
+    static func holder(_ value: String?) -> String? {
+        guard let value, let space = value.lastIndex(of: " "), space != value.startIndex else { return nil }
+        return String(value[..<space])
+    }
+}
+
+/// Who runs a reaper: how it says whether it leads.
+public enum ReaperRole: Sendable {
+    /// A worker's (`this reaper leads the pool`; standing by at start is logged at debug only: most workers do).
+    case worker
+    /// `runner control`'s (`control plane leads the pool`; standing by is logged at info, at start too).
+    case controlPlane
+}
+
 /// The pool's reaper: finds runners whose lease is gone, reschedules the entries they held through the consumer
 /// group, removes their consumers, and moves due retries back onto their queues. Any number may run (`runner
 /// control`, and every worker unless `--no-reaper`); only the holder of the leader lease `{nr}:reaper` acts, and
@@ -34,8 +63,12 @@ public actor Reaper {
     private let client: RedisClient
     private let store: JobStore
     private let scripts: ScriptRunner
-    private let token = LeaseKeeper.newToken()
+    private let role: ReaperRole
+    private let token: String
     private(set) var isLeader = false
+    /// Who leads as last logged: nil before the first turn, `.some(nil)` while this reaper leads, else the holder's
+    /// name (`""` when the lease names nobody).
+    private var announcedLeader: String??
     private var passes = 0
     private var scannedQueues: Set<String> = []
     /// Whether each runner's lease key exists, as seen in this pass.
@@ -48,9 +81,11 @@ public actor Reaper {
     /// How many intervals apart the passes are while they find nothing to do.
     static let idleStretch = 3
 
-    public init(configuration: ReaperConfiguration, logger: Logger) {
+    public init(configuration: ReaperConfiguration, logger: Logger, role: ReaperRole = .worker) {
         self.configuration = configuration
         self.logger = logger
+        self.role = role
+        token = ReaperLease.value(name: configuration.name)
         var options = RedisClientOptions()
         options.name = "reaper"
         let log = logger
@@ -205,14 +240,14 @@ public actor Reaper {
     /// Keeps or takes the leader lease (one script, which also moves due retries for the leader). Returns nil when
     /// another reaper leads.
     private func lead() async throws -> (moved: Int, nextDue: Duration?)? {
-        let wasLeader = isLeader
-        let turn = try await store.leadAndMove(token: token, ttl: leaderTTL)
-        isLeader = turn != nil
-        if isLeader != wasLeader {
-            logger.info(
-                isLeader ? "this reaper leads the pool" : "another reaper leads now", ["reaper": configuration.name])
+        let turn = try await store.leaderTurn(token: token, ttl: leaderTTL)
+        guard case .leads(var moved, var next) = turn else {
+            isLeader = false
+            if case .standsBy(let lease) = turn { announce(leader: ReaperLease.holder(lease) ?? "") }
+            return nil
         }
-        guard var (moved, next) = turn else { return nil }
+        isLeader = true
+        announce(leader: nil)
         while moved % 100 == 0, moved > 0 {
             let more = try await store.moveDue()
             moved += more.moved
@@ -220,6 +255,22 @@ public actor Reaper {
             if more.moved < 100 { break }
         }
         return (moved, next)
+    }
+
+    /// Logs who leads when it changed: at start and on every change (`nil`: this reaper; `""`: a holder the lease
+    /// does not name).
+    private func announce(leader: String?) {
+        guard announcedLeader != .some(leader) else { return }
+        let first = announcedLeader == nil
+        announcedLeader = .some(leader)
+        let metadata: KeyValuePairs<String, String> = ["reaper": configuration.name]
+        guard let leader else {
+            logger.info(role == .controlPlane ? "control plane leads the pool" : "this reaper leads the pool", metadata)
+            return
+        }
+        let holder = leader.isEmpty ? "another runner or control plane" : leader
+        let line = "standing by: the reaper lease is held by \(holder)"
+        if role == .worker, first { logger.debug(line, metadata) } else { logger.info(line, metadata) }
     }
 
     /// Gives the leader lease up (compare-and-delete), so another reaper takes over at once.

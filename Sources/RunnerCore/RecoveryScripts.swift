@@ -210,7 +210,7 @@ extension RunnerScripts {
             elseif not held then
               redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
             else
-              return {0}
+              return {0, held}
             end
             local moved = nr_move_due(KEYS[2], ARGV[3], tonumber(ARGV[4]))
             return {1, moved[1], moved[2]}

@@ -77,13 +77,23 @@ extension JobStore {
     func leadAndMove(token: String, ttl: Duration, limit: Int = 100) async throws -> (
         moved: Int, nextDue: Duration?
     )? {
+        guard case .leads(let moved, let nextDue) = try await leaderTurn(token: token, ttl: ttl, limit: limit) else {
+            return nil
+        }
+        return (moved, nextDue)
+    }
+
+    /// `leadAndMove`, saying who holds the lease when another reaper leads (its value as it is stored).
+    func leaderTurn(token: String, ttl: Duration, limit: Int = 100) async throws -> ReaperTurn {
         let reply = try await scripts.run(
             RunnerScripts.leadAndMove, keys: [keyspace.reaper, keyspace.delayed],
             arguments: JobStore.bytes([token, String(ttl.milliseconds), keyspace.keyPrefix, String(limit)]))
         let parts = reply.array ?? []
-        guard parts.first?.int == 1, parts.count == 3 else { return nil }
+        guard parts.first?.int == 1, parts.count == 3 else {
+            return .standsBy(lease: parts.count > 1 ? parts[1].string : nil)
+        }
         let next = parts[2].int ?? -1
-        return (parts[1].int ?? 0, next < 0 ? nil : .milliseconds(next))
+        return .leads(moved: parts[1].int ?? 0, nextDue: next < 0 ? nil : .milliseconds(next))
     }
 
     /// Requeues a `dead`, `failed` or `timed_out` job by hand (`job.requeued`).

@@ -155,7 +155,8 @@ extension Worker {
             ], retry: retry)
         logger.info(
             "migration to node \(migration.toNode): lease released; start 'runner --resume-identity "
-                + "\(configuration.name) --node \(migration.toNode)' there",
+                + "\(configuration.name) --node \(migration.toNode)' there (it takes over this runner's queues, "
+                + "concurrency and labels; give its other options again)",
             ["finished": String(final.finished), "handed_back": String(final.handedBack)])
     }
 }

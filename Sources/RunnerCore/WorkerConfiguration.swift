@@ -57,7 +57,7 @@ public struct WorkerConfiguration: Sendable {
     /// Ephemeral runner: shut down gracefully when no job ran or arrived for this long.
     public var exitWhenIdle: Duration?
     /// Take over the registry record of `name` (a runner that migrated here): its lease must be free, and its
-    /// counters and labels are carried over.
+    /// counters are carried over (its queues, concurrency and labels too, by the CLI, unless given).
     public var resumeIdentity = false
     /// Entries read ahead of the free slots when the queue has more than they can take, so that a freed slot starts
     /// its next job without a read (nil: as many as `concurrency`; 0: none). Never used by an ephemeral runner.

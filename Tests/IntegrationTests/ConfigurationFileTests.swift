@@ -26,6 +26,20 @@ final class ConfigurationFileTests: IntegrationTestCase {
             result.err, "Error: \(bad):3: unknown key \"shutdown-timout\" (did you mean \"shutdown-timeout\"?)\n")
     }
 
+    /// The built worker refuses a default limit outside a job spec's range before it connects (Redis at port 1 is
+    /// never reached): one `Error:` line naming the option, the range in its units, exit 2.
+    func testTheBinaryRefusesAWorkerLimitOutOfRange() throws {
+        let result = runCLI(
+            ["--redis", "127.0.0.1:1", "--name", "range-x", "--isolation", "cgroup", "--default-cpu", "5"],
+            environment: [:], timeout: 30)
+        XCTAssertEqual(result.code, 2, result.err)
+        XCTAssertEqual(result.stdout, "")
+        XCTAssertEqual(
+            result.err,
+            "Error: invalid value for '--default-cpu': '5' is below 10 (from 10 to 1000000 millicores)\n"
+                + "See 'runner worker --help'.\n")
+    }
+
     func testAWorkerStartedWithAConfigFileUsesIt() throws {
         let path = try configFile(
             """

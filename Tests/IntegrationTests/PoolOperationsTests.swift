@@ -353,6 +353,42 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(counts.isEmpty ? 1 : counts["runner.migration"], 1)
     }
 
+    /// The documented takeover (`--resume-identity R --node N`, nothing else) serves R's queues with R's
+    /// concurrency and labels, so jobs sent to R's queue are not stranded; an option given to the new worker wins.
+    func testTakeoverInheritsQueuesConcurrencyAndLabelsUnlessGiven() throws {
+        let old = try startRunner(["--queue", "q7", "--concurrency", "1", "--label", "a=b", "--node", "n1"])
+        var migrate = cli(["migrate", "r1", "--to", "n2", "--wait"])
+        XCTAssertEqual(migrate.code, 0, migrate.err)
+        XCTAssertEqual(old.waitForExit(timeout: 30), 0, old.log)
+        XCTAssertTrue(old.log.contains("it takes over this runner's queues, concurrency and labels"), old.log)
+
+        let resumed = try startRunner(name: "r1", ["--resume-identity", "r1", "--node", "n2"])
+        try waitForRegistryState("r1", "running")
+        var record = try registry("r1")
+        XCTAssertEqual(record["queues"] as? [String], ["q7"], "\(record)")
+        XCTAssertEqual(record["capacity"] as? Int, 1, "\(record)")
+        XCTAssertEqual(record["labels"] as? [String: String], ["a": "b"], "\(record)")
+        XCTAssertEqual(record["node"] as? String, "n2", "\(record)")
+        XCTAssertTrue(
+            resumed.log.contains("taking over runner r1: queues, concurrency, labels from its record"), resumed.log)
+        try submit(["--queue", "q7", "--", "true"], id: "tk-q7")
+        try waitForState("tk-q7", ["succeeded"])
+
+        // Given its own concurrency, the next takeover keeps that and still takes the queues.
+        migrate = cli(["migrate", "r1", "--to", "n3", "--wait"])
+        XCTAssertEqual(migrate.code, 0, migrate.err)
+        XCTAssertEqual(resumed.waitForExit(timeout: 30), 0, resumed.log)
+        let again = try startRunner(
+            name: "r1", ["--resume-identity", "r1", "--node", "n3"], environment: ["RUNNER_CONCURRENCY": "3"])
+        try waitForRegistryState("r1", "running")
+        record = try registry("r1")
+        XCTAssertEqual(record["queues"] as? [String], ["q7"], "\(record)")
+        XCTAssertEqual(record["capacity"] as? Int, 3, "\(record)")
+        XCTAssertTrue(
+            again.log.contains("taking over runner r1: queues, labels from its record; its own (given): concurrency"),
+            again.log)
+    }
+
     func testMigrationHandsBackAJobWaitingInItsSlotAtOnce() throws {
         // Two jobs that each declare 60% of the host's memory: the second waits in its slot for admission.
         let total =

@@ -101,6 +101,35 @@ final class ReaperTests: IntegrationTestCase {
         XCTAssertFalse(log.contains("[runner]"), log)
     }
 
+    /// `runner control` says whether it leads or stands by, at start and on every change, naming the holder of the
+    /// leader lease (whose value begins with the holder's name).
+    func testControlPlaneSaysWhetherItLeadsOrStandsBy() throws {
+        let worker = try startRunner(name: "lead-r1", ["--reaper-interval", "200ms"])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                (try? self.send(["GET", self.key("reaper")]).string)?.hasPrefix("lead-r1 ") == true
+            }, "the worker's reaper did not take the lease under its name:\n\(worker.log)")
+        let control = try startControl(["--name", "ctl2"])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                control.log.contains(" [control] standing by: the reaper lease is held by lead-r1")
+            }, control.log)
+        XCTAssertFalse(control.log.contains("leads the pool"), control.log)
+        // The worker resigns the lease as it stops: the control plane takes it and says so, once.
+        XCTAssertEqual(worker.stop(timeout: 20), 0, worker.log)
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { control.log.contains(" [control] control plane leads the pool") },
+            control.log)
+        XCTAssertTrue(worker.log.contains("this reaper leads the pool"), worker.log)
+        XCTAssertTrue(try send(["GET", key("reaper")]).string?.hasPrefix("ctl2 ") == true)
+        XCTAssertEqual(control.stop(timeout: 10), 0, control.log)
+        let lines = control.log.split(separator: "\n").filter {
+            $0.contains("leads the pool") || $0.contains("standing by")
+        }
+        XCTAssertEqual(lines.count, 2, control.log)
+        XCTAssertTrue(lines.first?.contains("standing by") == true, control.log)
+    }
+
     func testWorkersReapByThemselvesAndLeaveLiveRunnersAlone() throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("self-\(namespace)")
         let release = FileManager.default.temporaryDirectory.appendingPathComponent("self-release-\(namespace)")

@@ -356,6 +356,12 @@ final class WorkerTests: IntegrationTestCase {
             second.err.contains(
                 "Error: runner name 'dup' is in use: its lease {\(namespace)}:runner:dup is held by another runner"),
             second.err)
+        // What comes before the Error: is short: the cgroup layout in one line, its detail only at debug.
+        let before = second.err.split(separator: "\n").filter { !$0.hasPrefix("Error: ") }
+        XCTAssertFalse(
+            before.contains { $0.contains("cgroup parent") || $0.contains(" at /sys/fs/cgroup") }, second.err)
+        XCTAssertTrue(before.filter { $0.contains(" info ") }.allSatisfy { $0.count <= 120 }, second.err)
+        XCTAssertLessThanOrEqual(before.filter { $0.contains("cgroups: ") }.count, 1, second.err)
     }
 
     func testArgumentsThatAreNotUTF8AreRefused() throws {

@@ -48,6 +48,7 @@ final class CgroupHierarchyTests: XCTestCase {
             hierarchy.description,
             "cgroup v2 (unified): cgroup2 at /sys/fs/cgroup, own cgroup /sys/fs/cgroup\(own) "
                 + "(controllers: cpu memory pids); jobs use the v2 driver")
+        XCTAssertEqual(hierarchy.summary, "cgroups: v2 (unified); jobs use the v2 driver")
         XCTAssertEqual(hierarchy.makeDriver(parent: .belowOwnCgroup("jobs")).version, .v2)
     }
 
@@ -96,6 +97,7 @@ final class CgroupHierarchyTests: XCTestCase {
             hierarchy.description)
         XCTAssertTrue(hierarchy.description.contains("cpu,cpuacct at /sys/fs/cgroup/cpu,cpuacct\(own)"))
         XCTAssertTrue(hierarchy.description.hasSuffix("; jobs use the v1 driver"))
+        XCTAssertEqual(hierarchy.summary, "cgroups: v1 (legacy); jobs use the v1 driver")
 
         // The v1 driver puts a co-mounted cpu,cpuacct job in one directory, and leaves nothing out.
         let driver = hierarchy.makeDriver(parent: .belowOwnCgroup("jobs"))
@@ -150,6 +152,7 @@ final class CgroupHierarchyTests: XCTestCase {
                 availableControllers: ["hugetlb"]))
         XCTAssertEqual(hierarchy.preferredVersion, .v1)
         XCTAssertTrue(hierarchy.description.hasPrefix("cgroup hybrid: v1 pids at /sys/fs/cgroup/pids, "))
+        XCTAssertEqual(hierarchy.summary, "cgroups: v1 (hybrid); jobs use the v1 driver")
         XCTAssertTrue(
             hierarchy.description.contains(
                 "; cgroup2 at /sys/fs/cgroup/unified, own cgroup /sys/fs/cgroup/unified (controllers: hugetlb); jobs use the v1 driver"

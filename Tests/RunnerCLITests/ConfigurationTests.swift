@@ -283,6 +283,62 @@ final class ConfigurationTests: XCTestCase {
             "Error: invalid value for '--concurrency': 'abc' (expected a positive whole number)")
     }
 
+    /// A worker default or ceiling outside what a job spec accepts (`JobLimits.accepted`, the rule submit applies to
+    /// its --memory, --pids and --cpu) is refused at start and by config --print, naming the option where it was
+    /// given (flag, RUNNER_* variable, config file line) with the range in the option's units, exit 2: otherwise the
+    /// runner starts and every cgroup job fails.
+    func testWorkerLimitsOutsideTheSpecRangeAreRefused() async throws {
+        let cases: [([String], String)] = [
+            (
+                ["--default-cpu", "5"],
+                "invalid value for '--default-cpu': '5' is below 10 (from 10 to 1000000 millicores)"
+            ),
+            (
+                ["--max-cpu", "1000001"],
+                "invalid value for '--max-cpu': '1000001' is above 1000000 (from 10 to 1000000 millicores)"
+            ),
+            (
+                ["--default-memory", "100K"],
+                "invalid value for '--default-memory': '100K' is below 1M (write 64M, 1G or a number of bytes)"
+            ),
+            (
+                ["--max-memory", "64"],
+                "invalid value for '--max-memory': '64' is below 1M (write 64M, 1G or a number of bytes)"
+            ),
+            (
+                ["--default-pids", "99999999"],
+                "invalid value for '--default-pids': '99999999' is above 4194304 (from 1 to 4194304)"
+            ),
+            (
+                ["--max-pids", "4194305"],
+                "invalid value for '--max-pids': '4194305' is above 4194304 (from 1 to 4194304)"
+            ),
+        ]
+        for (options, message) in cases {
+            for command in [["config", "--print"], ["worker", "--redis", "127.0.0.1:1"]] {
+                let result = await run(command + options)
+                XCTAssertEqual(result.code, 2, "\(command + options): \(result.err)")
+                XCTAssertEqual(result.out, "")
+                XCTAssertEqual(result.err, "Error: \(message)\nSee 'runner \(command[0]) --help'.\n")
+            }
+        }
+        let environment = await run(["config", "--print"], environment: ["RUNNER_DEFAULT_CPU": "5"])
+        XCTAssertEqual(environment.code, 2)
+        XCTAssertEqual(
+            environment.err.split(separator: "\n").first.map(String.init),
+            "Error: invalid value for RUNNER_DEFAULT_CPU: '5' is below 10 (from 10 to 1000000 millicores)")
+        let (path, error) = try await configError("{\n  \"max-memory\": \"64\"\n}")
+        XCTAssertEqual(
+            error,
+            "Error: \(path):2: invalid value for '--max-memory': '64' is below 1M (write 64M, 1G or a number of bytes)")
+        // The bounds themselves are accepted.
+        let bounds = await run([
+            "config", "--print", "--default-cpu", "10", "--max-cpu", "1000000", "--default-memory", "1M",
+            "--max-memory", "1024T", "--default-pids", "1", "--max-pids", "4194304",
+        ])
+        XCTAssertEqual(bounds.code, 0, bounds.err)
+    }
+
     func testEnvironmentSwitchMustBeASwitch() async {
         let result = await run(["config", "--print"], environment: ["RUNNER_NO_REAPER": "maybe"])
         XCTAssertEqual(result.code, 2)
@@ -322,7 +378,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(result.code, 0, result.err)
         let object = try JSONValue(parsing: result.out.trimmingCharacters(in: .newlines))
         XCTAssertEqual(object["queue"], ["value": ["high", "default"], "source": .string("file:\(path):3")])
-        XCTAssertEqual(object["concurrency"], ["value": "8", "source": "profile:high-performance"])
+        XCTAssertEqual(object["concurrency"], ["value": 8, "source": "profile:high-performance"])
         XCTAssertEqual(object["keep-work-dirs"], ["value": false, "source": "default"])
         XCTAssertEqual(object["run-as"], ["value": nil, "source": "default"])
         XCTAssertEqual(object["redis"]?["value"], "redis://ops:***@redis.example:6380/2")
@@ -336,6 +392,51 @@ final class ConfigurationTests: XCTestCase {
         result = await run(["config"])
         XCTAssertEqual(result.code, 2)
         XCTAssertEqual(result.err.split(separator: "\n").first, "Error: nothing to do: give --print")
+    }
+
+    /// config --print shows what the worker will use, not what was typed: sizes and durations in their canonical
+    /// spelling (`2M` of a duration is two minutes, `64mb` of a size 64 MiB), numbers as JSON numbers, and `null`
+    /// (`-` in the table) for every option that sets nothing, "none" and "off" defaults included.
+    func testConfigPrintShowsTheEffectiveNormalizedValue() async throws {
+        let path = try file("{\n  \"kill-grace\": 90,\n  \"log-limit\": 1048576\n}")
+        let options = [
+            "config", "--print", "--config", path, "--shutdown-timeout", "2M", "--max-memory", "64mb",
+            "--default-timeout", "1.5s", "--events-maxlen", "500", "--max-cpu", "2000",
+        ]
+        var result = await run(options)
+        XCTAssertEqual(result.code, 0, result.err)
+        let rows = result.out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        let expected = [
+            "shutdown-timeout 2m flag", "max-memory 64M flag", "default-timeout 1s500ms flag",
+            "kill-grace 1m30s file:\(path):2", "log-limit 1M file:\(path):3", "default-memory - default",
+            "metrics-listen - default", "lease-ttl 15s default",
+        ]
+        for line in expected {
+            let cells = line.split(separator: " ").map(String.init)
+            XCTAssertEqual(rows.first { $0.first == cells[0] }, cells, result.out)
+        }
+
+        result = await run(options + ["--json"])
+        XCTAssertEqual(result.code, 0, result.err)
+        let object = try JSONValue(parsing: result.out.trimmingCharacters(in: .newlines))
+        XCTAssertEqual(object["shutdown-timeout"]?["value"], "2m")
+        XCTAssertEqual(object["max-memory"]?["value"], "64M")
+        XCTAssertEqual(object["events-maxlen"]?["value"], 500)
+        XCTAssertEqual(object["max-cpu"]?["value"], 2000)
+        XCTAssertEqual(object["reschedule-limit"], ["value": 3, "source": "default"])
+        XCTAssertEqual(object["log-limit"]?["value"], "1M")
+        for unset in [
+            "default-memory", "default-pids", "default-cpu", "max-pids", "metrics-listen", "run-as", "exit-after-jobs",
+        ] {
+            XCTAssertEqual(object[unset], ["value": nil, "source": "default"], unset)
+        }
+        XCTAssertEqual(DurationParser.text(.zero), "0s")
+        XCTAssertEqual(DurationParser.text(.seconds(7 * 86400)), "7d")
+        XCTAssertEqual(DurationParser.text(.seconds(5400)), "1h30m")
+        XCTAssertEqual(DurationParser.text(.milliseconds(500)), "500ms")
+        for text in ["30s", "500ms", "2m", "1h30m", "7d", "1d1h1m1s1ms"] {
+            XCTAssertEqual(DurationParser.parse(text).map(DurationParser.text), text)
+        }
     }
 
     /// The default name is derived when the worker starts: shown with this host's name and `<pid>` for the

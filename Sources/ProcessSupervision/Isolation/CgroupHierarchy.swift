@@ -106,6 +106,18 @@ public enum CgroupHierarchy: Sendable, Equatable, CustomStringConvertible {
         return layout + "; jobs use the \(preferredVersion.rawValue) driver"
     }
 
+    /// The short line a worker logs at info (the `description` goes to debug), e.g. "cgroups: v1 (hybrid); jobs use
+    /// the v1 driver".
+    public var summary: String {
+        let layout: String
+        switch self {
+        case .unified: layout = "v2 (unified)"
+        case .legacy: layout = "v1 (legacy)"
+        case .hybrid: layout = "v1 (hybrid)"
+        }
+        return "cgroups: \(layout); jobs use the \(preferredVersion.rawValue) driver"
+    }
+
     /// The driver this host's layout calls for: v2 when unified; v1 when legacy; on a hybrid host v1 when the memory
     /// controller is on v1 (the usual case), else v2.
     public var preferredVersion: CgroupVersion {

@@ -52,13 +52,16 @@ final class IsolationHost: Sendable {
         var unavailable: String?
         do {
             let hierarchy = try CgroupHierarchy.detect()
-            logger.info(hierarchy.description)
+            // One short line at info; the mounts, the runner's cgroups and the parent's controllers at debug (a
+            // start that then fails leaves its Error: under a line, not under two screens).
+            logger.info(hierarchy.summary)
+            logger.debug(hierarchy.description)
             let parent: CgroupParent =
                 configuration.cgroupParent.map { .fromRoot($0) } ?? .belowOwnCgroup("nativerunner-\(contextName)")
             let candidate = hierarchy.makeDriver(parent: parent)
             made = candidate.parentDirectories.filter { !pathExists($0) } + made
             let preparation = try candidate.prepareParent()
-            logger.info(preparation.description)
+            logger.debug(preparation.description)
             let needed = ["memory", "pids", "cpu"]
             let missing = needed.filter { !preparation.controllers.contains($0) }
             if missing.isEmpty {
