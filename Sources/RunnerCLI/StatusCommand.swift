@@ -16,6 +16,8 @@ enum StatusCommand {
             A runner's CAPACITY and RUNNING are as of its last heartbeat (a change shows within a third of its lease
             TTL); LEASE is the time its lease has left now. LENGTH counts entries not yet done, PENDING those
             delivered to a runner and not yet acknowledged, LAG those not yet delivered (- when Redis cannot tell).
+            NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
+            drained, draining or lost, or none lists it: a mistyped --queue); CONSUMERS counts drained runners too.
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
@@ -41,7 +43,15 @@ enum StatusCommand {
                     "requires": queue.requires?.json ?? .null,
                 ]
             }
-            console.print(JSONValue.object(["runners": .array(runners), "queues": .array(queues)]).serialized)
+            let unserved: [JSONValue] = status.unservedQueues.map { queue in
+                [
+                    "queue": .string(queue.queue), "waiting": .int(queue.waiting),
+                    "readers": .array(queue.readers.map { ["id": .string($0.id), "state": .string($0.state)] }),
+                ]
+            }
+            console.print(
+                JSONValue.object(["runners": .array(runners), "queues": .array(queues), "not_served": .array(unserved)])
+                    .serialized)
             return 0
         }
         console.print("RUNNERS")
@@ -74,8 +84,16 @@ enum StatusCommand {
             ])
         }
         if !status.queues.isEmpty { table(rows, console) }
+        printNotServed(status.unservedQueues, console)
         printWaitingForLabels(status, console)
         return 0
+    }
+
+    /// Queues with waiting jobs that no running runner reads.
+    static func printNotServed(_ unserved: [UnservedQueue], _ console: Console) {
+        guard !unserved.isEmpty else { return }
+        console.print("\nNOT SERVED")
+        for queue in unserved { console.print("  not served: " + queue.text) }
     }
 
     /// Jobs in requirement streams that no runner has read yet, with how many live runners have those labels.

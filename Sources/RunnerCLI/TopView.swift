@@ -55,6 +55,11 @@ enum TopView {
                 ]
             })
 
+        let unserved = UnservedQueue.find(runners: snapshot.runners, queues: snapshot.queues)
+        if !unserved.isEmpty {
+            lines += ["", "NOT SERVED"] + unserved.map { "  not served: " + $0.text }
+        }
+
         if showsEvents {
             lines.append("")
             lines.append("RECENT EVENTS")

@@ -14,7 +14,9 @@ final class TopViewTests: XCTestCase {
             runners: [
                 RunnerStatus(
                     id: "r1",
-                    record: ["node": "n1", "state": "running", "capacity": 4, "capacity_free": 1],
+                    record: [
+                        "node": "n1", "state": "running", "capacity": 4, "capacity_free": 1, "queues": ["default"],
+                    ],
                     leaseRemainingMs: 12_300),
                 RunnerStatus(
                     id: "r2", record: ["node": "n2", "state": "running", "capacity": 2, "capacity_free": 2],
@@ -62,6 +64,24 @@ final class TopViewTests: XCTestCase {
     }
 
     /// `top --events 0`: no events pane at all, not an empty one.
+    func testAQueueNoRunningRunnerReadsIsListedAsNotServed() {
+        func set(_ runner: Int, _ key: String, _ value: JSONValue, in pool: inout PoolSnapshot) {
+            var record = pool.runners[runner].record.objectValue ?? [:]
+            record[key] = value
+            pool.runners[runner].record = .object(record)
+        }
+        var pool = snapshot()
+        set(0, "state", "drained", in: &pool)
+        set(1, "queues", ["default"], in: &pool)
+        let lines = TopView.render(pool, width: 0, showsEvents: false)
+        XCTAssertEqual(
+            Array(lines.suffix(3)),
+            ["", "NOT SERVED", "  not served: default: 2 waiting; no running runner reads it (r1 drained, r2 lost)"])
+        // Served again once r1 runs: no such section.
+        set(0, "state", "running", in: &pool)
+        XCTAssertFalse(TopView.render(pool, width: 0).contains("NOT SERVED"))
+    }
+
     func testNoEventsPaneWhenNoEventsAreAskedFor() {
         let lines = TopView.render(snapshot(), width: 0, showsEvents: false)
         XCTAssertEqual(lines, Array(TopView.render(snapshot(), width: 0).dropLast(3)))
