@@ -18,6 +18,12 @@ enum StatusCommand {
             delivered to a runner and not yet acknowledged, LAG those not yet delivered (- when Redis cannot tell).
             NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
             drained, draining or lost, or none lists it: a mistyped --queue); CONSUMERS counts drained runners too.
+
+            STATE lost (and 'running (lost)' or the like before a reaper has acted) is a runner whose lease is gone
+            (LEASE expired): it died or was cut off. Its CAPACITY and RUNNING show -, and its jobs have been (or are
+            about to be) put back on their queues. Lost runners stay listed for --lost-retention (runner control,
+            default 24h). A runner that shuts down or migrates shows draining until it leaves (migrating once it has
+            released its lease for another node).
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
@@ -62,6 +68,8 @@ enum StatusCommand {
             let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
             let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
             let running = record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue) ?? []
+            // A lost runner's last heartbeat is history: its jobs are not running there (a reaper puts them back).
+            let lost = isLost(runner)
             rows.append([
                 runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
                 // A record whose lease is gone belongs to a runner that died: its last state is history (a reaper
@@ -69,7 +77,8 @@ enum StatusCommand {
                 StatusCommand.stateText(
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
                 runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
-                "\(capacity - free)/\(capacity)", running.isEmpty ? "-" : running.joined(separator: ","),
+                lost ? "-" : "\(capacity - free)/\(capacity)",
+                lost || running.isEmpty ? "-" : running.joined(separator: ","),
                 StatusCommand.labelsText(record[RunnerRecordField.labels]),
             ])
         }
@@ -122,6 +131,13 @@ enum StatusCommand {
     static func labelsText(_ value: JSONValue?) -> String {
         guard case .object(let members)? = value, !members.isEmpty else { return "-" }
         return members.keys.sorted().map { "\($0)=\(members[$0]?.stringValue ?? "?")" }.joined(separator: ",")
+    }
+
+    /// Whether the runner's lease is gone without its having released it (it died or was cut off): state `lost`, or
+    /// `... (lost)` until a reaper marks it.
+    static func isLost(_ runner: RunnerStatus) -> Bool {
+        let state = runner.record[RunnerRecordField.state]?.stringValue.flatMap(RunnerState.init(rawValue:))
+        return runner.leaseRemainingMs == nil && state?.releasedItsLease != true
     }
 
     static func stateText(_ state: String?, leaseHeld: Bool) -> String {

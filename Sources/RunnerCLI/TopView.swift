@@ -25,7 +25,8 @@ enum TopView {
                 StatusCommand.stateText(
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
                 runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
-                bar(used: capacity - free, total: capacity) + " \(capacity - free)/\(capacity)",
+                StatusCommand.isLost(runner)
+                    ? "-" : bar(used: capacity - free, total: capacity) + " \(capacity - free)/\(capacity)",
                 usage?.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-",
                 memoryText(used: usage?.memoryUsedBytes, total: usage?.memoryTotalBytes),
                 usage?.load1.map { String(format: "%.2f", $0) } ?? "-",

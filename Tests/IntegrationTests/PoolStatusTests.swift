@@ -111,4 +111,22 @@ final class PoolStatusTests: IntegrationTestCase {
         XCTAssertEqual(one.code, 0, one.err)
         XCTAssertEqual(one.err, "runner: sent to 1 runner\n")
     }
+
+    func testALostRunnersRowShowsNoCapacityOrRunningJobs() throws {
+        try register("r1", state: "running", queues: ["default"])
+        try register("r2", state: "running", queues: ["default"], lease: false)
+        try register("r3", state: "lost", queues: ["default"], lease: false)
+        let status = cli(["status"])
+        XCTAssertEqual(status.code, 0, status.err)
+        let rows = status.stdout.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }
+        // A live runner's row keeps its heartbeat's figures (LEASE is whatever is left of the minute).
+        XCTAssertTrue(rows.contains { $0.hasPrefix("r1 n1 running ") && $0.hasSuffix("s 1/2 job-r1 -") }, "\(rows)")
+        XCTAssertTrue(rows.contains("r2 n1 running (lost) expired - - -"), "\(rows)")
+        XCTAssertTrue(rows.contains("r3 n1 lost expired - - -"), "\(rows)")
+        XCTAssertFalse(status.stdout.contains("job-r2") || status.stdout.contains("job-r3"), status.stdout)
+
+        let help = runCLI(["status", "--help"]).stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        XCTAssertTrue(help.contains("running (lost)' or the like before a reaper has acted)"), help)
+        XCTAssertTrue(help.contains("Its CAPACITY and RUNNING show -"), help)
+    }
 }

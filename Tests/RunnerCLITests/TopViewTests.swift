@@ -47,7 +47,7 @@ final class TopViewTests: XCTestCase {
                 "RUNNERS",
                 "  ID  NODE  STATE           LEASE    SLOTS       CPU    MEMORY     LOAD",
                 "  r1  n1    running         12.3s    [###-] 3/4  37.2%  1.0G/4.0G  0.50",
-                "  r2  n2    running (lost)  expired  [--] 0/2    -      -          -",
+                "  r2  n2    running (lost)  expired  -           -      -          -",
                 "",
                 "RUNNING JOBS",
                 "  JOB    RUNNER  QUEUE    ATTEMPT  RUNTIME  CPU    RSS",
