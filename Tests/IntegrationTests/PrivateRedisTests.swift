@@ -97,6 +97,28 @@ final class CLIFollowTests: IntegrationTestCase {
     }
 }
 
+extension CLIFollowTests {
+    func testEventsFollowWithCountZeroPrintsOnlyNewEvents() throws {
+        func addEvent(_ job: String) throws {
+            _ = try send(["XADD", key("events"), "*", "type", "job.queued", "ts", "1700000000000", "job", job])
+        }
+        try addEvent("old-1")
+        try addEvent("old-2")
+        let follower = try startCLI(["events", "--follow", "--count", "0"])
+        // It has read the stream's position once a new event shows; keep adding until one does.
+        var added = 0
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(15), interval: .milliseconds(200)) {
+                added += 1
+                try? addEvent("new-\(added)")
+                return follower.output.contains("job=new-")
+            }, follower.output)
+        XCTAssertFalse(follower.output.contains("job=old-"), follower.output)
+        kill(follower.process.processIdentifier, SIGINT)
+        XCTAssertNotNil(follower.waitForExit(timeout: 10))
+    }
+}
+
 final class WaitTests: IntegrationTestCase {
     func testSubmitWaitPrintsOutputWhileTheJobRuns() throws {
         try startRunner()
