@@ -66,8 +66,9 @@ enum SubmitCommand {
 
             Values of --secret-env variables, and of variables named *_TOKEN, *_SECRET or *_PASSWORD, are shown as
             *** in the job's log and output tail. A limit or --network none that the --isolation given cannot
-            enforce is refused here (exit 2); a job asking for an isolation level or a limit the runner cannot give
-            is rejected with the reason (see 'runner result').
+            enforce is refused here (exit 2). Without --isolation the runner's default level is raised to what the
+            job needs: namespace for --network none, cgroup for --memory, --pids or --cpu. A job asking for an
+            isolation level or a limit the runner cannot give is rejected with the reason (see 'runner result').
             """)
 
     /// The option that sets each limit (by its key in the spec's `limits`).
