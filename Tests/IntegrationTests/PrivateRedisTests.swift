@@ -119,6 +119,30 @@ extension CLIFollowTests {
     }
 }
 
+extension CLIFollowTests {
+    /// Ctrl-C ends every live command the same way: by SIGINT (the shell sees 130), `top` too, after restoring
+    /// what it changed.
+    func testSIGINTEndsEveryLiveCommandByTheSignal() throws {
+        XCTAssertEqual(cli(["submit", "--id", "queued-1", "--", "true"]).code, 0)  // no runner: it stays queued
+        for arguments in [
+            ["top", "--interval", "100ms"], ["status", "--watch", "--interval", "100ms"], ["events", "--follow"],
+            ["logs", "--follow", "queued-1"],
+        ] {
+            let command = try startCLI(arguments)
+            // top and events print at once; logs of a queued job prints nothing: give it time to be waiting.
+            if arguments[0] == "logs" {
+                Thread.sleep(forTimeInterval: 1)
+            } else {
+                XCTAssertTrue(waitUntil(timeout: .seconds(10)) { !command.output.isEmpty }, "\(arguments)")
+            }
+            kill(command.process.processIdentifier, SIGINT)
+            XCTAssertNotNil(command.waitForExit(timeout: 10), "\(arguments)")
+            XCTAssertEqual(command.process.terminationReason, .uncaughtSignal, "\(arguments)")
+            XCTAssertEqual(command.process.terminationStatus, SIGINT, "\(arguments)")
+        }
+    }
+}
+
 final class WaitTests: IntegrationTestCase {
     func testSubmitWaitPrintsOutputWhileTheJobRuns() throws {
         try startRunner()
