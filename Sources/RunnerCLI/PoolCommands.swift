@@ -6,7 +6,10 @@ import RunnerProtocol
 /// `runner drain|resume|shutdown|migrate RUNNER` and `runner cancel JOB`: commands on the control streams.
 enum PoolCommands {
     static let waitOptions = [
-        OptionSpec("--wait", .flag, help: "Wait for the runner's outcome event (runner.command) and print it."),
+        OptionSpec(
+            "--wait", .flag,
+            help: "Wait for the runner's answer (runner.command: accepted, ignored or rejected) and print it; "
+                + "it does not wait for a drain or shutdown to finish."),
         OptionSpec("--wait-timeout", .value("DURATION"), help: "How long --wait waits.", default: "30s"),
     ]
     static let allOption = OptionSpec(
