@@ -109,7 +109,7 @@ enum StatusCommand {
     static func printWaitingForLabels(_ status: PoolStatus, _ console: Console) {
         let waiting = status.queues.compactMap { queue -> (LabelSet, QueueStatus, Int)? in
             guard let requires = queue.requires else { return nil }
-            let unread = queue.lag ?? max(0, queue.length - queue.pending)
+            let unread = queue.unread
             return unread > 0 ? (requires, queue, unread) : nil
         }
         guard !waiting.isEmpty else { return }

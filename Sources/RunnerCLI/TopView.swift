@@ -10,7 +10,7 @@ enum TopView {
         let now = snapshot.takenAtMs
         var lines: [String] = []
         let live = snapshot.runners.filter { $0.leaseRemainingMs != nil }
-        let queued = snapshot.queues.reduce(0) { $0 + ($1.lag ?? 0) }
+        let queued = snapshot.queues.reduce(0) { $0 + $1.unread }
         lines.append(
             "NativeRunner pool '\(snapshot.namespace)'  \(formatTimestamp(now))  runners \(live.count)/"
                 + "\(snapshot.runners.count) live  jobs running \(snapshot.running.count)  waiting \(queued)")

@@ -197,7 +197,7 @@ public struct UnservedQueue: Sendable, Equatable {
     public static func find(runners: [RunnerStatus], queues: [QueueStatus]) -> [UnservedQueue] {
         queues.compactMap { queue in
             guard queue.requires == nil else { return nil }
-            let waiting = queue.lag ?? max(0, queue.length - queue.pending)
+            let waiting = queue.unread
             guard waiting > 0 else { return nil }
             guard !isServed(queue.name, by: runners) else { return nil }
             let listing = runners.filter { runner in

@@ -82,6 +82,13 @@ final class TopViewTests: XCTestCase {
         XCTAssertFalse(TopView.render(pool, width: 0).contains("NOT SERVED"))
     }
 
+    /// A queue nobody has read yet has no consumer group, so Redis gives no lag: its entries still wait.
+    func testWaitingCountsTheEntriesOfAQueueWithoutAConsumerGroup() {
+        var pool = snapshot()
+        pool.queues.append(QueueStatus(name: "nobody", length: 4, pending: 0, lag: nil, consumers: 0))
+        XCTAssertTrue(TopView.render(pool, width: 0)[0].hasSuffix("jobs running 2  waiting 6"), "\(pool.queues)")
+    }
+
     func testNoEventsPaneWhenNoEventsAreAskedFor() {
         let lines = TopView.render(snapshot(), width: 0, showsEvents: false)
         XCTAssertEqual(lines, Array(TopView.render(snapshot(), width: 0).dropLast(3)))
