@@ -143,6 +143,35 @@ extension CLIFollowTests {
     }
 }
 
+extension CLIFollowTests {
+    func testLogsOfAQueuedJobSayThereIsNoOutputYet() throws {
+        XCTAssertEqual(cli(["submit", "--id", "q-1", "--", "echo", "hi"]).code, 0)  // no runner: it stays queued
+        let logs = cli(["logs", "q-1"])
+        XCTAssertEqual(logs.code, 0, logs.err)
+        XCTAssertEqual(logs.stdout, "")
+        XCTAssertEqual(logs.err, "runner: job q-1 is queued; no output yet\n")
+        let follower = Process()
+        follower.runnerBinary(["logs", "--redis", endpoint.url, "--namespace", namespace, "--follow", "q-1"])
+        let errors = Pipe()
+        follower.standardError = errors
+        follower.standardOutput = FileHandle.nullDevice
+        try follower.run()
+        defer {
+            kill(follower.processIdentifier, SIGKILL)
+            follower.waitUntilExit()
+        }
+        // Its first write to stderr, while it waits for the job to start (none within 10 s is a failure too).
+        nonisolated(unsafe) var note = ""
+        let read = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            note = String(decoding: errors.fileHandleForReading.availableData, as: UTF8.self)
+            read.signal()
+        }
+        XCTAssertEqual(read.wait(timeout: .now() + 10), .success, "nothing on stderr")
+        XCTAssertEqual(note, "runner: job q-1 is queued; its output follows once it starts\n")
+    }
+}
+
 final class WaitTests: IntegrationTestCase {
     func testSubmitWaitPrintsOutputWhileTheJobRuns() throws {
         try startRunner()
