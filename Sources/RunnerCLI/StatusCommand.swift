@@ -61,7 +61,8 @@ enum StatusCommand {
             return 0
         }
         console.print("RUNNERS")
-        if status.runners.isEmpty { console.print("  (none registered)") }
+        // Named, so that a mistyped --namespace does not pass for an empty pool.
+        if status.runners.isEmpty { console.print("  (none registered in namespace '\(pool.keyspace.namespace)')") }
         var rows = [["ID", "NODE", "STATE", "LEASE", "CAPACITY", "RUNNING", "LABELS"]]
         for runner in status.runners {
             let record = runner.record

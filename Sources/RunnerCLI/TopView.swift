@@ -33,7 +33,7 @@ enum TopView {
             ]
         }
         lines += section(
-            "RUNNERS", empty: "(none registered)",
+            "RUNNERS", empty: "(none registered in namespace '\(snapshot.namespace)')",
             header: ["ID", "NODE", "STATE", "LEASE", "SLOTS", "CPU", "MEMORY", "LOAD"], runners)
 
         let jobs = snapshot.running.sorted { ($0.startedAtMs ?? .max, $0.id) < ($1.startedAtMs ?? .max, $1.id) }

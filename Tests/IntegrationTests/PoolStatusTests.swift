@@ -99,6 +99,13 @@ final class PoolStatusTests: IntegrationTestCase {
         XCTAssertFalse(served.err.contains("which no running runner reads"), served.err)
     }
 
+    func testAnEmptyRegistryNamesItsNamespace() throws {
+        let status = cli(["status"])
+        XCTAssertEqual(status.code, 0, status.err)
+        XCTAssertTrue(
+            status.stdout.hasPrefix("RUNNERS\n  (none registered in namespace '\(namespace)')\n"), status.stdout)
+    }
+
     func testAllSaysHowManyRunnersItWasSentTo() throws {
         let none = cli(["drain", "--all"])
         XCTAssertEqual(none.code, 0, none.err)

@@ -109,7 +109,8 @@ final class TopViewTests: XCTestCase {
             TopView.render(empty, width: 0),
             [
                 "NativeRunner pool 'nr'  2026-12-03T16:00:00.000Z  runners 0/0 live  jobs running 0  waiting 0", "",
-                "RUNNERS", "  (none registered)", "", "RUNNING JOBS", "  (none)", "", "QUEUES", "  (none)", "",
+                "RUNNERS", "  (none registered in namespace 'nr')", "", "RUNNING JOBS", "  (none)", "", "QUEUES",
+                "  (none)", "",
                 "RECENT EVENTS", "  (none)",
             ])
     }
