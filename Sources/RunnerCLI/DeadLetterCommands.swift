@@ -53,6 +53,10 @@ enum DeadCommand {
         ])
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
+        if arguments.value("--count").flatMap({ Int($0) }) == 0 {
+            // There is no follow here: 0 would list nothing.
+            throw UsageError("'--count 0' would list no dead letters (give 1 or more)", command: spec.name)
+        }
         let count = try arguments.positiveInt("--count") ?? 50
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }

@@ -13,26 +13,42 @@ enum EventsCommand {
                 "--follow", short: "f", .flag,
                 help: "Keep printing new events until interrupted or the reader of standard output goes away."),
             OptionSpec("--json", .flag, help: "One JSON object per line."),
-            OptionSpec("--count", .value("N"), help: "How many recent events to print first.", default: "50"),
+            OptionSpec(
+                "--count", .value("N"), help: "How many recent events to print first (0 with --follow: only new ones).",
+                default: "50"),
             OptionSpec("--job", .value("ID"), help: "Only events of this job."),
         ])
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
-        let count = try arguments.positiveInt("--count") ?? 50
+        let follow = arguments.flag("--follow")
+        let count =
+            try arguments.parsed("--count", expected: "expected a whole number; 0 only with --follow") {
+                Int($0).flatMap { $0 >= 0 ? $0 : nil }
+            } ?? 50
+        // 0 means "none of the old ones": only a follow has anything else to print.
+        if count == 0, !follow {
+            throw UsageError(
+                "'--count 0' prints nothing without --follow (with --follow: only events that come after it starts)",
+                command: spec.name)
+        }
         let job = arguments.value("--job")
         if let job {
             do { try JobEntry.validateId(job) } catch {
                 throw UsageError("invalid value for '--job': \(error.message)", command: spec.name)
             }
         }
-        let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--follow"), console: console)
+        let pool = try await connectedPool(arguments, reportReconnects: follow, console: console)
         defer { pool.client.close() }
         let json = arguments.flag("--json")
         var cursor = "0-0"
-        let recent = try await pool.recentEvents(count: count)
-        for event in recent where job == nil || event.job == job { console.print(render(event, json: json)) }
-        if let last = recent.last { cursor = last.streamId }
-        guard arguments.flag("--follow") else { return 0 }
+        if count == 0 {
+            cursor = try await pool.eventsPosition()
+        } else {
+            let recent = try await pool.recentEvents(count: count)
+            for event in recent where job == nil || event.job == job { console.print(render(event, json: json)) }
+            if let last = recent.last { cursor = last.streamId }
+        }
+        guard follow else { return 0 }
         if let status = try OutputGone.exitStatus(console) { return status }
         // An empty stream is followed from its start ("0-0"), so nothing added meanwhile is missed.
         while !Task.isCancelled {

@@ -15,7 +15,8 @@ enum LogsCommand {
         ],
         maximumPositionals: 1,
         discussion: """
-            With --follow it ends (exit 0) when the job ends, or when its standard output's reader goes away
+            A job still queued has no output yet: a line on stderr says so. With --follow it ends (exit 0) when the
+            job ends, or when its standard output's reader goes away
             ('runner logs -f ID | head -1'): at the job's next output, or within a second while the job is silent
             or Redis is unreachable. A closed standard output ends it with exit 1 and an Error line.
             """)
@@ -24,9 +25,15 @@ enum LogsCommand {
         let id = try arguments.jobId()
         let pool = try await connectedPool(arguments, reportReconnects: arguments.flag("--follow"), console: console)
         defer { pool.client.close() }
-        guard try await pool.result(id: id) != nil else {
+        guard let record = try await pool.result(id: id) else {
             throw CommandFailure(
                 "no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
+        }
+        // No output is not an empty output: say why there is none yet (stderr, so that stdout stays the job's).
+        if ResultView(fields: record).state == .queued {
+            console.error(
+                "runner: job \(id) is queued; "
+                    + (arguments.flag("--follow") ? "its output follows once it starts" : "no output yet"))
         }
         if arguments.flag("--follow") {
             // Ends when standard output is gone, like the other streaming commands (`| head -1`: exit 0).

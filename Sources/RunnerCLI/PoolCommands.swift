@@ -6,7 +6,10 @@ import RunnerProtocol
 /// `runner drain|resume|shutdown|migrate RUNNER` and `runner cancel JOB`: commands on the control streams.
 enum PoolCommands {
     static let waitOptions = [
-        OptionSpec("--wait", .flag, help: "Wait for the runner's outcome event (runner.command) and print it."),
+        OptionSpec(
+            "--wait", .flag,
+            help: "Wait for the runner's answer (runner.command: accepted, ignored or rejected) and print it; "
+                + "it does not wait for a drain or shutdown to finish."),
         OptionSpec("--wait-timeout", .value("DURATION"), help: "How long --wait waits.", default: "30s"),
     ]
     static let allOption = OptionSpec(
@@ -116,6 +119,14 @@ enum PoolCommands {
         let position = try await pool.eventsPosition()
         let id = try await pool.sendControl(command, to: runner, sentBy: sender)
         console.print(id)
+        if all {
+            // The pool-wide stream reaches the runners running now: say how many, so that an empty registry (or a
+            // mistyped --namespace) is not mistaken for a pool that acted.
+            let live = try await pool.status().runners.filter { $0.leaseRemainingMs != nil }.count
+            console.error(
+                "runner: sent to \(live) runner\(live == 1 ? "" : "s")"
+                    + (live == 0 ? " (none is running in namespace '\(pool.keyspace.namespace)')" : ""))
+        }
         guard arguments.flag("--wait") else { return 0 }
         return try await printOutcome(of: id, runner: runner ?? "", after: position, timeout: timeout, pool, console)
     }

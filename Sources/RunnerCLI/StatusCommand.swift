@@ -16,6 +16,14 @@ enum StatusCommand {
             A runner's CAPACITY and RUNNING are as of its last heartbeat (a change shows within a third of its lease
             TTL); LEASE is the time its lease has left now. LENGTH counts entries not yet done, PENDING those
             delivered to a runner and not yet acknowledged, LAG those not yet delivered (- when Redis cannot tell).
+            NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
+            drained, draining or lost, or none lists it: a mistyped --queue); CONSUMERS counts drained runners too.
+
+            STATE lost (and 'running (lost)' or the like before a reaper has acted) is a runner whose lease is gone
+            (LEASE expired): it died or was cut off. Its CAPACITY and RUNNING show -, and its jobs have been (or are
+            about to be) put back on their queues. Lost runners stay listed for --lost-retention (runner control,
+            default 24h). A runner that shuts down or migrates shows draining until it leaves (migrating once it has
+            released its lease for another node).
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
@@ -41,17 +49,28 @@ enum StatusCommand {
                     "requires": queue.requires?.json ?? .null,
                 ]
             }
-            console.print(JSONValue.object(["runners": .array(runners), "queues": .array(queues)]).serialized)
+            let unserved: [JSONValue] = status.unservedQueues.map { queue in
+                [
+                    "queue": .string(queue.queue), "waiting": .int(queue.waiting),
+                    "readers": .array(queue.readers.map { ["id": .string($0.id), "state": .string($0.state)] }),
+                ]
+            }
+            console.print(
+                JSONValue.object(["runners": .array(runners), "queues": .array(queues), "not_served": .array(unserved)])
+                    .serialized)
             return 0
         }
         console.print("RUNNERS")
-        if status.runners.isEmpty { console.print("  (none registered)") }
+        // Named, so that a mistyped --namespace does not pass for an empty pool.
+        if status.runners.isEmpty { console.print("  (none registered in namespace '\(pool.keyspace.namespace)')") }
         var rows = [["ID", "NODE", "STATE", "LEASE", "CAPACITY", "RUNNING", "LABELS"]]
         for runner in status.runners {
             let record = runner.record
             let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
             let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
             let running = record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue) ?? []
+            // A lost runner's last heartbeat is history: its jobs are not running there (a reaper puts them back).
+            let lost = isLost(runner)
             rows.append([
                 runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
                 // A record whose lease is gone belongs to a runner that died: its last state is history (a reaper
@@ -59,7 +78,8 @@ enum StatusCommand {
                 StatusCommand.stateText(
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
                 runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
-                "\(capacity - free)/\(capacity)", running.isEmpty ? "-" : running.joined(separator: ","),
+                lost ? "-" : "\(capacity - free)/\(capacity)",
+                lost || running.isEmpty ? "-" : running.joined(separator: ","),
                 StatusCommand.labelsText(record[RunnerRecordField.labels]),
             ])
         }
@@ -74,15 +94,23 @@ enum StatusCommand {
             ])
         }
         if !status.queues.isEmpty { table(rows, console) }
+        printNotServed(status.unservedQueues, console)
         printWaitingForLabels(status, console)
         return 0
+    }
+
+    /// Queues with waiting jobs that no running runner reads.
+    static func printNotServed(_ unserved: [UnservedQueue], _ console: Console) {
+        guard !unserved.isEmpty else { return }
+        console.print("\nNOT SERVED")
+        for queue in unserved { console.print("  not served: " + queue.text) }
     }
 
     /// Jobs in requirement streams that no runner has read yet, with how many live runners have those labels.
     static func printWaitingForLabels(_ status: PoolStatus, _ console: Console) {
         let waiting = status.queues.compactMap { queue -> (LabelSet, QueueStatus, Int)? in
             guard let requires = queue.requires else { return nil }
-            let unread = queue.lag ?? max(0, queue.length - queue.pending)
+            let unread = queue.unread
             return unread > 0 ? (requires, queue, unread) : nil
         }
         guard !waiting.isEmpty else { return }
@@ -104,6 +132,13 @@ enum StatusCommand {
     static func labelsText(_ value: JSONValue?) -> String {
         guard case .object(let members)? = value, !members.isEmpty else { return "-" }
         return members.keys.sorted().map { "\($0)=\(members[$0]?.stringValue ?? "?")" }.joined(separator: ",")
+    }
+
+    /// Whether the runner's lease is gone without its having released it (it died or was cut off): state `lost`, or
+    /// `... (lost)` until a reaper marks it.
+    static func isLost(_ runner: RunnerStatus) -> Bool {
+        let state = runner.record[RunnerRecordField.state]?.stringValue.flatMap(RunnerState.init(rawValue:))
+        return runner.leaseRemainingMs == nil && state?.releasedItsLease != true
     }
 
     static func stateText(_ state: String?, leaseHeld: Bool) -> String {

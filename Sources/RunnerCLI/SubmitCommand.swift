@@ -66,8 +66,9 @@ enum SubmitCommand {
 
             Values of --secret-env variables, and of variables named *_TOKEN, *_SECRET or *_PASSWORD, are shown as
             *** in the job's log and output tail. A limit or --network none that the --isolation given cannot
-            enforce is refused here (exit 2); a job asking for an isolation level or a limit the runner cannot give
-            is rejected with the reason (see 'runner result').
+            enforce is refused here (exit 2). Without --isolation the runner's default level is raised to what the
+            job needs: namespace for --network none, cgroup for --memory, --pids or --cpu. A job asking for an
+            isolation level or a limit the runner cannot give is rejected with the reason (see 'runner result').
             """)
 
     /// The option that sets each limit (by its key in the spec's `limits`).
@@ -200,6 +201,8 @@ enum SubmitCommand {
             return 0
         }
         let json = arguments.flag("--json")
+        let note = Task { await noteIfUnserved(id: submitted.id, arguments, console) }
+        defer { note.cancel() }
         let result: [String: [UInt8]]?
         do {
             // Output is printed as the job writes it.
@@ -225,6 +228,34 @@ enum SubmitCommand {
             console.error("job \(submitted.id) \(record.stateText): \(record.reason)")
         }
         return record.exitStatus
+    }
+}
+
+extension SubmitCommand {
+    /// How long `--wait` lets a job stay queued before it looks for a runner that reads its queue, and between looks.
+    static let unservedCheckInterval = Duration.seconds(3)
+
+    /// While `--wait` waits: once the job has been queued for a few seconds on a queue that no running runner reads
+    /// (all drained, or a queue nobody serves), says so once on stderr; the wait goes on. Uses a connection of its
+    /// own (the wait blocks on the other). Stops at the first note, when the job leaves `queued`, or on any error.
+    static func noteIfUnserved(id: String, _ arguments: ParsedArguments, _ console: Console) async {
+        guard (try? await Task.sleep(for: unservedCheckInterval)) != nil,
+            let pool = try? await connectedPool(arguments)
+        else { return }
+        defer { pool.client.close() }
+        while !Task.isCancelled {
+            guard let record = try? await pool.result(id: id) else { return }
+            let view = ResultView(fields: record)
+            guard view.state == .queued, let queue = view.text(ResultField.queue),
+                let status = try? await pool.status()
+            else { return }
+            let base = Keyspace.baseQueue(of: queue)
+            if !UnservedQueue.isServed(base, by: status.runners) {
+                console.error("runner: job \(id) is queued on '\(base)', which no running runner reads")
+                return
+            }
+            guard (try? await Task.sleep(for: unservedCheckInterval)) != nil else { return }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import RedisClient
 import RunnerCore
 import Synchronization
 
@@ -18,8 +19,11 @@ enum TopCommand {
         discussion: """
             On a terminal the view is redrawn in place every --interval; q or Ctrl-C quits and restores the terminal.
             When standard output is not a terminal, one plain snapshot is printed per interval (a blank line
-            between them) until SIGINT or SIGTERM or until its reader goes away (exit 0; exit 1 when standard
-            output was closed), or only one with --once. LEASE is the time the runner's lease has
+            between them) until interrupted or until its reader goes away (exit 0; exit 1 when standard output was
+            closed), or only one with --once. q quits with exit 0; Ctrl-C, SIGINT and SIGTERM end it
+            (after the terminal is restored) by that signal, as they end 'runner events --follow': the shell sees
+            130 (143 for SIGTERM). While Redis cannot be read the view is one 'reconnecting' line, tried again
+            every --interval. LEASE is the time the runner's lease has
             left now; SLOTS, CPU and MEMORY are as of its last heartbeat and resource sample; LAG counts entries not
             yet delivered to any runner. Also 'runner status --watch'.
             """)
@@ -52,8 +56,12 @@ enum TopCommand {
                     lines = render(try await pool.snapshot(eventCount: eventCount), width: terminal?.width ?? 0)
                 } catch is CancellationError {
                     return
+                } catch let error as RedisClientError {
+                    // Not fatal: it is tried again every interval. Worded as `events --follow` words a lost
+                    // connection, without the `Error:` that marks the end of a command.
+                    lines = ["runner: \(error.message); reconnecting (every \(interval))"]
                 } catch {
-                    lines = ["Error: cannot read the pool: \(error) (retrying every \(interval))"]
+                    lines = ["runner: cannot read the pool: \(error); retrying every \(interval)"]
                 }
                 if let terminal {
                     terminal.draw(lines)
@@ -68,13 +76,32 @@ enum TopCommand {
             }
         }
         let quit: @Sendable () -> Void = { loop.cancel() }
-        let signals = SignalObserver(signals: [SIGINT, SIGTERM]) { _ in quit() }
+        let interrupted = Mutex<Int32?>(nil)
+        let signals = SignalObserver(signals: [SIGINT, SIGTERM]) { number in
+            interrupted.withLock { $0 = $0 ?? number }
+            quit()
+        }
         let keys = terminal != nil && isatty(0) == 1 ? KeyReader.start(onQuit: quit) : nil
         await loop.value
         keys?.stop()
         signals.cancel()
         terminal?.end()
-        return try OutputGone.exitStatus(console) ?? 0
+        if let status = try OutputGone.exitStatus(console) { return status }
+        if let number = interrupted.withLock({ $0 }) { return endBySignal(number) }
+        return 0
+    }
+
+    /// Ends the process by `number` once the terminal is restored, as the live commands without a handler of
+    /// their own (`events --follow`, `logs --follow`, `submit --wait`) end: the shell sees 130 for SIGINT, 143
+    /// for SIGTERM. Returns 128 + `number` should the signal not end it.
+    static func endBySignal(_ number: Int32) -> Int32 {
+        signal(number, SIG_DFL)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, number)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        raise(number)
+        return 128 + number
     }
 }
 

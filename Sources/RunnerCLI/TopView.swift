@@ -10,7 +10,7 @@ enum TopView {
         let now = snapshot.takenAtMs
         var lines: [String] = []
         let live = snapshot.runners.filter { $0.leaseRemainingMs != nil }
-        let queued = snapshot.queues.reduce(0) { $0 + ($1.lag ?? 0) }
+        let queued = snapshot.queues.reduce(0) { $0 + $1.unread }
         lines.append(
             "NativeRunner pool '\(snapshot.namespace)'  \(formatTimestamp(now))  runners \(live.count)/"
                 + "\(snapshot.runners.count) live  jobs running \(snapshot.running.count)  waiting \(queued)")
@@ -25,14 +25,15 @@ enum TopView {
                 StatusCommand.stateText(
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
                 runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
-                bar(used: capacity - free, total: capacity) + " \(capacity - free)/\(capacity)",
+                StatusCommand.isLost(runner)
+                    ? "-" : bar(used: capacity - free, total: capacity) + " \(capacity - free)/\(capacity)",
                 usage?.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-",
                 memoryText(used: usage?.memoryUsedBytes, total: usage?.memoryTotalBytes),
                 usage?.load1.map { String(format: "%.2f", $0) } ?? "-",
             ]
         }
         lines += section(
-            "RUNNERS", empty: "(none registered)",
+            "RUNNERS", empty: "(none registered in namespace '\(snapshot.namespace)')",
             header: ["ID", "NODE", "STATE", "LEASE", "SLOTS", "CPU", "MEMORY", "LOAD"], runners)
 
         let jobs = snapshot.running.sorted { ($0.startedAtMs ?? .max, $0.id) < ($1.startedAtMs ?? .max, $1.id) }
@@ -54,6 +55,11 @@ enum TopView {
                     String(queue.consumers),
                 ]
             })
+
+        let unserved = UnservedQueue.find(runners: snapshot.runners, queues: snapshot.queues)
+        if !unserved.isEmpty {
+            lines += ["", "NOT SERVED"] + unserved.map { "  not served: " + $0.text }
+        }
 
         if showsEvents {
             lines.append("")

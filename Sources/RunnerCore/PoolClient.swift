@@ -56,6 +56,9 @@ public struct QueueStatus: Sendable {
     /// For a requirement stream (`<queue>:req:<id>`): the labels its jobs require.
     public var requires: LabelSet?
 
+    /// Entries no runner has read yet: the lag, or (when Redis cannot tell: no consumer group yet) those not pending.
+    public var unread: Int { lag ?? max(0, length - pending) }
+
     public init(name: String, length: Int, pending: Int, lag: Int?, consumers: Int, requires: LabelSet? = nil) {
         self.name = name
         self.length = length

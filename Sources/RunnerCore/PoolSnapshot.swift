@@ -141,3 +141,80 @@ extension JSONValue {
         }
     }
 }
+
+/// A queue with jobs waiting that no running runner reads: every runner that lists it is drained, draining, lost or
+/// gone, or none lists it at all (a typo in `--queue`, a queue nobody serves).
+public struct UnservedQueue: Sendable, Equatable {
+    /// A runner that lists the queue but does not read it now, with the state that keeps it from reading.
+    public struct Reader: Sendable, Equatable {
+        public var id: String
+        /// The registry's state, or `lost` for a runner whose lease is gone (unless it released it: `migrating`).
+        public var state: String
+
+        public init(id: String, state: String) {
+            self.id = id
+            self.state = state
+        }
+    }
+
+    public var queue: String
+    /// Entries no runner has read yet.
+    public var waiting: Int
+    /// The runners that list it, none of them running; empty when none lists it.
+    public var readers: [Reader]
+
+    public init(queue: String, waiting: Int, readers: [Reader]) {
+        self.queue = queue
+        self.waiting = waiting
+        self.readers = readers
+    }
+
+    /// `default: 2 waiting; no running runner reads it (r1 drained)`.
+    public var text: String {
+        "\(queue): \(waiting) waiting; no running runner reads it"
+            + (readers.isEmpty ? "" : " (" + readers.map { "\($0.id) \($0.state)" }.joined(separator: ", ") + ")")
+    }
+
+    /// Whether a runner reads its queues now: it holds its lease and is `starting` or `running` (a drained or
+    /// draining runner reads nothing new; a lost or gone one nothing at all).
+    public static func reads(_ runner: RunnerStatus) -> Bool {
+        guard runner.leaseRemainingMs != nil,
+            let state = runner.record[RunnerRecordField.state]?.stringValue.flatMap(RunnerState.init(rawValue:))
+        else { return false }
+        return state == .running || state == .starting
+    }
+
+    /// Whether a running runner (`reads`) lists `queue` among its queues.
+    public static func isServed(_ queue: String, by runners: [RunnerStatus]) -> Bool {
+        runners.contains { runner in
+            reads(runner)
+                && (runner.record[RunnerRecordField.queues]?.arrayValue ?? []).contains { $0.stringValue == queue }
+        }
+    }
+
+    /// The plain queues (not requirement streams: those are WAITING FOR LABELS) with unread entries that no running
+    /// runner reads, by name.
+    public static func find(runners: [RunnerStatus], queues: [QueueStatus]) -> [UnservedQueue] {
+        queues.compactMap { queue in
+            guard queue.requires == nil else { return nil }
+            let waiting = queue.unread
+            guard waiting > 0 else { return nil }
+            guard !isServed(queue.name, by: runners) else { return nil }
+            let listing = runners.filter { runner in
+                (runner.record[RunnerRecordField.queues]?.arrayValue ?? []).contains { $0.stringValue == queue.name }
+            }
+            return UnservedQueue(
+                queue: queue.name, waiting: waiting,
+                readers: listing.map { runner in
+                    let state = runner.record[RunnerRecordField.state]?.stringValue ?? "?"
+                    let released = RunnerState(rawValue: state)?.releasedItsLease == true
+                    return Reader(id: runner.id, state: runner.leaseRemainingMs == nil && !released ? "lost" : state)
+                })
+        }
+    }
+}
+
+extension PoolStatus {
+    /// See `UnservedQueue.find`.
+    public var unservedQueues: [UnservedQueue] { UnservedQueue.find(runners: runners, queues: queues) }
+}

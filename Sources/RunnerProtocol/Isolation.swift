@@ -39,6 +39,15 @@ public struct IsolationShortfall: Sendable, Equatable {
     /// The least level that gives `network`: `none` needs a network namespace.
     public static func least(for network: NetworkMode) -> IsolationLevel { network == .none ? .namespace : .none }
 
+    /// The least level that gives `network` and enforces every limit in `limits` (`cgroup` for `memory_bytes`,
+    /// `pids`, `cpu_millis`). A job that names no level runs at least at this one (above the runner's default when
+    /// that is weaker): `network: none` asks for `namespace`, a cgroup limit for `cgroup`.
+    public static func least(for network: NetworkMode, limits: JobLimits) -> IsolationLevel {
+        limits.entries.reduce(least(for: network)) { level, entry in
+            max(level, JobLimits.leastLevel[entry.name] ?? level)
+        }
+    }
+
     /// The first of `network` and `limits` (in their documented order) that `level` cannot enforce; nil when it
     /// enforces them all.
     public static func first(network: NetworkMode, limits: JobLimits, at level: IsolationLevel) -> IsolationShortfall? {

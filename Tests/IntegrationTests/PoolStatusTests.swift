@@ -33,4 +33,107 @@ final class PoolStatusTests: IntegrationTestCase {
         let after = try await PoolClient(client: client, keyspace: Keyspace(namespace: namespace)).status()
         XCTAssertEqual(after.queues.first { $0.name == "default" }?.lag, 1)
     }
+
+    /// A registry record as a runner writes it, with a lease of a minute unless `lease` is false (a dead runner's).
+    private func register(_ id: String, state: String, queues: [String], lease: Bool = true) throws {
+        let record: [String: Any] = [
+            "node": "n1", "pid": 1, "queues": queues, "capacity": 2, "capacity_free": 1, "state": state,
+            "running": ["job-\(id)"],
+        ]
+        let json = String(decoding: try JSONSerialization.data(withJSONObject: record), as: UTF8.self)
+        _ = try send(["HSET", key("runners"), id, json])
+        if lease { _ = try send(["SET", key("runner:\(id)"), "x", "PX", "60000"]) }
+    }
+
+    private func enqueue(_ queue: String, _ id: String) throws {
+        _ = try send(["XADD", key("jobs:\(queue)"), "*", "id", id, "spec", #"{"command":["true"]}"#])
+    }
+
+    func testStatusAndTopNameEveryQueueWithWaitingJobsThatNoRunningRunnerReads() throws {
+        try register("r1", state: "drained", queues: ["default"])
+        try register("r2", state: "running", queues: ["busy"])
+        try register("r3", state: "running", queues: ["default"], lease: false)
+        try register("r4", state: "draining", queues: ["idle"])
+        for (queue, id) in [("default", "a"), ("default", "b"), ("busy", "c"), ("nobody", "d")] {
+            try enqueue(queue, id)
+        }
+        let expected = [
+            "not served: default: 2 waiting; no running runner reads it (r1 drained, r3 lost)",
+            "not served: nobody: 1 waiting; no running runner reads it",
+        ]
+        let status = cli(["status"])
+        XCTAssertEqual(status.code, 0, status.err)
+        for line in expected { XCTAssertTrue(status.stdout.contains("  " + line), status.stdout) }
+        // A served queue, and one nobody serves but with nothing waiting, are not listed.
+        XCTAssertFalse(status.stdout.contains("not served: busy"), status.stdout)
+        XCTAssertFalse(status.stdout.contains("not served: idle"), status.stdout)
+
+        let top = cli(["top", "--once"])
+        XCTAssertEqual(top.code, 0, top.err)
+        for line in expected { XCTAssertTrue(top.stdout.contains("  " + line), top.stdout) }
+        XCTAssertFalse(top.stdout.contains("not served: busy"), top.stdout)
+
+        let json = cli(["status", "--json"])
+        XCTAssertEqual(json.code, 0, json.err)
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: json.out) as? [String: Any])
+        let unserved = try XCTUnwrap(object["not_served"] as? [[String: Any]])
+        XCTAssertEqual(unserved.map { $0["queue"] as? String }, ["default", "nobody"])
+        XCTAssertEqual(unserved.map { $0["waiting"] as? Int }, [2, 1])
+        let readers = try XCTUnwrap(unserved.first?["readers"] as? [[String: String]])
+        XCTAssertEqual(readers, [["id": "r1", "state": "drained"], ["id": "r3", "state": "lost"]])
+        XCTAssertEqual((unserved.last?["readers"] as? [Any])?.count, 0)
+    }
+
+    func testSubmitWaitSaysOnceThatNoRunningRunnerReadsItsQueue() throws {
+        try register("r1", state: "drained", queues: ["default"])
+        try register("r2", state: "running", queues: ["busy"])
+        let unserved = cli(["submit", "--id", "u1", "--wait", "--wait-timeout", "7s", "--", "true"])
+        XCTAssertEqual(unserved.code, 1, unserved.err)
+        let note = "runner: job u1 is queued on 'default', which no running runner reads\n"
+        XCTAssertEqual(unserved.err.components(separatedBy: note).count, 2, unserved.err)
+        XCTAssertTrue(unserved.err.contains("gave up waiting for job 'u1'"), unserved.err)
+
+        // A queue a running runner reads gets no note, even when the job has not started yet.
+        let served = cli(["submit", "--id", "s1", "--queue", "busy", "--wait", "--wait-timeout", "4s", "--", "true"])
+        XCTAssertEqual(served.code, 1, served.err)
+        XCTAssertFalse(served.err.contains("which no running runner reads"), served.err)
+    }
+
+    func testAnEmptyRegistryNamesItsNamespace() throws {
+        let status = cli(["status"])
+        XCTAssertEqual(status.code, 0, status.err)
+        XCTAssertTrue(
+            status.stdout.hasPrefix("RUNNERS\n  (none registered in namespace '\(namespace)')\n"), status.stdout)
+    }
+
+    func testAllSaysHowManyRunnersItWasSentTo() throws {
+        let none = cli(["drain", "--all"])
+        XCTAssertEqual(none.code, 0, none.err)
+        XCTAssertEqual(none.err, "runner: sent to 0 runners (none is running in namespace '\(namespace)')\n")
+        XCTAssertFalse(none.stdout.isEmpty, "the command id")
+
+        try register("r1", state: "running", queues: ["default"])
+        try register("r2", state: "running", queues: ["default"], lease: false)
+        let one = cli(["resume", "--all"])
+        XCTAssertEqual(one.code, 0, one.err)
+        XCTAssertEqual(one.err, "runner: sent to 1 runner\n")
+    }
+
+    func testALostRunnersRowShowsNoCapacityOrRunningJobs() throws {
+        try register("r1", state: "running", queues: ["default"])
+        try register("r2", state: "running", queues: ["default"], lease: false)
+        try register("r3", state: "lost", queues: ["default"], lease: false)
+        let status = cli(["status"])
+        XCTAssertEqual(status.code, 0, status.err)
+        let rows = status.stdout.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }
+        // A live runner's row keeps its heartbeat's figures (LEASE is whatever is left of the minute).
+        XCTAssertTrue(rows.contains { $0.hasPrefix("r1 n1 running ") && $0.hasSuffix("s 1/2 job-r1 -") }, "\(rows)")
+        XCTAssertTrue(rows.contains("r2 n1 running (lost) expired - - -"), "\(rows)")
+        XCTAssertTrue(rows.contains("r3 n1 lost expired - - -"), "\(rows)")
+        XCTAssertFalse(status.stdout.contains("job-r2") || status.stdout.contains("job-r3"), status.stdout)
+
+        let help = runCLI(["status", "--help"]).stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        XCTAssertTrue(help.contains("running (lost)' or the like before a reaper has acted)"), help)
+        XCTAssertTrue(help.contains("Its CAPACITY and RUNNING show -"), help)
+    }
 }

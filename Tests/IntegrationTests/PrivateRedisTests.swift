@@ -97,6 +97,81 @@ final class CLIFollowTests: IntegrationTestCase {
     }
 }
 
+extension CLIFollowTests {
+    func testEventsFollowWithCountZeroPrintsOnlyNewEvents() throws {
+        func addEvent(_ job: String) throws {
+            _ = try send(["XADD", key("events"), "*", "type", "job.queued", "ts", "1700000000000", "job", job])
+        }
+        try addEvent("old-1")
+        try addEvent("old-2")
+        let follower = try startCLI(["events", "--follow", "--count", "0"])
+        // It has read the stream's position once a new event shows; keep adding until one does.
+        var added = 0
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(15), interval: .milliseconds(200)) {
+                added += 1
+                try? addEvent("new-\(added)")
+                return follower.output.contains("job=new-")
+            }, follower.output)
+        XCTAssertFalse(follower.output.contains("job=old-"), follower.output)
+        kill(follower.process.processIdentifier, SIGINT)
+        XCTAssertNotNil(follower.waitForExit(timeout: 10))
+    }
+}
+
+extension CLIFollowTests {
+    /// Ctrl-C ends every live command the same way: by SIGINT (the shell sees 130), `top` too, after restoring
+    /// what it changed.
+    func testSIGINTEndsEveryLiveCommandByTheSignal() throws {
+        XCTAssertEqual(cli(["submit", "--id", "queued-1", "--", "true"]).code, 0)  // no runner: it stays queued
+        for arguments in [
+            ["top", "--interval", "100ms"], ["status", "--watch", "--interval", "100ms"], ["events", "--follow"],
+            ["logs", "--follow", "queued-1"],
+        ] {
+            let command = try startCLI(arguments)
+            // top and events print at once; logs of a queued job prints nothing: give it time to be waiting.
+            if arguments[0] == "logs" {
+                Thread.sleep(forTimeInterval: 1)
+            } else {
+                XCTAssertTrue(waitUntil(timeout: .seconds(10)) { !command.output.isEmpty }, "\(arguments)")
+            }
+            kill(command.process.processIdentifier, SIGINT)
+            XCTAssertNotNil(command.waitForExit(timeout: 10), "\(arguments)")
+            XCTAssertEqual(command.process.terminationReason, .uncaughtSignal, "\(arguments)")
+            XCTAssertEqual(command.process.terminationStatus, SIGINT, "\(arguments)")
+        }
+    }
+}
+
+extension CLIFollowTests {
+    func testLogsOfAQueuedJobSayThereIsNoOutputYet() throws {
+        XCTAssertEqual(cli(["submit", "--id", "q-1", "--", "echo", "hi"]).code, 0)  // no runner: it stays queued
+        let logs = cli(["logs", "q-1"])
+        XCTAssertEqual(logs.code, 0, logs.err)
+        XCTAssertEqual(logs.stdout, "")
+        XCTAssertEqual(logs.err, "runner: job q-1 is queued; no output yet\n")
+        let follower = Process()
+        follower.runnerBinary(["logs", "--redis", endpoint.url, "--namespace", namespace, "--follow", "q-1"])
+        let errors = Pipe()
+        follower.standardError = errors
+        follower.standardOutput = FileHandle.nullDevice
+        try follower.run()
+        defer {
+            kill(follower.processIdentifier, SIGKILL)
+            follower.waitUntilExit()
+        }
+        // Its first write to stderr, while it waits for the job to start (none within 10 s is a failure too).
+        nonisolated(unsafe) var note = ""
+        let read = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            note = String(decoding: errors.fileHandleForReading.availableData, as: UTF8.self)
+            read.signal()
+        }
+        XCTAssertEqual(read.wait(timeout: .now() + 10), .success, "nothing on stderr")
+        XCTAssertEqual(note, "runner: job q-1 is queued; its output follows once it starts\n")
+    }
+}
+
 final class WaitTests: IntegrationTestCase {
     func testSubmitWaitPrintsOutputWhileTheJobRuns() throws {
         try startRunner()

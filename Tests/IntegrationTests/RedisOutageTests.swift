@@ -7,6 +7,26 @@ import XCTest
 final class RedisOutageTests: PrivateRedisTestCase {
     override func makeServer() throws -> RedisServerProcess { try RedisServerProcess(appendOnly: true) }
 
+    /// An outage is not an error for `top`: it says it reconnects, as `events --follow` does, and carries on.
+    func testTopSaysItReconnectsWithoutAnErrorLineWhileRedisIsAway() throws {
+        let top = try startCLI(["top", "--interval", "100ms"])
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { top.output.contains("RUNNERS") }, top.output)
+        redis = nil
+        try server.stop()
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { top.output.contains("; reconnecting (every 0.1 seconds)") }, top.output)
+        let outage = top.output.split(separator: "\n").filter { $0.contains("reconnecting") }
+        XCTAssertTrue(outage.allSatisfy { $0.hasPrefix("runner: cannot reach Redis at ") }, "\(outage)")
+        XCTAssertFalse(top.output.contains("Error:"), top.output)
+        try server.restart()
+        let before = top.output.count
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { top.output.dropFirst(before).contains("RUNNERS") }, top.output)
+        kill(top.process.processIdentifier, SIGINT)
+        XCTAssertNotNil(top.waitForExit(timeout: 10))
+        redis = try RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), readTimeout: .seconds(10))
+    }
+
     func testResultArrivesAfterRedisRestart() throws {
         let runner = try startRunner(["--lease-ttl", "6s"])
         // A client waiting for the result rides out the restart too.

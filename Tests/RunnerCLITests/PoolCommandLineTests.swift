@@ -58,6 +58,31 @@ final class PoolCommandLineTests: XCTestCase {
         }
     }
 
+    /// `--count 0` means "none of the old ones": for `events --follow` only new events, elsewhere nothing at all,
+    /// which is refused with what it would do (before any connection).
+    func testCountZeroIsForEventsFollowOnly() async {
+        let cases: [([String], String)] = [
+            (
+                ["events", "--count", "0"],
+                "Error: '--count 0' prints nothing without --follow (with --follow: only events that come after it starts)"
+            ),
+            (["dead", "--count", "0"], "Error: '--count 0' would list no dead letters (give 1 or more)"),
+            (
+                ["events", "--follow", "--count", "-1"],
+                "Error: invalid value for '--count': '-1' (expected a whole number; 0 only with --follow)"
+            ),
+        ]
+        for (arguments, expected) in cases {
+            let (code, line) = await firstError(["--redis", "127.0.0.1:1"] + arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(line, expected, "\(arguments)")
+        }
+        // Accepted: it gets as far as connecting.
+        let (code, line) = await firstError(["--redis", "127.0.0.1:1", "events", "--follow", "--count", "0"])
+        XCTAssertEqual(code, 1, line)
+        XCTAssertTrue(line.contains("cannot reach Redis at 127.0.0.1:1"), line)
+    }
+
     /// `--wait-timeout` without `--wait` would be ignored: every command with the pair refuses it, before anything
     /// is sent.
     func testWaitTimeoutNeedsWaitEverywhere() async {

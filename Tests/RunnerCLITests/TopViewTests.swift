@@ -14,7 +14,9 @@ final class TopViewTests: XCTestCase {
             runners: [
                 RunnerStatus(
                     id: "r1",
-                    record: ["node": "n1", "state": "running", "capacity": 4, "capacity_free": 1],
+                    record: [
+                        "node": "n1", "state": "running", "capacity": 4, "capacity_free": 1, "queues": ["default"],
+                    ],
                     leaseRemainingMs: 12_300),
                 RunnerStatus(
                     id: "r2", record: ["node": "n2", "state": "running", "capacity": 2, "capacity_free": 2],
@@ -45,7 +47,7 @@ final class TopViewTests: XCTestCase {
                 "RUNNERS",
                 "  ID  NODE  STATE           LEASE    SLOTS       CPU    MEMORY     LOAD",
                 "  r1  n1    running         12.3s    [###-] 3/4  37.2%  1.0G/4.0G  0.50",
-                "  r2  n2    running (lost)  expired  [--] 0/2    -      -          -",
+                "  r2  n2    running (lost)  expired  -           -      -          -",
                 "",
                 "RUNNING JOBS",
                 "  JOB    RUNNER  QUEUE    ATTEMPT  RUNTIME  CPU    RSS",
@@ -62,6 +64,31 @@ final class TopViewTests: XCTestCase {
     }
 
     /// `top --events 0`: no events pane at all, not an empty one.
+    func testAQueueNoRunningRunnerReadsIsListedAsNotServed() {
+        func set(_ runner: Int, _ key: String, _ value: JSONValue, in pool: inout PoolSnapshot) {
+            var record = pool.runners[runner].record.objectValue ?? [:]
+            record[key] = value
+            pool.runners[runner].record = .object(record)
+        }
+        var pool = snapshot()
+        set(0, "state", "drained", in: &pool)
+        set(1, "queues", ["default"], in: &pool)
+        let lines = TopView.render(pool, width: 0, showsEvents: false)
+        XCTAssertEqual(
+            Array(lines.suffix(3)),
+            ["", "NOT SERVED", "  not served: default: 2 waiting; no running runner reads it (r1 drained, r2 lost)"])
+        // Served again once r1 runs: no such section.
+        set(0, "state", "running", in: &pool)
+        XCTAssertFalse(TopView.render(pool, width: 0).contains("NOT SERVED"))
+    }
+
+    /// A queue nobody has read yet has no consumer group, so Redis gives no lag: its entries still wait.
+    func testWaitingCountsTheEntriesOfAQueueWithoutAConsumerGroup() {
+        var pool = snapshot()
+        pool.queues.append(QueueStatus(name: "nobody", length: 4, pending: 0, lag: nil, consumers: 0))
+        XCTAssertTrue(TopView.render(pool, width: 0)[0].hasSuffix("jobs running 2  waiting 6"), "\(pool.queues)")
+    }
+
     func testNoEventsPaneWhenNoEventsAreAskedFor() {
         let lines = TopView.render(snapshot(), width: 0, showsEvents: false)
         XCTAssertEqual(lines, Array(TopView.render(snapshot(), width: 0).dropLast(3)))
@@ -82,7 +109,8 @@ final class TopViewTests: XCTestCase {
             TopView.render(empty, width: 0),
             [
                 "NativeRunner pool 'nr'  2026-12-03T16:00:00.000Z  runners 0/0 live  jobs running 0  waiting 0", "",
-                "RUNNERS", "  (none registered)", "", "RUNNING JOBS", "  (none)", "", "QUEUES", "  (none)", "",
+                "RUNNERS", "  (none registered in namespace 'nr')", "", "RUNNING JOBS", "  (none)", "", "QUEUES",
+                "  (none)", "",
                 "RECENT EVENTS", "  (none)",
             ])
     }

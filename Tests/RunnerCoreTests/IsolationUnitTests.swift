@@ -334,6 +334,34 @@ final class IsolationPlanTests: XCTestCase {
         XCTAssertEqual(isolated.network, NetworkMode.none)
     }
 
+    /// The same rule as for `network: none`: a cgroup limit without a named level asks for `cgroup`, so a
+    /// `process_group` runner neither rejects it for its own default nor runs it without the limit.
+    func testACgroupLimitWithoutANamedLevelRaisesTheLevelToCgroup() throws {
+        for limits in [#"{"memory_bytes":67108864}"#, #"{"pids":5}"#, #"{"cpu_millis":500}"#] {
+            let spec = #"{"argv":["x"],"limits":\#(limits)}"#
+            XCTAssertNil(try refusal(host(cgroups: true), spec), limits)
+            let plan = try host(cgroups: true).plan(for: try entry(spec)).get()
+            XCTAssertEqual(plan.level, .cgroup, limits)
+            XCTAssertEqual(plan.requested, .cgroup, limits)
+            XCTAssertFalse(plan.fellBack, limits)
+        }
+        let both = try host(cgroups: true).plan(
+            for: try entry(#"{"argv":["x"],"network":"none","limits":{"pids":5}}"#)
+        ).get()
+        XCTAssertEqual(both.level, .cgroup)
+        XCTAssertEqual(both.network, NetworkMode.none)
+        // An rlimit needs no level of its own.
+        XCTAssertEqual(
+            try host().plan(for: try entry(#"{"argv":["x"],"limits":{"open_files":50}}"#)).get().level, .processGroup)
+        // Where cgroups are missing it is the level that is refused, not the runner's default.
+        XCTAssertEqual(
+            try refusal(host(), #"{"argv":["x"],"limits":{"pids":5}}"#),
+            "cgroup isolation is not available: no memory controller")
+        XCTAssertEqual(
+            IsolationShortfall.least(for: .none, limits: JobLimits(openFiles: 5)), .namespace)
+        XCTAssertEqual(IsolationShortfall.least(for: .host, limits: JobLimits(cpuMillis: 5)), .cgroup)
+    }
+
     func testMissingFeaturesAreRejectedWithTheReasonUnlessFallingBack() throws {
         XCTAssertEqual(
             try refusal(host(namespaces: false), #"{"argv":["x"],"isolation":"namespace"}"#),
@@ -357,7 +385,7 @@ final class IsolationPlanTests: XCTestCase {
 
     func testLimitsCeilingsAndHostMemory() throws {
         XCTAssertEqual(
-            try refusal(host(), #"{"argv":["x"],"limits":{"pids":5}}"#),
+            try refusal(host(), #"{"argv":["x"],"isolation":"process_group","limits":{"pids":5}}"#),
             #"limits.pids needs isolation "cgroup", not "process_group""#)
         let capped = host(cgroups: true, ceilings: JobLimits(pids: 10))
         XCTAssertEqual(

@@ -118,8 +118,11 @@ final class IsolationHost: Sendable {
         let spec = entry.spec
         let network = spec.network ?? .host
         var requested = spec.isolation ?? configuration.defaultLevel
-        // A job that asks for no network without naming a level gets the least level that has one.
-        if spec.isolation == nil { requested = max(requested, IsolationShortfall.least(for: network)) }
+        // A job that names no level gets at least the least level that gives what it asks for: no network
+        // (`namespace`), a cgroup limit (`cgroup`).
+        if spec.isolation == nil {
+            requested = max(requested, IsolationShortfall.least(for: network, limits: spec.limits))
+        }
         if let shortfall = IsolationShortfall.first(network: network, limits: spec.limits, at: requested) {
             return .failure(IsolationError(.unsupported, shortfall.message))
         }
