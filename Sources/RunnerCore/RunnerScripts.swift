@@ -122,6 +122,10 @@ enum RunnerScripts {
         if redis.call('EXISTS', KEYS[2]) == 1 then
           return redis.error_reply('DUPLICATE job ' .. ARGV[1] .. ' already exists')
         end
+        -- The idempotency key and the record are written before the XADD, and the event last: a jobs or events
+        -- stream of another type must refuse the submit before anything is written.
+        local bad = nr_wrong_type({KEYS[1], 'stream', KEYS[3], 'stream'})
+        if bad then return bad end
         local ts = nr_now()
         local entry = {'XADD', KEYS[1], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[2],
           '\(JobEntryField.attempt)', '1', '\(ProtocolVersion.field)', NR_V}
