@@ -551,20 +551,34 @@ public final class Worker: Sendable {
         logger.error(
             "lease epoch \(epoch.number) ended (\(reason.rawValue)): stopped \(stopped) job(s); registering again",
             ["runner": configuration.name])
-        let rotation: LeaseKeeper.Rotation
-        do {
-            rotation = try await epochs.lease.rotate()
-        } catch let error as WorkerError where error.code == .nameInUse {
-            logger.error("lost the lease: another runner holds the name '\(configuration.name)'; stopping")
-            nameLost.fire()
-            shutdownRequested.fire()
-            immediateRequested.fire()
-            return
-        } catch {
-            // Cancelled (shutdown) or Redis refused for good: the jobs are stopped; a reaper reschedules them.
-            logger.warning("could not register again after the lease epoch ended: \(error)")
-            return
+        var rotation: LeaseKeeper.Rotation?
+        var refused = false
+        while rotation == nil {
+            do {
+                rotation = try await epochs.lease.rotate()
+            } catch let error as WorkerError where error.code == .nameInUse {
+                logger.error("lost the lease: another runner holds the name '\(configuration.name)'; stopping")
+                nameLost.fire()
+                shutdownRequested.fire()
+                immediateRequested.fire()
+                return
+            } catch let error as RedisServerError {
+                // Refused, not unreachable (the lease key SET to another type, an ACL): tried again every second
+                // until it is fixed, with one line, instead of a runner that lives on with its intake closed.
+                if !refused {
+                    logger.error(
+                        "could not register again after the lease epoch ended (tried again every second): \(error)")
+                }
+                refused = true
+                try? await Task.sleep(for: .seconds(1))
+                if Task.isCancelled || shutdownRequested.isFired { return }
+            } catch {
+                // Cancelled (shutdown): the jobs are stopped; a reaper reschedules them.
+                logger.warning("could not register again after the lease epoch ended: \(error)")
+                return
+            }
         }
+        guard let rotation else { return }
         killSwitch.arm(until: await epochs.lease.killDeadline)
         metrics.leaseConfirmed(until: await epochs.lease.killDeadline, renewal: false)
         let durable = RedisRetry.idempotent(deadline: nil)

@@ -93,6 +93,28 @@ final class FencingTests: IntegrationTestCase {
     }
 }
 
+extension FencingTests {
+    /// A lease key someone SET to another type refuses the renewal and then the new registration: the runner used
+    /// to log once and live on with its intake closed for good (state `lost`, its job never rescheduled). It tries
+    /// again every second and carries on once the key is fixed.
+    func testARunnerWhoseLeaseKeyHasTheWrongTypeRegistersAgainOnceItIsFixed() throws {
+        let runner = try startRunner(name: "wrong-lease", ["--lease-ttl", "2s", "--no-reaper"])
+        try submit(["--shell", "if [ $NR_ATTEMPT = 1 ]; then exec sleep 60; fi; echo attempt $NR_ATTEMPT"], id: "wl-1")
+        let pid = try runningPid("wl-1")
+        _ = try send(["DEL", key("runner:wrong-lease")])
+        _ = try send(["HSET", key("runner:wrong-lease"), "not", "a string"])
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { !processIsAlive(pid) }, "the job was not stopped")
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { runner.log.contains("could not register again") }, runner.log)
+        _ = try send(["DEL", key("runner:wrong-lease")])
+        let record = try waitForState("wl-1", ["succeeded"], timeout: .seconds(20))
+        XCTAssertEqual(record["output_tail"], "attempt 2\n")
+        XCTAssertEqual(runner.log.components(separatedBy: "could not register again").count, 2, runner.log)
+        XCTAssertTrue(runner.isRunning)
+        XCTAssertEqual(runner.stop(), 0, runner.log)
+    }
+}
+
 /// A runner that cannot renew (Redis stops answering its writes) stops its jobs before its lease can lapse.
 final class UnrenewableLeaseTests: PrivateRedisTestCase {
     func testJobsAreStoppedBeforeTheLeaseLapsesAndAreNeverRecordedAsKilled() throws {
