@@ -149,4 +149,27 @@ extension ScriptIdempotencyTests {
         XCTAssertEqual(movedNow, 1)
         XCTAssertEqual(try job("wt-5")["state"], "queued")
     }
+
+    /// A failure write refused for a delayed set or dead stream of another type left the entry pending, and the job
+    /// ran again once per lease TTL for the same attempt: the claim refuses those keys before the job starts.
+    func testTheClaimRefusesADelayedSetOrDeadStreamOfTheWrongType() async throws {
+        _ = try await store.submit(id: "wt-6", spec: JobSpec(command: .argv(["false"]), maxAttempts: 2), queue: "default")
+        let entry = try XCTUnwrap(try deliver().entry)
+        for (name, type) in [(key("delayed"), "zset"), (key("dead"), "stream")] {
+            _ = try send(["SET", name, "not a \(type)"])
+            let before = try snapshot()
+            do {
+                _ = try await store.claim(entry: entry, owner: owner, receivedData: [:], retry: .never)
+                XCTFail("claimed with \(name) a string")
+            } catch {
+                XCTAssertEqual(
+                    "\(error)", "Redis replied with an error: WRONGTYPE key \(name) is a string, expected a \(type)")
+            }
+            XCTAssertEqual(try snapshot(), before, "the claim script wrote something with \(name) a string")
+            _ = try send(["DEL", name])
+        }
+        guard case .claimed = try await store.claim(entry: entry, owner: owner, receivedData: [:], retry: .never) else {
+            return XCTFail("not claimed")
+        }
+    }
 }
