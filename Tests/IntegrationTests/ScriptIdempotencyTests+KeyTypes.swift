@@ -131,7 +131,8 @@ extension ScriptIdempotencyTests {
     /// The mover ZREM'd a due retry before its XADD: a target jobs stream of another type lost the retry (out of
     /// the delayed set, `retry_scheduled` for ever). It waits in the set now and moves once the key is fixed.
     func testTheMoverLeavesARetryWhoseJobsStreamHasTheWrongTypeInTheDelayedSet() async throws {
-        _ = try await store.submit(id: "wt-5", spec: JobSpec(command: .argv(["false"]), maxAttempts: 2), queue: "default")
+        let spec = JobSpec(command: .argv(["false"]), maxAttempts: 2)
+        _ = try await store.submit(id: "wt-5", spec: spec, queue: "default")
         let entry = try XCTUnwrap(try deliver().entry)
         _ = try await store.claim(entry: entry, owner: owner, receivedData: [:], retry: .never)
         _ = try await store.failAttempt(
@@ -153,7 +154,8 @@ extension ScriptIdempotencyTests {
     /// A failure write refused for a delayed set or dead stream of another type left the entry pending, and the job
     /// ran again once per lease TTL for the same attempt: the claim refuses those keys before the job starts.
     func testTheClaimRefusesADelayedSetOrDeadStreamOfTheWrongType() async throws {
-        _ = try await store.submit(id: "wt-6", spec: JobSpec(command: .argv(["false"]), maxAttempts: 2), queue: "default")
+        let spec = JobSpec(command: .argv(["false"]), maxAttempts: 2)
+        _ = try await store.submit(id: "wt-6", spec: spec, queue: "default")
         let entry = try XCTUnwrap(try deliver().entry)
         for (name, type) in [(key("delayed"), "zset"), (key("dead"), "stream")] {
             _ = try send(["SET", name, "not a \(type)"])
