@@ -235,6 +235,9 @@ extension RunnerScripts {
           or not cur[2] or not cur[3] then
           return {0, cur[1]}
         end
+        -- The XADD is the first write; the delayed set and the events stream come after it.
+        local bad = nr_wrong_type({ARGV[3] .. 'jobs:' .. cur[2], 'stream', KEYS[3], 'zset', KEYS[2], 'stream'})
+        if bad then return bad end
         local ts = nr_now()
         local attempt = tostring((tonumber(cur[4] or '0') or 0) + 1)
         local sid = redis.call('XADD', ARGV[3] .. 'jobs:' .. cur[2], '*', '\(JobEntryField.id)', ARGV[1],

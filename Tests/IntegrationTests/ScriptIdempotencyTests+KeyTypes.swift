@@ -174,4 +174,43 @@ extension ScriptIdempotencyTests {
             return XCTFail("not claimed")
         }
     }
+
+    /// The cancel and requeue-by-hand scripts wrote the job's new state and then failed at a later key (the events
+    /// stream, the delayed set): a job cancelled or requeued with an error and no event. Refused before the first
+    /// write now.
+    func testCancelAndRequeueByHandRefuseAKeyOfTheWrongTypeBeforeTheirFirstWrite() async throws {
+        _ = try await store.submit(id: "wt-7", spec: JobSpec(command: .argv(["true"])), queue: "default")
+        for (name, type) in [(key("events"), "stream"), (key("delayed"), "zset")] {
+            _ = try send(["SET", name, "not a \(type)"])
+            let before = try snapshot()
+            do {
+                let outcome = try await store.cancel(jobId: "wt-7", sentBy: "test")
+                XCTFail("cancelled with \(name) a string: \(outcome)")
+            } catch {
+                XCTAssertEqual(
+                    "\(error)", "Redis replied with an error: WRONGTYPE key \(name) is a string, expected a \(type)")
+            }
+            XCTAssertEqual(try snapshot(), before, "the cancel script wrote something with \(name) a string")
+            _ = try send(["DEL", name])
+        }
+        let cancelled = try await store.cancel(jobId: "wt-7", sentBy: "test")
+        XCTAssertEqual(cancelled, .cancelled(previousState: "queued"))
+
+        _ = try send(["HSET", key("job:wt-7"), "state", "failed"])
+        // No TTL, whose PTTL would differ between two snapshots.
+        _ = try send(["PERSIST", key("job:wt-7")])
+        for (name, type) in [(key("delayed"), "zset"), (key("events"), "stream")] {
+            _ = try send(["SET", name, "not a \(type)"])
+            let before = try snapshot()
+            do {
+                _ = try await store.requeueByHand(id: "wt-7", actor: "test")
+                XCTFail("requeued with \(name) a string")
+            } catch {
+                XCTAssertEqual(
+                    "\(error)", "Redis replied with an error: WRONGTYPE key \(name) is a string, expected a \(type)")
+            }
+            XCTAssertEqual(try snapshot(), before, "the requeue script wrote something with \(name) a string")
+            _ = try send(["DEL", name])
+        }
+    }
 }
