@@ -640,6 +640,9 @@ public final class Worker: Sendable {
         var readPendingFirst = true  // our own pending entries (ID 0) first: at start and after any failure
         var cursors: [String: String] = [:]
         var lastGroupWarning: ContinuousClock.Instant?
+        // The last "intake read failed" line and when: the same error again says nothing new for 10 s (a jobs stream
+        // SET to a string failed every read, 20 lines a second).
+        var lastReadWarning: (text: String, at: ContinuousClock.Instant)?
         // The last read brought all it asked for: the queue may have more, worth reading ahead.
         var queueHadMore = false
         while !Task.isCancelled {
@@ -757,7 +760,14 @@ public final class Worker: Sendable {
                 if Task.isCancelled { break }
                 readPendingFirst = true
                 cursors = [:]
-                if !(error is RedisClientError) { logger.warning("intake read failed: \(error)") }
+                if !(error is RedisClientError) {
+                    let text = "\(error)"
+                    let now = ContinuousClock.now
+                    if !(lastReadWarning.map { $0.text == text && now - $0.at < .seconds(10) } ?? false) {
+                        logger.warning("intake read failed: \(text)")
+                        lastReadWarning = (text, now)
+                    }
+                }
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }

@@ -115,6 +115,22 @@ extension FencingTests {
     }
 }
 
+extension FencingTests {
+    /// A jobs stream SET to a string fails every intake read: one line for it, not twenty a second; the runner reads
+    /// again once the key is fixed.
+    func testAJobsStreamOfTheWrongTypeIsReportedOnceAndReadAgainOnceFixed() throws {
+        let runner = try startRunner(name: "wrong-stream", [])
+        _ = try send(["DEL", key("jobs:default")])
+        _ = try send(["SET", key("jobs:default"), "not a stream"])
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains("intake read failed") }, runner.log)
+        Thread.sleep(forTimeInterval: 2)
+        XCTAssertEqual(runner.log.components(separatedBy: "intake read failed").count, 2, runner.log)
+        _ = try send(["DEL", key("jobs:default")])
+        try submit(["--", "echo", "read again"], id: "ws-1")
+        XCTAssertEqual(try waitForState("ws-1", ["succeeded"], timeout: .seconds(20))["output_tail"], "read again\n")
+    }
+}
+
 /// A runner that cannot renew (Redis stops answering its writes) stops its jobs before its lease can lapse.
 final class UnrenewableLeaseTests: PrivateRedisTestCase {
     func testJobsAreStoppedBeforeTheLeaseLapsesAndAreNeverRecordedAsKilled() throws {
