@@ -178,6 +178,15 @@ public enum RunnerCommandLine {
             }
             return 0
         case "help":
+            // `runner help --redis h:6379 submit`: the common options after help as after any subcommand (they
+            // change nothing here); without this the overview was shown.
+            while arguments.count > 1,
+                let common = CommonOptions.all.first(where: { option in
+                    arguments[1] == option.name || arguments[1].hasPrefix(option.name + "=")
+                })
+            {
+                arguments.removeSubrange(1..<min(arguments.count, arguments[1] == common.name ? 3 : 2))
+            }
             guard arguments.count > 1 else {
                 console.print(overview)
                 return 0

@@ -48,6 +48,16 @@ enum ControlScripts {
           '\(ResultField.cancelRequestedAt)', '\(ResultField.queue)', '\(ResultField.streamId)')
         if not cur[1] then return {-1} end
         if nr_terminal(cur[1]) then return {0, cur[1]} end
+        -- Each key written here that may have another type, before the first write: the event comes last (the
+        -- job was cancelled with an error and no `job.cancelled`), the command after `cancel_requested_at`.
+        local checks = {KEYS[2], 'stream', KEYS[3], 'zset'}
+        if cur[1] == '\(JobState.running.rawValue)' then
+          checks = nr_absent(cur[2]) and {} or {ARGV[5] .. cur[2], 'stream'}
+        elseif not nr_absent(cur[5]) and not nr_absent(cur[6]) then
+          checks[#checks + 1] = ARGV[7] .. cur[5]; checks[#checks + 1] = 'stream'
+        end
+        local bad = nr_wrong_type(checks)
+        if bad then return bad end
         local ts = nr_now()
         if cur[1] ~= '\(JobState.running.rawValue)' then
           local reason = '\(ControlScripts.cancelledBeforeStart) (by ' .. ARGV[2] .. ')'

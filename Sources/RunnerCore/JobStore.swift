@@ -212,6 +212,7 @@ public struct JobStore: Sendable {
             keys: [
                 keyspace.job(id: entry.jobId), keyspace.events, keyspace.lease(runner: owner.runner),
                 keyspace.fencing, idempotency, keyspace.jobs(queue: entry.queue), keyspace.log(job: entry.jobId),
+                keyspace.delayed, keyspace.dead,
             ],
             arguments: JobStore.bytes([
                 entry.jobId, owner.runner, String(entry.attempt), entry.streamId, entry.queue, String(eventsMaxLength),

@@ -158,7 +158,7 @@ extension RunnerScripts {
         """)
 
     /// The mover, shared by `moveDue` and `leadAndMove`: moves the retries that are due (by Redis's clock) back onto
-    /// their queues. Each one is ZREM'd first, so it moves exactly once however many movers run. Returns
+    /// their queues. Each one is ZREM'd before its XADD, so it moves exactly once however many movers run. Returns
     /// {moved, ms until the next is due or -1 when none waits}. It looks at the first retry before anything else: an
     /// empty set (an idle pool's) costs one ZRANGE, one whose first retry is not due yet that and the clock.
     private static let mover = """
@@ -170,17 +170,22 @@ extension RunnerScripts {
           local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', ts, 'LIMIT', 0, limit)
           local moved = 0
           for _, id in ipairs(due) do
-            if redis.call('ZREM', delayed, id) == 1 then
-              local job = prefix .. 'job:' .. id
-              local cur = redis.call('HMGET', job, '\(ResultField.state)', '\(ResultField.queue)', '\(ResultField.spec)',
+            local job = prefix .. 'job:' .. id
+            local cur = {}
+            if redis.call('TYPE', job)['ok'] == 'hash' then
+              cur = redis.call('HMGET', job, '\(ResultField.state)', '\(ResultField.queue)', '\(ResultField.spec)',
                 '\(ResultField.attempt)')
-              if cur[1] == '\(JobState.retryScheduled.rawValue)' and cur[2] and cur[3] then
-                local sid = redis.call('XADD', prefix .. 'jobs:' .. cur[2], '*', '\(JobEntryField.id)', id,
-                  '\(JobEntryField.spec)', cur[3], '\(JobEntryField.attempt)', cur[4] or '1', '\(ProtocolVersion.field)', NR_V)
-                redis.call('HSET', job, '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid)
-                redis.call('HDEL', job, '\(ResultField.retryAt)')
-                moved = moved + 1
-              end
+            end
+            local movable = cur[1] == '\(JobState.retryScheduled.rawValue)' and cur[2] and cur[3]
+            -- A queue's jobs stream of another type (someone SET a string there) would fail the XADD after the ZREM
+            -- and lose the retry: it waits in the set until the key is fixed.
+            local waits = movable and nr_wrong_type({prefix .. 'jobs:' .. cur[2], 'stream'})
+            if not waits and redis.call('ZREM', delayed, id) == 1 and movable then
+              local sid = redis.call('XADD', prefix .. 'jobs:' .. cur[2], '*', '\(JobEntryField.id)', id,
+                '\(JobEntryField.spec)', cur[3], '\(JobEntryField.attempt)', cur[4] or '1', '\(ProtocolVersion.field)', NR_V)
+              redis.call('HSET', job, '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid)
+              redis.call('HDEL', job, '\(ResultField.retryAt)')
+              moved = moved + 1
             end
           end
           nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
@@ -230,6 +235,9 @@ extension RunnerScripts {
           or not cur[2] or not cur[3] then
           return {0, cur[1]}
         end
+        -- The XADD is the first write; the delayed set and the events stream come after it.
+        local bad = nr_wrong_type({ARGV[3] .. 'jobs:' .. cur[2], 'stream', KEYS[3], 'zset', KEYS[2], 'stream'})
+        if bad then return bad end
         local ts = nr_now()
         local attempt = tostring((tonumber(cur[4] or '0') or 0) + 1)
         local sid = redis.call('XADD', ARGV[3] .. 'jobs:' .. cur[2], '*', '\(JobEntryField.id)', ARGV[1],

@@ -122,6 +122,10 @@ enum RunnerScripts {
         if redis.call('EXISTS', KEYS[2]) == 1 then
           return redis.error_reply('DUPLICATE job ' .. ARGV[1] .. ' already exists')
         end
+        -- The idempotency key and the record are written before the XADD, and the event last: a jobs or events
+        -- stream of another type must refuse the submit before anything is written.
+        local bad = nr_wrong_type({KEYS[1], 'stream', KEYS[3], 'stream'})
+        if bad then return bad end
         local ts = nr_now()
         local entry = {'XADD', KEYS[1], '*', '\(JobEntryField.id)', ARGV[1], '\(JobEntryField.spec)', ARGV[2],
           '\(JobEntryField.attempt)', '1', '\(ProtocolVersion.field)', NR_V}
@@ -140,7 +144,7 @@ enum RunnerScripts {
         """)
 
     /// KEYS: job hash, events, lease, fencing counter, idempotency key (the events key again when none), jobs
-    /// stream, log stream.
+    /// stream, log stream, delayed set, dead stream.
     /// ARGV: id, runner, attempt, stream id, queue, events maxlen, spec, received data, lease token, idempotency key
     /// ('' for none), retention ms, group.
     /// Claims an attempt before its process is started: marks it running under this lease epoch with a new fencing
@@ -156,7 +160,9 @@ enum RunnerScripts {
         "claim",
         """
         if redis.call('GET', KEYS[3]) ~= ARGV[9] then return {-1} end
-        local bad = nr_wrong_type({KEYS[2], 'stream'})
+        -- The delayed set and the dead stream are written only when the attempt fails, but a failure write refused
+        -- there leaves the entry pending and the job runs again (once per lease TTL): refused here, it never starts.
+        local bad = nr_wrong_type({KEYS[2], 'stream', KEYS[8], 'zset', KEYS[9], 'stream'})
         if bad then return bad end
         local cur = redis.call('HMGET', KEYS[1], '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.attempt)',
           '\(ResultField.streamId)', '\(ResultField.startedAt)', '\(ResultField.leaseToken)', '\(ResultField.fencingToken)',

@@ -551,20 +551,34 @@ public final class Worker: Sendable {
         logger.error(
             "lease epoch \(epoch.number) ended (\(reason.rawValue)): stopped \(stopped) job(s); registering again",
             ["runner": configuration.name])
-        let rotation: LeaseKeeper.Rotation
-        do {
-            rotation = try await epochs.lease.rotate()
-        } catch let error as WorkerError where error.code == .nameInUse {
-            logger.error("lost the lease: another runner holds the name '\(configuration.name)'; stopping")
-            nameLost.fire()
-            shutdownRequested.fire()
-            immediateRequested.fire()
-            return
-        } catch {
-            // Cancelled (shutdown) or Redis refused for good: the jobs are stopped; a reaper reschedules them.
-            logger.warning("could not register again after the lease epoch ended: \(error)")
-            return
+        var rotation: LeaseKeeper.Rotation?
+        var refused = false
+        while rotation == nil {
+            do {
+                rotation = try await epochs.lease.rotate()
+            } catch let error as WorkerError where error.code == .nameInUse {
+                logger.error("lost the lease: another runner holds the name '\(configuration.name)'; stopping")
+                nameLost.fire()
+                shutdownRequested.fire()
+                immediateRequested.fire()
+                return
+            } catch let error as RedisServerError {
+                // Refused, not unreachable (the lease key SET to another type, an ACL): tried again every second
+                // until it is fixed, with one line, instead of a runner that lives on with its intake closed.
+                if !refused {
+                    logger.error(
+                        "could not register again after the lease epoch ended (tried again every second): \(error)")
+                }
+                refused = true
+                try? await Task.sleep(for: .seconds(1))
+                if Task.isCancelled || shutdownRequested.isFired { return }
+            } catch {
+                // Cancelled (shutdown): the jobs are stopped; a reaper reschedules them.
+                logger.warning("could not register again after the lease epoch ended: \(error)")
+                return
+            }
         }
+        guard let rotation else { return }
         killSwitch.arm(until: await epochs.lease.killDeadline)
         metrics.leaseConfirmed(until: await epochs.lease.killDeadline, renewal: false)
         let durable = RedisRetry.idempotent(deadline: nil)
@@ -626,6 +640,9 @@ public final class Worker: Sendable {
         var readPendingFirst = true  // our own pending entries (ID 0) first: at start and after any failure
         var cursors: [String: String] = [:]
         var lastGroupWarning: ContinuousClock.Instant?
+        // The last "intake read failed" line and when: the same error again says nothing new for 10 s (a jobs stream
+        // SET to a string failed every read, 20 lines a second).
+        var lastReadWarning: (text: String, at: ContinuousClock.Instant)?
         // The last read brought all it asked for: the queue may have more, worth reading ahead.
         var queueHadMore = false
         while !Task.isCancelled {
@@ -743,7 +760,14 @@ public final class Worker: Sendable {
                 if Task.isCancelled { break }
                 readPendingFirst = true
                 cursors = [:]
-                if !(error is RedisClientError) { logger.warning("intake read failed: \(error)") }
+                if !(error is RedisClientError) {
+                    let text = "\(error)"
+                    let now = ContinuousClock.now
+                    if !(lastReadWarning.map { $0.text == text && now - $0.at < .seconds(10) } ?? false) {
+                        logger.warning("intake read failed: \(text)")
+                        lastReadWarning = (text, now)
+                    }
+                }
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }

@@ -93,6 +93,44 @@ final class FencingTests: IntegrationTestCase {
     }
 }
 
+extension FencingTests {
+    /// A lease key someone SET to another type refuses the renewal and then the new registration: the runner used
+    /// to log once and live on with its intake closed for good (state `lost`, its job never rescheduled). It tries
+    /// again every second and carries on once the key is fixed.
+    func testARunnerWhoseLeaseKeyHasTheWrongTypeRegistersAgainOnceItIsFixed() throws {
+        let runner = try startRunner(name: "wrong-lease", ["--lease-ttl", "2s", "--no-reaper"])
+        try submit(["--shell", "if [ $NR_ATTEMPT = 1 ]; then exec sleep 60; fi; echo attempt $NR_ATTEMPT"], id: "wl-1")
+        let pid = try runningPid("wl-1")
+        _ = try send(["DEL", key("runner:wrong-lease")])
+        _ = try send(["HSET", key("runner:wrong-lease"), "not", "a string"])
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { !processIsAlive(pid) }, "the job was not stopped")
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { runner.log.contains("could not register again") }, runner.log)
+        _ = try send(["DEL", key("runner:wrong-lease")])
+        let record = try waitForState("wl-1", ["succeeded"], timeout: .seconds(20))
+        XCTAssertEqual(record["output_tail"], "attempt 2\n")
+        XCTAssertEqual(runner.log.components(separatedBy: "could not register again").count, 2, runner.log)
+        XCTAssertTrue(runner.isRunning)
+        XCTAssertEqual(runner.stop(), 0, runner.log)
+    }
+}
+
+extension FencingTests {
+    /// A jobs stream SET to a string fails every intake read: one line for it, not twenty a second; the runner reads
+    /// again once the key is fixed.
+    func testAJobsStreamOfTheWrongTypeIsReportedOnceAndReadAgainOnceFixed() throws {
+        let runner = try startRunner(name: "wrong-stream", [])
+        _ = try send(["DEL", key("jobs:default")])
+        _ = try send(["SET", key("jobs:default"), "not a stream"])
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains("intake read failed") }, runner.log)
+        Thread.sleep(forTimeInterval: 2)
+        XCTAssertEqual(runner.log.components(separatedBy: "intake read failed").count, 2, runner.log)
+        _ = try send(["DEL", key("jobs:default")])
+        try submit(["--", "echo", "read again"], id: "ws-1")
+        XCTAssertEqual(try waitForState("ws-1", ["succeeded"], timeout: .seconds(20))["output_tail"], "read again\n")
+    }
+}
+
 /// A runner that cannot renew (Redis stops answering its writes) stops its jobs before its lease can lapse.
 final class UnrenewableLeaseTests: PrivateRedisTestCase {
     func testJobsAreStoppedBeforeTheLeaseLapsesAndAreNeverRecordedAsKilled() throws {

@@ -105,4 +105,112 @@ extension ScriptIdempotencyTests {
         }
         XCTAssertEqual(try snapshot(), before, "the claim script wrote something")
     }
+
+    /// The submit script wrote the idempotency key and the record before its XADD, and the jobs stream and the
+    /// record before its event: a jobs stream or events stream of another type left a key that answered a later
+    /// submit with a job never queued, or a queued job whose submit had failed.
+    func testTheSubmitScriptRefusesAKeyOfTheWrongTypeBeforeItsFirstWrite() async throws {
+        let spec = JobSpec(command: .argv(["true"]))
+        for name in [key("jobs:wt"), key("events")] {
+            _ = try send(["SET", name, "not a stream"])
+            let before = try snapshot()
+            do {
+                _ = try await store.submit(id: "wt-4", spec: spec, queue: "wt", idempotencyKey: "k-4")
+                XCTFail("submitted with \(name) a string")
+            } catch {
+                XCTAssertEqual(
+                    "\(error)", "Redis replied with an error: WRONGTYPE key \(name) is a string, expected a stream")
+            }
+            XCTAssertEqual(try snapshot(), before, "the submit script wrote something with \(name) a string")
+            _ = try send(["DEL", name])
+        }
+        let submitted = try await store.submit(id: "wt-4", spec: spec, queue: "wt", idempotencyKey: "k-4")
+        XCTAssertEqual(submitted, .created(streamId: try XCTUnwrap(try job("wt-4")["stream_id"])))
+    }
+
+    /// The mover ZREM'd a due retry before its XADD: a target jobs stream of another type lost the retry (out of
+    /// the delayed set, `retry_scheduled` for ever). It waits in the set now and moves once the key is fixed.
+    func testTheMoverLeavesARetryWhoseJobsStreamHasTheWrongTypeInTheDelayedSet() async throws {
+        let spec = JobSpec(command: .argv(["false"]), maxAttempts: 2)
+        _ = try await store.submit(id: "wt-5", spec: spec, queue: "default")
+        let entry = try XCTUnwrap(try deliver().entry)
+        _ = try await store.claim(entry: entry, owner: owner, receivedData: [:], retry: .never)
+        _ = try await store.failAttempt(
+            entry: entry, owner: owner, result: JobResultRecord(state: .failed, exitCode: 1), failures: 1, delayMs: 0,
+            retry: .never)
+        _ = try send(["RENAME", key("jobs:default"), key("jobs:kept")])
+        _ = try send(["SET", key("jobs:default"), "not a stream"])
+        let before = try snapshot()
+        let (moved, _) = try await store.moveDue()
+        XCTAssertEqual(moved, 0)
+        XCTAssertEqual(try snapshot(), before, "the mover wrote something with the jobs stream a string")
+        _ = try send(["DEL", key("jobs:default")])
+        _ = try send(["RENAME", key("jobs:kept"), key("jobs:default")])
+        let (movedNow, _) = try await store.moveDue()
+        XCTAssertEqual(movedNow, 1)
+        XCTAssertEqual(try job("wt-5")["state"], "queued")
+    }
+
+    /// A failure write refused for a delayed set or dead stream of another type left the entry pending, and the job
+    /// ran again once per lease TTL for the same attempt: the claim refuses those keys before the job starts.
+    func testTheClaimRefusesADelayedSetOrDeadStreamOfTheWrongType() async throws {
+        let spec = JobSpec(command: .argv(["false"]), maxAttempts: 2)
+        _ = try await store.submit(id: "wt-6", spec: spec, queue: "default")
+        let entry = try XCTUnwrap(try deliver().entry)
+        for (name, type) in [(key("delayed"), "zset"), (key("dead"), "stream")] {
+            _ = try send(["SET", name, "not a \(type)"])
+            let before = try snapshot()
+            do {
+                _ = try await store.claim(entry: entry, owner: owner, receivedData: [:], retry: .never)
+                XCTFail("claimed with \(name) a string")
+            } catch {
+                XCTAssertEqual(
+                    "\(error)", "Redis replied with an error: WRONGTYPE key \(name) is a string, expected a \(type)")
+            }
+            XCTAssertEqual(try snapshot(), before, "the claim script wrote something with \(name) a string")
+            _ = try send(["DEL", name])
+        }
+        guard case .claimed = try await store.claim(entry: entry, owner: owner, receivedData: [:], retry: .never) else {
+            return XCTFail("not claimed")
+        }
+    }
+
+    /// The cancel and requeue-by-hand scripts wrote the job's new state and then failed at a later key (the events
+    /// stream, the delayed set): a job cancelled or requeued with an error and no event. Refused before the first
+    /// write now.
+    func testCancelAndRequeueByHandRefuseAKeyOfTheWrongTypeBeforeTheirFirstWrite() async throws {
+        _ = try await store.submit(id: "wt-7", spec: JobSpec(command: .argv(["true"])), queue: "default")
+        for (name, type) in [(key("events"), "stream"), (key("delayed"), "zset")] {
+            _ = try send(["SET", name, "not a \(type)"])
+            let before = try snapshot()
+            do {
+                let outcome = try await store.cancel(jobId: "wt-7", sentBy: "test")
+                XCTFail("cancelled with \(name) a string: \(outcome)")
+            } catch {
+                XCTAssertEqual(
+                    "\(error)", "Redis replied with an error: WRONGTYPE key \(name) is a string, expected a \(type)")
+            }
+            XCTAssertEqual(try snapshot(), before, "the cancel script wrote something with \(name) a string")
+            _ = try send(["DEL", name])
+        }
+        let cancelled = try await store.cancel(jobId: "wt-7", sentBy: "test")
+        XCTAssertEqual(cancelled, .cancelled(previousState: "queued"))
+
+        _ = try send(["HSET", key("job:wt-7"), "state", "failed"])
+        // No TTL, whose PTTL would differ between two snapshots.
+        _ = try send(["PERSIST", key("job:wt-7")])
+        for (name, type) in [(key("delayed"), "zset"), (key("events"), "stream")] {
+            _ = try send(["SET", name, "not a \(type)"])
+            let before = try snapshot()
+            do {
+                _ = try await store.requeueByHand(id: "wt-7", actor: "test")
+                XCTFail("requeued with \(name) a string")
+            } catch {
+                XCTAssertEqual(
+                    "\(error)", "Redis replied with an error: WRONGTYPE key \(name) is a string, expected a \(type)")
+            }
+            XCTAssertEqual(try snapshot(), before, "the requeue script wrote something with \(name) a string")
+            _ = try send(["DEL", name])
+        }
+    }
 }

@@ -277,6 +277,12 @@ final class CommandLineTests: XCTestCase {
             XCTAssertEqual(err, "", "\(leading)")
             XCTAssertEqual(out, expected, "\(leading)")
         }
+        // And after it, as every other subcommand takes them (`runner status --redis h`): the overview was shown.
+        for following in [["--redis", "127.0.0.1:6379"], ["--namespace=x", "--redis", "h:1"]] {
+            let (code, out, err) = await run(["help"] + following + ["submit"])
+            XCTAssertEqual(code, 0, "\(following): \(err)")
+            XCTAssertEqual(out, expected, "\(following)")
+        }
     }
 
     /// Only the common options may come before a subcommand; any other is refused naming it and the subcommand.
