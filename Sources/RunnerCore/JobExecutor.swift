@@ -553,7 +553,7 @@ struct JobExecutor: Sendable {
             return value
         }
         let logger = self.logger
-        return await Task { await DurableWrite.perform(logger: logger, write) }.value
+        return await Task { await DurableWrite.perform(logger: logger, untilAccepted: true, write) }.value
     }
 }
 

@@ -58,3 +58,35 @@ final class GroupRecreatedTests: IntegrationTestCase {
             })
     }
 }
+
+/// A result that Redis refuses for good (here the events stream `SET` to a string while the job runs) is retried
+/// until it is accepted, holding the job's slot: given up, the entry stayed pending, the stray-pending check claimed
+/// it again in the same epoch, the claim took that for a resent one, and the attempt ran a second time.
+final class RefusedResultTests: IntegrationTestCase {
+    func testAResultRefusedUntilAKeyIsFixedIsRecordedOnceAndTheJobRunsOnce() throws {
+        let starts = FileManager.default.temporaryDirectory.appendingPathComponent("refused-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: starts) }
+        let runner = try startRunner(name: "rr", ["--no-reaper", "--lease-ttl", "3s"])
+        try submit(["--shell", "echo $NR_ATTEMPT >> '\(starts.path)'; sleep 1"], id: "refused-1")
+        _ = try runningPid("refused-1")
+        _ = try send(["SET", key("events"), "not a stream"])
+        let refused = "Redis refused a job write: WRONGTYPE key \(key("events")) is a string, expected a stream"
+        XCTAssertTrue(waitUntil(timeout: .seconds(15)) { runner.log.contains(refused) }, runner.log)
+        // Two stray-pending checks (one lease TTL apart) pass without a second start, the record still running.
+        let startedAgain = waitUntil(timeout: .seconds(7)) {
+            ((try? String(contentsOf: starts, encoding: .utf8)) ?? "").split(separator: "\n").count > 1
+        }
+        XCTAssertFalse(startedAgain, "the attempt ran again while its result was refused")
+        XCTAssertEqual(try job("refused-1")["state"], "running")
+
+        _ = try send(["DEL", key("events")])
+        let record = try waitForState("refused-1", ["succeeded"], timeout: .seconds(20))
+        XCTAssertEqual(record["attempt"], "1")
+        // Until the next stray-pending check has passed: nothing more starts.
+        let ranTwice = waitUntil(timeout: .seconds(5)) {
+            ((try? String(contentsOf: starts, encoding: .utf8)) ?? "").split(separator: "\n").count > 1
+        }
+        XCTAssertFalse(ranTwice, "started \(String(describing: try? String(contentsOf: starts, encoding: .utf8)))")
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0, "the entry is acked and deleted")
+    }
+}
