@@ -89,4 +89,20 @@ final class RefusedResultTests: IntegrationTestCase {
         XCTAssertFalse(ranTwice, "started \(String(describing: try? String(contentsOf: starts, encoding: .utf8)))")
         XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0, "the entry is acked and deleted")
     }
+
+    /// A claim refused until the key is fixed is retried, not counted as a job left unrecorded: the clean stop
+    /// afterwards exits 0 without claiming that Redis was unreachable.
+    func testAClaimRefusedUntilAKeyIsFixedRunsTheJobOnceAndTheStopIsClean() throws {
+        let runner = try startRunner(name: "rc", ["--no-reaper", "--lease-ttl", "3s"])
+        _ = try send(["SET", key("events"), "not a stream"])
+        let spec = #"{"argv":["true"]}"#
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "refused-2", "spec", spec])
+        let refused = "Redis refused a job write: WRONGTYPE key \(key("events")) is a string, expected a stream"
+        XCTAssertTrue(waitUntil(timeout: .seconds(15)) { runner.log.contains(refused) }, runner.log)
+        _ = try send(["DEL", key("events")])
+        XCTAssertEqual(try waitForState("refused-2", ["succeeded"], timeout: .seconds(20))["attempt"], "1")
+        XCTAssertEqual(try events(of: "refused-2").filter { $0 == "job.started" }.count, 1)
+        XCTAssertEqual(runner.stop(), 0, runner.log)
+        XCTAssertFalse(runner.log.contains("stopped without recording"), runner.log)
+    }
 }
