@@ -224,8 +224,15 @@ enum WorkerCommand {
         // Out of the kernel's range, every cgroup job would fail (or, for a ceiling, be rejected): refused at start.
         try arguments.checkLimitRanges(defaults, options: defaultLimitOptions)
         try arguments.checkLimitRanges(ceilings, options: ceilingOptions)
-        if let reason = defaults.exceeding(ceilings) {
-            throw UsageError("the default limits are above the ceilings: \(reason)", command: spec.name)
+        // Named as the value the user wrote (its flag, variable or file line: see `locating`), against its ceiling.
+        let caps = Dictionary(uniqueKeysWithValues: ceilings.entries.map { ($0.name, $0.value) })
+        for (key, value) in defaults.entries {
+            guard let cap = caps[key], value > cap, let option = defaultLimitOptions[key],
+                let ceiling = ceilingOptions[key]
+            else { continue }
+            throw UsageError(
+                "invalid value for '\(option)': '\(arguments.value(option) ?? String(value))' is above the ceiling "
+                    + "\(ceiling) \(arguments.value(ceiling) ?? String(cap))", command: spec.name)
         }
         let allowlist = arguments.all("--env-allow").flatMap { $0.split(separator: ",").map(String.init) }
         for name in allowlist where name.isEmpty || name.contains { $0 == "=" || $0.isWhitespace } {

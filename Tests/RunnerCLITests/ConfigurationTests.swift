@@ -339,6 +339,25 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(bounds.code, 0, bounds.err)
     }
 
+    /// A default above its ceiling is named where the user wrote it: the flag, the variable or the file line.
+    func testADefaultLimitAboveItsCeilingNamesWhereItWasWritten() async throws {
+        let flag = await run(["config", "--print", "--default-memory", "1G", "--max-memory", "64M"])
+        XCTAssertEqual(flag.code, 2)
+        XCTAssertEqual(
+            flag.err,
+            "Error: invalid value for '--default-memory': '1G' is above the ceiling --max-memory 64M\n"
+                + "See 'runner config --help'.\n")
+        let variable = await run(
+            ["config", "--print", "--max-memory", "64M"], environment: ["RUNNER_DEFAULT_MEMORY": "1G"])
+        XCTAssertEqual(variable.code, 2)
+        XCTAssertEqual(
+            variable.err.split(separator: "\n").first.map(String.init),
+            "Error: invalid value for RUNNER_DEFAULT_MEMORY: '1G' is above the ceiling --max-memory 64M")
+        let (path, error) = try await configError("{\n  \"default-pids\": 500,\n  \"max-pids\": 100\n}")
+        XCTAssertEqual(
+            error, "Error: \(path):2: invalid value for '--default-pids': '500' is above the ceiling --max-pids 100")
+    }
+
     func testEnvironmentSwitchMustBeASwitch() async {
         let result = await run(["config", "--print"], environment: ["RUNNER_NO_REAPER": "maybe"])
         XCTAssertEqual(result.code, 2)
