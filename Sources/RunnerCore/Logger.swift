@@ -109,3 +109,19 @@ public struct Logger: Sendable {
             parts.tm_hour, parts.tm_min, parts.tm_sec, now.tv_nsec / 1_000_000)
     }
 }
+
+/// Whether a warning that a loop may hit many times a second is worth logging again: a new text, or the same one
+/// once `interval` has passed since it was last logged.
+struct RepeatedWarning {
+    let interval: Duration
+    private var last: (text: String, at: ContinuousClock.Instant)?
+
+    init(every interval: Duration) { self.interval = interval }
+
+    /// True (and remembered) when `text` should be logged now.
+    mutating func allows(_ text: String, now: ContinuousClock.Instant = .now) -> Bool {
+        if let last, last.text == text, now - last.at < interval { return false }
+        last = (text, now)
+        return true
+    }
+}

@@ -639,10 +639,10 @@ public final class Worker: Sendable {
     private func intakeLoop(intake: JobIntake, executor: JobExecutor, epochs: EpochContext) async {
         var readPendingFirst = true  // our own pending entries (ID 0) first: at start and after any failure
         var cursors: [String: String] = [:]
-        var lastGroupWarning: ContinuousClock.Instant?
-        // The last "intake read failed" line and when: the same error again says nothing new for 10 s (a jobs stream
-        // SET to a string failed every read, 20 lines a second).
-        var lastReadWarning: (text: String, at: ContinuousClock.Instant)?
+        // A gone group, or the same failed read (a jobs stream SET to a string fails every read, 20 times a second),
+        // says nothing new for 10 s.
+        var groupWarning = RepeatedWarning(every: .seconds(10))
+        var readWarning = RepeatedWarning(every: .seconds(10))
         // The last read brought all it asked for: the queue may have more, worth reading ahead.
         var queueHadMore = false
         while !Task.isCancelled {
@@ -747,10 +747,8 @@ public final class Worker: Sendable {
                 break
             } catch let error as RedisServerError where error.kind == "NOGROUP" || error.kind == "UNBLOCKED" {
                 if Task.isCancelled { break }
-                let now = ContinuousClock.now
-                if lastGroupWarning.map({ now - $0 > .seconds(10) }) ?? true {
+                if groupWarning.allows("gone") {
                     logger.warning("the jobs stream or its consumer group is gone (\(error.message)); recreating it")
-                    lastGroupWarning = now
                 }
                 try? await intake.ensureGroups()
                 readPendingFirst = true
@@ -760,13 +758,8 @@ public final class Worker: Sendable {
                 if Task.isCancelled { break }
                 readPendingFirst = true
                 cursors = [:]
-                if !(error is RedisClientError) {
-                    let text = "\(error)"
-                    let now = ContinuousClock.now
-                    if !(lastReadWarning.map { $0.text == text && now - $0.at < .seconds(10) } ?? false) {
-                        logger.warning("intake read failed: \(text)")
-                        lastReadWarning = (text, now)
-                    }
+                if !(error is RedisClientError), readWarning.allows("\(error)") {
+                    logger.warning("intake read failed: \(error)")
                 }
                 try? await Task.sleep(for: .milliseconds(50))
             }
