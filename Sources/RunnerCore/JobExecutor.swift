@@ -54,11 +54,48 @@ struct JobExecutor: Sendable {
     /// idempotent, so resending after a lost reply changes nothing twice.
     let durable = RedisRetry.idempotent(deadline: nil)
 
+    /// The start of a delivery's run that needs no suspension, done by the intake right after its read: the entry
+    /// parsed, its isolation planned, its folder name taken and its claim sent. The claim then no longer waits for
+    /// the job's own task to be scheduled, nor for the intake's next read. Nil when the delivery takes the full path
+    /// of `run` (a payload gone, a malformed entry, a route to its requirement stream, a memory reservation, a
+    /// refusal), which decides everything again.
+    func claimAhead(_ delivery: Delivery, epoch: LeaseEpoch) -> SentClaim? {
+        guard !epoch.ended.isFired, let fields = delivery.fields,
+            let entry = try? JobEntry(streamId: delivery.streamId, queue: delivery.queue, fields: fields),
+            configuration.labels.satisfies(entry.spec.requires),
+            case .success(let plan) = isolation.plan(for: entry), plan.limits.memoryBytes == nil,
+            containments.reserve(contextName: plan.contextName)
+        else { return nil }
+        logger.debug(
+            "job received",
+            ["job": entry.jobId, "queue": entry.queue, "stream_id": entry.streamId, "attempt": String(entry.attempt)])
+        return sendClaim(entry, fields: fields, plan: plan, owner: epoch.owner)
+    }
+
+    /// A claim on its way, with what it was made from.
+    struct SentClaim: Sendable {
+        let entry: JobEntry
+        /// The entry's fields as read, for a dead letter.
+        let fields: [(String, [UInt8])]
+        let plan: IsolationPlan
+        let received: JSONValue
+        /// A folder of the job's name was there before the claim: a crashed run of this entry left it.
+        let crashedRunLeftFolder: Bool
+        let reply: JobStore.PendingClaim
+    }
+
     /// Runs a delivery under the lease epoch that was current when it was read. `processEnded` is called once the
     /// job's process has ended and been torn down, before its result is written (not for a job that never ran).
+    /// `sent`: what `claimAhead` answered for it.
     func run(
-        _ delivery: Delivery, epoch: LeaseEpoch, processEnded: @escaping @Sendable () async -> Void = {}
+        _ delivery: Delivery, epoch: LeaseEpoch, sent: SentClaim? = nil,
+        processEnded: @escaping @Sendable () async -> Void = {}
     ) async -> DeliveryOutcome {
+        if let sent {
+            let outcome = await execute(sent, epoch: epoch, processEnded: processEnded)
+            containments.release(contextName: sent.plan.contextName)
+            return outcome
+        }
         let owner = epoch.owner
         if epoch.ended.isFired { return .abandoned }
         guard let fields = delivery.fields else {
@@ -117,7 +154,8 @@ struct JobExecutor: Sendable {
                 return await handBack(entry, epoch: epoch, reason: "runner shutting down")
             }
         }
-        let outcome = await execute(entry, fields: fields, epoch: epoch, plan: plan, processEnded: processEnded)
+        let sent = sendClaim(entry, fields: fields, plan: plan, owner: epoch.owner)
+        let outcome = await execute(sent, epoch: epoch, processEnded: processEnded)
         containments.release(contextName: plan.contextName)
         await admission.release(key: entry.deliveryKey)
         return outcome
@@ -132,27 +170,35 @@ struct JobExecutor: Sendable {
         }
     }
 
-    private func execute(
-        _ entry: JobEntry, fields: [(String, [UInt8])], epoch: LeaseEpoch, plan: IsolationPlan,
-        processEnded: @escaping @Sendable () async -> Void
-    ) async -> DeliveryOutcome {
-        let owner = epoch.owner
+    /// Claim before starting anything: a duplicate entry of a job that already ended must never run. The claim goes
+    /// out first; the job's folder (and cgroup) is made while its round trip is in flight, and removed again when
+    /// the claim says the attempt must not run: nothing of the job runs before the claim.
+    private func sendClaim(
+        _ entry: JobEntry, fields: [(String, [UInt8])], plan: IsolationPlan, owner: AttemptOwner
+    ) -> SentClaim {
         let received: JSONValue = [
             "queue": .string(entry.queue), "stream_id": .string(entry.streamId), "attempt": .int(entry.attempt),
             "isolation": .string(plan.level.rawValue),
         ]
-        // Claim before starting anything: a duplicate entry of a job that already ended must never run. The claim
-        // goes out first; the job's folder (and cgroup) is made on this task while its round trip is in flight, and
-        // removed again when the claim says the attempt must not run: nothing of the job runs before the claim.
         // Not when a folder of this name is there: a crashed run of this entry left it, and it is replaced only
         // once the claim lets this attempt run (a runner that keeps work folders keeps that one otherwise).
         let crashedRunLeftFolder = isolation.workspace.hasEntry(name: plan.contextName)
-        let inFlight = store.startClaim(entry: entry, owner: owner, receivedData: received, retry: durable)
+        let reply = store.startClaim(entry: entry, owner: owner, receivedData: received, retry: durable)
+        return SentClaim(
+            entry: entry, fields: fields, plan: plan, received: received, crashedRunLeftFolder: crashedRunLeftFolder,
+            reply: reply)
+    }
+
+    private func execute(
+        _ sent: SentClaim, epoch: LeaseEpoch, processEnded: @escaping @Sendable () async -> Void
+    ) async -> DeliveryOutcome {
+        let owner = epoch.owner
+        let (entry, fields, plan, received) = (sent.entry, sent.fields, sent.plan, sent.received)
         let madeWhileClaiming: Result<JobContainment, IsolationError>? =
-            crashedRunLeftFolder ? nil : await JobContainment.attempt(plan: plan, host: isolation)
+            sent.crashedRunLeftFolder ? nil : await JobContainment.attempt(plan: plan, host: isolation)
         let startedAt: String
         let attempt: Attempt
-        let claim = await detached(sent: inFlight.value) {
+        let claim = await detached(sent: sent.reply.value) {
             try await store.claim(entry: entry, owner: owner, receivedData: received, retry: durable)
         }
         // Read once: the containment is kept exactly when the claimed branch below goes on to start the job.

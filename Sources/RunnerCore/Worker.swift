@@ -796,10 +796,12 @@ public final class Worker: Sendable {
         operations.mode.withLock { $0.took(1) }
         if !operations.intakeOpen { operations.updateGate() }
         let jobId = delivery.fields.flatMap { JobEntry.jobId(in: $0) } ?? delivery.streamId
+        // Sent from here, before anything else: the claim is the first round trip of every job's start.
+        let sent = executor.claimAhead(delivery, epoch: epoch)
         await slots.reserve(delivery.key, jobId: jobId)
         metrics.jobStarted()
         let task = Task {
-            let outcome = await executor.run(delivery, epoch: epoch) {
+            let outcome = await executor.run(delivery, epoch: epoch, sent: sent) {
                 await self.slots.processEnded(delivery.key)
             }
             // A cancel that came too late for this attempt must not apply to a later one.
