@@ -459,6 +459,11 @@ final class ConfigurationTests: XCTestCase {
         ] {
             XCTAssertEqual(object[unset], ["value": nil, "source": "default"], unset)
         }
+        // A number from the environment as the worker reads it, not as written (`02`).
+        let padded = await run(["config", "--print", "--json"], environment: ["RUNNER_CONCURRENCY": "02"])
+        XCTAssertEqual(padded.code, 0, padded.err)
+        let paddedObject = try JSONValue(parsing: padded.out.trimmingCharacters(in: .newlines))
+        XCTAssertEqual(paddedObject["concurrency"], ["value": 2, "source": "env:RUNNER_CONCURRENCY"])
         XCTAssertEqual(DurationParser.text(.zero), "0s")
         XCTAssertEqual(DurationParser.text(.seconds(7 * 86400)), "7d")
         XCTAssertEqual(DurationParser.text(.seconds(5400)), "1h30m")
