@@ -20,6 +20,14 @@ enum StatusCommand {
             NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
             drained, draining or lost, or none lists it: a mistyped --queue); CONSUMERS counts drained runners too.
 
+            STATE is the runner's own, as its record says: starting (connecting and registering), running (taking
+            jobs), draining (shutting down, or drained while jobs still run: no intake, running jobs finishing),
+            drained (drained by 'runner drain' and no job runs: idle, renewing its lease, until 'runner resume'),
+            migrating (left for another node with 'runner migrate': lease released, its id kept for
+            --resume-identity until the deadline), migrated (set by a reaper: nobody resumed it before the
+            deadline), stopped (exiting cleanly: its record goes right after) or lost (set by a reaper: its lease
+            was gone).
+
             STATE lost (and 'running (lost)' or the like before a reaper has acted) is a runner whose lease is gone
             (LEASE expired): it died or was cut off. Its CAPACITY and RUNNING show -, and its jobs have been (or are
             about to be) put back on their queues. Lost runners stay listed for --lost-retention (runner control,
