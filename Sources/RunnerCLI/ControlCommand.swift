@@ -28,7 +28,9 @@ enum ControlCommand {
         discussion: """
             Several control planes (and workers, which reap too unless --no-reaper) may run at once: only the holder
             of the leader lease {nr}:reaper acts. It logs 'control plane leads the pool' or 'standing by: the reaper
-            lease is held by NAME' at start and whenever that changes. A runner whose lease is gone is marked lost
+            lease is held by NAME' (name= its own name, leader= the holder's) at start and whenever that changes. On
+            SIGTERM or SIGINT a leader releases the lease (only while it is still its own), so a standby leads at its
+            next try instead of when the lease lapses. A runner whose lease is gone is marked lost
             (runner.lost); each job it held is put back on its queue with its attempt raised (job.rescheduled), and
             its consumer leaves the group once nothing is pending for it. Entries of live runners are never touched.
             """)

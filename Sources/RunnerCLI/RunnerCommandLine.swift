@@ -43,7 +43,8 @@ public enum RunnerCommandLine {
               -h, --help                Show this help.
 
             With no subcommand, runner runs as a worker. See 'runner help <subcommand>' for details.
-            --redis and --namespace may also come before the subcommand (runner --redis h:6379 status).
+            --redis and --namespace may also come before the subcommand, help or --version (runner --redis
+            h:6379 status).
             The protocol is documented in docs/protocol.md.
 
             """
@@ -69,8 +70,9 @@ public enum RunnerCommandLine {
             }
         }
         guard !leading.isEmpty, index < arguments.count else { return arguments }
-        // `help` shows a subcommand's help whatever Redis and namespace: the common options have nothing to do.
-        if arguments[index] == "help" { return Array(arguments[index...]) }
+        // `help` shows a subcommand's help, and `--version` the version, whatever Redis and namespace: the common
+        // options have nothing to do.
+        if arguments[index] == "help" || arguments[index] == "--version" { return Array(arguments[index...]) }
         guard subcommands.contains(where: { $0.0.name == arguments[index] }) else { return arguments }
         return [arguments[index]] + leading + arguments[(index + 1)...]
     }
@@ -98,6 +100,53 @@ public enum RunnerCommandLine {
             return (misplaced, argument)
         }
         return nil
+    }
+
+    /// `runner help [SUBCOMMAND]`: the common options may come anywhere after help (they change nothing here,
+    /// `runner help --redis h:6379 submit`), and --help or -h; anything else is refused as after --version: an
+    /// unknown option, a common option without its value, a word after the subcommand (exit 2).
+    static func help(_ arguments: [String], _ console: Console) -> Int32 {
+        func refuse(_ message: String) -> Int32 {
+            console.error("Error: \(message)")
+            console.error("See 'runner --help'.")
+            return 2
+        }
+        var words: [String] = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            index += 1
+            if let common = CommonOptions.all.first(where: { $0.name == argument }) {
+                guard index < arguments.count else {
+                    guard case .value(let valueName) = common.kind else { continue }
+                    return refuse("missing value for option '\(common.name) <\(valueName)>'")
+                }
+                index += 1
+            } else if CommonOptions.all.contains(where: { argument.hasPrefix($0.name + "=") })
+                || argument == "--help" || argument == "-h"
+            {
+                continue
+            } else if argument.hasPrefix("-") {
+                return refuse("unknown option '\(UsageError.excerpt(argument))'")
+            } else {
+                words.append(argument)
+            }
+        }
+        guard let name = words.first, name != "help" else {
+            if words.count > 1 {
+                return refuse("unexpected argument '\(UsageError.excerpt(words[1]))' after help help")
+            }
+            console.print(overview)
+            return 0
+        }
+        guard let (spec, _) = subcommands.first(where: { $0.0.name == name }) else {
+            return refuse("unknown subcommand '\(UsageError.excerpt(name))'")
+        }
+        if words.count > 1 {
+            return refuse("unexpected argument '\(UsageError.excerpt(words[1]))' after help \(name)")
+        }
+        console.print(spec.help)
+        return 0
     }
 
     /// The process's arguments, refusing any that is not valid UTF-8 (Swift would silently replace its bytes,
@@ -178,30 +227,7 @@ public enum RunnerCommandLine {
             }
             return 0
         case "help":
-            // `runner help --redis h:6379 submit`: the common options after help as after any subcommand (they
-            // change nothing here); without this the overview was shown.
-            while arguments.count > 1,
-                let common = CommonOptions.all.first(where: { option in
-                    arguments[1] == option.name || arguments[1].hasPrefix(option.name + "=")
-                })
-            {
-                arguments.removeSubrange(1..<min(arguments.count, arguments[1] == common.name ? 3 : 2))
-            }
-            guard arguments.count > 1 else {
-                console.print(overview)
-                return 0
-            }
-            if arguments[1] == "help" || arguments[1].hasPrefix("-") {
-                console.print(overview)
-                return 0
-            }
-            guard let (spec, _) = subcommands.first(where: { $0.0.name == arguments[1] }) else {
-                console.error("Error: unknown subcommand '\(arguments[1])'")
-                console.error("See 'runner --help'.")
-                return 2
-            }
-            console.print(spec.help)
-            return 0
+            return help(Array(arguments.dropFirst()), console)
         default: break
         }
         if first?.hasPrefix("-") == true, let (option, subcommand) = misplacedSubcommand(arguments) {

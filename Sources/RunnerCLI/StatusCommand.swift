@@ -1,4 +1,5 @@
 import Foundation
+import RedisClient
 import RunnerCore
 import RunnerProtocol
 
@@ -7,9 +8,9 @@ enum StatusCommand {
     static let spec = CommandSpec(
         name: "status",
         abstract: "Show the pool: runners, their leases and capacity; queues with length, pending and lag.",
-        usage: "runner status [--json] | runner status --watch [--interval 1s] [--once] [--events N]",
+        usage: "runner status [--json] | runner status --watch [--json] [--interval 1s] [--once] [--events N]",
         options: CommonOptions.all + [
-            OptionSpec("--json", .flag, help: "Print one JSON object."),
+            OptionSpec("--json", .flag, help: "Print one JSON object (with --watch: one line per refresh)."),
             OptionSpec("--watch", .flag, help: "Watch the pool live, as 'runner top' does."),
         ] + TopCommand.options,
         discussion: """
@@ -19,45 +20,48 @@ enum StatusCommand {
             NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
             drained, draining or lost, or none lists it: a mistyped --queue); CONSUMERS counts drained runners too.
 
+            STATE is the runner's own, as its record says: starting (connecting and registering), running (taking
+            jobs), draining (shutting down, or drained while jobs still run: no intake, running jobs finishing),
+            drained (drained by 'runner drain' and no job runs: idle, renewing its lease, until 'runner resume'),
+            migrating (left for another node with 'runner migrate': lease released, its id kept for
+            --resume-identity until the deadline), migrated (set by a reaper: nobody resumed it before the
+            deadline), stopped (exiting cleanly: its record goes right after) or lost (set by a reaper: its lease
+            was gone).
+
             STATE lost (and 'running (lost)' or the like before a reaper has acted) is a runner whose lease is gone
             (LEASE expired): it died or was cut off. Its CAPACITY and RUNNING show -, and its jobs have been (or are
             about to be) put back on their queues. Lost runners stay listed for --lost-retention (runner control,
             default 24h). A runner that shuts down or migrates shows draining until it leaves (migrating once it has
             released its lease for another node).
+
+            --json prints one object: runners (each its registry record with id, lease_remaining_ms, null when the
+            lease is gone, and lost; a lost runner's capacity, capacity_free, running, memory_reserved_bytes and
+            waiting_for_resources are null, as they show - here), queues and not_served. With --watch it prints one
+            such object per --interval, each on one line, until interrupted or its reader goes away (--once: one);
+            a refresh that cannot read Redis writes one line on stderr and nothing on stdout. --events needs the
+            live view (not --json).
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
-        if arguments.flag("--watch") { return try await TopCommand.run(arguments, console: console) }
-        // Options of the live view would be ignored without it.
+        let json = arguments.flag("--json")
+        if arguments.flag("--watch") && !json { return try await TopCommand.run(arguments, console: console) }
+        // Options of the live view would be ignored without it (and --events with --json: it has no events pane).
         if let given = TopCommand.options.map(\.name).first(where: { arguments.value($0) != nil }) {
-            throw UsageError("\(given) needs --watch", command: spec.name)
+            if !arguments.flag("--watch") { throw UsageError("\(given) needs --watch", command: spec.name) }
+            if given == "--events" { throw UsageError("--events cannot be used with --json", command: spec.name) }
         }
-        let pool = try await connectedPool(arguments)
+        let watchInterval = try arguments.duration("--interval") ?? .seconds(1)
+        guard watchInterval >= .milliseconds(100) else {
+            throw UsageError("invalid value for '--interval': it must be at least 100ms", command: spec.name)
+        }
+        let pool = try await connectedPool(arguments, console: console)
         defer { pool.client.close() }
+        if json && arguments.flag("--watch") && !arguments.flag("--once") {
+            return try await watchJSON(pool, interval: watchInterval, console)
+        }
         let status = try await pool.status()
-        if arguments.flag("--json") {
-            let runners: [JSONValue] = status.runners.map { runner in
-                var object = runner.record.objectValue ?? [:]
-                object["id"] = .string(runner.id)
-                object["lease_remaining_ms"] = runner.leaseRemainingMs.map(JSONValue.int) ?? .null
-                return .object(object)
-            }
-            let queues: [JSONValue] = status.queues.map { queue in
-                [
-                    "name": .string(queue.name), "length": .int(queue.length), "pending": .int(queue.pending),
-                    "lag": queue.lag.map(JSONValue.int) ?? .null, "consumers": .int(queue.consumers),
-                    "requires": queue.requires?.json ?? .null,
-                ]
-            }
-            let unserved: [JSONValue] = status.unservedQueues.map { queue in
-                [
-                    "queue": .string(queue.queue), "waiting": .int(queue.waiting),
-                    "readers": .array(queue.readers.map { ["id": .string($0.id), "state": .string($0.state)] }),
-                ]
-            }
-            console.print(
-                JSONValue.object(["runners": .array(runners), "queues": .array(queues), "not_served": .array(unserved)])
-                    .serialized)
+        if json {
+            console.print(jsonObject(status).serialized)
             return 0
         }
         console.print("RUNNERS")
@@ -97,6 +101,59 @@ enum StatusCommand {
         printNotServed(status.unservedQueues, console)
         printWaitingForLabels(status, console)
         return 0
+    }
+
+    /// The pool as one JSON object. A lost runner's heartbeat figures are history (its jobs are not running there:
+    /// a reaper puts them back), so they are null, as the text view shows `-`; `lost` says which runners these are.
+    static func jsonObject(_ status: PoolStatus) -> JSONValue {
+        let runners: [JSONValue] = status.runners.map { runner in
+            var object = runner.record.objectValue ?? [:]
+            object["id"] = .string(runner.id)
+            object["lease_remaining_ms"] = runner.leaseRemainingMs.map(JSONValue.int) ?? .null
+            let lost = isLost(runner)
+            object["lost"] = .bool(lost)
+            if lost {
+                for field in lostRunnerUnknownFields { object[field] = .null }
+            }
+            return .object(object)
+        }
+        let queues: [JSONValue] = status.queues.map { queue in
+            [
+                "name": .string(queue.name), "length": .int(queue.length), "pending": .int(queue.pending),
+                "lag": queue.lag.map(JSONValue.int) ?? .null, "consumers": .int(queue.consumers),
+                "requires": queue.requires?.json ?? .null,
+            ]
+        }
+        let unserved: [JSONValue] = status.unservedQueues.map { queue in
+            [
+                "queue": .string(queue.queue), "waiting": .int(queue.waiting),
+                "readers": .array(queue.readers.map { ["id": .string($0.id), "state": .string($0.state)] }),
+            ]
+        }
+        return .object(["runners": .array(runners), "queues": .array(queues), "not_served": .array(unserved)])
+    }
+
+    /// The registry fields of a lost runner that are no longer known: `status --json` gives them as null.
+    static let lostRunnerUnknownFields = [
+        RunnerRecordField.capacity, RunnerRecordField.capacityFree, RunnerRecordField.running,
+        RunnerRecordField.memoryReserved, RunnerRecordField.waitingForResources,
+    ]
+
+    /// `status --json --watch`: one JSON object per --interval, each on one line (flushed), for a dashboard to read
+    /// line by line, until interrupted (SIGINT, SIGTERM: the default action) or until its reader goes away. A
+    /// refresh that cannot read Redis prints nothing on standard output and one line on stderr, and is tried again.
+    static func watchJSON(_ pool: PoolClient, interval: Duration, _ console: Console) async throws -> Int32 {
+        while true {
+            do {
+                console.print(jsonObject(try await pool.status()).serialized)
+            } catch let error as RedisClientError {
+                console.error("runner: \(error.message); reconnecting (every \(interval))")
+            } catch {
+                console.error("runner: cannot read the pool: \(error); retrying every \(interval)")
+            }
+            if let status = try OutputGone.exitStatus(console) { return status }
+            try await Task.sleep(for: interval)
+        }
     }
 
     /// Queues with waiting jobs that no running runner reads.

@@ -138,7 +138,10 @@ enum WorkerCommand {
                 "invalid value for '--node': '\(UsageError.excerpt(node))' (1 to 200 characters; no spaces or control "
                     + "characters)", command: spec.name)
         }
-        let queues = arguments.all("--queue").isEmpty ? [Keyspace.defaultQueue] : arguments.all("--queue")
+        // Given but empty (`RUNNER_QUEUES=,`, `"queue": []` in --config) is refused as `--queue ''` is, not taken
+        // for the default queue.
+        let given = arguments.values["--queue"]
+        let queues = given.map { $0.isEmpty ? [""] : $0 } ?? [Keyspace.defaultQueue]
         for queue in queues where !Keyspace.isValidName(queue) {
             throw UsageError(
                 "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "

@@ -132,7 +132,9 @@ public actor Reaper {
             let wake = min(nextPass, nextMove ?? nextPass)
             try? await Task.sleep(until: wake, clock: .continuous)
         }
-        await resign()
+        // In a task of its own: this one is cancelled, and a cancelled task's command is refused before it is sent,
+        // which left the lease to lapse (a standby waited out its TTL instead of one of its retry intervals).
+        await Task { await self.resign() }.value
         client.close()
     }
 
@@ -262,23 +264,30 @@ public actor Reaper {
     private func announce(leader: String?) {
         guard announcedLeader != .some(leader) else { return }
         let first = announcedLeader == nil
+        let ledBefore = announcedLeader.map { $0 == nil } ?? false
         announcedLeader = .some(leader)
-        let metadata: KeyValuePairs<String, String> = ["reaper": configuration.name]
         guard let leader else {
-            logger.info(role == .controlPlane ? "control plane leads the pool" : "this reaper leads the pool", metadata)
+            logger.info(
+                role == .controlPlane ? "control plane leads the pool" : "this reaper leads the pool",
+                ["name": configuration.name])
             return
         }
         let holder = leader.isEmpty ? "another runner or control plane" : leader
+        // `name` is this reaper's own, `leader` the holder's: both named, so that neither passes for the other.
+        let metadata: KeyValuePairs<String, String> = ["name": configuration.name, "leader": holder]
+        // A worker says it at info only when it lost the lease; a change of holder among others is debug.
         let line = "standing by: the reaper lease is held by \(holder)"
-        if role == .worker, first { logger.debug(line, metadata) } else { logger.info(line, metadata) }
+        if role == .worker, first || !ledBefore { logger.debug(line, metadata) } else { logger.info(line, metadata) }
     }
 
-    /// Gives the leader lease up (compare-and-delete), so another reaper takes over at once.
+    /// Gives the leader lease up (compare-and-delete in one script: only while the lease is still this reaper's),
+    /// so that a standby takes over at its next try instead of when the lease lapses.
     public func resign() async {
         guard isLeader else { return }
-        _ = try? await scripts.run(
+        let released = try? await scripts.run(
             RunnerScripts.releaseLease, keys: [configuration.keyspace.reaper], arguments: JobStore.bytes([token]))
         isLeader = false
+        if released?.int == 1 { logger.info("released the reaper lease", ["name": configuration.name]) }
     }
 
     private func leaseHeld(_ runner: String) async throws -> Bool {

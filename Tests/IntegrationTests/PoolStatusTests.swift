@@ -135,5 +135,66 @@ final class PoolStatusTests: IntegrationTestCase {
         let help = runCLI(["status", "--help"]).stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
         XCTAssertTrue(help.contains("running (lost)' or the like before a reaper has acted)"), help)
         XCTAssertTrue(help.contains("Its CAPACITY and RUNNING show -"), help)
+
+        // --json: what the text view shows as - is null, not the last heartbeat's figures.
+        let json = cli(["status", "--json"])
+        XCTAssertEqual(json.code, 0, json.err)
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: json.out) as? [String: Any])
+        let runners = try XCTUnwrap(object["runners"] as? [[String: Any]])
+        let byId = Dictionary(uniqueKeysWithValues: runners.map { ($0["id"] as? String ?? "?", $0) })
+        XCTAssertEqual(byId["r1"]?["capacity"] as? Int, 2)
+        XCTAssertEqual(byId["r1"]?["running"] as? [String], ["job-r1"])
+        XCTAssertEqual(byId["r1"]?["lost"] as? Bool, false)
+        for id in ["r2", "r3"] {
+            let runner = try XCTUnwrap(byId[id])
+            for field in ["capacity", "capacity_free", "running", "lease_remaining_ms"] {
+                XCTAssertTrue(runner[field] is NSNull, "\(id).\(field) should be null: \(runner)")
+            }
+            XCTAssertEqual(runner["lost"] as? Bool, true, "\(runner)")
+        }
+        XCTAssertFalse(String(decoding: json.out, as: UTF8.self).contains("job-r2"), json.stdout)
+    }
+
+    /// `status --watch --json` prints one JSON object per refresh, one line each (for a dashboard script), instead
+    /// of dropping --json for the text view; --events, which only the live view has, is refused with it.
+    func testStatusWatchJSONPrintsOneObjectPerLine() throws {
+        try register("r1", state: "running", queues: ["default"])
+        let process = Process()
+        process.runnerBinary(
+            ["status", "--redis", endpoint.url, "--namespace", namespace, "--watch", "--json", "--interval", "100ms"])
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        defer {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
+        try pipe.fileHandleForWriting.close()
+        let reader = pipe.fileHandleForReading.fileDescriptor
+        var received: [UInt8] = []
+        var byte: UInt8 = 0
+        let gotLines = try waitUntil(timeout: .seconds(20)) {
+            var fds = [pollfd(fd: reader, events: Int16(POLLIN), revents: 0)]
+            while poll(&fds, 1, 0) > 0, read(reader, &byte, 1) == 1 { received.append(byte) }
+            return received.filter { $0 == UInt8(ascii: "\n") }.count >= 3
+        }
+        XCTAssertTrue(gotLines, String(decoding: received, as: UTF8.self))
+        let lines = String(decoding: received, as: UTF8.self).split(separator: "\n").prefix(3)
+        for line in lines {
+            let object = try XCTUnwrap(
+                try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], String(line))
+            XCTAssertEqual((object["runners"] as? [[String: Any]])?.first?["id"] as? String, "r1", String(line))
+        }
+
+        let once = cli(["status", "--watch", "--json", "--once"])
+        XCTAssertEqual(once.code, 0, once.err)
+        XCTAssertEqual(once.stdout.filter { $0 == "\n" }.count, 1, once.stdout)
+        XCTAssertNotNil(try JSONSerialization.jsonObject(with: once.out) as? [String: Any], once.stdout)
+
+        let events = runCLI(["status", "--watch", "--json", "--events", "3"])
+        XCTAssertEqual(events.code, 2, events.err)
+        XCTAssertTrue(events.err.hasPrefix("Error: --events cannot be used with --json\n"), events.err)
     }
 }

@@ -130,6 +130,78 @@ final class ReaperTests: IntegrationTestCase {
         XCTAssertTrue(lines.first?.contains("standing by") == true, control.log)
     }
 
+    /// A control plane (and a worker's reaper) that stops cleanly releases the leader lease (compare-and-delete),
+    /// so a standby leads at its next try, well before the lease's TTL (4 intervals: 20 s at --interval 5s, 40 s at
+    /// --reaper-interval 10s) would have run out. Its log lines name its own name and the leader's apart.
+    func testAStoppedLeaderReleasesTheReaperLeaseSoTheStandbyLeadsAtOnce() throws {
+        func holder() -> String? { (try? send(["GET", key("reaper")]).string).flatMap { ReaperLease.holder($0) } }
+        func control(_ name: String, interval: String) throws -> RunnerUnderTest {
+            let control = try RunnerUnderTest(
+                endpoint: endpoint, namespace: namespace, name: name, subcommand: "control",
+                arguments: ["--interval", interval])
+            controls.append(control)
+            return control
+        }
+        let cp1 = try control("cp1", interval: "5s")
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { holder() == "cp1" }, cp1.log)
+        let cp2 = try control("cp2", interval: "300ms")
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                cp2.log.contains("standing by: the reaper lease is held by cp1 name=cp2 leader=cp1")
+            }, cp2.log)
+        XCTAssertFalse(cp2.log.contains("reaper="), cp2.log)
+        let stopped = ContinuousClock.now
+        XCTAssertEqual(cp1.stop(timeout: 10), 0, cp1.log)
+        XCTAssertTrue(cp1.log.contains("released the reaper lease name=cp1"), cp1.log)
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(4)) { holder() == "cp2" },
+            "cp2 did not lead within 4 s of cp1's SIGTERM (lease TTL 20 s): holder \(holder() ?? "none")\n\(cp2.log)")
+        XCTAssertLessThan(ContinuousClock.now - stopped, .seconds(5))
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(5)) { cp2.log.contains("control plane leads the pool name=cp2") }, cp2.log)
+        XCTAssertEqual(cp2.stop(timeout: 10), 0, cp2.log)
+        XCTAssertEqual(try send(["EXISTS", key("reaper")]).int, 0, "cp2 released it too")
+
+        // A worker's own reaper, stopped, does the same.
+        let worker = try startRunner(name: "lead-w1", ["--reaper-interval", "10s"])
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { holder() == "lead-w1" }, worker.log)
+        let cp3 = try control("cp3", interval: "300ms")
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { cp3.log.contains("standing by: the reaper lease is held by lead-w1") },
+            cp3.log)
+        let workerStopped = ContinuousClock.now
+        XCTAssertEqual(worker.stop(timeout: 20), 0, worker.log)
+        XCTAssertTrue(worker.log.contains("released the reaper lease name=lead-w1"), worker.log)
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(4)) { holder() == "cp3" },
+            "cp3 did not lead within 4 s of the worker's exit (lease TTL 40 s): holder \(holder() ?? "none")\n\(cp3.log)"
+        )
+        XCTAssertLessThan(ContinuousClock.now - workerStopped, .seconds(8))
+    }
+
+    /// A worker's reaper says it stands by at info only when it lost the lease: not at start, nor when the lease
+    /// passes from one other holder to another.
+    func testAWorkerSaysStandingByAtInfoOnlyWhenItLostTheLease() throws {
+        _ = try send(["SET", key("reaper"), "cp1 t1", "PX", "60000"])
+        let worker = try startRunner(name: "w1", ["--reaper-interval", "200ms"])
+        // Another holder takes over from cp1 (its lease value changes under the worker's standing by).
+        Thread.sleep(forTimeInterval: 1)
+        _ = try send(["SET", key("reaper"), "cp2 t2", "PX", "60000"])
+        Thread.sleep(forTimeInterval: 1)
+        // The worker leads, then loses the lease to cp3.
+        _ = try send(["DEL", key("reaper")])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { worker.log.contains("this reaper leads the pool") }, worker.log)
+        _ = try send(["SET", key("reaper"), "cp3 t3", "PX", "60000"])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                worker.log.contains(" info    [runner] standing by: the reaper lease is held by cp3 name=w1 leader=cp3")
+            }, worker.log)
+        XCTAssertFalse(worker.log.contains("held by cp1"), worker.log)
+        XCTAssertFalse(worker.log.contains("held by cp2"), worker.log)
+        _ = try send(["DEL", key("reaper")])
+    }
+
     func testWorkersReapByThemselvesAndLeaveLiveRunnersAlone() throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("self-\(namespace)")
         let release = FileManager.default.temporaryDirectory.appendingPathComponent("self-release-\(namespace)")

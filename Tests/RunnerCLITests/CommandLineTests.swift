@@ -24,6 +24,40 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err, "Error: unexpected argument 'extra' after --version\nSee 'runner --help'.\n")
     }
 
+    /// `--version` after the common options is the version, as `--help` there is the help.
+    func testVersionAfterTheCommonOptions() async {
+        for leading in [["--redis", "h:1"], ["--namespace", "x"], ["--redis=h:1", "--namespace", "x"]] {
+            let (code, out, err) = await run(leading + ["--version"])
+            XCTAssertEqual(code, 0, "\(leading): \(err)")
+            XCTAssertEqual(out, "runner 0.1.0 (protocol v1)\n", "\(leading)")
+            let (extraCode, _, extraErr) = await run(leading + ["--version", "extra"])
+            XCTAssertEqual(extraCode, 2, "\(leading)")
+            XCTAssertEqual(extraErr, "Error: unexpected argument 'extra' after --version\nSee 'runner --help'.\n")
+        }
+    }
+
+    /// `help` refuses what it cannot use, as `--version extra` is refused: exit 2, one Error line naming the word
+    /// (and the pointer to --help), no help on standard output.
+    func testHelpRefusesWhatItCannotUse() async {
+        let cases: [([String], String)] = [
+            (["help", "--redis"], "missing value for option '--redis <HOST:PORT|URL>'"),
+            (["help", "--bogus", "submit"], "unknown option '--bogus'"),
+            (["help", "submit", "--bogus"], "unknown option '--bogus'"),
+            (["help", "submit", "extra"], "unexpected argument 'extra' after help submit"),
+            (["help", "status", "extra"], "unexpected argument 'extra' after help status"),
+            (["help", "nosuch"], "unknown subcommand 'nosuch'"),
+        ]
+        for (arguments, message) in cases {
+            let (code, out, err) = await run(arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(out, "", "\(arguments)")
+            XCTAssertEqual(err, "Error: \(message)\nSee 'runner --help'.\n", "\(arguments)")
+        }
+        let (code, out, _) = await run(["help", "status", "--help"])
+        XCTAssertEqual(code, 0)
+        XCTAssertTrue(out.hasPrefix("OVERVIEW: Show the pool"), out)
+    }
+
     func testHelpListsSubcommands() async {
         let (code, out, _) = await run(["--help"])
         XCTAssertEqual(code, 0)

@@ -233,6 +233,11 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(error, "Error: \(path):4:3: invalid JSON: expected ',' or '}'")
         (path, error) = try await configError("{\n  \"queue\": [\"a\",]\n}")
         XCTAssertEqual(error, "Error: \(path):2:17: invalid JSON: unexpected character ']'")
+        // An empty list is refused as `--queue ''` is, not taken for the default queue.
+        (path, error) = try await configError("{\n  \"queue\": []\n}")
+        XCTAssertEqual(
+            error, "Error: \(path):2: invalid value for '--queue': '' (no braces, colons, spaces or control characters)"
+        )
         (path, error) = try await configError("\n[\"queue\"]")
         XCTAssertEqual(error, "Error: \(path):2: the config file must hold a JSON object of options, not an array")
         (path, error) = try await configError("")
@@ -259,6 +264,11 @@ final class ConfigurationTests: XCTestCase {
             ),
             (
                 ["config", "--print"], ["RUNNER_QUEUES": " , "],
+                "Error: invalid value for RUNNER_QUEUES: '' (no braces, colons, spaces or control characters)"
+            ),
+            // A list of no queue at all is not the default queue.
+            (
+                ["config", "--print"], ["RUNNER_QUEUES": ","],
                 "Error: invalid value for RUNNER_QUEUES: '' (no braces, colons, spaces or control characters)"
             ),
             (
@@ -449,6 +459,11 @@ final class ConfigurationTests: XCTestCase {
         ] {
             XCTAssertEqual(object[unset], ["value": nil, "source": "default"], unset)
         }
+        // A number from the environment as the worker reads it, not as written (`02`).
+        let padded = await run(["config", "--print", "--json"], environment: ["RUNNER_CONCURRENCY": "02"])
+        XCTAssertEqual(padded.code, 0, padded.err)
+        let paddedObject = try JSONValue(parsing: padded.out.trimmingCharacters(in: .newlines))
+        XCTAssertEqual(paddedObject["concurrency"], ["value": 2, "source": "env:RUNNER_CONCURRENCY"])
         XCTAssertEqual(DurationParser.text(.zero), "0s")
         XCTAssertEqual(DurationParser.text(.seconds(7 * 86400)), "7d")
         XCTAssertEqual(DurationParser.text(.seconds(5400)), "1h30m")

@@ -1,4 +1,5 @@
 import Foundation
+import RunnerProtocol
 import XCTest
 
 @testable import RunnerCLI
@@ -44,6 +45,14 @@ final class ReadmeSynopsisTests: XCTestCase {
         let logs = readable(LogsCommand.spec.help)
         XCTAssertTrue(logs.contains("until the job ends or the reader goes away"), logs)
         XCTAssertTrue(logs.contains("within a second while the job is silent"), logs)
+    }
+
+    /// `status --help` explains every state a runner's record can hold (RunnerState), each as `NAME (meaning`.
+    func testStatusHelpExplainsEveryRunnerState() {
+        let help = readable(StatusCommand.spec.help)
+        for state in RunnerState.allCases {
+            XCTAssertTrue(help.contains(" \(state.rawValue) ("), "status --help does not explain \(state.rawValue)")
+        }
     }
 
     func testTheSynopsisNamesEveryOptionOfEverySubcommand() throws {
