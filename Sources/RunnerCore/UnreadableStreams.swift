@@ -44,9 +44,8 @@ final class UnreadableStreams: Sendable {
                 return state.skipped[queue] == nil
             }
             if added {
-                logger.warning(
-                    "key \(key) is \(UnreadableStreams.article(type)), expected a stream; not reading it until it is "
-                        + "fixed")
+                let wrong = WrongTypeKey(key: key, type: type, expected: "stream")
+                logger.warning("\(wrong.text); not reading it until it is fixed")
             }
         }
         return bad
@@ -67,15 +66,6 @@ final class UnreadableStreams: Sendable {
         for queue in queues {
             guard let key = state.withLock({ $0.skipped.removeValue(forKey: queue) }) else { continue }
             logger.info("key \(key) is a stream again (or gone); reading it again")
-        }
-    }
-
-    /// "a string", "a hash", "a sorted set": TYPE's answer as the warning says it.
-    static func article(_ type: String) -> String {
-        switch type {
-        case "zset": "a sorted set"
-        case "ReJSON-RL": "a JSON value"
-        default: "a \(type)"
         }
     }
 }
