@@ -183,3 +183,35 @@ final class WrongTypeKeyViewTests: IntegrationTestCase {
         XCTAssertTrue(top.stdout.contains("  key \(key("events")) is a string, expected a stream"), top.stdout)
     }
 }
+
+extension WrongTypeKeyViewTests {
+    /// `submit --require` registers its requirement stream in a script that checks both keys first: a key of
+    /// another type is named and nothing is left behind (no empty stream and group, no registration, no job).
+    func testSubmitRequireOntoAKeyOfTheWrongTypeNamesItAndLeavesNothingBehind() throws {
+        let requirement = try LabelSet(["zone": "eu"])
+        let stream = key("jobs:default:req:\(requirement.requirementId)")
+        let registry = key("requirements:default")
+        _ = try send(["SET", registry, "x"])
+        var result = cli(["submit", "--id", "r1", "--require", "zone=eu", "--", "true"])
+        XCTAssertEqual(result.code, 1, result.err)
+        XCTAssertEqual(
+            result.err, "Error: Redis refused the command: WRONGTYPE key \(registry) is a string, expected a hash\n")
+        XCTAssertEqual(try send(["EXISTS", stream, key("job:r1")]).int, 0)
+        XCTAssertEqual(try send(["GET", registry]).string, "x")
+
+        _ = try send(["DEL", registry])
+        _ = try send(["SET", stream, "x"])
+        result = cli(["submit", "--id", "r2", "--require", "zone=eu", "--", "true"])
+        XCTAssertEqual(result.code, 1, result.err)
+        XCTAssertEqual(
+            result.err, "Error: Redis refused the command: WRONGTYPE key \(stream) is a string, expected a stream\n")
+        XCTAssertEqual(try send(["EXISTS", registry, key("job:r2")]).int, 0)
+
+        // Fixed: the submit goes through.
+        _ = try send(["DEL", stream])
+        result = cli(["submit", "--id", "r3", "--require", "zone=eu", "--", "true"])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(try send(["XLEN", stream]).int, 1)
+        XCTAssertEqual(try hash(registry), [requirement.requirementId: #"{"zone":"eu"}"#])
+    }
+}
