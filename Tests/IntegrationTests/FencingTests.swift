@@ -170,3 +170,37 @@ final class UnrenewableLeaseTests: PrivateRedisTestCase {
         XCTAssertEqual(shutdown.data["lease_epochs_lost"] as? Int, 1)
     }
 }
+
+extension FencingTests {
+    /// The log stream SET to a string mid-job: the output written after it is lost, but the runner says so once,
+    /// naming the key; the result still has the output's tail; `runner logs` names the key.
+    func testALogStreamOfTheWrongTypeIsNamedOncePerJob() throws {
+        let runner = try startRunner(name: "wrong-log", [])
+        let release = FileManager.default.temporaryDirectory.appendingPathComponent("wrong-log-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: release) }
+        try submit(
+            [
+                "--shell",
+                "echo first; while [ ! -f '\(release.path)' ]; do sleep 0.02; done; echo second; sleep 0.2; echo third",
+            ], id: "wl-log")
+        let log = key("log:wl-log")
+        XCTAssertTrue(try waitUntil(timeout: .seconds(20)) { try send(["XLEN", log]).int == 1 }, runner.log)
+        _ = try send(["DEL", log])
+        _ = try send(["SET", log, "x"])
+        FileManager.default.createFile(atPath: release.path, contents: nil)
+        let record = try waitForState("wl-log", ["succeeded"])
+        XCTAssertEqual(record["output_tail"], "first\nsecond\nthird\n")
+        let warning = "the job's output is not recorded: key \(log) is a string, expected a stream"
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { runner.log.contains(warning) }, runner.log)
+        let lines = runner.log.split(separator: "\n").filter { $0.contains(warning) }
+        XCTAssertEqual(lines.count, 1, runner.log)
+        XCTAssertTrue(lines.first?.contains("job=wl-log") == true, runner.log)
+        XCTAssertEqual(try send(["GET", log]).string, "x")
+
+        let logs = cli(["logs", "wl-log"])
+        XCTAssertEqual(logs.code, 1, logs.err)
+        XCTAssertEqual(
+            logs.err, "Error: Redis refused the command: WRONGTYPE key \(log) is a string, expected a stream\n")
+        XCTAssertEqual(runner.stop(), 0, runner.log)
+    }
+}
