@@ -40,12 +40,17 @@ struct JobIntake: Sendable {
     }
 
     /// XGROUP CREATE <stream> runners 0 MKSTREAM for every queue; an existing group is fine. From ID 0 so that
-    /// jobs added before the group existed (or while it was gone) are not skipped.
+    /// jobs added before the group existed (or while it was gone) are not skipped. One of the runner's own queues of
+    /// another type fails it, naming the key (the runner does not start); a requirement stream of another type is left
+    /// out of the reads instead, like one found later.
     func ensureGroups() async throws {
-        try await ensureGroups(of: readQueues)
+        try await ensureGroups(of: queues, skippingWrongTypes: false)
+        try await ensureGroups(of: readQueues.filter { !queues.contains($0) })
     }
 
-    func ensureGroups(of queues: [String]) async throws {
+    /// The same for `queues`; with `skippingWrongTypes` (a requirement stream found, a key read again) a stream of
+    /// another type is left out of the reads (and named) instead of failing it.
+    func ensureGroups(of queues: [String], skippingWrongTypes: Bool = true) async throws {
         for queue in queues {
             do {
                 _ = try await client.send(
@@ -55,9 +60,14 @@ struct JobIntake: Sendable {
                     retry: .whileUnreachable(deadline: nil))
             } catch let error as RedisServerError where error.kind == "BUSYGROUP" {
                 continue
-            } catch let error as RedisServerError where error.kind == "WRONGTYPE" && unreadable != nil {
-                // The key holds another type: left out of the reads (and named) until it is fixed.
-                if try await skipWrongTypes(among: [queue]).isEmpty { throw error }
+            } catch let error as RedisServerError where error.kind == "WRONGTYPE" {
+                // The key holds another type: left out of the reads (and named) until it is fixed, or named.
+                let key = keyspace.jobs(queue: queue)
+                if skippingWrongTypes, unreadable != nil {
+                    if try await skipWrongTypes(among: [queue]).isEmpty { throw error }
+                } else {
+                    throw (try? await WrongTypeKey.find(client: client, [key: "stream"]).first?.error) ?? error
+                }
             }
         }
     }

@@ -228,6 +228,18 @@ extension RoutingTests {
         XCTAssertTrue(runner.isRunning)
         XCTAssertEqual(runner.stop(), 0, runner.log)
     }
+
+    /// A requirement stream of another type when the runner starts: it starts, names the key, serves its queue.
+    func testARunnerStartsWhileARequirementStreamHasTheWrongType() throws {
+        let target = key("jobs:\(gpuQueue)")
+        _ = try send(["HSET", key("requirements:default"), gpu.requirementId, #"{"gpu":"yes"}"#])
+        _ = try send(["SET", target, "x"])
+        let runner = try startRunner(name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
+        try submit(["--", "true"], id: "plain-s")
+        try waitForState("plain-s", ["succeeded"], timeout: .seconds(5))
+        let warning = "key \(target) is a string, expected a stream; not reading it until it is fixed"
+        XCTAssertEqual(runner.log.components(separatedBy: warning).count, 2, runner.log)
+    }
 }
 
 /// A requirement no runner satisfies: the job waits in its stream, shows in `runner status`, and costs nothing.
