@@ -100,6 +100,7 @@ enum StatusCommand {
         if !status.queues.isEmpty { table(rows, console) }
         printNotServed(status.unservedQueues, console)
         printWaitingForLabels(status, console)
+        for line in TopView.wrongTypeLines(status.wrongTypeKeys) { console.print(line) }
         return 0
     }
 

@@ -60,6 +60,7 @@ enum TopView {
         if !unserved.isEmpty {
             lines += ["", "NOT SERVED"] + unserved.map { "  not served: " + $0.text }
         }
+        lines += wrongTypeLines(snapshot.wrongTypeKeys)
 
         if showsEvents {
             lines.append("")
@@ -77,6 +78,11 @@ enum TopView {
     }
 
     /// A blank line, the title, then the table (header first), or `empty` when there are no rows.
+    /// The keys a view left out because they hold another type, one line each (nothing when there are none).
+    static func wrongTypeLines(_ keys: [WrongTypeKey]) -> [String] {
+        keys.isEmpty ? [] : ["", "WRONG TYPE (left out of this view)"] + keys.map { "  " + $0.text }
+    }
+
     static func section(_ title: String, empty: String, header: [String], _ rows: [[String]]) -> [String] {
         ["", title] + (rows.isEmpty ? ["  " + empty] : table([header] + rows))
     }

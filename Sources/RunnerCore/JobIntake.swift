@@ -18,24 +18,39 @@ struct JobIntake: Sendable {
     let block: Duration
     /// The requirement streams this runner's labels satisfy, read right after their queue (nil: only `queues`).
     var routes: RequirementRoutes? = nil
+    /// The streams left out of the reads because their key has another type (nil: a WRONGTYPE fails the read).
+    var unreadable: UnreadableStreams? = nil
 
     /// How long a blocking read waits: `block`, but for a runner with labels no longer than the routes' refresh
-    /// interval, so that it still learns of a new requirement stream within about two refresh intervals.
+    /// interval, so that it still learns of a new requirement stream within about two refresh intervals; and while
+    /// a key is left out (another type), no longer than its recheck interval, so that it is read soon once fixed.
     var readBlock: Duration {
-        guard let routes, !routes.labels.isEmpty else { return block }
-        return min(block, routes.refreshInterval)
+        var limit = block
+        if let routes, !routes.labels.isEmpty { limit = min(limit, routes.refreshInterval) }
+        if let unreadable, !unreadable.isEmpty { limit = min(limit, unreadable.recheckInterval) }
+        return limit
     }
 
-    /// What this intake reads, in priority order: the queues and the satisfied requirement queues.
-    var readQueues: [String] { routes?.readOrder ?? queues }
+    /// What this intake reads, in priority order: the queues and the satisfied requirement queues, but not those
+    /// whose key has another type.
+    var readQueues: [String] {
+        let all = routes?.readOrder ?? queues
+        guard let unreadable, !unreadable.isEmpty else { return all }
+        return all.filter { !unreadable.contains($0) }
+    }
 
     /// XGROUP CREATE <stream> runners 0 MKSTREAM for every queue; an existing group is fine. From ID 0 so that
-    /// jobs added before the group existed (or while it was gone) are not skipped.
+    /// jobs added before the group existed (or while it was gone) are not skipped. One of the runner's own queues of
+    /// another type fails it, naming the key (the runner does not start); a requirement stream of another type is left
+    /// out of the reads instead, like one found later.
     func ensureGroups() async throws {
-        try await ensureGroups(of: readQueues)
+        try await ensureGroups(of: queues, skippingWrongTypes: false)
+        try await ensureGroups(of: readQueues.filter { !queues.contains($0) })
     }
 
-    private func ensureGroups(of queues: [String]) async throws {
+    /// The same for `queues`; with `skippingWrongTypes` (a requirement stream found, a key read again) a stream of
+    /// another type is left out of the reads (and named) instead of failing it.
+    func ensureGroups(of queues: [String], skippingWrongTypes: Bool = true) async throws {
         for queue in queues {
             do {
                 _ = try await client.send(
@@ -45,6 +60,14 @@ struct JobIntake: Sendable {
                     retry: .whileUnreachable(deadline: nil))
             } catch let error as RedisServerError where error.kind == "BUSYGROUP" {
                 continue
+            } catch let error as RedisServerError where error.kind == "WRONGTYPE" {
+                // The key holds another type: left out of the reads (and named) until it is fixed, or named.
+                let key = keyspace.jobs(queue: queue)
+                if skippingWrongTypes, unreadable != nil {
+                    if try await skipWrongTypes(among: [queue]).isEmpty { throw error }
+                } else {
+                    throw (try? await WrongTypeKey.find(client: client, [key: "stream"]).first?.error) ?? error
+                }
             }
         }
     }
@@ -59,7 +82,13 @@ struct JobIntake: Sendable {
             let added = (try? await routes.refreshIfDue(client: client)) ?? []
             if !added.isEmpty { try await ensureGroups(of: added) }
         }
+        await recheckUnreadable()
         let queues = readQueues
+        // Every stream left out (another type): nothing to read; wait as a blocking read would, then check again.
+        guard !queues.isEmpty else {
+            if wait { try await Task.sleep(for: readBlock) }
+            return []
+        }
         if queues.count > 1 {
             var found: [Delivery] = []
             for queue in queues where found.count < count {
@@ -70,8 +99,21 @@ struct JobIntake: Sendable {
         return try await read(queues: queues, count: queues.count > 1 ? 1 : count, block: wait ? readBlock : nil)
     }
 
-    /// XREADGROUP GROUP runners <consumer> COUNT n [BLOCK ms] STREAMS <queues> > ...
+    /// XREADGROUP GROUP runners <consumer> COUNT n [BLOCK ms] STREAMS <queues> > ...; a WRONGTYPE reply leaves the
+    /// streams of another type out, and the others are read at once.
     private func read(queues: [String], count: Int, block: Duration?) async throws -> [Delivery] {
+        do {
+            return try await readOnce(queues: queues, count: count, block: block)
+        } catch let error as RedisServerError where error.kind == "WRONGTYPE" {
+            let bad = try await skipWrongTypes(among: queues)
+            if bad.isEmpty { throw error }
+            let rest = queues.filter { !bad.contains($0) }
+            guard !rest.isEmpty else { return [] }
+            return try await readOnce(queues: rest, count: count, block: block)
+        }
+    }
+
+    private func readOnce(queues: [String], count: Int, block: Duration?) async throws -> [Delivery] {
         var arguments = ["XREADGROUP", "GROUP", Keyspace.consumerGroup, consumer, "COUNT", String(count)]
         if let block { arguments += ["BLOCK", String(block.milliseconds)] }
         arguments += ["STREAMS"] + queues.map { keyspace.jobs(queue: $0) } + Array(repeating: ">", count: queues.count)
@@ -85,11 +127,22 @@ struct JobIntake: Sendable {
     func readPending(
         count: Int, after cursors: [String: String], retry: RedisRetry = .whileUnreachable(deadline: nil)
     ) async throws -> [Delivery] {
-        var arguments = ["XREADGROUP", "GROUP", Keyspace.consumerGroup, consumer, "COUNT", String(count), "STREAMS"]
+        func read(_ queues: [String]) async throws -> [Delivery] {
+            guard !queues.isEmpty else { return [] }
+            var arguments = [
+                "XREADGROUP", "GROUP", Keyspace.consumerGroup, consumer, "COUNT", String(count), "STREAMS",
+            ]
+            arguments += queues.map { keyspace.jobs(queue: $0) } + queues.map { cursors[$0] ?? "0" }
+            return parse(try await client.send(RedisCommand(arguments), retry: retry))
+        }
         let queues = readQueues
-        arguments += queues.map { keyspace.jobs(queue: $0) } + queues.map { cursors[$0] ?? "0" }
-        let reply = try await client.send(RedisCommand(arguments), retry: retry)
-        return parse(reply)
+        do {
+            return try await read(queues)
+        } catch let error as RedisServerError where error.kind == "WRONGTYPE" {
+            let bad = try await skipWrongTypes(among: queues)
+            if bad.isEmpty { throw error }
+            return try await read(queues.filter { !bad.contains($0) })
+        }
     }
 
     /// XREADGROUP reply: [[stream, [[id, [field, value, ...] | nil], ...]], ...] or nil on timeout.

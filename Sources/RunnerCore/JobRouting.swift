@@ -47,6 +47,22 @@ extension RunnerScripts {
         """)
 }
 
+extension RunnerScripts {
+    /// KEYS: requirement jobs stream, requirements hash. ARGV: group, requirement id, requirement JSON.
+    /// A submitter's registration of a requirement stream: the group on the stream (from 0, MKSTREAM; one that
+    /// exists is fine) and the requirement in the hash, after checking both keys' types, so that a key of another
+    /// type refuses it with nothing written (no empty stream and group left behind). Returns 1.
+    static let registerRequirement = script(
+        "register_requirement",
+        """
+        local bad = nr_wrong_type({KEYS[1], 'stream', KEYS[2], 'hash'})
+        if bad then return bad end
+        redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+        redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+        return 1
+        """)
+}
+
 /// How a routing write ended.
 enum RoutingOutcome: Sendable, Equatable {
     /// Moved to the requirement stream as this entry.
@@ -89,18 +105,14 @@ extension JobStore {
     }
 
     /// Registers a requirement stream for submitters: its consumer group (from 0, MKSTREAM; one that exists is
-    /// fine) and its field in `{nr}:requirements:<queue>`, in one round trip. Returns the requirement queue's name.
+    /// fine) and its field in `{nr}:requirements:<queue>`, in one script that first checks both keys' types (a key of
+    /// another type refuses it with nothing written and names the key). Returns the requirement queue's name.
     func registerRequirement(_ requirement: LabelSet, queue: String) async throws -> String {
         let target = Keyspace.requirementQueue(queue, requirement: requirement)
-        let replies = try await scripts.client.pipeline([
-            RedisCommand(["XGROUP", "CREATE", keyspace.jobs(queue: target), Keyspace.consumerGroup, "0", "MKSTREAM"]),
-            RedisCommand([
-                "HSET", keyspace.requirements(queue: queue), requirement.requirementId, requirement.json.serialized,
-            ]),
-        ])
-        for case .error(let message) in replies where !message.hasPrefix("BUSYGROUP") {
-            throw RedisServerError(message)
-        }
+        _ = try await scripts.run(
+            RunnerScripts.registerRequirement,
+            keys: [keyspace.jobs(queue: target), keyspace.requirements(queue: queue)],
+            arguments: JobStore.bytes([Keyspace.consumerGroup, requirement.requirementId, requirement.json.serialized]))
         return target
     }
 }

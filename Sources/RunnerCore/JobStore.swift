@@ -263,12 +263,22 @@ public struct JobStore: Sendable {
         ["pid": .int(Int(pid)), "attempt": .int(entry.attempt), "queue": .string(entry.queue)]
     }
 
+    /// How an append to a job's log stream ended.
+    enum LogAppend: Sendable, Equatable {
+        case accepted
+        /// The attempt is no longer this runner's epoch's: nothing written.
+        case refused
+        /// The log key holds this type instead of a stream: the batch was not written.
+        case wrongType(String)
+    }
+
     /// Appends a batch of output entries (explicit id, fd, data) to the job's log, fenced on the attempt.
-    /// Returns false when the attempt is no longer this epoch's (nothing was written).
+    /// `.refused` when the attempt is no longer this epoch's, `.wrongType` when the log key holds another type
+    /// (nothing was written either way).
     func appendLog(
         jobId: String, streamId: String, owner: AttemptOwner, entries: [(id: String, fd: String, data: [UInt8])],
         retry: RedisRetry
-    ) async throws -> Bool {
+    ) async throws -> LogAppend {
         var arguments = JobStore.bytes([owner.runner, streamId, owner.leaseToken])
         for entry in entries {
             arguments += [Array(entry.id.utf8), Array(entry.fd.utf8), entry.data]
@@ -277,7 +287,8 @@ public struct JobStore: Sendable {
             RunnerScripts.appendLog,
             keys: [keyspace.log(job: jobId), keyspace.job(id: jobId), keyspace.lease(runner: owner.runner)],
             arguments: arguments, retry: retry)
-        return reply.int != -1
+        if let parts = reply.array, parts.first?.int == -2 { return .wrongType(parts.last?.string ?? "?") }
+        return reply.int == -1 ? .refused : .accepted
     }
 
     /// Writes the result, acks and deletes the entry, then emits the terminal event (one script). With

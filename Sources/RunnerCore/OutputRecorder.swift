@@ -65,6 +65,9 @@ final class OutputRecorder: Sendable {
     private let owner: AttemptOwner
     /// Set once a batch was refused: the attempt is no longer this epoch's, later output is dropped.
     private let refused = Mutex(false)
+    /// Set once the log key was found of another type: said once per job, later batches are still tried (the key may
+    /// be fixed meanwhile).
+    private let wrongTypeReported = Mutex(false)
     private let limit: Int
     private let tailLimit: Int
     private let state: Mutex<State>
@@ -214,12 +217,28 @@ final class OutputRecorder: Sendable {
                     jobId: entry.jobId, streamId: entry.streamId, owner: owner, entries: batch,
                     retry: .idempotent(deadline: nil))
             }
-            if accepted == false {
+            switch accepted {
+            case .refused?:
                 refused.withLock { $0 = true }
                 logger.info("output no longer recorded: the attempt is not this lease epoch's", ["job": entry.jobId])
                 return
+            case .wrongType(let type)?: reportWrongType(type)
+            case .accepted?, nil: break
             }
         }
+    }
+
+    /// One warning per job: its log key holds another type, so its output is not recorded (its result's tail is).
+    private func reportWrongType(_ type: String) {
+        guard
+            !wrongTypeReported.withLock({ reported in
+                defer { reported = true }; return reported
+            })
+        else { return }
+        let wrong = WrongTypeKey(key: key, type: type, expected: "stream")
+        logger.warning(
+            "the job's output is not recorded: \(wrong.text); its result keeps the output's tail",
+            ["job": entry.jobId])
     }
 
     /// The millisecond part of this recorder's entry ids: later than anything already in the stream.
@@ -227,8 +246,16 @@ final class OutputRecorder: Sendable {
         if let base = sequence.withLock({ $0.base }) { return base }
         var base = WallClock.milliseconds()
         let last = await DurableWrite.perform(logger: logger) { [client, key] in
-            try await client.send(
-                RedisCommand(["XREVRANGE", key, "+", "-", "COUNT", "1"]), retry: .idempotent(deadline: nil))
+            do {
+                return try await client.send(
+                    RedisCommand(["XREVRANGE", key, "+", "-", "COUNT", "1"]), retry: .idempotent(deadline: nil))
+            } catch let error as RedisServerError where error.kind == "WRONGTYPE" {
+                return RedisReply.error(error.message)  // the key holds another type: named below
+            }
+        }
+        if case .error? = last {
+            let type = try? await client.send(RedisCommand(["TYPE", key])).string
+            reportWrongType(type ?? "?")
         }
         if let reply = last,
             let last = reply.array?.first?.array?.first?.string,

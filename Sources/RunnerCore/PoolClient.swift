@@ -72,6 +72,9 @@ public struct QueueStatus: Sendable {
 public struct PoolStatus: Sendable {
     public var runners: [RunnerStatus]
     public var queues: [QueueStatus]
+    /// Keys the view could not read because they hold another type (the registry, a queue's stream): what it
+    /// shows leaves them out.
+    public var wrongTypeKeys: [WrongTypeKey] = []
 }
 
 /// What the CLI and other clients do with a pool: submit, read results, logs, status and events.
@@ -116,7 +119,9 @@ public struct PoolClient: Sendable {
 
     /// HGETALL of the result hash; nil when there is no such job.
     public func result(id: String, retry: RedisRetry = .never) async throws -> [String: [UInt8]]? {
-        let reply = try await client.send(RedisCommand(["HGETALL", keyspace.job(id: id)]), retry: retry)
+        let reply = try await WrongTypeKey.naming(client: client, [keyspace.job(id: id): "hash"]) {
+            try await client.send(RedisCommand(["HGETALL", keyspace.job(id: id)]), retry: retry)
+        }
         guard let pairs = reply.fieldPairs, !pairs.isEmpty else { return nil }
         return Dictionary(pairs.map { ($0.name, $0.value) }, uniquingKeysWith: { _, last in last })
     }
@@ -151,12 +156,16 @@ public struct PoolClient: Sendable {
                 if left <= 0 { return current }
                 block = min(block, max(1, left))
             }
-            let reply = try await client.send(
-                RedisCommand([
-                    "XREAD", "COUNT", "500", "BLOCK", String(block), "STREAMS", keyspace.events, keyspace.log(job: id),
-                    eventCursor, logCursor,
-                ]),
-                readTimeout: .milliseconds(block) + .seconds(5), retry: retry)
+            let reply = try await WrongTypeKey.naming(
+                client: client, [keyspace.events: "stream", keyspace.log(job: id): "stream"]
+            ) {
+                try await client.send(
+                    RedisCommand([
+                        "XREAD", "COUNT", "500", "BLOCK", String(block), "STREAMS", keyspace.events,
+                        keyspace.log(job: id), eventCursor, logCursor,
+                    ]),
+                    readTimeout: .milliseconds(block) + .seconds(5), retry: retry)
+            }
             for stream in reply.array ?? [] {
                 guard let pair = stream.array, pair.count == 2, let key = pair[0].string else { continue }
                 if key == keyspace.events {
@@ -176,8 +185,10 @@ public struct PoolClient: Sendable {
         id: String, after cursor: inout String, retry: RedisRetry, _ output: (LogChunk) -> Void
     ) async throws {
         while true {
-            let reply = try await client.send(
-                RedisCommand(["XRANGE", keyspace.log(job: id), "(" + cursor, "+", "COUNT", "500"]), retry: retry)
+            let reply = try await WrongTypeKey.naming(client: client, [keyspace.log(job: id): "stream"]) {
+                try await client.send(
+                    RedisCommand(["XRANGE", keyspace.log(job: id), "(" + cursor, "+", "COUNT", "500"]), retry: retry)
+            }
             let chunks = PoolClient.logChunks(reply)
             for chunk in chunks {
                 cursor = chunk.entryId
@@ -200,8 +211,9 @@ public struct PoolClient: Sendable {
     }
 
     private func lastEventId(retry: RedisRetry = .never) async throws -> String {
-        let reply = try await client.send(
-            RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", "1"]), retry: retry)
+        let reply = try await WrongTypeKey.naming(client: client, [keyspace.events: "stream"]) {
+            try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", "1"]), retry: retry)
+        }
         return reply.array?.first?.array?.first?.string ?? "0-0"
     }
 
@@ -213,7 +225,11 @@ public struct PoolClient: Sendable {
 
     /// Runners in the registry with their lease time left, and every known queue with length, pending and lag.
     public func status(extraQueues: [String] = []) async throws -> PoolStatus {
-        let registry = try await client.send(RedisCommand(["HGETALL", keyspace.runners]))
+        var wrongTypeKeys: [WrongTypeKey] = []
+        let registry =
+            try await WrongTypeKey.skipping(client: client, keyspace.runners, "hash", into: &wrongTypeKeys) {
+                try await client.send(RedisCommand(["HGETALL", keyspace.runners]))
+            } ?? .null
         var runners: [RunnerStatus] = []
         var queueNames = Set(extraQueues)
         for (id, value) in registry.fieldPairs ?? [] {
@@ -231,7 +247,14 @@ public struct PoolClient: Sendable {
         var queues: [QueueStatus] = []
         for name in queueNames.sorted() {
             let key = keyspace.jobs(queue: name)
-            let length = try await client.send(RedisCommand(["XLEN", key])).int ?? 0
+            guard
+                let reply = try await WrongTypeKey.skipping(
+                    client: client, key, "stream", into: &wrongTypeKeys,
+                    {
+                        try await client.send(RedisCommand(["XLEN", key]))
+                    })
+            else { continue }
+            let length = reply.int ?? 0
             var status = QueueStatus(
                 name: name, length: length, pending: 0, lag: nil, consumers: 0, requires: requirements[name])
             if let groups = try? await client.send(RedisCommand(["XINFO", "GROUPS", key])).array {
@@ -247,7 +270,7 @@ public struct PoolClient: Sendable {
             }
             queues.append(status)
         }
-        return PoolStatus(runners: runners.sorted { $0.id < $1.id }, queues: queues)
+        return PoolStatus(runners: runners.sorted { $0.id < $1.id }, queues: queues, wrongTypeKeys: wrongTypeKeys)
     }
 
     /// Requeues a `dead`, `failed` or `timed_out` job by hand (`job.requeued`), naming `actor` in the event.
@@ -263,7 +286,9 @@ public struct PoolClient: Sendable {
 
     /// The last `count` dead letters, newest first.
     public func deadLetters(count: Int) async throws -> [DeadLetter] {
-        let reply = try await client.send(RedisCommand(["XREVRANGE", keyspace.dead, "+", "-", "COUNT", String(count)]))
+        let reply = try await WrongTypeKey.naming(client: client, [keyspace.dead: "stream"]) {
+            try await client.send(RedisCommand(["XREVRANGE", keyspace.dead, "+", "-", "COUNT", String(count)]))
+        }
         return (reply.array ?? []).compactMap { entry in
             guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { return nil }
             let fields = Dictionary((parts[1].fieldPairs ?? []).map { ($0.name, $0.value) }) { first, _ in first }
@@ -273,18 +298,21 @@ public struct PoolClient: Sendable {
 
     /// The last `count` events, oldest first.
     public func recentEvents(count: Int) async throws -> [PoolEvent] {
-        let reply = try await client.send(
-            RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", String(count)]))
+        let reply = try await WrongTypeKey.naming(client: client, [keyspace.events: "stream"]) {
+            try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", String(count)]))
+        }
         return PoolClient.entries(reply).reversed()
     }
 
     /// Blocks (up to `block`) for events after `cursor`.
     public func events(after cursor: String, block: Duration, retry: RedisRetry = .never) async throws -> [PoolEvent] {
-        let reply = try await client.send(
-            RedisCommand([
-                "XREAD", "COUNT", "1000", "BLOCK", String(block.milliseconds), "STREAMS", keyspace.events, cursor,
-            ]),
-            readTimeout: block + .seconds(5), retry: retry)
+        let reply = try await WrongTypeKey.naming(client: client, [keyspace.events: "stream"]) {
+            try await client.send(
+                RedisCommand([
+                    "XREAD", "COUNT", "1000", "BLOCK", String(block.milliseconds), "STREAMS", keyspace.events, cursor,
+                ]),
+                readTimeout: block + .seconds(5), retry: retry)
+        }
         return PoolClient.events(in: reply)
     }
 

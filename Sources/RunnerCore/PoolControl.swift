@@ -28,7 +28,9 @@ extension PoolClient {
 
     /// The registry record and lease of a runner id.
     public func presence(of runner: String) async throws -> RunnerPresenceCheck {
-        let record = try await client.send(RedisCommand(["HGET", keyspace.runners, runner])).bytes
+        let record = try await WrongTypeKey.naming(client: client, [keyspace.runners: "hash"]) {
+            try await client.send(RedisCommand(["HGET", keyspace.runners, runner])).bytes
+        }
         let held = try await client.send(RedisCommand(["EXISTS", keyspace.lease(runner: runner)])).int == 1
         return RunnerPresenceCheck(record: record.flatMap { try? JSONValue(parsing: $0) }, leaseHeld: held)
     }
@@ -40,7 +42,10 @@ extension PoolClient {
         var arguments = ["XADD", stream, "MAXLEN", "~", String(PoolClient.controlMaxLength), "*"]
         for (name, value) in command.fields { arguments += [name, value] }
         arguments += [ControlField.sentBy, sentBy, ProtocolVersion.field, String(ProtocolVersion.current)]
-        guard let id = try await client.send(RedisCommand(arguments)).string else {
+        let reply = try await WrongTypeKey.naming(client: client, [stream: "stream"]) {
+            try await client.send(RedisCommand(arguments))
+        }
+        guard let id = reply.string else {
             throw RedisServerError("ERR XADD to \(stream) returned no id")
         }
         return id
@@ -53,7 +58,9 @@ extension PoolClient {
 
     /// The id of the newest event (`0-0` when there is none): a position to wait for later events from.
     public func eventsPosition() async throws -> String {
-        let reply = try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", "1"]))
+        let reply = try await WrongTypeKey.naming(client: client, [keyspace.events: "stream"]) {
+            try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", "1"]))
+        }
         return reply.array?.first?.array?.first?.string ?? "0-0"
     }
 

@@ -57,6 +57,8 @@ public struct PoolSnapshot: Sendable {
     public var usage: [String: HostUsage]
     /// The last events, oldest first, without the periodic samples (their figures are in `usage` and the registry).
     public var events: [PoolEvent]
+    /// Keys the snapshot could not read because they hold another type (see `PoolStatus.wrongTypeKeys`).
+    public var wrongTypeKeys: [WrongTypeKey] = []
 
     /// Event types that repeat every few seconds per runner and would crowd out the others.
     static let sampleEventTypes: Set<String> = [
@@ -85,10 +87,18 @@ extension PoolClient {
     /// stream's last entries (`XREVRANGE`) for resource usage and the `eventCount` most recent events.
     public func snapshot(eventCount: Int) async throws -> PoolSnapshot {
         let status = try await status()
+        var wrongTypeKeys = status.wrongTypeKeys
         let time = try await client.send(RedisCommand(["TIME"])).array ?? []
         let seconds = time.first?.string.flatMap { Int($0) } ?? 0
         let micros = time.count > 1 ? time[1].string.flatMap { Int($0) } ?? 0 : 0
-        let recent = try await recentEvents(count: max(eventCount, PoolClient.usageLookback))
+        let recent =
+            try await WrongTypeKey.skipping(client: client, keyspace.events, "stream", into: &wrongTypeKeys) {
+                try await client.send(
+                    RedisCommand([
+                        "XREVRANGE", keyspace.events, "+", "-", "COUNT",
+                        String(max(eventCount, PoolClient.usageLookback)),
+                    ]))
+            }.map { PoolClient.entries($0).reversed() } ?? []
 
         var usage: [String: PoolSnapshot.HostUsage] = [:]
         var jobUsage: [String: (cpu: Double?, rss: Int?)] = [:]
@@ -110,12 +120,14 @@ extension PoolClient {
         for runner in status.runners where runner.leaseRemainingMs != nil {
             for id in runner.record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue) ?? [] {
                 let fields =
+                    try await WrongTypeKey.skipping(client: client, keyspace.job(id: id), "hash", into: &wrongTypeKeys)
+                {
                     try await client.send(
                         RedisCommand([
                             "HMGET", keyspace.job(id: id), ResultField.queue, ResultField.attempt,
                             ResultField.startedAt,
-                        ])
-                    ).array?.map(\.string) ?? []
+                        ]))
+                }?.array?.map(\.string) ?? []
                 func field(_ index: Int) -> String? { index < fields.count ? fields[index] : nil }
                 running.append(
                     PoolSnapshot.RunningJob(
@@ -124,10 +136,12 @@ extension PoolClient {
                         rssBytes: jobUsage[id]?.rss))
             }
         }
-        return PoolSnapshot(
+        var snapshot = PoolSnapshot(
             namespace: keyspace.namespace, takenAtMs: seconds * 1000 + micros / 1000, runners: status.runners,
             queues: status.queues, running: running, usage: usage,
             events: Array(recent.filter { !PoolSnapshot.sampleEventTypes.contains($0.type) }.suffix(eventCount)))
+        snapshot.wrongTypeKeys = wrongTypeKeys
+        return snapshot
     }
 }
 

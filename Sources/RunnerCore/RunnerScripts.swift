@@ -254,7 +254,12 @@ enum RunnerScripts {
         for i = 4, #ARGV - 2, 3 do
           local ok = redis.pcall('XADD', KEYS[1], ARGV[i], '\(LogField.stream)', ARGV[i + 1], '\(LogField.data)', ARGV[i + 2],
             '\(ProtocolVersion.field)', NR_V)
-          if type(ok) ~= 'table' or not ok.err then added = added + 1 end
+          if type(ok) ~= 'table' or not ok.err then
+            added = added + 1
+          elseif string.sub(ok.err, 1, 9) == 'WRONGTYPE' then
+            -- The log key holds another type (someone SET it): say which, so that the runner can name it.
+            return {-2, redis.call('TYPE', KEYS[1])['ok']}
+          end
         end
         return added
         """)

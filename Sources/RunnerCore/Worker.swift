@@ -145,7 +145,7 @@ public final class Worker: Sendable {
             deadMaxLength: config.deadMaxLength, retention: config.resultRetention)
         let intake = JobIntake(
             client: intakeClient, keyspace: keyspace, consumer: config.name, queues: config.queues,
-            block: config.intakeBlock, routes: routes)
+            block: config.intakeBlock, routes: routes, unreadable: UnreadableStreams(logger: logger))
         let lease = LeaseKeeper(client: presenceClient, keyspace: keyspace, runner: config.name, ttl: config.leaseTTL)
         let presence = Presence(
             client: presenceClient, keyspace: keyspace, configuration: config, startedAtMs: WallClock.milliseconds(),
@@ -857,7 +857,7 @@ public final class Worker: Sendable {
     ) async {
         let reader = JobIntake(
             client: jobsClient, keyspace: intake.keyspace, consumer: intake.consumer, queues: intake.queues,
-            block: intake.block, routes: intake.routes)
+            block: intake.block, routes: intake.routes, unreadable: intake.unreadable)
         var cursors: [String: String] = [:]
         let epoch = await lease.epoch
         for _ in 0..<1000 {

@@ -116,15 +116,17 @@ extension FencingTests {
 }
 
 extension FencingTests {
-    /// A jobs stream SET to a string fails every intake read: one line for it, not twenty a second; the runner reads
-    /// again once the key is fixed.
+    /// A jobs stream SET to a string fails every intake read: one line naming the key, not twenty a second; the
+    /// runner reads it again once the key is fixed.
     func testAJobsStreamOfTheWrongTypeIsReportedOnceAndReadAgainOnceFixed() throws {
         let runner = try startRunner(name: "wrong-stream", [])
         _ = try send(["DEL", key("jobs:default")])
         _ = try send(["SET", key("jobs:default"), "not a stream"])
-        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains("intake read failed") }, runner.log)
+        let warning = "key \(key("jobs:default")) is a string, expected a stream; not reading it until it is fixed"
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { runner.log.contains(warning) }, runner.log)
         Thread.sleep(forTimeInterval: 2)
-        XCTAssertEqual(runner.log.components(separatedBy: "intake read failed").count, 2, runner.log)
+        XCTAssertEqual(runner.log.components(separatedBy: warning).count, 2, runner.log)
+        XCTAssertFalse(runner.log.contains("intake read failed"), runner.log)
         _ = try send(["DEL", key("jobs:default")])
         try submit(["--", "echo", "read again"], id: "ws-1")
         XCTAssertEqual(try waitForState("ws-1", ["succeeded"], timeout: .seconds(20))["output_tail"], "read again\n")
@@ -166,5 +168,39 @@ final class UnrenewableLeaseTests: PrivateRedisTestCase {
         let shutdown = try XCTUnwrap(try events().last { $0.type == "runner.shutdown" })
         XCTAssertEqual(shutdown.data["abandoned"] as? Int, 1)
         XCTAssertEqual(shutdown.data["lease_epochs_lost"] as? Int, 1)
+    }
+}
+
+extension FencingTests {
+    /// The log stream SET to a string mid-job: the output written after it is lost, but the runner says so once,
+    /// naming the key; the result still has the output's tail; `runner logs` names the key.
+    func testALogStreamOfTheWrongTypeIsNamedOncePerJob() throws {
+        let runner = try startRunner(name: "wrong-log", [])
+        let release = FileManager.default.temporaryDirectory.appendingPathComponent("wrong-log-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: release) }
+        try submit(
+            [
+                "--shell",
+                "echo first; while [ ! -f '\(release.path)' ]; do sleep 0.02; done; echo second; sleep 0.2; echo third",
+            ], id: "wl-log")
+        let log = key("log:wl-log")
+        XCTAssertTrue(try waitUntil(timeout: .seconds(20)) { try send(["XLEN", log]).int == 1 }, runner.log)
+        _ = try send(["DEL", log])
+        _ = try send(["SET", log, "x"])
+        FileManager.default.createFile(atPath: release.path, contents: nil)
+        let record = try waitForState("wl-log", ["succeeded"])
+        XCTAssertEqual(record["output_tail"], "first\nsecond\nthird\n")
+        let warning = "the job's output is not recorded: key \(log) is a string, expected a stream"
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { runner.log.contains(warning) }, runner.log)
+        let lines = runner.log.split(separator: "\n").filter { $0.contains(warning) }
+        XCTAssertEqual(lines.count, 1, runner.log)
+        XCTAssertTrue(lines.first?.contains("job=wl-log") == true, runner.log)
+        XCTAssertEqual(try send(["GET", log]).string, "x")
+
+        let logs = cli(["logs", "wl-log"])
+        XCTAssertEqual(logs.code, 1, logs.err)
+        XCTAssertEqual(
+            logs.err, "Error: Redis refused the command: WRONGTYPE key \(log) is a string, expected a stream\n")
+        XCTAssertEqual(runner.stop(), 0, runner.log)
     }
 }

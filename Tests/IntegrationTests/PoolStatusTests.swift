@@ -198,3 +198,81 @@ final class PoolStatusTests: IntegrationTestCase {
         XCTAssertTrue(events.err.hasPrefix("Error: --events cannot be used with --json\n"), events.err)
     }
 }
+
+/// A key of the wrong type (someone `SET` a string where a stream or hash belongs): the pool views show what they
+/// can and name the key; a command that needs the key fails in one line that names it.
+final class WrongTypeKeyViewTests: IntegrationTestCase {
+    func testStatusAndTopShowThePoolAndNameAStreamOfTheWrongType() throws {
+        let requirement = try LabelSet(["zone": "eu"])
+        let stream = key("jobs:default:req:\(requirement.requirementId)")
+        _ = try send(["HSET", key("requirements:default"), requirement.requirementId, #"{"zone":"eu"}"#])
+        _ = try send(["SET", stream, "x"])
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "a", "spec", #"{"command":["true"]}"#])
+        let line = "  key \(stream) is a string, expected a stream"
+        for arguments in [["status"], ["top", "--once"]] {
+            let result = cli(arguments)
+            XCTAssertEqual(result.code, 0, "\(arguments): \(result.err)")
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            XCTAssertTrue(lines.contains { $0.hasPrefix("  default ") }, "\(arguments): \(result.stdout)")
+            XCTAssertTrue(lines.contains("WRONG TYPE (left out of this view)"), "\(arguments): \(result.stdout)")
+            XCTAssertTrue(lines.contains(line), "\(arguments): \(result.stdout)")
+        }
+        // The registry of the wrong type: the queues still show.
+        _ = try send(["SET", key("runners"), "x"])
+        let status = cli(["status"])
+        XCTAssertEqual(status.code, 0, status.err)
+        XCTAssertTrue(status.stdout.contains("  key \(key("runners")) is a string, expected a hash"), status.stdout)
+        XCTAssertTrue(status.stdout.contains("\n  default "), status.stdout)
+    }
+
+    func testCommandsThatReadAKeyOfTheWrongTypeNameIt() throws {
+        _ = try send(["SET", key("events"), "x"])
+        _ = try send(["SET", key("dead"), "x"])
+        let events = "Error: Redis refused the command: WRONGTYPE key \(key("events")) is a string, expected a stream\n"
+        for arguments in [["events"], ["events", "--follow"], ["drain", "--all"]] {
+            let result = cli(arguments, timeout: 20)
+            XCTAssertEqual(result.code, 1, "\(arguments): \(result.err)")
+            XCTAssertEqual(result.err, events, "\(arguments)")
+        }
+        let dead = cli(["dead"])
+        XCTAssertEqual(dead.code, 1, dead.err)
+        XCTAssertEqual(
+            dead.err, "Error: Redis refused the command: WRONGTYPE key \(key("dead")) is a string, expected a stream\n")
+        // top shows the pool without its events.
+        let top = cli(["top", "--once"])
+        XCTAssertEqual(top.code, 0, top.err)
+        XCTAssertTrue(top.stdout.contains("  key \(key("events")) is a string, expected a stream"), top.stdout)
+    }
+}
+
+extension WrongTypeKeyViewTests {
+    /// `submit --require` registers its requirement stream in a script that checks both keys first: a key of
+    /// another type is named and nothing is left behind (no empty stream and group, no registration, no job).
+    func testSubmitRequireOntoAKeyOfTheWrongTypeNamesItAndLeavesNothingBehind() throws {
+        let requirement = try LabelSet(["zone": "eu"])
+        let stream = key("jobs:default:req:\(requirement.requirementId)")
+        let registry = key("requirements:default")
+        _ = try send(["SET", registry, "x"])
+        var result = cli(["submit", "--id", "r1", "--require", "zone=eu", "--", "true"])
+        XCTAssertEqual(result.code, 1, result.err)
+        XCTAssertEqual(
+            result.err, "Error: Redis refused the command: WRONGTYPE key \(registry) is a string, expected a hash\n")
+        XCTAssertEqual(try send(["EXISTS", stream, key("job:r1")]).int, 0)
+        XCTAssertEqual(try send(["GET", registry]).string, "x")
+
+        _ = try send(["DEL", registry])
+        _ = try send(["SET", stream, "x"])
+        result = cli(["submit", "--id", "r2", "--require", "zone=eu", "--", "true"])
+        XCTAssertEqual(result.code, 1, result.err)
+        XCTAssertEqual(
+            result.err, "Error: Redis refused the command: WRONGTYPE key \(stream) is a string, expected a stream\n")
+        XCTAssertEqual(try send(["EXISTS", registry, key("job:r2")]).int, 0)
+
+        // Fixed: the submit goes through.
+        _ = try send(["DEL", stream])
+        result = cli(["submit", "--id", "r3", "--require", "zone=eu", "--", "true"])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(try send(["XLEN", stream]).int, 1)
+        XCTAssertEqual(try hash(registry), [requirement.requirementId: #"{"zone":"eu"}"#])
+    }
+}

@@ -187,6 +187,59 @@ extension RoutingTests {
         XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0)
         XCTAssertEqual(try send(["XLEN", target]).int, 1)
     }
+
+    /// One requirement stream SET to a string must not stall the runner's other streams (one XREADGROUP over all
+    /// of them would fail whole with WRONGTYPE): the runner leaves it out with one warning naming the key, a plain
+    /// job runs at once, and once the key is deleted the runner reads it again and a routed job runs too.
+    func testARequirementStreamOfTheWrongTypeDoesNotStallTheRunnersOtherStreams() throws {
+        let runner = try startRunner(name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
+        try submit(["--require", "gpu=yes", "--", "true"], id: "req-0")
+        try waitForState("req-0", ["succeeded"])
+        let target = key("jobs:\(gpuQueue)")
+        _ = try send(["DEL", target])
+        _ = try send(["SET", target, "not a stream"])
+        let warning = "key \(target) is a string, expected a stream; not reading it until it is fixed"
+        try submit(["--", "echo", "plain"], id: "plain-1")
+        // Within a couple of seconds of the SET, not after the key is fixed.
+        let plain = try waitForState("plain-1", ["succeeded"], timeout: .seconds(3))
+        XCTAssertEqual(plain["output_tail"], "plain\n", runner.log)
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { runner.log.contains(warning) }, runner.log)
+        XCTAssertEqual(try send(["GET", target]).string, "not a stream")
+        try submit(["--", "echo", "plain"], id: "plain-2")
+        try waitForState("plain-2", ["succeeded"], timeout: .seconds(3))
+        // Checked again about every 5 s: still one warning, and no read failure logged over and over.
+        Thread.sleep(forTimeInterval: 6)
+        XCTAssertEqual(runner.log.components(separatedBy: warning).count, 2, runner.log)
+        XCTAssertFalse(runner.log.contains("intake read failed"), runner.log)
+
+        _ = try send(["DEL", target])
+        try submit(["--require", "gpu=yes", "--", "echo", "routed"], id: "req-1")
+        let routed = try waitForState("req-1", ["succeeded"], timeout: .seconds(15))
+        XCTAssertEqual(routed["queue"], gpuQueue)
+        XCTAssertEqual(routed["runner"], "gpu")
+        XCTAssertEqual(runner.log.components(separatedBy: "key \(target) is a stream again").count, 2, runner.log)
+        // Nothing lost, nothing run twice.
+        for id in ["req-0", "plain-1", "plain-2", "req-1"] {
+            let types = try events(of: id)
+            XCTAssertEqual(types.filter { $0 == "job.started" }.count, 1, "\(id): \(types)")
+        }
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+        XCTAssertEqual(try send(["XPENDING", target, "runners"]).array?.first?.int, 0)
+        XCTAssertTrue(runner.isRunning)
+        XCTAssertEqual(runner.stop(), 0, runner.log)
+    }
+
+    /// A requirement stream of another type when the runner starts: it starts, names the key, serves its queue.
+    func testARunnerStartsWhileARequirementStreamHasTheWrongType() throws {
+        let target = key("jobs:\(gpuQueue)")
+        _ = try send(["HSET", key("requirements:default"), gpu.requirementId, #"{"gpu":"yes"}"#])
+        _ = try send(["SET", target, "x"])
+        let runner = try startRunner(name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
+        try submit(["--", "true"], id: "plain-s")
+        try waitForState("plain-s", ["succeeded"], timeout: .seconds(5))
+        let warning = "key \(target) is a string, expected a stream; not reading it until it is fixed"
+        XCTAssertEqual(runner.log.components(separatedBy: warning).count, 2, runner.log)
+    }
 }
 
 /// A requirement no runner satisfies: the job waits in its stream, shows in `runner status`, and costs nothing.

@@ -39,7 +39,8 @@ final class StartupCleanupTests: PrivateRedisTestCase {
         IsolationLeftovers.remove(namespace: namespace)
         try? FileManager.default.removeItem(atPath: root)
         XCTAssertEqual(result.code, 1, result.err)
-        XCTAssertTrue(result.err.contains("WRONGTYPE"), result.err)
+        XCTAssertTrue(
+            result.err.contains("WRONGTYPE key \(key("jobs:default")) is a string, expected a stream"), result.err)
         XCTAssertFalse(rootLeft, "the work root \(root) made by the failed start is left")
         XCTAssertEqual(parents, [], "cgroup folders of runner rt2 left behind")
     }

@@ -1,0 +1,103 @@
+import RedisClient
+import Synchronization
+
+/// The streams an intake leaves out of its reads because their key holds another type (someone SET a string
+/// there): one XREADGROUP over several streams fails whole with WRONGTYPE, so one broken key would stall every
+/// queue. A key is left out after a read answered WRONGTYPE and a TYPE of each read key named it (one warning), and
+/// checked again about every `recheckInterval` while any is left out (one TYPE pipeline); it is read again once it
+/// is a stream or gone (one line). Nothing is checked while every key is right: the normal path costs nothing.
+final class UnreadableStreams: Sendable {
+    /// How often the keys left out are checked again (one pipelined TYPE), and the longest an intake that has some
+    /// blocks, so that a fixed key is read within about this long.
+    static let recheckInterval = Duration.seconds(5)
+
+    let logger: Logger
+    let recheckInterval: Duration
+
+    private struct State {
+        /// Queue name to its key, for the queues left out.
+        var skipped: [String: String] = [:]
+        var checkedAt: ContinuousClock.Instant?
+    }
+    private let state = Mutex(State())
+
+    init(logger: Logger, recheckInterval: Duration = UnreadableStreams.recheckInterval) {
+        self.logger = logger
+        self.recheckInterval = recheckInterval
+    }
+
+    var isEmpty: Bool { state.withLock { $0.skipped.isEmpty } }
+
+    func contains(_ queue: String) -> Bool { state.withLock { $0.skipped[queue] != nil } }
+
+    /// Leaves out the queues whose key has a type other than stream (`types`: queue to TYPE's answer), one warning
+    /// each the first time. Returns the queues now left out among them.
+    @discardableResult
+    func skip(types: [String: String], keys: [String: String]) -> Set<String> {
+        var bad: Set<String> = []
+        for (queue, type) in types where type != "stream" && type != "none" {
+            bad.insert(queue)
+            let key = keys[queue] ?? queue
+            let added = state.withLock { state in
+                defer { state.skipped[queue] = key }
+                if state.skipped.isEmpty { state.checkedAt = .now }
+                return state.skipped[queue] == nil
+            }
+            if added {
+                let wrong = WrongTypeKey(key: key, type: type, expected: "stream")
+                logger.warning("\(wrong.text); not reading it until it is fixed")
+            }
+        }
+        return bad
+    }
+
+    /// The queues left out, when their recheck is due (and marks it done); nil otherwise.
+    func dueForRecheck(now: ContinuousClock.Instant = .now) -> [String]? {
+        state.withLock { state in
+            guard !state.skipped.isEmpty else { return nil }
+            if let at = state.checkedAt, now - at < recheckInterval { return nil }
+            state.checkedAt = now
+            return state.skipped.keys.sorted()
+        }
+    }
+
+    /// Reads these queues again (their key is a stream or gone now), one line each.
+    func readmit(_ queues: [String]) {
+        for queue in queues {
+            guard let key = state.withLock({ $0.skipped.removeValue(forKey: queue) }) else { continue }
+            logger.info("key \(key) is a stream again (or gone); reading it again")
+        }
+    }
+}
+
+extension JobIntake {
+    /// TYPE of each queue's stream key, one pipeline: queue to type ("stream", "string", "none", ...).
+    func types(of queues: [String]) async throws -> [String: String] {
+        let keys = queues.map { keyspace.jobs(queue: $0) }
+        let replies = try await client.pipeline(keys.map { RedisCommand(["TYPE", $0]) })
+        var types: [String: String] = [:]
+        for (queue, reply) in zip(queues, replies) { types[queue] = reply.string ?? "none" }
+        return types
+    }
+
+    /// After a WRONGTYPE reply to a read of `queues`: leaves out those whose key is not a stream. Returns them
+    /// (empty when none is: the error came from elsewhere, or the key was fixed meanwhile).
+    func skipWrongTypes(among queues: [String]) async throws -> Set<String> {
+        guard let unreadable else { return [] }
+        let types = try await types(of: queues)
+        let keys = Dictionary(uniqueKeysWithValues: queues.map { ($0, keyspace.jobs(queue: $0)) })
+        return unreadable.skip(types: types, keys: keys)
+    }
+
+    /// About every recheck interval while any key is left out: reads again those that are streams (or gone: their
+    /// group is made) now.
+    func recheckUnreadable() async {
+        guard let unreadable, let due = unreadable.dueForRecheck() else { return }
+        guard let types = try? await types(of: due) else { return }
+        let fixed = due.filter { types[$0] == "stream" || types[$0] == "none" }
+        guard !fixed.isEmpty else { return }
+        unreadable.readmit(fixed)
+        // A key SET again meanwhile is left out again here, with its warning.
+        try? await ensureGroups(of: fixed)
+    }
+}
