@@ -639,8 +639,8 @@ public final class Worker: Sendable {
     private func intakeLoop(intake: JobIntake, executor: JobExecutor, epochs: EpochContext) async {
         var readPendingFirst = true  // our own pending entries (ID 0) first: at start and after any failure
         var cursors: [String: String] = [:]
-        // A gone group, or the same failed read (a jobs stream SET to a string fails every read, 20 times a second),
-        // says nothing new for 10 s.
+        // A gone group, or the same failed read (Redis refusing every read, 20 times a second), says nothing new for
+        // 10 s.
         var groupWarning = RepeatedWarning(every: .seconds(10))
         var readWarning = RepeatedWarning(every: .seconds(10))
         // The last read brought all it asked for: the queue may have more, worth reading ahead.
