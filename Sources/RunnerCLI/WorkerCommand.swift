@@ -322,7 +322,7 @@ extension WorkerCommand {
     /// `--resume-identity`: the queues, concurrency and labels of the record taken over, each unless this worker
     /// sets it itself (a flag, `RUNNER_*`, the config file or a profile: what is given wins). The jobs sent to the
     /// old runner's queues then still find it, and it routes by the old labels too, not only shows them. Logged at
-    /// info: which were taken over and which were the worker's own.
+    /// info: which were taken over and which were the worker's own, with the values in force (labels `-` for none).
     static func takeOverSettings(
         into configuration: inout WorkerConfiguration, _ arguments: ParsedArguments, logger: Logger
     ) async throws {
@@ -373,7 +373,10 @@ extension WorkerCommand {
         logger.info(
             "taking over runner \(runner): \(taken.isEmpty ? "nothing" : taken.joined(separator: ", ")) from its "
                 + "record\(given)",
-            ["queues": configuration.queues.joined(separator: ","), "concurrency": String(configuration.concurrency)])
+            [
+                "queues": configuration.queues.joined(separator: ","), "concurrency": String(configuration.concurrency),
+                "labels": configuration.labels.isEmpty ? "-" : configuration.labels.canonical,
+            ])
     }
 }
 

@@ -371,6 +371,9 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(record["node"] as? String, "n2", "\(record)")
         XCTAssertTrue(
             resumed.log.contains("taking over runner r1: queues, concurrency, labels from its record"), resumed.log)
+        // The line shows the value of each, labels included.
+        let takeOver = resumed.log.split(separator: "\n").first { $0.contains("taking over runner r1") } ?? ""
+        XCTAssertTrue(takeOver.hasSuffix("queues=q7 concurrency=1 labels=a=b"), String(takeOver))
         try submit(["--queue", "q7", "--", "true"], id: "tk-q7")
         try waitForState("tk-q7", ["succeeded"])
 
