@@ -330,7 +330,15 @@ extension WorkerCommand {
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         // No record: the worker's own start refuses the takeover with its error (exit 2).
-        guard let record = try await pool.presence(of: runner).record else { return }
+        let presence = try await pool.presence(of: runner)
+        guard let record = presence.record else { return }
+        // Refused before anything is taken over or logged as taken (the start checks the lease again, atomically).
+        if presence.leaseHeld {
+            let state = record[RunnerRecordField.state]?.stringValue.map { ", state \($0)" } ?? ""
+            throw CommandFailure(
+                "--resume-identity \(runner): the old runner still holds its lease (it has not finished its "
+                    + "migration, or it still runs\(state)); nothing was taken over")
+        }
         var taken: [String] = []
         var own: [String] = []
         if arguments.values["--queue"] != nil {
