@@ -60,9 +60,11 @@ enum PoolCommands {
             OptionSpec("--wait-timeout", .value("DURATION"), help: "How long --wait waits.", default: "30s"),
         ], maximumPositionals: 1,
         discussion: """
-            A job not started yet is cancelled at once ('cancelled JOB (it was queued)'). For a running job the
-            command id of the cancel sent to its runner is printed; the runner stops it (SIGTERM, kill grace,
-            SIGKILL) and records state cancelled. A job that has ended is an error (exit 1).
+            A job not started yet is cancelled at once ('cancelled JOB (it was queued)', or 'retry_scheduled' for one
+            waiting for its retry). For a running job a cancel command goes to its runner ('cancel requested for job
+            JOB (running on RUNNER); command ID'); the runner stops it (SIGTERM, kill grace, SIGKILL) and records
+            state cancelled. With --wait, the job's final state follows on a line of its own. A job that has ended
+            is an error (exit 1).
             """)
 
     static var sender: String { "cli@\(CommonOptions.hostName)" }
@@ -179,7 +181,7 @@ enum PoolCommands {
                 console.error(
                     "runner: job '\(id)' is running without a recorded runner; a runner claiming it cancels it")
             } else {
-                console.print(commandId)
+                console.print("cancel requested for job \(id) (running on \(runner)); command \(commandId)")
             }
             guard arguments.flag("--wait") else { return 0 }
             let result = try await pool.follow(id: id, timeout: timeout)

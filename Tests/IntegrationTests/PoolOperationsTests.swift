@@ -51,7 +51,10 @@ final class PoolOperationsTests: IntegrationTestCase {
         let lines = cancel.stdout.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.count, 2, cancel.stdout)
         XCTAssertEqual(lines.last, "cancelled")
-        let commandId = lines.first ?? ""
+        let said = "cancel requested for job cr-1 (running on r1); command "
+        XCTAssertEqual(lines.first?.hasPrefix(said), true, cancel.stdout)
+        let commandId = String((lines.first ?? "").dropFirst(said.count))
+        XCTAssertTrue(commandId.wholeMatch(of: /[0-9]+-[0-9]+/) != nil, cancel.stdout)
 
         for pid in pids { XCTAssertFalse(processIsAlive(pid), "process \(pid) of the cancelled job is still alive") }
         let record = try job("cr-1")
