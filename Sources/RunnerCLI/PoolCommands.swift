@@ -13,7 +13,9 @@ enum PoolCommands {
         OptionSpec("--wait-timeout", .value("DURATION"), help: "How long --wait waits.", default: "30s"),
     ]
     static let allOption = OptionSpec(
-        "--all", .flag, help: "Send it to every runner (the pool-wide stream {nr}:control) instead of one.")
+        "--all", .flag,
+        help: "Send it to every runner (the pool-wide stream {nr}:control) instead of one; to none running, nothing "
+            + "is sent (a warning on stderr, exit 0).")
 
     static func runnerSpec(
         _ name: String, abstract: String, usage: String, extra: [OptionSpec] = [], discussion: String
@@ -60,9 +62,11 @@ enum PoolCommands {
             OptionSpec("--wait-timeout", .value("DURATION"), help: "How long --wait waits.", default: "30s"),
         ], maximumPositionals: 1,
         discussion: """
-            A job not started yet is cancelled at once ('cancelled JOB (it was queued)'). For a running job the
-            command id of the cancel sent to its runner is printed; the runner stops it (SIGTERM, kill grace,
-            SIGKILL) and records state cancelled. A job that has ended is an error (exit 1).
+            A job not started yet is cancelled at once ('cancelled JOB (it was queued)', or 'retry_scheduled' for one
+            waiting for its retry). For a running job a cancel command goes to its runner ('cancel requested for job
+            JOB (running on RUNNER); command ID'); the runner stops it (SIGTERM, kill grace, SIGKILL) and records
+            state cancelled. With --wait, the job's final state follows on a line of its own. A job that has ended
+            is an error (exit 1).
             """)
 
     static var sender: String { "cli@\(CommonOptions.hostName)" }
@@ -116,17 +120,19 @@ enum PoolCommands {
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         if let runner { try await requireLive(runner, pool) }
+        // The pool-wide stream reaches the runners running now (one started later does not read what came before
+        // it): say how many, so that an empty registry (or a mistyped --namespace) is not mistaken for a pool that
+        // acted. To none, nothing is sent: a warning, exit 0 (an empty pool has nothing to drain or stop).
+        let live = all ? try await pool.status().runners.filter { $0.leaseRemainingMs != nil }.count : 0
+        if all, live == 0 {
+            console.error(
+                "runner: warning: no runner is running in namespace '\(pool.keyspace.namespace)'; nothing was sent")
+            return 0
+        }
         let position = try await pool.eventsPosition()
         let id = try await pool.sendControl(command, to: runner, sentBy: sender)
         console.print(id)
-        if all {
-            // The pool-wide stream reaches the runners running now: say how many, so that an empty registry (or a
-            // mistyped --namespace) is not mistaken for a pool that acted.
-            let live = try await pool.status().runners.filter { $0.leaseRemainingMs != nil }.count
-            console.error(
-                "runner: sent to \(live) runner\(live == 1 ? "" : "s")"
-                    + (live == 0 ? " (none is running in namespace '\(pool.keyspace.namespace)')" : ""))
-        }
+        if all { console.error("runner: sent to \(live) runner\(live == 1 ? "" : "s")") }
         guard arguments.flag("--wait") else { return 0 }
         return try await printOutcome(of: id, runner: runner ?? "", after: position, timeout: timeout, pool, console)
     }
@@ -179,7 +185,7 @@ enum PoolCommands {
                 console.error(
                     "runner: job '\(id)' is running without a recorded runner; a runner claiming it cancels it")
             } else {
-                console.print(commandId)
+                console.print("cancel requested for job \(id) (running on \(runner)); command \(commandId)")
             }
             guard arguments.flag("--wait") else { return 0 }
             let result = try await pool.follow(id: id, timeout: timeout)

@@ -31,8 +31,8 @@ enum StatusCommand {
             STATE lost (and 'running (lost)' or the like before a reaper has acted) is a runner whose lease is gone
             (LEASE expired): it died or was cut off. Its CAPACITY and RUNNING show -, and its jobs have been (or are
             about to be) put back on their queues. Lost runners stay listed for --lost-retention (runner control,
-            default 24h). A runner that shuts down or migrates shows draining until it leaves (migrating once it has
-            released its lease for another node).
+            default 24h). A runner that shuts down or migrates shows draining until it leaves (migrating, LEASE
+            released, once it has released its lease for another node).
 
             --json prints one object: runners (each its registry record with id, lease_remaining_ms, null when the
             lease is gone, and lost; a lost runner's capacity, capacity_free, running, memory_reserved_bytes and
@@ -81,7 +81,7 @@ enum StatusCommand {
                 // marks it `lost`).
                 StatusCommand.stateText(
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
-                runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
+                StatusCommand.leaseText(runner),
                 lost ? "-" : "\(capacity - free)/\(capacity)",
                 lost || running.isEmpty ? "-" : running.joined(separator: ","),
                 StatusCommand.labelsText(record[RunnerRecordField.labels]),
@@ -197,6 +197,13 @@ enum StatusCommand {
     static func isLost(_ runner: RunnerStatus) -> Bool {
         let state = runner.record[RunnerRecordField.state]?.stringValue.flatMap(RunnerState.init(rawValue:))
         return runner.leaseRemainingMs == nil && state?.releasedItsLease != true
+    }
+
+    /// LEASE: the time left, `released` for a runner that gave it up to move (migrating, migrated), else `expired`.
+    static func leaseText(_ runner: RunnerStatus) -> String {
+        if let left = runner.leaseRemainingMs { return String(format: "%.1fs", Double(left) / 1000) }
+        let state = runner.record[RunnerRecordField.state]?.stringValue.flatMap(RunnerState.init(rawValue:))
+        return state?.releasedItsLease == true ? "released" : "expired"
     }
 
     static func stateText(_ state: String?, leaseHeld: Bool) -> String {

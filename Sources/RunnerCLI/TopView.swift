@@ -24,7 +24,7 @@ enum TopView {
                 runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
                 StatusCommand.stateText(
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
-                runner.leaseRemainingMs.map { String(format: "%.1fs", Double($0) / 1000) } ?? "expired",
+                StatusCommand.leaseText(runner),
                 StatusCommand.isLost(runner)
                     ? "-" : bar(used: capacity - free, total: capacity) + " \(capacity - free)/\(capacity)",
                 usage?.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-",

@@ -322,7 +322,7 @@ extension WorkerCommand {
     /// `--resume-identity`: the queues, concurrency and labels of the record taken over, each unless this worker
     /// sets it itself (a flag, `RUNNER_*`, the config file or a profile: what is given wins). The jobs sent to the
     /// old runner's queues then still find it, and it routes by the old labels too, not only shows them. Logged at
-    /// info: which were taken over and which were the worker's own.
+    /// info: which were taken over and which were the worker's own, with the values in force (labels `-` for none).
     static func takeOverSettings(
         into configuration: inout WorkerConfiguration, _ arguments: ParsedArguments, logger: Logger
     ) async throws {
@@ -330,7 +330,15 @@ extension WorkerCommand {
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         // No record: the worker's own start refuses the takeover with its error (exit 2).
-        guard let record = try await pool.presence(of: runner).record else { return }
+        let presence = try await pool.presence(of: runner)
+        guard let record = presence.record else { return }
+        // Refused before anything is taken over or logged as taken (the start checks the lease again, atomically).
+        if presence.leaseHeld {
+            let state = record[RunnerRecordField.state]?.stringValue.map { ", state \($0)" } ?? ""
+            throw CommandFailure(
+                "--resume-identity \(runner): the old runner still holds its lease (it has not finished its "
+                    + "migration, or it still runs\(state)); nothing was taken over")
+        }
         var taken: [String] = []
         var own: [String] = []
         if arguments.values["--queue"] != nil {
@@ -373,7 +381,10 @@ extension WorkerCommand {
         logger.info(
             "taking over runner \(runner): \(taken.isEmpty ? "nothing" : taken.joined(separator: ", ")) from its "
                 + "record\(given)",
-            ["queues": configuration.queues.joined(separator: ","), "concurrency": String(configuration.concurrency)])
+            [
+                "queues": configuration.queues.joined(separator: ","), "concurrency": String(configuration.concurrency),
+                "labels": configuration.labels.isEmpty ? "-" : configuration.labels.canonical,
+            ])
     }
 }
 

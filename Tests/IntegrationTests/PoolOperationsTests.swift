@@ -51,7 +51,10 @@ final class PoolOperationsTests: IntegrationTestCase {
         let lines = cancel.stdout.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.count, 2, cancel.stdout)
         XCTAssertEqual(lines.last, "cancelled")
-        let commandId = lines.first ?? ""
+        let said = "cancel requested for job cr-1 (running on r1); command "
+        XCTAssertEqual(lines.first?.hasPrefix(said), true, cancel.stdout)
+        let commandId = String((lines.first ?? "").dropFirst(said.count))
+        XCTAssertTrue(commandId.wholeMatch(of: /[0-9]+-[0-9]+/) != nil, cancel.stdout)
 
         for pid in pids { XCTAssertFalse(processIsAlive(pid), "process \(pid) of the cancelled job is still alive") }
         let record = try job("cr-1")
@@ -306,6 +309,7 @@ final class PoolOperationsTests: IntegrationTestCase {
             timeout: 30)
         XCTAssertEqual(early.code, 1)
         XCTAssertTrue(early.err.contains("the old runner still holds its lease"), early.err)
+        XCTAssertFalse(early.err.contains("taking over runner"), "refused before claiming a takeover: \(early.err)")
 
         let migrate = cli(["migrate", "r1", "--to", "n2", "--takeover-timeout", "60s", "--wait"])
         XCTAssertEqual(migrate.code, 0, migrate.err)
@@ -315,6 +319,10 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(record["migrate_to"] as? String, "n2")
         XCTAssertNotNil(record["migrate_deadline"] as? Int)
         XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0, "the lease is released")
+        // `status` shows the lease as given up, not as expired (a lost runner's).
+        let row = cli(["status"]).stdout.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }
+            .first { $0.hasPrefix("r1 ") }
+        XCTAssertEqual(row?.hasPrefix("r1 n1 migrating released "), true, row ?? "no row for r1")
         let migration = try events().last { $0.type == "runner.migration" }
         XCTAssertEqual(migration?.data["from_node"] as? String, "n1")
         XCTAssertEqual(migration?.data["to_node"] as? String, "n2")
@@ -362,15 +370,10 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(old.waitForExit(timeout: 30), 0, old.log)
         XCTAssertTrue(old.log.contains("it takes over this runner's queues, concurrency and labels"), old.log)
 
-        let resumed = try startRunner(name: "r1", ["--resume-identity", "r1", "--node", "n2"])
-        try waitForRegistryState("r1", "running")
-        var record = try registry("r1")
-        XCTAssertEqual(record["queues"] as? [String], ["q7"], "\(record)")
-        XCTAssertEqual(record["capacity"] as? Int, 1, "\(record)")
-        XCTAssertEqual(record["labels"] as? [String: String], ["a": "b"], "\(record)")
-        XCTAssertEqual(record["node"] as? String, "n2", "\(record)")
-        XCTAssertTrue(
-            resumed.log.contains("taking over runner r1: queues, concurrency, labels from its record"), resumed.log)
+        let resumed = try resumeR1OnN2(queues: ["q7"], capacity: 1, labels: ["a": "b"])
+        // The line shows the value of each, labels included.
+        let takeOver = resumed.log.split(separator: "\n").first { $0.contains("taking over runner r1") } ?? ""
+        XCTAssertTrue(takeOver.hasSuffix("queues=q7 concurrency=1 labels=a=b"), String(takeOver))
         try submit(["--queue", "q7", "--", "true"], id: "tk-q7")
         try waitForState("tk-q7", ["succeeded"])
 
@@ -381,12 +384,40 @@ final class PoolOperationsTests: IntegrationTestCase {
         let again = try startRunner(
             name: "r1", ["--resume-identity", "r1", "--node", "n3"], environment: ["RUNNER_CONCURRENCY": "3"])
         try waitForRegistryState("r1", "running")
-        record = try registry("r1")
+        let record = try registry("r1")
         XCTAssertEqual(record["queues"] as? [String], ["q7"], "\(record)")
         XCTAssertEqual(record["capacity"] as? Int, 3, "\(record)")
         XCTAssertTrue(
             again.log.contains("taking over runner r1: queues, labels from its record; its own (given): concurrency"),
             again.log)
+    }
+
+    /// `--resume-identity` of a runner that died without migrating is allowed (documented): it takes the id over as
+    /// a restart of that name would, with the record's queues, concurrency and labels.
+    func testResumingTheIdentityOfALostRunnerThatNeverMigratedIsAllowed() throws {
+        let old = try startRunner([
+            "--queue", "q8", "--concurrency", "2", "--label", "zone=eu", "--lease-ttl", "2s", "--no-reaper",
+        ])
+        old.signal(SIGKILL)
+        XCTAssertNotNil(old.waitForExit(timeout: 10))
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) { try self.send(["EXISTS", self.key("runner:r1")]).int == 0 })
+        try resumeR1OnN2(queues: ["q8"], capacity: 2, labels: ["zone": "eu"])
+    }
+
+    /// Starts `--resume-identity r1 --node n2` and checks that it took r1's queues, capacity and labels over.
+    @discardableResult
+    private func resumeR1OnN2(queues: [String], capacity: Int, labels: [String: String]) throws -> RunnerUnderTest {
+        let resumed = try startRunner(name: "r1", ["--resume-identity", "r1", "--node", "n2"])
+        try waitForRegistryState("r1", "running")
+        let record = try registry("r1")
+        XCTAssertEqual(record["queues"] as? [String], queues, "\(record)")
+        XCTAssertEqual(record["capacity"] as? Int, capacity, "\(record)")
+        XCTAssertEqual(record["labels"] as? [String: String], labels, "\(record)")
+        XCTAssertEqual(record["node"] as? String, "n2", "\(record)")
+        XCTAssertTrue(
+            resumed.log.contains("taking over runner r1: queues, concurrency, labels from its record"), resumed.log)
+        return resumed
     }
 
     func testMigrationHandsBackAJobWaitingInItsSlotAtOnce() throws {

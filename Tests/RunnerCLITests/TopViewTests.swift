@@ -63,6 +63,20 @@ final class TopViewTests: XCTestCase {
             ])
     }
 
+    /// A runner that gave its lease up to move shows LEASE `released`, not `expired` (a lost runner's).
+    func testAMigratingRunnersLeaseIsReleasedNotExpired() {
+        var pool = snapshot()
+        for state: JSONValue in ["migrating", "migrated"] {
+            var record = pool.runners[1].record.objectValue ?? [:]
+            record["state"] = state
+            pool.runners[1].record = .object(record)
+            let row = TopView.render(pool, width: 0).first { $0.hasPrefix("  r2 ") } ?? ""
+            XCTAssertEqual(
+                row.split(separator: " ").prefix(4), ["r2", "n2", Substring(state.stringValue ?? ""), "released"],
+                row)
+        }
+    }
+
     /// `top --events 0`: no events pane at all, not an empty one.
     func testAQueueNoRunningRunnerReadsIsListedAsNotServed() {
         func set(_ runner: Int, _ key: String, _ value: JSONValue, in pool: inout PoolSnapshot) {

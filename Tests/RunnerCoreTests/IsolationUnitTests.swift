@@ -287,6 +287,59 @@ final class WorkspaceReuseTests: XCTestCase {
         }
     }
 
+    /// A flag deeper inside than the folder and its `tmp` (`chattr +i tmp/deep/x`, or `chattr +a sub` holding a file)
+    /// is not cleared: the folder stays, and its one warning names the first entry that could not be removed and why.
+    func testAFolderLeftBehindByADeepFlagIsReportedWithTheReason() async throws {
+        try XCTSkipIf(geteuid() != 0, "setting the immutable and append-only flags needs root (CAP_LINUX_IMMUTABLE)")
+        final class Lines: Sendable {
+            let lines = Mutex<[String]>([])
+        }
+        let host = IsolationHost(
+            configuration: IsolationConfiguration(
+                defaultLevel: .processGroup, fallback: false, defaultLimits: JobLimits(), ceilings: JobLimits()),
+            capabilities: IsolationCapabilities(
+                processGroup: .available, namespaces: .available, networkNamespace: .available, runAs: .available),
+            cgroups: nil, cgroupUnavailable: "no cgroup driver", workspace: workspace, hostMemoryBytes: nil)
+        let entry = try JobEntry(
+            streamId: "5-1", queue: "default",
+            fields: [("id", Array("j".utf8)), ("spec", Array(#"{"argv":["x"]}"#.utf8))])
+        let cases: [(flagged: String, reported: String, flag: Int32, what: String)] = [
+            ("/tmp/deep/x", "/tmp/deep/x", NR_FS_IMMUTABLE_FL, "chattr +i tmp/deep/x"),
+            ("/sub", "/sub/f", NR_FS_APPEND_FL, "chattr +a sub"),
+        ]
+        for (flagged, reported, flag, what) in cases {
+            let containment = try await JobContainment.create(plan: try host.plan(for: entry).get(), host: host)
+            let path = containment.workDirectory
+            for folder in ["/tmp/deep", "/sub"] {
+                try FileManager.default.createDirectory(atPath: path + folder, withIntermediateDirectories: true)
+            }
+            for file in ["/tmp/deep/x", "/sub/f"] {
+                XCTAssertTrue(FileManager.default.createFile(atPath: path + file, contents: Data("x".utf8)))
+            }
+            let fd = open(path + flagged, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            defer { close(fd) }
+            let flags = nr_inode_flags(fd)
+            let set = flags >= 0 ? nr_set_inode_flags(fd, flags | flag) : -1
+            try XCTSkipIf(set != 0, "the file system of \(root) refuses FS_IOC_GETFLAGS/SETFLAGS (\(errnoText()))")
+            let sink = Lines()
+            let logger = Logger(label: "runner", level: .debug, format: .text) { line in
+                sink.lines.withLock { $0.append(line) }
+            }
+            await containment.discard(logger: logger)
+            XCTAssertEqual(nr_clear_locking_flags(fd), 1, what)
+            XCTAssertTrue(pathExists(path), "\(what): left behind")
+            let warnings = sink.lines.withLock { $0 }.filter { $0.contains("could not remove the job's work folder") }
+            XCTAssertEqual(warnings.count, 1, "\(what): \(warnings)")
+            XCTAssertTrue(
+                warnings.first?.contains(
+                    "could not remove the job's work folder: \(path + reported): Operation not permitted (it may be "
+                        + "immutable, or its folder append-only: chattr +i or +a) path=\(path)") == true,
+                "\(what): \(warnings)")
+            try FileManager.default.removeItem(atPath: path)
+        }
+    }
+
     func testASpareRemovedMeanwhileFallsBackToANewFolder() async throws {
         let first = try await workspace.create(name: "job-a")
         let released = await workspace.release(path: first)

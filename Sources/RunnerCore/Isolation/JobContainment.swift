@@ -135,8 +135,11 @@ final class JobContainment: Sendable {
 
     /// Gives the work folder back: kept as a spare when left as made, else removed.
     private func releaseFolder(logger: Logger) async {
-        if !(await host.workspace.release(path: workDirectory)) {
-            logger.warning("could not remove the job's work folder", ["path": workDirectory])
+        // Why, in the one line: the first entry that cannot be removed (e.g. made immutable by a job run as root).
+        if !(await host.workspace.release(path: workDirectory)),
+            let reason = await host.workspace.removalFailure(path: workDirectory)
+        {
+            logger.warning("could not remove the job's work folder: \(reason)", ["path": workDirectory])
         }
     }
 }

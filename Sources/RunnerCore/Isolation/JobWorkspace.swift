@@ -180,6 +180,41 @@ struct JobWorkspace: Sendable {
         return await JobWorkspace.run { JobWorkspace.removeTree(path) }
     }
 
+    /// Why `path` could not be removed, for the warning: tries once more, entry by entry and deepest first, without
+    /// following a link, and answers the first failure (`<entry>: <errno text>`; for EPERM, that it may be immutable
+    /// or in an append-only folder), or nil when it is gone now. Flags are not cleared here.
+    func removalFailure(path: String) async -> String? {
+        await JobWorkspace.run { JobWorkspace.firstRemovalFailure(path) }
+    }
+
+    private static func firstRemovalFailure(_ path: String) -> String? {
+        func failure(_ entry: String, _ code: Int32 = errno) -> String {
+            let hint = code == EPERM ? " (it may be immutable, or its folder append-only: chattr +i or +a)" : ""
+            return "\(entry): \(errnoText(code))\(hint)"
+        }
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return errno == ENOENT ? nil : failure(path) }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else { return unlink(path) == 0 ? nil : failure(path) }
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0, let stream = fdopendir(fd) else {
+            let code = errno
+            if fd >= 0 { close(fd) }
+            return failure(path, code)
+        }
+        var names: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: Int(NAME_MAX) + 1) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        closedir(stream)
+        for name in names.sorted() {
+            if let failed = firstRemovalFailure(path + "/" + name) { return failed }
+        }
+        return rmdir(path) == 0 || errno == ENOENT ? nil : failure(path)
+    }
+
     /// Removes `path` and everything in it; when that fails, clears the immutable and append-only flags of the
     /// folder and its `tmp` (a job run as root may have set them: `chattr +i tmp`, `chattr +a .`) and tries again.
     private static func removeTree(_ path: String) -> Bool {
