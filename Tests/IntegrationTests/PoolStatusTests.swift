@@ -230,6 +230,9 @@ final class WrongTypeKeyViewTests: IntegrationTestCase {
     func testCommandsThatReadAKeyOfTheWrongTypeNameIt() throws {
         _ = try send(["SET", key("events"), "x"])
         _ = try send(["SET", key("dead"), "x"])
+        // A runner holding its lease: `drain --all` to none running sends nothing, so it would not reach the key.
+        _ = try send(["HSET", key("runners"), "r1", #"{"node":"n1","pid":7,"queues":["default"],"state":"running"}"#])
+        _ = try send(["SET", key("runner:r1"), "token", "PX", "60000"])
         let events = "Error: Redis refused the command: WRONGTYPE key \(key("events")) is a string, expected a stream\n"
         for arguments in [["events"], ["events", "--follow"], ["drain", "--all"]] {
             let result = cli(arguments, timeout: 20)
