@@ -13,6 +13,8 @@ struct ResourceMonitor: Sendable {
     let logger: Logger
     /// Where the host figures of each sample go for `/metrics` (nil: nowhere).
     var metrics: WorkerMetrics? = nil
+    /// Other runners' contexts on this host whose runner is dead (nil: not looked for).
+    var deadRunners: DeadRunnerContexts? = nil
 
     /// Every `interval`: usage event, then a cleanup pass. Until cancelled.
     func run(interval: Duration) async {
@@ -72,6 +74,20 @@ struct ResourceMonitor: Sendable {
     /// `isolation.cleanup` event (none when nothing was left). `processes` are pids stopped by the caller (at start).
     @discardableResult
     func cleanUp(processes: [Int32] = []) async -> JSONValue? {
+        // A live runner's sign of life to the others' `DeadRunnerContexts`; what they (or an operator) removed
+        // while this runner could not renew its lease is made again.
+        if pathExists(host.workspace.directory) {
+            utimensat(AT_FDCWD, host.workspace.directory, nil, AT_SYMLINK_NOFOLLOW)
+        } else {
+            try? await host.workspace.prepare()
+        }
+        if let driver = host.cgroups {
+            if driver.parentDirectories.allSatisfy(pathExists) {
+                driver.touchParent()
+            } else {
+                _ = try? driver.prepareParent()
+            }
+        }
         // List first, then read what is in use: a context reserved after the listing is not in it.
         let cgroups = (try? host.cgroups?.jobCgroups(namePrefix: "job-")) ?? []
         // Kept folders (`--keep-work-dirs`) are the operator's to remove.
@@ -94,17 +110,22 @@ struct ResourceMonitor: Sendable {
             if host.workspace.isSpare(folder) { continue }
             if await host.workspace.remove(path: folder) { removedFolders.append(folder) }
         }
-        guard !removedCgroups.isEmpty || !removedFolders.isEmpty || !processes.isEmpty else { return nil }
-        let data: JSONValue = [
+        let dead = await deadRunners?.cleanUp(host: host, logger: logger) ?? []
+        guard !removedCgroups.isEmpty || !removedFolders.isEmpty || !processes.isEmpty || !dead.isEmpty else {
+            return nil
+        }
+        var fields: [String: JSONValue] = [
             "cgroups": .array(removedCgroups.map(JSONValue.string)),
             "work_dirs": .array(removedFolders.map(JSONValue.string)),
             "processes": .array(processes.map { .int(Int($0)) }),
         ]
+        if !dead.isEmpty { fields["dead_runners"] = .array(dead) }
+        let data = JSONValue.object(fields)
         logger.info(
             "removed leftover isolation contexts",
             [
                 "cgroups": String(removedCgroups.count), "work_dirs": String(removedFolders.count),
-                "processes": String(processes.count),
+                "processes": String(processes.count), "dead_runners": String(dead.count),
             ])
         try? await store.emit(.isolationCleanup, runner: runner, data: data, retry: .never)
         return data
