@@ -396,6 +396,21 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) })
     }
 
+    /// A running runner whose lease key is gone (as if it could not reach Redis) keeps its contexts: it touches them
+    /// every round, so they are never old enough.
+    func testARunningRunnersContextsStayWhileItsLeaseKeyIsGone() throws {
+        // Renewals every 20 s: the deleted key stays deleted for the whole test.
+        try startRunner(name: "r1", ["--lease-ttl", "60s", "--monitor-interval", "300ms"])
+        let folder = try runnerFolder()
+        try startRunner(name: "r2", ["--lease-ttl", "2s", "--monitor-interval", "300ms"])
+        XCTAssertEqual(try send(["DEL", key("runner:r1")]).int, 1)
+        Thread.sleep(forTimeInterval: 2.5)
+        try waitForRounds(of: "r2", 4)
+        XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0)
+        XCTAssertEqual(try deadRunnerCleanups(by: "r2", of: "r1").count, 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder))
+    }
+
     /// Only a context of this namespace and pool, named exactly as a runner's, untouched for the age (at least the
     /// lease TTL) and without a lease key is removed, with the processes carrying its runner's markers. A fresh one
     /// (a runner starting makes its folders before it writes its lease) stays until it is old.
