@@ -16,7 +16,8 @@ import RunnerProtocol
 /// - its runner's lease key does not exist (one pipelined EXISTS; on any Redis error nothing is done this round);
 /// - still unchanged just before anything is killed.
 /// Then what still runs in it (its cgroups' members, processes carrying its `NR_RUNNER`/`NR_NAMESPACE`/`NR_POOL`) is
-/// killed, its cgroups and folders removed. At most `limit` contexts a round.
+/// killed, its cgroups and folders removed (not its folders under `--keep-work-dirs`). At most `limit` contexts a
+/// round, taken in random order from the old ones.
 struct DeadRunnerContexts: Sendable {
     /// Contexts removed at most per round; the rest wait for the next.
     static let limit = 4
@@ -89,7 +90,8 @@ struct DeadRunnerContexts: Sendable {
             guard let changed = lastChange(candidate) else { return false }
             return Date().timeIntervalSince1970 - changed >= ageSeconds
         }
-        let old = Array(candidates.filter(isOld).prefix(Self.limit))
+        // In random order: contexts that stay (a paused runner's, whose lease holds) do not hold back the others.
+        let old = Array(candidates.filter(isOld).shuffled().prefix(Self.limit))
         guard !old.isEmpty else { return [] }
         let replies: [RedisReply]
         do {
@@ -134,6 +136,8 @@ struct DeadRunnerContexts: Sendable {
                 JobEnvironment.pool: pool,
             ]))
         var folders: [String] = []
+        // Kept folders (`--keep-work-dirs`) are the operator's to remove, a dead runner's too.
+        guard !host.configuration.keepWorkFolders else { return report(candidate, cgroups, folders, processes) }
         let workspace = JobWorkspace(
             root: host.configuration.workRoot, runner: candidate.contextName, owner: host.workspace.owner)
         if pathExists(workspace.directory) {
@@ -148,7 +152,13 @@ struct DeadRunnerContexts: Sendable {
                     "could not remove a dead runner's work folder", ["path": workspace.directory])
             }
         }
-        return [
+        return report(candidate, cgroups, folders, processes)
+    }
+
+    private func report(
+        _ candidate: Candidate, _ cgroups: [String], _ folders: [String], _ processes: Set<Int32>
+    ) -> JSONValue {
+        [
             "runner": .string(candidate.runner), "cgroups": .array(cgroups.map(JSONValue.string)),
             "work_dirs": .array(folders.map(JSONValue.string)),
             "processes": .array(processes.sorted().map { .int(Int($0)) }),

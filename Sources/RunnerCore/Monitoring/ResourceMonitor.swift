@@ -125,7 +125,8 @@ struct ResourceMonitor: Sendable {
             "removed leftover isolation contexts",
             [
                 "cgroups": String(removedCgroups.count), "work_dirs": String(removedFolders.count),
-                "processes": String(processes.count), "dead_runners": String(dead.count),
+                "processes": String(processes.count),
+                "dead_runners": dead.compactMap { $0["runner"]?.stringValue }.joined(separator: ","),
             ])
         try? await store.emit(.isolationCleanup, runner: runner, data: data, retry: .never)
         return data
