@@ -23,6 +23,8 @@ struct ResourceMonitor: Sendable {
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { break }
+            // First, before anything that waits for Redis: a round stuck on an unreachable Redis still touches them.
+            keepOwnContexts()
             let now = ContinuousClock.now
             let hostTimes = try? host.sampler.hostCPUTimes()
             var data: [String: JSONValue] = [:]
@@ -70,16 +72,13 @@ struct ResourceMonitor: Sendable {
         }
     }
 
-    /// Kills and removes leftover job cgroups, removes leftover work folders, and reports them in one
-    /// `isolation.cleanup` event (none when nothing was left). `processes` are pids stopped by the caller (at start).
-    @discardableResult
-    func cleanUp(processes: [Int32] = []) async -> JSONValue? {
-        // A live runner's sign of life to the others' `DeadRunnerContexts`; what they (or an operator) removed
-        // while this runner could not renew its lease is made again.
+    /// A live runner's sign of life to the others' `DeadRunnerContexts`: the mtime of its folder and cgroup parents
+    /// set to now. What they (or an operator) removed meanwhile (this runner was paused past its lease) is made again.
+    private func keepOwnContexts() {
         if pathExists(host.workspace.directory) {
             utimensat(AT_FDCWD, host.workspace.directory, nil, AT_SYMLINK_NOFOLLOW)
         } else {
-            try? await host.workspace.prepare()
+            try? host.workspace.prepareNow()
         }
         if let driver = host.cgroups {
             if driver.parentDirectories.allSatisfy(pathExists) {
@@ -88,6 +87,13 @@ struct ResourceMonitor: Sendable {
                 _ = try? driver.prepareParent()
             }
         }
+    }
+
+    /// Kills and removes leftover job cgroups, removes leftover work folders, and reports them in one
+    /// `isolation.cleanup` event (none when nothing was left). `processes` are pids stopped by the caller (at start).
+    @discardableResult
+    func cleanUp(processes: [Int32] = []) async -> JSONValue? {
+        keepOwnContexts()
         // List first, then read what is in use: a context reserved after the listing is not in it.
         let cgroups = (try? host.cgroups?.jobCgroups(namePrefix: "job-")) ?? []
         // Kept folders (`--keep-work-dirs`) are the operator's to remove.
