@@ -178,7 +178,10 @@ public final class Worker: Sendable {
             metrics: metrics)
         let monitor = ResourceMonitor(
             host: isolation, containments: containments, store: store, runner: config.name, logger: logger,
-            metrics: metrics)
+            metrics: metrics,
+            deadRunners: DeadRunnerContexts(
+                client: jobsClient, keyspace: keyspace, runner: config.name, pool: poolIdentity(config.redis),
+                age: max(config.leaseTTL, config.isolation.monitorInterval * 2)))
 
         _ = try? await routes.refreshIfDue(client: intakeClient)
         try await intake.ensureGroups()

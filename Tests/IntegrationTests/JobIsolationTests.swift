@@ -298,6 +298,171 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: try runnerFolder() + "/" + folder))
     }
 
+    /// The memory cgroup of a running process, as a path under /sys/fs/cgroup/memory.
+    private func memoryCgroup(of pid: Int32) throws -> String {
+        let line = try XCTUnwrap(
+            try String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8).split(separator: "\n")
+                .first { $0.contains(":memory:") })
+        return "/sys/fs/cgroup/memory" + String(line.split(separator: ":", maxSplits: 2)[2])
+    }
+
+    /// The `isolation.cleanup` events of `runner` that report the dead runner `dead`.
+    private func deadRunnerCleanups(by runner: String, of dead: String) throws -> [[String: Any]] {
+        try events().filter { $0.type == "isolation.cleanup" && $0.runner == runner }.flatMap {
+            ($0.data["dead_runners"] as? [[String: Any]]) ?? []
+        }.filter { $0["runner"] as? String == dead }
+    }
+
+    /// Waits until `runner` has published `count` more `runner.resource_usage` events: each is followed by a
+    /// cleanup round, so `count - 1` rounds have run in full.
+    private func waitForRounds(of runner: String, _ count: Int) throws {
+        let before = try events().filter { $0.type == "runner.resource_usage" && $0.runner == runner }.count
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(15)) {
+                try events().filter { $0.type == "runner.resource_usage" && $0.runner == runner }.count
+                    >= before + count
+            })
+    }
+
+    /// A runner killed with kill -9 mid-job: another runner of the pool (another name) leaves its contexts alone
+    /// while its lease holds, and removes its cgroups, its work folder and what runs in them once the lease expired.
+    func testAnotherRunnerRemovesADeadRunnersContextsOnceItsLeaseExpired() throws {
+        let fast = ["--lease-ttl", "2s", "--monitor-interval", "300ms"]
+        let a = try startRunner(name: "r1", fast)
+        try submit(["--isolation", "cgroup", "--memory", "64M", "--", "sleep", "300"], id: "dead-1")
+        let pid = try runningPid("dead-1")
+        let jobCgroup = try memoryCgroup(of: pid)
+        let parent = (jobCgroup as NSString).deletingLastPathComponent
+        let folder = try runnerFolder()
+        XCTAssertTrue((parent as NSString).lastPathComponent.hasPrefix("nativerunner-\(namespace).r1."), parent)
+
+        // B while A lives: A's lease holds and A touches its contexts every round.
+        try startRunner(name: "r2", fast)
+        try waitForRounds(of: "r2", 10)
+        XCTAssertEqual(try deadRunnerCleanups(by: "r2", of: "r1").count, 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: jobCgroup))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder))
+        XCTAssertTrue(processIsAlive(pid))
+
+        // No runner should run the job again: take the entry away, then kill A.
+        for entry in try send(["XPENDING", key("jobs:default"), "runners", "-", "+", "10"]).array ?? [] {
+            let id = try XCTUnwrap(entry.array?.first?.string)
+            _ = try send(["XACK", key("jobs:default"), "runners", id])
+            _ = try send(["XDEL", key("jobs:default"), id])
+        }
+        a.signal(SIGKILL)
+        XCTAssertNotNil(a.waitForExit(timeout: 10))
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(20)) { try !deadRunnerCleanups(by: "r2", of: "r1").isEmpty },
+            "r2 did not report r1's contexts")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: parent))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder))
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) }, "the dead runner's job survived")
+        let report = try XCTUnwrap(try deadRunnerCleanups(by: "r2", of: "r1").first)
+        XCTAssertEqual(report["work_dirs"] as? [String], [folder])
+        XCTAssertTrue(((report["cgroups"] as? [String]) ?? []).contains(parent), "\(report)")
+    }
+
+    /// A runner that stopped touching its contexts (SIGSTOP) but whose lease key still exists is not dead: its
+    /// contexts stay, however old; once the key is gone they are removed.
+    func testAContextIsLeftAloneWhileItsRunnersLeaseKeyExists() throws {
+        let a = try startRunner(name: "r1", ["--lease-ttl", "60s", "--monitor-interval", "300ms"])
+        try submit(["--isolation", "cgroup", "--memory", "64M", "--", "sleep", "300"], id: "held-1")
+        let pid = try runningPid("held-1")
+        let parent = (try memoryCgroup(of: pid) as NSString).deletingLastPathComponent
+        let folder = try runnerFolder()
+        for entry in try send(["XPENDING", key("jobs:default"), "runners", "-", "+", "10"]).array ?? [] {
+            let id = try XCTUnwrap(entry.array?.first?.string)
+            _ = try send(["XACK", key("jobs:default"), "runners", id])
+            _ = try send(["XDEL", key("jobs:default"), id])
+        }
+        a.signal(SIGSTOP)
+        try startRunner(name: "r2", ["--lease-ttl", "2s", "--monitor-interval", "300ms"])
+        // Well past r2's age of 2 s since r1 last touched its contexts.
+        Thread.sleep(forTimeInterval: 2.5)
+        try waitForRounds(of: "r2", 4)
+        XCTAssertEqual(try deadRunnerCleanups(by: "r2", of: "r1").count, 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: parent))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder))
+        XCTAssertTrue(processIsAlive(pid))
+
+        a.signal(SIGKILL)
+        XCTAssertNotNil(a.waitForExit(timeout: 10))
+        XCTAssertEqual(try send(["DEL", key("runner:r1")]).int, 1)
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) { try !deadRunnerCleanups(by: "r2", of: "r1").isEmpty })
+        XCTAssertFalse(FileManager.default.fileExists(atPath: parent))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder))
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) })
+    }
+
+    /// A running runner whose lease key is gone (as if it could not reach Redis) keeps its contexts: it touches them
+    /// every round, so they are never old enough.
+    func testARunningRunnersContextsStayWhileItsLeaseKeyIsGone() throws {
+        // Renewals every 20 s: the deleted key stays deleted for the whole test.
+        try startRunner(name: "r1", ["--lease-ttl", "60s", "--monitor-interval", "300ms"])
+        let folder = try runnerFolder()
+        try startRunner(name: "r2", ["--lease-ttl", "2s", "--monitor-interval", "300ms"])
+        XCTAssertEqual(try send(["DEL", key("runner:r1")]).int, 1)
+        Thread.sleep(forTimeInterval: 2.5)
+        try waitForRounds(of: "r2", 4)
+        XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0)
+        XCTAssertEqual(try deadRunnerCleanups(by: "r2", of: "r1").count, 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder))
+    }
+
+    /// Only a context of this namespace and pool, named exactly as a runner's, untouched for the age (at least the
+    /// lease TTL) and without a lease key is removed, with the processes carrying its runner's markers. A fresh one
+    /// (a runner starting makes its folders before it writes its lease) stays until it is old.
+    func testOnlyAnOldContextOfThisNamespaceAndPoolWithoutALeaseIsRemoved() throws {
+        // An age of 10 s: long enough for the rounds below to see the fresh folder on a busy host.
+        try startRunner(name: "r2", ["--lease-ttl", "10s", "--monitor-interval", "300ms"])
+        try submit(["--", "sleep", "300"], id: "env-1")
+        let jobPid = try runningPid("env-1")
+        let environ = try String(contentsOfFile: "/proc/\(jobPid)/environ", encoding: .utf8)
+        let pool = try XCTUnwrap(
+            environ.split(separator: "\0").first { $0.hasPrefix("NR_POOL=") }.map { String($0.dropFirst(8)) })
+        let root = "/tmp/nativerunner"
+        let manager = FileManager.default
+        let ghost = "\(root)/\(namespace).ghost.\(pool.prefix(8))"
+        let untouchable = [
+            "\(root)/other\(namespace).ghost.\(pool.prefix(8))",  // another namespace
+            "\(root)/\(namespace).ghost.00000000",  // another pool
+        ]
+        for folder in [ghost] + untouchable {
+            try manager.createDirectory(atPath: folder + "/job-1-0-x/tmp", withIntermediateDirectories: true)
+        }
+        let old = Date(timeIntervalSinceNow: -60)
+        for folder in untouchable { try manager.setAttributes([.modificationDate: old], ofItemAtPath: folder) }
+        defer { for folder in [ghost] + untouchable { try? manager.removeItem(atPath: folder) } }
+        let marked = Process()
+        marked.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        marked.arguments = ["300"]
+        marked.environment = ["NR_RUNNER": "ghost", "NR_NAMESPACE": namespace, "NR_POOL": pool]
+        try marked.run()
+        defer { if marked.isRunning { marked.terminate() } }
+
+        // Fresh: left alone for several rounds.
+        let made = Date()
+        try waitForRounds(of: "r2", 4)
+        XCTAssertLessThan(Date().timeIntervalSince(made), 10, "the rounds took longer than the age")
+        XCTAssertTrue(manager.fileExists(atPath: ghost))
+        XCTAssertTrue(marked.isRunning)
+        try manager.setAttributes([.modificationDate: old], ofItemAtPath: ghost)
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) { try !deadRunnerCleanups(by: "r2", of: "ghost").isEmpty })
+        XCTAssertFalse(manager.fileExists(atPath: ghost))
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !marked.isRunning })
+        let report = try XCTUnwrap(try deadRunnerCleanups(by: "r2", of: "ghost").first)
+        XCTAssertEqual(report["processes"] as? [Int], [Int(marked.processIdentifier)])
+        XCTAssertEqual(report["work_dirs"] as? [String], [ghost])
+        try waitForRounds(of: "r2", 2)
+        for folder in untouchable { XCTAssertTrue(manager.fileExists(atPath: folder), folder) }
+        XCTAssertTrue(processIsAlive(jobPid), "r2's own job")
+        kill(jobPid, SIGKILL)
+        XCTAssertTrue(try waitUntil(timeout: .seconds(10)) { try job("env-1")["state"] == "failed" })
+    }
+
     /// A short job without a cgroup reports no peak rather than the runner's: a child cloned with the runner's
     /// memory has the runner's peak folded into its own ru_maxrss.
     func testAShortJobWithoutACgroupDoesNotReportTheRunnersMemoryAsItsPeak() throws {

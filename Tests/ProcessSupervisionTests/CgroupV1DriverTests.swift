@@ -182,6 +182,32 @@ final class CgroupV1DriverTests: XCTestCase {
         XCTAssertEqual(try restarted.jobCgroups(namePrefix: "").map(\.name), ["unrelated"])
     }
 
+    /// Another runner's parent beside this driver's, with a job running in it: found by name, its members read
+    /// through a driver for it, and killed and removed whole in every hierarchy, its freezer thawed.
+    func testASiblingParentIsFoundAndRemovedWithItsRunningJob() async throws {
+        let siblingName = parentName + "-other"
+        let other = CgroupV1Driver(hierarchies: legacy, parent: .belowOwnCgroup(siblingName))
+        _ = try other.prepareParent()
+        let job = try other.create(name: "job-1", limits: CgroupLimits(pids: 16))
+        let process = try await spawnInCgroup(other.procsFiles(job), "sleep 60")
+
+        XCTAssertTrue(driver.siblingParentNames().contains(siblingName))
+        XCTAssertFalse(driver.siblingParentNames().contains(parentName))
+        let sibling = try XCTUnwrap(driver.sibling(parentName: siblingName))
+        XCTAssertEqual(sibling.parentDirectories, other.parentDirectories)
+        XCTAssertTrue(try sibling.members(of: sibling.parentCgroup).contains(process.pid))
+        XCTAssertNotNil(sibling.parentModificationTime())
+
+        try await sibling.killAndRemove(sibling.parentCgroup, deadline: .now + .seconds(5))
+        let outcome = await process.wait(TerminationPolicy(killGrace: .zero))
+        XCTAssertEqual(outcome.termination, .signaled(SIGKILL))
+        for directory in other.parentDirectories {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: directory), directory)
+        }
+        XCTAssertNil(sibling.parentModificationTime())
+        for directory in driver.parentDirectories { XCTAssertTrue(FileManager.default.fileExists(atPath: directory)) }
+    }
+
     func testRemoveOfAPopulatedCgroupGivesUpAtTheDeadlineNamingIt() async throws {
         let job = try driver.create(name: "job-busy", limits: CgroupLimits())
         let process = try await spawnInCgroup(driver.procsFiles(job), "sleep 60")

@@ -347,6 +347,29 @@ final class CgroupV2DriverTests: XCTestCase {
         XCTAssertFalse(tree.hasDirectory(job.directories[0]))
     }
 
+    /// Another runner's parent beside this one's: listed, reached through a driver of its own, its members (its
+    /// job cgroups' included) read, and killed and removed whole; this runner's parent is left alone.
+    func testASiblingParentIsListedAndRemovedWithItsJobCgroups() async throws {
+        let (tree, driver) = try makeTree()
+        _ = try driver.prepareParent()
+        let other = own + "/nativerunner-b"
+        try tree.makeCgroup(other + "/job-1", members: impossiblePids)
+        XCTAssertEqual(driver.siblingParentNames(), ["nativerunner-b", "supervisor"])
+        XCTAssertNil(driver.sibling(parentName: "../x"))
+        let sibling = try XCTUnwrap(driver.sibling(parentName: "nativerunner-b"))
+        XCTAssertEqual(sibling.parentDirectories, [other])
+        XCTAssertEqual(try sibling.jobCgroups(namePrefix: "job-").map(\.name), ["job-1"])
+        XCTAssertEqual(try sibling.members(of: sibling.parentCgroup), impossiblePids)
+        XCTAssertNotNil(sibling.parentModificationTime())
+        XCTAssertNil(driver.sibling(parentName: "gone")?.parentModificationTime())
+
+        try await sibling.killAndRemove(sibling.parentCgroup, deadline: .now + .seconds(5))
+        XCTAssertTrue(tree.writes.contains { $0.path == other + "/cgroup.kill" && $0.value == "1" })
+        XCTAssertFalse(tree.hasDirectory(other))
+        XCTAssertTrue(tree.hasDirectory(parent))
+        XCTAssertEqual(driver.siblingParentNames(), ["supervisor"])
+    }
+
     func testJobCgroupsListsTheParentsChildrenByPrefix() throws {
         let (tree, driver) = try makeTree()
         XCTAssertEqual(try driver.jobCgroups(namePrefix: "job-"), [], "no parent yet: nothing to clean up")

@@ -117,7 +117,12 @@ final class FakeCgroupTree: CgroupFileSystem, Sendable {
         case "cgroup.procs": try move(value, into: directory)
         case "cgroup.kill":
             try files.writeFile(path, value)
-            if value == "1" { try files.writeFile(joinPath(directory, "cgroup.procs"), "") }
+            // The kernel kills the cgroup's members and those of every descendant.
+            if value == "1" {
+                for cgroup in allCgroups(below: directory) {
+                    try files.writeFile(joinPath(cgroup, "cgroup.procs"), "")
+                }
+            }
         case "cgroup.freeze":
             try files.writeFile(path, value)
             try files.writeFile(joinPath(directory, "cgroup.events"), "populated 1\nfrozen \(value)\n")
@@ -164,6 +169,10 @@ final class FakeCgroupTree: CgroupFileSystem, Sendable {
     func subdirectories(of path: String) throws(CgroupError) -> [String] {
         try files.subdirectories(of: path)
     }
+
+    func modificationTime(_ path: String) -> Double? { files.modificationTime(path) }
+
+    func touch(_ path: String) -> Bool { files.touch(path) }
 
     // MARK: Kernel behaviour
 

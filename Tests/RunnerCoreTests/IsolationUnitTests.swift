@@ -460,6 +460,26 @@ final class IsolationPlanTests: XCTestCase {
     }
 }
 
+final class DeadRunnerContextNameTests: XCTestCase {
+    /// Only a name that is exactly a runner's context name of this namespace and pool maps back to a runner.
+    func testAContextNameMapsBackToItsRunnerOnlyWhenExact() {
+        let pool = "0123456789abcdef"
+        func runner(_ name: String) -> String? {
+            DeadRunnerContexts.runner(ofContext: name, namespace: "nr", pool: pool, own: "me")
+        }
+        XCTAssertEqual(runner(runnerContextName(namespace: "nr", runner: "host-42", pool: pool)), "host-42")
+        XCTAssertEqual(runner("nr.a.b.01234567"), "a.b")
+        XCTAssertNil(runner("nr.me.01234567"), "its own")
+        XCTAssertNil(runner("nr2.x.01234567"), "another namespace")
+        XCTAssertNil(runner("nr.x.76543210"), "another pool")
+        XCTAssertNil(runner("nr..01234567"))
+        XCTAssertNil(runner(".spare-1"))
+        // A sanitised name carries a hash: it cannot be the exact name of any runner.
+        let sanitised = runnerContextName(namespace: "nr", runner: "a b", pool: pool)
+        XCTAssertNil(runner(sanitised))
+    }
+}
+
 /// A driver that is never asked to do anything: planning only checks that there is one.
 private struct FakeDriver: CgroupDriver {
     var version: CgroupVersion { .v2 }
@@ -475,6 +495,11 @@ private struct FakeDriver: CgroupDriver {
     func kill(_ job: JobCgroup, deadline: ContinuousClock.Instant) async throws(CgroupError) {}
     func remove(_ job: JobCgroup, deadline: ContinuousClock.Instant) async throws(CgroupError) {}
     func jobCgroups(namePrefix: String) throws(CgroupError) -> [JobCgroup] { [] }
+    func siblingParentNames() -> [String] { [] }
+    func sibling(parentName name: String) -> (any CgroupDriver)? { nil }
+    func members(of job: JobCgroup) throws(CgroupError) -> [Int32] { [] }
+    func parentModificationTime() -> Double? { nil }
+    func touchParent() {}
 }
 
 final class MemoryAdmissionTests: XCTestCase {

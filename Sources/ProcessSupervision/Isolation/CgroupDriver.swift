@@ -209,9 +209,25 @@ public protocol CgroupDriver: Sendable {
     /// The job cgroups under the parent whose names start with `namePrefix` (for orphan cleanup: the runner decides
     /// which belong to no running job, then kills and removes them).
     func jobCgroups(namePrefix: String) throws(CgroupError) -> [JobCgroup]
+    /// The names of the directories beside the parent (in any hierarchy), the parent's own excluded: other runners'
+    /// parents when each runner has its own below a shared cgroup.
+    func siblingParentNames() -> [String]
+    /// The same driver for the sibling parent `name` (a name from `siblingParentNames`), nil for a bad name.
+    func sibling(parentName name: String) -> (any CgroupDriver)?
+    /// The pids in the cgroup's directories and in their child cgroups (empty when gone).
+    func members(of job: JobCgroup) throws(CgroupError) -> [Int32]
+    /// The newest mtime (seconds since the epoch) of the parent's directories, nil when none is there.
+    func parentModificationTime() -> Double?
+    /// Sets the mtime of the parent's directories to now (a live runner's sign of life, see `parentModificationTime`).
+    func touchParent()
 }
 
 extension CgroupDriver {
+    /// The parent itself as a cgroup (its directories; its job cgroups are its children).
+    public var parentCgroup: JobCgroup {
+        JobCgroup(name: "", directories: parentDirectories)
+    }
+
     /// Kills the cgroup's processes and removes it, within `deadline` in all.
     public func killAndRemove(_ job: JobCgroup, deadline: ContinuousClock.Instant) async throws(CgroupError) {
         try await kill(job, deadline: deadline)
@@ -224,6 +240,17 @@ func joinPath(_ base: String, _ child: String) -> String {
     let trimmedChild = child.drop { $0 == "/" }
     if trimmedChild.isEmpty { return base }
     return base.hasSuffix("/") ? base + trimmedChild : base + "/" + trimmedChild
+}
+
+/// The path without its last component.
+func dirname(of path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    return slash == path.startIndex ? "/" : String(path[..<slash])
+}
+
+/// The last component of the path.
+func basename(of path: String) -> String {
+    path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
 }
 
 /// Throws `.invalidArgument` unless `name` is one path component the kernel accepts as a cgroup name.

@@ -18,6 +18,10 @@ public protocol CgroupFileSystem: Sendable {
     func removeDirectory(_ path: String) throws(CgroupError)
     /// The names of the subdirectories (child cgroups) of `path`, sorted.
     func subdirectories(of path: String) throws(CgroupError) -> [String]
+    /// When the directory at `path` last changed (its mtime, seconds since the epoch), nil when it is not there.
+    func modificationTime(_ path: String) -> Double?
+    /// Sets the directory's mtime to now (`utimensat`); false when it could not.
+    @discardableResult func touch(_ path: String) -> Bool
 }
 
 /// The real filesystem, optionally below `root` (a test's fake /proc and /sys in a temporary folder).
@@ -73,6 +77,19 @@ public struct LiveCgroupFileSystem: CgroupFileSystem {
         case .success(let names): return names
         case .failure(let err): throw .read(real, errno: err.value)
         }
+    }
+
+    /// `lstat`: `st_mtim`.
+    public func modificationTime(_ path: String) -> Double? {
+        var info = stat()
+        guard lstat(resolve(path), &info) == 0 else { return nil }
+        return Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
+    }
+
+    /// `utimensat(now, AT_SYMLINK_NOFOLLOW)`.
+    @discardableResult
+    public func touch(_ path: String) -> Bool {
+        utimensat(AT_FDCWD, resolve(path), nil, AT_SYMLINK_NOFOLLOW) == 0
     }
 
     private func directoryCall(

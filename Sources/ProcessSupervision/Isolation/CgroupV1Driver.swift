@@ -32,6 +32,12 @@ public struct CgroupV1Driver: CgroupDriver {
         self.teardown = CgroupTeardown(fileSystem: fileSystem)
     }
 
+    private init(hierarchies: [Hierarchy], fileSystem: any CgroupFileSystem) {
+        self.hierarchies = hierarchies
+        self.fileSystem = fileSystem
+        self.teardown = CgroupTeardown(fileSystem: fileSystem)
+    }
+
     /// `.v1`.
     public var version: CgroupVersion { .v1 }
 
@@ -149,6 +155,45 @@ public struct CgroupV1Driver: CgroupDriver {
             }
         }
         return names.filter { $0.hasPrefix(namePrefix) }.sorted().map(jobCgroup(named:))
+    }
+
+    /// The directories beside the parent in any used hierarchy.
+    public func siblingParentNames() -> [String] {
+        var names = Set<String>()
+        for hierarchy in hierarchies {
+            let above = dirname(of: hierarchy.parentDirectory)
+            names.formUnion((try? fileSystem.subdirectories(of: above)) ?? [])
+        }
+        let own = Set(hierarchies.map { basename(of: $0.parentDirectory) })
+        return names.subtracting(own).sorted()
+    }
+
+    /// This driver with `name` beside the parent as its parent, in every used hierarchy.
+    public func sibling(parentName name: String) -> (any CgroupDriver)? {
+        guard (try? validateCgroupName(name, under: "")) != nil else { return nil }
+        return CgroupV1Driver(
+            hierarchies: hierarchies.map {
+                Hierarchy(
+                    controllers: $0.controllers, mountPoint: $0.mountPoint,
+                    parentDirectory: joinPath(dirname(of: $0.parentDirectory), name))
+            }, fileSystem: fileSystem)
+    }
+
+    /// The members of every directory of `job`, their child cgroups included.
+    public func members(of job: JobCgroup) throws(CgroupError) -> [Int32] {
+        var pids = Set<Int32>()
+        for directory in job.directories { pids.formUnion(try teardown.members(of: directory)) }
+        return pids.sorted()
+    }
+
+    /// The newest mtime of the parent's directories.
+    public func parentModificationTime() -> Double? {
+        parentDirectories.compactMap(fileSystem.modificationTime).max()
+    }
+
+    /// `utimensat` on each of the parent's directories.
+    public func touchParent() {
+        for directory in parentDirectories { fileSystem.touch(directory) }
     }
 
     private func jobCgroup(named name: String) -> JobCgroup {

@@ -23,6 +23,13 @@ public struct CgroupV2Driver: CgroupDriver {
         self.teardown = CgroupTeardown(fileSystem: fileSystem)
     }
 
+    private init(hierarchy: CgroupV2Hierarchy, parentDirectory: String, fileSystem: any CgroupFileSystem) {
+        self.hierarchy = hierarchy
+        self.parentDirectory = parentDirectory
+        self.fileSystem = fileSystem
+        self.teardown = CgroupTeardown(fileSystem: fileSystem)
+    }
+
     /// `.v2`.
     public var version: CgroupVersion { .v2 }
 
@@ -163,6 +170,33 @@ public struct CgroupV2Driver: CgroupDriver {
             JobCgroup(name: $0, directories: [joinPath(parentDirectory, $0)])
         }
     }
+
+    /// The cgroups beside the parent (the runner's own leaf, if it is there, among them: it never matches a runner
+    /// parent's name).
+    public func siblingParentNames() -> [String] {
+        let names = (try? fileSystem.subdirectories(of: dirname(of: parentDirectory))) ?? []
+        return names.filter { $0 != basename(of: parentDirectory) }
+    }
+
+    /// This driver with the cgroup `name` beside the parent as its parent.
+    public func sibling(parentName name: String) -> (any CgroupDriver)? {
+        guard (try? validateCgroupName(name, under: "")) != nil else { return nil }
+        return CgroupV2Driver(
+            hierarchy: hierarchy, parentDirectory: joinPath(dirname(of: parentDirectory), name), fileSystem: fileSystem)
+    }
+
+    /// The members of `job`'s cgroup and of its child cgroups.
+    public func members(of job: JobCgroup) throws(CgroupError) -> [Int32] {
+        var pids = Set<Int32>()
+        for directory in job.directories { pids.formUnion(try teardown.members(of: directory)) }
+        return pids.sorted()
+    }
+
+    /// The parent's mtime.
+    public func parentModificationTime() -> Double? { fileSystem.modificationTime(parentDirectory) }
+
+    /// `utimensat` on the parent.
+    public func touchParent() { fileSystem.touch(parentDirectory) }
 
     private func write(_ limits: CgroupLimits, in directory: String) throws(CgroupError) {
         func file(_ name: String) -> String { joinPath(directory, name) }

@@ -47,6 +47,9 @@ final class IsolationHost: Sendable {
             owner: configuration.runAs.map { (uid: $0.uid, gid: $0.gid) })
         var made = [workspace.directory, configuration.workRoot].filter { !pathExists($0) }
         try await workspace.prepare()
+        // Before the lease is taken (Worker: this start, then the lease): a folder that was there already (a run of
+        // this name that died) is fresh again, so that another runner's `DeadRunnerContexts` leaves it alone.
+        utimensat(AT_FDCWD, workspace.directory, nil, AT_SYMLINK_NOFOLLOW)
         let capabilities = await IsolationCapabilities.probe()
         var driver: (any CgroupDriver)?
         var unavailable: String?
@@ -61,6 +64,7 @@ final class IsolationHost: Sendable {
             let candidate = hierarchy.makeDriver(parent: parent)
             made = candidate.parentDirectories.filter { !pathExists($0) } + made
             let preparation = try candidate.prepareParent()
+            candidate.touchParent()
             logger.debug(preparation.description)
             let needed = ["memory", "pids", "cpu"]
             let missing = needed.filter { !preparation.controllers.contains($0) }

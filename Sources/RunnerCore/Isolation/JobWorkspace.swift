@@ -117,6 +117,11 @@ struct JobWorkspace: Sendable {
     /// Makes the work root and the runner's directory (once, at start) and checks that they are safe to use; the
     /// error says why not. A missing folder is made; an existing one must be a real directory of the runner's user
     /// (or root) that nobody else can write to.
+    /// `prepare` on the calling thread (a few lstat and mkdir, for the periodic cleanup).
+    func prepareNow() throws(IsolationError) {
+        if let failure = JobWorkspace.makeRunnerDirectory(directory) { throw failure }
+    }
+
     func prepare() async throws(IsolationError) {
         let directory = self.directory
         if let failure = await JobWorkspace.run({ JobWorkspace.makeRunnerDirectory(directory) }) { throw failure }

@@ -13,6 +13,8 @@ struct ResourceMonitor: Sendable {
     let logger: Logger
     /// Where the host figures of each sample go for `/metrics` (nil: nowhere).
     var metrics: WorkerMetrics? = nil
+    /// Other runners' contexts on this host whose runner is dead (nil: not looked for).
+    var deadRunners: DeadRunnerContexts? = nil
 
     /// Every `interval`: usage event, then a cleanup pass. Until cancelled.
     func run(interval: Duration) async {
@@ -21,6 +23,8 @@ struct ResourceMonitor: Sendable {
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if Task.isCancelled { break }
+            // First, before anything that waits for Redis: a round stuck on an unreachable Redis still touches them.
+            keepOwnContexts()
             let now = ContinuousClock.now
             let hostTimes = try? host.sampler.hostCPUTimes()
             var data: [String: JSONValue] = [:]
@@ -68,10 +72,28 @@ struct ResourceMonitor: Sendable {
         }
     }
 
+    /// A live runner's sign of life to the others' `DeadRunnerContexts`: the mtime of its folder and cgroup parents
+    /// set to now. What they (or an operator) removed meanwhile (this runner was paused past its lease) is made again.
+    private func keepOwnContexts() {
+        if pathExists(host.workspace.directory) {
+            utimensat(AT_FDCWD, host.workspace.directory, nil, AT_SYMLINK_NOFOLLOW)
+        } else {
+            try? host.workspace.prepareNow()
+        }
+        if let driver = host.cgroups {
+            if driver.parentDirectories.allSatisfy(pathExists) {
+                driver.touchParent()
+            } else {
+                _ = try? driver.prepareParent()
+            }
+        }
+    }
+
     /// Kills and removes leftover job cgroups, removes leftover work folders, and reports them in one
     /// `isolation.cleanup` event (none when nothing was left). `processes` are pids stopped by the caller (at start).
     @discardableResult
     func cleanUp(processes: [Int32] = []) async -> JSONValue? {
+        keepOwnContexts()
         // List first, then read what is in use: a context reserved after the listing is not in it.
         let cgroups = (try? host.cgroups?.jobCgroups(namePrefix: "job-")) ?? []
         // Kept folders (`--keep-work-dirs`) are the operator's to remove.
@@ -94,17 +116,23 @@ struct ResourceMonitor: Sendable {
             if host.workspace.isSpare(folder) { continue }
             if await host.workspace.remove(path: folder) { removedFolders.append(folder) }
         }
-        guard !removedCgroups.isEmpty || !removedFolders.isEmpty || !processes.isEmpty else { return nil }
-        let data: JSONValue = [
+        let dead = await deadRunners?.cleanUp(host: host, logger: logger) ?? []
+        guard !removedCgroups.isEmpty || !removedFolders.isEmpty || !processes.isEmpty || !dead.isEmpty else {
+            return nil
+        }
+        var fields: [String: JSONValue] = [
             "cgroups": .array(removedCgroups.map(JSONValue.string)),
             "work_dirs": .array(removedFolders.map(JSONValue.string)),
             "processes": .array(processes.map { .int(Int($0)) }),
         ]
+        if !dead.isEmpty { fields["dead_runners"] = .array(dead) }
+        let data = JSONValue.object(fields)
         logger.info(
             "removed leftover isolation contexts",
             [
                 "cgroups": String(removedCgroups.count), "work_dirs": String(removedFolders.count),
                 "processes": String(processes.count),
+                "dead_runners": dead.compactMap { $0["runner"]?.stringValue }.joined(separator: ","),
             ])
         try? await store.emit(.isolationCleanup, runner: runner, data: data, retry: .never)
         return data
