@@ -20,7 +20,9 @@ enum SubmitCommand {
             OptionSpec("--label", .repeated("K=V"), help: "Label recorded with the job."),
             OptionSpec(
                 "--require", .repeated("K=V"), help: "A label the runner must have to run the job (spec 'requires')."),
-            OptionSpec("--cwd", .value("DIR"), help: "Working directory of the job."),
+            OptionSpec(
+                "--cwd", .value("DIR"),
+                help: "Working directory of the job; a relative one is relative to its work folder (NR_WORK_DIR)."),
             OptionSpec("--max-attempts", .value("N"), help: "Failed attempts the job may take.", default: "1"),
             OptionSpec(
                 "--backoff", .value("DURATION"), help: "Delay before the first retry; doubles per failure.",

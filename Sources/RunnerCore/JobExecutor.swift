@@ -560,9 +560,19 @@ struct JobExecutor: Sendable {
         }
         return ProcessSpec(
             executable: argv[0], arguments: argv, environment: environment,
-            workingDirectory: entry.spec.workingDirectory ?? containment.workDirectory, dieWithParent: true,
+            workingDirectory: JobExecutor.workingDirectory(entry.spec.workingDirectory, in: containment.workDirectory),
+            dieWithParent: true,
             isolation: containment.processIsolation(hostname: JobExecutor.hostname(for: entry.jobId)),
             treeMarker: EnvironmentMarker(name: JobEnvironment.jobId, value: entry.jobId))
+    }
+
+    /// The job's working directory: its work folder, or the spec's `cwd`, a relative one taken relative to the work
+    /// folder (the same path inside a mount namespace: the job keeps the host's root). `.` components are dropped.
+    static func workingDirectory(_ cwd: String?, in workFolder: String) -> String {
+        guard let cwd else { return workFolder }
+        if cwd.hasPrefix("/") { return cwd }
+        let parts = cwd.split(separator: "/").filter { $0 != "." }
+        return parts.isEmpty ? workFolder : workFolder + "/" + parts.joined(separator: "/")
     }
 
     /// A job id as a hostname: letters, digits and '-', at most 63 bytes.
