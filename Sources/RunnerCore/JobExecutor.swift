@@ -347,6 +347,8 @@ struct JobExecutor: Sendable {
 
         let cancelWatch = watchForCancel(entry, pid: process.pid, running: watch)
         let outcome = await process.wait(policy)
+        // Every attempt whose process ran and ended, however it ended (cancelled, handed back, abandoned too).
+        metrics?.observeJobDuration(outcome.wallTime)
         let killReported = await cancelWatch.stop()
         killSwitch.unwatch(process)
         // The pid and `job.started` land before the result: written while the job ran, or now with it.
@@ -383,7 +385,6 @@ struct JobExecutor: Sendable {
             await writeStarted(entry, pid: startedPid, owner: owner)
             return await handBack(entry, epoch: epoch, reason: "runner shutting down")
         }
-        metrics?.observeJobDuration(outcome.wallTime)
         var record = JobExecutor.record(for: outcome, timeout: timeout, accounting: accounting)
         record.outputTail = summary.tail
         record.postHookExitCode = postHookExit
