@@ -18,7 +18,8 @@ extension Worker {
                 outcome: .rejected,
                 reason: "migrate names one runner: send it to \(configuration.keyspace.control(runner: "<id>"))")
         }
-        let decision = operations.mode.withLock { $0.handle(command) }
+        let jobsRunning = !(await slots.runningJobIds).isEmpty
+        let decision = operations.mode.withLock { $0.handle(command, jobsRunning: jobsRunning) }
         switch decision.action {
         case .closeIntake?:
             operations.updateGate()

@@ -172,12 +172,15 @@ final class PoolOperationsTests: IntegrationTestCase {
 
     func testDrainHoldsNewJobsUntilResume() throws {
         try startRunner()
-        try submit(["--", "sleep", "1"], id: "dr-running")
+        try submit(["--", "sleep", "2"], id: "dr-running")
         _ = try runningPid("dr-running")
         let drain = cli(["drain", "r1", "--wait"])
         XCTAssertEqual(drain.code, 0, drain.err)
         XCTAssertEqual(drain.stdout.split(separator: "\n").last, "accepted")
         XCTAssertEqual(try registry("r1")["state"] as? String, "draining", "a job still runs")
+        // Drained while a job still runs is draining, and a second drain says so.
+        let whileDraining = cli(["drain", "r1", "--wait"])
+        XCTAssertEqual(whileDraining.stdout.split(separator: "\n").last, "ignored: already draining")
         try waitForState("dr-running", ["succeeded"])
         try waitForRegistryState("r1", "drained")
         XCTAssertTrue(
