@@ -142,6 +142,20 @@ enum WorkerCommand {
         // for the default queue.
         let given = arguments.values["--queue"]
         let queues = given.map { $0.isEmpty ? [""] : $0 } ?? [Keyspace.defaultQueue]
+        for queue in queues where queue.trimmingCharacters(in: .whitespaces).isEmpty {
+            // Quoted as written: `RUNNER_QUEUES=,` is split into no name at all.
+            let written = arguments.sources["--queue"] == "RUNNER_QUEUES" ? arguments.environmentText["--queue"] : nil
+            let message =
+                if let written {
+                    "'\(UsageError.excerpt(written))' (an empty queue name: give names separated by commas, e.g. "
+                        + "high,default)"
+                } else if given?.isEmpty == true {
+                    "no queue (give at least one, e.g. default)"
+                } else {
+                    "'\(UsageError.excerpt(queue))' (an empty queue name)"
+                }
+            throw UsageError("invalid value for '--queue': " + message, command: spec.name)
+        }
         for queue in queues where !Keyspace.isValidName(queue) {
             throw UsageError(
                 "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "
