@@ -453,7 +453,7 @@ public final class Worker: Sendable {
                         .runnerCapacityUpdate, runner: configuration.name, data: now.eventData, retry: .never)
                     reported = now
                 } catch {
-                    logger.debug("capacity update failed: \(error)")
+                    store.logEventWriteFailure(error, what: "capacity update", logger: logger)
                 }
             }
             try? await Task.sleep(for: Worker.capacityReportInterval)
