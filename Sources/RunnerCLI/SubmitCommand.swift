@@ -148,7 +148,7 @@ enum SubmitCommand {
                 memoryBytes: try arguments.parsed(
                     "--memory", expected: "bytes, or 64K, 16M, 1G",
                     { ByteSizeParser.parse($0).flatMap { $0 > 0 ? $0 : nil } }),
-                pids: try arguments.positiveInt("--pids"), cpuMillis: try arguments.positiveInt("--cpu")),
+                pids: try arguments.positiveInt("--pids"), cpuMillis: try arguments.millicores("--cpu")),
             secretEnvironment: arguments.all("--secret-env"))
         try checkLimitRanges(jobSpec.limits, arguments)
         do {

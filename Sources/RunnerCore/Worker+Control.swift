@@ -108,7 +108,8 @@ extension Worker {
                 continue
             }
             if let limit = configuration.exitAfterJobs, operations.mode.withLock({ $0.remainingJobs == 0 }) {
-                logger.info("took \(limit) job(s) and all have ended (--exit-after-jobs); shutting down")
+                logger.info(
+                    "took \(counted(limit, "job", "jobs")) and all have ended (--exit-after-jobs); shutting down")
                 requestShutdown()
                 return
             }

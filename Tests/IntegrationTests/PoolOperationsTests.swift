@@ -312,6 +312,10 @@ final class PoolOperationsTests: IntegrationTestCase {
             timeout: 30)
         XCTAssertEqual(early.code, 1)
         XCTAssertTrue(early.err.contains("the old runner still holds its lease"), early.err)
+        XCTAssertTrue(
+            early.err.contains(
+                "or it died less than its lease TTL ago: try again once runner status shows its LEASE expired)"),
+            early.err)
         XCTAssertFalse(early.err.contains("taking over runner"), "refused before claiming a takeover: \(early.err)")
 
         let migrate = cli(["migrate", "r1", "--to", "n2", "--takeover-timeout", "60s", "--wait"])
