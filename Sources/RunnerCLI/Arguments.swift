@@ -193,6 +193,8 @@ public struct ParsedArguments: Sendable {
     /// Where each value came from: "flag", the environment variable's name, or a layer below them
     /// (`ConfigurationLayers`: "file:PATH:LINE", "profile:NAME").
     public internal(set) var sources: [String: String] = [:]
+    /// The text of each value taken from an environment variable, as it was written (`RUNNER_QUEUES=,`).
+    public private(set) var environmentText: [String: String] = [:]
     /// Things the layers below the flags want said when the command starts (a profile's fallback).
     public internal(set) var warnings: [String] = []
     public private(set) var positionals: [String] = []
@@ -281,6 +283,7 @@ public struct ParsedArguments: Sendable {
                 }
             }
             sources[option.name] = variable
+            environmentText[option.name] = value
         }
     }
 

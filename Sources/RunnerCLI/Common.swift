@@ -118,6 +118,13 @@ extension ParsedArguments {
         try parsed(name, expected: "expected a positive whole number") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
     }
 
+    /// A CPU quota in millicores (`--cpu`, `--default-cpu`, `--max-cpu`): `0.5` and `500m` are refused saying so.
+    func millicores(_ name: String) throws -> Int? {
+        try parsed(name, expected: "millicores, a whole number: 500 is half a core") {
+            Int($0).flatMap { $0 > 0 ? $0 : nil }
+        }
+    }
+
     /// A usage error naming the option when a limit is outside what a job spec accepts (`JobLimits.accepted`),
     /// with the range in the option's units. `options` gives the option that set each limit (by its key in the
     /// spec's `limits`); limits it does not name, or that were not given, are not checked. One rule for submit's

@@ -36,7 +36,8 @@ enum StatusCommand {
 
             --json prints one object: runners (each its registry record with id, lease_remaining_ms, null when the
             lease is gone, and lost; a lost runner's capacity, capacity_free, running, memory_reserved_bytes and
-            waiting_for_resources are null, as they show - here), queues and not_served. With --watch it prints one
+            waiting_for_resources are null, as they show - here), queues, not_served and wrong_type (keys holding
+            another type than expected: key, type, expected; as WRONG TYPE lists them). With --watch it prints one
             such object per --interval, each on one line, until interrupted or its reader goes away (--once: one);
             a refresh that cannot read Redis writes one line on stderr and nothing on stdout. --events needs the
             live view (not --json).
@@ -131,7 +132,13 @@ enum StatusCommand {
                 "readers": .array(queue.readers.map { ["id": .string($0.id), "state": .string($0.state)] }),
             ]
         }
-        return .object(["runners": .array(runners), "queues": .array(queues), "not_served": .array(unserved)])
+        let wrongType: [JSONValue] = status.wrongTypeKeys.map { wrong in
+            ["key": .string(wrong.key), "type": .string(wrong.type), "expected": .string(wrong.expected)]
+        }
+        return .object([
+            "runners": .array(runners), "queues": .array(queues), "not_served": .array(unserved),
+            "wrong_type": .array(wrongType),
+        ])
     }
 
     /// The registry fields of a lost runner that are no longer known: `status --json` gives them as null.

@@ -20,7 +20,9 @@ enum SubmitCommand {
             OptionSpec("--label", .repeated("K=V"), help: "Label recorded with the job."),
             OptionSpec(
                 "--require", .repeated("K=V"), help: "A label the runner must have to run the job (spec 'requires')."),
-            OptionSpec("--cwd", .value("DIR"), help: "Working directory of the job."),
+            OptionSpec(
+                "--cwd", .value("DIR"),
+                help: "Working directory of the job; a relative one is relative to its work folder (NR_WORK_DIR)."),
             OptionSpec("--max-attempts", .value("N"), help: "Failed attempts the job may take.", default: "1"),
             OptionSpec(
                 "--backoff", .value("DURATION"), help: "Delay before the first retry; doubles per failure.",
@@ -146,7 +148,7 @@ enum SubmitCommand {
                 memoryBytes: try arguments.parsed(
                     "--memory", expected: "bytes, or 64K, 16M, 1G",
                     { ByteSizeParser.parse($0).flatMap { $0 > 0 ? $0 : nil } }),
-                pids: try arguments.positiveInt("--pids"), cpuMillis: try arguments.positiveInt("--cpu")),
+                pids: try arguments.positiveInt("--pids"), cpuMillis: try arguments.millicores("--cpu")),
             secretEnvironment: arguments.all("--secret-env"))
         try checkLimitRanges(jobSpec.limits, arguments)
         do {

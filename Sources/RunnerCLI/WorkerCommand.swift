@@ -142,6 +142,20 @@ enum WorkerCommand {
         // for the default queue.
         let given = arguments.values["--queue"]
         let queues = given.map { $0.isEmpty ? [""] : $0 } ?? [Keyspace.defaultQueue]
+        for queue in queues where queue.trimmingCharacters(in: .whitespaces).isEmpty {
+            // Quoted as written: `RUNNER_QUEUES=,` is split into no name at all.
+            let written = arguments.sources["--queue"] == "RUNNER_QUEUES" ? arguments.environmentText["--queue"] : nil
+            let message =
+                if let written {
+                    "'\(UsageError.excerpt(written))' (an empty queue name: give names separated by commas, e.g. "
+                        + "high,default)"
+                } else if given?.isEmpty == true {
+                    "no queue (give at least one, e.g. default)"
+                } else {
+                    "'\(UsageError.excerpt(queue))' (an empty queue name)"
+                }
+            throw UsageError("invalid value for '--queue': " + message, command: spec.name)
+        }
         for queue in queues where !Keyspace.isValidName(queue) {
             throw UsageError(
                 "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "
@@ -220,10 +234,10 @@ enum WorkerCommand {
         }
         let defaults = JobLimits(
             memoryBytes: try size("--default-memory"), pids: try arguments.positiveInt("--default-pids"),
-            cpuMillis: try arguments.positiveInt("--default-cpu"))
+            cpuMillis: try arguments.millicores("--default-cpu"))
         let ceilings = JobLimits(
             memoryBytes: try size("--max-memory"), pids: try arguments.positiveInt("--max-pids"),
-            cpuMillis: try arguments.positiveInt("--max-cpu"))
+            cpuMillis: try arguments.millicores("--max-cpu"))
         // Out of the kernel's range, every cgroup job would fail (or, for a ceiling, be rejected): refused at start.
         try arguments.checkLimitRanges(defaults, options: defaultLimitOptions)
         try arguments.checkLimitRanges(ceilings, options: ceilingOptions)
@@ -311,7 +325,7 @@ enum WorkerCommand {
         let summary = try await worker.run()
         guard summary.unrecorded == 0 else {
             throw CommandFailure(
-                "stopped without recording \(summary.unrecorded) job(s) because Redis was unreachable; "
+                "stopped without recording \(counted(summary.unrecorded, "job", "jobs")) because Redis was unreachable; "
                     + "their entries stay pending and run again")
         }
         return 0
@@ -337,7 +351,8 @@ extension WorkerCommand {
             let state = record[RunnerRecordField.state]?.stringValue.map { ", state \($0)" } ?? ""
             throw CommandFailure(
                 "--resume-identity \(runner): the old runner still holds its lease (it has not finished its "
-                    + "migration, or it still runs\(state)); nothing was taken over")
+                    + "migration, or it still runs\(state), or it died less than its lease TTL ago: try again once "
+                    + "runner status shows its LEASE expired); nothing was taken over")
         }
         var taken: [String] = []
         var own: [String] = []

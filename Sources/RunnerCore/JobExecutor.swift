@@ -347,6 +347,8 @@ struct JobExecutor: Sendable {
 
         let cancelWatch = watchForCancel(entry, pid: process.pid, running: watch)
         let outcome = await process.wait(policy)
+        // Every attempt whose process ran and ended, however it ended (cancelled, handed back, abandoned too).
+        metrics?.observeJobDuration(outcome.wallTime)
         let killReported = await cancelWatch.stop()
         killSwitch.unwatch(process)
         // The pid and `job.started` land before the result: written while the job ran, or now with it.
@@ -383,7 +385,6 @@ struct JobExecutor: Sendable {
             await writeStarted(entry, pid: startedPid, owner: owner)
             return await handBack(entry, epoch: epoch, reason: "runner shutting down")
         }
-        metrics?.observeJobDuration(outcome.wallTime)
         var record = JobExecutor.record(for: outcome, timeout: timeout, accounting: accounting)
         record.outputTail = summary.tail
         record.postHookExitCode = postHookExit
@@ -560,9 +561,19 @@ struct JobExecutor: Sendable {
         }
         return ProcessSpec(
             executable: argv[0], arguments: argv, environment: environment,
-            workingDirectory: entry.spec.workingDirectory ?? containment.workDirectory, dieWithParent: true,
+            workingDirectory: JobExecutor.workingDirectory(entry.spec.workingDirectory, in: containment.workDirectory),
+            dieWithParent: true,
             isolation: containment.processIsolation(hostname: JobExecutor.hostname(for: entry.jobId)),
             treeMarker: EnvironmentMarker(name: JobEnvironment.jobId, value: entry.jobId))
+    }
+
+    /// The job's working directory: its work folder, or the spec's `cwd`, a relative one taken relative to the work
+    /// folder (the same path inside a mount namespace: the job keeps the host's root). `.` components are dropped.
+    static func workingDirectory(_ cwd: String?, in workFolder: String) -> String {
+        guard let cwd else { return workFolder }
+        if cwd.hasPrefix("/") { return cwd }
+        let parts = cwd.split(separator: "/").filter { $0 != "." }
+        return parts.isEmpty ? workFolder : workFolder + "/" + parts.joined(separator: "/")
     }
 
     /// A job id as a hostname: letters, digits and '-', at most 63 bytes.

@@ -1,5 +1,6 @@
 import RedisClient
 import RunnerProtocol
+import Synchronization
 
 /// A job's outcome as recorded in its result hash.
 public struct JobResultRecord: Sendable, Hashable {
@@ -126,6 +127,8 @@ public struct JobStore: Sendable {
     let eventsMaxLength: Int
     let deadMaxLength: Int
     let retentionMs: Int
+    /// One warning a minute per key for the runner's own event writes refused for the key's type.
+    let wrongTypeWarnings = ThrottledWarnings(interval: .seconds(60))
 
     init(scripts: ScriptRunner, keyspace: Keyspace, eventsMaxLength: Int, deadMaxLength: Int, retention: Duration) {
         self.scripts = scripts
@@ -425,5 +428,38 @@ public struct JobStore: Sendable {
             RunnerScripts.emit, keys: [keyspace.events],
             arguments: JobStore.bytes([type.rawValue, runner, job, data.serialized, String(eventsMaxLength)]),
             retry: retry)
+    }
+
+    /// Logs a failed event write of the runner's own (`what`: "capacity update", "resource usage"): a refusal for a
+    /// key's type (`WRONGTYPE key {nr}:events is a string, expected a stream`) as a warning naming the key, at most
+    /// once a minute per key (every submit fails meanwhile); anything else at debug.
+    func logEventWriteFailure(_ error: Error, what: String, logger: Logger) {
+        if let error = error as? RedisServerError, error.kind == "WRONGTYPE", error.message.hasPrefix("WRONGTYPE key ")
+        {
+            let detail = String(error.message.dropFirst("WRONGTYPE ".count))
+            let key = detail.dropFirst("key ".count).split(separator: " ").first.map(String.init) ?? keyspace.events
+            guard wrongTypeWarnings.shouldWarn(key) else { return }
+            logger.warning("\(what) not recorded: \(detail); events are lost until it is fixed", ["key": key])
+        } else {
+            logger.debug("\(what) failed: \(error)")
+        }
+    }
+}
+
+/// Whether to warn about a key now: once per `interval` per key.
+final class ThrottledWarnings: Sendable {
+    private let interval: Duration
+    private let last = Mutex<[String: ContinuousClock.Instant]>([:])
+
+    init(interval: Duration) {
+        self.interval = interval
+    }
+
+    func shouldWarn(_ key: String, now: ContinuousClock.Instant = .now) -> Bool {
+        last.withLock { last in
+            if let before = last[key], now - before < interval { return false }
+            last[key] = now
+            return true
+        }
     }
 }

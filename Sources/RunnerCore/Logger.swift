@@ -125,3 +125,8 @@ struct RepeatedWarning {
         return true
     }
 }
+
+/// `1 job`, `2 jobs`, `1 entry`, `3 entries`: a count with its noun, for log lines.
+public func counted(_ count: Int, _ singular: String, _ plural: String) -> String {
+    "\(count) \(count == 1 ? singular : plural)"
+}

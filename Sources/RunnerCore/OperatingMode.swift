@@ -83,8 +83,9 @@ struct OperatingMode: Sendable, Equatable {
         return .shutDown
     }
 
-    /// Decides a control command other than `cancel` (which is about a job, not the runner).
-    mutating func handle(_ command: ControlCommand) -> Decision {
+    /// Decides a control command other than `cancel` (which is about a job, not the runner). `jobsRunning`: whether
+    /// jobs still run (a drained runner with jobs is still draining).
+    mutating func handle(_ command: ControlCommand, jobsRunning: Bool = false) -> Decision {
         switch (command, state) {
         case (.cancel, _):
             return .rejected("cancel is decided per job")
@@ -92,7 +93,7 @@ struct OperatingMode: Sendable, Equatable {
             state = .drained
             return .accepted(.closeIntake)
         case (.drain, .drained):
-            return .ignored("already drained")
+            return .ignored(jobsRunning ? "already draining" : "already drained")
         case (.resume, .drained):
             state = .open
             return .accepted(.openIntake)

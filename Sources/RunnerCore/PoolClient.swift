@@ -226,10 +226,20 @@ public struct PoolClient: Sendable {
     /// Runners in the registry with their lease time left, and every known queue with length, pending and lag.
     public func status(extraQueues: [String] = []) async throws -> PoolStatus {
         var wrongTypeKeys: [WrongTypeKey] = []
+        // The events stream is not read here, but every submit writes it: its TYPE rides along with the registry.
+        var eventsType = "none"
         let registry =
             try await WrongTypeKey.skipping(client: client, keyspace.runners, "hash", into: &wrongTypeKeys) {
-                try await client.send(RedisCommand(["HGETALL", keyspace.runners]))
+                let replies = try await client.pipeline([
+                    RedisCommand(["HGETALL", keyspace.runners]), RedisCommand(["TYPE", keyspace.events]),
+                ])
+                eventsType = replies[1].string ?? "none"
+                if case .error(let message) = replies[0] { throw RedisServerError(message) }
+                return replies[0]
             } ?? .null
+        if eventsType != "none", eventsType != "stream" {
+            wrongTypeKeys.append(WrongTypeKey(key: keyspace.events, type: eventsType, expected: "stream"))
+        }
         var runners: [RunnerStatus] = []
         var queueNames = Set(extraQueues)
         for (id, value) in registry.fieldPairs ?? [] {

@@ -91,8 +91,12 @@ extension PoolClient {
         let time = try await client.send(RedisCommand(["TIME"])).array ?? []
         let seconds = time.first?.string.flatMap { Int($0) } ?? 0
         let micros = time.count > 1 ? time[1].string.flatMap { Int($0) } ?? 0 : 0
+        // `status()` names a wrong-typed events stream already (with the registry): not read, not named twice.
+        let eventsWrong = wrongTypeKeys.contains { $0.key == keyspace.events }
         let recent =
-            try await WrongTypeKey.skipping(client: client, keyspace.events, "stream", into: &wrongTypeKeys) {
+            eventsWrong
+            ? []
+            : try await WrongTypeKey.skipping(client: client, keyspace.events, "stream", into: &wrongTypeKeys) {
                 try await client.send(
                     RedisCommand([
                         "XREVRANGE", keyspace.events, "+", "-", "COUNT",

@@ -465,6 +465,8 @@ enum RunnerScripts {
     static let emit = script(
         "emit",
         """
+        local wrong = nr_wrong_type({KEYS[1], 'stream'})
+        if wrong then return wrong end
         local ts = nr_now()
         nr_emit(KEYS[1], ARGV[5], ARGV[1], ts, ARGV[2], ARGV[3], ARGV[4])
         return ts

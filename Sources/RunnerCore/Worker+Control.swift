@@ -18,7 +18,8 @@ extension Worker {
                 outcome: .rejected,
                 reason: "migrate names one runner: send it to \(configuration.keyspace.control(runner: "<id>"))")
         }
-        let decision = operations.mode.withLock { $0.handle(command) }
+        let jobsRunning = !(await slots.runningJobIds).isEmpty
+        let decision = operations.mode.withLock { $0.handle(command, jobsRunning: jobsRunning) }
         switch decision.action {
         case .closeIntake?:
             operations.updateGate()
@@ -107,7 +108,8 @@ extension Worker {
                 continue
             }
             if let limit = configuration.exitAfterJobs, operations.mode.withLock({ $0.remainingJobs == 0 }) {
-                logger.info("took \(limit) job(s) and all have ended (--exit-after-jobs); shutting down")
+                logger.info(
+                    "took \(counted(limit, "job", "jobs")) and all have ended (--exit-after-jobs); shutting down")
                 requestShutdown()
                 return
             }

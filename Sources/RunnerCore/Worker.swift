@@ -191,7 +191,8 @@ public final class Worker: Sendable {
             throw WorkerError(
                 .nameInUse,
                 "--resume-identity \(config.name): the old runner still holds its lease (it has not finished its "
-                    + "migration, or it still runs); \(error.message)")
+                    + "migration, or it still runs, or it died less than its lease TTL ago: try again once runner "
+                    + "status shows its LEASE expired); \(error.message)")
         }
         killSwitch.arm(until: await lease.killDeadline)
         metrics.leaseConfirmed(until: await lease.killDeadline, renewal: false)
@@ -311,8 +312,8 @@ public final class Worker: Sendable {
         setState(.stopped)
         if final.abandoned > 0 {
             logger.warning(
-                "\(final.abandoned) job(s) were stopped when a lease epoch ended; their entries are rescheduled by a "
-                    + "reaper or the next run of this runner")
+                "\(counted(final.abandoned, "job was", "jobs were")) stopped when a lease epoch ended; their entries "
+                    + "are rescheduled by a reaper or the next run of this runner")
         }
         let migration = operations.mode.withLock { $0.migration }
         try? await store.emit(
@@ -453,7 +454,7 @@ public final class Worker: Sendable {
                         .runnerCapacityUpdate, runner: configuration.name, data: now.eventData, retry: .never)
                     reported = now
                 } catch {
-                    logger.debug("capacity update failed: \(error)")
+                    store.logEventWriteFailure(error, what: "capacity update", logger: logger)
                 }
             }
             try? await Task.sleep(for: Worker.capacityReportInterval)
@@ -552,7 +553,7 @@ public final class Worker: Sendable {
         summary.withLock { $0.leaseEpochsLost += 1 }
         metrics.leaseLost()
         logger.error(
-            "lease epoch \(epoch.number) ended (\(reason.rawValue)): stopped \(stopped) job(s); registering again",
+            "lease epoch \(epoch.number) ended (\(reason.rawValue)): stopped \(counted(stopped, "job", "jobs")); registering again",
             ["runner": configuration.name])
         var rotation: LeaseKeeper.Rotation?
         var refused = false
@@ -596,7 +597,7 @@ public final class Worker: Sendable {
         }
         let moved = await rescheduleOwnPending(epochs.store)
         logger.info(
-            "registered again as lease epoch \(rotation.new.number); rescheduled \(moved) entr(ies) of the old one",
+            "registered again as lease epoch \(rotation.new.number); rescheduled \(counted(moved, "entry", "entries")) of the old one",
             ["runner": configuration.name])
         try? await epochs.presence.publish(
             state: state.withLock { $0 }, free: await slots.free, running: await slots.runningJobIds,

@@ -133,6 +133,21 @@ extension FencingTests {
     }
 }
 
+extension FencingTests {
+    /// The events stream SET to a string: every submit fails, and the runner says so once a minute (its own
+    /// resource samples and capacity updates are refused), naming the key, instead of failing silently at debug.
+    func testAnEventsStreamOfTheWrongTypeIsWarnedAboutOnceAMinute() throws {
+        let runner = try startRunner(name: "wrong-events", ["--monitor-interval", "200ms"])
+        _ = try send(["DEL", key("events")])
+        _ = try send(["SET", key("events"), "not a stream"])
+        let warning = "key \(key("events")) is a string, expected a stream; events are lost until it is fixed"
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { runner.log.contains(warning) }, runner.log)
+        Thread.sleep(forTimeInterval: 2)
+        XCTAssertEqual(runner.log.components(separatedBy: warning).count, 2, runner.log)
+        _ = try send(["DEL", key("events")])
+    }
+}
+
 /// A runner that cannot renew (Redis stops answering its writes) stops its jobs before its lease can lapse.
 final class UnrenewableLeaseTests: PrivateRedisTestCase {
     func testJobsAreStoppedBeforeTheLeaseLapsesAndAreNeverRecordedAsKilled() throws {

@@ -61,6 +61,20 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertEqual(reach.stdout, "net=reach\n", reach.err)
     }
 
+    func testARelativeCwdIsRelativeToTheWorkFolderAlsoInAMountNamespace() throws {
+        try startRunner()
+        for isolation in ["process_group", "namespace"] {
+            for (cwd, expected) in [(".", "$NR_WORK_DIR"), ("tmp", "$NR_WORK_DIR/tmp")] {
+                let result = cli([
+                    "submit", "--wait", "--isolation", isolation, "--cwd", cwd, "--shell",
+                    #"[ "$(pwd -P)" = "$(cd "\#(expected)" && pwd -P)" ] && echo same || echo "pwd=$(pwd) work=$NR_WORK_DIR""#,
+                ])
+                XCTAssertEqual(result.code, 0, "\(isolation) --cwd \(cwd): \(result.err)")
+                XCTAssertEqual(result.stdout, "same\n", "\(isolation) --cwd \(cwd)")
+            }
+        }
+    }
+
     func testACgroupJobOfARootRunnerHasNoCapabilitiesAndCannotLeaveItsCgroup() throws {
         guard geteuid() == 0 else { throw XCTSkip("a root job's capabilities need a runner running as root") }
         let runner = try startRunner()

@@ -158,6 +158,23 @@ final class MetricsEndpointTests: PrivateRedisTestCase {
         XCTAssertGreaterThan(total("nativerunner_redis_reconnects_total"), 0, "\(after)")
     }
 
+    func testTheDurationHistogramCountsACancelledAttempt() throws {
+        let runner = try startRunner(["--metrics-listen", "127.0.0.1:0", "--kill-grace", "200ms"])
+        let base = "http://" + (try metricsAddress(runner))
+        try submit(["--", "sleep", "30"], id: "m-cancel")
+        _ = try runningPid("m-cancel")
+        let cancel = cli(["cancel", "m-cancel", "--wait"])
+        XCTAssertEqual(cancel.code, 0, cancel.err)
+        try waitForState("m-cancel", ["cancelled"])
+        var body = ""
+        let counted = waitUntil(timeout: .seconds(10), interval: .milliseconds(100)) {
+            body = get(base + "/metrics").body
+            return body.contains("\nnativerunner_jobs_running 0\n")
+        }
+        XCTAssertTrue(counted, body)
+        XCTAssertTrue(body.contains("\nnativerunner_job_duration_seconds_count 1\n"), body)
+    }
+
     func testTopWithoutATerminalPrintsASnapshotPerIntervalUntilSIGTERM() throws {
         try startRunner()
         let top = try startCLI(["top", "--interval", "200ms"])

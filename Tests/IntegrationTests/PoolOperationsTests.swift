@@ -172,12 +172,15 @@ final class PoolOperationsTests: IntegrationTestCase {
 
     func testDrainHoldsNewJobsUntilResume() throws {
         try startRunner()
-        try submit(["--", "sleep", "1"], id: "dr-running")
+        try submit(["--", "sleep", "2"], id: "dr-running")
         _ = try runningPid("dr-running")
         let drain = cli(["drain", "r1", "--wait"])
         XCTAssertEqual(drain.code, 0, drain.err)
         XCTAssertEqual(drain.stdout.split(separator: "\n").last, "accepted")
         XCTAssertEqual(try registry("r1")["state"] as? String, "draining", "a job still runs")
+        // Drained while a job still runs is draining, and a second drain says so.
+        let whileDraining = cli(["drain", "r1", "--wait"])
+        XCTAssertEqual(whileDraining.stdout.split(separator: "\n").last, "ignored: already draining")
         try waitForState("dr-running", ["succeeded"])
         try waitForRegistryState("r1", "drained")
         XCTAssertTrue(
@@ -309,6 +312,10 @@ final class PoolOperationsTests: IntegrationTestCase {
             timeout: 30)
         XCTAssertEqual(early.code, 1)
         XCTAssertTrue(early.err.contains("the old runner still holds its lease"), early.err)
+        XCTAssertTrue(
+            early.err.contains(
+                "or it died less than its lease TTL ago: try again once runner status shows its LEASE expired)"),
+            early.err)
         XCTAssertFalse(early.err.contains("taking over runner"), "refused before claiming a takeover: \(early.err)")
 
         let migrate = cli(["migrate", "r1", "--to", "n2", "--takeover-timeout", "60s", "--wait"])

@@ -243,10 +243,18 @@ final class WrongTypeKeyViewTests: IntegrationTestCase {
         XCTAssertEqual(dead.code, 1, dead.err)
         XCTAssertEqual(
             dead.err, "Error: Redis refused the command: WRONGTYPE key \(key("dead")) is a string, expected a stream\n")
-        // top shows the pool without its events.
-        let top = cli(["top", "--once"])
-        XCTAssertEqual(top.code, 0, top.err)
-        XCTAssertTrue(top.stdout.contains("  key \(key("events")) is a string, expected a stream"), top.stdout)
+        // top shows the pool without its events, and status names the events stream too (every submit fails).
+        let line = "  key \(key("events")) is a string, expected a stream"
+        for arguments in [["top", "--once"], ["status"]] {
+            let view = cli(arguments)
+            XCTAssertEqual(view.code, 0, "\(arguments): \(view.err)")
+            XCTAssertEqual(view.stdout.components(separatedBy: line + "\n").count, 2, "\(arguments): \(view.stdout)")
+        }
+        let json = cli(["status", "--json"])
+        XCTAssertEqual(json.code, 0, json.err)
+        let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        let wrong = try XCTUnwrap(object?["wrong_type"] as? [[String: String]], json.stdout)
+        XCTAssertTrue(wrong.contains(["key": key("events"), "type": "string", "expected": "stream"]), json.stdout)
     }
 }
 

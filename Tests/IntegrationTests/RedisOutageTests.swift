@@ -88,7 +88,7 @@ final class ShutdownWithoutRedisTests: PrivateRedisTestCase {
         XCTAssertEqual(runner.waitForExit(timeout: 30), 1, runner.log)
         XCTAssertLessThan(ContinuousClock.now - started, .seconds(25))
         XCTAssertTrue(
-            runner.log.contains("Error: stopped without recording 1 job(s) because Redis was unreachable"), runner.log)
+            runner.log.contains("Error: stopped without recording 1 job because Redis was unreachable"), runner.log)
         XCTAssertFalse(processIsAlive(pid))
 
         try server.restart()

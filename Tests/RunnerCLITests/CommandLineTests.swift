@@ -148,6 +148,18 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(
             err.split(separator: "\n").first,
             "Error: invalid value for '--concurrency': 'zero' (expected a positive whole number)")
+        // A CPU quota is in millicores: Kubernetes's `500m` and a fraction of a core say so.
+        for (arguments, text) in [
+            (["submit", "--cpu", "0.5", "--", "true"], "'--cpu': '0.5'"),
+            (["submit", "--cpu", "500m", "--", "true"], "'--cpu': '500m'"),
+            (["worker", "--max-cpu", "1.5"], "'--max-cpu': '1.5'"),
+        ] {
+            (code, _, err) = await run(arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(
+                err.split(separator: "\n").first.map(String.init),
+                "Error: invalid value for \(text) (millicores, a whole number: 500 is half a core)")
+        }
         (code, _, err) = await run(["worker", "--lease-ttl", "soon"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(

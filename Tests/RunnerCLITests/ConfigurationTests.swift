@@ -236,8 +236,7 @@ final class ConfigurationTests: XCTestCase {
         // An empty list is refused as `--queue ''` is, not taken for the default queue.
         (path, error) = try await configError("{\n  \"queue\": []\n}")
         XCTAssertEqual(
-            error, "Error: \(path):2: invalid value for '--queue': '' (no braces, colons, spaces or control characters)"
-        )
+            error, "Error: \(path):2: invalid value for '--queue': no queue (give at least one, e.g. default)")
         (path, error) = try await configError("\n[\"queue\"]")
         XCTAssertEqual(error, "Error: \(path):2: the config file must hold a JSON object of options, not an array")
         (path, error) = try await configError("")
@@ -264,12 +263,14 @@ final class ConfigurationTests: XCTestCase {
             ),
             (
                 ["config", "--print"], ["RUNNER_QUEUES": " , "],
-                "Error: invalid value for RUNNER_QUEUES: '' (no braces, colons, spaces or control characters)"
+                "Error: invalid value for RUNNER_QUEUES: ' , ' (an empty queue name: give names separated by commas, "
+                    + "e.g. high,default)"
             ),
             // A list of no queue at all is not the default queue.
             (
                 ["config", "--print"], ["RUNNER_QUEUES": ","],
-                "Error: invalid value for RUNNER_QUEUES: '' (no braces, colons, spaces or control characters)"
+                "Error: invalid value for RUNNER_QUEUES: ',' (an empty queue name: give names separated by commas, "
+                    + "e.g. high,default)"
             ),
             (
                 ["config", "--print"], ["RUNNER_LEASE_TTL": "500ms"],
@@ -291,6 +292,10 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(
             flag.err.split(separator: "\n").first.map(String.init),
             "Error: invalid value for '--concurrency': 'abc' (expected a positive whole number)")
+        let emptyQueue = await run(["config", "--print", "--queue", ""], environment: [:])
+        XCTAssertEqual(
+            emptyQueue.err.split(separator: "\n").first.map(String.init),
+            "Error: invalid value for '--queue': '' (an empty queue name)")
     }
 
     /// A worker default or ceiling outside what a job spec accepts (`JobLimits.accepted`, the rule submit applies to

@@ -17,6 +17,13 @@ final class LoggerTests: XCTestCase {
         )
     }
 
+    func testCountsHaveTheirSingularOrPlural() {
+        XCTAssertEqual(counted(0, "job", "jobs"), "0 jobs")
+        XCTAssertEqual(counted(1, "job", "jobs"), "1 job")
+        XCTAssertEqual(counted(1, "entry", "entries"), "1 entry")
+        XCTAssertEqual(counted(3, "entry", "entries"), "3 entries")
+    }
+
     func testJSONLinesCarryTheirKeysAndFieldsAndNoFieldReplacesThem() throws {
         let (logger, sink) = logger(.debug, .json)
         logger.debug("job received", ["job": "j1", "queue": "high", "msg": "field named msg"])

@@ -13,6 +13,7 @@ final class OperatingModeTests: XCTestCase {
         XCTAssertEqual(mode.runnerState(jobsRunning: true), .draining)
         XCTAssertEqual(mode.runnerState(jobsRunning: false), .drained)
         XCTAssertEqual(mode.handle(.drain), .ignored("already drained"))
+        XCTAssertEqual(mode.handle(.drain, jobsRunning: true), .ignored("already draining"))
         XCTAssertEqual(mode.handle(.resume), .accepted(.openIntake))
         XCTAssertTrue(mode.intakeOpen)
         XCTAssertEqual(mode.runnerState(jobsRunning: false), .running)

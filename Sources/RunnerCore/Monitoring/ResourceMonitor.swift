@@ -67,7 +67,11 @@ struct ResourceMonitor: Sendable {
             }
             previousJobs = seen
             data["jobs"] = .array(jobs)
-            try? await store.emit(.runnerResourceUsage, runner: runner, data: .object(data), retry: .never)
+            do {
+                try await store.emit(.runnerResourceUsage, runner: runner, data: .object(data), retry: .never)
+            } catch {
+                store.logEventWriteFailure(error, what: "resource usage", logger: logger)
+            }
             await cleanUp()
         }
     }
