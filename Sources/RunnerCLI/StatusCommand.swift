@@ -47,10 +47,12 @@ enum StatusCommand {
         let json = arguments.flag("--json")
         if arguments.flag("--watch") && !json { return try await TopCommand.run(arguments, console: console) }
         // Options of the live view would be ignored without it (and --events with --json: it has no events pane).
-        if let given = TopCommand.options.map(\.name).first(where: { arguments.value($0) != nil }) {
-            if !arguments.flag("--watch") { throw UsageError("\(given) needs --watch", command: spec.name) }
-            if given == "--events" { throw UsageError("--events cannot be used with --json", command: spec.name) }
+        let given = TopCommand.options.map(\.name).filter { arguments.value($0) != nil }
+        if let first = given.first, !arguments.flag("--watch") {
+            throw UsageError("\(first) needs --watch", command: spec.name)
         }
+        // Every option given, not only the first: `--once --events 3` must not pass.
+        if given.contains("--events") { throw UsageError("--events cannot be used with --json", command: spec.name) }
         let watchInterval = try arguments.duration("--interval") ?? .seconds(1)
         guard watchInterval >= .milliseconds(100) else {
             throw UsageError("invalid value for '--interval': it must be at least 100ms", command: spec.name)

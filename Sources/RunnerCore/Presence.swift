@@ -139,7 +139,18 @@ struct Presence: Sendable {
         let registry = RedisCommand(["HSET", keyspace.runners, configuration.name, record.serialized])
         let sent = published.send()
         let replies = try await client.pipeline([heartbeat, registry], retry: retry)
-        for case .error(let message) in replies { throw RedisServerError(message) }
+        for case .error(let message) in replies {
+            let error = RedisServerError(message)
+            // Redis's own WRONGTYPE names no key: name the registry or heartbeats key of another type.
+            if WrongTypeKey.isUnnamed(error),
+                let found = try? await WrongTypeKey.find(
+                    client: client, [keyspace.heartbeats: "stream", keyspace.runners: "hash"]
+                ).first
+            {
+                throw found.error
+            }
+            throw error
+        }
         published.confirm(Presence.timeless(record), ticket: sent.ticket, sentAt: sent.at)
     }
 

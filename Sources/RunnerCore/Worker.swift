@@ -468,6 +468,7 @@ public final class Worker: Sendable {
     private func keepPresence(_ epochs: EpochContext, admission: MemoryAdmission) async {
         metrics.loopWentRound()
         var heartbeats = 0
+        var wrongTypeWarning = RepeatedWarning(every: .seconds(30))
         let strayCheckEvery = max(1, Int(configuration.leaseTTL / configuration.heartbeatInterval))
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.heartbeatInterval)
@@ -488,6 +489,12 @@ public final class Worker: Sendable {
                     strayPending.withLock { $0 = true }
                     // The intake reads them after its current read, which may block for a while: break it off.
                     intakeClient.interrupt()
+                }
+            } catch let error as RedisServerError where error.kind == "WRONGTYPE" {
+                // A lasting refusal (the registry or the heartbeats stream SET to another type): this runner is
+                // missing from `runner status` until the key is fixed, so say so, once per 30 s.
+                if wrongTypeWarning.allows(error.message) {
+                    logger.warning("heartbeat not recorded: \(error.message); retrying until the key is fixed")
                 }
             } catch {
                 // The client has already said once that Redis is unreachable; retry at the next interval.

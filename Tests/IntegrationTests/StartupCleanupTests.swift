@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 
 /// A worker that cannot start leaves nothing on the host: no cgroup parent, no work folder.
@@ -43,5 +44,31 @@ final class StartupCleanupTests: PrivateRedisTestCase {
             result.err.contains("WRONGTYPE key \(key("jobs:default")) is a string, expected a stream"), result.err)
         XCTAssertFalse(rootLeft, "the work root \(root) made by the failed start is left")
         XCTAssertEqual(parents, [], "cgroup folders of runner rt2 left behind")
+    }
+}
+
+/// The registry or the heartbeats stream SET to another type: Redis's own WRONGTYPE names no key, the runner does.
+final class WrongTypeRegistryTests: PrivateRedisTestCase {
+    func testAWorkerNamesARegistryOrHeartbeatsKeyOfTheWrongType() throws {
+        _ = try send(["SET", key("runners"), "x"])
+        let root = NSTemporaryDirectory() + "nr-registry-\(namespace)"
+        let result = runCLI([
+            "worker", "--redis", endpoint.url, "--namespace", namespace, "--name", "wt1", "--work-root", root,
+            "--exit-when-idle", "1s",
+        ])
+        IsolationLeftovers.remove(namespace: namespace)
+        try? FileManager.default.removeItem(atPath: root)
+        XCTAssertEqual(result.code, 1, result.err)
+        XCTAssertTrue(
+            result.err.contains("WRONGTYPE key \(key("runners")) is a string, expected a hash"), result.err)
+
+        // A running runner whose heartbeats stream turns into a string says so (it was a debug line only).
+        _ = try send(["DEL", key("runners")])
+        let runner = try startRunner(name: "wt2", ["--no-reaper", "--lease-ttl", "3s"])
+        _ = try send(["SET", key("heartbeats"), "x"])
+        let warning = "heartbeat not recorded: WRONGTYPE key \(key("heartbeats")) is a string, expected a stream"
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains(warning) }, runner.log)
+        _ = try send(["DEL", key("heartbeats")])
+        XCTAssertEqual(runner.stop(), 0, runner.log)
     }
 }

@@ -177,6 +177,14 @@ final class CommandLineTests: XCTestCase {
             XCTAssertEqual(code, 2, "\(options)")
             XCTAssertEqual(err.split(separator: "\n").first.map(String.init), "Error: \(options[0]) needs --watch")
         }
+        // --events is refused with --json wherever it comes, also after another live-view option.
+        for options in [["--events", "3"], ["--once", "--events", "3"], ["--interval", "2s", "--events", "3"]] {
+            (code, _, err) = await run(["status", "--redis", "127.0.0.1:1", "--watch", "--json"] + options)
+            XCTAssertEqual(code, 2, "\(options): \(err)")
+            XCTAssertEqual(
+                err.split(separator: "\n").first.map(String.init), "Error: --events cannot be used with --json",
+                "\(options)")
+        }
         // `--events 0` is accepted (no events pane): the command gets as far as Redis, which is not there.
         (code, _, err) = await run(["top", "--redis", "127.0.0.1:1", "--events", "0", "--once"])
         XCTAssertEqual(code, 1, err)
