@@ -387,11 +387,18 @@ public final class Worker: Sendable {
         let prefetched = prefetch.keys
         let running = await slots.runningKeys.union(prefetched)
         for queue in routes.readOrder {
-            let reply = try await presenceClient.send(
-                RedisCommand([
-                    "XPENDING", configuration.keyspace.jobs(queue: queue), Keyspace.consumerGroup, "-", "+", "100",
-                    configuration.name,
-                ]))
+            let reply: RedisReply
+            do {
+                reply = try await presenceClient.send(
+                    RedisCommand([
+                        "XPENDING", configuration.keyspace.jobs(queue: queue), Keyspace.consumerGroup, "-", "+", "100",
+                        configuration.name,
+                    ]))
+            } catch let error as RedisServerError where error.kind == "WRONGTYPE" {
+                // A queue stream SET to another type: the intake names it and does not read it; its heartbeat was
+                // recorded, so this is no reason to say otherwise, nor to skip the other queues.
+                continue
+            }
             let ids = (reply.array ?? []).compactMap { $0.array?.first?.string }
             if ids.contains(where: { !running.contains(DeliveryKey(queue: queue, streamId: $0)) }) { return true }
         }

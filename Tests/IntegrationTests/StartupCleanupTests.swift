@@ -71,4 +71,21 @@ final class WrongTypeRegistryTests: PrivateRedisTestCase {
         _ = try send(["DEL", key("heartbeats")])
         XCTAssertEqual(runner.stop(), 0, runner.log)
     }
+
+    /// A queue stream SET to another type is the intake's to name: the heartbeat is still recorded, and the stray
+    /// check (XPENDING on every queue) must not call it "heartbeat not recorded" with Redis's keyless WRONGTYPE.
+    func testAWrongTypedQueueDoesNotMakeTheHeartbeatLookUnrecorded() throws {
+        let runner = try startRunner(name: "wt3", ["--no-reaper", "--lease-ttl", "3s", "--queue", "wq"])
+        _ = try send(["DEL", key("jobs:wq")])
+        _ = try send(["SET", key("jobs:wq"), "x"])
+        // A stray check runs once a lease TTL (3 s) of heartbeats: wait for several.
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                runner.log.contains("key \(self.key("jobs:wq")) is a string, expected a stream")
+            }, runner.log)
+        Thread.sleep(forTimeInterval: 7)
+        XCTAssertFalse(runner.log.contains("heartbeat not recorded"), runner.log)
+        _ = try send(["DEL", key("jobs:wq")])
+        XCTAssertEqual(runner.stop(), 0, runner.log)
+    }
 }
