@@ -226,19 +226,24 @@ public struct PoolClient: Sendable {
     /// Runners in the registry with their lease time left, and every known queue with length, pending and lag.
     public func status(extraQueues: [String] = []) async throws -> PoolStatus {
         var wrongTypeKeys: [WrongTypeKey] = []
-        // The events stream is not read here, but every submit writes it: its TYPE rides along with the registry.
+        // The events and heartbeats streams are not read here, but every submit writes the one and every runner
+        // the other (a runner whose heartbeat is refused logs it): their TYPEs ride along with the registry.
         var eventsType = "none"
+        var heartbeatsType = "none"
         let registry =
             try await WrongTypeKey.skipping(client: client, keyspace.runners, "hash", into: &wrongTypeKeys) {
                 let replies = try await client.pipeline([
                     RedisCommand(["HGETALL", keyspace.runners]), RedisCommand(["TYPE", keyspace.events]),
+                    RedisCommand(["TYPE", keyspace.heartbeats]),
                 ])
                 eventsType = replies[1].string ?? "none"
+                heartbeatsType = replies[2].string ?? "none"
                 if case .error(let message) = replies[0] { throw RedisServerError(message) }
                 return replies[0]
             } ?? .null
-        if eventsType != "none", eventsType != "stream" {
-            wrongTypeKeys.append(WrongTypeKey(key: keyspace.events, type: eventsType, expected: "stream"))
+        for (key, type) in [(keyspace.events, eventsType), (keyspace.heartbeats, heartbeatsType)]
+        where type != "none" && type != "stream" {
+            wrongTypeKeys.append(WrongTypeKey(key: key, type: type, expected: "stream"))
         }
         var runners: [RunnerStatus] = []
         var queueNames = Set(extraQueues)

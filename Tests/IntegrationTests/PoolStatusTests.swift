@@ -227,6 +227,22 @@ final class WrongTypeKeyViewTests: IntegrationTestCase {
         XCTAssertTrue(status.stdout.contains("\n  default "), status.stdout)
     }
 
+    /// Every runner writes `{nr}:heartbeats` (and warns when it is refused); status names it like `{nr}:events`.
+    func testStatusNamesAHeartbeatsStreamOfTheWrongType() throws {
+        _ = try send(["SET", key("heartbeats"), "x"])
+        let line = "  key \(key("heartbeats")) is a string, expected a stream"
+        for arguments in [["status"], ["top", "--once"]] {
+            let view = cli(arguments)
+            XCTAssertEqual(view.code, 0, "\(arguments): \(view.err)")
+            XCTAssertEqual(view.stdout.components(separatedBy: line + "\n").count, 2, "\(arguments): \(view.stdout)")
+        }
+        let json = cli(["status", "--json"])
+        XCTAssertEqual(json.code, 0, json.err)
+        let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        let wrong = try XCTUnwrap(object?["wrong_type"] as? [[String: String]], json.stdout)
+        XCTAssertTrue(wrong.contains(["key": key("heartbeats"), "type": "string", "expected": "stream"]), json.stdout)
+    }
+
     func testCommandsThatReadAKeyOfTheWrongTypeNameIt() throws {
         _ = try send(["SET", key("events"), "x"])
         _ = try send(["SET", key("dead"), "x"])
