@@ -97,6 +97,11 @@ enum SubmitCommand {
             throw UsageError("missing command: give CMD [ARG...] after -- or --shell 'SCRIPT'", command: spec.name)
         }
         let queue = arguments.value("--queue") ?? Keyspace.defaultQueue
+        if queue.trimmingCharacters(in: .whitespaces).isEmpty {
+            // As the worker says it: the characters hint does not fit a name that is not there.
+            throw UsageError(
+                "invalid value for '--queue': '\(UsageError.excerpt(queue))' (an empty queue name)", command: spec.name)
+        }
         guard Keyspace.isValidName(queue) else {
             throw UsageError(
                 "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "

@@ -296,6 +296,12 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(
             emptyQueue.err.split(separator: "\n").first.map(String.init),
             "Error: invalid value for '--queue': '' (an empty queue name)")
+        // submit says the same, not the hint about braces and colons.
+        let emptySubmitQueue = await run(["submit", "--queue", "", "--", "true"], environment: [:])
+        XCTAssertEqual(emptySubmitQueue.code, 2, emptySubmitQueue.err)
+        XCTAssertEqual(
+            emptySubmitQueue.err.split(separator: "\n").first.map(String.init),
+            "Error: invalid value for '--queue': '' (an empty queue name)")
     }
 
     /// A worker default or ceiling outside what a job spec accepts (`JobLimits.accepted`, the rule submit applies to
