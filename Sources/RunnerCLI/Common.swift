@@ -120,7 +120,7 @@ extension ParsedArguments {
 
     /// A CPU quota in millicores (`--cpu`, `--default-cpu`, `--max-cpu`): `0.5` and `500m` are refused saying so.
     func millicores(_ name: String) throws -> Int? {
-        try parsed(name, expected: "millicores, a whole number: 500 is half a core") {
+        try parsed(name, expected: "millicores, a positive whole number: 500 is half a core") {
             Int($0).flatMap { $0 > 0 ? $0 : nil }
         }
     }

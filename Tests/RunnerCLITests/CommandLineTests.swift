@@ -153,12 +153,15 @@ final class CommandLineTests: XCTestCase {
             (["submit", "--cpu", "0.5", "--", "true"], "'--cpu': '0.5'"),
             (["submit", "--cpu", "500m", "--", "true"], "'--cpu': '500m'"),
             (["worker", "--max-cpu", "1.5"], "'--max-cpu': '1.5'"),
+            // Whole numbers too, so the hint must say positive.
+            (["submit", "--cpu", "0", "--", "true"], "'--cpu': '0'"),
+            (["worker", "--max-cpu", "-1"], "'--max-cpu': '-1'"),
         ] {
             (code, _, err) = await run(arguments)
             XCTAssertEqual(code, 2, "\(arguments)")
             XCTAssertEqual(
                 err.split(separator: "\n").first.map(String.init),
-                "Error: invalid value for \(text) (millicores, a whole number: 500 is half a core)")
+                "Error: invalid value for \(text) (millicores, a positive whole number: 500 is half a core)")
         }
         (code, _, err) = await run(["worker", "--lease-ttl", "soon"])
         XCTAssertEqual(code, 2)
