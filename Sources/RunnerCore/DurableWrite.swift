@@ -1,5 +1,4 @@
 import RedisClient
-import Synchronization
 
 /// Retries a write that is safe to resend (every job script is) until it lands.
 ///
@@ -19,8 +18,8 @@ enum DurableWrite {
     /// How long the same "could not record a job write" error stays unsaid after it was logged.
     static let givenUpEvery: Duration = .seconds(30)
 
-    /// When each given-up error was last logged (by its text); a few distinct texts at most in practice.
-    private static let givenUpLogged = Mutex<[String: ContinuousClock.Instant]>([:])
+    /// The given-up errors logged, by their text.
+    private static let givenUpLogged = ThrottledWarnings(every: givenUpEvery)
 
     /// With `untilAccepted`, a server error of any kind is retried too (logged once as an error): for a write about
     /// an attempt, giving up would leave its entry pending to be claimed again in this epoch, and the claim takes that
@@ -64,11 +63,6 @@ enum DurableWrite {
 
     /// True (and remembered) when `text` was not logged within `givenUpEvery`.
     static func shouldLogGivenUp(_ text: String, now: ContinuousClock.Instant = .now) -> Bool {
-        givenUpLogged.withLock { logged in
-            if let last = logged[text], now - last < givenUpEvery { return false }
-            if logged.count >= 64 { logged = logged.filter { now - $0.value < givenUpEvery } }
-            logged[text] = now
-            return true
-        }
+        givenUpLogged.allows(text, now: now)
     }
 }

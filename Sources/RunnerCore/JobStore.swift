@@ -1,6 +1,5 @@
 import RedisClient
 import RunnerProtocol
-import Synchronization
 
 /// A job's outcome as recorded in its result hash.
 public struct JobResultRecord: Sendable, Hashable {
@@ -128,7 +127,7 @@ public struct JobStore: Sendable {
     let deadMaxLength: Int
     let retentionMs: Int
     /// One warning a minute per key for the runner's own event writes refused for the key's type.
-    let wrongTypeWarnings = ThrottledWarnings(interval: .seconds(60))
+    let wrongTypeWarnings = ThrottledWarnings(every: .seconds(60))
 
     init(scripts: ScriptRunner, keyspace: Keyspace, eventsMaxLength: Int, deadMaxLength: Int, retention: Duration) {
         self.scripts = scripts
@@ -434,32 +433,11 @@ public struct JobStore: Sendable {
     /// key's type (`WRONGTYPE key {nr}:events is a string, expected a stream`) as a warning naming the key, at most
     /// once a minute per key (every submit fails meanwhile); anything else at debug.
     func logEventWriteFailure(_ error: Error, what: String, logger: Logger) {
-        if let error = error as? RedisServerError, error.kind == "WRONGTYPE", error.message.hasPrefix("WRONGTYPE key ")
-        {
-            let detail = String(error.message.dropFirst("WRONGTYPE ".count))
-            let key = detail.dropFirst("key ".count).split(separator: " ").first.map(String.init) ?? keyspace.events
-            guard wrongTypeWarnings.shouldWarn(key) else { return }
+        if let (key, detail) = WrongTypeKey.named(in: error) {
+            guard wrongTypeWarnings.allows(key) else { return }
             logger.warning("\(what) not recorded: \(detail); events are lost until it is fixed", ["key": key])
         } else {
             logger.debug("\(what) failed: \(error)")
-        }
-    }
-}
-
-/// Whether to warn about a key now: once per `interval` per key.
-final class ThrottledWarnings: Sendable {
-    private let interval: Duration
-    private let last = Mutex<[String: ContinuousClock.Instant]>([:])
-
-    init(interval: Duration) {
-        self.interval = interval
-    }
-
-    func shouldWarn(_ key: String, now: ContinuousClock.Instant = .now) -> Bool {
-        last.withLock { last in
-            if let before = last[key], now - before < interval { return false }
-            last[key] = now
-            return true
         }
     }
 }

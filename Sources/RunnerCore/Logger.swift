@@ -126,6 +126,25 @@ struct RepeatedWarning {
     }
 }
 
+/// Whether a warning shared by many tasks is worth logging again: each text (or key) at most once per `interval`.
+/// Remembers a bounded number of texts; a few distinct ones at most in practice.
+final class ThrottledWarnings: Sendable {
+    let interval: Duration
+    private let logged = Mutex<[String: ContinuousClock.Instant]>([:])
+
+    init(every interval: Duration) { self.interval = interval }
+
+    /// True (and remembered) when `text` was not logged within `interval`.
+    func allows(_ text: String, now: ContinuousClock.Instant = .now) -> Bool {
+        logged.withLock { logged in
+            if let last = logged[text], now - last < interval { return false }
+            if logged.count >= 64 { logged = logged.filter { now - $0.value < interval } }
+            logged[text] = now
+            return true
+        }
+    }
+}
+
 /// `1 job`, `2 jobs`, `1 entry`, `3 entries`: a count with its noun, for log lines.
 public func counted(_ count: Int, _ singular: String, _ plural: String) -> String {
     "\(count) \(count == 1 ? singular : plural)"

@@ -23,7 +23,18 @@ public struct WrongTypeKey: Sendable, Equatable {
     /// Whether `error` is Redis's own WRONGTYPE reply, which names no key (a script's refusal names it already).
     static func isUnnamed(_ error: any Error) -> Bool {
         guard let error = error as? RedisServerError else { return false }
-        return error.kind == "WRONGTYPE" && !error.message.hasPrefix("WRONGTYPE key ")
+        return error.kind == "WRONGTYPE" && named(in: error) == nil
+    }
+
+    /// The key a named refusal (`WRONGTYPE key K is a string, expected a stream`, as `error` words it) is about,
+    /// and its text without the `WRONGTYPE ` kind; nil for any other error.
+    static func named(in error: any Error) -> (key: String, text: String)? {
+        guard let error = error as? RedisServerError, error.kind == "WRONGTYPE",
+            error.message.hasPrefix("WRONGTYPE key ")
+        else { return nil }
+        let text = String(error.message.dropFirst("WRONGTYPE ".count))
+        guard let key = text.dropFirst("key ".count).split(separator: " ").first else { return nil }
+        return (String(key), text)
     }
 
     /// TYPE of each key (one pipeline): those of another type than expected (a missing key is none of them).

@@ -230,17 +230,29 @@ final class WrongTypeKeyViewTests: IntegrationTestCase {
     /// Every runner writes `{nr}:heartbeats` (and warns when it is refused); status names it like `{nr}:events`.
     func testStatusNamesAHeartbeatsStreamOfTheWrongType() throws {
         _ = try send(["SET", key("heartbeats"), "x"])
-        let line = "  key \(key("heartbeats")) is a string, expected a stream"
+        try assertTheViewsNameAStringStream(key("heartbeats"))
+    }
+
+    /// `status` and `top --once` list `stream` once under WRONG TYPE (a string, expected a stream), exit 0, and
+    /// `status --json` has it in `wrong_type`.
+    private func assertTheViewsNameAStringStream(
+        _ stream: String, file: StaticString = #filePath, line: UInt = #line
+    ) throws {
+        let text = "  key \(stream) is a string, expected a stream"
         for arguments in [["status"], ["top", "--once"]] {
             let view = cli(arguments)
-            XCTAssertEqual(view.code, 0, "\(arguments): \(view.err)")
-            XCTAssertEqual(view.stdout.components(separatedBy: line + "\n").count, 2, "\(arguments): \(view.stdout)")
+            XCTAssertEqual(view.code, 0, "\(arguments): \(view.err)", file: file, line: line)
+            XCTAssertEqual(
+                view.stdout.components(separatedBy: text + "\n").count, 2, "\(arguments): \(view.stdout)",
+                file: file, line: line)
         }
         let json = cli(["status", "--json"])
-        XCTAssertEqual(json.code, 0, json.err)
+        XCTAssertEqual(json.code, 0, json.err, file: file, line: line)
         let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
-        let wrong = try XCTUnwrap(object?["wrong_type"] as? [[String: String]], json.stdout)
-        XCTAssertTrue(wrong.contains(["key": key("heartbeats"), "type": "string", "expected": "stream"]), json.stdout)
+        let wrong = try XCTUnwrap(object?["wrong_type"] as? [[String: String]], json.stdout, file: file, line: line)
+        XCTAssertTrue(
+            wrong.contains(["key": stream, "type": "string", "expected": "stream"]), json.stdout, file: file,
+            line: line)
     }
 
     func testCommandsThatReadAKeyOfTheWrongTypeNameIt() throws {
@@ -260,17 +272,7 @@ final class WrongTypeKeyViewTests: IntegrationTestCase {
         XCTAssertEqual(
             dead.err, "Error: Redis refused the command: WRONGTYPE key \(key("dead")) is a string, expected a stream\n")
         // top shows the pool without its events, and status names the events stream too (every submit fails).
-        let line = "  key \(key("events")) is a string, expected a stream"
-        for arguments in [["top", "--once"], ["status"]] {
-            let view = cli(arguments)
-            XCTAssertEqual(view.code, 0, "\(arguments): \(view.err)")
-            XCTAssertEqual(view.stdout.components(separatedBy: line + "\n").count, 2, "\(arguments): \(view.stdout)")
-        }
-        let json = cli(["status", "--json"])
-        XCTAssertEqual(json.code, 0, json.err)
-        let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
-        let wrong = try XCTUnwrap(object?["wrong_type"] as? [[String: String]], json.stdout)
-        XCTAssertTrue(wrong.contains(["key": key("events"), "type": "string", "expected": "stream"]), json.stdout)
+        try assertTheViewsNameAStringStream(key("events"))
     }
 }
 
