@@ -127,6 +127,10 @@ final class JSONValueTests: XCTestCase {
 
     func testControlCharactersAreEscaped() {
         XCTAssertEqual(JSONValue.string("a\u{1}b\"").serialized, #""a\u0001b\"""#)
+        let mixed: JSONValue = ["k\"\u{1f}": "\\\r\t\u{7f}é😀", "": .array([])]
+        XCTAssertEqual(mixed.serialized, #"{"":[],"k\"\u001f":"\\\r\t\#u{7f}é😀"}"#)
+        XCTAssertEqual(mixed.serializedBytes, Array(mixed.serialized.utf8))
+        XCTAssertEqual(try JSONValue(parsing: mixed.serializedBytes), mixed)
     }
 }
 
