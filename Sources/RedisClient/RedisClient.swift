@@ -79,7 +79,7 @@ public final class RedisClient: Sendable {
         PendingReply(replies: core.start(.commands([command], readTimeout: nil), retry: retry))
     }
 
-    /// Sends commands in one round trip (redisAppendCommandArgv ×N, redisGetReply ×N); error replies are returned in
+    /// Sends commands in one round trip (the commands encoded into one write, redisGetReply ×N); error replies are returned in
     /// place as `.error`, not thrown. With `.idempotent` the whole pipeline may be resent.
     public func pipeline(_ commands: [RedisCommand], retry: RedisRetry = .never) async throws -> [RedisReply] {
         guard !commands.isEmpty else {

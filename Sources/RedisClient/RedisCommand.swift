@@ -28,6 +28,58 @@ public struct RedisCommand: Sendable, Hashable {
         arguments.append(bytes)
     }
 
+    /// The command as Redis reads it (RESP): an array of bulk strings, `*<count>\r\n` then `$<length>\r\n<bytes>\r\n`
+    /// for each argument. The same bytes hiredis' `redisFormatCommandArgv` makes, in a fraction of its instructions.
+    public var encoded: [UInt8] {
+        // Counted first and written in place: appending piece by piece cost more than the bytes themselves.
+        func digits(_ value: Int) -> Int {
+            var count = 1
+            var rest = value / 10
+            while rest > 0 {
+                count += 1
+                rest /= 10
+            }
+            return count
+        }
+        var total = 3 + digits(arguments.count)
+        for argument in arguments { total += 5 + digits(argument.count) + argument.count }
+        return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
+            var at = 0
+            func put(_ byte: UInt8) {
+                buffer[at] = byte
+                at += 1
+            }
+            func put(decimal value: Int) {
+                let width = digits(value)
+                var rest = value
+                for position in stride(from: at + width - 1, through: at, by: -1) {
+                    buffer[position] = UInt8(ascii: "0") + UInt8(rest % 10)
+                    rest /= 10
+                }
+                at += width
+            }
+            put(UInt8(ascii: "*"))
+            put(decimal: arguments.count)
+            put(13)
+            put(10)
+            for argument in arguments {
+                put(UInt8(ascii: "$"))
+                put(decimal: argument.count)
+                put(13)
+                put(10)
+                argument.withUnsafeBufferPointer { bytes in
+                    if let base = bytes.baseAddress, let target = buffer.baseAddress {
+                        (target + at).initialize(from: base, count: bytes.count)
+                    }
+                }
+                at += argument.count
+                put(13)
+                put(10)
+            }
+            initialized = at
+        }
+    }
+
     /// The uppercased first argument, for logs and errors ("XREADGROUP"); "" for an empty command.
     public var name: String {
         guard let first = arguments.first else {
@@ -50,6 +102,13 @@ extension RedisCommand {
                 return nil
             }
             return seconds == 0 ? .some(nil) : .some(.milliseconds(Int64((seconds * 1000).rounded(.up))))
+        }
+        // Every blocking command's name starts with B or X: most commands are answered here without the uppercased
+        // name's allocation.
+        guard let initial = arguments.first?.first,
+            initial | 0x20 == UInt8(ascii: "b") || initial | 0x20 == UInt8(ascii: "x")
+        else {
+            return nil
         }
         switch name {
         case "XREAD", "XREADGROUP":

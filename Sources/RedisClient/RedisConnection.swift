@@ -67,14 +67,15 @@ public final class RedisConnection {
         isBroken || nr_socket_peer_closed(context.pointee.fd) != 0
     }
 
-    /// redisCommandArgv (as redisAppendCommandArgv, a MSG_NOSIGNAL write, redisGetReply). Error replies come back as
+    /// One command: encoded into the output buffer, a MSG_NOSIGNAL write, redisGetReply. Error replies come back as
     /// `.error`, not thrown. `readTimeout` overrides the default for this call; without it, a blocking command
     /// (`XREADGROUP ... BLOCK ms`, `BLPOP ... timeout`) waits at least its own block time plus a second.
     public func send(_ command: RedisCommand, readTimeout: Duration? = nil) throws(RedisClientError) -> RedisReply {
         try pipeline([command], readTimeout: readTimeout, describedAs: command.name)[0]
     }
 
-    /// redisAppendCommandArgv ×N then redisGetReply ×N: one round trip. Error replies are returned in place.
+    /// The commands encoded into the output buffer, one write, then redisGetReply ×N: one round trip. Error replies
+    /// are returned in place.
     public func pipeline(_ commands: [RedisCommand]) throws(RedisClientError) -> [RedisReply] {
         try pipeline(commands, readTimeout: nil, describedAs: "a pipeline of \(commands.count) commands")
     }
@@ -168,30 +169,10 @@ public final class RedisConnection {
         socketTimeout = .some(timeout)
     }
 
-    /// redisAppendCommandArgv: formats the command into the output buffer (no I/O).
+    /// Puts the command, encoded here (`RedisCommand.encoded`), into the output buffer (no I/O).
     private func append(_ command: RedisCommand) throws(RedisClientError) {
-        let count = command.arguments.count
-        let lengths = command.arguments.map { $0.count }
-        // Every argument needs a stable pointer for the C call; copy them into one buffer.
-        let total = lengths.reduce(0, +)
-        let storage = UnsafeMutablePointer<CChar>.allocate(capacity: max(total, 1))
-        defer { storage.deallocate() }
-        var pointers: [UnsafePointer<CChar>?] = []
-        pointers.reserveCapacity(count)
-        var offset = 0
-        for argument in command.arguments {
-            argument.withUnsafeBufferPointer { bytes in
-                if let base = bytes.baseAddress {
-                    UnsafeMutableRawPointer(storage + offset).copyMemory(from: base, byteCount: bytes.count)
-                }
-            }
-            pointers.append(UnsafePointer(storage + offset))
-            offset += argument.count
-        }
-        let status = pointers.withUnsafeMutableBufferPointer { argv in
-            lengths.withUnsafeBufferPointer { argvlen in
-                redisAppendCommandArgv(context, Int32(count), argv.baseAddress, argvlen.baseAddress)
-            }
+        let status = command.encoded.withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
         }
         guard status == REDIS_OK else {
             let reason = String(cString: nr_redis_errstr(context))

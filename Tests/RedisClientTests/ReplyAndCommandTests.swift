@@ -61,6 +61,19 @@ final class ReplyAndCommandTests: XCTestCase {
         XCTAssertEqual(RedisCommand("BLMPOP", "1", "1", "a", "LEFT").serverBlockTime, .some(.seconds(1)))
         XCTAssertEqual(RedisCommand("BRPOP", "a", "0").serverBlockTime, .some(nil))
         XCTAssertEqual(RedisCommand("GET", "k").serverBlockTime, nil)
+        XCTAssertEqual(RedisCommand("bzPopMin", "z", "1").serverBlockTime, .some(.seconds(1)))
+        XCTAssertEqual(
+            RedisCommand("xread", "block", "7", "STREAMS", "s", "$").serverBlockTime, .some(.milliseconds(7)))
+        XCTAssertEqual(RedisCommand(bytes: []).serverBlockTime, nil)
+    }
+
+    func testEncodedAsRESPBulkStrings() {
+        let command = RedisCommand(bytes: [Array("SET".utf8), [], [0, 13, 10, 0xFF], Array("é".utf8)])
+        let expected = "*4\r\n$3\r\nSET\r\n$0\r\n\r\n$4\r\n".utf8 + [0, 13, 10, 0xFF] + "\r\n$2\r\né\r\n".utf8
+        XCTAssertEqual(command.encoded, Array(expected))
+        XCTAssertEqual(RedisCommand(bytes: []).encoded, Array("*0\r\n".utf8))
+        let long = [UInt8](repeating: 0x61, count: 12345)
+        XCTAssertEqual(RedisCommand(bytes: [long]).encoded, Array("*1\r\n$12345\r\n".utf8) + long + [13, 10])
     }
 
     func testErrorTypes() {
