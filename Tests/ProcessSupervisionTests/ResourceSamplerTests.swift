@@ -117,6 +117,25 @@ final class ResourceSamplerTests: XCTestCase {
         XCTAssertNil(sampler.peakResidentBytes(of: 101))
     }
 
+    func testTheVmHWMLineIsFoundAndReadExactly() throws {
+        let sampler = ResourceSampler(procRoot: procRoot)
+        var pid: Int32 = 200
+        func field(_ text: String) throws -> UInt64? {
+            pid += 1
+            try plant("\(pid)/status", text)
+            return sampler.peakResidentBytes(of: pid)
+        }
+        XCTAssertEqual(try field("VmHWMX:\t9 kB\nVmHWM:\t 12 kB"), 12 * 1024, "the last line needs no newline")
+        XCTAssertEqual(try field("VmHWM: 12"), 12, "a figure without a unit is taken as it is")
+        XCTAssertEqual(try field("VmHWM:\t12 pages\n"), 12)
+        XCTAssertNil(try field("XVmHWM: 12 kB\nVmHWMs: 3 kB\n"), "only the whole name counts")
+        XCTAssertNil(try field("VmHWM: 12x kB\n"))
+        XCTAssertNil(try field("VmHWM:\n"))
+        XCTAssertNil(try field("VmHWM: 99999999999999999999 kB\n"), "too large for 64 bits")
+        XCTAssertNil(try field("VmHWM: 18014398509481984 kB\n"), "too large once in bytes")
+        XCTAssertNil(try field(""))
+    }
+
     func testThisHostsFiguresAndARealJobTree() async throws {
         let sampler = ResourceSampler()
         let memory = try sampler.memory()

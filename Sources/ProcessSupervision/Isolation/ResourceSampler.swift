@@ -207,8 +207,47 @@ public struct ResourceSampler: Sendable {
 
     /// VmHWM of /proc/<pid>/status: the process's own peak resident size, nil when it is gone (or a kernel thread).
     public func peakResidentBytes(of pid: Int32) -> UInt64? {
-        guard let text = try? read(joinPath(procRoot, "\(pid)/status")) else { return nil }
-        return kibibyteFields(text)["VmHWM"]
+        guard case .success(let bytes) = System.readWholeFile(joinPath(procRoot, "\(pid)/status")) else { return nil }
+        return Self.kibibyteField("VmHWM", in: bytes)
+    }
+
+    /// The value of one `Name:  <number> [kB]` line, in bytes when given in kB, as `kibibyteFields` reads it: found
+    /// among the bytes without splitting every line into Strings, for a read made once per job.
+    private static func kibibyteField(_ name: String, in bytes: [UInt8]) -> UInt64? {
+        let key = Array(name.utf8) + [UInt8(ascii: ":")]
+        func isBlank(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        var found: UInt64?
+        var lineStart = 0
+        while lineStart < bytes.count {
+            let lineEnd = bytes[lineStart...].firstIndex(of: UInt8(ascii: "\n")) ?? bytes.count
+            defer { lineStart = lineEnd + 1 }
+            guard lineEnd - lineStart >= key.count, bytes[lineStart..<lineStart + key.count].elementsEqual(key) else {
+                continue
+            }
+            var index = lineStart + key.count
+            while index < lineEnd, isBlank(bytes[index]) { index += 1 }
+            var number: UInt64 = 0
+            let digitsStart = index
+            var overflowed = false
+            while index < lineEnd, bytes[index] >= UInt8(ascii: "0"), bytes[index] <= UInt8(ascii: "9") {
+                let (times10, o1) = number.multipliedReportingOverflow(by: 10)
+                let (sum, o2) = times10.addingReportingOverflow(UInt64(bytes[index] - UInt8(ascii: "0")))
+                overflowed = overflowed || o1 || o2
+                number = sum
+                index += 1
+            }
+            guard index > digitsStart, !overflowed, index == lineEnd || isBlank(bytes[index]) else { continue }
+            while index < lineEnd, isBlank(bytes[index]) { index += 1 }
+            var unitEnd = index
+            while unitEnd < lineEnd, !isBlank(bytes[unitEnd]) { unitEnd += 1 }
+            guard bytes[index..<unitEnd].elementsEqual("kB".utf8) else {
+                found = number
+                continue
+            }
+            let (scaled, tooLarge) = number.multipliedReportingOverflow(by: 1024)
+            if !tooLarge { found = scaled }
+        }
+        return found
     }
 
     /// The fields of /proc/<pid>/stat the sampler uses.

@@ -14,6 +14,8 @@ import Synchronization
 struct JobWorkspace: Sendable {
     /// `<work root>/<runner context name>`.
     let directory: String
+    /// The work root, `directory`'s parent: worked out once, for the check before every job's folder.
+    private let root: String
     /// Owner of the created folders (`--run-as`), nil to keep the runner's.
     let owner: (uid: UInt32, gid: UInt32)?
     /// Folders of finished jobs left exactly as they were made, renamed to the next job's name.
@@ -23,6 +25,7 @@ struct JobWorkspace: Sendable {
 
     init(root: String, runner: String, owner: (uid: UInt32, gid: UInt32)?) {
         self.directory = (root as NSString).appendingPathComponent(runner)
+        self.root = (directory as NSString).deletingLastPathComponent
         self.owner = owner
     }
 
@@ -33,24 +36,25 @@ struct JobWorkspace: Sendable {
     /// create, and hand to the job's user, a folder anywhere. A job folder found already there (a crashed run of
     /// the same entry) is removed first; nothing here follows a symbolic link.
     func create(name: String) async throws(IsolationError) -> String {
-        let path = (directory as NSString).appendingPathComponent(name)
+        let path = directory + "/" + name
         let owner = self.owner
         let directory = self.directory
+        let root = self.root
         // Inline, on the calling task: a few lstat/mkdir/lchown on a local file system, bounded and short (a hop to
         // the queue and back cost more than the calls, on every job's path). Only replacing a folder left by a
         // crashed run of the same entry, a tree of any size, goes to the queue.
         if let spare = spares.take() {
             // One rename instead of two mkdir (and two rmdir at the job's end): on ext4 these are the dearest calls
             // a short job makes, for the inode they allocate and free.
-            if JobWorkspace.checkRunnerDirectory(directory) == nil, rename(spare, path) == 0 { return path }
+            if JobWorkspace.checkRunnerDirectory(directory, root: root) == nil, rename(spare, path) == 0 { return path }
             _ = await remove(path: spare)
         }
-        switch JobWorkspace.makeJobFolder(path, in: directory, owner: owner, replacing: false) {
+        switch JobWorkspace.makeJobFolder(path, in: directory, root: root, owner: owner, replacing: false) {
         case .made: return path
         case .failed(let failure): throw failure
         case .exists:
             let outcome = await JobWorkspace.run {
-                JobWorkspace.makeJobFolder(path, in: directory, owner: owner, replacing: true)
+                JobWorkspace.makeJobFolder(path, in: directory, root: root, owner: owner, replacing: true)
             }
             if case .failed(let failure) = outcome { throw failure }
             return path
@@ -64,14 +68,14 @@ struct JobWorkspace: Sendable {
         case failed(IsolationError)
     }
 
-    /// Makes `path` and its `tmp` in `directory` (checked safe first), owned by `owner`; an existing `path` is
-    /// removed first when `replacing`.
+    /// Makes `path` and its `tmp` in `directory` (checked safe first, with its parent `root`), owned by `owner`; an
+    /// existing `path` is removed first when `replacing`.
     private static func makeJobFolder(
-        _ path: String, in directory: String, owner: (uid: UInt32, gid: UInt32)?, replacing: Bool
+        _ path: String, in directory: String, root: String, owner: (uid: UInt32, gid: UInt32)?, replacing: Bool
     ) -> FolderOutcome {
         // Checked for every job (two lstat): a directory replaced by a link meanwhile must not be used. Made again
         // (the work root too) only when it has gone.
-        if let unusable = checkRunnerDirectory(directory) { return .failed(unusable) }
+        if let unusable = checkRunnerDirectory(directory, root: root) { return .failed(unusable) }
         if mkdir(path, 0o700) != 0 {
             guard errno == EEXIST else {
                 return .failed(IsolationError(.workspace, "cannot create the work folder \(path): \(errnoText())"))
@@ -128,10 +132,9 @@ struct JobWorkspace: Sendable {
     }
 
     /// Why the work root or `directory` cannot be used, or nil; makes them first when `directory` is missing.
-    private static func checkRunnerDirectory(_ directory: String) -> IsolationError? {
+    private static func checkRunnerDirectory(_ directory: String, root: String) -> IsolationError? {
         var info = stat()
         guard lstat(directory, &info) == 0 else { return makeRunnerDirectory(directory) }
-        let root = (directory as NSString).deletingLastPathComponent
         if let unsafe = unsafeReason(root) {
             return IsolationError(.workspace, "the work root \(root) is not safe to use: \(unsafe)")
         }
