@@ -176,7 +176,8 @@ static int nr_child_main(void *raw) {
     const nr_spawn_config *config = args->config;
     volatile int32_t *report = args->failure;
 
-    // All signals are still blocked (the parent blocked them before clone), so no inherited handler can run here.
+    // All signals are still blocked (the parent blocked them before clone), so no inherited handler can run here;
+    // all but SIGCHLD when its disposition is the default, which runs no handler either.
     // Reset every disposition, including ignored ones and glibc's internal signals.
     nr_reset_signal_dispositions(0);
 
@@ -336,6 +337,16 @@ static int nr_child_main(void *raw) {
     nr_child_fail(report, NR_STEP_EXEC, errno, 0);
 }
 
+uint64_t nr_spawn_signal_mask(void) {
+    uint64_t mask = ~(uint64_t)0;
+    struct nr_kernel_sigaction current;
+    if (syscall(SYS_rt_sigaction, SIGCHLD, NULL, &current, NR_KERNEL_SIGSET_SIZE) == 0
+        && current.handler == (void *)SIG_DFL) {
+        mask &= ~NR_SIGNAL_BIT(SIGCHLD);
+    }
+    return mask;
+}
+
 static void nr_close_all(const int *fds, int count) {
     for (int i = 0; i < count; i++) {
         if (fds[i] >= 0) {
@@ -450,10 +461,11 @@ int nr_spawn(const nr_spawn_config *config, nr_spawn_result *result) {
         }
     }
 
-    // Block every signal (glibc's internal ones too, hence the raw syscall) so no handler of the parent can run in
-    // the child, which shares our memory, before it has reset the dispositions. The child inherits this mask.
-    // This also resolves the PLT entries of syscall() and __errno_location before the child needs them.
-    uint64_t all = ~(uint64_t)0;
+    // Block every signal but maybe SIGCHLD (nr_spawn_signal_mask) so no handler of the parent can run in the child,
+    // which shares our memory, before it has reset the dispositions. The child inherits this mask. The raw syscall
+    // blocks glibc's internal signals too, and resolves the PLT entries of syscall() and __errno_location before the
+    // child needs them.
+    uint64_t all = nr_spawn_signal_mask();
     uint64_t saved = 0;
     errno = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &saved, NR_KERNEL_SIGSET_SIZE);

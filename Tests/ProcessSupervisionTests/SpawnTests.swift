@@ -1,3 +1,4 @@
+import CRunnerShims
 import Foundation
 import ProcessSupervision
 import XCTest
@@ -229,6 +230,20 @@ final class SpawnTests: XCTestCase {
         for (thread, blocked) in masks {
             XCTAssertEqual(blocked & sigchld, 0, "monitor thread \(thread) blocks SIGCHLD (SigBlk \(blocked))")
         }
+    }
+
+    func testTheCloneLeavesSIGCHLDUnblockedOnlyWhileItsDispositionIsTheDefault() throws {
+        let sigchld = UInt64(1) << UInt64(SIGCHLD - 1)
+        XCTAssertEqual(nr_spawn_signal_mask(), ~sigchld, "every signal but SIGCHLD is blocked during the clone")
+
+        var handler = sigaction()
+        handler.__sigaction_handler.sa_handler = { _ in }
+        var previous = sigaction()
+        XCTAssertEqual(sigaction(SIGCHLD, &handler, &previous), 0)
+        let withHandler = nr_spawn_signal_mask()
+        XCTAssertEqual(sigaction(SIGCHLD, &previous, nil), 0)
+        XCTAssertEqual(withHandler, ~UInt64(0), "a SIGCHLD handler could run in the child: everything is blocked")
+        XCTAssertEqual(nr_spawn_signal_mask(), ~sigchld)
     }
 
     func testManySpawnsLeakNeitherFdsNorThreadsNorZombies() async throws {

@@ -214,6 +214,13 @@ int nr_is_child_subreaper(void);
 /// prctl(PR_SET_NAME, name): names the calling thread (up to 15 bytes).
 int nr_set_thread_name(const char *name);
 
+/// The signals the spawning thread blocks while it clones (the kernel's 64-bit set): all of them, but SIGCHLD while
+/// its disposition is the default (ignore). No handler can then run in the child before it resets the dispositions
+/// (it has no children of its own to be sent a SIGCHLD), and an earlier job that ends during the clone is dropped on
+/// arrival at the spawning thread instead of being queued for the process, which woke libdispatch's main and
+/// manager threads for about one job in two at concurrency 2.
+uint64_t nr_spawn_signal_mask(void);
+
 /// Unblocks SIGCHLD in the calling thread. The kernel sends a child's SIGCHLD to the thread that cloned it, and
 /// drops it there at once when that thread does not block it (its disposition is the default, ignore); blocked, it
 /// is queued for the process and wakes whichever thread accepts it (libdispatch's sigsuspend on the main thread)
