@@ -102,6 +102,46 @@ public enum RunnerCommandLine {
         return nil
     }
 
+    /// `unknown subcommand 'stauts'; did you mean 'status'?`: the guess when one subcommand is nearest within two
+    /// edits (a letter added, dropped, changed, or two swapped) or, failing that, the only one that starts with it.
+    static func unknownSubcommand(_ name: String) -> String {
+        let message = "unknown subcommand '\(UsageError.excerpt(name))'"
+        return suggestion(for: name).map { message + "; did you mean '\($0)'?" } ?? message
+    }
+
+    /// The subcommand (or help) `word` is most likely a mistyping of; nil when none is close or two are as close.
+    static func suggestion(for word: String) -> String? {
+        let names = subcommands.map(\.0.name) + ["help"]
+        let typed = Array(word.lowercased())
+        let near = names.map { ($0, editDistance(typed, Array($0))) }.filter { $0.1 <= 2 }
+        if let best = near.map(\.1).min() {
+            let nearest = near.filter { $0.1 == best }
+            return nearest.count == 1 ? nearest[0].0 : nil
+        }
+        let extending = typed.isEmpty ? [] : names.filter { $0.hasPrefix(String(typed)) }
+        return extending.count == 1 ? extending[0] : nil
+    }
+
+    /// Edits from `a` to `b`: characters inserted, deleted or substituted, and adjacent ones transposed (optimal
+    /// string alignment).
+    static func editDistance(_ a: [Character], _ b: [Character]) -> Int {
+        guard !a.isEmpty, !b.isEmpty else { return max(a.count, b.count) }
+        var before = [Int](repeating: 0, count: b.count + 1)
+        var previous = Array(0...b.count)
+        for i in 1...a.count {
+            var current = [i] + [Int](repeating: 0, count: b.count)
+            for j in 1...b.count {
+                let cost = a[i - 1] == b[j - 1] ? 0 : 1
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+                if i > 1, j > 1, a[i - 1] == b[j - 2], a[i - 2] == b[j - 1] {
+                    current[j] = min(current[j], before[j - 2] + 1)
+                }
+            }
+            (before, previous) = (previous, current)
+        }
+        return previous[b.count]
+    }
+
     /// `runner help [SUBCOMMAND]`: the common options may come anywhere after help (they change nothing here,
     /// `runner help --redis h:6379 submit`), and --help or -h; anything else is refused as after --version: an
     /// unknown option, a common option without its value, a word after the subcommand (exit 2).
@@ -140,7 +180,7 @@ public enum RunnerCommandLine {
             return 0
         }
         guard let (spec, _) = subcommands.first(where: { $0.0.name == name }) else {
-            return refuse("unknown subcommand '\(UsageError.excerpt(name))'")
+            return refuse(unknownSubcommand(name))
         }
         if words.count > 1 {
             return refuse("unexpected argument '\(UsageError.excerpt(words[1]))' after help \(name)")
@@ -243,7 +283,7 @@ public enum RunnerCommandLine {
             chosen = match
             arguments.removeFirst()
         } else if let first, !first.hasPrefix("-") {
-            console.error("Error: unknown subcommand '\(first)'")
+            console.error("Error: " + unknownSubcommand(first))
             console.error("See 'runner --help'.")
             return 2
         }

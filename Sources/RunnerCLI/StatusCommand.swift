@@ -68,8 +68,10 @@ enum StatusCommand {
             return 0
         }
         console.print("RUNNERS")
-        // Named, so that a mistyped --namespace does not pass for an empty pool.
-        if status.runners.isEmpty { console.print("  (none registered in namespace '\(pool.keyspace.namespace)')") }
+        if status.runners.isEmpty {
+            console.print(
+                "  " + TopView.noRunnersText(namespace: pool.keyspace.namespace, wrongTypeKeys: status.wrongTypeKeys))
+        }
         var rows = [["ID", "NODE", "STATE", "LEASE", "CAPACITY", "RUNNING", "LABELS"]]
         for runner in status.runners {
             let record = runner.record

@@ -33,7 +33,7 @@ enum TopView {
             ]
         }
         lines += section(
-            "RUNNERS", empty: "(none registered in namespace '\(snapshot.namespace)')",
+            "RUNNERS", empty: noRunnersText(namespace: snapshot.namespace, wrongTypeKeys: snapshot.wrongTypeKeys),
             header: ["ID", "NODE", "STATE", "LEASE", "SLOTS", "CPU", "MEMORY", "LOAD"], runners)
 
         let jobs = snapshot.running.sorted { ($0.startedAtMs ?? .max, $0.id) < ($1.startedAtMs ?? .max, $1.id) }
@@ -77,12 +77,23 @@ enum TopView {
         return lines.map { clip($0, to: width) }
     }
 
-    /// A blank line, the title, then the table (header first), or `empty` when there are no rows.
+    /// What RUNNERS shows when it lists none: that none is registered in the namespace (named, so that a mistyped
+    /// --namespace does not pass for an empty pool), or that the registry cannot be read because its key holds
+    /// another type (as WRONG TYPE names it), not that there is no runner.
+    static func noRunnersText(namespace: String, wrongTypeKeys: [WrongTypeKey]) -> String {
+        let registry = Keyspace(namespace: namespace).runners
+        guard let wrong = wrongTypeKeys.first(where: { $0.key == registry }) else {
+            return "(none registered in namespace '\(namespace)')"
+        }
+        return "(cannot list the runners: \(wrong.text))"
+    }
+
     /// The keys a view left out because they hold another type, one line each (nothing when there are none).
     static func wrongTypeLines(_ keys: [WrongTypeKey]) -> [String] {
         keys.isEmpty ? [] : ["", "WRONG TYPE (left out of this view)"] + keys.map { "  " + $0.text }
     }
 
+    /// A blank line, the title, then the table (header first), or `empty` when there are no rows.
     static func section(_ title: String, empty: String, header: [String], _ rows: [[String]]) -> [String] {
         ["", title] + (rows.isEmpty ? ["  " + empty] : table([header] + rows))
     }

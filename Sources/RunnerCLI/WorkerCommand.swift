@@ -139,12 +139,14 @@ enum WorkerCommand {
                     + "characters)", command: spec.name)
         }
         // Given but empty (`RUNNER_QUEUES=,`, `"queue": []` in --config) is refused as `--queue ''` is, not taken
-        // for the default queue.
+        // for the default queue; so is an empty name between commas (`RUNNER_QUEUES=a,,b`, `a,`), which the split
+        // of the variable leaves out.
         let given = arguments.values["--queue"]
+        let written = arguments.sources["--queue"] == "RUNNER_QUEUES" ? arguments.environmentText["--queue"] : nil
+        let names = written?.split(separator: ",", omittingEmptySubsequences: false).map(String.init) ?? []
         let queues = given.map { $0.isEmpty ? [""] : $0 } ?? [Keyspace.defaultQueue]
-        for queue in queues where queue.trimmingCharacters(in: .whitespaces).isEmpty {
+        for queue in queues + names where queue.trimmingCharacters(in: .whitespaces).isEmpty {
             // Quoted as written: `RUNNER_QUEUES=,` is split into no name at all.
-            let written = arguments.sources["--queue"] == "RUNNER_QUEUES" ? arguments.environmentText["--queue"] : nil
             let message =
                 if let written {
                     "'\(UsageError.excerpt(written))' (an empty queue name: give names separated by commas, e.g. "

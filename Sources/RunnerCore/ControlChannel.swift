@@ -33,8 +33,6 @@ struct ControlChannel: Sendable {
     let store: JobStore
     let logger: Logger
 
-    /// How often a control key that holds something other than a stream is looked at again.
-    static let recheckInterval = Duration.seconds(10)
     /// Command fields echoed into `runner.command` events are cut to this many bytes (a command is no way to fill
     /// the events stream).
     static let echoedFieldLimit = 256
@@ -61,45 +59,44 @@ struct ControlChannel: Sendable {
     /// Reads and answers commands until cancelled. `handle` runs one command at a time, in stream order.
     ///
     /// A control key that holds something other than a stream (someone SET it by mistake) would make every XREAD
-    /// fail: it is left out of the read, with one warning, until it is a stream again (or gone), so the other stream
-    /// keeps working.
+    /// fail: it is left out of the read as the intake leaves out a queue's (`UnreadableStreams`: one warning naming
+    /// the key, a TYPE about every few seconds, one line when it is read again from its start, as a stream or gone),
+    /// so the other stream keeps working.
     func run(from cursors: [String], handle: @Sendable (ReceivedControl) async -> ControlReply?) async {
         var cursors = cursors
         let streams = self.streams
-        var unusable = Set<Int>()
-        var lastCheck = ContinuousClock.now
+        let unreadable = UnreadableStreams(logger: logger)
         var lastWarning: ContinuousClock.Instant?
         while !Task.isCancelled {
-            if !unusable.isEmpty, ContinuousClock.now - lastCheck >= Self.recheckInterval {
-                lastCheck = .now
-                for index in unusable where await holdsStreamOrNothing(streams[index]) {
-                    unusable.remove(index)
-                    cursors[index] = "0-0"
-                    logger.info("control stream \(streams[index]) is a stream again; reading it")
-                }
+            if let due = unreadable.dueForRecheck(),
+                let types = try? await UnreadableStreams.types(of: due, client: client)
+            {
+                let fixed = due.filter { types[$0] == "stream" || types[$0] == "none" }
+                unreadable.readmit(fixed)
+                for key in fixed { if let index = streams.firstIndex(of: key) { cursors[index] = "0-0" } }
             }
-            let reading = streams.indices.filter { !unusable.contains($0) }
+            let reading = streams.indices.filter { !unreadable.contains(streams[$0]) }
             guard !reading.isEmpty else {
-                try? await Task.sleep(for: Self.recheckInterval)
+                try? await Task.sleep(for: unreadable.recheckInterval)
                 continue
             }
+            // While a key is left out, no read blocks past its next recheck.
+            let blocking = unreadable.isEmpty ? block : min(block, unreadable.recheckInterval)
             let reply: RedisReply
             do {
                 reply = try await client.send(
                     RedisCommand(
-                        ["XREAD", "COUNT", "100", "BLOCK", String(block.milliseconds), "STREAMS"]
+                        ["XREAD", "COUNT", "100", "BLOCK", String(blocking.milliseconds), "STREAMS"]
                             + reading.map { streams[$0] } + reading.map { cursors[$0] }),
-                    readTimeout: block + .seconds(5), retry: .whileUnreachable(deadline: nil))
+                    readTimeout: blocking + .seconds(5), retry: .whileUnreachable(deadline: nil))
             } catch {
                 if Task.isCancelled { break }
                 if error is RedisServerError {
-                    for index in reading where !(await holdsStreamOrNothing(streams[index])) {
-                        unusable.insert(index)
-                        lastCheck = .now
-                        logger.warning(
-                            "control stream \(streams[index]) holds something other than a stream; not reading it "
-                                + "until it is a stream again (DEL it to fix)")
-                    }
+                    let keys = reading.map { streams[$0] }
+                    let types = (try? await UnreadableStreams.types(of: keys, client: client)) ?? [:]
+                    let keyed = Dictionary(keys.map { ($0, $0) }) { first, _ in first }
+                    // Explained by a key of another type: the other stream is read again at once.
+                    if !unreadable.skip(types: types, keys: keyed).isEmpty { continue }
                 }
                 if !(error is RedisClientError), lastWarning.map({ ContinuousClock.now - $0 > .seconds(30) }) ?? true {
                     lastWarning = .now
@@ -126,12 +123,6 @@ struct ControlChannel: Sendable {
                 }
             }
         }
-    }
-
-    /// Whether `key` is a stream or absent (TYPE); false also when Redis cannot say.
-    private func holdsStreamOrNothing(_ key: String) async -> Bool {
-        let type = try? await client.send(RedisCommand(["TYPE", key])).string
-        return type == "stream" || type == "none"
     }
 
     /// A command's field as echoed in its outcome event: at most `echoedFieldLimit` bytes.

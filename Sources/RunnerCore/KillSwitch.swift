@@ -141,9 +141,11 @@ final class WatchdogKillSwitch: JobKillSwitch, ProcessGroupRegistry {
             for await event in stream {
                 switch event {
                 case .fired(let firing):
-                    logger.warning(
-                        "the job watchdog killed \(firing.signalledGroups) job process group(s): the lease was not "
-                            + "renewed in time")
+                    // Nothing said of killing when there was nothing to kill (no job ran, or all had ended).
+                    let groups = firing.signalledGroups
+                    let killed =
+                        groups == 0 ? "" : " and killed \(counted(groups, "job process group", "job process groups"))"
+                    logger.warning("the job watchdog fired\(killed): the lease was not renewed in time")
                 case .rejected(let group, let errno):
                     logger.warning("the job watchdog refused process group \(group) (errno \(errno))")
                 case .exited(.stopped):

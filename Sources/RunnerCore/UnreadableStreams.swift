@@ -1,9 +1,9 @@
 import RedisClient
 import Synchronization
 
-/// The streams an intake leaves out of its reads because their key holds another type (someone SET a string
-/// there): one XREADGROUP over several streams fails whole with WRONGTYPE, so one broken key would stall every
-/// queue. A key is left out after a read answered WRONGTYPE and a TYPE of each read key named it (one warning), and
+/// The streams an intake (or the control channel) leaves out of its reads because their key holds another type
+/// (someone SET a string there): one XREADGROUP (or XREAD) over several streams fails whole with WRONGTYPE, so one
+/// broken key would stall every queue. A key is left out after a read answered WRONGTYPE and a TYPE of each read key named it (one warning), and
 /// checked again about every `recheckInterval` while any is left out (one TYPE pipeline); it is read again once it
 /// is a stream or gone (one line). Nothing is checked while every key is right: the normal path costs nothing.
 final class UnreadableStreams: Sendable {
@@ -15,7 +15,7 @@ final class UnreadableStreams: Sendable {
     let recheckInterval: Duration
 
     private struct State {
-        /// Queue name to its key, for the queues left out.
+        /// Name to its key, for the streams left out: the intake's by queue name, the control channel's by key.
         var skipped: [String: String] = [:]
         var checkedAt: ContinuousClock.Instant?
     }
@@ -24,6 +24,14 @@ final class UnreadableStreams: Sendable {
     init(logger: Logger, recheckInterval: Duration = UnreadableStreams.recheckInterval) {
         self.logger = logger
         self.recheckInterval = recheckInterval
+    }
+
+    /// TYPE of each key, one pipeline: key to type ("stream", "string", "none", ...).
+    static func types(of keys: [String], client: RedisClient) async throws -> [String: String] {
+        let replies = try await client.pipeline(keys.map { RedisCommand(["TYPE", $0]) })
+        var types: [String: String] = [:]
+        for (key, reply) in zip(keys, replies) { types[key] = reply.string ?? "none" }
+        return types
     }
 
     var isEmpty: Bool { state.withLock { $0.skipped.isEmpty } }
@@ -73,10 +81,9 @@ final class UnreadableStreams: Sendable {
 extension JobIntake {
     /// TYPE of each queue's stream key, one pipeline: queue to type ("stream", "string", "none", ...).
     func types(of queues: [String]) async throws -> [String: String] {
-        let keys = queues.map { keyspace.jobs(queue: $0) }
-        let replies = try await client.pipeline(keys.map { RedisCommand(["TYPE", $0]) })
+        let byKey = try await UnreadableStreams.types(of: queues.map { keyspace.jobs(queue: $0) }, client: client)
         var types: [String: String] = [:]
-        for (queue, reply) in zip(queues, replies) { types[queue] = reply.string ?? "none" }
+        for queue in queues { types[queue] = byKey[keyspace.jobs(queue: queue)] ?? "none" }
         return types
     }
 

@@ -219,12 +219,41 @@ final class WrongTypeKeyViewTests: IntegrationTestCase {
             XCTAssertTrue(lines.contains("WRONG TYPE (left out of this view)"), "\(arguments): \(result.stdout)")
             XCTAssertTrue(lines.contains(line), "\(arguments): \(result.stdout)")
         }
-        // The registry of the wrong type: the queues still show.
+        // The registry of the wrong type: the queues still show, and RUNNERS says why it lists none (not that none
+        // is registered).
         _ = try send(["SET", key("runners"), "x"])
         let status = cli(["status"])
         XCTAssertEqual(status.code, 0, status.err)
         XCTAssertTrue(status.stdout.contains("  key \(key("runners")) is a string, expected a hash"), status.stdout)
         XCTAssertTrue(status.stdout.contains("\n  default "), status.stdout)
+        try assertRunnersCannotBeListed()
+    }
+
+    /// `status` and `top --once` say under RUNNERS that the registry cannot be listed, naming its key as WRONG TYPE
+    /// does, and never `(none registered ...)`; `status --json` has no runner and the key in `wrong_type`.
+    private func assertRunnersCannotBeListed(file: StaticString = #filePath, line: UInt = #line) throws {
+        let registry = key("runners")
+        let expected = "  (cannot list the runners: key \(registry) is a string, expected a hash)"
+        for arguments in [["status"], ["top", "--once"]] {
+            let view = cli(arguments)
+            XCTAssertEqual(view.code, 0, "\(arguments): \(view.err)", file: file, line: line)
+            let lines = view.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            let runners = try XCTUnwrap(lines.firstIndex(of: "RUNNERS"), view.stdout, file: file, line: line)
+            XCTAssertEqual(
+                lines.dropFirst(runners + 1).first, expected, "\(arguments): \(view.stdout)", file: file, line: line)
+            XCTAssertFalse(
+                view.stdout.contains("none registered"), "\(arguments): \(view.stdout)", file: file, line: line)
+        }
+        let json = cli(["status", "--json"])
+        XCTAssertEqual(json.code, 0, json.err, file: file, line: line)
+        let object = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any], json.stdout, file: file,
+            line: line)
+        XCTAssertEqual((object["runners"] as? [Any])?.count, 0, json.stdout, file: file, line: line)
+        let wrong = try XCTUnwrap(object["wrong_type"] as? [[String: String]], json.stdout, file: file, line: line)
+        XCTAssertTrue(
+            wrong.contains(["key": registry, "type": "string", "expected": "hash"]), json.stdout, file: file, line: line
+        )
     }
 
     /// Every runner writes `{nr}:heartbeats` (and warns when it is refused); status names it like `{nr}:events`.

@@ -46,6 +46,7 @@ final class CommandLineTests: XCTestCase {
             (["help", "submit", "extra"], "unexpected argument 'extra' after help submit"),
             (["help", "status", "extra"], "unexpected argument 'extra' after help status"),
             (["help", "nosuch"], "unknown subcommand 'nosuch'"),
+            (["help", "stauts"], "unknown subcommand 'stauts'; did you mean 'status'?"),
         ]
         for (arguments, message) in cases {
             let (code, out, err) = await run(arguments)
@@ -200,6 +201,19 @@ final class CommandLineTests: XCTestCase {
         (code, _, err) = await run(["frobnicate"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err, "Error: unknown subcommand 'frobnicate'\nSee 'runner --help'.\n")
+        // A mistyping of one subcommand (within two edits, nearer than any other) or the start of only one names it;
+        // one as near to two, or the start of several, names none.
+        let guesses: [(String, String)] = [
+            ("stauts", "; did you mean 'status'?"), ("statsu", "; did you mean 'status'?"),
+            ("drian", "; did you mean 'drain'?"), ("resutl", "; did you mean 'result'?"),
+            ("wroker", "; did you mean 'worker'?"), ("Submit", "; did you mean 'submit'?"),
+            ("mig", "; did you mean 'migrate'?"), ("hepl", "; did you mean 'help'?"), ("res", ""), ("xyz", ""),
+        ]
+        for (typed, guess) in guesses {
+            (code, _, err) = await run([typed])
+            XCTAssertEqual(code, 2, typed)
+            XCTAssertEqual(err, "Error: unknown subcommand '\(typed)'\(guess)\nSee 'runner --help'.\n", typed)
+        }
         (code, _, err) = await run(["submit", "--shell", "true", "--", "echo"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(

@@ -272,6 +272,17 @@ final class ConfigurationTests: XCTestCase {
                 "Error: invalid value for RUNNER_QUEUES: ',' (an empty queue name: give names separated by commas, "
                     + "e.g. high,default)"
             ),
+            // An empty name between commas or at the end is refused too, not left out: `--queue ''` is.
+            (
+                ["config", "--print"], ["RUNNER_QUEUES": "a,,b"],
+                "Error: invalid value for RUNNER_QUEUES: 'a,,b' (an empty queue name: give names separated by commas, "
+                    + "e.g. high,default)"
+            ),
+            (
+                ["worker"], ["RUNNER_QUEUES": "high,default,"],
+                "Error: invalid value for RUNNER_QUEUES: 'high,default,' (an empty queue name: give names separated by "
+                    + "commas, e.g. high,default)"
+            ),
             (
                 ["config", "--print"], ["RUNNER_LEASE_TTL": "500ms"],
                 "Error: invalid value for RUNNER_LEASE_TTL: it must be at least 1s"

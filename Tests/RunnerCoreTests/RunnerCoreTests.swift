@@ -1,5 +1,6 @@
 import ProcessSupervision
 import RunnerProtocol
+import Synchronization
 import XCTest
 
 @testable import RunnerCore
@@ -157,6 +158,53 @@ final class InProcessKillSwitchTests: XCTestCase {
         process.signalGroup(SIGTERM)
         let outcome = await process.wait(TerminationPolicy(timeout: .seconds(10)))
         XCTAssertEqual(outcome.termination, .signaled(SIGTERM))
+    }
+}
+
+final class WatchdogKillSwitchTests: XCTestCase {
+    private final class Lines: Sendable {
+        let lines = Mutex<[String]>([])
+        let logged = Latch()
+    }
+
+    /// A firing's warning says how many job process groups the watchdog killed, singular or plural, and nothing of
+    /// killing when there was none to kill.
+    func testAFiringSaysHowManyGroupsItKilledAndNothingOfKillingWhenThereWereNone() async throws {
+        let expected = [
+            0: "the job watchdog fired: the lease was not renewed in time",
+            1: "the job watchdog fired and killed 1 job process group: the lease was not renewed in time",
+            2: "the job watchdog fired and killed 2 job process groups: the lease was not renewed in time",
+        ]
+        let supervisor = try ProcessSupervisor(subreaper: false)
+        defer { supervisor.shutdown() }
+        for count in expected.keys.sorted() {
+            let sink = Lines()
+            let logger = Logger(label: "runner", level: .warning, format: .json) { line in
+                sink.lines.withLock { $0.append(line) }
+                sink.logged.fire()
+            }
+            let killSwitch = try XCTUnwrap(WatchdogKillSwitch.start(logger: logger))
+            var processes: [RunningProcess] = []
+            for _ in 0..<count {
+                processes.append(
+                    try await supervisor.spawn(
+                        ProcessSpec(executable: "/bin/sleep", arguments: ["sleep", "60"]), groups: killSwitch
+                    ) { _, _ in })
+            }
+            killSwitch.arm(until: .now + .milliseconds(100))
+            for process in processes {
+                let outcome = await process.wait(TerminationPolicy(timeout: .seconds(10)))
+                XCTAssertEqual(outcome.termination, .signaled(SIGKILL), "\(count)")
+            }
+            let logged = await RunnerCore.wait(for: sink.logged, timeout: .seconds(10))
+            XCTAssertTrue(logged, "\(count): nothing logged")
+            await killSwitch.stop()
+            let messages = try sink.lines.withLock { $0 }.map { line in
+                let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String]
+                return object?["msg"] ?? line
+            }
+            XCTAssertEqual(messages, [expected[count]!], "\(count)")
+        }
     }
 }
 
