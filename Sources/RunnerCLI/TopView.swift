@@ -11,9 +11,14 @@ enum TopView {
         var lines: [String] = []
         let live = snapshot.runners.filter { $0.leaseRemainingMs != nil }
         let queued = snapshot.queues.reduce(0) { $0 + $1.unread }
+        // A registry of another type lists no runner: "0/0 live" would say that the pool has none.
+        let registry = Keyspace(namespace: snapshot.namespace).runners
+        let runnersText =
+            snapshot.wrongTypeKeys.contains { $0.key == registry }
+            ? "runners ?" : "runners \(live.count)/\(snapshot.runners.count) live"
         lines.append(
-            "NativeRunner pool '\(snapshot.namespace)'  \(formatTimestamp(now))  runners \(live.count)/"
-                + "\(snapshot.runners.count) live  jobs running \(snapshot.running.count)  waiting \(queued)")
+            "NativeRunner pool '\(snapshot.namespace)'  \(formatTimestamp(now))  \(runnersText)  jobs running "
+                + "\(snapshot.running.count)  waiting \(queued)")
 
         let runners = snapshot.runners.map { runner -> [String] in
             let record = runner.record

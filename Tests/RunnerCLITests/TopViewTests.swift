@@ -129,6 +129,18 @@ final class TopViewTests: XCTestCase {
             ])
     }
 
+    func testARegistryOfTheWrongTypeCountsNoRunnersInTheTitle() {
+        var snapshot = PoolSnapshot(
+            namespace: "nr", takenAtMs: now, runners: [], queues: [], running: [], usage: [:], events: [])
+        snapshot.wrongTypeKeys = [
+            WrongTypeKey(key: Keyspace(namespace: "nr").runners, type: "string", expected: "hash")
+        ]
+        let lines = TopView.render(snapshot, width: 0)
+        XCTAssertEqual(
+            lines[0], "NativeRunner pool 'nr'  2026-12-03T16:00:00.000Z  runners ?  jobs running 0  waiting 0")
+        XCTAssertEqual(lines[3], "  (cannot list the runners: key {nr}:runners is a string, expected a hash)")
+    }
+
     func testBars() {
         XCTAssertEqual(TopView.bar(used: 0, total: 0), "[]")
         XCTAssertEqual(TopView.bar(used: 1, total: 2), "[#-]")
