@@ -83,7 +83,7 @@ struct SpawnPreparation {
                 throw SpawnError.invalidArgument(spec, "a hostname needs the namespace isolation level")
             }
         }
-        if let hostname = isolation.hostname, hostname.isEmpty || hostname.utf8.contains(0) {
+        if let hostname = isolation.hostname, hostname.isEmpty || hostname.holdsByte(0) {
             throw SpawnError.invalidArgument(spec, "invalid hostname '\(hostname)'")
         }
         var kinds: [ResourceLimit.Kind] = []
@@ -103,7 +103,7 @@ struct SpawnPreparation {
         if isolation.cgroupProcsFiles.count > Int(NR_MAX_CGROUPS) {
             throw SpawnError.invalidArgument(spec, "more than \(NR_MAX_CGROUPS) cgroup.procs files")
         }
-        for file in isolation.cgroupProcsFiles where !file.hasPrefix("/") || file.utf8.contains(0) {
+        for file in isolation.cgroupProcsFiles where !file.hasPrefix("/") || file.holdsByte(0) {
             throw SpawnError.invalidArgument(spec, "the cgroup.procs path '\(file)' is not absolute")
         }
     }

@@ -12,9 +12,8 @@ enum TopView {
         let live = snapshot.runners.filter { $0.leaseRemainingMs != nil }
         let queued = snapshot.queues.reduce(0) { $0 + $1.unread }
         // A registry of another type lists no runner: "0/0 live" would say that the pool has none.
-        let registry = Keyspace(namespace: snapshot.namespace).runners
         let runnersText =
-            snapshot.wrongTypeKeys.contains { $0.key == registry }
+            registryOfTheWrongType(namespace: snapshot.namespace, snapshot.wrongTypeKeys) != nil
             ? "runners ?" : "runners \(live.count)/\(snapshot.runners.count) live"
         lines.append(
             "NativeRunner pool '\(snapshot.namespace)'  \(formatTimestamp(now))  \(runnersText)  jobs running "
@@ -86,11 +85,16 @@ enum TopView {
     /// --namespace does not pass for an empty pool), or that the registry cannot be read because its key holds
     /// another type (as WRONG TYPE names it), not that there is no runner.
     static func noRunnersText(namespace: String, wrongTypeKeys: [WrongTypeKey]) -> String {
-        let registry = Keyspace(namespace: namespace).runners
-        guard let wrong = wrongTypeKeys.first(where: { $0.key == registry }) else {
+        guard let wrong = registryOfTheWrongType(namespace: namespace, wrongTypeKeys) else {
             return "(none registered in namespace '\(namespace)')"
         }
         return "(cannot list the runners: \(wrong.text))"
+    }
+
+    /// The runner registry among the keys a view left out for their type, if it is one of them.
+    static func registryOfTheWrongType(namespace: String, _ wrongTypeKeys: [WrongTypeKey]) -> WrongTypeKey? {
+        let registry = Keyspace(namespace: namespace).runners
+        return wrongTypeKeys.first { $0.key == registry }
     }
 
     /// The keys a view left out because they hold another type, one line each (nothing when there are none).

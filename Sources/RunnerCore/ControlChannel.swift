@@ -71,9 +71,9 @@ struct ControlChannel: Sendable {
             if let due = unreadable.dueForRecheck(),
                 let types = try? await UnreadableStreams.types(of: due, client: client)
             {
-                let fixed = due.filter { types[$0] == "stream" || types[$0] == "none" }
-                unreadable.readmit(fixed)
-                for key in fixed { if let index = streams.firstIndex(of: key) { cursors[index] = "0-0" } }
+                for key in unreadable.readmit(due, types: types) {
+                    if let index = streams.firstIndex(of: key) { cursors[index] = "0-0" }
+                }
             }
             let reading = streams.indices.filter { !unreadable.contains(streams[$0]) }
             guard !reading.isEmpty else {
@@ -94,9 +94,8 @@ struct ControlChannel: Sendable {
                 if error is RedisServerError {
                     let keys = reading.map { streams[$0] }
                     let types = (try? await UnreadableStreams.types(of: keys, client: client)) ?? [:]
-                    let keyed = Dictionary(keys.map { ($0, $0) }) { first, _ in first }
                     // Explained by a key of another type: the other stream is read again at once.
-                    if !unreadable.skip(types: types, keys: keyed).isEmpty { continue }
+                    if !unreadable.skip(types: types).isEmpty { continue }
                 }
                 if !(error is RedisClientError), lastWarning.map({ ContinuousClock.now - $0 > .seconds(30) }) ?? true {
                     lastWarning = .now

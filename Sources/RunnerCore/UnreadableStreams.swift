@@ -3,9 +3,10 @@ import Synchronization
 
 /// The streams an intake (or the control channel) leaves out of its reads because their key holds another type
 /// (someone SET a string there): one XREADGROUP (or XREAD) over several streams fails whole with WRONGTYPE, so one
-/// broken key would stall every queue. A key is left out after a read answered WRONGTYPE and a TYPE of each read key named it (one warning), and
-/// checked again about every `recheckInterval` while any is left out (one TYPE pipeline); it is read again once it
-/// is a stream or gone (one line). Nothing is checked while every key is right: the normal path costs nothing.
+/// broken key would stall every queue. A key is left out after a read answered WRONGTYPE and a TYPE of each read
+/// key named it (one warning), and checked again about every `recheckInterval` while any is left out (one TYPE
+/// pipeline); it is read again once it is a stream or gone (one line). Nothing is checked while every key is right:
+/// the normal path costs nothing.
 final class UnreadableStreams: Sendable {
     /// How often the keys left out are checked again (one pipelined TYPE), and the longest an intake that has some
     /// blocks, so that a fixed key is read within about this long.
@@ -38,12 +39,16 @@ final class UnreadableStreams: Sendable {
 
     func contains(_ queue: String) -> Bool { state.withLock { $0.skipped[queue] != nil } }
 
+    /// Whether a key of this type (TYPE's answer) can be read as a stream: a stream, or nothing yet.
+    static func isReadable(_ type: String?) -> Bool { type == "stream" || type == "none" }
+
     /// Leaves out the queues whose key has a type other than stream (`types`: queue to TYPE's answer), one warning
-    /// each the first time. Returns the queues now left out among them.
+    /// each the first time; `keys` names each queue's key (a name missing there is its own key). Returns the queues
+    /// now left out among them.
     @discardableResult
-    func skip(types: [String: String], keys: [String: String]) -> Set<String> {
+    func skip(types: [String: String], keys: [String: String] = [:]) -> Set<String> {
         var bad: Set<String> = []
-        for (queue, type) in types where type != "stream" && type != "none" {
+        for (queue, type) in types where !Self.isReadable(type) {
             bad.insert(queue)
             let key = keys[queue] ?? queue
             let added = state.withLock { state in
@@ -69,12 +74,16 @@ final class UnreadableStreams: Sendable {
         }
     }
 
-    /// Reads these queues again (their key is a stream or gone now), one line each.
-    func readmit(_ queues: [String]) {
-        for queue in queues {
+    /// Reads again those of `queues` whose key is a stream or gone now (`types`: queue to TYPE's answer), one line
+    /// each. Returns them.
+    @discardableResult
+    func readmit(_ queues: [String], types: [String: String]) -> [String] {
+        let fixed = queues.filter { Self.isReadable(types[$0]) }
+        for queue in fixed {
             guard let key = state.withLock({ $0.skipped.removeValue(forKey: queue) }) else { continue }
             logger.info("key \(key) is a stream again (or gone); reading it again")
         }
+        return fixed
     }
 }
 
@@ -101,9 +110,8 @@ extension JobIntake {
     func recheckUnreadable() async {
         guard let unreadable, let due = unreadable.dueForRecheck() else { return }
         guard let types = try? await types(of: due) else { return }
-        let fixed = due.filter { types[$0] == "stream" || types[$0] == "none" }
+        let fixed = unreadable.readmit(due, types: types)
         guard !fixed.isEmpty else { return }
-        unreadable.readmit(fixed)
         // A key SET again meanwhile is left out again here, with its warning.
         try? await ensureGroups(of: fixed)
     }

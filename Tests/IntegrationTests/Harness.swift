@@ -291,6 +291,19 @@ class IntegrationTestCase: XCTestCase {
         return runner
     }
 
+    /// Calls per command so far (INFO commandstats), the `info` it takes left out.
+    func commandCalls() throws -> [String: Int] {
+        var calls: [String: Int] = [:]
+        for line in (try send(["INFO", "commandstats"]).string ?? "").split(whereSeparator: \.isNewline) {
+            guard line.hasPrefix("cmdstat_"), let colon = line.firstIndex(of: ":"),
+                let equals = line.firstIndex(of: "="), let comma = line.firstIndex(of: ",")
+            else { continue }
+            let name = String(line[line.index(line.startIndex, offsetBy: 8)..<colon])
+            if name != "info" { calls[name] = Int(line[line.index(after: equals)..<comma]) }
+        }
+        return calls
+    }
+
     func send(_ arguments: [String]) throws -> RedisReply {
         try redis.send(RedisCommand(arguments))
     }

@@ -329,6 +329,14 @@ final class JobIsolationTests: IntegrationTestCase {
 
     /// Waits until `runner` has published `count` more `runner.resource_usage` events: each is followed by a
     /// cleanup round, so `count - 1` rounds have run in full.
+    /// Seconds since `path` last changed (its mtime, which a live runner's every round touches); nil when gone.
+    private func untouchedFor(_ path: String) -> Double? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        let changed = Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
+        return Date().timeIntervalSince1970 - changed
+    }
+
     private func waitForRounds(of runner: String, _ count: Int) throws {
         let before = try events().filter { $0.type == "runner.resource_usage" && $0.runner == runner }.count
         XCTAssertTrue(
@@ -392,8 +400,8 @@ final class JobIsolationTests: IntegrationTestCase {
         }
         a.signal(SIGSTOP)
         try startRunner(name: "r2", ["--lease-ttl", "2s", "--monitor-interval", "300ms"])
-        // Well past r2's age of 2 s since r1 last touched its contexts.
-        Thread.sleep(forTimeInterval: 2.5)
+        // Well past r2's age of 2 s since r1 last touched its contexts, then a few more rounds of r2.
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { (untouchedFor(folder) ?? 0) > 2.5 }, folder)
         try waitForRounds(of: "r2", 4)
         XCTAssertEqual(try deadRunnerCleanups(by: "r2", of: "r1").count, 0)
         XCTAssertTrue(FileManager.default.fileExists(atPath: parent))
@@ -418,6 +426,8 @@ final class JobIsolationTests: IntegrationTestCase {
         let folder = try runnerFolder()
         try startRunner(name: "r2", ["--lease-ttl", "2s", "--monitor-interval", "300ms"])
         XCTAssertEqual(try send(["DEL", key("runner:r1")]).int, 1)
+        // A window, not a wait for something: r1 keeps its contexts fresh, so there is no moment to wait for; it is
+        // longer than r2's age of 2 s, then a few more rounds of r2.
         Thread.sleep(forTimeInterval: 2.5)
         try waitForRounds(of: "r2", 4)
         XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0)

@@ -246,19 +246,6 @@ final class ReaperTests: IntegrationTestCase {
         XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
     }
 
-    /// Calls per command so far (INFO commandstats), the `info` it takes left out.
-    private func commandCalls() throws -> [String: Int] {
-        var calls: [String: Int] = [:]
-        for line in (try send(["INFO", "commandstats"]).string ?? "").split(whereSeparator: \.isNewline) {
-            guard line.hasPrefix("cmdstat_"), let colon = line.firstIndex(of: ":"),
-                let equals = line.firstIndex(of: "="), let comma = line.firstIndex(of: ",")
-            else { continue }
-            let name = String(line[line.index(line.startIndex, offsetBy: 8)..<colon])
-            if name != "info" { calls[name] = Int(line[line.index(after: equals)..<comma]) }
-        }
-        return calls
-    }
-
     func testAnIdleLeaderTurnLooksAtTheFirstRetryOnly() async throws {
         let client = RedisClient(endpoint: endpoint)
         defer { client.close() }

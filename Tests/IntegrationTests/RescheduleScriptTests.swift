@@ -167,7 +167,9 @@ final class RescheduleScriptTests: IntegrationTestCase {
         let record = try job("poison-1")
         XCTAssertEqual(record["state"], "dead")
         XCTAssertEqual(record["reschedules"], "2")
-        XCTAssertTrue(record["reason"]?.hasPrefix("lost with its runner 3 times, more than the bound of 2 reschedules") == true, record["reason"] ?? "")
+        XCTAssertTrue(
+            record["reason"]?.hasPrefix("lost with its runner 3 times, more than the bound of 2 reschedules") == true,
+            record["reason"] ?? "")
         XCTAssertEqual(try events().filter { $0.type == "job.dead" }.count, 1)
         let letter = strings(try send(["XRANGE", key("dead"), "-", "+"]).array?.first?.array?[1] ?? .null)
         XCTAssertEqual(letter["id"], "poison-1")

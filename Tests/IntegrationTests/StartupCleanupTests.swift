@@ -78,12 +78,15 @@ final class WrongTypeRegistryTests: PrivateRedisTestCase {
         let runner = try startRunner(name: "wt3", ["--no-reaper", "--lease-ttl", "3s", "--queue", "wq"])
         _ = try send(["DEL", key("jobs:wq")])
         _ = try send(["SET", key("jobs:wq"), "x"])
-        // A stray check runs once a lease TTL (3 s) of heartbeats: wait for several.
         XCTAssertTrue(
             waitUntil(timeout: .seconds(10)) {
                 runner.log.contains("key \(self.key("jobs:wq")) is a string, expected a stream")
             }, runner.log)
-        Thread.sleep(forTimeInterval: 7)
+        // A stray check (XPENDING on every queue) runs once a lease TTL (3 s) of heartbeats: wait for two of them.
+        let before = try commandCalls()["xpending"] ?? 0
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(15)) { ((try? self.commandCalls()["xpending"]) ?? 0) >= before + 2 },
+            runner.log)
         XCTAssertFalse(runner.log.contains("heartbeat not recorded"), runner.log)
         _ = try send(["DEL", key("jobs:wq")])
         XCTAssertEqual(runner.stop(), 0, runner.log)

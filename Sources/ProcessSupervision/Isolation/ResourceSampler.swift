@@ -167,7 +167,10 @@ public struct ResourceSampler: Sendable {
     /// MemTotal and MemAvailable of /proc/meminfo.
     public func memory() throws(ResourceSampleError) -> HostMemory {
         let path = joinPath(procRoot, "meminfo")
-        let values = kibibyteFields(try read(path))
+        var values: [String: UInt64] = [:]
+        Self.kibibyteLines(try readBytes(path)) { name, value in
+            values[String(decoding: name, as: UTF8.self)] = value
+        }
         guard let total = values["MemTotal"], let available = values["MemAvailable"] else {
             throw .unexpected(path, expected: "MemTotal and MemAvailable")
         }
@@ -207,24 +210,32 @@ public struct ResourceSampler: Sendable {
 
     /// VmHWM of /proc/<pid>/status: the process's own peak resident size, nil when it is gone (or a kernel thread).
     public func peakResidentBytes(of pid: Int32) -> UInt64? {
-        guard case .success(let bytes) = System.readWholeFile(joinPath(procRoot, "\(pid)/status")) else { return nil }
+        guard let bytes = try? readBytes(joinPath(procRoot, "\(pid)/status")) else { return nil }
         return Self.kibibyteField("VmHWM", in: bytes)
     }
 
-    /// The value of one `Name:  <number> [kB]` line, in bytes when given in kB, as `kibibyteFields` reads it: found
-    /// among the bytes without splitting every line into Strings, for a read made once per job.
+    /// The value of the `name:` line of `kibibyteLines`, found among the bytes without making a String of each line:
+    /// a status file is read once per job.
     private static func kibibyteField(_ name: String, in bytes: [UInt8]) -> UInt64? {
-        let key = Array(name.utf8) + [UInt8(ascii: ":")]
-        func isBlank(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        let key = Array(name.utf8)
         var found: UInt64?
+        kibibyteLines(bytes) { lineName, value in
+            if lineName.elementsEqual(key) { found = value }
+        }
+        return found
+    }
+
+    /// Each `Name:  <number> [kB]` line (meminfo; status separates with tabs): the name's bytes and the figure, in
+    /// bytes when given in kB, in file order. A line of another shape, or whose figure does not fit in 64 bits, is
+    /// passed over.
+    private static func kibibyteLines(_ bytes: [UInt8], _ body: (ArraySlice<UInt8>, UInt64) -> Void) {
+        func isBlank(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
         var lineStart = 0
         while lineStart < bytes.count {
             let lineEnd = bytes[lineStart...].firstIndex(of: UInt8(ascii: "\n")) ?? bytes.count
             defer { lineStart = lineEnd + 1 }
-            guard lineEnd - lineStart >= key.count, bytes[lineStart..<lineStart + key.count].elementsEqual(key) else {
-                continue
-            }
-            var index = lineStart + key.count
+            guard let colon = bytes[lineStart..<lineEnd].firstIndex(of: UInt8(ascii: ":")) else { continue }
+            var index = colon + 1
             while index < lineEnd, isBlank(bytes[index]) { index += 1 }
             var number: UInt64 = 0
             let digitsStart = index
@@ -240,14 +251,14 @@ public struct ResourceSampler: Sendable {
             while index < lineEnd, isBlank(bytes[index]) { index += 1 }
             var unitEnd = index
             while unitEnd < lineEnd, !isBlank(bytes[unitEnd]) { unitEnd += 1 }
+            let name = bytes[lineStart..<colon]
             guard bytes[index..<unitEnd].elementsEqual("kB".utf8) else {
-                found = number
+                body(name, number)
                 continue
             }
             let (scaled, tooLarge) = number.multipliedReportingOverflow(by: 1024)
-            if !tooLarge { found = scaled }
+            if !tooLarge { body(name, scaled) }
         }
-        return found
     }
 
     /// The fields of /proc/<pid>/stat the sampler uses.
@@ -289,21 +300,13 @@ public struct ResourceSampler: Sendable {
         .nanoseconds(Int64(clamping: count) * (1_000_000_000 / ticksPerSecond))
     }
 
-    /// "Key:   1234 kB" lines (meminfo; status separates with tabs) as bytes.
-    private func kibibyteFields(_ text: String) -> [String: UInt64] {
-        var values: [String: UInt64] = [:]
-        for line in text.split(separator: "\n") {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            let amount = line[line.index(after: colon)...].split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard let number = amount.first.flatMap({ UInt64($0) }) else { continue }
-            values[String(line[..<colon])] = amount.count > 1 && amount[1] == "kB" ? number * 1024 : number
-        }
-        return values
+    private func read(_ path: String) throws(ResourceSampleError) -> String {
+        String(decoding: try readBytes(path), as: UTF8.self)
     }
 
-    private func read(_ path: String) throws(ResourceSampleError) -> String {
+    private func readBytes(_ path: String) throws(ResourceSampleError) -> [UInt8] {
         switch System.readWholeFile(path) {
-        case .success(let bytes): return String(decoding: bytes, as: UTF8.self)
+        case .success(let bytes): return bytes
         case .failure(let err): throw .read(path, errno: err.value)
         }
     }
