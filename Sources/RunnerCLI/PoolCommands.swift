@@ -123,7 +123,15 @@ enum PoolCommands {
         // The pool-wide stream reaches the runners running now (one started later does not read what came before
         // it): say how many, so that an empty registry (or a mistyped --namespace) is not mistaken for a pool that
         // acted. To none, nothing is sent: a warning, exit 0 (an empty pool has nothing to drain or stop).
-        let live = all ? try await pool.status().runners.filter { $0.leaseRemainingMs != nil }.count : 0
+        var live = 0
+        if all {
+            let status = try await pool.status()
+            // A registry of another type lists no runner, which is no empty pool: refused as `drain RUNNER` is.
+            if let registry = WrongTypeKey.registry(in: status.wrongTypeKeys, of: pool.keyspace) {
+                throw registry.error
+            }
+            live = status.runners.filter { $0.leaseRemainingMs != nil }.count
+        }
         if all, live == 0 {
             console.error(
                 "runner: warning: no runner is running in namespace '\(pool.keyspace.namespace)'; nothing was sent")

@@ -13,7 +13,7 @@ enum TopView {
         let queued = snapshot.queues.reduce(0) { $0 + $1.unread }
         // A registry of another type lists no runner: "0/0 live" would say that the pool has none.
         let runnersText =
-            registryOfTheWrongType(namespace: snapshot.namespace, snapshot.wrongTypeKeys) != nil
+            WrongTypeKey.registry(in: snapshot.wrongTypeKeys, of: Keyspace(namespace: snapshot.namespace)) != nil
             ? "runners ?" : "runners \(live.count)/\(snapshot.runners.count) live"
         lines.append(
             "NativeRunner pool '\(snapshot.namespace)'  \(formatTimestamp(now))  \(runnersText)  jobs running "
@@ -85,16 +85,10 @@ enum TopView {
     /// --namespace does not pass for an empty pool), or that the registry cannot be read because its key holds
     /// another type (as WRONG TYPE names it), not that there is no runner.
     static func noRunnersText(namespace: String, wrongTypeKeys: [WrongTypeKey]) -> String {
-        guard let wrong = registryOfTheWrongType(namespace: namespace, wrongTypeKeys) else {
+        guard let wrong = WrongTypeKey.registry(in: wrongTypeKeys, of: Keyspace(namespace: namespace)) else {
             return "(none registered in namespace '\(namespace)')"
         }
         return "(cannot list the runners: \(wrong.text))"
-    }
-
-    /// The runner registry among the keys a view left out for their type, if it is one of them.
-    static func registryOfTheWrongType(namespace: String, _ wrongTypeKeys: [WrongTypeKey]) -> WrongTypeKey? {
-        let registry = Keyspace(namespace: namespace).runners
-        return wrongTypeKeys.first { $0.key == registry }
     }
 
     /// The keys a view left out because they hold another type, one line each (nothing when there are none).

@@ -1,4 +1,5 @@
 import RedisClient
+import RunnerProtocol
 
 /// A key that holds another type than a reader expects (someone `SET` a string where a stream belongs). Redis's own
 /// WRONGTYPE reply names no key; this names it, worded as the job scripts' refusals are.
@@ -19,6 +20,11 @@ public struct WrongTypeKey: Sendable, Equatable {
 
     /// The error a command that read it fails with: `WRONGTYPE key K is a string, expected a stream`.
     public var error: RedisServerError { RedisServerError("WRONGTYPE " + text) }
+
+    /// The runner registry of `keyspace` among `keys` (those a view left out for their type), if it is one of them.
+    public static func registry(in keys: [WrongTypeKey], of keyspace: Keyspace) -> WrongTypeKey? {
+        keys.first { $0.key == keyspace.runners }
+    }
 
     /// Whether `error` is Redis's own WRONGTYPE reply, which names no key (a script's refusal names it already).
     static func isUnnamed(_ error: any Error) -> Bool {

@@ -302,6 +302,18 @@ final class WrongTypeKeyViewTests: IntegrationTestCase {
             dead.err, "Error: Redis refused the command: WRONGTYPE key \(key("dead")) is a string, expected a stream\n")
         // top shows the pool without its events, and status names the events stream too (every submit fails).
         try assertTheViewsNameAStringStream(key("events"))
+
+        // A registry of another type lists no runner, which is no empty pool: the pool-wide commands name the key
+        // (as `drain RUNNER` does) rather than warn that no runner is running.
+        _ = try send(["DEL", key("runners")])
+        _ = try send(["SET", key("runners"), "x"])
+        let registry =
+            "Error: Redis refused the command: WRONGTYPE key \(key("runners")) is a string, expected a hash\n"
+        for arguments in [["drain", "--all"], ["resume", "--all"], ["shutdown", "--all"], ["drain", "r1"]] {
+            let result = cli(arguments, timeout: 20)
+            XCTAssertEqual(result.code, 1, "\(arguments): \(result.err)")
+            XCTAssertEqual(result.err, registry, "\(arguments)")
+        }
     }
 }
 
