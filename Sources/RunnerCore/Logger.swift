@@ -124,6 +124,12 @@ struct RepeatedWarning {
         last = (text, now)
         return true
     }
+
+    /// Forgets the last warning; true when there was one (what it warned about is over: say so once).
+    mutating func clear() -> Bool {
+        defer { last = nil }
+        return last != nil
+    }
 }
 
 /// Whether a warning shared by many tasks is worth logging again: each text (or key) at most once per `interval`.

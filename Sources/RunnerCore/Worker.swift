@@ -488,6 +488,7 @@ public final class Worker: Sendable {
                     state: state.withLock { $0 }, free: await slots.free, running: await slots.runningJobIds,
                     epoch: await epochs.lease.epoch.number, resources: await resourceCapacity(admission))
                 try await epochs.presence.publish(content, unlessCurrentWithin: configuration.unchangedHeartbeatRefresh)
+                if wrongTypeWarning.clear() { logger.info("heartbeat recorded again: the key is fixed") }
                 // Strays come from a read whose reply was lost (the read's error already makes the intake read its
                 // own pending entries) or from a paused earlier run of this name, which can deliver only until its
                 // lease is seen gone: once a lease TTL is enough to find those, not every heartbeat.

@@ -69,6 +69,10 @@ final class WrongTypeRegistryTests: PrivateRedisTestCase {
         let warning = "heartbeat not recorded: WRONGTYPE key \(key("heartbeats")) is a string, expected a stream"
         XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains(warning) }, runner.log)
         _ = try send(["DEL", key("heartbeats")])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { runner.log.contains("heartbeat recorded again: the key is fixed") },
+            runner.log)
+        XCTAssertEqual(runner.log.components(separatedBy: "heartbeat recorded again").count, 2, runner.log)
         XCTAssertEqual(runner.stop(), 0, runner.log)
     }
 
