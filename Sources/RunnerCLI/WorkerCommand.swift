@@ -84,7 +84,9 @@ enum WorkerCommand {
                 environment: "RUNNER_KEEP_WORK_DIRS"),
             OptionSpec(
                 "--cgroup-parent", .value("PATH"),
-                help: "The runner's cgroup, relative to each hierarchy's root.", environment: "RUNNER_CGROUP_PARENT",
+                help: "The cgroup, relative to each hierarchy's root, in which the runner makes its own "
+                    + "(nativerunner-<namespace>.<name>.<pool>); runners may share it.",
+                environment: "RUNNER_CGROUP_PARENT",
                 default: "nativerunner-<namespace>.<name>.<pool> under the runner's own cgroup"),
             OptionSpec(
                 "--monitor-interval", .value("DURATION"),

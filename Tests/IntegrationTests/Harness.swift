@@ -430,6 +430,14 @@ enum IsolationLeftovers {
             }
             rmdir(parent)
         }
+        for hierarchy in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [] {
+            rmdir("/sys/fs/cgroup/\(hierarchy)/\(sharedCgroupParent(namespace: namespace))")
+        }
+    }
+
+    /// The `--cgroup-parent` a test's runners may share (at each hierarchy's root; removed with the rest).
+    static func sharedCgroupParent(namespace: String) -> String {
+        "nrtest-\(namespace)"
     }
 
     /// The cgroup parents of this namespace's runners (`nativerunner-<namespace>.*`) in every hierarchy.
@@ -441,6 +449,7 @@ enum IsolationLeftovers {
         let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
         for hierarchy in hierarchies {
             bases.append("/sys/fs/cgroup/" + hierarchy)
+            bases.append("/sys/fs/cgroup/\(hierarchy)/\(sharedCgroupParent(namespace: namespace))")
             for line in own.split(separator: "\n") {
                 let parts = line.split(separator: ":", maxSplits: 2).map(String.init)
                 if parts.count == 3, parts[1].split(separator: ",").contains(Substring(hierarchy)), parts[2] != "/" {

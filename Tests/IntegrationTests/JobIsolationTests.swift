@@ -12,6 +12,15 @@ final class JobIsolationTests: IntegrationTestCase {
         return "/tmp/nativerunner/" + name
     }
 
+    /// Acks and deletes the queue's pending entries, so that no runner runs their jobs again.
+    private func takeAwayPendingEntries(of queue: String = "default") throws {
+        for entry in try send(["XPENDING", key("jobs:\(queue)"), "runners", "-", "+", "10"]).array ?? [] {
+            let id = try XCTUnwrap(entry.array?.first?.string)
+            _ = try send(["XACK", key("jobs:\(queue)"), "runners", id])
+            _ = try send(["XDEL", key("jobs:\(queue)"), id])
+        }
+    }
+
     private func resultJSON(_ id: String) throws -> [String: Any] {
         let result = cli(["result", "--json", id])
         XCTAssertEqual(result.code, 0, result.err)
@@ -295,12 +304,7 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: cgroupPath), "the test needs a leftover cgroup")
         XCTAssertTrue(try waitUntil(timeout: .seconds(10)) { try send(["EXISTS", key("runner:r1")]).int == 0 })
         // The restarted runner would run the job again in a new cgroup of the same name: take the entry away.
-        let pending = try send(["XPENDING", key("jobs:default"), "runners", "-", "+", "10"]).array ?? []
-        for entry in pending {
-            let id = try XCTUnwrap(entry.array?.first?.string)
-            _ = try send(["XACK", key("jobs:default"), "runners", id])
-            _ = try send(["XDEL", key("jobs:default"), id])
-        }
+        try takeAwayPendingEntries()
 
         try startRunner()
         XCTAssertTrue(
@@ -367,22 +371,48 @@ final class JobIsolationTests: IntegrationTestCase {
         XCTAssertTrue(processIsAlive(pid))
 
         // No runner should run the job again: take the entry away, then kill A.
-        for entry in try send(["XPENDING", key("jobs:default"), "runners", "-", "+", "10"]).array ?? [] {
-            let id = try XCTUnwrap(entry.array?.first?.string)
-            _ = try send(["XACK", key("jobs:default"), "runners", id])
-            _ = try send(["XDEL", key("jobs:default"), id])
-        }
-        a.signal(SIGKILL)
-        XCTAssertNotNil(a.waitForExit(timeout: 10))
-        XCTAssertTrue(
-            try waitUntil(timeout: .seconds(20)) { try !deadRunnerCleanups(by: "r2", of: "r1").isEmpty },
-            "r2 did not report r1's contexts")
-        XCTAssertFalse(FileManager.default.fileExists(atPath: parent))
+        try takeAwayPendingEntries()
+        let report = try killAndWaitForItsContextsRemoved(a, named: "r1", by: "r2", parent: parent, pid: pid)
         XCTAssertFalse(FileManager.default.fileExists(atPath: folder))
-        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) }, "the dead runner's job survived")
-        let report = try XCTUnwrap(try deadRunnerCleanups(by: "r2", of: "r1").first)
         XCTAssertEqual(report["work_dirs"] as? [String], [folder])
+    }
+
+    /// Kills `runner` (kill -9), waits until `survivor` reports its contexts removed and checks its cgroup parent and
+    /// its job `pid` are gone. Returns the report.
+    private func killAndWaitForItsContextsRemoved(
+        _ runner: RunnerUnderTest, named name: String, by survivor: String, parent: String, pid: Int32
+    ) throws -> [String: Any] {
+        runner.signal(SIGKILL)
+        XCTAssertNotNil(runner.waitForExit(timeout: 10))
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(20)) { try !deadRunnerCleanups(by: survivor, of: name).isEmpty },
+            "\(survivor) did not report \(name)'s contexts")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: parent))
+        XCTAssertTrue(waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) }, "the dead runner's job survived")
+        let report = try XCTUnwrap(try deadRunnerCleanups(by: survivor, of: name).first)
         XCTAssertTrue(((report["cgroups"] as? [String]) ?? []).contains(parent), "\(report)")
+        return report
+    }
+
+    /// Two runners given one `--cgroup-parent` each make their own parent in it: one runner's cleanup rounds leave
+    /// the other's running job alone, and once the other is dead its parent in the shared one is removed.
+    func testRunnersSharingACgroupParentKeepToTheirOwnJobsAndRemoveADeadOnesParent() throws {
+        let shared = IsolationLeftovers.sharedCgroupParent(namespace: namespace)
+        let options = ["--lease-ttl", "2s", "--monitor-interval", "300ms", "--cgroup-parent", shared]
+        let b = try startRunner(name: "r2", options + ["--queue", "other"])
+        try submit(["--queue", "other", "--isolation", "cgroup", "--memory", "64M", "--", "sleep", "300"], id: "sh-1")
+        let pid = try runningPid("sh-1")
+        let parent = (try memoryCgroup(of: pid) as NSString).deletingLastPathComponent
+        XCTAssertEqual((parent as NSString).deletingLastPathComponent, "/sys/fs/cgroup/memory/" + shared)
+        XCTAssertTrue((parent as NSString).lastPathComponent.hasPrefix("nativerunner-\(namespace).r2."), parent)
+
+        try startRunner(name: "r1", options)
+        try waitForRounds(of: "r1", 6)
+        XCTAssertTrue(processIsAlive(pid), "r1's cleanup killed r2's job")
+        XCTAssertEqual(try job("sh-1")["state"], "running")
+
+        try takeAwayPendingEntries(of: "other")
+        _ = try killAndWaitForItsContextsRemoved(b, named: "r2", by: "r1", parent: parent, pid: pid)
     }
 
     /// A runner that stopped touching its contexts (SIGSTOP) but whose lease key still exists is not dead: its
@@ -393,11 +423,7 @@ final class JobIsolationTests: IntegrationTestCase {
         let pid = try runningPid("held-1")
         let parent = (try memoryCgroup(of: pid) as NSString).deletingLastPathComponent
         let folder = try runnerFolder()
-        for entry in try send(["XPENDING", key("jobs:default"), "runners", "-", "+", "10"]).array ?? [] {
-            let id = try XCTUnwrap(entry.array?.first?.string)
-            _ = try send(["XACK", key("jobs:default"), "runners", id])
-            _ = try send(["XDEL", key("jobs:default"), id])
-        }
+        try takeAwayPendingEntries()
         a.signal(SIGSTOP)
         try startRunner(name: "r2", ["--lease-ttl", "2s", "--monitor-interval", "300ms"])
         // Well past r2's age of 2 s since r1 last touched its contexts, then a few more rounds of r2.

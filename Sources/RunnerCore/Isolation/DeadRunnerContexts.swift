@@ -4,9 +4,8 @@ import RedisClient
 import RunnerProtocol
 
 /// Finds and removes the isolation contexts of OTHER runners of this runner's namespace and pool on this host whose
-/// runner is dead: their work folders `<work root>/<namespace>.<runner>.<pool>` and, when each runner has its own
-/// cgroup parent (no `--cgroup-parent`), their parents `nativerunner-<namespace>.<runner>.<pool>` beside this
-/// runner's. Periodic work only (start and every `--monitor-interval`), never on a job's path.
+/// runner is dead: their work folders `<work root>/<namespace>.<runner>.<pool>` and their cgroup parents
+/// `nativerunner-<namespace>.<runner>.<pool>` beside this runner's (below its own cgroup, or in `--cgroup-parent`). Periodic work only (start and every `--monitor-interval`), never on a job's path.
 ///
 /// A context is removed only when all of these hold, checked in this order:
 /// - its name is exactly `runnerContextName` of this namespace and pool and some runner name (a sanitised name, which
@@ -57,8 +56,7 @@ struct DeadRunnerContexts: Sendable {
     func cleanUp(host: IsolationHost, logger: Logger) async -> [JSONValue] {
         let namespace = keyspace.namespace
         let root = host.configuration.workRoot
-        // Only where each runner's parent is its own (`nativerunner-<context>` below the runner's cgroup).
-        let driver = host.configuration.cgroupParent == nil ? host.cgroups : nil
+        let driver = host.cgroups
         var names = Set<String>()
         if JobWorkspace.unsafeReason(root) == nil {
             names.formUnion((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [])

@@ -20,7 +20,8 @@ public struct IsolationConfiguration: Sendable {
     public var workRoot: String
     /// Keep each job's work folder after it ended (for debugging) instead of removing it.
     public var keepWorkFolders: Bool
-    /// The runner's cgroup parent, relative to the hierarchy root (nil: under the runner's own cgroup).
+    /// The cgroup, relative to each hierarchy's root, in which the runner makes its own parent
+    /// (`nativerunner-<context>`; nil: under the runner's own cgroup).
     public var cgroupParent: String?
     /// How often `runner.resource_usage` is published and leftovers are looked for.
     public var monitorInterval: Duration

@@ -59,8 +59,12 @@ final class IsolationHost: Sendable {
             // start that then fails leaves its Error: under a line, not under two screens).
             logger.info(hierarchy.summary)
             logger.debug(hierarchy.description)
+            // Each runner has a parent of its own, also under a shared `--cgroup-parent`: a runner's cleanup removes
+            // every job cgroup in its parent that is none of its jobs, so two runners in one parent would kill each
+            // other's jobs; and a dead runner's parent is then found beside the others'.
+            let own = "nativerunner-\(contextName)"
             let parent: CgroupParent =
-                configuration.cgroupParent.map { .fromRoot($0) } ?? .belowOwnCgroup("nativerunner-\(contextName)")
+                configuration.cgroupParent.map { .fromRoot(Self.path($0, own)) } ?? .belowOwnCgroup(own)
             let candidate = hierarchy.makeDriver(parent: parent)
             made = candidate.parentDirectories.filter { !pathExists($0) } + made
             let preparation = try candidate.prepareParent()
@@ -88,6 +92,11 @@ final class IsolationHost: Sendable {
             configuration: configuration, capabilities: capabilities, cgroups: driver,
             cgroupUnavailable: unavailable, workspace: workspace,
             hostMemoryBytes: try? ResourceSampler().memory().totalBytes, madeAtStart: made.filter(pathExists))
+    }
+
+    /// `base/name`, without a doubled slash when `base` ends with one.
+    static func path(_ base: String, _ name: String) -> String {
+        base.hasSuffix("/") ? base + name : base + "/" + name
     }
 
     /// When the start fails after `start`: removes the folders it made, if nothing is in them.
