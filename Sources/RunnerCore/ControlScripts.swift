@@ -33,6 +33,8 @@ enum ControlScripts {
         """
 
     static let cancelledBeforeStart = "cancelled before it started"
+    /// The start of the reason of a job cancelled while it ran, its runner lost before it could stop it.
+    static let cancelledWithItsRunnerLost = "cancelled while it ran; its runner was lost before it stopped it:"
 
     /// KEYS: job hash, events, delayed set, log stream. ARGV: id, sent by, events maxlen, retention ms, the control
     /// stream prefix (`{nr}:control:`), control stream maxlen, the jobs stream prefix (`{nr}:jobs:`).

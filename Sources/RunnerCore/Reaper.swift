@@ -10,6 +10,8 @@ public struct ReaperPass: Sendable, Equatable {
     public var rescheduled = 0
     /// Jobs made `dead` for being rescheduled too often.
     public var dead = 0
+    /// Jobs made `cancelled` instead: a cancel was requested while they ran on the lost runner.
+    public var cancelled = 0
     /// Entries whose payload was gone (`job.lost`).
     public var lost = 0
     /// Stale duplicates acked and deleted.
@@ -224,7 +226,8 @@ public actor Reaper {
                 "reaper pass",
                 [
                     "runners_lost": String(summary.runnersLost), "rescheduled": String(summary.rescheduled),
-                    "dead": String(summary.dead), "lost": String(summary.lost), "stale": String(summary.stale),
+                    "dead": String(summary.dead), "cancelled": String(summary.cancelled), "lost": String(summary.lost),
+                    "stale": String(summary.stale),
                     "consumers_removed": String(summary.consumersRemoved),
                 ])
         }
@@ -407,6 +410,7 @@ public actor Reaper {
                 switch outcome {
                 case .requeued: summary.rescheduled += 1
                 case .dead: summary.dead += 1
+                case .cancelled: summary.cancelled += 1
                 case .lost: summary.lost += 1
                 case .stale: summary.stale += 1
                 case .notPending, .ownerAlive: break

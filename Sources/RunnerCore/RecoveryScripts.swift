@@ -65,6 +65,8 @@ extension RunnerScripts {
     /// - the job ended, waits for a retry, or points at another entry: a stale duplicate, acked and deleted ({3});
     /// - the job runs and its recorded runner's lease still holds the recorded token: that runner lives, nothing
     ///   ({4});
+    /// - the job ran, a cancel was requested (`cancel_requested_at`) and its runner is lost: `cancelled`, the entry
+    ///   acked and deleted, `job.cancelled` with `started` true ({7});
     /// - rescheduled more often than the bound: `dead`, a dead letter, `job.dead` ({5, dead id});
     /// - otherwise a new entry (attempt raised if the attempt had started), the old one acked and deleted, the record
     ///   `queued`, and `job.rescheduled` ({6, new entry id}).
@@ -111,7 +113,8 @@ extension RunnerScripts {
         end
         local job = ARGV[10] .. 'job:' .. id
         local cur = redis.call('HMGET', job, '\(ResultField.state)', '\(ResultField.runner)', '\(ResultField.streamId)',
-          '\(ResultField.leaseToken)', '\(ResultField.attempt)', '\(ResultField.reschedules)', '\(ResultField.submittedAt)')
+          '\(ResultField.leaseToken)', '\(ResultField.attempt)', '\(ResultField.reschedules)', '\(ResultField.submittedAt)',
+          '\(ResultField.cancelRequestedAt)')
         if cur[1] and (nr_terminal(cur[1]) or cur[1] == '\(JobState.retryScheduled.rawValue)' or (cur[3] and cur[3] ~= ARGV[1])) then
           redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
           redis.call('XDEL', KEYS[1], ARGV[1])
@@ -129,6 +132,25 @@ extension RunnerScripts {
           if ARGV[12] ~= '0' then reschedules = reschedules + 1 end
         end
         local from = nr_absent(cur[2]) and ARGV[3] or cur[2]
+        -- Cancelled while it ran, and its runner lost before it could stop it: the cancel is carried out here, so
+        -- that it needs no runner to claim the job again (none may be left).
+        if started and not nr_absent(cur[8]) then
+          local bad = nr_wrong_type({KEYS[2], 'stream'})
+          if bad then return bad end
+          local reason = '\(ControlScripts.cancelledWithItsRunnerLost) ' .. from
+            .. ' (the cancel was requested at ' .. cur[8] .. ')'
+          redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+          redis.call('XDEL', KEYS[1], ARGV[1])
+          redis.call('HSET', job, '\(ResultField.state)', '\(JobState.cancelled.rawValue)', '\(ResultField.reason)', reason,
+            '\(ResultField.finishedAt)', ts, '\(ProtocolVersion.field)', NR_V)
+          redis.call('PEXPIRE', job, ARGV[9])
+          redis.call('PEXPIRE', ARGV[10] .. 'log:' .. id, ARGV[9])
+          nr_emit(KEYS[2], ARGV[6], '\(EventType.jobCancelled.rawValue)', ts, ARGV[5], id,
+            cjson.encode({state = '\(JobState.cancelled.rawValue)', started = true, previous_state = cur[1],
+              attempt = tonumber(cur[5] or '1'), reason = reason, from_runner = from, queue = ARGV[11],
+              stream_id = ARGV[1]}))
+          return {7}
+        end
         if started and reschedules > tonumber(ARGV[7]) then
           local reason = 'lost with its runner ' .. reschedules .. ' times, more than the bound of ' .. ARGV[7]
             .. ' reschedules (a job that kills its runner?); last lost with runner ' .. from

@@ -23,6 +23,8 @@ public enum Rescheduled: Sendable, Equatable {
     case dead(deadLetterId: String)
     /// Put back on its queue as this new entry.
     case requeued(streamId: String)
+    /// A cancel was requested while it ran on the lost runner: `cancelled`, never run again.
+    case cancelled
 }
 
 /// What `runner retry` did.
@@ -54,6 +56,7 @@ extension JobStore {
         case 3: return .stale
         case 4: return .ownerAlive
         case 5: return .dead(deadLetterId: value)
+        case 7: return .cancelled
         default: return .notPending
         }
     }

@@ -646,6 +646,7 @@ public final class Worker: Sendable {
                     }
                     if case .requeued? = outcome { moved += 1 }
                     if case .dead? = outcome { moved += 1 }
+                    if case .cancelled? = outcome { moved += 1 }
                 }
                 guard ids.count == 100, let last = ids.last else { break }
                 start = "(" + last

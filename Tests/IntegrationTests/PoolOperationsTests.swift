@@ -135,16 +135,50 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertGreaterThan(try send(["PTTL", key("job:cr-retry")]).int ?? -1, 0, "the result expires")
     }
 
-    func testACancelSentWhileTheOwnerWasDeadIsCarriedOutWhenTheJobIsClaimedAgain() throws {
+    /// Starts runner r1 (no reaper) running `id` (a sleep), kills it with kill -9, then cancels the job: the cancel
+    /// is recorded, but nobody reads r1's control stream.
+    private func cancelWithItsRunnerKilled(_ id: String) throws {
         let runner = try startRunner(["--lease-ttl", "2s", "--no-reaper"])
-        try submit(["--", "sleep", "60"], id: "cd-1")
-        let pid = try runningPid("cd-1")
+        try submit(["--", "sleep", "60"], id: id)
+        let pid = try runningPid(id)
         runner.signal(SIGKILL)
         XCTAssertNotNil(runner.waitForExit(timeout: 10))
         XCTAssertTrue(waitUntil(timeout: .seconds(10)) { !processIsAlive(pid) }, "the watchdog kills the job")
-        let cancel = cli(["cancel", "cd-1"])
+        let cancel = cli(["cancel", id])
         XCTAssertEqual(cancel.code, 0, cancel.err)
-        XCTAssertEqual(try job("cd-1")["state"], "running", "nobody reads r1's control stream now")
+        XCTAssertEqual(try job(id)["state"], "running", "nobody reads r1's control stream now")
+    }
+
+    /// A job cancelled while its runner was already dead is cancelled by the reaper that finds the runner lost: no
+    /// runner has to claim it again (here none is left but the control plane), and it never runs again.
+    func testACancelOfADeadRunnersJobIsCarriedOutByTheReaperWithoutAnyRunner() throws {
+        try cancelWithItsRunnerKilled("cdr-1")
+        let entry = try XCTUnwrap(try job("cdr-1")["stream_id"])
+
+        let control = try RunnerUnderTest(
+            endpoint: endpoint, namespace: namespace, name: "ctl", subcommand: "control",
+            arguments: ["--interval", "300ms", "--log-level", "warning"])
+        defer { control.stop(timeout: 10) }
+        let record = try waitForState("cdr-1", ["cancelled", "queued"])
+        XCTAssertEqual(record["state"], "cancelled")
+        XCTAssertEqual(
+            record["reason"]?.hasPrefix(
+                "cancelled while it ran; its runner was lost before it stopped it: r1 (the cancel"),
+            true, record["reason"] ?? "")
+        XCTAssertEqual(try events(of: "cdr-1").suffix(1), ["job.cancelled"])
+        XCTAssertFalse(try events(of: "cdr-1").contains("job.rescheduled"))
+        let event = try XCTUnwrap(try events().last { $0.job == "cdr-1" })
+        XCTAssertEqual(event.runner, "ctl")
+        XCTAssertEqual(event.data["started"] as? Bool, true)
+        XCTAssertEqual(event.data["from_runner"] as? String, "r1")
+        XCTAssertEqual(event.data["stream_id"] as? String, entry)
+        XCTAssertEqual(try send(["XLEN", key("jobs:default")]).int, 0, "no entry left to run it again")
+        XCTAssertEqual(try send(["XPENDING", key("jobs:default"), "runners"]).array?.first?.int, 0)
+        XCTAssertGreaterThan(try send(["PTTL", key("job:cdr-1")]).int ?? -1, 0, "the result expires")
+    }
+
+    func testACancelSentWhileTheOwnerWasDeadIsCarriedOutWhenTheJobIsClaimedAgain() throws {
+        try cancelWithItsRunnerKilled("cd-1")
         XCTAssertNotNil(try job("cd-1")["cancel_requested_at"])
         XCTAssertTrue(
             try waitUntil(timeout: .seconds(10)) { try self.send(["EXISTS", self.key("runner:r1")]).int == 0 })

@@ -16,7 +16,8 @@
 -- {2, new id} an entry without a job id, copied for a runner to reject; {3} a stale duplicate: acked and deleted;
 -- {4} the job's runner still holds its lease: left alone; {5, dead letter id} rescheduled past the bound: dead;
 -- {6, new id} rescheduled: a new entry (attempt raised if it had started), the old one acked and deleted,
--- the record queued, job.rescheduled emitted.
+-- the record queued, job.rescheduled emitted; {7} the job ran and a cancel was requested (cancel_requested_at):
+-- cancelled instead, the entry acked and deleted, job.cancelled emitted (started true).
 -- The script, exactly as RunnerScripts.reschedule (do not edit below this line):
 local NR_V = '1'
 local function nr_now()
@@ -146,7 +147,8 @@ if not id or id == '' then
 end
 local job = ARGV[10] .. 'job:' .. id
 local cur = redis.call('HMGET', job, 'state', 'runner', 'stream_id',
-  'lease_token', 'attempt', 'reschedules', 'submitted_at')
+  'lease_token', 'attempt', 'reschedules', 'submitted_at',
+  'cancel_requested_at')
 if cur[1] and (nr_terminal(cur[1]) or cur[1] == 'retry_scheduled' or (cur[3] and cur[3] ~= ARGV[1])) then
   redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
   redis.call('XDEL', KEYS[1], ARGV[1])
@@ -164,6 +166,25 @@ if started then
   if ARGV[12] ~= '0' then reschedules = reschedules + 1 end
 end
 local from = nr_absent(cur[2]) and ARGV[3] or cur[2]
+-- Cancelled while it ran, and its runner lost before it could stop it: the cancel is carried out here, so
+-- that it needs no runner to claim the job again (none may be left).
+if started and not nr_absent(cur[8]) then
+  local bad = nr_wrong_type({KEYS[2], 'stream'})
+  if bad then return bad end
+  local reason = 'cancelled while it ran; its runner was lost before it stopped it: ' .. from
+    .. ' (the cancel was requested at ' .. cur[8] .. ')'
+  redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('XDEL', KEYS[1], ARGV[1])
+  redis.call('HSET', job, 'state', 'cancelled', 'reason', reason,
+    'finished_at', ts, 'v', NR_V)
+  redis.call('PEXPIRE', job, ARGV[9])
+  redis.call('PEXPIRE', ARGV[10] .. 'log:' .. id, ARGV[9])
+  nr_emit(KEYS[2], ARGV[6], 'job.cancelled', ts, ARGV[5], id,
+    cjson.encode({state = 'cancelled', started = true, previous_state = cur[1],
+      attempt = tonumber(cur[5] or '1'), reason = reason, from_runner = from, queue = ARGV[11],
+      stream_id = ARGV[1]}))
+  return {7}
+end
 if started and reschedules > tonumber(ARGV[7]) then
   local reason = 'lost with its runner ' .. reschedules .. ' times, more than the bound of ' .. ARGV[7]
     .. ' reschedules (a job that kills its runner?); last lost with runner ' .. from

@@ -164,6 +164,8 @@ class ControlPlane:
             print(f"rescheduled entry {entry_id} of {consumer} as {text(reply[1])}", flush=True)
         elif code == 5:
             print(f"entry {entry_id} of {consumer}: rescheduled past the bound, the job is dead", flush=True)
+        elif code == 7:
+            print(f"entry {entry_id} of {consumer}: cancelled while it ran, not rescheduled", flush=True)
 
     def main(self):
         # The group first, from the stream's end: every event about the jobs submitted after it is seen.
