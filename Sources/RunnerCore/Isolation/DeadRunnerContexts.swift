@@ -5,7 +5,8 @@ import RunnerProtocol
 
 /// Finds and removes the isolation contexts of OTHER runners of this runner's namespace and pool on this host whose
 /// runner is dead: their work folders `<work root>/<namespace>.<runner>.<pool>` and their cgroup parents
-/// `nativerunner-<namespace>.<runner>.<pool>` beside this runner's (below its own cgroup, or in `--cgroup-parent`). Periodic work only (start and every `--monitor-interval`), never on a job's path.
+/// `nativerunner-<namespace>.<runner>.<pool>` beside this runner's (below its own cgroup, or in `--cgroup-parent`).
+/// Periodic work only (start and every `--monitor-interval`), never on a job's path.
 ///
 /// A context is removed only when all of these hold, checked in this order:
 /// - its name is exactly `runnerContextName` of this namespace and pool and some runner name (a sanitised name, which
