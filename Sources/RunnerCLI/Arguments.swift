@@ -167,6 +167,9 @@ public struct UsageError: Error, Sendable, CustomStringConvertible {
     /// Whether the pointer to --help follows the message: not for a mistake in a config file, which the message
     /// already locates.
     public var pointsToHelp: Bool
+    /// The positional argument refused as one too many (`unexpected argument 'stauts'`), for a caller that can
+    /// guess what was meant.
+    public var unexpectedArgument: String?
     public init(_ message: String, command: String, pointsToHelp: Bool = true) {
         self.message = message
         self.command = command
@@ -262,7 +265,9 @@ public struct ParsedArguments: Sendable {
                 break
             }
             guard positionals.count < command.maximumPositionals else {
-                throw fail("unexpected argument '\(argument)'")
+                var error = fail("unexpected argument '\(argument)'")
+                error.unexpectedArgument = argument
+                throw error
             }
             positionals.append(argument)
         }

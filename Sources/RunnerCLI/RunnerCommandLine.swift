@@ -310,6 +310,13 @@ public enum RunnerCommandLine {
             return status
         } catch var error as UsageError {
             if let layered { error = ConfigurationLayers.locating(error, in: layered) }
+            // The worker takes no word: one after the common options (`runner --redis h stauts`) is most likely a
+            // mistyped subcommand (one typed right was dispatched to by `movingCommonOptions`).
+            if spec.name == WorkerCommand.spec.name, let word = error.unexpectedArgument,
+                let guess = suggestion(for: word), guess != word
+            {
+                error.message += "; did you mean '\(guess)'?"
+            }
             console.error("Error: \(error.message)")
             // Only a pointer to the usage: the usage of some subcommands takes several lines.
             if error.pointsToHelp { console.error("See 'runner \(spec.name) --help'.") }

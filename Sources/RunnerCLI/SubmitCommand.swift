@@ -55,8 +55,10 @@ enum SubmitCommand {
             started otherwise), 124 when it timed out, 128+N when killed by signal N, 1 when it was rejected or
             cancelled or failed without an exit code, or 1 with an Error line when --wait-timeout passed first.
             Ctrl-C stops waiting, not the job (the SIGINT ends runner: the shell sees 130). With --max-attempts, a
-            line on stderr marks where each further attempt begins. A job id can be submitted once (a second submit
-            of the same --id is refused).
+            line on stderr marks where each further attempt begins. A job still queued after about 3 s on a queue
+            no running runner reads, or requiring labels (--require) that no running runner of its queue has, is
+            named once on stderr (with the labels missing); the wait goes on. A job id can be submitted once (a
+            second submit of the same --id is refused).
 
             With --max-attempts N, an attempt that fails or times out is retried after a delay (exponential from
             --backoff, capped at --backoff-max, with jitter: between half the delay and all of it); after N failed
@@ -243,8 +245,9 @@ extension SubmitCommand {
     static let unservedCheckInterval = Duration.seconds(3)
 
     /// While `--wait` waits: once the job has been queued for a few seconds on a queue that no running runner reads
-    /// (all drained, or a queue nobody serves), says so once on stderr; the wait goes on. Uses a connection of its
-    /// own (the wait blocks on the other). Stops at the first note, when the job leaves `queued`, or on any error.
+    /// (all drained, or a queue nobody serves), or requiring labels that no running runner of its queue has, says so
+    /// once on stderr; the wait goes on (such a runner may still come). Uses a connection of its own (the wait blocks
+    /// on the other). Stops at the first note, when the job leaves `queued`, or on any error.
     static func noteIfUnserved(id: String, _ arguments: ParsedArguments, _ console: Console) async {
         guard (try? await Task.sleep(for: unservedCheckInterval)) != nil,
             let pool = try? await connectedPool(arguments)
@@ -259,6 +262,15 @@ extension SubmitCommand {
             let base = Keyspace.baseQueue(of: queue)
             if !UnservedQueue.isServed(base, by: status.runners) {
                 console.error("runner: job \(id) is queued on '\(base)', which no running runner reads")
+                return
+            }
+            // The spec as recorded (an idempotency key may have answered an earlier job's).
+            if let requires = view.fields[ResultField.spec].flatMap({ try? JobSpec(json: $0) })?.requires,
+                !requires.isEmpty, let missing = UnservedQueue.labelsNotOffered(requires, on: base, by: status.runners)
+            {
+                console.error(
+                    "runner: job \(id) requires \(requires.canonical): no running runner that reads '\(base)' has "
+                        + (missing.isEmpty ? "all of them" : missing.joined(separator: ",")))
                 return
             }
             guard (try? await Task.sleep(for: unservedCheckInterval)) != nil else { return }

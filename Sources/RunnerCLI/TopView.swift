@@ -70,15 +70,22 @@ enum TopView {
             lines.append("")
             lines.append("RECENT EVENTS")
             if snapshot.events.isEmpty { lines.append("  (none)") }
-            for event in snapshot.events {
-                let time = String(formatTimestamp(event.timestampMs).dropFirst(11).dropLast())
-                var line = "  \(time)  \(event.type)"
-                if !event.runner.isEmpty { line += "  runner=\(event.runner)" }
-                if !event.job.isEmpty { line += "  job=\(event.job)" }
-                lines.append(line)
-            }
+            lines += eventLines(snapshot.events)
         }
         return lines.map { clip($0, to: width) }
+    }
+
+    /// One line per event: time, type, `runner=`, `job=`, each column padded to its widest cell among the events
+    /// shown, so that each starts at one offset whatever the types' lengths; a column no event has is left out.
+    static func eventLines(_ events: [PoolEvent]) -> [String] {
+        let rows = events.map { event in
+            [
+                String(formatTimestamp(event.timestampMs).dropFirst(11).dropLast()), event.type,
+                event.runner.isEmpty ? "" : "runner=\(event.runner)", event.job.isEmpty ? "" : "job=\(event.job)",
+            ]
+        }
+        let shown = (0..<4).filter { column in rows.contains { !$0[column].isEmpty } }
+        return table(rows.map { row in shown.map { row[$0] } })
     }
 
     /// What RUNNERS shows when it lists none: that none is registered in the namespace (named, so that a mistyped

@@ -204,10 +204,30 @@ public struct UnservedQueue: Sendable, Equatable {
 
     /// Whether a running runner (`reads`) lists `queue` among its queues.
     public static func isServed(_ queue: String, by runners: [RunnerStatus]) -> Bool {
-        runners.contains { runner in
+        !readers(of: queue, in: runners).isEmpty
+    }
+
+    /// The running runners (`reads`) that list `queue` among their queues.
+    static func readers(of queue: String, in runners: [RunnerStatus]) -> [RunnerStatus] {
+        runners.filter { runner in
             reads(runner)
                 && (runner.record[RunnerRecordField.queues]?.arrayValue ?? []).contains { $0.stringValue == queue }
         }
+    }
+
+    /// For a job of `queue` that requires `requirement`: nil when a running runner that reads `queue` has every label
+    /// of it (it reads the job's requirement stream); otherwise the required labels (`key=value`, by key) that no such
+    /// runner has, empty when each has some of them but none has all.
+    public static func labelsNotOffered(_ requirement: LabelSet, on queue: String, by runners: [RunnerStatus])
+        -> [String]?
+    {
+        let offered = readers(of: queue, in: runners).map { runner in
+            (runner.record[RunnerRecordField.labels]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        }
+        func has(_ labels: [String: String], _ key: String) -> Bool { labels[key] == requirement.values[key] }
+        let keys = requirement.values.keys.sorted()
+        guard !offered.contains(where: { labels in keys.allSatisfy { has(labels, $0) } }) else { return nil }
+        return keys.filter { key in !offered.contains { has($0, key) } }.map { "\($0)=\(requirement.values[$0]!)" }
     }
 
     /// The plain queues (not requirement streams: those are WAITING FOR LABELS) with unread entries that no running

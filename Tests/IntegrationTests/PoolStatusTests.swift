@@ -35,10 +35,12 @@ final class PoolStatusTests: IntegrationTestCase {
     }
 
     /// A registry record as a runner writes it, with a lease of a minute unless `lease` is false (a dead runner's).
-    private func register(_ id: String, state: String, queues: [String], lease: Bool = true) throws {
+    private func register(
+        _ id: String, state: String, queues: [String], labels: [String: String] = [:], lease: Bool = true
+    ) throws {
         let record: [String: Any] = [
             "node": "n1", "pid": 1, "queues": queues, "capacity": 2, "capacity_free": 1, "state": state,
-            "running": ["job-\(id)"],
+            "running": ["job-\(id)"], "labels": labels,
         ]
         let json = String(decoding: try JSONSerialization.data(withJSONObject: record), as: UTF8.self)
         _ = try send(["HSET", key("runners"), id, json])
@@ -97,6 +99,38 @@ final class PoolStatusTests: IntegrationTestCase {
         let served = cli(["submit", "--id", "s1", "--queue", "busy", "--wait", "--wait-timeout", "4s", "--", "true"])
         XCTAssertEqual(served.code, 1, served.err)
         XCTAssertFalse(served.err.contains("which no running runner reads"), served.err)
+    }
+
+    /// As for a queue nobody reads: a job requiring labels that no running runner of its queue has is named once on
+    /// stderr after a few seconds, with the labels missing; it stays queued, and the wait goes on to --wait-timeout.
+    func testSubmitWaitSaysOnceWhichRequiredLabelsNoRunningRunnerOfItsQueueHas() throws {
+        try register("r1", state: "running", queues: ["default"], labels: ["gpu": "a100", "zone": "eu"])
+        // Each has gpu=h100 but reads no requirement stream of default: drained, another queue, lost.
+        try register("r2", state: "drained", queues: ["default"], labels: ["gpu": "h100"])
+        try register("r3", state: "running", queues: ["other"], labels: ["gpu": "h100"])
+        try register("r4", state: "running", queues: ["default"], labels: ["gpu": "h100"], lease: false)
+        let require = ["--require", "gpu=h100", "--require", "zone=eu", "--wait", "--wait-timeout"]
+        let missing = cli(["submit", "--id", "l1"] + require + ["5s", "--", "true"])
+        XCTAssertEqual(missing.code, 1, missing.err)
+        let note = "runner: job l1 requires gpu=h100,zone=eu: no running runner that reads 'default' has gpu=h100\n"
+        XCTAssertEqual(missing.err.components(separatedBy: note).count, 2, missing.err)
+        XCTAssertFalse(missing.err.contains("which no running runner reads"), missing.err)
+        XCTAssertTrue(missing.err.contains("gave up waiting for job 'l1' after --wait-timeout (it is still queued)"))
+        XCTAssertEqual(try send(["HGET", key("job:l1"), "state"]).string, "queued")
+
+        // Each label is some running runner's, none has both.
+        try register("r5", state: "running", queues: ["default"], labels: ["gpu": "h100"])
+        let split = cli(["submit", "--id", "l2"] + require + ["5s", "--", "true"])
+        XCTAssertEqual(split.code, 1, split.err)
+        let all = "runner: job l2 requires gpu=h100,zone=eu: no running runner that reads 'default' has all of them\n"
+        XCTAssertEqual(split.err.components(separatedBy: all).count, 2, split.err)
+
+        // A running runner of the queue with both: no note, though nothing runs the job here.
+        try register("r6", state: "running", queues: ["default"], labels: ["gpu": "h100", "zone": "eu", "os": "x"])
+        let served = cli(["submit", "--id", "l3"] + require + ["4s", "--", "true"])
+        XCTAssertEqual(served.code, 1, served.err)
+        XCTAssertFalse(served.err.contains("runner: job l3 requires"), served.err)
+        XCTAssertTrue(served.err.contains("gave up waiting for job 'l3'"), served.err)
     }
 
     func testAnEmptyRegistryNamesItsNamespace() throws {

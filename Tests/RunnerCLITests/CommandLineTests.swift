@@ -380,6 +380,41 @@ final class CommandLineTests: XCTestCase {
         XCTAssertNil(RunnerCommandLine.misplacedSubcommand(["--redis", "h:1", "--no-reaper"]))
     }
 
+    /// The worker takes no word: a stray one after the common options is refused (exit 2, before Redis is reached),
+    /// with a guess when it is a mistyping of a subcommand. A subcommand there, or an option's value, is not stray.
+    func testAStrayWordInWorkerModeIsRefusedWithAGuess() async throws {
+        let cases: [([String], String)] = [
+            (["--redis", "127.0.0.1:1", "stauts"], "unexpected argument 'stauts'; did you mean 'status'?"),
+            (
+                ["--redis=127.0.0.1:1", "--namespace", "x", "wroker"],
+                "unexpected argument 'wroker'; did you mean 'worker'?"
+            ),
+            (
+                ["--redis", "127.0.0.1:1", "--name", "r1", "drian"],
+                "unexpected argument 'drian'; did you mean 'drain'?"
+            ),
+            (["worker", "--redis", "127.0.0.1:1", "hepl"], "unexpected argument 'hepl'; did you mean 'help'?"),
+            (["--redis", "127.0.0.1:1", "xyz"], "unexpected argument 'xyz'"),
+            // After `worker`, a subcommand's own name is only a word too many: no guess that it is itself.
+            (["worker", "--redis", "127.0.0.1:1", "status"], "unexpected argument 'status'"),
+        ]
+        for (arguments, message) in cases {
+            let (code, out, err) = await run(arguments)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(out, "", "\(arguments)")
+            XCTAssertEqual(err, "Error: \(message)\nSee 'runner worker --help'.\n", "\(arguments)")
+        }
+        // A subcommand after the common options is that subcommand (status, which finds no Redis there).
+        let (code, _, err) = await run(["--redis", "127.0.0.1:1", "status"])
+        XCTAssertEqual(code, 1, err)
+        XCTAssertTrue(err.hasPrefix("Error: cannot reach Redis at 127.0.0.1:1: "), err)
+        // A value that is a mistyped subcommand's name is a value: the worker named "stauts".
+        let parsed = try ParsedArguments(
+            ["--redis", "127.0.0.1:1", "--name", "stauts"], command: WorkerCommand.spec, environment: [:])
+        XCTAssertEqual(parsed.value("--name"), "stauts")
+        XCTAssertEqual(parsed.positionals, [])
+    }
+
     func testRecoveryOptionsAreValidated() async {
         var (code, _, err) = await run(["submit", "--backoff", "1s", "--", "true"])
         XCTAssertEqual(code, 2)

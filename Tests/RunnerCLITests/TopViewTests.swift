@@ -103,6 +103,43 @@ final class TopViewTests: XCTestCase {
         XCTAssertTrue(TopView.render(pool, width: 0)[0].hasSuffix("jobs running 2  waiting 6"), "\(pool.queues)")
     }
 
+    /// Event types of different lengths: the columns after the type start at one offset on every line (the type
+    /// padded to the longest shown); an event without a runner leaves its cell blank, and a column no event has is
+    /// left out.
+    func testTheEventColumnsAreAlignedWhateverTheTypesLengths() {
+        func event(_ type: String, at ms: Int, runner: String, job: String) -> PoolEvent {
+            PoolEvent(
+                streamId: "\(ms)-0", type: type, timestampMs: now - ms, runner: runner, job: job, data: "", fields: [:])
+        }
+        var pool = snapshot()
+        pool.events = [
+            event("job.started", at: 3_000, runner: "r1", job: "job-a"),
+            event("job.succeeded", at: 2_000, runner: "r1", job: "job-a"),
+            event("runner.lost", at: 1_000, runner: "r2", job: ""),
+            event("job.cancelled", at: 500, runner: "", job: "job-c"),
+        ]
+        let lines = TopView.render(pool, width: 0)
+        XCTAssertEqual(
+            Array(lines.suffix(5)),
+            [
+                "RECENT EVENTS",
+                "  15:59:57.000  job.started    runner=r1  job=job-a",
+                "  15:59:58.000  job.succeeded  runner=r1  job=job-a",
+                "  15:59:59.000  runner.lost    runner=r2",
+                "  15:59:59.500  job.cancelled             job=job-c",
+            ])
+        let offsets = Set(lines.suffix(4).compactMap { $0.range(of: "runner=")?.lowerBound.utf16Offset(in: $0) })
+        XCTAssertEqual(offsets, [31])
+
+        pool.events = [
+            event("job.cancelled", at: 2_000, runner: "", job: "job-c"),
+            event("job.lost", at: 1_000, runner: "", job: "job-d"),
+        ]
+        XCTAssertEqual(
+            Array(TopView.render(pool, width: 0).suffix(2)),
+            ["  15:59:58.000  job.cancelled  job=job-c", "  15:59:59.000  job.lost       job=job-d"])
+    }
+
     func testNoEventsPaneWhenNoEventsAreAskedFor() {
         let lines = TopView.render(snapshot(), width: 0, showsEvents: false)
         XCTAssertEqual(lines, Array(TopView.render(snapshot(), width: 0).dropLast(3)))
