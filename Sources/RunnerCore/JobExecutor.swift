@@ -364,12 +364,15 @@ struct JobExecutor: Sendable {
                 recorder: recorder)
         let accounting = await containment.finish(logger: logger)
         let summary = await recorder.finish()
+        // Killed because its epoch ended or was past its kill deadline (never "failed with signal 9"): the entry
+        // stays pending and is rescheduled. Noted in the epoch while the slot is still held, so that the epoch's
+        // end counts it however late it is handled.
+        let stoppedWithEpoch =
+            epoch.isOverdue && (outcome.stopReason == .cancelled || outcome.termination == .signaled(SIGKILL))
+        if stoppedWithEpoch { epoch.noteStopped(entry.jobId) }
         // Nothing of the process is left: its slot can take the next job while the result is written.
         await processEnded()
-
-        // Killed because its epoch ended or was past its kill deadline (never "failed with signal 9"): the entry
-        // stays pending and is rescheduled.
-        if epoch.isOverdue, outcome.stopReason == .cancelled || outcome.termination == .signaled(SIGKILL) {
+        if stoppedWithEpoch {
             logger.info("job stopped: its lease epoch ended", ["job": entry.jobId])
             return .abandoned
         }

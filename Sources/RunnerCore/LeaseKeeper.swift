@@ -14,6 +14,8 @@ final class LeaseEpoch: Sendable {
     private let ending = Mutex(false)
     /// The kill deadline of the epoch's last confirmed renewal (see `LeaseKeeper.killDeadline`).
     private let deadline: Mutex<ContinuousClock.Instant>
+    /// The jobs its end (or its kill deadline) stopped, as their own tasks found, before their slots were freed.
+    private let stopped = Mutex<Set<String>>([])
 
     init(owner: AttemptOwner, number: Int, killDeadline: ContinuousClock.Instant) {
         self.owner = owner
@@ -32,6 +34,13 @@ final class LeaseEpoch: Sendable {
             return !started
         }
     }
+
+    /// A job of this epoch was stopped by its end or its kill deadline (noted before its slot is freed).
+    func noteStopped(_ job: String) { stopped.withLock { _ = $0.insert(job) } }
+
+    /// The jobs noted by `noteStopped`: with those still running when the epoch ends, what its end stopped (the kill
+    /// switch may have stopped a job, and its slot be free, before the end is handled).
+    var stoppedJobs: Set<String> { stopped.withLock { $0 } }
 
     /// Whether the epoch ended or its kill deadline passed: a job killed now was killed by the kill switch (the
     /// watchdog fires at that deadline even before the runner notices), not by anything it did.

@@ -560,11 +560,12 @@ public final class Worker: Sendable {
     }
 
     private func runEpochEnd(_ epoch: LeaseEpoch, reason: EpochEnd, _ epochs: EpochContext) async {
-        let stopped = await slots.runningJobIds.count
+        let running = await slots.runningJobIds
         // SIGKILL to every job's group. Their tasks are not cancelled: a job that had exited on its own still tries
         // to record its result (refused as stale if the job was rescheduled meanwhile), and one being started sees
         // the ended epoch and kills itself.
         killSwitch.fire()
+        let stopped = epoch.stoppedJobs.union(running).count
         summary.withLock { $0.leaseEpochsLost += 1 }
         metrics.leaseLost()
         logger.error(
