@@ -75,13 +75,18 @@ final class UnreadableStreams: Sendable {
     }
 
     /// Reads again those of `queues` whose key is a stream or gone now (`types`: queue to TYPE's answer), one line
-    /// each. Returns them.
+    /// each; one at debug for each still of another type (the recheck ran: nothing is done until the next). Returns
+    /// those read again.
     @discardableResult
     func readmit(_ queues: [String], types: [String: String]) -> [String] {
         let fixed = queues.filter { Self.isReadable(types[$0]) }
         for queue in fixed {
             guard let key = state.withLock({ $0.skipped.removeValue(forKey: queue) }) else { continue }
             logger.info("key \(key) is a stream again (or gone); reading it again")
+        }
+        for queue in queues where !fixed.contains(queue) {
+            guard let key = state.withLock({ $0.skipped[queue] }) else { continue }
+            logger.debug("checked key \(key) again: still a \(types[queue] ?? "none"), still not reading it")
         }
         return fixed
     }

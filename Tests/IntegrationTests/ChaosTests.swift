@@ -113,6 +113,7 @@ final class ChaosTests: PrivateRedisTestCase {
                 victim.signal(SIGSTOP)
                 paused = (victim, now)
             }
+            // The loop's poll interval, not a wait: it ends once every job is terminal, or at the deadline.
             Thread.sleep(forTimeInterval: 0.05)
         }
         paused?.runner.signal(SIGCONT)

@@ -119,12 +119,15 @@ extension FencingTests {
     /// A jobs stream SET to a string fails every intake read: one line naming the key, not twenty a second; the
     /// runner reads it again once the key is fixed.
     func testAJobsStreamOfTheWrongTypeIsReportedOnceAndReadAgainOnceFixed() throws {
-        let runner = try startRunner(name: "wrong-stream", [])
+        // At debug: a recheck that finds the key still a string says so only there.
+        let runner = try startRunner(name: "wrong-stream", ["--log-level", "debug"])
         _ = try send(["DEL", key("jobs:default")])
         _ = try send(["SET", key("jobs:default"), "not a stream"])
         let warning = "key \(key("jobs:default")) is a string, expected a stream; not reading it until it is fixed"
         XCTAssertTrue(waitUntil(timeout: .seconds(20)) { runner.log.contains(warning) }, runner.log)
-        Thread.sleep(forTimeInterval: 2)
+        // Checked again about 5 s later: still a string, and no second warning (nor a read failing over and over).
+        let recheck = "checked key \(key("jobs:default")) again: still a string, still not reading it"
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { runner.log.contains(recheck) }, runner.log)
         XCTAssertEqual(runner.log.components(separatedBy: warning).count, 2, runner.log)
         XCTAssertFalse(runner.log.contains("intake read failed"), runner.log)
         _ = try send(["DEL", key("jobs:default")])
@@ -138,11 +141,18 @@ extension FencingTests {
     /// resource samples and capacity updates are refused), naming the key, instead of failing silently at debug.
     func testAnEventsStreamOfTheWrongTypeIsWarnedAboutOnceAMinute() throws {
         let runner = try startRunner(name: "wrong-events", ["--monitor-interval", "200ms"])
+        let monitor = try RedisMonitor(endpoint: endpoint)
+        defer { monitor.close() }
         _ = try send(["DEL", key("events")])
         _ = try send(["SET", key("events"), "not a stream"])
         let warning = "key \(key("events")) is a string, expected a stream; events are lost until it is fixed"
         XCTAssertTrue(waitUntil(timeout: .seconds(20)) { runner.log.contains(warning) }, runner.log)
-        Thread.sleep(forTimeInterval: 2)
+        // Every refused write checks the key's type first (in its script): a few more of them after the warning,
+        // and still one warning.
+        let refused = monitor.count("TYPE", key: key("events"))
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { monitor.count("TYPE", key: key("events")) >= refused + 3 },
+            "no more writes of events\n\(runner.log)")
         XCTAssertEqual(runner.log.components(separatedBy: warning).count, 2, runner.log)
         _ = try send(["DEL", key("events")])
     }

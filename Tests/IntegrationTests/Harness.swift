@@ -463,3 +463,93 @@ enum IsolationLeftovers {
         }
     }
 }
+
+/// What Redis runs from now on, as MONITOR prints it: `<time> [<db> <client address>] "NAME" "arg" ...`, or
+/// `[<db> lua]` for a script's own calls. For waiting on a command that leaves no other trace: a TYPE that finds a
+/// key still of the wrong type, a write that is refused.
+final class RedisMonitor: @unchecked Sendable {
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    private let fd: Int32
+    private let lock = NSLock()
+    private var received: [String] = []
+    private var closed = false
+    private let done = DispatchSemaphore(value: 0)
+
+    init(endpoint: RedisEndpoint) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(endpoint.port).bigEndian)
+        address.sin_addr.s_addr = inet_addr(endpoint.host == "localhost" ? "127.0.0.1" : endpoint.host)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard fd >= 0, connected == 0 else {
+            if fd >= 0 { Glibc.close(fd) }
+            throw RedisMonitor.Failure(
+                description: "MONITOR: cannot connect to \(endpoint): \(String(cString: strerror(errno)))")
+        }
+        var commands: [[String]] = []
+        if let password = endpoint.password {
+            commands.append(["AUTH"] + [endpoint.username].compactMap { $0 } + [password])
+        }
+        commands.append(["MONITOR"])
+        let bytes = commands.flatMap { arguments in
+            Array("*\(arguments.count)\r\n".utf8) + arguments.flatMap { Array("$\($0.utf8.count)\r\n\($0)\r\n".utf8) }
+        }
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let thread = Thread { [self] in read() }
+        thread.start()
+        // MONITOR answers +OK before the first command it shows: from then on nothing is missed.
+        let ready = waitUntil(timeout: .seconds(5)) { lock.withLock { received.contains("OK") } }
+        guard ready else {
+            close()
+            throw RedisMonitor.Failure(description: "MONITOR: no +OK from \(endpoint)")
+        }
+    }
+
+    private func read() {
+        var pending: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count <= 0 { break }
+            pending += chunk[0..<count]
+            var lines: [String] = []
+            while let end = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                var line = pending[..<end]
+                if line.last == UInt8(ascii: "\r") { line = line.dropLast() }
+                if line.first == UInt8(ascii: "+") { line = line.dropFirst() }
+                lines.append(String(decoding: line, as: UTF8.self))
+                pending.removeSubrange(...end)
+            }
+            lock.withLock { received += lines }
+        }
+        done.signal()
+    }
+
+    /// The lines shown so far.
+    var lines: [String] { lock.withLock { received } }
+
+    /// How many commands named `name` (upper case) had `key` as their first argument, the scripts' own calls too.
+    func count(_ name: String, key: String) -> Int {
+        lines.filter { $0.contains("] \"\(name)\" \"\(key)\"") }.count
+    }
+
+    /// Ends the connection (also when the test ends early: call it in a defer).
+    func close() {
+        let first = lock.withLock { () -> Bool in
+            defer { closed = true }
+            return !closed
+        }
+        guard first else { return }
+        shutdown(fd, Int32(SHUT_RDWR))
+        done.wait()
+        Glibc.close(fd)
+    }
+}

@@ -448,13 +448,16 @@ final class JobIsolationTests: IntegrationTestCase {
     /// every round, so they are never old enough.
     func testARunningRunnersContextsStayWhileItsLeaseKeyIsGone() throws {
         // Renewals every 20 s: the deleted key stays deleted for the whole test.
+        let r1Started = ContinuousClock.now
         try startRunner(name: "r1", ["--lease-ttl", "60s", "--monitor-interval", "300ms"])
         let folder = try runnerFolder()
         try startRunner(name: "r2", ["--lease-ttl", "2s", "--monitor-interval", "300ms"])
         XCTAssertEqual(try send(["DEL", key("runner:r1")]).int, 1)
-        // A window, not a wait for something: r1 keeps its contexts fresh, so there is no moment to wait for; it is
-        // longer than r2's age of 2 s, then a few more rounds of r2.
-        Thread.sleep(forTimeInterval: 2.5)
+        // A window, not a wait for something: r1 keeps its contexts fresh, so there is no moment to wait for. It ends
+        // 2.5 s after r1 started, when contexts r1 had not touched would be past r2's age of 2 s; then a few more
+        // rounds of r2 with the lease key gone.
+        let left = (r1Started + .milliseconds(2500) - .now).components
+        Thread.sleep(forTimeInterval: Double(left.seconds) + Double(left.attoseconds) / 1e18)
         try waitForRounds(of: "r2", 4)
         XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0)
         XCTAssertEqual(try deadRunnerCleanups(by: "r2", of: "r1").count, 0)
@@ -536,7 +539,8 @@ final class JobIsolationTests: IntegrationTestCase {
     }
 
     func testPeakMemoryIsSampledWithoutACgroup() throws {
-        // The 96 MiB are held by a process the main one never waits for: only the samples can see them.
+        // The 96 MiB are held by a process the main one never waits for: only the samples can see them. The job's own
+        // `sleep 1.5` is the sampler's window (six of its 250 ms intervals), not a wait of the test.
         try assertSampledPeak(
             id: "peak-1",
             [

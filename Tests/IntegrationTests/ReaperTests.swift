@@ -183,11 +183,15 @@ final class ReaperTests: IntegrationTestCase {
     /// passes from one other holder to another.
     func testAWorkerSaysStandingByAtInfoOnlyWhenItLostTheLease() throws {
         _ = try send(["SET", key("reaper"), "cp1 t1", "PX", "60000"])
-        let worker = try startRunner(name: "w1", ["--reaper-interval", "200ms"])
+        // At debug, so that the worker's standing by is seen (at debug) before the lease changes under it.
+        let worker = try startRunner(name: "w1", ["--reaper-interval", "200ms", "--log-level", "debug"])
+        func saidAtDebug(_ holder: String) -> Bool {
+            worker.log.contains(" debug   [runner] standing by: the reaper lease is held by \(holder) name=w1")
+        }
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { saidAtDebug("cp1") }, worker.log)
         // Another holder takes over from cp1 (its lease value changes under the worker's standing by).
-        Thread.sleep(forTimeInterval: 1)
         _ = try send(["SET", key("reaper"), "cp2 t2", "PX", "60000"])
-        Thread.sleep(forTimeInterval: 1)
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { saidAtDebug("cp2") }, worker.log)
         // The worker leads, then loses the lease to cp3.
         _ = try send(["DEL", key("reaper")])
         XCTAssertTrue(
@@ -197,8 +201,10 @@ final class ReaperTests: IntegrationTestCase {
             waitUntil(timeout: .seconds(10)) {
                 worker.log.contains(" info    [runner] standing by: the reaper lease is held by cp3 name=w1 leader=cp3")
             }, worker.log)
-        XCTAssertFalse(worker.log.contains("held by cp1"), worker.log)
-        XCTAssertFalse(worker.log.contains("held by cp2"), worker.log)
+        // Said at debug only: no other line names cp1 or cp2.
+        let above = worker.log.split(separator: "\n").filter { !$0.contains(" debug   [runner] ") }
+        XCTAssertFalse(above.contains { $0.contains("held by cp1") }, worker.log)
+        XCTAssertFalse(above.contains { $0.contains("held by cp2") }, worker.log)
         _ = try send(["DEL", key("reaper")])
     }
 

@@ -99,10 +99,12 @@ extension RoutingTests {
     /// not take the routed entry's (later) id as `submitted_at`.
     func testARoutedPlainEntryKeepsTheTimeItWasAdded() throws {
         let spec = #"{"argv":["true"],"requires":{"gpu":"yes"}}"#
-        let added = try XCTUnwrap(try send(["XADD", key("jobs:default"), "*", "id", "raw-3", "spec", spec]).string)
+        // Added 5 s before any runner reads it, as its id says (an entry's id is when it was added): the routed
+        // entry's id is later by that much, without waiting for it.
+        let redisNowMs = try XCTUnwrap((try send(["TIME"]).array?.first?.string).flatMap(Int.init)) * 1000
+        let added = try XCTUnwrap(
+            try send(["XADD", key("jobs:default"), "\(redisNowMs - 5000)-0", "id", "raw-3", "spec", spec]).string)
         let addedMs = try XCTUnwrap(added.split(separator: "-").first.map(String.init))
-        // The routing delay is what is checked: the entry waits before any runner reads it.
-        Thread.sleep(forTimeInterval: 2)
         try startRunner(name: "plain", ["--no-reaper", "--lease-ttl", "3s"])
         let routed = try waitForEvent("job.routed", of: "raw-3")
         let routedId = try XCTUnwrap(routed?.data["stream_id"] as? String)
@@ -192,7 +194,9 @@ extension RoutingTests {
     /// of them would fail whole with WRONGTYPE): the runner leaves it out with one warning naming the key, a plain
     /// job runs at once, and once the key is deleted the runner reads it again and a routed job runs too.
     func testARequirementStreamOfTheWrongTypeDoesNotStallTheRunnersOtherStreams() throws {
-        let runner = try startRunner(name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes"])
+        // At debug: a recheck that finds the key still a string says so only there.
+        let runner = try startRunner(
+            name: "gpu", ["--no-reaper", "--lease-ttl", "3s", "--label", "gpu=yes", "--log-level", "debug"])
         try submit(["--require", "gpu=yes", "--", "true"], id: "req-0")
         try waitForState("req-0", ["succeeded"])
         let target = key("jobs:\(gpuQueue)")
@@ -207,10 +211,10 @@ extension RoutingTests {
         XCTAssertEqual(try send(["GET", target]).string, "not a stream")
         try submit(["--", "echo", "plain"], id: "plain-2")
         try waitForState("plain-2", ["succeeded"], timeout: .seconds(3))
-        // Checked again about every 5 s: still one warning, and no read failure logged over and over. A window,
-        // not a wait for something: a recheck that finds the key still a string says nothing, and its TYPE cannot be
-        // told from the scripts' own in INFO commandstats.
-        Thread.sleep(forTimeInterval: 6)
+        // Checked again about every 5 s: still a string, still one warning, and no read failure logged over and
+        // over.
+        let recheck = "checked key \(target) again: still a string, still not reading it"
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { runner.log.contains(recheck) }, runner.log)
         XCTAssertEqual(runner.log.components(separatedBy: warning).count, 2, runner.log)
         XCTAssertFalse(runner.log.contains("intake read failed"), runner.log)
 

@@ -51,7 +51,8 @@ final class JobWatchdogTests: XCTestCase {
         try watchdog.watch(processGroup: job.pid)
         let firstDeadline = ContinuousClock.now + .milliseconds(400)
         try watchdog.arm(until: firstDeadline)
-        // A heartbeat: re-arm every 50 ms, until well past the first deadline.
+        // A heartbeat: re-arm every 50 ms (its period, not a wait), until well past the first deadline: a window, as a
+        // watchdog that rightly does not fire leaves nothing to wait for.
         while ContinuousClock.now < firstDeadline + .milliseconds(600) {
             try await Task.sleep(for: .milliseconds(50))
             try watchdog.arm(until: .now + .milliseconds(400))

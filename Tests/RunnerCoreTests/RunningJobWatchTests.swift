@@ -7,32 +7,40 @@ import XCTest
 final class RunningJobWatchTests: XCTestCase {
     func testAJobThatEndsBeforeTheDelayLeavesTheStartedWriteToItsResult() async {
         let writes = Atomic<Int>(0)
-        let watch = RunningJobWatches(sampleInterval: .seconds(60)).start(sample: nil) {
-            writes.add(1, ordering: .relaxed)
-        }
+        let watches = RunningJobWatches(sampleInterval: .seconds(60))
+        let watch = watches.start(sample: nil) { writes.add(1, ordering: .relaxed) }
         let handedOver = await watch.stop()
         XCTAssertTrue(handedOver, "stopped well within \(RunningJobWatches.startedWriteDelay)")
-        // Past the delay: the stopped watch never writes.
-        try? await Task.sleep(for: RunningJobWatches.startedWriteDelay * 5)
+        // Past its delay: a job started after it is due later in the same queue, so once that one's write is sent,
+        // the stopped watch's turn has passed without a write.
+        let probe = Atomic<Int>(0)
+        let probeWatch = watches.start(sample: nil) { probe.add(1, ordering: .relaxed) }
+        let probed = await waitFor { probe.load(ordering: .relaxed) == 1 }
+        XCTAssertTrue(probed, "the later job's write was not sent")
+        _ = await probeWatch.stop()
         XCTAssertEqual(writes.load(ordering: .relaxed), 0)
     }
 
     func testAJobThatRunsOnGetsItsStartedWriteAndItsSamples() async {
         let writes = Atomic<Int>(0)
         let samples = Atomic<Int>(0)
-        let watch = RunningJobWatches(sampleInterval: .milliseconds(30)).start(
+        let watches = RunningJobWatches(sampleInterval: .milliseconds(30))
+        let watch = watches.start(
             sample: { samples.add(1, ordering: .relaxed) },
             writeStarted: { writes.add(1, ordering: .relaxed) })
-        let deadline = ContinuousClock.now + .seconds(10)
-        while samples.load(ordering: .relaxed) < 2, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(5))
-        }
+        _ = await waitFor { samples.load(ordering: .relaxed) >= 2 }
         XCTAssertGreaterThanOrEqual(samples.load(ordering: .relaxed), 2)
         let handedOver = await watch.stop()
         XCTAssertFalse(handedOver, "the watch wrote it")
         XCTAssertEqual(writes.load(ordering: .relaxed), 1)
         let after = samples.load(ordering: .relaxed)
-        try? await Task.sleep(for: .milliseconds(100))
+        // A job started after the stop is sampled after the stopped one's next turn (the same queue, in order):
+        // once it is, that turn has passed.
+        let probe = Atomic<Int>(0)
+        let probeWatch = watches.start(sample: { probe.add(1, ordering: .relaxed) }, writeStarted: {})
+        let probed = await waitFor { probe.load(ordering: .relaxed) >= 1 }
+        XCTAssertTrue(probed, "the later job was not sampled")
+        _ = await probeWatch.stop()
         XCTAssertEqual(samples.load(ordering: .relaxed), after, "no sample after stop")
     }
 
@@ -45,13 +53,9 @@ final class RunningJobWatchTests: XCTestCase {
             let sample: (@Sendable () -> Void)? = index.isMultiple(of: 2) ? { @Sendable in samples.add(index) } : nil
             running.append(watches.start(sample: sample, writeStarted: { writes.add(index) }))
         }
-        let deadline = ContinuousClock.now + .seconds(10)
-        func sampledTwice() -> Bool {
+        _ = await waitFor {
             let counts = samples.values
             return counts.indices.allSatisfy { !$0.isMultiple(of: 2) || counts[$0] >= 2 }
-        }
-        while !sampledTwice(), ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(5))
         }
         for watch in running { _ = await watch.stop() }
         XCTAssertEqual(writes.values, Array(repeating: 1, count: 20))
@@ -66,10 +70,7 @@ final class RunningJobWatchTests: XCTestCase {
         // A job started after the loop ended gets a new one.
         let late = Atomic<Int>(0)
         let lateWatch = watches.start(sample: nil) { late.add(1, ordering: .relaxed) }
-        let lateDeadline = ContinuousClock.now + .seconds(10)
-        while late.load(ordering: .relaxed) == 0, ContinuousClock.now < lateDeadline {
-            try? await Task.sleep(for: .milliseconds(5))
-        }
+        _ = await waitFor { late.load(ordering: .relaxed) != 0 }
         let handedOver = await lateWatch.stop()
         XCTAssertFalse(handedOver)
         XCTAssertEqual(late.load(ordering: .relaxed), 1)
@@ -79,15 +80,12 @@ final class RunningJobWatchTests: XCTestCase {
         let watches = RunningJobWatches(sampleInterval: .seconds(30))
         let long = Counters(1)
         let longWatch = watches.start(sample: {}, writeStarted: { long.add(0) })
-        let deadline = ContinuousClock.now + .seconds(10)
-        while long.values[0] == 0, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(2)) }
+        _ = await waitFor { long.values[0] != 0 }
         // The loop that samples `long` sleeps for 30 s now; a job started meanwhile gets its write after its delay.
         let began = ContinuousClock.now
         let short = Counters(1)
         let shortWatch = watches.start(sample: nil, writeStarted: { short.add(0) })
-        while short.values[0] == 0, ContinuousClock.now - began < .seconds(10) {
-            try? await Task.sleep(for: .milliseconds(2))
-        }
+        _ = await waitFor { short.values[0] != 0 }
         XCTAssertEqual(short.values, [1])
         XCTAssertLessThan(ContinuousClock.now - began, .seconds(5), "not held until the next sample")
         _ = await shortWatch.stop()
@@ -115,15 +113,28 @@ final class RunningJobWatchTests: XCTestCase {
             landed.store(true, ordering: .relaxed)
         }
         await sent.wait()
-        let stopper = Task { await watch.stop() }
-        // The write is held: stop must not return before it lands.
-        try? await Task.sleep(for: .milliseconds(50))
+        // The write is held: stop must not return before it lands (what had landed when it returned is kept).
+        let stopper = Task { (handedOver: await watch.stop(), landed: landed.load(ordering: .relaxed)) }
+        // The stop has begun once the watch says it is stopped; only then is the write let go.
+        let stopping = await waitFor { watch.isStopped }
+        XCTAssertTrue(stopping, "stop() did not begin")
         XCTAssertFalse(landed.load(ordering: .relaxed))
         release.fire()
-        let handedOver = await stopper.value
+        let (handedOver, landedAtReturn) = await stopper.value
         XCTAssertFalse(handedOver)
+        XCTAssertTrue(landedAtReturn, "stop() returned before the write landed")
         XCTAssertTrue(landed.load(ordering: .relaxed))
     }
+}
+
+/// Polls `condition` every 2 ms until it holds or 10 s pass.
+private func waitFor(_ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while !condition() {
+        if ContinuousClock.now >= deadline { return false }
+        try? await Task.sleep(for: .milliseconds(2))
+    }
+    return true
 }
 
 private final class Counters: Sendable {
