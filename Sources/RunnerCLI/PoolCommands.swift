@@ -65,8 +65,9 @@ enum PoolCommands {
             A job not started yet is cancelled at once ('cancelled JOB (it was queued)', or 'retry_scheduled' for one
             waiting for its retry). For a running job a cancel command goes to its runner ('cancel requested for job
             JOB (running on RUNNER); command ID'); the runner stops it (SIGTERM, kill grace, SIGKILL) and records
-            state cancelled. With --wait, the job's final state follows on a line of its own. A job that has ended
-            is an error (exit 1).
+            state cancelled. If that runner is dead, the reaper that finds it lost (a worker's, or runner control)
+            records the job cancelled instead of rescheduling it. With --wait, the job's final state follows on a
+            line of its own. A job that has ended is an error (exit 1).
             """)
 
     static var sender: String { "cli@\(CommonOptions.hostName)" }

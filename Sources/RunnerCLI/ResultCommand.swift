@@ -37,6 +37,9 @@ enum ResultCommand {
             guard let value = view.text(name) else { continue }
             if timestamps.contains(name), let ms = Int(value) {
                 console.print("\(name): \(formatTimestamp(ms))")
+            } else if name == ResultField.forcedKill {
+                // As --json gives it.
+                console.print("\(name): \(value == "1")")
             } else {
                 console.print("\(name): \(value)")
             }

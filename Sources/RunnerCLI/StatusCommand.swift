@@ -177,23 +177,26 @@ enum StatusCommand {
 
     /// Jobs in requirement streams that no runner has read yet, with how many live runners have those labels.
     static func printWaitingForLabels(_ status: PoolStatus, _ console: Console) {
-        let waiting = status.queues.compactMap { queue -> (LabelSet, QueueStatus, Int)? in
-            guard let requires = queue.requires else { return nil }
-            let unread = queue.unread
-            return unread > 0 ? (requires, queue, unread) : nil
-        }
-        guard !waiting.isEmpty else { return }
+        let lines = waitingForLabelsLines(runners: status.runners, queues: status.queues)
+        guard !lines.isEmpty else { return }
         console.print("\nWAITING FOR LABELS")
-        for (requires, queue, unread) in waiting {
-            let able = status.runners.filter { runner in
+        for line in lines { console.print(line) }
+    }
+
+    /// One line per requirement stream with unread jobs, with how many live runners have its labels (status and
+    /// top both show them); none when no such job waits.
+    static func waitingForLabelsLines(runners: [RunnerStatus], queues: [QueueStatus]) -> [String] {
+        queues.compactMap { queue -> String? in
+            guard let requires = queue.requires, queue.unread > 0 else { return nil }
+            let able = runners.filter { runner in
                 guard runner.leaseRemainingMs != nil,
                     case .object(let members)? = runner.record[RunnerRecordField.labels]
                 else { return false }
                 return requires.values.allSatisfy { members[$0.key]?.stringValue == $0.value }
             }
-            console.print(
-                "  waiting for labels \(requires.canonical): \(unread) (queue \(Keyspace.baseQueue(of: queue.name)), "
-                    + "\(able.isEmpty ? "no runner has them" : "\(able.count) runner(s) with them"))")
+            return
+                "  waiting for labels \(requires.canonical): \(queue.unread) (queue \(Keyspace.baseQueue(of: queue.name)), "
+                + "\(able.isEmpty ? "no runner has them" : "\(able.count) runner(s) with them"))"
         }
     }
 

@@ -23,7 +23,8 @@ enum TopView {
             let record = runner.record
             let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
             let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
-            let usage = snapshot.usage[runner.id]
+            // A lost runner's figures are history, as its slots are (`status` shows them so too).
+            let usage = StatusCommand.isLost(runner) ? nil : snapshot.usage[runner.id]
             return [
                 runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
                 StatusCommand.stateText(
@@ -64,6 +65,8 @@ enum TopView {
         if !unserved.isEmpty {
             lines += ["", "NOT SERVED"] + unserved.map { "  not served: " + $0.text }
         }
+        let waiting = StatusCommand.waitingForLabelsLines(runners: snapshot.runners, queues: snapshot.queues)
+        if !waiting.isEmpty { lines += ["", "WAITING FOR LABELS"] + waiting }
         lines += wrongTypeLines(snapshot.wrongTypeKeys)
 
         if showsEvents {

@@ -388,7 +388,8 @@ public actor Reaper {
             runner: runner, recordAsRead: record ?? [], lostRecord: .object(object), data: data)
         if marked {
             logger.warning(
-                "runner \(runner) is lost (its lease is gone); rescheduling its jobs", ["pending": String(pending)])
+                "runner \(runner) is lost (its lease is gone); recovering its jobs (back to their queues, or ended if cancelled)",
+                ["pending": String(pending)])
         }
         return marked
     }

@@ -94,6 +94,8 @@ final class CLIFollowTests: IntegrationTestCase {
         let text = cli(["result", "fo-1"])
         XCTAssertEqual(text.code, 0)
         XCTAssertTrue(text.stdout.hasPrefix("id: fo-1\nstate: succeeded\nexit_code: 0\n"), text.stdout)
+        // As --json gives it (a boolean), not the record's 0.
+        XCTAssertTrue(text.stdout.contains("\nforced_kill: false\n"), text.stdout)
     }
 }
 

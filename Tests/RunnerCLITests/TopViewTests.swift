@@ -29,13 +29,30 @@ final class TopViewTests: XCTestCase {
                     id: "job-a", runner: "r1", queue: "default", attempt: 1, startedAtMs: now - 1_500, cpuPercent: 50,
                     rssBytes: 3 << 20),
             ],
-            usage: ["r1": .init(cpuPercent: 37.25, memoryUsedBytes: 1 << 30, memoryTotalBytes: 4 << 30, load1: 0.5)],
+            // r2's figures are its last before it was lost: history, not shown.
+            usage: [
+                "r1": .init(cpuPercent: 37.25, memoryUsedBytes: 1 << 30, memoryTotalBytes: 4 << 30, load1: 0.5),
+                "r2": .init(cpuPercent: 3, memoryUsedBytes: 1 << 29, memoryTotalBytes: 4 << 30, load1: 1.8),
+            ],
             events: [
                 PoolEvent(
                     streamId: "1-0", type: "job.started", timestampMs: now - 1_500, runner: "r1", job: "job-a",
                     data: "",
                     fields: [:])
             ])
+    }
+
+    /// Jobs waiting in a requirement stream are explained as `status` explains them, not left as a raw queue row.
+    func testJobsWaitingForLabelsHaveTheirPaneAsInStatus() throws {
+        var pool = snapshot()
+        let gpu = try LabelSet(["gpu": "x"])
+        pool.queues.append(
+            QueueStatus(
+                name: "default:req:1ee35e3a857cf4c0", length: 2, pending: 0, lag: 2, consumers: 0, requires: gpu))
+        let lines = TopView.render(pool, width: 0)
+        let pane = try XCTUnwrap(lines.firstIndex(of: "WAITING FOR LABELS"))
+        XCTAssertEqual(lines[pane + 1], "  waiting for labels gpu=x: 2 (queue default, no runner has them)")
+        XCTAssertEqual(lines[pane - 1], "")
     }
 
     func testRendersEverySection() {
