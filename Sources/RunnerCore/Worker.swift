@@ -242,8 +242,8 @@ public final class Worker: Sendable {
         // What a run of this name that died left behind: its cgroups and work folders (its processes are dead now).
         await monitor.cleanUp(processes: leftovers)
         let monitorTask = Task { await monitor.run(interval: config.isolation.monitorInterval) }
-        let capacityTask = Task { await self.reportCapacity(admission: admission, store: store) }
         let epochs = EpochContext(lease: lease, presence: presence, store: store)
+        let capacityTask = Task { await self.reportCapacity(admission: admission, store: store, epochs) }
         let reaper = config.reaper.map { Reaper(configuration: $0, logger: logger) }
         let reaperTask = reaper.map { reaper in Task { await reaper.run() } }
         let presenceTask = Task { await self.keepPresence(epochs, admission: admission) }
@@ -448,9 +448,13 @@ public final class Worker: Sendable {
     }
 
     /// Emits `runner.capacity_update` when the slots, the resource admission or the state changed, at most once per
-    /// `capacityReportInterval` (a busy runner's free slots change with every job), until cancelled.
-    private func reportCapacity(admission: MemoryAdmission, store: JobStore) async {
+    /// `capacityReportInterval` (a busy runner's free slots change with every job), until cancelled. When the jobs
+    /// running changed it publishes the heartbeat too, so that `status` and `top` show a job that started or ended
+    /// within about that interval rather than at the next heartbeat; only while the lease is fresh (the heartbeat
+    /// loop, which renews it first, says why when it is not).
+    private func reportCapacity(admission: MemoryAdmission, store: JobStore, _ epochs: EpochContext) async {
         var reported: CapacitySnapshot?
+        var published: [String]?
         while !Task.isCancelled {
             let now = CapacitySnapshot(
                 state: state.withLock { $0 }, total: configuration.concurrency, free: await slots.free,
@@ -463,6 +467,22 @@ public final class Worker: Sendable {
                 } catch {
                     store.logEventWriteFailure(error, what: "capacity update", logger: logger)
                 }
+            }
+            let running = await slots.runningJobIds
+            if let last = published, last != running, await epochs.lease.isFresh {
+                let epoch = await epochs.lease.epoch
+                if !epoch.ended.isFired {
+                    let content = HeartbeatContent(
+                        state: now.state, free: now.free, running: running, epoch: epoch.number,
+                        resources: now.resources)
+                    if (try? await epochs.presence.publish(
+                        content, unlessCurrentWithin: configuration.unchangedHeartbeatRefresh)) != nil
+                    {
+                        published = running
+                    }
+                }
+            } else if published == nil {
+                published = running
             }
             try? await Task.sleep(for: Worker.capacityReportInterval)
         }

@@ -87,4 +87,22 @@ final class PresenceTests: IntegrationTestCase {
         XCTAssertTrue(retried)
         XCTAssertEqual(try heartbeats(), 1)
     }
+
+    /// A job that starts or ends shows in the runner's record within about a second, not at its next heartbeat (a
+    /// third of a 60 s lease TTL here): `status` and `top` read the record.
+    func testAJobsStartAndEndReachTheRecordBeforeTheNextHeartbeat() throws {
+        try startRunner(name: "r1", ["--lease-ttl", "60s", "--shutdown-timeout", "1s"])
+        func running() throws -> [String]? {
+            let value = try send(["HGET", key("runners"), "r1"]).string ?? "{}"
+            let record = try JSONSerialization.jsonObject(with: Data(value.utf8)) as? [String: Any]
+            return record?["running"] as? [String]
+        }
+        XCTAssertEqual(try running(), [])
+        let release = FileManager.default.temporaryDirectory.appendingPathComponent("presence-\(namespace)")
+        defer { try? FileManager.default.removeItem(at: release) }
+        try submit(["--shell", "while [ ! -e '\(release.path)' ]; do sleep 0.05; done"], id: "pr-1")
+        XCTAssertTrue(try waitUntil(timeout: .seconds(5)) { try running() == ["pr-1"] }, "the start")
+        FileManager.default.createFile(atPath: release.path, contents: nil)
+        XCTAssertTrue(try waitUntil(timeout: .seconds(5)) { try running() == [] }, "the end")
+    }
 }
