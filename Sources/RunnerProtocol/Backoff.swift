@@ -95,7 +95,8 @@ public struct Backoff: Sendable, Hashable {
     public var json: JSONValue {
         [
             Key.initialMs: .int(initialMs), Key.maxMs: .int(maxMs),
-            Key.multiplier: multiplier == multiplier.rounded() ? .int(Int(multiplier)) : .double(multiplier),
+            // A whole multiplier beyond Int's range (1e300 is one) stays a double: converting it would trap.
+            Key.multiplier: Int(exactly: multiplier).map(JSONValue.int) ?? .double(multiplier),
             Key.jitter: .string(jitter.rawValue),
         ]
     }

@@ -42,6 +42,16 @@ final class BackoffTests: XCTestCase {
         XCTAssertNil(try JobSpec(json: Array(#"{"shell":"x"}"#.utf8)).backoff)
     }
 
+    func testWholeMultipliersBeyondIntRoundTrip() throws {
+        // `runner result` prints the spec again from its parsed form: a multiplier of 1e300 (whole, but beyond Int)
+        // trapped there (found by breaker16).
+        let spec = try JobSpec(json: Array(#"{"argv":["true"],"backoff":{"multiplier":1e300}}"#.utf8))
+        let again = try JobSpec(json: Array(spec.json.serialized.utf8))
+        XCTAssertEqual(again.backoff?.multiplier, 1e300)
+        XCTAssertTrue(
+            Backoff(multiplier: 3).json.serialized.contains(#""multiplier":3"#), "a whole one stays an integer")
+    }
+
     func testBadBackoffsNameTheField() {
         func rejection(_ backoff: String) -> String? {
             do {
