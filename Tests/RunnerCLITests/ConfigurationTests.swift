@@ -287,6 +287,15 @@ final class ConfigurationTests: XCTestCase {
                 ["config", "--print"], ["RUNNER_LEASE_TTL": "500ms"],
                 "Error: invalid value for RUNNER_LEASE_TTL: it must be at least 1s"
             ),
+            // A default job timeout of 0 timed out every job without one of its own at once (found by breaker16).
+            (
+                ["config", "--print"], ["RUNNER_DEFAULT_TIMEOUT": "0"],
+                "Error: invalid value for RUNNER_DEFAULT_TIMEOUT: it must be at least 1ms"
+            ),
+            (
+                ["config", "--print", "--default-timeout", "0s"], [:],
+                "Error: invalid value for '--default-timeout': it must be at least 1ms"
+            ),
             // A command without --config: its environment is located too.
             (
                 ["status"], ["RUNNER_NAMESPACE": "a b"],
