@@ -176,7 +176,7 @@ enum WorkerCommand {
             try arguments.parsed("--log-limit", expected: "bytes, or 64K, 16M, 1G", ByteSizeParser.parse) ?? 16 << 20
         let redis = try arguments.endpoint()
         let keyspace = try arguments.keyspace()
-        let resultRetention = try arguments.duration("--result-retention") ?? .seconds(7 * 24 * 3600)
+        let resultRetention = try arguments.resultRetention()
         let eventsMaxLength = try arguments.positiveInt("--events-maxlen") ?? 100_000
         // A job's timeout is at least 1 ms (`timeout_ms`, `submit --timeout`): a default of 0 would stop every job
         // without one of its own at once, as timed out.
