@@ -103,6 +103,16 @@ extension ParsedArguments {
         return interval
     }
 
+    /// `--result-retention`, at least 1 s: Redis deletes a key given a TTL of 0 at once, so a shorter retention
+    /// removed every result (and log) as it was recorded, and `runner result` found no such job.
+    func resultRetention() throws -> Duration {
+        let retention = try duration("--result-retention") ?? .seconds(7 * 24 * 3600)
+        guard retention >= .seconds(1) else {
+            throw UsageError("invalid value for '--result-retention': it must be at least 1s", command: command.name)
+        }
+        return retention
+    }
+
     /// The job id positional, validated like the runner validates ids.
     func jobId() throws -> String {
         guard let id = positionals.first else { throw UsageError("missing job id", command: command.name) }

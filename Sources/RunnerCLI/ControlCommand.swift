@@ -44,7 +44,7 @@ enum ControlCommand {
             lostRetention: try arguments.duration("--lost-retention") ?? ReaperConfiguration.defaultLostRetention,
             rescheduleBound: try arguments.positiveInt("--reschedule-limit")
                 ?? ReaperConfiguration.defaultRescheduleBound,
-            resultRetention: try arguments.duration("--result-retention") ?? .seconds(7 * 24 * 3600))
+            resultRetention: try arguments.resultRetention())
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         try await EvictionPolicyCheck.verify(

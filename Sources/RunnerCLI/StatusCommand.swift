@@ -75,8 +75,6 @@ enum StatusCommand {
         var rows = [["ID", "NODE", "STATE", "LEASE", "CAPACITY", "RUNNING", "LABELS"]]
         for runner in status.runners {
             let record = runner.record
-            let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
-            let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
             let running = record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue) ?? []
             // A lost runner's last heartbeat is history: its jobs are not running there (a reaper puts them back).
             let lost = isLost(runner)
@@ -87,7 +85,7 @@ enum StatusCommand {
                 StatusCommand.stateText(
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
                 StatusCommand.leaseText(runner),
-                lost ? "-" : "\(capacity - free)/\(capacity)",
+                lost ? "-" : StatusCommand.slots(record).map { "\($0.busy)/\($0.capacity)" } ?? "?",
                 lost || running.isEmpty ? "-" : running.joined(separator: ","),
                 StatusCommand.labelsText(record[RunnerRecordField.labels]),
             ])
@@ -211,6 +209,15 @@ enum StatusCommand {
     static func isLost(_ runner: RunnerStatus) -> Bool {
         let state = runner.record[RunnerRecordField.state]?.stringValue.flatMap(RunnerState.init(rawValue:))
         return runner.leaseRemainingMs == nil && state?.releasedItsLease != true
+    }
+
+    /// A record's busy and total slots (`capacity` less `capacity_free`); nil when a record no runner wrote gives
+    /// numbers whose difference Int cannot hold (a `capacity_free` of Int.min), which trapped `status` and `top`.
+    static func slots(_ record: JSONValue) -> (busy: Int, capacity: Int)? {
+        let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
+        let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
+        let (busy, overflow) = capacity.subtractingReportingOverflow(free)
+        return overflow ? nil : (busy, capacity)
     }
 
     /// LEASE: the time left, `released` for a runner that gave it up to move (migrating, migrated), else `expired`.

@@ -21,8 +21,6 @@ enum TopView {
 
         let runners = snapshot.runners.map { runner -> [String] in
             let record = runner.record
-            let capacity = record[RunnerRecordField.capacity]?.intValue ?? 0
-            let free = record[RunnerRecordField.capacityFree]?.intValue ?? 0
             // A lost runner's figures are history, as its slots are (`status` shows them so too).
             let usage = StatusCommand.isLost(runner) ? nil : snapshot.usage[runner.id]
             return [
@@ -31,7 +29,11 @@ enum TopView {
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
                 StatusCommand.leaseText(runner),
                 StatusCommand.isLost(runner)
-                    ? "-" : bar(used: capacity - free, total: capacity) + " \(capacity - free)/\(capacity)",
+                    ? "-"
+                    : StatusCommand.slots(record).map {
+                        bar(used: $0.busy, total: $0.capacity) + " \($0.busy)/\($0.capacity)"
+                    }
+                        ?? "?",
                 usage?.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-",
                 memoryText(used: usage?.memoryUsedBytes, total: usage?.memoryTotalBytes),
                 usage?.load1.map { String(format: "%.2f", $0) } ?? "-",

@@ -178,8 +178,14 @@ enum WorkerCommand {
             try arguments.parsed("--log-limit", expected: "bytes, or 64K, 16M, 1G", ByteSizeParser.parse) ?? 16 << 20
         let redis = try arguments.endpoint()
         let keyspace = try arguments.keyspace()
-        let resultRetention = try arguments.duration("--result-retention") ?? .seconds(7 * 24 * 3600)
+        let resultRetention = try arguments.resultRetention()
         let eventsMaxLength = try arguments.positiveInt("--events-maxlen") ?? 100_000
+        // A job's timeout is at least 1 ms (`timeout_ms`, `submit --timeout`): a default of 0 would stop every job
+        // without one of its own at once, as timed out.
+        let defaultJobTimeout = try arguments.duration("--default-timeout")
+        if let timeout = defaultJobTimeout, timeout < .milliseconds(1) {
+            throw UsageError("invalid value for '--default-timeout': it must be at least 1ms", command: spec.name)
+        }
         let rescheduleBound =
             try arguments.positiveInt("--reschedule-limit") ?? ReaperConfiguration.defaultRescheduleBound
         let reaper =
@@ -194,7 +200,7 @@ enum WorkerCommand {
             node: node, queues: queues, concurrency: concurrency, leaseTTL: leaseTTL,
             shutdownTimeout: try arguments.duration("--shutdown-timeout") ?? .seconds(30),
             killGrace: try arguments.duration("--kill-grace") ?? .seconds(5),
-            defaultJobTimeout: try arguments.duration("--default-timeout"),
+            defaultJobTimeout: defaultJobTimeout,
             resultRetention: resultRetention, eventsMaxLength: eventsMaxLength, logLimitBytes: logLimit,
             rescheduleBound: rescheduleBound, reaper: reaper, isolation: try isolationConfiguration(arguments))
         configuration.allowEvictionPolicy = arguments.flag("--allow-eviction-policy")

@@ -418,7 +418,8 @@ struct JobExecutor: Sendable {
     func failed(
         _ entry: JobEntry, _ record: JobResultRecord, attempt: Attempt, owner: AttemptOwner
     ) async -> DeliveryOutcome {
-        let failures = attempt.failuresBefore + 1
+        // The count comes from the job's hash, which submitters write too: Int.max there must not trap.
+        let failures = attempt.failuresBefore == .max ? .max : attempt.failuresBefore + 1
         let backoff = entry.spec.backoff ?? Backoff()
         let delayMs = backoff.delayMs(afterFailures: failures, random: Double.random(in: 0..<1))
         let outcome = await detached {

@@ -17,7 +17,9 @@ final class RegistryExtras: Sendable {
     var fields: [String: JSONValue] {
         state.withLock { state in
             var fields = state.carried
-            fields[RunnerRecordField.jobsFinished] = .int(state.finishedBefore + state.finished)
+            // finishedBefore comes from a record anyone may have written: Int.max there must not trap.
+            let (total, overflow) = state.finishedBefore.addingReportingOverflow(state.finished)
+            fields[RunnerRecordField.jobsFinished] = .int(overflow ? .max : total)
             return fields
         }
     }

@@ -212,7 +212,8 @@ public actor Reaper {
                     summary.runnersLost += 1
                 }
             } else if let lostAt = record[RunnerRecordField.lostAt]?.intValue,
-                try await redisTimeMs() - lostAt >= configuration.lostRetention.milliseconds
+                // Compared so that nothing a record says can overflow (lost_at Int.min trapped every reaper).
+                try await lostAt <= redisTimeMs() - configuration.lostRetention.milliseconds
             {
                 try await store.forgetRunner(id, recordAsRead: value)
                 summary.recordsForgotten += 1
@@ -340,7 +341,7 @@ public actor Reaper {
         var object = record.objectValue ?? [:]
         if object[RunnerRecordField.state]?.stringValue == RunnerState.migrated.rawValue {
             guard let at = object[RunnerRecordField.migratedAt]?.intValue,
-                nowMs - at >= configuration.lostRetention.milliseconds
+                at <= nowMs - configuration.lostRetention.milliseconds
             else { return false }
             try await store.forgetRunner(runner, recordAsRead: value)
             return true

@@ -68,8 +68,12 @@ public struct Backoff: Sendable, Hashable {
             jitter: jitter)
     }
 
-    /// The delay before the retry that follows the `failures`-th failed attempt (1 for the first), in ms.
-    /// `random` is uniform in [0, 1): the caller's randomness, so the computation stays testable.
+    /// The longest delay, in ms (about 146 million years): a spec may give any `initial_ms` or `max_ms` up to
+    /// `Int.max`, and the delay must stay a whole number of ms that Redis's clock plus it can hold.
+    public static let longestDelayMs = 1 << 62
+
+    /// The delay before the retry that follows the `failures`-th failed attempt (1 for the first), in ms, at most
+    /// `longestDelayMs`. `random` is uniform in [0, 1): the caller's randomness, so the computation stays testable.
     public func delayMs(afterFailures failures: Int, random: Double) -> Int {
         var delay = Double(initialMs)
         for _ in 1..<max(1, failures) {
@@ -83,14 +87,16 @@ public struct Backoff: Sendable, Hashable {
         case .full: spread = capped * random
         case .equal: spread = capped / 2 + capped / 2 * random
         }
-        return max(0, Int(spread.rounded(.down)))
+        // Double(Int.max) is 2^63, one past Int.max: converting it (or more) would trap.
+        return max(0, Int(min(spread.rounded(.down), Double(Backoff.longestDelayMs))))
     }
 
     /// The backoff as JSON, in the documented form.
     public var json: JSONValue {
         [
             Key.initialMs: .int(initialMs), Key.maxMs: .int(maxMs),
-            Key.multiplier: multiplier == multiplier.rounded() ? .int(Int(multiplier)) : .double(multiplier),
+            // A whole multiplier beyond Int's range (1e300 is one) stays a double: converting it would trap.
+            Key.multiplier: Int(exactly: multiplier).map(JSONValue.int) ?? .double(multiplier),
             Key.jitter: .string(jitter.rawValue),
         ]
     }

@@ -32,6 +32,9 @@ public enum ControlCommand: Sendable, Equatable {
 
     /// The default time another runner has to take a migrating runner's id over (10 minutes).
     public static let defaultTakeoverTimeoutMs = 600_000
+    /// The longest `takeover_timeout_ms` (10 years, the longest duration the CLI takes): the runner adds it to
+    /// Redis's clock for the record's `migrate_deadline`, which a larger one would overflow.
+    public static let maximumTakeoverTimeoutMs = 10 * 365 * 24 * 3600 * 1000
 
     public var name: ControlCommandName {
         switch self {
@@ -101,6 +104,11 @@ public enum ControlCommand: Sendable, Equatable {
                     throw ControlCommandError(
                         "migrate: '\(ControlField.takeoverTimeoutMs)' must be a positive number of milliseconds, "
                             + "got '\(JobEntry.printable(text))'")
+                }
+                guard value <= ControlCommand.maximumTakeoverTimeoutMs else {
+                    throw ControlCommandError(
+                        "migrate: '\(ControlField.takeoverTimeoutMs)' is \(value), more than "
+                            + "\(ControlCommand.maximumTakeoverTimeoutMs) (10 years)")
                 }
                 timeout = value
             }

@@ -12,6 +12,11 @@ public struct JobEntry: Sendable, Hashable {
     /// The longest accepted job id.
     public static let maximumIdLength = 200
 
+    /// The largest `attempt` an entry may carry. The job scripts raise attempts as Lua numbers, which Redis writes
+    /// back with 14 significant digits: an attempt of 10^14 or more came back as `1e+14`, and the job, run once, was
+    /// then rejected for its own next entry. This bound leaves room for any number of raises in practice.
+    public static let maximumAttempt = 1_000_000_000
+
     /// Validates a job id (or, named by `what`, an idempotency key): non-empty, at most 200 bytes, no white space or
     /// control characters.
     public static func validateId(_ id: String, what: String = "job id") throws(JobSpecError) {
@@ -75,6 +80,10 @@ public struct JobEntry: Sendable, Hashable {
         if let attemptBytes = value(JobEntryField.attempt) {
             guard let text = String(validating: attemptBytes, as: UTF8.self), let n = Int(text), n >= 1 else {
                 throw JobSpecError("entry field \"attempt\" must be a positive integer")
+            }
+            guard n <= JobEntry.maximumAttempt else {
+                throw JobSpecError(
+                    "entry field \"attempt\" is \(n), more than the largest attempt, \(JobEntry.maximumAttempt)")
             }
             attempt = n
         } else {

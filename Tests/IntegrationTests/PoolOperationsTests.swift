@@ -456,6 +456,27 @@ final class PoolOperationsTests: IntegrationTestCase {
         try resumeR1OnN2(queues: ["q8"], capacity: 2, labels: ["zone": "eu"])
     }
 
+    /// A record whose `jobs_finished` is Int.max (hand-written) trapped the runner resuming its identity at the first
+    /// record it wrote after a job (found by breaker16): the count saturates.
+    func testResumingARecordWithJobsFinishedAtIntMaxRunsOn() throws {
+        _ = try send([
+            "HSET", key("runners"), "r1",
+            #"{"state":"lost","queues":["default"],"capacity":1,"jobs_finished":9223372036854775807}"#,
+        ])
+        let resumed = try startRunner(name: "r1", ["--resume-identity", "r1", "--lease-ttl", "3s"])
+        let result = cli(["submit", "--wait", "--id", "jf-1", "--", "true"])
+        XCTAssertEqual(result.code, 0, result.err)
+        let finishedAt = Int(try job("jf-1")["finished_at"] ?? "") ?? .max
+        // A record written after the job (its heartbeat), or the runner gone.
+        XCTAssertTrue(
+            try waitUntil(timeout: .seconds(10)) {
+                let heartbeatAt = try self.registry("r1")["heartbeat_at"] as? Int ?? 0
+                return !resumed.isRunning || heartbeatAt > finishedAt
+            })
+        XCTAssertTrue(resumed.isRunning, resumed.log)
+        XCTAssertEqual(try registry("r1")["jobs_finished"] as? Int, Int.max)
+    }
+
     /// Starts `--resume-identity r1 --node n2` and checks that it took r1's queues, capacity and labels over.
     @discardableResult
     private func resumeR1OnN2(queues: [String], capacity: Int, labels: [String: String]) throws -> RunnerUnderTest {

@@ -233,6 +233,21 @@ final class ReaperTests: IntegrationTestCase {
         XCTAssertEqual(try waitForState("long-1", ["succeeded"])["attempt"], "1")
     }
 
+    /// Registry records whose `lost_at` or `migrated_at` is Int.min (hand-written) made `now - lost_at` trap the
+    /// reaper, so every worker died as it took the lead, and every restarted one (found by breaker16). They are as
+    /// old as records get: forgotten at the first pass.
+    func testRecordsWithTimesAtIntMinAreForgottenNotFatal() throws {
+        _ = try send([
+            "HSET", key("runners"), "lost-min", #"{"state":"lost","lost_at":-9223372036854775808}"#, "migrated-min",
+            #"{"state":"migrated","migrated_at":-9223372036854775808}"#,
+        ])
+        let runner = try startRunner(["--reaper-interval", "200ms"])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.send(["HLEN", self.key("runners")]).int) == 1 },
+            runner.log)
+        XCTAssertTrue(runner.isRunning, runner.log)
+    }
+
     func testAJobThatKillsItsRunnersEndsDeadAfterTheRescheduleBound() throws {
         try startControl(["--reschedule-limit", "1"])
         let pool = try ["p1", "p2", "p3"].map { try startRunner(name: $0, ["--lease-ttl", "1s", "--no-reaper"]) }

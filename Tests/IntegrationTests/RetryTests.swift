@@ -36,6 +36,17 @@ final class RetryTests: IntegrationTestCase {
         XCTAssertEqual(try send(["ZCARD", key("delayed")]).int, 0)
     }
 
+    /// A job hash saying Int.max failures (submitters write the hash too) trapped the worker at the job's next
+    /// failure, and every runner that took the job again after it (found by breaker16): the job is dead instead.
+    func testAFailureCountOfIntMaxInTheHashEndsTheJobDead() throws {
+        let runner = try startRunner(["--no-reaper"])
+        _ = try send(["HSET", key("job:fx"), "state", "queued", "failures", String(Int.max)])
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "fx", "spec", #"{"argv":["false"],"max_attempts":2}"#])
+        let record = try waitForState("fx", ["dead"], timeout: .seconds(10))
+        XCTAssertEqual(record["failures"], String(Int.max))
+        XCTAssertTrue(runner.isRunning, runner.log)
+    }
+
     func testADueRetryIsMovedByTheReaperWhenItsRunnerIsGone() throws {
         let first = try startRunner(name: "first", ["--no-reaper", "--lease-ttl", "1s"])
         try submit(

@@ -287,6 +287,24 @@ final class ConfigurationTests: XCTestCase {
                 ["config", "--print"], ["RUNNER_LEASE_TTL": "500ms"],
                 "Error: invalid value for RUNNER_LEASE_TTL: it must be at least 1s"
             ),
+            // A default job timeout of 0 timed out every job without one of its own at once (found by breaker16).
+            (
+                ["config", "--print"], ["RUNNER_DEFAULT_TIMEOUT": "0"],
+                "Error: invalid value for RUNNER_DEFAULT_TIMEOUT: it must be at least 1ms"
+            ),
+            (
+                ["config", "--print", "--default-timeout", "0s"], [:],
+                "Error: invalid value for '--default-timeout': it must be at least 1ms"
+            ),
+            // A result retention of 0 deleted every result as it was recorded (found by breaker16).
+            (
+                ["config", "--print"], ["RUNNER_RESULT_RETENTION": "0"],
+                "Error: invalid value for RUNNER_RESULT_RETENTION: it must be at least 1s"
+            ),
+            (
+                ["control", "--redis", "127.0.0.1:1", "--result-retention", "500ms"], [:],
+                "Error: invalid value for '--result-retention': it must be at least 1s"
+            ),
             // A command without --config: its environment is located too.
             (
                 ["status"], ["RUNNER_NAMESPACE": "a b"],

@@ -94,6 +94,18 @@ final class TopViewTests: XCTestCase {
         }
     }
 
+    /// A hand-written registry record whose `capacity_free` is Int.min made `capacity - free` trap `runner status`
+    /// and `runner top` (found by breaker16): its slots show `?`.
+    func testSlotsThatDoNotSubtractShowAQuestionMark() {
+        var pool = snapshot()
+        pool.runners[1].record = ["node": "n2", "state": "migrating", "capacity_free": .int(Int.min)]
+        let row = TopView.render(pool, width: 0).first { $0.hasPrefix("  r2 ") } ?? ""
+        XCTAssertEqual(row.split(separator: " ").prefix(5), ["r2", "n2", "migrating", "released", "?"], row)
+        XCTAssertNil(StatusCommand.slots(["capacity": 4, "capacity_free": .int(Int.min)]))
+        XCTAssertEqual(
+            StatusCommand.slots(["capacity": 4, "capacity_free": 1]).map { [$0.busy, $0.capacity] }, [3, 4])
+    }
+
     /// `top --events 0`: no events pane at all, not an empty one.
     func testAQueueNoRunningRunnerReadsIsListedAsNotServed() {
         func set(_ runner: Int, _ key: String, _ value: JSONValue, in pool: inout PoolSnapshot) {

@@ -16,6 +16,20 @@ final class BackoffTests: XCTestCase {
         XCTAssertEqual(equal.delayMs(afterFailures: 1000, random: 1), 60_000, "capped, however many failures")
     }
 
+    func testDelaysOfSpecsAtIntMaxStayWholeNumbers() throws {
+        // A spec may give initial_ms and max_ms up to Int.max; Double(Int.max) is 2^63, which Int cannot hold: the
+        // worker trapped on the first failure of such a job, and again on every restart (it was found by breaker16).
+        let spec = try JobSpec(
+            json: Array(
+                #"{"argv":["false"],"max_attempts":2,"backoff":{"initial_ms":9223372036854775807,"jitter":"none"}}"#
+                    .utf8))
+        let longest = 1 << 62  // Backoff.longestDelayMs: far below Int.max, with room for Redis's clock
+        let huge = try XCTUnwrap(spec.backoff)
+        XCTAssertEqual(huge.delayMs(afterFailures: 1, random: 0.5), longest)
+        let growing = Backoff(initialMs: 1, maxMs: Int.max, multiplier: 2, jitter: .none)
+        XCTAssertEqual(growing.delayMs(afterFailures: 100, random: 0), longest)
+    }
+
     func testSpecFieldParsesAndRoundTrips() throws {
         let parsed = try JobSpec(
             json: Array(
@@ -26,6 +40,16 @@ final class BackoffTests: XCTestCase {
         let defaults = try JobSpec(json: Array(#"{"shell":"x","backoff":{}}"#.utf8))
         XCTAssertEqual(defaults.backoff, Backoff())
         XCTAssertNil(try JobSpec(json: Array(#"{"shell":"x"}"#.utf8)).backoff)
+    }
+
+    func testWholeMultipliersBeyondIntRoundTrip() throws {
+        // `runner result` prints the spec again from its parsed form: a multiplier of 1e300 (whole, but beyond Int)
+        // trapped there (found by breaker16).
+        let spec = try JobSpec(json: Array(#"{"argv":["true"],"backoff":{"multiplier":1e300}}"#.utf8))
+        let again = try JobSpec(json: Array(spec.json.serialized.utf8))
+        XCTAssertEqual(again.backoff?.multiplier, 1e300)
+        XCTAssertTrue(
+            Backoff(multiplier: 3).json.serialized.contains(#""multiplier":3"#), "a whole one stays an integer")
     }
 
     func testBadBackoffsNameTheField() {

@@ -104,6 +104,22 @@ final class JobEntryTests: XCTestCase {
         ) {
             XCTAssertEqual(($0 as? JobSpecError)?.message, #"entry has the field "id" more than once"#)
         }
+        // An attempt of 10^14 or more was raised by the job scripts into exponent form (`1e+14`), and the job was
+        // rejected after its first failure for its own next entry; such an entry is refused when read (breaker16).
+        XCTAssertThrowsError(
+            try JobEntry(
+                streamId: "1-1", queue: "q",
+                fields: fields([("id", "a"), ("spec", #"{"shell":"x"}"#), ("attempt", "99999999999999")]))
+        ) {
+            XCTAssertEqual(
+                ($0 as? JobSpecError)?.message,
+                #"entry field "attempt" is 99999999999999, more than the largest attempt, 1000000000"#)
+        }
+        XCTAssertEqual(
+            try JobEntry(
+                streamId: "1-1", queue: "q",
+                fields: fields([("id", "a"), ("spec", #"{"shell":"x"}"#), ("attempt", "1000000000")])
+            ).attempt, 1_000_000_000)
         XCTAssertNil(JobEntry.jobId(in: fields([("spec", "{}")])))
         XCTAssertEqual(JobEntry.jobId(in: fields([("id", "ok-1")])), "ok-1")
     }
