@@ -53,6 +53,132 @@ final class SecretMaskerTests: XCTestCase {
         XCTAssertFalse(masker.isActive)
         XCTAssertEqual(masker.mask(.stdout, [1, 2, 3]), [1, 2, 3])
     }
+
+    /// The automata mask exactly what the plain scan (every secret tried at every position, longest first) masks,
+    /// chunk by chunk: random secrets over a three-letter alphabet (so that they overlap, nest and share prefixes),
+    /// random output, random chunks.
+    func testMasksAsThePlainScanDoesWhateverTheSecretsAndChunks() {
+        var generator = SplitMix(seed: 7)
+        for round in 0..<400 {
+            let secrets = (0..<Int.random(in: 1...6, using: &generator)).map { _ in
+                String(
+                    (0..<Int.random(in: 4...7, using: &generator)).map { _ in "abc".randomElement(using: &generator)! })
+            }
+            let environment = Dictionary(
+                secrets.enumerated().map { ("S\($0.offset)_TOKEN", $0.element) }, uniquingKeysWith: { a, _ in a })
+            var masker = SecretMasker(environment: environment, secretNames: [])
+            var reference = PlainScanMasker(secrets: secrets)
+            let text = Array(
+                (0..<Int.random(in: 0...120, using: &generator)).map { _ in
+                    "abcx".randomElement(using: &generator)!.asciiValue!
+                })
+            var chunks: [[UInt8]] = []
+            var rest = text[...]
+            while !rest.isEmpty {
+                let size = Int.random(in: 1...max(1, rest.count), using: &generator)
+                chunks.append(Array(rest.prefix(size)))
+                rest = rest.dropFirst(size)
+            }
+            var got: [UInt8] = []
+            var expected: [UInt8] = []
+            for chunk in chunks {
+                got += masker.mask(.stdout, chunk)
+                expected += reference.mask(chunk)
+            }
+            got += masker.flush(.stdout)
+            expected += reference.flush()
+            XCTAssertEqual(
+                String(decoding: got, as: UTF8.self), String(decoding: expected, as: UTF8.self),
+                "round \(round): secrets \(secrets), chunks \(chunks.map { String(decoding: $0, as: UTF8.self) })")
+        }
+    }
+
+    /// Thousands of secrets sharing their first byte, and output made of that byte with a few of them in it: each
+    /// one is masked, and the rest passes as it was (the plain scan tried every secret at every byte of it).
+    func testThousandsOfSecretsWithACommonPrefixInAFlood() {
+        var generator = SplitMix(seed: 11)
+        let secrets = (0..<3000).map { _ in
+            "x" + String((0..<14).map { _ in "abcdefghijklmnop".randomElement(using: &generator)! })
+        }
+        let environment = Dictionary(
+            uniqueKeysWithValues: secrets.enumerated().map { ("S\($0.offset)_TOKEN", $0.element) })
+        var masker = SecretMasker(environment: environment, secretNames: [])
+        let flood = [UInt8](repeating: UInt8(ascii: "x"), count: 1 << 20)
+        var text: [UInt8] = []
+        var expected: [UInt8] = []
+        for secret in [secrets[0], secrets[1234], secrets[2999]] {
+            text += flood + Array(secret.utf8)
+            expected += flood + SecretMasker.mask
+        }
+        var got: [UInt8] = []
+        var offset = 0
+        while offset < text.count {
+            let end = min(text.count, offset + 65_536)
+            got += masker.mask(.stdout, Array(text[offset..<end]))
+            offset = end
+        }
+        got += masker.flush(.stdout)
+        XCTAssertEqual(got.count, expected.count)
+        XCTAssertTrue(got == expected)
+    }
+}
+
+/// The masking as it was first written, as the reference: at each position every secret is tried, longest first;
+/// the end that could begin a secret is held back.
+private struct PlainScanMasker {
+    let secrets: [[UInt8]]
+    var held: [UInt8] = []
+
+    init(secrets: [String]) {
+        self.secrets = Set(secrets.map { Array($0.utf8) }).filter { $0.count >= SecretMasker.minimumLength }
+            .sorted { $0.count > $1.count }
+    }
+
+    mutating func mask(_ bytes: [UInt8]) -> [UInt8] {
+        let text = held + bytes
+        var out: [UInt8] = []
+        var copied = 0
+        var index = 0
+        while index < text.count {
+            if let secret = secrets.first(where: {
+                text.count - index >= $0.count && text[index..<(index + $0.count)].elementsEqual($0)
+            }) {
+                out += text[copied..<index] + SecretMasker.mask
+                index += secret.count
+                copied = index
+            } else {
+                index += 1
+            }
+        }
+        var hold = 0
+        for length in stride(from: min(text.count - copied, (secrets.first?.count ?? 1) - 1), through: 1, by: -1) {
+            let suffix = text[(text.count - length)...]
+            if secrets.contains(where: { $0.count > length && $0.starts(with: suffix) }) {
+                hold = length
+                break
+            }
+        }
+        held = Array(text[(text.count - hold)...])
+        return out + text[copied..<(text.count - hold)]
+    }
+
+    mutating func flush() -> [UInt8] {
+        defer { held = [] }
+        return held
+    }
+}
+
+/// A seeded generator, so that a failing round can be run again.
+private struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }
 
 final class IsolationContextNameTests: XCTestCase {

@@ -8,12 +8,18 @@ import RunnerProtocol
 /// Secret are the variables named in the spec's `secret_env` and every variable whose name ends in `_TOKEN`,
 /// `_SECRET` or `_PASSWORD`. Values shorter than `minimumLength` bytes are not masked: masking every "1" or "on" in
 /// the output would garble it without hiding anything.
+///
+/// At each position the longest secret that starts there is masked, and the scan goes on after it. The work is
+/// linear in the output whatever the secrets (two Aho–Corasick automata, `SecretAutomaton`): a job with thousands
+/// of secrets that floods its output with their common prefix must not hold the runner's threads for long.
 struct SecretMasker: Sendable {
     static let mask: [UInt8] = Array(SecretVariables.mask.utf8)
     static let minimumLength = 4
 
-    /// Longest first, so that a secret containing another is masked whole.
-    private let secrets: [[UInt8]]
+    /// The secrets as they are: the suffixes of the output that may begin one.
+    private let forward: SecretAutomaton
+    /// The secrets reversed, run over the output backwards: the longest secret that starts at each position.
+    private let backward: SecretAutomaton
     private var heldBack: [OutputStream: [UInt8]] = [:]
 
     /// `alsoMasked`: further values to hide whatever their variable (the runner's Redis password).
@@ -25,11 +31,12 @@ struct SecretMasker: Sendable {
             let bytes = Array(value.utf8)
             if bytes.count >= SecretMasker.minimumLength { values.insert(bytes) }
         }
-        secrets = values.sorted { $0.count > $1.count }
+        forward = SecretAutomaton(values)
+        backward = SecretAutomaton(values.map { Array($0.reversed()) })
     }
 
     /// Whether there is anything to mask.
-    var isActive: Bool { !secrets.isEmpty }
+    var isActive: Bool { !forward.isEmpty }
 
     /// The masked bytes of `bytes` that can be released now.
     mutating func mask(_ stream: OutputStream, _ bytes: [UInt8]) -> [UInt8] {
@@ -49,36 +56,125 @@ struct SecretMasker: Sendable {
 
     /// Masks every whole secret; returns the output up to the end of the last match and where it ends in `text`.
     private func replaceSecrets(in text: [UInt8]) -> (masked: [UInt8], consumed: Int) {
+        // Where a secret starts, with the longest one that starts there, last position first.
+        let starts = backward.matchStarts(inReversed: text)
         var out: [UInt8] = []
         var copiedUpTo = 0
-        var index = 0
-        while index < text.count {
-            if let secret = secrets.first(where: { SecretMasker.matches($0, in: text, at: index) }) {
-                out.append(contentsOf: text[copiedUpTo..<index])
-                out.append(contentsOf: SecretMasker.mask)
-                index += secret.count
-                copiedUpTo = index
-            } else {
-                index += 1
-            }
+        for (index, length) in starts.reversed() where index >= copiedUpTo {
+            out.append(contentsOf: text[copiedUpTo..<index])
+            out.append(contentsOf: SecretMasker.mask)
+            copiedUpTo = index + length
         }
         return (out, copiedUpTo)
     }
 
     /// The length of the longest end of `text` (after `start`) that is a proper prefix of some secret.
     private func heldSuffixLength(of text: [UInt8], from start: Int) -> Int {
-        let available = text.count - start
-        let longest = min(available, (secrets.first?.count ?? 1) - 1)
-        guard longest > 0 else { return 0 }
-        for length in stride(from: longest, through: 1, by: -1) {
-            let suffix = text[(text.count - length)...]
-            if secrets.contains(where: { $0.count > length && $0.starts(with: suffix) }) { return length }
+        // Only the last bytes can begin a secret not yet complete: shorter than the longest secret.
+        let scanned = min(text.count - start, forward.longestPattern - 1)
+        guard scanned > 0 else { return 0 }
+        var state = SecretAutomaton.root
+        for byte in text[(text.count - scanned)...] { state = forward.next(state, byte) }
+        return forward.longestProperPrefixSuffix(state, atMost: scanned)
+    }
+}
+
+/// An Aho–Corasick automaton over bytes: a trie of the patterns with failure links, so that a scan of any text takes
+/// time linear in the text. A state stands for the longest suffix of the bytes scanned that is a prefix of a pattern.
+struct SecretAutomaton: Sendable {
+    typealias State = Int32
+    static let root: State = 0
+
+    private var children: [[UInt8: State]] = [[:]]
+    /// The root's transitions as a table: most bytes of most output start no secret, and stay at the root.
+    private var fromRoot = [State](repeating: 0, count: 256)
+    private var failure: [State] = [0]
+    private var depth: [Int32] = [0]
+    /// The longest pattern that is a suffix of the state's bytes (0 for none).
+    private var longest: [Int32] = [0]
+    /// The length of the longest pattern.
+    private(set) var longestPattern = 0
+
+    init(_ patterns: some Sequence<[UInt8]>) {
+        for pattern in patterns where !pattern.isEmpty {
+            var state = Self.root
+            for byte in pattern {
+                if let child = children[Int(state)][byte] {
+                    state = child
+                } else {
+                    let child = State(children.count)
+                    children.append([:])
+                    failure.append(Self.root)
+                    depth.append(depth[Int(state)] + 1)
+                    longest.append(0)
+                    children[Int(state)][byte] = child
+                    state = child
+                }
+            }
+            longest[Int(state)] = Int32(pattern.count)
+            longestPattern = max(longestPattern, pattern.count)
         }
-        return 0
+        for (byte, child) in children[0] { fromRoot[Int(byte)] = child }
+        // Breadth first: a state's failure is shallower, so it is complete when the state is reached.
+        var queue = Array(children[0].values)
+        var head = 0
+        while head < queue.count {
+            let state = queue[head]
+            head += 1
+            for (byte, child) in children[Int(state)] {
+                var fallback = failure[Int(state)]
+                while fallback != Self.root, children[Int(fallback)][byte] == nil { fallback = failure[Int(fallback)] }
+                let target = children[Int(fallback)][byte] ?? Self.root
+                failure[Int(child)] = target == child ? Self.root : target
+                longest[Int(child)] = max(longest[Int(child)], longest[Int(failure[Int(child)])])
+                queue.append(child)
+            }
+        }
     }
 
-    private static func matches(_ secret: [UInt8], in text: [UInt8], at index: Int) -> Bool {
-        guard text.count - index >= secret.count else { return false }
-        return text[index..<(index + secret.count)].elementsEqual(secret)
+    var isEmpty: Bool { children[0].isEmpty }
+
+    /// The state after `byte`.
+    func next(_ state: State, _ byte: UInt8) -> State {
+        var current = state
+        while current != Self.root {
+            if let child = children[Int(current)][byte] { return child }
+            current = failure[Int(current)]
+        }
+        return fromRoot[Int(byte)]
+    }
+
+    /// For an automaton of reversed patterns: scans `text` from its end, and returns each position where a pattern
+    /// starts with the length of the longest one starting there, last position first. Bytes that begin no pattern
+    /// are passed over at the root with one table lookup each.
+    func matchStarts(inReversed text: [UInt8]) -> [(index: Int, length: Int)] {
+        var starts: [(index: Int, length: Int)] = []
+        text.withUnsafeBufferPointer { bytes in
+            fromRoot.withUnsafeBufferPointer { rootTable in
+                var state = Self.root
+                var index = bytes.count - 1
+                while index >= 0 {
+                    if state == Self.root {
+                        while index >= 0, rootTable[Int(bytes[index])] == Self.root { index -= 1 }
+                        if index < 0 { break }
+                    }
+                    state = next(state, bytes[index])
+                    let length = longest[Int(state)]
+                    if length > 0 { starts.append((index, Int(length))) }
+                    index -= 1
+                }
+            }
+        }
+        return starts
+    }
+
+    /// The length of the longest suffix of the bytes that reached `state`, at most `limit` long, that is a proper
+    /// prefix of a pattern (a state with children).
+    func longestProperPrefixSuffix(_ state: State, atMost limit: Int) -> Int {
+        var current = state
+        while current != Self.root, Int(depth[Int(current)]) > limit || children[Int(current)].isEmpty {
+            current = failure[Int(current)]
+        }
+        return Int(depth[Int(current)])
     }
 }
