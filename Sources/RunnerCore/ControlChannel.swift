@@ -111,13 +111,11 @@ struct ControlChannel: Sendable {
                 for entry in pair[1].array ?? [] {
                     guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
                     cursors[index] = id
-                    var fields: [String: String] = [:]
-                    for (name, value) in parts[1].fieldPairs ?? [] {
-                        fields[name] = String(decoding: value, as: UTF8.self)
-                    }
+                    let pairs = (parts[1].fieldPairs ?? []).map { ($0.0, String(decoding: $0.1, as: UTF8.self)) }
+                    let fields = Dictionary(pairs, uniquingKeysWith: { first, _ in first })
                     let received = ReceivedControl(
                         id: id, fromPool: index == 1, fields: fields,
-                        command: Result { () throws(ControlCommandError) in try ControlCommand(fields: fields) })
+                        command: Result { () throws(ControlCommandError) in try ControlCommand(pairs: pairs) })
                     if let answer = await handle(received) { await report(received, answer) }
                 }
             }

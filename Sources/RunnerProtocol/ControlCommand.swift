@@ -60,6 +60,19 @@ public enum ControlCommand: Sendable, Equatable {
         return fields
     }
 
+    /// Parses a control stream entry's fields in the order they came: a field given twice is refused (which of its
+    /// values was meant cannot be told), then as `init(fields:)`.
+    public init(pairs: [(String, String)]) throws(ControlCommandError) {
+        var fields: [String: String] = [:]
+        for (name, value) in pairs {
+            guard fields[name] == nil else {
+                throw ControlCommandError("the entry has the field '\(JobEntry.printable(name))' more than once")
+            }
+            fields[name] = value
+        }
+        try self.init(fields: fields)
+    }
+
     /// Parses a control stream entry's fields. The error names what is wrong, in one line.
     public init(fields: [String: String]) throws(ControlCommandError) {
         guard let text = fields[ControlField.command] else {

@@ -19,6 +19,11 @@ struct JSONParser {
         return value
     }
 
+    /// A key as an error shows it: at most 40 characters.
+    private static func printable(_ key: String) -> String {
+        key.count > 40 ? String(key.prefix(40)) + "…" : key
+    }
+
     private func error(_ message: String) -> JSONValue.ParseError {
         JSONValue.ParseError(message: "\(message) at byte \(index)", reason: message, offset: index)
     }
@@ -66,6 +71,12 @@ struct JSONParser {
             index += 1
             skipWhitespace()
             let value = try parseValue()
+            // Parsers elsewhere differ on which of two values wins: refused. (A config file's top level is checked
+            // by its reader, which names both lines.)
+            if members[key] != nil, !(recordsMembers && depth == 1) {
+                index = keyOffset
+                throw error("the key \"\(JSONParser.printable(key))\" is given twice")
+            }
             members[key] = value
             if recordsMembers, depth == 1 { topLevelMembers.append((key, keyOffset, value)) }
             skipWhitespace()

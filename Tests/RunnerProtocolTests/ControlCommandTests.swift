@@ -17,6 +17,16 @@ final class ControlCommandTests: XCTestCase {
         }
     }
 
+    func testAFieldGivenTwiceIsRefused() throws {
+        let twice = Result { () throws(ControlCommandError) in
+            try ControlCommand(pairs: [("command", "drain"), ("command", "shutdown")])
+        }
+        XCTAssertThrowsError(try twice.get()) { error in
+            XCTAssertEqual((error as? ControlCommandError)?.message, "the entry has the field 'command' more than once")
+        }
+        XCTAssertEqual(try ControlCommand(pairs: [("command", "cancel"), ("job", "j1")]), .cancel(job: "j1"))
+    }
+
     func testDefaults() throws {
         XCTAssertEqual(try parse(["command": "shutdown"]).get(), .shutdown(now: false))
         XCTAssertEqual(

@@ -57,6 +57,13 @@ final class JobSpecTests: XCTestCase {
         XCTAssertEqual(
             rejection(#"{"shell":"x","max_attempts":0}"#), "spec.max_attempts must be a positive integer, got 0")
         XCTAssertEqual(rejection(#"{"shell":"x","cwd":7}"#), "spec.cwd must be a string, got a number")
+        // Parsers elsewhere differ on which of two values wins: neither.
+        XCTAssertEqual(
+            rejection(#"{"argv":["true"],"argv":["false"]}"#),
+            #"spec is not valid JSON: the key "argv" is given twice at byte 17"#)
+        XCTAssertEqual(
+            rejection(#"{"shell":"x","env":{"A":"1","A":"2"}}"#),
+            #"spec is not valid JSON: the key "A" is given twice at byte 28"#)
     }
 
     func testSpecRoundTripsThroughJSON() throws {
