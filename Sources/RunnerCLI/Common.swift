@@ -66,6 +66,15 @@ extension ParsedArguments {
         return Keyspace(namespace: name)
     }
 
+    /// A usage error unless `name` (the value of `option`) is a usable runner or control-plane name.
+    func checkName(_ name: String, option: String = "--name") throws {
+        guard Keyspace.isValidName(name) else {
+            throw UsageError(
+                "invalid value for '\(option)': '\(UsageError.excerpt(name))' (1 to 128 characters; no braces, colons, "
+                    + "spaces or control characters)", command: command.name)
+        }
+    }
+
     /// The option's value through `parse`; nil when not given; a usage error naming the option, the value and
     /// `expected` when `parse` refuses it.
     func parsed<T>(_ name: String, expected: String, _ parse: (String) -> T?) throws -> T? {

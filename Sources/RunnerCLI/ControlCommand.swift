@@ -37,6 +37,8 @@ enum ControlCommand {
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         let name = arguments.value("--name") ?? "control-\(WorkerCommand.defaultName(pid: String(getpid())))"
+        // As a worker's: the name is the `runner` of its events and the holder in the reaper lease.
+        try arguments.checkName(name)
         let logger = try WorkerCommand.logger(arguments, label: "control")
         let configuration = ReaperConfiguration(
             redis: try arguments.endpoint(), keyspace: try arguments.keyspace(), name: name,

@@ -128,12 +128,7 @@ enum WorkerCommand {
                 "'--name \(named)' and '--resume-identity \(resumed)' name different runners", command: spec.name)
         }
         let name = resumed ?? arguments.value("--name") ?? defaultName(pid: String(getpid()))
-        guard Keyspace.isValidName(name) else {
-            let option = resumed == nil ? "--name" : "--resume-identity"
-            throw UsageError(
-                "invalid value for '\(option)': '\(UsageError.excerpt(name))' (1 to 128 characters; no braces, colons, "
-                    + "spaces or control characters)", command: spec.name)
-        }
+        try arguments.checkName(name, option: resumed == nil ? "--name" : "--resume-identity")
         let node = arguments.value("--node") ?? host
         guard Keyspace.isValidNodeName(node) else {
             throw UsageError(

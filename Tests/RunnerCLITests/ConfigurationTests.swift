@@ -57,6 +57,11 @@ final class ConfigurationTests: XCTestCase {
             escape.err.hasPrefix(
                 "Error: invalid value for '--name': 'ev\\u{1B}[31mil' (1 to 128 characters; no braces, colons, spaces "
                     + "or control characters)\n"), escape.err)
+        // The control plane's name follows the same rule (it is the `runner` of its events, the reaper lease's holder).
+        let control = await run(["control", "--redis", "127.0.0.1:1", "--name", "a b"])
+        XCTAssertEqual(control.code, 2)
+        XCTAssertTrue(
+            control.err.hasPrefix("Error: invalid value for '--name': 'a b' (1 to 128 characters"), control.err)
         let node = await run(["config", "--print", "--node", "a b"])
         XCTAssertEqual(node.code, 2)
         XCTAssertTrue(node.err.hasPrefix("Error: invalid value for '--node': 'a b'"), node.err)
