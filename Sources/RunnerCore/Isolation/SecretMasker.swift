@@ -38,29 +38,39 @@ struct SecretMasker: Sendable {
     /// Whether there is anything to mask.
     var isActive: Bool { !forward.isEmpty }
 
-    /// The masked bytes of `bytes` that can be released now.
+    /// The masked bytes of `bytes` that can be released now. What is released does not depend on how the output
+    /// was cut into chunks: a match is masked only once no longer secret can start at or before it with bytes still
+    /// to come, and the bytes from the first place where one can are held back.
     mutating func mask(_ stream: OutputStream, _ bytes: [UInt8]) -> [UInt8] {
         guard isActive else { return bytes }
         let text = (heldBack[stream] ?? []) + bytes
-        let (masked, consumed) = replaceSecrets(in: text)
-        let hold = heldSuffixLength(of: text, from: consumed)
-        heldBack[stream] = Array(text[(text.count - hold)...])
-        return masked + text[consumed..<(text.count - hold)]
+        let open = openStarts(of: text)
+        let (masked, consumed) = replaceSecrets(in: text, open: open)
+        let holdFrom = open.first { $0 >= consumed } ?? text.count
+        heldBack[stream] = Array(text[holdFrom...])
+        return masked + text[consumed..<holdFrom]
     }
 
-    /// What is still held back for `stream`, at the end of the output (a secret's prefix is not a secret).
+    /// What is still held back for `stream`, at the end of the output, masked now that no more bytes can come (a
+    /// secret's prefix is not a secret).
     mutating func flush(_ stream: OutputStream) -> [UInt8] {
         defer { heldBack[stream] = nil }
-        return heldBack[stream] ?? []
+        guard let held = heldBack[stream], !held.isEmpty else { return [] }
+        let (masked, consumed) = replaceSecrets(in: held, open: [])
+        return masked + held[consumed...]
     }
 
-    /// Masks every whole secret; returns the output up to the end of the last match and where it ends in `text`.
-    private func replaceSecrets(in text: [UInt8]) -> (masked: [UInt8], consumed: Int) {
+    /// Masks the whole secrets of `text` from its start, up to the first of the `open` positions (ascending) at or
+    /// before a match; returns the output up to the end of the last match masked and where it ends in `text`.
+    private func replaceSecrets(in text: [UInt8], open: [Int]) -> (masked: [UInt8], consumed: Int) {
         // Where a secret starts, with the longest one that starts there, last position first.
         let starts = backward.matchStarts(inReversed: text)
         var out: [UInt8] = []
         var copiedUpTo = 0
+        var pending = open[...]
         for (index, length) in starts.reversed() where index >= copiedUpTo {
+            while let first = pending.first, first < copiedUpTo { pending = pending.dropFirst() }
+            if let first = pending.first, first <= index { break }
             out.append(contentsOf: text[copiedUpTo..<index])
             out.append(contentsOf: SecretMasker.mask)
             copiedUpTo = index + length
@@ -68,14 +78,15 @@ struct SecretMasker: Sendable {
         return (out, copiedUpTo)
     }
 
-    /// The length of the longest end of `text` (after `start`) that is a proper prefix of some secret.
-    private func heldSuffixLength(of text: [UInt8], from start: Int) -> Int {
+    /// The positions, ascending, from which the rest of `text` is a proper prefix of some secret: a secret that more
+    /// bytes could complete may start there.
+    private func openStarts(of text: [UInt8]) -> [Int] {
         // Only the last bytes can begin a secret not yet complete: shorter than the longest secret.
-        let scanned = min(text.count - start, forward.longestPattern - 1)
-        guard scanned > 0 else { return 0 }
+        let scanned = min(text.count, forward.longestPattern - 1)
+        guard scanned > 0 else { return [] }
         var state = SecretAutomaton.root
         for byte in text[(text.count - scanned)...] { state = forward.next(state, byte) }
-        return forward.longestProperPrefixSuffix(state, atMost: scanned)
+        return forward.properPrefixSuffixLengths(state).map { text.count - $0 }
     }
 }
 
@@ -168,13 +179,15 @@ struct SecretAutomaton: Sendable {
         return starts
     }
 
-    /// The length of the longest suffix of the bytes that reached `state`, at most `limit` long, that is a proper
-    /// prefix of a pattern (a state with children).
-    func longestProperPrefixSuffix(_ state: State, atMost limit: Int) -> Int {
+    /// The lengths, longest first, of the suffixes of the bytes that reached `state` that are proper prefixes of a
+    /// pattern (states with children).
+    func properPrefixSuffixLengths(_ state: State) -> [Int] {
+        var lengths: [Int] = []
         var current = state
-        while current != Self.root, Int(depth[Int(current)]) > limit || children[Int(current)].isEmpty {
+        while current != Self.root {
+            if !children[Int(current)].isEmpty { lengths.append(Int(depth[Int(current)])) }
             current = failure[Int(current)]
         }
-        return Int(depth[Int(current)])
+        return lengths
     }
 }
