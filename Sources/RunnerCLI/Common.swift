@@ -95,6 +95,18 @@ extension ParsedArguments {
         return duration
     }
 
+    /// The duration option's value, nil when not given; a usage error naming the option when it is below `minimum`
+    /// (`it must be at least 100ms`).
+    func duration(_ name: String, atLeast minimum: Duration) throws -> Duration? {
+        guard let value = try duration(name) else { return nil }
+        guard value >= minimum else {
+            throw UsageError(
+                "invalid value for '\(name)': it must be at least \(DurationParser.text(minimum))",
+                command: command.name)
+        }
+        return value
+    }
+
     /// `--wait-timeout`, nil when not given; a usage error without `--wait`, which it would be ignored without.
     /// Every command with the pair checks it here.
     func waitTimeout() throws -> Duration? {
@@ -105,21 +117,13 @@ extension ParsedArguments {
 
     /// `--reaper-interval` (or `--interval`), at least 100 ms.
     func reaperInterval(_ name: String = "--reaper-interval") throws -> Duration {
-        let interval = try duration(name) ?? ReaperConfiguration.defaultInterval
-        guard interval >= .milliseconds(100) else {
-            throw UsageError("invalid value for '\(name)': it must be at least 100ms", command: command.name)
-        }
-        return interval
+        try duration(name, atLeast: .milliseconds(100)) ?? ReaperConfiguration.defaultInterval
     }
 
     /// `--result-retention`, at least 1 s: Redis deletes a key given a TTL of 0 at once, so a shorter retention
     /// removed every result (and log) as it was recorded, and `runner result` found no such job.
     func resultRetention() throws -> Duration {
-        let retention = try duration("--result-retention") ?? .seconds(7 * 24 * 3600)
-        guard retention >= .seconds(1) else {
-            throw UsageError("invalid value for '--result-retention': it must be at least 1s", command: command.name)
-        }
-        return retention
+        try duration("--result-retention", atLeast: .seconds(1)) ?? .seconds(7 * 24 * 3600)
     }
 
     /// The job id positional, validated like the runner validates ids.

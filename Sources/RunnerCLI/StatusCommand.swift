@@ -53,10 +53,7 @@ enum StatusCommand {
         }
         // Every option given, not only the first: `--once --events 3` must not pass.
         if given.contains("--events") { throw UsageError("--events cannot be used with --json", command: spec.name) }
-        let watchInterval = try arguments.duration("--interval") ?? .seconds(1)
-        guard watchInterval >= .milliseconds(100) else {
-            throw UsageError("invalid value for '--interval': it must be at least 100ms", command: spec.name)
-        }
+        let watchInterval = try arguments.duration("--interval", atLeast: .milliseconds(100)) ?? .seconds(1)
         let pool = try await connectedPool(arguments, console: console)
         defer { pool.client.close() }
         if json && arguments.flag("--watch") && !arguments.flag("--once") {

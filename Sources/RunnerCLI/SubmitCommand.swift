@@ -114,10 +114,7 @@ enum SubmitCommand {
                 throw UsageError("invalid value for '--id': \(error.message)", command: spec.name)
             }
         }
-        let timeout = try arguments.duration("--timeout")
-        if let timeout, timeout.milliseconds < 1 {
-            throw UsageError("invalid value for '--timeout': it must be at least 1ms", command: spec.name)
-        }
+        let timeout = try arguments.duration("--timeout", atLeast: .milliseconds(1))
         let maxAttempts = try arguments.positiveInt("--max-attempts") ?? 1
         var backoff: Backoff?
         let initial = try arguments.duration("--backoff")

@@ -29,10 +29,7 @@ enum TopCommand {
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
-        let interval = try arguments.duration("--interval") ?? .seconds(1)
-        guard interval >= .milliseconds(100) else {
-            throw UsageError("invalid value for '--interval': it must be at least 100ms", command: spec.name)
-        }
+        let interval = try arguments.duration("--interval", atLeast: .milliseconds(100)) ?? .seconds(1)
         let eventCount =
             try arguments.parsed("--events", expected: "expected a whole number, 0 for no events pane") {
                 Int($0).flatMap { $0 >= 0 ? $0 : nil }

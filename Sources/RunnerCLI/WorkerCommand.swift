@@ -165,10 +165,7 @@ enum WorkerCommand {
         }
         let concurrency =
             try arguments.positiveInt("--concurrency") ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
-        let leaseTTL = try arguments.duration("--lease-ttl") ?? .seconds(15)
-        guard leaseTTL >= .seconds(1) else {
-            throw UsageError("invalid value for '--lease-ttl': it must be at least 1s", command: spec.name)
-        }
+        let leaseTTL = try arguments.duration("--lease-ttl", atLeast: .seconds(1)) ?? .seconds(15)
         let logLimit =
             try arguments.parsed("--log-limit", expected: "bytes, or 64K, 16M, 1G", ByteSizeParser.parse) ?? 16 << 20
         let redis = try arguments.endpoint()
@@ -177,10 +174,7 @@ enum WorkerCommand {
         let eventsMaxLength = try arguments.positiveInt("--events-maxlen") ?? 100_000
         // A job's timeout is at least 1 ms (`timeout_ms`, `submit --timeout`): a default of 0 would stop every job
         // without one of its own at once, as timed out.
-        let defaultJobTimeout = try arguments.duration("--default-timeout")
-        if let timeout = defaultJobTimeout, timeout < .milliseconds(1) {
-            throw UsageError("invalid value for '--default-timeout': it must be at least 1ms", command: spec.name)
-        }
+        let defaultJobTimeout = try arguments.duration("--default-timeout", atLeast: .milliseconds(1))
         let rescheduleBound =
             try arguments.positiveInt("--reschedule-limit") ?? ReaperConfiguration.defaultRescheduleBound
         let reaper =
@@ -278,10 +272,7 @@ enum WorkerCommand {
                 "invalid value for '--cgroup-parent': '\(parent)' (a path of names, no '.', '..' or empty parts)",
                 command: spec.name)
         }
-        let interval = try arguments.duration("--monitor-interval") ?? .seconds(10)
-        guard interval >= .milliseconds(100) else {
-            throw UsageError("invalid value for '--monitor-interval': it must be at least 100ms", command: spec.name)
-        }
+        let interval = try arguments.duration("--monitor-interval", atLeast: .milliseconds(100)) ?? .seconds(10)
         return IsolationConfiguration(
             defaultLevel: try arguments.parsed(
                 "--isolation", expected: IsolationLevel.spellings, IsolationLevel.init(rawValue:)) ?? .processGroup,

@@ -47,10 +47,7 @@ extension WorkerCommand {
             // Hooks run in the job's work folder: a relative path would name another file there.
             return path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         }
-        let timeout = try arguments.duration("--hook-timeout") ?? .seconds(60)
-        guard timeout >= .milliseconds(10) else {
-            throw UsageError("invalid value for '--hook-timeout': it must be at least 10ms", command: spec.name)
-        }
+        let timeout = try arguments.duration("--hook-timeout", atLeast: .milliseconds(10)) ?? .seconds(60)
         return JobHooksConfiguration(
             preJob: try executable("--hook-pre-job"), postJob: try executable("--hook-post-job"), timeout: timeout)
     }
