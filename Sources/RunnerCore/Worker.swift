@@ -449,12 +449,12 @@ public final class Worker: Sendable {
 
     /// Emits `runner.capacity_update` when the slots, the resource admission or the state changed, at most once per
     /// `capacityReportInterval` (a busy runner's free slots change with every job), until cancelled. When the jobs
-    /// running changed it publishes the heartbeat too, so that `status` and `top` show a job that started or ended
-    /// within about that interval rather than at the next heartbeat; only while the lease is fresh (the heartbeat
-    /// loop, which renews it first, says why when it is not).
+    /// running changed it publishes the heartbeat too, so that `status` and `top` show a job that started or
+    /// ended within about that interval rather than at the next heartbeat; only while the lease is fresh (the
+    /// heartbeat loop, which renews it first, says why when it is not).
     private func reportCapacity(admission: MemoryAdmission, store: JobStore, _ epochs: EpochContext) async {
         var reported: CapacitySnapshot?
-        var published: [String]?
+        var lastRunning: [String]?
         while !Task.isCancelled {
             let now = CapacitySnapshot(
                 state: state.withLock { $0 }, total: configuration.concurrency, free: await slots.free,
@@ -468,22 +468,17 @@ public final class Worker: Sendable {
                     store.logEventWriteFailure(error, what: "capacity update", logger: logger)
                 }
             }
+            // Tried once per change (a failed publish is the heartbeat loop's to retry and report); the presence
+            // sends nothing Redis has already.
             let running = await slots.runningJobIds
-            if let last = published, last != running, await epochs.lease.isFresh {
-                let epoch = await epochs.lease.epoch
-                if !epoch.ended.isFired {
-                    let content = HeartbeatContent(
-                        state: now.state, free: now.free, running: running, epoch: epoch.number,
-                        resources: now.resources)
-                    if (try? await epochs.presence.publish(
-                        content, unlessCurrentWithin: configuration.unchangedHeartbeatRefresh)) != nil
-                    {
-                        published = running
-                    }
-                }
-            } else if published == nil {
-                published = running
+            let epoch = await epochs.lease.epoch
+            if let last = lastRunning, running != last, !epoch.ended.isFired, await epochs.lease.isFresh {
+                let content = HeartbeatContent(
+                    state: now.state, free: now.free, running: running, epoch: epoch.number, resources: now.resources)
+                _ = try? await epochs.presence.publish(
+                    content, unlessCurrentWithin: configuration.unchangedHeartbeatRefresh)
             }
+            lastRunning = running
             try? await Task.sleep(for: Worker.capacityReportInterval)
         }
     }
