@@ -604,18 +604,20 @@ static int nr_parse_stat(const char *path, pid_t pid, nr_proc_entry *entry) {
     char *close_paren = strrchr(buffer, ')');
     int parsed_ppid = 0;
     int parsed_pgrp = 0;
+    int parsed_session = 0;
     char parsed_state = 0;
     int parsed_threads = 0;
     unsigned long long parsed_start = 0;
-    const char *format = " %c %d %d %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %d %*s %llu";
+    const char *format = " %c %d %d %d %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %d %*s %llu";
     if (close_paren == NULL || sscanf(close_paren + 1, format, &parsed_state, &parsed_ppid, &parsed_pgrp,
-                                      &parsed_threads, &parsed_start) != 5) {
+                                      &parsed_session, &parsed_threads, &parsed_start) != 6) {
         errno = EINVAL;
         return -1;
     }
     entry->pid = pid;
     entry->ppid = parsed_ppid;
     entry->pgrp = parsed_pgrp;
+    entry->session = parsed_session;
     entry->state = parsed_state;
     entry->threads = parsed_threads;
     entry->start_time = parsed_start;

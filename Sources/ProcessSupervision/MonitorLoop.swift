@@ -72,8 +72,8 @@ final class MonitorLoop {
 
     private let shared: MonitorShared
     private let sweepsOrphans: Bool
-    /// The sweep reaps zombies in the runner's own process group too (`reapsOwnGroupOrphans`).
-    private let sweepsOwnGroup: Bool
+    /// The sweep reaps zombies in the runner's own session too (`reapsOwnSessionOrphans`).
+    private let sweepsOwnSession: Bool
     private var records: [UInt64: ChildRecord] = [:]
     /// The fast proof that a job left nothing (as a subreaper only); opened on the monitor thread.
     private var children: SubreaperChildren?
@@ -83,10 +83,10 @@ final class MonitorLoop {
     private var lastActivity: Int64 = 0
     private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MonitorLoop.chunkSize, alignment: 16)
 
-    init(shared: MonitorShared, sweepsOrphans: Bool, sweepsOwnGroup: Bool) {
+    init(shared: MonitorShared, sweepsOrphans: Bool, sweepsOwnSession: Bool) {
         self.shared = shared
         self.sweepsOrphans = sweepsOrphans
-        self.sweepsOwnGroup = sweepsOwnGroup
+        self.sweepsOwnSession = sweepsOwnSession
     }
 
     deinit {
@@ -119,7 +119,7 @@ final class MonitorLoop {
             let now = System.monotonicNanoseconds()
             fireTimers(now: now)
             if sweepsOrphans, now >= nextSweep {
-                ChildRegistry.sweepOrphans(includingOwnGroup: sweepsOwnGroup)
+                ChildRegistry.sweepOrphans(includingOwnSession: sweepsOwnSession)
                 let quiet = records.isEmpty && now - lastActivity > Self.recentActivityWindow
                 nextSweep = now + (quiet ? Self.idleSweepInterval : Self.sweepInterval)
             }
@@ -507,7 +507,7 @@ final class MonitorLoop {
             finish(record, forcedStop: stillRunning)
         }
         if sweepsOrphans {
-            ChildRegistry.sweepOrphans(includingOwnGroup: sweepsOwnGroup)
+            ChildRegistry.sweepOrphans(includingOwnSession: sweepsOwnSession)
         }
     }
 }

@@ -143,24 +143,26 @@ enum ChildRegistry {
     /// Reaps zombie children that nobody watches: orphans reparented to us as a child subreaper.
     ///
     /// Peeks with `waitid(P_ALL, WNOHANG | WNOWAIT)`. Reaped are only zombies that are not a watched pid (a main
-    /// process, a watchdog) and, unless `includingOwnGroup`, not in the runner's own process group: children other
-    /// code of this process started (Foundation.Process, posix_spawn without a new group) stay for their owners to
-    /// wait for. Orphans of jobs with their own session are always in another group; those of `.none` jobs are in
-    /// the runner's: reaped by their job's teardown (`JobTree`) when it can attribute them, else only
-    /// `includingOwnGroup` (`ProcessSupervisor(reapsOwnGroupOrphans:)`) reaps them.
-    static func sweepOrphans(includingOwnGroup: Bool) {
-        // nil: every group is fair game.
-        let sparedGroup = includingOwnGroup ? nil : System.processGroup()
+    /// process, a watchdog) and, unless `includingOwnSession`, not in the runner's own session: children other code
+    /// of this process started stay for their owners to wait for. Their own process group is no sign of an orphan:
+    /// Foundation.Process puts every child in a new group (the sweep took their exit statuses, and `Process` then
+    /// reported 0). A process never moves into another session, so the orphans of jobs with their own session are
+    /// always in another one; those of `.none` jobs are in the runner's: reaped by their job's teardown (`JobTree`)
+    /// when it can attribute them, else only `includingOwnSession` (`ProcessSupervisor(reapsOwnSessionOrphans:)`)
+    /// reaps them.
+    static func sweepOrphans(includingOwnSession: Bool) {
+        // nil: every session is fair game.
+        let sparedSession = includingOwnSession ? nil : System.session()
         watched.withLock { watched in
             for _ in 0..<1024 {
                 guard let pid = System.peekZombieChild() else { return }
-                if isOrphan(pid, watched: watched, sparedGroup: sparedGroup) {
+                if isOrphan(pid, watched: watched, sparedSession: sparedSession) {
                     System.reapIfZombie(pid)
                     continue
                 }
                 // The first zombie in line must stay (a main process not waited for yet, or another owner's
                 // child), and the peek would keep returning it: look past it at every child instead.
-                for child in System.children() where isOrphan(child, watched: watched, sparedGroup: sparedGroup) {
+                for child in System.children() where isOrphan(child, watched: watched, sparedSession: sparedSession) {
                     System.reapIfZombie(child)
                 }
                 return
@@ -168,10 +170,10 @@ enum ChildRegistry {
         }
     }
 
-    private static func isOrphan(_ pid: pid_t, watched: Set<pid_t>, sparedGroup: pid_t?) -> Bool {
+    private static func isOrphan(_ pid: pid_t, watched: Set<pid_t>, sparedSession: pid_t?) -> Bool {
         guard !watched.contains(pid) else { return false }
-        guard let sparedGroup else { return true }
+        guard let sparedSession else { return true }
         guard let stat = System.processStat(pid) else { return false }
-        return stat.pgrp != sparedGroup
+        return stat.session != sparedSession
     }
 }

@@ -8,9 +8,9 @@ public struct ProcessIsolation: Sendable, Equatable {
     public enum Level: Sendable, Equatable {
         /// A plain child in the runner's own process group. Teardown signals the main process (through its pidfd)
         /// and the processes the supervisor can attribute to it (descendants, `ProcessSpec.treeMarker`), never a
-        /// group. An orphan it cannot attribute stays in the runner's group, where the orphan sweep leaves it (it
-        /// cannot tell it from a child of other code in the runner) unless the supervisor was made with
-        /// `reapsOwnGroupOrphans`: else it lingers as a zombie.
+        /// group. An orphan it cannot attribute stays in the runner's group and session, where the orphan sweep
+        /// leaves it (it cannot tell it from a child of other code in the runner) unless the supervisor was made with
+        /// `reapsOwnSessionOrphans`: else it lingers as a zombie.
         case none
         /// Its own session and process group (pid == pgid == sid); teardown signals the group and the job's
         /// escapees found by descent and by `ProcessSpec.treeMarker`.

@@ -9,10 +9,11 @@ import Synchronization
 /// plus an eventfd to wake it. Spawning runs there too (clone with CLONE_VFORK suspends only that thread), so no
 /// caller ever blocks the cooperative thread pool.
 ///
-/// The orphan sweep leaves alone zombies in the runner's own process group: children that other code of the process
-/// started without a new process group are theirs to wait for. A job at isolation level `.processGroup` or above runs
-/// in its own session, so its orphans never are in that group; a `.none` job's are reaped by its teardown when it can
-/// attribute them (descendants, `ProcessSpec.treeMarker`), and by the sweep only with `reapsOwnGroupOrphans`.
+/// The orphan sweep leaves alone zombies in the runner's own session: children that other code of the process
+/// started (Foundation.Process gives each a process group of its own, in this session) are theirs to wait for. A job
+/// at isolation level `.processGroup` or above runs in its own session, and no process can move into another
+/// session, so its orphans never are in the runner's; a `.none` job's are reaped by its teardown when it can
+/// attribute them (descendants, `ProcessSpec.treeMarker`), and by the sweep only with `reapsOwnSessionOrphans`.
 ///
 /// Teardown reaches the whole job tree: the process group, plus descendants that left it (setsid, double fork),
 /// found by walking /proc parent links from the main process before anything is killed, and orphans reparented to
@@ -25,12 +26,12 @@ public final class ProcessSupervisor: Sendable {
     /// Creates the epoll instance, the eventfd and the monitor thread; with `subreaper`,
     /// `prctl(PR_SET_CHILD_SUBREAPER, 1)` and a periodic orphan sweep.
     ///
-    /// `reapsOwnGroupOrphans` (with `subreaper`): the sweep also reaps zombies in the runner's own process group
+    /// `reapsOwnSessionOrphans` (with `subreaper`): the sweep also reaps zombies in the runner's own session
     /// (orphans of `.none` jobs that nobody could attribute, which would otherwise pile up), i.e. every zombie child
     /// that no supervisor or `JobWatchdog` of this process watches. Only for a process whose other code starts no
     /// children it waits for itself (Foundation.Process, posix_spawn, system): the sweep would take their exit
     /// statuses. It applies to the whole process: while this supervisor runs, its sweeps reap for everyone.
-    public init(subreaper: Bool = true, reapsOwnGroupOrphans: Bool = false) throws {
+    public init(subreaper: Bool = true, reapsOwnSessionOrphans: Bool = false) throws {
         if subreaper {
             let err = System.becomeChildSubreaper()
             if err != 0 { throw SupervisorError.setup("become a child subreaper (prctl)", errno: err) }
@@ -63,7 +64,7 @@ public final class ProcessSupervisor: Sendable {
         switch System.startThread({
             MonitorLoop(
                 shared: shared, sweepsOrphans: subreaper,
-                sweepsOwnGroup: subreaper && reapsOwnGroupOrphans
+                sweepsOwnSession: subreaper && reapsOwnSessionOrphans
             ).run()
         }) {
         case .success(let started):

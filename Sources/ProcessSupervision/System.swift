@@ -36,6 +36,9 @@ enum System {
     /// `getpgrp()`: the calling process's own process group.
     static func processGroup() -> pid_t { getpgrp() }
 
+    /// `getsid(0)`: the calling process's session.
+    static func session() -> pid_t { getsid(0) }
+
     /// `kill(-pgid, signal)`: 0 on success, else errno (ESRCH when the group is empty).
     static func signalGroup(_ pgid: pid_t, _ signal: Int32) -> Int32 {
         precondition(pgid > 1, "refusing to signal process group \(pgid)")

@@ -128,7 +128,7 @@ public final class Worker: Sendable {
         try await EvictionPolicyCheck.verify(client: jobsClient, allow: config.allowEvictionPolicy, logger: logger)
         let supervisor: ProcessSupervisor
         do {
-            supervisor = try ProcessSupervisor(subreaper: true, reapsOwnGroupOrphans: true)
+            supervisor = try ProcessSupervisor(subreaper: true, reapsOwnSessionOrphans: true)
         } catch {
             throw WorkerError(.processSupervision, "cannot start the process supervisor: \(error)")
         }

@@ -178,7 +178,7 @@ final class TeardownTests: XCTestCase {
         XCTAssertTrue(gone, "grandchild \(grandchild) left as \(processState(grandchild) ?? "?")")
     }
 
-    func testOrphansOfANoneJobAreReapedOnlyWhenTheSupervisorReapsItsOwnGroup() async throws {
+    func testOrphansOfANoneJobAreReapedOnlyWhenTheSupervisorReapsItsOwnSession() async throws {
         let directory = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         // At `.none` the job is in our process group, and so are its orphans: each `head` is started from a subshell
@@ -190,7 +190,7 @@ final class TeardownTests: XCTestCase {
         let script = "mkfifo \(fifo); exec 4<>\(fifo); " + Array(repeating: orphan, count: 10).joined(separator: "; ")
         let spec = shell(script, isolation: ProcessIsolation(level: .none))
 
-        // Without reapsOwnGroupOrphans they stay zombies, even after the final sweep of the supervisor's shutdown.
+        // Without reapsOwnSessionOrphans they stay zombies, even after the final sweep of the supervisor's shutdown.
         let keeping = try ProcessSupervisor(subreaper: true)
         let (kept, keptOutput) = try await runToEnd(spec, supervisor: keeping)
         XCTAssertEqual(kept.termination, .exited(0), keptOutput.stderrText)
@@ -202,11 +202,11 @@ final class TeardownTests: XCTestCase {
         let zombies = await eventually { left.allSatisfy(Self.isZombieChild) }
         XCTAssertTrue(zombies, "the orphans should be our zombies: \(left.map { processState($0) ?? "gone" })")
         keeping.shutdown()
-        XCTAssertEqual(left.filter(Self.isZombieChild), left, "the sweep reaped our own group's zombies")
+        XCTAssertEqual(left.filter(Self.isZombieChild), left, "the sweep reaped our own session's zombies")
         for pid in left { XCTAssertEqual(waitpid(pid, nil, WNOHANG), pid) }
 
         // With it, the sweep reaps them.
-        let reaping = try ProcessSupervisor(subreaper: true, reapsOwnGroupOrphans: true)
+        let reaping = try ProcessSupervisor(subreaper: true, reapsOwnSessionOrphans: true)
         defer { reaping.shutdown() }
         let (reaped, reapedOutput) = try await runToEnd(spec, supervisor: reaping)
         XCTAssertEqual(reaped.termination, .exited(0), reapedOutput.stderrText)
@@ -214,6 +214,34 @@ final class TeardownTests: XCTestCase {
         XCTAssertEqual(orphans.count, 10)
         let gone = await eventually { !orphans.contains(where: Self.isZombieChild) }
         XCTAssertTrue(gone, "zombies left: \(orphans.filter(Self.isZombieChild))")
+    }
+
+    /// A child that other code of this process started in a process group of its own, as Foundation.Process starts
+    /// every child, is that code's to wait for: the sweep leaves its exit status. It took it before, and `Process`
+    /// then reported exit 0 for a command that had failed.
+    func testTheSweepLeavesAChildOfOtherCodeInItsOwnGroupToItsOwner() async throws {
+        var attributes = posix_spawnattr_t()
+        XCTAssertEqual(posix_spawnattr_init(&attributes), 0)
+        defer { posix_spawnattr_destroy(&attributes) }
+        XCTAssertEqual(posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP)), 0)
+        XCTAssertEqual(posix_spawnattr_setpgroup(&attributes, 0), 0)
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("sh"), strdup("-c"), strdup("exit 3"), nil]
+        defer { argv.forEach { free($0) } }
+        XCTAssertEqual(posix_spawn(&pid, "/bin/sh", nil, &attributes, argv, environ), 0)
+        XCTAssertEqual(processRelations(pid)?.group, pid, "the child should lead a group of its own")
+        let exited = await eventually { Self.isZombieChild(pid) }
+        XCTAssertTrue(exited, "the child did not exit: \(processState(pid) ?? "gone")")
+
+        // A job that ends brings a sweep soon, and the shutdown makes a final one.
+        let sweeping = try ProcessSupervisor(subreaper: true)
+        let (outcome, _) = try await runToEnd(
+            ProcessSpec(executable: "/bin/true", arguments: ["true"]), supervisor: sweeping)
+        XCTAssertEqual(outcome.termination, .exited(0))
+        sweeping.shutdown()
+        var status: Int32 = 0
+        XCTAssertEqual(waitpid(pid, &status, WNOHANG), pid, "the sweep reaped another owner's child")
+        XCTAssertEqual((status >> 8) & 0xff, 3)
     }
 
     /// A zombie whose parent is this process.

@@ -153,6 +153,7 @@ typedef struct {
     pid_t pid;
     pid_t ppid;
     pid_t pgrp;
+    pid_t session;             // field 6
     char state;                // 'R', 'S', 'Z', ...: of the main thread
     int threads;               // field 20; a 'Z' process with more than one has a main thread gone, others live
     uint64_t start_time;       // field 22: clock ticks after boot; with the pid, it names one process for good
