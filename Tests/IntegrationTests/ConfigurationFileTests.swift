@@ -7,6 +7,11 @@ import XCTest
 final class ConfigurationFileTests: IntegrationTestCase {
     private let files = TemporaryFiles()
 
+    override func tearDown() {
+        files.removeAll()
+        super.tearDown()
+    }
+
     private func configFile(_ text: String) throws -> String { try files.write(text) }
 
     func testConfigPrintAndAConfigErrorFromTheBinary() throws {

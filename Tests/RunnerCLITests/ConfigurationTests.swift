@@ -16,6 +16,11 @@ final class ConfigurationTests: XCTestCase {
 
     private let files = TemporaryFiles()
 
+    override func tearDown() {
+        files.removeAll()
+        super.tearDown()
+    }
+
     /// A config file with `text` in it.
     private func file(_ text: String) throws -> String { try files.write(text) }
 

@@ -14,7 +14,12 @@ public final class TemporaryFiles {
         return url.path
     }
 
-    deinit {
+    /// Removes the files written so far. For a test case's `tearDown`: XCTest keeps every test case object until
+    /// the process ends, so a deinit would never run before then.
+    public func removeAll() {
         for url in urls { try? FileManager.default.removeItem(at: url) }
+        urls = []
     }
+
+    deinit { removeAll() }
 }
