@@ -14,7 +14,8 @@ enum EventsCommand {
                 help: "Keep printing new events until interrupted or the reader of standard output goes away."),
             OptionSpec("--json", .flag, help: "One JSON object per line."),
             OptionSpec(
-                "--count", .value("N"), help: "How many recent events to print first (0 with --follow: only new ones).",
+                "--count", .value("N"),
+                help: "How many recent events to print first, of the job with --job (0 with --follow: only new ones).",
                 default: "50"),
             OptionSpec("--job", .value("ID"), help: "Only events of this job."),
         ])
@@ -44,9 +45,9 @@ enum EventsCommand {
         if count == 0 {
             cursor = try await pool.eventsPosition()
         } else {
-            let recent = try await pool.recentEvents(count: count)
-            for event in recent where job == nil || event.job == job { console.print(render(event, json: json)) }
-            if let last = recent.last { cursor = last.streamId }
+            let recent = try await pool.recentEvents(count: count, job: job)
+            for event in recent.events { console.print(render(event, json: json)) }
+            if let last = recent.last { cursor = last }
         }
         guard follow else { return 0 }
         if let status = try OutputGone.exitStatus(console) { return status }

@@ -311,13 +311,30 @@ public struct PoolClient: Sendable {
         }
     }
 
-    /// The last `count` events, oldest first.
-    public func recentEvents(count: Int) async throws -> [PoolEvent] {
-        let reply = try await WrongTypeKey.naming(client: client, [keyspace.events: "stream"]) {
-            try await client.send(RedisCommand(["XREVRANGE", keyspace.events, "+", "-", "COUNT", String(count)]))
+    /// The last `count` events (of `job` only, when given), oldest first, read back from the stream's end a page at a
+    /// time until there are `count` of them or the stream's start is reached; and the id of the stream's last entry
+    /// then (nil for an empty stream), from which to follow.
+    public func recentEvents(count: Int, job: String?) async throws -> (events: [PoolEvent], last: String?) {
+        var kept: [PoolEvent] = []
+        var last: String?
+        var end = "+"
+        while kept.count < count {
+            // A job's events are a few among the pool's: read them in pages larger than what is still missing.
+            let page = job == nil ? count - kept.count : max(count - kept.count, Self.eventsPage)
+            let reply = try await WrongTypeKey.naming(client: client, [keyspace.events: "stream"]) {
+                try await client.send(RedisCommand(["XREVRANGE", keyspace.events, end, "-", "COUNT", String(page)]))
+            }
+            let entries = PoolClient.entries(reply)
+            if last == nil { last = entries.first?.streamId }
+            for event in entries where (job == nil || event.job == job) && kept.count < count { kept.append(event) }
+            guard entries.count == page, let oldest = entries.last else { break }
+            end = "(" + oldest.streamId
         }
-        return PoolClient.entries(reply).reversed()
+        return (kept.reversed(), last)
     }
+
+    /// How many events one read of `recentEvents(count:job:)` asks for at least when it looks for one job's.
+    static let eventsPage = 1000
 
     /// Blocks (up to `block`) for events after `cursor`.
     public func events(after cursor: String, block: Duration, retry: RedisRetry = .never) async throws -> [PoolEvent] {
