@@ -67,11 +67,25 @@ final class DeploymentFilesTests: XCTestCase {
         XCTAssertEqual(worker["KillMode"], "mixed")
         XCTAssertEqual(worker["KillSignal"], "SIGTERM")
         XCTAssertEqual(worker["Restart"], "on-failure")
-        let arguments = (worker["ExecStart"] ?? "").split(separator: " ").map(String.init)
-        let shutdown = try XCTUnwrap(option("--shutdown-timeout", in: arguments).flatMap(seconds))
-        let grace = try XCTUnwrap(option("--kill-grace", in: arguments).flatMap(seconds))
+        // No option in ExecStart: a flag would win over the RUNNER_* settings of worker.env (and a profile's).
+        XCTAssertEqual(worker["ExecStart"], "/usr/local/bin/runner worker")
+        XCTAssertEqual(worker["Environment"], "RUNNER_NAME=%H RUNNER_WORK_ROOT=/var/lib/nativerunner/work")
+        let arguments = ["worker"]
         let stop = try XCTUnwrap(worker["TimeoutStopSec"].flatMap(seconds))
-        XCTAssertGreaterThan(stop, shutdown + grace, "TimeoutStopSec must outlast the shutdown timeout and kill grace")
+        for profile in [nil, "development", "production", "high-performance"] {
+            let printed = runCLI(["config", "--print"] + (profile.map { ["--profile", $0] } ?? []), environment: [:])
+            XCTAssertEqual(printed.code, 0, printed.err)
+            let rows = Dictionary(
+                printed.stdout.split(separator: "\n").compactMap { row -> (String, String)? in
+                    let columns = row.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+                    return columns.count >= 2 ? (columns[0], columns[1]) : nil
+                }, uniquingKeysWith: { first, _ in first })
+            let shutdown = try XCTUnwrap(rows["shutdown-timeout"].flatMap(seconds), printed.stdout)
+            let grace = try XCTUnwrap(rows["kill-grace"].flatMap(seconds), printed.stdout)
+            XCTAssertGreaterThan(
+                stop, shutdown + grace,
+                "TimeoutStopSec must outlast the shutdown timeout and kill grace of profile \(profile ?? "none")")
+        }
         for breaking in ["PrivateUsers", "ProtectKernelTunables", "ProtectControlGroups", "RestrictNamespaces"] {
             XCTAssertNil(worker[breaking], "\(breaking) breaks the worker's namespaces or cgroups")
         }
