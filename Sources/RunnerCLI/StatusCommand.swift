@@ -8,7 +8,9 @@ enum StatusCommand {
     static let spec = CommandSpec(
         name: "status",
         abstract: "Show the pool: runners, their leases and capacity; queues with length, pending and lag.",
-        usage: "runner status [--json] | runner status --watch [--json] [--interval 1s] [--once] [--events N]",
+        usage:
+            "runner status [--json] | runner status --watch [--interval 1s] [--once] [--events N] | "
+            + "runner status --watch --json [--interval 1s] [--once]",
         options: CommonOptions.all + [
             OptionSpec("--json", .flag, help: "Print one JSON object (with --watch: one line per refresh)."),
             OptionSpec("--watch", .flag, help: "Watch the pool live, as 'runner top' does."),
@@ -17,7 +19,8 @@ enum StatusCommand {
             A runner's CAPACITY and RUNNING are as of its last heartbeat (a change shows within a third of its lease
             TTL); LEASE is the time its lease has left now. LENGTH counts entries not yet done, PENDING those
             delivered to a runner and not yet acknowledged, LAG those not yet delivered (- when Redis cannot tell).
-            NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
+            RETRIES counts the jobs waiting for their next attempt after a failure (retry_scheduled, in {nr}:delayed)
+            and says when the first is due. NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
             drained, draining or lost, or none lists it: a mistyped --queue); CONSUMERS counts drained runners too.
 
             STATE is the runner's own, as its record says: starting (connecting and registering), running (taking
@@ -36,7 +39,8 @@ enum StatusCommand {
 
             --json prints one object: runners (each its registry record with id, lease_remaining_ms, null when the
             lease is gone, and lost; a lost runner's capacity, capacity_free, running, memory_reserved_bytes and
-            waiting_for_resources are null, as they show - here), queues, not_served and wrong_type (keys holding
+            waiting_for_resources are null, as they show - here), queues, not_served, retries_scheduled,
+            next_retry_due_ms (null when none waits) and wrong_type (keys holding
             another type than expected: key, type, expected; as WRONG TYPE lists them). With --watch it prints one
             such object per --interval, each on one line, until interrupted or its reader goes away (--once: one);
             a refresh that cannot read Redis writes one line on stderr and nothing on stdout. --events needs the
@@ -98,6 +102,7 @@ enum StatusCommand {
             ])
         }
         if !status.queues.isEmpty { table(rows, console) }
+        if let line = retriesLine(status) { console.print("\nRETRIES\n  " + line) }
         printNotServed(status.unservedQueues, console)
         printWaitingForLabels(status, console)
         for line in TopView.wrongTypeLines(status.wrongTypeKeys) { console.print(line) }
@@ -136,7 +141,8 @@ enum StatusCommand {
         }
         return .object([
             "runners": .array(runners), "queues": .array(queues), "not_served": .array(unserved),
-            "wrong_type": .array(wrongType),
+            "wrong_type": .array(wrongType), "retries_scheduled": .int(status.retriesScheduled),
+            "next_retry_due_ms": status.nextRetryDueMs.map(JSONValue.int) ?? .null,
         ])
     }
 
@@ -161,6 +167,14 @@ enum StatusCommand {
             if let status = try OutputGone.exitStatus(console) { return status }
             try await Task.sleep(for: interval)
         }
+    }
+
+    /// `2 jobs wait for their next attempt; the first is due at 2026-12-04T11:02:03.773Z`, or nil when none does.
+    static func retriesLine(_ status: PoolStatus) -> String? {
+        guard status.retriesScheduled > 0 else { return nil }
+        let count = status.retriesScheduled == 1 ? "1 job waits" : "\(status.retriesScheduled) jobs wait"
+        return "\(count) for their next attempt"
+            + (status.nextRetryDueMs.map { "; the first is due at \(formatTimestamp($0))" } ?? "")
     }
 
     /// Queues with waiting jobs that no running runner reads.

@@ -15,9 +15,10 @@ enum TopView {
         let runnersText =
             WrongTypeKey.registry(in: snapshot.wrongTypeKeys, of: Keyspace(namespace: snapshot.namespace)) != nil
             ? "runners ?" : "runners \(live.count)/\(snapshot.runners.count) live"
+        // The figures before the time: a narrow terminal cuts the title's end.
         lines.append(
-            "NativeRunner pool '\(snapshot.namespace)'  \(formatTimestamp(now))  \(runnersText)  jobs running "
-                + "\(snapshot.running.count)  waiting \(queued)")
+            "NativeRunner pool '\(snapshot.namespace)'  \(runnersText)  jobs running \(snapshot.running.count)  "
+                + "waiting \(queued)  retrying \(snapshot.retriesScheduled)  \(formatTimestamp(now))")
 
         let runners = snapshot.runners.map { runner -> [String] in
             let record = runner.record

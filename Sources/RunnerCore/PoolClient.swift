@@ -75,6 +75,10 @@ public struct PoolStatus: Sendable {
     /// Keys the view could not read because they hold another type (the registry, a queue's stream): what it
     /// shows leaves them out.
     public var wrongTypeKeys: [WrongTypeKey] = []
+    /// Jobs waiting in `{nr}:delayed` for their next attempt (`retry_scheduled`), and when the first is due (ms,
+    /// Redis's clock; nil when none waits).
+    public var retriesScheduled = 0
+    public var nextRetryDueMs: Int?
 }
 
 /// What the CLI and other clients do with a pool: submit, read results, logs, status and events.
@@ -285,7 +289,21 @@ public struct PoolClient: Sendable {
             }
             queues.append(status)
         }
-        return PoolStatus(runners: runners.sorted { $0.id < $1.id }, queues: queues, wrongTypeKeys: wrongTypeKeys)
+        var status = PoolStatus(runners: runners.sorted { $0.id < $1.id }, queues: queues)
+        let delayed = try await WrongTypeKey.skipping(client: client, keyspace.delayed, "zset", into: &wrongTypeKeys) {
+            let replies = try await client.pipeline([
+                RedisCommand(["ZCARD", keyspace.delayed]),
+                RedisCommand(["ZRANGE", keyspace.delayed, "0", "0", "WITHSCORES"]),
+            ])
+            for case .error(let message) in replies { throw RedisServerError(message) }
+            return replies
+        }
+        if let delayed {
+            status.retriesScheduled = delayed[0].int ?? 0
+            status.nextRetryDueMs = delayed[1].array?.last?.string.flatMap { Double($0) }.map { Int($0) }
+        }
+        status.wrongTypeKeys = wrongTypeKeys
+        return status
     }
 
     /// Requeues a `dead`, `failed` or `timed_out` job by hand (`job.requeued`), naming `actor` in the event.

@@ -59,6 +59,8 @@ public struct PoolSnapshot: Sendable {
     public var events: [PoolEvent]
     /// Keys the snapshot could not read because they hold another type (see `PoolStatus.wrongTypeKeys`).
     public var wrongTypeKeys: [WrongTypeKey] = []
+    /// Jobs waiting for their next attempt (`PoolStatus.retriesScheduled`).
+    public var retriesScheduled = 0
 
     /// Event types that repeat every few seconds per runner and would crowd out the others.
     static let sampleEventTypes: Set<String> = [
@@ -145,6 +147,7 @@ extension PoolClient {
             queues: status.queues, running: running, usage: usage,
             events: Array(recent.filter { !PoolSnapshot.sampleEventTypes.contains($0.type) }.suffix(eventCount)))
         snapshot.wrongTypeKeys = wrongTypeKeys
+        snapshot.retriesScheduled = status.retriesScheduled
         return snapshot
     }
 }

@@ -86,6 +86,42 @@ final class PoolStatusTests: IntegrationTestCase {
         XCTAssertEqual((unserved.last?["readers"] as? [Any])?.count, 0)
     }
 
+    /// Jobs waiting for their next attempt show in every view: status's RETRIES, its JSON, and top's title.
+    func testRetriesScheduledAreCountedInStatusJSONAndTop() throws {
+        var json = cli(["status", "--json"])
+        var object = try XCTUnwrap(try JSONSerialization.jsonObject(with: json.out) as? [String: Any], json.err)
+        XCTAssertEqual(object["retries_scheduled"] as? Int, 0)
+        XCTAssertTrue(object["next_retry_due_ms"] is NSNull, json.stdout)
+        XCTAssertFalse(cli(["status"]).stdout.contains("RETRIES"))
+
+        // What a failed attempt with attempts left writes: the job id, scored by when it is due.
+        _ = try send(["ZADD", key("delayed"), "1796383882412", "later-1", "1796383000000", "first-1"])
+        let status = cli(["status"])
+        XCTAssertEqual(status.code, 0, status.err)
+        XCTAssertTrue(
+            status.stdout.contains(
+                "\nRETRIES\n  2 jobs wait for their next attempt; the first is due at 2026-12-04T11:16:40.000Z\n"),
+            status.stdout)
+        json = cli(["status", "--json"])
+        object = try XCTUnwrap(try JSONSerialization.jsonObject(with: json.out) as? [String: Any], json.err)
+        XCTAssertEqual(object["retries_scheduled"] as? Int, 2)
+        XCTAssertEqual(object["next_retry_due_ms"] as? Int, 1_796_383_000_000)
+        let top = cli(["top", "--once"])
+        XCTAssertEqual(top.code, 0, top.err)
+        XCTAssertTrue(top.stdout.contains("  waiting 0  retrying 2  "), top.stdout)
+
+        // A delayed set of another type is named, and the rest of the view still shows.
+        _ = try send(["DEL", key("delayed")])
+        _ = try send(["SET", key("delayed"), "x"])
+        json = cli(["status", "--json"])
+        XCTAssertEqual(json.code, 0, json.err)
+        object = try XCTUnwrap(try JSONSerialization.jsonObject(with: json.out) as? [String: Any], json.err)
+        XCTAssertEqual(object["retries_scheduled"] as? Int, 0)
+        XCTAssertEqual(
+            object["wrong_type"] as? [[String: String]],
+            [["key": key("delayed"), "type": "string", "expected": "zset"]])
+    }
+
     func testSubmitWaitSaysOnceThatNoRunningRunnerReadsItsQueue() throws {
         try register("r1", state: "drained", queues: ["default"])
         try register("r2", state: "running", queues: ["busy"])

@@ -59,7 +59,7 @@ final class TopViewTests: XCTestCase {
         XCTAssertEqual(
             TopView.render(snapshot(), width: 0),
             [
-                "NativeRunner pool 'nr'  2026-12-03T16:00:00.000Z  runners 1/2 live  jobs running 2  waiting 2",
+                "NativeRunner pool 'nr'  runners 1/2 live  jobs running 2  waiting 2  retrying 0  2026-12-03T16:00:00.000Z",
                 "",
                 "RUNNERS",
                 "  ID  NODE  STATE           LEASE    SLOTS       CPU    MEMORY     LOAD",
@@ -129,7 +129,7 @@ final class TopViewTests: XCTestCase {
     func testWaitingCountsTheEntriesOfAQueueWithoutAConsumerGroup() {
         var pool = snapshot()
         pool.queues.append(QueueStatus(name: "nobody", length: 4, pending: 0, lag: nil, consumers: 0))
-        XCTAssertTrue(TopView.render(pool, width: 0)[0].hasSuffix("jobs running 2  waiting 6"), "\(pool.queues)")
+        XCTAssertTrue(TopView.render(pool, width: 0)[0].contains("jobs running 2  waiting 6  "), "\(pool.queues)")
     }
 
     /// Event types of different lengths: the columns after the type start at one offset on every line (the type
@@ -179,7 +179,16 @@ final class TopViewTests: XCTestCase {
     func testLinesAreClippedToTheWidth() {
         let lines = TopView.render(snapshot(), width: 30)
         XCTAssertTrue(lines.allSatisfy { $0.count <= 30 }, lines.joined(separator: "\n"))
-        XCTAssertEqual(lines[0], "NativeRunner pool 'nr'  2026-…")
+        XCTAssertEqual(lines[0], "NativeRunner pool 'nr'  runne…")
+    }
+
+    /// The figures come before the time, so that an 80-column terminal still shows them all.
+    func testTheTitlesFiguresFitEightyColumns() {
+        var pool = snapshot()
+        pool.retriesScheduled = 3
+        XCTAssertEqual(
+            TopView.render(pool, width: 80)[0],
+            "NativeRunner pool 'nr'  runners 1/2 live  jobs running 2  waiting 2  retrying 3…")
     }
 
     func testAnEmptyPoolSaysSo() {
@@ -188,7 +197,8 @@ final class TopViewTests: XCTestCase {
         XCTAssertEqual(
             TopView.render(empty, width: 0),
             [
-                "NativeRunner pool 'nr'  2026-12-03T16:00:00.000Z  runners 0/0 live  jobs running 0  waiting 0", "",
+                "NativeRunner pool 'nr'  runners 0/0 live  jobs running 0  waiting 0  retrying 0  2026-12-03T16:00:00.000Z",
+                "",
                 "RUNNERS", "  (none registered in namespace 'nr')", "", "RUNNING JOBS", "  (none)", "", "QUEUES",
                 "  (none)", "",
                 "RECENT EVENTS", "  (none)",
@@ -203,7 +213,8 @@ final class TopViewTests: XCTestCase {
         ]
         let lines = TopView.render(snapshot, width: 0)
         XCTAssertEqual(
-            lines[0], "NativeRunner pool 'nr'  2026-12-03T16:00:00.000Z  runners ?  jobs running 0  waiting 0")
+            lines[0],
+            "NativeRunner pool 'nr'  runners ?  jobs running 0  waiting 0  retrying 0  2026-12-03T16:00:00.000Z")
         XCTAssertEqual(lines[3], "  (cannot list the runners: key {nr}:runners is a string, expected a hash)")
     }
 
