@@ -33,7 +33,7 @@ enum RetryCommand {
             return 0
         case .notRetriable(let state?):
             throw CommandFailure(
-                "job '\(id)' is \(state); only dead, failed or timed_out jobs can be retried by hand")
+                "job '\(id)' is in state \(state); only dead, failed or timed_out jobs can be retried by hand")
         case .notRetriable(nil):
             throw CommandFailure(
                 "no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
@@ -50,7 +50,12 @@ enum DeadCommand {
         options: CommonOptions.all + [
             OptionSpec("--json", .flag, help: "One JSON object per line."),
             OptionSpec("--count", .value("N"), help: "How many to list.", default: "50"),
-        ])
+        ],
+        discussion: """
+            Dead letters are history: one whose job was retried by hand ('runner retry') stays listed, with the
+            job's state now after its reason ('(now succeeded)'; --json: job_state, null when the job has no record
+            any more).
+            """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
         if arguments.value("--count").flatMap({ Int($0) }) == 0 {
@@ -63,16 +68,19 @@ enum DeadCommand {
         let letters = try await pool.deadLetters(count: count)
         if letters.isEmpty, !arguments.flag("--json") { console.print("(no dead letters)") }
         for letter in letters {
-            console.print(render(id: letter.id, fields: letter.fields, json: arguments.flag("--json")))
+            console.print(
+                render(id: letter.id, fields: letter.fields, jobState: letter.jobState, json: arguments.flag("--json")))
         }
         return 0
     }
 
     /// One dead letter (its stream id and fields) as a JSON object (every field whole; the spec's secret variables masked) or as one line of
     /// text (its reason cut at a word, `JobEntry.printable`).
-    static func render(id: String, fields: [String: [UInt8]], json: Bool) -> String {
+    static func render(id: String, fields: [String: [UInt8]], jobState: String?, json: Bool) -> String {
         guard !json else {
-            var object: [String: JSONValue] = ["dead_id": .string(id)]
+            var object: [String: JSONValue] = [
+                "dead_id": .string(id), "job_state": jobState.map(JSONValue.string) ?? .null,
+            ]
             for (name, value) in fields {
                 if let text = String(validating: value, as: UTF8.self) {
                     let isNumber = name == JobEntryField.attempt || name == ProtocolVersion.field
@@ -88,7 +96,12 @@ enum DeadCommand {
         }
         let text = { (name: String) in fields[name].map { String(decoding: $0, as: UTF8.self) } }
         let ms = Int(id.split(separator: "-").first ?? "") ?? 0
+        // A job retried (or resubmitted) since: what became of it.
+        let now =
+            jobState.map { $0 == JobState.dead.rawValue || $0 == JobState.rejected.rawValue ? "" : " (now \($0))" }
+            ?? ""
         return "\(formatTimestamp(ms)) \(JobEntry.printable(text(JobEntryField.id) ?? "-")) "
             + "attempt=\(text(JobEntryField.attempt) ?? "1"): " + JobEntry.printable(text(DeadLetterField.reason) ?? "")
+            + now
     }
 }

@@ -66,7 +66,8 @@ enum SubmitCommand {
             runner that died are rescheduled and do not count.
 
             With --idempotency-key, a submit whose key an earlier job holds (for the result retention) adds nothing
-            and prints that job's id (with --json, "existing": true); --wait then waits for that job.
+            and prints that job's id (with --json, "existing": true), saying so on stderr; --wait then waits for
+            that job.
 
             Values of --secret-env variables, and of variables named *_TOKEN, *_SECRET or *_PASSWORD, are shown as
             *** in the job's log and output tail. A limit or --network none that the --isolation given cannot
@@ -191,6 +192,12 @@ enum SubmitCommand {
                 id: arguments.value("--id"), spec: jobSpec, queue: queue, idempotencyKey: idempotencyKey)
         } catch let error as RedisServerError where error.kind == "DUPLICATE" {
             throw CommandFailure("a job with id '\(arguments.value("--id") ?? "")' already exists")
+        }
+        if submitted.streamId == nil, let idempotencyKey {
+            // Nothing was queued: the id printed is an earlier job's, whatever this submit's command was.
+            console.error(
+                "runner: idempotency key '\(idempotencyKey)' belongs to job \(submitted.id), submitted earlier: "
+                    + "nothing new was queued")
         }
         guard arguments.flag("--wait") else {
             if arguments.flag("--json") {

@@ -315,6 +315,8 @@ public struct PoolClient: Sendable {
     public struct DeadLetter: Sendable {
         public var id: String
         public var fields: [String: [UInt8]]
+        /// The state its job's record has now (it may have been retried since), nil without a record.
+        public var jobState: String?
     }
 
     /// The last `count` dead letters, newest first.
@@ -322,11 +324,22 @@ public struct PoolClient: Sendable {
         let reply = try await WrongTypeKey.naming(client: client, [keyspace.dead: "stream"]) {
             try await client.send(RedisCommand(["XREVRANGE", keyspace.dead, "+", "-", "COUNT", String(count)]))
         }
-        return (reply.array ?? []).compactMap { entry in
+        var letters: [DeadLetter] = (reply.array ?? []).compactMap { entry in
             guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { return nil }
             let fields = Dictionary((parts[1].fieldPairs ?? []).map { ($0.name, $0.value) }) { first, _ in first }
             return DeadLetter(id: id, fields: fields)
         }
+        // A rejected entry may have no job id; a record of another type answers an error: no state shown.
+        let jobs = letters.indices.compactMap { index in
+            letters[index].fields[JobEntryField.id].flatMap { String(validating: $0, as: UTF8.self) }.map {
+                (index, $0)
+            }
+        }.filter { (try? JobEntry.validateId($0.1)) != nil }
+        guard !jobs.isEmpty else { return letters }
+        let states = try await client.pipeline(
+            jobs.map { RedisCommand(["HGET", keyspace.job(id: $0.1), ResultField.state]) })
+        for ((index, _), state) in zip(jobs, states) { letters[index].jobState = state.string }
+        return letters
     }
 
     /// The last `count` events (of `job` only, when given), oldest first, read back from the stream's end a page at a

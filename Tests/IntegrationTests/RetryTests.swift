@@ -116,6 +116,7 @@ final class RetryTests: IntegrationTestCase {
         XCTAssertEqual(letter?["id"] as? String, "dl-1")
         XCTAssertEqual((letter?["spec"] as? [String: Any])?["max_attempts"] as? Int, 2)
         XCTAssertEqual(letter?["source"] as? String, key("jobs:default"))
+        XCTAssertEqual(letter?["job_state"] as? String, "dead")
 
         FileManager.default.createFile(atPath: marker.path, contents: nil)
         let retried = cli(["retry", "dl-1"])
@@ -131,7 +132,15 @@ final class RetryTests: IntegrationTestCase {
         let again = cli(["retry", "dl-1"])
         XCTAssertEqual(again.code, 1)
         XCTAssertEqual(
-            again.err, "Error: job 'dl-1' is succeeded; only dead, failed or timed_out jobs can be retried by hand\n")
+            again.err,
+            "Error: job 'dl-1' is in state succeeded; only dead, failed or timed_out jobs can be retried by hand\n")
+        // The dead letter stays, with what became of its job.
+        XCTAssertTrue(
+            cli(["dead"]).stdout.hasSuffix(
+                " dl-1 attempt=2: failed 2 of 2 attempts; the last: exited with code 1 (now succeeded)\n"))
+        let after =
+            try JSONSerialization.jsonObject(with: cli(["dead", "--json", "--count", "1"]).out) as? [String: Any]
+        XCTAssertEqual(after?["job_state"] as? String, "succeeded")
         XCTAssertEqual(cli(["retry", "no-such"]).code, 1)
     }
 
@@ -142,6 +151,9 @@ final class RetryTests: IntegrationTestCase {
         XCTAssertEqual(created?["existing"] as? Bool, false)
         let id = try XCTUnwrap(created?["id"] as? String)
         let second = cli(["submit", "--idempotency-key", "order-42", "--json", "--", "true"])
+        XCTAssertEqual(
+            second.err,
+            "runner: idempotency key 'order-42' belongs to job \(id), submitted earlier: nothing new was queued\n")
         let existing = try JSONSerialization.jsonObject(with: second.out) as? [String: Any]
         XCTAssertEqual(existing?["id"] as? String, id)
         XCTAssertEqual(existing?["existing"] as? Bool, true)

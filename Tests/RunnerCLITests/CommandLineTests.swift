@@ -581,12 +581,12 @@ final class DeadLetterRenderingTests: XCTestCase {
             "job's peak memory of 25276071936 bytes is above the runner's --max-memory of 17179869184 bytes; "
             + "lower --memory or raise the ceiling"
         let fields = ["id": Array("big-1".utf8), "attempt": Array("2".utf8), "reason": Array(reason.utf8)]
-        let line = DeadCommand.render(id: "1796313600000-0", fields: fields, json: false)
+        let line = DeadCommand.render(id: "1796313600000-0", fields: fields, jobState: nil, json: false)
         XCTAssertEqual(
             line,
             "2026-12-03T16:00:00.000Z big-1 attempt=2: "
                 + "job's peak memory of 25276071936 bytes is above the runner's --max-memory of…")
-        let json = DeadCommand.render(id: "1796313600000-0", fields: fields, json: true)
+        let json = DeadCommand.render(id: "1796313600000-0", fields: fields, jobState: nil, json: true)
         XCTAssertEqual(try JSONValue(parsing: Array(json.utf8))["reason"], .string(reason))
         // A word longer than the limit is cut inside it; control characters stay escaped.
         XCTAssertEqual(JobEntry.printable(String(repeating: "x", count: 100)), String(repeating: "x", count: 79) + "…")
