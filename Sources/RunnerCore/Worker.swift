@@ -312,8 +312,9 @@ public final class Worker: Sendable {
         setState(.stopped)
         if final.abandoned > 0 {
             logger.warning(
-                "\(counted(final.abandoned, "job was", "jobs were")) stopped when a lease epoch ended; their entries "
-                    + "are rescheduled by a reaper or the next run of this runner")
+                "\(counted(final.abandoned, "job was", "jobs were")) stopped during this run when a lease epoch ended; "
+                    + "a reaper reschedules such a job (or already has: see its events), or the next run of this "
+                    + "runner does")
         }
         let migration = operations.mode.withLock { $0.migration }
         try? await store.emit(
