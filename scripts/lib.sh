@@ -65,16 +65,18 @@ nr_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# nr_start_redis DIR: starts a private redis-server on a free loopback port with its files in DIR.
+# nr_start_redis DIR [ARG...]: starts a private redis-server on a free loopback port with its files in DIR, without
+# persistence unless the ARGs (redis-server options, after the defaults) say otherwise.
 # Sets NR_REDIS_PORT and NR_REDIS_PID. Waits until it answers PING.
 nr_start_redis() {
     local dir="$1"
+    shift
     mkdir -p "$dir"
     local attempt
     for attempt in 1 2 3 4 5; do
         NR_REDIS_PORT="$(nr_free_port)"
         redis-server --port "$NR_REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-            --daemonize no --logfile "$dir/redis.log" &
+            --daemonize no --logfile "$dir/redis.log" "$@" &
         NR_REDIS_PID=$!
         local i
         for i in $(seq 1 100); do

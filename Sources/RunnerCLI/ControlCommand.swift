@@ -51,6 +51,7 @@ enum ControlCommand {
         defer { pool.client.close() }
         try await EvictionPolicyCheck.verify(
             client: pool.client, allow: arguments.flag("--allow-eviction-policy"), logger: logger)
+        await PersistenceCheck.warnIfVolatile(client: pool.client, logger: logger)
         // Before the reaper's first turn, which says whether this control plane leads or stands by.
         logger.info(
             "control plane running",

@@ -111,8 +111,8 @@ enum WorkerCommand {
                 environment: "RUNNER_EXIT_WHEN_IDLE"),
             OptionSpec(
                 "--resume-identity", .value("RUNNER"),
-                help: "Take over the id of a runner that migrated here (its lease must be free): its counters carry "
-                    + "over, and its queues, concurrency and labels unless given. Instead of --name.",
+                help: "Take over the id of a runner that migrated here, or died (its lease must be free): its "
+                    + "counters carry over, and its queues, concurrency and labels unless given. Instead of --name.",
                 environment: "RUNNER_RESUME_IDENTITY"),
             MetricsListen.option,
         ] + labelAndHookOptions + CommonOptions.logging + ConfigurationLayers.options)

@@ -126,6 +126,7 @@ public final class Worker: Sendable {
             throw WorkerError(.redisUnavailable, error.message)
         }
         try await EvictionPolicyCheck.verify(client: jobsClient, allow: config.allowEvictionPolicy, logger: logger)
+        await PersistenceCheck.warnIfVolatile(client: jobsClient, logger: logger)
         let supervisor: ProcessSupervisor
         do {
             supervisor = try ProcessSupervisor(subreaper: true, reapsOwnSessionOrphans: true)

@@ -206,3 +206,27 @@ final class EvictionPolicyTests: PrivateRedisTestCase {
         XCTAssertEqual(try waitForState("ev-1", ["succeeded"])["output_tail"], "ok\n")
     }
 }
+
+/// A Redis without an append-only file: a worker says once, at start, what a restart of it loses; with one, nothing.
+final class PersistenceWarningTests: PrivateRedisTestCase {
+    func testARedisWithoutAnAppendOnlyFileIsNamedOnceAtStart() throws {
+        let warning =
+            "Redis runs without an append-only file (appendonly no): a restart of redis-server loses every job, "
+            + "lease and result (no snapshots either: save is ''); set appendonly yes where jobs must not be lost "
+            + "(docs/guarantees.md)"
+        let runner = try startRunner()
+        // The check comes before the registration, which is logged.
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains("runner registered") }, runner.log)
+        XCTAssertEqual(runner.log.components(separatedBy: warning).count, 2, runner.log)
+
+        _ = try send(["CONFIG", "SET", "save", "3600 1"])
+        let snapshots = try startRunner(name: "r2")
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { snapshots.log.contains("runner registered") }, snapshots.log)
+        XCTAssertTrue(snapshots.log.contains("loses every job, lease and result written since its last snapshot"))
+
+        _ = try send(["CONFIG", "SET", "appendonly", "yes"])
+        let quiet = try startRunner(name: "r3")
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { quiet.log.contains("runner registered") }, quiet.log)
+        XCTAssertFalse(quiet.log.contains("append-only"), quiet.log)
+    }
+}
