@@ -1,4 +1,5 @@
 import Foundation
+import HTTPEndpoint
 import RedisClient
 import RunnerCore
 import RunnerProtocol
@@ -10,7 +11,8 @@ enum ControlCommand {
         name: "control",
         abstract: "Run the control plane: reschedule the jobs of lost runners and move due retries.",
         usage:
-            "runner control [--redis HOST:PORT] [--interval D] [--reschedule-limit N] [--lost-retention D] [options]",
+            "runner control [--redis HOST:PORT] [--interval D] [--reschedule-limit N] [--lost-retention D] "
+            + "[--metrics-listen HOST:PORT] [options]",
         options: CommonOptions.all + [
             OptionSpec(
                 "--name", .value("NAME"), help: "Name in events and logs.", environment: "RUNNER_CONTROL_NAME",
@@ -24,6 +26,7 @@ enum ControlCommand {
                 environment: "RUNNER_LOST_RETENTION", default: "24h"),
             CommonOptions.resultRetention,
             CommonOptions.allowEvictionPolicy,
+            MetricsListen.controlOption,
         ] + CommonOptions.logging,
         discussion: """
             Several control planes (and workers, which reap too unless --no-reaper) may run at once: only the holder
@@ -33,6 +36,12 @@ enum ControlCommand {
             next try instead of when the lease lapses. A runner whose lease is gone is marked lost
             (runner.lost); each job it held is put back on its queue with its attempt raised (job.rescheduled), and
             its consumer leaves the group once nothing is pending for it. Entries of live runners are never touched.
+
+            With --metrics-listen, every control plane (leader or not) serves the pool's figures on /metrics, read
+            from Redis every --interval: nativerunner_pool_runners{state}, nativerunner_pool_queue_length,
+            _pending, _waiting and _consumers{queue}, nativerunner_pool_retries_scheduled,
+            nativerunner_pool_dead_letters, and the reading's age and failures. /readyz answers 503 once the last
+            good reading is older than three intervals.
             """)
 
     static func run(_ arguments: ParsedArguments, console: Console) async throws -> Int32 {
@@ -47,6 +56,7 @@ enum ControlCommand {
             rescheduleBound: try arguments.positiveInt("--reschedule-limit")
                 ?? ReaperConfiguration.defaultRescheduleBound,
             resultRetention: try arguments.resultRetention())
+        let metricsAddress = try MetricsListen.address(arguments, command: spec.name)
         let pool = try await connectedPool(arguments)
         defer { pool.client.close() }
         try await EvictionPolicyCheck.verify(
@@ -59,6 +69,21 @@ enum ControlCommand {
                 "name": name, "redis": configuration.redis.description,
                 "interval_ms": String(configuration.interval.milliseconds),
             ])
+        var metricsServer: HTTPServer?
+        var metricsRefresh: Task<Void, Never>?
+        if let metricsAddress {
+            let interval = configuration.interval
+            let cache = PoolMetricsCache(staleAfter: interval * 3)
+            await cache.refresh(pool)
+            metricsServer = try MetricsListen.start(metricsAddress, logger: logger) { cache.respond($0) }
+            metricsRefresh = Task {
+                while (try? await Task.sleep(for: interval)) != nil { await cache.refresh(pool) }
+            }
+        }
+        defer {
+            metricsRefresh?.cancel()
+            metricsServer?.stop()
+        }
         let reaper = Reaper(configuration: configuration, logger: logger, role: .controlPlane)
         let task = Task { await reaper.run() }
         let signals = SignalObserver(signals: [SIGTERM, SIGINT, SIGHUP]) { signal in

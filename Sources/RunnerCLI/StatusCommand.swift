@@ -78,7 +78,7 @@ enum StatusCommand {
             let record = runner.record
             let running = record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue) ?? []
             // A lost runner's last heartbeat is history: its jobs are not running there (a reaper puts them back).
-            let lost = isLost(runner)
+            let lost = runner.isLost
             rows.append([
                 runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
                 // A record whose lease is gone belongs to a runner that died: its last state is history (a reaper
@@ -116,7 +116,7 @@ enum StatusCommand {
             var object = runner.record.objectValue ?? [:]
             object["id"] = .string(runner.id)
             object["lease_remaining_ms"] = runner.leaseRemainingMs.map(JSONValue.int) ?? .null
-            let lost = isLost(runner)
+            let lost = runner.isLost
             object["lost"] = .bool(lost)
             if lost {
                 for field in lostRunnerUnknownFields { object[field] = .null }
@@ -213,13 +213,6 @@ enum StatusCommand {
     static func labelsText(_ value: JSONValue?) -> String {
         guard case .object(let members)? = value, !members.isEmpty else { return "-" }
         return members.keys.sorted().map { "\($0)=\(members[$0]?.stringValue ?? "?")" }.joined(separator: ",")
-    }
-
-    /// Whether the runner's lease is gone without its having released it (it died or was cut off): state `lost`, or
-    /// `... (lost)` until a reaper marks it.
-    static func isLost(_ runner: RunnerStatus) -> Bool {
-        let state = runner.record[RunnerRecordField.state]?.stringValue.flatMap(RunnerState.init(rawValue:))
-        return runner.leaseRemainingMs == nil && state?.releasedItsLease != true
     }
 
     /// A record's busy and total slots (`capacity` less `capacity_free`); nil when a record no runner wrote gives

@@ -23,13 +23,13 @@ enum TopView {
         let runners = snapshot.runners.map { runner -> [String] in
             let record = runner.record
             // A lost runner's figures are history, as its slots are (`status` shows them so too).
-            let usage = StatusCommand.isLost(runner) ? nil : snapshot.usage[runner.id]
+            let usage = runner.isLost ? nil : snapshot.usage[runner.id]
             return [
                 runner.id, record[RunnerRecordField.node]?.stringValue ?? "?",
                 StatusCommand.stateText(
                     record[RunnerRecordField.state]?.stringValue, leaseHeld: runner.leaseRemainingMs != nil),
                 StatusCommand.leaseText(runner),
-                StatusCommand.isLost(runner)
+                runner.isLost
                     ? "-"
                     : StatusCommand.slots(record).map {
                         bar(used: $0.busy, total: $0.capacity) + " \($0.busy)/\($0.capacity)"

@@ -309,7 +309,8 @@ enum WorkerCommand {
         let worker = Worker(configuration: configuration, logger: logger)
         var metricsServer: HTTPServer?
         if let metricsAddress {
-            metricsServer = try MetricsListen.start(metricsAddress, worker: worker, logger: logger)
+            let endpoint = MetricsEndpoint(metrics: worker.metrics)
+            metricsServer = try MetricsListen.start(metricsAddress, logger: logger) { endpoint.respond($0) }
         }
         defer { metricsServer?.stop() }
         // SIGHUP too: a worker started from a terminal that closes shuts down cleanly instead of dying mid-job.

@@ -44,6 +44,18 @@ public struct RunnerStatus: Sendable {
         self.record = record
         self.leaseRemainingMs = leaseRemainingMs
     }
+
+    /// Its lease is gone without its having released it (as a migrating or stopped runner does): it died or was cut
+    /// off, whatever its record still says.
+    public var isLost: Bool {
+        let state = record[RunnerRecordField.state]?.stringValue.flatMap(RunnerState.init(rawValue:))
+        return leaseRemainingMs == nil && state?.releasedItsLease != true
+    }
+
+    /// Its record's state, or `lost` when `isLost`.
+    public var stateShown: String {
+        isLost ? RunnerState.lost.rawValue : record[RunnerRecordField.state]?.stringValue ?? "unknown"
+    }
 }
 
 /// A queue's stream as seen through the consumer group.

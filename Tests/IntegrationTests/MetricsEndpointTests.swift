@@ -158,6 +158,62 @@ final class MetricsEndpointTests: PrivateRedisTestCase {
         XCTAssertGreaterThan(total("nativerunner_redis_reconnects_total"), 0, "\(after)")
     }
 
+    /// `runner control --metrics-listen`: the pool's figures, as `runner status` has them, parsed by Prometheus's own
+    /// parser; they follow the pool at the next reading; readiness follows the readings.
+    func testTheControlPlaneServesThePoolsFigures() throws {
+        guard Python.require(["prometheus_client"]) else { return }
+        // A runner that died (a record, no lease), a retry due in 2100, a dead letter, two jobs waiting.
+        _ = try send(["HSET", key("runners"), "r9", #"{"node":"n9","pid":1,"queues":["default"],"state":"running"}"#])
+        _ = try send(["ZADD", key("delayed"), "4102444800000", "later-1"])
+        _ = try send(["XADD", key("dead"), "*", "id", "gone-1", "reason", "test"])
+        for id in ["q-1", "q-2"] {
+            _ = try send(["XADD", key("jobs:default"), "*", "id", id, "spec", #"{"argv":["true"]}"#])
+        }
+        let control = try RunnerUnderTest(
+            endpoint: endpoint, namespace: namespace, name: "ctl", subcommand: "control",
+            arguments: ["--metrics-listen", "127.0.0.1:0", "--interval", "300ms"])
+        runners.append(control)
+        let base = "http://" + (try metricsAddress(control))
+        var metrics: [String: Double] = [:]
+        func scrape() throws -> [String: Double] {
+            let page = get(base + "/metrics")
+            XCTAssertEqual(page.status, 200, page.body)
+            return try parsedByPrometheusClient(page.body)
+        }
+        metrics = try scrape()
+        let expected: [String: Double] = [
+            "nativerunner_pool_runners{state=\"lost\"}": 1, "nativerunner_pool_queue_length{queue=\"default\"}": 2,
+            "nativerunner_pool_queue_waiting{queue=\"default\"}": 2,
+            "nativerunner_pool_queue_pending{queue=\"default\"}": 0, "nativerunner_pool_retries_scheduled": 1,
+            "nativerunner_pool_dead_letters": 1, "nativerunner_pool_reading_failures_total": 0,
+        ]
+        for (name, value) in expected.sorted(by: { $0.key < $1.key }) { XCTAssertEqual(metrics[name], value, name) }
+        XCTAssertLessThan(metrics["nativerunner_pool_reading_age_seconds"] ?? 99, 5)
+        XCTAssertEqual(get(base + "/healthz").status, 200)
+        XCTAssertEqual(get(base + "/readyz").status, 200)
+
+        // A worker comes and takes the jobs: the next readings show it.
+        let worker = try startRunner(name: "w1")
+        XCTAssertEqual(try waitForState("q-1", ["succeeded"])["state"], "succeeded")
+        XCTAssertEqual(try waitForState("q-2", ["succeeded"])["state"], "succeeded")
+        let followed = try waitUntil(timeout: .seconds(10), interval: .milliseconds(100)) {
+            metrics = try scrape()
+            return metrics["nativerunner_pool_runners{state=\"running\"}"] == 1
+                && metrics["nativerunner_pool_queue_length{queue=\"default\"}"] == 0
+        }
+        XCTAssertTrue(followed, "\(metrics)")
+
+        XCTAssertEqual(worker.stop(), 0, worker.log)
+
+        // Redis gone: the page keeps the last figures and counts the failures; not ready once they are stale.
+        try server.stop()
+        let stale = waitUntil(timeout: .seconds(10)) { self.get(base + "/readyz").status == 503 }
+        XCTAssertTrue(stale, get(base + "/readyz").body)
+        metrics = try scrape()
+        XCTAssertGreaterThan(metrics["nativerunner_pool_reading_failures_total"] ?? 0, 0)
+        XCTAssertEqual(metrics["nativerunner_pool_retries_scheduled"], 1)
+    }
+
     func testTheDurationHistogramCountsACancelledAttempt() throws {
         let runner = try startRunner(["--metrics-listen", "127.0.0.1:0", "--kill-grace", "200ms"])
         let base = "http://" + (try metricsAddress(runner))
