@@ -171,6 +171,30 @@ extension ParsedArguments {
         }
     }
 
+    /// The items of a repeated option that also takes comma lists (`--queue high,default`, `RUNNER_QUEUES=high,default`,
+    /// `"queue": ["high,default"]` in a config file): each value split at its commas, white space around an item
+    /// dropped; nil when not given. An empty item (`a,,b`, `,a`, `a,`, `''`) is a usage error quoting the value as
+    /// written (a variable's whole text), not left out: `item` names what is missing (`queue name`), and `example`
+    /// (`names separated by commas, e.g. high,default`) is the hint given when the value has commas.
+    func commaList(_ name: String, item: String, example: String) throws -> [String]? {
+        guard let given = values[name] else { return nil }
+        // The variable's split (`ParsedArguments.init`) already left its empty pieces out: its text as written.
+        var items: [String] = []
+        for value in environmentText[name].map({ [$0] }) ?? given {
+            let pieces = value.split(separator: ",", omittingEmptySubsequences: false).map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }
+            if pieces.contains(where: \.isEmpty) {
+                let hint = value.contains(",") ? ": give \(example)" : ""
+                throw UsageError(
+                    "invalid value for '\(name)': '\(UsageError.excerpt(value))' (an empty \(item)\(hint))",
+                    command: command.name)
+            }
+            items += pieces
+        }
+        return items
+    }
+
     func keyValues(_ name: String) throws -> [String: String] {
         var result: [String: String] = [:]
         for item in all(name) {
