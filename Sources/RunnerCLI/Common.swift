@@ -39,6 +39,15 @@ enum CommonOptions {
     ]
 }
 
+extension UsageError {
+    /// Why `name`, a namespace, queue or runner name that `Keyspace.isValidName` refuses (or with `limit`
+    /// `Keyspace.maximumNodeNameLength`, a node name `isValidNodeName` refuses), is refused, for the parenthesized
+    /// end of the error: its length when it is too long (`too long: 300 characters, at most 128`), else `rules`.
+    static func nameReason(_ name: String, limit: Int = Keyspace.maximumNameLength, rules: String) -> String {
+        name.count > limit ? "too long: \(name.count) characters, at most \(limit)" : rules
+    }
+}
+
 /// A failure of a command that is not a usage mistake: printed as `Error: ...`, exit code 1.
 struct CommandFailure: Error, CustomStringConvertible {
     var message: String
@@ -60,7 +69,10 @@ extension ParsedArguments {
         let name = value("--namespace") ?? Keyspace.defaultNamespace
         guard Keyspace.isValidName(name) else {
             throw UsageError(
-                "invalid value for '--namespace': '\(UsageError.excerpt(name))' (use letters, digits, '-', '_' or '.'; no braces, colons or spaces)",
+                "invalid value for '--namespace': '\(UsageError.excerpt(name))' ("
+                    + UsageError.nameReason(
+                        name, rules: "use letters, digits, '-', '_' or '.'; no braces, colons or spaces")
+                    + ")",
                 command: command.name)
         }
         return Keyspace(namespace: name)
@@ -70,8 +82,10 @@ extension ParsedArguments {
     func checkName(_ name: String, option: String = "--name") throws {
         guard Keyspace.isValidName(name) else {
             throw UsageError(
-                "invalid value for '\(option)': '\(UsageError.excerpt(name))' (1 to 128 characters; no braces, colons, "
-                    + "spaces or control characters)", command: command.name)
+                "invalid value for '\(option)': '\(UsageError.excerpt(name))' ("
+                    + UsageError.nameReason(
+                        name, rules: "1 to 128 characters; no braces, colons, spaces or control characters")
+                    + ")", command: command.name)
         }
     }
 

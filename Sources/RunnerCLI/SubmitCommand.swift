@@ -107,8 +107,9 @@ enum SubmitCommand {
         }
         guard Keyspace.isValidName(queue) else {
             throw UsageError(
-                "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "
-                    + "characters)", command: spec.name)
+                "invalid value for '--queue': '\(UsageError.excerpt(queue))' ("
+                    + UsageError.nameReason(queue, rules: "no braces, colons, spaces or control characters") + ")",
+                command: spec.name)
         }
         // A runner's `--queue a,b` is the two queues a and b: none would ever read a queue named `a,b`.
         guard !queue.contains(",") else {

@@ -134,8 +134,10 @@ enum WorkerCommand {
         let node = arguments.value("--node") ?? host
         guard Keyspace.isValidNodeName(node) else {
             throw UsageError(
-                "invalid value for '--node': '\(UsageError.excerpt(node))' (1 to 200 characters; no spaces or control "
-                    + "characters)", command: spec.name)
+                "invalid value for '--node': '\(UsageError.excerpt(node))' ("
+                    + UsageError.nameReason(
+                        node, limit: Keyspace.maximumNodeNameLength,
+                        rules: "1 to 200 characters; no spaces or control characters") + ")", command: spec.name)
         }
         // A comma list wherever it is given (`--queue high,default`, `RUNNER_QUEUES=high,default`, the file's
         // `"queue"`), an empty name in it refused (`a,,b`, `a,`, `--queue ''`), not left out. Given but empty
@@ -149,8 +151,9 @@ enum WorkerCommand {
         let queues = given ?? [Keyspace.defaultQueue]
         for queue in queues where !Keyspace.isValidName(queue) {
             throw UsageError(
-                "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "
-                    + "characters)", command: spec.name)
+                "invalid value for '--queue': '\(UsageError.excerpt(queue))' ("
+                    + UsageError.nameReason(queue, rules: "no braces, colons, spaces or control characters") + ")",
+                command: spec.name)
         }
         guard Set(queues).count == queues.count else {
             throw UsageError("'--queue' names a queue twice", command: spec.name)

@@ -338,6 +338,54 @@ final class ConfigurationTests: XCTestCase {
             "Error: invalid value for '--queue': '' (an empty queue name)")
     }
 
+    /// A name over its length limit says so, with its length and the limit, instead of the rules of its characters
+    /// (which it may well follow): the namespace, runner and control-plane names, queues, nodes, and runner ids.
+    func testANameTooLongSaysHowLongItIsAndTheLimit() async throws {
+        let long = String(repeating: "n", count: 129)
+        let quoted = "'" + String(repeating: "n", count: 80) + "… (129 bytes)'"
+        let longNode = String(repeating: "n", count: 201)
+        let quotedNode = "'" + String(repeating: "n", count: 80) + "… (201 bytes)'"
+        let tooLong = "(too long: 129 characters, at most 128)"
+        let cases: [([String], [String: String], String)] = [
+            (["status", "--namespace", long], [:], "invalid value for '--namespace': \(quoted) \(tooLong)"),
+            (
+                ["config", "--print"], ["RUNNER_NAMESPACE": long],
+                "invalid value for RUNNER_NAMESPACE: \(quoted) \(tooLong)"
+            ),
+            (["config", "--print", "--name", long], [:], "invalid value for '--name': \(quoted) \(tooLong)"),
+            (["control", "--name", long], [:], "invalid value for '--name': \(quoted) \(tooLong)"),
+            (
+                ["worker", "--resume-identity", long], [:],
+                "invalid value for '--resume-identity': \(quoted) \(tooLong)"
+            ),
+            (["config", "--print", "--queue", long], [:], "invalid value for '--queue': \(quoted) \(tooLong)"),
+            (["submit", "--queue", long, "--", "true"], [:], "invalid value for '--queue': \(quoted) \(tooLong)"),
+            (["drain", long], [:], "invalid runner id \(quoted) \(tooLong)"),
+            (
+                ["config", "--print", "--node", longNode], [:],
+                "invalid value for '--node': \(quotedNode) (too long: 201 characters, at most 200)"
+            ),
+            (
+                ["migrate", "r1", "--to", longNode], [:],
+                "invalid value for '--to': \(quotedNode) (too long: 201 characters, at most 200)"
+            ),
+            // At the limit, a name is taken (submit then only fails to reach Redis).
+            (
+                ["submit", "--namespace", String(repeating: "n", count: 128), "--", "true"], [:],
+                "cannot reach Redis at 127.0.0.1:1: Connection refused"
+            ),
+        ]
+        for (arguments, environment, expected) in cases {
+            let command = arguments[0]
+            let result = await run(
+                [command, "--redis", "127.0.0.1:1"] + arguments.dropFirst(), environment: environment)
+            XCTAssertEqual(result.out, "")
+            XCTAssertEqual(
+                result.err.split(separator: "\n").first.map(String.init), "Error: \(expected)", "\(arguments)")
+            XCTAssertEqual(result.code, expected.hasPrefix("cannot reach") ? 1 : 2, "\(arguments)")
+        }
+    }
+
     /// Every comma list (the worker's --queue, --label and --env-allow as flags, `RUNNER_*` variables or config file
     /// values, submit's --require) refuses an empty item, naming the option (or variable, or file line) and quoting
     /// the value: `--queue a,,b` was one queue named `a,,b`, `RUNNER_LABELS=a=1,,b=2` left the empty label out.
