@@ -243,12 +243,32 @@ func connectedPool(_ arguments: ParsedArguments, reportReconnects: Bool = false,
     return PoolClient(client: client, keyspace: keyspace)
 }
 
-/// A readable rendering of a millisecond timestamp (UTC, ISO 8601).
+/// The millisecond timestamps `formatTimestamp` writes as dates: the years 1970 to 9999.
+let formattableTimestamps = 0...253_402_300_799_999
+
+/// A readable rendering of a millisecond timestamp (UTC, ISO 8601), or the number itself outside the years 1970 to
+/// 9999 (a hand-written `ts` of -9223372036854775808), which no date in this form would show truthfully.
 func formatTimestamp(_ ms: Int) -> String {
+    guard formattableTimestamps.contains(ms) else { return String(ms) }
     var seconds = time_t(ms / 1000)
     var parts = tm()
     gmtime_r(&seconds, &parts)
     return String(
         format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
         parts.tm_hour, parts.tm_min, parts.tm_sec, ms % 1000)
+}
+
+extension PoolEvent {
+    /// Whether the event's time shows as a date: its `ts` a number of milliseconds in the years 1970 to 9999.
+    var hasDate: Bool {
+        guard let text = fields[EventField.timestamp] else { return formattableTimestamps.contains(timestampMs) }
+        return Int(text).map(formattableTimestamps.contains) ?? false
+    }
+
+    /// The event's time as `runner events` and `top` show it: the date of its `ts`, else the field as written (made
+    /// printable), e.g. `-9223372036854775808` or `soon`, not a date it does not mean.
+    var timeText: String {
+        guard let text = fields[EventField.timestamp], Int(text) == nil else { return formatTimestamp(timestampMs) }
+        return text.isEmpty ? "-" : JobEntry.printable(text)
+    }
 }
