@@ -39,6 +39,15 @@ enum CommonOptions {
     ]
 }
 
+extension UsageError {
+    /// Why `name`, a namespace, queue or runner name that `Keyspace.isValidName` refuses (or with `limit`
+    /// `Keyspace.maximumNodeNameLength`, a node name `isValidNodeName` refuses), is refused, for the parenthesized
+    /// end of the error: its length when it is too long (`too long: 300 characters, at most 128`), else `rules`.
+    static func nameReason(_ name: String, limit: Int = Keyspace.maximumNameLength, rules: String) -> String {
+        name.count > limit ? "too long: \(name.count) characters, at most \(limit)" : rules
+    }
+}
+
 /// A failure of a command that is not a usage mistake: printed as `Error: ...`, exit code 1.
 struct CommandFailure: Error, CustomStringConvertible {
     var message: String
@@ -60,7 +69,10 @@ extension ParsedArguments {
         let name = value("--namespace") ?? Keyspace.defaultNamespace
         guard Keyspace.isValidName(name) else {
             throw UsageError(
-                "invalid value for '--namespace': '\(UsageError.excerpt(name))' (use letters, digits, '-', '_' or '.'; no braces, colons or spaces)",
+                "invalid value for '--namespace': '\(UsageError.excerpt(name))' ("
+                    + UsageError.nameReason(
+                        name, rules: "use letters, digits, '-', '_' or '.'; no braces, colons or spaces")
+                    + ")",
                 command: command.name)
         }
         return Keyspace(namespace: name)
@@ -70,8 +82,10 @@ extension ParsedArguments {
     func checkName(_ name: String, option: String = "--name") throws {
         guard Keyspace.isValidName(name) else {
             throw UsageError(
-                "invalid value for '\(option)': '\(UsageError.excerpt(name))' (1 to 128 characters; no braces, colons, "
-                    + "spaces or control characters)", command: command.name)
+                "invalid value for '\(option)': '\(UsageError.excerpt(name))' ("
+                    + UsageError.nameReason(
+                        name, rules: "1 to 128 characters; no braces, colons, spaces or control characters")
+                    + ")", command: command.name)
         }
     }
 
@@ -171,6 +185,30 @@ extension ParsedArguments {
         }
     }
 
+    /// The items of a repeated option that also takes comma lists (`--queue high,default`, `RUNNER_QUEUES=high,default`,
+    /// `"queue": ["high,default"]` in a config file): each value split at its commas, white space around an item
+    /// dropped; nil when not given. An empty item (`a,,b`, `,a`, `a,`, `''`) is a usage error quoting the value as
+    /// written (a variable's whole text), not left out: `item` names what is missing (`queue name`), and `example`
+    /// (`names separated by commas, e.g. high,default`) is the hint given when the value has commas.
+    func commaList(_ name: String, item: String, example: String) throws -> [String]? {
+        guard let given = values[name] else { return nil }
+        // The variable's split (`ParsedArguments.init`) already left its empty pieces out: its text as written.
+        var items: [String] = []
+        for value in environmentText[name].map({ [$0] }) ?? given {
+            let pieces = value.split(separator: ",", omittingEmptySubsequences: false).map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }
+            if pieces.contains(where: \.isEmpty) {
+                let hint = value.contains(",") ? ": give \(example)" : ""
+                throw UsageError(
+                    "invalid value for '\(name)': '\(UsageError.excerpt(value))' (an empty \(item)\(hint))",
+                    command: command.name)
+            }
+            items += pieces
+        }
+        return items
+    }
+
     func keyValues(_ name: String) throws -> [String: String] {
         var result: [String: String] = [:]
         for item in all(name) {
@@ -205,12 +243,32 @@ func connectedPool(_ arguments: ParsedArguments, reportReconnects: Bool = false,
     return PoolClient(client: client, keyspace: keyspace)
 }
 
-/// A readable rendering of a millisecond timestamp (UTC, ISO 8601).
+/// The millisecond timestamps `formatTimestamp` writes as dates: the years 1970 to 9999.
+let formattableTimestamps = 0...253_402_300_799_999
+
+/// A readable rendering of a millisecond timestamp (UTC, ISO 8601), or the number itself outside the years 1970 to
+/// 9999 (a hand-written `ts` of -9223372036854775808), which no date in this form would show truthfully.
 func formatTimestamp(_ ms: Int) -> String {
+    guard formattableTimestamps.contains(ms) else { return String(ms) }
     var seconds = time_t(ms / 1000)
     var parts = tm()
     gmtime_r(&seconds, &parts)
     return String(
         format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
         parts.tm_hour, parts.tm_min, parts.tm_sec, ms % 1000)
+}
+
+extension PoolEvent {
+    /// Whether the event's time shows as a date: its `ts` a number of milliseconds in the years 1970 to 9999.
+    var hasDate: Bool {
+        guard let text = fields[EventField.timestamp] else { return formattableTimestamps.contains(timestampMs) }
+        return Int(text).map(formattableTimestamps.contains) ?? false
+    }
+
+    /// The event's time as `runner events` and `top` show it: the date of its `ts`, else the field as written (made
+    /// printable), e.g. `-9223372036854775808` or `soon`, not a date it does not mean.
+    var timeText: String {
+        guard let text = fields[EventField.timestamp], Int(text) == nil else { return formatTimestamp(timestampMs) }
+        return text.isEmpty ? "-" : JobEntry.printable(text)
+    }
 }

@@ -78,7 +78,7 @@ enum EventsCommand {
         let width = EventType.allCases.map(\.rawValue.count).max() ?? 0
         let type =
             event.type.count < width ? event.type.padding(toLength: width, withPad: " ", startingAt: 0) : event.type
-        var line = "\(formatTimestamp(event.timestampMs)) \(type)"
+        var line = "\(event.timeText) \(type)"
         if !event.runner.isEmpty { line += " runner=\(event.runner)" }
         if !event.job.isEmpty { line += " job=\(event.job)" }
         if !event.data.isEmpty, event.data != "{}" { line += " \(event.data)" }

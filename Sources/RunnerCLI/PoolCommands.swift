@@ -90,8 +90,10 @@ enum PoolCommands {
         }
         guard Keyspace.isValidNodeName(node) else {
             throw UsageError(
-                "invalid value for '--to': '\(UsageError.excerpt(node))' (a node name, no spaces or control characters)",
-                command: "migrate")
+                "invalid value for '--to': '\(UsageError.excerpt(node))' ("
+                    + UsageError.nameReason(
+                        node, limit: Keyspace.maximumNodeNameLength,
+                        rules: "a node name, no spaces or control characters") + ")", command: "migrate")
         }
         let timeout = try arguments.duration("--takeover-timeout") ?? .seconds(600)
         guard timeout.milliseconds > 0 else {
@@ -114,7 +116,8 @@ enum PoolCommands {
         guard all || runner != nil else { throw UsageError("missing runner id", command: name) }
         if let runner, !Keyspace.isValidName(runner) {
             throw UsageError(
-                "invalid runner id '\(UsageError.excerpt(runner))' (no braces, colons, spaces or control characters)",
+                "invalid runner id '\(UsageError.excerpt(runner))' ("
+                    + UsageError.nameReason(runner, rules: "no braces, colons, spaces or control characters") + ")",
                 command: name)
         }
         let timeout = try arguments.waitTimeout() ?? .seconds(30)

@@ -32,7 +32,11 @@ enum ResultCommand {
             return 0
         }
         console.print("id: \(id)")
-        let timestamps: Set<String> = [ResultField.submittedAt, ResultField.startedAt, ResultField.finishedAt]
+        // Every millisecond epoch of the record, as a person reads it (--json keeps the numbers).
+        let timestamps: Set<String> = [
+            ResultField.submittedAt, ResultField.startedAt, ResultField.finishedAt, ResultField.retryAt,
+            ResultField.cancelRequestedAt,
+        ]
         for name in order + fields.keys.filter({ !order.contains($0) && $0 != ResultField.outputTail }).sorted() {
             guard let value = view.text(name) else { continue }
             if timestamps.contains(name), let ms = Int(value) {

@@ -19,7 +19,8 @@ enum SubmitCommand {
             OptionSpec("--env", .repeated("K=V"), help: "Environment variable for the job."),
             OptionSpec("--label", .repeated("K=V"), help: "Label recorded with the job."),
             OptionSpec(
-                "--require", .repeated("K=V"), help: "A label the runner must have to run the job (spec 'requires')."),
+                "--require", .repeated("K=V"),
+                help: "A label the runner must have to run the job (spec 'requires'); also a comma list (a=1,b=2)."),
             OptionSpec(
                 "--cwd", .value("DIR"),
                 help: "Working directory of the job; a relative one is relative to its work folder (NR_WORK_DIR)."),
@@ -107,8 +108,15 @@ enum SubmitCommand {
         }
         guard Keyspace.isValidName(queue) else {
             throw UsageError(
-                "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "
-                    + "characters)", command: spec.name)
+                "invalid value for '--queue': '\(UsageError.excerpt(queue))' ("
+                    + UsageError.nameReason(queue, rules: "no braces, colons, spaces or control characters") + ")",
+                command: spec.name)
+        }
+        // A runner's `--queue a,b` is the two queues a and b: none would ever read a queue named `a,b`.
+        guard !queue.contains(",") else {
+            throw UsageError(
+                "invalid value for '--queue': '\(UsageError.excerpt(queue))' (one queue name, without commas)",
+                command: spec.name)
         }
         if let id = arguments.value("--id") {
             do { try JobEntry.validateId(id) } catch {
@@ -156,8 +164,10 @@ enum SubmitCommand {
                 pids: try arguments.positiveInt("--pids"), cpuMillis: try arguments.millicores("--cpu")),
             secretEnvironment: arguments.all("--secret-env"))
         try checkLimitRanges(jobSpec.limits, arguments)
+        let requires =
+            try arguments.commaList("--require", item: "label", example: WorkerCommand.labelListExample) ?? []
         do {
-            jobSpec.requires = try LabelSet(pairs: arguments.all("--require"))
+            jobSpec.requires = try LabelSet(pairs: requires)
         } catch {
             throw UsageError("invalid value for '--require': \(error.message)", command: spec.name)
         }

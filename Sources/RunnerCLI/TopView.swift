@@ -86,7 +86,8 @@ enum TopView {
     static func eventLines(_ events: [PoolEvent]) -> [String] {
         let rows = events.map { event in
             [
-                String(formatTimestamp(event.timestampMs).dropFirst(11).dropLast()), event.type,
+                // The time of day of a date; a `ts` that makes none is shown whole.
+                event.hasDate ? String(event.timeText.dropFirst(11).dropLast()) : event.timeText, event.type,
                 event.runner.isEmpty ? "" : "runner=\(event.runner)", event.job.isEmpty ? "" : "job=\(event.job)",
             ]
         }

@@ -19,7 +19,8 @@ enum WorkerCommand {
                 "--node", .value("NAME"), help: "The node this runner is on.", environment: "RUNNER_NODE",
                 default: "the hostname"),
             OptionSpec(
-                "--queue", .repeated("QUEUE"), help: "Queue to read, in priority order.",
+                "--queue", .repeated("QUEUE"),
+                help: "Queue to read, in priority order; also a comma list (high,default).",
                 environment: "RUNNER_QUEUES", default: Keyspace.defaultQueue),
             OptionSpec(
                 "--concurrency", .value("N"), help: "Job processes run at once.", environment: "RUNNER_CONCURRENCY",
@@ -73,7 +74,8 @@ enum WorkerCommand {
                 "--run-as", .value("USER"), help: "Run jobs as this user (name or uid:gid; the runner must be root).",
                 environment: "RUNNER_RUN_AS"),
             OptionSpec(
-                "--env-allow", .repeated("NAME"), help: "Copy this variable of the runner's environment into jobs.",
+                "--env-allow", .repeated("NAME"),
+                help: "Copy this variable of the runner's environment into jobs; also a comma list (LANG,TZ).",
                 environment: "RUNNER_ENV_ALLOW"),
             OptionSpec(
                 "--work-root", .value("DIR"),
@@ -132,33 +134,26 @@ enum WorkerCommand {
         let node = arguments.value("--node") ?? host
         guard Keyspace.isValidNodeName(node) else {
             throw UsageError(
-                "invalid value for '--node': '\(UsageError.excerpt(node))' (1 to 200 characters; no spaces or control "
-                    + "characters)", command: spec.name)
+                "invalid value for '--node': '\(UsageError.excerpt(node))' ("
+                    + UsageError.nameReason(
+                        node, limit: Keyspace.maximumNodeNameLength,
+                        rules: "1 to 200 characters; no spaces or control characters") + ")", command: spec.name)
         }
-        // Given but empty (`RUNNER_QUEUES=,`, `"queue": []` in --config) is refused as `--queue ''` is, not taken
-        // for the default queue; so is an empty name between commas (`RUNNER_QUEUES=a,,b`, `a,`), which the split
-        // of the variable leaves out.
-        let given = arguments.values["--queue"]
-        let written = arguments.sources["--queue"] == "RUNNER_QUEUES" ? arguments.environmentText["--queue"] : nil
-        let names = written?.split(separator: ",", omittingEmptySubsequences: false).map(String.init) ?? []
-        let queues = given.map { $0.isEmpty ? [""] : $0 } ?? [Keyspace.defaultQueue]
-        for queue in queues + names where queue.trimmingCharacters(in: .whitespaces).isEmpty {
-            // Quoted as written: `RUNNER_QUEUES=,` is split into no name at all.
-            let message =
-                if let written {
-                    "'\(UsageError.excerpt(written))' (an empty queue name: give names separated by commas, e.g. "
-                        + "high,default)"
-                } else if given?.isEmpty == true {
-                    "no queue (give at least one, e.g. default)"
-                } else {
-                    "'\(UsageError.excerpt(queue))' (an empty queue name)"
-                }
-            throw UsageError("invalid value for '--queue': " + message, command: spec.name)
+        // A comma list wherever it is given (`--queue high,default`, `RUNNER_QUEUES=high,default`, the file's
+        // `"queue"`), an empty name in it refused (`a,,b`, `a,`, `--queue ''`), not left out. Given but empty
+        // (`"queue": []` in --config) is refused too, not taken for the default queue.
+        let given = try arguments.commaList(
+            "--queue", item: "queue name", example: "names separated by commas, e.g. high,default")
+        if given?.isEmpty == true {
+            throw UsageError(
+                "invalid value for '--queue': no queue (give at least one, e.g. default)", command: spec.name)
         }
+        let queues = given ?? [Keyspace.defaultQueue]
         for queue in queues where !Keyspace.isValidName(queue) {
             throw UsageError(
-                "invalid value for '--queue': '\(UsageError.excerpt(queue))' (no braces, colons, spaces or control "
-                    + "characters)", command: spec.name)
+                "invalid value for '--queue': '\(UsageError.excerpt(queue))' ("
+                    + UsageError.nameReason(queue, rules: "no braces, colons, spaces or control characters") + ")",
+                command: spec.name)
         }
         guard Set(queues).count == queues.count else {
             throw UsageError("'--queue' names a queue twice", command: spec.name)
@@ -250,8 +245,10 @@ enum WorkerCommand {
                 "invalid value for '\(option)': '\(arguments.value(option) ?? String(value))' is above the ceiling "
                     + "\(ceiling) \(arguments.value(ceiling) ?? String(cap))", command: spec.name)
         }
-        let allowlist = arguments.all("--env-allow").flatMap { $0.split(separator: ",").map(String.init) }
-        for name in allowlist where name.isEmpty || name.contains { $0 == "=" || $0.isWhitespace } {
+        let allowlist =
+            try arguments.commaList(
+                "--env-allow", item: "variable name", example: "names separated by commas, e.g. LANG,TZ") ?? []
+        for name in allowlist where name.contains(where: { $0 == "=" || $0.isWhitespace }) {
             throw UsageError("invalid value for '--env-allow': '\(name)' is not a variable name", command: spec.name)
         }
         for name in allowlist where name.hasPrefix("RUNNER_REDIS") {

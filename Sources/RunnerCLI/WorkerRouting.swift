@@ -7,7 +7,8 @@ extension WorkerCommand {
     static let labelAndHookOptions: [OptionSpec] = [
         OptionSpec(
             "--label", .repeated("K=V"),
-            help: "A label of this runner; jobs that require labels run only on runners that have them all.",
+            help: "A label of this runner (also a comma list: gpu=a100,zone=eu); jobs that require labels run only on "
+                + "runners that have them all.",
             environment: "RUNNER_LABELS"),
         OptionSpec(
             "--hook-pre-job", .value("PATH"),
@@ -22,10 +23,14 @@ extension WorkerCommand {
             environment: "RUNNER_HOOK_TIMEOUT", default: "60s"),
     ]
 
-    /// `--label K=V`..., validated as the protocol's label rules say.
+    /// The hint of an empty label in a list (`--label`, `RUNNER_LABELS`, `submit --require`).
+    static let labelListExample = "K=V labels separated by commas, e.g. gpu=a100,zone=eu"
+
+    /// `--label K=V`... (each also a comma list, `gpu=a100,zone=eu`), validated as the protocol's label rules say.
     static func labels(_ arguments: ParsedArguments) throws -> LabelSet {
+        let pairs = try arguments.commaList("--label", item: "label", example: labelListExample) ?? []
         do {
-            return try LabelSet(pairs: arguments.all("--label"))
+            return try LabelSet(pairs: pairs)
         } catch {
             throw UsageError("invalid value for '--label': \(error.message)", command: spec.name)
         }

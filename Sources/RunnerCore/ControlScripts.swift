@@ -16,7 +16,9 @@ enum ControlScripts {
         if cur[1] and not nr_absent(cur[9]) and not nr_terminal(cur[1]) and (nr_absent(cur[4]) or cur[4] == ARGV[4])
           and (cur[1] ~= '\(JobState.running.rawValue)' or cur[2] == ARGV[2]) then
           local ts = nr_now()
-          local reason = '\(ControlScripts.cancelledBeforeStart) again (the cancel was requested at ' .. cur[9] .. ')'
+          \(ControlScripts.utcTimeFunction.replacingOccurrences(of: "\n", with: "\n  "))
+          local reason = '\(ControlScripts.cancelledBeforeStart) again (the cancel was requested at '
+            .. nr_utc(cur[9]) .. ')'
           -- The ack first: the jobs stream is the key here that may have another type, and a first write that
           -- errors leaves nothing half done.
           redis.call('XACK', KEYS[6], ARGV[12], ARGV[4])
@@ -29,6 +31,35 @@ enum ControlScripts {
             cjson.encode({state = '\(JobState.cancelled.rawValue)', started = false, attempt = tonumber(ARGV[3]),
               previous_state = cur[1], reason = reason}))
           return {-6}
+        end
+        """
+
+    /// Lua: `nr_utc(ms)`, a millisecond epoch (its text) as ISO 8601 UTC with milliseconds
+    /// (`2026-12-04T11:02:03.773Z`), for the reasons a person reads; the text as it was when it is no whole number
+    /// of milliseconds in the years 1970 to 9999. Redis' Lua has no `os.date`: the date is the civil-from-days
+    /// algorithm (Howard Hinnant's `civil_from_days`), in whole numbers only (Lua's numbers are doubles, exact up to
+    /// 2^53; 9999's last millisecond is below 2^48). Defined where a script needs it: not on the claim's hot path.
+    static let utcTimeFunction = """
+        local function nr_utc(ms)
+          if type(ms) ~= 'string' or not string.match(ms, '^%d+$') or #ms > 15 then return tostring(ms) end
+          local n = tonumber(ms)
+          if n > 253402300799999 then return ms end
+          local s = math.floor(n / 1000)
+          local z = math.floor(s / 86400)
+          local sod = s - z * 86400
+          -- Days since 0000-03-01, in 400-year eras of 146097 days; a year from March, so that 29 February is last.
+          z = z + 719468
+          local era = math.floor(z / 146097)
+          local doe = z - era * 146097
+          local yoe = math.floor(
+            (doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+          local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+          local mp = math.floor((5 * doy + 2) / 153)
+          local d = doy - math.floor((153 * mp + 2) / 5) + 1
+          local m = mp < 10 and mp + 3 or mp - 9
+          local y = era * 400 + yoe + (m <= 2 and 1 or 0)
+          return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d, math.floor(sod / 3600),
+            math.floor(sod / 60) % 60, sod % 60, n - s * 1000)
         end
         """
 

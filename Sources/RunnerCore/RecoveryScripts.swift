@@ -137,8 +137,9 @@ extension RunnerScripts {
         if started and not nr_absent(cur[8]) then
           local bad = nr_wrong_type({KEYS[2], 'stream'})
           if bad then return bad end
+          \(ControlScripts.utcTimeFunction.replacingOccurrences(of: "\n", with: "\n  "))
           local reason = '\(ControlScripts.cancelledWithItsRunnerLost) ' .. from
-            .. ' (the cancel was requested at ' .. cur[8] .. ')'
+            .. ' (the cancel was requested at ' .. nr_utc(cur[8]) .. ')'
           redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
           redis.call('XDEL', KEYS[1], ARGV[1])
           redis.call('HSET', job, '\(ResultField.state)', '\(JobState.cancelled.rawValue)', '\(ResultField.reason)', reason,

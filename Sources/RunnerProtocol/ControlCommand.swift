@@ -107,6 +107,11 @@ public enum ControlCommand: Sendable, Equatable {
             guard let node = fields[ControlField.toNode], !node.isEmpty else {
                 throw ControlCommandError("migrate: the '\(ControlField.toNode)' field is missing")
             }
+            guard node.count <= Keyspace.maximumNodeNameLength else {
+                throw ControlCommandError(
+                    "migrate: '\(ControlField.toNode)' is too long: \(node.count) characters, at most "
+                        + "\(Keyspace.maximumNodeNameLength)")
+            }
             guard Keyspace.isValidNodeName(node) else {
                 throw ControlCommandError(
                     "migrate: '\(ControlField.toNode)' must be a node name without spaces or control characters")

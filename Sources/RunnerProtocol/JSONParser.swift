@@ -24,6 +24,28 @@ struct JSONParser {
         key.count > 40 ? String(key.prefix(40)) + "…" : key
     }
 
+    /// The character at `index` as an error quotes it: itself when it is visible (ASCII, or a letter, mark, number,
+    /// punctuation or symbol whose UTF-8 starts here), else its bytes as `\xFF` (a byte that starts no UTF-8
+    /// character, or a control, format or space character, which a terminal would not show for what it is).
+    private func quotedCharacter() -> String {
+        let byte = bytes[index]
+        if byte > 0x20, byte < 0x7F { return String(Unicode.Scalar(byte)) }
+        let length = byte >= 0xF0 ? 4 : byte >= 0xE0 ? 3 : byte >= 0xC2 ? 2 : 1
+        let sequence = bytes[index..<min(index + length, bytes.count)]
+        let character = byte >= 0x80 ? String(validating: sequence, as: UTF8.self) : nil
+        if let character, let scalar = character.unicodeScalars.first {
+            switch scalar.properties.generalCategory {
+            case .control, .format, .surrogate, .privateUse, .unassigned, .spaceSeparator, .lineSeparator,
+                .paragraphSeparator:
+                break
+            default: return character
+            }
+        }
+        let shown = character == nil ? [byte] : Array(sequence)
+        let digits = Array("0123456789ABCDEF")
+        return shown.map { "\\x\(digits[Int($0 >> 4)])\(digits[Int($0 & 0x0F)])" }.joined()
+    }
+
     private func error(_ message: String) -> JSONValue.ParseError {
         JSONValue.ParseError(message: "\(message) at byte \(index)", reason: message, offset: index)
     }
@@ -42,7 +64,7 @@ struct JSONParser {
         case UInt8(ascii: "f"): try expect("false"); return .bool(false)
         case UInt8(ascii: "n"): try expect("null"); return .null
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return try parseNumber()
-        default: throw error("unexpected character '\(Unicode.Scalar(bytes[index]))'")
+        default: throw error("unexpected character '\(quotedCharacter())'")
         }
     }
 

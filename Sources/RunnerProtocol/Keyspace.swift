@@ -56,10 +56,15 @@ public struct Keyspace: Sendable, Hashable {
         "{nr}:control",
     ]
 
+    /// The most characters a namespace, queue or runner name may have (`isValidName`).
+    public static let maximumNameLength = 128
+    /// The most characters a node name may have (`isValidNodeName`).
+    public static let maximumNodeNameLength = 200
+
     /// Whether a namespace, queue or runner name is usable inside a key (no braces, colons, white space or control
     /// characters: names are also printed to terminals, where a control character would be an escape sequence).
     public static func isValidName(_ name: String) -> Bool {
-        !name.isEmpty && name.count <= 128
+        !name.isEmpty && name.count <= maximumNameLength
             && name.allSatisfy { !($0 == "{" || $0 == "}" || $0 == ":" || $0.isWhitespace || $0.isNewline) }
             && !containsControlCharacters(name)
     }
@@ -67,7 +72,8 @@ public struct Keyspace: Sendable, Hashable {
     /// Whether a node name (`--node`, `migrate --to`) is usable: 1 to 200 characters, no white space or control
     /// characters.
     public static func isValidNodeName(_ name: String) -> Bool {
-        !name.isEmpty && name.count <= 200 && !name.contains(where: { $0.isWhitespace || $0.isNewline })
+        !name.isEmpty && name.count <= maximumNodeNameLength
+            && !name.contains(where: { $0.isWhitespace || $0.isNewline })
             && !containsControlCharacters(name)
     }
 

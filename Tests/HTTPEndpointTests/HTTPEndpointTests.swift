@@ -199,6 +199,58 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertTrue(response.contains("Allow: GET, HEAD\r\n"))
     }
 
+    /// POST, PUT and DELETE (any method but GET and HEAD), with no body, a body in the same packet as the head, a
+    /// body sent after the head, or more body than the server discards: each is 405 with `Allow: GET, HEAD`, never a
+    /// 400 for the body read as a next request, and the connection ends in order (the server reads no body).
+    func testOtherMethodsWithOrWithoutABodyAre405AndEndInOrder() throws {
+        let allowed = "HTTP/1.1 405 Method Not Allowed"
+        for method in ["POST", "PUT", "DELETE"] {
+            for path in ["/hello", "/metrics"] {
+                let bare = try exchangeAndEnd(Array("\(method) \(path) HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+                let body = String(repeating: "k=v&", count: 100)
+                let withBody = try exchangeAndEnd(
+                    Array(
+                        "\(method) \(path) HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+                            .utf8))
+                let http10 = try exchangeAndEnd(Array("\(method) \(path) HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi".utf8))
+                for (name, result) in [("no body", bare), ("a body", withBody), ("HTTP/1.0", http10)] {
+                    XCTAssertEqual(statusLine(result.response), allowed, "\(method) \(path) with \(name)")
+                    XCTAssertTrue(result.response.contains("\r\nAllow: GET, HEAD\r\n"), result.response)
+                    XCTAssertTrue(
+                        result.response.hasSuffix("\r\n\r\nmethod \(method) is not allowed; use GET\n"), result.response
+                    )
+                    XCTAssertNil(result.failure, "\(method) \(path) with \(name): the connection was reset")
+                }
+            }
+        }
+        // The body after the head, as a client that waits for `100 Continue` sends it: the answer comes first.
+        let fd = try connectClient()
+        defer { close(fd) }
+        let head = "PUT /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        _ = Array(head.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+        XCTAssertEqual(poll(&fds, 1, 5000), 1, "no answer to a head whose body has not been sent")
+        _ = Array("hello".utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            XCTAssertGreaterThanOrEqual(count, 0, "the read failed: errno \(errno)")
+            if count <= 0 { break }
+            received += buffer[..<count]
+        }
+        XCTAssertEqual(statusLine(String(decoding: received, as: UTF8.self)), allowed)
+        // More body than the server discards after its answer (64 KiB): still answered, and the server goes on.
+        let big = try exchangeAndEnd(
+            Array("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".utf8)
+                + [UInt8](repeating: 0x61, count: 100_000))
+        XCTAssertEqual(statusLine(big.response), allowed)
+        XCTAssertEqual(
+            statusLine(try exchange(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".utf8))), "HTTP/1.1 200 OK")
+    }
+
     func testGarbageIs400AndTheServerGoesOn() throws {
         XCTAssertEqual(statusLine(try exchange([0x16, 0x03, 0x01, 0x00, 0xA5, 0x01])), "HTTP/1.1 400 Bad Request")
         XCTAssertEqual(statusLine(try exchange(Array("GET /hello\r\n\r\n".utf8))), "HTTP/1.1 400 Bad Request")

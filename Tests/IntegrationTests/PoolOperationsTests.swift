@@ -3,6 +3,8 @@ import RedisClient
 import TestSupport
 import XCTest
 
+@testable import RunnerCLI
+
 /// Operating a pool: control commands (drain, resume, shutdown, cancel, migrate), migration to a runner that resumes
 /// the identity, and ephemeral runners.
 final class PoolOperationsTests: IntegrationTestCase {
@@ -161,10 +163,16 @@ final class PoolOperationsTests: IntegrationTestCase {
         defer { control.stop(timeout: 10) }
         let record = try waitForState("cdr-1", ["cancelled", "queued"])
         XCTAssertEqual(record["state"], "cancelled")
+        let requestedAt = try XCTUnwrap(record["cancel_requested_at"].flatMap { Int($0) })
         XCTAssertEqual(
-            record["reason"]?.hasPrefix(
-                "cancelled while it ran; its runner was lost before it stopped it: r1 (the cancel"),
-            true, record["reason"] ?? "")
+            record["reason"],
+            "cancelled while it ran; its runner was lost before it stopped it: r1 (the cancel was requested at "
+                + "\(formatTimestamp(requestedAt)))")
+        // `runner result` shows the time as the reason does, not the field's milliseconds.
+        let result = cli(["result", "cdr-1"])
+        XCTAssertTrue(
+            result.stdout.split(separator: "\n").contains("cancel_requested_at: \(formatTimestamp(requestedAt))"),
+            result.stdout)
         XCTAssertEqual(try events(of: "cdr-1").suffix(1), ["job.cancelled"])
         XCTAssertFalse(try events(of: "cdr-1").contains("job.rescheduled"))
         let event = try XCTUnwrap(try events().last { $0.job == "cdr-1" })
@@ -185,7 +193,10 @@ final class PoolOperationsTests: IntegrationTestCase {
 
         try startRunner(["--lease-ttl", "2s"])
         let record = try waitForState("cd-1", ["cancelled"])
-        XCTAssertTrue(record["reason"]?.hasPrefix("cancelled before it started again") == true, record["reason"] ?? "")
+        let requestedAt = try XCTUnwrap(record["cancel_requested_at"].flatMap { Int($0) })
+        XCTAssertEqual(
+            record["reason"],
+            "cancelled before it started again (the cancel was requested at \(formatTimestamp(requestedAt)))")
         XCTAssertEqual(try events(of: "cd-1").filter { $0 == "job.started" }.count, 1, "never started again")
         XCTAssertEqual(try events(of: "cd-1").last, "job.cancelled")
         XCTAssertTrue(

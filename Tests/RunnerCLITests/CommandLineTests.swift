@@ -557,6 +557,39 @@ final class UnitParsingTests: XCTestCase {
 }
 
 final class EventRenderingTests: XCTestCase {
+    /// A `ts` that makes no date of the years 1970 to 9999 (a hand-XADDed event) is printed as written by `runner
+    /// events` and `top`, not as a strange date (`-292275055-05-16T16:47:05.-808Z`, or 1970 for `soon`).
+    func testATimestampOutsideTheYears1970To9999IsPrintedAsWritten() {
+        func event(_ ts: String) -> PoolEvent {
+            PoolEvent(
+                streamId: "1-0", type: "job.lost", timestampMs: Int(ts) ?? 0, runner: "", job: "j", data: "{}",
+                fields: ["type": "job.lost", "ts": ts, "job": "j"])
+        }
+        let cases = [
+            ("0", "1970-01-01T00:00:00.000Z", "00:00:00.000"),
+            ("1796382123773", "2026-12-04T11:02:03.773Z", "11:02:03.773"),
+            ("253402300799999", "9999-12-31T23:59:59.999Z", "23:59:59.999"),
+            ("253402300800000", "253402300800000", "253402300800000"),
+            ("-1", "-1", "-1"),
+            ("-9223372036854775808", "-9223372036854775808", "-9223372036854775808"),
+            ("9223372036854775807", "9223372036854775807", "9223372036854775807"),
+            ("99999999999999999999", "99999999999999999999", "99999999999999999999"),
+            ("soon", "soon", "soon"),
+            ("\u{1B}[31m", "\\u{1b}[31m", "\\u{1b}[31m"),
+            ("", "-", "-"),
+        ]
+        let width = EventType.allCases.map(\.rawValue.count).max() ?? 0
+        let type = "job.lost".padding(toLength: width, withPad: " ", startingAt: 0)
+        for (ts, line, timeOfDay) in cases {
+            XCTAssertEqual(EventsCommand.render(event(ts), json: false), "\(line) \(type) job=j", ts)
+            XCTAssertEqual(
+                TopView.eventLines([event(ts)]).first?.trimmingCharacters(in: .whitespaces),
+                "\(timeOfDay)  job.lost  job=j", ts)
+        }
+        XCTAssertEqual(formatTimestamp(Int.min), "-9223372036854775808")
+        XCTAssertEqual(formatTimestamp(Int.max), "9223372036854775807")
+    }
+
     func testTextLinesShowTheWholeTypeAlignedToTheLongest() {
         func event(_ type: String) -> PoolEvent {
             PoolEvent(streamId: "1-0", type: type, timestampMs: 0, runner: "r", job: "j", data: "{}", fields: [:])

@@ -343,6 +343,132 @@ final class ConfigurationTests: XCTestCase {
             "Error: invalid value for '--queue': '' (an empty queue name)")
     }
 
+    /// A name over its length limit says so, with its length and the limit, instead of the rules of its characters
+    /// (which it may well follow): the namespace, runner and control-plane names, queues, nodes, and runner ids.
+    func testANameTooLongSaysHowLongItIsAndTheLimit() async throws {
+        let long = String(repeating: "n", count: 129)
+        let quoted = "'" + String(repeating: "n", count: 80) + "… (129 bytes)'"
+        let longNode = String(repeating: "n", count: 201)
+        let quotedNode = "'" + String(repeating: "n", count: 80) + "… (201 bytes)'"
+        let tooLong = "(too long: 129 characters, at most 128)"
+        let cases: [([String], [String: String], String)] = [
+            (["status", "--namespace", long], [:], "invalid value for '--namespace': \(quoted) \(tooLong)"),
+            (
+                ["config", "--print"], ["RUNNER_NAMESPACE": long],
+                "invalid value for RUNNER_NAMESPACE: \(quoted) \(tooLong)"
+            ),
+            (["config", "--print", "--name", long], [:], "invalid value for '--name': \(quoted) \(tooLong)"),
+            (["control", "--name", long], [:], "invalid value for '--name': \(quoted) \(tooLong)"),
+            (
+                ["worker", "--resume-identity", long], [:],
+                "invalid value for '--resume-identity': \(quoted) \(tooLong)"
+            ),
+            (["config", "--print", "--queue", long], [:], "invalid value for '--queue': \(quoted) \(tooLong)"),
+            (["submit", "--queue", long, "--", "true"], [:], "invalid value for '--queue': \(quoted) \(tooLong)"),
+            (["drain", long], [:], "invalid runner id \(quoted) \(tooLong)"),
+            (
+                ["config", "--print", "--node", longNode], [:],
+                "invalid value for '--node': \(quotedNode) (too long: 201 characters, at most 200)"
+            ),
+            (
+                ["migrate", "r1", "--to", longNode], [:],
+                "invalid value for '--to': \(quotedNode) (too long: 201 characters, at most 200)"
+            ),
+            // At the limit, a name is taken (submit then only fails to reach Redis).
+            (
+                ["submit", "--namespace", String(repeating: "n", count: 128), "--", "true"], [:],
+                "cannot reach Redis at 127.0.0.1:1: Connection refused"
+            ),
+        ]
+        for (arguments, environment, expected) in cases {
+            let command = arguments[0]
+            let result = await run(
+                [command, "--redis", "127.0.0.1:1"] + arguments.dropFirst(), environment: environment)
+            XCTAssertEqual(result.out, "")
+            XCTAssertEqual(
+                result.err.split(separator: "\n").first.map(String.init), "Error: \(expected)", "\(arguments)")
+            XCTAssertEqual(result.code, expected.hasPrefix("cannot reach") ? 1 : 2, "\(arguments)")
+        }
+    }
+
+    /// Every comma list (the worker's --queue, --label and --env-allow as flags, `RUNNER_*` variables or config file
+    /// values, submit's --require) refuses an empty item, naming the option (or variable, or file line) and quoting
+    /// the value: `--queue a,,b` was one queue named `a,,b`, `RUNNER_LABELS=a=1,,b=2` left the empty label out.
+    func testAnEmptyItemInACommaListIsAUsageError() async throws {
+        let queueHint = "give names separated by commas, e.g. high,default"
+        let labelHint = "give K=V labels separated by commas, e.g. gpu=a100,zone=eu"
+        let cases: [([String], [String: String], String)] = [
+            (
+                ["worker", "--queue", "a,,b"], [:],
+                "invalid value for '--queue': 'a,,b' (an empty queue name: \(queueHint))"
+            ),
+            (
+                ["config", "--print", "--queue", ",a"], [:],
+                "invalid value for '--queue': ',a' (an empty queue name: \(queueHint))"
+            ),
+            (
+                ["config", "--print", "--queue", "high", "--queue", "a,"], [:],
+                "invalid value for '--queue': 'a,' (an empty queue name: \(queueHint))"
+            ),
+            (
+                ["worker", "--label", "gpu=a100,,zone=eu"], [:],
+                "invalid value for '--label': 'gpu=a100,,zone=eu' (an empty label: \(labelHint))"
+            ),
+            (
+                ["config", "--print"], ["RUNNER_LABELS": "gpu=a100,"],
+                "invalid value for RUNNER_LABELS: 'gpu=a100,' (an empty label: \(labelHint))"
+            ),
+            (
+                ["config", "--print", "--env-allow", "LANG,,TZ"], [:],
+                "invalid value for '--env-allow': 'LANG,,TZ' (an empty variable name: give names separated by commas, "
+                    + "e.g. LANG,TZ)"
+            ),
+            (
+                ["config", "--print"], ["RUNNER_ENV_ALLOW": ",LANG"],
+                "invalid value for RUNNER_ENV_ALLOW: ',LANG' (an empty variable name: give names separated by commas, "
+                    + "e.g. LANG,TZ)"
+            ),
+            (
+                ["submit", "--require", "gpu=a100,", "--", "true"], [:],
+                "invalid value for '--require': 'gpu=a100,' (an empty label: \(labelHint))"
+            ),
+            // A runner reads `--queue a,b` as two queues: submit refuses a queue name no runner could read.
+            (
+                ["submit", "--queue", "a,b", "--", "true"], [:],
+                "invalid value for '--queue': 'a,b' (one queue name, without commas)"
+            ),
+        ]
+        for (arguments, environment, expected) in cases {
+            let command = arguments[0]
+            let result = await run(
+                [command, "--redis", "127.0.0.1:1"] + arguments.dropFirst(), environment: environment)
+            XCTAssertEqual(result.code, 2, "\(arguments) \(environment)")
+            XCTAssertEqual(result.out, "")
+            XCTAssertEqual(result.err, "Error: \(expected)\nSee 'runner \(command) --help'.\n", "\(arguments)")
+        }
+        // In a config file, as a list item or a string: located at the key's line.
+        var (path, error) = try await configError("{\n  \"queue\": [\"high\", \"a,,b\"]\n}")
+        XCTAssertEqual(
+            error, "Error: \(path):2: invalid value for '--queue': 'a,,b' (an empty queue name: \(queueHint))")
+        (path, error) = try await configError("{\"label\": \",gpu=a100\"}")
+        XCTAssertEqual(
+            error, "Error: \(path):1: invalid value for '--label': ',gpu=a100' (an empty label: \(labelHint))")
+
+        // Without an empty item, a list is its items, wherever it is written.
+        let flags = try await layered(["--queue", "high,default", "--queue", "low", "--label", "gpu=a100, zone=eu"])
+        var configuration = try WorkerCommand.configuration(flags).0
+        XCTAssertEqual(configuration.queues, ["high", "default", "low"])
+        XCTAssertEqual(configuration.labels, try LabelSet(["gpu": "a100", "zone": "eu"]))
+        let path2 = try file("{\"queue\": \"high,default\", \"env-allow\": [\"LANG,TZ\", \"HOME\"]}")
+        configuration = try WorkerCommand.configuration(try await layered(["--config", path2])).0
+        XCTAssertEqual(configuration.queues, ["high", "default"])
+        XCTAssertEqual(configuration.isolation.environmentAllowlist, ["LANG", "TZ", "HOME"])
+        // Past the checks, submit only fails to reach Redis.
+        let submit = await run(["submit", "--redis", "127.0.0.1:1", "--require", "gpu=a100,zone=eu", "--", "true"])
+        XCTAssertEqual(submit.code, 1, submit.err)
+        XCTAssertTrue(submit.err.hasPrefix("Error: cannot reach Redis at 127.0.0.1:1"), submit.err)
+    }
+
     /// A worker default or ceiling outside what a job spec accepts (`JobLimits.accepted`, the rule submit applies to
     /// its --memory, --pids and --cpu) is refused at start and by config --print, naming the option where it was
     /// given (flag, RUNNER_* variable, config file line) with the range in the option's units, exit 2: otherwise the

@@ -44,6 +44,10 @@ final class ControlCommandTests: XCTestCase {
             (["command": "migrate"], "migrate: the 'to_node' field is missing"),
             (["command": "migrate", "to_node": "n 2"], "migrate: 'to_node' must be a node name without spaces"),
             (
+                ["command": "migrate", "to_node": String(repeating: "n", count: 201)],
+                "migrate: 'to_node' is too long: 201 characters, at most 200"
+            ),
+            (
                 ["command": "migrate", "to_node": "n2", "takeover_timeout_ms": "-5"],
                 "migrate: 'takeover_timeout_ms' must be a positive number of milliseconds, got '-5'"
             ),

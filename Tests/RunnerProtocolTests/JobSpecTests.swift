@@ -66,6 +66,34 @@ final class JobSpecTests: XCTestCase {
             #"spec is not valid JSON: the key "A" is given twice at byte 28"#)
     }
 
+    /// A byte the JSON cannot start a value with is quoted as `\xFF` when it is no visible character (a byte that
+    /// starts no UTF-8 character, a control or format character), not as the Latin-1 letter it would be ('ÿ').
+    func testAnUnexpectedByteIsQuotedAsHexUnlessItIsAVisibleCharacter() {
+        func rejection(_ bytes: [UInt8]) -> String? {
+            do {
+                _ = try JobSpec(json: bytes)
+                return nil
+            } catch { return error.message }
+        }
+        let argv = Array(#"{"argv":["#.utf8)
+        let cases: [([UInt8], String)] = [
+            ([0xFF], #"unexpected character '\xFF' at byte 0"#),
+            (argv + [0xFE, 0x5D, 0x7D], #"unexpected character '\xFE' at byte 9"#),
+            (argv + [0xC3], #"unexpected character '\xC3' at byte 9"#),
+            (argv + [0xC3, 0x28], #"unexpected character '\xC3' at byte 9"#),
+            (argv + [0xE2, 0x80, 0xAE, 0x5D, 0x7D], #"unexpected character '\xE2\x80\xAE' at byte 9"#),
+            ([0x01], #"unexpected character '\x01' at byte 0"#),
+            ([0x7F], #"unexpected character '\x7F' at byte 0"#),
+            ([0x0B], #"unexpected character '\x0B' at byte 0"#),
+            (argv + Array("é]}".utf8), "unexpected character 'é' at byte 9"),
+            (argv + Array("😀]}".utf8), "unexpected character '😀' at byte 9"),
+            (argv + Array("x]}".utf8), "unexpected character 'x' at byte 9"),
+        ]
+        for (bytes, expected) in cases {
+            XCTAssertEqual(rejection(bytes), "spec is not valid JSON: " + expected, "\(bytes)")
+        }
+    }
+
     func testSpecRoundTripsThroughJSON() throws {
         let original = JobSpec(
             command: .argv(["/bin/echo", "quote \" and \\ and \n"]), environment: ["K": "ü"], workingDirectory: "/w",

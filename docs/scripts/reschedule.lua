@@ -171,8 +171,29 @@ local from = nr_absent(cur[2]) and ARGV[3] or cur[2]
 if started and not nr_absent(cur[8]) then
   local bad = nr_wrong_type({KEYS[2], 'stream'})
   if bad then return bad end
+  local function nr_utc(ms)
+    if type(ms) ~= 'string' or not string.match(ms, '^%d+$') or #ms > 15 then return tostring(ms) end
+    local n = tonumber(ms)
+    if n > 253402300799999 then return ms end
+    local s = math.floor(n / 1000)
+    local z = math.floor(s / 86400)
+    local sod = s - z * 86400
+    -- Days since 0000-03-01, in 400-year eras of 146097 days; a year from March, so that 29 February is last.
+    z = z + 719468
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor(
+      (doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local d = doy - math.floor((153 * mp + 2) / 5) + 1
+    local m = mp < 10 and mp + 3 or mp - 9
+    local y = era * 400 + yoe + (m <= 2 and 1 or 0)
+    return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d, math.floor(sod / 3600),
+      math.floor(sod / 60) % 60, sod % 60, n - s * 1000)
+  end
   local reason = 'cancelled while it ran; its runner was lost before it stopped it: ' .. from
-    .. ' (the cancel was requested at ' .. cur[8] .. ')'
+    .. ' (the cancel was requested at ' .. nr_utc(cur[8]) .. ')'
   redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
   redis.call('XDEL', KEYS[1], ARGV[1])
   redis.call('HSET', job, 'state', 'cancelled', 'reason', reason,
