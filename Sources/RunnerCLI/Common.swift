@@ -22,6 +22,11 @@ enum CommonOptions {
     static let resultRetention = OptionSpec(
         "--result-retention", .value("DURATION"), help: "How long results and logs stay in Redis.",
         environment: "RUNNER_RESULT_RETENTION", default: "7d")
+    /// The reaper leader's: every reaper of a pool (control planes and workers) should be given the same one.
+    static let lostRetention = OptionSpec(
+        "--lost-retention", .value("DURATION"),
+        help: "How long lost (and migrated) runners stay in the registry; the reaper leader's value applies.",
+        environment: "RUNNER_LOST_RETENTION", default: "24h")
     static let rescheduleLimit = OptionSpec(
         "--reschedule-limit", .value("N"),
         help: "Reschedules from lost runners before a job is dead (a job that kills its runners).",

@@ -21,9 +21,7 @@ enum ControlCommand {
                 "--interval", .value("DURATION"), help: "How often the leader looks for lost runners.",
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
             CommonOptions.rescheduleLimit,
-            OptionSpec(
-                "--lost-retention", .value("DURATION"), help: "How long lost runners stay in the registry.",
-                environment: "RUNNER_LOST_RETENTION", default: "24h"),
+            CommonOptions.lostRetention,
             CommonOptions.resultRetention,
             CommonOptions.allowEvictionPolicy,
             MetricsListen.controlOption,

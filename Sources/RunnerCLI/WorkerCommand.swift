@@ -102,6 +102,7 @@ enum WorkerCommand {
                 "--reaper-interval", .value("DURATION"), help: "How often the reaper leader looks for lost runners.",
                 environment: "RUNNER_REAPER_INTERVAL", default: "5s"),
             CommonOptions.rescheduleLimit,
+            CommonOptions.lostRetention,
             CommonOptions.allowEvictionPolicy,
             OptionSpec(
                 "--exit-after-jobs", .value("N"),
@@ -177,8 +178,9 @@ enum WorkerCommand {
             ? nil
             : ReaperConfiguration(
                 redis: redis, keyspace: keyspace, name: name,
-                interval: try arguments.reaperInterval(), rescheduleBound: rescheduleBound,
-                eventsMaxLength: eventsMaxLength, resultRetention: resultRetention)
+                interval: try arguments.reaperInterval(),
+                lostRetention: try arguments.duration("--lost-retention") ?? ReaperConfiguration.defaultLostRetention,
+                rescheduleBound: rescheduleBound, eventsMaxLength: eventsMaxLength, resultRetention: resultRetention)
         var configuration = WorkerConfiguration(
             redis: redis, keyspace: keyspace, name: name,
             node: node, queues: queues, concurrency: concurrency, leaseTTL: leaseTTL,

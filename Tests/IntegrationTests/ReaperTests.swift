@@ -233,6 +233,21 @@ final class ReaperTests: IntegrationTestCase {
         XCTAssertEqual(try waitForState("long-1", ["succeeded"])["attempt"], "1")
     }
 
+    /// A worker's reaper forgets lost runners after its own --lost-retention, as a control plane's does: workers
+    /// had only the 24 h default, so the retention of a pool depended on whether a worker or a control plane led.
+    func testAWorkersReaperForgetsALostRunnerAfterItsLostRetention() throws {
+        let lostAt = try XCTUnwrap(try send(["TIME"]).array?.first?.string.flatMap { Int($0) }) * 1000 - 5000
+        _ = try send([
+            "HSET", key("runners"), "gone", #"{"node":"n9","state":"lost","lost_at":\#(lostAt)}"#, "kept",
+            #"{"node":"n9","state":"lost","lost_at":\#(lostAt + 3_600_000)}"#,
+        ])
+        let runner = try startRunner(["--reaper-interval", "200ms", "--lost-retention", "2s"])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { (try? self.send(["HEXISTS", self.key("runners"), "gone"]).int) == 0 },
+            runner.log)
+        XCTAssertEqual(try send(["HEXISTS", key("runners"), "kept"]).int, 1)
+    }
+
     /// Registry records whose `lost_at` or `migrated_at` is Int.min (hand-written) made `now - lost_at` trap the
     /// reaper, so every worker died as it took the lead, and every restarted one (found by breaker16). They are as
     /// old as records get: forgotten at the first pass.
