@@ -236,6 +236,53 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err.split(separator: "\n").first, "Error: unexpected argument 'b'")
     }
 
+    /// A bad value is quoted with its control characters escaped and cut at 80 characters, wherever it came from:
+    /// before, `--concurrency` from a flag, a variable or a config file, durations, KEY=VALUE options, profiles and
+    /// `--run-as` were quoted raw, so a NUL or an escape sequence went to the terminal and a long value made a long
+    /// error (found by breaker17).
+    func testBadValuesAreQuotedWithControlCharactersEscaped() async throws {
+        let cases: [([String], [String: String], String)] = [
+            (
+                ["worker", "--concurrency", "2\u{1B}[31m"], [:],
+                "Error: invalid value for '--concurrency': '2\\u{1B}[31m' (expected a positive whole number)"
+            ),
+            (
+                ["config", "--print"], ["RUNNER_CONCURRENCY": "2\u{0}"],
+                "Error: invalid value for RUNNER_CONCURRENCY: '2\\0' (expected a positive whole number)"
+            ),
+            (
+                ["worker", "--lease-ttl", "soon\u{7}"], [:],
+                "Error: invalid duration for '--lease-ttl': 'soon\\u{07}' (write 30s, 500ms, 2m, 1h30m, 7d or a "
+                    + "number of seconds)"
+            ),
+            (
+                ["submit", "--env", "\u{1B}]0;title\u{7}", "--", "true"], [:],
+                "Error: invalid value for '--env': '\\u{1B}]0;title\\u{07}' (expected KEY=VALUE)"
+            ),
+            (
+                ["config", "--print", "--profile", "dev\r"], [:],
+                "Error: invalid value for '--profile': 'dev\\r' (choose development, production, high-performance)"
+            ),
+            (
+                ["config", "--print"], ["RUNNER_NO_REAPER": "yes\n"],
+                "Error: invalid value for RUNNER_NO_REAPER: 'yes\\n' (expected 1, true, yes, on, 0, false, no or off)"
+            ),
+            (
+                ["worker", "--concurrency", String(repeating: "9", count: 100)], [:],
+                "Error: invalid value for '--concurrency': '\(String(repeating: "9", count: 80))… (100 bytes)' "
+                    + "(expected a positive whole number)"
+            ),
+        ]
+        for (arguments, environment, expected) in cases {
+            let (code, _, err) = await run(arguments, environment: environment)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(err.split(separator: "\n").first.map(String.init), expected, "\(arguments)")
+            XCTAssertFalse(
+                err.unicodeScalars.contains { $0.properties.generalCategory == .control && $0 != "\n" },
+                "\(arguments): \(err.debugDescription)")
+        }
+    }
+
     /// Each submit (options, then `-- true`) is a usage error with this message, found before Redis is reached.
     private func assertSubmitRefuses(_ cases: [([String], String)], line: UInt = #line) async {
         for (options, message) in cases {
