@@ -89,6 +89,11 @@ extension ParsedArguments {
     func duration(_ name: String) throws -> Duration? {
         guard let text = value(name) else { return nil }
         guard let duration = DurationParser.parse(text) else {
+            if DurationParser.isTooLong(text) {
+                throw UsageError(
+                    "invalid duration for '\(name)': '\(UsageError.excerpt(text))' is too long (it must be under 10 "
+                        + "years, 3650d)", command: command.name)
+            }
             throw UsageError(
                 "invalid duration for '\(name)': '\(UsageError.excerpt(text))' (write 30s, 500ms, 2m, 1h30m, 7d or a "
                     + "number of seconds)", command: command.name)

@@ -283,6 +283,27 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// A duration of 10 years or more is refused for its length, not with the hint on how to write one, which
+    /// `3650d` follows (found by breaker17).
+    func testDurationsOfTenYearsOrMoreAreRefusedForTheirLength() async {
+        for text in ["3650d", "87600h", "315360000", "3649d24h"] {
+            let (code, _, err) = await run(["worker", "--lease-ttl", text])
+            XCTAssertEqual(code, 2, text)
+            XCTAssertEqual(
+                err.split(separator: "\n").first.map(String.init),
+                "Error: invalid duration for '--lease-ttl': '\(text)' is too long (it must be under 10 years, 3650d)")
+        }
+        let (code, out, _) = await run(["config", "--print", "--lease-ttl", "3649d", "--redis", "127.0.0.1:1"])
+        XCTAssertEqual(code, 0)
+        XCTAssertTrue(out.contains("3649d"), out)
+        // What is not a duration keeps the hint.
+        let (_, _, err) = await run(["worker", "--lease-ttl", "1e10"])
+        XCTAssertEqual(
+            err.split(separator: "\n").first.map(String.init),
+            "Error: invalid duration for '--lease-ttl': '1e10' (write 30s, 500ms, 2m, 1h30m, 7d or a number of seconds)"
+        )
+    }
+
     /// Each submit (options, then `-- true`) is a usage error with this message, found before Redis is reached.
     private func assertSubmitRefuses(_ cases: [([String], String)], line: UInt = #line) async {
         for (options, message) in cases {
