@@ -103,4 +103,28 @@ final class ShutdownWithoutRedisTests: PrivateRedisTestCase {
             },
             "the job does not run again under the restarted runner")
     }
+
+    /// A Redis that stops answering (SIGSTOP: connected, no reply) must not hold up a shutdown: a second SIGTERM
+    /// stops the jobs at once and the shutdown timeout counts from the first. Before, the runner first waited for
+    /// its draining record to be written (a reply timeout, 10 s) and each read-ahead entry's hand-back, and only then
+    /// started the timeout and looked at the second signal (found by breaker17).
+    func testASecondSigtermStopsTheJobsAtOnceWhileRedisDoesNotAnswer() throws {
+        // A TTL long enough that the watchdog (two thirds of it without a renewal) does not stop the job first.
+        let runner = try startRunner(
+            name: "stalled", ["--lease-ttl", "60s", "--shutdown-timeout", "60s", "--kill-grace", "500ms"])
+        try submit(["--", "sleep", "60"], id: "st-1")
+        let pid = try runningPid("st-1")
+        let redisPid = try XCTUnwrap(server.pid)
+        kill(redisPid, SIGSTOP)
+        defer { kill(redisPid, SIGCONT) }
+        runner.signal(SIGTERM)
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains("shutting down: intake stopped") })
+        runner.signal(SIGTERM)
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) },
+            "the job still runs 5 s after the second SIGTERM:\n\(runner.log)")
+        kill(redisPid, SIGCONT)
+        XCTAssertEqual(runner.waitForExit(timeout: 30), 0, runner.log)
+        XCTAssertEqual(try job("st-1")["state"], "queued", "handed back")
+    }
 }
