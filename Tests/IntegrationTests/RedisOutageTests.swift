@@ -128,3 +128,29 @@ final class ShutdownWithoutRedisTests: PrivateRedisTestCase {
         XCTAssertEqual(try job("st-1")["state"], "queued", "handed back")
     }
 }
+
+/// A Redis that stalls (a long script, a fork, a paused host) and then answers everything at once.
+final class StalledRedisTests: PrivateRedisTestCase {
+    /// The epoch that a stall ends is followed by one new epoch, not two: the new epoch's rotation, sent during the
+    /// stall and answered late, is confirmed again from a fresh send. Before, its clock started at the late send,
+    /// so the next renewal found it overdue and ended it at once ("registered again as lease epoch N", then "lease
+    /// epoch N ended (not_renewed)"), rescheduling what it had read meanwhile (found by breaker17).
+    func testAnEpochBegunByALateReplyIsNotEndedAgainAtOnce() throws {
+        let runner = try startRunner(name: "stall", ["--lease-ttl", "3s"])
+        // Redis answers nobody for 4 s: longer than two thirds of the TTL (the epoch ends, and its rotation is sent
+        // during the stall) plus a third of it.
+        let stall = """
+            local t = redis.call('TIME')
+            local start = t[1] * 1000 + t[2] / 1000
+            repeat t = redis.call('TIME') until t[1] * 1000 + t[2] / 1000 - start > 4000
+            return 1
+            """
+        XCTAssertEqual(try send(["EVAL", stall, "0"]).int, 1)
+        func ends() -> Int { runner.log.components(separatedBy: " ended (").count - 1 }
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { runner.log.contains("registered again as lease epoch") }, runner.log)
+        XCTAssertEqual(ends(), 1, runner.log)
+        XCTAssertFalse(waitUntil(timeout: .seconds(3)) { ends() > 1 }, "the new epoch ended again:\n\(runner.log)")
+        XCTAssertTrue(runner.isRunning)
+    }
+}
