@@ -237,8 +237,8 @@ final class CommandLineTests: XCTestCase {
     }
 
     /// A bad value is quoted with its control characters escaped and cut at 80 characters, wherever it came from:
-    /// before, `--concurrency` from a flag, a variable or a config file, durations, KEY=VALUE options, profiles and
-    /// `--run-as` were quoted raw, so a NUL or an escape sequence went to the terminal and a long value made a long
+    /// before, `--concurrency` from a flag, a variable or a config file, durations, KEY=VALUE options, labels,
+    /// profiles, `--secret-env`, `--metrics-listen` and `--run-as` were quoted raw, so a NUL or an escape sequence went to the terminal and a long value made a long
     /// error (found by breaker17).
     func testBadValuesAreQuotedWithControlCharactersEscaped() async throws {
         let cases: [([String], [String: String], String)] = [
@@ -266,6 +266,23 @@ final class CommandLineTests: XCTestCase {
             (
                 ["config", "--print"], ["RUNNER_NO_REAPER": "yes\n"],
                 "Error: invalid value for RUNNER_NO_REAPER: 'yes\\n' (expected 1, true, yes, on, 0, false, no or off)"
+            ),
+            (
+                ["config", "--print", "--label", "x\u{1B}y"], [:],
+                "Error: invalid value for '--label': 'x\\u{1b}y' is not KEY=VALUE"
+            ),
+            (
+                ["submit", "--require", "k\u{1B}=v", "--", "true"], [:],
+                "Error: invalid value for '--require': label key 'k\\u{1b}' may hold only letters, digits, '.', '_', "
+                    + "'-' and '/'"
+            ),
+            (
+                ["submit", "--env", "A=1", "--secret-env", "x\u{1B}y", "--", "true"], [:],
+                "Error: --secret-env x\\u{1B}y names no --env variable"
+            ),
+            (
+                ["config", "--print", "--metrics-listen", "x\u{1B}y"], [:],
+                "Error: invalid value for '--metrics-listen': invalid listen address 'x\\u{1B}y': expected HOST:PORT"
             ),
             (
                 ["worker", "--concurrency", String(repeating: "9", count: 100)], [:],
