@@ -43,7 +43,11 @@ public struct HTTPListenAddress: Sendable, Equatable, CustomStringConvertible {
     /// Parses `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (every interface).
     public init(parsing text: String) throws(HTTPServerError) {
         func invalid(_ why: String) -> HTTPServerError {
-            HTTPServerError(.invalidAddress, "invalid listen address '\(text)': \(why)")
+            // Control characters escaped, so that the error stays one line that cannot drive a terminal.
+            let quoted = text.unicodeScalars.map {
+                $0.properties.generalCategory == .control ? $0.escaped(asASCII: true) : String($0)
+            }.joined()
+            return HTTPServerError(.invalidAddress, "invalid listen address '\(quoted)': \(why)")
         }
         guard let colon = text.lastIndex(of: ":") else { throw invalid("expected HOST:PORT") }
         var host = String(text[..<colon])

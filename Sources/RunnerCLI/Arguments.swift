@@ -177,14 +177,14 @@ public struct UsageError: Error, Sendable, CustomStringConvertible {
     }
     public var description: String { message }
 
-    /// A bad value as quoted in an error: at most 80 characters, control characters escaped, so that the error
-    /// stays one readable line whatever was given.
-    public static func excerpt(_ value: String) -> String {
+    /// A bad value as quoted in an error: at most `limit` characters (80 unless a path, which is quoted whole),
+    /// control characters escaped, so that the error stays one readable line whatever was given.
+    public static func excerpt(_ value: String, limit: Int = 80) -> String {
         var text = ""
-        for scalar in value.unicodeScalars.prefix(80) {
+        for scalar in value.unicodeScalars.prefix(limit) {
             text += scalar.properties.generalCategory == .control ? scalar.escaped(asASCII: true) : String(scalar)
         }
-        return value.unicodeScalars.count > 80 ? text + "… (\(value.utf8.count) bytes)" : text
+        return value.unicodeScalars.count > limit ? text + "… (\(value.utf8.count) bytes)" : text
     }
 }
 
@@ -233,7 +233,7 @@ public struct ParsedArguments: Sendable {
                 } else {
                     option = command.options.first { $0.short.map { "-\($0)" } == name }
                 }
-                guard let option else { throw fail("unknown option '\(name)'") }
+                guard let option else { throw fail("unknown option '\(UsageError.excerpt(name))'") }
                 switch option.kind {
                 case .flag:
                     guard inline == nil else { throw fail("option '\(option.name)' takes no value") }
@@ -278,7 +278,9 @@ public struct ParsedArguments: Sendable {
                 // An explicit "off" is kept: it overrides a config file or profile that turns the flag on.
                 guard let on = ParsedArguments.switchValue(value) else {
                     throw fail(
-                        "invalid value for \(variable): '\(value)' (expected 1, true, yes, on, 0, false, no or off)")
+                        "invalid value for \(variable): '\(UsageError.excerpt(value))' (expected 1, true, yes, on, 0, "
+                            + "false, no or off)"
+                    )
                 }
                 values[option.name] = [on ? "true" : "false"]
             case .value: values[option.name] = [value]

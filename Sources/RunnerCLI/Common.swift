@@ -99,7 +99,8 @@ extension ParsedArguments {
     func parsed<T>(_ name: String, expected: String, _ parse: (String) -> T?) throws -> T? {
         guard let text = value(name) else { return nil }
         guard let result = parse(text) else {
-            throw UsageError("invalid value for '\(name)': '\(text)' (\(expected))", command: command.name)
+            throw UsageError(
+                "invalid value for '\(name)': '\(UsageError.excerpt(text))' (\(expected))", command: command.name)
         }
         return result
     }
@@ -107,9 +108,14 @@ extension ParsedArguments {
     func duration(_ name: String) throws -> Duration? {
         guard let text = value(name) else { return nil }
         guard let duration = DurationParser.parse(text) else {
+            if DurationParser.isTooLong(text) {
+                throw UsageError(
+                    "invalid duration for '\(name)': '\(UsageError.excerpt(text))' is too long (it must be under 10 "
+                        + "years, 3650d)", command: command.name)
+            }
             throw UsageError(
-                "invalid duration for '\(name)': '\(text)' (write 30s, 500ms, 2m, 1h30m, 7d or a number of seconds)",
-                command: command.name)
+                "invalid duration for '\(name)': '\(UsageError.excerpt(text))' (write 30s, 500ms, 2m, 1h30m, 7d or a "
+                    + "number of seconds)", command: command.name)
         }
         return duration
     }
@@ -218,7 +224,9 @@ extension ParsedArguments {
         var result: [String: String] = [:]
         for item in all(name) {
             guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
-                throw UsageError("invalid value for '\(name)': '\(item)' (expected KEY=VALUE)", command: command.name)
+                throw UsageError(
+                    "invalid value for '\(name)': '\(UsageError.excerpt(item))' (expected KEY=VALUE)",
+                    command: command.name)
             }
             result[String(item[..<eq])] = String(item[item.index(after: eq)...])
         }

@@ -35,7 +35,8 @@ enum ConfigurationLayers {
         guard let name = arguments.value(profile.name) else { return arguments }
         guard let chosen = Profile.named(name, host: await host()) else {
             let error = UsageError(
-                "invalid value for '\(profile.name)': '\(name)' (choose \(Profile.names.joined(separator: ", ")))",
+                "invalid value for '\(profile.name)': '\(UsageError.excerpt(name))' (choose "
+                    + "\(Profile.names.joined(separator: ", ")))",
                 command: command.name)
             throw locating(error, in: arguments)
         }

@@ -173,7 +173,8 @@ enum SubmitCommand {
         }
         let environment = jobSpec.environment
         for name in jobSpec.secretEnvironment where environment[name] == nil {
-            throw UsageError("--secret-env \(name) names no --env variable", command: spec.name)
+            throw UsageError(
+                "--secret-env \(UsageError.excerpt(name)) names no --env variable", command: spec.name)
         }
         // The runner's own validation, so that what it would reject is refused here, before anything is queued:
         // what the named level cannot enforce (the runner's default level is not known here), then the spec.

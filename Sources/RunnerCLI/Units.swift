@@ -7,10 +7,27 @@ public enum DurationParser {
         ("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400),
     ]
 
+    /// The longest duration accepted, exclusive: 10 years (3650d), more than any timeout or interval needs.
+    public static let limitSeconds: Double = 10 * 365 * 24 * 3600
+
+    /// The duration written, or nil when it does not parse or is not below `limitSeconds`.
     public static func parse(_ text: String) -> Duration? {
+        guard let seconds = seconds(text), seconds < limitSeconds else { return nil }
+        return .milliseconds(Int64((seconds * 1000).rounded()))
+    }
+
+    /// Whether `text` is a well-written duration that `parse` refuses only for being 10 years or longer
+    /// (`3650d`, `1e9` is not one: a bare number is digits and a point).
+    public static func isTooLong(_ text: String) -> Bool {
+        guard let seconds = seconds(text) else { return false }
+        return seconds >= limitSeconds
+    }
+
+    /// The seconds `text` says, without the upper limit; nil when it does not parse.
+    private static func seconds(_ text: String) -> Double? {
         let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
         guard !trimmed.isEmpty else { return nil }
-        if trimmed.allSatisfy({ $0.isNumber || $0 == "." }) { return make(Double(trimmed), scale: 1) }
+        if trimmed.allSatisfy({ $0.isNumber || $0 == "." }) { return finite(Double(trimmed)) }
         var total = 0.0
         var rest = Substring(trimmed)
         while !rest.isEmpty {
@@ -23,7 +40,12 @@ public enum DurationParser {
             else { return nil }
             total += value * scale
         }
-        return make(total, scale: 1)
+        return finite(total)
+    }
+
+    private static func finite(_ value: Double?) -> Double? {
+        guard let value, value.isFinite, value >= 0 else { return nil }
+        return value
     }
 
     /// `duration` as `parse` reads it, in whole units, largest first (the canonical spelling): 90 s is `1m30s`,
@@ -39,11 +61,6 @@ public enum DurationParser {
             rest %= Int64(milliseconds)
         }
         return text
-    }
-
-    private static func make(_ value: Double?, scale: Double) -> Duration? {
-        guard let value, value.isFinite, value >= 0, value * scale < 10 * 365 * 24 * 3600 else { return nil }
-        return .milliseconds(Int64((value * scale * 1000).rounded()))
     }
 }
 

@@ -244,14 +244,17 @@ enum WorkerCommand {
                 let ceiling = ceilingOptions[key]
             else { continue }
             throw UsageError(
-                "invalid value for '\(option)': '\(arguments.value(option) ?? String(value))' is above the ceiling "
+                "invalid value for '\(option)': '\(UsageError.excerpt(arguments.value(option) ?? String(value)))' is "
+                    + "above the ceiling "
                     + "\(ceiling) \(arguments.value(ceiling) ?? String(cap))", command: spec.name)
         }
         let allowlist =
             try arguments.commaList(
                 "--env-allow", item: "variable name", example: "names separated by commas, e.g. LANG,TZ") ?? []
         for name in allowlist where name.contains(where: { $0 == "=" || $0.isWhitespace }) {
-            throw UsageError("invalid value for '--env-allow': '\(name)' is not a variable name", command: spec.name)
+            throw UsageError(
+                "invalid value for '--env-allow': '\(UsageError.excerpt(name))' is not a variable name",
+                command: spec.name)
         }
         for name in allowlist where name.hasPrefix("RUNNER_REDIS") {
             throw UsageError(
@@ -261,14 +264,17 @@ enum WorkerCommand {
         let workRoot = arguments.value("--work-root") ?? IsolationConfiguration.defaultWorkRoot
         guard workRoot.hasPrefix("/") else {
             throw UsageError(
-                "invalid value for '--work-root': '\(workRoot)' is not an absolute path", command: spec.name)
+                "invalid value for '--work-root': '\(UsageError.excerpt(workRoot, limit: .max))' is not an absolute "
+                    + "path",
+                command: spec.name)
         }
         if let parent = arguments.value("--cgroup-parent"),
             parent.split(separator: "/", omittingEmptySubsequences: false).dropFirst(parent.hasPrefix("/") ? 1 : 0)
                 .contains(where: { $0.isEmpty || $0 == "." || $0 == ".." })
         {
             throw UsageError(
-                "invalid value for '--cgroup-parent': '\(parent)' (a path of names, no '.', '..' or empty parts)",
+                "invalid value for '--cgroup-parent': '\(UsageError.excerpt(parent, limit: .max))' (a path of names, "
+                    + "no '.', '..' or empty parts)",
                 command: spec.name)
         }
         let interval = try arguments.duration("--monitor-interval", atLeast: .milliseconds(100)) ?? .seconds(10)
@@ -292,7 +298,8 @@ enum WorkerCommand {
         }
         guard parts.count == 1, let entry = getpwnam(text) else {
             throw UsageError(
-                "invalid value for '--run-as': no user '\(text)' (give a user name or uid:gid)", command: spec.name)
+                "invalid value for '--run-as': no user '\(UsageError.excerpt(text))' (give a user name or uid:gid)",
+                command: spec.name)
         }
         return RunAsUser(name: text, uid: entry.pointee.pw_uid, gid: entry.pointee.pw_gid)
     }

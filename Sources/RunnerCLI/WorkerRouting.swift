@@ -43,11 +43,15 @@ extension WorkerCommand {
             guard let path = arguments.value(option) else { return nil }
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-                throw UsageError("invalid value for '\(option)': '\(path)' does not exist", command: spec.name)
+                throw UsageError(
+                    "invalid value for '\(option)': '\(UsageError.excerpt(path, limit: .max))' does not exist",
+                    command: spec.name)
             }
             guard !isDirectory.boolValue, access(path, X_OK) == 0 else {
                 throw UsageError(
-                    "invalid value for '\(option)': '\(path)' is not an executable file", command: spec.name)
+                    "invalid value for '\(option)': '\(UsageError.excerpt(path, limit: .max))' is not an executable "
+                        + "file",
+                    command: spec.name)
             }
             // Hooks run in the job's work folder: a relative path would name another file there.
             return path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path

@@ -178,6 +178,20 @@ actor LeaseKeeper {
             }
         }
         guard let parts = reply.array, parts.count == 2, let number = parts[0].int else { throw await nameInUse() }
+        // A reply that came late (a Redis that stalled, then answered) would start the epoch so near its kill deadline
+        // that the next renewal, a third of the TTL later, found it overdue and ended it again at once, rescheduling
+        // what it had read meanwhile. The same script again, from a fresh send, confirms it: with the new token held
+        // it only extends the lease. Its epoch number is the first reply's; one that fails leaves it to the renewals.
+        for _ in 0..<3 where ContinuousClock.now - sentAt >= ttl / 3 {
+            let resentAt = ContinuousClock.now
+            guard
+                let again = try? await scripts.run(
+                    RunnerScripts.rotateLease, keys: [key, fencingKey],
+                    arguments: [Array(old.token.utf8), Array(token.utf8), Array(String(ttl.milliseconds).utf8)],
+                    retry: .never), again.array?.count == 2
+            else { break }
+            sentAt = resentAt
+        }
         confirmedAt = sentAt
         let new = LeaseEpoch(
             owner: AttemptOwner(runner: runner, leaseToken: token), number: number, killDeadline: killDeadline)

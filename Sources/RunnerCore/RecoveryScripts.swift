@@ -181,9 +181,9 @@ extension RunnerScripts {
         """)
 
     /// The mover, shared by `moveDue` and `leadAndMove`: moves the retries that are due (by Redis's clock) back onto
-    /// their queues. Each one is ZREM'd before its XADD, so it moves exactly once however many movers run. Returns
-    /// {moved, ms until the next is due or -1 when none waits}. It looks at the first retry before anything else: an
-    /// empty set (an idle pool's) costs one ZRANGE, one whose first retry is not due yet that and the clock.
+    /// their queues. Each one is ZREM'd in the script of its XADD, so it moves exactly once however many movers run.
+    /// Returns {moved, ms until the next is due or -1 when none waits}. It looks at the first retry before anything
+    /// else: an empty set (an idle pool's) costs one ZRANGE, one whose first retry is not due yet that and the clock.
     private static let mover = """
         local function nr_move_due(delayed, prefix, limit)
           local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
@@ -200,15 +200,22 @@ extension RunnerScripts {
                 '\(ResultField.attempt)')
             end
             local movable = cur[1] == '\(JobState.retryScheduled.rawValue)' and cur[2] and cur[3]
-            -- A queue's jobs stream of another type (someone SET a string there) would fail the XADD after the ZREM
-            -- and lose the retry: it waits in the set until the key is fixed.
+            -- A queue's jobs stream of another type (someone SET a string there) would fail the XADD: the retry waits
+            -- in the set until the key is fixed.
             local waits = movable and nr_wrong_type({prefix .. 'jobs:' .. cur[2], 'stream'})
-            if not waits and redis.call('ZREM', delayed, id) == 1 and movable then
-              local sid = redis.call('XADD', prefix .. 'jobs:' .. cur[2], '*', '\(JobEntryField.id)', id,
+            if not movable then
+              redis.call('ZREM', delayed, id)
+            elseif not waits then
+              -- The XADD is the first write: one Redis refuses (a stream whose last id is the largest there is,
+              -- after an XADD with that id by hand) leaves the retry waiting in the set, not taken out and lost.
+              local sid = redis.pcall('XADD', prefix .. 'jobs:' .. cur[2], '*', '\(JobEntryField.id)', id,
                 '\(JobEntryField.spec)', cur[3], '\(JobEntryField.attempt)', cur[4] or '1', '\(ProtocolVersion.field)', NR_V)
-              redis.call('HSET', job, '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid)
-              redis.call('HDEL', job, '\(ResultField.retryAt)')
-              moved = moved + 1
+              if type(sid) == 'string' then
+                redis.call('ZREM', delayed, id)
+                redis.call('HSET', job, '\(ResultField.state)', '\(JobState.queued.rawValue)', '\(ResultField.streamId)', sid)
+                redis.call('HDEL', job, '\(ResultField.retryAt)')
+                moved = moved + 1
+              end
             end
           end
           nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')

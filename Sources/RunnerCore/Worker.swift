@@ -256,6 +256,9 @@ public final class Worker: Sendable {
         let ephemeralTask = Task { await self.exitWhenDone() }
 
         await shutdownRequested.wait()
+        // The shutdown timeout counts from the request, and a second request stops the jobs at once: the Redis
+        // writes of the hand-over below may each wait out a Redis that does not answer (its reply timeout).
+        let shutdownDeadline = ContinuousClock.now + config.shutdownTimeout
         reaperTask?.cancel()
         setState(.draining)
         logger.info(
@@ -265,21 +268,24 @@ public final class Worker: Sendable {
         intakeOpen.withLock { $0 }.fire()
         intakeClient.interrupt()
         await intakeTask.value
-        // Read ahead and not started: back to the queue now, not after the running jobs.
-        await handBackPrefetched(store: store)
         ephemeralTask.cancel()
-        if operations.mode.withLock({ $0.migration }) != nil {
-            // Received but not started: back to the queue now, not after the running jobs (also those waiting
-            // in a slot for memory).
-            await slots.cancel(await admission.waiting.keys)
-            await handBackUndelivered(intake: intake, store: store, lease: lease, except: await slots.runningKeys)
+        let handOver = Task {
+            // Read ahead and not started: back to the queue now, not after the running jobs.
+            await handBackPrefetched(store: store)
+            if operations.mode.withLock({ $0.migration }) != nil {
+                // Received but not started: back to the queue now, not after the running jobs (also those waiting
+                // in a slot for memory).
+                await slots.cancel(await admission.waiting.keys)
+                await handBackUndelivered(intake: intake, store: store, lease: lease, except: await slots.runningKeys)
+            }
+            if !nameLost.isFired {
+                try? await presence.publish(
+                    state: .draining, free: await slots.free, running: await slots.runningJobIds,
+                    epoch: await lease.epoch.number)
+            }
         }
-        if !nameLost.isFired {
-            try? await presence.publish(
-                state: .draining, free: await slots.free, running: await slots.runningJobIds,
-                epoch: await lease.epoch.number)
-        }
-        await finishRunningJobs()
+        await finishRunningJobs(until: shutdownDeadline)
+        await handOver.value
         controlTask.cancel()
         controlClient.interrupt()
         await controlTask.value
@@ -346,11 +352,11 @@ public final class Worker: Sendable {
 
     /// Lets running jobs finish within the shutdown timeout (cut short by a second request), then stops the rest;
     /// they are handed back to their queue.
-    private func finishRunningJobs() async {
+    private func finishRunningJobs(until deadline: ContinuousClock.Instant) async {
         let idle = await slots.emptyLatch()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await idle.wait() }
-            group.addTask { [timeout = configuration.shutdownTimeout] in try? await Task.sleep(for: timeout) }
+            group.addTask { try? await Task.sleep(until: deadline, clock: .continuous) }
             group.addTask { await self.immediateRequested.wait() }
             await group.next()
             group.cancelAll()

@@ -32,12 +32,12 @@ public struct LabelSet: Sendable, Hashable, CustomStringConvertible {
         var values: [String: String] = [:]
         for pair in pairs {
             guard let equals = pair.firstIndex(of: "=") else {
-                throw LabelError("'\(pair)' is not KEY=VALUE")
+                throw LabelError("'\(JobEntry.printable(pair))' is not KEY=VALUE")
             }
             let key = String(pair[..<equals])
             let value = String(pair[pair.index(after: equals)...])
             try LabelSet.validate(key: key, value: value)
-            guard values[key] == nil else { throw LabelError("label '\(key)' is given twice") }
+            guard values[key] == nil else { throw LabelError("label '\(JobEntry.printable(key))' is given twice") }
             values[key] = value
         }
         self.values = values
@@ -76,7 +76,7 @@ public struct LabelSet: Sendable, Hashable, CustomStringConvertible {
     public static func validate(key: String, value: String) throws(LabelError) {
         let keyBytes = Array(key.utf8)
         guard !keyBytes.isEmpty, keyBytes.count <= 63 else {
-            throw LabelError("label key '\(key)' must be 1 to 63 bytes")
+            throw LabelError("label key '\(JobEntry.printable(key))' must be 1 to 63 bytes")
         }
         let allowed = keyBytes.allSatisfy {
             ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A)
@@ -84,17 +84,19 @@ public struct LabelSet: Sendable, Hashable, CustomStringConvertible {
                 || $0 == UInt8(ascii: "/")
         }
         guard allowed else {
-            throw LabelError("label key '\(key)' may hold only letters, digits, '.', '_', '-' and '/'")
+            throw LabelError(
+                "label key '\(JobEntry.printable(key))' may hold only letters, digits, '.', '_', '-' and '/'")
         }
         let valueBytes = value.utf8.count
         guard valueBytes > 0, valueBytes <= 256 else {
-            throw LabelError("label '\(key)' must have a value of 1 to 256 bytes")
+            throw LabelError("label '\(JobEntry.printable(key))' must have a value of 1 to 256 bytes")
         }
         let invalid = value.unicodeScalars.contains {
             $0 == "," || $0.value < 0x20 || $0.value == 0x7F || $0.properties.isWhitespace
         }
         guard !invalid else {
-            throw LabelError("label '\(key)' has a value with white space, a control character or ','")
+            throw LabelError(
+                "label '\(JobEntry.printable(key))' has a value with white space, a control character or ','")
         }
     }
 }

@@ -103,4 +103,54 @@ final class ShutdownWithoutRedisTests: PrivateRedisTestCase {
             },
             "the job does not run again under the restarted runner")
     }
+
+    /// A Redis that stops answering (SIGSTOP: connected, no reply) must not hold up a shutdown: a second SIGTERM
+    /// stops the jobs at once and the shutdown timeout counts from the first. Before, the runner first waited for
+    /// its draining record to be written (a reply timeout, 10 s) and each read-ahead entry's hand-back, and only then
+    /// started the timeout and looked at the second signal (found by breaker17).
+    func testASecondSigtermStopsTheJobsAtOnceWhileRedisDoesNotAnswer() throws {
+        // A TTL long enough that the watchdog (two thirds of it without a renewal) does not stop the job first.
+        let runner = try startRunner(
+            name: "stalled", ["--lease-ttl", "60s", "--shutdown-timeout", "60s", "--kill-grace", "500ms"])
+        try submit(["--", "sleep", "60"], id: "st-1")
+        let pid = try runningPid("st-1")
+        let redisPid = try XCTUnwrap(server.pid)
+        kill(redisPid, SIGSTOP)
+        defer { kill(redisPid, SIGCONT) }
+        runner.signal(SIGTERM)
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { runner.log.contains("shutting down: intake stopped") })
+        runner.signal(SIGTERM)
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(5)) { !processIsAlive(pid) },
+            "the job still runs 5 s after the second SIGTERM:\n\(runner.log)")
+        kill(redisPid, SIGCONT)
+        XCTAssertEqual(runner.waitForExit(timeout: 30), 0, runner.log)
+        XCTAssertEqual(try job("st-1")["state"], "queued", "handed back")
+    }
+}
+
+/// A Redis that stalls (a long script, a fork, a paused host) and then answers everything at once.
+final class StalledRedisTests: PrivateRedisTestCase {
+    /// The epoch that a stall ends is followed by one new epoch, not two: the new epoch's rotation, sent during the
+    /// stall and answered late, is confirmed again from a fresh send. Before, its clock started at the late send,
+    /// so the next renewal found it overdue and ended it at once ("registered again as lease epoch N", then "lease
+    /// epoch N ended (not_renewed)"), rescheduling what it had read meanwhile (found by breaker17).
+    func testAnEpochBegunByALateReplyIsNotEndedAgainAtOnce() throws {
+        let runner = try startRunner(name: "stall", ["--lease-ttl", "3s"])
+        // Redis answers nobody for 4 s: longer than two thirds of the TTL (the epoch ends, and its rotation is sent
+        // during the stall) plus a third of it.
+        let stall = """
+            local t = redis.call('TIME')
+            local start = t[1] * 1000 + t[2] / 1000
+            repeat t = redis.call('TIME') until t[1] * 1000 + t[2] / 1000 - start > 4000
+            return 1
+            """
+        XCTAssertEqual(try send(["EVAL", stall, "0"]).int, 1)
+        func ends() -> Int { runner.log.components(separatedBy: " ended (").count - 1 }
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { runner.log.contains("registered again as lease epoch") }, runner.log)
+        XCTAssertEqual(ends(), 1, runner.log)
+        XCTAssertFalse(waitUntil(timeout: .seconds(3)) { ends() > 1 }, "the new epoch ended again:\n\(runner.log)")
+        XCTAssertTrue(runner.isRunning)
+    }
 }

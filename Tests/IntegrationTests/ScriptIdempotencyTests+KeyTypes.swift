@@ -128,16 +128,21 @@ extension ScriptIdempotencyTests {
         XCTAssertEqual(submitted, .created(streamId: try XCTUnwrap(try job("wt-4")["stream_id"])))
     }
 
-    /// The mover ZREM'd a due retry before its XADD: a target jobs stream of another type lost the retry (out of
-    /// the delayed set, `retry_scheduled` for ever). It waits in the set now and moves once the key is fixed.
-    func testTheMoverLeavesARetryWhoseJobsStreamHasTheWrongTypeInTheDelayedSet() async throws {
+    /// A job of queue `default` whose first attempt failed, with its retry due now in the delayed set.
+    private func scheduleDueRetry(_ id: String) async throws {
         let spec = JobSpec(command: .argv(["false"]), maxAttempts: 2)
-        _ = try await store.submit(id: "wt-5", spec: spec, queue: "default")
+        _ = try await store.submit(id: id, spec: spec, queue: "default")
         let entry = try XCTUnwrap(try deliver().entry)
         _ = try await store.claim(entry: entry, owner: owner, receivedData: [:], retry: .never)
         _ = try await store.failAttempt(
             entry: entry, owner: owner, result: JobResultRecord(state: .failed, exitCode: 1), failures: 1, delayMs: 0,
             retry: .never)
+    }
+
+    /// The mover ZREM'd a due retry before its XADD: a target jobs stream of another type lost the retry (out of
+    /// the delayed set, `retry_scheduled` for ever). It waits in the set now and moves once the key is fixed.
+    func testTheMoverLeavesARetryWhoseJobsStreamHasTheWrongTypeInTheDelayedSet() async throws {
+        try await scheduleDueRetry("wt-5")
         _ = try send(["RENAME", key("jobs:default"), key("jobs:kept")])
         _ = try send(["SET", key("jobs:default"), "not a stream"])
         let before = try snapshot()
@@ -149,6 +154,24 @@ extension ScriptIdempotencyTests {
         let (movedNow, _) = try await store.moveDue()
         XCTAssertEqual(movedNow, 1)
         XCTAssertEqual(try job("wt-5")["state"], "queued")
+    }
+
+    /// The mover took a due retry out of the delayed set before its XADD, and Redis does not undo a script's writes
+    /// when a later command fails: an XADD refused (here a queue stream whose last id is the largest there is, after
+    /// an XADD with that id by hand: "The stream has exhausted the last possible ID") lost the retry, `retry_scheduled`
+    /// for ever (found by breaker17). It waits in the set now and moves once the stream is fixed.
+    func testTheMoverLeavesARetryWhoseXaddIsRefusedInTheDelayedSet() async throws {
+        try await scheduleDueRetry("wt-7")
+        let last = "18446744073709551615-18446744073709551615"
+        _ = try send(["XADD", key("jobs:default"), last, "id", "by-hand", "spec", "{}"])
+        let before = try snapshot()
+        let (moved, _) = try await store.moveDue()
+        XCTAssertEqual(moved, 0)
+        XCTAssertEqual(try snapshot(), before, "the mover wrote something with the XADD refused")
+        _ = try send(["DEL", key("jobs:default")])
+        let (movedNow, _) = try await store.moveDue()
+        XCTAssertEqual(movedNow, 1)
+        XCTAssertEqual(try job("wt-7")["state"], "queued")
     }
 
     /// A failure write refused for a delayed set or dead stream of another type left the entry pending, and the job

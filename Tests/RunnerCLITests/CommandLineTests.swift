@@ -236,6 +236,91 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err.split(separator: "\n").first, "Error: unexpected argument 'b'")
     }
 
+    /// A bad value is quoted with its control characters escaped and cut at 80 characters, wherever it came from:
+    /// before, `--concurrency` from a flag, a variable or a config file, durations, KEY=VALUE options, labels,
+    /// profiles, `--secret-env`, `--metrics-listen` and `--run-as` were quoted raw, so a NUL or an escape sequence went to the terminal and a long value made a long
+    /// error (found by breaker17).
+    func testBadValuesAreQuotedWithControlCharactersEscaped() async throws {
+        let cases: [([String], [String: String], String)] = [
+            (
+                ["worker", "--concurrency", "2\u{1B}[31m"], [:],
+                "Error: invalid value for '--concurrency': '2\\u{1B}[31m' (expected a positive whole number)"
+            ),
+            (
+                ["config", "--print"], ["RUNNER_CONCURRENCY": "2\u{0}"],
+                "Error: invalid value for RUNNER_CONCURRENCY: '2\\0' (expected a positive whole number)"
+            ),
+            (
+                ["worker", "--lease-ttl", "soon\u{7}"], [:],
+                "Error: invalid duration for '--lease-ttl': 'soon\\u{07}' (write 30s, 500ms, 2m, 1h30m, 7d or a "
+                    + "number of seconds)"
+            ),
+            (
+                ["submit", "--env", "\u{1B}]0;title\u{7}", "--", "true"], [:],
+                "Error: invalid value for '--env': '\\u{1B}]0;title\\u{07}' (expected KEY=VALUE)"
+            ),
+            (
+                ["config", "--print", "--profile", "dev\r"], [:],
+                "Error: invalid value for '--profile': 'dev\\r' (choose development, production, high-performance)"
+            ),
+            (
+                ["config", "--print"], ["RUNNER_NO_REAPER": "yes\n"],
+                "Error: invalid value for RUNNER_NO_REAPER: 'yes\\n' (expected 1, true, yes, on, 0, false, no or off)"
+            ),
+            (
+                ["config", "--print", "--label", "x\u{1B}y"], [:],
+                "Error: invalid value for '--label': 'x\\u{1b}y' is not KEY=VALUE"
+            ),
+            (
+                ["submit", "--require", "k\u{1B}=v", "--", "true"], [:],
+                "Error: invalid value for '--require': label key 'k\\u{1b}' may hold only letters, digits, '.', '_', "
+                    + "'-' and '/'"
+            ),
+            (
+                ["submit", "--env", "A=1", "--secret-env", "x\u{1B}y", "--", "true"], [:],
+                "Error: --secret-env x\\u{1B}y names no --env variable"
+            ),
+            (
+                ["config", "--print", "--metrics-listen", "x\u{1B}y"], [:],
+                "Error: invalid value for '--metrics-listen': invalid listen address 'x\\u{1B}y': expected HOST:PORT"
+            ),
+            (
+                ["worker", "--concurrency", String(repeating: "9", count: 100)], [:],
+                "Error: invalid value for '--concurrency': '\(String(repeating: "9", count: 80))… (100 bytes)' "
+                    + "(expected a positive whole number)"
+            ),
+        ]
+        for (arguments, environment, expected) in cases {
+            let (code, _, err) = await run(arguments, environment: environment)
+            XCTAssertEqual(code, 2, "\(arguments)")
+            XCTAssertEqual(err.split(separator: "\n").first.map(String.init), expected, "\(arguments)")
+            XCTAssertFalse(
+                err.unicodeScalars.contains { $0.properties.generalCategory == .control && $0 != "\n" },
+                "\(arguments): \(err.debugDescription)")
+        }
+    }
+
+    /// A duration of 10 years or more is refused for its length, not with the hint on how to write one, which
+    /// `3650d` follows (found by breaker17).
+    func testDurationsOfTenYearsOrMoreAreRefusedForTheirLength() async {
+        for text in ["3650d", "87600h", "315360000", "3649d24h"] {
+            let (code, _, err) = await run(["worker", "--lease-ttl", text])
+            XCTAssertEqual(code, 2, text)
+            XCTAssertEqual(
+                err.split(separator: "\n").first.map(String.init),
+                "Error: invalid duration for '--lease-ttl': '\(text)' is too long (it must be under 10 years, 3650d)")
+        }
+        let (code, out, _) = await run(["config", "--print", "--lease-ttl", "3649d", "--redis", "127.0.0.1:1"])
+        XCTAssertEqual(code, 0)
+        XCTAssertTrue(out.contains("3649d"), out)
+        // What is not a duration keeps the hint.
+        let (_, _, err) = await run(["worker", "--lease-ttl", "1e10"])
+        XCTAssertEqual(
+            err.split(separator: "\n").first.map(String.init),
+            "Error: invalid duration for '--lease-ttl': '1e10' (write 30s, 500ms, 2m, 1h30m, 7d or a number of seconds)"
+        )
+    }
+
     /// Each submit (options, then `-- true`) is a usage error with this message, found before Redis is reached.
     private func assertSubmitRefuses(_ cases: [([String], String)], line: UInt = #line) async {
         for (options, message) in cases {

@@ -302,6 +302,45 @@ final class WorkspaceReuseTests: XCTestCase {
         XCTAssertFalse(workspace.isSpare(workspace.directory + "/.spare-1"))
     }
 
+    /// A job that nests folders deeper than PATH_MAX (`mkdir d && cd d`, 2500 times) does not leave its folder
+    /// behind: the removal by paths failed with "File name too long" at every try, for good (found by breaker17).
+    /// A link down there is removed, not followed.
+    func testATreeDeeperThanPathMaxIsRemoved() async throws {
+        let victim = root + "-victim"
+        try FileManager.default.createDirectory(atPath: victim, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: victim + "/keep", contents: Data("keep".utf8))
+        let path = try await workspace.create(name: "job-deep")
+        defer {
+            // GNU rm removes any depth: a failing run must not leave the tree in the temporary folder.
+            let rm = Process()
+            rm.executableURL = URL(fileURLWithPath: "/bin/rm")
+            rm.arguments = ["-rf", path]
+            try? rm.run()
+            rm.waitUntilExit()
+        }
+        var fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        for level in 0..<2500 {
+            XCTAssertEqual(mkdirat(fd, "d", 0o700), 0)
+            if level % 500 == 0 {
+                let file = openat(fd, "f", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+                XCTAssertGreaterThanOrEqual(file, 0)
+                close(file)
+                XCTAssertEqual(symlinkat(victim, fd, "link"), 0)
+            }
+            let next = openat(fd, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            close(fd)
+            fd = next
+            XCTAssertGreaterThanOrEqual(fd, 0)
+        }
+        close(fd)
+        let released = await workspace.release(path: path)
+        XCTAssertTrue(released)
+        var info = stat()
+        XCTAssertNotEqual(lstat(path, &info), 0, "the folder is gone")
+        XCTAssertEqual(try names(workspace.directory), [])
+        XCTAssertEqual(try names(victim), ["keep"], "nothing followed the links")
+    }
+
     func testAFolderWithAnythingInItIsRemovedNotKept() async throws {
         let victim = root + "-victim"
         try FileManager.default.createDirectory(atPath: victim, withIntermediateDirectories: true)

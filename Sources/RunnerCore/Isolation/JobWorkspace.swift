@@ -226,9 +226,100 @@ struct JobWorkspace: Sendable {
     /// Removes `path` and everything in it; when that fails, clears the immutable and append-only flags of the
     /// folder and its `tmp` (a job run as root may have set them: `chattr +i tmp`, `chattr +a .`) and tries again.
     private static func removeTree(_ path: String) -> Bool {
-        if (try? FileManager.default.removeItem(atPath: path)) != nil || !pathExists(path) { return true }
+        if removeAll(path) || !pathExists(path) { return true }
         guard clearLockingFlags(path) else { return false }
-        return (try? FileManager.default.removeItem(atPath: path)) != nil || !pathExists(path)
+        return removeAll(path) || !pathExists(path)
+    }
+
+    /// How deep `removeAll` descends before it moves a folder up: the descriptors it holds at once.
+    static let removalDepth = 32
+
+    /// Removes `path` and everything in it, without following a link and without building a path longer than
+    /// `path` and one name: every entry is removed through its folder's descriptor, and a folder `removalDepth`
+    /// levels down is first moved up into `path` itself (`.nr-deep-<n>`) and removed from there. A job's tree deeper
+    /// than PATH_MAX (`mkdir d && cd d`, 2000 times) is removed too, which a removal by paths refused with "File
+    /// name too long", leaving the folder behind for good. True when `path` is gone.
+    static func removeAll(_ path: String) -> Bool {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return errno == ENOENT }
+        guard info.st_mode & S_IFMT == S_IFDIR else { return unlink(path) == 0 || errno == ENOENT }
+        let root = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard root >= 0 else { return false }
+        var movedUp: [String] = []
+        var moves = 0
+        // Empties the folder open as `fd`, `depth` levels below `path`; false when anything stays.
+        func empty(_ fd: Int32, depth: Int) -> Bool {
+            guard let names = entryNames(fd) else { return false }
+            var emptied = true
+            for name in names {
+                var entry = stat()
+                guard fstatat(fd, name, &entry, AT_SYMLINK_NOFOLLOW) == 0 else {
+                    if errno != ENOENT { emptied = false }
+                    continue
+                }
+                guard entry.st_mode & S_IFMT == S_IFDIR else {
+                    if unlinkat(fd, name, 0) != 0 && errno != ENOENT { emptied = false }
+                    continue
+                }
+                if depth >= removalDepth {
+                    var moved = false
+                    for _ in 0..<100 where !moved {
+                        moves += 1
+                        let target = ".nr-deep-\(moves)"
+                        // Not onto anything there (renameat would replace an empty folder of that name).
+                        var there = stat()
+                        guard fstatat(root, target, &there, AT_SYMLINK_NOFOLLOW) != 0 else { continue }
+                        guard renameat(fd, name, root, target) == 0 else { break }
+                        movedUp.append(target)
+                        moved = true
+                    }
+                    if !moved { emptied = false }
+                    continue
+                }
+                let child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                guard child >= 0 else {
+                    if errno != ENOENT { emptied = false }
+                    continue
+                }
+                let childEmptied = empty(child, depth: depth + 1)
+                close(child)
+                if !childEmptied || (unlinkat(fd, name, AT_REMOVEDIR) != 0 && errno != ENOENT) { emptied = false }
+            }
+            return emptied
+        }
+        var emptied = empty(root, depth: 0)
+        while let name = movedUp.popLast() {
+            let folder = openat(root, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard folder >= 0 else {
+                emptied = false
+                continue
+            }
+            let folderEmptied = empty(folder, depth: 1)
+            close(folder)
+            if !folderEmptied || unlinkat(root, name, AT_REMOVEDIR) != 0 { emptied = false }
+        }
+        close(root)
+        return emptied && (rmdir(path) == 0 || errno == ENOENT)
+    }
+
+    /// The names in the folder open as `fd` (not `.` and `..`), read through a duplicate of it; nil when it cannot
+    /// be read.
+    private static func entryNames(_ fd: Int32) -> [String]? {
+        let copy = dup(fd)
+        guard copy >= 0 else { return nil }
+        guard let stream = fdopendir(copy) else {
+            close(copy)
+            return nil
+        }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: Int(NAME_MAX) + 1) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
     }
 
     /// Clears FS_IMMUTABLE_FL and FS_APPEND_FL on the folder and its `tmp`, opened without following a link (tmp
