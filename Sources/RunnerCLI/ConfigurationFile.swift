@@ -40,8 +40,11 @@ struct ConfigurationFile: Sendable {
 
     /// Checks the text of a config file (`path` only names it in errors).
     static func parse(
-        _ bytes: [UInt8], path: String, options: [OptionSpec], command: String
+        _ text: [UInt8], path: String, options: [OptionSpec], command: String
     ) throws(UsageError) -> ConfigurationFile {
+        // An editor's UTF-8 byte order mark is no JSON: read as white space, so that columns stay the file's.
+        var bytes = text
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.replaceSubrange(0..<3, with: [0x20, 0x20, 0x20]) }
         func fail(_ line: Int, _ message: String) -> UsageError {
             UsageError("\(path):\(line): \(message)", command: command, pointsToHelp: false)
         }
@@ -123,11 +126,18 @@ struct ConfigurationFile: Sendable {
         }
     }
 
-    /// Line and column (both from 1, the column in bytes) of a byte offset.
+    /// Line and column (both from 1, the column in bytes) of a byte offset. A line ends at LF, CRLF or a lone CR
+    /// (old Mac files): JSON takes all three as white space.
     static func position(of offset: Int, in bytes: [UInt8]) -> (line: Int, column: Int) {
-        let before = bytes[..<min(offset, bytes.count)]
-        let line = before.reduce(1) { $1 == 0x0A ? $0 + 1 : $0 }
-        let lineStart = before.lastIndex(of: 0x0A).map { $0 + 1 } ?? 0
+        var line = 1
+        var lineStart = 0
+        for index in 0..<min(offset, bytes.count) {
+            let byte = bytes[index]
+            if byte == 0x0A || (byte == 0x0D && (index + 1 == bytes.count || bytes[index + 1] != 0x0A)) {
+                line += 1
+                lineStart = index + 1
+            }
+        }
         return (line, offset - lineStart + 1)
     }
 

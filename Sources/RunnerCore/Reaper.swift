@@ -280,7 +280,12 @@ public actor Reaper {
         // `name` is this reaper's own, `leader` the holder's: both named, so that neither passes for the other.
         let metadata: KeyValuePairs<String, String> = ["name": configuration.name, "leader": holder]
         // A worker says it at info only when it lost the lease; a change of holder among others is debug.
-        let line = "standing by: the reaper lease is held by \(holder)"
+        // A holder of its own name is an earlier run of it (killed, or still stopping): its lease lapses on its own.
+        let line =
+            leader == configuration.name
+            ? "standing by: the reaper lease is still held by an earlier run under this name (\(holder)); it lapses "
+                + "within the lease TTL"
+            : "standing by: the reaper lease is held by \(holder)"
         if role == .worker, first || !ledBefore { logger.debug(line, metadata) } else { logger.info(line, metadata) }
     }
 

@@ -615,8 +615,11 @@ public final class Worker: Sendable {
                 refused = true
                 try? await Task.sleep(for: .seconds(1))
                 if Task.isCancelled || shutdownRequested.isFired { return }
+            } catch is CancellationError {
+                // Shutdown: the jobs are stopped; a reaper reschedules them.
+                logger.warning("did not register again after the lease epoch ended: the runner is shutting down")
+                return
             } catch {
-                // Cancelled (shutdown): the jobs are stopped; a reaper reschedules them.
                 logger.warning("could not register again after the lease epoch ended: \(error)")
                 return
             }

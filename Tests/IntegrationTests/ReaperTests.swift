@@ -133,6 +133,30 @@ final class ReaperTests: IntegrationTestCase {
     /// A control plane (and a worker's reaper) that stops cleanly releases the leader lease (compare-and-delete),
     /// so a standby leads at its next try, well before the lease's TTL (4 intervals: 20 s at --interval 5s, 40 s at
     /// --reaper-interval 10s) would have run out. Its log lines name its own name and the leader's apart.
+    /// A control plane killed while it led and started again under its name waits for its earlier run's lease, and
+    /// says that is whose it is (it said "held by cpx", its own name, which read as nonsense).
+    func testAControlPlaneRestartedUnderItsNameSaysItsEarlierRunHoldsTheLease() throws {
+        func control() throws -> RunnerUnderTest {
+            let control = try RunnerUnderTest(
+                endpoint: endpoint, namespace: namespace, name: "cpx", subcommand: "control",
+                arguments: ["--interval", "300ms"])
+            controls.append(control)
+            return control
+        }
+        let first = try control()
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { first.log.contains("control plane leads the pool") }, first.log)
+        first.signal(SIGKILL)
+        XCTAssertNotNil(first.waitForExit(timeout: 10))
+        let second = try control()
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) {
+                second.log.contains(
+                    "standing by: the reaper lease is still held by an earlier run under this name (cpx); it lapses "
+                        + "within the lease TTL")
+            }, second.log)
+    }
+
     func testAStoppedLeaderReleasesTheReaperLeaseSoTheStandbyLeadsAtOnce() throws {
         func holder() -> String? { (try? send(["GET", key("reaper")]).string).flatMap { ReaperLease.holder($0) } }
         func control(_ name: String, interval: String) throws -> RunnerUnderTest {

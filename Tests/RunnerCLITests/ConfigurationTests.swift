@@ -224,6 +224,13 @@ final class ConfigurationTests: XCTestCase {
             error, "Error: \(path):1: \"queue\" must be a string or a list of them, not a list holding an object")
         (path, error) = try await configError("{\n  \"queue\": \"a\",\n  \"queue\": \"b\"\n}")
         XCTAssertEqual(error, "Error: \(path):3: key \"queue\" is given twice (also on line 2)")
+        // Lines end at a lone CR too (old Mac files), and at CRLF once; an editor's byte order mark is white space.
+        (path, error) = try await configError("{\r  \"queue\": \"a\",\r\n  \"frobnicate\": 1\r}")
+        XCTAssertEqual(error, "Error: \(path):3: unknown key \"frobnicate\"")
+        (path, error) = try await configError("\u{FEFF}{\n  \"frobnicate\": 1\n}")
+        XCTAssertEqual(error, "Error: \(path):2: unknown key \"frobnicate\"")
+        (path, error) = try await configError("\u{FEFF}{\"concurrency\": 2,}")
+        XCTAssertTrue(error.hasPrefix("Error: \(path):1:22: invalid JSON"), error)
         let printInFile = try file("{\"print\": true}")
         let result = await run(["config", "--print", "--config", printInFile])
         XCTAssertEqual(result.code, 2)
