@@ -36,7 +36,7 @@ enum ControlCommand {
             its consumer leaves the group once nothing is pending for it. Entries of live runners are never touched.
 
             With --metrics-listen, every control plane (leader or not) serves the pool's figures on /metrics, read
-            from Redis every --interval: nativerunner_pool_runners{state}, nativerunner_pool_queue_length,
+            from Redis every --interval (at most once a second): nativerunner_pool_runners{state}, nativerunner_pool_queue_length,
             _pending, _waiting and _consumers{queue}, nativerunner_pool_retries_scheduled,
             nativerunner_pool_dead_letters, and the reading's age and failures. /readyz answers 503 once the last
             good reading is older than three intervals.
@@ -70,7 +70,8 @@ enum ControlCommand {
         var metricsServer: HTTPServer?
         var metricsRefresh: Task<Void, Never>?
         if let metricsAddress {
-            let interval = configuration.interval
+            // A reading is a few commands per runner and per queue: at most one a second, whatever the interval.
+            let interval = max(configuration.interval, .seconds(1))
             let cache = PoolMetricsCache(staleAfter: interval * 3)
             await cache.refresh(pool)
             metricsServer = try MetricsListen.start(metricsAddress, logger: logger) { cache.respond($0) }
