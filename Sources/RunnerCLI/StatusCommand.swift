@@ -172,8 +172,9 @@ enum StatusCommand {
     /// `2 jobs wait for their next attempt; the first is due at 2026-12-04T11:02:03.773Z`, or nil when none does.
     static func retriesLine(_ status: PoolStatus) -> String? {
         guard status.retriesScheduled > 0 else { return nil }
-        let count = status.retriesScheduled == 1 ? "1 job waits" : "\(status.retriesScheduled) jobs wait"
-        return "\(count) for their next attempt"
+        let count =
+            status.retriesScheduled == 1 ? "1 job waits for its" : "\(status.retriesScheduled) jobs wait for their"
+        return "\(count) next attempt"
             + (status.nextRetryDueMs.map { "; the first is due at \(formatTimestamp($0))" } ?? "")
     }
 
@@ -197,15 +198,22 @@ enum StatusCommand {
     static func waitingForLabelsLines(runners: [RunnerStatus], queues: [QueueStatus]) -> [String] {
         queues.compactMap { queue -> String? in
             guard let requires = queue.requires, queue.unread > 0 else { return nil }
-            let able = runners.filter { runner in
-                guard runner.leaseRemainingMs != nil,
-                    case .object(let members)? = runner.record[RunnerRecordField.labels]
-                else { return false }
+            let base = Keyspace.baseQueue(of: queue.name)
+            func hasThem(_ runner: RunnerStatus) -> Bool {
+                guard case .object(let members)? = runner.record[RunnerRecordField.labels] else { return false }
                 return requires.values.allSatisfy { members[$0.key]?.stringValue == $0.value }
             }
-            return
-                "  waiting for labels \(requires.canonical): \(queue.unread) (queue \(Keyspace.baseQueue(of: queue.name)), "
-                + "\(able.isEmpty ? "no runner has them" : "\(able.count) runner(s) with them"))"
+            // Only a running runner that reads the queue takes its jobs (as NOT SERVED counts them); the others with
+            // the labels are named with their state, so that a drained one is not taken for one that serves.
+            let serving = UnservedQueue.readers(of: base, in: runners).filter(hasThem)
+            let idle = runners.filter { runner in
+                hasThem(runner) && !serving.contains { $0.id == runner.id }
+                    && (runner.record[RunnerRecordField.queues]?.arrayValue ?? []).contains { $0.stringValue == base }
+            }
+            let idleText = idle.isEmpty ? "" : "; " + idle.map { "\($0.id) \($0.stateShown)" }.joined(separator: ", ")
+            return "  waiting for labels \(requires.canonical): \(queue.unread) (queue \(base), "
+                + (serving.isEmpty
+                    ? "no running runner has them\(idleText))" : "\(serving.count) running runner(s) with them)")
         }
     }
 

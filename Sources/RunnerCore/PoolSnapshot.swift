@@ -211,7 +211,7 @@ public struct UnservedQueue: Sendable, Equatable {
     }
 
     /// The running runners (`reads`) that list `queue` among their queues.
-    static func readers(of queue: String, in runners: [RunnerStatus]) -> [RunnerStatus] {
+    public static func readers(of queue: String, in runners: [RunnerStatus]) -> [RunnerStatus] {
         runners.filter { runner in
             reads(runner)
                 && (runner.record[RunnerRecordField.queues]?.arrayValue ?? []).contains { $0.stringValue == queue }

@@ -182,7 +182,8 @@ final class MetricsEndpointTests: PrivateRedisTestCase {
         }
         metrics = try scrape()
         let expected: [String: Double] = [
-            "nativerunner_pool_runners{state=\"lost\"}": 1, "nativerunner_pool_queue_length{queue=\"default\"}": 2,
+            "nativerunner_pool_runners{state=\"lost\"}": 1, "nativerunner_pool_runners{state=\"running\"}": 0,
+            "nativerunner_pool_runners{state=\"drained\"}": 0, "nativerunner_pool_queue_length{queue=\"default\"}": 2,
             "nativerunner_pool_queue_waiting{queue=\"default\"}": 2,
             "nativerunner_pool_queue_pending{queue=\"default\"}": 0, "nativerunner_pool_retries_scheduled": 1,
             "nativerunner_pool_dead_letters": 1, "nativerunner_pool_reading_failures_total": 0,

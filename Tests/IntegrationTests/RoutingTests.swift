@@ -279,7 +279,7 @@ final class UnservedRequirementTests: PrivateRedisTestCase {
         let status = cli(["status"])
         XCTAssertEqual(status.code, 0, status.err)
         XCTAssertTrue(
-            status.stdout.contains("waiting for labels gpu=a100: 1 (queue default, no runner has them)"), status.stdout)
+            status.stdout.contains("waiting for labels gpu=a100: 1 (queue default, no running runner has them)"), status.stdout)
         XCTAssertTrue(status.stdout.contains("gpu=no"), "the runner's labels in status:\n\(status.stdout)")
     }
 }

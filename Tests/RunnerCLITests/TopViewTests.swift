@@ -51,8 +51,26 @@ final class TopViewTests: XCTestCase {
                 name: "default:req:1ee35e3a857cf4c0", length: 2, pending: 0, lag: 2, consumers: 0, requires: gpu))
         let lines = TopView.render(pool, width: 0)
         let pane = try XCTUnwrap(lines.firstIndex(of: "WAITING FOR LABELS"))
-        XCTAssertEqual(lines[pane + 1], "  waiting for labels gpu=x: 2 (queue default, no runner has them)")
+        XCTAssertEqual(lines[pane + 1], "  waiting for labels gpu=x: 2 (queue default, no running runner has them)")
         XCTAssertEqual(lines[pane - 1], "")
+
+        // A drained runner with the labels serves nothing: named with its state, not counted (it was "1 runner(s)
+        // with them"); a running one that reads the queue is.
+        pool.runners.append(
+            RunnerStatus(
+                id: "r3", record: ["state": "drained", "queues": ["default"], "labels": ["gpu": "x"]],
+                leaseRemainingMs: 9_000))
+        func paneLine() -> String? {
+            let lines = TopView.render(pool, width: 0)
+            return lines.firstIndex(of: "WAITING FOR LABELS").map { lines[$0 + 1] }
+        }
+        XCTAssertEqual(
+            paneLine(), "  waiting for labels gpu=x: 2 (queue default, no running runner has them; r3 drained)")
+        pool.runners.append(
+            RunnerStatus(
+                id: "r4", record: ["state": "running", "queues": ["default"], "labels": ["gpu": "x"]],
+                leaseRemainingMs: 9_000))
+        XCTAssertEqual(paneLine(), "  waiting for labels gpu=x: 2 (queue default, 1 running runner(s) with them)")
     }
 
     func testRendersEverySection() {

@@ -9,7 +9,8 @@ public enum PoolMetrics {
     /// The families for one reading of the pool: runners by state, each queue's length, pending, waiting and
     /// consumers, the jobs waiting for a retry, the dead letters.
     public static func families(_ status: PoolStatus, deadLetters: Int) -> [MetricFamily] {
-        var states: [String: Int] = [:]
+        // Every state always, 0 when no runner is in it: an alert on `{state="running"} == 0` needs the sample.
+        var states = Dictionary(uniqueKeysWithValues: RunnerState.allCases.map { ($0.rawValue, 0) })
         for runner in status.runners { states[runner.stateShown, default: 0] += 1 }
         func perQueue(_ name: String, _ help: String, _ value: (QueueStatus) -> Int) -> MetricFamily {
             MetricFamily(
