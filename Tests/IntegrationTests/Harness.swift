@@ -280,12 +280,27 @@ class IntegrationTestCase: XCTestCase {
             environment: environment)
         runners.append(runner)
         // Registered means this process's own record (a dead runner of the same name may have left one behind).
+        // Its record, and then its `runner.registered` event: a test that breaks the events key right after must not
+        // make that write fail (the worker then stops at start, exit 1).
         let registered = waitUntil(timeout: .seconds(20)) {
             guard runner.isRunning else { return true }
             guard let record = try? redis.send(RedisCommand(["HGET", key("runners"), name])).bytes,
-                let object = try? JSONSerialization.jsonObject(with: Data(record)) as? [String: Any]
+                let object = try? JSONSerialization.jsonObject(with: Data(record)) as? [String: Any],
+                (object["pid"] as? Int).map(Int32.init) == runner.pid
             else { return false }
-            return (object["pid"] as? Int).map(Int32.init) == runner.pid
+            let recent =
+                (try? redis.send(RedisCommand(["XREVRANGE", key("events"), "+", "-", "COUNT", "1000"])))?
+                .array ?? []
+            return recent.contains { entry in
+                guard let fields = entry.array?.last?.fieldPairs else { return false }
+                let values = Dictionary(fields.map { ($0.name, String(decoding: $0.value, as: UTF8.self)) }) { a, _ in a
+                }
+                guard values["type"] == "runner.registered", values["runner"] == name,
+                    let data = values["data"].flatMap({ try? JSONSerialization.jsonObject(with: Data($0.utf8)) })
+                        as? [String: Any]
+                else { return false }
+                return (data["pid"] as? Int).map(Int32.init) == runner.pid
+            }
         }
         XCTAssertTrue(registered && runner.isRunning, "runner \(name) did not register:\n\(runner.log)")
         return runner
