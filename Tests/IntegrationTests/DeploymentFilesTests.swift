@@ -67,6 +67,8 @@ final class DeploymentFilesTests: XCTestCase {
         XCTAssertEqual(worker["KillMode"], "mixed")
         XCTAssertEqual(worker["KillSignal"], "SIGTERM")
         XCTAssertEqual(worker["Restart"], "on-failure")
+        // Redis down at boot (exit 1) is retried however long it lasts; a configuration error (exit 2) is not.
+        XCTAssertEqual(worker["RestartPreventExitStatus"], "2")
         // No option in ExecStart: a flag would win over the RUNNER_* settings of worker.env (and a profile's).
         XCTAssertEqual(worker["ExecStart"], "/usr/local/bin/runner worker")
         XCTAssertEqual(worker["Environment"], "RUNNER_NAME=%H RUNNER_WORK_ROOT=/var/lib/nativerunner/work")
@@ -97,6 +99,12 @@ final class DeploymentFilesTests: XCTestCase {
 
         let control = serviceSettings(try read("systemd/nativerunner-control.service"))
         XCTAssertEqual(control["Restart"], "on-failure")
+        XCTAssertEqual(control["RestartPreventExitStatus"], "2")
+        for unit in ["worker", "control"] {
+            let text = try read("systemd/nativerunner-\(unit).service")
+            XCTAssertTrue(
+                text.contains("\nStartLimitIntervalSec=0\n"), "\(unit): a start limit gives up on a Redis outage")
+        }
         XCTAssertEqual(control["KillSignal"], "SIGTERM")
         XCTAssertEqual(control["ExecStart"], "/usr/local/bin/runner control")
     }
