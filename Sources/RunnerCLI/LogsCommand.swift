@@ -1,3 +1,4 @@
+import RedisClient
 import RunnerCore
 import RunnerProtocol
 
@@ -15,7 +16,8 @@ enum LogsCommand {
         ],
         maximumPositionals: 1,
         discussion: """
-            A job still queued has no output yet: a line on stderr says so. With --follow it ends (exit 0) when the
+            A job still queued has no output yet: a line on stderr says so (or, queued again for a new attempt, that
+            the output of its earlier attempts follows). With --follow it ends (exit 0) when the
             job ends, or when its standard output's reader goes away
             ('runner logs -f ID | head -1'): at the job's next output, or within a second while the job is silent
             or Redis is unreachable. A closed standard output ends it with exit 1 and an Error line.
@@ -30,10 +32,18 @@ enum LogsCommand {
                 "no job '\(id)' in namespace '\(pool.keyspace.namespace)' (never submitted, or its result expired)")
         }
         // No output is not an empty output: say why there is none yet (stderr, so that stdout stays the job's).
-        if ResultView(fields: record).state == .queued {
+        let view = ResultView(fields: record)
+        if view.state == .queued {
+            let follow = arguments.flag("--follow")
+            // Queued again (a retry, a hand-back, a reschedule): what its earlier attempts wrote is still there.
+            let earlier = (try? await pool.client.send(RedisCommand(["XLEN", pool.keyspace.log(job: id)])).int) ?? 0
+            let attempt = view.text(ResultField.attempt).map { " for attempt \($0)" } ?? " again"
             console.error(
-                "runner: job \(id) is queued; "
-                    + (arguments.flag("--follow") ? "its output follows once it starts" : "no output yet"))
+                earlier > 0
+                    ? "runner: job \(id) is queued\(attempt); the output of its earlier attempts follows"
+                        + (follow ? ", then this one's once it starts" : "")
+                    : "runner: job \(id) is queued; "
+                        + (follow ? "its output follows once it starts" : "no output yet"))
         }
         if arguments.flag("--follow") {
             // Ends when standard output is gone, like the other streaming commands (`| head -1`: exit 0).

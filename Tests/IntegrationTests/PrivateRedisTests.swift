@@ -180,6 +180,19 @@ extension CLIFollowTests {
         XCTAssertEqual(read.wait(timeout: .now() + 10), .success, "nothing on stderr")
         XCTAssertEqual(note, "runner: job q-1 is queued; its output follows once it starts\n")
     }
+
+    /// Queued again for a new attempt, a job still has its earlier attempts' output: said so, not "no output yet".
+    func testLogsOfAJobQueuedAgainSayTheEarlierOutputFollows() throws {
+        XCTAssertEqual(cli(["submit", "--id", "q-2", "--", "echo", "hi"]).code, 0)
+        // What a first attempt that wrote a line and was retried leaves: its output, the record at attempt 2.
+        _ = try send(["XADD", key("log:q-2"), "*", "fd", "stdout", "data", "first output\n", "v", "1"])
+        _ = try send(["HSET", key("job:q-2"), "attempt", "2"])
+        let logs = cli(["logs", "q-2"])
+        XCTAssertEqual(logs.code, 0, logs.err)
+        XCTAssertEqual(logs.stdout, "first output\n")
+        XCTAssertEqual(
+            logs.err, "runner: job q-2 is queued for attempt 2; the output of its earlier attempts follows\n")
+    }
 }
 
 final class WaitTests: IntegrationTestCase {
