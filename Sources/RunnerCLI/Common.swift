@@ -228,7 +228,12 @@ extension ParsedArguments {
                     "invalid value for '\(name)': '\(UsageError.excerpt(item))' (expected KEY=VALUE)",
                     command: command.name)
             }
-            result[String(item[..<eq])] = String(item[item.index(after: eq)...])
+            let key = String(item[..<eq])
+            // The last would win silently, as a spec's duplicate key would (refused there too).
+            guard result.updateValue(String(item[item.index(after: eq)...]), forKey: key) == nil else {
+                throw UsageError(
+                    "invalid value for '\(name)': '\(UsageError.excerpt(key))' is given twice", command: command.name)
+            }
         }
         return result
     }

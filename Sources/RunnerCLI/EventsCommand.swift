@@ -47,6 +47,12 @@ enum EventsCommand {
         } else {
             let recent = try await pool.recentEvents(count: count, job: job)
             for event in recent.events { console.print(render(event, json: json)) }
+            // An empty answer for one job is no empty pool: say so (stderr, so that stdout stays the events).
+            if let job, recent.events.isEmpty {
+                console.error(
+                    "runner: no events of job '\(job)' on the events stream"
+                        + (follow ? "; new ones follow" : " (never submitted, or its events were trimmed)"))
+            }
             if let last = recent.last { cursor = last }
         }
         guard follow else { return 0 }

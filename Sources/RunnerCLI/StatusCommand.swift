@@ -33,8 +33,8 @@ enum StatusCommand {
 
             STATE lost (and 'running (lost)' or the like before a reaper has acted) is a runner whose lease is gone
             (LEASE expired): it died or was cut off. Its CAPACITY and RUNNING show -, and its jobs have been (or are
-            about to be) put back on their queues. Lost runners stay listed for --lost-retention (runner control,
-            default 24h). A runner that shuts down or migrates shows draining until it leaves (migrating, LEASE
+            about to be) put back on their queues. Lost runners stay listed for --lost-retention (default 24h; the
+            value of the reaper that leads, a worker's or runner control's). A runner that shuts down or migrates shows draining until it leaves (migrating, LEASE
             released, once it has released its lease for another node).
 
             --json prints one object: runners (each its registry record with id, lease_remaining_ms, null when the

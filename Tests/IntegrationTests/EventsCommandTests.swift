@@ -43,5 +43,8 @@ final class EventsCommandTests: IntegrationTestCase {
         result = cli(["events", "--json", "--job", "none-1"])
         XCTAssertEqual(result.code, 0, result.err)
         XCTAssertEqual(result.stdout, "")
+        XCTAssertEqual(
+            result.err,
+            "runner: no events of job 'none-1' on the events stream (never submitted, or its events were trimmed)\n")
     }
 }

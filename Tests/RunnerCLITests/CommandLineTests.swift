@@ -240,6 +240,16 @@ final class CommandLineTests: XCTestCase {
     /// before, `--concurrency` from a flag, a variable or a config file, durations, KEY=VALUE options, labels,
     /// profiles, `--secret-env`, `--metrics-listen` and `--run-as` were quoted raw, so a NUL or an escape sequence went to the terminal and a long value made a long
     /// error (found by breaker17).
+    /// `submit --env` and `--label` given one key twice: refused, as a spec's duplicate key is (the last won).
+    func testAKeyGivenTwiceToSubmitIsRefused() async {
+        for option in ["--env", "--label"] {
+            let (code, out, err) = await run(["submit", option, "a=1", option, "a=2", "--", "true"])
+            XCTAssertEqual(code, 2, err)
+            XCTAssertEqual(out, "")
+            XCTAssertTrue(err.hasPrefix("Error: invalid value for '\(option)': 'a' is given twice\n"), err)
+        }
+    }
+
     func testBadValuesAreQuotedWithControlCharactersEscaped() async throws {
         let cases: [([String], [String: String], String)] = [
             (
