@@ -20,7 +20,7 @@ enum StatusCommand {
             TTL); LEASE is the time its lease has left now. LENGTH counts entries not yet done, PENDING those
             delivered to a runner and not yet acknowledged, LAG those not yet delivered (- when Redis cannot tell).
             RETRIES counts the jobs waiting for their next attempt after a failure (retry_scheduled, in {nr}:delayed)
-            and says when the first is due. NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
+            and lists the first five with when each is due. NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
             drained, draining or lost, or none lists it: a mistyped --queue); CONSUMERS counts drained runners too.
 
             STATE is the runner's own, as its record says: starting (connecting and registering), running (taking
@@ -40,7 +40,7 @@ enum StatusCommand {
             --json prints one object: runners (each its registry record with id, lease_remaining_ms, null when the
             lease is gone, and lost; a lost runner's capacity, capacity_free, running, memory_reserved_bytes and
             waiting_for_resources are null, as they show - here), queues, not_served, retries_scheduled,
-            next_retry_due_ms (null when none waits) and wrong_type (keys holding
+            next_retry_due_ms (null when none waits), next_retries (the first five: id, due_ms) and wrong_type (keys holding
             another type than expected: key, type, expected; as WRONG TYPE lists them). With --watch it prints one
             such object per --interval, each on one line, until interrupted or its reader goes away (--once: one);
             a refresh that cannot read Redis writes one line on stderr and nothing on stdout. --events needs the
@@ -102,7 +102,14 @@ enum StatusCommand {
             ])
         }
         if !status.queues.isEmpty { table(rows, console) }
-        if let line = retriesLine(status) { console.print("\nRETRIES\n  " + line) }
+        if let line = retriesLine(status) {
+            console.print("\nRETRIES\n  " + line)
+            for retry in status.nextRetries {
+                console.print(
+                    "    \(JobEntry.printable(retry.id))  due \(retry.dueMs.map(formatTimestamp) ?? "at no known time")"
+                )
+            }
+        }
         printNotServed(status.unservedQueues, console)
         printWaitingForLabels(status, console)
         for line in TopView.wrongTypeLines(status.wrongTypeKeys) { console.print(line) }
@@ -142,7 +149,9 @@ enum StatusCommand {
         return .object([
             "runners": .array(runners), "queues": .array(queues), "not_served": .array(unserved),
             "wrong_type": .array(wrongType), "retries_scheduled": .int(status.retriesScheduled),
-            "next_retry_due_ms": status.nextRetryDueMs.map(JSONValue.int) ?? .null,
+            "next_retry_due_ms": status.nextRetries.first?.dueMs.map(JSONValue.int) ?? .null,
+            "next_retries": .array(
+                status.nextRetries.map { ["id": .string($0.id), "due_ms": $0.dueMs.map(JSONValue.int) ?? .null] }),
         ])
     }
 
@@ -169,13 +178,14 @@ enum StatusCommand {
         }
     }
 
-    /// `2 jobs wait for their next attempt; the first is due at 2026-12-04T11:02:03.773Z`, or nil when none does.
+    /// `2 jobs wait for their next attempt:` (the first few are listed below it), or nil when none does.
     static func retriesLine(_ status: PoolStatus) -> String? {
         guard status.retriesScheduled > 0 else { return nil }
         let count =
             status.retriesScheduled == 1 ? "1 job waits for its" : "\(status.retriesScheduled) jobs wait for their"
+        let shown = status.nextRetries.count
         return "\(count) next attempt"
-            + (status.nextRetryDueMs.map { "; the first is due at \(formatTimestamp($0))" } ?? "")
+            + (shown == 0 ? "" : shown < status.retriesScheduled ? "; the first \(shown):" : ":")
     }
 
     /// Queues with waiting jobs that no running runner reads.

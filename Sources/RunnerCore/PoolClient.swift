@@ -87,10 +87,12 @@ public struct PoolStatus: Sendable {
     /// Keys the view could not read because they hold another type (the registry, a queue's stream): what it
     /// shows leaves them out.
     public var wrongTypeKeys: [WrongTypeKey] = []
-    /// Jobs waiting in `{nr}:delayed` for their next attempt (`retry_scheduled`), and when the first is due (ms,
-    /// Redis's clock; nil when none waits).
+    /// Jobs waiting in `{nr}:delayed` for their next attempt (`retry_scheduled`), and the first few of them with
+    /// when each is due (ms, Redis's clock; nil for a score that is no time: a hand-written `inf`).
     public var retriesScheduled = 0
-    public var nextRetryDueMs: Int?
+    public var nextRetries: [(id: String, dueMs: Int?)] = []
+    /// How many of the first retries `nextRetries` holds.
+    public static let nextRetriesShown = 5
 }
 
 /// What the CLI and other clients do with a pool: submit, read results, logs, status and events.
@@ -305,14 +307,22 @@ public struct PoolClient: Sendable {
         let delayed = try await WrongTypeKey.skipping(client: client, keyspace.delayed, "zset", into: &wrongTypeKeys) {
             let replies = try await client.pipeline([
                 RedisCommand(["ZCARD", keyspace.delayed]),
-                RedisCommand(["ZRANGE", keyspace.delayed, "0", "0", "WITHSCORES"]),
+                RedisCommand(["ZRANGE", keyspace.delayed, "0", String(PoolStatus.nextRetriesShown - 1), "WITHSCORES"]),
             ])
             for case .error(let message) in replies { throw RedisServerError(message) }
             return replies
         }
         if let delayed {
             status.retriesScheduled = delayed[0].int ?? 0
-            status.nextRetryDueMs = delayed[1].array?.last?.string.flatMap { Double($0) }.map { Int($0) }
+            let pairs = delayed[1].array ?? []
+            status.nextRetries = stride(from: 0, to: pairs.count - 1, by: 2).compactMap { index in
+                guard let id = pairs[index].string else { return nil }
+                // A score is a double, and may be a hand-written inf or -inf: Int(_:) would trap on those.
+                let due = pairs[index + 1].string.flatMap(Double.init).flatMap { score in
+                    score.isFinite && abs(score) < 9e18 ? Int(score) : nil
+                }
+                return (id, due)
+            }
         }
         status.wrongTypeKeys = wrongTypeKeys
         return status

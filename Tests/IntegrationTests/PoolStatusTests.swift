@@ -95,20 +95,25 @@ final class PoolStatusTests: IntegrationTestCase {
         XCTAssertFalse(cli(["status"]).stdout.contains("RETRIES"))
 
         // What a failed attempt with attempts left writes: the job id, scored by when it is due.
-        _ = try send(["ZADD", key("delayed"), "1796383882412", "later-1", "1796383000000", "first-1"])
+        // A score is a double: a hand-written inf is no time (and must not trap the view).
+        _ = try send(["ZADD", key("delayed"), "1796383882412", "later-1", "1796383000000", "first-1", "inf", "odd-1"])
         let status = cli(["status"])
         XCTAssertEqual(status.code, 0, status.err)
         XCTAssertTrue(
             status.stdout.contains(
-                "\nRETRIES\n  2 jobs wait for their next attempt; the first is due at 2026-12-04T11:16:40.000Z\n"),
+                "\nRETRIES\n  3 jobs wait for their next attempt:\n    first-1  due 2026-12-04T11:16:40.000Z\n"
+                    + "    later-1  due 2026-12-04T11:31:22.412Z\n    odd-1  due at no known time\n"),
             status.stdout)
         json = cli(["status", "--json"])
         object = try XCTUnwrap(try JSONSerialization.jsonObject(with: json.out) as? [String: Any], json.err)
-        XCTAssertEqual(object["retries_scheduled"] as? Int, 2)
+        XCTAssertEqual(object["retries_scheduled"] as? Int, 3)
         XCTAssertEqual(object["next_retry_due_ms"] as? Int, 1_796_383_000_000)
+        let next = try XCTUnwrap(object["next_retries"] as? [[String: Any]])
+        XCTAssertEqual(next.map { $0["id"] as? String }, ["first-1", "later-1", "odd-1"])
+        XCTAssertTrue(next.last?["due_ms"] is NSNull)
         let top = cli(["top", "--once"])
         XCTAssertEqual(top.code, 0, top.err)
-        XCTAssertTrue(top.stdout.contains("  waiting 0  retrying 2  "), top.stdout)
+        XCTAssertTrue(top.stdout.contains("  waiting 0  retrying 3  "), top.stdout)
 
         // A delayed set of another type is named, and the rest of the view still shows.
         _ = try send(["DEL", key("delayed")])
