@@ -312,7 +312,10 @@ public struct PoolClient: Sendable {
         }
         if let delayed {
             status.retriesScheduled = delayed[0].int ?? 0
-            status.nextRetryDueMs = delayed[1].array?.last?.string.flatMap { Double($0) }.map { Int($0) }
+            // A score written by hand may be inf, -inf or beyond what an Int holds (Int(_:) would trap): no due time.
+            status.nextRetryDueMs = delayed[1].array?.last?.string.flatMap { Double($0) }.flatMap {
+                Int(exactly: $0.rounded(.down))
+            }
         }
         status.wrongTypeKeys = wrongTypeKeys
         return status

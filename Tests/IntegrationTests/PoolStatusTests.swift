@@ -122,6 +122,29 @@ final class PoolStatusTests: IntegrationTestCase {
             [["key": key("delayed"), "type": "string", "expected": "zset"]])
     }
 
+    /// A delayed set's first score written by hand as inf, -inf or beyond an Int (ZADD takes them) is counted
+    /// without a due time: status, its JSON and top trapped (Illegal instruction) converting it to an Int.
+    func testARetryScoredInfOrBeyondAnIntIsCountedWithoutADueTime() throws {
+        for score in ["inf", "-inf", "1e300", "-1e19"] {
+            _ = try send(["DEL", key("delayed")])
+            _ = try send(["ZADD", key("delayed"), score, "odd-1"])
+            let status = cli(["status"])
+            XCTAssertEqual(status.code, 0, "\(score): \(status.err)")
+            XCTAssertTrue(
+                status.stdout.contains("\nRETRIES\n  1 job waits for their next attempt\n"),
+                "\(score): \(status.stdout)")
+            let json = cli(["status", "--json"])
+            XCTAssertEqual(json.code, 0, "\(score): \(json.err)")
+            let object = try XCTUnwrap(
+                try? JSONSerialization.jsonObject(with: json.out) as? [String: Any], "\(score): \(json.err)")
+            XCTAssertEqual(object["retries_scheduled"] as? Int, 1, score)
+            XCTAssertTrue(object["next_retry_due_ms"] is NSNull, "\(score): \(json.stdout)")
+            let top = cli(["top", "--once"])
+            XCTAssertEqual(top.code, 0, "\(score): \(top.err)")
+            XCTAssertTrue(top.stdout.contains("  retrying 1  "), "\(score): \(top.stdout)")
+        }
+    }
+
     func testSubmitWaitSaysOnceThatNoRunningRunnerReadsItsQueue() throws {
         try register("r1", state: "drained", queues: ["default"])
         try register("r2", state: "running", queues: ["busy"])
