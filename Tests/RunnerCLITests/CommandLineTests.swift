@@ -710,6 +710,15 @@ final class DeadLetterRenderingTests: XCTestCase {
         XCTAssertEqual(JobEntry.printable(String(repeating: "x", count: 100)), String(repeating: "x", count: 79) + "…")
         XCTAssertEqual(JobEntry.printable("a\u{1b}b"), "a\\u{1b}b")
     }
+
+    /// The job's state now (a record's `state`, which anyone can HSET) is quoted as the id and reason are: an escape
+    /// sequence or a line break in it went to the terminal raw.
+    func testTheJobsStateNowIsQuotedWithControlCharactersEscaped() {
+        let fields = ["id": Array("dj-1".utf8), "attempt": Array("1".utf8), "reason": Array("test".utf8)]
+        let line = DeadCommand.render(
+            id: "1796313600000-0", fields: fields, jobState: "\u{1b}[31mred\nnext", json: false)
+        XCTAssertEqual(line, "2026-12-03T16:00:00.000Z dj-1 attempt=1: test (now \\u{1b}[31mred\\u{a}next)")
+    }
 }
 
 final class SecretHandlingTests: XCTestCase {
