@@ -112,6 +112,28 @@ final class EscapeeTests: TemporaryDirectoryTestCase {
         XCTAssertNil(processState(escaped), "escapee \(escaped) outlived its job")
     }
 
+    /// A process that stays in the job's session but leaves its group (setpgid after a double fork) and replaces
+    /// its environment (`env -i`, so no marker) is the job's by its session: it outlived the job, found by neither
+    /// descent (its parent exited) nor marker, although only leaving the session is documented to escape.
+    func testAnEscapeeStillInTheJobsSessionIsKilledWhenTheMainProcessExits() async throws {
+        let perl = "/usr/bin/perl"
+        guard access(perl, X_OK) == 0 else { throw XCTSkip("no \(perl) to call setpgrp with") }
+        let fifo = "\(directory)/ready"
+        let escape =
+            "env -i \(perl) -e 'exit 0 if fork; setpgrp(0, 0); open(my $f, \">\", \"\(fifo)\"); print $f \"$$\\n\"; "
+            + "close $f; exec \"sleep\", \"300\"' </dev/null >/dev/null 2>&1 &"
+        let script = "mkfifo \(fifo); \(escape) read pid < \(fifo); echo $pid; exit 0"
+        let output = OutputCollector()
+        let spec = shell(script, isolation: .default, marker: uniqueMarker())
+        let process = try await Shared.supervisor.spawn(spec, output: output.handler)
+        let outcome = await process.wait(TerminationPolicy(leftoverGrace: .seconds(2)))
+        let escaped = try await printedPid(output)
+        addTeardownBlock { kill(escaped, SIGKILL) }
+        XCTAssertEqual(outcome.termination, .exited(0))
+        XCTAssertTrue(outcome.leftoverProcessesStopped)
+        XCTAssertNil(processState(escaped), "escapee \(escaped) in the job's session outlived its job")
+    }
+
     func testCloneParentEscapeeIsFoundAmongTheRunnersChildren() async throws {
         // clone(CLONE_PARENT) makes the escapee a sibling of the main process: a child of the monitor thread, which
         // the cheap proof that a job left nothing must read as well as the leader thread (where orphans go).
