@@ -145,6 +145,26 @@ final class PoolStatusTests: IntegrationTestCase {
         }
     }
 
+    /// What status and top show of the pool comes from Redis, where anyone may write a runner's node or state or a
+    /// queue's key with an escape sequence or a line break: each is shown escaped, as job ids and reasons already
+    /// were, not sent to the terminal raw.
+    func testStatusAndTopEscapeControlCharactersWrittenByHand() throws {
+        _ = try send([
+            "HSET", key("runners"), "odd",
+            #"{"node":"n\u001b[33m","state":"run\u001b[31mning\r\n","queues":["q\u001b[32m"],"pid":1}"#,
+        ])
+        _ = try send(["XADD", key("jobs:a\r\nb\u{1b}[31m"), "*", "id", "x-1", "spec", #"{"argv":["true"]}"#])
+        for arguments in [["status"], ["top", "--once"]] {
+            let result = cli(arguments)
+            XCTAssertEqual(result.code, 0, result.err)
+            XCTAssertFalse(result.stdout.unicodeScalars.contains("\u{1b}"), "\(arguments): \(result.stdout)")
+            XCTAssertFalse(result.stdout.unicodeScalars.contains("\r"), "\(arguments): \(result.stdout)")
+            for shown in ["n\\u{1b}[33m", "\\u{1b}[31mning\\u{d}\\u{a}", "q\\u{1b}[32m", "a\\u{d}\\u{a}b\\u{1b}[31m"] {
+                XCTAssertTrue(result.stdout.contains(shown), "\(arguments): \(shown) in \(result.stdout)")
+            }
+        }
+    }
+
     func testSubmitWaitSaysOnceThatNoRunningRunnerReadsItsQueue() throws {
         try register("r1", state: "drained", queues: ["default"])
         try register("r2", state: "running", queues: ["busy"])
