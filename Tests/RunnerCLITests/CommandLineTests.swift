@@ -690,6 +690,19 @@ final class EventRenderingTests: XCTestCase {
             EventsCommand.render(event("job.some_future_type_longer_than_all"), json: false),
             "1970-01-01T00:00:00.000Z job.some_future_type_longer_than_all runner=r job=j")
     }
+
+    /// Anyone may XADD to the events stream: an escape sequence or a line break in an event's type, runner, job or
+    /// data is shown escaped in the text line, not sent to the terminal raw.
+    func testControlCharactersInAnEventAreEscapedInTheTextLine() {
+        let event = PoolEvent(
+            streamId: "1-0", type: "job.x\u{1b}[31m", timestampMs: 0, runner: "r\u{1b}[32m", job: "j\r\n",
+            data: "{\"a\":\"\u{1b}[33m\"}", fields: [:])
+        let line = EventsCommand.render(event, json: false)
+        XCTAssertFalse(line.unicodeScalars.contains { $0.value < 0x20 }, line)
+        XCTAssertTrue(
+            line.hasSuffix(#"runner=r\u{1b}[32m job=j\u{d}\u{a} {"a":"\u{1b}[33m"}"#), line)
+        XCTAssertTrue(line.contains(#"job.x\u{1b}[31m"#), line)
+    }
 }
 
 final class DeadLetterRenderingTests: XCTestCase {
