@@ -98,13 +98,20 @@ final class EscapeeTests: TemporaryDirectoryTestCase {
         XCTAssertTrue(processIsAlive(escaped))
     }
 
-    func testEscapeesLeftWhenTheMainProcessExitsAreKilled() async throws {
+    /// Runs `script` (with a marker, at the default level) until its main process exits, with a leftover grace of
+    /// 2 s; returns the outcome and the pid it printed (SIGKILLed at the test's end, should it have survived).
+    private func runUntilTheMainProcessExits(_ script: String) async throws -> (ProcessOutcome, Int32) {
         let output = OutputCollector()
-        let spec = shell(escapingScript(then: "exit 0"), isolation: .default, marker: uniqueMarker())
+        let spec = shell(script, isolation: .default, marker: uniqueMarker())
         let process = try await Shared.supervisor.spawn(spec, output: output.handler)
         let outcome = await process.wait(TerminationPolicy(leftoverGrace: .seconds(2)))
         let escaped = try await printedPid(output)
         addTeardownBlock { kill(escaped, SIGKILL) }
+        return (outcome, escaped)
+    }
+
+    func testEscapeesLeftWhenTheMainProcessExitsAreKilled() async throws {
+        let (outcome, escaped) = try await runUntilTheMainProcessExits(escapingScript(then: "exit 0"))
         XCTAssertEqual(outcome.termination, .exited(0))
         XCTAssertNil(outcome.stopReason)
         XCTAssertTrue(outcome.leftoverProcessesStopped)
@@ -122,13 +129,8 @@ final class EscapeeTests: TemporaryDirectoryTestCase {
         let escape =
             "env -i \(perl) -e 'exit 0 if fork; setpgrp(0, 0); open(my $f, \">\", \"\(fifo)\"); print $f \"$$\\n\"; "
             + "close $f; exec \"sleep\", \"300\"' </dev/null >/dev/null 2>&1 &"
-        let script = "mkfifo \(fifo); \(escape) read pid < \(fifo); echo $pid; exit 0"
-        let output = OutputCollector()
-        let spec = shell(script, isolation: .default, marker: uniqueMarker())
-        let process = try await Shared.supervisor.spawn(spec, output: output.handler)
-        let outcome = await process.wait(TerminationPolicy(leftoverGrace: .seconds(2)))
-        let escaped = try await printedPid(output)
-        addTeardownBlock { kill(escaped, SIGKILL) }
+        let (outcome, escaped) = try await runUntilTheMainProcessExits(
+            "mkfifo \(fifo); \(escape) read pid < \(fifo); echo $pid; exit 0")
         XCTAssertEqual(outcome.termination, .exited(0))
         XCTAssertTrue(outcome.leftoverProcessesStopped)
         XCTAssertNil(processState(escaped), "escapee \(escaped) in the job's session outlived its job")
