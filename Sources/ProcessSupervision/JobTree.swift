@@ -8,6 +8,7 @@ struct ProcessTable {
         var pid: pid_t
         var parent: pid_t
         var group: pid_t
+        var session: pid_t
         var isZombie: Bool
         var threads: Int
         /// Clock ticks after boot; with the pid it names one process for good.
@@ -25,6 +26,7 @@ struct ProcessTable {
                 pid: item.pid,
                 parent: item.ppid,
                 group: item.pgrp,
+                session: item.session,
                 // A main thread that exited while other threads run shows 'Z' too: that process is alive.
                 isZombie: (state == UInt8(ascii: "Z") || state == UInt8(ascii: "X")) && item.threads <= 1,
                 threads: Int(item.threads),
@@ -102,6 +104,13 @@ struct JobTree {
         members = members.filter { table.entries[$0.key]?.startTime == $0.value }
         var roots = Array(members.keys) + markedChildren.filter { table.entries[$0] != nil }
         if mainUnreaped { roots.append(mainPID) }
+        // A job with its own session (pid == pgid == sid): what is still in that session is the job's, also a
+        // process that left the group (setpgid, a double fork) and replaced its environment (`env -i`), which no
+        // descent or marker finds once its parent is gone. Only while the main process is unreaped: after that its
+        // pid, and so a new session's id, may be another process's.
+        if mainUnreaped, let group, group == mainPID {
+            roots += table.entries.values.lazy.filter { $0.session == group && $0.pid != group }.map(\.pid)
+        }
         var seen = Set(roots)
         while let pid = roots.popLast() {
             if pid != mainPID, let entry = table.entries[pid] {

@@ -67,7 +67,13 @@ enum ConfigCommand {
         case .flag:
             return .bool(arguments.flag(option.name))
         case .repeated:
-            let values = arguments.all(option.name)
+            // The items the worker takes: each of its repeated options also takes comma lists (`--queue 'a, b'` is
+            // queues a and b), whose empty items its checks have already refused.
+            let values = arguments.all(option.name).flatMap {
+                $0.split(separator: ",", omittingEmptySubsequences: false).map {
+                    $0.trimmingCharacters(in: .whitespaces)
+                }
+            }
             if values.isEmpty { return option.defaultDescription.map { [.string($0)] } ?? [] }
             return .array(values.map { .string(masked($0)) })
         case .value(let kind):

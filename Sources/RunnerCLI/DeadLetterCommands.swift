@@ -98,7 +98,11 @@ enum DeadCommand {
         let ms = Int(id.split(separator: "-").first ?? "") ?? 0
         // A job retried (or resubmitted) since: what became of it.
         let now =
-            jobState.map { $0 == JobState.dead.rawValue || $0 == JobState.rejected.rawValue ? "" : " (now \($0))" }
+            jobState.map {
+                // Quoted as the job id is: a state written by hand may hold an escape sequence or a line break.
+                $0 == JobState.dead.rawValue || $0 == JobState.rejected.rawValue
+                    ? "" : " (now \(JobEntry.printable($0)))"
+            }
             ?? ""
         return "\(formatTimestamp(ms)) \(JobEntry.printable(text(JobEntryField.id) ?? "-")) "
             + "attempt=\(text(JobEntryField.attempt) ?? "1"): " + JobEntry.printable(text(DeadLetterField.reason) ?? "")

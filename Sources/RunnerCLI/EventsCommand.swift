@@ -88,6 +88,7 @@ enum EventsCommand {
         if !event.runner.isEmpty { line += " runner=\(event.runner)" }
         if !event.job.isEmpty { line += " job=\(event.job)" }
         if !event.data.isEmpty, event.data != "{}" { line += " \(event.data)" }
-        return line
+        // Anyone may XADD to the events stream: an escape sequence or a line break in a field is shown escaped.
+        return TopView.shown(line)
     }
 }

@@ -45,7 +45,9 @@ enum ResultCommand {
                 // As --json gives it.
                 console.print("\(name): \(value == "1")")
             } else {
-                console.print("\(name): \(value)")
+                // A record's fields are anyone's to HSET: an escape sequence or a line break in one is shown escaped
+                // (the output tail below is the job's output, printed as it was written, as `runner logs` does).
+                console.print(TopView.shown("\(name): \(value)"))
             }
         }
         if let tail = fields[ResultField.outputTail], !tail.isEmpty {

@@ -112,7 +112,7 @@ enum StatusCommand {
         }
         printNotServed(status.unservedQueues, console)
         printWaitingForLabels(status, console)
-        for line in TopView.wrongTypeLines(status.wrongTypeKeys) { console.print(line) }
+        for line in TopView.wrongTypeLines(status.wrongTypeKeys) { console.print(TopView.shown(line)) }
         return 0
     }
 
@@ -192,7 +192,7 @@ enum StatusCommand {
     static func printNotServed(_ unserved: [UnservedQueue], _ console: Console) {
         guard !unserved.isEmpty else { return }
         console.print("\nNOT SERVED")
-        for queue in unserved { console.print("  not served: " + queue.text) }
+        for queue in unserved { console.print("  not served: " + TopView.shown(queue.text)) }
     }
 
     /// Jobs in requirement streams that no runner has read yet, with how many live runners have those labels.
@@ -200,7 +200,7 @@ enum StatusCommand {
         let lines = waitingForLabelsLines(runners: status.runners, queues: status.queues)
         guard !lines.isEmpty else { return }
         console.print("\nWAITING FOR LABELS")
-        for line in lines { console.print(line) }
+        for line in lines { console.print(TopView.shown(line)) }
     }
 
     /// One line per requirement stream with unread jobs, with how many live runners have its labels (status and

@@ -78,7 +78,7 @@ enum TopView {
             if snapshot.events.isEmpty { lines.append("  (none)") }
             lines += eventLines(snapshot.events)
         }
-        return lines.map { clip($0, to: width) }
+        return lines.map { clip(shown($0), to: width) }
     }
 
     /// One line per event: time, type, `runner=`, `job=`, each column padded to its widest cell among the events
@@ -148,6 +148,7 @@ enum TopView {
 
     /// Columns padded to their widest cell, two spaces apart, after `indent`.
     static func table(_ rows: [[String]], indent: String = "  ") -> [String] {
+        let rows = rows.map { $0.map(shown) }
         let widths = (0..<(rows.first?.count ?? 0)).map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in
             let cells = row.enumerated().map {
@@ -157,6 +158,23 @@ enum TopView {
             while line.hasSuffix(" ") { line.removeLast() }
             return line
         }
+    }
+
+    /// `text` with each control or format character escaped as `\u{1b}` (as `JobEntry.printable` does, but never
+    /// cut): what the views show of the pool comes from Redis, where anyone may write a runner's node or state, a
+    /// queue's key or an event's type with an escape sequence or a line break in it.
+    static func shown(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { !isVisible($0) }) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            out += isVisible(scalar) ? String(scalar) : "\\u{\(String(scalar.value, radix: 16))}"
+        }
+        return out
+    }
+
+    private static func isVisible(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value >= 0x20 && scalar.value != 0x7F && !(0x80..<0xA0).contains(scalar.value)
+            && scalar.properties.generalCategory != .format
     }
 
     /// At most `width` characters; a clipped line ends in `…`.

@@ -372,8 +372,10 @@ public struct PoolClient: Sendable {
         var last: String?
         var end = "+"
         while kept.count < count {
-            // A job's events are a few among the pool's: read them in pages larger than what is still missing.
-            let page = job == nil ? count - kept.count : max(count - kept.count, Self.eventsPage)
+            // Pages of at most `eventsPage`: a --count larger than the stream read it whole in one reply, which held
+            // about 3 KB per entry (800 MB for 260,000 events, also when --job kept only one of them). A job's
+            // events are a few among the pool's: its pages are that size even when fewer are still missing.
+            let page = job == nil ? min(count - kept.count, Self.eventsPage) : Self.eventsPage
             let reply = try await WrongTypeKey.naming(client: client, [keyspace.events: "stream"]) {
                 try await client.send(RedisCommand(["XREVRANGE", keyspace.events, end, "-", "COUNT", String(page)]))
             }

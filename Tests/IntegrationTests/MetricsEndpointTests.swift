@@ -215,6 +215,45 @@ final class MetricsEndpointTests: PrivateRedisTestCase {
         XCTAssertEqual(metrics["nativerunner_pool_retries_scheduled"], 1)
     }
 
+    /// A dead-letter stream or registry of another type is named on the pool's page, and the other figures go on:
+    /// a `{nr}:dead` of another type failed every reading (the figures froze, /readyz 503 with Redis's WRONGTYPE,
+    /// which names no key), and a registry of another type only left the runners out.
+    func testThePoolsPageNamesKeysOfTheWrongTypeAndServesTheRest() throws {
+        guard Python.require(["prometheus_client"]) else { return }
+        _ = try send(["SET", key("dead"), "x"])
+        _ = try send(["SET", key("runners"), "x"])
+        _ = try send(["XADD", key("jobs:default"), "*", "id", "q-1", "spec", #"{"argv":["true"]}"#])
+        let control = try RunnerUnderTest(
+            endpoint: endpoint, namespace: namespace, name: "ctl", subcommand: "control",
+            arguments: ["--metrics-listen", "127.0.0.1:0", "--interval", "300ms"])
+        runners.append(control)
+        let base = "http://" + (try metricsAddress(control))
+        var page = get(base + "/metrics")
+        XCTAssertEqual(page.status, 200, page.body)
+        var metrics = try parsedByPrometheusClient(page.body)
+        XCTAssertEqual(metrics["nativerunner_pool_reading_failures_total"], 0, page.body)
+        XCTAssertEqual(metrics["nativerunner_pool_queue_length{queue=\"default\"}"], 1, page.body)
+        XCTAssertNil(metrics["nativerunner_pool_dead_letters"], page.body)
+        for (name, expected) in [("dead", "stream"), ("runners", "hash")] {
+            let sample =
+                "nativerunner_pool_wrong_type_keys{expected=\"\(expected)\",key=\"\(key(name))\",type=\"string\"}"
+            XCTAssertEqual(metrics[sample], 1, page.body)
+        }
+        XCTAssertEqual(get(base + "/readyz").status, 200)
+
+        // Fixed: the next readings count the dead letters again and name nothing.
+        _ = try send(["DEL", key("dead"), key("runners")])
+        _ = try send(["XADD", key("dead"), "*", "id", "gone-1", "reason", "test"])
+        let fixed = try waitUntil(timeout: .seconds(10), interval: .milliseconds(100)) {
+            page = get(base + "/metrics")
+            metrics = try parsedByPrometheusClient(page.body)
+            return metrics["nativerunner_pool_dead_letters"] == 1
+        }
+        XCTAssertTrue(fixed, page.body)
+        XCTAssertFalse(page.body.contains("nativerunner_pool_wrong_type_keys{"), page.body)
+        XCTAssertEqual(get(base + "/readyz").status, 200)
+    }
+
     func testTheDurationHistogramCountsACancelledAttempt() throws {
         let runner = try startRunner(["--metrics-listen", "127.0.0.1:0", "--kill-grace", "200ms"])
         let base = "http://" + (try metricsAddress(runner))

@@ -127,6 +127,50 @@ final class PoolStatusTests: IntegrationTestCase {
             [["key": key("delayed"), "type": "string", "expected": "zset"]])
     }
 
+    /// A delayed set's first score written by hand as inf, -inf or beyond an Int (ZADD takes them) is counted
+    /// without a due time: status, its JSON and top trapped (Illegal instruction) converting it to an Int.
+    func testARetryScoredInfOrBeyondAnIntIsCountedWithoutADueTime() throws {
+        for score in ["inf", "-inf", "1e300", "-1e19"] {
+            _ = try send(["DEL", key("delayed")])
+            _ = try send(["ZADD", key("delayed"), score, "odd-1"])
+            let status = cli(["status"])
+            XCTAssertEqual(status.code, 0, "\(score): \(status.err)")
+            XCTAssertTrue(
+                status.stdout.contains(
+                    "\nRETRIES\n  1 job waits for its next attempt:\n    odd-1  due at no known time\n"),
+                "\(score): \(status.stdout)")
+            let json = cli(["status", "--json"])
+            XCTAssertEqual(json.code, 0, "\(score): \(json.err)")
+            let object = try XCTUnwrap(
+                try? JSONSerialization.jsonObject(with: json.out) as? [String: Any], "\(score): \(json.err)")
+            XCTAssertEqual(object["retries_scheduled"] as? Int, 1, score)
+            XCTAssertTrue(object["next_retry_due_ms"] is NSNull, "\(score): \(json.stdout)")
+            let top = cli(["top", "--once"])
+            XCTAssertEqual(top.code, 0, "\(score): \(top.err)")
+            XCTAssertTrue(top.stdout.contains("  retrying 1  "), "\(score): \(top.stdout)")
+        }
+    }
+
+    /// What status and top show of the pool comes from Redis, where anyone may write a runner's node or state or a
+    /// queue's key with an escape sequence or a line break: each is shown escaped, as job ids and reasons already
+    /// were, not sent to the terminal raw.
+    func testStatusAndTopEscapeControlCharactersWrittenByHand() throws {
+        _ = try send([
+            "HSET", key("runners"), "odd",
+            #"{"node":"n\u001b[33m","state":"run\u001b[31mning\r\n","queues":["q\u001b[32m"],"pid":1}"#,
+        ])
+        _ = try send(["XADD", key("jobs:a\r\nb\u{1b}[31m"), "*", "id", "x-1", "spec", #"{"argv":["true"]}"#])
+        for arguments in [["status"], ["top", "--once"]] {
+            let result = cli(arguments)
+            XCTAssertEqual(result.code, 0, result.err)
+            XCTAssertFalse(result.stdout.unicodeScalars.contains("\u{1b}"), "\(arguments): \(result.stdout)")
+            XCTAssertFalse(result.stdout.unicodeScalars.contains("\r"), "\(arguments): \(result.stdout)")
+            for shown in ["n\\u{1b}[33m", "\\u{1b}[31mning\\u{d}\\u{a}", "q\\u{1b}[32m", "a\\u{d}\\u{a}b\\u{1b}[31m"] {
+                XCTAssertTrue(result.stdout.contains(shown), "\(arguments): \(shown) in \(result.stdout)")
+            }
+        }
+    }
+
     func testSubmitWaitSaysOnceThatNoRunningRunnerReadsItsQueue() throws {
         try register("r1", state: "drained", queues: ["default"])
         try register("r2", state: "running", queues: ["busy"])

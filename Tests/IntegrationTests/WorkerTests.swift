@@ -445,6 +445,21 @@ final class WorkerTests: IntegrationTestCase {
         XCTAssertEqual(again.code, 1)
         XCTAssertEqual(again.err, "Error: a job with id 'same' already exists\n")
     }
+
+    /// A record's fields are anyone's to HSET: `runner result` shows an escape sequence or a line break in one escaped,
+    /// and prints the output tail (the job's own output) as it was written.
+    func testResultShowsControlCharactersInTheRecordEscaped() throws {
+        _ = try send([
+            "HSET", key("job:odd-1"), "state", "succ\u{1b}[31meeded", "reason", "r\u{1b}[32m\nx", "runner", "w\r\n",
+            "attempt", "1", "output_tail", "out\u{1b}[34m\n",
+        ])
+        let result = cli(["result", "odd-1"])
+        XCTAssertEqual(result.code, 0, result.err)
+        XCTAssertEqual(
+            result.stdout,
+            "id: odd-1\nstate: succ\\u{1b}[31meeded\nreason: r\\u{1b}[32m\\u{a}x\nattempt: 1\nrunner: w\\u{d}\\u{a}\n"
+                + "output_tail:\nout\u{1b}[34m\n")
+    }
 }
 
 /// Attempts, retries and duplicate entries.

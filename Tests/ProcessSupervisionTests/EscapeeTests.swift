@@ -98,18 +98,42 @@ final class EscapeeTests: TemporaryDirectoryTestCase {
         XCTAssertTrue(processIsAlive(escaped))
     }
 
-    func testEscapeesLeftWhenTheMainProcessExitsAreKilled() async throws {
+    /// Runs `script` (with a marker, at the default level) until its main process exits, with a leftover grace of
+    /// 2 s; returns the outcome and the pid it printed (SIGKILLed at the test's end, should it have survived).
+    private func runUntilTheMainProcessExits(_ script: String) async throws -> (ProcessOutcome, Int32) {
         let output = OutputCollector()
-        let spec = shell(escapingScript(then: "exit 0"), isolation: .default, marker: uniqueMarker())
+        let spec = shell(script, isolation: .default, marker: uniqueMarker())
         let process = try await Shared.supervisor.spawn(spec, output: output.handler)
         let outcome = await process.wait(TerminationPolicy(leftoverGrace: .seconds(2)))
         let escaped = try await printedPid(output)
         addTeardownBlock { kill(escaped, SIGKILL) }
+        return (outcome, escaped)
+    }
+
+    func testEscapeesLeftWhenTheMainProcessExitsAreKilled() async throws {
+        let (outcome, escaped) = try await runUntilTheMainProcessExits(escapingScript(then: "exit 0"))
         XCTAssertEqual(outcome.termination, .exited(0))
         XCTAssertNil(outcome.stopReason)
         XCTAssertTrue(outcome.leftoverProcessesStopped)
         XCTAssertFalse(outcome.forcedKill)  // sleep dies of SIGTERM
         XCTAssertNil(processState(escaped), "escapee \(escaped) outlived its job")
+    }
+
+    /// A process that stays in the job's session but leaves its group (setpgid after a double fork) and replaces
+    /// its environment (`env -i`, so no marker) is the job's by its session: it outlived the job, found by neither
+    /// descent (its parent exited) nor marker, although only leaving the session is documented to escape.
+    func testAnEscapeeStillInTheJobsSessionIsKilledWhenTheMainProcessExits() async throws {
+        let perl = "/usr/bin/perl"
+        guard access(perl, X_OK) == 0 else { throw XCTSkip("no \(perl) to call setpgrp with") }
+        let fifo = "\(directory)/ready"
+        let escape =
+            "env -i \(perl) -e 'exit 0 if fork; setpgrp(0, 0); open(my $f, \">\", \"\(fifo)\"); print $f \"$$\\n\"; "
+            + "close $f; exec \"sleep\", \"300\"' </dev/null >/dev/null 2>&1 &"
+        let (outcome, escaped) = try await runUntilTheMainProcessExits(
+            "mkfifo \(fifo); \(escape) read pid < \(fifo); echo $pid; exit 0")
+        XCTAssertEqual(outcome.termination, .exited(0))
+        XCTAssertTrue(outcome.leftoverProcessesStopped)
+        XCTAssertNil(processState(escaped), "escapee \(escaped) in the job's session outlived its job")
     }
 
     func testCloneParentEscapeeIsFoundAmongTheRunnersChildren() async throws {

@@ -700,6 +700,19 @@ final class EventRenderingTests: XCTestCase {
             EventsCommand.render(event("job.some_future_type_longer_than_all"), json: false),
             "1970-01-01T00:00:00.000Z job.some_future_type_longer_than_all runner=r job=j")
     }
+
+    /// Anyone may XADD to the events stream: an escape sequence or a line break in an event's type, runner, job or
+    /// data is shown escaped in the text line, not sent to the terminal raw.
+    func testControlCharactersInAnEventAreEscapedInTheTextLine() {
+        let event = PoolEvent(
+            streamId: "1-0", type: "job.x\u{1b}[31m", timestampMs: 0, runner: "r\u{1b}[32m", job: "j\r\n",
+            data: "{\"a\":\"\u{1b}[33m\"}", fields: [:])
+        let line = EventsCommand.render(event, json: false)
+        XCTAssertFalse(line.unicodeScalars.contains { $0.value < 0x20 }, line)
+        XCTAssertTrue(
+            line.hasSuffix(#"runner=r\u{1b}[32m job=j\u{d}\u{a} {"a":"\u{1b}[33m"}"#), line)
+        XCTAssertTrue(line.contains(#"job.x\u{1b}[31m"#), line)
+    }
 }
 
 final class DeadLetterRenderingTests: XCTestCase {
@@ -719,6 +732,15 @@ final class DeadLetterRenderingTests: XCTestCase {
         // A word longer than the limit is cut inside it; control characters stay escaped.
         XCTAssertEqual(JobEntry.printable(String(repeating: "x", count: 100)), String(repeating: "x", count: 79) + "…")
         XCTAssertEqual(JobEntry.printable("a\u{1b}b"), "a\\u{1b}b")
+    }
+
+    /// The job's state now (a record's `state`, which anyone can HSET) is quoted as the id and reason are: an escape
+    /// sequence or a line break in it went to the terminal raw.
+    func testTheJobsStateNowIsQuotedWithControlCharactersEscaped() {
+        let fields = ["id": Array("dj-1".utf8), "attempt": Array("1".utf8), "reason": Array("test".utf8)]
+        let line = DeadCommand.render(
+            id: "1796313600000-0", fields: fields, jobState: "\u{1b}[31mred\nnext", json: false)
+        XCTAssertEqual(line, "2026-12-03T16:00:00.000Z dj-1 attempt=1: test (now \\u{1b}[31mred\\u{a}next)")
     }
 }
 

@@ -606,6 +606,25 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(result.err.split(separator: "\n").first, "Error: nothing to do: give --print")
     }
 
+    /// A comma list in a flag or the file is shown as the items the worker takes, as one in a variable already was:
+    /// `--queue 'x, y'` was printed as the one queue "x, y" (`["x, y"]` in --json), and a file's `"env-allow":
+    /// ["LANG, TZ"]` as "LANG, TZ".
+    func testConfigPrintShowsACommaListAsItsItems() async throws {
+        let path = try file(#"{"env-allow": ["LANG, TZ"], "label": "a=1, b=2"}"#)
+        let result = await run(["config", "--print", "--json", "--config", path, "--queue", "x, y", "--queue", "z"])
+        XCTAssertEqual(result.code, 0, result.err)
+        let object = try JSONValue(parsing: result.out.trimmingCharacters(in: .newlines))
+        XCTAssertEqual(object["queue"]?["value"], ["x", "y", "z"])
+        XCTAssertEqual(object["env-allow"]?["value"], ["LANG", "TZ"])
+        XCTAssertEqual(object["label"]?["value"], ["a=1", "b=2"])
+        let table = await run(["config", "--print", "--config", path, "--queue", "x, y"])
+        XCTAssertEqual(table.code, 0, table.err)
+        let row = table.out.split(separator: "\n").first { $0.hasPrefix("queue ") }.map {
+            $0.split(separator: " ").map(String.init)
+        }
+        XCTAssertEqual(row, ["queue", "x,y", "flag"], table.out)
+    }
+
     /// config --print shows what the worker will use, not what was typed: sizes and durations in their canonical
     /// spelling (`2M` of a duration is two minutes, `64mb` of a size 64 MiB), numbers as JSON numbers, and `null`
     /// (`-` in the table) for every option that sets nothing, "none" and "off" defaults included.

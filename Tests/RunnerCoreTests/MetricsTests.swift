@@ -42,6 +42,25 @@ final class MetricsExpositionTests: XCTestCase {
             """)
     }
 
+    /// A CR LF in a label value (a queue key `{nr}:jobs:a\r\nb` anyone can XADD to, which the pool's page lists) or
+    /// in a help text keeps every sample on one line: CR LF is one Character, so the line feed went out raw and the
+    /// scrape failed as a whole.
+    func testALineFeedAfterACarriageReturnIsEscapedToo() {
+        let text = MetricsExposition.render([
+            MetricFamily(
+                name: "nativerunner_pool_queue_length", help: "Help\r\nmore.", kind: .gauge,
+                samples: [.init(labels: [.init("queue", "a\r\nb\"\r\n\\")], value: 1)])
+        ])
+        XCTAssertEqual(
+            text,
+            """
+            # HELP nativerunner_pool_queue_length Help\r\\nmore.
+            # TYPE nativerunner_pool_queue_length gauge
+            nativerunner_pool_queue_length{queue="a\r\\nb\\"\r\\n\\\\"} 1
+
+            """)
+        XCTAssertEqual(text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).count, 4, text)
+    }
     func testHistogramBucketsAreCumulativeUpToInf() {
         let family = MetricFamily.histogram("h_seconds", "H.", bounds: [0.1, 1], counts: [2, 0, 3], sum: 9.5)
         XCTAssertEqual(

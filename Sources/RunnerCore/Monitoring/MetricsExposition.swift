@@ -109,14 +109,15 @@ func formatValue(_ value: Double) -> String {
 }
 
 extension String {
-    /// Replaces each character by its replacement in one pass (so an inserted backslash is not escaped again).
-    fileprivate func replacingAll(_ replacements: [(Character, String)]) -> String {
+    /// Replaces each scalar by its replacement in one pass (so an inserted backslash is not escaped again). By
+    /// scalars, not characters: CR LF is one Character, which is not "\n", so its line feed went out raw.
+    fileprivate func replacingAll(_ replacements: [(Unicode.Scalar, String)]) -> String {
         var result = ""
-        for character in self {
-            if let replacement = replacements.first(where: { $0.0 == character }) {
+        for scalar in unicodeScalars {
+            if let replacement = replacements.first(where: { $0.0 == scalar }) {
                 result += replacement.1
             } else {
-                result.append(character)
+                result.unicodeScalars.append(scalar)
             }
         }
         return result

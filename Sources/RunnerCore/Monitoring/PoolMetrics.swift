@@ -7,8 +7,9 @@ import Synchronization
 /// and alerts on queues (a worker's `/metrics` has its own figures only).
 public enum PoolMetrics {
     /// The families for one reading of the pool: runners by state, each queue's length, pending, waiting and
-    /// consumers, the jobs waiting for a retry, the dead letters.
-    public static func families(_ status: PoolStatus, deadLetters: Int) -> [MetricFamily] {
+    /// consumers, the jobs waiting for a retry, the dead letters (no sample when `{nr}:dead` is of another type), and
+    /// the keys of another type than expected, which the other figures leave out (`runner status`'s WRONG TYPE).
+    public static func families(_ status: PoolStatus, deadLetters: Int?) -> [MetricFamily] {
         // Every state always, 0 when no runner is in it: an alert on `{state="running"} == 0` needs the sample.
         var states = Dictionary(uniqueKeysWithValues: RunnerState.allCases.map { ($0.rawValue, 0) })
         for runner in status.runners { states[runner.stateShown, default: 0] += 1 }
@@ -33,8 +34,18 @@ public enum PoolMetrics {
             .single(
                 "nativerunner_pool_retries_scheduled", .gauge, "Jobs waiting for their next attempt after a failure.",
                 Double(status.retriesScheduled)),
-            .single(
-                "nativerunner_pool_dead_letters", .gauge, "Entries of the dead-letter stream.", Double(deadLetters)),
+            MetricFamily(
+                name: "nativerunner_pool_dead_letters", help: "Entries of the dead-letter stream.", kind: .gauge,
+                samples: deadLetters.map { [.init(labels: [], value: Double($0))] } ?? []),
+            MetricFamily(
+                name: "nativerunner_pool_wrong_type_keys",
+                help: "Keys of the pool holding another type than expected (left out of the other figures).",
+                kind: .gauge,
+                samples: status.wrongTypeKeys.map {
+                    .init(
+                        labels: [.init("key", $0.key), .init("type", $0.type), .init("expected", $0.expected)],
+                        value: 1)
+                }),
         ]
     }
 }
@@ -60,8 +71,12 @@ public final class PoolMetricsCache: Sendable {
     /// Reads the pool once; on failure keeps the last reading and counts the failure.
     public func refresh(_ pool: PoolClient) async {
         do {
-            let status = try await pool.status()
-            let dead = try await pool.client.send(RedisCommand(["XLEN", pool.keyspace.dead])).int ?? 0
+            var status = try await pool.status()
+            // A dead-letter stream of another type is named as status names the others, not a failed reading that
+            // froze every figure of the page (and made /readyz 503 with Redis's WRONGTYPE, which names no key).
+            let dead = try await WrongTypeKey.skipping(
+                client: pool.client, pool.keyspace.dead, "stream", into: &status.wrongTypeKeys
+            ) { try await pool.client.send(RedisCommand(["XLEN", pool.keyspace.dead])).int ?? 0 }
             let families = PoolMetrics.families(status, deadLetters: dead)
             state.withLock {
                 $0.families = families
