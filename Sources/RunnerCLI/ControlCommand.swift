@@ -75,8 +75,13 @@ enum ControlCommand {
             let cache = PoolMetricsCache(staleAfter: interval * 3)
             await cache.refresh(pool)
             metricsServer = try MetricsListen.start(metricsAddress, logger: logger) { cache.respond($0) }
+            // Readings start an interval apart, back to back when one takes longer (a pool of many queues).
             metricsRefresh = Task {
-                while (try? await Task.sleep(for: interval)) != nil { await cache.refresh(pool) }
+                var next = ContinuousClock.now + interval
+                while (try? await Task.sleep(until: next, clock: .continuous)) != nil {
+                    next = .now + interval
+                    await cache.refresh(pool)
+                }
             }
         }
         defer {

@@ -56,12 +56,17 @@ public final class PoolMetricsCache: Sendable {
     private struct State {
         var families: [MetricFamily]?
         var refreshedAt: ContinuousClock.Instant?
+        /// How long the last good reading took: a pool of many queues takes seconds.
+        var lastDuration = Duration.zero
         var failures = 0
         var lastError: String?
+
+        /// A reading older than this is stale: `staleAfter`, or three readings' time when reading takes longer.
+        func staleness(_ staleAfter: Duration) -> Duration { max(staleAfter, lastDuration * 3) }
     }
 
     private let state = Mutex(State())
-    /// A reading older than this is stale: `/readyz` answers 503.
+    /// A reading older than this is stale (unless reading takes longer: three readings' time): `/readyz` 503.
     public let staleAfter: Duration
 
     public init(staleAfter: Duration) {
@@ -70,6 +75,7 @@ public final class PoolMetricsCache: Sendable {
 
     /// Reads the pool once; on failure keeps the last reading and counts the failure.
     public func refresh(_ pool: PoolClient) async {
+        let started = ContinuousClock.now
         do {
             var status = try await pool.status()
             // A dead-letter stream of another type is named as status names the others, not a failed reading that
@@ -81,6 +87,7 @@ public final class PoolMetricsCache: Sendable {
             state.withLock {
                 $0.families = families
                 $0.refreshedAt = .now
+                $0.lastDuration = .now - started
                 $0.lastError = nil
             }
         } catch {
@@ -98,11 +105,16 @@ public final class PoolMetricsCache: Sendable {
             guard let families = current.families, let refreshedAt = current.refreshedAt else {
                 return .text(503, "no reading of the pool yet" + (current.lastError.map { ": " + $0 } ?? ""))
             }
-            let age = now - refreshedAt
+            func seconds(_ duration: Duration) -> Double {
+                Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+            }
             let own: [MetricFamily] = [
                 .single(
                     "nativerunner_pool_reading_age_seconds", .gauge, "How old the figures of this page are.",
-                    Double(age.components.seconds) + Double(age.components.attoseconds) / 1e18),
+                    seconds(now - refreshedAt)),
+                .single(
+                    "nativerunner_pool_reading_duration_seconds", .gauge, "How long the reading of these figures took.",
+                    seconds(current.lastDuration)),
                 .single(
                     "nativerunner_pool_reading_failures_total", .counter,
                     "Readings of the pool that failed (Redis unreachable or refusing).", Double(current.failures)),
@@ -113,10 +125,11 @@ public final class PoolMetricsCache: Sendable {
         case "/healthz":
             return .text(200, "ok")
         case "/readyz":
-            guard let refreshedAt = current.refreshedAt, now - refreshedAt <= staleAfter else {
+            let staleness = current.staleness(staleAfter)
+            guard let refreshedAt = current.refreshedAt, now - refreshedAt <= staleness else {
                 return .text(
                     503,
-                    "not ready: no reading of the pool within \(staleAfter.milliseconds) ms"
+                    "not ready: no reading of the pool within \(staleness.milliseconds) ms"
                         + (current.lastError.map { " (\($0))" } ?? ""))
             }
             return .text(200, "ready")
