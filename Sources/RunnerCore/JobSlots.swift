@@ -14,6 +14,9 @@ actor JobSlots {
     private var slots: [DeliveryKey: Slot] = [:]
     private var freeWaiters: [Latch] = []
     private var emptyWaiters: [Latch] = []
+    /// Counts the changes of the slots (a job taken, its process ended, its slot released).
+    private(set) var changes = 0
+    private var changeWaiters: [Latch] = []
 
     init(capacity: Int) { self.capacity = capacity }
 
@@ -30,6 +33,7 @@ actor JobSlots {
     /// Takes a slot for an entry before its task exists, so that a fast job's `release` can't precede it.
     func reserve(_ key: DeliveryKey, jobId: String) {
         slots[key] = Slot(jobId: jobId)
+        changed()
     }
 
     /// Attaches the task running a reserved slot (ignored if the slot was already released).
@@ -47,10 +51,12 @@ actor JobSlots {
         let waiters = freeWaiters
         freeWaiters.removeAll()
         waiters.forEach { $0.fire() }
+        changed()
     }
 
     func release(_ key: DeliveryKey) {
         guard slots.removeValue(forKey: key) != nil else { return }
+        changed()
         let waiters = freeWaiters
         freeWaiters.removeAll()
         waiters.forEach { $0.fire() }
@@ -67,6 +73,22 @@ actor JobSlots {
         let latch = Latch()
         freeWaiters.append(latch)
         return latch
+    }
+
+    /// A latch that fires at the first change after `changes` reached `seen` (already fired if it came).
+    func changeLatch(after seen: Int) -> Latch {
+        if changes != seen { return Latch(fired: true) }
+        let latch = Latch()
+        changeWaiters.append(latch)
+        return latch
+    }
+
+    private func changed() {
+        changes &+= 1
+        guard !changeWaiters.isEmpty else { return }
+        let waiters = changeWaiters
+        changeWaiters.removeAll()
+        waiters.forEach { $0.fire() }
     }
 
     /// A latch that fires when no job runs (already fired if none does).

@@ -455,15 +455,19 @@ public final class Worker: Sendable {
         ResourceCapacity(memoryReservedBytes: await admission.reservedBytes, waiting: await admission.waiting.count)
     }
 
-    /// Emits `runner.capacity_update` when the slots, the resource admission or the state changed, at most once per
-    /// `capacityReportInterval` (a busy runner's free slots change with every job), until cancelled. When the jobs
-    /// running changed it publishes the heartbeat too, so that `status` and `top` show a job that started or
-    /// ended within about that interval rather than at the next heartbeat; only while the lease is fresh (the
-    /// heartbeat loop, which renews it first, says why when it is not).
+    /// Emits `runner.capacity_update` when the slots, the resource admission or the state changed, until cancelled.
+    /// When the jobs running changed it publishes the heartbeat too, so that `status` and `top` show a job that
+    /// started or ended at once rather than at the next heartbeat; only while the lease is fresh (the heartbeat loop,
+    /// which renews it first, says why when it is not). A round follows a change of the slots, paced to one per
+    /// `capacityReportGap` over time (a busy runner's slots change with every job), and comes at least every
+    /// `capacityReportInterval` (the state and the admission are not signalled: they are looked at then).
     private func reportCapacity(admission: MemoryAdmission, store: JobStore, _ epochs: EpochContext) async {
         var reported: CapacitySnapshot?
         var lastRunning: [String]?
+        var pacing = RoundPacing(gap: Worker.capacityReportGap, burst: 3, now: .now)
         while !Task.isCancelled {
+            // Read before the slots are looked at: a change while the round runs starts the next one.
+            let seen = await slots.changes
             let now = CapacitySnapshot(
                 state: state.withLock { $0 }, total: configuration.concurrency, free: await slots.free,
                 resources: await resourceCapacity(admission))
@@ -487,11 +491,14 @@ public final class Worker: Sendable {
                     content, unlessCurrentWithin: configuration.unchangedHeartbeatRefresh)
             }
             lastRunning = running
-            try? await Task.sleep(for: Worker.capacityReportInterval)
+            _ = await wait(for: await slots.changeLatch(after: seen), timeout: Worker.capacityReportInterval)
+            let delay = pacing.delay(now: .now)
+            if delay > .zero { try? await Task.sleep(for: delay) }
         }
     }
 
     static let capacityReportInterval = Duration.seconds(1)
+    static let capacityReportGap = Duration.milliseconds(250)
 
     /// Renews the lease every interval until cancelled, and publishes a heartbeat when it says something new (or the
     /// last one is getting old).

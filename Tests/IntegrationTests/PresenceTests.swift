@@ -105,4 +105,21 @@ final class PresenceTests: IntegrationTestCase {
         FileManager.default.createFile(atPath: release.path, contents: nil)
         XCTAssertTrue(try waitUntil(timeout: .seconds(5)) { try running() == [] }, "the end")
     }
+
+    /// `submit --wait` and then `status`, as a user types them: the job that just ended is no longer shown running.
+    /// Its end goes out with the change of the slots, not at the capacity report's next round a second later (which
+    /// a job of 1.2 s ends before, in most places between two rounds).
+    func testStatusRightAfterSubmitWaitNoLongerShowsTheJobRunning() throws {
+        try startRunner(name: "r1", ["--lease-ttl", "60s", "--shutdown-timeout", "1s", "--concurrency", "2"])
+        for n in 1...3 {
+            let submitted = cli(["submit", "--id", "sw-\(n)", "--wait", "--", "sleep", "1.2"])
+            XCTAssertEqual(submitted.code, 0, submitted.err)
+            let status = cli(["status", "--json"])
+            XCTAssertEqual(status.code, 0, status.err)
+            let object = try JSONSerialization.jsonObject(with: status.out) as? [String: Any]
+            let runner = (object?["runners"] as? [[String: Any]])?.first { $0["id"] as? String == "r1" }
+            XCTAssertEqual(runner?["running"] as? [String], [], "job sw-\(n), status right after its wait")
+            XCTAssertEqual(runner?["capacity_free"] as? Int, 2, "job sw-\(n)")
+        }
+    }
 }

@@ -225,3 +225,24 @@ final class PublishedHeartbeatTests: XCTestCase {
         XCTAssertFalse(published.isCurrent(draining, refresh: .zero))
     }
 }
+
+final class RoundPacingTests: XCTestCase {
+    /// Rounds go out at once while they are spread out, `burst` of them back to back, then one per gap.
+    func testABurstGoesAtOnceThenOneRoundPerGap() {
+        let start = ContinuousClock.Instant.now
+        var pacing = RoundPacing(gap: .milliseconds(250), burst: 3, now: start)
+        XCTAssertEqual(pacing.delay(now: start), .zero)
+        XCTAssertEqual(pacing.delay(now: start), .zero)
+        XCTAssertEqual(pacing.delay(now: start), .zero)
+        // The fourth at the same moment waits one gap, the fifth (due as the fourth went out) another.
+        XCTAssertEqual(pacing.delay(now: start), .milliseconds(250))
+        XCTAssertEqual(pacing.delay(now: start + .milliseconds(250)), .milliseconds(250))
+        // A quiet second later the bucket is full again: three at once.
+        let later = start + .seconds(2)
+        XCTAssertEqual(pacing.delay(now: later), .zero)
+        XCTAssertEqual(pacing.delay(now: later), .zero)
+        XCTAssertEqual(pacing.delay(now: later), .zero)
+        let partial = pacing.delay(now: later + .milliseconds(100))
+        XCTAssertEqual(Double(partial.components.attoseconds) / 1e15, 150, accuracy: 0.001)
+    }
+}
