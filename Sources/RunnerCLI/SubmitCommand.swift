@@ -54,8 +54,8 @@ enum SubmitCommand {
             With --wait the job's output is printed as it is written (stdout to stdout, stderr to stderr), and the
             exit code is the job's: its exit code (127 when its command was not found, 126 when it could not be
             started otherwise), 124 when it timed out, 128+N when killed by signal N, 1 when it was rejected or
-            cancelled or failed without an exit code, or 1 with an Error line when --wait-timeout passed first.
-            Ctrl-C stops waiting, not the job (the SIGINT ends runner: the shell sees 130). With --max-attempts, a
+            cancelled or failed without an exit code, or 1 with an Error line when --wait-timeout passed first. A
+            job dead after --max-attempts exits as its last attempt ended (124 when that one timed out). Ctrl-C stops waiting, not the job (the SIGINT ends runner: the shell sees 130). With --max-attempts, a
             line on stderr marks where each further attempt begins. A job still queued after about 3 s on a queue
             no running runner reads, or requiring labels (--require) that no running runner of its queue has, is
             named once on stderr (with the labels missing); the wait goes on. A job id can be submitted once (a
@@ -318,6 +318,7 @@ struct ResultView {
         switch state {
         case .succeeded?: return 0
         case .timedOut?: return 124
+        case .dead? where text(ResultField.lastState) == JobState.timedOut.rawValue: return 124
         case .failed?, .dead?:
             if let code = text(ResultField.exitCode).flatMap({ Int32($0) }) { return code == 0 ? 1 : code }
             if let signal = text(ResultField.signal).flatMap({ Int32($0) }) { return 128 + signal }

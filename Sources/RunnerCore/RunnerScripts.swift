@@ -270,7 +270,7 @@ enum RunnerScripts {
         ResultField.cpuSystemMs, ResultField.pid, ResultField.requeuedFrom, ResultField.retryAt,
         // Written only when known: an earlier attempt's must not pass for this one's.
         ResultField.peakMemoryBytes, ResultField.peakMemorySource, ResultField.processes, ResultField.postHookExitCode,
-        ResultField.isolationRequested,
+        ResultField.isolationRequested, ResultField.lastState,
     ].map { "'\($0)'" }.joined(separator: ", ")
 
     /// KEYS: job hash, jobs stream, events, log stream, lease. ARGV: id, runner, attempt, stream id, group, state,
@@ -363,7 +363,7 @@ enum RunnerScripts {
           '\(JobEntryField.attempt)', ARGV[3]}, reason, KEYS[2], ARGV[4])
         redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.dead.rawValue)', '\(ResultField.reason)', reason,
           '\(ResultField.runner)', ARGV[2], '\(ResultField.attempt)', ARGV[3], '\(ResultField.streamId)', ARGV[4],
-          '\(ResultField.leaseToken)', ARGV[9])
+          '\(ResultField.leaseToken)', ARGV[9], '\(ResultField.lastState)', outcome[2])
         redis.call('PEXPIRE', KEYS[1], ARGV[14])
         redis.call('PEXPIRE', KEYS[7], ARGV[14])
         data['last_state'] = data['state']

@@ -100,11 +100,13 @@ public enum ResultField {
     public static let cancelRequestedAt = "cancel_requested_at"
     /// The post-job hook's exit code (`--hook-post-job`), empty when it was killed or could not start.
     public static let postHookExitCode = "post_hook_exit_code"
+    /// On a job `dead` after failed attempts: the state its last attempt ended in (`failed` or `timed_out`).
+    public static let lastState = "last_state"
     public static let all = [
         state, exitCode, signal, attempt, runner, queue, submittedAt, startedAt, finishedAt, durationMs, outputTail,
         reason, forcedKill, pid, cpuUserMs, cpuSystemMs, spec, streamId, requeuedFrom, leaseToken, fencingToken,
         failures, reschedules, retryAt, idempotencyKey, isolation, network, isolationRequested, peakMemoryBytes,
-        peakMemorySource, processes, limits, ProtocolVersion.field, postHookExitCode, cancelRequestedAt,
+        peakMemorySource, processes, limits, ProtocolVersion.field, postHookExitCode, cancelRequestedAt, lastState,
     ]
 }
 

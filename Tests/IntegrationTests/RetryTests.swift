@@ -95,6 +95,24 @@ final class RetryTests: IntegrationTestCase {
         XCTAssertEqual(try send(["ZCARD", key("delayed")]).int, 0)
     }
 
+    /// A job dead after attempts that timed out waits as one that timed out: `submit --wait` exits 124, not with
+    /// the SIGTERM that stopped the last attempt (143).
+    func testAJobDeadAfterTimingOutExitsSubmitWaitWith124() throws {
+        try startRunner()
+        let waited = cli([
+            "submit", "--wait", "--id", "dt-1", "--timeout", "300ms", "--max-attempts", "2", "--backoff", "10ms",
+            "--", "sleep", "30",
+        ])
+        XCTAssertEqual(waited.code, 124, waited.err)
+        let record = try job("dt-1")
+        XCTAssertEqual(record["state"], "dead")
+        XCTAssertEqual(record["last_state"], "timed_out")
+        XCTAssertEqual(record["signal"], "15")
+        let shown = cli(["result", "dt-1", "--json"])
+        let object = try JSONSerialization.jsonObject(with: shown.out) as? [String: Any]
+        XCTAssertEqual(object?["last_state"] as? String, "timed_out")
+    }
+
     func testDeadJobsAreListedAndRequeuedByHand() throws {
         let marker = FileManager.default.temporaryDirectory.appendingPathComponent("retry-\(namespace)")
         defer { try? FileManager.default.removeItem(at: marker) }
@@ -105,6 +123,7 @@ final class RetryTests: IntegrationTestCase {
         ])
         XCTAssertEqual(failing.code, 1)
         XCTAssertEqual(try job("dl-1")["state"], "dead")
+        XCTAssertEqual(try job("dl-1")["last_state"], "failed")
 
         let listed = cli(["dead"])
         XCTAssertEqual(listed.code, 0, listed.err)
@@ -125,6 +144,7 @@ final class RetryTests: IntegrationTestCase {
         let record = try waitForState("dl-1", ["succeeded"])
         XCTAssertEqual(record["attempt"], "3")
         XCTAssertEqual(record["failures"], "0")
+        XCTAssertNil(record["last_state"], "the dead attempt's last state is cleared by the next claim")
         let requeued = try XCTUnwrap(try event("job.requeued", of: "dl-1"))
         XCTAssertEqual(requeued.data["previous_state"] as? String, "dead")
         XCTAssertEqual(requeued.data["attempt"] as? Int, 3)
