@@ -48,6 +48,9 @@ extension UsageError {
     /// Why `name`, a namespace, queue or runner name that `Keyspace.isValidName` refuses (or with `limit`
     /// `Keyspace.maximumNodeNameLength`, a node name `isValidNodeName` refuses), is refused, for the parenthesized
     /// end of the error: its length when it is too long (`too long: 300 characters, at most 128`), else `rules`.
+    /// What `Keyspace.isValidName` asks of a namespace, queue or runner name.
+    static let nameRules = "1 to \(Keyspace.maximumNameLength) characters; no braces, colons, spaces or control characters"
+
     static func nameReason(_ name: String, limit: Int = Keyspace.maximumNameLength, rules: String) -> String {
         name.count > limit ? "too long: \(name.count) characters, at most \(limit)" : rules
     }
@@ -76,7 +79,7 @@ extension ParsedArguments {
             throw UsageError(
                 "invalid value for '--namespace': '\(UsageError.excerpt(name))' ("
                     + UsageError.nameReason(
-                        name, rules: "use letters, digits, '-', '_' or '.'; no braces, colons or spaces")
+                        name, rules: UsageError.nameRules)
                     + ")",
                 command: command.name)
         }
@@ -89,7 +92,7 @@ extension ParsedArguments {
             throw UsageError(
                 "invalid value for '\(option)': '\(UsageError.excerpt(name))' ("
                     + UsageError.nameReason(
-                        name, rules: "1 to 128 characters; no braces, colons, spaces or control characters")
+                        name, rules: UsageError.nameRules)
                     + ")", command: command.name)
         }
     }
@@ -135,7 +138,8 @@ extension ParsedArguments {
     /// `--wait-timeout`, nil when not given; a usage error without `--wait`, which it would be ignored without.
     /// Every command with the pair checks it here.
     func waitTimeout() throws -> Duration? {
-        let timeout = try duration("--wait-timeout")
+        // 0 would give up before anything was read: refused like `--timeout 0`.
+        let timeout = try duration("--wait-timeout", atLeast: .milliseconds(1))
         if timeout != nil, !flag("--wait") { throw UsageError("--wait-timeout needs --wait", command: command.name) }
         return timeout
     }

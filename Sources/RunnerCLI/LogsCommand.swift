@@ -17,7 +17,8 @@ enum LogsCommand {
         maximumPositionals: 1,
         discussion: """
             A job still queued has no output yet: a line on stderr says so (or, queued again for a new attempt, that
-            the output of its earlier attempts follows). With --follow it ends (exit 0) when the
+            the output of its earlier attempts follows), as it does for a job that ended without ever starting
+            (cancelled while queued, rejected). With --follow it ends (exit 0) when the
             job ends, or when its standard output's reader goes away
             ('runner logs -f ID | head -1'): at the job's next output, or within a second while the job is silent
             or Redis is unreachable. A closed standard output ends it with exit 1 and an Error line.
@@ -44,6 +45,11 @@ enum LogsCommand {
                         + (follow ? ", then this one's once it starts" : "")
                     : "runner: job \(id) is queued; "
                         + (follow ? "its output follows once it starts" : "no output yet"))
+        } else if view.state?.isTerminal == true, view.text(ResultField.startedAt) == nil,
+            (try? await pool.client.send(RedisCommand(["XLEN", pool.keyspace.log(job: id)])).int) == 0
+        {
+            // Cancelled before it started, or rejected: it ends with nothing printed, which needs saying.
+            console.error("runner: job \(id) is \(TopView.shown(view.stateText)) and never started; it has no output")
         }
         if arguments.flag("--follow") {
             // Ends when standard output is gone, like the other streaming commands (`| head -1`: exit 0).

@@ -70,8 +70,9 @@ enum SubmitCommand {
             and prints that job's id (with --json, "existing": true), saying so on stderr; --wait then waits for
             that job.
 
-            Values of --secret-env variables, and of variables named *_TOKEN, *_SECRET or *_PASSWORD, are shown as
-            *** in the job's log and output tail. A limit or --network none that the --isolation given cannot
+            Values of --secret-env variables, and of variables named *_TOKEN, *_SECRET or *_PASSWORD (upper case),
+            are shown as *** in the job's log and output tail when they are 4 bytes or longer: a shorter --secret-env
+            value is refused (exit 2), a shorter *_TOKEN one named on stderr. A limit or --network none that the --isolation given cannot
             enforce is refused here (exit 2). Without --isolation the runner's default level is raised to what the
             job needs: namespace for --network none, cgroup for --memory, --pids or --cpu. A job asking for an
             isolation level or a limit the runner cannot give is rejected with the reason (see 'runner result').
@@ -176,6 +177,20 @@ enum SubmitCommand {
             throw UsageError(
                 "--secret-env \(UsageError.excerpt(name)) names no --env variable", command: spec.name)
         }
+        // A value asked to be masked that would not be is refused; one masked for its name alone is only named.
+        let minimum = SecretVariables.minimumMaskedBytes
+        for name in jobSpec.secretEnvironment.sorted() where (environment[name]?.utf8.count ?? minimum) < minimum {
+            throw UsageError(
+                "--secret-env \(UsageError.excerpt(name)): its value is too short to be masked (at least \(minimum) "
+                    + "bytes)", command: spec.name)
+        }
+        for (name, value) in environment.sorted(by: { $0.key < $1.key })
+        where value.utf8.count < minimum && !value.isEmpty
+            && SecretVariables.isSecret(name, named: jobSpec.secretEnvironment)
+        {
+            console.error(
+                "runner: warning: --env \(UsageError.excerpt(name)): a value shorter than \(minimum) bytes is not masked")
+        }
         // The runner's own validation, so that what it would reject is refused here, before anything is queued:
         // what the named level cannot enforce (the runner's default level is not known here), then the spec.
         if let level = jobSpec.isolation,
@@ -244,7 +259,8 @@ enum SubmitCommand {
         let record = ResultView(fields: result)
         guard record.state?.isTerminal == true else {
             throw CommandFailure(
-                "gave up waiting for job '\(submitted.id)' after --wait-timeout (it is still \(record.stateText))")
+                "gave up waiting for job '\(submitted.id)' after --wait-timeout "
+                    + "\(waitTimeout.map(DurationParser.text) ?? "") (it is still \(record.stateText))")
         }
         if json {
             console.print(record.json(id: submitted.id).serialized)

@@ -179,6 +179,9 @@ public struct JobLimits: Sendable, Hashable {
 public enum SecretVariables {
     public static let suffixes = ["_TOKEN", "_SECRET", "_PASSWORD"]
     public static let mask = "***"
+    /// Shorter values are not masked: masking every "1" or "on" in the output would garble it without hiding
+    /// anything.
+    public static let minimumMaskedBytes = 4
 
     public static func isSecret(_ name: String, named: [String]) -> Bool {
         named.contains(name) || suffixes.contains { name.hasSuffix($0) }

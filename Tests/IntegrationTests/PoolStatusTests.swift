@@ -200,7 +200,7 @@ final class PoolStatusTests: IntegrationTestCase {
         let note = "runner: job l1 requires gpu=h100,zone=eu: no running runner that reads 'default' has gpu=h100\n"
         XCTAssertEqual(missing.err.components(separatedBy: note).count, 2, missing.err)
         XCTAssertFalse(missing.err.contains("which no running runner reads"), missing.err)
-        XCTAssertTrue(missing.err.contains("gave up waiting for job 'l1' after --wait-timeout (it is still queued)"))
+        XCTAssertTrue(missing.err.contains("gave up waiting for job 'l1' after --wait-timeout 5s (it is still queued)"))
         XCTAssertEqual(try send(["HGET", key("job:l1"), "state"]).string, "queued")
 
         // Each label is some running runner's, none has both.

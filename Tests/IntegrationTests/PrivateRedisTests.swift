@@ -154,6 +154,18 @@ extension CLIFollowTests {
 }
 
 extension CLIFollowTests {
+    /// A job cancelled while queued ends with no output at all: `logs` says why on stderr rather than print nothing.
+    func testLogsOfAJobCancelledBeforeItStartedSayItNeverStarted() throws {
+        XCTAssertEqual(cli(["submit", "--id", "cq-1", "--", "echo", "hi"]).code, 0)  // no runner: it stays queued
+        let cancelled = cli(["cancel", "cq-1"])
+        XCTAssertEqual(cancelled.code, 0, cancelled.err)
+        XCTAssertEqual(try send(["HGET", key("job:cq-1"), "state"]).string, "cancelled")
+        let logs = cli(["logs", "cq-1"])
+        XCTAssertEqual(logs.code, 0, logs.err)
+        XCTAssertEqual(logs.stdout, "")
+        XCTAssertEqual(logs.err, "runner: job cq-1 is cancelled and never started; it has no output\n")
+    }
+
     func testLogsOfAQueuedJobSayThereIsNoOutputYet() throws {
         XCTAssertEqual(cli(["submit", "--id", "q-1", "--", "echo", "hi"]).code, 0)  // no runner: it stays queued
         let logs = cli(["logs", "q-1"])
@@ -216,7 +228,7 @@ final class WaitTests: IntegrationTestCase {
         let started = ContinuousClock.now
         let result = cli(["submit", "--wait", "--wait-timeout", "500ms", "--id", "wt-1", "--", "true"])
         XCTAssertEqual(result.code, 1)
-        XCTAssertEqual(result.err, "Error: gave up waiting for job 'wt-1' after --wait-timeout (it is still queued)\n")
+        XCTAssertEqual(result.err, "Error: gave up waiting for job 'wt-1' after --wait-timeout 500ms (it is still queued)\n")
         XCTAssertLessThan(ContinuousClock.now - started, .seconds(3))
     }
 }

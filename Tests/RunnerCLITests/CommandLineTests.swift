@@ -544,10 +544,43 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(err.split(separator: "\n").first, "Error: missing job id")
     }
 
+    /// A value too short to be masked: refused when --secret-env asks for it to be masked, named on stderr when
+    /// only its name (*_PASSWORD) makes it secret; 4 bytes are masked and pass without a word.
+    func testASecretTooShortToBeMaskedIsRefusedOrNamed() async {
+        var (code, _, err) = await run(["submit", "--env", "PW=abc", "--secret-env", "PW", "--", "true"])
+        XCTAssertEqual(code, 2)
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            "Error: --secret-env PW: its value is too short to be masked (at least 4 bytes)")
+        // Nothing listens on port 1: the warning comes before the connection is tried.
+        (code, _, err) = await run(["submit", "--redis", "127.0.0.1:1", "--env", "DB_PASSWORD=abc", "--", "true"])
+        XCTAssertEqual(code, 1)
+        XCTAssertEqual(
+            err.split(separator: "\n").first,
+            "runner: warning: --env DB_PASSWORD: a value shorter than 4 bytes is not masked")
+        (code, _, err) = await run([
+            "submit", "--redis", "127.0.0.1:1", "--env", "DB_PASSWORD=abcd", "--env", "PW=abcd", "--secret-env", "PW",
+            "--", "true",
+        ])
+        XCTAssertEqual(code, 1)
+        XCTAssertFalse(err.contains("warning"), err)
+        XCTAssertTrue(err.hasPrefix("Error: cannot reach Redis at 127.0.0.1:1"), err)
+    }
+
     func testWaitTimeoutNeedsWaitAndShellScriptMustNotBeEmpty() async {
         var (code, _, err) = await run(["submit", "--wait-timeout", "1s", "--", "true"])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err.split(separator: "\n").first, "Error: --wait-timeout needs --wait")
+        // 0 would give up before anything was read, for submit and the pool commands alike.
+        let zeroWaits = [
+            ["submit", "--wait", "--wait-timeout", "0", "--", "true"], ["cancel", "j", "--wait", "--wait-timeout", "0"],
+        ]
+        for command in zeroWaits {
+            (code, _, err) = await run(command)
+            XCTAssertEqual(code, 2, "\(command)")
+            XCTAssertEqual(
+                err.split(separator: "\n").first, "Error: invalid value for '--wait-timeout': it must be at least 1ms")
+        }
         (code, _, err) = await run(["submit", "--shell", ""])
         XCTAssertEqual(code, 2)
         XCTAssertEqual(err.split(separator: "\n").first, "Error: invalid job: spec.shell is empty")

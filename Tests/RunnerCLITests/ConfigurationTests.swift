@@ -325,8 +325,8 @@ final class ConfigurationTests: XCTestCase {
             // A command without --config: its environment is located too.
             (
                 ["status"], ["RUNNER_NAMESPACE": "a b"],
-                "Error: invalid value for RUNNER_NAMESPACE: 'a b' (use letters, digits, '-', '_' or '.'; no braces, "
-                    + "colons or spaces)"
+                "Error: invalid value for RUNNER_NAMESPACE: 'a b' (1 to 128 characters; no braces, colons, spaces "
+                    + "or control characters)"
             ),
         ]
         for (arguments, environment, expected) in cases {

@@ -14,7 +14,7 @@ import RunnerProtocol
 /// of secrets that floods its output with their common prefix must not hold the runner's threads for long.
 struct SecretMasker: Sendable {
     static let mask: [UInt8] = Array(SecretVariables.mask.utf8)
-    static let minimumLength = 4
+    static let minimumLength = SecretVariables.minimumMaskedBytes
 
     /// The secrets as they are: the suffixes of the output that may begin one.
     private let forward: SecretAutomaton
