@@ -131,13 +131,20 @@ struct ResourceMonitor: Sendable {
         ]
         if !dead.isEmpty { fields["dead_runners"] = .array(dead) }
         let data = JSONValue.object(fields)
-        logger.info(
-            "removed leftover isolation contexts",
-            [
-                "cgroups": String(removedCgroups.count), "work_dirs": String(removedFolders.count),
-                "processes": String(processes.count),
-                "dead_runners": dead.compactMap { $0["runner"]?.stringValue }.joined(separator: ","),
-            ])
+        let counts = (String(removedCgroups.count), String(removedFolders.count), String(processes.count))
+        // Named only when there were any, as in the event: an empty `dead_runners=` reads like a value left out.
+        if dead.isEmpty {
+            logger.info(
+                "removed leftover isolation contexts",
+                ["cgroups": counts.0, "work_dirs": counts.1, "processes": counts.2])
+        } else {
+            logger.info(
+                "removed leftover isolation contexts",
+                [
+                    "cgroups": counts.0, "work_dirs": counts.1, "processes": counts.2,
+                    "dead_runners": dead.compactMap { $0["runner"]?.stringValue }.joined(separator: ","),
+                ])
+        }
         try? await store.emit(.isolationCleanup, runner: runner, data: data, retry: .never)
         return data
     }
