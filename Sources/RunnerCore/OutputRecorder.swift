@@ -68,6 +68,9 @@ final class OutputRecorder: Sendable {
     /// Set once the log key was found of another type: said once per job, later batches are still tried (the key may
     /// be fixed meanwhile).
     private let wrongTypeReported = Mutex(false)
+    /// The log stream's last entry leaves no later id for this recorder's (written there by hand): nothing of the
+    /// output can be added, and the job's log says so once.
+    private let noIdLeft = Mutex(false)
     private let limit: Int
     private let tailLimit: Int
     private let state: Mutex<State>
@@ -192,7 +195,7 @@ final class OutputRecorder: Sendable {
 
     private func flush() async {
         let entries = takePending()
-        guard !entries.isEmpty, !refused.withLock({ $0 }) else { return }
+        guard !entries.isEmpty, !refused.withLock({ $0 }), !noIdLeft.withLock({ $0 }) else { return }
         guard let base = await entryBase() else { return }
         let numbered = sequence.withLock { seq -> [(id: String, fd: String, data: [UInt8])] in
             entries.map { entry in
@@ -257,11 +260,19 @@ final class OutputRecorder: Sendable {
             let type = try? await client.send(RedisCommand(["TYPE", key])).string
             reportWrongType(type ?? "?")
         }
-        if let reply = last,
-            let last = reply.array?.first?.array?.first?.string,
-            let ms = Int(last.split(separator: "-").first ?? "")
-        {
-            base = max(base, ms + 1)
+        if let reply = last, let lastId = reply.array?.first?.array?.first?.string {
+            // Redis's ids go up to 2^64 - 1 ms; this recorder's must stay above the last and within an Int. An id
+            // planted at the end of that space leaves none: every XADD would be refused as "equal or smaller",
+            // which a resent batch also gets, so it would pass for success and the output vanish without a word.
+            guard let ms = lastId.split(separator: "-").first.flatMap({ UInt64($0) }), ms < UInt64(Int.max) else {
+                noIdLeft.withLock { $0 = true }
+                logger.warning(
+                    "the job's output is not recorded: key \(JobEntry.printable(key)) ends with entry "
+                        + "\(JobEntry.printable(lastId)), after which no entry id is left; its result keeps the output's "
+                        + "tail", ["job": entry.jobId])
+                return nil
+            }
+            base = max(base, Int(ms) + 1)
         }
         sequence.withLock { $0.base = base }
         return base

@@ -228,4 +228,31 @@ extension FencingTests {
             logs.err, "Error: Redis refused the command: WRONGTYPE key \(log) is a string, expected a stream\n")
         XCTAssertEqual(runner.stop(), 0, runner.log)
     }
+
+    /// A log stream whose last entry id was written by hand at the end of the id space: the runner no longer traps
+    /// on `ms + 1` (at 2^63 - 1), nor loses the output without a word (beyond an Int); it says so once per job, the
+    /// job succeeds with its tail, and the runner goes on to the next job.
+    func testALogStreamEndingAtTheLastPossibleIdIsNamedAndTheRunnerGoesOn() throws {
+        let runner = try startRunner(name: "last-id", [])
+        for (n, planted) in ["9223372036854775807-0", "18446744073709551615-0"].enumerated() {
+            let id = "li-\(n)"
+            let log = key("log:\(id)")
+            _ = try send(["XADD", log, planted, "fd", "meta", "data", "planted"])
+            let waited = cli(["submit", "--wait", "--id", id, "--", "echo", "hello"])
+            XCTAssertEqual(waited.code, 0, waited.err + runner.log)
+            let record = try job(id)
+            XCTAssertEqual(record["state"], "succeeded")
+            XCTAssertEqual(record["output_tail"], "hello\n")
+            let warning =
+                "the job's output is not recorded: key \(log) ends with entry \(planted), after which no entry id is "
+                + "left; its result keeps the output's tail"
+            XCTAssertTrue(waitUntil(timeout: .seconds(5)) { runner.log.contains(warning) }, runner.log)
+            XCTAssertEqual(runner.log.split(separator: "\n").filter { $0.contains(warning) }.count, 1, runner.log)
+            XCTAssertEqual(try send(["XLEN", log]).int, 1)
+        }
+        XCTAssertTrue(runner.isRunning, runner.log)
+        XCTAssertEqual(cli(["submit", "--wait", "--id", "li-after", "--", "echo", "next"]).code, 0)
+        XCTAssertEqual(try send(["XLEN", key("log:li-after")]).int, 1)
+        XCTAssertEqual(runner.stop(), 0, runner.log)
+    }
 }
