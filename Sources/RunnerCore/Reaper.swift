@@ -109,6 +109,7 @@ public actor Reaper {
         var nextPass = ContinuousClock.now
         var nextMove: ContinuousClock.Instant?
         var idle = false
+        var refusal = RepeatedWarning(every: .seconds(30))
         while !Task.isCancelled {
             let now = ContinuousClock.now
             if now >= nextPass {
@@ -124,7 +125,18 @@ public actor Reaper {
                             return quiet == ReaperPass()
                         } ?? true
                     if !idle { nextPass = min(nextPass, ContinuousClock.now + configuration.interval) }
+                    if refusal.clear() { logger.info("reaper passes work again") }
+                } catch let error as RedisServerError {
+                    // Redis refused (a user without EVALSHA, {nr}:reaper of another type): that lasts until someone
+                    // acts, and meanwhile no lost runner's jobs are rescheduled, so it must be seen.
+                    idle = false
+                    if refusal.allows(error.message) {
+                        logger.warning(
+                            "reaper pass failed: \(JobEntry.printable(error.message)); lost runners' jobs are not "
+                                + "rescheduled until this is fixed")
+                    }
                 } catch {
+                    // Unreachable Redis: the client says so once itself.
                     idle = false
                     logger.debug("reaper pass failed: \(error)")
                 }

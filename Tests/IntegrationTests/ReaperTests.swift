@@ -92,6 +92,25 @@ final class ReaperTests: IntegrationTestCase {
     }
 
     /// The control plane's log lines are its own ([control]) and name a signal as the worker's do.
+    /// A pass Redis refuses ({nr}:reaper of another type here; a user without EVALSHA alike) is a warning, once per
+    /// 30 s, not a debug line: no lost runner's jobs are rescheduled meanwhile. Fixed, it says passes work again.
+    func testARefusedReaperPassIsAWarningUntilItWorksAgain() throws {
+        _ = try send(["HSET", key("reaper"), "x", "y"])
+        let control = try startControl(["--interval", "200ms"])
+        let warning =
+            " [control] reaper pass failed: WRONGTYPE Operation against a key holding the wrong kind of value"
+        XCTAssertTrue(waitUntil(timeout: .seconds(10)) { control.log.contains(warning) }, control.log)
+        _ = try send(["DEL", key("reaper")])
+        XCTAssertTrue(
+            waitUntil(timeout: .seconds(10)) { control.log.contains(" [control] reaper passes work again") },
+            control.log)
+        XCTAssertEqual(control.stop(timeout: 10), 0, control.log)
+        let lines = control.log.split(separator: "\n").filter { $0.contains("reaper pass failed") }
+        XCTAssertEqual(lines.count, 1, control.log)
+        XCTAssertTrue(lines.first?.contains("warning") == true, control.log)
+        XCTAssertTrue(lines.first?.hasSuffix("lost runners' jobs are not rescheduled until this is fixed") == true)
+    }
+
     func testControlPlaneLogsAsControlAndNamesTheSignal() throws {
         let control = try startControl()
         XCTAssertEqual(control.stop(timeout: 10), 0, control.log)
