@@ -160,22 +160,10 @@ enum TopView {
         }
     }
 
-    /// `text` with each control or format character escaped as `\u{1b}` (as `JobEntry.printable` does, but never
-    /// cut): what the views show of the pool comes from Redis, where anyone may write a runner's node or state, a
-    /// queue's key or an event's type with an escape sequence or a line break in it.
-    static func shown(_ text: String) -> String {
-        guard text.unicodeScalars.contains(where: { !isVisible($0) }) else { return text }
-        var out = ""
-        for scalar in text.unicodeScalars {
-            out += isVisible(scalar) ? String(scalar) : "\\u{\(String(scalar.value, radix: 16))}"
-        }
-        return out
-    }
-
-    private static func isVisible(_ scalar: Unicode.Scalar) -> Bool {
-        scalar.value >= 0x20 && scalar.value != 0x7F && !(0x80..<0xA0).contains(scalar.value)
-            && scalar.properties.generalCategory != .format
-    }
+    /// `text` with each control or format character escaped as `\u{1b}` (`JobEntry.escaped`: as `JobEntry.printable`
+    /// does, but never cut): what the views show of the pool comes from Redis, where anyone may write a runner's node
+    /// or state, a queue's key or an event's type with an escape sequence or a line break in it.
+    static func shown(_ text: String) -> String { JobEntry.escaped(text) }
 
     /// At most `width` characters; a clipped line ends in `…`.
     static func clip(_ line: String, to width: Int) -> String {
