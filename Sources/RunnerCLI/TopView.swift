@@ -50,7 +50,7 @@ enum TopView {
             jobs.map { job in
                 [
                     job.id, job.runner, job.queue.isEmpty ? "-" : job.queue, job.attempt.map(String.init) ?? "-",
-                    job.startedAtMs.map { runtimeText(max(0, now - $0)) } ?? "-",
+                    job.startedAtMs.flatMap { runtime(since: $0, now: now) }.map(runtimeText) ?? "-",
                     job.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-", job.rssBytes.map(bytesText) ?? "-",
                 ]
             })
@@ -121,6 +121,13 @@ enum TopView {
         let cells = min(total, 10)
         let filled = min(cells, Int((Double(max(0, used)) / Double(total) * Double(cells)).rounded(.up)))
         return "[" + String(repeating: "#", count: filled) + String(repeating: "-", count: cells - filled) + "]"
+    }
+
+    /// How long a job has run (0 for a start after `now`); nil when a `started_at` written by hand is so far back
+    /// that Int cannot hold the difference (-9223372036854775808 trapped `runner top`): its RUNTIME shows `-`.
+    static func runtime(since startedAtMs: Int, now: Int) -> Int? {
+        let (ms, overflow) = now.subtractingReportingOverflow(startedAtMs)
+        return overflow ? nil : max(0, ms)
     }
 
     static func runtimeText(_ ms: Int) -> String {
