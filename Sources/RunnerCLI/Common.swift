@@ -170,6 +170,16 @@ extension ParsedArguments {
         try parsed(name, expected: "expected a positive whole number") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
     }
 
+    /// The positive whole number option's value, nil when not given; a usage error naming the option when it is
+    /// above `maximum` (`it must be at most 4096`).
+    func positiveInt(_ name: String, atMost maximum: Int) throws -> Int? {
+        guard let value = try positiveInt(name) else { return nil }
+        guard value <= maximum else {
+            throw UsageError("invalid value for '\(name)': it must be at most \(maximum)", command: command.name)
+        }
+        return value
+    }
+
     /// A CPU quota in millicores (`--cpu`, `--default-cpu`, `--max-cpu`): `0.5` and `500m` are refused saying so.
     func millicores(_ name: String) throws -> Int? {
         try parsed(name, expected: "millicores, a positive whole number: 500 is half a core") {

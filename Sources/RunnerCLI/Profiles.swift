@@ -48,7 +48,8 @@ struct Profile: Sendable {
             return Profile(
                 name: name,
                 values: [
-                    ("--concurrency", String(2 * host.processors)), ("--monitor-interval", "60s"),
+                    ("--concurrency", String(min(2 * host.processors, WorkerConfiguration.maximumConcurrency))),
+                    ("--monitor-interval", "60s"),
                     ("--reaper-interval", "10s"), ("--log-level", "warning"),
                 ])
         default:

@@ -50,7 +50,7 @@ enum TopView {
             jobs.map { job in
                 [
                     job.id, job.runner, job.queue.isEmpty ? "-" : job.queue, job.attempt.map(String.init) ?? "-",
-                    job.startedAtMs.map { runtimeText(max(0, now - $0)) } ?? "-",
+                    job.startedAtMs.flatMap { runtime(since: $0, now: now) }.map(runtimeText) ?? "-",
                     job.cpuPercent.map { String(format: "%.1f%%", $0) } ?? "-", job.rssBytes.map(bytesText) ?? "-",
                 ]
             })
@@ -123,6 +123,13 @@ enum TopView {
         return "[" + String(repeating: "#", count: filled) + String(repeating: "-", count: cells - filled) + "]"
     }
 
+    /// How long a job has run (0 for a start after `now`); nil when a `started_at` written by hand is so far back
+    /// that Int cannot hold the difference (-9223372036854775808 trapped `runner top`): its RUNTIME shows `-`.
+    static func runtime(since startedAtMs: Int, now: Int) -> Int? {
+        let (ms, overflow) = now.subtractingReportingOverflow(startedAtMs)
+        return overflow ? nil : max(0, ms)
+    }
+
     static func runtimeText(_ ms: Int) -> String {
         let seconds = ms / 1000
         if seconds < 60 { return String(format: "%.1fs", Double(ms) / 1000) }
@@ -160,22 +167,10 @@ enum TopView {
         }
     }
 
-    /// `text` with each control or format character escaped as `\u{1b}` (as `JobEntry.printable` does, but never
-    /// cut): what the views show of the pool comes from Redis, where anyone may write a runner's node or state, a
-    /// queue's key or an event's type with an escape sequence or a line break in it.
-    static func shown(_ text: String) -> String {
-        guard text.unicodeScalars.contains(where: { !isVisible($0) }) else { return text }
-        var out = ""
-        for scalar in text.unicodeScalars {
-            out += isVisible(scalar) ? String(scalar) : "\\u{\(String(scalar.value, radix: 16))}"
-        }
-        return out
-    }
-
-    private static func isVisible(_ scalar: Unicode.Scalar) -> Bool {
-        scalar.value >= 0x20 && scalar.value != 0x7F && !(0x80..<0xA0).contains(scalar.value)
-            && scalar.properties.generalCategory != .format
-    }
+    /// `text` with each control or format character escaped as `\u{1b}` (`JobEntry.escaped`: as `JobEntry.printable`
+    /// does, but never cut): what the views show of the pool comes from Redis, where anyone may write a runner's node
+    /// or state, a queue's key or an event's type with an escape sequence or a line break in it.
+    static func shown(_ text: String) -> String { JobEntry.escaped(text) }
 
     /// At most `width` characters; a clipped line ends in `…`.
     static func clip(_ line: String, to width: Int) -> String {

@@ -23,8 +23,8 @@ enum WorkerCommand {
                 help: "Queue to read, in priority order; also a comma list (high,default).",
                 environment: "RUNNER_QUEUES", default: Keyspace.defaultQueue),
             OptionSpec(
-                "--concurrency", .value("N"), help: "Job processes run at once.", environment: "RUNNER_CONCURRENCY",
-                default: "CPU count"),
+                "--concurrency", .value("N"), help: "Job processes run at once, 1 to 4096.",
+                environment: "RUNNER_CONCURRENCY", default: "CPU count"),
             OptionSpec(
                 "--lease-ttl", .value("DURATION"), help: "Lease time to live; renewed every third of it.",
                 environment: "RUNNER_LEASE_TTL", default: "15s"),
@@ -159,8 +159,10 @@ enum WorkerCommand {
         guard Set(queues).count == queues.count else {
             throw UsageError("'--queue' names a queue twice", command: spec.name)
         }
+        let most = WorkerConfiguration.maximumConcurrency
         let concurrency =
-            try arguments.positiveInt("--concurrency") ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
+            try arguments.positiveInt("--concurrency", atMost: most)
+            ?? min(most, max(1, ProcessInfo.processInfo.activeProcessorCount))
         let leaseTTL = try arguments.duration("--lease-ttl", atLeast: .seconds(1)) ?? .seconds(15)
         let logLimit =
             try arguments.parsed("--log-limit", expected: "bytes, or 64K, 16M, 1G", ByteSizeParser.parse) ?? 16 << 20
@@ -374,9 +376,11 @@ extension WorkerCommand {
         if arguments.values["--concurrency"] != nil {
             own.append("concurrency")
         } else if let capacity = record[RunnerRecordField.capacity]?.intValue {
-            guard capacity > 0 else {
+            // Refused as --concurrency beyond the bound is: taken over, it trapped the runner after registering.
+            guard (1...WorkerConfiguration.maximumConcurrency).contains(capacity) else {
                 throw CommandFailure(
-                    "the capacity of runner '\(runner)' in the registry is invalid; give --concurrency")
+                    "the capacity of runner '\(runner)' in the registry is invalid (\(capacity); a runner has 1 to "
+                        + "\(WorkerConfiguration.maximumConcurrency) slots); give --concurrency")
             }
             configuration.concurrency = capacity
             taken.append("concurrency")

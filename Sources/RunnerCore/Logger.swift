@@ -1,7 +1,9 @@
 import Foundation
+import RunnerProtocol
 import Synchronization
 
-/// Log lines on stderr: plain text for people, or JSON lines for machines.
+/// Log lines on stderr: plain text for people, or JSON lines for machines. Either way one call writes one line:
+/// the text format escapes control characters in the message and each field (`JobEntry.escaped`), JSON its strings.
 public struct Logger: Sendable {
     public enum Level: Int, Sendable, Comparable, CaseIterable {
         case debug, info, warning, error
@@ -69,9 +71,13 @@ public struct Logger: Sendable {
         let time = Logger.timestamp()
         switch format {
         case .text:
-            var line = "\(time) \(level.name.padding(toLength: 7, withPad: " ", startingAt: 0)) [\(label)] \(message())"
+            // One call, one line: a message or field quoting a job's spec, argv or a control entry (anyone's to
+            // write) could otherwise end the line and forge the next one, or drive the terminal (`\u{a}`, `\u{1b}`).
+            let text = JobEntry.escaped(message())
+            var line = "\(time) \(level.name.padding(toLength: 7, withPad: " ", startingAt: 0)) [\(label)] \(text)"
             for (key, value) in metadata {
-                line += " \(key)=\(value.contains(" ") ? "\"\(value)\"" : value)"
+                let value = JobEntry.escaped(value)
+                line += " \(JobEntry.escaped(key))=\(value.contains(" ") ? "\"\(value)\"" : value)"
             }
             sink(line)
         case .json:

@@ -764,7 +764,9 @@ public final class Worker: Sendable {
                             // queue had more than this runner asked for (an idle pool never reads ahead), and only
                             // once it is less than half full: one read for several jobs, not one for each.
                             let room = readAheadRoom(intake)
-                            if queueHadMore, room > 0, prefetch.capacity - room < (prefetch.capacity + 1) / 2 {
+                            // Half rounded up, without `capacity + 1`, which overflowed for Int.max slots.
+                            let half = prefetch.capacity / 2 + prefetch.capacity % 2
+                            if queueHadMore, room > 0, prefetch.capacity - room < half {
                                 let skip = await slots.runningKeys.union(prefetch.keys)
                                 let more = try await intake.readNew(count: room, wait: false).filter {
                                     !skip.contains($0.key)
@@ -779,8 +781,11 @@ public final class Worker: Sendable {
                     // one copy runs, the entry stays pending until that copy's result acknowledges it.
                     let room = readAheadRoom(intake)
                     let skip = await slots.runningKeys.union(prefetch.keys)
-                    let deliveries = try await intake.readNew(count: free + room).filter { !skip.contains($0.key) }
-                    queueHadMore = room > 0 && deliveries.count >= free + room
+                    // Saturating: the CLI bounds the slots, a configuration built otherwise must not trap here.
+                    let (sum, overflow) = free.addingReportingOverflow(room)
+                    let wanted = overflow ? Int.max : sum
+                    let deliveries = try await intake.readNew(count: wanted).filter { !skip.contains($0.key) }
+                    queueHadMore = room > 0 && deliveries.count >= wanted
                     // Drained (or shut down) while the read was blocked: what it brought goes back at once.
                     if !operations.intakeOpen, !deliveries.isEmpty {
                         for delivery in deliveries {

@@ -8,9 +8,15 @@ public struct WorkerConfiguration: Sendable {
     public var keyspace: Keyspace
     /// The runner id, also its consumer name in the group.
     public var name: String
+
+    /// The most job slots a runner has (`--concurrency`, a `--resume-identity` record's `capacity`): generous for
+    /// any host, and far from where the intake's counts (free slots plus the read-ahead room) overflow Int, which
+    /// trapped a runner given 2^62 or more right after it had registered.
+    public static let maximumConcurrency = 4096
     public var node: String
     /// Queues in priority order.
     public var queues: [String]
+    /// Job slots: 1 to `maximumConcurrency`.
     public var concurrency: Int
     public var leaseTTL: Duration
     /// How often the lease is renewed, and a heartbeat published when the runner's state, slots, running jobs or

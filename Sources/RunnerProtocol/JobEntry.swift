@@ -46,14 +46,25 @@ public struct JobEntry: Sendable, Hashable {
             }
             cut = true
         }
-        var out = ""
-        for scalar in scalars {
-            let visible =
-                scalar.value >= 0x20 && scalar.value != 0x7F && !(0x80..<0xA0).contains(scalar.value)
-                && scalar.properties.generalCategory != .format
-            out += visible ? String(scalar) : "\\u{\(String(scalar.value, radix: 16))}"
-        }
+        let out = escaped(String(String.UnicodeScalarView(scalars)))
         return cut ? out + "…" : out
+    }
+
+    /// The text with each control character (C0, DEL, C1: a line break, an escape sequence) or format character
+    /// written as `\u{1b}`, as `printable` writes them, but never cut: for text shown whole whose every line must be
+    /// one line, such as a log line's message and fields or what `runner top` shows of the pool.
+    public static func escaped(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { !isVisible($0) }) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            out += isVisible(scalar) ? String(scalar) : "\\u{\(String(scalar.value, radix: 16))}"
+        }
+        return out
+    }
+
+    private static func isVisible(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value >= 0x20 && scalar.value != 0x7F && !(0x80..<0xA0).contains(scalar.value)
+            && scalar.properties.generalCategory != .format
     }
 
     /// Validates the raw fields of a stream entry. Throws with a reason naming the problem.

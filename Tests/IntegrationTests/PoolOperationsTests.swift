@@ -488,6 +488,28 @@ final class PoolOperationsTests: IntegrationTestCase {
         XCTAssertEqual(try registry("r1")["jobs_finished"] as? Int, Int.max)
     }
 
+    /// A record's capacity of 9223372036854775807 (hand-written) was taken over and trapped the resumed runner
+    /// after it had registered, as `--concurrency` did (found by breaker19): refused before anything is taken over,
+    /// as a capacity of 0 or below is, naming the bound; given its own --concurrency, the runner starts.
+    func testResumingARecordWithACapacityAbove4096IsRefused() throws {
+        for capacity in ["9223372036854775807", "4097", "0", "-5"] {
+            _ = try send([
+                "HSET", key("runners"), "r1", #"{"state":"lost","queues":["default"],"capacity":\#(capacity)}"#,
+            ])
+            let refused = runCLI(
+                ["worker", "--redis", endpoint.url, "--namespace", namespace, "--resume-identity", "r1"], timeout: 30)
+            XCTAssertEqual(refused.code, 1, refused.err)
+            XCTAssertEqual(
+                refused.err.split(separator: "\n").last.map(String.init),
+                "Error: the capacity of runner 'r1' in the registry is invalid (\(capacity); a runner has 1 to 4096 "
+                    + "slots); give --concurrency", refused.err)
+            XCTAssertFalse(refused.err.contains("taking over runner"), refused.err)
+            XCTAssertEqual(try send(["EXISTS", key("runner:r1")]).int, 0, "no lease left behind")
+        }
+        try startRunner(name: "r1", ["--resume-identity", "r1", "--concurrency", "2"])
+        XCTAssertEqual(try registry("r1")["capacity"] as? Int, 2)
+    }
+
     /// Starts `--resume-identity r1 --node n2` and checks that it took r1's queues, capacity and labels over.
     @discardableResult
     private func resumeR1OnN2(queues: [String], capacity: Int, labels: [String: String]) throws -> RunnerUnderTest {

@@ -532,6 +532,35 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(bounds.code, 0, bounds.err)
     }
 
+    /// `--concurrency 9223372036854775807` registered the runner, then trapped it (arithmetic overflow in its
+    /// intake's count, exit 132) with its lease and record left behind (found by breaker19): above 4096 it is a usage
+    /// error, from a flag, a variable or a config file alike; 4096 itself is accepted.
+    func testConcurrencyAbove4096IsAUsageError() async throws {
+        for value in ["9223372036854775807", "4611686018427387904", "4097"] {
+            for command in [["config", "--print"], ["worker", "--redis", "127.0.0.1:1"]] {
+                let result = await run(command + ["--concurrency", value])
+                XCTAssertEqual(result.code, 2, "\(command) \(value): \(result.err)")
+                XCTAssertEqual(result.out, "")
+                XCTAssertEqual(
+                    result.err,
+                    "Error: invalid value for '--concurrency': it must be at most 4096\n"
+                        + "See 'runner \(command[0]) --help'.\n")
+            }
+        }
+        let environment = await run(
+            ["worker", "--redis", "127.0.0.1:1"], environment: ["RUNNER_CONCURRENCY": "9223372036854775807"])
+        XCTAssertEqual(environment.code, 2)
+        XCTAssertEqual(
+            environment.err.split(separator: "\n").first.map(String.init),
+            "Error: invalid value for RUNNER_CONCURRENCY: it must be at most 4096")
+        let (path, error) = try await configError("{\n  \"concurrency\": 5000\n}")
+        XCTAssertEqual(error, "Error: \(path):2: invalid value for '--concurrency': it must be at most 4096")
+        let bound = await run(["config", "--print", "--concurrency", "4096"])
+        XCTAssertEqual(bound.code, 0, bound.err)
+        let row = bound.out.split(separator: "\n").first { $0.hasPrefix("concurrency ") }
+        XCTAssertEqual(row?.split(separator: " "), ["concurrency", "4096", "flag"], bound.out)
+    }
+
     /// A default above its ceiling is named where the user wrote it: the flag, the variable or the file line.
     func testADefaultLimitAboveItsCeilingNamesWhereItWasWritten() async throws {
         let flag = await run(["config", "--print", "--default-memory", "1G", "--max-memory", "64M"])

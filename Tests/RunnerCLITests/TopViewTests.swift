@@ -124,6 +124,22 @@ final class TopViewTests: XCTestCase {
             StatusCommand.slots(["capacity": 4, "capacity_free": 1]).map { [$0.busy, $0.capacity] }, [3, 4])
     }
 
+    /// A running job's `started_at` HSET by hand to Int.min made `now - started_at` trap `runner top` (found by
+    /// breaker19): its RUNTIME shows `-`, as for a job with no start; a start after now shows 0.0s.
+    func testARuntimeThatDoesNotSubtractShowsADash() throws {
+        var pool = snapshot()
+        pool.running = [
+            .init(id: "job-min", runner: "r1", queue: "default", attempt: 1, startedAtMs: Int.min),
+            .init(id: "job-max", runner: "r1", queue: "default", attempt: 1, startedAtMs: Int.max),
+        ]
+        let lines = TopView.render(pool, width: 0)
+        let row = { (job: String) in lines.first { $0.hasPrefix("  \(job) ") }?.split(separator: " ") ?? [] }
+        XCTAssertEqual(row("job-min").prefix(5), ["job-min", "r1", "default", "1", "-"], "\(lines)")
+        XCTAssertEqual(row("job-max").prefix(5), ["job-max", "r1", "default", "1", "0.0s"], "\(lines)")
+        XCTAssertNil(TopView.runtime(since: Int.min, now: now))
+        XCTAssertEqual(TopView.runtime(since: now - 1_500, now: now), 1_500)
+    }
+
     /// `top --events 0`: no events pane at all, not an empty one.
     func testAQueueNoRunningRunnerReadsIsListedAsNotServed() {
         func set(_ runner: Int, _ key: String, _ value: JSONValue, in pool: inout PoolSnapshot) {

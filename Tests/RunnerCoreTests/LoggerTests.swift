@@ -50,4 +50,32 @@ final class LoggerTests: XCTestCase {
         XCTAssertEqual(Logger.Level(name: "WARNING"), .warning)
         XCTAssertNil(Logger.Level(name: "verbose"))
     }
+
+    /// A job spec's env var name, argv or cwd and a control entry's command reach log lines; written raw, a line
+    /// break in one forged a whole line after it and an escape sequence drove the terminal (found by breaker19). The
+    /// text format escapes every control character (C0, DEL, C1) in the message and in each field's key and value.
+    func testTextLinesEscapeControlCharactersInTheMessageAndTheFields() throws {
+        let (logger, sink) = logger(.info, .text)
+        let forged = "X\n2026-12-04T16:27:11.000Z error   [runner] FORGED"
+        logger.error(
+            "rejected entry: spec.env has an invalid variable name \"\(forged)\"",
+            ["command": "drain\u{1B}[2J\r", "cwd\t": "/tmp/a b\u{7F}\u{9B}31m"])
+        let lines = sink.lines.withLock { $0 }
+        XCTAssertEqual(lines.count, 1)
+        let line = try XCTUnwrap(lines.first)
+        // The time, then the rest of the line exactly.
+        XCTAssertEqual(
+            String(line.dropFirst("2026-12-04T16:27:11.000Z ".count)),
+            "error   [runner] rejected entry: spec.env has an invalid variable name \"X\\u{a}2026-12-04T16:27:11.000Z "
+                + "error   [runner] FORGED\" command=drain\\u{1b}[2J\\u{d} cwd\\u{9}=\"/tmp/a b\\u{7f}\\u{9b}31m\"")
+        XCTAssertFalse(
+            line.unicodeScalars.contains { $0.properties.generalCategory == .control }, line.debugDescription)
+
+        // JSON lines were already one line each: their strings are JSON-escaped, as before.
+        let (json, jsonSink) = self.logger(.info, .json)
+        json.error("a\nb", ["command": "drain\u{1B}[2J"])
+        let object = try XCTUnwrap(jsonSink.lines.withLock { $0.first })
+        XCTAssertTrue(object.contains(#""msg":"a\nb""#), object)
+        XCTAssertTrue(object.contains(#""command":"drain\u001b[2J""#), object)
+    }
 }
