@@ -267,9 +267,8 @@ final class OutputRecorder: Sendable {
             guard let ms = lastId.split(separator: "-").first.flatMap({ UInt64($0) }), ms < UInt64(Int.max) else {
                 noIdLeft.withLock { $0 = true }
                 logger.warning(
-                    "the job's output is not recorded: key \(JobEntry.printable(key)) ends with entry "
-                        + "\(JobEntry.printable(lastId)), after which no entry id is left; its result keeps the output's "
-                        + "tail", ["job": entry.jobId])
+                    "the job's output is not recorded: key \(key) ends with entry \(lastId), after which no entry id "
+                        + "is left; its result keeps the output's tail", ["job": entry.jobId])
                 return nil
             }
             base = max(base, Int(ms) + 1)

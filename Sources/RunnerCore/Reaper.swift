@@ -132,7 +132,7 @@ public actor Reaper {
                     idle = false
                     if refusal.allows(error.message) {
                         logger.warning(
-                            "reaper pass failed: \(JobEntry.printable(error.message)); lost runners' jobs are not "
+                            "reaper pass failed: \(error.message); lost runners' jobs are not "
                                 + "rescheduled until this is fixed")
                     }
                 } catch {
