@@ -292,7 +292,9 @@ extension SubmitCommand {
             else { return }
             let base = Keyspace.baseQueue(of: queue)
             if !UnservedQueue.isServed(base, by: status.runners) {
-                console.error("runner: job \(id) is queued on '\(base)', which no running runner reads")
+                let listing = UnservedQueue.readersText(UnservedQueue.listing(base, in: status.runners))
+                console.error(
+                    TopView.shown("runner: job \(id) is queued on '\(base)', which no running runner reads\(listing)"))
                 return
             }
             // The spec as recorded (an idempotency key may have answered an earlier job's).

@@ -76,8 +76,7 @@ public struct Logger: Sendable {
             let text = JobEntry.escaped(message())
             var line = "\(time) \(level.name.padding(toLength: 7, withPad: " ", startingAt: 0)) [\(label)] \(text)"
             for (key, value) in metadata {
-                let value = JobEntry.escaped(value)
-                line += " \(JobEntry.escaped(key))=\(value.contains(" ") ? "\"\(value)\"" : value)"
+                line += " \(JobEntry.escaped(key))=\(Logger.fieldText(value))"
             }
             sink(line)
         case .json:
@@ -102,6 +101,13 @@ public struct Logger: Sendable {
             }
         }
         return out + "\""
+    }
+
+    /// A field's value in a text line: escaped (`JobEntry.escaped`), a quote written `\u{22}` as well, and quoted
+    /// when it holds a space, so that `x" job=forged` stays one value instead of ending it and passing for a field.
+    static func fieldText(_ value: String) -> String {
+        let value = JobEntry.escaped(value).replacingOccurrences(of: "\"", with: "\\u{22}")
+        return value.contains(" ") ? "\"\(value)\"" : value
     }
 
     private static func timestamp() -> String {

@@ -192,8 +192,7 @@ public struct UnservedQueue: Sendable, Equatable {
 
     /// `default: 2 waiting; no running runner reads it (r1 drained)`.
     public var text: String {
-        "\(queue): \(waiting) waiting; no running runner reads it"
-            + (readers.isEmpty ? "" : " (" + readers.map { "\($0.id) \($0.state)" }.joined(separator: ", ") + ")")
+        "\(queue): \(waiting) waiting; no running runner reads it" + UnservedQueue.readersText(readers)
     }
 
     /// Whether a runner reads its queues now: it holds its lease and is `starting` or `running` (a drained or
@@ -241,17 +240,25 @@ public struct UnservedQueue: Sendable, Equatable {
             let waiting = queue.unread
             guard waiting > 0 else { return nil }
             guard !isServed(queue.name, by: runners) else { return nil }
-            let listing = runners.filter { runner in
-                (runner.record[RunnerRecordField.queues]?.arrayValue ?? []).contains { $0.stringValue == queue.name }
-            }
-            return UnservedQueue(
-                queue: queue.name, waiting: waiting,
-                readers: listing.map { runner in
-                    let state = runner.record[RunnerRecordField.state]?.stringValue ?? "?"
-                    let released = RunnerState(rawValue: state)?.releasedItsLease == true
-                    return Reader(id: runner.id, state: runner.leaseRemainingMs == nil && !released ? "lost" : state)
-                })
+            return UnservedQueue(queue: queue.name, waiting: waiting, readers: listing(queue.name, in: runners))
         }
+    }
+
+    /// The runners that list `queue`, each with the state that keeps it from reading (for a queue no running runner
+    /// reads: `r1 drained`, `r2 lost`).
+    public static func listing(_ queue: String, in runners: [RunnerStatus]) -> [Reader] {
+        runners.filter { runner in
+            (runner.record[RunnerRecordField.queues]?.arrayValue ?? []).contains { $0.stringValue == queue }
+        }.map { runner in
+            let state = runner.record[RunnerRecordField.state]?.stringValue ?? "?"
+            let released = RunnerState(rawValue: state)?.releasedItsLease == true
+            return Reader(id: runner.id, state: runner.leaseRemainingMs == nil && !released ? "lost" : state)
+        }
+    }
+
+    /// `(r1 drained, r2 lost)`, or nothing when no runner lists the queue.
+    public static func readersText(_ readers: [Reader]) -> String {
+        readers.isEmpty ? "" : " (" + readers.map { "\($0.id) \($0.state)" }.joined(separator: ", ") + ")"
     }
 }
 

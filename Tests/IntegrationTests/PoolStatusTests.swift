@@ -176,7 +176,8 @@ final class PoolStatusTests: IntegrationTestCase {
         try register("r2", state: "running", queues: ["busy"])
         let unserved = cli(["submit", "--id", "u1", "--wait", "--wait-timeout", "7s", "--", "true"])
         XCTAssertEqual(unserved.code, 1, unserved.err)
-        let note = "runner: job u1 is queued on 'default', which no running runner reads\n"
+        // The runners that list it are named with their state, as status names them under NOT SERVED.
+        let note = "runner: job u1 is queued on 'default', which no running runner reads (r1 drained)\n"
         XCTAssertEqual(unserved.err.components(separatedBy: note).count, 2, unserved.err)
         XCTAssertTrue(unserved.err.contains("gave up waiting for job 'u1'"), unserved.err)
 

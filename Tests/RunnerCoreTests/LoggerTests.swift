@@ -71,6 +71,11 @@ final class LoggerTests: XCTestCase {
         XCTAssertFalse(
             line.unicodeScalars.contains { $0.properties.generalCategory == .control }, line.debugDescription)
 
+        // A quote in a field's value cannot end the value and start a forged field.
+        logger.info("cancel", ["job": "j1\" runner=forged", "reason": "a\"b"])
+        let quoted = try XCTUnwrap(sink.lines.withLock { $0.last })
+        XCTAssertTrue(quoted.hasSuffix(#" cancel job="j1\u{22} runner=forged" reason=a\u{22}b"#), quoted)
+
         // JSON lines were already one line each: their strings are JSON-escaped, as before.
         let (json, jsonSink) = self.logger(.info, .json)
         json.error("a\nb", ["command": "drain\u{1B}[2J"])
