@@ -60,6 +60,11 @@ enum ControlCommand {
         try await EvictionPolicyCheck.verify(
             client: pool.client, allow: arguments.flag("--allow-eviction-policy"), logger: logger)
         await PersistenceCheck.warnIfVolatile(client: pool.client, logger: logger)
+        do {
+            try await Reaper.checkScriptsAllowed(client: pool.client)
+        } catch let error as RedisServerError where error.kind == "NOPERM" {
+            throw CommandFailure("Redis refuses the control plane its scripts: \(error.message)")
+        }
         // Before the reaper's first turn, which says whether this control plane leads or stands by.
         logger.info(
             "control plane running",

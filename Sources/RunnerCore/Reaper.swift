@@ -105,6 +105,13 @@ public actor Reaper {
     /// After a pass that found nothing to do the next one waits `idleStretch` intervals (an idle pool's reaper
     /// traffic is a third), and the first pass that does something brings the interval back: a lost runner's jobs
     /// are rescheduled at most `idleStretch` intervals after its lease lapsed.
+    /// Runs a script that touches no key (`SCRIPT LOAD`, then `EVALSHA`), so that a user Redis refuses scripts is
+    /// found at start: without them a reaper can do nothing at all. Throws the refusal (`NOPERM ...`).
+    public static func checkScriptsAllowed(client: RedisClient) async throws {
+        let script = LuaScript(name: "scripts_allowed", source: "return 1")
+        _ = try await ScriptRunner(client: client).run(script, keys: [], arguments: [])
+    }
+
     public func run() async {
         var nextPass = ContinuousClock.now
         var nextMove: ContinuousClock.Instant?

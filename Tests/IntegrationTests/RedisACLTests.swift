@@ -98,4 +98,20 @@ final class RedisACLTests: PrivateRedisTestCase {
             XCTAssertEqual(refused, [], runnerUnderTest.name)
         }
     }
+
+    /// A control plane whose user may not run scripts can reschedule nothing: it says so and exits 1 at start,
+    /// as a worker does, rather than run on with a reaper whose every pass fails.
+    func testAControlPlaneRefusedItsScriptsFailsAtStart() throws {
+        XCTAssertEqual(
+            try send(["ACL", "SETUSER", "nr-noscript", "on", ">noscript-secret", "~*", "&*", "+@all", "-evalsha"])
+                .string, "OK")
+        let user = endpoint(user: "nr-noscript", password: "noscript-secret")
+        let control = runCLI(
+            ["control", "--redis", user.url, "--namespace", namespace, "--interval", "200ms"], timeout: 30)
+        XCTAssertEqual(control.code, 1, control.err)
+        let lines = control.err.split(separator: "\n").filter { !$0.contains(" [control] ") }
+        XCTAssertEqual(
+            lines, ["Error: Redis refuses the control plane its scripts: NOPERM this user has no permissions to run "
+                + "the 'evalsha' command"], control.err)
+    }
 }
