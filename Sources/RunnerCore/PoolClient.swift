@@ -244,24 +244,21 @@ public struct PoolClient: Sendable {
     /// Runners in the registry with their lease time left, and every known queue with length, pending and lag.
     public func status(extraQueues: [String] = []) async throws -> PoolStatus {
         var wrongTypeKeys: [WrongTypeKey] = []
-        // The events and heartbeats streams are not read here, but every submit writes the one and every runner
-        // the other (a runner whose heartbeat is refused logs it): their TYPEs ride along with the registry.
-        var eventsType = "none"
-        var heartbeatsType = "none"
+        // The events and heartbeats streams and the reaper lease are not read here, but every submit writes the
+        // first, every runner the second (a runner whose heartbeat is refused logs it), and a reaper of another type
+        // reschedules nothing (its reapers warn): their TYPEs ride along with the registry.
+        let unread = [(keyspace.events, "stream"), (keyspace.heartbeats, "stream"), (keyspace.reaper, "string")]
+        var types = unread.map { _ in "none" }
         let registry =
             try await WrongTypeKey.skipping(client: client, keyspace.runners, "hash", into: &wrongTypeKeys) {
-                let replies = try await client.pipeline([
-                    RedisCommand(["HGETALL", keyspace.runners]), RedisCommand(["TYPE", keyspace.events]),
-                    RedisCommand(["TYPE", keyspace.heartbeats]),
-                ])
-                eventsType = replies[1].string ?? "none"
-                heartbeatsType = replies[2].string ?? "none"
+                let replies = try await client.pipeline(
+                    [RedisCommand(["HGETALL", keyspace.runners])] + unread.map { RedisCommand(["TYPE", $0.0]) })
+                types = replies.dropFirst().map { $0.string ?? "none" }
                 if case .error(let message) = replies[0] { throw RedisServerError(message) }
                 return replies[0]
             } ?? .null
-        for (key, type) in [(keyspace.events, eventsType), (keyspace.heartbeats, heartbeatsType)]
-        where type != "none" && type != "stream" {
-            wrongTypeKeys.append(WrongTypeKey(key: key, type: type, expected: "stream"))
+        for ((key, expected), type) in zip(unread, types) where type != "none" && type != expected {
+            wrongTypeKeys.append(WrongTypeKey(key: key, type: type, expected: expected))
         }
         var runners: [RunnerStatus] = []
         var queueNames = Set(extraQueues)

@@ -382,6 +382,22 @@ final class WrongTypeKeyViewTests: IntegrationTestCase {
         try assertTheViewsNameAStringStream(key("heartbeats"))
     }
 
+    /// A `{nr}:reaper` of another type keeps every reaper from leading (they warn): status names it too.
+    func testStatusNamesAReaperLeaseOfTheWrongType() throws {
+        _ = try send(["HSET", key("reaper"), "x", "y"])
+        for arguments in [["status"], ["top", "--once"]] {
+            let view = cli(arguments)
+            XCTAssertEqual(view.code, 0, "\(arguments): \(view.err)")
+            XCTAssertEqual(
+                view.stdout.components(separatedBy: "  key \(key("reaper")) is a hash, expected a string\n").count, 2,
+                "\(arguments): \(view.stdout)")
+        }
+        let json = cli(["status", "--json"])
+        let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        let wrong = try XCTUnwrap(object?["wrong_type"] as? [[String: String]], json.stdout)
+        XCTAssertEqual(wrong, [["key": key("reaper"), "type": "hash", "expected": "string"]], json.stdout)
+    }
+
     /// `status` and `top --once` list `stream` once under WRONG TYPE (a string, expected a stream), exit 0, and
     /// `status --json` has it in `wrong_type`.
     private func assertTheViewsNameAStringStream(
