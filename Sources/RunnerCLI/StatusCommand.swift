@@ -98,7 +98,7 @@ enum StatusCommand {
         rows = [["NAME", "LENGTH", "PENDING", "LAG", "CONSUMERS"]]
         for queue in status.queues {
             rows.append([
-                queue.name, String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-",
+                shownName(queue), String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-",
                 String(queue.consumers),
             ])
         }
@@ -187,6 +187,12 @@ enum StatusCommand {
         let shown = status.nextRetries.count
         return "\(count) next attempt"
             + (shown == 0 ? "" : shown < status.retriesScheduled ? "; the first \(shown):" : ":")
+    }
+
+    /// A queue's name in the QUEUES table; a requirement stream's (`default:req:bd01faec78db618e`) says which labels
+    /// it is for, which its name, a digest of them, does not.
+    static func shownName(_ queue: QueueStatus) -> String {
+        queue.requires.map { "\(queue.name) (\($0.canonical))" } ?? queue.name
     }
 
     /// Queues with waiting jobs that no running runner reads.

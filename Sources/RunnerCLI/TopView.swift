@@ -59,7 +59,7 @@ enum TopView {
             "QUEUES", empty: "(none)", header: ["NAME", "LENGTH", "PENDING", "LAG", "CONSUMERS"],
             snapshot.queues.map { queue in
                 [
-                    queue.name, String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-",
+                    StatusCommand.shownName(queue), String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-",
                     String(queue.consumers),
                 ]
             })

@@ -271,8 +271,9 @@ public struct PoolClient: Sendable {
             }
         }
         queueNames.formUnion(try await PoolClient.queueStreams(client: client, keyspace: keyspace))
+        // The base queue of every stream found, also of a requirement stream no runner's queue names (none runs).
         let requirements = try await RequirementRoutes.registered(
-            client: client, keyspace: keyspace, queues: queueNames.filter { !$0.contains(":") }.sorted())
+            client: client, keyspace: keyspace, queues: Set(queueNames.map(Keyspace.baseQueue(of:))).filter { !$0.contains(":") }.sorted())
         queueNames.formUnion(requirements.keys)
         var queues: [QueueStatus] = []
         for name in queueNames.sorted() {

@@ -171,6 +171,18 @@ final class PoolStatusTests: IntegrationTestCase {
         }
     }
 
+    /// A requirement stream's name is a digest of its labels: QUEUES gives the labels beside it, in status and top.
+    func testQueuesShowTheLabelsARequirementStreamIsFor() throws {
+        XCTAssertEqual(cli(["submit", "--id", "rq-1", "--require", "gpu=a100", "--", "true"]).code, 0)
+        let name = "default:req:\(try LabelSet(["gpu": "a100"]).requirementId) (gpu=a100)"
+        for arguments in [["status"], ["top", "--once"]] {
+            let view = cli(arguments)
+            XCTAssertEqual(view.code, 0, view.err)
+            XCTAssertTrue(
+                view.stdout.split(separator: "\n").contains { $0.hasPrefix("  \(name)  ") }, "\(arguments): \(view.stdout)")
+        }
+    }
+
     func testSubmitWaitSaysOnceThatNoRunningRunnerReadsItsQueue() throws {
         try register("r1", state: "drained", queues: ["default"])
         try register("r2", state: "running", queues: ["busy"])
