@@ -16,10 +16,10 @@ enum StatusCommand {
             OptionSpec("--watch", .flag, help: "Watch the pool live, as 'runner top' does."),
         ] + TopCommand.options,
         discussion: """
-            A runner's CAPACITY and RUNNING are as of its last heartbeat (a job's start or end shows at once, at
-            most four times a second, while its lease is fresh); LEASE is the time its lease has left now. LENGTH
-            counts entries not yet done, PENDING those delivered to a runner and not yet acknowledged, LAG those not
-            yet delivered (- when Redis cannot tell).
+            A runner's CAPACITY and RUNNING are as of its last heartbeat (sent as jobs start and end, at most four
+            times a second, while its lease is fresh), less the jobs whose own record says they ended since; LEASE
+            is the time its lease has left now. LENGTH counts entries not yet done, PENDING those delivered to a
+            runner and not yet acknowledged, LAG those not yet delivered (- when Redis cannot tell).
             RETRIES counts the jobs waiting for their next attempt after a failure (retry_scheduled, in {nr}:delayed)
             and lists the first five with when each is due. NOT SERVED lists the queues with jobs waiting that no running runner reads (every runner that lists it
             drained, draining or lost, or none lists it: a mistyped --queue); CONSUMERS counts drained runners too.

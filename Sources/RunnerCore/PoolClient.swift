@@ -241,6 +241,48 @@ public struct PoolClient: Sendable {
         try await readLog(id: id, after: &cursor, retry: .never, handle)
     }
 
+    /// The runners with the jobs their last heartbeat lists as running, less those whose record says they ended or
+    /// run elsewhere since, their slots counted free again. A heartbeat follows a job's end within a fraction of a
+    /// second, but a view read right after `submit --wait` returned must not show that job running.
+    static func withoutEndedJobs(
+        _ runners: [RunnerStatus], client: RedisClient, keyspace: Keyspace
+    ) async throws -> [RunnerStatus] {
+        let listed = runners.flatMap { runner in
+            let ids = (runner.record[RunnerRecordField.running]?.arrayValue ?? []).compactMap(\.stringValue)
+            return runner.leaseRemainingMs == nil ? [] : ids.map { (runner: runner.id, job: $0) }
+        }
+        guard !listed.isEmpty else { return runners }
+        let replies = try await client.pipeline(
+            listed.map { RedisCommand(["HMGET", keyspace.job(id: $0.job), ResultField.state, ResultField.runner]) })
+        var ended: [String: Set<String>] = [:]
+        for (pair, reply) in zip(listed, replies) {
+            // A record that is gone, or a key of another type, tells nothing: the heartbeat stands.
+            guard let fields = reply.array, fields.count == 2, let state = fields[0].string else { continue }
+            if state != JobState.running.rawValue || fields[1].string != pair.runner {
+                ended[pair.runner, default: []].insert(pair.job)
+            }
+        }
+        guard !ended.isEmpty else { return runners }
+        return runners.map { runner in
+            guard let gone = ended[runner.id], case .object(var record) = runner.record,
+                let running = record[RunnerRecordField.running]?.arrayValue?.compactMap(\.stringValue)
+            else { return runner }
+            let kept = running.filter { !gone.contains($0) }
+            record[RunnerRecordField.running] = .array(kept.map(JSONValue.string))
+            if let free = record[RunnerRecordField.capacityFree]?.intValue,
+                let capacity = record[RunnerRecordField.capacity]?.intValue
+            {
+                // Hand-written figures must not trap: the sum saturates, and free never exceeds the capacity.
+                let freed = free.addingReportingOverflow(running.count - kept.count)
+                let shownFree = freed.overflow ? capacity : min(capacity, freed.partialValue)
+                record[RunnerRecordField.capacityFree] = .int(shownFree)
+            }
+            var shown = runner
+            shown.record = .object(record)
+            return shown
+        }
+    }
+
     /// Runners in the registry with their lease time left, and every known queue with length, pending and lag.
     public func status(extraQueues: [String] = []) async throws -> PoolStatus {
         var wrongTypeKeys: [WrongTypeKey] = []
@@ -270,6 +312,7 @@ public struct PoolClient: Sendable {
                 if let name = queue.stringValue { queueNames.insert(name) }
             }
         }
+        runners = try await PoolClient.withoutEndedJobs(runners, client: client, keyspace: keyspace)
         queueNames.formUnion(try await PoolClient.queueStreams(client: client, keyspace: keyspace))
         // The base queue of every stream found, also of a requirement stream no runner's queue names (none runs).
         let requirements = try await RequirementRoutes.registered(
