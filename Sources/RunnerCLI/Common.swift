@@ -171,13 +171,18 @@ extension ParsedArguments {
     }
 
     /// The positive whole number option's value, nil when not given; a usage error naming the option when it is
-    /// above `maximum` (`it must be at most 4096`).
+    /// above `maximum` (`'5000' is too large (it must be at most 4096)`).
     func positiveInt(_ name: String, atMost maximum: Int) throws -> Int? {
-        guard let value = try positiveInt(name) else { return nil }
-        guard value <= maximum else {
-            throw UsageError("invalid value for '\(name)': it must be at most \(maximum)", command: command.name)
+        guard let text = value(name) else { return nil }
+        // Digits beyond an Int are a whole number too, only far too large: said so, not "expected a number".
+        let beyondInt = !text.isEmpty && text.utf8.allSatisfy { (0x30...0x39).contains($0) } && Int(text) == nil
+        let number = beyondInt ? nil : try positiveInt(name)
+        if beyondInt || (number ?? 0) > maximum {
+            throw UsageError(
+                "invalid value for '\(name)': '\(UsageError.excerpt(text))' is too large (it must be at most "
+                    + "\(maximum))", command: command.name)
         }
-        return value
+        return number
     }
 
     /// A CPU quota in millicores (`--cpu`, `--default-cpu`, `--max-cpu`): `0.5` and `500m` are refused saying so.

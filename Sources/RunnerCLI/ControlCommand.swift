@@ -61,9 +61,11 @@ enum ControlCommand {
             client: pool.client, allow: arguments.flag("--allow-eviction-policy"), logger: logger)
         await PersistenceCheck.warnIfVolatile(client: pool.client, logger: logger)
         do {
-            try await Reaper.checkScriptsAllowed(client: pool.client)
+            try await Reaper.checkScriptsAllowed(client: pool.client, keyspace: configuration.keyspace)
         } catch let error as RedisServerError where error.kind == "NOPERM" {
-            throw CommandFailure("Redis refuses the control plane its scripts: \(error.message)")
+            throw CommandFailure(
+                "Redis refuses the control plane its scripts: \(error.message) (its user needs what docs/operations.md "
+                    + "gives nr-runner)")
         }
         // Before the reaper's first turn, which says whether this control plane leads or stands by.
         logger.info(

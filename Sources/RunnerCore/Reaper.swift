@@ -105,11 +105,13 @@ public actor Reaper {
     /// After a pass that found nothing to do the next one waits `idleStretch` intervals (an idle pool's reaper
     /// traffic is a third), and the first pass that does something brings the interval back: a lost runner's jobs
     /// are rescheduled at most `idleStretch` intervals after its lease lapsed.
-    /// Runs a script that touches no key (`SCRIPT LOAD`, then `EVALSHA`), so that a user Redis refuses scripts is
-    /// found at start: without them a reaper can do nothing at all. Throws the refusal (`NOPERM ...`).
-    public static func checkScriptsAllowed(client: RedisClient) async throws {
+    /// Runs a script that reads and writes nothing (`SCRIPT LOAD`, then `EVALSHA`) but names, as its keys, the
+    /// pool's keys every reaper writes, so that a user Redis refuses scripts, or those keys for writing, is found at
+    /// start: a reaper can then do nothing at all. Throws the refusal (`NOPERM ...`).
+    public static func checkScriptsAllowed(client: RedisClient, keyspace: Keyspace) async throws {
         let script = LuaScript(name: "scripts_allowed", source: "return 1")
-        _ = try await ScriptRunner(client: client).run(script, keys: [], arguments: [])
+        let keys = [keyspace.reaper, keyspace.runners, keyspace.events, keyspace.delayed, keyspace.dead]
+        _ = try await ScriptRunner(client: client).run(script, keys: keys, arguments: [])
     }
 
     public func run() async {

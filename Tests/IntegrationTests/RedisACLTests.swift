@@ -112,6 +112,21 @@ final class RedisACLTests: PrivateRedisTestCase {
         let lines = control.err.split(separator: "\n").filter { !$0.contains(" [control] ") }
         XCTAssertEqual(
             lines, ["Error: Redis refuses the control plane its scripts: NOPERM this user has no permissions to run "
-                + "the 'evalsha' command"], control.err)
+                + "the 'evalsha' command (its user needs what docs/operations.md gives nr-runner)"], control.err)
+
+        // A user that may run scripts but not write the reaper's keys (as the documented nr-control, meant for
+        // submitters and the Python control plane) is refused at start too.
+        XCTAssertEqual(
+            try send([
+                "ACL", "SETUSER", "nr-readonly", "on", ">readonly-secret", "%R~*", "%RW~{\(namespace)}:events", "&*",
+                "+@all",
+            ]).string, "OK")
+        let readonlyUser = endpoint(user: "nr-readonly", password: "readonly-secret")
+        let readonly = runCLI(["control", "--redis", readonlyUser.url, "--namespace", namespace], timeout: 30)
+        XCTAssertEqual(readonly.code, 1, readonly.err)
+        XCTAssertEqual(
+            readonly.err.split(separator: "\n").filter { !$0.contains(" [control] ") },
+            ["Error: Redis refuses the control plane its scripts: NOPERM this user has no permissions to access one of "
+                + "the keys used as arguments (its user needs what docs/operations.md gives nr-runner)"], readonly.err)
     }
 }

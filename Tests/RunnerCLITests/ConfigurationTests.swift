@@ -536,14 +536,15 @@ final class ConfigurationTests: XCTestCase {
     /// intake's count, exit 132) with its lease and record left behind (found by breaker19): above 4096 it is a usage
     /// error, from a flag, a variable or a config file alike; 4096 itself is accepted.
     func testConcurrencyAbove4096IsAUsageError() async throws {
-        for value in ["9223372036854775807", "4611686018427387904", "4097"] {
+        // Digits beyond an Int are said to be too large as well (they were 'expected a positive whole number').
+        for value in ["99999999999999999999", "9223372036854775807", "4611686018427387904", "4097"] {
             for command in [["config", "--print"], ["worker", "--redis", "127.0.0.1:1"]] {
                 let result = await run(command + ["--concurrency", value])
                 XCTAssertEqual(result.code, 2, "\(command) \(value): \(result.err)")
                 XCTAssertEqual(result.out, "")
                 XCTAssertEqual(
                     result.err,
-                    "Error: invalid value for '--concurrency': it must be at most 4096\n"
+                    "Error: invalid value for '--concurrency': '\(value)' is too large (it must be at most 4096)\n"
                         + "See 'runner \(command[0]) --help'.\n")
             }
         }
@@ -552,9 +553,10 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(environment.code, 2)
         XCTAssertEqual(
             environment.err.split(separator: "\n").first.map(String.init),
-            "Error: invalid value for RUNNER_CONCURRENCY: it must be at most 4096")
+            "Error: invalid value for RUNNER_CONCURRENCY: '9223372036854775807' is too large (it must be at most 4096)")
         let (path, error) = try await configError("{\n  \"concurrency\": 5000\n}")
-        XCTAssertEqual(error, "Error: \(path):2: invalid value for '--concurrency': it must be at most 4096")
+        XCTAssertEqual(
+            error, "Error: \(path):2: invalid value for '--concurrency': '5000' is too large (it must be at most 4096)")
         let bound = await run(["config", "--print", "--concurrency", "4096"])
         XCTAssertEqual(bound.code, 0, bound.err)
         let row = bound.out.split(separator: "\n").first { $0.hasPrefix("concurrency ") }
