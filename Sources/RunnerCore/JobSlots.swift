@@ -16,7 +16,9 @@ actor JobSlots {
     private var emptyWaiters: [Latch] = []
     /// Counts the changes of the slots (a job taken, its process ended, its slot released).
     private(set) var changes = 0
-    private var changeWaiters: [Latch] = []
+    /// The latch the next change fires: one for every caller, so that a caller that stops waiting (a timeout) leaves
+    /// nothing behind however often it asks.
+    private var nextChange: Latch?
 
     init(capacity: Int) { self.capacity = capacity }
 
@@ -78,17 +80,16 @@ actor JobSlots {
     /// A latch that fires at the first change after `changes` reached `seen` (already fired if it came).
     func changeLatch(after seen: Int) -> Latch {
         if changes != seen { return Latch(fired: true) }
+        if let nextChange { return nextChange }
         let latch = Latch()
-        changeWaiters.append(latch)
+        nextChange = latch
         return latch
     }
 
     private func changed() {
         changes &+= 1
-        guard !changeWaiters.isEmpty else { return }
-        let waiters = changeWaiters
-        changeWaiters.removeAll()
-        waiters.forEach { $0.fire() }
+        nextChange?.fire()
+        nextChange = nil
     }
 
     /// A latch that fires when no job runs (already fired if none does).

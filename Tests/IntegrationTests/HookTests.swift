@@ -112,4 +112,38 @@ final class HookTests: IntegrationTestCase {
         XCTAssertEqual(result.code, 2)
         XCTAssertTrue(result.err.contains("invalid value for '--label': 'gpu' is not KEY=VALUE"), result.err)
     }
+
+    /// Hooks run as the --run-as user: a hook only root may run (mode 700), or one in a folder that user cannot
+    /// enter, passed the start check and then failed every job (found by breaker19b). It is refused at start; the
+    /// same file world-executable, in a folder the user may enter, passes (the worker then fails on the Redis this
+    /// test gives it, exit 1).
+    func testAHookTheRunAsUserCannotExecuteIsAUsageError() throws {
+        try XCTSkipUnless(getuid() == 0, "--run-as needs the runner to run as root")
+        let open = FileManager.default.temporaryDirectory.appendingPathComponent("hooks-open-\(namespace)")
+        let closed = open.appendingPathComponent("closed")
+        try FileManager.default.createDirectory(at: closed, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: open) }
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: open.path)
+        try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: closed.path)
+        func hook(_ path: String, mode: Int) throws -> String {
+            FileManager.default.createFile(atPath: path, contents: Data("#!/bin/sh\necho pre\n".utf8))
+            try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: path)
+            return path
+        }
+        let ownerOnly = try hook(open.path + "/owner-only.sh", mode: 0o700)
+        let inClosedFolder = try hook(closed.path + "/hook.sh", mode: 0o755)
+        let executeOnly = try hook(open.path + "/execute-only.sh", mode: 0o711)
+        for path in [ownerOnly, inClosedFolder, executeOnly] {
+            let result = runCLI(["worker", "--redis", "127.0.0.1:1", "--run-as", "nobody", "--hook-pre-job", path])
+            XCTAssertEqual(result.code, 2, "\(path): \(result.err)")
+            XCTAssertEqual(
+                result.err.split(separator: "\n").first.map(String.init),
+                "Error: invalid value for '--hook-pre-job': '\(path)' is not executable by the --run-as user nobody "
+                    + "(it and every folder above it need that user's x bit, a script its r bit too)")
+        }
+        let usable = try hook(open.path + "/usable.sh", mode: 0o755)
+        let result = runCLI(["worker", "--redis", "127.0.0.1:1", "--run-as", "nobody", "--hook-pre-job", usable])
+        XCTAssertEqual(result.code, 1, result.err)
+        XCTAssertTrue(result.err.contains("cannot reach Redis at 127.0.0.1:1"), result.err)
+    }
 }

@@ -35,6 +35,29 @@ final class LatchTests: XCTestCase {
 }
 
 final class JobSlotsTests: XCTestCase {
+    /// The capacity report asks for the next change every second while nothing changes: it gets the same latch each
+    /// time, so an idle runner keeps one, not one more a second (found by breaker19b); a change fires it.
+    func testTheNextChangeIsOneLatchHoweverOftenItIsAskedFor() async {
+        let slots = JobSlots(capacity: 2)
+        let seen = await slots.changes
+        let first = await slots.changeLatch(after: seen)
+        for _ in 0..<1000 {
+            let again = await slots.changeLatch(after: seen)
+            XCTAssertTrue(again === first)
+        }
+        XCTAssertFalse(first.isFired)
+        let key = DeliveryKey(queue: "default", streamId: "1-1")
+        await slots.reserve(key, jobId: "j1")
+        XCTAssertTrue(first.isFired)
+        let sinceSeen = await slots.changeLatch(after: seen)
+        XCTAssertTrue(sinceSeen.isFired, "a change since `seen` answers at once")
+        let next = await slots.changeLatch(after: await slots.changes)
+        XCTAssertFalse(next === first)
+        XCTAssertFalse(next.isFired)
+        await slots.release(key)
+        XCTAssertTrue(next.isFired)
+    }
+
     private func key(_ streamId: String, queue: String = "default") -> DeliveryKey {
         DeliveryKey(queue: queue, streamId: streamId)
     }
