@@ -114,6 +114,20 @@ public actor Reaper {
         _ = try await ScriptRunner(client: client).run(script, keys: keys, arguments: [])
     }
 
+    /// Redis's own WRONGTYPE names no key: the first of the pool's keys a pass writes that holds another type, named
+    /// (`key {nr}:reaper is a hash, expected a string`); any other refusal as Redis worded it.
+    private func named(_ error: RedisServerError) async -> String {
+        guard WrongTypeKey.isUnnamed(error) else { return error.message }
+        let keyspace = configuration.keyspace
+        let found = try? await WrongTypeKey.find(
+            client: client,
+            [
+                keyspace.reaper: "string", keyspace.delayed: "zset", keyspace.runners: "hash",
+                keyspace.events: "stream", keyspace.dead: "stream",
+            ])
+        return found?.first?.text ?? error.message
+    }
+
     public func run() async {
         var nextPass = ContinuousClock.now
         var nextMove: ContinuousClock.Instant?
@@ -139,10 +153,10 @@ public actor Reaper {
                     // Redis refused (a user without EVALSHA, {nr}:reaper of another type): that lasts until someone
                     // acts, and meanwhile no lost runner's jobs are rescheduled, so it must be seen.
                     idle = false
-                    if refusal.allows(error.message) {
+                    let why = await named(error)
+                    if refusal.allows(why) {
                         logger.warning(
-                            "reaper pass failed: \(error.message); lost runners' jobs are not "
-                                + "rescheduled until this is fixed")
+                            "reaper pass failed: \(why); lost runners' jobs are not rescheduled until this is fixed")
                     }
                 } catch {
                     // Unreachable Redis: the client says so once itself.
