@@ -102,7 +102,8 @@ enum ControlScripts {
               redis.call('XDEL', stream, cur[6])
             end
           end
-          redis.call('HDEL', KEYS[1], '\(ResultField.retryAt)')
+          -- What an earlier attempt's end left (a retry_scheduled job's exit code, signal, tail) is not this end's.
+          redis.call('HDEL', KEYS[1], \(RunnerScripts.clearedOnStart))
           redis.call('HSET', KEYS[1], '\(ResultField.state)', '\(JobState.cancelled.rawValue)', '\(ResultField.finishedAt)', ts,
             '\(ResultField.reason)', reason, '\(ResultField.cancelRequestedAt)', ts, '\(ProtocolVersion.field)', NR_V)
           redis.call('PEXPIRE', KEYS[1], ARGV[4])
