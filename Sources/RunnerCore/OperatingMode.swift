@@ -40,8 +40,10 @@ struct OperatingMode: Sendable, Equatable {
     private var state = State.open
     /// Jobs this runner may still take (`--exit-after-jobs`); nil: no bound.
     private(set) var remainingJobs: Int?
+    private let jobLimit: Int?
 
     init(jobLimit: Int? = nil) {
+        self.jobLimit = jobLimit
         remainingJobs = jobLimit
     }
 
@@ -71,6 +73,12 @@ struct OperatingMode: Sendable, Equatable {
     /// `count` jobs were taken (never more than `remainingJobs`).
     mutating func took(_ count: Int) {
         if let left = remainingJobs { remainingJobs = max(0, left - count) }
+    }
+
+    /// `count` of the entries taken were no jobs to run here (malformed and rejected, their payload gone, routed to
+    /// the runners with the labels they require): they give their place in the budget back.
+    mutating func gaveBack(_ count: Int) {
+        if let left = remainingJobs, let jobLimit { remainingJobs = min(jobLimit, left + count) }
     }
 
     /// A shutdown asked for by a signal (a second one means now).

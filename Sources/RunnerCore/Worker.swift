@@ -867,6 +867,11 @@ public final class Worker: Sendable {
             self.operations.cancellations.remove(jobId: jobId)
             self.count(outcome)
             if case .retried(let delay) = outcome { self.moveWhenDue(after: delay, store: executor.store) }
+            // Before the slot is released: `--exit-after-jobs` must not find the budget spent with nothing running.
+            if [.rejected, .lost, .routed].contains(outcome) {
+                self.operations.mode.withLock { $0.gaveBack(1) }
+                self.operations.updateGate()
+            }
             await self.slots.release(delivery.key)
             self.metrics.jobEnded()
         }

@@ -596,4 +596,17 @@ final class PoolOperationsTests: IntegrationTestCase {
             "the idle runner first ran the job that was left")
         XCTAssertEqual(try events().last { $0.type == "runner.shutdown" }?.runner, "idle")
     }
+
+    /// Malformed entries are rejected, not jobs taken: a runner told to take 2 jobs runs 2 real ones after 3 bad
+    /// entries ahead of them, where it used to spend its budget on the first two rejections (found by breaker19b).
+    func testExitAfterJobsCountsNoRejectedEntry() throws {
+        for index in 1...3 {
+            _ = try send(["XADD", key("jobs:default"), "*", "id", "bad-\(index)", "spec", "not json"])
+        }
+        for index in 1...3 { try submit(["--", "true"], id: "good-\(index)") }
+        let limited = try startRunner(name: "eph2", ["--concurrency", "1", "--exit-after-jobs", "2"])
+        XCTAssertEqual(limited.waitForExit(timeout: 30), 0, limited.log)
+        XCTAssertEqual(try (1...3).map { try job("bad-\($0)")["state"] ?? "" }, ["rejected", "rejected", "rejected"])
+        XCTAssertEqual(try (1...3).map { try job("good-\($0)")["state"] ?? "" }, ["succeeded", "succeeded", "queued"])
+    }
 }

@@ -63,6 +63,12 @@ final class OperatingModeTests: XCTestCase {
         _ = mode.handle(.drain)
         _ = mode.handle(.resume)
         XCTAssertFalse(mode.intakeOpen)
+        // An entry that was no job to run (rejected, routed) gives its place back, never beyond the limit.
+        mode.gaveBack(1)
+        XCTAssertEqual(mode.remainingJobs, 1)
+        XCTAssertTrue(mode.intakeOpen)
+        mode.gaveBack(5)
+        XCTAssertEqual(mode.remainingJobs, 2)
     }
 
     func testCancelIsNotARunnerCommand() {
