@@ -295,7 +295,8 @@ final class CommandLineTests: XCTestCase {
                 "Error: invalid value for '--metrics-listen': invalid listen address 'x\\u{1B}y': expected HOST:PORT"
             ),
             (
-                ["worker", "--concurrency", String(repeating: "9", count: 100)], [:],
+                // Not a number at its end (all digits is a number too large, said so with the same excerpt).
+                ["worker", "--concurrency", String(repeating: "9", count: 99) + "x"], [:],
                 "Error: invalid value for '--concurrency': '\(String(repeating: "9", count: 80))… (100 bytes)' "
                     + "(expected a positive whole number)"
             ),
