@@ -49,7 +49,8 @@ extension UsageError {
     /// `Keyspace.maximumNodeNameLength`, a node name `isValidNodeName` refuses), is refused, for the parenthesized
     /// end of the error: its length when it is too long (`too long: 300 characters, at most 128`), else `rules`.
     /// What `Keyspace.isValidName` asks of a namespace, queue or runner name.
-    static let nameRules = "1 to \(Keyspace.maximumNameLength) characters; no braces, colons, spaces or control characters"
+    static let nameRules =
+        "1 to \(Keyspace.maximumNameLength) characters; no braces, colons, spaces or control characters"
 
     static func nameReason(_ name: String, limit: Int = Keyspace.maximumNameLength, rules: String) -> String {
         name.count > limit ? "too long: \(name.count) characters, at most \(limit)" : rules

@@ -55,8 +55,9 @@ enum SubmitCommand {
             exit code is the job's: its exit code (127 when its command was not found, 126 when it could not be
             started otherwise), 124 when it timed out, 128+N when killed by signal N, 1 when it was rejected or
             cancelled or failed without an exit code, or 1 with an Error line when --wait-timeout passed first. A
-            job dead after --max-attempts exits as its last attempt ended (124 when that one timed out). Ctrl-C stops waiting, not the job (the SIGINT ends runner: the shell sees 130). With --max-attempts, a
-            line on stderr marks where each further attempt begins. A job still queued after about 3 s on a queue
+            job dead after --max-attempts exits as its last attempt ended (124 when that one timed out). Ctrl-C
+            stops waiting, not the job (the SIGINT ends runner: the shell sees 130). With --max-attempts, a line on
+            stderr marks where each further attempt begins. A job still queued after about 3 s on a queue
             no running runner reads, or requiring labels (--require) that no running runner of its queue has, is
             named once on stderr (with the labels missing); the wait goes on. A job id can be submitted once (a
             second submit of the same --id is refused).
@@ -72,10 +73,11 @@ enum SubmitCommand {
 
             Values of --secret-env variables, and of variables named *_TOKEN, *_SECRET or *_PASSWORD (upper case),
             are shown as *** in the job's log and output tail when they are 4 bytes or longer: a shorter --secret-env
-            value is refused (exit 2), a shorter *_TOKEN one named on stderr. A limit or --network none that the --isolation given cannot
-            enforce is refused here (exit 2). Without --isolation the runner's default level is raised to what the
-            job needs: namespace for --network none, cgroup for --memory, --pids or --cpu. A job asking for an
-            isolation level or a limit the runner cannot give is rejected with the reason (see 'runner result').
+            value is refused (exit 2), a shorter *_TOKEN one named on stderr. A limit or --network none that the
+            --isolation given cannot enforce is refused here (exit 2). Without --isolation the runner's default
+            level is raised to what the job needs: namespace for --network none, cgroup for --memory, --pids or
+            --cpu. A job asking for an isolation level or a limit the runner cannot give is rejected with the reason
+            (see 'runner result').
             """)
 
     /// The option that sets each limit (by its key in the spec's `limits`).
@@ -189,7 +191,8 @@ enum SubmitCommand {
             && SecretVariables.isSecret(name, named: jobSpec.secretEnvironment)
         {
             console.error(
-                "runner: warning: --env \(UsageError.excerpt(name)): a value shorter than \(minimum) bytes is not masked")
+                "runner: warning: --env \(UsageError.excerpt(name)): a value shorter than \(minimum) bytes is not "
+                    + "masked")
         }
         // The runner's own validation, so that what it would reject is refused here, before anything is queued:
         // what the named level cannot enforce (the runner's default level is not known here), then the spec.

@@ -59,8 +59,8 @@ enum TopView {
             "QUEUES", empty: "(none)", header: ["NAME", "LENGTH", "PENDING", "LAG", "CONSUMERS"],
             snapshot.queues.map { queue in
                 [
-                    StatusCommand.shownName(queue), String(queue.length), String(queue.pending), queue.lag.map(String.init) ?? "-",
-                    String(queue.consumers),
+                    StatusCommand.shownName(queue), String(queue.length), String(queue.pending),
+                    queue.lag.map(String.init) ?? "-", String(queue.consumers),
                 ]
             })
 

@@ -315,8 +315,9 @@ public struct PoolClient: Sendable {
         runners = try await PoolClient.withoutEndedJobs(runners, client: client, keyspace: keyspace)
         queueNames.formUnion(try await PoolClient.queueStreams(client: client, keyspace: keyspace))
         // The base queue of every stream found, also of a requirement stream no runner's queue names (none runs).
+        let bases = Set(queueNames.map(Keyspace.baseQueue(of:))).filter { !$0.contains(":") }
         let requirements = try await RequirementRoutes.registered(
-            client: client, keyspace: keyspace, queues: Set(queueNames.map(Keyspace.baseQueue(of:))).filter { !$0.contains(":") }.sorted())
+            client: client, keyspace: keyspace, queues: bases.sorted())
         queueNames.formUnion(requirements.keys)
         var queues: [QueueStatus] = []
         for name in queueNames.sorted() {

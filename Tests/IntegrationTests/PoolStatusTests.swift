@@ -179,7 +179,8 @@ final class PoolStatusTests: IntegrationTestCase {
             let view = cli(arguments)
             XCTAssertEqual(view.code, 0, view.err)
             XCTAssertTrue(
-                view.stdout.split(separator: "\n").contains { $0.hasPrefix("  \(name)  ") }, "\(arguments): \(view.stdout)")
+                view.stdout.split(separator: "\n").contains { $0.hasPrefix("  \(name)  ") },
+                "\(arguments): \(view.stdout)")
         }
     }
 

@@ -228,7 +228,8 @@ final class WaitTests: IntegrationTestCase {
         let started = ContinuousClock.now
         let result = cli(["submit", "--wait", "--wait-timeout", "500ms", "--id", "wt-1", "--", "true"])
         XCTAssertEqual(result.code, 1)
-        XCTAssertEqual(result.err, "Error: gave up waiting for job 'wt-1' after --wait-timeout 500ms (it is still queued)\n")
+        XCTAssertEqual(
+            result.err, "Error: gave up waiting for job 'wt-1' after --wait-timeout 500ms (it is still queued)\n")
         XCTAssertLessThan(ContinuousClock.now - started, .seconds(3))
     }
 }
