@@ -234,6 +234,8 @@ final class MetricsEndpointTests: PrivateRedisTestCase {
         XCTAssertEqual(metrics["nativerunner_pool_reading_failures_total"], 0, page.body)
         XCTAssertEqual(metrics["nativerunner_pool_queue_length{queue=\"default\"}"], 1, page.body)
         XCTAssertNil(metrics["nativerunner_pool_dead_letters"], page.body)
+        // An unreadable registry is no runner at all: no sample, rather than 0 running (found by breaker19b).
+        XCTAssertFalse(page.body.contains("nativerunner_pool_runners{"), page.body)
         for (name, expected) in [("dead", "stream"), ("runners", "hash")] {
             let sample =
                 "nativerunner_pool_wrong_type_keys{expected=\"\(expected)\",key=\"\(key(name))\",type=\"string\"}"
@@ -251,6 +253,7 @@ final class MetricsEndpointTests: PrivateRedisTestCase {
         }
         XCTAssertTrue(fixed, page.body)
         XCTAssertFalse(page.body.contains("nativerunner_pool_wrong_type_keys{"), page.body)
+        XCTAssertEqual(metrics["nativerunner_pool_runners{state=\"running\"}"], 0, page.body)
         XCTAssertEqual(get(base + "/readyz").status, 200)
     }
 

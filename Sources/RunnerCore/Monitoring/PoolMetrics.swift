@@ -8,11 +8,13 @@ import Synchronization
 public enum PoolMetrics {
     /// The families for one reading of the pool: runners by state, each queue's length, pending, waiting and
     /// consumers, the jobs waiting for a retry, the dead letters (no sample when `{nr}:dead` is of another type), and
-    /// the keys of another type than expected, which the other figures leave out (`runner status`'s WRONG TYPE).
-    public static func families(_ status: PoolStatus, deadLetters: Int?) -> [MetricFamily] {
+    /// the keys of another type than expected, which the other figures leave out (`runner status`'s WRONG TYPE); no
+    /// runner sample when the registry is of another type (it could not be read: 0 running would be untrue).
+    public static func families(_ status: PoolStatus, deadLetters: Int?, keyspace: Keyspace) -> [MetricFamily] {
         // Every state always, 0 when no runner is in it: an alert on `{state="running"} == 0` needs the sample.
         var states = Dictionary(uniqueKeysWithValues: RunnerState.allCases.map { ($0.rawValue, 0) })
         for runner in status.runners { states[runner.stateShown, default: 0] += 1 }
+        if WrongTypeKey.registry(in: status.wrongTypeKeys, of: keyspace) != nil { states = [:] }
         func perQueue(_ name: String, _ help: String, _ value: (QueueStatus) -> Int) -> MetricFamily {
             MetricFamily(
                 name: name, help: help, kind: .gauge,
@@ -83,7 +85,7 @@ public final class PoolMetricsCache: Sendable {
             let dead = try await WrongTypeKey.skipping(
                 client: pool.client, pool.keyspace.dead, "stream", into: &status.wrongTypeKeys
             ) { try await pool.client.send(RedisCommand(["XLEN", pool.keyspace.dead])).int ?? 0 }
-            let families = PoolMetrics.families(status, deadLetters: dead)
+            let families = PoolMetrics.families(status, deadLetters: dead, keyspace: pool.keyspace)
             state.withLock {
                 $0.families = families
                 $0.refreshedAt = .now
