@@ -78,7 +78,11 @@ extension JobExecutor {
         case .failed(let reason, _):
             recorder.note(reason)
             logger.warning(reason, ["job": entry.jobId, "hook": path])
-        case .stopped: recorder.note("\(kind.rawValue) hook stopped: the runner is shutting down")
+        case .stopped:
+            // Stopped by a cancel of the job (its task is cancelled for it too) or by the runner's shutdown.
+            let cancelled = cancellations.request(for: entry.jobId) != nil
+            let why = cancelled ? "the job was cancelled" : "the runner is shutting down"
+            recorder.note("\(kind.rawValue) hook stopped: \(why)")
         }
         return result
     }
@@ -133,6 +137,13 @@ extension JobExecutor {
         let accounting = await containment.finish(logger: logger)
         if epoch.ended.isFired { return .abandoned }
         guard case .failed(let reason, _) = hook else {
+            // Stopped for a cancel: the job ends cancelled here, not handed back to be cancelled at its next claim.
+            if let cancel = cancellations.request(for: entry.jobId) {
+                var record = JobResultRecord(state: .cancelled, durationMs: (clock.now - began).milliseconds)
+                record.outputTail = summary.tail
+                record.accounting = accounting
+                return await finishCancelled(entry, record, cancel, startedAt: startedAt, owner: epoch.owner)
+            }
             return await handBack(entry, epoch: epoch, reason: "runner shutting down")
         }
         var record = JobResultRecord(state: .failed, reason: reason, durationMs: (clock.now - began).milliseconds)

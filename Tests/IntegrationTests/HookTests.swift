@@ -32,6 +32,25 @@ final class HookTests: IntegrationTestCase {
         FileManager.default.fileExists(atPath: folder.appendingPathComponent(name).path)
     }
 
+    /// A cancel that comes while the pre-job hook runs stops the hook and ends the job cancelled there and then: it
+    /// was handed back as 'runner shutting down', to the end of its queue, and cancelled at its next claim (found by
+    /// breaker19b).
+    func testACancelDuringThePreJobHookEndsTheJobCancelled() throws {
+        let pre = try hook("pre", "touch '\(folder.path)/hook-started'; sleep 30")
+        try startRunner(["--no-reaper", "--hook-pre-job", pre, "--kill-grace", "1s"])
+        try submit(["--", "touch", folder.path + "/ran"], id: "hc-1")
+        XCTAssertTrue(waitUntil(timeout: .seconds(20)) { self.exists("hook-started") })
+        let cancel = cli(["cancel", "hc-1", "--wait", "--wait-timeout", "20s"])
+        XCTAssertEqual(cancel.code, 0, cancel.err)
+        let record = try waitForState("hc-1", ["cancelled"])
+        XCTAssertTrue(record["reason"]?.hasPrefix("cancelled by ") == true, record["reason"] ?? "")
+        XCTAssertFalse(exists("ran"), "the job ran although it was cancelled during its pre-job hook")
+        let types = try events(of: "hc-1")
+        XCTAssertFalse(types.contains("job.handed_back"), "\(types)")
+        XCTAssertEqual(types.filter { $0 == "job.cancelled" }.count, 1, "\(types)")
+        XCTAssertEqual(try logBytes("hc-1").meta.last, "pre-job hook stopped: the job was cancelled")
+    }
+
     func testAFailingPreJobHookFailsTheAttemptWithoutRunningTheJobAndRetriesApply() throws {
         let pre = try hook(
             "pre", #"echo "pre-hook of $NR_JOB_ID attempt $NR_ATTEMPT"; [ "$NR_ATTEMPT" = 2 ] || exit 3"#)
