@@ -110,21 +110,23 @@ public actor Reaper {
     /// start: a reaper can then do nothing at all. Throws the refusal (`NOPERM ...`).
     public static func checkScriptsAllowed(client: RedisClient, keyspace: Keyspace) async throws {
         let script = LuaScript(name: "scripts_allowed", source: "return 1")
-        let keys = [keyspace.reaper, keyspace.runners, keyspace.events, keyspace.delayed, keyspace.dead]
+        let keys = writtenKeys(keyspace).map(\.key)
         _ = try await ScriptRunner(client: client).run(script, keys: keys, arguments: [])
+    }
+
+    /// The pool's keys every reaper pass writes, each with the type it expects.
+    private static func writtenKeys(_ keyspace: Keyspace) -> KeyValuePairs<String, String> {
+        [
+            keyspace.reaper: "string", keyspace.runners: "hash", keyspace.events: "stream",
+            keyspace.delayed: "zset", keyspace.dead: "stream",
+        ]
     }
 
     /// Redis's own WRONGTYPE names no key: the first of the pool's keys a pass writes that holds another type, named
     /// (`key {nr}:reaper is a hash, expected a string`); any other refusal as Redis worded it.
     private func named(_ error: RedisServerError) async -> String {
         guard WrongTypeKey.isUnnamed(error) else { return error.message }
-        let keyspace = configuration.keyspace
-        let found = try? await WrongTypeKey.find(
-            client: client,
-            [
-                keyspace.reaper: "string", keyspace.delayed: "zset", keyspace.runners: "hash",
-                keyspace.events: "stream", keyspace.dead: "stream",
-            ])
+        let found = try? await WrongTypeKey.find(client: client, Reaper.writtenKeys(configuration.keyspace))
         return found?.first?.text ?? error.message
     }
 
